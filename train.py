@@ -1,0 +1,122 @@
+"""Train a hybrid UDE: python train.py [group=option] [key=value ...]
+
+Examples:
+    python train.py                                   # Lotka-Volterra, the default example
+    python train.py trainer.max_epochs=300 seed=1
+    python train.py ckpt_path=outputs/<day>/<time>/checkpoints/last.ckpt   # resume
+    python train.py -m seed=0,1,2 hydra/launcher=local                     # a local sweep
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ude.config_check import check_config
+from ude.errors import UdeError
+from ude.fit import make_module, run_training
+from ude.plots import plot_fit, plot_missing_terms
+
+
+def _run_dir(ckpt_path: str | None, default: str) -> str:
+    """A resumed run writes into the folder of its checkpoint; a new run into ``default``."""
+    return str(Path(ckpt_path).resolve().parent.parent) if ckpt_path else default
+
+
+OmegaConf.register_new_resolver("ude_run_dir", _run_dir, replace=True)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Instantiate data, model, trainer from ``cfg``, train, and write the run directory."""
+    check_config(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise UdeError("checkpoint not found", source=str(ckpt_path),
+                       fix="give the last.ckpt of an earlier run: <run>/checkpoints/last.ckpt")
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    double = str(cfg.trainer.get("precision", "32")).startswith("64")
+    torch.set_default_dtype(torch.float64 if double else torch.float32)
+    try:
+        datamodule = instantiate(cfg.data)
+        measurements = datamodule.measurements
+        # Objects go in through a partial: Hydra would turn them into config nodes.
+        model = instantiate(cfg.model, _partial_=True)(measurements=measurements,
+                                                       solver=instantiate(cfg.solver))
+    finally:
+        torch.set_default_dtype(torch.float32)
+    module = make_module(model, measurements, **cfg.optim)
+
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    trainer = instantiate(cfg.trainer, _partial_=True)(callbacks=callbacks,
+                                                       logger=loggers or False)
+    metrics = run_training(module, datamodule, trainer, ckpt_path=ckpt_path)
+
+    if trainer.is_global_zero:
+        plot_fit(model, measurements, run_dir / "plots" / "fit.png")
+        plot_missing_terms(model, measurements, run_dir / "plots" / "missing_terms.png")
+        metrics["run_dir"] = str(run_dir)
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        _summary(cfg, metrics, run_dir)
+    return metrics
+
+
+def _summary(cfg: DictConfig, metrics: dict[str, Any], run_dir: Path) -> None:
+    first, last = metrics.get("train_mse_first"), metrics["train_nmse"]
+    line = (f"ude: {cfg.model.spec} trained for {metrics['epochs']} epochs in "
+            f"{metrics['timings']['train_seconds']:.1f} s; normalised trajectory MSE ")
+    line += f"{first:.3g} -> {last:.3g}" if first else f"{last:.3g}"
+    truth = metrics.get("truth", {})
+    if "missing_term_rel_rmse" in truth:
+        err = ", ".join(f"{k} {v:.1%}" for k, v in truth["missing_term_rel_rmse"].items())
+        line += f"; network vs true missing term (relative RMSE): {err}"
+    print(line)
+    print(f"run directory: {run_dir}")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    metrics = train(cfg)
+    if metrics.get("stop_reason"):
+        ckpt = Path(metrics["run_dir"]) / "checkpoints" / "last.ckpt"
+        raise UdeError(metrics["stop_reason"], source="train.py",
+                       fix=f"last good checkpoint: {ckpt}; lower optim.lr or tighten the solver")
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err)
+    cause = err.__cause__ or err.__context__
+    if isinstance(cause, UdeError):
+        text = str(cause)
+    lines = [s.strip() for s in text.splitlines() if s.strip()]
+    return " ".join(lines)
+
+
+def cli() -> None:
+    """Run :func:`main`; errors a user can cause print one line and exit with status 2."""
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's printer
+    try:
+        main()
+    except (UdeError, HydraException, OmegaConfBaseException) as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,72 @@
+"""Measurements: time courses of observables under one or more conditions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ude.spec.model_spec import ModelSpec
+
+
+@dataclass
+class Truth:
+    """Ground truth behind synthetic data: the true spec, initial states ``(condition, state)``
+    and the true form of each missing term."""
+
+    spec: ModelSpec
+    initial: np.ndarray
+    missing: dict = field(default_factory=dict)
+
+
+@dataclass
+class Measurements:
+    """Time courses on one shared time grid (the union of all sampling times).
+
+    Shapes: ``times (time,)``; ``values (condition, time, replicate, observable)`` with NaN where
+    nothing was measured; ``sigma`` like ``values`` or None (noise is then learned);
+    ``inputs (condition, input)``; ``initial`` maps a state to known initial values
+    ``(condition,)`` (NaN: unknown).
+    """
+
+    times: np.ndarray
+    values: np.ndarray
+    observables: list[str]
+    conditions: list[str]
+    sigma: np.ndarray | None = None
+    input_names: list[str] = field(default_factory=list)
+    inputs: np.ndarray | None = None
+    initial: dict[str, np.ndarray] = field(default_factory=dict)
+    truth: Truth | None = None
+    source: str = "data"
+
+    def __post_init__(self) -> None:
+        if self.inputs is None:
+            self.inputs = np.zeros((len(self.conditions), len(self.input_names)))
+
+    @property
+    def n_conditions(self) -> int:
+        return len(self.conditions)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """True where a value was measured, shape of ``values``."""
+        return ~np.isnan(self.values)
+
+    def observable_scale(self) -> np.ndarray:
+        """Typical magnitude of each observable ``(observable,)``: RMS of measured values."""
+        v = self.values.reshape(-1, len(self.observables))
+        scale = np.sqrt(np.nanmean(v**2, axis=0))
+        return np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+
+    def first_observed(self) -> np.ndarray:
+        """First measured value of each observable per condition ``(condition, observable)``,
+        averaged over replicates; NaN where a series has no value."""
+        out = np.full((self.n_conditions, len(self.observables)), np.nan)
+        for c in range(self.n_conditions):
+            for o in range(len(self.observables)):
+                series = self.values[c, :, :, o]
+                rows = np.where(~np.isnan(series).all(axis=1))[0]
+                if rows.size:
+                    out[c, o] = np.nanmean(series[rows[0]])
+        return out

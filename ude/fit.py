@@ -1,0 +1,158 @@
+"""Training from Python without Hydra: build the module, run Lightning, evaluate."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from ude.data.datamodule import ConditionsDataModule
+from ude.data.measurements import Measurements
+from ude.model.hybrid import HybridODE, build_hybrid
+from ude.model.solver import Solver
+from ude.spec.model_spec import ModelSpec
+from ude.spec.simulate import simulate_spec
+from ude.train.module import UDEModule
+
+
+@dataclass
+class FitResult:
+    """A trained model with its module, trainer and metrics."""
+
+    model: HybridODE
+    module: UDEModule
+    measurements: Measurements
+    metrics: dict[str, Any] = field(default_factory=dict)
+    trainer: pl.Trainer | None = None
+
+
+def make_module(model: HybridODE, measurements: Measurements, **optim: Any) -> UDEModule:
+    """The LightningModule for ``model`` on ``measurements``' time grid."""
+    dtype = model.initial.dtype
+    return UDEModule(model, torch.tensor(measurements.times, dtype=dtype),
+                     torch.tensor(measurements.observable_scale(), dtype=dtype), **optim)
+
+
+def fit(spec: str | ModelSpec, measurements: Measurements, *, solver: Solver | None = None,
+        max_epochs: int = 600, seed: int = 0, run_dir: str | Path | None = None,
+        model_kwargs: dict | None = None, trainer_kwargs: dict | None = None,
+        **optim: Any) -> FitResult:
+    """Train a HybridODE for ``spec`` on ``measurements`` (CPU, float64 by default)."""
+    pl.seed_everything(seed, workers=True, verbose=False)
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = build_hybrid(spec, measurements, solver or Solver(), **(model_kwargs or {}))
+    finally:
+        torch.set_default_dtype(torch.float32)
+    module = make_module(model, measurements, **optim)
+    kwargs = dict(max_epochs=max_epochs, accelerator="cpu", devices=1, precision="64-true",
+                  logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
+                  check_val_every_n_epoch=max_epochs,
+                  default_root_dir=str(run_dir) if run_dir else None)
+    kwargs.update(trainer_kwargs or {})
+    trainer = pl.Trainer(**kwargs)
+    metrics = run_training(module, ConditionsDataModule(measurements), trainer)
+    return FitResult(model=model, module=module, measurements=measurements, metrics=metrics,
+                     trainer=trainer)
+
+
+def run_training(module: UDEModule, datamodule: ConditionsDataModule, trainer: pl.Trainer,
+                 ckpt_path: str | None = None) -> dict[str, Any]:
+    """``trainer.fit`` then :func:`evaluate`; the metrics include the wall time."""
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    seconds = time.perf_counter() - start
+    metrics = evaluate(module, datamodule.measurements)
+    metrics["epochs"] = int(trainer.current_epoch)
+    metrics["stop_reason"] = module.stop_reason
+    metrics["timings"] = {"train_seconds": round(seconds, 3)}
+    return metrics
+
+
+@torch.no_grad()
+def predict(model: HybridODE, times: np.ndarray, conditions: list[int] | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """States ``(condition, time, state)`` and observables ``(condition, time, observable)``."""
+    dtype = model.initial.dtype
+    cond = torch.arange(model.initial.shape[0]) if conditions is None else torch.tensor(
+        conditions)
+    cond = cond.to(model.initial.device)
+    t = torch.tensor(times, dtype=dtype, device=model.initial.device)
+    states = model.simulate(t, cond)
+    return states.cpu().numpy(), model.observe(states, cond).cpu().numpy()
+
+
+def evaluate(module: UDEModule, measurements: Measurements) -> dict[str, Any]:
+    """Fit errors on the data and, for synthetic data, errors against the truth."""
+    model = module.model
+    model.eval()
+    _, obs = predict(model, measurements.times)
+    scale = measurements.observable_scale()
+    resid = (measurements.values - obs[:, :, None, :]) / scale
+    out: dict[str, Any] = {
+        "train_mse_first": module.first_mse,
+        "train_nmse": float(np.nanmean(resid**2)),
+        "fit_nrmse": {o: float(np.sqrt(np.nanmean(resid[..., i] ** 2)))
+                      for i, o in enumerate(measurements.observables)},
+        "noise": {o: float(s) for o, s in zip(measurements.observables,
+                                               model.noise.cpu().tolist(), strict=True)},
+        "parameters": model.parameter_values(),
+    }
+    if out["train_mse_first"]:
+        out["mse_reduction"] = out["train_mse_first"] / max(out["train_nmse"], 1e-300)
+    if measurements.truth is not None:
+        out["truth"] = truth_errors(model, measurements)
+    return out
+
+
+def truth_errors(model: HybridODE, measurements: Measurements) -> dict[str, Any]:
+    """Trajectory NMSE of the model against the true states, and relative RMSE of the
+    networks against the true missing terms along the true trajectories."""
+    truth = measurements.truth
+    times = np.linspace(measurements.times[0], measurements.times[-1], 200)
+    true_states = simulate_spec(truth.spec, truth.initial, times, measurements.inputs)
+    states, _ = predict(model, times)
+    idx = [truth.spec.states.index(s) for s in model.spec.states if s in truth.spec.states]
+    mine = [model.spec.states.index(s) for s in model.spec.states if s in truth.spec.states]
+    ref = true_states[..., idx]
+    nmse = np.mean((states[..., mine] - ref) ** 2, axis=(0, 1)) / np.var(ref, axis=(0, 1))
+    out: dict[str, Any] = {"state_nmse": dict(zip(np.array(model.spec.states)[mine].tolist(),
+                                                  nmse.tolist(), strict=True))}
+    if truth.missing and len(model.networks):
+        learned, true = missing_terms(model, measurements, true_states)
+        rmse = np.sqrt(np.mean((learned - true) ** 2, axis=0))
+        norm = np.sqrt(np.mean(true**2, axis=0))
+        out["missing_term_rel_rmse"] = {s: float(e / (n or 1.0)) for s, e, n in
+                                        zip(truth.missing, rmse, norm, strict=True)}
+    return out
+
+
+@torch.no_grad()
+def missing_terms(model: HybridODE, measurements: Measurements, true_states: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Network output and true missing term, ``(point, missing state)`` each, evaluated on the
+    true states ``(condition, time, state)``."""
+    truth = measurements.truth
+    names = list(truth.missing)
+    flat = true_states.reshape(-1, true_states.shape[-1])
+    n_t = true_states.shape[1]
+    cond = torch.arange(true_states.shape[0]).repeat_interleave(n_t).to(model.initial.device)
+    y = torch.tensor(flat[:, [truth.spec.states.index(s) for s in model.spec.states]],
+                     dtype=model.initial.dtype, device=model.initial.device)
+    net = model.neural_terms(y, model.context(cond)).cpu().numpy()
+    learned = net[:, [model.spec.states.index(s) for s in names]]
+    from ude.spec.compile import CompiledExpressions
+
+    f = CompiledExpressions([truth.missing[s] for s in names], truth.spec.symbols).double()
+    params = np.array([p.value for p in truth.spec.parameters.values()])
+    inputs = np.repeat(np.asarray(measurements.inputs, dtype=float), n_t, axis=0)
+    values = np.concatenate([flat, inputs, np.broadcast_to(params, (len(flat), len(params)))],
+                            axis=1)
+    true = f(torch.tensor(values)).numpy()
+    return learned, true

@@ -1,0 +1,169 @@
+"""HybridODE: known mechanistic terms + neural networks + initial states + observation model."""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+import torch
+from torch import nn
+
+from ude.data.measurements import Measurements
+from ude.errors import UdeError
+from ude.model.networks import MLP
+from ude.model.parameters import SpecParameters
+from ude.model.solver import Solver
+from ude.spec.compile import CompiledExpressions
+from ude.spec.model_spec import ModelSpec, load_spec
+
+
+class HybridODE(nn.Module):
+    """``dy/dt = known(y, u, p) + network(y, u)`` batched over conditions.
+
+    ``forward(t, y)`` is the right-hand side for the solver, ``y (batch, state)``; the batch's
+    conditions are set by :meth:`simulate`. Observables are expressions of the states.
+
+    Args:
+        spec: the model spec (known terms, neural slots, observables).
+        observables: names of the measured observables, in the data's column order.
+        n_conditions: number of conditions (initial states and per-condition parameters).
+        inputs: per-condition inputs ``(condition, input)``.
+        initial: initial states ``(condition, state)`` (the start of learning when learned).
+        learn_initial: learn the initial states of each condition, or keep them fixed.
+        state_scale, time_scale: typical state magnitude ``(state,)`` and time span, used to
+            scale network inputs and outputs.
+        noise: initial noise level per observable ``(observable,)`` (learned in the NLL).
+    """
+
+    def __init__(self, spec: ModelSpec, observables: list[str], n_conditions: int,
+                 inputs: torch.Tensor, initial: torch.Tensor, solver: Solver,
+                 state_scale: torch.Tensor, time_scale: float, noise: torch.Tensor,
+                 hidden: int = 32, depth: int = 2, activation: str = "tanh",
+                 learn_initial: bool = True):
+        super().__init__()
+        self.spec = spec
+        self.solver = solver
+        self.observable_names = list(observables)
+        n_states = len(spec.states)
+        self.known = CompiledExpressions(spec.known_rhs(), spec.symbols)
+        self.parameters_ = SpecParameters(spec.parameters, n_conditions)
+        self.networks = nn.ModuleList()
+        self._slot_inputs: list[list[int]] = []
+        self._slot_targets: list[list[int]] = []
+        names = [*spec.states, *spec.inputs]
+        deriv_scale = state_scale / time_scale
+        for slot in spec.neural:
+            idx_in = [names.index(n) for n in slot.inputs]
+            idx_out = [spec.states.index(n) for n in slot.targets]
+            in_scale = torch.cat([state_scale, torch.ones(len(spec.inputs))])[idx_in]
+            self.networks.append(MLP(len(idx_in), len(idx_out), hidden, depth, activation,
+                                     in_scale=in_scale, out_scale=deriv_scale[idx_out].clone()))
+            self._slot_inputs.append(idx_in)
+            self._slot_targets.append(idx_out)
+        self.observe_fn = CompiledExpressions(
+            [_observable_expr(spec, o) for o in observables], spec.symbols)
+        self.register_buffer("inputs", inputs)
+        self.register_buffer("state_scale", state_scale)
+        self.register_buffer("deriv_scale", deriv_scale)
+        self.initial = nn.Parameter(initial.clone(), requires_grad=learn_initial)
+        self.log_noise = nn.Parameter(torch.log(noise))
+        self._context: torch.Tensor | None = None
+        self.n_states = n_states
+
+    # -- pieces of the right-hand side -------------------------------------------------------
+    def context(self, condition: torch.Tensor) -> torch.Tensor:
+        """Inputs and parameter values of each condition ``(batch, input + parameter)``."""
+        return torch.cat([self.inputs[condition], self.parameters_(condition)], dim=-1)
+
+    def known_terms(self, y: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Known (and discovered) terms ``(batch, state)``."""
+        return self.known(torch.cat([y, context], dim=-1))
+
+    def neural_terms(self, y: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Network outputs placed on their target states ``(batch, state)``, zero elsewhere."""
+        out = y.new_zeros(y.shape)
+        features = torch.cat([y, context[..., : len(self.spec.inputs)]], dim=-1)
+        for net, idx_in, idx_out in zip(self.networks, self._slot_inputs, self._slot_targets,
+                                        strict=True):
+            out[..., idx_out] = out[..., idx_out] + net(features[..., idx_in])
+        return out
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        ctx = self._context
+        return self.known_terms(y, ctx) + self.neural_terms(y, ctx)
+
+    # -- solving and observing ---------------------------------------------------------------
+    def simulate(self, times: torch.Tensor, condition: torch.Tensor,
+                 y0: torch.Tensor | None = None) -> torch.Tensor:
+        """States ``(batch, time, state)`` at ``times`` for the batch's ``condition`` indices."""
+        self._context = self.context(condition)
+        y0 = self.initial[condition] if y0 is None else y0
+        try:
+            return self.solver(self, y0, times).transpose(0, 1)
+        finally:
+            self._context = None
+
+    def observe(self, states: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """Observables ``(batch, time, observable)`` from states ``(batch, time, state)``."""
+        ctx = self.context(condition)[:, None, :].expand(*states.shape[:2], -1)
+        return self.observe_fn(torch.cat([states, ctx], dim=-1))
+
+    @property
+    def noise(self) -> torch.Tensor:
+        return torch.exp(self.log_noise)
+
+    def parameter_values(self) -> dict:
+        return self.parameters_.values()
+
+
+def _observable_expr(spec: ModelSpec, name: str) -> sp.Expr:
+    if name in spec.observables:
+        return spec.observables[name]
+    if name in spec.states:
+        return sp.Symbol(name)
+    raise UdeError(f"data column '{name}' matches no state or observable of the spec",
+                   source=spec.source or spec.name,
+                   fix="spec names: " + ", ".join([*spec.states, *spec.observables]))
+
+
+def build_hybrid(spec: str | ModelSpec, measurements: Measurements, solver: Solver,
+                 hidden: int = 32, depth: int = 2, activation: str = "tanh",
+                 learn_initial: bool = True, latent_initial: float = 1.0) -> HybridODE:
+    """A HybridODE for ``spec`` sized and scaled from ``measurements``.
+
+    Observed states start from their first measured value (or the data's known initial state);
+    latent states from the known initial state or ``latent_initial``.
+    """
+    spec = load_spec(spec)
+    obs = measurements.observables
+    missing_inputs = [u for u in spec.inputs if u not in measurements.input_names]
+    if missing_inputs:
+        raise UdeError(f"input '{missing_inputs[0]}' of the spec is not in the data",
+                       source=measurements.source,
+                       fix="give it as a column of the conditions table")
+    for name in obs:
+        _observable_expr(spec, name)
+    first = measurements.first_observed()
+    scale_obs = measurements.observable_scale()
+    n_c, n_s = measurements.n_conditions, len(spec.states)
+    initial = np.full((n_c, n_s), np.nan)
+    state_scale = np.ones(n_s)
+    for i, s in enumerate(spec.states):
+        if s in obs:
+            initial[:, i] = first[:, obs.index(s)]
+            state_scale[i] = scale_obs[obs.index(s)]
+        if s in measurements.initial:
+            known = measurements.initial[s]
+            initial[:, i] = np.where(np.isnan(known), initial[:, i], known)
+            if s not in obs and np.isfinite(known).any():
+                state_scale[i] = max(np.nanmax(np.abs(known)), 1e-6)
+    initial = np.where(np.isnan(initial), latent_initial, initial)
+    col = [measurements.input_names.index(u) for u in spec.inputs]
+    inputs = np.asarray(measurements.inputs, dtype=float)[:, col]
+    span = float(measurements.times[-1] - measurements.times[0]) or 1.0
+    t = torch.get_default_dtype()
+    return HybridODE(
+        spec, obs, n_c, inputs=torch.tensor(inputs, dtype=t),
+        initial=torch.tensor(initial, dtype=t), solver=solver,
+        state_scale=torch.tensor(state_scale, dtype=t), time_scale=span,
+        noise=torch.tensor(0.1 * scale_obs, dtype=t), hidden=hidden, depth=depth,
+        activation=activation, learn_initial=learn_initial)

@@ -1,0 +1,75 @@
+"""Spec parameters as a module: fixed values, learned values kept in bounds, per condition."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ude.spec.model_spec import Parameter
+
+
+def _to_raw(p: Parameter) -> float:
+    """Inverse of :func:`_from_raw` at the parameter's initial value."""
+    if p.min is not None and p.max is not None:
+        u = (p.value - p.min) / (p.max - p.min)
+        u = min(max(u, 1e-6), 1 - 1e-6)
+        return math.log(u / (1 - u))
+    if p.min is not None:
+        return math.log(max(p.value - p.min, 1e-12))
+    if p.max is not None:
+        return math.log(max(p.max - p.value, 1e-12))
+    return p.value
+
+
+def _from_raw(p: Parameter, raw: torch.Tensor) -> torch.Tensor:
+    # Bounded: logistic; one-sided: log-parameterised, so gradients act on the scale.
+    if p.min is not None and p.max is not None:
+        return p.min + (p.max - p.min) * torch.sigmoid(raw)
+    if p.min is not None:
+        return p.min + torch.exp(raw)
+    if p.max is not None:
+        return p.max - torch.exp(raw)
+    return raw
+
+
+class SpecParameters(nn.Module):
+    """``forward(condition (batch,)) -> values (batch, n_parameters)`` in spec order."""
+
+    def __init__(self, parameters: dict[str, Parameter], n_conditions: int):
+        super().__init__()
+        self.specs = dict(parameters)
+        self.names = list(parameters)
+        self.learned = nn.ParameterDict()
+        fixed = []
+        for name, p in parameters.items():
+            if p.learn:
+                shape = (n_conditions,) if p.per_condition else ()
+                self.learned[name] = nn.Parameter(torch.full(shape, _to_raw(p)))
+            fixed.append(p.value)
+        self.register_buffer("fixed", torch.tensor(fixed))
+
+    def forward(self, condition: torch.Tensor) -> torch.Tensor:
+        cols = []
+        for i, name in enumerate(self.names):
+            if name in self.learned:
+                value = _from_raw(self.specs[name], self.learned[name])
+                value = value[condition] if value.dim() else value.expand(condition.shape)
+            else:
+                value = self.fixed[i].expand(condition.shape)
+            cols.append(value)
+        if not cols:
+            return self.fixed.new_zeros((condition.shape[0], 0))
+        return torch.stack(cols, dim=-1)
+
+    def values(self) -> dict[str, float | list[float]]:
+        """Current values (a list per condition for per-condition parameters)."""
+        out: dict[str, float | list[float]] = {}
+        for i, name in enumerate(self.names):
+            if name in self.learned:
+                v = _from_raw(self.specs[name], self.learned[name].detach()).cpu()
+                out[name] = v.tolist() if v.dim() else float(v)
+            else:
+                out[name] = float(self.fixed[i])
+        return out

@@ -1,0 +1,160 @@
+"""Safe parsing of the spec grammar into sympy.
+
+The grammar: numbers, declared names, ``+ - * / **``, parentheses and the functions in
+:data:`FUNCTIONS`. A string is parsed by Python's ``ast`` module and every node is checked
+against a whitelist before a sympy expression is built from it node by node; no user string is
+ever passed to ``eval``, ``exec`` or ``sympify``.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable, Iterable
+
+import sympy as sp
+
+from ude.errors import UdeError
+
+
+def hill(x: sp.Expr, k: sp.Expr, n: sp.Expr) -> sp.Expr:
+    """Hill activation x^n / (K^n + x^n)."""
+    return x**n / (k**n + x**n)
+
+
+def mm(x: sp.Expr, k: sp.Expr) -> sp.Expr:
+    """Michaelis–Menten saturation x / (K + x)."""
+    return x / (k + x)
+
+
+FUNCTIONS: dict[str, tuple[int, Callable[..., sp.Expr]]] = {
+    "exp": (1, sp.exp),
+    "log": (1, sp.log),
+    "sqrt": (1, sp.sqrt),
+    "tanh": (1, sp.tanh),
+    "hill": (3, hill),
+    "mm": (2, mm),
+}
+
+_BINOPS: dict[type, Callable[[sp.Expr, sp.Expr], sp.Expr]] = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+    ast.Pow: lambda a, b: a**b,
+}
+_OPERATOR_HINTS = {ast.BitXor: "'^' (use '**' for powers)", ast.FloorDiv: "'//'", ast.Mod: "'%'"}
+
+
+def symbol(name: str) -> sp.Symbol:
+    """The sympy symbol for a declared name (plain, no assumptions)."""
+    return sp.Symbol(name)
+
+
+def parse_expression(text: str, names: Iterable[str], *, source: str | None = None,
+                     where: str | None = None) -> sp.Expr:
+    """Parse ``text`` in the spec grammar into a sympy expression over ``names``.
+
+    Raises :class:`UdeError` naming the offending token, ``source`` (the file) and ``where``
+    (the place in it, e.g. ``equations.x``).
+    """
+    allowed = set(names)
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+        raise UdeError(f"expected an expression, got {type(text).__name__} {text!r}",
+                       source=source, where=where)
+    if isinstance(text, (int, float)):
+        return sp.Float(text) if isinstance(text, float) else sp.Integer(text)
+    if len(text) > 10_000:
+        raise UdeError("expression is longer than 10000 characters", source=source, where=where)
+
+    def fail(message: str, fix: str | None = None) -> UdeError:
+        return UdeError(f"{message} in '{text}'", source=source, where=where, fix=fix)
+
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as err:
+        statement = _statement_token(text)
+        if statement:
+            raise fail(f"statement '{statement}' is not allowed") from None
+        col = f" at column {err.offset}" if err.offset else ""
+        raise fail(f"syntax error{col}",
+                   "expressions use numbers, names, + - * / ** ( ) and "
+                   + ", ".join(FUNCTIONS)) from None
+    except (ValueError, RecursionError, MemoryError):
+        raise fail("unparseable expression") from None
+
+    def build(node: ast.AST, depth: int = 0) -> sp.Expr:
+        if depth > 200:
+            raise fail("expression is nested too deeply")
+        if isinstance(node, ast.Expression):
+            return build(node.body, depth + 1)
+        if isinstance(node, ast.Constant):
+            value = node.value
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise fail(f"constant {value!r} is not a number")
+            return sp.Integer(value) if isinstance(value, int) else sp.Float(value)
+        if isinstance(node, ast.Name):
+            if node.id not in allowed:
+                hint = ("declare it under states, parameters or inputs"
+                        if node.id not in FUNCTIONS else f"'{node.id}' is a function: call it")
+                raise fail(f"unknown name '{node.id}'", hint)
+            return symbol(node.id)
+        if isinstance(node, ast.BinOp):
+            op = _BINOPS.get(type(node.op))
+            if op is None:
+                token = _OPERATOR_HINTS.get(type(node.op), type(node.op).__name__)
+                raise fail(f"operator {token} is not allowed")
+            left, right = build(node.left, depth + 1), build(node.right, depth + 1)
+            if isinstance(node.op, ast.Pow) and right.is_Number and abs(float(right)) > 64:
+                raise fail(f"exponent {right} is too large", "exponents are at most 64")
+            return op(left, right)
+        if isinstance(node, ast.UnaryOp):
+            if isinstance(node.op, ast.USub):
+                return -build(node.operand, depth + 1)
+            if isinstance(node.op, ast.UAdd):
+                return build(node.operand, depth + 1)
+            raise fail(f"unary operator {type(node.op).__name__} is not allowed")
+        if isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name):
+                raise fail(f"call of '{ast.unparse(node.func)}' is not allowed",
+                           "allowed functions: " + ", ".join(FUNCTIONS))
+            name = node.func.id
+            if name not in FUNCTIONS:
+                raise fail(f"function '{name}' is not allowed",
+                           "allowed functions: " + ", ".join(FUNCTIONS))
+            if node.keywords:
+                raise fail(f"keyword arguments to '{name}' are not allowed")
+            arity, fn = FUNCTIONS[name]
+            if len(node.args) != arity:
+                raise fail(f"'{name}' takes {arity} argument(s), got {len(node.args)}")
+            return fn(*(build(a, depth + 1) for a in node.args))
+        if isinstance(node, ast.Attribute):
+            raise fail(f"attribute access '.{node.attr}' is not allowed")
+        if isinstance(node, ast.Lambda):
+            raise fail("lambda is not allowed")
+        if isinstance(node, ast.Subscript):
+            raise fail(f"indexing '{ast.unparse(node)}' is not allowed")
+        token = type(node).__name__
+        try:
+            token = f"'{ast.unparse(node)}'"
+        except Exception:  # noqa: BLE001 - only used to name the token
+            pass
+        raise fail(f"{token} is not allowed in an expression")
+
+    try:
+        expr = build(tree)
+    except RecursionError:
+        raise fail("expression is nested too deeply") from None
+    if expr.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
+        raise fail("expression divides by zero or is infinite")
+    return expr
+
+
+def _statement_token(text: str) -> str | None:
+    """The first statement in ``text`` when it is Python code rather than an expression."""
+    try:
+        module = ast.parse(text.strip(), mode="exec")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    if module.body and not isinstance(module.body[0], ast.Expr):
+        return ast.unparse(module.body[0]).splitlines()[0]
+    return None

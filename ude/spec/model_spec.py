@@ -1,0 +1,316 @@
+"""ModelSpec: the one language of ude for prior knowledge and for distilled twins.
+
+A spec holds the states (in state-vector order), parameters (fixed or learned, with bounds),
+per-condition inputs, the known terms of each right-hand side, the neural slots that learn what is
+missing, the observables, and -- for a twin -- the symbolic terms discovered for each slot.
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import sympy as sp
+import yaml
+
+from ude.errors import UdeError
+from ude.spec.expressions import FUNCTIONS, parse_expression
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TOP_KEYS = {"name", "description", "states", "parameters", "inputs", "equations", "neural",
+             "observables", "discovered", "reactions"}
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A parameter: ``value`` (initial value when learned), bounds ``[min, max]`` (None: open)."""
+
+    value: float
+    learn: bool = False
+    min: float | None = None
+    max: float | None = None
+    per_condition: bool = False
+
+    def to_yaml(self) -> float | dict[str, Any]:
+        if not self.learn and not self.per_condition and self.min is None and self.max is None:
+            return self.value
+        out: dict[str, Any] = {"value": self.value, "learn": self.learn}
+        if self.min is not None:
+            out["min"] = self.min
+        if self.max is not None:
+            out["max"] = self.max
+        if self.per_condition:
+            out["per_condition"] = True
+        return out
+
+
+@dataclass(frozen=True)
+class NeuralSlot:
+    """A network that adds a learned term to each of ``targets``, seeing ``inputs``."""
+
+    name: str
+    targets: tuple[str, ...]
+    inputs: tuple[str, ...]
+
+
+@dataclass
+class ModelSpec:
+    """States, parameters, inputs, known terms, neural slots and observables of a model.
+
+    ``equations[s]`` is the known part of ds/dt; ``discovered[s]`` is a symbolic term that
+    replaces the neural term of ``s`` in a distilled twin. Expressions are sympy over the
+    state, input and parameter names.
+    """
+
+    states: list[str]
+    parameters: dict[str, Parameter] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+    equations: dict[str, sp.Expr] = field(default_factory=dict)
+    neural: list[NeuralSlot] = field(default_factory=list)
+    observables: dict[str, sp.Expr] = field(default_factory=dict)
+    discovered: dict[str, sp.Expr] = field(default_factory=dict)
+    name: str = "model"
+    source: str | None = None
+
+    # -- views ---------------------------------------------------------------------------------
+    @property
+    def parameter_names(self) -> list[str]:
+        return list(self.parameters)
+
+    @property
+    def symbols(self) -> list[str]:
+        """Names an expression may use, in the order of the compiled value vector."""
+        return [*self.states, *self.inputs, *self.parameters]
+
+    @property
+    def neural_targets(self) -> list[str]:
+        return [t for slot in self.neural for t in slot.targets]
+
+    def known_rhs(self) -> list[sp.Expr]:
+        """Known (plus discovered) part of the right-hand side, one expression per state."""
+        return [self.equations.get(s, sp.Integer(0)) + self.discovered.get(s, sp.Integer(0))
+                for s in self.states]
+
+    def with_discovered(self, discovered: dict[str, sp.Expr],
+                        parameters: dict[str, Parameter] | None = None) -> ModelSpec:
+        """The twin: this spec with its neural slots replaced by ``discovered`` terms."""
+        return replace(self, neural=[], discovered=dict(discovered),
+                       parameters=dict(parameters if parameters is not None else self.parameters))
+
+    # -- (de)serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A YAML/JSON-ready dict in the spec file format (expressions as strings)."""
+        out: dict[str, Any] = {"name": self.name, "states": list(self.states)}
+        if self.parameters:
+            out["parameters"] = {k: p.to_yaml() for k, p in self.parameters.items()}
+        if self.inputs:
+            out["inputs"] = list(self.inputs)
+        if self.equations:
+            out["equations"] = {k: str(v) for k, v in self.equations.items()}
+        if self.neural:
+            out["neural"] = [{"name": s.name, "targets": list(s.targets), "inputs": list(s.inputs)}
+                             for s in self.neural]
+        if self.observables:
+            out["observables"] = {k: str(v) for k, v in self.observables.items()}
+        if self.discovered:
+            out["discovered"] = {k: str(v) for k, v in self.discovered.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str | None = None) -> ModelSpec:
+        """Build and validate a spec from the YAML format of DESIGN.md."""
+        return _SpecReader(raw, source).read()
+
+
+def load_spec(spec: str | Path | ModelSpec) -> ModelSpec:
+    """A ModelSpec from a YAML file, an SBML file, or the name of a zoo system."""
+    if isinstance(spec, ModelSpec):
+        return spec
+    text = str(spec)
+    path = Path(text)
+    if path.suffix.lower() in {".yaml", ".yml"}:
+        if not path.is_file():
+            raise UdeError("spec file not found", source=text,
+                           fix="give a YAML spec, an SBML file or a zoo system name")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"line {mark.line + 1}" if mark else None
+            raise UdeError(f"not valid YAML: {getattr(err, 'problem', err)}", source=text,
+                           where=where) from None
+        spec_ = ModelSpec.from_dict(raw, source=text)
+        if spec_.name == "model":
+            spec_.name = path.stem
+        return spec_
+    if path.suffix.lower() in {".xml", ".sbml"}:
+        from ude.spec import sbml  # optional reader, imported on use
+
+        return sbml.read_sbml(path)
+    from ude.systems import get_system, system_names
+
+    if text in system_names():
+        return get_system(text).known
+    raise UdeError(f"unknown spec '{text}'", source="model.spec",
+                   fix="give a .yaml spec file, an .xml/.sbml file or one of the zoo systems: "
+                   + ", ".join(system_names()))
+
+
+class _SpecReader:
+    """Validates the raw YAML structure, naming the file and key of every problem."""
+
+    def __init__(self, raw: Any, source: str | None):
+        self.raw = raw
+        self.source = source
+
+    def fail(self, where: str, message: str, fix: str | None = None) -> UdeError:
+        return UdeError(message, source=self.source or "spec", where=where, fix=fix)
+
+    def read(self) -> ModelSpec:
+        raw = self.raw
+        if not isinstance(raw, dict):
+            raise self.fail("top level", "expected a mapping with 'states' and 'equations'")
+        unknown = set(raw) - _TOP_KEYS
+        if unknown:
+            raise self.fail(sorted(unknown)[0], "unknown key",
+                            "allowed keys: " + ", ".join(sorted(_TOP_KEYS)))
+        if "reactions" in raw:
+            raise self.fail("reactions", "reaction lists are not supported yet",
+                            "write the reactions' rate terms under 'equations'")
+        states = self.names(raw.get("states"), "states", required=True)
+        inputs = self.names(raw.get("inputs") or [], "inputs")
+        parameters = self.parameters(raw.get("parameters") or {})
+        declared = [*states, *inputs, *parameters]
+        dupes = {n for n in declared if declared.count(n) > 1}
+        if dupes:
+            raise self.fail(sorted(dupes)[0], "declared twice (states, inputs and parameters "
+                            "share one namespace)")
+        equations = self.expressions(raw.get("equations") or {}, "equations", declared, states)
+        discovered = self.expressions(raw.get("discovered") or {}, "discovered", declared, states)
+        observables = self.expressions(raw.get("observables") or {}, "observables", declared)
+        neural = self.neural(raw.get("neural"), states, inputs)
+        name = raw.get("name", "model")
+        if not isinstance(name, str):
+            raise self.fail("name", "expected a string")
+        return ModelSpec(states=states, parameters=parameters, inputs=inputs, equations=equations,
+                         neural=neural, observables=observables, discovered=discovered,
+                         name=name, source=self.source)
+
+    def names(self, value: Any, where: str, required: bool = False) -> list[str]:
+        if value is None or value == []:
+            if required:
+                raise self.fail(where, "missing or empty", "list the names, e.g. [x, y]")
+            return []
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise self.fail(where, f"expected a list of names, got {type(value).__name__}")
+        out = []
+        for i, name in enumerate(value):
+            self.check_name(name, f"{where}[{i}]")
+            out.append(name)
+        return out
+
+    def check_name(self, name: Any, where: str) -> None:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise self.fail(where, f"'{name}' is not a valid name",
+                            "use letters, digits and _, starting with a letter")
+        if keyword.iskeyword(name) or name in FUNCTIONS:
+            raise self.fail(where, f"'{name}' is reserved", "choose another name")
+
+    def parameters(self, value: Any) -> dict[str, Parameter]:
+        if not isinstance(value, dict):
+            raise self.fail("parameters", "expected a mapping name: value")
+        out = {}
+        for name, entry in value.items():
+            where = f"parameters.{name}"
+            self.check_name(name, where)
+            if isinstance(entry, dict):
+                extra = set(entry) - {"value", "learn", "min", "max", "per_condition"}
+                if extra:
+                    raise self.fail(f"{where}.{sorted(extra)[0]}", "unknown key",
+                                    "allowed: value, learn, min, max, per_condition")
+                if "value" not in entry:
+                    raise self.fail(where, "missing 'value'")
+                param = Parameter(
+                    value=self.number(entry["value"], f"{where}.value"),
+                    learn=self.flag(entry.get("learn", False), f"{where}.learn"),
+                    min=self.number(entry["min"], f"{where}.min") if entry.get("min") is not None
+                    else None,
+                    max=self.number(entry["max"], f"{where}.max") if entry.get("max") is not None
+                    else None,
+                    per_condition=self.flag(entry.get("per_condition", False),
+                                            f"{where}.per_condition"),
+                )
+            else:
+                param = Parameter(value=self.number(entry, where))
+            lo = -math.inf if param.min is None else param.min
+            hi = math.inf if param.max is None else param.max
+            if not lo < hi:
+                raise self.fail(where, f"min {param.min} is not below max {param.max}")
+            if not lo <= param.value <= hi:
+                raise self.fail(where, f"value {param.value} is outside [{param.min}, {param.max}]")
+            out[name] = param
+        return out
+
+    def number(self, value: Any, where: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+                value):
+            raise self.fail(where, f"expected a finite number, got {value!r}")
+        return float(value)
+
+    def flag(self, value: Any, where: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(where, f"expected true or false, got {value!r}")
+        return value
+
+    def expressions(self, value: Any, where: str, names: list[str],
+                    keys: list[str] | None = None) -> dict[str, sp.Expr]:
+        if not isinstance(value, dict):
+            raise self.fail(where, "expected a mapping name: expression")
+        out = {}
+        for key, text in value.items():
+            if keys is not None and key not in keys:
+                raise self.fail(f"{where}.{key}", f"'{key}' is not a state",
+                                "states: " + ", ".join(keys))
+            if keys is None:
+                self.check_name(key, f"{where}.{key}")
+            out[key] = parse_expression(text, names, source=self.source or "spec",
+                                        where=f"{where}.{key}")
+        return out
+
+    def neural(self, value: Any, states: list[str], inputs: list[str]) -> list[NeuralSlot]:
+        if value is None:
+            return []
+        entries = value if isinstance(value, list) else [value]
+        slots, seen = [], set()
+        for i, entry in enumerate(entries):
+            where = "neural" if not isinstance(value, list) else f"neural[{i}]"
+            if not isinstance(entry, dict):
+                raise self.fail(where, "expected a mapping with 'targets' (and 'inputs')")
+            extra = set(entry) - {"name", "targets", "inputs"}
+            if extra:
+                raise self.fail(f"{where}.{sorted(extra)[0]}", "unknown key",
+                                "allowed: name, targets, inputs")
+            targets = self.names(entry.get("targets"), f"{where}.targets", required=True)
+            for t in targets:
+                if t not in states:
+                    raise self.fail(f"{where}.targets", f"'{t}' is not a state",
+                                    "states: " + ", ".join(states))
+                if t in seen:
+                    raise self.fail(f"{where}.targets", f"'{t}' already has a network")
+                seen.add(t)
+            seen_inputs = self.names(entry.get("inputs") or [*states, *inputs], f"{where}.inputs")
+            for n in seen_inputs:
+                if n not in states and n not in inputs:
+                    raise self.fail(f"{where}.inputs", f"'{n}' is not a state or input",
+                                    "networks see states and inputs: " + ", ".join(
+                                        [*states, *inputs]))
+            name = entry.get("name", f"net{i}" if isinstance(value, list) else "net")
+            slots.append(NeuralSlot(name=str(name), targets=tuple(targets),
+                                    inputs=tuple(seen_inputs)))
+        return slots

@@ -1,0 +1,76 @@
+"""The zoo of reference systems with ground truth.
+
+Each system is a YAML file beside this module with the ground-truth spec (``truth``), the prior
+knowledge a user would bring (``known``, a spec with neural slots), the true form of what the
+networks must learn (``missing``) and a default ``scenario`` (initial states, sampling, noise,
+observed species).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import sympy as sp
+import yaml
+
+from ude.errors import UdeError
+from ude.spec.expressions import parse_expression
+from ude.spec.model_spec import ModelSpec
+
+_HERE = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """How data are generated: initial states ``(condition, state)``, sampling and noise."""
+
+    initial: list[list[float]]
+    t_end: float
+    n_times: int
+    noise: float
+    observed: list[str]
+    inputs: list[list[float]] = field(default_factory=list)
+    t_start: float = 0.0
+
+
+@dataclass(frozen=True)
+class System:
+    """A zoo entry: ground truth, prior knowledge, the missing terms and a default scenario."""
+
+    name: str
+    description: str
+    truth: ModelSpec
+    known: ModelSpec
+    missing: dict[str, sp.Expr]
+    scenario: Scenario
+
+
+def system_names() -> list[str]:
+    return sorted(p.stem for p in _HERE.glob("*.yaml"))
+
+
+@cache
+def get_system(name: str) -> System:
+    """The zoo system ``name`` (see :func:`system_names`)."""
+    path = _HERE / f"{name}.yaml"
+    if not path.is_file():
+        raise UdeError(f"unknown system '{name}'", source="model.spec",
+                       fix="zoo systems: " + ", ".join(system_names()))
+    raw: dict[str, Any] = yaml.safe_load(path.read_text())
+    source = str(path)
+    truth = ModelSpec.from_dict(raw["truth"], source=source)
+    known = ModelSpec.from_dict(raw["known"], source=source)
+    truth.name = known.name = raw["name"]
+    missing = {s: parse_expression(e, truth.symbols, source=source, where=f"missing.{s}")
+               for s, e in raw.get("missing", {}).items()}
+    sc = raw["scenario"]
+    scenario = Scenario(initial=[list(map(float, x)) for x in sc["initial"]],
+                        t_end=float(sc["t_end"]), n_times=int(sc["n_times"]),
+                        noise=float(sc["noise"]), observed=list(sc["observed"]),
+                        inputs=[list(map(float, u)) for u in sc.get("inputs", [])],
+                        t_start=float(sc.get("t_start", 0.0)))
+    return System(name=raw["name"], description=raw.get("description", "").strip(), truth=truth,
+                  known=known, missing=missing, scenario=scenario)

@@ -1,0 +1,156 @@
+"""The LightningModule: trajectory fitting through the ODE solver, Adam then L-BFGS."""
+
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+
+from ude.errors import UdeError
+from ude.model.hybrid import HybridODE
+from ude.model.solver import SolverFailed
+from ude.train.losses import gaussian_nll, normalised_mse
+
+
+class _NonFinite(RuntimeError):
+    pass
+
+
+class UDEModule(pl.LightningModule):
+    """Fits a :class:`HybridODE` to measurements on ``times (time,)``.
+
+    The loss is the Gaussian NLL on measured entries (``loss='nll'``, noise learned per
+    observable unless the data gives sigma) or the normalised MSE (``loss='mse'``), plus
+    ``penalty`` times the mean squared (scaled) network output along the fitted trajectories,
+    which leaves to the known terms what they can explain. Adam (cosine learning-rate decay)
+    runs until the last ``polish_epochs`` epochs, which use L-BFGS.
+
+    A step whose loss or parameters become NaN/inf, or whose solve fails, is undone and
+    training stops; ``stop_reason`` says why and the checkpoints keep the last good state.
+    """
+
+    def __init__(self, model: HybridODE, times: torch.Tensor, obs_scale: torch.Tensor,
+                 lr: float = 1e-2, weight_decay: float = 0.0, loss: str = "nll",
+                 penalty: float = 0.0, polish_epochs: int = 0, min_lr_ratio: float = 0.05,
+                 grad_clip: float | None = 10.0):
+        super().__init__()
+        if loss not in {"nll", "mse"}:
+            raise UdeError(f"unknown loss '{loss}'", source="optim.loss", fix="nll or mse")
+        if not (isinstance(lr, (int, float)) and lr > 0):
+            raise UdeError(f"expected a positive learning rate, got {lr!r}", source="optim.lr")
+        if polish_epochs < 0 or penalty < 0 or weight_decay < 0:
+            raise UdeError("polish_epochs, penalty and weight_decay must be >= 0",
+                           source="optim")
+        self.model = model
+        self.register_buffer("times", times)
+        self.register_buffer("obs_scale", obs_scale)
+        self.lr, self.weight_decay, self.loss_kind = float(lr), float(weight_decay), loss
+        self.penalty, self.polish_epochs = float(penalty), int(polish_epochs)
+        self.min_lr_ratio, self.grad_clip = float(min_lr_ratio), grad_clip
+        self.automatic_optimization = False
+        self.stop_reason: str | None = None
+        self.first_mse: float | None = None
+
+    # -- losses ------------------------------------------------------------------------------
+    def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        cond = batch["condition"]
+        states = self.model.simulate(self.times, cond)
+        pred = self.model.observe(states, cond)
+        mse = normalised_mse(pred, batch["values"], batch["mask"], self.obs_scale)
+        if self.loss_kind == "nll":
+            sigma = torch.where(batch["sigma"] > 0, batch["sigma"], self.model.noise)
+            fit = gaussian_nll(pred, batch["values"], batch["mask"], sigma)
+        else:
+            fit = mse
+        out = {"fit": fit, "mse": mse, "loss": fit}
+        if self.penalty > 0 and len(self.model.networks):
+            flat = states.reshape(-1, states.shape[-1])
+            ctx = self.model.context(cond).repeat_interleave(states.shape[1], dim=0)
+            net = self.model.neural_terms(flat, ctx) / self.model.deriv_scale
+            out["penalty"] = (net * net).mean()
+            out["loss"] = fit + self.penalty * out["penalty"]
+        return out
+
+    # -- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self):
+        nets = list(self.model.networks.parameters())
+        ids = {id(p) for p in nets}
+        rest = [p for p in self.parameters() if id(p) not in ids and p.requires_grad]
+        adam = torch.optim.AdamW([{"params": nets, "weight_decay": self.weight_decay},
+                                  {"params": rest, "weight_decay": 0.0}], lr=self.lr)
+        adam_epochs = max(self.trainer.max_epochs - self.polish_epochs, 1)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+            adam, T_max=adam_epochs, eta_min=self.lr * self.min_lr_ratio)
+        lbfgs = torch.optim.LBFGS([p for p in self.parameters() if p.requires_grad], lr=1.0,
+                                  max_iter=20, history_size=50, line_search_fn="strong_wolfe")
+        return [adam, lbfgs], [schedule]
+
+    def _polishing(self) -> bool:
+        return self.current_epoch >= self.trainer.max_epochs - self.polish_epochs
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        adam, lbfgs = self.optimizers()
+        snapshot = [p.detach().clone() for p in self.parameters()]
+        try:
+            if self._polishing():
+                record: dict[str, torch.Tensor] = {}
+
+                def closure():
+                    lbfgs.zero_grad()
+                    out = self.losses(batch)
+                    if not torch.isfinite(out["loss"]):
+                        raise _NonFinite(f"loss became {out['loss'].item()}")
+                    self.manual_backward(out["loss"])
+                    record.update(out)
+                    return out["loss"]
+
+                lbfgs.step(closure=closure)
+                out = record
+            else:
+                out = self.losses(batch)
+                if not torch.isfinite(out["loss"]):
+                    raise _NonFinite(f"loss became {out['loss'].item()}")
+                adam.zero_grad()
+                self.manual_backward(out["loss"])
+                if self.grad_clip:
+                    self.clip_gradients(adam, gradient_clip_val=self.grad_clip,
+                                        gradient_clip_algorithm="norm")
+                adam.step()
+            if not all(torch.isfinite(p).all() for p in self.parameters()):
+                raise _NonFinite("parameters became NaN/inf")
+        except (_NonFinite, SolverFailed) as err:
+            with torch.no_grad():
+                for p, old in zip(self.parameters(), snapshot, strict=True):
+                    p.copy_(old)
+            self.stop_reason = (f"training stopped at epoch {self.current_epoch}: {err}; the "
+                                "parameters of the last good step are kept")
+            self.trainer.should_stop = True
+            return
+        if self.first_mse is None:
+            self.first_mse = float(out["mse"])
+        n = batch["condition"].shape[0]
+        for key, value in out.items():
+            self.log(f"train/{key}", value.detach(), on_step=False, on_epoch=True, batch_size=n)
+        self.log("lr", adam.param_groups[0]["lr"], on_step=False, on_epoch=True, batch_size=n)
+
+    def on_train_epoch_end(self) -> None:
+        if not self._polishing() and self.stop_reason is None:
+            self.lr_schedulers().step()
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        n = batch["condition"].shape[0]
+        try:
+            out = self.losses(batch)
+            mse, fit = out["mse"], out["fit"]
+        except SolverFailed:
+            mse = fit = torch.tensor(math.inf)
+        self.log("val/mse", mse, batch_size=n, sync_dist=True)
+        self.log("val/fit", fit, batch_size=n, sync_dist=True)
+
+    # -- state kept across resumes -----------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["ude_first_mse"] = self.first_mse
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.first_mse = checkpoint.get("ude_first_mse")
