@@ -46,8 +46,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and not Path(ckpt_path).is_file():
-        raise UdeError("checkpoint not found", source=str(ckpt_path),
-                       fix="give the last.ckpt of an earlier run: <run>/checkpoints/last.ckpt")
+        raise UdeError(
+            "checkpoint not found",
+            source=str(ckpt_path),
+            fix="give the last.ckpt of an earlier run: <run>/checkpoints/last.ckpt",
+        )
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     double = str(cfg.trainer.get("precision", "32")).startswith("64")
@@ -56,16 +59,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         datamodule = instantiate(cfg.data)
         measurements = datamodule.measurements
         # Objects go in through a partial: Hydra would turn them into config nodes.
-        model = instantiate(cfg.model, _partial_=True)(measurements=measurements,
-                                                       solver=instantiate(cfg.solver))
+        model = instantiate(cfg.model, _partial_=True)(
+            measurements=measurements, solver=instantiate(cfg.solver)
+        )
     finally:
         torch.set_default_dtype(torch.float32)
     module = make_module(model, measurements, **cfg.optim)
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    trainer = instantiate(cfg.trainer, _partial_=True)(callbacks=callbacks,
-                                                       logger=loggers or False)
+    trainer = instantiate(cfg.trainer, _partial_=True)(callbacks=callbacks, logger=loggers or False)
     metrics = run_training(module, datamodule, trainer, ckpt_path=ckpt_path)
 
     if trainer.is_global_zero:
@@ -79,8 +82,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _summary(cfg: DictConfig, metrics: dict[str, Any], run_dir: Path) -> None:
     first, last = metrics.get("train_mse_first"), metrics["train_nmse"]
-    line = (f"ude: {cfg.model.spec} trained for {metrics['epochs']} epochs in "
-            f"{metrics['timings']['train_seconds']:.1f} s; normalised trajectory MSE ")
+    line = (
+        f"ude: {cfg.model.spec} trained for {metrics['epochs']} epochs in "
+        f"{metrics['timings']['train_seconds']:.1f} s; normalised trajectory MSE "
+    )
     line += f"{first:.3g} -> {last:.3g}" if first else f"{last:.3g}"
     truth = metrics.get("truth", {})
     if "missing_term_rel_rmse" in truth:
@@ -95,8 +100,11 @@ def main(cfg: DictConfig) -> None:
     metrics = train(cfg)
     if metrics.get("stop_reason"):
         ckpt = Path(metrics["run_dir"]) / "checkpoints" / "last.ckpt"
-        raise UdeError(metrics["stop_reason"], source="train.py",
-                       fix=f"last good checkpoint: {ckpt}; lower optim.lr or tighten the solver")
+        raise UdeError(
+            metrics["stop_reason"],
+            source="train.py",
+            fix=f"last good checkpoint: {ckpt}; lower optim.lr or tighten the solver",
+        )
 
 
 def _one_line(err: BaseException) -> str:

@@ -15,7 +15,19 @@ from ude.model import HybridODE, Solver, build_hybrid
 from ude.spec import ModelSpec, load_spec, simulate_spec
 from ude.systems import get_system, system_names
 
-__all__ = ["FitResult", "HybridODE", "Measurements", "ModelSpec", "Solver", "UdeError",
-           "build_hybrid", "fit", "get_system", "load_spec", "simulate_measurements",
-           "simulate_spec", "system_names"]
+__all__ = [
+    "FitResult",
+    "HybridODE",
+    "Measurements",
+    "ModelSpec",
+    "Solver",
+    "UdeError",
+    "build_hybrid",
+    "fit",
+    "get_system",
+    "load_spec",
+    "simulate_measurements",
+    "simulate_spec",
+    "system_names",
+]
 __version__ = "0.1.0"

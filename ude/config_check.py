@@ -25,7 +25,11 @@ _RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "solver.rtol": ((int, float), lambda v: v > 0, "a number > 0"),
     "solver.atol": ((int, float), lambda v: v > 0, "a number > 0"),
     "solver.adjoint": ((bool,), lambda v: True, "true or false"),
-    "data.batch_size": ((int, type(None)), lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    "data.batch_size": (
+        (int, type(None)),
+        lambda v: v is None or v >= 1,
+        "null or an integer >= 1",
+    ),
 }
 
 
@@ -46,9 +50,16 @@ def check_config(cfg: DictConfig) -> None:
             continue
         ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
         if not ok or not test(value):
-            raise UdeError(f"got {value!r}, expected {expected}", source="config",
-                           where=key, fix=f"override it as {key}=<value>")
+            raise UdeError(
+                f"got {value!r}, expected {expected}",
+                source="config",
+                where=key,
+                fix=f"override it as {key}=<value>",
+            )
     epochs, polish = cfg.trainer.get("max_epochs"), cfg.get("optim", {}).get("polish_epochs", 0)
     if isinstance(epochs, int) and polish > epochs:
-        raise UdeError(f"optim.polish_epochs={polish} exceeds trainer.max_epochs={epochs}",
-                       source="config", where="optim.polish_epochs")
+        raise UdeError(
+            f"optim.polish_epochs={polish} exceeds trainer.max_epochs={epochs}",
+            source="config",
+            where="optim.polish_epochs",
+        )

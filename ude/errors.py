@@ -9,8 +9,14 @@ class UdeError(Exception):
     The command-line entry points print ``str(err)`` on one line and exit with status 2.
     """
 
-    def __init__(self, message: str, *, source: str | None = None, where: str | None = None,
-                 fix: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        where: str | None = None,
+        fix: str | None = None,
+    ):
         parts = [p for p in (source, where) if p]
         text = (": ".join(parts) + ": " if parts else "") + message
         if fix:

@@ -34,14 +34,26 @@ class FitResult:
 def make_module(model: HybridODE, measurements: Measurements, **optim: Any) -> UDEModule:
     """The LightningModule for ``model`` on ``measurements``' time grid."""
     dtype = model.initial.dtype
-    return UDEModule(model, torch.tensor(measurements.times, dtype=dtype),
-                     torch.tensor(measurements.observable_scale(), dtype=dtype), **optim)
+    return UDEModule(
+        model,
+        torch.tensor(measurements.times, dtype=dtype),
+        torch.tensor(measurements.observable_scale(), dtype=dtype),
+        **optim,
+    )
 
 
-def fit(spec: str | ModelSpec, measurements: Measurements, *, solver: Solver | None = None,
-        max_epochs: int = 600, seed: int = 0, run_dir: str | Path | None = None,
-        model_kwargs: dict | None = None, trainer_kwargs: dict | None = None,
-        **optim: Any) -> FitResult:
+def fit(
+    spec: str | ModelSpec,
+    measurements: Measurements,
+    *,
+    solver: Solver | None = None,
+    max_epochs: int = 600,
+    seed: int = 0,
+    run_dir: str | Path | None = None,
+    model_kwargs: dict | None = None,
+    trainer_kwargs: dict | None = None,
+    **optim: Any,
+) -> FitResult:
     """Train a HybridODE for ``spec`` on ``measurements`` (CPU, float64 by default)."""
     pl.seed_everything(seed, workers=True, verbose=False)
     torch.set_default_dtype(torch.float64)
@@ -50,20 +62,34 @@ def fit(spec: str | ModelSpec, measurements: Measurements, *, solver: Solver | N
     finally:
         torch.set_default_dtype(torch.float32)
     module = make_module(model, measurements, **optim)
-    kwargs = dict(max_epochs=max_epochs, accelerator="cpu", devices=1, precision="64-true",
-                  logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                  enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
-                  check_val_every_n_epoch=max_epochs,
-                  default_root_dir=str(run_dir) if run_dir else None)
+    kwargs = dict(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        precision="64-true",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+        check_val_every_n_epoch=max_epochs,
+        default_root_dir=str(run_dir) if run_dir else None,
+    )
     kwargs.update(trainer_kwargs or {})
     trainer = pl.Trainer(**kwargs)
     metrics = run_training(module, ConditionsDataModule(measurements), trainer)
-    return FitResult(model=model, module=module, measurements=measurements, metrics=metrics,
-                     trainer=trainer)
+    return FitResult(
+        model=model, module=module, measurements=measurements, metrics=metrics, trainer=trainer
+    )
 
 
-def run_training(module: UDEModule, datamodule: ConditionsDataModule, trainer: pl.Trainer,
-                 ckpt_path: str | None = None) -> dict[str, Any]:
+def run_training(
+    module: UDEModule,
+    datamodule: ConditionsDataModule,
+    trainer: pl.Trainer,
+    ckpt_path: str | None = None,
+) -> dict[str, Any]:
     """``trainer.fit`` then :func:`evaluate`; the metrics include the wall time."""
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -76,12 +102,12 @@ def run_training(module: UDEModule, datamodule: ConditionsDataModule, trainer: p
 
 
 @torch.no_grad()
-def predict(model: HybridODE, times: np.ndarray, conditions: list[int] | None = None
-            ) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: HybridODE, times: np.ndarray, conditions: list[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """States ``(condition, time, state)`` and observables ``(condition, time, observable)``."""
     dtype = model.initial.dtype
-    cond = torch.arange(model.initial.shape[0]) if conditions is None else torch.tensor(
-        conditions)
+    cond = torch.arange(model.initial.shape[0]) if conditions is None else torch.tensor(conditions)
     cond = cond.to(model.initial.device)
     t = torch.tensor(times, dtype=dtype, device=model.initial.device)
     states = model.simulate(t, cond)
@@ -98,10 +124,14 @@ def evaluate(module: UDEModule, measurements: Measurements) -> dict[str, Any]:
     out: dict[str, Any] = {
         "train_mse_first": module.first_mse,
         "train_nmse": float(np.nanmean(resid**2)),
-        "fit_nrmse": {o: float(np.sqrt(np.nanmean(resid[..., i] ** 2)))
-                      for i, o in enumerate(measurements.observables)},
-        "noise": {o: float(s) for o, s in zip(measurements.observables,
-                                               model.noise.cpu().tolist(), strict=True)},
+        "fit_nrmse": {
+            o: float(np.sqrt(np.nanmean(resid[..., i] ** 2)))
+            for i, o in enumerate(measurements.observables)
+        },
+        "noise": {
+            o: float(s)
+            for o, s in zip(measurements.observables, model.noise.cpu().tolist(), strict=True)
+        },
         "parameters": model.parameter_values(),
     }
     if out["train_mse_first"]:
@@ -122,20 +152,25 @@ def truth_errors(model: HybridODE, measurements: Measurements) -> dict[str, Any]
     mine = [model.spec.states.index(s) for s in model.spec.states if s in truth.spec.states]
     ref = true_states[..., idx]
     nmse = np.mean((states[..., mine] - ref) ** 2, axis=(0, 1)) / np.var(ref, axis=(0, 1))
-    out: dict[str, Any] = {"state_nmse": dict(zip(np.array(model.spec.states)[mine].tolist(),
-                                                  nmse.tolist(), strict=True))}
+    out: dict[str, Any] = {
+        "state_nmse": dict(
+            zip(np.array(model.spec.states)[mine].tolist(), nmse.tolist(), strict=True)
+        )
+    }
     if truth.missing and len(model.networks):
         learned, true = missing_terms(model, measurements, true_states)
         rmse = np.sqrt(np.mean((learned - true) ** 2, axis=0))
         norm = np.sqrt(np.mean(true**2, axis=0))
-        out["missing_term_rel_rmse"] = {s: float(e / (n or 1.0)) for s, e, n in
-                                        zip(truth.missing, rmse, norm, strict=True)}
+        out["missing_term_rel_rmse"] = {
+            s: float(e / (n or 1.0)) for s, e, n in zip(truth.missing, rmse, norm, strict=True)
+        }
     return out
 
 
 @torch.no_grad()
-def missing_terms(model: HybridODE, measurements: Measurements, true_states: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def missing_terms(
+    model: HybridODE, measurements: Measurements, true_states: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Network output and true missing term, ``(point, missing state)`` each, evaluated on the
     true states ``(condition, time, state)``."""
     truth = measurements.truth
@@ -143,8 +178,11 @@ def missing_terms(model: HybridODE, measurements: Measurements, true_states: np.
     flat = true_states.reshape(-1, true_states.shape[-1])
     n_t = true_states.shape[1]
     cond = torch.arange(true_states.shape[0]).repeat_interleave(n_t).to(model.initial.device)
-    y = torch.tensor(flat[:, [truth.spec.states.index(s) for s in model.spec.states]],
-                     dtype=model.initial.dtype, device=model.initial.device)
+    y = torch.tensor(
+        flat[:, [truth.spec.states.index(s) for s in model.spec.states]],
+        dtype=model.initial.dtype,
+        device=model.initial.device,
+    )
     net = model.neural_terms(y, model.context(cond)).cpu().numpy()
     learned = net[:, [model.spec.states.index(s) for s in names]]
     from ude.spec.compile import CompiledExpressions
@@ -152,7 +190,8 @@ def missing_terms(model: HybridODE, measurements: Measurements, true_states: np.
     f = CompiledExpressions([truth.missing[s] for s in names], truth.spec.symbols).double()
     params = np.array([p.value for p in truth.spec.parameters.values()])
     inputs = np.repeat(np.asarray(measurements.inputs, dtype=float), n_t, axis=0)
-    values = np.concatenate([flat, inputs, np.broadcast_to(params, (len(flat), len(params)))],
-                            axis=1)
+    values = np.concatenate(
+        [flat, inputs, np.broadcast_to(params, (len(flat), len(params)))], axis=1
+    )
     true = f(torch.tensor(values)).numpy()
     return learned, true

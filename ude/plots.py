@@ -25,8 +25,10 @@ def plot_fit(model: HybridODE, measurements: Measurements, path: Path) -> Path:
     true_obs = None
     if m.truth is not None:
         states = simulate_spec(m.truth.spec, m.truth.initial, times, m.inputs)
-        cols = [m.truth.spec.states.index(o) if o in m.truth.spec.states else None
-                for o in m.observables]
+        cols = [
+            m.truth.spec.states.index(o) if o in m.truth.spec.states else None
+            for o in m.observables
+        ]
         true_obs = [None if c is None else states[..., c] for c in cols]
     n_c, n_o = m.n_conditions, len(m.observables)
     rows = min(n_c, 8)
@@ -35,8 +37,14 @@ def plot_fit(model: HybridODE, measurements: Measurements, path: Path) -> Path:
         for o, name in enumerate(m.observables):
             ax = axes[c, o]
             for r in range(m.values.shape[2]):
-                ax.plot(m.times, m.values[c, :, r, o], "o", ms=3.5, color="0.35",
-                        label="data" if r == 0 else None)
+                ax.plot(
+                    m.times,
+                    m.values[c, :, r, o],
+                    "o",
+                    ms=3.5,
+                    color="0.35",
+                    label="data" if r == 0 else None,
+                )
             if true_obs is not None and true_obs[o] is not None:
                 ax.plot(times, true_obs[o][c], "--", color="tab:green", lw=1.5, label="truth")
             ax.plot(times, obs[c, :, o], color="tab:blue", lw=2, label="UDE fit")
@@ -63,8 +71,7 @@ def plot_missing_terms(model: HybridODE, measurements: Measurements, path: Path)
         for c in range(min(m.n_conditions, 4)):
             sl = slice(c * n_t, (c + 1) * n_t)
             ax.plot(times, true[sl, j], "--", color="tab:green", label="true" if c == 0 else None)
-            ax.plot(times, learned[sl, j], color="tab:orange",
-                    label="network" if c == 0 else None)
+            ax.plot(times, learned[sl, j], color="tab:orange", label="network" if c == 0 else None)
         ax.set_title(f"missing term of d{name}/dt: {m.truth.missing[name]}", fontsize=9)
         ax.set_xlabel("time")
     axes[0, 0].legend(fontsize=8)

@@ -4,5 +4,10 @@ from ude.data.datamodule import ConditionDataset, ConditionsDataModule
 from ude.data.measurements import Measurements, Truth
 from ude.data.synthetic import simulate_measurements
 
-__all__ = ["ConditionDataset", "ConditionsDataModule", "Measurements", "Truth",
-           "simulate_measurements"]
+__all__ = [
+    "ConditionDataset",
+    "ConditionsDataModule",
+    "Measurements",
+    "Truth",
+    "simulate_measurements",
+]

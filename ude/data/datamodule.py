@@ -20,16 +20,21 @@ class ConditionDataset(Dataset):
         self.mask = torch.from_numpy(~np.isnan(values))
         self.values = torch.from_numpy(np.nan_to_num(values, nan=0.0))
         sigma = measurements.sigma
-        self.sigma = torch.from_numpy(np.nan_to_num(sigma, nan=0.0) if sigma is not None
-                                      else np.zeros_like(values))
+        self.sigma = torch.from_numpy(
+            np.nan_to_num(sigma, nan=0.0) if sigma is not None else np.zeros_like(values)
+        )
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         c = self.indices[i]
-        return {"condition": torch.tensor(c), "values": self.values[c], "mask": self.mask[c],
-                "sigma": self.sigma[c]}
+        return {
+            "condition": torch.tensor(c),
+            "values": self.values[c],
+            "mask": self.mask[c],
+            "sigma": self.sigma[c],
+        }
 
 
 class ConditionsDataModule(pl.LightningDataModule):

@@ -34,11 +34,22 @@ class HybridODE(nn.Module):
         noise: initial noise level per observable ``(observable,)`` (learned in the NLL).
     """
 
-    def __init__(self, spec: ModelSpec, observables: list[str], n_conditions: int,
-                 inputs: torch.Tensor, initial: torch.Tensor, solver: Solver,
-                 state_scale: torch.Tensor, time_scale: float, noise: torch.Tensor,
-                 hidden: int = 32, depth: int = 2, activation: str = "tanh",
-                 learn_initial: bool = True):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        observables: list[str],
+        n_conditions: int,
+        inputs: torch.Tensor,
+        initial: torch.Tensor,
+        solver: Solver,
+        state_scale: torch.Tensor,
+        time_scale: float,
+        noise: torch.Tensor,
+        hidden: int = 32,
+        depth: int = 2,
+        activation: str = "tanh",
+        learn_initial: bool = True,
+    ):
         super().__init__()
         self.spec = spec
         self.solver = solver
@@ -55,12 +66,22 @@ class HybridODE(nn.Module):
             idx_in = [names.index(n) for n in slot.inputs]
             idx_out = [spec.states.index(n) for n in slot.targets]
             in_scale = torch.cat([state_scale, torch.ones(len(spec.inputs))])[idx_in]
-            self.networks.append(MLP(len(idx_in), len(idx_out), hidden, depth, activation,
-                                     in_scale=in_scale, out_scale=deriv_scale[idx_out].clone()))
+            self.networks.append(
+                MLP(
+                    len(idx_in),
+                    len(idx_out),
+                    hidden,
+                    depth,
+                    activation,
+                    in_scale=in_scale,
+                    out_scale=deriv_scale[idx_out].clone(),
+                )
+            )
             self._slot_inputs.append(idx_in)
             self._slot_targets.append(idx_out)
         self.observe_fn = CompiledExpressions(
-            [_observable_expr(spec, o) for o in observables], spec.symbols)
+            [_observable_expr(spec, o) for o in observables], spec.symbols
+        )
         self.register_buffer("inputs", inputs)
         self.register_buffer("state_scale", state_scale)
         self.register_buffer("deriv_scale", deriv_scale)
@@ -82,8 +103,9 @@ class HybridODE(nn.Module):
         """Network outputs placed on their target states ``(batch, state)``, zero elsewhere."""
         out = y.new_zeros(y.shape)
         features = torch.cat([y, context[..., : len(self.spec.inputs)]], dim=-1)
-        for net, idx_in, idx_out in zip(self.networks, self._slot_inputs, self._slot_targets,
-                                        strict=True):
+        for net, idx_in, idx_out in zip(
+            self.networks, self._slot_inputs, self._slot_targets, strict=True
+        ):
             out[..., idx_out] = out[..., idx_out] + net(features[..., idx_in])
         return out
 
@@ -92,8 +114,9 @@ class HybridODE(nn.Module):
         return self.known_terms(y, ctx) + self.neural_terms(y, ctx)
 
     # -- solving and observing ---------------------------------------------------------------
-    def simulate(self, times: torch.Tensor, condition: torch.Tensor,
-                 y0: torch.Tensor | None = None) -> torch.Tensor:
+    def simulate(
+        self, times: torch.Tensor, condition: torch.Tensor, y0: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """States ``(batch, time, state)`` at ``times`` for the batch's ``condition`` indices."""
         self._context = self.context(condition)
         y0 = self.initial[condition] if y0 is None else y0
@@ -120,14 +143,23 @@ def _observable_expr(spec: ModelSpec, name: str) -> sp.Expr:
         return spec.observables[name]
     if name in spec.states:
         return sp.Symbol(name)
-    raise UdeError(f"data column '{name}' matches no state or observable of the spec",
-                   source=spec.source or spec.name,
-                   fix="spec names: " + ", ".join([*spec.states, *spec.observables]))
+    raise UdeError(
+        f"data column '{name}' matches no state or observable of the spec",
+        source=spec.source or spec.name,
+        fix="spec names: " + ", ".join([*spec.states, *spec.observables]),
+    )
 
 
-def build_hybrid(spec: str | ModelSpec, measurements: Measurements, solver: Solver,
-                 hidden: int = 32, depth: int = 2, activation: str = "tanh",
-                 learn_initial: bool = True, latent_initial: float = 1.0) -> HybridODE:
+def build_hybrid(
+    spec: str | ModelSpec,
+    measurements: Measurements,
+    solver: Solver,
+    hidden: int = 32,
+    depth: int = 2,
+    activation: str = "tanh",
+    learn_initial: bool = True,
+    latent_initial: float = 1.0,
+) -> HybridODE:
     """A HybridODE for ``spec`` sized and scaled from ``measurements``.
 
     Observed states start from their first measured value (or the data's known initial state);
@@ -137,9 +169,11 @@ def build_hybrid(spec: str | ModelSpec, measurements: Measurements, solver: Solv
     obs = measurements.observables
     missing_inputs = [u for u in spec.inputs if u not in measurements.input_names]
     if missing_inputs:
-        raise UdeError(f"input '{missing_inputs[0]}' of the spec is not in the data",
-                       source=measurements.source,
-                       fix="give it as a column of the conditions table")
+        raise UdeError(
+            f"input '{missing_inputs[0]}' of the spec is not in the data",
+            source=measurements.source,
+            fix="give it as a column of the conditions table",
+        )
     for name in obs:
         _observable_expr(spec, name)
     first = measurements.first_observed()
@@ -162,8 +196,17 @@ def build_hybrid(spec: str | ModelSpec, measurements: Measurements, solver: Solv
     span = float(measurements.times[-1] - measurements.times[0]) or 1.0
     t = torch.get_default_dtype()
     return HybridODE(
-        spec, obs, n_c, inputs=torch.tensor(inputs, dtype=t),
-        initial=torch.tensor(initial, dtype=t), solver=solver,
-        state_scale=torch.tensor(state_scale, dtype=t), time_scale=span,
-        noise=torch.tensor(0.1 * scale_obs, dtype=t), hidden=hidden, depth=depth,
-        activation=activation, learn_initial=learn_initial)
+        spec,
+        obs,
+        n_c,
+        inputs=torch.tensor(inputs, dtype=t),
+        initial=torch.tensor(initial, dtype=t),
+        solver=solver,
+        state_scale=torch.tensor(state_scale, dtype=t),
+        time_scale=span,
+        noise=torch.tensor(0.1 * scale_obs, dtype=t),
+        hidden=hidden,
+        depth=depth,
+        activation=activation,
+        learn_initial=learn_initial,
+    )

@@ -15,24 +15,43 @@ class RBF(nn.Module):
         return torch.exp(-x * x)
 
 
-ACTIVATIONS = {"tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU, "softplus": nn.Softplus,
-               "relu": nn.ReLU, "rbf": RBF}
+ACTIVATIONS = {
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "softplus": nn.Softplus,
+    "relu": nn.ReLU,
+    "rbf": RBF,
+}
 
 
 class MLP(nn.Module):
     """``(batch, n_in) -> (batch, n_out)``; inputs divided by ``in_scale``, outputs times
     ``out_scale``. The last layer starts small so the known terms dominate at first."""
 
-    def __init__(self, n_in: int, n_out: int, hidden: int = 32, depth: int = 2,
-                 activation: str = "tanh", in_scale: torch.Tensor | None = None,
-                 out_scale: torch.Tensor | None = None, init_gain: float = 0.1):
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        hidden: int = 32,
+        depth: int = 2,
+        activation: str = "tanh",
+        in_scale: torch.Tensor | None = None,
+        out_scale: torch.Tensor | None = None,
+        init_gain: float = 0.1,
+    ):
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise UdeError(f"unknown activation '{activation}'", source="model.activation",
-                           fix="one of " + ", ".join(ACTIVATIONS))
+            raise UdeError(
+                f"unknown activation '{activation}'",
+                source="model.activation",
+                fix="one of " + ", ".join(ACTIVATIONS),
+            )
         if not isinstance(hidden, int) or hidden < 1 or not isinstance(depth, int) or depth < 1:
-            raise UdeError(f"hidden={hidden}, depth={depth}: expected positive integers",
-                           source="model.hidden/model.depth")
+            raise UdeError(
+                f"hidden={hidden}, depth={depth}: expected positive integers",
+                source="model.hidden/model.depth",
+            )
         layers: list[nn.Module] = []
         width = n_in
         for _ in range(depth):

@@ -28,17 +28,30 @@ class Solver:
         max_steps: adaptive steps allowed per solve before giving up.
     """
 
-    def __init__(self, method: str = "dopri5", rtol: float = 1e-6, atol: float = 1e-8,
-                 step_size: float | None = None, adjoint: bool = False, max_steps: int = 20_000):
+    def __init__(
+        self,
+        method: str = "dopri5",
+        rtol: float = 1e-6,
+        atol: float = 1e-8,
+        step_size: float | None = None,
+        adjoint: bool = False,
+        max_steps: int = 20_000,
+    ):
         if method not in ADAPTIVE | FIXED:
-            raise UdeError(f"unknown method '{method}'", source="solver.method",
-                           fix="one of " + ", ".join(sorted(ADAPTIVE | FIXED)))
+            raise UdeError(
+                f"unknown method '{method}'",
+                source="solver.method",
+                fix="one of " + ", ".join(sorted(ADAPTIVE | FIXED)),
+            )
         for name, value in (("rtol", rtol), ("atol", atol)):
             if not isinstance(value, (int, float)) or not value > 0:
-                raise UdeError(f"expected a positive number, got {value!r}", source=f"solver.{name}")
+                raise UdeError(
+                    f"expected a positive number, got {value!r}", source=f"solver.{name}"
+                )
         if step_size is not None and not step_size > 0:
-            raise UdeError(f"expected a positive number, got {step_size!r}",
-                           source="solver.step_size")
+            raise UdeError(
+                f"expected a positive number, got {step_size!r}", source="solver.step_size"
+            )
         self.method = method
         self.rtol = float(rtol)
         self.atol = float(atol)
@@ -55,11 +68,20 @@ class Solver:
         """Solution ``(time, batch, state)`` at times ``t (time,)`` from ``y0 (batch, state)``."""
         solve = odeint_adjoint if self.adjoint else odeint
         try:
-            return solve(func, y0, t, rtol=self.rtol, atol=self.atol, method=self.method,
-                         options=self.options())
+            return solve(
+                func,
+                y0,
+                t,
+                rtol=self.rtol,
+                atol=self.atol,
+                method=self.method,
+                options=self.options(),
+            )
         except AssertionError as err:  # torchdiffeq signals underflow / step limits this way
             raise SolverFailed(str(err)) from None
 
     def __repr__(self) -> str:
-        return (f"Solver(method={self.method!r}, rtol={self.rtol}, atol={self.atol}, "
-                f"step_size={self.step_size}, adjoint={self.adjoint})")
+        return (
+            f"Solver(method={self.method!r}, rtol={self.rtol}, atol={self.atol}, "
+            f"step_size={self.step_size}, adjoint={self.adjoint})"
+        )

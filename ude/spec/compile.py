@@ -67,10 +67,15 @@ class CompiledExpressions(torch.nn.Module):
             base, exp = expr.args
             if exp.is_Number:
                 e = float(exp)
-                fn, args = ((_square, (self._operand(base),)) if e == 2.0 else
-                            (torch.sqrt, (self._operand(base),)) if e == 0.5 else
-                            (torch.reciprocal, (self._operand(base),)) if e == -1.0 else
-                            (_power, (self._operand(base), e)))
+                fn, args = (
+                    (_square, (self._operand(base),))
+                    if e == 2.0
+                    else (torch.sqrt, (self._operand(base),))
+                    if e == 0.5
+                    else (torch.reciprocal, (self._operand(base),))
+                    if e == -1.0
+                    else (_power, (self._operand(base), e))
+                )
             else:
                 fn, args = _power, (self._operand(base), self._operand(exp))
         elif type(expr) in _UNARY:

@@ -50,8 +50,9 @@ def symbol(name: str) -> sp.Symbol:
     return sp.Symbol(name)
 
 
-def parse_expression(text: str, names: Iterable[str], *, source: str | None = None,
-                     where: str | None = None) -> sp.Expr:
+def parse_expression(
+    text: str, names: Iterable[str], *, source: str | None = None, where: str | None = None
+) -> sp.Expr:
     """Parse ``text`` in the spec grammar into a sympy expression over ``names``.
 
     Raises :class:`UdeError` naming the offending token, ``source`` (the file) and ``where``
@@ -59,8 +60,11 @@ def parse_expression(text: str, names: Iterable[str], *, source: str | None = No
     """
     allowed = set(names)
     if isinstance(text, bool) or not isinstance(text, (str, int, float)):
-        raise UdeError(f"expected an expression, got {type(text).__name__} {text!r}",
-                       source=source, where=where)
+        raise UdeError(
+            f"expected an expression, got {type(text).__name__} {text!r}",
+            source=source,
+            where=where,
+        )
     if isinstance(text, (int, float)):
         return sp.Float(text) if isinstance(text, float) else sp.Integer(text)
     if len(text) > 10_000:
@@ -76,9 +80,10 @@ def parse_expression(text: str, names: Iterable[str], *, source: str | None = No
         if statement:
             raise fail(f"statement '{statement}' is not allowed") from None
         col = f" at column {err.offset}" if err.offset else ""
-        raise fail(f"syntax error{col}",
-                   "expressions use numbers, names, + - * / ** ( ) and "
-                   + ", ".join(FUNCTIONS)) from None
+        raise fail(
+            f"syntax error{col}",
+            "expressions use numbers, names, + - * / ** ( ) and " + ", ".join(FUNCTIONS),
+        ) from None
     except (ValueError, RecursionError, MemoryError):
         raise fail("unparseable expression") from None
 
@@ -94,8 +99,11 @@ def parse_expression(text: str, names: Iterable[str], *, source: str | None = No
             return sp.Integer(value) if isinstance(value, int) else sp.Float(value)
         if isinstance(node, ast.Name):
             if node.id not in allowed:
-                hint = ("declare it under states, parameters or inputs"
-                        if node.id not in FUNCTIONS else f"'{node.id}' is a function: call it")
+                hint = (
+                    "declare it under states, parameters or inputs"
+                    if node.id not in FUNCTIONS
+                    else f"'{node.id}' is a function: call it"
+                )
                 raise fail(f"unknown name '{node.id}'", hint)
             return symbol(node.id)
         if isinstance(node, ast.BinOp):
@@ -115,12 +123,16 @@ def parse_expression(text: str, names: Iterable[str], *, source: str | None = No
             raise fail(f"unary operator {type(node.op).__name__} is not allowed")
         if isinstance(node, ast.Call):
             if not isinstance(node.func, ast.Name):
-                raise fail(f"call of '{ast.unparse(node.func)}' is not allowed",
-                           "allowed functions: " + ", ".join(FUNCTIONS))
+                raise fail(
+                    f"call of '{ast.unparse(node.func)}' is not allowed",
+                    "allowed functions: " + ", ".join(FUNCTIONS),
+                )
             name = node.func.id
             if name not in FUNCTIONS:
-                raise fail(f"function '{name}' is not allowed",
-                           "allowed functions: " + ", ".join(FUNCTIONS))
+                raise fail(
+                    f"function '{name}' is not allowed",
+                    "allowed functions: " + ", ".join(FUNCTIONS),
+                )
             if node.keywords:
                 raise fail(f"keyword arguments to '{name}' are not allowed")
             arity, fn = FUNCTIONS[name]

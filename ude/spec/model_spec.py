@@ -21,8 +21,18 @@ from ude.errors import UdeError
 from ude.spec.expressions import FUNCTIONS, parse_expression
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TOP_KEYS = {"name", "description", "states", "parameters", "inputs", "equations", "neural",
-             "observables", "discovered", "reactions"}
+_TOP_KEYS = {
+    "name",
+    "description",
+    "states",
+    "parameters",
+    "inputs",
+    "equations",
+    "neural",
+    "observables",
+    "discovered",
+    "reactions",
+}
 
 
 @dataclass(frozen=True)
@@ -92,14 +102,21 @@ class ModelSpec:
 
     def known_rhs(self) -> list[sp.Expr]:
         """Known (plus discovered) part of the right-hand side, one expression per state."""
-        return [self.equations.get(s, sp.Integer(0)) + self.discovered.get(s, sp.Integer(0))
-                for s in self.states]
+        return [
+            self.equations.get(s, sp.Integer(0)) + self.discovered.get(s, sp.Integer(0))
+            for s in self.states
+        ]
 
-    def with_discovered(self, discovered: dict[str, sp.Expr],
-                        parameters: dict[str, Parameter] | None = None) -> ModelSpec:
+    def with_discovered(
+        self, discovered: dict[str, sp.Expr], parameters: dict[str, Parameter] | None = None
+    ) -> ModelSpec:
         """The twin: this spec with its neural slots replaced by ``discovered`` terms."""
-        return replace(self, neural=[], discovered=dict(discovered),
-                       parameters=dict(parameters if parameters is not None else self.parameters))
+        return replace(
+            self,
+            neural=[],
+            discovered=dict(discovered),
+            parameters=dict(parameters if parameters is not None else self.parameters),
+        )
 
     # -- (de)serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -112,8 +129,10 @@ class ModelSpec:
         if self.equations:
             out["equations"] = {k: str(v) for k, v in self.equations.items()}
         if self.neural:
-            out["neural"] = [{"name": s.name, "targets": list(s.targets), "inputs": list(s.inputs)}
-                             for s in self.neural]
+            out["neural"] = [
+                {"name": s.name, "targets": list(s.targets), "inputs": list(s.inputs)}
+                for s in self.neural
+            ]
         if self.observables:
             out["observables"] = {k: str(v) for k, v in self.observables.items()}
         if self.discovered:
@@ -134,15 +153,19 @@ def load_spec(spec: str | Path | ModelSpec) -> ModelSpec:
     path = Path(text)
     if path.suffix.lower() in {".yaml", ".yml"}:
         if not path.is_file():
-            raise UdeError("spec file not found", source=text,
-                           fix="give a YAML spec, an SBML file or a zoo system name")
+            raise UdeError(
+                "spec file not found",
+                source=text,
+                fix="give a YAML spec, an SBML file or a zoo system name",
+            )
         try:
             raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f"line {mark.line + 1}" if mark else None
-            raise UdeError(f"not valid YAML: {getattr(err, 'problem', err)}", source=text,
-                           where=where) from None
+            raise UdeError(
+                f"not valid YAML: {getattr(err, 'problem', err)}", source=text, where=where
+            ) from None
         spec_ = ModelSpec.from_dict(raw, source=text)
         if spec_.name == "model":
             spec_.name = path.stem
@@ -155,9 +178,12 @@ def load_spec(spec: str | Path | ModelSpec) -> ModelSpec:
 
     if text in system_names():
         return get_system(text).known
-    raise UdeError(f"unknown spec '{text}'", source="model.spec",
-                   fix="give a .yaml spec file, an .xml/.sbml file or one of the zoo systems: "
-                   + ", ".join(system_names()))
+    raise UdeError(
+        f"unknown spec '{text}'",
+        source="model.spec",
+        fix="give a .yaml spec file, an .xml/.sbml file or one of the zoo systems: "
+        + ", ".join(system_names()),
+    )
 
 
 class _SpecReader:
@@ -176,19 +202,25 @@ class _SpecReader:
             raise self.fail("top level", "expected a mapping with 'states' and 'equations'")
         unknown = set(raw) - _TOP_KEYS
         if unknown:
-            raise self.fail(sorted(unknown)[0], "unknown key",
-                            "allowed keys: " + ", ".join(sorted(_TOP_KEYS)))
+            raise self.fail(
+                sorted(unknown)[0], "unknown key", "allowed keys: " + ", ".join(sorted(_TOP_KEYS))
+            )
         if "reactions" in raw:
-            raise self.fail("reactions", "reaction lists are not supported yet",
-                            "write the reactions' rate terms under 'equations'")
+            raise self.fail(
+                "reactions",
+                "reaction lists are not supported yet",
+                "write the reactions' rate terms under 'equations'",
+            )
         states = self.names(raw.get("states"), "states", required=True)
         inputs = self.names(raw.get("inputs") or [], "inputs")
         parameters = self.parameters(raw.get("parameters") or {})
         declared = [*states, *inputs, *parameters]
         dupes = {n for n in declared if declared.count(n) > 1}
         if dupes:
-            raise self.fail(sorted(dupes)[0], "declared twice (states, inputs and parameters "
-                            "share one namespace)")
+            raise self.fail(
+                sorted(dupes)[0],
+                "declared twice (states, inputs and parameters share one namespace)",
+            )
         equations = self.expressions(raw.get("equations") or {}, "equations", declared, states)
         discovered = self.expressions(raw.get("discovered") or {}, "discovered", declared, states)
         observables = self.expressions(raw.get("observables") or {}, "observables", declared)
@@ -196,9 +228,17 @@ class _SpecReader:
         name = raw.get("name", "model")
         if not isinstance(name, str):
             raise self.fail("name", "expected a string")
-        return ModelSpec(states=states, parameters=parameters, inputs=inputs, equations=equations,
-                         neural=neural, observables=observables, discovered=discovered,
-                         name=name, source=self.source)
+        return ModelSpec(
+            states=states,
+            parameters=parameters,
+            inputs=inputs,
+            equations=equations,
+            neural=neural,
+            observables=observables,
+            discovered=discovered,
+            name=name,
+            source=self.source,
+        )
 
     def names(self, value: Any, where: str, required: bool = False) -> list[str]:
         if value is None or value == []:
@@ -217,8 +257,11 @@ class _SpecReader:
 
     def check_name(self, name: Any, where: str) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
-            raise self.fail(where, f"'{name}' is not a valid name",
-                            "use letters, digits and _, starting with a letter")
+            raise self.fail(
+                where,
+                f"'{name}' is not a valid name",
+                "use letters, digits and _, starting with a letter",
+            )
         if keyword.iskeyword(name) or name in FUNCTIONS:
             raise self.fail(where, f"'{name}' is reserved", "choose another name")
 
@@ -232,19 +275,25 @@ class _SpecReader:
             if isinstance(entry, dict):
                 extra = set(entry) - {"value", "learn", "min", "max", "per_condition"}
                 if extra:
-                    raise self.fail(f"{where}.{sorted(extra)[0]}", "unknown key",
-                                    "allowed: value, learn, min, max, per_condition")
+                    raise self.fail(
+                        f"{where}.{sorted(extra)[0]}",
+                        "unknown key",
+                        "allowed: value, learn, min, max, per_condition",
+                    )
                 if "value" not in entry:
                     raise self.fail(where, "missing 'value'")
                 param = Parameter(
                     value=self.number(entry["value"], f"{where}.value"),
                     learn=self.flag(entry.get("learn", False), f"{where}.learn"),
-                    min=self.number(entry["min"], f"{where}.min") if entry.get("min") is not None
+                    min=self.number(entry["min"], f"{where}.min")
+                    if entry.get("min") is not None
                     else None,
-                    max=self.number(entry["max"], f"{where}.max") if entry.get("max") is not None
+                    max=self.number(entry["max"], f"{where}.max")
+                    if entry.get("max") is not None
                     else None,
-                    per_condition=self.flag(entry.get("per_condition", False),
-                                            f"{where}.per_condition"),
+                    per_condition=self.flag(
+                        entry.get("per_condition", False), f"{where}.per_condition"
+                    ),
                 )
             else:
                 param = Parameter(value=self.number(entry, where))
@@ -258,8 +307,11 @@ class _SpecReader:
         return out
 
     def number(self, value: Any, where: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
-                value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
             raise self.fail(where, f"expected a finite number, got {value!r}")
         return float(value)
 
@@ -268,19 +320,22 @@ class _SpecReader:
             raise self.fail(where, f"expected true or false, got {value!r}")
         return value
 
-    def expressions(self, value: Any, where: str, names: list[str],
-                    keys: list[str] | None = None) -> dict[str, sp.Expr]:
+    def expressions(
+        self, value: Any, where: str, names: list[str], keys: list[str] | None = None
+    ) -> dict[str, sp.Expr]:
         if not isinstance(value, dict):
             raise self.fail(where, "expected a mapping name: expression")
         out = {}
         for key, text in value.items():
             if keys is not None and key not in keys:
-                raise self.fail(f"{where}.{key}", f"'{key}' is not a state",
-                                "states: " + ", ".join(keys))
+                raise self.fail(
+                    f"{where}.{key}", f"'{key}' is not a state", "states: " + ", ".join(keys)
+                )
             if keys is None:
                 self.check_name(key, f"{where}.{key}")
-            out[key] = parse_expression(text, names, source=self.source or "spec",
-                                        where=f"{where}.{key}")
+            out[key] = parse_expression(
+                text, names, source=self.source or "spec", where=f"{where}.{key}"
+            )
         return out
 
     def neural(self, value: Any, states: list[str], inputs: list[str]) -> list[NeuralSlot]:
@@ -294,23 +349,28 @@ class _SpecReader:
                 raise self.fail(where, "expected a mapping with 'targets' (and 'inputs')")
             extra = set(entry) - {"name", "targets", "inputs"}
             if extra:
-                raise self.fail(f"{where}.{sorted(extra)[0]}", "unknown key",
-                                "allowed: name, targets, inputs")
+                raise self.fail(
+                    f"{where}.{sorted(extra)[0]}", "unknown key", "allowed: name, targets, inputs"
+                )
             targets = self.names(entry.get("targets"), f"{where}.targets", required=True)
             for t in targets:
                 if t not in states:
-                    raise self.fail(f"{where}.targets", f"'{t}' is not a state",
-                                    "states: " + ", ".join(states))
+                    raise self.fail(
+                        f"{where}.targets", f"'{t}' is not a state", "states: " + ", ".join(states)
+                    )
                 if t in seen:
                     raise self.fail(f"{where}.targets", f"'{t}' already has a network")
                 seen.add(t)
             seen_inputs = self.names(entry.get("inputs") or [*states, *inputs], f"{where}.inputs")
             for n in seen_inputs:
                 if n not in states and n not in inputs:
-                    raise self.fail(f"{where}.inputs", f"'{n}' is not a state or input",
-                                    "networks see states and inputs: " + ", ".join(
-                                        [*states, *inputs]))
+                    raise self.fail(
+                        f"{where}.inputs",
+                        f"'{n}' is not a state or input",
+                        "networks see states and inputs: " + ", ".join([*states, *inputs]),
+                    )
             name = entry.get("name", f"net{i}" if isinstance(value, list) else "net")
-            slots.append(NeuralSlot(name=str(name), targets=tuple(targets),
-                                    inputs=tuple(seen_inputs)))
+            slots.append(
+                NeuralSlot(name=str(name), targets=tuple(targets), inputs=tuple(seen_inputs))
+            )
         return slots

@@ -10,9 +10,15 @@ from ude.spec.compile import CompiledExpressions
 from ude.spec.model_spec import ModelSpec
 
 
-def simulate_spec(spec: ModelSpec, initial: np.ndarray, times: np.ndarray,
-                  inputs: np.ndarray | None = None, rtol: float = 1e-9,
-                  atol: float = 1e-11, method: str = "LSODA") -> np.ndarray:
+def simulate_spec(
+    spec: ModelSpec,
+    initial: np.ndarray,
+    times: np.ndarray,
+    inputs: np.ndarray | None = None,
+    rtol: float = 1e-9,
+    atol: float = 1e-11,
+    method: str = "LSODA",
+) -> np.ndarray:
     """States ``(condition, time, state)`` of ``spec`` (known + discovered terms, parameters at
     their values) from ``initial (condition, state)``; ``inputs (condition, input)``.
 
@@ -35,7 +41,8 @@ def simulate_spec(spec: ModelSpec, initial: np.ndarray, times: np.ndarray,
                 v = torch.from_numpy(np.concatenate([y, ctx]))
                 return rhs(v).numpy()
 
-        sol = solve_ivp(f, (times[0], times[-1]), initial[c], t_eval=times, method=method,
-                        rtol=rtol, atol=atol)
+        sol = solve_ivp(
+            f, (times[0], times[-1]), initial[c], t_eval=times, method=method, rtol=rtol, atol=atol
+        )
         out[c, : sol.y.shape[1]] = sol.y.T
     return out

@@ -57,20 +57,35 @@ def get_system(name: str) -> System:
     """The zoo system ``name`` (see :func:`system_names`)."""
     path = _HERE / f"{name}.yaml"
     if not path.is_file():
-        raise UdeError(f"unknown system '{name}'", source="model.spec",
-                       fix="zoo systems: " + ", ".join(system_names()))
+        raise UdeError(
+            f"unknown system '{name}'",
+            source="model.spec",
+            fix="zoo systems: " + ", ".join(system_names()),
+        )
     raw: dict[str, Any] = yaml.safe_load(path.read_text())
     source = str(path)
     truth = ModelSpec.from_dict(raw["truth"], source=source)
     known = ModelSpec.from_dict(raw["known"], source=source)
     truth.name = known.name = raw["name"]
-    missing = {s: parse_expression(e, truth.symbols, source=source, where=f"missing.{s}")
-               for s, e in raw.get("missing", {}).items()}
+    missing = {
+        s: parse_expression(e, truth.symbols, source=source, where=f"missing.{s}")
+        for s, e in raw.get("missing", {}).items()
+    }
     sc = raw["scenario"]
-    scenario = Scenario(initial=[list(map(float, x)) for x in sc["initial"]],
-                        t_end=float(sc["t_end"]), n_times=int(sc["n_times"]),
-                        noise=float(sc["noise"]), observed=list(sc["observed"]),
-                        inputs=[list(map(float, u)) for u in sc.get("inputs", [])],
-                        t_start=float(sc.get("t_start", 0.0)))
-    return System(name=raw["name"], description=raw.get("description", "").strip(), truth=truth,
-                  known=known, missing=missing, scenario=scenario)
+    scenario = Scenario(
+        initial=[list(map(float, x)) for x in sc["initial"]],
+        t_end=float(sc["t_end"]),
+        n_times=int(sc["n_times"]),
+        noise=float(sc["noise"]),
+        observed=list(sc["observed"]),
+        inputs=[list(map(float, u)) for u in sc.get("inputs", [])],
+        t_start=float(sc.get("t_start", 0.0)),
+    )
+    return System(
+        name=raw["name"],
+        description=raw.get("description", "").strip(),
+        truth=truth,
+        known=known,
+        missing=missing,
+        scenario=scenario,
+    )

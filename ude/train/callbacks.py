@@ -39,7 +39,14 @@ class PrintProgress(pl.Callback):
         epoch = trainer.current_epoch + 1
         if self.every and (epoch % self.every == 0 or epoch == trainer.max_epochs):
             m = trainer.callback_metrics
-            parts = [f"{k.split('/')[-1] if k.startswith('train/') else k}={float(v):.4g}"
-                     for k, v in m.items() if k in {"train/loss", "train/mse", "val/mse"}]
-            print(f"epoch {epoch}/{trainer.max_epochs}  " + "  ".join(parts)
-                  + f"  {time.perf_counter() - self._start:.1f}s", flush=True)
+            parts = [
+                f"{k.split('/')[-1] if k.startswith('train/') else k}={float(v):.4g}"
+                for k, v in m.items()
+                if k in {"train/loss", "train/mse", "val/mse"}
+            ]
+            print(
+                f"epoch {epoch}/{trainer.max_epochs}  "
+                + "  ".join(parts)
+                + f"  {time.perf_counter() - self._start:.1f}s",
+                flush=True,
+            )

@@ -13,8 +13,9 @@ def _logged_in() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
-def wandb_logger(project: str, save_dir: str, name: str | None = None,
-                 tags: list[str] | None = None, **kwargs):
+def wandb_logger(
+    project: str, save_dir: str, name: str | None = None, tags: list[str] | None = None, **kwargs
+):
     """Lightning's WandbLogger, offline unless the user is logged in.
 
     ``WANDB_MODE`` (online, offline, disabled) wins when set. Offline runs land in
@@ -25,5 +26,11 @@ def wandb_logger(project: str, save_dir: str, name: str | None = None,
     mode = os.environ.get("WANDB_MODE")
     offline = mode == "offline" or (mode is None and not _logged_in())
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    return WandbLogger(project=project, save_dir=save_dir, name=name, tags=list(tags or []),
-                       offline=offline, **kwargs)
+    return WandbLogger(
+        project=project,
+        save_dir=save_dir,
+        name=name,
+        tags=list(tags or []),
+        offline=offline,
+        **kwargs,
+    )

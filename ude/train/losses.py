@@ -7,8 +7,9 @@ import math
 import torch
 
 
-def gaussian_nll(pred: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
-                 sigma: torch.Tensor) -> torch.Tensor:
+def gaussian_nll(
+    pred: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
     """Mean Gaussian negative log-likelihood over measured entries.
 
     ``pred (batch, time, observable)``; ``values``, ``mask``, ``sigma``
@@ -19,8 +20,9 @@ def gaussian_nll(pred: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
     return (nll * mask).sum() / mask.sum().clamp(min=1)
 
 
-def normalised_mse(pred: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
-                   scale: torch.Tensor) -> torch.Tensor:
+def normalised_mse(
+    pred: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
     """Mean squared error over measured entries, each observable divided by ``scale (obs,)``."""
     r = (values - pred[:, :, None, :]) / scale
     return (r * r * mask).sum() / mask.sum().clamp(min=1)

@@ -30,18 +30,26 @@ class UDEModule(pl.LightningModule):
     training stops; ``stop_reason`` says why and the checkpoints keep the last good state.
     """
 
-    def __init__(self, model: HybridODE, times: torch.Tensor, obs_scale: torch.Tensor,
-                 lr: float = 1e-2, weight_decay: float = 0.0, loss: str = "nll",
-                 penalty: float = 0.0, polish_epochs: int = 0, min_lr_ratio: float = 0.05,
-                 grad_clip: float | None = 10.0):
+    def __init__(
+        self,
+        model: HybridODE,
+        times: torch.Tensor,
+        obs_scale: torch.Tensor,
+        lr: float = 1e-2,
+        weight_decay: float = 0.0,
+        loss: str = "nll",
+        penalty: float = 0.0,
+        polish_epochs: int = 0,
+        min_lr_ratio: float = 0.05,
+        grad_clip: float | None = 10.0,
+    ):
         super().__init__()
         if loss not in {"nll", "mse"}:
             raise UdeError(f"unknown loss '{loss}'", source="optim.loss", fix="nll or mse")
         if not (isinstance(lr, (int, float)) and lr > 0):
             raise UdeError(f"expected a positive learning rate, got {lr!r}", source="optim.lr")
         if polish_epochs < 0 or penalty < 0 or weight_decay < 0:
-            raise UdeError("polish_epochs, penalty and weight_decay must be >= 0",
-                           source="optim")
+            raise UdeError("polish_epochs, penalty and weight_decay must be >= 0", source="optim")
         self.model = model
         self.register_buffer("times", times)
         self.register_buffer("obs_scale", obs_scale)
@@ -77,13 +85,24 @@ class UDEModule(pl.LightningModule):
         nets = list(self.model.networks.parameters())
         ids = {id(p) for p in nets}
         rest = [p for p in self.parameters() if id(p) not in ids and p.requires_grad]
-        adam = torch.optim.AdamW([{"params": nets, "weight_decay": self.weight_decay},
-                                  {"params": rest, "weight_decay": 0.0}], lr=self.lr)
+        adam = torch.optim.AdamW(
+            [
+                {"params": nets, "weight_decay": self.weight_decay},
+                {"params": rest, "weight_decay": 0.0},
+            ],
+            lr=self.lr,
+        )
         adam_epochs = max(self.trainer.max_epochs - self.polish_epochs, 1)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-            adam, T_max=adam_epochs, eta_min=self.lr * self.min_lr_ratio)
-        lbfgs = torch.optim.LBFGS([p for p in self.parameters() if p.requires_grad], lr=1.0,
-                                  max_iter=20, history_size=50, line_search_fn="strong_wolfe")
+            adam, T_max=adam_epochs, eta_min=self.lr * self.min_lr_ratio
+        )
+        lbfgs = torch.optim.LBFGS(
+            [p for p in self.parameters() if p.requires_grad],
+            lr=1.0,
+            max_iter=20,
+            history_size=50,
+            line_search_fn="strong_wolfe",
+        )
         return [adam, lbfgs], [schedule]
 
     def _polishing(self) -> bool:
@@ -114,8 +133,9 @@ class UDEModule(pl.LightningModule):
                 adam.zero_grad()
                 self.manual_backward(out["loss"])
                 if self.grad_clip:
-                    self.clip_gradients(adam, gradient_clip_val=self.grad_clip,
-                                        gradient_clip_algorithm="norm")
+                    self.clip_gradients(
+                        adam, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm"
+                    )
                 adam.step()
             if not all(torch.isfinite(p).all() for p in self.parameters()):
                 raise _NonFinite("parameters became NaN/inf")
@@ -123,8 +143,10 @@ class UDEModule(pl.LightningModule):
             with torch.no_grad():
                 for p, old in zip(self.parameters(), snapshot, strict=True):
                     p.copy_(old)
-            self.stop_reason = (f"training stopped at epoch {self.current_epoch}: {err}; the "
-                                "parameters of the last good step are kept")
+            self.stop_reason = (
+                f"training stopped at epoch {self.current_epoch}: {err}; the "
+                "parameters of the last good step are kept"
+            )
             self.trainer.should_stop = True
             return
         if self.first_mse is None:

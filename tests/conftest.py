@@ -1,0 +1,47 @@
+"""Shared fixtures: composed Hydra configs that write into a temporary run directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def compose_config(run_dir: Path, overrides: list[str] | None = None) -> DictConfig:
+    """The composed config (with ``hydra``) whose outputs go to ``run_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(CONF, version_base="1.3"):
+        cfg = compose("config", overrides=overrides or [], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.name = "test"
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as in a real run, the task sees the config without it
+    return cfg
+
+
+# A short, cheap run of the default example for tests.
+FAST = [
+    "trainer.max_epochs=3",
+    "trainer.check_val_every_n_epoch=1",
+    "callbacks.progress.every=0",
+    "logger=none",
+]
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    def make(*overrides: str, run_dir: Path | None = None) -> DictConfig:
+        return compose_config(run_dir or tmp_path / "run", list(overrides))
+
+    return make
