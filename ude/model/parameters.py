@@ -63,6 +63,10 @@ class SpecParameters(nn.Module):
             return self.fixed.new_zeros((condition.shape[0], 0))
         return torch.stack(cols, dim=-1)
 
+    def prior_nll(self) -> torch.Tensor:
+        """Negative log prior density of the learned parameters (0 without priors)."""
+        return self.fixed.new_zeros(())
+
     def values(self) -> dict[str, float | list[float]]:
         """Current values (a list per condition for per-condition parameters)."""
         out: dict[str, float | list[float]] = {}

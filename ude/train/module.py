@@ -71,13 +71,16 @@ class UDEModule(pl.LightningModule):
             fit = gaussian_nll(pred, batch["values"], batch["mask"], sigma)
         else:
             fit = mse
-        out = {"fit": fit, "mse": mse, "loss": fit}
+        # Priors on parameters count once per data set, so they are divided by the number of
+        # measured entries that the mean NLL averages over.
+        prior = self.model.parameters_.prior_nll() / batch["mask"].sum().clamp(min=1)
+        out = {"fit": fit, "mse": mse, "loss": fit + prior}
         if self.penalty > 0 and len(self.model.networks):
             flat = states.reshape(-1, states.shape[-1])
             ctx = self.model.context(cond).repeat_interleave(states.shape[1], dim=0)
             net = self.model.neural_terms(flat, ctx) / self.model.deriv_scale
             out["penalty"] = (net * net).mean()
-            out["loss"] = fit + self.penalty * out["penalty"]
+            out["loss"] = out["loss"] + self.penalty * out["penalty"]
         return out
 
     # -- optimisation ------------------------------------------------------------------------
