@@ -10,8 +10,11 @@ Examples:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from ude.config_check import check_config
 from ude.errors import UdeError
 from ude.fit import make_module, run_training
 from ude.plots import plot_fit, plot_missing_terms
+from ude.spec import load_spec
 
 
 def _run_dir(ckpt_path: str | None, default: str) -> str:
@@ -36,6 +40,9 @@ def _run_dir(ckpt_path: str | None, default: str) -> str:
 
 
 OmegaConf.register_new_resolver("ude_run_dir", _run_dir, replace=True)
+# Lightning's start-up banners and tips are noise in a run's output; warnings still show.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -52,6 +59,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             fix="give the last.ckpt of an earlier run: <run>/checkpoints/last.ckpt",
         )
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    spec = load_spec(cfg.model.spec)  # a bad spec file is reported before anything else
 
     double = str(cfg.trainer.get("precision", "32")).startswith("64")
     torch.set_default_dtype(torch.float64 if double else torch.float32)
@@ -60,7 +68,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         measurements = datamodule.measurements
         # Objects go in through a partial: Hydra would turn them into config nodes.
         model = instantiate(cfg.model, _partial_=True)(
-            measurements=measurements, solver=instantiate(cfg.solver)
+            spec=spec, measurements=measurements, solver=instantiate(cfg.solver)
         )
     finally:
         torch.set_default_dtype(torch.float32)
@@ -71,9 +79,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = instantiate(cfg.trainer, _partial_=True)(callbacks=callbacks, logger=loggers or False)
     metrics = run_training(module, datamodule, trainer, ckpt_path=ckpt_path)
 
-    if trainer.is_global_zero:
+    if trainer.is_global_zero and "solve_failed" not in metrics:
         plot_fit(model, measurements, run_dir / "plots" / "fit.png")
         plot_missing_terms(model, measurements, run_dir / "plots" / "missing_terms.png")
+    if trainer.is_global_zero:
         metrics["run_dir"] = str(run_dir)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         _summary(cfg, metrics, run_dir)
@@ -95,16 +104,29 @@ def _summary(cfg: DictConfig, metrics: dict[str, Any], run_dir: Path) -> None:
     print(f"run directory: {run_dir}")
 
 
+@contextmanager
+def _exit_2_on_user_errors():
+    """Errors a user can cause print one line (no traceback) and exit with status 2."""
+    try:
+        yield
+    except (UdeError, HydraException, OmegaConfBaseException) as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    metrics = train(cfg)
-    if metrics.get("stop_reason"):
-        ckpt = Path(metrics["run_dir"]) / "checkpoints" / "last.ckpt"
-        raise UdeError(
-            metrics["stop_reason"],
-            source="train.py",
-            fix=f"last good checkpoint: {ckpt}; lower optim.lr or tighten the solver",
-        )
+    # Exiting inside the job keeps Hydra from printing its own banner around our message.
+    with _exit_2_on_user_errors():
+        metrics = train(cfg)
+        if metrics.get("stop_reason"):
+            ckpt = Path(metrics["run_dir"]) / "checkpoints" / "last.ckpt"
+            kept = f"last good checkpoint: {ckpt}" if ckpt.is_file() else "no checkpoint kept"
+            raise UdeError(
+                metrics["stop_reason"],
+                source="train.py",
+                fix=f"{kept}; lower optim.lr or tighten the solver",
+            )
 
 
 def _one_line(err: BaseException) -> str:
@@ -119,11 +141,8 @@ def _one_line(err: BaseException) -> str:
 def cli() -> None:
     """Run :func:`main`; errors a user can cause print one line and exit with status 2."""
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's printer
-    try:
+    with _exit_2_on_user_errors():
         main()
-    except (UdeError, HydraException, OmegaConfBaseException) as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 from ude.data.datamodule import ConditionsDataModule
 from ude.data.measurements import Measurements
 from ude.model.hybrid import HybridODE, build_hybrid
-from ude.model.solver import Solver
+from ude.model.solver import Solver, SolverFailed
 from ude.spec.model_spec import ModelSpec
 from ude.spec.simulate import simulate_spec
 from ude.train.module import UDEModule
@@ -118,7 +119,11 @@ def evaluate(module: UDEModule, measurements: Measurements) -> dict[str, Any]:
     """Fit errors on the data and, for synthetic data, errors against the truth."""
     model = module.model
     model.eval()
-    _, obs = predict(model, measurements.times)
+    try:
+        _, obs = predict(model, measurements.times)
+    except SolverFailed as err:  # a diverged model: report that, not a traceback
+        return {"train_mse_first": module.first_mse, "train_nmse": math.inf,
+                "solve_failed": str(err), "parameters": model.parameter_values()}
     scale = measurements.observable_scale()
     resid = (measurements.values - obs[:, :, None, :]) / scale
     out: dict[str, Any] = {

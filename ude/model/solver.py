@@ -35,7 +35,7 @@ class Solver:
         atol: float = 1e-8,
         step_size: float | None = None,
         adjoint: bool = False,
-        max_steps: int = 20_000,
+        max_steps: int = 5_000,
     ):
         if method not in ADAPTIVE | FIXED:
             raise UdeError(

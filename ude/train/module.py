@@ -59,6 +59,7 @@ class UDEModule(pl.LightningModule):
         self.automatic_optimization = False
         self.stop_reason: str | None = None
         self.first_mse: float | None = None
+        self._last_good: list[torch.Tensor] | None = None
 
     # -- losses ------------------------------------------------------------------------------
     def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -113,7 +114,7 @@ class UDEModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         adam, lbfgs = self.optimizers()
-        snapshot = [p.detach().clone() for p in self.parameters()]
+        current = [p.detach().clone() for p in self.parameters()]
         try:
             if self._polishing():
                 record: dict[str, torch.Tensor] = {}
@@ -121,8 +122,7 @@ class UDEModule(pl.LightningModule):
                 def closure():
                     lbfgs.zero_grad()
                     out = self.losses(batch)
-                    if not torch.isfinite(out["loss"]):
-                        raise _NonFinite(f"loss became {out['loss'].item()}")
+                    self._check_finite(out["loss"], current, first=not record)
                     self.manual_backward(out["loss"])
                     record.update(out)
                     return out["loss"]
@@ -131,8 +131,7 @@ class UDEModule(pl.LightningModule):
                 out = record
             else:
                 out = self.losses(batch)
-                if not torch.isfinite(out["loss"]):
-                    raise _NonFinite(f"loss became {out['loss'].item()}")
+                self._check_finite(out["loss"], current, first=True)
                 adam.zero_grad()
                 self.manual_backward(out["loss"])
                 if self.grad_clip:
@@ -143,21 +142,32 @@ class UDEModule(pl.LightningModule):
             if not all(torch.isfinite(p).all() for p in self.parameters()):
                 raise _NonFinite("parameters became NaN/inf")
         except (_NonFinite, SolverFailed) as err:
-            with torch.no_grad():
-                for p, old in zip(self.parameters(), snapshot, strict=True):
-                    p.copy_(old)
-            self.stop_reason = (
-                f"training stopped at epoch {self.current_epoch}: {err}; the "
-                "parameters of the last good step are kept"
-            )
-            self.trainer.should_stop = True
+            self._stop(err)
             return
         if self.first_mse is None:
-            self.first_mse = float(out["mse"])
+            self.first_mse = float(out["mse"].detach())
         n = batch["condition"].shape[0]
         for key, value in out.items():
             self.log(f"train/{key}", value.detach(), on_step=False, on_epoch=True, batch_size=n)
         self.log("lr", adam.param_groups[0]["lr"], on_step=False, on_epoch=True, batch_size=n)
+
+    def _check_finite(self, loss: torch.Tensor, params: list[torch.Tensor], first: bool) -> None:
+        if not torch.isfinite(loss):
+            raise _NonFinite(f"loss became {loss.item()}")
+        if first:  # these parameters gave a finite loss: the last good state
+            self._last_good = params
+
+    def _stop(self, err: Exception) -> None:
+        """Restore the last parameters that gave a finite loss and stop training."""
+        if self._last_good is not None:
+            with torch.no_grad():
+                for p, old in zip(self.parameters(), self._last_good, strict=True):
+                    p.copy_(old)
+        self.stop_reason = (
+            f"training stopped at epoch {self.current_epoch}: {err}; the parameters of the "
+            "last step with a finite loss are kept"
+        )
+        self.trainer.should_stop = True
 
     def on_train_epoch_end(self) -> None:
         if not self._polishing() and self.stop_reason is None:
@@ -168,7 +178,11 @@ class UDEModule(pl.LightningModule):
         try:
             out = self.losses(batch)
             mse, fit = out["mse"], out["fit"]
-        except SolverFailed:
+            if not torch.isfinite(out["loss"]):
+                raise _NonFinite(f"validation loss became {out['loss'].item()}")
+        except (_NonFinite, SolverFailed) as err:
+            if not self.trainer.sanity_checking:
+                self._stop(err)
             mse = fit = torch.tensor(math.inf)
         self.log("val/mse", mse, batch_size=n, sync_dist=True)
         self.log("val/fit", fit, batch_size=n, sync_dist=True)

@@ -1,0 +1,83 @@
+"""Training behaviour: the loss falls, a killed run resumes exactly, divergence is caught."""
+
+import json
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+
+import train
+from tests.conftest import FAST
+
+
+def test_short_training_lowers_trajectory_loss_tenfold(make_cfg):
+    metrics = train.train(make_cfg("trainer.max_epochs=40", *FAST[1:]))
+    # The initial network contributes almost nothing, so the first loss is that of the known
+    # terms alone; 40 Adam steps must take it at least 10x lower.
+    assert metrics["mse_reduction"] >= 10, metrics
+
+
+class _Kill(pl.Callback):
+    """Raises at the start of an epoch, like a process killed between checkpoints."""
+
+    def __init__(self, at_epoch: int):
+        self.at_epoch = at_epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.at_epoch:
+            raise RuntimeError("killed")
+
+
+def _final_state(run_dir):
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    return ckpt["state_dict"], ckpt["epoch"]
+
+
+def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(make_cfg, tmp_path,
+                                                                  monkeypatch):
+    args = ["trainer.max_epochs=8", *FAST[1:]]
+    train.train(make_cfg(*args, run_dir=tmp_path / "whole"))
+
+    killed = tmp_path / "killed"
+    original = instantiate
+
+    def with_kill(cfg, *a, **kw):
+        obj = original(cfg, *a, **kw)
+        if kw.get("_partial_") and getattr(obj, "func", None) is pl.Trainer:
+            return lambda **k: pl.Trainer(**{**obj.keywords, **k,
+                                             "callbacks": [*k["callbacks"], _Kill(5)]})
+        return obj
+
+    monkeypatch.setattr(train, "instantiate", with_kill)
+    with pytest.raises(RuntimeError, match="killed"):
+        train.train(make_cfg(*args, run_dir=killed))
+    monkeypatch.setattr(train, "instantiate", original)
+    assert _final_state(killed)[1] == 4  # the last finished epoch before the kill
+
+    train.train(make_cfg(*args, f"ckpt_path={killed / 'checkpoints' / 'last.ckpt'}",
+                         run_dir=killed))
+    whole, epoch_whole = _final_state(tmp_path / "whole")
+    resumed, epoch_resumed = _final_state(killed)
+    assert epoch_whole == epoch_resumed
+    for key, value in whole.items():
+        torch.testing.assert_close(resumed[key], value, rtol=1e-12, atol=1e-12)
+
+
+def test_nan_guard_stops_a_diverging_run_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path):
+    metrics = train.train(make_cfg("trainer.max_epochs=30", "optim.lr=1e4", "optim.grad_clip=null",
+                                   *FAST[1:]))
+    assert metrics["stop_reason"] and "training stopped at epoch" in metrics["stop_reason"]
+    assert metrics["epochs"] < 30
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["stop_reason"] == metrics["stop_reason"]
+
+
+def test_wandb_offline_writes_a_run_into_the_run_directory(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "run"))
+    train.train(make_cfg("logger=wandb", "trainer.max_epochs=2", *FAST[1:3]))
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert runs, "no offline run under <run>/wandb"
