@@ -59,6 +59,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             fix="give the last.ckpt of an earlier run: <run>/checkpoints/last.ckpt",
         )
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg.threads)
     spec = load_spec(cfg.model.spec)  # a bad spec file is reported before anything else
 
     double = str(cfg.trainer.get("precision", "32")).startswith("64")

@@ -7,7 +7,12 @@ from ude.spec.compile import CompiledExpressions
 
 def test_compiled_values_match_sympy_on_random_points():
     x, y, a = sp.symbols("x y a")
-    exprs = [a * x - x * y, x**2 / (a**2 + x**2) + sp.exp(-y), sp.Integer(3), sp.sqrt(x) * sp.log(y)]
+    exprs = [
+        a * x - x * y,
+        x**2 / (a**2 + x**2) + sp.exp(-y),
+        sp.Integer(3),
+        sp.sqrt(x) * sp.log(y),
+    ]
     f = CompiledExpressions(exprs, ["x", "y", "a"]).double()
     values = torch.rand(16, 3, dtype=torch.float64) + 0.1
     got = f(values).numpy()

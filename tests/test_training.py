@@ -12,7 +12,7 @@ from tests.conftest import FAST
 
 
 def test_short_training_lowers_trajectory_loss_tenfold(make_cfg):
-    metrics = train.train(make_cfg("trainer.max_epochs=40", *FAST[1:]))
+    metrics = train.train(make_cfg("trainer.max_epochs=40", "optim.warm_start_steps=0", *FAST[1:]))
     # The initial network contributes almost nothing, so the first loss is that of the known
     # terms alone; 40 Adam steps must take it at least 10x lower.
     assert metrics["mse_reduction"] >= 10, metrics
@@ -34,8 +34,7 @@ def _final_state(run_dir):
     return ckpt["state_dict"], ckpt["epoch"]
 
 
-def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(make_cfg, tmp_path,
-                                                                  monkeypatch):
+def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(make_cfg, tmp_path, monkeypatch):
     args = ["trainer.max_epochs=8", *FAST[1:]]
     train.train(make_cfg(*args, run_dir=tmp_path / "whole"))
 
@@ -45,8 +44,9 @@ def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(make_cfg, tmp_
     def with_kill(cfg, *a, **kw):
         obj = original(cfg, *a, **kw)
         if kw.get("_partial_") and getattr(obj, "func", None) is pl.Trainer:
-            return lambda **k: pl.Trainer(**{**obj.keywords, **k,
-                                             "callbacks": [*k["callbacks"], _Kill(5)]})
+            return lambda **k: pl.Trainer(
+                **{**obj.keywords, **k, "callbacks": [*k["callbacks"], _Kill(5)]}
+            )
         return obj
 
     monkeypatch.setattr(train, "instantiate", with_kill)
@@ -55,8 +55,9 @@ def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(make_cfg, tmp_
     monkeypatch.setattr(train, "instantiate", original)
     assert _final_state(killed)[1] == 4  # the last finished epoch before the kill
 
-    train.train(make_cfg(*args, f"ckpt_path={killed / 'checkpoints' / 'last.ckpt'}",
-                         run_dir=killed))
+    train.train(
+        make_cfg(*args, f"ckpt_path={killed / 'checkpoints' / 'last.ckpt'}", run_dir=killed)
+    )
     whole, epoch_whole = _final_state(tmp_path / "whole")
     resumed, epoch_resumed = _final_state(killed)
     assert epoch_whole == epoch_resumed
@@ -65,8 +66,9 @@ def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(make_cfg, tmp_
 
 
 def test_nan_guard_stops_a_diverging_run_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path):
-    metrics = train.train(make_cfg("trainer.max_epochs=30", "optim.lr=1e4", "optim.grad_clip=null",
-                                   *FAST[1:]))
+    metrics = train.train(
+        make_cfg("trainer.max_epochs=30", "optim.lr=1e4", "optim.grad_clip=null", *FAST[1:])
+    )
     assert metrics["stop_reason"] and "training stopped at epoch" in metrics["stop_reason"]
     assert metrics["epochs"] < 30
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)

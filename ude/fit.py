@@ -19,6 +19,7 @@ from ude.model.solver import Solver, SolverFailed
 from ude.spec.model_spec import ModelSpec
 from ude.spec.simulate import simulate_spec
 from ude.train.module import UDEModule
+from ude.train.warm_start import smooth_states
 
 
 @dataclass
@@ -35,6 +36,8 @@ class FitResult:
 def make_module(model: HybridODE, measurements: Measurements, **optim: Any) -> UDEModule:
     """The LightningModule for ``model`` on ``measurements``' time grid."""
     dtype = model.initial.dtype
+    if optim.get("warm_start_steps"):
+        optim = {**optim, "smoothed": smooth_states(measurements, model.spec.states)}
     return UDEModule(
         model,
         torch.tensor(measurements.times, dtype=dtype),
@@ -122,8 +125,12 @@ def evaluate(module: UDEModule, measurements: Measurements) -> dict[str, Any]:
     try:
         _, obs = predict(model, measurements.times)
     except SolverFailed as err:  # a diverged model: report that, not a traceback
-        return {"train_mse_first": module.first_mse, "train_nmse": math.inf,
-                "solve_failed": str(err), "parameters": model.parameter_values()}
+        return {
+            "train_mse_first": module.first_mse,
+            "train_nmse": math.inf,
+            "solve_failed": str(err),
+            "parameters": model.parameter_values(),
+        }
     scale = measurements.observable_scale()
     resid = (measurements.values - obs[:, :, None, :]) / scale
     out: dict[str, Any] = {

@@ -11,6 +11,7 @@ from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
 from ude.model.solver import SolverFailed
 from ude.train.losses import gaussian_nll, normalised_mse
+from ude.train.warm_start import SmoothedStates, gradient_matching
 
 
 class _NonFinite(RuntimeError):
@@ -42,6 +43,8 @@ class UDEModule(pl.LightningModule):
         polish_epochs: int = 0,
         min_lr_ratio: float = 0.05,
         grad_clip: float | None = 10.0,
+        warm_start_steps: int = 0,
+        smoothed: SmoothedStates | None = None,
     ):
         super().__init__()
         if loss not in {"nll", "mse"}:
@@ -56,6 +59,9 @@ class UDEModule(pl.LightningModule):
         self.lr, self.weight_decay, self.loss_kind = float(lr), float(weight_decay), loss
         self.penalty, self.polish_epochs = float(penalty), int(polish_epochs)
         self.min_lr_ratio, self.grad_clip = float(min_lr_ratio), grad_clip
+        self.warm_start_steps, self.smoothed = int(warm_start_steps), smoothed
+        # A buffer, so a resumed run (whose weights come from the checkpoint) skips it.
+        self.register_buffer("warm_started", torch.tensor(False))
         self.automatic_optimization = False
         self.stop_reason: str | None = None
         self.first_mse: float | None = None
@@ -83,6 +89,14 @@ class UDEModule(pl.LightningModule):
             out["penalty"] = (net * net).mean()
             out["loss"] = out["loss"] + self.penalty * out["penalty"]
         return out
+
+    def on_fit_start(self) -> None:
+        if self.warm_start_steps and self.smoothed is not None and not self.warm_started:
+            loss = gradient_matching(
+                self.model, self.smoothed, self.warm_start_steps, self.lr, self.weight_decay
+            )
+            self.warm_started.fill_(True)
+            self.warm_start_loss = loss
 
     # -- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
