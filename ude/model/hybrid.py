@@ -101,13 +101,24 @@ class HybridODE(nn.Module):
 
     def neural_terms(self, y: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Network outputs placed on their target states ``(batch, state)``, zero elsewhere."""
+        states = list(range(self.n_states))
+        if len(self.networks) == 1 and self._slot_targets[0] == states:
+            # The common case (one network on all states) skips the gather/scatter: the
+            # right-hand side is called hundreds of times per solve.
+            idx_in = self._slot_inputs[0]
+            features = y if idx_in == states else self._features(y, context)[..., idx_in]
+            return self.networks[0](features)
         out = y.new_zeros(y.shape)
-        features = torch.cat([y, context[..., : len(self.spec.inputs)]], dim=-1)
+        features = self._features(y, context)
         for net, idx_in, idx_out in zip(
             self.networks, self._slot_inputs, self._slot_targets, strict=True
         ):
             out[..., idx_out] = out[..., idx_out] + net(features[..., idx_in])
         return out
+
+    def _features(self, y: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """What networks may see: states then inputs ``(batch, state + input)``."""
+        return torch.cat([y, context[..., : len(self.spec.inputs)]], dim=-1)
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         ctx = self._context
