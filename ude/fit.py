@@ -38,12 +38,31 @@ def make_module(model: HybridODE, measurements: Measurements, **optim: Any) -> U
     dtype = model.initial.dtype
     if optim.get("warm_start_steps"):
         optim = {**optim, "smoothed": smooth_states(measurements, model.spec.states)}
+    if optim.get("shooting_segments", 1) > 1:
+        optim = {
+            **optim,
+            "observed_states": torch.tensor(
+                measured_states(measurements, model.spec.states), dtype=dtype
+            ),
+        }
     return UDEModule(
         model,
         torch.tensor(measurements.times, dtype=dtype),
         torch.tensor(measurements.observable_scale(), dtype=dtype),
         **optim,
     )
+
+
+def measured_states(measurements: Measurements, states: list[str]) -> np.ndarray:
+    """Replicate means of directly measured states ``(condition, time, state)``; NaN where a
+    state is not an observable or was not measured."""
+    out = np.full((measurements.n_conditions, len(measurements.times), len(states)), np.nan)
+    with np.errstate(all="ignore"):
+        for i, s in enumerate(states):
+            if s in measurements.observables:
+                col = measurements.values[..., measurements.observables.index(s)]
+                out[..., i] = np.nanmean(col, axis=2) if np.isfinite(col).any() else np.nan
+    return out
 
 
 def fit(

@@ -45,6 +45,10 @@ class UDEModule(pl.LightningModule):
         grad_clip: float | None = 10.0,
         warm_start_steps: int = 0,
         smoothed: SmoothedStates | None = None,
+        shooting_segments: int = 1,
+        shooting_epochs: int = 0,
+        shooting_weight: float = 10.0,
+        observed_states: torch.Tensor | None = None,
     ):
         super().__init__()
         if loss not in {"nll", "mse"}:
@@ -62,15 +66,80 @@ class UDEModule(pl.LightningModule):
         self.warm_start_steps, self.smoothed = int(warm_start_steps), smoothed
         # A buffer, so a resumed run (whose weights come from the checkpoint) skips it.
         self.register_buffer("warm_started", torch.tensor(False))
+        self._init_shooting(int(shooting_segments), int(shooting_epochs), float(shooting_weight))
+        # Measured states (condition, time, state), NaN where a state is not measured: where
+        # shooting nodes start.
+        self.observed_states = observed_states
         self.automatic_optimization = False
         self.stop_reason: str | None = None
         self.first_mse: float | None = None
         self._last_good: list[torch.Tensor] | None = None
 
     # -- losses ------------------------------------------------------------------------------
-    def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # -- multiple shooting --------------------------------------------------------------------
+    def _init_shooting(self, segments: int, epochs: int, weight: float) -> None:
+        """Split the time grid into ``segments`` pieces, each solved from its own learned
+        initial state (a shooting node), tied to the previous piece by a continuity penalty
+        of ``weight``. Used for the first ``epochs`` epochs (0: all Adam epochs)."""
+        if segments < 1 or epochs < 0 or weight < 0:
+            raise UdeError(
+                "shooting_segments >= 1, shooting_epochs >= 0, shooting_weight >= 0", source="optim"
+            )
+        n_times = self.times.shape[0]
+        segments = min(segments, max(1, (n_times - 1) // 2))  # at least two steps a piece
+        bounds = torch.linspace(0, n_times - 1, segments + 1).round().long().tolist()
+        self.segments = list(zip(bounds[:-1], bounds[1:], strict=True))
+        self.shooting_epochs, self.shooting_weight = epochs, weight
+        if segments > 1:
+            n_c, n_s = self.model.initial.shape
+            self.nodes = torch.nn.Parameter(self.model.initial.new_zeros(n_c, segments - 1, n_s))
+            self.register_buffer("nodes_ready", torch.tensor(False))
+
+    def _shooting(self) -> bool:
+        if len(self.segments) == 1 or self._polishing():
+            return False
+        return not self.shooting_epochs or self.current_epoch < self.shooting_epochs
+
+    @torch.no_grad()
+    def _place_nodes(self) -> None:
+        """Start each shooting node on the model's own trajectory from the initial states."""
+        cond = torch.arange(self.model.initial.shape[0], device=self.times.device)
+        try:
+            states = self.model.simulate(self.times, cond)
+        except SolverFailed:
+            return
+        starts = [s for s, _ in self.segments[1:]]
+        guess = states[:, starts]
+        if self.observed_states is not None:
+            data = self.observed_states[:, starts].to(guess)
+            guess = torch.where(torch.isfinite(data), data, guess)
+        if torch.isfinite(guess).all():
+            self.nodes.copy_(guess)
+        self.nodes_ready.fill_(True)
+
+    def trajectory(
+        self, cond: torch.Tensor, shooting: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """States ``(batch, time, state)`` on the data grid and, when shooting, the mean
+        squared (scaled) gap between consecutive pieces."""
+        if not shooting:
+            return self.model.simulate(self.times, cond), None
+        pieces, gaps, end = [], [], None
+        for k, (s, e) in enumerate(self.segments):
+            start = self.model.initial[cond] if k == 0 else self.nodes[cond, k - 1]
+            piece = self.model.simulate(self.times[s : e + 1], cond, y0=start)
+            if end is not None:
+                gaps.append((end - start) / self.model.state_scale)
+            end = piece[:, -1]
+            pieces.append(piece if k == 0 else piece[:, 1:])
+        return torch.cat(pieces, dim=1), torch.stack(gaps).pow(2).mean()
+
+    # -- losses ------------------------------------------------------------------------------
+    def losses(
+        self, batch: dict[str, torch.Tensor], shooting: bool = False
+    ) -> dict[str, torch.Tensor]:
         cond = batch["condition"]
-        states = self.model.simulate(self.times, cond)
+        states, gap = self.trajectory(cond, shooting)
         pred = self.model.observe(states, cond)
         mse = normalised_mse(pred, batch["values"], batch["mask"], self.obs_scale)
         if self.loss_kind == "nll":
@@ -82,6 +151,9 @@ class UDEModule(pl.LightningModule):
         # measured entries that the mean NLL averages over.
         prior = self.model.parameters_.prior_nll() / batch["mask"].sum().clamp(min=1)
         out = {"fit": fit, "mse": mse, "loss": fit + prior}
+        if gap is not None:
+            out["continuity"] = gap
+            out["loss"] = out["loss"] + self.shooting_weight * gap
         if self.penalty > 0 and len(self.model.networks):
             flat = states.reshape(-1, states.shape[-1])
             ctx = self.model.context(cond).repeat_interleave(states.shape[1], dim=0)
@@ -97,6 +169,8 @@ class UDEModule(pl.LightningModule):
             )
             self.warm_started.fill_(True)
             self.warm_start_loss = loss
+        if len(self.segments) > 1 and not self.nodes_ready:
+            self._place_nodes()
 
     # -- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -144,7 +218,7 @@ class UDEModule(pl.LightningModule):
                 lbfgs.step(closure=closure)
                 out = record
             else:
-                out = self.losses(batch)
+                out = self.losses(batch, shooting=self._shooting())
                 self._check_finite(out["loss"], current, first=True)
                 adam.zero_grad()
                 self.manual_backward(out["loss"])
