@@ -48,6 +48,7 @@ class UDEModule(pl.LightningModule):
         shooting_segments: int = 1,
         shooting_epochs: int = 0,
         shooting_weight: float = 10.0,
+        warm_start_lr: float = 1e-2,
         observed_states: torch.Tensor | None = None,
     ):
         super().__init__()
@@ -64,6 +65,7 @@ class UDEModule(pl.LightningModule):
         self.penalty, self.polish_epochs = float(penalty), int(polish_epochs)
         self.min_lr_ratio, self.grad_clip = float(min_lr_ratio), grad_clip
         self.warm_start_steps, self.smoothed = int(warm_start_steps), smoothed
+        self.warm_start_lr = float(warm_start_lr)
         # A buffer, so a resumed run (whose weights come from the checkpoint) skips it.
         self.register_buffer("warm_started", torch.tensor(False))
         self._init_shooting(int(shooting_segments), int(shooting_epochs), float(shooting_weight))
@@ -165,7 +167,11 @@ class UDEModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         if self.warm_start_steps and self.smoothed is not None and not self.warm_started:
             loss = gradient_matching(
-                self.model, self.smoothed, self.warm_start_steps, self.lr, self.weight_decay
+                self.model,
+                self.smoothed,
+                self.warm_start_steps,
+                self.warm_start_lr,
+                self.weight_decay,
             )
             self.warm_started.fill_(True)
             self.warm_start_loss = loss
