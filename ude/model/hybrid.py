@@ -62,19 +62,27 @@ class HybridODE(nn.Module):
         self._slot_targets: list[list[int]] = []
         names = [*spec.states, *spec.inputs]
         deriv_scale = state_scale / time_scale
-        for slot in spec.neural:
+        self._slot_flux: list[bool] = []
+        for i, slot in enumerate(spec.neural):
             idx_in = [names.index(n) for n in slot.inputs]
             idx_out = [spec.states.index(n) for n in slot.targets]
             in_scale = torch.cat([state_scale, torch.ones(len(spec.inputs))])[idx_in]
+            out_scale = deriv_scale[idx_out].clone()
+            if slot.stoichiometry is not None:
+                # Neural reactions: the network gives fluxes, applied through the stoichiometry.
+                stoich = torch.tensor(slot.stoichiometry, dtype=deriv_scale.dtype)
+                self.register_buffer(f"stoichiometry_{i}", stoich)
+                out_scale = _flux_scale(stoich, out_scale)
+            self._slot_flux.append(slot.stoichiometry is not None)
             self.networks.append(
                 MLP(
                     len(idx_in),
-                    len(idx_out),
+                    slot.n_outputs,
                     hidden,
                     depth,
                     activation,
                     in_scale=in_scale,
-                    out_scale=deriv_scale[idx_out].clone(),
+                    out_scale=out_scale,
                 )
             )
             self._slot_inputs.append(idx_in)
@@ -103,10 +111,13 @@ class HybridODE(nn.Module):
         """Network outputs placed on their target states ``(batch, state)``, zero elsewhere."""
         out = y.new_zeros(y.shape)
         features = torch.cat([y, context[..., : len(self.spec.inputs)]], dim=-1)
-        for net, idx_in, idx_out in zip(
-            self.networks, self._slot_inputs, self._slot_targets, strict=True
+        for i, (net, idx_in, idx_out) in enumerate(
+            zip(self.networks, self._slot_inputs, self._slot_targets, strict=True)
         ):
-            out[..., idx_out] = out[..., idx_out] + net(features[..., idx_in])
+            term = net(features[..., idx_in])
+            if self._slot_flux[i]:
+                term = term @ getattr(self, f"stoichiometry_{i}").T
+            out[..., idx_out] = out[..., idx_out] + term
         return out
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -138,6 +149,14 @@ class HybridODE(nn.Module):
         return self.parameters_.values()
 
 
+def _flux_scale(stoich: torch.Tensor, deriv_scale: torch.Tensor) -> torch.Tensor:
+    """Typical size of each flux ``(reaction,)``: the smallest ``deriv_scale / |coefficient|``
+    over the targets it changes, so no target's rate starts out of scale."""
+    ratio = deriv_scale[:, None] / stoich.abs().clamp_min(1e-12)
+    ratio = torch.where(stoich != 0, ratio, torch.full_like(ratio, float("inf")))
+    return ratio.min(dim=0).values
+
+
 def _observable_expr(spec: ModelSpec, name: str) -> sp.Expr:
     if name in spec.observables:
         return spec.observables[name]
@@ -163,7 +182,8 @@ def build_hybrid(
     """A HybridODE for ``spec`` sized and scaled from ``measurements``.
 
     Observed states start from their first measured value (or the data's known initial state);
-    latent states from the known initial state or ``latent_initial``.
+    latent states from the known initial state, the spec's ``initial`` value or
+    ``latent_initial``.
     """
     spec = load_spec(spec)
     obs = measurements.observables
@@ -190,6 +210,10 @@ def build_hybrid(
             initial[:, i] = np.where(np.isnan(known), initial[:, i], known)
             if s not in obs and np.isfinite(known).any():
                 state_scale[i] = max(np.nanmax(np.abs(known)), 1e-6)
+        if s in spec.initial:  # the spec's initial value (e.g. from SBML) fills what data lack
+            initial[:, i] = np.where(np.isnan(initial[:, i]), spec.initial[s], initial[:, i])
+            if s not in obs and s not in measurements.initial and spec.initial[s] != 0:
+                state_scale[i] = abs(spec.initial[s])
     initial = np.where(np.isnan(initial), latent_initial, initial)
     col = [measurements.input_names.index(u) for u in spec.inputs]
     inputs = np.asarray(measurements.inputs, dtype=float)[:, col]

@@ -12,6 +12,7 @@ import ast
 from collections.abc import Callable, Iterable
 
 import sympy as sp
+from sympy.printing.str import StrPrinter
 
 from ude.errors import UdeError
 
@@ -159,6 +160,24 @@ def parse_expression(
     if expr.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
         raise fail("expression divides by zero or is infinite")
     return expr
+
+
+class _SpecPrinter(StrPrinter):
+    """sympy's string printer, but constants print as numbers the grammar reads back."""
+
+    def _print_Exp1(self, expr: sp.Basic) -> str:
+        return "exp(1)"
+
+    def _print_Pi(self, expr: sp.Basic) -> str:
+        return repr(float(sp.pi))
+
+    def _print_Float(self, expr: sp.Float) -> str:
+        return repr(float(expr))
+
+
+def format_expression(expr: sp.Expr) -> str:
+    """``expr`` as text in the spec grammar: :func:`parse_expression` reads it back."""
+    return _SpecPrinter({"order": "none"}).doprint(expr)
 
 
 def _statement_token(text: str) -> str | None:
