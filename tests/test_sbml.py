@@ -1,0 +1,314 @@
+"""SBML in and out: round trips, libroadrunner agreement, refusals, the export CLI."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sympy as sp
+
+from ude.errors import UdeError
+from ude.spec import ModelSpec, load_spec, simulate_spec
+from ude.spec.__main__ import main as spec_cli
+from ude.spec.compile import CompiledExpressions
+from ude.spec.sbml import read_sbml, sbml_string, write_sbml
+
+libsbml = pytest.importorskip("libsbml")
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "enzyme_kinetics"
+
+MIXED = {
+    "name": "mixed",
+    "states": ["A", "B", "X"],
+    "inputs": ["u"],
+    "parameters": {
+        "k_r1_f": 2.0,
+        "k_r1_r": 0.5,
+        "K": {"value": 0.3, "learn": True, "min": 0},
+        "d": 0.1,
+    },
+    "reactions": ["A <-> 2 B", "deg: B -> 0; d*B", "make: u -> X; mm(u, K)"],
+    "equations": {"B": "-d*B*X", "A": "0.1*exp(-X)"},
+    "discovered": {"X": "-0.25*X**2 + sqrt(A + 1)"},
+    "observables": {"total": "A + 2*B"},
+    "initial": {"A": 1.0, "B": 0.5},
+}
+
+
+def same_rhs(a: ModelSpec, b: ModelSpec, n: int = 20) -> None:
+    """Symbolically equal, and equal on random states, inputs and parameters."""
+    assert a.states == b.states
+    for ea, eb in zip(a.known_rhs(), b.known_rhs(), strict=True):
+        assert sp.simplify(ea - eb) == 0, (ea, eb)
+    rng = np.random.default_rng(0)
+    names = sorted(set(a.symbols) | set(b.symbols))
+    values = rng.uniform(0.1, 3.0, size=(n, len(names)))
+    fa = CompiledExpressions(a.known_rhs(), names).double()
+    fb = CompiledExpressions(b.known_rhs(), names).double()
+    import torch
+
+    v = torch.from_numpy(values)
+    np.testing.assert_allclose(fa(v).numpy(), fb(v).numpy(), rtol=1e-12, atol=1e-12)
+
+
+def no_errors(text: str) -> None:
+    doc = libsbml.readSBMLFromString(text)
+    doc.setConsistencyChecks(libsbml.LIBSBML_CAT_UNITS_CONSISTENCY, False)
+    doc.checkConsistency()
+    errors = [
+        doc.getError(i).getMessage()
+        for i in range(doc.getNumErrors())
+        if doc.getError(i).getSeverity() >= libsbml.LIBSBML_SEV_ERROR
+    ]
+    assert errors == []
+
+
+@pytest.mark.parametrize(
+    "source",
+    [EXAMPLES / "enzyme.yaml", EXAMPLES / "enzyme_known.yaml", "truth:lotka_volterra", "mixed"],
+)
+def test_round_trip_spec_sbml_spec_keeps_the_right_hand_side(source):
+    if source == "mixed":
+        spec = ModelSpec.from_dict(MIXED, source="mixed.yaml")
+    elif str(source).startswith("truth:"):
+        from ude.systems import get_system
+
+        spec = get_system(str(source)[6:]).truth
+    else:
+        spec = load_spec(source)
+    text = sbml_string(spec)
+    no_errors(text)
+    back = read_sbml("roundtrip.xml", text=text)
+    same_rhs(spec, back)
+    assert {k: p.value for k, p in back.parameters.items() if k not in spec.inputs} == {
+        k: p.value for k, p in spec.parameters.items()
+    }
+    assert [s.stoichiometry for s in back.neural] == [s.stoichiometry for s in spec.neural]
+    for name, expr in spec.observables.items():
+        assert sp.simplify(back.observables[name] - expr) == 0
+
+
+def test_enzyme_as_reactions_and_as_sbml_is_the_same_model():
+    same_rhs(load_spec(EXAMPLES / "enzyme.yaml"), load_spec(EXAMPLES / "enzyme.xml"))
+    yaml_known = load_spec(EXAMPLES / "enzyme_known.yaml")
+    sbml_known = load_spec(EXAMPLES / "enzyme_known.xml")
+    same_rhs(yaml_known, sbml_known)
+    assert sbml_known.neural[0].stoichiometry == yaml_known.neural[0].stoichiometry
+    assert sbml_known.initial == yaml_known.initial
+    assert sbml_known.conservation_laws() == yaml_known.conservation_laws()
+
+
+def lv_twin() -> ModelSpec:
+    """A hand-built Lotka-Volterra twin: known terms, discovered terms, fitted parameters."""
+    known = ModelSpec.from_dict(
+        {
+            "states": ["x", "y"],
+            "parameters": {
+                "alpha": {"value": 1.3, "learn": True, "min": 0},
+                "delta": {"value": 1.8, "learn": True, "min": 0},
+            },
+            "equations": {"x": "alpha*x", "y": "-delta*y"},
+            "neural": {"targets": ["x", "y"]},
+        }
+    )
+    x, y = sp.symbols("x y")
+    fitted = {
+        "alpha": known.parameters["alpha"].__class__(value=1.2987, learn=True, min=0.0),
+        "delta": known.parameters["delta"].__class__(value=1.8023, learn=True, min=0.0),
+    }
+    return known.with_discovered({"x": -0.9 * x * y, "y": 0.8 * x * y}, fitted)
+
+
+@pytest.mark.parametrize("case", ["lotka_volterra", "enzyme"])
+def test_twin_sbml_in_libroadrunner_matches_simulate_spec(tmp_path, case):
+    roadrunner = pytest.importorskip("roadrunner")
+    if case == "lotka_volterra":
+        twin, x0, t_end = lv_twin(), {"x": 0.44249296, "y": 4.6280594}, 3.0
+    else:
+        twin = load_spec(EXAMPLES / "enzyme.yaml")
+        x0, t_end = twin.initial, 40.0
+    path = write_sbml(twin, tmp_path / "twin.sbml", initial=x0)
+    rr = roadrunner.RoadRunner(str(path))
+    rr.integrator.relative_tolerance = 1e-10
+    rr.integrator.absolute_tolerance = 1e-12
+    rr.timeCourseSelections = ["time", *twin.states]
+    result = np.asarray(rr.simulate(0.0, t_end, 31))
+    ours = simulate_spec(twin, np.array([[x0[s] for s in twin.states]]), result[:, 0])[0]
+    rel = np.abs(result[:, 1:] - ours) / np.maximum(np.abs(ours), 1e-3 * np.abs(ours).max())
+    assert rel.max() < 1e-4
+
+
+def sbml(body: str, extra_model: str = "") -> str:
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<sbml xmlns="http://www.sbml.org/sbml/level3/version2/core" level="3" version="2">
+  <model id="m">
+    {extra_model}
+    <listOfCompartments>
+      <compartment id="c" size="1" constant="true"/>
+    </listOfCompartments>
+    <listOfSpecies>
+      <species id="A" compartment="c" initialConcentration="1" hasOnlySubstanceUnits="false"
+        boundaryCondition="false" constant="false"/>
+    </listOfSpecies>
+    <listOfParameters>
+      <parameter id="k" value="2" constant="true"/>
+    </listOfParameters>
+    {body}
+  </model>
+</sbml>"""
+
+
+def rate_rule(math: str) -> str:
+    return f"""<listOfRules><rateRule variable="A">
+      <math xmlns="http://www.w3.org/1998/Math/MathML">{math}</math></rateRule></listOfRules>"""
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            sbml(
+                """<listOfEvents><event id="dose" useValuesFromTriggerTime="true">
+          <trigger initialValue="true" persistent="true">
+          <math xmlns="http://www.w3.org/1998/Math/MathML"><true/></math></trigger>
+          </event></listOfEvents>"""
+            ),
+            "event 'dose': events are not supported",
+        ),
+        (
+            sbml(
+                """<listOfRules><algebraicRule>
+          <math xmlns="http://www.w3.org/1998/Math/MathML"><apply><minus/><ci>A</ci><ci>k</ci>
+          </apply></math></algebraicRule></listOfRules>"""
+            ),
+            "algebraic rules are not supported",
+        ),
+        (
+            sbml(
+                rate_rule(
+                    """<apply><csymbol encoding="text"
+            definitionURL="http://www.sbml.org/sbml/symbols/delay">delay</csymbol>
+            <ci>A</ci><cn>1</cn></apply>"""
+                )
+            ),
+            "rateRule 'A': uses delay",
+        ),
+        (
+            sbml(
+                rate_rule(
+                    """<piecewise><piece><ci>k</ci><apply><gt/><ci>A</ci><cn>1</cn></apply>
+            </piece><otherwise><cn>0</cn></otherwise></piecewise>"""
+                )
+            ),
+            "uses piecewise",
+        ),
+        (sbml(rate_rule("<apply><sin/><ci>A</ci></apply>")), "uses MathML 'sin'"),
+        (
+            sbml(
+                rate_rule(
+                    """<apply><times/><ci>k</ci><csymbol encoding="text"
+            definitionURL="http://www.sbml.org/sbml/symbols/time">t</csymbol></apply>"""
+                )
+            ),
+            "uses time",
+        ),
+        (sbml(rate_rule("<apply><ci>f</ci><ci>A</ci></apply>")), "calls 'f'"),
+        (sbml(rate_rule("<ci>nope</ci>")), "uses 'nope'"),
+        ("<sbml>", "not valid SBML"),
+    ],
+)
+def test_unsupported_sbml_is_refused_naming_the_element(text, message):
+    with pytest.raises(UdeError, match="model.xml") as err:
+        read_sbml("model.xml", text=text)
+    assert message in str(err.value)
+
+
+def test_external_entities_are_never_resolved(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cret")
+    text = sbml(rate_rule("<ci>k</ci>")).replace(
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        f'<?xml version="1.0"?>\n<!DOCTYPE sbml [<!ENTITY xxe SYSTEM "file://{secret}">]>',
+    )
+    text = text.replace('<model id="m">', '<model id="m" name="&xxe;">')
+    path = tmp_path / "evil.xml"
+    path.write_text(text)
+    with pytest.raises(UdeError, match="DOCTYPE") as err:
+        load_spec(path)
+    assert "s3cret" not in str(err.value)
+
+
+def test_function_definitions_local_parameters_and_assignment_rules_are_inlined():
+    text = sbml(
+        """<listOfRules>
+      <assignmentRule variable="obs"><math xmlns="http://www.w3.org/1998/Math/MathML">
+        <apply><times/><cn>2</cn><ci>A</ci></apply></math></assignmentRule>
+      </listOfRules>
+      <listOfReactions><reaction id="deg" reversible="false">
+        <listOfReactants><speciesReference species="A" stoichiometry="1" constant="true"/>
+        </listOfReactants>
+        <kineticLaw><math xmlns="http://www.w3.org/1998/Math/MathML">
+          <apply><times/><ci>c</ci><apply><ci>sat</ci><ci>obs</ci><ci>K</ci></apply></apply>
+        </math><listOfLocalParameters><localParameter id="K" value="0.5"/>
+        </listOfLocalParameters></kineticLaw></reaction></listOfReactions>""",
+        extra_model="""<listOfFunctionDefinitions><functionDefinition id="sat">
+      <math xmlns="http://www.w3.org/1998/Math/MathML"><lambda><bvar><ci>x</ci></bvar>
+      <bvar><ci>K</ci></bvar><apply><divide/><ci>x</ci><apply><plus/><ci>K</ci><ci>x</ci>
+      </apply></apply></lambda></math></functionDefinition></listOfFunctionDefinitions>""",
+    ).replace(
+        '<parameter id="k" value="2" constant="true"/>',
+        '<parameter id="k" value="2" constant="true"/><parameter id="obs" constant="false"/>',
+    )
+    spec = read_sbml("m.xml", text=text)
+    a, kk = sp.symbols("A deg_K")
+    assert sp.simplify(spec.known_rhs()[0] + 2 * a / (kk + 2 * a)) == 0
+    assert spec.parameters["deg_K"].value == 0.5
+    assert list(spec.observables) == ["obs"]
+    assert sp.simplify(spec.observables["obs"] - 2 * a) == 0
+
+
+def test_compartment_sizes_and_boundary_species():
+    text = sbml(
+        """<listOfReactions><reaction id="make" reversible="false">
+        <listOfReactants><speciesReference species="Src" stoichiometry="1" constant="true"/>
+        </listOfReactants>
+        <listOfProducts><speciesReference species="A" stoichiometry="2" constant="true"/>
+        </listOfProducts>
+        <kineticLaw><math xmlns="http://www.w3.org/1998/Math/MathML">
+          <apply><times/><ci>c</ci><ci>k</ci><ci>Src</ci></apply>
+        </math></kineticLaw></reaction></listOfReactions>"""
+    )
+    text = text.replace('size="1"', 'size="4"').replace(
+        "</listOfSpecies>",
+        """<species id="Src" compartment="c" initialConcentration="3" hasOnlySubstanceUnits="false"
+        boundaryCondition="true" constant="false"/></listOfSpecies>""",
+    )
+    spec = read_sbml("m.xml", text=text)
+    assert spec.states == ["A"] and spec.parameters["Src"].value == 3.0
+    # d[A]/dt = 2 * (c k Src) / c: the compartment size cancels.
+    k, src = sp.symbols("k Src")
+    assert sp.simplify(spec.known_rhs()[0] - 2 * k * src) == 0
+
+
+def test_reactions_and_species_can_be_marked_neural():
+    spec = read_sbml(EXAMPLES / "enzyme.xml", neural=["catalysis"])
+    assert spec.neural[0].reactions == ("catalysis",)
+    assert "k_cat" not in str(spec.known_rhs())
+    spec = read_sbml(EXAMPLES / "enzyme.xml", neural=["P"])
+    assert spec.neural[0].targets == ("P",)
+    with pytest.raises(UdeError, match="neural 'nope'"):
+        read_sbml(EXAMPLES / "enzyme.xml", neural=["nope"])
+
+
+def test_per_state_networks_cannot_be_exported():
+    with pytest.raises(UdeError, match="neural terms on x, y"):
+        sbml_string(load_spec("lotka_volterra"))
+
+
+def test_export_cli(tmp_path, capsys):
+    out = tmp_path / "enzyme.xml"
+    assert spec_cli(["export", str(EXAMPLES / "enzyme.yaml"), "-o", str(out)]) == 0
+    same_rhs(load_spec(EXAMPLES / "enzyme.yaml"), load_spec(out))
+    assert spec_cli(["export", str(tmp_path / "missing.yaml"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "missing.yaml" in err and "\n" not in err
+    assert spec_cli(["check", str(EXAMPLES / "enzyme.yaml")]) == 0
+    assert "E + C" in capsys.readouterr().out
