@@ -9,6 +9,7 @@ ever passed to ``eval``, ``exec`` or ``sympify``.
 from __future__ import annotations
 
 import ast
+import math
 from collections.abc import Callable, Iterable
 
 import sympy as sp
@@ -44,6 +45,14 @@ _BINOPS: dict[type, Callable[[sp.Expr, sp.Expr], sp.Expr]] = {
     ast.Pow: lambda a, b: a**b,
 }
 _OPERATOR_HINTS = {ast.BitXor: "'^' (use '**' for powers)", ast.FloorDiv: "'//'", ast.Mod: "'%'"}
+
+
+_MAX_NUMBER = 1e300
+
+
+def _short(value: float | int) -> str:
+    text = str(value)
+    return text if len(text) < 20 else text[:8] + f"...({len(text)} digits)"
 
 
 def symbol(name: str) -> sp.Symbol:
@@ -97,6 +106,8 @@ def parse_expression(
             value = node.value
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise fail(f"constant {value!r} is not a number")
+            if abs(value) > _MAX_NUMBER:
+                raise fail(f"number {_short(value)} is too large")
             return sp.Integer(value) if isinstance(value, int) else sp.Float(value)
         if isinstance(node, ast.Name):
             if node.id not in allowed:
@@ -115,6 +126,10 @@ def parse_expression(
             left, right = build(node.left, depth + 1), build(node.right, depth + 1)
             if isinstance(node.op, ast.Pow) and right.is_Number and abs(float(right)) > 64:
                 raise fail(f"exponent {right} is too large", "exponents are at most 64")
+            if isinstance(node.op, ast.Pow) and left.is_Number and right.is_Number and left != 0:
+                # Exact integer powers of numbers are computed by sympy: bound their size.
+                if abs(left) > _MAX_NUMBER or float(right) * math.log10(abs(float(left))) > 300:
+                    raise fail(f"number {left}**{right} is too large")
             return op(left, right)
         if isinstance(node, ast.UnaryOp):
             if isinstance(node.op, ast.USub):
@@ -159,6 +174,9 @@ def parse_expression(
         raise fail("expression is nested too deeply") from None
     if expr.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
         raise fail("expression divides by zero or is infinite")
+    for sub in sp.preorder_traversal(expr):
+        if sub.is_number and sub.is_real is False:
+            raise fail(f"'{sub}' is not a real number")
     return expr
 
 
