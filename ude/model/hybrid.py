@@ -150,11 +150,12 @@ class HybridODE(nn.Module):
 
 
 def _flux_scale(stoich: torch.Tensor, deriv_scale: torch.Tensor) -> torch.Tensor:
-    """Typical size of each flux ``(reaction,)``: the smallest ``deriv_scale / |coefficient|``
-    over the targets it changes, so no target's rate starts out of scale."""
+    """Typical size of each flux ``(reaction,)``: the largest ``deriv_scale / |coefficient|``
+    over the targets it changes (a latent target's scale is often a guess; the largest is
+    that of the species the flux visibly moves)."""
     ratio = deriv_scale[:, None] / stoich.abs().clamp_min(1e-12)
-    ratio = torch.where(stoich != 0, ratio, torch.full_like(ratio, float("inf")))
-    return ratio.min(dim=0).values
+    ratio = torch.where(stoich != 0, ratio, torch.zeros_like(ratio))
+    return ratio.max(dim=0).values
 
 
 def _observable_expr(spec: ModelSpec, name: str) -> sp.Expr:
@@ -208,8 +209,9 @@ def build_hybrid(
         if s in measurements.initial:
             known = measurements.initial[s]
             initial[:, i] = np.where(np.isnan(known), initial[:, i], known)
-            if s not in obs and np.isfinite(known).any():
-                state_scale[i] = max(np.nanmax(np.abs(known)), 1e-6)
+            if s not in obs and np.isfinite(known).any() and np.nanmax(np.abs(known)) > 0:
+                # (a latent state known to start at 0 keeps scale 1, not a vanishing one)
+                state_scale[i] = np.nanmax(np.abs(known))
         if s in spec.initial:  # the spec's initial value (e.g. from SBML) fills what data lack
             initial[:, i] = np.where(np.isnan(initial[:, i]), spec.initial[s], initial[:, i])
             if s not in obs and s not in measurements.initial and spec.initial[s] != 0:

@@ -40,6 +40,19 @@ _TOP_KEYS = {
     "discovered",
     "reactions",
     "initial",
+    "sbml",
+    "neural_reactions",
+}
+# With 'sbml', the states, reactions and equations come from the SBML file.
+_SBML_KEYS = {
+    "name",
+    "description",
+    "sbml",
+    "parameters",
+    "neural",
+    "neural_reactions",
+    "observables",
+    "initial",
 }
 _PRIOR_KEYS = {"normal": ("mean", "sd"), "lognormal": ("median", "sigma")}
 
@@ -274,6 +287,14 @@ class _SpecReader:
             raise self.fail(
                 sorted(unknown)[0], "unknown key", "allowed keys: " + ", ".join(sorted(_TOP_KEYS))
             )
+        if "sbml" in raw:
+            return self.read_with_sbml(raw)
+        if "neural_reactions" in raw:
+            raise self.fail(
+                "neural_reactions",
+                "only used with 'sbml'",
+                "in a reaction list, give a learned flux the rate 'neural'",
+            )
         states = self.names(raw.get("states"), "states", required=True)
         inputs = self.names(raw.get("inputs") or [], "inputs")
         parameters = self.parameters(raw.get("parameters") or {})
@@ -308,6 +329,63 @@ class _SpecReader:
             source=self.source,
             reactions=reactions,
             initial=initial,
+        )
+
+    def read_with_sbml(self, raw: dict[str, Any]) -> ModelSpec:
+        """An SBML model with the YAML's learned parameters, networks and observables on top."""
+        from ude.spec.sbml import read_sbml
+
+        extra = set(raw) - _SBML_KEYS
+        if extra:
+            raise self.fail(
+                sorted(extra)[0],
+                "not allowed with 'sbml': states, reactions and equations come from the SBML file",
+                "allowed with 'sbml': " + ", ".join(sorted(_SBML_KEYS)),
+            )
+        if not isinstance(raw["sbml"], str):
+            raise self.fail("sbml", "expected the path of an SBML file")
+        path = Path(raw["sbml"])
+        if not path.is_absolute() and self.source:
+            path = Path(self.source).parent / path
+        marked = self.names(raw.get("neural_reactions") or [], "neural_reactions")
+        base = read_sbml(path, neural=marked)
+        # Parameter entries update the SBML's: an entry without 'value' keeps the SBML value.
+        entries = raw.get("parameters") or {}
+        if not isinstance(entries, dict):
+            raise self.fail("parameters", "expected a mapping name: value")
+        merged: dict[str, Any] = {}
+        for name, entry in entries.items():
+            if name not in base.parameters:
+                raise self.fail(
+                    f"parameters.{name}",
+                    f"'{name}' is not a parameter of {path.name}",
+                    "parameters: " + ", ".join(base.parameters),
+                )
+            if isinstance(entry, dict) and "value" not in entry:
+                entry = {**entry, "value": base.parameters[name].value}
+            merged[name] = entry
+        parameters = {**base.parameters, **self.parameters(merged)}
+        declared = [*base.states, *base.inputs, *parameters]
+        observables = {
+            **base.observables,
+            **self.expressions(raw.get("observables") or {}, "observables", declared),
+        }
+        neural = [
+            *self.neural(raw.get("neural"), base.states, base.inputs),
+            *base.neural,
+        ]
+        initial = {**base.initial, **self.initial(raw.get("initial"), base.states)}
+        name = raw.get("name", base.name)
+        if not isinstance(name, str):
+            raise self.fail("name", "expected a string")
+        return replace(
+            base,
+            parameters=parameters,
+            observables=observables,
+            neural=neural,
+            initial=initial,
+            name=name,
+            source=self.source,
         )
 
     def reactions(

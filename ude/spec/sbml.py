@@ -12,14 +12,15 @@ from __future__ import annotations
 import keyword
 from collections.abc import Iterable
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 import libsbml
 import sympy as sp
 
 from ude.errors import UdeError
-from ude.spec.expressions import FUNCTIONS, symbol
+from ude.spec.expressions import FUNCTIONS, format_expression, symbol
 from ude.spec.model_spec import ModelSpec, NeuralSlot, Parameter, reaction_slot
-from ude.spec.reactions import Reaction
+from ude.spec.reactions import Reaction, format_law
 
 _MAX_BYTES = 50_000_000
 
@@ -565,6 +566,7 @@ def sbml_string(
     doc = libsbml.SBMLDocument(3, 2)
     model = doc.createModel()
     model.setId(_spec_id(spec.name))
+    model.setNotes(_notes(spec))
     taken = {*spec.states, *spec.inputs, *spec.parameters}
     comp = model.createCompartment()
     comp_id = _fresh("compartment", taken)
@@ -672,6 +674,19 @@ def write_sbml(
     path = Path(path)
     path.write_text(sbml_string(spec, initial=initial, inputs=inputs))
     return path
+
+
+def _notes(spec: ModelSpec) -> str:
+    """XHTML notes: where the model comes from and which terms were discovered."""
+    lines = [f"Written by ude from the spec '{spec.name}'."]
+    if spec.discovered:
+        terms = "; ".join(f"d{s}/dt += {format_expression(e)}" for s, e in spec.discovered.items())
+        lines.append(f"Terms discovered from data (reactions or rate rules): {terms}.")
+    laws = spec.conservation_laws()
+    if laws:
+        lines.append("Conserved: " + ", ".join(format_law(law) for law in laws) + ".")
+    body = "".join(f"<p>{escape(line)}</p>" for line in lines)
+    return f'<body xmlns="http://www.w3.org/1999/xhtml">{body}</body>'
 
 
 def _spec_id(name: str) -> str:
