@@ -312,3 +312,39 @@ def test_export_cli(tmp_path, capsys):
     assert err.startswith("error: ") and "missing.yaml" in err and "\n" not in err
     assert spec_cli(["check", str(EXAMPLES / "enzyme.yaml")]) == 0
     assert "E + C" in capsys.readouterr().out
+
+
+def test_older_sbml_levels_and_local_parameters():
+    doc = libsbml.readSBMLFromFile(str(EXAMPLES / "enzyme.xml"))
+    law = doc.getModel().getReaction("catalysis").getKineticLaw()
+    local = law.createLocalParameter()
+    local.setId("kc")
+    local.setValue(0.3)
+    law.setMath(libsbml.parseL3Formula("cell * kc * C"))
+    for level, version in [(2, 4), (2, 1), (1, 2)]:
+        old = doc.clone()
+        assert old.setLevelAndVersion(level, version, False)
+        spec = read_sbml("old.xml", text=libsbml.writeSBMLToString(old))
+        assert spec.parameters["catalysis_kc"].value == 0.3
+        expected = load_spec(EXAMPLES / "enzyme.yaml").known_rhs()
+        got = [e.subs("catalysis_kc", sp.Symbol("k_cat")) for e in spec.known_rhs()]
+        assert [sp.expand(a - b) for a, b in zip(got, expected, strict=True)] == [0] * 4
+
+
+def test_required_packages_are_refused():
+    doc = libsbml.SBMLDocument(libsbml.SBMLNamespaces(3, 1, "comp", 1))
+    doc.setPackageRequired("comp", True)
+    doc.createModel().setId("m")
+    with pytest.raises(UdeError, match="package 'comp'"):
+        read_sbml("comp.xml", text=libsbml.writeSBMLToString(doc))
+
+
+def test_one_conditions_fitted_values_go_into_the_file():
+    twin = lv_twin()
+    text = sbml_string(twin, parameters={"alpha": 1.5}, initial={"x": 2.0, "y": 1.0})
+    back = read_sbml("twin.xml", text=text)
+    assert back.parameters["alpha"].value == 1.5
+    assert back.parameters["delta"].value == twin.parameters["delta"].value
+    assert back.initial == {"x": 2.0, "y": 1.0}
+    with pytest.raises(ValueError, match="not parameters of the spec: beta"):
+        sbml_string(twin, parameters={"beta": 1.0})

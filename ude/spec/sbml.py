@@ -215,13 +215,17 @@ class _ModelReader:
 
     def refuse_unsupported(self) -> None:
         m = self.model
-        for i in range(self.doc.getNumPlugins()):
-            pkg = self.doc.getPlugin(i).getPackageName()
-            if pkg == "l3v2extendedmath":
-                continue  # libsbml's own plugin for L3v2 core math, not a package in the file
-            if self.doc.isPackageEnabled(pkg) and self.doc.getPackageRequired(pkg):
+        # Packages are declared as namespaces of the document (Level 3 only); a package the
+        # file marks required changes the math, one marked optional (layout, ...) does not.
+        namespaces = self.doc.getNamespaces()
+        for i in range(namespaces.getLength() if namespaces is not None else 0):
+            uri, prefix = namespaces.getURI(i), namespaces.getPrefix(i)
+            if "/sbml/level3/" not in uri or uri.endswith("/core") or not prefix:
+                continue
+            if self.doc.getPackageRequired(prefix):
                 raise self.fail(
-                    f"package '{pkg}'", "SBML packages that change the math are not supported"
+                    f"package '{prefix}'",
+                    "SBML packages that change the math are not supported",
                 )
         if m.getNumEvents():
             raise self.fail(
@@ -550,6 +554,7 @@ def sbml_string(
     *,
     initial: dict[str, float] | None = None,
     inputs: dict[str, float] | None = None,
+    parameters: dict[str, float] | None = None,
 ) -> str:
     """``spec`` as an SBML Level 3 Version 2 document (see :func:`write_sbml`)."""
     per_state = [s for s in spec.neural if s.stoichiometry is None]
@@ -584,7 +589,11 @@ def sbml_string(
         sp_.setHasOnlySubstanceUnits(True)
         sp_.setBoundaryCondition(False)
         sp_.setConstant(False)
+    unknown = sorted(set(parameters or {}) - set(spec.parameters))
+    if unknown:
+        raise ValueError(f"not parameters of the spec: {', '.join(unknown)}")
     values = {n: p.value for n, p in spec.parameters.items()}
+    values.update({n: float(v) for n, v in (parameters or {}).items()})
     values.update({u: float((inputs or {}).get(u, 0.0)) for u in spec.inputs})
     for name, value in values.items():
         p = model.createParameter()
@@ -662,17 +671,19 @@ def write_sbml(
     *,
     initial: dict[str, float] | None = None,
     inputs: dict[str, float] | None = None,
+    parameters: dict[str, float] | None = None,
 ) -> Path:
     """Write ``spec`` (a twin or a symbolic prior) as SBML to ``path``.
 
     Known reactions are SBML reactions (a neural one without a kinetic law); equation and
     discovered terms are rate rules, or reactions producing the state when reactions also
-    change it; parameters and inputs are constant parameters at their values (``inputs`` gives
-    one condition's input values, default 0); observables are assignment rules. Species are
-    amounts in a unit compartment starting at ``initial`` (default: the spec's, else 0).
+    change it; parameters and inputs are constant parameters at their values. One condition's
+    values can be given: ``parameters`` (e.g. fitted per-condition values; default the spec's),
+    ``inputs`` (default 0) and ``initial`` states (default the spec's, else 0). Observables
+    are assignment rules; species are amounts in a unit compartment.
     """
     path = Path(path)
-    path.write_text(sbml_string(spec, initial=initial, inputs=inputs))
+    path.write_text(sbml_string(spec, initial=initial, inputs=inputs, parameters=parameters))
     return path
 
 
