@@ -167,6 +167,8 @@ def test_reaction_parser_only_raises_udeerror(text):
         "x" + "+x" * 4999,
         "sqrt(-1)",
         "log(0)",
+        "mm(" * 40 + "x" + ", k)" * 40,  # each level doubles the written-out tree
+        "hill(" * 30 + "x" + ", k, 2)" * 30,
     ],
 )
 def test_hostile_expressions_are_refused_without_side_effects(text, tmp_path):

@@ -348,3 +348,44 @@ def test_one_conditions_fitted_values_go_into_the_file():
     assert back.initial == {"x": 2.0, "y": 1.0}
     with pytest.raises(ValueError, match="not parameters of the spec: beta"):
         sbml_string(twin, parameters={"beta": 1.0})
+
+
+def test_function_definitions_that_multiply_are_cut_off():
+    # f_i(x) = f_{i-1}(f_{i-1}(x)): 2**40 inlined calls, a billion laughs in MathML.
+    defs = [
+        "<functionDefinition id='f0'><math xmlns='http://www.w3.org/1998/Math/MathML'>"
+        "<lambda><bvar><ci>x</ci></bvar><apply><times/><ci>x</ci><ci>x</ci></apply>"
+        "</lambda></math></functionDefinition>"
+    ]
+    for i in range(1, 41):
+        defs.append(
+            f"<functionDefinition id='f{i}'><math xmlns='http://www.w3.org/1998/Math/MathML'>"
+            f"<lambda><bvar><ci>x</ci></bvar><apply><ci>f{i - 1}</ci><apply><ci>f{i - 1}</ci>"
+            "<ci>x</ci></apply></apply></lambda></math></functionDefinition>"
+        )
+    text = sbml(
+        rate_rule("<apply><ci>f40</ci><ci>A</ci></apply>"),
+        extra_model=f"<listOfFunctionDefinitions>{''.join(defs)}</listOfFunctionDefinitions>",
+    )
+    with pytest.raises(UdeError, match="more than 10000 function calls"):
+        read_sbml("laughs.xml", text=text)
+    deep = "<apply><minus/>" * 300 + "<ci>A</ci>" + "</apply>" * 300
+    with pytest.raises(UdeError, match="nested"):
+        read_sbml("deep.xml", text=sbml(rate_rule(deep)))
+
+
+def test_assignment_rules_that_multiply_are_cut_off():
+    # a_i = a_{i-1} + k*exp(a_{i-1}): each rule doubles the written-out expression.
+    rules, params = [], []
+    for i in range(1, 41):
+        prev = "A" if i == 1 else f"a{i - 1}"
+        rules.append(
+            f"<assignmentRule variable='a{i}'><math xmlns='http://www.w3.org/1998/Math/MathML'>"
+            f"<apply><plus/><ci>{prev}</ci><apply><times/><ci>k</ci><apply><exp/><ci>{prev}</ci>"
+            "</apply></apply></apply></math></assignmentRule>"
+        )
+        params.append(f"<parameter id='a{i}' constant='false'/>")
+    body = rate_rule("<ci>a40</ci>").replace("<listOfRules>", "<listOfRules>" + "".join(rules))
+    text = sbml(body).replace("</listOfParameters>", "".join(params) + "</listOfParameters>")
+    with pytest.raises(UdeError, match="expands to more than 100000 terms"):
+        read_sbml("rules.xml", text=text)

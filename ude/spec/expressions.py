@@ -48,6 +48,17 @@ _OPERATOR_HINTS = {ast.BitXor: "'^' (use '**' for powers)", ast.FloorDiv: "'//'"
 
 
 _MAX_NUMBER = 1e300
+MAX_TERMS = 100_000
+
+
+def tree_size(expr: sp.Basic, memo: dict | None = None) -> int:
+    """Nodes of ``expr`` written out as a tree; linear time in its distinct subexpressions."""
+    memo = {} if memo is None else memo
+    if not expr.args:
+        return 1
+    if expr not in memo:
+        memo[expr] = min(1 + sum(tree_size(a, memo) for a in expr.args), 10 * MAX_TERMS)
+    return memo[expr]
 
 
 def _short(value: float | int) -> str:
@@ -172,6 +183,9 @@ def parse_expression(
         expr = build(tree)
     except RecursionError:
         raise fail("expression is nested too deeply") from None
+    if tree_size(expr) > MAX_TERMS:
+        # Nested mm/hill use their argument twice: the written-out tree doubles per level.
+        raise fail(f"expression expands to more than {MAX_TERMS} terms")
     if expr.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
         raise fail("expression divides by zero or is infinite")
     for sub in sp.preorder_traversal(expr):

@@ -18,11 +18,12 @@ import libsbml
 import sympy as sp
 
 from ude.errors import UdeError
-from ude.spec.expressions import FUNCTIONS, format_expression, symbol
+from ude.spec.expressions import FUNCTIONS, MAX_TERMS, format_expression, symbol, tree_size
 from ude.spec.model_spec import ModelSpec, NeuralSlot, Parameter, reaction_slot
 from ude.spec.reactions import Reaction, format_law
 
 _MAX_BYTES = 50_000_000
+_MAX_CALLS = 10_000
 
 # -- reading -----------------------------------------------------------------------------------
 
@@ -42,24 +43,36 @@ class _MathReader:
         self.source = source
         self.rename = rename
         self.functions = functions
+        self.calls = 0  # function calls inlined in this document (nested calls multiply)
 
-    def fail(self, where: str, message: str) -> UdeError:
+    def fail(self, where: str, message: str, hint: bool = True) -> UdeError:
         return UdeError(
             message,
             source=self.source,
             where=where,
             fix="the SBML reader supports + - * / power, exp, ln, log, root, tanh, "
-            "numbers, ids and function definitions over these",
+            "numbers, ids and function definitions over these"
+            if hint
+            else None,
         )
 
     def read(self, node: libsbml.ASTNode | None, where: str, local: dict | None = None):
         if node is None:
             raise self.fail(where, "has no math")
-        return self._walk(node, where, local or {}, 0)
+        return self.bounded(self._walk(node, where, local or {}, 0), where)
+
+    def bounded(self, expr: sp.Expr, where: str) -> sp.Expr:
+        """``expr``, refused when written out it would have more than MAX_TERMS nodes
+        (inlined functions and rules share subtrees; everything downstream copies them)."""
+        if tree_size(expr) > MAX_TERMS:
+            raise self.fail(
+                where, f"expands to more than {MAX_TERMS} terms when inlined", hint=False
+            )
+        return expr
 
     def _walk(self, node: libsbml.ASTNode, where: str, local: dict, depth: int) -> sp.Expr:
-        if depth > 500:
-            raise self.fail(where, "math is nested too deeply")
+        if depth > 200:
+            raise self.fail(where, "math is nested more than 200 levels deep", hint=False)
         t = node.getType()
         kids = [node.getChild(i) for i in range(node.getNumChildren())]
 
@@ -139,8 +152,23 @@ class _MathReader:
         bound = {lam.getChild(i).getName(): a for i, a in enumerate(args)}
         body = lam.getChild(lam.getNumChildren() - 1)
         # A function body sees only its arguments (SBML), plus other functions.
-        inner = _MathReader(self.source, {}, self.functions)
-        return inner._walk(body, f"{where} (in functionDefinition '{name}')", bound, depth + 1)
+        self.calls += 1
+        if self.calls > _MAX_CALLS:
+            raise self.fail(where, f"inlines more than {_MAX_CALLS} function calls", hint=False)
+        # The body sees its arguments (they shadow the model's ids) and other functions.
+        return self._walk(body, f"{where} (in functionDefinition '{name}')", bound, depth + 1)
+
+
+def _replace(expr: sp.Basic, mapping: dict, memo: dict) -> sp.Basic:
+    """``expr.xreplace(mapping)``, visiting each distinct subexpression once."""
+    if expr in mapping:
+        return mapping[expr]
+    if not expr.args:
+        return expr
+    if expr not in memo:
+        args = [_replace(a, mapping, memo) for a in expr.args]
+        memo[expr] = expr.func(*args) if args != list(expr.args) else expr
+    return memo[expr]
 
 
 def _type_name(t: int) -> str:
@@ -198,7 +226,10 @@ def read_sbml(
     model = doc.getModel()
     if model is None:
         raise UdeError("the SBML document has no model", source=source)
-    return _ModelReader(model, doc, source, set(neural)).read()
+    try:
+        return _ModelReader(model, doc, source, set(neural)).read()
+    except RecursionError:
+        raise UdeError("the model's math is nested too deeply", source=source) from None
 
 
 class _ModelReader:
@@ -339,20 +370,32 @@ class _ModelReader:
                         f"assignmentRule '{var}'", "rules on compartments are not supported"
                     )
                 assigned[var] = math.read(rule.getMath(), f"assignmentRule '{var}'")
-        subs = {symbol(rename[v]): e for v, e in assigned.items()}
-        for _ in range(len(subs) + 1):
-            changed = {k: e.xreplace(subs) for k, e in subs.items()}
-            if changed == subs:
-                break
-            subs = changed
-        else:
-            raise self.fail("assignmentRule", "assignment rules depend on each other in a cycle")
+        # Resolved in order of dependence with a memoised substitution: rules that use each
+        # other many times share subtrees, which a plain tree walk would copy exponentially.
+        by_symbol = {symbol(rename[v]): e for v, e in assigned.items()}
+        subs: dict[sp.Symbol, sp.Expr] = {}
+
+        def resolve(sym: sp.Symbol, stack: tuple[sp.Symbol, ...]) -> sp.Expr:
+            if sym in subs:
+                return subs[sym]
+            if sym in stack:
+                raise self.fail(
+                    f"assignmentRule '{sym}'", "assignment rules depend on each other in a cycle"
+                )
+            expr = by_symbol[sym]
+            deps = {d: resolve(d, (*stack, sym)) for d in expr.free_symbols if d in by_symbol}
+            subs[sym] = math.bounded(_replace(expr, deps, {}), f"assignmentRule '{sym}'")
+            return subs[sym]
+
+        for sym in by_symbol:
+            resolve(sym, ())
         for k in list(subs):
             parameters.pop(str(k), None)
         observables = {str(k): e for k, e in subs.items()}
+        inline_memo: dict[sp.Basic, sp.Basic] = {}
 
         def inline(expr: sp.Expr) -> sp.Expr:
-            return expr.xreplace(subs)
+            return math.bounded(_replace(expr, subs, inline_memo), "rule or kinetic law")
 
         # Initial assignments: evaluated with the parameters' and species' values.
         values = {symbol(n): p.value for n, p in parameters.items()}
