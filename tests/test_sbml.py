@@ -27,7 +27,9 @@ MIXED = {
     },
     "reactions": ["A <-> 2 B", "deg: B -> 0; d*B", "make: u -> X; mm(u, K)"],
     "equations": {"B": "-d*B*X", "A": "0.1*exp(-X)"},
-    "discovered": {"X": "-0.25*X**2 + sqrt(A + 1)"},
+    "discovered": {
+        "X": "-0.25*X**2 + sqrt(A + 1) + tanh(A)/3 - log(1 + B) + hill(A, K, 2.5) + X**1.7"
+    },
     "observables": {"total": "A + 2*B"},
     "initial": {"A": 1.0, "B": 0.5},
 }
@@ -117,21 +119,26 @@ def lv_twin() -> ModelSpec:
     return known.with_discovered({"x": -0.9 * x * y, "y": 0.8 * x * y}, fitted)
 
 
-@pytest.mark.parametrize("case", ["lotka_volterra", "enzyme"])
+@pytest.mark.parametrize("case", ["lotka_volterra", "enzyme", "mixed"])
 def test_twin_sbml_in_libroadrunner_matches_simulate_spec(tmp_path, case):
     roadrunner = pytest.importorskip("roadrunner")
+    inputs = None
     if case == "lotka_volterra":
         twin, x0, t_end = lv_twin(), {"x": 0.44249296, "y": 4.6280594}, 3.0
-    else:
+    elif case == "enzyme":
         twin = load_spec(EXAMPLES / "enzyme.yaml")
         x0, t_end = twin.initial, 40.0
-    path = write_sbml(twin, tmp_path / "twin.sbml", initial=x0)
+    else:  # reactions, rate rules, extra terms on reacting species, an input
+        twin = ModelSpec.from_dict(MIXED, source="mixed.yaml")
+        x0, t_end, inputs = {"A": 1.0, "B": 0.5, "X": 0.1}, 5.0, {"u": 0.7}
+    path = write_sbml(twin, tmp_path / "twin.sbml", initial=x0, inputs=inputs)
     rr = roadrunner.RoadRunner(str(path))
     rr.integrator.relative_tolerance = 1e-10
     rr.integrator.absolute_tolerance = 1e-12
     rr.timeCourseSelections = ["time", *twin.states]
     result = np.asarray(rr.simulate(0.0, t_end, 31))
-    ours = simulate_spec(twin, np.array([[x0[s] for s in twin.states]]), result[:, 0])[0]
+    u = np.array([[inputs[k] for k in twin.inputs]]) if inputs else None
+    ours = simulate_spec(twin, np.array([[x0[s] for s in twin.states]]), result[:, 0], u)[0]
     rel = np.abs(result[:, 1:] - ours) / np.maximum(np.abs(ours), 1e-3 * np.abs(ours).max())
     assert rel.max() < 1e-4
 
