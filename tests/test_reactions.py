@@ -126,7 +126,7 @@ def test_neural_reaction_learns_one_flux_applied_through_the_stoichiometry():
         time_scale=50.0,
         noise=torch.tensor([0.1, 0.1]),
     )
-    assert model.networks[0].layers[-1].out_features == 1
+    assert model.networks[0].mlp.layers[-1].out_features == 1
     y = torch.rand(6, 4) * 5
     ctx = model.context(torch.tensor([0, 1, 0, 1, 0, 1]))
     nn_terms = model.neural_terms(y, ctx)

@@ -9,7 +9,7 @@ from torch import nn
 
 from ude.data.measurements import Measurements
 from ude.errors import UdeError
-from ude.model.networks import MLP
+from ude.model.networks import MLP, FluxNetwork
 from ude.model.parameters import SpecParameters
 from ude.model.solver import Solver
 from ude.spec.compile import CompiledExpressions
@@ -62,29 +62,26 @@ class HybridODE(nn.Module):
         self._slot_targets: list[list[int]] = []
         names = [*spec.states, *spec.inputs]
         deriv_scale = state_scale / time_scale
-        self._slot_flux: list[bool] = []
-        for i, slot in enumerate(spec.neural):
+        for slot in spec.neural:
             idx_in = [names.index(n) for n in slot.inputs]
             idx_out = [spec.states.index(n) for n in slot.targets]
             in_scale = torch.cat([state_scale, torch.ones(len(spec.inputs))])[idx_in]
             out_scale = deriv_scale[idx_out].clone()
+            stoich = None
             if slot.stoichiometry is not None:
                 # Neural reactions: the network gives fluxes, applied through the stoichiometry.
                 stoich = torch.tensor(slot.stoichiometry, dtype=deriv_scale.dtype)
-                self.register_buffer(f"stoichiometry_{i}", stoich)
                 out_scale = _flux_scale(stoich, out_scale)
-            self._slot_flux.append(slot.stoichiometry is not None)
-            self.networks.append(
-                MLP(
-                    len(idx_in),
-                    slot.n_outputs,
-                    hidden,
-                    depth,
-                    activation,
-                    in_scale=in_scale,
-                    out_scale=out_scale,
-                )
+            net = MLP(
+                len(idx_in),
+                slot.n_outputs,
+                hidden,
+                depth,
+                activation,
+                in_scale=in_scale,
+                out_scale=out_scale,
             )
+            self.networks.append(net if stoich is None else FluxNetwork(net, stoich))
             self._slot_inputs.append(idx_in)
             self._slot_targets.append(idx_out)
         self.observe_fn = CompiledExpressions(
@@ -111,13 +108,10 @@ class HybridODE(nn.Module):
         """Network outputs placed on their target states ``(batch, state)``, zero elsewhere."""
         out = y.new_zeros(y.shape)
         features = torch.cat([y, context[..., : len(self.spec.inputs)]], dim=-1)
-        for i, (net, idx_in, idx_out) in enumerate(
-            zip(self.networks, self._slot_inputs, self._slot_targets, strict=True)
+        for net, idx_in, idx_out in zip(
+            self.networks, self._slot_inputs, self._slot_targets, strict=True
         ):
-            term = net(features[..., idx_in])
-            if self._slot_flux[i]:
-                term = term @ getattr(self, f"stoichiometry_{i}").T
-            out[..., idx_out] = out[..., idx_out] + term
+            out[..., idx_out] = out[..., idx_out] + net(features[..., idx_in])
         return out
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
