@@ -1,12 +1,13 @@
 """Cost of the compiled known part vs the network, per right-hand-side call.
 
-    OMP_NUM_THREADS=1 python bench/compile_speed.py
+    OMP_NUM_THREADS=1 PYTHONPATH=. python bench/compile_speed.py
 
 For three specs (Lotka-Volterra known terms, the enzyme reaction network, the 7-species yeast
 glycolysis model as fully known) it times, in this one process, the compiled known right-hand
 side and the default network (32 hidden, depth 2, tanh) on a batch of conditions, forward and
 forward + backward, and prints the ratio known / network. Ratios below 1 mean the known part
-is cheaper. Absolute times depend on the machine; the ratios are what to read.
+is cheaper. ``ops`` is the number of torch calls of the known part. Absolute times depend on
+the machine; the ratios are what to read.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def _time(fn: Callable[[], object], repeat: int) -> float:
     return best
 
 
-def bench(spec: ModelSpec, batch: int, repeat: int) -> tuple[float, float, float, float]:
+def bench(spec: ModelSpec, batch: int, repeat: int) -> tuple[float, float, float, float, int]:
     n = len(spec.states)
     known = CompiledExpressions(spec.known_rhs(), spec.symbols)
     net = MLP(n, n, hidden=32, depth=2)
@@ -79,7 +80,7 @@ def bench(spec: ModelSpec, batch: int, repeat: int) -> tuple[float, float, float
     with torch.no_grad():
         kf = _time(lambda: known(values), repeat)
         nf = _time(lambda: net(y), repeat)
-    return kf, nf, _time(known_fb, repeat), _time(net_fb, repeat)
+    return kf, nf, _time(known_fb, repeat), _time(net_fb, repeat), known.n_steps
 
 
 def main() -> None:
@@ -90,15 +91,15 @@ def main() -> None:
         "yeast glycolysis (full, 7 states)": ModelSpec.from_dict(GLYCOLYSIS, "glycolysis"),
     }
     print(
-        f"{'spec':36s} {'batch':>5s} {'known fwd':>10s} {'net fwd':>10s} {'ratio':>6s} "
+        f"{'spec':36s} {'ops':>4s} {'batch':>5s} {'known fwd':>10s} {'net fwd':>10s} {'ratio':>6s} "
         f"{'known f+b':>10s} {'net f+b':>10s} {'ratio':>6s}"
     )
     for name, spec in specs.items():
         for batch in (8, 256):
-            kf, nf, kb, nb = bench(spec, batch, repeat=200)
+            kf, nf, kb, nb, ops = bench(spec, batch, repeat=200)
             print(
-                f"{name:36s} {batch:5d} {kf * 1e6:8.1f}us {nf * 1e6:8.1f}us {kf / nf:6.2f} "
-                f"{kb * 1e6:8.1f}us {nb * 1e6:8.1f}us {kb / nb:6.2f}"
+                f"{name:36s} {ops:4d} {batch:5d} {kf * 1e6:8.1f}us {nf * 1e6:8.1f}us "
+                f"{kf / nf:6.2f} {kb * 1e6:8.1f}us {nb * 1e6:8.1f}us {kb / nb:6.2f}"
             )
 
 
