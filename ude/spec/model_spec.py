@@ -126,9 +126,11 @@ class NeuralSlot:
 class ModelSpec:
     """States, parameters, inputs, known terms, neural slots and observables of a model.
 
-    ``equations[s]`` is the known part of ds/dt; ``discovered[s]`` is a symbolic term that
-    replaces the neural term of ``s`` in a distilled twin. Expressions are sympy over the
-    state, input and parameter names.
+    ``equations[s]`` is a known term of ds/dt; ``reactions`` add stoichiometry × flux (a
+    neural reaction's flux is learned by the slot in ``neural`` that names it);
+    ``discovered[s]`` is a symbolic term that replaces the neural term of ``s`` in a distilled
+    twin. ``initial`` holds optional initial values (from the spec file or SBML). Expressions
+    are sympy over the state, input and parameter names.
     """
 
     states: list[str]
