@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import math
+import warnings
 from collections.abc import Callable, Iterable
 
 import sympy as sp
@@ -95,7 +96,7 @@ def parse_expression(
         return UdeError(f"{message} in '{text}'", source=source, where=where, fix=fix)
 
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        tree = _parse(text, "eval")
     except SyntaxError as err:
         statement = _statement_token(text)
         if statement:
@@ -212,10 +213,17 @@ def format_expression(expr: sp.Expr) -> str:
     return _SpecPrinter({"order": "none"}).doprint(expr)
 
 
+def _parse(text: str, mode: str) -> ast.AST:
+    """``ast.parse`` without its SyntaxWarnings (e.g. '1x'): the error message says it all."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)
+        return ast.parse(text.strip(), mode=mode)
+
+
 def _statement_token(text: str) -> str | None:
     """The first statement in ``text`` when it is Python code rather than an expression."""
     try:
-        module = ast.parse(text.strip(), mode="exec")
+        module = _parse(text, "exec")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
     if module.body and not isinstance(module.body[0], ast.Expr):
