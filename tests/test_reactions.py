@@ -150,3 +150,28 @@ def test_spec_initial_values_start_latent_states():
     model = build_hybrid(known, data, Solver())
     assert model.initial[0, 1].item() == pytest.approx(1.0)  # E from the spec's initial
     assert model.initial[0, 2].item() == pytest.approx(0.0)  # C too, not latent_initial
+
+
+def test_hybrid_solution_keeps_the_moieties_of_a_neural_reaction_network():
+    from ude.data.measurements import Measurements
+    from ude.model.hybrid import build_hybrid
+
+    torch.manual_seed(0)
+    known = load_spec(EXAMPLES / "enzyme_known.yaml")
+    times = np.linspace(0, 20, 11)
+    data = Measurements(
+        times=times, values=np.ones((2, 11, 1, 2)), observables=["S", "P"], conditions=["a", "b"]
+    )
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = build_hybrid(known, data, Solver(rtol=1e-9, atol=1e-11))
+    finally:
+        torch.set_default_dtype(torch.float32)
+    with torch.no_grad():
+        for p in model.networks.parameters():  # an arbitrary, far-from-zero network
+            p.normal_(0.0, 1.0)
+        states = model.simulate(torch.tensor(times), torch.tensor([0, 1]))
+    s, e, c, p = states.unbind(-1)
+    assert (c - c[:, :1]).abs().max() > 1e-3  # the dynamics are not trivial
+    for total in (e + c, s + c + p):  # the laws of known.conservation_laws()
+        assert torch.allclose(total, total[:, :1].expand_as(total), atol=1e-7)
