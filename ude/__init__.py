@@ -12,7 +12,7 @@ from ude.data import Measurements, simulate_measurements
 from ude.errors import UdeError
 from ude.fit import FitResult, fit
 from ude.model import HybridODE, Solver, build_hybrid
-from ude.spec import ModelSpec, load_spec, simulate_spec
+from ude.spec import ModelSpec, load_spec, read_sbml, simulate_spec, write_sbml
 from ude.systems import get_system, system_names
 
 __all__ = [
@@ -26,8 +26,10 @@ __all__ = [
     "fit",
     "get_system",
     "load_spec",
+    "read_sbml",
     "simulate_measurements",
     "simulate_spec",
     "system_names",
+    "write_sbml",
 ]
 __version__ = "0.1.0"

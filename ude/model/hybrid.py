@@ -9,7 +9,7 @@ from torch import nn
 
 from ude.data.measurements import Measurements
 from ude.errors import UdeError
-from ude.model.networks import MLP
+from ude.model.networks import MLP, FluxNetwork
 from ude.model.parameters import SpecParameters
 from ude.model.solver import Solver
 from ude.spec.compile import CompiledExpressions
@@ -66,17 +66,22 @@ class HybridODE(nn.Module):
             idx_in = [names.index(n) for n in slot.inputs]
             idx_out = [spec.states.index(n) for n in slot.targets]
             in_scale = torch.cat([state_scale, torch.ones(len(spec.inputs))])[idx_in]
-            self.networks.append(
-                MLP(
-                    len(idx_in),
-                    len(idx_out),
-                    hidden,
-                    depth,
-                    activation,
-                    in_scale=in_scale,
-                    out_scale=deriv_scale[idx_out].clone(),
-                )
+            out_scale = deriv_scale[idx_out].clone()
+            stoich = None
+            if slot.stoichiometry is not None:
+                # Neural reactions: the network gives fluxes, applied through the stoichiometry.
+                stoich = torch.tensor(slot.stoichiometry, dtype=deriv_scale.dtype)
+                out_scale = _flux_scale(stoich, out_scale)
+            net = MLP(
+                len(idx_in),
+                slot.n_outputs,
+                hidden,
+                depth,
+                activation,
+                in_scale=in_scale,
+                out_scale=out_scale,
             )
+            self.networks.append(net if stoich is None else FluxNetwork(net, stoich))
             self._slot_inputs.append(idx_in)
             self._slot_targets.append(idx_out)
         self.observe_fn = CompiledExpressions(
@@ -149,6 +154,15 @@ class HybridODE(nn.Module):
         return self.parameters_.values()
 
 
+def _flux_scale(stoich: torch.Tensor, deriv_scale: torch.Tensor) -> torch.Tensor:
+    """Typical size of each flux ``(reaction,)``: the largest ``deriv_scale / |coefficient|``
+    over the targets it changes (a latent target's scale is often a guess; the largest is
+    that of the species the flux visibly moves)."""
+    ratio = deriv_scale[:, None] / stoich.abs().clamp_min(1e-12)
+    ratio = torch.where(stoich != 0, ratio, torch.zeros_like(ratio))
+    return ratio.max(dim=0).values
+
+
 def _observable_expr(spec: ModelSpec, name: str) -> sp.Expr:
     if name in spec.observables:
         return spec.observables[name]
@@ -174,7 +188,8 @@ def build_hybrid(
     """A HybridODE for ``spec`` sized and scaled from ``measurements``.
 
     Observed states start from their first measured value (or the data's known initial state);
-    latent states from the known initial state or ``latent_initial``.
+    latent states from the known initial state, the spec's ``initial`` value or
+    ``latent_initial``.
     """
     spec = load_spec(spec)
     obs = measurements.observables
@@ -199,8 +214,13 @@ def build_hybrid(
         if s in measurements.initial:
             known = measurements.initial[s]
             initial[:, i] = np.where(np.isnan(known), initial[:, i], known)
-            if s not in obs and np.isfinite(known).any():
-                state_scale[i] = max(np.nanmax(np.abs(known)), 1e-6)
+            if s not in obs and np.isfinite(known).any() and np.nanmax(np.abs(known)) > 0:
+                # (a latent state known to start at 0 keeps scale 1, not a vanishing one)
+                state_scale[i] = np.nanmax(np.abs(known))
+        if s in spec.initial:  # the spec's initial value (e.g. from SBML) fills what data lack
+            initial[:, i] = np.where(np.isnan(initial[:, i]), spec.initial[s], initial[:, i])
+            if s not in obs and s not in measurements.initial and spec.initial[s] != 0:
+                state_scale[i] = abs(spec.initial[s])
     initial = np.where(np.isnan(initial), latent_initial, initial)
     col = [measurements.input_names.index(u) for u in spec.inputs]
     inputs = np.asarray(measurements.inputs, dtype=float)[:, col]

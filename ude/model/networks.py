@@ -68,3 +68,22 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x / self.in_scale) * self.out_scale
+
+
+class FluxNetwork(nn.Module):
+    """An MLP whose outputs are reaction fluxes, applied through a stoichiometric matrix:
+    ``(batch, n_in) -> (batch, target)`` as ``mlp(x) @ stoichiometry.T``, with
+    ``stoichiometry (target, reaction)``. Whatever the fluxes, the reactions' conserved totals
+    stay conserved."""
+
+    def __init__(self, mlp: MLP, stoichiometry: torch.Tensor):
+        super().__init__()
+        self.mlp = mlp
+        self.register_buffer("stoichiometry", stoichiometry)
+
+    def fluxes(self, x: torch.Tensor) -> torch.Tensor:
+        """The learned fluxes ``(batch, reaction)``."""
+        return self.mlp(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x) @ self.stoichiometry.T

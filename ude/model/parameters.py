@@ -7,7 +7,20 @@ import math
 import torch
 from torch import nn
 
-from ude.spec.model_spec import Parameter
+from ude.spec.model_spec import Parameter, Prior
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _prior_nll(prior: Prior, value: torch.Tensor) -> torch.Tensor:
+    """Elementwise negative log density of ``prior`` at ``value``."""
+    if prior.dist == "normal":
+        z = (value - prior.loc) / prior.scale
+        return 0.5 * z * z + math.log(prior.scale) + _HALF_LOG_2PI
+    # lognormal: density of the value itself, so the 1/value Jacobian is included.
+    log_v = torch.log(value.clamp_min(torch.finfo(value.dtype).tiny))
+    z = (log_v - math.log(prior.loc)) / prior.scale
+    return 0.5 * z * z + log_v + math.log(prior.scale) + _HALF_LOG_2PI
 
 
 def _to_raw(p: Parameter) -> float:
@@ -64,8 +77,18 @@ class SpecParameters(nn.Module):
         return torch.stack(cols, dim=-1)
 
     def prior_nll(self) -> torch.Tensor:
-        """Negative log prior density of the learned parameters (0 without priors)."""
-        return self.fixed.new_zeros(())
+        """Negative log prior density of the learned parameters' values (0 without priors).
+
+        A per-condition parameter's prior applies to each condition's value.
+        """
+        total = self.fixed.new_zeros(())
+        for name, raw in self.learned.items():
+            prior = self.specs[name].prior
+            if prior is None:
+                continue
+            value = _from_raw(self.specs[name], raw)
+            total = total + _prior_nll(prior, value).sum()
+        return total
 
     def values(self) -> dict[str, float | list[float]]:
         """Current values (a list per condition for per-condition parameters)."""

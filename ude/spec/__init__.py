@@ -2,7 +2,9 @@
 
 from ude.spec.compile import CompiledExpressions
 from ude.spec.expressions import parse_expression
-from ude.spec.model_spec import ModelSpec, NeuralSlot, Parameter, load_spec
+from ude.spec.model_spec import ModelSpec, NeuralSlot, Parameter, Prior, load_spec
+from ude.spec.reactions import Reaction
+from ude.spec.sbml import read_sbml, write_sbml
 from ude.spec.simulate import simulate_spec
 
 __all__ = [
@@ -10,7 +12,11 @@ __all__ = [
     "ModelSpec",
     "NeuralSlot",
     "Parameter",
+    "Prior",
+    "Reaction",
     "load_spec",
     "parse_expression",
+    "read_sbml",
     "simulate_spec",
+    "write_sbml",
 ]

@@ -1,7 +1,10 @@
 """Compile sympy expressions into one batched torch function.
 
 The expressions are reduced by common-subexpression elimination and flattened into a tape of
-torch operations, evaluated in order. Nothing is generated as source text or ``exec``'d.
+torch operations, evaluated in order. Weighted sums use ``torch.add(..., alpha=w)`` and
+``torch.addcmul`` so that a coefficient or a two-factor product costs no separate operation:
+at the small batches of an ODE solve each torch call costs about the same whatever its size,
+so the cost is the number of calls. Nothing is generated as source text or ``exec``'d.
 """
 
 from __future__ import annotations
@@ -21,12 +24,28 @@ _UNARY: dict[type, Callable[[Tensor], Tensor]] = {
     sp.cos: torch.cos,
     sp.Abs: torch.abs,
 }
+_SMALL_POWERS = (2, 3, 4)  # x**n as n-1 multiplications: cheaper, and exact for x < 0
+
+# Tape operations. Arguments are slot numbers (int) or Python floats (constants).
+_OPS: dict[str, Callable[..., Tensor]] = {
+    "mul": torch.mul,
+    "add": lambda a, b, w: torch.add(a, b, alpha=w),
+    "addcmul": lambda a, b, c, w: torch.addcmul(a, b, c, value=w),
+    "scale": torch.mul,  # (slot, float)
+    "shift": torch.add,  # (slot, float)
+    "pow": torch.pow,  # (slot, float) or (slot, slot)
+    "rpow": lambda c, x: torch.pow(c, x),  # (float, slot)
+    "reciprocal": torch.reciprocal,
+    "sqrt": torch.sqrt,
+}
 
 
 class CompiledExpressions(torch.nn.Module):
     """``f(values) -> outputs`` with values ``(..., n_symbols)`` and outputs ``(..., n_exprs)``.
 
-    ``symbols`` names the columns of ``values``; outputs follow the order of ``exprs``.
+    ``symbols`` names the columns of ``values``; outputs follow the order of ``exprs``. Any
+    leading dimensions (conditions, times) are batched; values and gradients are those of the
+    torch operations (``x**0.5`` is ``sqrt``; ``log`` of a negative number is NaN).
     """
 
     def __init__(self, exprs: Sequence[sp.Expr], symbols: Sequence[str]):
@@ -34,100 +53,142 @@ class CompiledExpressions(torch.nn.Module):
         self.symbols = list(symbols)
         self.n_outputs = len(exprs)
         index = {sp.Symbol(n): i for i, n in enumerate(self.symbols)}
-        free = set().union(*(sp.sympify(e).free_symbols for e in exprs)) if exprs else set()
+        exprs = [sp.sympify(e) for e in exprs]
+        free = set().union(*(e.free_symbols for e in exprs)) if exprs else set()
         unknown = sorted(str(s) for s in free if s not in index)
         if unknown:
             raise ValueError(f"expressions use undeclared names: {', '.join(unknown)}")
-        replacements, reduced = sp.cse([sp.sympify(e) for e in exprs], optimizations="basic")
+        replacements, reduced = sp.cse(exprs, optimizations="basic")
         # Tape: each step computes one slot from earlier slots. Slots < n_symbols are inputs.
         self._slots: dict[sp.Basic, int] = dict(index)
         self._steps: list[tuple[Callable[..., Tensor], tuple]] = []
         self._n_slots = len(self.symbols)
         for sub, expr in replacements:
-            self._slots[sub] = self._emit(expr)
-        self._outputs: list[int | float] = []
-        for expr in reduced:
-            self._outputs.append(float(expr) if expr.is_Number else self._emit(expr))
+            self._slots[sub] = self._slot(expr)
+        self._outputs: list[int | float] = [
+            _number(e) if e.is_number else self._slot(e) for e in reduced
+        ]
+        used = {a for _, args in self._steps for a in args if type(a) is int}
+        used |= {o for o in self._outputs if type(o) is int}
+        self._used_inputs = sorted(i for i in used if i < len(self.symbols))
 
-    def _operand(self, expr: sp.Basic) -> int | float:
-        if expr.is_Number:
-            return float(expr)
-        if expr in self._slots:
-            return self._slots[expr]
-        return self._emit(expr)
+    @property
+    def n_steps(self) -> int:
+        """Number of torch operations per call (besides reading inputs and stacking outputs)."""
+        return len(self._steps)
 
-    def _emit(self, expr: sp.Basic) -> int:
+    # -- building the tape ---------------------------------------------------------------------
+    def _push(self, op: str, *args: int | float) -> int:
+        self._steps.append((_OPS[op], args))
+        self._n_slots += 1
+        return self._n_slots - 1
+
+    def _slot(self, expr: sp.Basic) -> int:
+        """The slot of ``expr`` (a non-number), emitting the steps that compute it."""
         if expr in self._slots:
             return self._slots[expr]
         if isinstance(expr, sp.Add):
-            fn, args = _sum, tuple(self._operand(a) for a in expr.args)
+            slot = self._sum(expr)
         elif isinstance(expr, sp.Mul):
-            fn, args = _product, tuple(self._operand(a) for a in expr.args)
+            coef, rest = expr.as_coeff_Mul()
+            slot = self._product(rest)
+            if coef != 1:
+                slot = self._push("scale", slot, _number(coef))
         elif isinstance(expr, sp.Pow):
-            base, exp = expr.args
-            if exp.is_Number:
-                e = float(exp)
-                fn, args = (
-                    (_square, (self._operand(base),))
-                    if e == 2.0
-                    else (torch.sqrt, (self._operand(base),))
-                    if e == 0.5
-                    else (torch.reciprocal, (self._operand(base),))
-                    if e == -1.0
-                    else (_power, (self._operand(base), e))
-                )
-            else:
-                fn, args = _power, (self._operand(base), self._operand(exp))
-        elif type(expr) in _UNARY:
-            fn, args = _UNARY[type(expr)], (self._operand(expr.args[0]),)
-        elif expr.is_Number:
-            fn, args = _constant, (float(expr),)
+            slot = self._power(expr)
+        elif type(expr) in _UNARY and len(expr.args) == 1:
+            self._steps.append((_UNARY[type(expr)], (self._slot(expr.args[0]),)))
+            self._n_slots += 1
+            slot = self._n_slots - 1
+        elif isinstance(expr, sp.Symbol):
+            raise ValueError(f"expressions use undeclared names: {expr}")
         else:
             raise ValueError(f"cannot compile {type(expr).__name__}: {expr}")
-        self._steps.append((fn, args))
-        slot = self._n_slots
-        self._n_slots += 1
         self._slots[expr] = slot
         return slot
 
+    def _factors(self, expr: sp.Basic) -> list[sp.Basic]:
+        out: list[sp.Basic] = []
+        for f in sp.Mul.make_args(expr):
+            if f.is_Pow and f.exp.is_Integer and int(f.exp) in _SMALL_POWERS:
+                out += [f.base] * int(f.exp)
+            else:
+                out.append(f)
+        return out
+
+    def _product(self, expr: sp.Basic) -> int:
+        """Slot of a product without numeric coefficient."""
+        factors = self._factors(expr)
+        if len(factors) == 1 and factors[0] == expr:
+            return self._slot(expr)
+        slots = [self._slot(f) for f in factors]
+        acc = slots[0]
+        for s in slots[1:]:
+            acc = self._push("mul", acc, s)
+        return acc
+
+    def _sum(self, expr: sp.Add) -> int:
+        const = 0.0
+        terms: list[tuple[float, sp.Basic]] = []
+        for arg in expr.args:
+            if arg.is_number:
+                const += _number(arg)
+                continue
+            coef, rest = arg.as_coeff_Mul()
+            terms.append((_number(coef), rest))
+        # A weight-one term starts the sum without a multiplication, when there is one.
+        terms.sort(key=lambda t: t[0] != 1.0)
+        w0, first = terms[0]
+        acc = self._slot(first) if w0 == 1.0 else self._push("scale", self._slot(first), w0)
+        for w, term in terms[1:]:
+            factors = self._factors(term)
+            if len(factors) == 2 and term not in self._slots:
+                a, b = (self._slot(f) for f in factors)
+                acc = self._push("addcmul", acc, a, b, w)
+            else:
+                acc = self._push("add", acc, self._slot(term), w)
+        if const:
+            acc = self._push("shift", acc, const)
+        return acc
+
+    def _power(self, expr: sp.Pow) -> int:
+        base, exponent = expr.args
+        if exponent.is_number:
+            e = _number(exponent)
+            if e.is_integer() and int(e) in _SMALL_POWERS:
+                return self._product(expr)
+            if e == -1.0:
+                return self._push("reciprocal", self._slot(base))
+            if e == 0.5:
+                return self._push("sqrt", self._slot(base))
+            if e.is_integer() and -int(e) in _SMALL_POWERS:
+                return self._push("reciprocal", self._product(base ** int(-e)))
+            return self._push("pow", self._slot(base), e)
+        if base.is_number:
+            return self._push("rpow", _number(base), self._slot(exponent))
+        return self._push("pow", self._slot(base), self._slot(exponent))
+
+    # -- evaluation ----------------------------------------------------------------------------
     def forward(self, values: Tensor) -> Tensor:
+        # One unbind: its backward is one stack, where a select per input would be one each.
         slots: list = list(values.unbind(-1))
-
-        def get(a):
-            return slots[a] if isinstance(a, int) else a
-
         for fn, args in self._steps:
-            slots.append(fn(*(get(a) for a in args)))
-        zeros = values.new_zeros(values.shape[:-1])
-        cols = [zeros + get(o) if not isinstance(o, int) else get(o) for o in self._outputs]
-        if not cols:
+            slots.append(fn(*[slots[a] if type(a) is int else a for a in args]))
+        if not self._outputs:
             return values.new_zeros((*values.shape[:-1], 0))
+        zeros = None
+        cols = []
+        for o in self._outputs:
+            if type(o) is int:
+                cols.append(slots[o])
+            else:
+                zeros = values.new_zeros(values.shape[:-1]) if zeros is None else zeros
+                cols.append(zeros + o)
         return torch.stack(cols, dim=-1)
 
 
-def _sum(*xs):
-    out = xs[0]
-    for x in xs[1:]:
-        out = out + x
-    return out
-
-
-def _product(*xs):
-    out = xs[0]
-    for x in xs[1:]:
-        out = out * x
-    return out
-
-
-def _square(x):
-    return x * x
-
-
-def _power(x, e):
-    if isinstance(x, float):
-        return torch.pow(torch.as_tensor(x, dtype=e.dtype, device=e.device), e)
-    return torch.pow(x, e)
-
-
-def _constant(c):
-    return c
+def _number(x: sp.Basic) -> float:
+    value = complex(x)
+    if value.imag:
+        raise ValueError(f"cannot compile a complex constant: {x}")
+    return value.real

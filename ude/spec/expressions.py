@@ -9,9 +9,12 @@ ever passed to ``eval``, ``exec`` or ``sympify``.
 from __future__ import annotations
 
 import ast
+import math
+import warnings
 from collections.abc import Callable, Iterable
 
 import sympy as sp
+from sympy.printing.str import StrPrinter
 
 from ude.errors import UdeError
 
@@ -45,6 +48,25 @@ _BINOPS: dict[type, Callable[[sp.Expr, sp.Expr], sp.Expr]] = {
 _OPERATOR_HINTS = {ast.BitXor: "'^' (use '**' for powers)", ast.FloorDiv: "'//'", ast.Mod: "'%'"}
 
 
+_MAX_NUMBER = 1e300
+MAX_TERMS = 100_000
+
+
+def tree_size(expr: sp.Basic, memo: dict | None = None) -> int:
+    """Nodes of ``expr`` written out as a tree; linear time in its distinct subexpressions."""
+    memo = {} if memo is None else memo
+    if not expr.args:
+        return 1
+    if expr not in memo:
+        memo[expr] = min(1 + sum(tree_size(a, memo) for a in expr.args), 10 * MAX_TERMS)
+    return memo[expr]
+
+
+def _short(value: float | int) -> str:
+    text = str(value)
+    return text if len(text) < 20 else text[:8] + f"...({len(text)} digits)"
+
+
 def symbol(name: str) -> sp.Symbol:
     """The sympy symbol for a declared name (plain, no assumptions)."""
     return sp.Symbol(name)
@@ -74,7 +96,7 @@ def parse_expression(
         return UdeError(f"{message} in '{text}'", source=source, where=where, fix=fix)
 
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        tree = _parse(text, "eval")
     except SyntaxError as err:
         statement = _statement_token(text)
         if statement:
@@ -96,6 +118,8 @@ def parse_expression(
             value = node.value
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise fail(f"constant {value!r} is not a number")
+            if abs(value) > _MAX_NUMBER:
+                raise fail(f"number {_short(value)} is too large")
             return sp.Integer(value) if isinstance(value, int) else sp.Float(value)
         if isinstance(node, ast.Name):
             if node.id not in allowed:
@@ -114,6 +138,10 @@ def parse_expression(
             left, right = build(node.left, depth + 1), build(node.right, depth + 1)
             if isinstance(node.op, ast.Pow) and right.is_Number and abs(float(right)) > 64:
                 raise fail(f"exponent {right} is too large", "exponents are at most 64")
+            if isinstance(node.op, ast.Pow) and left.is_Number and right.is_Number and left != 0:
+                # Exact integer powers of numbers are computed by sympy: bound their size.
+                if abs(left) > _MAX_NUMBER or float(right) * math.log10(abs(float(left))) > 300:
+                    raise fail(f"number {left}**{right} is too large")
             return op(left, right)
         if isinstance(node, ast.UnaryOp):
             if isinstance(node.op, ast.USub):
@@ -156,15 +184,46 @@ def parse_expression(
         expr = build(tree)
     except RecursionError:
         raise fail("expression is nested too deeply") from None
+    if tree_size(expr) > MAX_TERMS:
+        # Nested mm/hill use their argument twice: the written-out tree doubles per level.
+        raise fail(f"expression expands to more than {MAX_TERMS} terms")
     if expr.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
         raise fail("expression divides by zero or is infinite")
+    for sub in sp.preorder_traversal(expr):
+        if sub.is_number and sub.is_real is False:
+            raise fail(f"'{sub}' is not a real number")
     return expr
+
+
+class _SpecPrinter(StrPrinter):
+    """sympy's string printer, but constants print as numbers the grammar reads back."""
+
+    def _print_Exp1(self, expr: sp.Basic) -> str:
+        return "exp(1)"
+
+    def _print_Pi(self, expr: sp.Basic) -> str:
+        return repr(float(sp.pi))
+
+    def _print_Float(self, expr: sp.Float) -> str:
+        return repr(float(expr))
+
+
+def format_expression(expr: sp.Expr) -> str:
+    """``expr`` as text in the spec grammar: :func:`parse_expression` reads it back."""
+    return _SpecPrinter({"order": "none"}).doprint(expr)
+
+
+def _parse(text: str, mode: str) -> ast.AST:
+    """``ast.parse`` without its SyntaxWarnings (e.g. '1x'): the error message says it all."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)
+        return ast.parse(text.strip(), mode=mode)
 
 
 def _statement_token(text: str) -> str | None:
     """The first statement in ``text`` when it is Python code rather than an expression."""
     try:
-        module = ast.parse(text.strip(), mode="exec")
+        module = _parse(text, "exec")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
     if module.body and not isinstance(module.body[0], ast.Expr):

@@ -18,7 +18,14 @@ import sympy as sp
 import yaml
 
 from ude.errors import UdeError
-from ude.spec.expressions import FUNCTIONS, parse_expression
+from ude.spec.expressions import FUNCTIONS, format_expression, parse_expression
+from ude.spec.reactions import (
+    Reaction,
+    conservation_laws,
+    parse_reaction,
+    reaction_rhs,
+    stoichiometry,
+)
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOP_KEYS = {
@@ -32,7 +39,40 @@ _TOP_KEYS = {
     "observables",
     "discovered",
     "reactions",
+    "initial",
+    "sbml",
+    "neural_reactions",
 }
+# With 'sbml', the states, reactions and equations come from the SBML file.
+_SBML_KEYS = {
+    "name",
+    "description",
+    "sbml",
+    "parameters",
+    "neural",
+    "neural_reactions",
+    "observables",
+    "initial",
+}
+_PRIOR_KEYS = {"normal": ("mean", "sd"), "lognormal": ("median", "sigma")}
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A prior on a learned parameter's value.
+
+    ``normal``: mean ``loc``, standard deviation ``scale``. ``lognormal``: median ``loc``,
+    standard deviation of the log ``scale``. Written ``{dist: normal, mean: 1, sd: 0.2}`` or
+    ``{dist: lognormal, median: 1, sigma: 0.5}`` in a spec file.
+    """
+
+    dist: str
+    loc: float
+    scale: float
+
+    def to_yaml(self) -> dict[str, Any]:
+        loc, scale = _PRIOR_KEYS[self.dist]
+        return {"dist": self.dist, loc: self.loc, scale: self.scale}
 
 
 @dataclass(frozen=True)
@@ -44,9 +84,11 @@ class Parameter:
     min: float | None = None
     max: float | None = None
     per_condition: bool = False
+    prior: Prior | None = None
 
     def to_yaml(self) -> float | dict[str, Any]:
-        if not self.learn and not self.per_condition and self.min is None and self.max is None:
+        plain = not self.learn and not self.per_condition and self.prior is None
+        if plain and self.min is None and self.max is None:
             return self.value
         out: dict[str, Any] = {"value": self.value, "learn": self.learn}
         if self.min is not None:
@@ -55,25 +97,40 @@ class Parameter:
             out["max"] = self.max
         if self.per_condition:
             out["per_condition"] = True
+        if self.prior is not None:
+            out["prior"] = self.prior.to_yaml()
         return out
 
 
 @dataclass(frozen=True)
 class NeuralSlot:
-    """A network that adds a learned term to each of ``targets``, seeing ``inputs``."""
+    """A network that adds a learned term to each of ``targets``, seeing ``inputs``.
+
+    A slot for neural reactions has ``reactions`` (their names) and ``stoichiometry``
+    ``(target, reaction)``: the network outputs one flux per reaction and each target gets
+    ``stoichiometry @ fluxes``. Otherwise the network outputs one term per target.
+    """
 
     name: str
     targets: tuple[str, ...]
     inputs: tuple[str, ...]
+    reactions: tuple[str, ...] = ()
+    stoichiometry: tuple[tuple[float, ...], ...] | None = None
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.reactions) if self.stoichiometry is not None else len(self.targets)
 
 
 @dataclass
 class ModelSpec:
     """States, parameters, inputs, known terms, neural slots and observables of a model.
 
-    ``equations[s]`` is the known part of ds/dt; ``discovered[s]`` is a symbolic term that
-    replaces the neural term of ``s`` in a distilled twin. Expressions are sympy over the
-    state, input and parameter names.
+    ``equations[s]`` is a known term of ds/dt; ``reactions`` add stoichiometry × flux (a
+    neural reaction's flux is learned by the slot in ``neural`` that names it);
+    ``discovered[s]`` is a symbolic term that replaces the neural term of ``s`` in a distilled
+    twin. ``initial`` holds optional initial values (from the spec file or SBML). Expressions
+    are sympy over the state, input and parameter names.
     """
 
     states: list[str]
@@ -85,6 +142,8 @@ class ModelSpec:
     discovered: dict[str, sp.Expr] = field(default_factory=dict)
     name: str = "model"
     source: str | None = None
+    reactions: list[Reaction] = field(default_factory=list)
+    initial: dict[str, float] = field(default_factory=dict)
 
     # -- views ---------------------------------------------------------------------------------
     @property
@@ -101,19 +160,39 @@ class ModelSpec:
         return [t for slot in self.neural for t in slot.targets]
 
     def known_rhs(self) -> list[sp.Expr]:
-        """Known (plus discovered) part of the right-hand side, one expression per state."""
+        """Known part of the right-hand side, one expression per state: ``equations`` terms
+        + stoichiometry × flux of the known reactions + ``discovered`` terms."""
+        fluxes = reaction_rhs(self.reactions, self.states)
         return [
-            self.equations.get(s, sp.Integer(0)) + self.discovered.get(s, sp.Integer(0))
+            self.equations.get(s, sp.Integer(0))
+            + fluxes.get(s, sp.Integer(0))
+            + self.discovered.get(s, sp.Integer(0))
             for s in self.states
         ]
+
+    def stoichiometry(self) -> sp.Matrix:
+        """Stoichiometric matrix ``(state, reaction)`` of all reactions (neural ones too)."""
+        return stoichiometry(self.reactions, self.states)
+
+    def conservation_laws(self) -> list[dict[str, sp.Rational]]:
+        """Moieties ``{state: weight}`` whose weighted sum the model keeps constant.
+
+        From the left null space of the stoichiometric matrix; states with equation,
+        discovered or per-state neural terms carry no weight (those terms may change them).
+        """
+        free = {*self.equations, *self.discovered}
+        free |= {t for slot in self.neural if slot.stoichiometry is None for t in slot.targets}
+        return conservation_laws(self.reactions, self.states, free)
 
     def with_discovered(
         self, discovered: dict[str, sp.Expr], parameters: dict[str, Parameter] | None = None
     ) -> ModelSpec:
-        """The twin: this spec with its neural slots replaced by ``discovered`` terms."""
+        """The twin: this spec with its neural slots (and neural reactions) replaced by
+        ``discovered`` terms."""
         return replace(
             self,
             neural=[],
+            reactions=[r for r in self.reactions if not r.neural],
             discovered=dict(discovered),
             parameters=dict(parameters if parameters is not None else self.parameters),
         )
@@ -127,16 +206,21 @@ class ModelSpec:
         if self.inputs:
             out["inputs"] = list(self.inputs)
         if self.equations:
-            out["equations"] = {k: str(v) for k, v in self.equations.items()}
-        if self.neural:
+            out["equations"] = {k: format_expression(v) for k, v in self.equations.items()}
+        if self.reactions:
+            out["reactions"] = [r.to_string(format_expression) for r in self.reactions]
+        slots = [s for s in self.neural if s.stoichiometry is None]  # others come from reactions
+        if slots:
             out["neural"] = [
                 {"name": s.name, "targets": list(s.targets), "inputs": list(s.inputs)}
-                for s in self.neural
+                for s in slots
             ]
         if self.observables:
-            out["observables"] = {k: str(v) for k, v in self.observables.items()}
+            out["observables"] = {k: format_expression(v) for k, v in self.observables.items()}
         if self.discovered:
-            out["discovered"] = {k: str(v) for k, v in self.discovered.items()}
+            out["discovered"] = {k: format_expression(v) for k, v in self.discovered.items()}
+        if self.initial:
+            out["initial"] = dict(self.initial)
         return out
 
     @classmethod
@@ -205,11 +289,13 @@ class _SpecReader:
             raise self.fail(
                 sorted(unknown)[0], "unknown key", "allowed keys: " + ", ".join(sorted(_TOP_KEYS))
             )
-        if "reactions" in raw:
+        if "sbml" in raw:
+            return self.read_with_sbml(raw)
+        if "neural_reactions" in raw:
             raise self.fail(
-                "reactions",
-                "reaction lists are not supported yet",
-                "write the reactions' rate terms under 'equations'",
+                "neural_reactions",
+                "only used with 'sbml'",
+                "in a reaction list, give a learned flux the rate 'neural'",
             )
         states = self.names(raw.get("states"), "states", required=True)
         inputs = self.names(raw.get("inputs") or [], "inputs")
@@ -224,7 +310,12 @@ class _SpecReader:
         equations = self.expressions(raw.get("equations") or {}, "equations", declared, states)
         discovered = self.expressions(raw.get("discovered") or {}, "discovered", declared, states)
         observables = self.expressions(raw.get("observables") or {}, "observables", declared)
+        reactions = self.reactions(raw.get("reactions"), states, inputs, parameters)
         neural = self.neural(raw.get("neural"), states, inputs)
+        flux_slot = reaction_slot(reactions, states, inputs, taken={s.name for s in neural})
+        if flux_slot is not None:
+            neural.append(flux_slot)
+        initial = self.initial(raw.get("initial"), states)
         name = raw.get("name", "model")
         if not isinstance(name, str):
             raise self.fail("name", "expected a string")
@@ -238,7 +329,111 @@ class _SpecReader:
             discovered=discovered,
             name=name,
             source=self.source,
+            reactions=reactions,
+            initial=initial,
         )
+
+    def read_with_sbml(self, raw: dict[str, Any]) -> ModelSpec:
+        """An SBML model with the YAML's learned parameters, networks and observables on top."""
+        from ude.spec.sbml import read_sbml
+
+        extra = set(raw) - _SBML_KEYS
+        if extra:
+            raise self.fail(
+                sorted(extra)[0],
+                "not allowed with 'sbml': states, reactions and equations come from the SBML file",
+                "allowed with 'sbml': " + ", ".join(sorted(_SBML_KEYS)),
+            )
+        if not isinstance(raw["sbml"], str):
+            raise self.fail("sbml", "expected the path of an SBML file")
+        path = Path(raw["sbml"])
+        if not path.is_absolute() and self.source:
+            path = Path(self.source).parent / path
+        marked = self.names(raw.get("neural_reactions") or [], "neural_reactions")
+        base = read_sbml(path, neural=marked)
+        # Parameter entries update the SBML's: an entry without 'value' keeps the SBML value.
+        entries = raw.get("parameters") or {}
+        if not isinstance(entries, dict):
+            raise self.fail("parameters", "expected a mapping name: value")
+        merged: dict[str, Any] = {}
+        for name, entry in entries.items():
+            if name not in base.parameters:
+                raise self.fail(
+                    f"parameters.{name}",
+                    f"'{name}' is not a parameter of {path.name}",
+                    "parameters: " + ", ".join(base.parameters),
+                )
+            if isinstance(entry, dict) and "value" not in entry:
+                entry = {**entry, "value": base.parameters[name].value}
+            merged[name] = entry
+        parameters = {**base.parameters, **self.parameters(merged)}
+        declared = [*base.states, *base.inputs, *parameters]
+        observables = {
+            **base.observables,
+            **self.expressions(raw.get("observables") or {}, "observables", declared),
+        }
+        neural = [
+            *self.neural(raw.get("neural"), base.states, base.inputs),
+            *base.neural,
+        ]
+        initial = {**base.initial, **self.initial(raw.get("initial"), base.states)}
+        name = raw.get("name", base.name)
+        if not isinstance(name, str):
+            raise self.fail("name", "expected a string")
+        return replace(
+            base,
+            parameters=parameters,
+            observables=observables,
+            neural=neural,
+            initial=initial,
+            name=name,
+            source=self.source,
+        )
+
+    def reactions(
+        self,
+        value: Any,
+        states: list[str],
+        inputs: list[str],
+        parameters: dict[str, Parameter],
+    ) -> list[Reaction]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.fail("reactions", "expected a list of reaction strings")
+        out: list[Reaction] = []
+        seen: set[str] = set()
+        names = [*states, *inputs, *parameters]
+        for i, text in enumerate(value):
+            reaction = parse_reaction(
+                text,
+                i,
+                species=states,
+                boundary=[*inputs, *parameters],
+                names=names,
+                parameters=list(parameters),
+                source=self.source or "spec",
+                where=f"reactions[{i}]",
+            )
+            if reaction.name in seen:
+                raise self.fail(f"reactions[{i}]", f"reaction name '{reaction.name}' is used twice")
+            seen.add(reaction.name)
+            out.append(reaction)
+        return out
+
+    def initial(self, value: Any, states: list[str]) -> dict[str, float]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail("initial", "expected a mapping state: value")
+        out = {}
+        for key, v in value.items():
+            if key not in states:
+                raise self.fail(
+                    f"initial.{key}", f"'{key}' is not a state", "states: " + ", ".join(states)
+                )
+            out[key] = self.number(v, f"initial.{key}")
+        return out
 
     def names(self, value: Any, where: str, required: bool = False) -> list[str]:
         if value is None or value == []:
@@ -273,12 +468,12 @@ class _SpecReader:
             where = f"parameters.{name}"
             self.check_name(name, where)
             if isinstance(entry, dict):
-                extra = set(entry) - {"value", "learn", "min", "max", "per_condition"}
+                extra = set(entry) - {"value", "learn", "min", "max", "per_condition", "prior"}
                 if extra:
                     raise self.fail(
                         f"{where}.{sorted(extra)[0]}",
                         "unknown key",
-                        "allowed: value, learn, min, max, per_condition",
+                        "allowed: value, learn, min, max, per_condition, prior",
                     )
                 if "value" not in entry:
                     raise self.fail(where, "missing 'value'")
@@ -294,7 +489,21 @@ class _SpecReader:
                     per_condition=self.flag(
                         entry.get("per_condition", False), f"{where}.per_condition"
                     ),
+                    prior=self.prior(entry.get("prior"), f"{where}.prior"),
                 )
+                if param.prior is not None and not param.learn:
+                    raise self.fail(
+                        f"{where}.prior",
+                        "a prior on a fixed parameter has no effect",
+                        "set learn: true, or remove the prior",
+                    )
+                if param.prior is not None and param.prior.dist == "lognormal":
+                    if param.min is None or param.min < 0:
+                        raise self.fail(
+                            f"{where}.prior",
+                            "a lognormal prior needs a positive parameter",
+                            "add min: 0",
+                        )
             else:
                 param = Parameter(value=self.number(entry, where))
             lo = -math.inf if param.min is None else param.min
@@ -305,6 +514,32 @@ class _SpecReader:
                 raise self.fail(where, f"value {param.value} is outside [{param.min}, {param.max}]")
             out[name] = param
         return out
+
+    def prior(self, value: Any, where: str) -> Prior | None:
+        if value is None:
+            return None
+        if not isinstance(value, dict) or value.get("dist") not in _PRIOR_KEYS:
+            raise self.fail(
+                where,
+                f"expected a prior, got {value!r}",
+                "{dist: normal, mean: m, sd: s} or {dist: lognormal, median: m, sigma: s}",
+            )
+        dist = value["dist"]
+        loc_key, scale_key = _PRIOR_KEYS[dist]
+        extra = set(value) - {"dist", loc_key, scale_key}
+        if extra or loc_key not in value or scale_key not in value:
+            raise self.fail(
+                where,
+                f"a {dist} prior takes '{loc_key}' and '{scale_key}'",
+                f"{{dist: {dist}, {loc_key}: ..., {scale_key}: ...}}",
+            )
+        loc = self.number(value[loc_key], f"{where}.{loc_key}")
+        scale = self.number(value[scale_key], f"{where}.{scale_key}")
+        if scale <= 0:
+            raise self.fail(f"{where}.{scale_key}", f"{scale_key} must be positive")
+        if dist == "lognormal" and loc <= 0:
+            raise self.fail(f"{where}.{loc_key}", "the median of a lognormal must be positive")
+        return Prior(dist, loc, scale)
 
     def number(self, value: Any, where: str) -> float:
         if (
@@ -374,3 +609,25 @@ class _SpecReader:
                 NeuralSlot(name=str(name), targets=tuple(targets), inputs=tuple(seen_inputs))
             )
         return slots
+
+
+def reaction_slot(
+    reactions: list[Reaction], states: list[str], inputs: list[str], taken: set[str] = frozenset()
+) -> NeuralSlot | None:
+    """One network for all neural reactions: a flux each, applied through the stoichiometry.
+
+    It sees all states and inputs; its targets are the states the reactions change.
+    """
+    learned = [r for r in reactions if r.neural]
+    if not learned:
+        return None
+    targets = [s for s in states if any(r.change(s) for r in learned)]
+    matrix = tuple(tuple(float(r.change(s)) for r in learned) for s in targets)
+    name = "reactions" if "reactions" not in taken else "reactions_net"
+    return NeuralSlot(
+        name=name,
+        targets=tuple(targets),
+        inputs=(*states, *inputs),
+        reactions=tuple(r.name for r in learned),
+        stoichiometry=matrix,
+    )
