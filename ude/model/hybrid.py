@@ -188,8 +188,10 @@ def build_hybrid(
         if s in measurements.initial:
             known = measurements.initial[s]
             initial[:, i] = np.where(np.isnan(known), initial[:, i], known)
-            if s not in obs and np.isfinite(known).any():
-                state_scale[i] = max(np.nanmax(np.abs(known)), 1e-6)
+            # A latent state known to start at 0 (a complex, a drug before dosing) keeps
+            # scale 1: its size is unknown, and 1e-6 would freeze its network outputs.
+            if s not in obs and np.isfinite(known).any() and np.nanmax(np.abs(known)) > 0:
+                state_scale[i] = np.nanmax(np.abs(known))
     initial = np.where(np.isnan(initial), latent_initial, initial)
     col = [measurements.input_names.index(u) for u in spec.inputs]
     inputs = np.asarray(measurements.inputs, dtype=float)[:, col]
