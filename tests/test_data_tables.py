@@ -213,3 +213,21 @@ def test_splits():
     ]:
         with pytest.raises(UdeError, match=message):
             make_split(m, **kwargs)
+
+
+def test_curriculum_grows_the_fitted_window():
+    from ude.data import ConditionsDataModule
+
+    m = simulate_measurements("dose_response")  # t in [0, 24]
+    dm = ConditionsDataModule(m, val_after=20, curriculum_epochs=10, curriculum_start=0.25)
+    assert dm.window(0) == 5.0 and dm.window(5) == 12.5 and dm.window(10) is None
+    batch = next(iter(dm.train_dataloader()))  # no trainer attached: the whole window
+    assert (
+        batch["mask"][:, m.times > 20].sum() == 0
+        and batch["mask"].all(dim=(2, 3))[:, m.times <= 20].all()
+    )
+    dm.trainer = type("T", (), {"current_epoch": 0})()
+    batch = next(iter(dm.train_dataloader()))
+    assert not batch["mask"][:, m.times > 5].any() and batch["mask"][:, m.times <= 5].all()
+    with pytest.raises(UdeError, match="curriculum_epochs"):
+        ConditionsDataModule(m, curriculum_epochs=-1)
