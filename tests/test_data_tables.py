@@ -91,6 +91,12 @@ def test_conditions_table_gives_inputs(tmp_path):
     m = read_measurements(data, spec=spec, conditions=cond)
     assert m.input_names == ["u"]
     np.testing.assert_array_equal(m.inputs[:, 0], [1, 2])
+    # one condition without a 'condition' column takes the table's only row and name
+    data = write(tmp_path / "d1.csv", "time,x\n0,0\n1,1\n")
+    m = read_measurements(
+        data, spec=spec, conditions=write(tmp_path / "c1.csv", "condition,u\nwt,3\n")
+    )
+    assert m.conditions == ["wt"] and m.inputs.tolist() == [[3.0]]
 
 
 @pytest.mark.parametrize("writer", [write_wide, write_long])

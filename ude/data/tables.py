@@ -418,6 +418,7 @@ def _assemble(
     initial: dict[str, np.ndarray] = {}
     if table is not None:
         rows = _match_conditions(t, table, conditions)
+        conditions = [table.conditions[r] for r in rows]  # a table without 'condition' column
         input_names = list(table.input_names)
         inputs = table.inputs[rows]
         initial = {s: v[rows] for s, v in table.initial.items()}
