@@ -3,12 +3,12 @@
 The public API::
 
     spec = ude.load_spec("my_model.yaml")              # or a zoo name, or SBML
-    data = ude.simulate_measurements("lotka_volterra")  # or your own table
+    data = ude.simulate_measurements("lotka_volterra")  # or ude.read_measurements("my.csv", spec)
     result = ude.fit(spec, data, max_epochs=600)        # trains the HybridODE
     result.model.simulate(...)
 """
 
-from ude.data import Measurements, simulate_measurements
+from ude.data import Measurements, read_measurements, simulate_measurements
 from ude.errors import UdeError
 from ude.fit import FitResult, fit
 from ude.model import HybridODE, Solver, build_hybrid
@@ -26,6 +26,7 @@ __all__ = [
     "fit",
     "get_system",
     "load_spec",
+    "read_measurements",
     "read_sbml",
     "simulate_measurements",
     "simulate_spec",

@@ -2,22 +2,46 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ude.data.measurements import Measurements
+from ude.data.splits import Split, make_split
+from ude.data.tables import read_measurements
+from ude.errors import UdeError
+from ude.spec.model_spec import ModelSpec
 
 
 class ConditionDataset(Dataset):
     """Item ``i``: condition index, ``values (time, replicate, observable)`` (NaN as 0),
-    ``mask`` (True where measured) and ``sigma`` (0 where unknown)."""
+    ``mask`` (True where measured, or where ``mask`` selects) and ``sigma`` (0 where unknown).
+    ``window`` (optional) returns the current last time served: later entries are masked.
 
-    def __init__(self, measurements: Measurements, conditions: list[int] | None = None):
+    Args:
+        measurements: the data.
+        conditions: condition indices served (default: all).
+        mask: entries to serve ``(condition, time, replicate, observable)`` (default: all
+            measured ones).
+    """
+
+    def __init__(
+        self,
+        measurements: Measurements,
+        conditions: list[int] | None = None,
+        mask: np.ndarray | None = None,
+        window: Callable[[], float | None] | None = None,
+    ):
+        self.window = window
+        self.times = torch.from_numpy(np.asarray(measurements.times, dtype=float))
         self.indices = list(range(measurements.n_conditions)) if conditions is None else conditions
         values = measurements.values
-        self.mask = torch.from_numpy(~np.isnan(values))
+        measured = ~np.isnan(values)
+        self.mask = torch.from_numpy(measured if mask is None else measured & mask)
         self.values = torch.from_numpy(np.nan_to_num(values, nan=0.0))
         sigma = measurements.sigma
         self.sigma = torch.from_numpy(
@@ -29,10 +53,14 @@ class ConditionDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         c = self.indices[i]
+        mask = self.mask[c]
+        cut = self.window() if self.window is not None else None
+        if cut is not None:
+            mask = mask & (self.times <= cut)[:, None, None]
         return {
             "condition": torch.tensor(c),
             "values": self.values[c],
-            "mask": self.mask[c],
+            "mask": mask,
             "sigma": self.sigma[c],
         }
 
@@ -40,21 +68,103 @@ class ConditionDataset(Dataset):
 class ConditionsDataModule(pl.LightningDataModule):
     """Serves the conditions of ``measurements``; ``batch_size=None`` puts all in one batch.
 
-    Under DDP, Lightning's distributed sampler splits the conditions across processes.
+    Held-out data (``val_conditions``: whole conditions by name; ``val_fraction``: the last
+    fraction of the time span; ``val_after``: every time after it) are left out of training and
+    served for validation; without them, validation sees the training data.
+
+    ``curriculum_epochs > 0`` grows the fitted time window over the first epochs, from the
+    first ``curriculum_start`` of the training span to all of it: an oscillating series fitted
+    at once from a poor start tends to settle on a damped trajectory through its mean. Under DDP,
+    Lightning's distributed sampler splits the conditions across processes.
     """
 
-    def __init__(self, measurements: Measurements, batch_size: int | None = None):
+    def __init__(
+        self,
+        measurements: Measurements,
+        batch_size: int | None = None,
+        val_conditions: Sequence[str] | None = None,
+        val_fraction: float | None = None,
+        val_after: float | None = None,
+        curriculum_epochs: int = 0,
+        curriculum_start: float = 0.25,
+    ):
         super().__init__()
         self.measurements = measurements
         self.batch_size = batch_size
+        self.split: Split = make_split(
+            measurements, list(val_conditions or []), val_fraction, val_after
+        )
+        if isinstance(curriculum_epochs, bool) or not (
+            isinstance(curriculum_epochs, int) and curriculum_epochs >= 0
+        ):
+            raise UdeError(
+                f"got {curriculum_epochs!r}, expected an integer >= 0",
+                source="data.curriculum_epochs",
+            )
+        if not 0 < curriculum_start <= 1:
+            raise UdeError(
+                f"got {curriculum_start!r}, expected a number in (0, 1]",
+                source="data.curriculum_start",
+            )
+        self.curriculum_epochs = curriculum_epochs
+        self.curriculum_start = float(curriculum_start)
 
-    def _loader(self, shuffle: bool) -> DataLoader:
-        data = ConditionDataset(self.measurements)
+    def window(self, epoch: int | None = None) -> float | None:
+        """Last time fitted at ``epoch`` (default: the trainer's) under the curriculum; None
+        once the whole training span is fitted."""
+        if self.curriculum_epochs == 0:
+            return None
+        if epoch is None:
+            trainer = getattr(self, "trainer", None)
+            epoch = trainer.current_epoch if trainer is not None else self.curriculum_epochs
+        if epoch >= self.curriculum_epochs:
+            return None
+        times = self.measurements.times[self.split.train.any(axis=(0, 2, 3))]
+        t0, t1 = float(times[0]), float(times[-1])
+        f = self.curriculum_start + (1 - self.curriculum_start) * epoch / self.curriculum_epochs
+        return t0 + f * (t1 - t0)
+
+    def _loader(self, data: ConditionDataset, shuffle: bool) -> DataLoader:
         size = self.batch_size or len(data)
         return DataLoader(data, batch_size=size, shuffle=shuffle and size < len(data))
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(shuffle=True)
+        s = self.split
+        return self._loader(
+            ConditionDataset(self.measurements, s.train_conditions, s.train, self.window),
+            shuffle=True,
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(shuffle=False)
+        s = self.split
+        if not s.has_held_out:
+            return self._loader(ConditionDataset(self.measurements), shuffle=False)
+        return self._loader(
+            ConditionDataset(self.measurements, s.held_out_conditions, s.held_out), shuffle=False
+        )
+
+
+def table_datamodule(
+    path: str | Path,
+    spec: str | ModelSpec | None = None,
+    conditions: str | Path | None = None,
+    format: str = "auto",
+    time_column: str = "time",
+    batch_size: int | None = None,
+    val_conditions: Sequence[str] | None = None,
+    val_fraction: float | None = None,
+    val_after: float | None = None,
+    curriculum_epochs: int = 0,
+    curriculum_start: float = 0.25,
+) -> ConditionsDataModule:
+    """A :class:`ConditionsDataModule` over a CSV table (see :func:`read_measurements`)."""
+    measurements = read_measurements(path, spec, conditions, format, time_column)
+    return ConditionsDataModule(
+        measurements,
+        batch_size,
+        val_conditions,
+        val_fraction,
+        val_after,
+        curriculum_epochs,
+        curriculum_start,
+    )
