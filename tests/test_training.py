@@ -12,7 +12,9 @@ from tests.conftest import FAST
 
 
 def test_short_training_lowers_trajectory_loss_tenfold(make_cfg):
-    metrics = train.train(make_cfg("trainer.max_epochs=40", "optim.warm_start_steps=0", *FAST[1:]))
+    metrics = train.train(
+        make_cfg("trainer.max_epochs=40", "optim.warm_start_steps=0", "optim.lr=0.01", *FAST[1:])
+    )
     # The initial network contributes almost nothing, so the first loss is that of the known
     # terms alone; 40 Adam steps must take it at least 10x lower.
     assert metrics["mse_reduction"] >= 10, metrics
