@@ -190,7 +190,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="shorter runs, for a smoke test")
+    parser.add_argument("--quick", action="store_true", help="fewer conditions, one CLI run")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=15.0,
+        help="the plain loop runs for at most this many times ude's time",
+    )
     parser.add_argument("--skip", nargs="*", default=[], choices=["cli", "ratio", "scaling"])
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -203,7 +209,7 @@ def main() -> None:
         default_example(args.runs)
     if "ratio" not in args.skip:
         print("\n## 2. Time to the same validation error")
-        time_to_error(args.device, args.quick)
+        time_to_error(args.device, args.budget)
     if "scaling" not in args.skip:
         print("\n## 3. One training step vs number of conditions (batched solve)")
         conditions_scaling(args.device, [1, 4, 16] if args.quick else [1, 4, 16, 64, 256])
