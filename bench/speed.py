@@ -113,18 +113,24 @@ def plain_loop(
     return None, it, best
 
 
-def time_to_error(device: str, quick: bool) -> None:
+def default_schedule() -> tuple[int, dict]:
+    """Epochs and optimiser settings of `python train.py`, read from conf/."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config")
+    return int(cfg.trainer.max_epochs), dict(cfg.optim)
+
+
+def time_to_error(device: str, budget_factor: float) -> None:
     m = simulate_measurements("lotka_volterra", seed=0)
     truth_times = np.linspace(m.times[0], m.times[-1], 100)
     truth = simulate_spec(m.truth.spec, m.truth.initial, truth_times)[0]
-    epochs = 100 if quick else 300
+    epochs, optim = default_schedule()
     start = time.perf_counter()
+    accelerator = "gpu" if device == "cuda" else "cpu"
     result = fit(
-        "lotka_volterra",
-        m,
-        max_epochs=epochs,
-        warm_start_steps=500,
-        trainer_kwargs={"accelerator": "gpu" if device == "cuda" else "cpu"},
+        "lotka_volterra", m, max_epochs=epochs, trainer_kwargs={"accelerator": accelerator}, **optim
     )
     ude_seconds = time.perf_counter() - start
     model = result.model
@@ -132,11 +138,12 @@ def time_to_error(device: str, quick: bool) -> None:
     t_val = torch.tensor(truth_times, dtype=model.initial.dtype, device=model.initial.device)
     ude_err = validation_error(lambda: model.simulate(t_val, cond)[0].cpu().numpy(), truth)
     print(
-        f"ude default schedule (warm start 500 steps + {epochs} epochs): {ude_seconds:.1f} s "
+        f"ude default schedule (warm start {optim['warm_start_steps']} steps + {epochs} "
+        f"epochs at lr {optim['lr']}): {ude_seconds:.1f} s "
         f"to validation NMSE {ude_err:.2e}",
         flush=True,
     )
-    budget = 10 * ude_seconds * (1 if quick else 2)
+    budget = budget_factor * ude_seconds
     seconds, iters, best = plain_loop(
         m, truth_times, truth, ude_err, device, max_iters=100_000, max_seconds=budget
     )
