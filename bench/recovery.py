@@ -65,9 +65,7 @@ def run_ude(noise: float, seed: int, out: Path) -> dict:
     metrics = train.train(cfg)
     d = metrics["distill"]
     truth = d["truth"]
-    errs = [
-        truth["states"][s]["relative_error"].get("x*y", np.nan) for s in ("x", "y")
-    ]
+    errs = [truth["states"][s]["relative_error"].get("x*y", np.nan) for s in ("x", "y")]
     return {
         "exact": truth["exact"],
         "beta_err": errs[0],
@@ -130,16 +128,14 @@ def table(rows: list[dict]) -> str:
             lines.append(
                 f"{r['seed']:4d} | {'yes' if u['exact'] else 'no ':>17} {_fmt(u['beta_err'])} "
                 f"{_fmt(u['gamma_err'])} {_fmt(u['forecast_nmse'])} {u['seconds']:4.0f} | "
-                f"{'yes' if f['exact'] else 'no ':>14} {_fmt(f['beta_err'])} {_fmt(f['gamma_err'])} | "
+                f"{'yes' if f['exact'] else 'no ':>14} "
+                f"{_fmt(f['beta_err'])} {_fmt(f['gamma_err'])} | "
                 f"{'yes' if w['exact'] else 'no ':>10} {_fmt(w['beta_err'])} {_fmt(w['gamma_err'])}"
             )
         for key in ("ude", "sindy-fd", "weak"):
             ex = sum(r[key]["exact"] for r in sub)
             errs = [
-                e
-                for r in sub
-                if r[key]["exact"]
-                for e in (r[key]["beta_err"], r[key]["gamma_err"])
+                e for r in sub if r[key]["exact"] for e in (r[key]["beta_err"], r[key]["gamma_err"])
             ]
             med = f"{np.median(errs):.1%}" if errs else "-"
             extra = ""

@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise UdeError(
             "usage: python -m ude.distill <run_dir> [key=value ...]",
             source="command line",
-            fix="e.g. python -m ude.distill outputs/<day>/<time> distill.distiller.selector.criterion=aicc",
+            fix="e.g. python -m ude.distill outputs/<day>/<time> "
+            "distill.distiller.selector.criterion=aicc",
         )
     run_dir = Path(argv[0])
     cfg, model, measurements = load_run(run_dir, argv[1:])

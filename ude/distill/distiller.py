@@ -119,7 +119,13 @@ class Distiller:
             lib = self._library().fit(list(slot.inputs))
             Theta = lib.transform(samples.columns(list(slot.inputs)))
             if not np.all(np.isfinite(Theta)):
-                bad = [n for n, ok in zip(lib.get_feature_names(), np.isfinite(Theta).all(0), strict=True) if not ok]
+                bad = [
+                    n
+                    for n, ok in zip(
+                        lib.get_feature_names(), np.isfinite(Theta).all(0), strict=True
+                    )
+                    if not ok
+                ]
                 raise UdeError(
                     f"library term {bad[0]} is not finite along the trajectories",
                     source="distill.library",
@@ -162,8 +168,11 @@ class Distiller:
         clock["selection_seconds"] = time.perf_counter() - t1
         # final refit from the scored values, with the accurate solver
         t2 = time.perf_counter()
-        twin, owner = twin_spec(known, terms, chosen.candidate.coef, learn=True)
-        start = {k: (v.value if k not in chosen.refit.values else chosen.refit.values[k]) for k, v in twin.parameters.items()}
+        twin, _ = twin_spec(known, terms, chosen.candidate.coef, learn=True)
+        start = {
+            k: (v.value if k not in chosen.refit.values else chosen.refit.values[k])
+            for k, v in twin.parameters.items()
+        }
         twin = numeric_twin(twin, start, keep_learn=True)
         result = (self.refit or TwinRefit(max_iter=400, tol=1e-10)).fit(
             twin, measurements, chosen.refit.model.initial.detach().cpu().numpy()

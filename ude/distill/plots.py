@@ -63,8 +63,14 @@ def plot_forecast(
             if name in m.observables:
                 o = m.observables.index(name)
                 for r in range(m.values.shape[2]):
-                    ax.plot(m.times, m.values[c, :, r, o], "o", ms=3, color="0.3",
-                            label="data" if r == 0 else None)
+                    ax.plot(
+                        m.times,
+                        m.values[c, :, r, o],
+                        "o",
+                        ms=3,
+                        color="0.3",
+                        label="data" if r == 0 else None,
+                    )
             ax.axvspan(m.times[0], m.times[-1], color="0.9", zorder=0)
             ax.set_title(f"{name} — {m.conditions[c]} (shaded: training window)", fontsize=9)
             ax.set_xlabel("time")

@@ -44,9 +44,7 @@ def compare_with_truth(twin: ModelSpec, truth_spec: ModelSpec, missing: dict) ->
         found = term_coefficients(_numeric(twin.discovered.get(s, sp.Integer(0)), twin))
         same = set(true) == set(found)
         exact &= same
-        rel = {
-            b: abs(found[b] - c) / abs(c) for b, c in true.items() if b in found and c != 0
-        }
+        rel = {b: abs(found[b] - c) / abs(c) for b, c in true.items() if b in found and c != 0}
         errors += list(rel.values())
         per_state[s] = {
             "true": {b: round(c, 6) for b, c in true.items()},
@@ -73,7 +71,9 @@ def forecast(
     truth = None
     if measurements.truth is not None:
         tr = measurements.truth
-        truth = simulate_spec(tr.spec, tr.initial, times, measurements.inputs, rtol=1e-8, atol=1e-10)
+        truth = simulate_spec(
+            tr.spec, tr.initial, times, measurements.inputs, rtol=1e-8, atol=1e-10
+        )
         truth = truth[..., [tr.spec.states.index(s) for s in twin.states]]
     return times, states, truth
 
@@ -88,13 +88,17 @@ def forecast_nmse(states: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return out
 
 
-def distilled_terms(twin: ModelSpec, samples_X: np.ndarray, names: list[str], context: np.ndarray) -> np.ndarray:
+def distilled_terms(
+    twin: ModelSpec, samples_X: np.ndarray, names: list[str], context: np.ndarray
+) -> np.ndarray:
     """The twin's discovered terms ``(sample, state)`` at ``samples_X (sample, state+input)``
     with parameter values ``context (parameter,)``."""
     f = CompiledExpressions(
         [twin.discovered.get(s, sp.Integer(0)) for s in twin.states], [*names, *twin.parameters]
     ).double()
-    values = np.concatenate([samples_X, np.broadcast_to(context, (len(samples_X), len(context)))], 1)
+    values = np.concatenate(
+        [samples_X, np.broadcast_to(context, (len(samples_X), len(context)))], 1
+    )
     with torch.no_grad():
         return f(torch.tensor(values)).numpy()
 
@@ -116,7 +120,9 @@ def write_report(
     twin_dict = twin_to_dict(twin, measurements.observables, trained.spec, result.inclusion)
     (run_dir / "twin.json").write_text(json.dumps(twin_dict, indent=2))
     rows = result.path_rows()
-    (run_dir / "equations.md").write_text(equations_markdown(twin, trained.spec, rows, result.inclusion))
+    (run_dir / "equations.md").write_text(
+        equations_markdown(twin, trained.spec, rows, result.inclusion)
+    )
     initial = result.model.initial.detach().cpu().numpy()
     times, states, truth = forecast(twin, initial, measurements, horizon)
     metrics: dict[str, Any] = {

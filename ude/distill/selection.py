@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ude.errors import UdeError
 from ude.distill.refit import RefitResult
 from ude.distill.sparse import Candidate
+from ude.errors import UdeError
 
 
 def information_criterion(nmse: float, n: int, k: int, kind: str = "bic") -> float:
@@ -24,7 +24,9 @@ def information_criterion(nmse: float, n: int, k: int, kind: str = "bic") -> flo
         return base + k * math.log(n)
     if kind == "aicc":
         return base + 2 * k + (2 * k * (k + 1) / (n - k - 1) if n - k - 1 > 0 else math.inf)
-    raise UdeError(f"unknown criterion '{kind}'", source="distill.selector.criterion", fix="bic or aicc")
+    raise UdeError(
+        f"unknown criterion '{kind}'", source="distill.selector.criterion", fix="bic or aicc"
+    )
 
 
 @dataclass

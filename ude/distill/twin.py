@@ -92,7 +92,10 @@ def twin_to_dict(
     """The twin.json content: expressions over state and input names with numeric
     coefficients. ``parameters`` lists the values of the prior spec's parameters; ``known``
     and ``observables`` are added so the file round-trips into a ModelSpec."""
-    equations = {s: str(_substitute(e, twin, digits)) for s, e in zip(twin.states, twin.known_rhs(), strict=True)}
+    equations = {
+        s: str(_substitute(e, twin, digits))
+        for s, e in zip(twin.states, twin.known_rhs(), strict=True)
+    }
     discovered = {s: str(_substitute(e, twin, digits)) for s, e in twin.discovered.items()}
     knownpart = {s: str(_substitute(e, twin, digits)) for s, e in twin.equations.items()}
     out: dict[str, Any] = {
@@ -100,13 +103,17 @@ def twin_to_dict(
         "states": list(twin.states),
         "inputs": list(twin.inputs),
         "observed": list(observed),
-        "parameters": {k: twin.parameters[k].value for k in known.parameters if k in twin.parameters},
+        "parameters": {
+            k: twin.parameters[k].value for k in known.parameters if k in twin.parameters
+        },
         "equations": equations,
         "known": knownpart,
         "discovered": discovered,
     }
     if twin.observables:
-        out["observables"] = {k: str(_substitute(e, twin, digits)) for k, e in twin.observables.items()}
+        out["observables"] = {
+            k: str(_substitute(e, twin, digits)) for k, e in twin.observables.items()
+        }
     if inclusion is not None:
         out["inclusion_probability"] = inclusion
     return out
@@ -164,7 +171,9 @@ def load_twin(path: str | Path) -> ModelSpec:
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise UdeError(f"not valid JSON: {err.msg}", source=str(path), where=f"line {err.lineno}") from None
+        raise UdeError(
+            f"not valid JSON: {err.msg}", source=str(path), where=f"line {err.lineno}"
+        ) from None
     return twin_from_dict(raw, source=str(path))
 
 
@@ -177,7 +186,12 @@ def equations_markdown(
 ) -> str:
     """The twin as Markdown with LaTeX: each equation with its known and discovered part, the
     selection path and the inclusion probabilities."""
-    lines = [f"# Distilled twin: {twin.name}", "", "Known terms in black, discovered terms boxed.", ""]
+    lines = [
+        f"# Distilled twin: {twin.name}",
+        "",
+        "Known terms in black, discovered terms boxed.",
+        "",
+    ]
     for s in twin.states:
         k = _substitute(twin.equations.get(s, sp.Integer(0)), twin, digits)
         d = _substitute(twin.discovered.get(s, sp.Integer(0)), twin, digits)
@@ -186,7 +200,12 @@ def equations_markdown(
             rhs += (" + " if rhs else "") + r"\boxed{" + sp.latex(d) + "}"
         lines += ["$$", rf"\frac{{d{sp.latex(sp.Symbol(s))}}}{{dt}} = {rhs or '0'}", "$$", ""]
     if selection_rows:
-        lines += ["## Selection path", "", "| terms | trajectory NMSE | criterion | chosen | discovered |", "|---|---|---|---|---|"]
+        lines += [
+            "## Selection path",
+            "",
+            "| terms | trajectory NMSE | criterion | chosen | discovered |",
+            "|---|---|---|---|---|",
+        ]
         for r in selection_rows:
             crit = r.get("criterion")
             lines.append(
@@ -197,9 +216,15 @@ def equations_markdown(
             )
         lines.append("")
     if inclusion:
-        lines += ["## Bootstrap inclusion probabilities", "", "| state | term | probability |", "|---|---|---|"]
+        lines += [
+            "## Bootstrap inclusion probabilities",
+            "",
+            "| state | term | probability |",
+            "|---|---|---|",
+        ]
         for s, terms in inclusion.items():
             for t, p in sorted(terms.items(), key=lambda kv: -kv[1]):
-                lines.append(f"| {s} | ${sp.latex(sp.sympify(t, locals={n: sp.Symbol(n) for n in twin.symbols}))}$ | {p:.2f} |")
+                term = parse_expression(t, twin.symbols, source="inclusion")
+                lines.append(f"| {s} | ${sp.latex(term)}$ | {p:.2f} |")
         lines.append("")
     return "\n".join(lines)
