@@ -154,33 +154,43 @@ class Distiller:
         initial = model.initial.detach().cpu().numpy()
         dt = float(np.min(np.diff(measurements.times))) if len(measurements.times) > 1 else 1.0
         scorer = self.score_refit or TwinRefit(
-            max_iter=100, tol=1e-7, solver=Solver("rk4", step_size=dt)
+            max_iter=300, tol=1e-7, solver=Solver("rk4", step_size=dt)
         )
         known = model.spec
+        # coefficients in units of each term's contribution relative to the network output
+        scales = {t: p.y_scale / p.col_scale for t, p in problems.items()}
+        noise = model.noise.detach().cpu().numpy()
 
         def score(cand: Candidate) -> tuple[RefitResult, int]:
-            twin, owner = twin_spec(known, terms, cand.coef, learn=True)
+            twin, owner = twin_spec(known, terms, cand.coef, learn=True, scales=scales)
             cand.info["owner"] = owner
-            return scorer.fit(twin, measurements, initial), len(owner)
+            return scorer.fit(twin, measurements, initial, noise), len(owner)
 
         t1 = time.perf_counter()
         chosen, path = (self.selector or TrajectorySelector()).select(candidates, score)
         clock["selection_seconds"] = time.perf_counter() - t1
         # final refit from the scored values, with the accurate solver
         t2 = time.perf_counter()
-        twin, _ = twin_spec(known, terms, chosen.candidate.coef, learn=True)
-        start = {
-            k: (v.value if k not in chosen.refit.values else chosen.refit.values[k])
-            for k, v in twin.parameters.items()
-        }
+        twin, owner = twin_spec(known, terms, chosen.candidate.coef, learn=True, scales=scales)
+        start = {k: chosen.refit.values.get(k, p.value) for k, p in twin.parameters.items()}
         twin = numeric_twin(twin, start, keep_learn=True)
         result = (self.refit or TwinRefit(max_iter=400, tol=1e-10)).fit(
-            twin, measurements, chosen.refit.model.initial.detach().cpu().numpy()
+            twin, measurements, chosen.refit.model.initial.detach().cpu().numpy(), noise
         )
         if not result.ok:
             result = chosen.refit
         clock["refit_seconds"] = time.perf_counter() - t2
-        final = numeric_twin(twin, result.values)
+        # the reported twin carries plain coefficients (no scale factors)
+        final_scored = Scored(
+            Candidate(chosen.candidate.coef, "final", info={"owner": owner}), result, 0.0, 0
+        )
+        coef = refitted_coef(final_scored)
+        plain, _ = twin_spec(known, terms, coef, learn=True)
+        values = {
+            **result.values,
+            **{k: p.value for k, p in plain.parameters.items() if k.startswith("c_")},
+        }
+        final = numeric_twin(plain, values)
         final.name = f"{known.name}_twin"
         inclusion = None
         if self.bootstrap is not None:

@@ -93,10 +93,15 @@ class TwinRefit:
         return iterations, False
 
     def fit(
-        self, twin: ModelSpec, measurements: Measurements, initial: np.ndarray | None = None
+        self,
+        twin: ModelSpec,
+        measurements: Measurements,
+        initial: np.ndarray | None = None,
+        noise: np.ndarray | None = None,
     ) -> RefitResult:
         """Refit ``twin`` on ``measurements`` from ``initial (condition, state)`` (default:
-        the data's first values)."""
+        the data's first values) and noise levels ``noise (observable,)`` (default: 10 % of
+        each observable's scale)."""
         from ude.fit import make_module
 
         dtype = torch.float64
@@ -114,6 +119,9 @@ class TwinRefit:
         if initial is not None:
             with torch.no_grad():
                 model.initial.copy_(torch.as_tensor(initial, dtype=dtype))
+        if noise is not None:
+            with torch.no_grad():
+                model.log_noise.copy_(torch.log(torch.as_tensor(noise, dtype=dtype)))
         module = make_module(model, measurements, loss="nll")
         batch = _batch(measurements)
         params = [p for p in module.parameters() if p.requires_grad]

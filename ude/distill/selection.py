@@ -44,9 +44,9 @@ class Scored:
 def refitted_coef(scored: Scored) -> dict[str, np.ndarray]:
     """The candidate's coefficients ``{target: (term,)}`` at their refitted values."""
     coef = {k: v.copy() for k, v in scored.candidate.coef.items()}
-    for name, (target, j) in scored.candidate.info.get("owner", {}).items():
+    for name, (target, j, scale) in scored.candidate.info.get("owner", {}).items():
         if name.startswith("c_") and name in scored.refit.values:
-            coef[target][j] = float(scored.refit.values[name])
+            coef[target][j] = float(scored.refit.values[name]) * scale
     return coef
 
 
@@ -61,7 +61,7 @@ class TrajectorySelector:
         max_candidates: refit at most this many path candidates (the sparsest first).
     """
 
-    def __init__(self, criterion: str = "bic", prune: bool = True, max_candidates: int = 6):
+    def __init__(self, criterion: str = "bic", prune: bool = True, max_candidates: int = 5):
         self.criterion = criterion
         self.prune = prune
         self.max_candidates = max_candidates

@@ -27,18 +27,24 @@ def _fresh(name: str, taken: set[str]) -> str:
 
 
 def twin_spec(
-    spec: ModelSpec, terms: dict[str, list], coef: dict[str, np.ndarray], learn: bool = True
-) -> tuple[ModelSpec, dict[str, tuple[str, int]]]:
+    spec: ModelSpec,
+    terms: dict[str, list],
+    coef: dict[str, np.ndarray],
+    learn: bool = True,
+    scales: dict[str, np.ndarray] | None = None,
+) -> tuple[ModelSpec, dict[str, tuple[str, int, float]]]:
     """The twin of ``spec`` with ``sum_j coef[t][j] * terms[t][j]`` discovered for each target
     ``t``; coefficients (and the learnable constants of rational terms, as ``K``) become
     parameters ``c_<state>_<j>`` / ``K_<state>_<j>``, learned when ``learn``.
 
-    Returns the spec and a map parameter name -> (target, term index).
+    With ``scales[t] (term,)`` a coefficient is written ``c * scale * term`` and the parameter
+    ``c = coef / scale`` is of order one, which conditions the refit's optimiser.
+    Returns the spec and a map parameter name -> (target, term index, scale).
     """
     taken = set(spec.symbols)
     params = dict(spec.parameters)
     discovered: dict[str, sp.Expr] = {}
-    owner: dict[str, tuple[str, int]] = {}
+    owner: dict[str, tuple[str, int, float]] = {}
     for target, c in coef.items():
         total = sp.Integer(0)
         for j in np.flatnonzero(c):
@@ -48,14 +54,16 @@ def twin_spec(
                 if k in term.learnable and learn:
                     name = _fresh(f"{k}_{target}_{j}", taken)
                     params[name] = Parameter(float(v), learn=True, min=1e-6 * float(v))
-                    owner[name] = (target, int(j))
+                    owner[name] = (target, int(j), 1.0)
                     subs[sp.Symbol(k)] = sp.Symbol(name)
                 else:
                     subs[sp.Symbol(k)] = sp.Float(v) if not float(v).is_integer() else int(v)
             name = _fresh(f"c_{target}_{j}", taken)
-            params[name] = Parameter(float(c[j]), learn=learn)
-            owner[name] = (target, int(j))
-            total = total + sp.Symbol(name) * term.expr.xreplace(subs)
+            scale = 1.0 if scales is None else float(scales[target][j])
+            params[name] = Parameter(float(c[j]) / scale, learn=learn)
+            owner[name] = (target, int(j), scale)
+            factor = sp.Symbol(name) if scale == 1.0 else sp.Symbol(name) * sp.Float(scale)
+            total = total + factor * term.expr.xreplace(subs)
         discovered[target] = total
     return spec.with_discovered(discovered, params), owner
 
