@@ -20,6 +20,8 @@ QUICK = [
     "distill.distiller.selector.prune=false",
     "distill.distiller.bootstrap.n_models=5",
     "distill.distiller.sampler.n_times=50",
+    "distill.distiller.score_refit.max_iter=40",
+    "distill.distiller.refit.max_iter=40",
 ]
 
 

@@ -19,7 +19,6 @@ from ude.distill.sparse import Candidate, EliminationPath, Problem, ThresholdPat
 from ude.distill.twin import numeric_twin, twin_spec
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
-from ude.model.solver import Solver
 from ude.spec.model_spec import ModelSpec
 
 
@@ -81,8 +80,8 @@ class Distiller:
         sampler: where the networks are sampled (default :class:`TrajectorySampler`).
         paths: candidate generators (default: STLSQ threshold path and joint elimination).
         selector: scores candidates by refitting them (default :class:`TrajectorySelector`).
-        score_refit: the ODE refit that scores candidates (default: L-BFGS, RK4 at the data's
-            time step, loose tolerance).
+        score_refit: the ODE refit that scores candidates (default: RK4 on the data's time
+            grid, 300 L-BFGS iterations, loose tolerance).
         refit: the final ODE refit of the chosen twin (default: dopri5, tight tolerance).
         bootstrap: inclusion probabilities (None: skipped).
     """
@@ -152,10 +151,7 @@ class Distiller:
             }
         clock["regression_seconds"] = time.perf_counter() - t0
         initial = model.initial.detach().cpu().numpy()
-        dt = float(np.min(np.diff(measurements.times))) if len(measurements.times) > 1 else 1.0
-        scorer = self.score_refit or TwinRefit(
-            max_iter=300, tol=1e-7, solver=Solver("rk4", step_size=dt)
-        )
+        scorer = self.score_refit or TwinRefit(max_iter=300, tol=1e-7, method="rk4")
         known = model.spec
         # coefficients in units of each term's contribution relative to the network output
         scales = {t: p.y_scale / p.col_scale for t, p in problems.items()}
@@ -174,7 +170,7 @@ class Distiller:
         twin, owner = twin_spec(known, terms, chosen.candidate.coef, learn=True, scales=scales)
         start = {k: chosen.refit.values.get(k, p.value) for k, p in twin.parameters.items()}
         twin = numeric_twin(twin, start, keep_learn=True)
-        result = (self.refit or TwinRefit(max_iter=400, tol=1e-10)).fit(
+        result = (self.refit or TwinRefit()).fit(
             twin, measurements, chosen.refit.model.initial.detach().cpu().numpy(), noise
         )
         if not result.ok:

@@ -42,21 +42,28 @@ class TwinRefit:
 
     Args:
         max_iter: L-BFGS iterations at most.
-        tol: stop when the loss changes less than this between outer rounds.
-        solver: the ODE solver (default: dopri5 at rtol 1e-6).
+        tol: stop when the relative loss change over 20 iterations is below this.
+        method, rtol, atol, step_size: the ODE solver (:class:`ude.model.Solver`); a fixed-step
+            method with ``step_size=None`` steps on the data's time grid.
         learn_initial: refit the initial states too.
     """
 
     def __init__(
         self,
-        max_iter: int = 200,
-        tol: float = 1e-9,
-        solver: Solver | None = None,
+        max_iter: int = 400,
+        tol: float = 1e-10,
+        method: str = "dopri5",
+        rtol: float = 1e-6,
+        atol: float = 1e-8,
+        step_size: float | None = None,
         learn_initial: bool = True,
     ):
         self.max_iter = max_iter
         self.tol = tol
-        self.solver = solver
+        self.method = method
+        self.rtol = rtol
+        self.atol = atol
+        self.step_size = step_size
         self.learn_initial = learn_initial
 
     def _run(self, module, batch, params, lr: float, done: int) -> tuple[int, bool]:
@@ -111,7 +118,7 @@ class TwinRefit:
             model = build_hybrid(
                 twin,
                 measurements,
-                self.solver or Solver("dopri5", rtol=1e-6, atol=1e-8, max_steps=5000),
+                Solver(self.method, self.rtol, self.atol, self.step_size, max_steps=5000),
                 learn_initial=self.learn_initial,
             )
         finally:
