@@ -97,6 +97,9 @@ def test_selection_picks_true_sparsity_on_clean_regression():
     y = y + 1e-3 * np.std(y) * rng.standard_normal(len(y))
     problems = {"x": Problem(Theta, y, [f"t{i}" for i in range(8)])}
     candidates = candidate_union([ThresholdPath(), EliminationPath()], problems)
+    for optimizer in ("stlsq", "sr3"):  # both pysindy optimizers find the support on the path
+        path = ThresholdPath(optimizer=optimizer).candidates(problems)
+        assert [1, 4] in [np.flatnonzero(c.coef["x"]).tolist() for c in path]
 
     def regression_score(cand):
         r = problems["x"].y - problems["x"].Theta @ cand.coef["x"]

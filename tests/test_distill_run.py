@@ -22,6 +22,7 @@ QUICK = [
     "distill.distiller.sampler.n_times=50",
     "distill.distiller.score_refit.max_iter=40",
     "distill.distiller.refit.max_iter=40",
+    "distill.forecast_horizon=2",
 ]
 
 
