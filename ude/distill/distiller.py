@@ -48,9 +48,11 @@ class Distillation:
         rows = []
         for s in self.path:
             fitted = refitted_coef(s)
+            constants = _refitted_constants(s)
             terms = {
                 t: " ".join(
-                    f"{'+' if c[j] > 0 else '-'}{abs(c[j]):.3g}*{self.terms[t][j].name}"
+                    f"{'+' if c[j] > 0 else '-'}{abs(c[j]):.3g}*"
+                    + _term_name(self.terms[t][j], constants.get((t, int(j)), {}))
                     for j in np.flatnonzero(c)
                 )
                 for t, c in fitted.items()
@@ -70,6 +72,22 @@ class Distillation:
                 }
             )
         return rows
+
+
+def _refitted_constants(scored: Scored) -> dict[tuple[str, int], dict[str, float]]:
+    """Refitted nonlinear constants (e.g. K) per (target, term index)."""
+    out: dict[tuple[str, int], dict[str, float]] = {}
+    for name, (target, j, _) in scored.candidate.info.get("owner", {}).items():
+        if not name.startswith("c_") and name in scored.refit.values:
+            out.setdefault((target, j), {})[name.split("_")[0]] = float(scored.refit.values[name])
+    return out
+
+
+def _term_name(term: Term, constants: dict[str, float]) -> str:
+    """The term's name with its constants at their refitted values."""
+    if not constants:
+        return term.name
+    return Term(term.expr, {**term.constants, **constants}, term.learnable, term.family).name
 
 
 class Distiller:

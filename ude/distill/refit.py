@@ -9,6 +9,7 @@ import torch
 
 from ude.data.datamodule import ConditionDataset
 from ude.data.measurements import Measurements
+from ude.fit import make_module
 from ude.model.hybrid import HybridODE, build_hybrid
 from ude.model.solver import Solver, SolverFailed
 from ude.spec.model_spec import ModelSpec
@@ -109,8 +110,6 @@ class TwinRefit:
         """Refit ``twin`` on ``measurements`` from ``initial (condition, state)`` (default:
         the data's first values) and noise levels ``noise (observable,)`` (default: 10 % of
         each observable's scale)."""
-        from ude.fit import make_module
-
         dtype = torch.float64
         previous = torch.get_default_dtype()
         torch.set_default_dtype(dtype)

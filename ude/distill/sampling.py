@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ude.errors import UdeError
+from ude.fit import predict
 from ude.model.hybrid import HybridODE
 
 
@@ -59,8 +60,6 @@ class TrajectorySampler:
                 source="distill.sampler",
                 fix="n_times >= 2, jitter >= 0, n_jitter >= 0",
             )
-        from ude.fit import predict
-
         grid = np.linspace(float(times[0]), float(times[-1]), self.n_times)
         states, _ = predict(model, grid)  # (condition, time, state)
         n_c, n_t, n_s = states.shape

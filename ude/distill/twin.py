@@ -197,7 +197,7 @@ def equations_markdown(
     lines = [
         f"# Distilled twin: {twin.name}",
         "",
-        "Known terms in black, discovered terms boxed.",
+        "Known terms plain, discovered terms boxed; numbers are the refitted values.",
         "",
     ]
     for s in twin.states:
