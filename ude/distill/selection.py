@@ -52,19 +52,29 @@ def refitted_coef(scored: Scored) -> dict[str, np.ndarray]:
 
 class TrajectorySelector:
     """Refits every candidate of the regression path through the ODE and scores it with
-    ``criterion`` on its trajectory error against the data; then, from the best, removes one
-    term at a time (each removal refitted) while the criterion improves.
+    ``criterion`` on its trajectory error against the data; then, from the best, moves one
+    term at a time (each move refitted) while the criterion improves: removals (``prune``)
+    and, with ``grow``, additions of library terms the regression path left out (this finds
+    terms a poorly identified network hides, at the cost of one refit per library term).
 
     Args:
         criterion: ``bic`` or ``aicc``.
         prune: do the trajectory-level backward elimination.
         max_candidates: refit at most this many path candidates (the sparsest first).
+        grow: also try adding each absent term at every step.
     """
 
-    def __init__(self, criterion: str = "bic", prune: bool = True, max_candidates: int = 5):
+    def __init__(
+        self,
+        criterion: str = "bic",
+        prune: bool = True,
+        max_candidates: int = 5,
+        grow: bool = False,
+    ):
         self.criterion = criterion
         self.prune = prune
         self.max_candidates = max_candidates
+        self.grow = grow
 
     def select(
         self,
@@ -99,20 +109,8 @@ class TrajectorySelector:
         for cand in sorted(candidates, key=lambda c: c.n_terms)[: self.max_candidates]:
             score(cand, "path")
         best = min(scored, key=lambda s: s.criterion)
-        while self.prune and best.candidate.n_terms > 1:
-            trials = []
-            for t, c in best.candidate.coef.items():
-                for j in np.flatnonzero(c):
-                    coef = {k: v.copy() for k, v in best.candidate.coef.items()}
-                    coef[t][j] = 0.0
-                    if not np.any(coef[t]) and np.count_nonzero(c) == 1:
-                        continue  # keep a term in every target
-                    # start from the refitted coefficients of the current best
-                    fitted = refitted_coef(best)
-                    for k in coef:
-                        coef[k] = np.where(coef[k] != 0, fitted[k], 0.0)
-                    trial = Candidate(coef, "prune", None, {"from": best.candidate.info})
-                    trials.append(score(trial, "prune"))
+        while self.prune or self.grow:
+            trials = [score(c, step) for c, step in self._neighbours(best)]
             if not trials:
                 break
             top = min(trials, key=lambda s: s.criterion)
@@ -120,3 +118,21 @@ class TrajectorySelector:
                 break
             best = top
         return best, scored
+
+    def _neighbours(self, best: Scored) -> list[tuple[Candidate, str]]:
+        """Supports one term away from ``best``, starting from its refitted coefficients."""
+        fitted = refitted_coef(best)
+        out = []
+        for t, c in fitted.items():
+            for j in range(len(c)):
+                coef = {k: v.copy() for k, v in fitted.items()}
+                if c[j] != 0 and self.prune:
+                    if np.count_nonzero(c) == 1:
+                        continue  # keep a term in every target
+                    coef[t][j] = 0.0
+                    out.append((Candidate(coef, "prune"), "prune"))
+                elif c[j] == 0 and self.grow:
+                    # a small start; the refit through the ODE sizes it
+                    coef[t][j] = 1e-2 * float(np.max(np.abs(c))) if np.any(c) else 1e-3
+                    out.append((Candidate(coef, "grow"), "grow"))
+        return out
