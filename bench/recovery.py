@@ -111,7 +111,9 @@ def baseline(kind: str, noise: float, seed: int) -> dict:
 
 
 def _fmt(e: float) -> str:
-    return "   -  " if e is None or not np.isfinite(e) else f"{e:6.1%}"
+    if e is None or not np.isfinite(e):
+        return "   -  "
+    return f"{e:6.1%}" if e < 10 else " >999%"
 
 
 def table(rows: list[dict]) -> str:
