@@ -106,7 +106,7 @@ def test_selection_picks_true_sparsity_on_clean_regression():
         nmse = float(np.mean(r**2) / np.mean(y**2))
         return RefitResult(None, {}, nmse, len(y), True, 0), cand.n_terms
 
-    chosen, scored = TrajectorySelector(criterion="bic", max_candidates=20).select(
+    chosen, scored = TrajectorySelector(criterion="bic", max_candidates=20, grow=False).select(
         candidates, regression_score
     )
     assert np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [1, 4]
@@ -115,11 +115,11 @@ def test_selection_picks_true_sparsity_on_clean_regression():
     assert all(s.criterion > chosen.criterion for s in scored if s is not chosen)
     # grow: from a path that misses t4, stepwise additions at the scoring level find it
     only_t1 = [c for c in candidates if np.flatnonzero(c.coef["x"]).tolist() == [1]]
-    grown, _ = TrajectorySelector(grow=True, max_candidates=1).select(
+    grown, _ = TrajectorySelector(max_candidates=1).select(
         only_t1, lambda c: regression_score(refit_lstsq(problems, c))
     )
     assert np.flatnonzero(grown.candidate.coef["x"]).tolist() == [1, 4]
-    chosen_aicc, _ = TrajectorySelector(criterion="aicc", max_candidates=20).select(
+    chosen_aicc, _ = TrajectorySelector(criterion="aicc", max_candidates=20, grow=False).select(
         candidates, regression_score
     )
     assert np.flatnonzero(chosen_aicc.candidate.coef["x"]).tolist() == [1, 4]
@@ -169,7 +169,8 @@ def lotka_volterra_distilled():
     model = _known_function_model(system.known, m, interaction, m.truth.initial)
     # the network is exact, so the sparsest path candidates already hold the truth
     distiller = Distiller(
-        library=[PolynomialLibrary(2)], selector=TrajectorySelector(max_candidates=2)
+        library=[PolynomialLibrary(2)],
+        selector=TrajectorySelector(max_candidates=2, grow=False),
     )
     return distiller.fit(model, m), model, m
 
@@ -244,11 +245,11 @@ def test_michaelis_menten_needs_the_rational_library():
     grid = list(np.geomspace(0.25, 8.0, 11))
     rational = Distiller(
         library=[PolynomialLibrary(1), MichaelisMentenLibrary(K_grid=grid)],
-        selector=TrajectorySelector(max_candidates=4),
+        selector=TrajectorySelector(max_candidates=4, grow=False),
     ).fit(model, m)
     cubic = Distiller(
         library=[PolynomialLibrary(3, include_bias=True)],
-        selector=TrajectorySelector(max_candidates=4),
+        selector=TrajectorySelector(max_candidates=4, grow=False),
     ).fit(model, m)
     found = rational.twin.discovered["S"]
     k_params = [n for n in rational.twin.parameters if n.startswith("K_S")]

@@ -18,6 +18,7 @@ QUICK = [
     "logger=none",
     "distill.distiller.selector.max_candidates=2",
     "distill.distiller.selector.prune=false",
+    "distill.distiller.selector.grow=false",
     "distill.distiller.bootstrap.n_models=5",
     "distill.distiller.sampler.n_times=50",
     "distill.distiller.score_refit.max_iter=40",
@@ -46,6 +47,7 @@ def test_train_distils_and_run_can_be_distilled_again(make_cfg, tmp_path):
             "distill.distiller.selector.criterion=aicc",
             "distill.distiller.selector.max_candidates=1",
             "distill.distiller.selector.prune=false",
+            "distill.distiller.selector.grow=false",
             "distill.distiller.bootstrap=null",
         ]
     )

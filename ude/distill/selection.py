@@ -69,7 +69,7 @@ class TrajectorySelector:
         criterion: str = "bic",
         prune: bool = True,
         max_candidates: int = 5,
-        grow: bool = False,
+        grow: bool = True,
     ):
         self.criterion = criterion
         self.prune = prune
