@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import sympy as sp
 
 from ude.data.measurements import Measurements
 from ude.plots import _save, plt
@@ -16,8 +17,8 @@ if TYPE_CHECKING:
 
 
 def plot_distilled_terms(result: Distillation, path: Path) -> Path:
-    """Network output and distilled term along the fitted trajectories, one panel per
-    target state, against the sample index in time order (conditions one after another)."""
+    """Network output and distilled term along the fitted trajectories against time, one
+    panel per target state, one line pair per condition (at most 4)."""
     from ude.distill.report import distilled_terms
 
     s = result.samples
@@ -30,11 +31,28 @@ def plot_distilled_terms(result: Distillation, path: Path) -> Path:
     for j, t in enumerate(targets):
         ax = axes[0, j]
         i = s.states.index(t)
-        ax.plot(s.Y[on, i], color="tab:orange", lw=2, label="network")
-        ax.plot(found[:, i], "--", color="tab:blue", lw=1.5, label="distilled")
-        expr = str(twin.discovered.get(t, 0))
-        ax.set_title(f"d{t}/dt: {expr[:60]}", fontsize=8)
-        ax.set_xlabel("sample along the fitted trajectories")
+        when, cond = s.times[on], s.condition[on]
+        for c in np.unique(cond)[:4]:
+            k = cond == c
+            first = c == cond[0]
+            ax.plot(
+                when[k], s.Y[on][k, i], color="tab:orange", lw=2, label="network" if first else None
+            )
+            ax.plot(
+                when[k],
+                found[k, i],
+                "--",
+                color="tab:blue",
+                lw=1.5,
+                label="distilled" if first else None,
+            )
+        expr = sp.expand(
+            twin.discovered.get(t, sp.Integer(0)).xreplace(
+                {sp.Symbol(k): sp.Float(p.value, 4) for k, p in twin.parameters.items()}
+            )
+        )
+        ax.set_title(f"d{t}/dt: {str(expr)[:70]}", fontsize=8)
+        ax.set_xlabel("time (along the fitted trajectories)")
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)

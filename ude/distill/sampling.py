@@ -18,7 +18,8 @@ class Samples:
 
     Shapes: ``X (sample, state + input)`` with columns ``names`` (states then inputs);
     ``Y (sample, state)`` the summed network terms of each state (zero where none);
-    ``condition (sample,)``; ``on_trajectory (sample,)`` False for jittered copies.
+    ``condition (sample,)``; ``times (sample,)`` the time of the trajectory point (of its
+    jittered copies too); ``on_trajectory (sample,)`` False for jittered copies.
     """
 
     X: np.ndarray
@@ -27,6 +28,7 @@ class Samples:
     states: list[str]
     condition: np.ndarray
     on_trajectory: np.ndarray
+    times: np.ndarray
 
     def target(self, state: str) -> np.ndarray:
         return self.Y[:, self.states.index(state)]
@@ -65,6 +67,7 @@ class TrajectorySampler:
         n_c, n_t, n_s = states.shape
         flat = states.reshape(-1, n_s)
         cond = np.repeat(np.arange(n_c), n_t)
+        when = np.tile(grid, n_c)
         on = np.ones(len(flat), dtype=bool)
         rng = np.random.default_rng(self.seed)
         if self.jitter > 0 and self.n_jitter > 0:
@@ -77,6 +80,7 @@ class TrajectorySampler:
                 copies.append(flat + size * noise)
             flat = np.concatenate(copies)
             cond = np.tile(cond, self.n_jitter + 1)
+            when = np.tile(when, self.n_jitter + 1)
             on = np.concatenate([on, np.zeros(len(flat) - len(on), dtype=bool)])
         dtype = model.initial.dtype
         device = model.initial.device
@@ -94,4 +98,5 @@ class TrajectorySampler:
             states=list(model.spec.states),
             condition=cond,
             on_trajectory=on,
+            times=when,
         )
