@@ -123,8 +123,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def cli() -> None:
+    """Errors a user can cause (run directory, overrides) print one line and exit 2."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         main()
-    except UdeError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (UdeError, HydraException, OmegaConfBaseException) as err:
+        lines = [s.strip() for s in str(err).splitlines() if s.strip()]
+        print(f"error: {' '.join(lines)}", file=sys.stderr)
         sys.exit(2)
