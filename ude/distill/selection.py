@@ -62,6 +62,9 @@ class TrajectorySelector:
         prune: do the trajectory-level backward elimination.
         max_candidates: refit at most this many path candidates (the sparsest first).
         grow: also try adding each absent term at every step.
+        tolerance: the chosen twin is the sparsest candidate whose criterion is within this
+            of the best (6: the difference Kass & Raftery call strong evidence for BIC); 0
+            chooses the best.
     """
 
     def __init__(
@@ -70,11 +73,13 @@ class TrajectorySelector:
         prune: bool = True,
         max_candidates: int = 5,
         grow: bool = True,
+        tolerance: float = 6.0,
     ):
         self.criterion = criterion
         self.prune = prune
         self.max_candidates = max_candidates
         self.grow = grow
+        self.tolerance = tolerance
 
     def select(
         self,
@@ -117,6 +122,11 @@ class TrajectorySelector:
             if top.criterion >= best.criterion:
                 break
             best = top
+        # parsimony: the sparsest candidate the criterion does not clearly reject (within
+        # `tolerance` of the best); on one trajectory, extra terms can fit the noise
+        floor = min(s.criterion for s in scored)
+        near = [s for s in scored if s.criterion <= floor + self.tolerance]
+        best = min(near, key=lambda s: (s.candidate.n_terms, s.criterion))
         return best, scored
 
     def _neighbours(self, best: Scored) -> list[tuple[Candidate, str]]:
