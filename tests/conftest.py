@@ -38,6 +38,7 @@ FAST = [
     "trainer.check_val_every_n_epoch=1",
     "callbacks.progress.every=0",
     "logger=none",
+    "distill=none",
 ]
 
 
