@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 import train
 from ude.distill import load_twin
 from ude.distill.cli import main as distill_main
 from ude.errors import UdeError
+from ude.spec.simulate import simulate_spec
 
 QUICK = [
     "trainer.max_epochs=3",
@@ -66,3 +68,21 @@ def test_distill_cli_errors_name_the_file(tmp_path):
         distill_main([str(tmp_path)])
     with pytest.raises(UdeError, match="usage"):
         distill_main([])
+
+
+def test_twin_sbml_of_a_run_simulates_like_its_twin_json(make_cfg, tmp_path):
+    roadrunner = pytest.importorskip("roadrunner")
+    run = tmp_path / "run"
+    train.train(make_cfg(*QUICK))
+    twin = load_twin(run / "twin.json")
+    rr = roadrunner.RoadRunner(str(run / "twin.sbml"))
+    rr.integrator.relative_tolerance = 1e-10
+    rr.integrator.absolute_tolerance = 1e-12
+    ids = list(rr.model.getFloatingSpeciesIds())
+    start = dict(zip(ids, rr.model.getFloatingSpeciesConcentrations(), strict=True))
+    rr.timeCourseSelections = ["time", *twin.states]
+    result = np.asarray(rr.simulate(0.0, 3.0, 31))
+    initial = np.array([[start[s] for s in twin.states]])
+    ours = simulate_spec(twin, initial, result[:, 0])[0]
+    rel = np.abs(result[:, 1:] - ours) / np.maximum(np.abs(ours), 1e-3 * np.abs(ours).max())
+    assert rel.max() < 1e-4
