@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import ude
 from ude.data.measurements import Measurements
@@ -39,3 +40,24 @@ def test_reaction_list_and_sbml_priors_train_identically():
     assert a["train_nmse"] == b["train_nmse"]
     # Training moved the learned rate constants (the comparison is not of two idle runs).
     assert a["parameters"]["k_f"] != 0.5
+
+
+@pytest.mark.slow  # about a minute and a half on 2 busy cores
+def test_reaction_list_and_sbml_priors_distil_the_same():
+    from ude.distill import Distiller, TrajectorySampler, TrajectorySelector, TwinRefit
+
+    data = enzyme_data()
+    twins = []
+    for name in ("enzyme_known.yaml", "enzyme_known_sbml.yaml"):
+        model = ude.fit(EXAMPLES / name, data, max_epochs=3, seed=0, lr=0.01).model
+        distiller = Distiller(
+            sampler=TrajectorySampler(n_times=40, seed=0),
+            selector=TrajectorySelector(max_candidates=2, prune=False, grow=False),
+            score_refit=TwinRefit(max_iter=20, method="rk4"),
+            refit=TwinRefit(max_iter=20),
+        )
+        twins.append(distiller.fit(model, data).twin)
+    a, b = twins
+    assert a.discovered and a.states == b.states
+    for s in a.states:
+        assert str(a.discovered.get(s)) == str(b.discovered.get(s))
