@@ -86,3 +86,21 @@ def test_twin_sbml_of_a_run_simulates_like_its_twin_json(make_cfg, tmp_path):
     ours = simulate_spec(twin, initial, result[:, 0])[0]
     rel = np.abs(result[:, 1:] - ours) / np.maximum(np.abs(ours), 1e-3 * np.abs(ours).max())
     assert rel.max() < 1e-4
+
+
+def test_a_csv_table_trains_and_distils_through_the_command(make_cfg, tmp_path):
+    from ude import simulate_measurements
+    from ude.data.tables import write_long
+
+    m = simulate_measurements("lotka_volterra", replicates=2, seed=1)
+    m.sigma = np.full_like(m.values, 0.05)
+    path = write_long(m, tmp_path / "long.csv")
+    run = tmp_path / "run"
+    cfg = make_cfg("data=csv", f"data.path={path}", "model.spec=lotka_volterra", *QUICK)
+    metrics = train.train(cfg)
+    twin = load_twin(run / "twin.json")
+    assert set(twin.discovered) == {"x", "y"}
+    assert (
+        metrics["distill"]["discovered"]
+        == json.loads((run / "twin.json").read_text())["discovered"]
+    )
