@@ -6,9 +6,11 @@ The public API::
     data = ude.simulate_measurements("lotka_volterra")  # or your own table
     result = ude.fit(spec, data, max_epochs=600)        # trains the HybridODE
     result.model.simulate(...)
+    twin = ude.Distiller().fit(result.model, data).twin  # networks -> symbolic terms
 """
 
 from ude.data import Measurements, simulate_measurements
+from ude.distill import Distiller
 from ude.errors import UdeError
 from ude.fit import FitResult, fit
 from ude.model import HybridODE, Solver, build_hybrid
@@ -16,6 +18,7 @@ from ude.spec import ModelSpec, load_spec, simulate_spec
 from ude.systems import get_system, system_names
 
 __all__ = [
+    "Distiller",
     "FitResult",
     "HybridODE",
     "Measurements",

@@ -1,0 +1,57 @@
+"""From a trained HybridODE to a symbolic twin: sampling, libraries, sparse regression,
+selection by refitting through the ODE, bootstrap inclusion probabilities, reports.
+
+From Python::
+
+    result = Distiller(library=[PolynomialLibrary(2)]).fit(model, measurements)
+    result.twin            # a ModelSpec with the networks replaced by symbolic terms
+"""
+
+from ude.distill.bootstrap import BootstrapInclusion
+from ude.distill.distiller import Distillation, Distiller
+from ude.distill.library import (
+    ConcatLibrary,
+    CustomLibrary,
+    HillLibrary,
+    Library,
+    MassActionLibrary,
+    MichaelisMentenLibrary,
+    PolynomialLibrary,
+    Term,
+)
+from ude.distill.refit import RefitResult, TwinRefit
+from ude.distill.report import compare_with_truth, write_report
+from ude.distill.sampling import Samples, TrajectorySampler
+from ude.distill.selection import TrajectorySelector, information_criterion
+from ude.distill.sparse import Candidate, EliminationPath, Problem, ThresholdPath
+from ude.distill.twin import load_twin, twin_from_dict, twin_spec, twin_to_dict
+
+__all__ = [
+    "BootstrapInclusion",
+    "Candidate",
+    "ConcatLibrary",
+    "CustomLibrary",
+    "Distillation",
+    "Distiller",
+    "EliminationPath",
+    "HillLibrary",
+    "Library",
+    "MassActionLibrary",
+    "MichaelisMentenLibrary",
+    "PolynomialLibrary",
+    "Problem",
+    "RefitResult",
+    "Samples",
+    "Term",
+    "ThresholdPath",
+    "TrajectorySampler",
+    "TrajectorySelector",
+    "TwinRefit",
+    "compare_with_truth",
+    "information_criterion",
+    "load_twin",
+    "twin_from_dict",
+    "twin_spec",
+    "twin_to_dict",
+    "write_report",
+]

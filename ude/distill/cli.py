@@ -1,0 +1,130 @@
+"""Distillation at the edge: from a run's config to a report, for train.py and
+``python -m ude.distill <run_dir> [key=value ...]``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from ude.data.measurements import Measurements
+from ude.errors import UdeError
+from ude.model.hybrid import HybridODE
+
+DEFAULT = Path(__file__).resolve().parents[2] / "conf" / "distill" / "default.yaml"
+
+
+def run_distill(
+    cfg: DictConfig, model: HybridODE, measurements: Measurements, run_dir: str | Path
+) -> dict[str, Any]:
+    """Instantiate ``cfg`` (the ``distill`` node), distil ``model`` and write the report."""
+    from hydra.utils import instantiate
+
+    from ude.distill.report import write_report
+
+    distiller = instantiate(cfg.distiller)
+    result = distiller.fit(model, measurements)
+    return write_report(
+        result, model, measurements, run_dir, horizon=float(cfg.get("forecast_horizon", 10.0))
+    )
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    terms = "; ".join(f"d{s}/dt += {e}" for s, e in metrics["discovered"].items())
+    line = f"distilled in {metrics['timings']['total_seconds']:.1f} s: {terms}"
+    truth = metrics.get("truth")
+    if truth:
+        line += f"; structure {'exact' if truth['exact'] else 'NOT exact'}"
+        if truth["median_relative_error"] is not None:
+            line += f", median coefficient error {truth['median_relative_error']:.1%}"
+    if "forecast_nmse" in metrics:
+        err = ", ".join(f"{k} {v:.2%}" for k, v in metrics["forecast_nmse"].items())
+        line += f"; forecast NMSE to t={metrics['forecast_horizon']:g}: {err}"
+    return line
+
+
+def load_run(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, HybridODE, Measurements]:
+    """The run's config (with ``overrides`` and a ``distill`` node), the trained model and
+    the data, rebuilt from ``config.yaml`` and ``checkpoints/last.ckpt``."""
+    from hydra.utils import instantiate
+
+    from ude.fit import make_module
+
+    cfg_path, ckpt = run_dir / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
+    for p in (cfg_path, ckpt):
+        if not p.is_file():
+            raise UdeError(
+                "not found", source=str(p), fix="give the directory of a finished train.py run"
+            )
+    cfg = OmegaConf.load(cfg_path)
+    if not cfg.get("distill"):
+        OmegaConf.update(cfg, "distill", OmegaConf.load(DEFAULT), force_add=True)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UdeError(
+                f"override '{item}' is not key=value",
+                source="command line",
+                fix="e.g. distill.distiller.selector.criterion=aicc",
+            )
+        try:
+            OmegaConf.update(cfg, key, yaml.safe_load(value), merge=True, force_add=True)
+        except Exception as err:  # noqa: BLE001 - any failure here is a bad override
+            raise UdeError(f"cannot set '{key}': {err}", source="command line") from None
+    double = str(cfg.trainer.get("precision", "32")).startswith("64")
+    torch.set_default_dtype(torch.float64 if double else torch.float32)
+    try:
+        datamodule = instantiate(cfg.data)
+        measurements = datamodule.measurements
+        model = instantiate(cfg.model, _partial_=True)(
+            measurements=measurements, solver=instantiate(cfg.solver)
+        )
+    finally:
+        torch.set_default_dtype(torch.float32)
+    module = make_module(model, measurements, **cfg.optim)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    try:
+        module.load_state_dict(state["state_dict"])
+    except (KeyError, RuntimeError) as err:
+        raise UdeError(
+            f"checkpoint does not match the run's config: {str(err).splitlines()[0]}",
+            source=str(ckpt),
+        ) from None
+    model.eval()
+    return cfg, model, measurements
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """``python -m ude.distill <run_dir> [key=value ...]``: distil a finished run again."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in {"-h", "--help"}:
+        raise UdeError(
+            "usage: python -m ude.distill <run_dir> [key=value ...]",
+            source="command line",
+            fix="e.g. python -m ude.distill outputs/<day>/<time> "
+            "distill.distiller.selector.criterion=aicc",
+        )
+    run_dir = Path(argv[0])
+    cfg, model, measurements = load_run(run_dir, argv[1:])
+    metrics = run_distill(cfg.distill, model, measurements, run_dir)
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.is_file():
+        saved = json.loads(metrics_path.read_text())
+        saved["distill"] = metrics
+        metrics_path.write_text(json.dumps(saved, indent=2, default=float))
+    print(summary(metrics))
+    print(f"twin: {run_dir / 'twin.json'}")
+    return metrics
+
+
+def cli() -> None:
+    try:
+        main()
+    except UdeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

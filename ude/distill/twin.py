@@ -1,0 +1,230 @@
+"""The twin as a ModelSpec: discovered terms with learnable coefficients, and its exports
+(twin.json in the format of DESIGN.md, equations.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sympy as sp
+
+from ude.errors import UdeError
+from ude.spec.expressions import parse_expression
+from ude.spec.model_spec import ModelSpec, Parameter
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    out, i = name, 1
+    while out in taken:
+        out = f"{name}_{i}"
+        i += 1
+    taken.add(out)
+    return out
+
+
+def twin_spec(
+    spec: ModelSpec, terms: dict[str, list], coef: dict[str, np.ndarray], learn: bool = True
+) -> tuple[ModelSpec, dict[str, tuple[str, int]]]:
+    """The twin of ``spec`` with ``sum_j coef[t][j] * terms[t][j]`` discovered for each target
+    ``t``; coefficients (and the learnable constants of rational terms, as ``K``) become
+    parameters ``c_<state>_<j>`` / ``K_<state>_<j>``, learned when ``learn``.
+
+    Returns the spec and a map parameter name -> (target, term index).
+    """
+    taken = set(spec.symbols)
+    params = dict(spec.parameters)
+    discovered: dict[str, sp.Expr] = {}
+    owner: dict[str, tuple[str, int]] = {}
+    for target, c in coef.items():
+        total = sp.Integer(0)
+        for j in np.flatnonzero(c):
+            term = terms[target][j]
+            subs = {}
+            for k, v in term.constants.items():
+                if k in term.learnable and learn:
+                    name = _fresh(f"{k}_{target}_{j}", taken)
+                    params[name] = Parameter(float(v), learn=True, min=1e-6 * float(v))
+                    owner[name] = (target, int(j))
+                    subs[sp.Symbol(k)] = sp.Symbol(name)
+                else:
+                    subs[sp.Symbol(k)] = sp.Float(v) if not float(v).is_integer() else int(v)
+            name = _fresh(f"c_{target}_{j}", taken)
+            params[name] = Parameter(float(c[j]), learn=learn)
+            owner[name] = (target, int(j))
+            total = total + sp.Symbol(name) * term.expr.xreplace(subs)
+        discovered[target] = total
+    return spec.with_discovered(discovered, params), owner
+
+
+def numeric_twin(twin: ModelSpec, values: dict[str, Any], keep_learn: bool = False) -> ModelSpec:
+    """``twin`` with the values of its parameters replaced by ``values`` (a learned run's
+    ``parameter_values()``); every parameter fixed unless ``keep_learn``. Per-condition
+    values (lists) keep the spec's value."""
+    params = {}
+    for k, p in twin.parameters.items():
+        v = values.get(k, p.value)
+        v = p.value if isinstance(v, list) else float(v)
+        if p.min is not None:
+            v = max(v, p.min)
+        if p.max is not None:
+            v = min(v, p.max)
+        params[k] = replace(p, value=v) if keep_learn else Parameter(v, learn=False)
+    return twin.with_discovered(twin.discovered, params)
+
+
+def _substitute(expr: sp.Expr, spec: ModelSpec, digits: int) -> sp.Expr:
+    subs = {sp.Symbol(k): sp.Float(p.value, digits) for k, p in spec.parameters.items()}
+    out = sp.expand(expr.xreplace(subs))
+    return out.xreplace({n: sp.Float(n, digits) for n in out.atoms(sp.Float)})
+
+
+def twin_to_dict(
+    twin: ModelSpec,
+    observed: list[str],
+    known: ModelSpec,
+    inclusion: dict[str, dict[str, float]] | None = None,
+    digits: int = 6,
+) -> dict[str, Any]:
+    """The twin.json content: expressions over state and input names with numeric
+    coefficients. ``parameters`` lists the values of the prior spec's parameters; ``known``
+    and ``observables`` are added so the file round-trips into a ModelSpec."""
+    equations = {
+        s: str(_substitute(e, twin, digits))
+        for s, e in zip(twin.states, twin.known_rhs(), strict=True)
+    }
+    discovered = {s: str(_substitute(e, twin, digits)) for s, e in twin.discovered.items()}
+    knownpart = {s: str(_substitute(e, twin, digits)) for s, e in twin.equations.items()}
+    out: dict[str, Any] = {
+        "name": twin.name,
+        "states": list(twin.states),
+        "inputs": list(twin.inputs),
+        "observed": list(observed),
+        "parameters": {
+            k: twin.parameters[k].value for k in known.parameters if k in twin.parameters
+        },
+        "equations": equations,
+        "known": knownpart,
+        "discovered": discovered,
+    }
+    if twin.observables:
+        out["observables"] = {
+            k: str(_substitute(e, twin, digits)) for k, e in twin.observables.items()
+        }
+    if inclusion is not None:
+        out["inclusion_probability"] = inclusion
+    return out
+
+
+def twin_from_dict(raw: dict[str, Any], source: str = "twin.json") -> ModelSpec:
+    """A symbolic ModelSpec (no parameters left) from twin.json content."""
+    if not isinstance(raw, dict) or "states" not in raw or "equations" not in raw:
+        raise UdeError(
+            "expected a twin with 'states' and 'equations'",
+            source=source,
+            fix="give the twin.json written by a distillation run",
+        )
+    states = list(raw["states"])
+    inputs = list(raw.get("inputs", []))
+    names = [*states, *inputs]
+    discovered = {
+        s: parse_expression(e, names, source=source, where=f"discovered.{s}")
+        for s, e in raw.get("discovered", {}).items()
+    }
+    if "known" in raw:
+        equations = {
+            s: parse_expression(e, names, source=source, where=f"known.{s}")
+            for s, e in raw["known"].items()
+        }
+    else:  # the full right-hand side minus what was discovered
+        equations = {
+            s: parse_expression(e, names, source=source, where=f"equations.{s}")
+            - discovered.get(s, 0)
+            for s, e in raw["equations"].items()
+        }
+    observables = {
+        k: parse_expression(e, names, source=source, where=f"observables.{k}")
+        for k, e in raw.get("observables", {}).items()
+    }
+    for s in [*equations, *discovered]:
+        if s not in states:
+            raise UdeError(f"'{s}' is not a state", source=source, where="equations")
+    return ModelSpec(
+        states=states,
+        inputs=inputs,
+        equations=equations,
+        discovered=discovered,
+        observables=observables,
+        name=str(raw.get("name", "twin")),
+        source=source,
+    )
+
+
+def load_twin(path: str | Path) -> ModelSpec:
+    """A twin.json file as a ModelSpec."""
+    path = Path(path)
+    if not path.is_file():
+        raise UdeError("twin file not found", source=str(path), fix="run a distillation first")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UdeError(
+            f"not valid JSON: {err.msg}", source=str(path), where=f"line {err.lineno}"
+        ) from None
+    return twin_from_dict(raw, source=str(path))
+
+
+def equations_markdown(
+    twin: ModelSpec,
+    known: ModelSpec,
+    selection_rows: list[dict[str, Any]] | None = None,
+    inclusion: dict[str, dict[str, float]] | None = None,
+    digits: int = 4,
+) -> str:
+    """The twin as Markdown with LaTeX: each equation with its known and discovered part, the
+    selection path and the inclusion probabilities."""
+    lines = [
+        f"# Distilled twin: {twin.name}",
+        "",
+        "Known terms in black, discovered terms boxed.",
+        "",
+    ]
+    for s in twin.states:
+        k = _substitute(twin.equations.get(s, sp.Integer(0)), twin, digits)
+        d = _substitute(twin.discovered.get(s, sp.Integer(0)), twin, digits)
+        rhs = sp.latex(k) if k != 0 else ""
+        if d != 0:
+            rhs += (" + " if rhs else "") + r"\boxed{" + sp.latex(d) + "}"
+        lines += ["$$", rf"\frac{{d{sp.latex(sp.Symbol(s))}}}{{dt}} = {rhs or '0'}", "$$", ""]
+    if selection_rows:
+        lines += [
+            "## Selection path",
+            "",
+            "| terms | trajectory NMSE | criterion | chosen | discovered |",
+            "|---|---|---|---|---|",
+        ]
+        for r in selection_rows:
+            crit = r.get("criterion")
+            lines.append(
+                f"| {r['n_terms']} | {r.get('trajectory_nmse', math.nan):.3g} | "
+                f"{crit if crit is None else f'{crit:.1f}'} | {'yes' if r.get('chosen') else ''} | "
+                + "; ".join(f"d{t}: {e}" for t, e in r.get("terms", {}).items())
+                + " |"
+            )
+        lines.append("")
+    if inclusion:
+        lines += [
+            "## Bootstrap inclusion probabilities",
+            "",
+            "| state | term | probability |",
+            "|---|---|---|",
+        ]
+        for s, terms in inclusion.items():
+            for t, p in sorted(terms.items(), key=lambda kv: -kv[1]):
+                term = parse_expression(t, twin.symbols, source="inclusion")
+                lines.append(f"| {s} | ${sp.latex(term)}$ | {p:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
