@@ -14,6 +14,7 @@ import torch
 
 from ude.data.datamodule import ConditionsDataModule
 from ude.data.measurements import Measurements
+from ude.data.splits import Split
 from ude.model.hybrid import HybridODE, build_hybrid
 from ude.model.solver import Solver, SolverFailed
 from ude.spec.model_spec import ModelSpec
@@ -98,7 +99,7 @@ def run_training(
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start
-    metrics = evaluate(module, datamodule.measurements)
+    metrics = evaluate(module, datamodule.measurements, getattr(datamodule, "split", None))
     metrics["epochs"] = int(trainer.current_epoch)
     metrics["stop_reason"] = module.stop_reason
     metrics["timings"] = {"train_seconds": round(seconds, 3)}
@@ -118,8 +119,14 @@ def predict(
     return states.cpu().numpy(), model.observe(states, cond).cpu().numpy()
 
 
-def evaluate(module: UDEModule, measurements: Measurements) -> dict[str, Any]:
-    """Fit errors on the data and, for synthetic data, errors against the truth."""
+def evaluate(
+    module: UDEModule, measurements: Measurements, split: Split | None = None
+) -> dict[str, Any]:
+    """Fit errors on the training data, forecast errors on the held-out data of ``split``
+    (when it holds any out) and, for synthetic data, errors against the truth.
+
+    Errors are normalised by each observable's RMS (``observable_scale``).
+    """
     model = module.model
     model.eval()
     try:
@@ -132,7 +139,8 @@ def evaluate(module: UDEModule, measurements: Measurements) -> dict[str, Any]:
             "parameters": model.parameter_values(),
         }
     scale = measurements.observable_scale()
-    resid = (measurements.values - obs[:, :, None, :]) / scale
+    full = (measurements.values - obs[:, :, None, :]) / scale
+    resid = full if split is None else np.where(split.train, full, np.nan)
     out: dict[str, Any] = {
         "train_mse_first": module.first_mse,
         "train_nmse": float(np.nanmean(resid**2)),
@@ -146,10 +154,35 @@ def evaluate(module: UDEModule, measurements: Measurements) -> dict[str, Any]:
         },
         "parameters": model.parameter_values(),
     }
+    if split is not None and split.has_held_out:
+        out["forecast"] = forecast_errors(full, measurements, split)
     if out["train_mse_first"]:
         out["mse_reduction"] = out["train_mse_first"] / max(out["train_nmse"], 1e-300)
     if measurements.truth is not None:
         out["truth"] = truth_errors(model, measurements)
+    return out
+
+
+def forecast_errors(resid: np.ndarray, measurements: Measurements, split: Split) -> dict[str, Any]:
+    """Errors on the held-out entries: normalised MSE, NRMSE per observable and per held-out
+    condition; ``resid`` is the normalised residual ``(condition, time, replicate, observable)``.
+    """
+    held = np.where(split.held_out, resid, np.nan)
+    out: dict[str, Any] = {
+        "nmse": float(np.nanmean(held**2)),
+        "nrmse": {
+            o: float(np.sqrt(np.nanmean(held[..., i] ** 2)))
+            for i, o in enumerate(measurements.observables)
+            if split.held_out[..., i].any()
+        },
+        "n_points": int(split.held_out.sum()),
+        "val_conditions": list(split.val_conditions),
+        "after_time": split.cut,
+        "by_condition": {
+            measurements.conditions[c]: float(np.sqrt(np.nanmean(held[c] ** 2)))
+            for c in split.held_out_conditions
+        },
+    }
     return out
 
 

@@ -20,11 +20,14 @@ def simulate_measurements(
     noise_scale: str = "mean",
     observed: list[str] | None = None,
     seed: int = 0,
+    known_initial: list[str] | None = None,
 ) -> Measurements:
     """Noisy samples of zoo ``system`` (defaults from its scenario).
 
     Noise is Gaussian with standard deviation ``noise`` times each series' mean absolute value
     (``noise_scale='mean'``) or range (``'range'``), per condition and observable.
+    ``known_initial`` names states whose true initial values are given to the model, as a
+    conditions table's ``init_<state>`` columns would.
     """
     if system not in system_names():
         raise UdeError(
@@ -60,6 +63,13 @@ def simulate_measurements(
             fix=f"observe states of {spec.states}; one initial state of "
             f"{len(spec.states)} values per condition",
         )
+    known_initial = list(known_initial or [])
+    if any(s not in spec.states for s in known_initial):
+        raise UdeError(
+            f"known_initial={known_initial}",
+            source="data.known_initial",
+            fix="name states of " + ", ".join(spec.states),
+        )
     times = np.linspace(sc.t_start, t_end, n_times)
     inputs = np.array(sc.inputs, dtype=float) if sc.inputs else None
     states = simulate_spec(spec, initial_, times, inputs)
@@ -81,6 +91,7 @@ def simulate_measurements(
         conditions=[f"c{i}" for i in range(n_c)],
         input_names=list(spec.inputs),
         inputs=inputs if inputs is not None else np.zeros((n_c, 0)),
+        initial={s: initial_[:, spec.states.index(s)].copy() for s in known_initial},
         truth=Truth(spec=spec, initial=initial_, missing=dict(sys_.missing)),
         source=f"synthetic:{system}",
     )

@@ -29,6 +29,8 @@ class HybridODE(nn.Module):
         inputs: per-condition inputs ``(condition, input)``.
         initial: initial states ``(condition, state)`` (the start of learning when learned).
         learn_initial: learn the initial states of each condition, or keep them fixed.
+        initial_known: ``(condition, state)`` True where the initial state is known and stays
+            fixed even when ``learn_initial``.
         state_scale, time_scale: typical state magnitude ``(state,)`` and time span, used to
             scale network inputs and outputs.
         noise: initial noise level per observable ``(observable,)`` (learned in the NLL).
@@ -49,6 +51,7 @@ class HybridODE(nn.Module):
         depth: int = 2,
         activation: str = "tanh",
         learn_initial: bool = True,
+        initial_known: torch.Tensor | None = None,
     ):
         super().__init__()
         self.spec = spec
@@ -86,6 +89,10 @@ class HybridODE(nn.Module):
         self.register_buffer("state_scale", state_scale)
         self.register_buffer("deriv_scale", deriv_scale)
         self.initial = nn.Parameter(initial.clone(), requires_grad=learn_initial)
+        known = torch.zeros(initial.shape, dtype=torch.bool)
+        self.register_buffer(
+            "initial_known", known if initial_known is None else initial_known, persistent=False
+        )
         self.log_noise = nn.Parameter(torch.log(noise))
         self._context: torch.Tensor | None = None
         self.n_states = n_states
@@ -130,7 +137,11 @@ class HybridODE(nn.Module):
     ) -> torch.Tensor:
         """States ``(batch, time, state)`` at ``times`` for the batch's ``condition`` indices."""
         self._context = self.context(condition)
-        y0 = self.initial[condition] if y0 is None else y0
+        if y0 is None:
+            # Initial values the data give (a conditions table's init_<state>) get no
+            # gradient, so they stay as given while the others are learned.
+            y0 = self.initial[condition]
+            y0 = torch.where(self.initial_known[condition], y0.detach(), y0)
         try:
             return self.solver(self, y0, times).transpose(0, 1)
         finally:
@@ -199,8 +210,14 @@ def build_hybrid(
         if s in measurements.initial:
             known = measurements.initial[s]
             initial[:, i] = np.where(np.isnan(known), initial[:, i], known)
-            if s not in obs and np.isfinite(known).any():
-                state_scale[i] = max(np.nanmax(np.abs(known)), 1e-6)
+            # A latent state known to start at 0 (a complex, a drug before dosing) keeps
+            # scale 1: its size is unknown, and 1e-6 would freeze its network outputs.
+            if s not in obs and np.isfinite(known).any() and np.nanmax(np.abs(known)) > 0:
+                state_scale[i] = np.nanmax(np.abs(known))
+    known_initial = np.zeros((n_c, n_s), dtype=bool)
+    for i, s in enumerate(spec.states):
+        if s in measurements.initial:
+            known_initial[:, i] = np.isfinite(measurements.initial[s])
     initial = np.where(np.isnan(initial), latent_initial, initial)
     col = [measurements.input_names.index(u) for u in spec.inputs]
     inputs = np.asarray(measurements.inputs, dtype=float)[:, col]
@@ -220,4 +237,5 @@ def build_hybrid(
         depth=depth,
         activation=activation,
         learn_initial=learn_initial,
+        initial_known=torch.from_numpy(known_initial),
     )
