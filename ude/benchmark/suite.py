@@ -205,13 +205,14 @@ def run_suite(
         with path.open("a") as fh:
             fh.write(json.dumps(_clean(row), default=_json_default) + "\n")
         rows.append(row)
+        where = cell.axis if cell.axis == "base" else f"{cell.axis}={row['value']}"
         status = (
             row.get("error")
             or (f"F1 {row['f1']:.2f} " if "f1" in row else "")
             + f"forecast NMSE {row.get('forecast_nmse', math.inf):.3g}"
         )
         log(
-            f"[{i}/{len(todo)}] {cell.scenario.system} {cell.axis}={row['value']} "
+            f"[{i}/{len(todo)}] {cell.scenario.system} {where} "
             f"{cell.method}: {status} ({row['seconds']:.1f} s)"
         )
     return rows
