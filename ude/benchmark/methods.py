@@ -6,8 +6,10 @@ benchmark's forecast task, optionally a 95 % forecast band, and its wall time.
 
 Baselines get one fixed hyperparameter rule for every system and scenario (nobody is tuned on
 the truth): library columns and derivative targets are scaled to unit RMS, and STLSQ keeps a term
-when its scaled coefficient is at least the threshold, chosen from a fixed path (0.01 to 1, 11
-values) by the smallest BIC of the regression itself (data only), ridge ``alpha`` = 1e-3.
+when its scaled coefficient is at least ``threshold`` = 0.1 (pysindy's default value: a term
+that explains under 10 % of a derivative's RMS is dropped), ridge ``alpha`` = 1e-3. The option
+``threshold='bic'`` (choose from a path by the regression's BIC) exists but is not the default:
+on noise-free Lotka-Volterra data it kept spurious terms that 0.1 drops.
 """
 
 from __future__ import annotations
@@ -175,7 +177,7 @@ def spec_from_coef(states: list[str], terms: list[sp.Expr], coef: np.ndarray) ->
 class _SparseBaseline(Method):
     """Shared by the SINDy family: library over the observed species, scaled STLSQ."""
 
-    def __init__(self, threshold: float | str = "bic", alpha: float = 1e-3):
+    def __init__(self, threshold: float | str = 0.1, alpha: float = 1e-3):
         self.threshold = threshold
         self.alpha = alpha
 
@@ -260,7 +262,7 @@ class ESINDy(SINDy):
 
     name = "esindy"
 
-    def __init__(self, threshold: float | str = "bic", alpha: float = 1e-3, n_models: int = 20):
+    def __init__(self, threshold: float | str = 0.1, alpha: float = 1e-3, n_models: int = 20):
         super().__init__(threshold, alpha)
         self.n_models = n_models
 
