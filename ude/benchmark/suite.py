@@ -91,16 +91,20 @@ def expand(
 def score(cell: Cell, problem: Problem, result: MethodResult) -> dict[str, Any]:
     """The metrics of one cell's result against the truth."""
     truth = term_matrix(problem.truth)
+    # the terms the prior knowledge gives (uncorrupted): F1 on the rest scores discovery alone
+    given = set(term_matrix(get_system(cell.scenario.system).known))
     row: dict[str, Any] = {"seconds": round(result.seconds, 3)}
     if result.spec is not None:
         found = term_matrix(result.spec)
         row["f1"] = support_f1(found, truth)
+        row["f1_unknown"] = support_f1(
+            {k: c for k, c in found.items() if k not in given},
+            {k: c for k, c in truth.items() if k not in given},
+        )
         row["exact"] = exact_recovery(found, truth)
         row["coef_error"] = coefficient_error(found, truth)
         row["n_terms"] = len(found)
-        row["model"] = {
-            s: str(e) for s, e in zip(result.spec.states, result.spec.known_rhs(), strict=True)
-        }
+        row["terms"] = {f"{s}: {b}": round(c, 6) for (s, b), c in found.items()}
     true_fc = problem.true_forecast()
     obs = [s for s in problem.observed if s in result.forecast_states]
     cols_true = [problem.truth.states.index(s) for s in obs]
