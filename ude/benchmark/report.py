@@ -101,7 +101,7 @@ def challenge_table(rows: list[dict]) -> str:
         cells = []
         for axis in present.values():
             rs = [r for _, r in axis_rows(mine, axis)]
-            cells.append(f"{_fmt(_f1(rs))} / {_fmt(_nmse(rs))}")
+            cells.append(f"{_fmt(_f1(rs))} · {_fmt(_f1u(rs))} / {_fmt(_nmse(rs))}")
         secs = [r["seconds"] for r in mine if r.get("seconds") is not None]
         wall = float(np.median(secs)) if secs else math.nan
         cells += [_fmt(_coverage(mine)), _fmt(wall, 1)]
@@ -272,9 +272,10 @@ def write_report(
         "",
         "## Methods × challenges",
         "",
-        "Each entry: mean term-inclusion F1 over the challenge's cells / median forecast NMSE "
-        "(from a new initial state over twice the training window; ∞: the forecast failed). "
-        "`node` gives no equations, so only its NMSE shows.",
+        "Each entry: mean term-inclusion F1 over the challenge's cells · the same on the terms "
+        "the prior knowledge does not give / median forecast NMSE (from a new initial state "
+        "over twice the training window; ∞: the forecast failed or blew up). `node` gives no "
+        "equations, so only its NMSE shows.",
         "",
         challenge_table(rows),
         "",

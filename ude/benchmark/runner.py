@@ -91,6 +91,8 @@ def run(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
         )
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
+    if cfg.get("only_report"):
+        return {"report": str(report_for(cfg))}
     start = time.perf_counter()
     cells = suite_cells(cfg)
     methods = build_methods(cfg, list(cfg.suite.methods))
