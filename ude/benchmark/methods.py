@@ -35,7 +35,9 @@ class MethodResult:
 
     ``spec``: the discovered model (None: forecast only); ``forecast (time, state)`` over
     ``forecast_states`` (None: the forecast failed); ``lower``/``upper``: a 95 % band like
-    ``forecast`` or None; ``seconds``: wall time of the fit; ``info``: method-specific extras.
+    ``forecast`` or None; ``seconds``: wall time of the fit; ``info``: method-specific extras;
+    ``other_forecasts``: forecasts of intermediate models (e.g. the UDE before distillation),
+    scored alongside.
     """
 
     spec: ModelSpec | None
@@ -45,6 +47,7 @@ class MethodResult:
     lower: np.ndarray | None = None
     upper: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    other_forecasts: dict[str, np.ndarray | None] = field(default_factory=dict)
 
 
 class Method:
@@ -420,7 +423,10 @@ class UDE(Method):
         info["discovered"] = {k: str(v) for k, v in twin.discovered.items()}
         idx = [problem.truth.states.index(s) for s in twin.states]
         forecast = integrate(twin, problem.forecast_initial[idx], problem.forecast_times)
-        return MethodResult(twin, list(twin.states), forecast, seconds, info=info)
+        hybrid = {"hybrid": hybrid_forecast(result.model, problem)}
+        return MethodResult(
+            twin, list(twin.states), forecast, seconds, info=info, other_forecasts=hybrid
+        )
 
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (UDE, SINDy, WeakSINDy, ESINDy, NeuralODE)}

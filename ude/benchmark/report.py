@@ -29,7 +29,8 @@ CURVES = ("noise", "n_times", "unobserved")
 COLUMNS = [
     "id", "system", "dimension", "axis", "value", "method", "seed", "noise", "n_times",
     "replicates", "conditions", "unobserved", "corruption", "library", "f1", "exact",
-    "f1_unknown", "coef_error", "n_terms", "forecast_nmse", "coverage", "seconds", "error",
+    "f1_unknown", "coef_error", "n_terms", "forecast_nmse", "forecast_nmse_hybrid", "coverage",
+    "seconds", "error",
 ]  # fmt: skip
 LEVEL = 0.05
 """|difference in mean F1| below this counts as level."""

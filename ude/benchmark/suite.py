@@ -111,6 +111,9 @@ def score(cell: Cell, problem: Problem, result: MethodResult) -> dict[str, Any]:
     cols_mine = [result.forecast_states.index(s) for s in obs]
     pred = None if result.forecast is None else result.forecast[:, cols_mine]
     row["forecast_nmse"] = forecast_nmse(pred, true_fc[:, cols_true])
+    for name, other in result.other_forecasts.items():
+        fc = None if other is None else other[:, cols_mine]
+        row[f"forecast_nmse_{name}"] = forecast_nmse(fc, true_fc[:, cols_true])
     if result.lower is not None and result.upper is not None:
         row["coverage"] = interval_coverage(
             result.lower[:, cols_mine], result.upper[:, cols_mine], true_fc[:, cols_true]
@@ -174,7 +177,9 @@ def read_results(out_dir: str | Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:  # a line cut by an interruption
                 continue
             for k, v in row.items():
-                if v in ("inf", "-inf", "nan") and k in {"forecast_nmse", "coef_error"}:
+                if v in ("inf", "-inf", "nan") and (
+                    k.startswith("forecast_nmse") or k == "coef_error"
+                ):
                     row[k] = float(v)
             rows[row["id"]] = row
     return list(rows.values())
