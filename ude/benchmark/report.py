@@ -83,6 +83,22 @@ def _methods(rows: list[dict]) -> list[str]:
     return [m for m in order if m in found] + sorted(found - set(order))
 
 
+def _scenario(row: dict) -> str:
+    system, _, key = row["id"].split("/")
+    return f"{system}/{key}"
+
+
+def matched(rows: list[dict], methods: Sequence[str] | None = None) -> list[dict]:
+    """The rows of the scenarios that every one of ``methods`` (default: all) has a result
+    for, so that averages compare like with like."""
+    methods = list(methods or _methods(rows))
+    have: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        have[_scenario(r)].add(r["method"])
+    keep = {s for s, m in have.items() if set(methods) <= m}
+    return [r for r in rows if _scenario(r) in keep and r["method"] in methods]
+
+
 def challenge_table(rows: list[dict]) -> str:
     """Methods x challenges: mean F1 / median forecast NMSE over each challenge's cells."""
     methods = _methods(rows)
@@ -115,10 +131,10 @@ def comparison_table(rows: list[dict], reference: str = "ude") -> str:
     median forecast NMSE of ``reference`` against the baseline over the same cells, with
     ahead / level / behind by F1 on the unknown terms and by forecast."""
     lines = [
-        f"| axis | baseline | F1 {reference} | F1 baseline | F1 unknown terms {reference} "
+        f"| axis | baseline | cells | F1 {reference} | F1 baseline | F1 unknown terms {reference} "
         f"| F1 unknown terms baseline | NMSE {reference} | NMSE baseline | by discovery "
         "| by forecast |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     axes = ["dimension", *dict.fromkeys(r["axis"] for r in rows if r["axis"] != "base")]
     for axis in axes:
@@ -129,7 +145,9 @@ def comparison_table(rows: list[dict], reference: str = "ude") -> str:
         for base in _methods(rows):
             if base == reference:
                 continue
-            other = [r for _, r in pairs if r["method"] == base]
+            both = matched([r for _, r in pairs], [reference, base])
+            ref = [r for r in both if r["method"] == reference]
+            other = [r for r in both if r["method"] == base]
             if not other:
                 continue
             u_ref, u_other = _f1u(ref), _f1u(other)
@@ -140,8 +158,8 @@ def comparison_table(rows: list[dict], reference: str = "ude") -> str:
                 d = u_ref - u_other
                 by_f1 = "level" if abs(d) < LEVEL else ("ahead" if d > 0 else "behind")
             lines.append(
-                f"| {axis} | {base} | {_fmt(_f1(ref))} | {_fmt(_f1(other))} | {_fmt(u_ref)} | "
-                f"{_fmt(u_other)} | {_fmt(n_ref)} | {_fmt(n_other)} | {by_f1} | "
+                f"| {axis} | {base} | {len(ref)} | {_fmt(_f1(ref))} | {_fmt(_f1(other))} | "
+                f"{_fmt(u_ref)} | {_fmt(u_other)} | {_fmt(n_ref)} | {_fmt(n_other)} | {by_f1} | "
                 f"{_verdict_nmse(n_ref, n_other)} |"
             )
     return "\n".join(lines)
@@ -197,6 +215,7 @@ def plot_curves(rows: list[dict], path: Path) -> Path | None:
         grid[0, j].set(title=f"recovery vs {axis}", xlabel=axis, ylabel="term F1", ylim=(0, 1.05))
         grid[1, j].set(xlabel=axis, ylabel="forecast NMSE (median)", yscale="log")
     grid[0, 0].legend(fontsize=8)
+    grid[1, 0].legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -223,7 +242,8 @@ def plot_heatmaps(rows: list[dict], path: Path) -> Path | None:
             f1[i, j] = _f1(rs)
             n = _nmse(rs)
             nm[i, j] = np.log10(min(max(n, 1e-6), 1e3)) if not math.isnan(n) else np.nan
-    fig, axs = plt.subplots(1, 2, figsize=(2 + 2.4 * len(systems), 1.5 + 0.5 * len(methods)))
+    width = max(8.0, 2 + 1.6 * len(systems))
+    fig, axs = plt.subplots(1, 2, figsize=(width, 2.5 + 0.45 * len(methods)))
     for ax, data, title, cmap, lim in (
         (axs[0], f1, "term F1 (mean)", "viridis", (0, 1)),
         (axs[1], nm, "log10 forecast NMSE (median)", "magma_r", (-4, 3)),
@@ -234,7 +254,7 @@ def plot_heatmaps(rows: list[dict], path: Path) -> Path | None:
         ax.set_title(title)
         for (i, j), v in np.ndenumerate(data):
             if not np.isnan(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w")
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="grey")
         fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -280,13 +300,24 @@ def write_report(
         "",
         challenge_table(rows),
         "",
+        *(
+            [
+                "The same over the scenarios every method has a result for (like with like):",
+                "",
+                challenge_table(matched(rows)),
+                "",
+            ]
+            if len(matched(rows)) < len(rows)
+            else []
+        ),
         "## `ude` against each baseline, per axis",
         "",
         "F1 counts every term of the right-hand sides, the ones the prior knowledge gives "
         "included; *F1 unknown terms* leaves out the terms of the (uncorrupted) known spec, "
         "for every method, and scores discovery alone. By discovery: ahead / behind when the "
         f"mean F1 on unknown terms differs by at least {LEVEL}; by forecast: when the median "
-        "forecast NMSE differs by a factor of 2.",
+        "forecast NMSE differs by a factor of 2. Each line compares the two methods on the "
+        "scenarios both have results for (*cells*: how many).",
         "",
         comparison_table(rows),
         "",
