@@ -30,7 +30,7 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path):
         "suite=tiny",
         f"out_dir={out}",
         "suite.methods=[ude,sindy,weak_sindy,esindy,node]",
-        "suite.axes={}",
+        "suite.axes=null",
         "methods.ude.max_epochs=20",
         "methods.ude.warm_start_steps=100",
     ]

@@ -25,11 +25,12 @@ def suite_cells(cfg: DictConfig) -> list[Cell]:
     for key in ("systems", "methods"):
         if not s.get(key):
             raise UdeError("missing or empty", source="benchmark", where=f"suite.{key}")
+    axes, base = s.get("axes"), s.get("base")
     return expand(
         systems=list(s.systems),
         methods=list(s.methods),
-        axes=OmegaConf.to_container(s.get("axes") or {}, resolve=True),
-        base=OmegaConf.to_container(s.get("base") or {}, resolve=True),
+        axes=OmegaConf.to_container(axes, resolve=True) if axes else {},
+        base=OmegaConf.to_container(base, resolve=True) if base else {},
         seeds=list(s.get("seeds") or [0]),
     )
 
