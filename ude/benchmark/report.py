@@ -213,12 +213,14 @@ def hybrid_table(rows: list[dict]) -> str:
 
 
 def plot_curves(rows: list[dict], path: Path) -> Path | None:
-    """Mean F1 and median forecast NMSE against noise, time points and unobserved fraction."""
+    """Mean F1 and median forecast NMSE against noise, time points and unobserved fraction,
+    on the scenarios every method has results for."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = matched(rows) or rows  # like with like when methods cover different scenarios
     axes = [a for a in CURVES if any(r["axis"] == a for r in rows)]
     if not axes:
         return None
@@ -245,12 +247,14 @@ def plot_curves(rows: list[dict], path: Path) -> Path | None:
 
 
 def plot_heatmaps(rows: list[dict], path: Path) -> Path | None:
-    """Methods x systems heatmaps of mean F1 and log10 median forecast NMSE (all cells)."""
+    """Methods x systems heatmaps of mean F1 and log10 median forecast NMSE, on the scenarios
+    every method has results for."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = matched(rows) or rows
     methods = _methods(rows)
     systems = sorted({r["system"] for r in rows})
     if not methods or not systems:
@@ -365,7 +369,14 @@ def write_report(
     for axis in axes:
         parts += [f"### {axis}", "", axis_table(rows, axis), ""]
     if curves:
-        parts += ["## Curves", "", f"![recovery and forecast per axis](plots/{curves.name})", ""]
+        parts += [
+            "## Curves",
+            "",
+            "On the scenarios every method has results for.",
+            "",
+            f"![recovery and forecast per axis](plots/{curves.name})",
+            "",
+        ]
     if heat:
         parts += ["## Heatmaps", "", f"![methods × systems](plots/{heat.name})", ""]
     if errors:

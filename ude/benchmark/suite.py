@@ -137,7 +137,7 @@ def run_cell(cell: Cell, method: Method) -> dict[str, Any]:
     try:
         problem = build_problem(cell.scenario)
         row.update(score(cell, problem, method.fit(problem)))
-        row.update(problem.info)
+        row.update({f"{k}_note": v for k, v in problem.info.items()})
     except UdeError:
         raise
     except Exception as err:  # noqa: BLE001 - one failing cell must not stop a suite
@@ -181,6 +181,9 @@ def read_results(out_dir: str | Path) -> list[dict[str, Any]]:
                     k.startswith("forecast_nmse") or k == "coef_error"
                 ):
                     row[k] = float(v)
+            if row.get("axis") == "corruption" and row.get("corruption") != row.get("value"):
+                # rows written before the note had its own key: the note replaced the value
+                row["corruption_note"], row["corruption"] = row["corruption"], row["value"]
             rows[row["id"]] = row
     return list(rows.values())
 
