@@ -1,0 +1,123 @@
+"""Benchmark metrics on hand-made cases, scenarios, the methods' interface, the report."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import sympy as sp
+
+from ude.benchmark.methods import ESINDy, SINDy, WeakSINDy
+from ude.benchmark.metrics import (
+    coefficient_error,
+    exact_recovery,
+    expression_terms,
+    forecast_nmse,
+    interval_coverage,
+    support_f1,
+    term_matrix,
+)
+from ude.benchmark.report import write_report
+from ude.benchmark.scenario import Scenario, build_problem, corrupt, observed_states
+from ude.benchmark.suite import expand, read_results, run_suite
+from ude.errors import UdeError
+from ude.spec.model_spec import ModelSpec
+from ude.systems import get_system
+
+LV = get_system("lotka_volterra").truth
+TRUE = term_matrix(LV)
+
+
+def lv_like(x: str, y: str) -> ModelSpec:
+    return ModelSpec.from_dict({"states": ["x", "y"], "equations": {"x": x, "y": y}})
+
+
+def test_truth_terms_of_lotka_volterra():
+    assert TRUE == {("x", "x"): 1.3, ("x", "x*y"): -0.9, ("y", "y"): -1.8, ("y", "x*y"): 0.8}
+
+
+def test_f1_exact_superset_disjoint():
+    exact = term_matrix(lv_like("1.2*x - 0.95*x*y", "0.7*x*y - 1.9*y"))
+    superset = term_matrix(lv_like("1.3*x - 0.9*x*y + 0.1*y", "0.8*x*y - 1.8*y + 0.2*x**2"))
+    disjoint = term_matrix(lv_like("0.5*y", "0.3*x**2"))
+    assert support_f1(exact, TRUE) == 1.0 and exact_recovery(exact, TRUE)
+    # 4 true of 6 found: precision 2/3, recall 1, F1 = 0.8
+    assert support_f1(superset, TRUE) == pytest.approx(0.8)
+    assert not exact_recovery(superset, TRUE)
+    assert support_f1(disjoint, TRUE) == 0.0 and not exact_recovery(disjoint, TRUE)
+
+
+def test_coefficient_error_on_true_terms():
+    assert coefficient_error(TRUE, TRUE) == 0.0
+    half = {k: v / 2 for k, v in TRUE.items()}
+    assert coefficient_error(half, TRUE) == pytest.approx(0.5)
+    # a missed term counts as a zero coefficient: error 1 for the empty model
+    assert coefficient_error({}, TRUE) == pytest.approx(1.0)
+
+
+def test_rational_terms_match_whatever_their_constant():
+    a = expression_terms(sp.sympify("0.07*x**2/(0.04 + x**2)"))
+    b = expression_terms(sp.sympify("0.05*x**2/(0.25 + x**2)"))
+    assert set(a) == set(b) and a != b
+    # exponents are kept: a Hill term of another order is another term
+    assert set(expression_terms(sp.sympify("x**4/(1 + x**4)"))) != set(a)
+
+
+def test_nmse_and_coverage():
+    truth = np.sin(np.linspace(0, 6, 50))[:, None] * [1.0, 2.0]
+    assert forecast_nmse(truth.copy(), truth) == 0.0
+    assert forecast_nmse(None, truth) == math.inf
+    assert forecast_nmse(np.full_like(truth, np.nan), truth) == math.inf
+    # predicting the mean gives NMSE 1
+    assert forecast_nmse(np.broadcast_to(truth.mean(0), truth.shape), truth) == pytest.approx(1)
+    assert interval_coverage(truth - 0.1, truth + 0.1, truth) == 1.0
+    assert interval_coverage(truth + 0.1, truth + 0.2, truth) == 0.0
+
+
+def test_scenarios_hide_corrupt_and_validate():
+    seir = get_system("seir")
+    assert observed_states(seir, 0.0) == ["S", "I", "R"]  # E is latent by default
+    assert observed_states(seir, 0.5) == ["S", "I"]
+    lv = get_system("lotka_volterra")
+    assert observed_states(lv, 0.99) == ["x"]  # one species stays observed
+    spec, note = corrupt(lv.known, "constant")
+    assert spec.parameters["alpha"].value == pytest.approx(1.95) and "alpha" in note
+    spec, note = corrupt(lv.known, "form")
+    assert str(spec.equations["x"]) == "alpha*x/(x + 1)"
+    problem = build_problem(Scenario("lotka_volterra", conditions=3, replicates=2, n_times=15))
+    assert problem.measurements.values.shape == (3, 15, 2, 2)
+    with pytest.raises(UdeError, match="noise"):
+        Scenario("lotka_volterra", noise=1.5).validate()
+    with pytest.raises(UdeError, match="axis"):
+        expand(["lotka_volterra"], ["sindy"], {"colour": [1]})
+
+
+@pytest.mark.parametrize("method", [SINDy(), WeakSINDy(), ESINDy(n_models=5)])
+def test_sparse_baselines_find_lotka_volterra_without_noise(method):
+    problem = build_problem(Scenario("lotka_volterra", noise=0.0, n_times=60))
+    result = method.fit(problem)
+    found = term_matrix(result.spec)
+    assert support_f1(found, TRUE) == 1.0, found
+    # noise-free data: coefficients within a few % (finite differences / quadrature error)
+    assert coefficient_error(found, TRUE) < 0.05
+    assert forecast_nmse(result.forecast, problem.true_forecast()) < 0.01
+    if isinstance(method, ESINDy):
+        assert result.lower is not None and result.lower.shape == result.forecast.shape
+
+
+def test_suite_resumes_and_reports(tmp_path):
+    cells = expand(["lotka_volterra"], ["sindy", "weak_sindy"], {"noise": [0.1]}, {"n_times": 20})
+    methods = {"sindy": SINDy(), "weak_sindy": WeakSINDy()}
+    rows = run_suite(cells, methods, tmp_path, log=lambda *_: None)
+    assert len(rows) == 4
+    again = run_suite(cells, methods, tmp_path, log=lambda *_: None)
+    assert again == []  # every cell already done
+    saved = read_results(tmp_path)
+    assert {r["id"] for r in saved} == {c.id for c in cells}
+    json.dumps(saved[0])  # rows are plain JSON
+    report = write_report(saved, tmp_path)
+    text = report.read_text()
+    assert "| sindy |" in text and "noise=0.1" in text
+    assert (tmp_path / "results.csv").is_file() and (tmp_path / "plots" / "curves.png").is_file()

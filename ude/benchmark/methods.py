@@ -1,0 +1,433 @@
+"""Methods behind one interface: ``method.fit(problem) -> MethodResult``.
+
+A method sees the scenario's measurements (and, if it uses prior knowledge, the known spec) and
+returns a ModelSpec of the equations it found (None when it only forecasts), its forecast of the
+benchmark's forecast task, optionally a 95 % forecast band, and its wall time.
+
+Baselines get one fixed hyperparameter rule for every system and scenario (nobody is tuned on
+the truth): library columns and derivative targets are scaled to unit RMS, and STLSQ keeps a term
+when its scaled coefficient is at least ``threshold`` = 0.1 (pysindy's default value: a term
+that explains under 10 % of a derivative's RMS is dropped), ridge ``alpha`` = 1e-3. The option
+``threshold='bic'`` (choose from a path by the regression's BIC) exists but is not the default:
+on noise-free Lotka-Volterra data it kept spurious terms that 0.1 drops.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import sympy as sp
+import torch
+from scipy.integrate import solve_ivp
+
+from ude.benchmark.libraries import make_library
+from ude.benchmark.scenario import Problem
+from ude.spec.model_spec import ModelSpec, NeuralSlot
+
+
+@dataclass
+class MethodResult:
+    """What a method returns for one problem.
+
+    ``spec``: the discovered model (None: forecast only); ``forecast (time, state)`` over
+    ``forecast_states`` (None: the forecast failed); ``lower``/``upper``: a 95 % band like
+    ``forecast`` or None; ``seconds``: wall time of the fit; ``info``: method-specific extras;
+    ``other_forecasts``: forecasts of intermediate models (e.g. the UDE before distillation),
+    scored alongside.
+    """
+
+    spec: ModelSpec | None
+    forecast_states: list[str]
+    forecast: np.ndarray | None
+    seconds: float
+    lower: np.ndarray | None = None
+    upper: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    other_forecasts: dict[str, np.ndarray | None] = field(default_factory=dict)
+
+
+class Method:
+    """Base class: ``fit(problem)`` returns a :class:`MethodResult`."""
+
+    name = "method"
+    uses_prior = False
+
+    def fit(self, problem: Problem) -> MethodResult:
+        raise NotImplementedError
+
+
+# -- shared pieces ------------------------------------------------------------------------------
+class _TooSlow(Exception):
+    pass
+
+
+def integrate(
+    spec: ModelSpec, initial: np.ndarray, times: np.ndarray, max_calls: int = 20_000
+) -> np.ndarray | None:
+    """States ``(time, state)`` of a symbolic ``spec`` from ``initial (state,)``; None when the
+    solve fails, needs more than ``max_calls`` right-hand-side calls, or leaves 1e6 times the
+    initial scale (a blow-up)."""
+    subs = {sp.Symbol(k): p.value for k, p in spec.parameters.items()}
+    syms = [sp.Symbol(s) for s in spec.states]
+    exprs = [e.xreplace(subs) for e in spec.known_rhs()]
+    f = sp.lambdify([syms], exprs, modules="numpy")
+    bound = 1e6 * max(1.0, float(np.max(np.abs(initial))))
+
+    calls = [0]
+
+    def rhs(_t: float, y: np.ndarray) -> np.ndarray:
+        calls[0] += 1
+        if calls[0] > max_calls:  # a stiff or chaotic candidate: give up, it is a failure
+            raise _TooSlow
+        return np.asarray(f(y), dtype=float).reshape(-1)
+
+    def blowup(_t: float, y: np.ndarray) -> float:
+        return bound - float(np.max(np.abs(y)))
+
+    blowup.terminal = True  # type: ignore[attr-defined]
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        try:
+            sol = solve_ivp(
+                rhs,
+                (times[0], times[-1]),
+                initial,
+                t_eval=times,
+                method="LSODA",
+                rtol=1e-6,
+                atol=1e-9,
+                events=blowup,
+            )
+        except (ValueError, OverflowError, ZeroDivisionError, _TooSlow):
+            return None
+    if sol.status != 0 or sol.y.shape[1] != len(times) or not np.all(np.isfinite(sol.y)):
+        return None
+    return sol.y.T
+
+
+def averaged(problem: Problem) -> np.ndarray:
+    """Replicate-averaged data ``(condition, time, observed)``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(problem.measurements.values, axis=2)
+
+
+THRESHOLDS = tuple(np.round(np.logspace(-2, 0, 11), 4))
+"""The threshold path the ``bic`` rule chooses from (scaled units)."""
+
+
+def _bic(A: np.ndarray, B: np.ndarray, coef: np.ndarray) -> float:
+    """Sum over targets of ``n log(RSS/n) + k log n`` of a scaled regression."""
+    n = A.shape[0]
+    rss = np.sum((A @ coef.T - B) ** 2, axis=0)
+    k = np.count_nonzero(coef, axis=1)
+    return float(np.sum(n * np.log(np.maximum(rss, 1e-300) / n) + k * np.log(n)))
+
+
+def stlsq_scaled(
+    Theta: np.ndarray,
+    Y: np.ndarray,
+    threshold: float | str,
+    alpha: float,
+    ensemble: int = 0,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """STLSQ (pysindy) on unit-RMS columns and targets: coefficients ``(target, term)`` in the
+    original units, the bagged models ``(model, target, term)`` when ``ensemble`` > 0, and the
+    threshold used. ``threshold='bic'`` takes the one of :data:`THRESHOLDS` with the smallest
+    BIC of the regression (data only, never the truth)."""
+    import pysindy as ps
+
+    col = np.sqrt(np.mean(Theta**2, axis=0))
+    col = np.where(col > 0, col, 1.0)
+    ys = np.sqrt(np.mean(Y**2, axis=0))
+    ys = np.where(ys > 0, ys, 1.0)
+    A, B = Theta / col, Y / ys
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if threshold == "bic":
+            scored = []
+            for thr in THRESHOLDS:
+                c = ps.STLSQ(threshold=thr, alpha=alpha).fit(A, B).coef_
+                scored.append((_bic(A, B, np.asarray(c)), thr))
+            threshold = min(scored)[1]
+        opt = ps.STLSQ(threshold=float(threshold), alpha=alpha)
+        if ensemble:
+            np.random.seed(seed)  # pysindy's bagging draws from numpy's global stream
+            ens = ps.EnsembleOptimizer(opt, bagging=True, n_models=ensemble).fit(A, B)
+            models = np.array(ens.coef_list) * ys[None, :, None] / col[None, None, :]
+            coef = np.asarray(ens.coef_) * ys[:, None] / col[None, :]
+            return coef, models, float(threshold)
+        opt.fit(A, B)
+    return np.asarray(opt.coef_) * ys[:, None] / col[None, :], None, float(threshold)
+
+
+def spec_from_coef(states: list[str], terms: list[sp.Expr], coef: np.ndarray) -> ModelSpec:
+    """A symbolic spec with ``d state_i/dt = sum_j coef[i, j] * terms[j]``."""
+    eqs = {}
+    for i, s in enumerate(states):
+        e = sp.Integer(0)
+        for j in np.flatnonzero(coef[i]):
+            e = e + sp.Float(float(coef[i, j]), 8) * terms[j]
+        eqs[s] = e
+    return ModelSpec(states=list(states), equations=eqs, name="sindy")
+
+
+class _SparseBaseline(Method):
+    """Shared by the SINDy family: library over the observed species, scaled STLSQ."""
+
+    def __init__(self, threshold: float | str = 0.1, alpha: float = 1e-3):
+        self.threshold = threshold
+        self.alpha = alpha
+
+    def regression(self, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def library(self, problem: Problem):
+        lib = make_library(problem.library).fit(problem.observed)
+        return lib, [t.numeric() for t in lib.terms_]
+
+    def forecast(self, spec: ModelSpec, problem: Problem) -> np.ndarray | None:
+        idx = [problem.truth.states.index(s) for s in spec.states]
+        return integrate(spec, problem.forecast_initial[idx], problem.forecast_times)
+
+    def fit(self, problem: Problem) -> MethodResult:
+        start = time.perf_counter()
+        Theta, Y = self.regression(problem)
+        _, terms = self.library(problem)
+        coef, _, thr = stlsq_scaled(Theta, Y, self.threshold, self.alpha)
+        spec = spec_from_coef(problem.observed, terms, coef)
+        seconds = time.perf_counter() - start
+        forecast = self.forecast(spec, problem)
+        return MethodResult(spec, problem.observed, forecast, seconds, info={"threshold": thr})
+
+
+class SINDy(_SparseBaseline):
+    """SINDy: STLSQ on derivatives by smoothed finite differences (pysindy's Savitzky-Golay
+    smoother, window 7 or the series length if shorter), replicates averaged, conditions
+    stacked."""
+
+    name = "sindy"
+
+    def regression(self, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+        import pysindy as ps
+
+        data = averaged(problem)
+        t = problem.measurements.times
+        window = min(7, len(t) - (1 - len(t) % 2))
+        fd = ps.SmoothedFiniteDifference(smoother_kws={"window_length": window, "polyorder": 3})
+        lib, _ = self.library(problem)
+        X = np.concatenate(list(data))
+        dX = np.concatenate([fd(x, t) for x in data])
+        return lib.transform(X), dX
+
+
+class WeakSINDy(_SparseBaseline):
+    """Weak SINDy: the regression in integral form over test functions, no derivatives.
+
+    Test functions ``phi(t) = ((t - a)(b - t))**2`` on ``2 * time points`` windows per condition
+    of width max(25 % of the span, 6 sampling steps); integrals by the trapezoid rule on the
+    sampling grid; ``-int phi' x dt = int phi Theta(x) dt xi`` solved by the same scaled STLSQ.
+    """
+
+    name = "weak_sindy"
+
+    def regression(self, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+        data = averaged(problem)
+        t = problem.measurements.times
+        lib, _ = self.library(problem)
+        span = t[-1] - t[0]
+        width = max(0.25 * span, 6 * float(np.median(np.diff(t))))
+        width = min(width, span)
+        centers = np.linspace(t[0] + width / 2, t[-1] - width / 2, 2 * len(t))
+        rows_G, rows_b = [], []
+        for x in data:
+            theta = lib.transform(x)
+            for c in centers:
+                a, b = c - width / 2, c + width / 2
+                phi = np.clip((t - a) * (b - t), 0, None) ** 2
+                dphi = np.where((t > a) & (t < b), 2 * (t - a) * (b - t) * (a + b - 2 * t), 0.0)
+                norm = (width / 2) ** 4
+                rows_G.append(np.trapezoid(phi[:, None] * theta, t, axis=0) / norm)
+                rows_b.append(-np.trapezoid(dphi[:, None] * x, t, axis=0) / norm)
+        return np.array(rows_G), np.array(rows_b)
+
+
+class ESINDy(SINDy):
+    """E-SINDy: bagged STLSQ (pysindy's EnsembleOptimizer, ``n_models`` bootstraps of the
+    rows) on the SINDy problem; the median model is reported, inclusion probabilities are the
+    fraction of models keeping a term, and the 95 % forecast band is the 2.5-97.5 percentile of
+    the members' forecasts."""
+
+    name = "esindy"
+
+    def __init__(self, threshold: float | str = 0.1, alpha: float = 1e-3, n_models: int = 20):
+        super().__init__(threshold, alpha)
+        self.n_models = n_models
+
+    def fit(self, problem: Problem) -> MethodResult:
+        start = time.perf_counter()
+        Theta, Y = self.regression(problem)
+        _, terms = self.library(problem)
+        coef, models, thr = stlsq_scaled(
+            Theta, Y, self.threshold, self.alpha, self.n_models, problem.scenario.seed
+        )
+        spec = spec_from_coef(problem.observed, terms, coef)
+        forecast = self.forecast(spec, problem)
+        runs = [self.forecast(spec_from_coef(problem.observed, terms, m), problem) for m in models]
+        ok = [r for r in runs if r is not None]
+        lower = upper = None
+        if len(ok) >= len(runs) / 2:
+            lower, upper = np.percentile(np.array(ok), [2.5, 97.5], axis=0)
+        inclusion = np.mean(models != 0, axis=0)
+        info = {
+            "inclusion": {
+                s: {
+                    str(terms[j]): round(float(inclusion[i, j]), 3)
+                    for j in np.flatnonzero(inclusion[i])
+                }
+                for i, s in enumerate(problem.observed)
+            },
+            "members_solved": len(ok),
+            "threshold": thr,
+        }
+        seconds = time.perf_counter() - start
+        return MethodResult(spec, problem.observed, forecast, seconds, lower, upper, info)
+
+
+class NeuralODE(Method):
+    """A black-box neural ODE: one network for every state's whole right-hand side, trained by
+    :func:`ude.fit` exactly like the UDE (same epochs, warm start and solver); as many states
+    as the system has (the unobserved ones latent). Forecasts only."""
+
+    name = "node"
+
+    def __init__(self, max_epochs: int = 150, warm_start_steps: int = 500, hidden: int = 32):
+        self.max_epochs = max_epochs
+        self.warm_start_steps = warm_start_steps
+        self.hidden = hidden
+
+    def fit(self, problem: Problem) -> MethodResult:
+        from ude.fit import fit
+
+        states = list(problem.truth.states)
+        spec = ModelSpec(
+            states=states,
+            neural=[NeuralSlot("net", tuple(states), tuple(states))],
+            name="neural_ode",
+        )
+        start = time.perf_counter()
+        result = fit(
+            spec,
+            problem.measurements,
+            max_epochs=self.max_epochs,
+            warm_start_steps=self.warm_start_steps,
+            seed=problem.scenario.seed,
+            model_kwargs={"hidden": self.hidden},
+        )
+        seconds = time.perf_counter() - start
+        forecast = hybrid_forecast(result.model, problem)
+        return MethodResult(
+            None, states, forecast, seconds, info={"train_nmse": result.metrics.get("train_nmse")}
+        )
+
+
+@torch.no_grad()
+def hybrid_forecast(model, problem: Problem) -> np.ndarray | None:
+    """A trained HybridODE's states ``(time, state)`` on the forecast task (condition 0's
+    inputs and parameters); None when the solver fails."""
+    from ude.model.solver import SolverFailed
+
+    dtype = model.initial.dtype
+    idx = [problem.truth.states.index(s) for s in model.spec.states]
+    y0 = torch.tensor(problem.forecast_initial[idx], dtype=dtype)[None]
+    t = torch.tensor(problem.forecast_times, dtype=dtype)
+    try:
+        out = model.simulate(t, torch.tensor([0]), y0=y0)[0].cpu().numpy()
+    except SolverFailed:
+        return None
+    return out if np.all(np.isfinite(out)) else None
+
+
+class UDE(Method):
+    """``ude``: the known spec plus networks, trained by :func:`ude.fit`, distilled by
+    :class:`ude.distill.Distiller` on the scenario's library (over each network's inputs) and
+    refitted through the ODE. The reported model is the twin (known + discovered terms).
+
+    The distiller is set for speed: the ``max_candidates`` sparsest candidates of the
+    regression path are refitted and scored by BIC, without the trajectory-level pruning.
+    """
+
+    name = "ude"
+    uses_prior = True
+
+    def __init__(
+        self,
+        max_epochs: int = 150,
+        warm_start_steps: int = 500,
+        max_candidates: int = 3,
+        score_iter: int = 60,
+        refit_iter: int = 150,
+        prune: bool = False,
+    ):
+        self.max_epochs = max_epochs
+        self.warm_start_steps = warm_start_steps
+        self.max_candidates = max_candidates
+        self.score_iter = score_iter
+        self.refit_iter = refit_iter
+        self.prune = prune
+
+    def fit(self, problem: Problem) -> MethodResult:
+        from ude.distill import Distiller, TrajectorySelector, TwinRefit
+        from ude.fit import fit
+        from ude.model.solver import Solver
+
+        data = problem.measurements
+        start = time.perf_counter()
+        result = fit(
+            problem.known,
+            data,
+            max_epochs=self.max_epochs,
+            warm_start_steps=self.warm_start_steps,
+            seed=problem.scenario.seed,
+        )
+        train_seconds = time.perf_counter() - start
+        dt = float(np.min(np.diff(data.times)))
+        distiller = Distiller(
+            library=make_library(problem.library),
+            selector=TrajectorySelector(max_candidates=self.max_candidates, prune=self.prune),
+            score_refit=TwinRefit(
+                max_iter=self.score_iter, tol=1e-7, solver=Solver("rk4", step_size=dt)
+            ),
+            refit=TwinRefit(max_iter=self.refit_iter, tol=1e-9),
+        )
+        info: dict[str, Any] = {"train_seconds": round(train_seconds, 2)}
+        try:
+            twin = distiller.fit(result.model, data).twin
+        except Exception as err:  # noqa: BLE001 - a failed distillation is a result, not a crash
+            info["distill_error"] = f"{type(err).__name__}: {err}"
+            seconds = time.perf_counter() - start
+            return MethodResult(
+                None,
+                list(result.model.spec.states),
+                hybrid_forecast(result.model, problem),
+                seconds,
+                info=info,
+            )
+        seconds = time.perf_counter() - start
+        info["distill_seconds"] = round(seconds - train_seconds, 2)
+        info["discovered"] = {k: str(v) for k, v in twin.discovered.items()}
+        idx = [problem.truth.states.index(s) for s in twin.states]
+        forecast = integrate(twin, problem.forecast_initial[idx], problem.forecast_times)
+        hybrid = {"hybrid": hybrid_forecast(result.model, problem)}
+        return MethodResult(
+            twin, list(twin.states), forecast, seconds, info=info, other_forecasts=hybrid
+        )
+
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (UDE, SINDy, WeakSINDy, ESINDy, NeuralODE)}
+"""The built-in methods by name; a user adds one by a ``_target_`` in the suite config."""

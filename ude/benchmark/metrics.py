@@ -1,0 +1,100 @@
+"""Benchmark metrics: the equation x term matrix of a model, term-inclusion F1, exact recovery,
+coefficient error on the true terms, forecast NMSE and interval coverage.
+
+A model's terms are read from its full right-hand sides (known plus discovered terms, parameters
+at their values), expanded by sympy into a sum of ``coefficient * basis``. Numbers inside a basis
+(the ``K`` of ``x/(K + x)``, the ``1`` of ``1/(1 + z**10)``) are replaced by one placeholder so
+that a saturating term counts as the same term whatever its constant; exponents are kept, so
+``z**4`` and ``z**10`` differ.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import sympy as sp
+
+from ude.spec.model_spec import ModelSpec
+
+_K = sp.Symbol("K_")
+
+TermMatrix = dict[tuple[str, str], float]
+"""``{(state, canonical basis): coefficient}``: the nonzero entries of the equation x term
+matrix."""
+
+
+def _number(v: float) -> sp.Expr:
+    return sp.Integer(int(v)) if float(v).is_integer() else sp.Float(v)
+
+
+def _canonical(e: sp.Expr, exponent: bool = False) -> sp.Expr:
+    if e.is_Number:
+        return _number(float(e)) if exponent else _K
+    if e.is_Pow:
+        return sp.Pow(_canonical(e.base), _canonical(e.exp, exponent=True))
+    if not e.args:
+        return e
+    return e.func(*[_canonical(a) for a in e.args])
+
+
+def expression_terms(expr: sp.Expr) -> dict[str, float]:
+    """``{canonical basis: coefficient}`` of an expression with numbers for its parameters."""
+    out: dict[str, float] = {}
+    for term in sp.Add.make_args(sp.expand(expr)):
+        if term == 0:
+            continue
+        coeff, basis = term.as_coeff_Mul()
+        key = "1" if basis == 1 else str(_canonical(basis))
+        out[key] = out.get(key, 0.0) + float(coeff)
+    return {k: c for k, c in out.items() if c != 0.0 and math.isfinite(c)}
+
+
+def term_matrix(spec: ModelSpec, states: list[str] | None = None) -> TermMatrix:
+    """The nonzero entries of ``spec``'s equation x term matrix over ``states`` (default all)."""
+    subs = {sp.Symbol(k): _number(p.value) for k, p in spec.parameters.items()}
+    rhs = dict(zip(spec.states, spec.known_rhs(), strict=True))
+    out: TermMatrix = {}
+    for s in states or spec.states:
+        if s not in rhs:
+            continue
+        for basis, c in expression_terms(rhs[s].xreplace(subs)).items():
+            out[(s, basis)] = c
+    return out
+
+
+def support_f1(found: TermMatrix, true: TermMatrix) -> float:
+    """F1 of the found support against the true one (1: identical; 0: disjoint)."""
+    a, t = set(found), set(true)
+    if not a and not t:
+        return 1.0
+    return 2 * len(a & t) / (len(a) + len(t))
+
+
+def exact_recovery(found: TermMatrix, true: TermMatrix) -> bool:
+    """True when the found support equals the true support."""
+    return set(found) == set(true)
+
+
+def coefficient_error(found: TermMatrix, true: TermMatrix) -> float:
+    """``||c_found - c_true|| / ||c_true||`` over the true terms (a missed term counts as 0)."""
+    keys = list(true)
+    c = np.array([true[k] for k in keys])
+    f = np.array([found.get(k, 0.0) for k in keys])
+    return float(np.linalg.norm(f - c) / max(np.linalg.norm(c), 1e-300))
+
+
+def forecast_nmse(pred: np.ndarray | None, truth: np.ndarray) -> float:
+    """Mean over states of the MSE over the truth's variance; ``pred``, ``truth``
+    ``(time, state)``. A missing or non-finite forecast is ``inf``."""
+    if pred is None or pred.shape != truth.shape or not np.all(np.isfinite(pred)):
+        return math.inf
+    var = np.var(truth, axis=0)
+    var = np.where(var > 0, var, 1.0)
+    return float(np.mean(np.mean((pred - truth) ** 2, axis=0) / var))
+
+
+def interval_coverage(lower: np.ndarray, upper: np.ndarray, truth: np.ndarray) -> float:
+    """Fraction of the true values ``(time, state)`` inside ``[lower, upper]``."""
+    inside = (truth >= lower) & (truth <= upper)
+    return float(np.mean(inside))

@@ -1,0 +1,388 @@
+"""The benchmark report: ``results.csv`` (one table), ``report.md`` (methods x challenges, ude
+against each baseline per axis, per-system detail) and PNG curves and heatmaps."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CHALLENGES: dict[str, str] = {
+    "noisy data": "noise",
+    "sparse data, unobserved derivatives": "n_times",
+    "replicates": "replicates",
+    "several conditions": "conditions",
+    "latent variables": "unobserved",
+    "prior knowledge": "corruption",
+    "library design": "library",
+    "high dimension": "dimension",
+}
+"""Each challenge and the axis whose cells measure it (``dimension``: the base cells grouped by
+the system's number of states)."""
+
+CURVES = ("noise", "n_times", "unobserved")
+COLUMNS = [
+    "id", "system", "dimension", "axis", "value", "method", "seed", "noise", "n_times",
+    "replicates", "conditions", "unobserved", "corruption", "library", "f1", "exact",
+    "f1_unknown", "coef_error", "n_terms", "forecast_nmse", "forecast_nmse_hybrid", "coverage",
+    "seconds", "error",
+]  # fmt: skip
+LEVEL = 0.05
+"""|difference in mean F1| below this counts as level."""
+
+
+def axis_rows(rows: list[dict[str, Any]], axis: str) -> list[tuple[Any, dict[str, Any]]]:
+    """``(axis value, row)`` for the cells that measure ``axis``: its own cells plus the base
+    cells (at the base value)."""
+    if axis == "dimension":
+        return [(r["dimension"], r) for r in rows if r["axis"] == "base"]
+    return [(r[axis], r) for r in rows if r["axis"] in (axis, "base")]
+
+
+def _f1(rs: Sequence[dict]) -> float:
+    v = [r["f1"] for r in rs if r.get("f1") is not None]
+    return float(np.mean(v)) if v else math.nan
+
+
+def _f1u(rs: Sequence[dict]) -> float:
+    v = [r["f1_unknown"] for r in rs if r.get("f1_unknown") is not None]
+    return float(np.mean(v)) if v else math.nan
+
+
+def _exact(rs: Sequence[dict]) -> float:
+    v = [bool(r["exact"]) for r in rs if r.get("exact") is not None]
+    return float(np.mean(v)) if v else math.nan
+
+
+def _nmse(rs: Sequence[dict]) -> float:
+    v = [float(r.get("forecast_nmse", math.inf)) for r in rs if "error" not in r]
+    return float(np.median(v)) if v else math.nan
+
+
+def _coverage(rs: Sequence[dict]) -> float:
+    v = [r["coverage"] for r in rs if r.get("coverage") is not None]
+    return float(np.mean(v)) if v else math.nan
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    if isinstance(x, float) and math.isinf(x):
+        return "∞"
+    return f"{x:.{digits}f}" if abs(x) >= 10**-digits or x == 0 else f"{x:.1e}"
+
+
+def _methods(rows: list[dict]) -> list[str]:
+    order = ["ude", "sindy", "weak_sindy", "esindy", "node"]
+    found = {r["method"] for r in rows}
+    return [m for m in order if m in found] + sorted(found - set(order))
+
+
+def _scenario(row: dict) -> str:
+    system, _, key = row["id"].split("/")
+    return f"{system}/{key}"
+
+
+def matched(rows: list[dict], methods: Sequence[str] | None = None) -> list[dict]:
+    """The rows of the scenarios that every one of ``methods`` (default: all) has a result
+    for, so that averages compare like with like."""
+    methods = list(methods or _methods(rows))
+    have: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        have[_scenario(r)].add(r["method"])
+    keep = {s for s, m in have.items() if set(methods) <= m}
+    return [r for r in rows if _scenario(r) in keep and r["method"] in methods]
+
+
+def challenge_table(rows: list[dict]) -> str:
+    """Methods x challenges: mean F1 / median forecast NMSE over each challenge's cells."""
+    methods = _methods(rows)
+    present = {
+        name: axis
+        for name, axis in CHALLENGES.items()
+        if axis == "dimension" or any(r["axis"] == axis for r in rows)
+    }
+    head = (
+        "| method | "
+        + " | ".join(present)
+        + " | uncertainty (95 % coverage) | wall time (median s) |"
+    )
+    lines = [head, "|" + "---|" * (len(present) + 3)]
+    for m in methods:
+        mine = [r for r in rows if r["method"] == m]
+        cells = []
+        for axis in present.values():
+            rs = [r for _, r in axis_rows(mine, axis)]
+            cells.append(f"{_fmt(_f1(rs))} · {_fmt(_f1u(rs))} / {_fmt(_nmse(rs))}")
+        secs = [r["seconds"] for r in mine if r.get("seconds") is not None]
+        wall = float(np.median(secs)) if secs else math.nan
+        cells += [_fmt(_coverage(mine)), _fmt(wall, 1)]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def comparison_table(rows: list[dict], reference: str = "ude") -> str:
+    """Per axis and baseline: mean F1 (all terms, and the terms the prior does not give) and
+    median forecast NMSE of ``reference`` against the baseline over the same cells, with
+    ahead / level / behind by F1 on the unknown terms and by forecast."""
+    lines = [
+        f"| axis | baseline | cells | F1 {reference} | F1 baseline | F1 unknown terms {reference} "
+        f"| F1 unknown terms baseline | NMSE {reference} | NMSE baseline | by discovery "
+        "| by forecast |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    axes = ["dimension", *dict.fromkeys(r["axis"] for r in rows if r["axis"] != "base")]
+    for axis in axes:
+        pairs = axis_rows(rows, axis)
+        ref = [r for _, r in pairs if r["method"] == reference]
+        if not ref:
+            continue
+        for base in _methods(rows):
+            if base == reference:
+                continue
+            both = matched([r for _, r in pairs], [reference, base])
+            ref = [r for r in both if r["method"] == reference]
+            other = [r for r in both if r["method"] == base]
+            if not other:
+                continue
+            u_ref, u_other = _f1u(ref), _f1u(other)
+            n_ref, n_other = _nmse(ref), _nmse(other)
+            if math.isnan(u_other) or math.isnan(u_ref):  # forecast-only
+                by_f1 = "—"
+            else:
+                d = u_ref - u_other
+                by_f1 = "level" if abs(d) < LEVEL else ("ahead" if d > 0 else "behind")
+            lines.append(
+                f"| {axis} | {base} | {len(ref)} | {_fmt(_f1(ref))} | {_fmt(_f1(other))} | "
+                f"{_fmt(u_ref)} | {_fmt(u_other)} | {_fmt(n_ref)} | {_fmt(n_other)} | {by_f1} | "
+                f"{_verdict_nmse(n_ref, n_other)} |"
+            )
+    return "\n".join(lines)
+
+
+def _verdict_nmse(a: float, b: float) -> str:
+    if math.isnan(a) or math.isnan(b):
+        return "—"
+    if math.isinf(a) and math.isinf(b):
+        return "level"
+    ratio = (a + 1e-12) / (b + 1e-12)
+    return "level" if 0.5 <= ratio <= 2 else ("ahead" if ratio < 0.5 else "behind")
+
+
+def axis_table(rows: list[dict], axis: str) -> str:
+    """Mean F1, exact-recovery rate and median NMSE per method and value of ``axis``."""
+    pairs = axis_rows(rows, axis)
+    values = sorted({v for v, _ in pairs}, key=lambda v: (str(type(v)), v))
+    lines = [
+        "| method | " + " | ".join(f"{axis}={v}" for v in values) + " |",
+        "|---|" + "---|" * len(values),
+    ]
+    for m in _methods(rows):
+        cells = []
+        for v in values:
+            rs = [r for vv, r in pairs if vv == v and r["method"] == m]
+            cells.append(f"{_fmt(_f1(rs))} · {_fmt(_exact(rs))} · {_fmt(_nmse(rs))}" if rs else "—")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def hybrid_table(rows: list[dict]) -> str:
+    """Median forecast NMSE of methods that report an intermediate (hybrid) model, before and
+    after distillation, per axis: where the forecast is lost."""
+    have = [r for r in rows if "forecast_nmse_hybrid" in r]
+    if not have:
+        return ""
+    lines = [
+        "| axis | method | cells | NMSE before distillation (hybrid) | NMSE of the twin |",
+        "|---|---|---|---|---|",
+    ]
+    axes = ["dimension", *dict.fromkeys(r["axis"] for r in have if r["axis"] != "base")]
+    for axis in axes:
+        for m in _methods(have):
+            rs = [r for _, r in axis_rows(have, axis) if r["method"] == m]
+            if not rs:
+                continue
+            hyb = float(np.median([float(r["forecast_nmse_hybrid"]) for r in rs]))
+            lines.append(f"| {axis} | {m} | {len(rs)} | {_fmt(hyb)} | {_fmt(_nmse(rs))} |")
+    return "\n".join(lines)
+
+
+def plot_curves(rows: list[dict], path: Path) -> Path | None:
+    """Mean F1 and median forecast NMSE against noise, time points and unobserved fraction,
+    on the scenarios every method has results for."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = matched(rows) or rows  # like with like when methods cover different scenarios
+    axes = [a for a in CURVES if any(r["axis"] == a for r in rows)]
+    if not axes:
+        return None
+    fig, grid = plt.subplots(2, len(axes), figsize=(4.2 * len(axes), 6.5), squeeze=False)
+    for j, axis in enumerate(axes):
+        pairs = axis_rows(rows, axis)
+        values = sorted({v for v, _ in pairs})
+        for m in _methods(rows):
+            f1 = [_f1([r for v, r in pairs if v == x and r["method"] == m]) for x in values]
+            nm = [_nmse([r for v, r in pairs if v == x and r["method"] == m]) for x in values]
+            if not all(math.isnan(f) for f in f1):
+                grid[0, j].plot(values, f1, "o-", label=m)
+            nm = [min(n, 1e3) for n in nm]  # inf (a failed forecast) drawn at the top
+            grid[1, j].plot(values, nm, "o-", label=m)
+        grid[0, j].set(title=f"recovery vs {axis}", xlabel=axis, ylabel="term F1", ylim=(0, 1.05))
+        grid[1, j].set(xlabel=axis, ylabel="forecast NMSE (median)", yscale="log")
+    grid[0, 0].legend(fontsize=8)
+    grid[1, 0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_heatmaps(rows: list[dict], path: Path) -> Path | None:
+    """Methods x systems heatmaps of mean F1 and log10 median forecast NMSE, on the scenarios
+    every method has results for."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = matched(rows) or rows
+    methods = _methods(rows)
+    systems = sorted({r["system"] for r in rows})
+    if not methods or not systems:
+        return None
+    f1 = np.full((len(methods), len(systems)), np.nan)
+    nm = np.full_like(f1, np.nan)
+    for i, m in enumerate(methods):
+        for j, s in enumerate(systems):
+            rs = [r for r in rows if r["method"] == m and r["system"] == s]
+            f1[i, j] = _f1(rs)
+            n = _nmse(rs)
+            nm[i, j] = np.log10(min(max(n, 1e-6), 1e3)) if not math.isnan(n) else np.nan
+    width = max(8.0, 2 + 1.6 * len(systems))
+    fig, axs = plt.subplots(1, 2, figsize=(width, 2.5 + 0.45 * len(methods)))
+    for ax, data, title, cmap, lim in (
+        (axs[0], f1, "term F1 (mean)", "viridis", (0, 1)),
+        (axs[1], nm, "log10 forecast NMSE (median)", "magma_r", (-4, 3)),
+    ):
+        im = ax.imshow(data, cmap=cmap, vmin=lim[0], vmax=lim[1], aspect="auto")
+        ax.set_xticks(range(len(systems)), systems, rotation=30, ha="right")
+        ax.set_yticks(range(len(methods)), methods)
+        ax.set_title(title)
+        for (i, j), v in np.ndenumerate(data):
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="grey")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in sorted(rows, key=lambda r: (r["system"], r["axis"], str(r["value"]), r["method"])):
+            w.writerow(r)
+
+
+def write_report(
+    rows: list[dict], out_dir: str | Path, title: str = "Benchmark", header: str = ""
+) -> Path:
+    """Write ``results.csv``, ``report.md`` and ``plots/*.png`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out / "results.csv")
+    curves = plot_curves(rows, out / "plots" / "curves.png")
+    heat = plot_heatmaps(rows, out / "plots" / "heatmaps.png")
+    errors = [r for r in rows if "error" in r]
+    per_system = defaultdict(list)
+    for r in rows:
+        per_system[r["system"]].append(r)
+    parts = [f"# {title}", ""]
+    if header:
+        parts += [header, ""]
+    parts += [
+        f"{len(rows)} cells: {len(per_system)} systems ({', '.join(sorted(per_system))}), "
+        f"methods {', '.join(_methods(rows))}; {len(errors)} cells failed with an error.",
+        "",
+        "## Methods × challenges",
+        "",
+        "Each entry: mean term-inclusion F1 over the challenge's cells · the same on the terms "
+        "the prior knowledge does not give / median forecast NMSE (from a new initial state "
+        "over twice the training window; ∞: the forecast failed or blew up). `node` gives no "
+        "equations, so only its NMSE shows.",
+        "",
+        challenge_table(rows),
+        "",
+        *(
+            [
+                "The same over the scenarios every method has a result for (like with like):",
+                "",
+                challenge_table(matched(rows)),
+                "",
+            ]
+            if len(matched(rows)) < len(rows)
+            else []
+        ),
+        "## `ude` against each baseline, per axis",
+        "",
+        "F1 counts every term of the right-hand sides, the ones the prior knowledge gives "
+        "included; *F1 unknown terms* leaves out the terms of the (uncorrupted) known spec, "
+        "for every method, and scores discovery alone. By discovery: ahead / behind when the "
+        f"mean F1 on unknown terms differs by at least {LEVEL}; by forecast: when the median "
+        "forecast NMSE differs by a factor of 2. Each line compares the two methods on the "
+        "scenarios both have results for (*cells*: how many).",
+        "",
+        comparison_table(rows),
+        "",
+        *(
+            [
+                "## Before and after distillation",
+                "",
+                "The trained hybrid model's forecast (networks in place) against the distilled "
+                "twin's, on the same task: a gap says the distillation lost the forecast; two "
+                "bad numbers say the training did.",
+                "",
+                hybrid_table(rows),
+                "",
+            ]
+            if hybrid_table(rows)
+            else []
+        ),
+        "## Per axis",
+        "",
+        "Each entry: mean F1 · exact-recovery rate · median forecast NMSE.",
+        "",
+    ]
+    axes = ["dimension", *dict.fromkeys(r["axis"] for r in rows if r["axis"] != "base")]
+    for axis in axes:
+        parts += [f"### {axis}", "", axis_table(rows, axis), ""]
+    if curves:
+        parts += [
+            "## Curves",
+            "",
+            "On the scenarios every method has results for.",
+            "",
+            f"![recovery and forecast per axis](plots/{curves.name})",
+            "",
+        ]
+    if heat:
+        parts += ["## Heatmaps", "", f"![methods × systems](plots/{heat.name})", ""]
+    if errors:
+        parts += ["## Failed cells", ""]
+        parts += [f"- `{r['id']}` ({r['axis']}={r['value']}): {r['error']}" for r in errors]
+        parts.append("")
+    path = out / "report.md"
+    path.write_text("\n".join(parts))
+    return path

@@ -1,0 +1,235 @@
+"""Suites: the cells of a benchmark (system x axis value x method x seed), running them with
+resume, and the results table (JSON lines, one file per shard).
+
+A suite varies one axis at a time from a base scenario: for each system, the base cell plus one
+cell per value of each axis (the base value is not repeated). Each cell has an id built from its
+scenario and method; a run skips every cell whose id is already in a results file of the output
+folder, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import traceback
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ude.benchmark.methods import METHODS, Method, MethodResult
+from ude.benchmark.metrics import (
+    coefficient_error,
+    exact_recovery,
+    forecast_nmse,
+    interval_coverage,
+    support_f1,
+    term_matrix,
+)
+from ude.benchmark.scenario import Problem, Scenario, build_problem
+from ude.errors import UdeError
+from ude.systems import get_system
+
+AXES = ("noise", "n_times", "replicates", "conditions", "unobserved", "corruption", "library")
+"""Scenario fields a suite may sweep; the system (and its dimension) is the eighth axis."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One benchmark cell: a scenario, the axis it varies (``base`` for none) and a method."""
+
+    scenario: Scenario
+    axis: str
+    method: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.scenario.system}/{self.method}/{self.scenario.key()}"
+
+
+def expand(
+    systems: Sequence[str],
+    methods: Sequence[str],
+    axes: Mapping[str, Sequence[Any]],
+    base: Mapping[str, Any] | None = None,
+    seeds: Sequence[int] = (0,),
+) -> list[Cell]:
+    """All cells of a one-axis-at-a-time design (see the module docstring)."""
+    base = dict(base or {})
+    allowed = {f.name for f in fields(Scenario)} - {"system", "seed"}
+    for key in [*base, *axes]:
+        if key not in allowed:
+            raise UdeError(
+                f"'{key}' is not a scenario axis",
+                source="benchmark",
+                where="suite",
+                fix="axes: " + ", ".join(AXES),
+            )
+    cells: list[Cell] = []
+    seen: set[str] = set()
+    for system in systems:
+        for seed in seeds:
+            start = Scenario(system=system, seed=seed, **base)
+            scenarios = [("base", start)]
+            for axis, values in axes.items():
+                for v in values:
+                    scenarios.append((axis, replace(start, **{axis: v})))
+            for axis, sc in scenarios:
+                sc.validate()
+                for m in methods:
+                    cell = Cell(sc, axis, m)
+                    if cell.id not in seen:
+                        seen.add(cell.id)
+                        cells.append(cell)
+    return cells
+
+
+def score(cell: Cell, problem: Problem, result: MethodResult) -> dict[str, Any]:
+    """The metrics of one cell's result against the truth."""
+    truth = term_matrix(problem.truth)
+    # the terms the prior knowledge gives (uncorrupted): F1 on the rest scores discovery alone
+    given = set(term_matrix(get_system(cell.scenario.system).known))
+    row: dict[str, Any] = {"seconds": round(result.seconds, 3)}
+    if result.spec is not None:
+        found = term_matrix(result.spec)
+        row["f1"] = support_f1(found, truth)
+        row["f1_unknown"] = support_f1(
+            {k: c for k, c in found.items() if k not in given},
+            {k: c for k, c in truth.items() if k not in given},
+        )
+        row["exact"] = exact_recovery(found, truth)
+        row["coef_error"] = coefficient_error(found, truth)
+        row["n_terms"] = len(found)
+        row["terms"] = {f"{s}: {b}": round(c, 6) for (s, b), c in found.items()}
+    true_fc = problem.true_forecast()
+    obs = [s for s in problem.observed if s in result.forecast_states]
+    cols_true = [problem.truth.states.index(s) for s in obs]
+    cols_mine = [result.forecast_states.index(s) for s in obs]
+    pred = None if result.forecast is None else result.forecast[:, cols_mine]
+    row["forecast_nmse"] = forecast_nmse(pred, true_fc[:, cols_true])
+    for name, other in result.other_forecasts.items():
+        fc = None if other is None else other[:, cols_mine]
+        row[f"forecast_nmse_{name}"] = forecast_nmse(fc, true_fc[:, cols_true])
+    if result.lower is not None and result.upper is not None:
+        row["coverage"] = interval_coverage(
+            result.lower[:, cols_mine], result.upper[:, cols_mine], true_fc[:, cols_true]
+        )
+    row["info"] = result.info
+    return row
+
+
+def run_cell(cell: Cell, method: Method) -> dict[str, Any]:
+    """Build the cell's problem, fit the method and score it; errors become a row too."""
+    row: dict[str, Any] = {
+        "id": cell.id,
+        "system": cell.scenario.system,
+        "dimension": len(get_system(cell.scenario.system).truth.states),
+        "axis": cell.axis,
+        "value": getattr(cell.scenario, cell.axis) if cell.axis != "base" else None,
+        "method": cell.method,
+        **asdict(cell.scenario),
+    }
+    start = time.perf_counter()
+    try:
+        problem = build_problem(cell.scenario)
+        row.update(score(cell, problem, method.fit(problem)))
+        row.update({f"{k}_note": v for k, v in problem.info.items()})
+    except UdeError:
+        raise
+    except Exception as err:  # noqa: BLE001 - one failing cell must not stop a suite
+        row["error"] = f"{type(err).__name__}: {err}"
+        row["traceback"] = traceback.format_exc(limit=3)
+        row["seconds"] = round(time.perf_counter() - start, 3)
+    return row
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return str(x)
+
+
+def _clean(v: Any) -> Any:
+    """JSON has no inf: write it as the string 'inf'."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return "inf" if v > 0 else ("-inf" if v < 0 else "nan")
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    return v
+
+
+def read_results(out_dir: str | Path) -> list[dict[str, Any]]:
+    """Every row of every ``results*.jsonl`` in ``out_dir`` (the last row of an id wins)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for path in sorted(Path(out_dir).glob("results*.jsonl")):
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by an interruption
+                continue
+            for k, v in row.items():
+                if v in ("inf", "-inf", "nan") and (
+                    k.startswith("forecast_nmse") or k == "coef_error"
+                ):
+                    row[k] = float(v)
+            if row.get("axis") == "corruption" and row.get("corruption") != row.get("value"):
+                # rows written before the note had its own key: the note replaced the value
+                row["corruption_note"], row["corruption"] = row["corruption"], row["value"]
+            rows[row["id"]] = row
+    return list(rows.values())
+
+
+def run_suite(
+    cells: Iterable[Cell],
+    methods: Mapping[str, Method],
+    out_dir: str | Path,
+    shard: int = 0,
+    n_shards: int = 1,
+    log: Any = print,
+) -> list[dict[str, Any]]:
+    """Run this shard's cells not already in ``out_dir``'s results; returns the new rows."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    done = {r["id"] for r in read_results(out)}
+    mine = [c for i, c in enumerate(cells) if i % n_shards == shard]
+    todo = [c for c in mine if c.id not in done]
+    log(f"benchmark: {len(mine)} cells in this shard, {len(mine) - len(todo)} already done")
+    path = out / f"results-{shard}of{n_shards}-{os.getpid()}.jsonl"
+    rows = []
+    for i, cell in enumerate(todo, 1):
+        if cell.method not in methods:
+            raise UdeError(
+                f"unknown method '{cell.method}'",
+                source="benchmark",
+                where="suite.methods",
+                fix="methods: " + ", ".join(methods),
+            )
+        row = run_cell(cell, methods[cell.method])
+        with path.open("a") as fh:
+            fh.write(json.dumps(_clean(row), default=_json_default) + "\n")
+        rows.append(row)
+        where = cell.axis if cell.axis == "base" else f"{cell.axis}={row['value']}"
+        status = (
+            row.get("error")
+            or (f"F1 {row['f1']:.2f} " if "f1" in row else "")
+            + f"forecast NMSE {row.get('forecast_nmse', math.inf):.3g}"
+        )
+        log(
+            f"[{i}/{len(todo)}] {cell.scenario.system} {where} "
+            f"{cell.method}: {status} ({row['seconds']:.1f} s)"
+        )
+    return rows
+
+
+def default_methods() -> dict[str, Method]:
+    """One instance of each built-in method with its default settings."""
+    return {name: cls() for name, cls in METHODS.items()}
