@@ -14,53 +14,33 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import warnings
-from contextlib import contextmanager
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # small solves: threads cost more than they give
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.errors import HydraException  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
-from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
-from ude.errors import UdeError  # noqa: E402
+from ude.runs import exit_2_on_user_errors  # noqa: E402
 
 logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore")
 
 
-def _one_line(err: BaseException) -> str:
-    cause = err.__cause__ or err.__context__
-    text = str(cause) if isinstance(cause, UdeError) else str(err)
-    return " ".join(s.strip() for s in text.splitlines() if s.strip())
-
-
-@contextmanager
-def _exit_2_on_user_errors():
-    """Errors a user can cause print one line (no traceback) and exit with status 2."""
-    try:
-        yield
-    except (UdeError, HydraException, OmegaConfBaseException) as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
-        sys.exit(2)
-
-
 @hydra.main(version_base="1.3", config_path="conf/benchmark", config_name="benchmark")
 def main(cfg: DictConfig) -> None:
     from ude.benchmark.runner import run
 
-    with _exit_2_on_user_errors():
+    with exit_2_on_user_errors():
         run(cfg, multirun=HydraConfig.get().mode == RunMode.MULTIRUN)
 
 
 def cli() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's printer
-    with _exit_2_on_user_errors():
+    with exit_2_on_user_errors():
         main()
 
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +20,14 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from ude.config_check import check_config
 from ude.errors import UdeError
-from ude.fit import make_module, run_training
+from ude.fit import run_training
 from ude.plots import plot_fit, plot_missing_terms
-from ude.spec import load_spec
+from ude.runs import build_run, exit_2_on_user_errors
 
 
 def _run_dir(ckpt_path: str | None, default: str) -> str:
@@ -61,20 +57,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
-    spec = load_spec(cfg.model.spec)  # a bad spec file is reported before anything else
-
-    double = str(cfg.trainer.get("precision", "32")).startswith("64")
-    torch.set_default_dtype(torch.float64 if double else torch.float32)
-    try:
-        datamodule = instantiate(cfg.data)
-        measurements = datamodule.measurements
-        # Objects go in through a partial: Hydra would turn them into config nodes.
-        model = instantiate(cfg.model, _partial_=True)(
-            spec=spec, measurements=measurements, solver=instantiate(cfg.solver)
-        )
-    finally:
-        torch.set_default_dtype(torch.float32)
-    module = make_module(model, measurements, **cfg.optim)
+    datamodule, model, module = build_run(cfg)
+    measurements = datamodule.measurements
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
@@ -112,20 +96,10 @@ def _summary(cfg: DictConfig, metrics: dict[str, Any], run_dir: Path) -> None:
     print(f"run directory: {run_dir}")
 
 
-@contextmanager
-def _exit_2_on_user_errors():
-    """Errors a user can cause print one line (no traceback) and exit with status 2."""
-    try:
-        yield
-    except (UdeError, HydraException, OmegaConfBaseException) as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
-        sys.exit(2)
-
-
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     # Exiting inside the job keeps Hydra from printing its own banner around our message.
-    with _exit_2_on_user_errors():
+    with exit_2_on_user_errors():
         metrics = train(cfg)
         if metrics.get("stop_reason"):
             ckpt = Path(metrics["run_dir"]) / "checkpoints" / "last.ckpt"
@@ -137,19 +111,10 @@ def main(cfg: DictConfig) -> None:
             )
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err)
-    cause = err.__cause__ or err.__context__
-    if isinstance(cause, UdeError):
-        text = str(cause)
-    lines = [s.strip() for s in text.splitlines() if s.strip()]
-    return " ".join(lines)
-
-
 def cli() -> None:
     """Run :func:`main`; errors a user can cause print one line and exit with status 2."""
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's printer
-    with _exit_2_on_user_errors():
+    with exit_2_on_user_errors():
         main()
 
 

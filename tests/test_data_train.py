@@ -15,6 +15,7 @@ from conftest import FAST
 import train
 from ude import UdeError, simulate_measurements
 from ude.data import write_long
+from ude.runs import one_line
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
@@ -114,5 +115,5 @@ def test_bad_file_is_refused_before_training(make_cfg, tmp_path, content, expect
     with pytest.raises(Exception) as err:  # Hydra wraps the UdeError raised while reading
         train.train(cfg)
     assert isinstance(err.value, UdeError) or isinstance(err.value.__cause__, UdeError)
-    line = "error: " + train._one_line(err.value)  # what cli() prints before exiting 2
+    line = "error: " + one_line(err.value)  # what cli() prints before exiting 2
     _check_refused(tmp_path, 2, line, path, expected)

@@ -51,9 +51,8 @@ def summary(metrics: dict[str, Any]) -> str:
 def load_run(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, HybridODE, Measurements]:
     """The run's config (with ``overrides`` and a ``distill`` node), the trained model and
     the data, rebuilt from ``config.yaml`` and ``checkpoints/last.ckpt``."""
-    from hydra.utils import instantiate
 
-    from ude.fit import make_module
+    from ude.runs import build_run
 
     cfg_path, ckpt = run_dir / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
     for p in (cfg_path, ckpt):
@@ -76,17 +75,8 @@ def load_run(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, HybridODE
             OmegaConf.update(cfg, key, yaml.safe_load(value), merge=True, force_add=True)
         except Exception as err:  # noqa: BLE001 - any failure here is a bad override
             raise UdeError(f"cannot set '{key}': {err}", source="command line") from None
-    double = str(cfg.trainer.get("precision", "32")).startswith("64")
-    torch.set_default_dtype(torch.float64 if double else torch.float32)
-    try:
-        datamodule = instantiate(cfg.data)
-        measurements = datamodule.measurements
-        model = instantiate(cfg.model, _partial_=True)(
-            measurements=measurements, solver=instantiate(cfg.solver)
-        )
-    finally:
-        torch.set_default_dtype(torch.float32)
-    module = make_module(model, measurements, **cfg.optim)
+    datamodule, model, module = build_run(cfg)
+    measurements = datamodule.measurements
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     try:
         module.load_state_dict(state["state_dict"])
@@ -124,12 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def cli() -> None:
     """Errors a user can cause (run directory, overrides) print one line and exit 2."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    from ude.runs import exit_2_on_user_errors
 
-    try:
+    with exit_2_on_user_errors():
         main()
-    except (UdeError, HydraException, OmegaConfBaseException) as err:
-        lines = [s.strip() for s in str(err).splitlines() if s.strip()]
-        print(f"error: {' '.join(lines)}", file=sys.stderr)
-        sys.exit(2)

@@ -1,0 +1,63 @@
+"""What the command-line entry points share: building a run from its config, and turning errors
+a user can cause into one line with exit status 2.
+
+This is the edge where Hydra config trees are read (train.py, benchmark.py, ``python -m
+ude.distill``); library code takes plain values.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from hydra.errors import HydraException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from ude.data.datamodule import ConditionsDataModule
+from ude.errors import UdeError
+from ude.fit import make_module
+from ude.model.hybrid import HybridODE
+from ude.spec.model_spec import load_spec
+from ude.train.module import UDEModule
+
+
+def build_run(cfg: DictConfig) -> tuple[ConditionsDataModule, HybridODE, UDEModule]:
+    """The DataModule, HybridODE and UDEModule of a composed (or saved) run config.
+
+    The spec is loaded first, so a bad spec file is reported before anything else; tensors are
+    float64 when the trainer runs in 64-bit precision.
+    """
+    spec = load_spec(cfg.model.spec)
+    double = str(cfg.trainer.get("precision", "32")).startswith("64")
+    torch.set_default_dtype(torch.float64 if double else torch.float32)
+    try:
+        datamodule = instantiate(cfg.data)
+        measurements = datamodule.measurements
+        # Objects go in through a partial: Hydra would turn them into config nodes.
+        model = instantiate(cfg.model, _partial_=True)(
+            spec=spec, measurements=measurements, solver=instantiate(cfg.solver)
+        )
+    finally:
+        torch.set_default_dtype(torch.float32)
+    return datamodule, model, make_module(model, measurements, **cfg.optim)
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line (a wrapped UdeError's own message when there is one)."""
+    cause = err.__cause__ or err.__context__
+    text = str(cause) if isinstance(cause, UdeError) else str(err)
+    return " ".join(s.strip() for s in text.splitlines() if s.strip())
+
+
+@contextmanager
+def exit_2_on_user_errors() -> Iterator[None]:
+    """Errors a user can cause print one line (no traceback) and exit with status 2."""
+    try:
+        yield
+    except (UdeError, HydraException, OmegaConfBaseException) as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        sys.exit(2)
