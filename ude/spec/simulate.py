@@ -18,11 +18,14 @@ def simulate_spec(
     rtol: float = 1e-9,
     atol: float = 1e-11,
     method: str = "LSODA",
+    blow_up: float = 1e6,
 ) -> np.ndarray:
     """States ``(condition, time, state)`` of ``spec`` (known + discovered terms, parameters at
     their values) from ``initial (condition, state)``; ``inputs (condition, input)``.
 
-    A solve that fails leaves NaN from the failing time on.
+    A solve that fails, or whose states grow past ``blow_up`` times the initial scale (a
+    distilled twin can diverge in finite time, which a stiff solver would chase with ever
+    smaller steps), leaves NaN from that time on.
     """
     if spec.neural:
         raise ValueError("simulate_spec needs a symbolic spec; this one has neural slots")
@@ -41,8 +44,21 @@ def simulate_spec(
                 v = torch.from_numpy(np.concatenate([y, ctx]))
                 return rhs(v).numpy()
 
+        bound = blow_up * (1.0 + np.abs(initial[c]).max())
+
+        def diverged(_t, y, bound=bound):
+            return bound - np.abs(y).max()
+
+        diverged.terminal = True
         sol = solve_ivp(
-            f, (times[0], times[-1]), initial[c], t_eval=times, method=method, rtol=rtol, atol=atol
+            f,
+            (times[0], times[-1]),
+            initial[c],
+            t_eval=times,
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            events=diverged,
         )
         out[c, : sol.y.shape[1]] = sol.y.T
     return out
