@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from ude.runs import exit_2_on_user_errors  # noqa: E402
+from ude.runs import exit_2_on_user_errors, run_cli  # noqa: E402
 
 logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -39,9 +39,8 @@ def main(cfg: DictConfig) -> None:
 
 
 def cli() -> None:
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's printer
-    with exit_2_on_user_errors():
-        main()
+    """Errors a user can cause print one line and exit with status 2."""
+    run_cli(main)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from ude.config_check import check_config
 from ude.errors import UdeError
 from ude.fit import run_training
 from ude.plots import plot_fit, plot_missing_terms
-from ude.runs import build_run, exit_2_on_user_errors
+from ude.runs import build_run, exit_2_on_user_errors, run_cli
 
 
 def _run_dir(ckpt_path: str | None, default: str) -> str:
@@ -112,10 +111,8 @@ def main(cfg: DictConfig) -> None:
 
 
 def cli() -> None:
-    """Run :func:`main`; errors a user can cause print one line and exit with status 2."""
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's printer
-    with exit_2_on_user_errors():
-        main()
+    """Errors a user can cause print one line and exit with status 2."""
+    run_cli(main)
 
 
 if __name__ == "__main__":

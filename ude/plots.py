@@ -16,6 +16,16 @@ from ude.model.hybrid import HybridODE  # noqa: E402
 from ude.spec.simulate import simulate_spec  # noqa: E402
 
 
+def plot_data(ax, measurements: Measurements, condition: int, observable: int) -> None:
+    """The measured points of one condition and observable, every replicate, on ``ax``."""
+    m = measurements
+    for r in range(m.values.shape[2]):
+        label = "data" if r == 0 else None
+        ax.plot(
+            m.times, m.values[condition, :, r, observable], "o", ms=3.5, color="0.35", label=label
+        )
+
+
 def plot_fit(model: HybridODE, measurements: Measurements, path: Path) -> Path:
     """Data, fitted model and (when known) truth: one row per condition, one column per
     observable."""
@@ -36,15 +46,7 @@ def plot_fit(model: HybridODE, measurements: Measurements, path: Path) -> Path:
     for c in range(rows):
         for o, name in enumerate(m.observables):
             ax = axes[c, o]
-            for r in range(m.values.shape[2]):
-                ax.plot(
-                    m.times,
-                    m.values[c, :, r, o],
-                    "o",
-                    ms=3.5,
-                    color="0.35",
-                    label="data" if r == 0 else None,
-                )
+            plot_data(ax, m, c, o)
             if true_obs is not None and true_obs[o] is not None:
                 ax.plot(times, true_obs[o][c], "--", color="tab:green", lw=1.5, label="truth")
             ax.plot(times, obs[c, :, o], color="tab:blue", lw=2, label="UDE fit")

@@ -7,8 +7,9 @@ ude.distill``); library code takes plain values.
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -61,3 +62,11 @@ def exit_2_on_user_errors() -> Iterator[None]:
     except (UdeError, HydraException, OmegaConfBaseException) as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
+
+
+def run_cli(main: Callable[[], object]) -> None:
+    """Run a ``@hydra.main`` function so that errors reach :func:`exit_2_on_user_errors`
+    instead of Hydra's own printer."""
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    with exit_2_on_user_errors():
+        main()

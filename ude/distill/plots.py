@@ -9,7 +9,7 @@ import numpy as np
 import sympy as sp
 
 from ude.data.measurements import Measurements
-from ude.plots import _save, plt
+from ude.plots import _save, plot_data, plt
 from ude.spec.model_spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -80,15 +80,7 @@ def plot_forecast(
             ax.plot(times, states[c, :, i], color="tab:blue", lw=1.5, label="twin")
             if name in m.observables:
                 o = m.observables.index(name)
-                for r in range(m.values.shape[2]):
-                    ax.plot(
-                        m.times,
-                        m.values[c, :, r, o],
-                        "o",
-                        ms=3,
-                        color="0.3",
-                        label="data" if r == 0 else None,
-                    )
+                plot_data(ax, m, c, o)
             ax.axvspan(m.times[0], m.times[-1], color="0.9", zorder=0)
             ax.set_title(f"{name} — {m.conditions[c]} (shaded: training window)", fontsize=9)
             ax.set_xlabel("time")
