@@ -287,3 +287,55 @@ def test_trained_network_on_michaelis_menten_data_distils_to_mm():
     assert abs(result.twin.parameters[k_params[0]].value - K) / K < 0.10
     c = [p.value for n, p in result.twin.parameters.items() if n.startswith("c_S")]
     assert abs(-c[0] - vmax) / vmax < 0.10
+
+
+# -- integral matching: the cheap screen on the data ---------------------------------------------
+def test_integral_matching_ranks_the_true_terms_first(lotka_volterra_distilled):
+    """Along the trajectory, the data's integral problem puts -0.9xy and 0.8xy first among all
+    supports of up to two terms, with coefficients within 3 %; a wrong same-size support
+    scores clearly worse."""
+    from ude.distill import IntegralPath
+    from ude.distill.integral import integral_problems
+
+    _, model, m = lotka_volterra_distilled
+    problems = integral_problems(model, m, Distiller(library=[PolynomialLibrary(2)]).theta(model))
+    path = IntegralPath()
+    for target, true in (("x", -0.9), ("y", 0.8)):
+        p = problems[target]
+        assert p.from_data and p.n_points == len(m.times)
+        ranked = path.ranked(p)
+        crit, support, coef = ranked[0]
+        assert [p.terms[j] for j in support] == ["x*y"]
+        assert coef[support[0]] == pytest.approx(true, rel=0.03)
+        wrong = next(r for r in ranked if [p.terms[j] for j in r[1]] == ["y"])
+        assert wrong[0] > crit + 10
+    joint = path.candidates(problems)
+    assert [np.flatnonzero(c).tolist() for c in joint[0].coef.values()] == [[3], [3]]
+
+
+def test_selector_refits_the_sparsest_candidates_within_the_margin():
+    """The best-screened candidate is refitted, then the sparsest within ``margin`` of its
+    screen; a sparse candidate beyond the margin is not; removals of the best are always
+    refitted, even with no other moves allowed."""
+    from ude.distill import Candidate
+
+    def cand(support, screen):
+        coef = np.zeros(4)
+        coef[list(support)] = 1.0
+        return Candidate({"x": coef}, "test", info={"screen": screen})
+
+    dense, sparse_near, sparse_far = cand([0, 1, 2], 0.0), cand([1], 8.0), cand([3], 30.0)
+    refitted = []
+
+    def refit(c):
+        refitted.append(tuple(np.flatnonzero(c.coef["x"])))
+        nmse = {(0, 1, 2): 1e-3, (1,): 1.2e-3}.get(refitted[-1], 5e-3)
+        return RefitResult(None, {}, nmse, 60, True, 0), c.n_terms
+
+    selector = TrajectorySelector(max_candidates=2, grow=False, max_moves=0, margin=10.0)
+    chosen, _ = selector.select([sparse_far, sparse_near, dense], refit)
+    assert refitted[:2] == [(0, 1, 2), (1,)]
+    assert (3,) not in refitted
+    assert {(1, 2), (0, 2), (0, 1)} <= set(refitted)  # the removals of the best
+    # n log(1.2e-3 / 1e-3) = 10.9 above, minus 2 log 60 = 8.2 of the penalty: within 6
+    assert np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [1]

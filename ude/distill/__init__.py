@@ -9,6 +9,7 @@ From Python::
 
 from ude.distill.bootstrap import BootstrapInclusion
 from ude.distill.distiller import Distillation, Distiller
+from ude.distill.integral import IntegralPath, IntegralProblem
 from ude.distill.library import (
     ConcatLibrary,
     CustomLibrary,
@@ -35,6 +36,8 @@ __all__ = [
     "Distiller",
     "EliminationPath",
     "HillLibrary",
+    "IntegralPath",
+    "IntegralProblem",
     "Library",
     "MassActionLibrary",
     "MichaelisMentenLibrary",

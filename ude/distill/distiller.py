@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from ude.data.measurements import Measurements
 from ude.distill.bootstrap import BootstrapInclusion
+from ude.distill.integral import IntegralPath, IntegralProblem, integral_problems, screen_score
 from ude.distill.library import Library, Term, combine
 from ude.distill.refit import RefitResult, TwinRefit
 from ude.distill.sampling import Samples, TrajectorySampler
@@ -19,6 +20,7 @@ from ude.distill.sparse import Candidate, EliminationPath, Problem, ThresholdPat
 from ude.distill.twin import numeric_twin, twin_spec
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
+from ude.model.solver import SolverFailed
 from ude.spec.model_spec import ModelSpec
 
 
@@ -41,6 +43,7 @@ class Distillation:
     inclusion: dict[str, dict[str, float]] | None
     samples: Samples
     problems: dict[str, Problem]
+    integral: dict[str, IntegralProblem]
     timings: dict[str, float] = field(default_factory=dict)
 
     def path_rows(self) -> list[dict[str, Any]]:
@@ -69,6 +72,7 @@ class Distillation:
                     "chosen": s is self.chosen,
                     "terms": terms,
                     "regression_residual": s.candidate.info.get("regression_residual"),
+                    "screen": s.candidate.info.get("screen"),
                 }
             )
         return rows
@@ -96,8 +100,10 @@ class Distiller:
     Args:
         library: one library or a list (concatenated), built over each slot's inputs.
         sampler: where the networks are sampled (default :class:`TrajectorySampler`).
-        paths: candidate generators (default: STLSQ threshold path and joint elimination).
-        selector: scores candidates by refitting them (default :class:`TrajectorySelector`).
+        paths: candidate generators (default: integral matching on the data, the STLSQ
+            threshold path and joint elimination on the network samples).
+        selector: scores candidates by refitting them (default :class:`TrajectorySelector`);
+            it sees each candidate's integral-matching score (``info["screen"]``).
         score_refit: the ODE refit that scores candidates (default: RK4 on the data's time
             grid, 300 L-BFGS iterations, loose tolerance).
         refit: the final ODE refit of the chosen twin (default: dopri5, tight tolerance).
@@ -122,6 +128,9 @@ class Distiller:
         self.refit = refit
         self.bootstrap = bootstrap
 
+    def _n_grid(self) -> int:
+        return (self.sampler or TrajectorySampler()).n_times
+
     def _library(self) -> Library:
         if self.library is None:
             from ude.distill.library import PolynomialLibrary
@@ -129,29 +138,35 @@ class Distiller:
             return PolynomialLibrary(2)
         return combine(self.library)
 
+    def theta(self, model: HybridODE) -> Callable[[np.ndarray], dict]:
+        """``X (point, state + input) -> {target: (library matrix, term names)}``."""
+        names = [*model.spec.states, *model.spec.inputs]
+        slots = [(slot, self._library().fit(list(slot.inputs))) for slot in model.spec.neural]
+        self._terms = {t: list(lib.terms_) for slot, lib in slots for t in slot.targets}
+
+        def theta(X: np.ndarray) -> dict[str, tuple[np.ndarray, list[str]]]:
+            out = {}
+            for slot, lib in slots:
+                T = lib.transform(X[:, [names.index(n) for n in slot.inputs]])
+                for target in slot.targets:
+                    out[target] = (T, lib.get_feature_names())
+            return out
+
+        return theta
+
     def problems(self, model: HybridODE, samples: Samples) -> tuple[dict, dict]:
         """The regression problem and the library terms of every network target."""
-        problems, terms = {}, {}
-        for slot in model.spec.neural:
-            lib = self._library().fit(list(slot.inputs))
-            Theta = lib.transform(samples.columns(list(slot.inputs)))
+        problems = {}
+        for target, (Theta, names) in self.theta(model)(samples.X).items():
             if not np.all(np.isfinite(Theta)):
-                bad = [
-                    n
-                    for n, ok in zip(
-                        lib.get_feature_names(), np.isfinite(Theta).all(0), strict=True
-                    )
-                    if not ok
-                ]
+                bad = [n for n, ok in zip(names, np.isfinite(Theta).all(0), strict=True) if not ok]
                 raise UdeError(
                     f"library term {bad[0]} is not finite along the trajectories",
                     source="distill.library",
                     fix="drop terms that divide by zero or take logs of non-positive states",
                 )
-            for target in slot.targets:
-                problems[target] = Problem(Theta, samples.target(target), lib.get_feature_names())
-                terms[target] = list(lib.terms_)
-        return problems, terms
+            problems[target] = Problem(Theta, samples.target(target), names)
+        return problems, dict(self._terms)
 
     def fit(self, model: HybridODE, measurements: Measurements) -> Distillation:
         """Distil ``model`` (trained on ``measurements``) into a refitted twin."""
@@ -161,12 +176,33 @@ class Distiller:
         t0 = time.perf_counter()
         samples = (self.sampler or TrajectorySampler()).sample(model, measurements.times)
         problems, terms = self.problems(model, samples)
-        paths = self.paths if self.paths is not None else [ThresholdPath(), EliminationPath()]
-        candidates = candidate_union(paths, problems)
+        theta = self.theta(model)
+        integral = integral_problems(model, measurements, theta, n_grid=self._n_grid())
+        paths = self.paths
+        if paths is None:
+            paths = [IntegralPath(), ThresholdPath(), EliminationPath()]
+        proposer = next((p for p in paths if isinstance(p, IntegralPath)), None)
+        around: dict[int, dict[str, IntegralProblem]] = {}
+
+        def integral_along(best: Scored | None) -> dict[str, IntegralProblem]:
+            """The integral problems along a refitted twin's trajectory (None: the UDE's)."""
+            if best is None or not best.refit.ok or best.refit.model is None:
+                return integral
+            if id(best) not in around:
+                try:
+                    around[id(best)] = integral_problems(
+                        model, measurements, theta, best.refit.model, self._n_grid()
+                    )
+                except SolverFailed:
+                    around[id(best)] = integral
+            return around[id(best)]
+
+        candidates = candidate_union(paths, problems, integral)
         for cand in candidates:
             cand.info["regression_residual"] = {
                 t: round(problems[t].relative_residual(c), 4) for t, c in cand.coef.items()
             }
+            cand.info["screen"] = screen_score(integral, cand)
         clock["regression_seconds"] = time.perf_counter() - t0
         initial = model.initial.detach().cpu().numpy()
         scorer = self.score_refit or TwinRefit(max_iter=300, tol=1e-7, method="rk4")
@@ -181,7 +217,12 @@ class Distiller:
             return scorer.fit(twin, measurements, initial, noise), len(owner)
 
         t1 = time.perf_counter()
-        chosen, path = (self.selector or TrajectorySelector()).select(candidates, score)
+        chosen, path = (self.selector or TrajectorySelector()).select(
+            candidates,
+            score,
+            lambda cand, best: screen_score(integral_along(best), cand),
+            None if proposer is None else lambda best: proposer.candidates(integral_along(best)),
+        )
         clock["selection_seconds"] = time.perf_counter() - t1
         # final refit from the scored values, with the accurate solver
         t2 = time.perf_counter()
@@ -222,5 +263,6 @@ class Distiller:
             inclusion=inclusion,
             samples=samples,
             problems=problems,
+            integral=integral,
             timings={k: round(v, 3) for k, v in clock.items()},
         )

@@ -51,17 +51,27 @@ def refitted_coef(scored: Scored) -> dict[str, np.ndarray]:
 
 
 class TrajectorySelector:
-    """Refits every candidate of the regression path through the ODE and scores it with
+    """Refits the most promising candidates through the ODE and scores each with
     ``criterion`` on its trajectory error against the data; then, from the best, moves one
     term at a time (each move refitted) while the criterion improves: removals (``prune``)
-    and, with ``grow``, additions of library terms the regression path left out (this finds
-    terms a poorly identified network hides, at the cost of one refit per library term).
+    and, with ``grow``, additions of library terms the candidates left out.
+
+    Candidates are taken in the order of their integral-matching score (``order="screen"``,
+    :mod:`ude.distill.integral`; cheap, on the data) or sparsest first (``"sparsity"``).
+    Each step's moves are the one-term changes of the best and the integral-matching
+    candidates along the best's own refitted trajectory (``propose``); with a screen, every
+    removal but only the ``max_moves`` best-screened other moves of a step are refitted. The
+    steps stop when none improves the criterion.
 
     Args:
         criterion: ``bic`` or ``aicc``.
         prune: do the trajectory-level backward elimination.
-        max_candidates: refit at most this many path candidates (the sparsest first).
+        max_candidates: refit at most this many candidates.
         grow: also try adding each absent term at every step.
+        order: ``screen`` or ``sparsity``.
+        max_moves: refitted moves per step when a screen ranks them (None: all).
+        margin: with ``order="screen"``, the candidates refitted after the best-screened one
+            are the sparsest whose screen is within this of it.
         tolerance: the chosen twin is the sparsest candidate whose criterion is within this
             of the best (6: the difference Kass & Raftery call strong evidence for BIC); 0
             chooses the best.
@@ -74,21 +84,38 @@ class TrajectorySelector:
         max_candidates: int = 5,
         grow: bool = True,
         tolerance: float = 6.0,
+        order: str = "screen",
+        max_moves: int | None = 3,
+        margin: float = 10.0,
     ):
+        if order not in {"screen", "sparsity"}:
+            raise UdeError(
+                f"unknown order '{order}'",
+                source="distill.selector.order",
+                fix="screen or sparsity",
+            )
         self.criterion = criterion
         self.prune = prune
         self.max_candidates = max_candidates
         self.grow = grow
         self.tolerance = tolerance
+        self.order = order
+        self.max_moves = max_moves
+        self.margin = margin
 
     def select(
         self,
         candidates: list[Candidate],
         refit: Callable[[Candidate], tuple[RefitResult, int]],
+        screen: Callable[[Candidate, Scored | None], float] | None = None,
+        propose: Callable[[Scored], list[Candidate]] | None = None,
     ) -> tuple[Scored, list[Scored]]:
         """The chosen candidate and every scored one (the whole path), in order of scoring.
 
-        ``refit(candidate)`` returns the refit and the number of discovered parameters.
+        ``refit(candidate)`` returns the refit and the number of discovered parameters;
+        ``screen(candidate, around)`` a cheap score, lower is better, along the trajectory of
+        the refitted candidate ``around`` (None: the trained model's; without a screen,
+        ``info["screen"]``); ``propose(best)`` new candidates around the best refitted one.
         """
         if not candidates:
             raise UdeError(
@@ -110,14 +137,42 @@ class TrajectorySelector:
             scored.append(s)
             return s
 
-        # the sparsest candidates first: dense ones are slow to refit and rarely chosen
-        for cand in sorted(candidates, key=lambda c: c.n_terms)[: self.max_candidates]:
+        def screened(cand: Candidate, around: Scored | None = None) -> float:
+            if screen is not None:
+                return screen(cand, around)
+            return cand.info.get("screen", 0.0)
+
+        if self.order == "screen":
+            # the best-screened candidate, then the sparsest within the margin of it: the
+            # screen is linearised, so near-ties are settled by the refits
+            ranked = sorted(candidates, key=lambda c: (screened(c), c.n_terms))
+            floor = screened(ranked[0])
+            near = [c for c in ranked[1:] if screened(c) <= floor + self.margin]
+            ranked = [ranked[0], *sorted(near, key=lambda c: (c.n_terms, screened(c)))]
+        else:  # the sparsest first: dense ones are slow to refit and rarely chosen
+            ranked = sorted(candidates, key=lambda c: c.n_terms)
+        for cand in ranked[: self.max_candidates]:
             score(cand, "path")
         best = min(scored, key=lambda s: s.criterion)
-        while self.prune or self.grow:
-            trials = [score(c, step) for c, step in self._neighbours(best)]
-            if not trials:
+        while True:
+            moves = self._neighbours(best) if self.prune or self.grow else []
+            if propose is not None:
+                moves += [(c, "rescreen") for c in propose(best)]
+            unique: dict[tuple, tuple[Candidate, str]] = {}
+            for cand, step in moves:
+                if cand.support() not in seen:
+                    unique.setdefault(cand.support(), (cand, step))
+            moves = list(unique.values())
+            if self.order == "screen" and self.max_moves is not None:
+                # every removal is refitted (the parsimony rule below needs the sparser
+                # neighbours); additions and proposals only when the screen ranks them high
+                removals = [m for m in moves if m[1] == "prune"]
+                others = [m for m in moves if m[1] != "prune"]
+                others = sorted(others, key=lambda m: screened(m[0], best))[: self.max_moves]
+                moves = removals + others
+            if not moves:
                 break
+            trials = [score(c, step) for c, step in moves]
             top = min(trials, key=lambda s: s.criterion)
             if top.criterion >= best.criterion:
                 break

@@ -179,10 +179,21 @@ class EliminationPath:
         return out
 
 
-def candidate_union(paths: Sequence, problems: dict[str, Problem]) -> list[Candidate]:
-    """Distinct candidates of all ``paths``, sorted by number of terms."""
+def candidate_union(
+    paths: Sequence, problems: dict[str, Problem], integral: dict | None = None
+) -> list[Candidate]:
+    """Distinct candidates of all ``paths``, sorted by number of terms. A path whose
+    ``source`` is ``data`` gets the integral problems (:mod:`ude.distill.integral`) instead
+    of the network-sample ones."""
     seen: dict[tuple, Candidate] = {}
     for path in paths:
-        for cand in path.candidates(problems):
+        data = getattr(path, "source", "network") == "data"
+        if data and integral is None:
+            raise UdeError(
+                f"the {path.name} path needs the data's integral problems",
+                source="distill.paths",
+                fix="pass integral problems (Distiller.fit does)",
+            )
+        for cand in path.candidates(integral if data else problems):
             seen.setdefault(cand.support(), cand)
     return sorted(seen.values(), key=lambda c: c.n_terms)
