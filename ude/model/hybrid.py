@@ -134,6 +134,8 @@ class HybridODE(nn.Module):
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         ctx = self._context
+        if not self._slot_targets:  # a symbolic twin: no network terms to add
+            return self.known_terms(y, ctx)
         return self.known_terms(y, ctx) + self.neural_terms(y, ctx)
 
     # -- solving and observing ---------------------------------------------------------------
