@@ -14,6 +14,7 @@ from ude.spec.model_spec import ModelSpec
 
 if TYPE_CHECKING:
     from ude.distill.distiller import Distillation
+    from ude.distill.uncertainty import ForecastInterval
 
 
 def plot_distilled_terms(result: Distillation, path: Path) -> Path:
@@ -65,9 +66,10 @@ def plot_forecast(
     measurements: Measurements,
     twin: ModelSpec,
     path: Path,
+    band: ForecastInterval | None = None,
 ) -> Path:
-    """The twin's forecast past the training window, with the data and (when known) the
-    truth; one row per condition (at most 4), one column per state."""
+    """The twin's forecast past the training window, with the data, (when known) the truth
+    and (when given) the band; one row per condition (at most 4), one column per state."""
     m = measurements
     rows = min(m.n_conditions, 4)
     n_s = len(twin.states)
@@ -77,6 +79,16 @@ def plot_forecast(
             ax = axes[c, i]
             if truth is not None:
                 ax.plot(times, truth[c, :, i], "--", color="tab:green", lw=1.5, label="truth")
+            if band is not None:
+                ax.fill_between(
+                    band.times,
+                    band.lower[c, :, i],
+                    band.upper[c, :, i],
+                    color="tab:blue",
+                    alpha=0.2,
+                    lw=0,
+                    label=f"{band.level:.0%} band",
+                )
             ax.plot(times, states[c, :, i], color="tab:blue", lw=1.5, label="twin")
             if name in m.observables:
                 o = m.observables.index(name)
