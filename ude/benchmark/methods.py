@@ -384,7 +384,6 @@ class UDE(Method):
     def fit(self, problem: Problem) -> MethodResult:
         from ude.distill import Distiller, TrajectorySelector, TwinRefit
         from ude.fit import fit
-        from ude.model.solver import Solver
 
         data = problem.measurements
         start = time.perf_counter()
@@ -400,9 +399,7 @@ class UDE(Method):
         distiller = Distiller(
             library=make_library(problem.library),
             selector=TrajectorySelector(max_candidates=self.max_candidates, prune=self.prune),
-            score_refit=TwinRefit(
-                max_iter=self.score_iter, tol=1e-7, solver=Solver("rk4", step_size=dt)
-            ),
+            score_refit=TwinRefit(max_iter=self.score_iter, tol=1e-7, method="rk4", step_size=dt),
             refit=TwinRefit(max_iter=self.refit_iter, tol=1e-9),
         )
         info: dict[str, Any] = {"train_seconds": round(train_seconds, 2)}
