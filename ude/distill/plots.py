@@ -94,8 +94,21 @@ def plot_forecast(
                 o = m.observables.index(name)
                 plot_data(ax, m, c, o)
             ax.axvspan(m.times[0], m.times[-1], color="0.9", zorder=0)
+            if band is not None:
+                _clip_to_lines(ax, [states[c, :, i]] + ([] if truth is None else [truth[c, :, i]]))
             ax.set_title(f"{name} — {m.conditions[c]} (shaded: training window)", fontsize=9)
             ax.set_xlabel("time")
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _clip_to_lines(ax, lines: list[np.ndarray]) -> None:
+    """Keep the y-axis within the lines' range plus three times their size on each side: a
+    band along a nearly unidentified direction would otherwise flatten the curves."""
+    finite = np.concatenate([x[np.isfinite(x)] for x in lines])
+    if finite.size:
+        lo, hi = float(finite.min()), float(finite.max())
+        pad = 3 * (max(hi - lo, abs(hi), abs(lo)) or 1.0)
+        bottom, top = ax.get_ylim()
+        ax.set_ylim(max(bottom, lo - pad), min(top, hi + pad))
