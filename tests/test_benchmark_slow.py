@@ -54,6 +54,13 @@ def test_neural_methods_interface():
     ude = UDE(max_epochs=10, warm_start_steps=50).fit(problem)
     assert ude.spec is not None or "distill_error" in ude.info
     assert ude.seconds > 0 and ude.forecast_states == ["x", "y"]
+    if ude.spec is not None:  # the twin's band: same grid as its forecast, or a reason why not
+        band = ude.info.get("interval", {})
+        assert (
+            "interval_error" in ude.info
+            or band["n_failed"] > band["n_samples"] / 2
+            or (ude.lower.shape == ude.upper.shape == (len(problem.forecast_times), 2))
+        )
     node = NeuralODE(max_epochs=10, warm_start_steps=50).fit(problem)
     assert node.spec is None and node.forecast_states == ["x", "y"]
     assert node.forecast is None or node.forecast.shape == (len(problem.forecast_times), 2)

@@ -31,9 +31,13 @@ QUICK = [
 
 def test_train_distils_and_run_can_be_distilled_again(make_cfg, tmp_path):
     run = tmp_path / "run"
-    metrics = train.train(make_cfg(*QUICK))
+    # '++': the key may or may not be in conf/distill (absent: LaplaceInterval's defaults)
+    metrics = train.train(make_cfg(*QUICK, "++distill.forecast_interval.n_samples=30"))
     for name in ("twin.json", "equations.md", "distill.json"):
         assert (run / name).is_file(), name
+    band = json.loads((run / "distill.json").read_text())["forecast_interval"]
+    assert band["n_samples"] == 30 and band["level"] == 0.95
+    assert 0 <= band["n_failed"] <= 30 and 0 <= band["coverage_of_truth"] <= 1
     for name in ("distilled_terms.png", "forecast.png"):
         assert (run / "plots" / name).is_file(), name
     saved = json.loads((run / "metrics.json").read_text())
@@ -51,9 +55,11 @@ def test_train_distils_and_run_can_be_distilled_again(make_cfg, tmp_path):
             "distill.distiller.selector.prune=false",
             "distill.distiller.selector.grow=false",
             "distill.distiller.bootstrap=null",
+            "distill.forecast_interval=null",
         ]
     )
     assert len(again["path"]) == 1 and "inclusion_probability" not in again
+    assert "forecast_interval" not in again
     assert json.loads((run / "metrics.json").read_text())["distill"]["path"] == again["path"]
 
 

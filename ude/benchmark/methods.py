@@ -360,6 +360,12 @@ class UDE(Method):
 
     The distiller is set for speed: the ``max_candidates`` sparsest candidates of the
     regression path are refitted and scored by BIC, without the trajectory-level pruning.
+
+    The 95 % forecast band is that of the twin's trajectory from the Laplace approximation at
+    the final refit (:class:`ude.distill.uncertainty.LaplaceInterval`, ``interval_samples``
+    draws, 0: none), from the same initial state on the same grid as the point forecast; as for
+    E-SINDy, there is no band when fewer than half the draws solve. Its time counts in
+    ``seconds``.
     """
 
     name = "ude"
@@ -373,6 +379,7 @@ class UDE(Method):
         score_iter: int = 60,
         refit_iter: int = 150,
         prune: bool = False,
+        interval_samples: int = 200,
     ):
         self.max_epochs = max_epochs
         self.warm_start_steps = warm_start_steps
@@ -380,11 +387,11 @@ class UDE(Method):
         self.score_iter = score_iter
         self.refit_iter = refit_iter
         self.prune = prune
+        self.interval_samples = interval_samples
 
     def fit(self, problem: Problem) -> MethodResult:
         from ude.distill import Distiller, TrajectorySelector, TwinRefit
         from ude.fit import fit
-        from ude.model.solver import Solver
 
         data = problem.measurements
         start = time.perf_counter()
@@ -400,14 +407,12 @@ class UDE(Method):
         distiller = Distiller(
             library=make_library(problem.library),
             selector=TrajectorySelector(max_candidates=self.max_candidates, prune=self.prune),
-            score_refit=TwinRefit(
-                max_iter=self.score_iter, tol=1e-7, solver=Solver("rk4", step_size=dt)
-            ),
+            score_refit=TwinRefit(max_iter=self.score_iter, tol=1e-7, method="rk4", step_size=dt),
             refit=TwinRefit(max_iter=self.refit_iter, tol=1e-9),
         )
         info: dict[str, Any] = {"train_seconds": round(train_seconds, 2)}
         try:
-            twin = distiller.fit(result.model, data).twin
+            distilled = distiller.fit(result.model, data)
         except Exception as err:  # noqa: BLE001 - a failed distillation is a result, not a crash
             info["distill_error"] = f"{type(err).__name__}: {err}"
             seconds = time.perf_counter() - start
@@ -418,15 +423,45 @@ class UDE(Method):
                 seconds,
                 info=info,
             )
-        seconds = time.perf_counter() - start
-        info["distill_seconds"] = round(seconds - train_seconds, 2)
+        twin = distilled.twin
+        info["distill_seconds"] = round(time.perf_counter() - start - train_seconds, 2)
         info["discovered"] = {k: str(v) for k, v in twin.discovered.items()}
         idx = [problem.truth.states.index(s) for s in twin.states]
-        forecast = integrate(twin, problem.forecast_initial[idx], problem.forecast_times)
+        initial = problem.forecast_initial[idx]
+        lower, upper = self.band(distilled.model, problem, initial, info)
+        seconds = time.perf_counter() - start
+        forecast = integrate(twin, initial, problem.forecast_times)
         hybrid = {"hybrid": hybrid_forecast(result.model, problem)}
         return MethodResult(
-            twin, list(twin.states), forecast, seconds, info=info, other_forecasts=hybrid
+            twin, list(twin.states), forecast, seconds, lower, upper, info, other_forecasts=hybrid
         )
+
+    def band(
+        self, refitted, problem: Problem, initial: np.ndarray, info: dict[str, Any]
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Lower and upper ``(time, state)`` of the refitted twin's band from ``initial
+        (state,)`` with condition 0's inputs, or None; what happened goes into ``info``."""
+        from ude.distill.uncertainty import LaplaceInterval
+
+        if not self.interval_samples:
+            return None, None
+        start = time.perf_counter()
+        interval = LaplaceInterval(n_samples=self.interval_samples, seed=problem.scenario.seed)
+        try:
+            band = interval.forecast(
+                refitted, problem.measurements, problem.forecast_times, initial[None], [0]
+            )
+        except (RuntimeError, ValueError, np.linalg.LinAlgError) as err:
+            info["interval_error"] = f"{type(err).__name__}: {err}"
+            return None, None
+        info["interval"] = {
+            "n_samples": band.n_samples,
+            "n_failed": band.n_failed,
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        if band.n_failed > band.n_samples / 2:
+            return None, None
+        return band.lower[0], band.upper[0]
 
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (UDE, SINDy, WeakSINDy, ESINDy, NeuralODE)}

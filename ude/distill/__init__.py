@@ -26,6 +26,7 @@ from ude.distill.sampling import Samples, TrajectorySampler
 from ude.distill.selection import TrajectorySelector, information_criterion
 from ude.distill.sparse import Candidate, EliminationPath, Problem, ThresholdPath
 from ude.distill.twin import load_twin, twin_from_dict, twin_spec, twin_to_dict
+from ude.distill.uncertainty import ForecastInterval, LaplaceInterval
 
 __all__ = [
     "BootstrapInclusion",
@@ -35,9 +36,11 @@ __all__ = [
     "Distillation",
     "Distiller",
     "EliminationPath",
+    "ForecastInterval",
     "HillLibrary",
     "IntegralPath",
     "IntegralProblem",
+    "LaplaceInterval",
     "Library",
     "MassActionLibrary",
     "MichaelisMentenLibrary",

@@ -22,15 +22,30 @@ DEFAULT = Path(__file__).resolve().parents[2] / "conf" / "distill" / "default.ya
 def run_distill(
     cfg: DictConfig, model: HybridODE, measurements: Measurements, run_dir: str | Path
 ) -> dict[str, Any]:
-    """Instantiate ``cfg`` (the ``distill`` node), distil ``model`` and write the report."""
+    """Instantiate ``cfg`` (the ``distill`` node), distil ``model`` and write the report.
+
+    ``cfg.forecast_interval`` (optional) holds the keyword arguments of the forecast band's
+    :class:`ude.distill.uncertainty.LaplaceInterval` (n_samples, level, seed, ...); absent: its
+    defaults; null or ``n_samples: 0``: no band.
+    """
     from hydra.utils import instantiate
 
     from ude.distill.report import write_report
+    from ude.distill.uncertainty import LaplaceInterval
 
     distiller = instantiate(cfg.distiller)
     result = distiller.fit(model, measurements)
+    options = cfg.get("forecast_interval", {})
+    interval = None
+    if options is not None and options.get("n_samples", 1) > 0:
+        interval = LaplaceInterval(**options)
     return write_report(
-        result, model, measurements, run_dir, horizon=float(cfg.get("forecast_horizon", 10.0))
+        result,
+        model,
+        measurements,
+        run_dir,
+        horizon=float(cfg.get("forecast_horizon", 10.0)),
+        interval=interval,
     )
 
 
@@ -45,6 +60,9 @@ def summary(metrics: dict[str, Any]) -> str:
     if "forecast_nmse" in metrics:
         err = ", ".join(f"{k} {v:.2%}" for k, v in metrics["forecast_nmse"].items())
         line += f"; forecast NMSE to t={metrics['forecast_horizon']:g}: {err}"
+    band = metrics.get("forecast_interval", {})
+    if "coverage_of_truth" in band:
+        line += f"; {band['level']:.0%} band covers {band['coverage_of_truth']:.0%} of the truth"
     return line
 
 

@@ -14,6 +14,7 @@ from ude.spec.model_spec import ModelSpec
 
 if TYPE_CHECKING:
     from ude.distill.distiller import Distillation
+    from ude.distill.uncertainty import ForecastInterval
 
 
 def plot_distilled_terms(result: Distillation, path: Path) -> Path:
@@ -65,9 +66,10 @@ def plot_forecast(
     measurements: Measurements,
     twin: ModelSpec,
     path: Path,
+    band: ForecastInterval | None = None,
 ) -> Path:
-    """The twin's forecast past the training window, with the data and (when known) the
-    truth; one row per condition (at most 4), one column per state."""
+    """The twin's forecast past the training window, with the data, (when known) the truth
+    and (when given) the band; one row per condition (at most 4), one column per state."""
     m = measurements
     rows = min(m.n_conditions, 4)
     n_s = len(twin.states)
@@ -77,13 +79,36 @@ def plot_forecast(
             ax = axes[c, i]
             if truth is not None:
                 ax.plot(times, truth[c, :, i], "--", color="tab:green", lw=1.5, label="truth")
+            if band is not None:
+                ax.fill_between(
+                    band.times,
+                    band.lower[c, :, i],
+                    band.upper[c, :, i],
+                    color="tab:blue",
+                    alpha=0.2,
+                    lw=0,
+                    label=f"{band.level:.0%} band",
+                )
             ax.plot(times, states[c, :, i], color="tab:blue", lw=1.5, label="twin")
             if name in m.observables:
                 o = m.observables.index(name)
                 plot_data(ax, m, c, o)
             ax.axvspan(m.times[0], m.times[-1], color="0.9", zorder=0)
+            if band is not None:
+                _clip_to_lines(ax, [states[c, :, i]] + ([] if truth is None else [truth[c, :, i]]))
             ax.set_title(f"{name} — {m.conditions[c]} (shaded: training window)", fontsize=9)
             ax.set_xlabel("time")
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _clip_to_lines(ax, lines: list[np.ndarray]) -> None:
+    """Keep the y-axis within the lines' range plus three times their size on each side: a
+    band along a nearly unidentified direction would otherwise flatten the curves."""
+    finite = np.concatenate([x[np.isfinite(x)] for x in lines])
+    if finite.size:
+        lo, hi = float(finite.min()), float(finite.max())
+        pad = 3 * (max(hi - lo, abs(hi), abs(lo)) or 1.0)
+        bottom, top = ax.get_ylim()
+        ax.set_ylim(max(bottom, lo - pad), min(top, hi + pad))

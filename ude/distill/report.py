@@ -4,6 +4,7 @@ the comparison and forecast plots; and its errors against a known truth."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 from ude.data.measurements import Measurements
 from ude.distill.distiller import Distillation
 from ude.distill.twin import equations_markdown, twin_to_dict
+from ude.distill.uncertainty import ForecastInterval, LaplaceInterval
 from ude.model.hybrid import HybridODE
 from ude.spec.compile import CompiledExpressions
 from ude.spec.model_spec import ModelSpec
@@ -109,9 +111,11 @@ def write_report(
     measurements: Measurements,
     run_dir: str | Path,
     horizon: float = 10.0,
+    interval: LaplaceInterval | None = None,
 ) -> dict[str, Any]:
     """Writes twin.json, twin.sbml, equations.md, distill.json and plots/distilled_terms.png,
-    plots/forecast.png into ``run_dir``; returns the metrics."""
+    plots/forecast.png into ``run_dir``; returns the metrics. With ``interval``, the forecast
+    gets its band (see :func:`forecast_band`)."""
     from ude.distill.plots import plot_distilled_terms, plot_forecast
     from ude.spec.sbml import write_sbml
 
@@ -138,9 +142,16 @@ def write_report(
         "n_terms": result.chosen.candidate.n_terms,
         "trajectory_nmse": result.refit.nmse,
         "criterion": result.chosen.criterion,
-        "timings": result.timings,
+        "timings": dict(result.timings),
         "path": rows,
     }
+    band = None
+    if interval is not None:
+        start = time.perf_counter()
+        band, metrics["forecast_interval"] = forecast_band(
+            interval, result, measurements, times, twin.states, truth
+        )
+        metrics["timings"]["interval_seconds"] = round(time.perf_counter() - start, 3)
     if result.inclusion is not None:
         metrics["inclusion_probability"] = result.inclusion
     if truth is not None:
@@ -152,5 +163,38 @@ def write_report(
             metrics["truth"] = compare_with_truth(twin, tr.spec, tr.missing)
     (run_dir / "distill.json").write_text(json.dumps(metrics, indent=2, default=float))
     plot_distilled_terms(result, run_dir / "plots" / "distilled_terms.png")
-    plot_forecast(times, states, truth, measurements, twin, run_dir / "plots" / "forecast.png")
+    plot_forecast(
+        times, states, truth, measurements, twin, run_dir / "plots" / "forecast.png", band
+    )
     return metrics
+
+
+def forecast_band(
+    interval: LaplaceInterval,
+    result: Distillation,
+    measurements: Measurements,
+    times: np.ndarray,
+    states: list[str],
+    truth: np.ndarray | None,
+) -> tuple[ForecastInterval | None, dict[str, Any]]:
+    """The band of the refitted twin's forecast over ``times`` from its fitted initial states,
+    and its summary for distill.json: level, draws, failed draws, floored eigenvalues and, with
+    ``truth (condition, time, state)``, the fraction of the true states inside (overall and
+    per state). A band that cannot be computed (the solve at the optimum fails) is recorded
+    as an error, not raised."""
+    try:
+        band = interval.forecast(result.model, measurements, times)
+    except (RuntimeError, ValueError, np.linalg.LinAlgError) as err:
+        return None, {"error": f"{type(err).__name__}: {err}"}
+    out: dict[str, Any] = {
+        "level": band.level,
+        "method": "laplace",
+        "n_samples": band.n_samples,
+        "n_failed": band.n_failed,
+        "n_floored_eigenvalues": band.laplace.n_floored,
+    }
+    if truth is not None and band.n_failed < band.n_samples:
+        out["coverage_of_truth"] = band.coverage(truth)
+        inside = (truth >= band.lower) & (truth <= band.upper)
+        out["coverage_by_state"] = {s: float(np.mean(inside[..., i])) for i, s in enumerate(states)}
+    return band, out
