@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -43,28 +42,6 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path):
     second = _run(*args)
     assert second.returncode == 0
     assert "5 already done" in second.stdout
-
-
-@pytest.mark.slow
-def test_neural_methods_interface():
-    from ude.benchmark.methods import UDE, NeuralODE
-    from ude.benchmark.scenario import Scenario, build_problem
-
-    problem = build_problem(Scenario("lotka_volterra", n_times=20))
-    ude = UDE(max_epochs=10, warm_start_steps=50).fit(problem)
-    assert ude.spec is not None or "distill_error" in ude.info
-    assert ude.seconds > 0 and ude.forecast_states == ["x", "y"]
-    if ude.spec is not None:  # the twin's band: same grid as its forecast, or a reason why not
-        band = ude.info.get("interval", {})
-        assert (
-            "interval_error" in ude.info
-            or band["n_failed"] > band["n_samples"] / 2
-            or (ude.lower.shape == ude.upper.shape == (len(problem.forecast_times), 2))
-        )
-    node = NeuralODE(max_epochs=10, warm_start_steps=50).fit(problem)
-    assert node.spec is None and node.forecast_states == ["x", "y"]
-    assert node.forecast is None or node.forecast.shape == (len(problem.forecast_times), 2)
-    assert math.isfinite(node.seconds)
 
 
 def test_bad_suite_exits_2(tmp_path):

@@ -358,8 +358,9 @@ class UDE(Method):
     :class:`ude.distill.Distiller` on the scenario's library (over each network's inputs) and
     refitted through the ODE. The reported model is the twin (known + discovered terms).
 
-    The distiller is set for speed: the ``max_candidates`` sparsest candidates of the
-    regression path are refitted and scored by BIC, without the trajectory-level pruning.
+    The distiller is set for speed: ``max_candidates`` candidates (ranked by integral
+    matching on the data) are refitted and scored by BIC, without the trajectory-level
+    pruning.
 
     The 95 % forecast band is that of the twin's trajectory from the Laplace approximation at
     the final refit (:class:`ude.distill.uncertainty.LaplaceInterval`, ``interval_samples``
