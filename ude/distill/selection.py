@@ -72,6 +72,8 @@ class TrajectorySelector:
         max_moves: refitted moves per step when a screen ranks them (None: all).
         margin: with ``order="screen"``, the candidates refitted after the best-screened one
             are the sparsest whose screen is within this of it.
+        max_refits: stop the moves after this many refits in all (None: no limit); each
+            costs an ODE fit, and the candidates refitted first are the likeliest.
         tolerance: the chosen twin is the sparsest candidate whose criterion is within this
             of the best (6: the difference Kass & Raftery call strong evidence for BIC); 0
             chooses the best.
@@ -87,6 +89,7 @@ class TrajectorySelector:
         order: str = "screen",
         max_moves: int | None = 3,
         margin: float = 10.0,
+        max_refits: int | None = 10,
     ):
         if order not in {"screen", "sparsity"}:
             raise UdeError(
@@ -102,6 +105,7 @@ class TrajectorySelector:
         self.order = order
         self.max_moves = max_moves
         self.margin = margin
+        self.max_refits = max_refits
 
     def select(
         self,
@@ -170,6 +174,8 @@ class TrajectorySelector:
                 others = [m for m in moves if m[1] != "prune"]
                 others = sorted(others, key=lambda m: screened(m[0], best))[: self.max_moves]
                 moves = removals + others
+            if self.max_refits is not None:
+                moves = moves[: max(0, self.max_refits - len(scored))]
             if not moves:
                 break
             trials = [score(c, step) for c, step in moves]
