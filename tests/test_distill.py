@@ -339,3 +339,8 @@ def test_selector_refits_the_sparsest_candidates_within_the_margin():
     assert {(1, 2), (0, 2), (0, 1)} <= set(refitted)  # the removals of the best
     # n log(1.2e-3 / 1e-3) = 10.9 above, minus 2 log 60 = 8.2 of the penalty: within 6
     assert np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [1]
+    refitted.clear()  # a refit budget stops the moves
+    TrajectorySelector(max_candidates=2, grow=False, max_refits=3).select(
+        [dense, sparse_near], refit
+    )
+    assert len(refitted) == 3
