@@ -183,7 +183,7 @@ class IntegralPath:
         max_terms: int = 2,
         per_target: int = 8,
         n_joint: int = 8,
-        margin: float = 10.0,
+        margin: float = 15.0,
         stepwise_terms: int = 6,
         criterion: str = "bic",
         max_enumerate: int = 20000,

@@ -88,7 +88,7 @@ class TrajectorySelector:
         tolerance: float = 6.0,
         order: str = "screen",
         max_moves: int | None = 3,
-        margin: float = 10.0,
+        margin: float = 15.0,
         max_refits: int | None = 10,
     ):
         if order not in {"screen", "sparsity"}:
