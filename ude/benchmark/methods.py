@@ -306,9 +306,12 @@ class NeuralODE(Method):
 
     name = "node"
 
-    def __init__(self, max_epochs: int = 150, warm_start_steps: int = 500, hidden: int = 32):
+    def __init__(
+        self, max_epochs: int = 150, warm_start_steps: int = 500, hidden: int = 32, lr: float = 1e-2
+    ):
         self.max_epochs = max_epochs
         self.warm_start_steps = warm_start_steps
+        self.lr = lr
         self.hidden = hidden
 
     def fit(self, problem: Problem) -> MethodResult:
@@ -328,6 +331,7 @@ class NeuralODE(Method):
             warm_start_steps=self.warm_start_steps,
             seed=problem.scenario.seed,
             model_kwargs={"hidden": self.hidden},
+            lr=self.lr,
         )
         seconds = time.perf_counter() - start
         forecast = hybrid_forecast(result.model, problem)
@@ -381,9 +385,11 @@ class UDE(Method):
         refit_iter: int = 150,
         prune: bool = False,
         interval_samples: int = 200,
+        lr: float = 1e-2,
     ):
         self.max_epochs = max_epochs
         self.warm_start_steps = warm_start_steps
+        self.lr = lr
         self.max_candidates = max_candidates
         self.score_iter = score_iter
         self.refit_iter = refit_iter
@@ -402,6 +408,7 @@ class UDE(Method):
             max_epochs=self.max_epochs,
             warm_start_steps=self.warm_start_steps,
             seed=problem.scenario.seed,
+            lr=self.lr,
         )
         train_seconds = time.perf_counter() - start
         dt = float(np.min(np.diff(data.times)))
