@@ -344,3 +344,30 @@ def test_selector_refits_the_sparsest_candidates_within_the_margin():
         [dense, sparse_near], refit
     )
     assert len(refitted) == 3
+
+
+def test_integral_matching_of_a_latent_target_uses_the_trajectory():
+    """With y unobserved, y's integral problem regresses the trajectory's own missing part
+    (not data) and is left out of the screen; x's still comes from the data."""
+    from ude.distill import IntegralPath
+    from ude.distill.integral import integral_problems, screen_score
+
+    full = simulate_measurements("lotka_volterra", noise=0.005, seed=1)
+    m = Measurements(full.times, full.values[..., :1], ["x"], full.conditions, truth=full.truth)
+
+    def interaction(z):
+        x, y = z[..., 0], z[..., 1]
+        return torch.stack([-0.9 * x * y, 0.8 * x * y], dim=-1)
+
+    system = get_system("lotka_volterra")
+    model = _known_function_model(system.known, m, interaction, m.truth.initial)
+    problems = integral_problems(model, m, Distiller(library=[PolynomialLibrary(2)]).theta(model))
+    assert problems["x"].from_data and not problems["y"].from_data
+    for target, true in (("x", -0.9), ("y", 0.8)):
+        crit, support, coef = IntegralPath().ranked(problems[target])[0]
+        assert [problems[target].terms[j] for j in support] == ["x*y"]
+        assert coef[support[0]] == pytest.approx(true, rel=0.03)
+    cand = IntegralPath().candidates(problems)[0]
+    assert screen_score(problems, cand) == pytest.approx(
+        problems["x"].criterion(np.flatnonzero(cand.coef["x"]))[1]
+    )

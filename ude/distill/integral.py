@@ -35,6 +35,10 @@ from ude.errors import UdeError
 from ude.fit import predict
 from ude.model.hybrid import HybridODE
 
+LATENT_RESOLUTION = 1e-3
+"""Relative RMS below which a latent target's integral residual counts as zero: above the
+quadrature error of the trajectory grid, below what tells near-collinear terms apart."""
+
 
 @dataclass
 class IntegralProblem:
@@ -75,6 +79,10 @@ class IntegralProblem:
 
         coef, rss = self.lstsq(support)
         n = self.n_points
+        if not self.from_data:
+            # no noise to measure the fit against: residuals under 0.1 % of the signal's RMS
+            # (the quadrature error of the trajectory grid) count as a perfect fit
+            rss = max(rss, n * (LATENT_RESOLUTION * float(np.sqrt(np.mean(self.y**2)))) ** 2)
         k = len(support) + len(self.levels)
         return coef, information_criterion(max(rss / n, 1e-300), n, k, kind)
 
