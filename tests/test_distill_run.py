@@ -54,6 +54,7 @@ def test_train_distils_and_run_can_be_distilled_again(make_cfg, tmp_path):
             "distill.distiller.selector.max_candidates=1",
             "distill.distiller.selector.prune=false",
             "distill.distiller.selector.grow=false",
+            "distill.distiller.selector.rescreen=false",
             "distill.distiller.bootstrap=null",
             "distill.forecast_interval=null",
         ]

@@ -74,6 +74,8 @@ class TrajectorySelector:
             are the sparsest whose screen is within this of it.
         max_refits: stop the moves after this many refits in all (None: no limit); each
             costs an ODE fit, and the candidates refitted first are the likeliest.
+        rescreen: also propose integral-matching candidates along the best refitted twin's
+            trajectory at every step.
         tolerance: the chosen twin is the sparsest candidate whose criterion is within this
             of the best (6: the difference Kass & Raftery call strong evidence for BIC); 0
             chooses the best.
@@ -90,6 +92,7 @@ class TrajectorySelector:
         max_moves: int | None = 3,
         margin: float = 15.0,
         max_refits: int | None = 10,
+        rescreen: bool = True,
     ):
         if order not in {"screen", "sparsity"}:
             raise UdeError(
@@ -106,6 +109,7 @@ class TrajectorySelector:
         self.max_moves = max_moves
         self.margin = margin
         self.max_refits = max_refits
+        self.rescreen = rescreen
 
     def select(
         self,
@@ -160,7 +164,7 @@ class TrajectorySelector:
         best = min(scored, key=lambda s: s.criterion)
         while True:
             moves = self._neighbours(best) if self.prune or self.grow else []
-            if propose is not None:
+            if propose is not None and self.rescreen:
                 moves += [(c, "rescreen") for c in propose(best)]
             unique: dict[tuple, tuple[Candidate, str]] = {}
             for cand, step in moves:
