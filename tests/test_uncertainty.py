@@ -151,6 +151,19 @@ def test_draws_are_solved_one_by_one_when_the_batch_fails(monkeypatch):
     np.testing.assert_allclose(alone.lower, batched.lower, rtol=1e-5)
     np.testing.assert_allclose(alone.upper, batched.upper, rtol=1e-5)
 
+    class AllFail:
+        def __call__(self, func, y0, t):
+            calls.append(len(y0))
+            if len(y0) == 1 and len(calls) == 1:
+                return solve(func, y0, t)  # the refit's own solve
+            raise SolverFailed("too many steps")
+
+    calls.clear()
+    monkeypatch.setattr(model, "solver", AllFail())
+    dead = interval.forecast(model, data, GRID)
+    assert calls == [1, 20] + [1] * 11  # gives up once more than half the draws failed
+    assert dead.n_failed == 20
+
 
 def test_non_positive_definite_hessian_is_floored():
     """A negative and a zero eigenvalue are raised to the floor (relative to the largest): the

@@ -13,6 +13,7 @@ true noise-free trajectory; a band for new data would add the learned noise on t
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,7 @@ from ude.data.measurements import Measurements
 from ude.distill.refit import _batch
 from ude.fit import make_module
 from ude.model.hybrid import HybridODE
-from ude.model.solver import SolverFailed
+from ude.model.solver import Solver, SolverFailed
 
 
 @dataclass
@@ -277,16 +278,25 @@ class LaplaceInterval:
             out = model.solver(rhs, y0, t).transpose(0, 1)
             dead = rhs.dead
         except SolverFailed:
-            # one stiff draw can exhaust the shared step budget: solve the draws one by one
+            # one stiff draw can exhaust the shared step budget: solve the draws one by one,
+            # each with a tenth of the budget, and give up once half of them failed (the band
+            # is then not reported anyway): stiff draws would otherwise cost minutes each
             out = torch.full((len(y0), len(t), y0.shape[1]), torch.nan, dtype=dtype)
             dead = torch.ones(len(y0), dtype=torch.bool)
+            solver = model.solver
+            if isinstance(solver, Solver):
+                solver = copy.copy(solver)
+                solver.max_steps = max(100, solver.max_steps // 10)
+            failures = 0
             for s in range(n_s):
                 rows = slice(s * n_c, (s + 1) * n_c)
                 rhs = _SampledRHS(model, context[rows], self.blow_up * scale)
                 try:
-                    out[rows] = model.solver(rhs, y0[rows], t).transpose(0, 1)
+                    out[rows] = solver(rhs, y0[rows], t).transpose(0, 1)
                     dead[rows] = rhs.dead
                 except SolverFailed:
-                    pass
+                    failures += 1
+                    if failures > n_s / 2:
+                        break
         states = out.reshape(n_s, n_c, len(t), -1).cpu().numpy()
         return states, dead.reshape(n_s, n_c).any(dim=1).cpu().numpy()
