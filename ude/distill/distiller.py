@@ -138,11 +138,14 @@ class Distiller:
             return PolynomialLibrary(2)
         return combine(self.library)
 
+    def _slot_libraries(self, model: HybridODE) -> list[tuple[Any, Library]]:
+        """Each neural slot with the library fitted to its inputs."""
+        return [(slot, self._library().fit(list(slot.inputs))) for slot in model.spec.neural]
+
     def theta(self, model: HybridODE) -> Callable[[np.ndarray], dict]:
         """``X (point, state + input) -> {target: (library matrix, term names)}``."""
         names = [*model.spec.states, *model.spec.inputs]
-        slots = [(slot, self._library().fit(list(slot.inputs))) for slot in model.spec.neural]
-        self._terms = {t: list(lib.terms_) for slot, lib in slots for t in slot.targets}
+        slots = self._slot_libraries(model)
 
         def theta(X: np.ndarray) -> dict[str, tuple[np.ndarray, list[str]]]:
             out = {}
@@ -166,7 +169,10 @@ class Distiller:
                     fix="drop terms that divide by zero or take logs of non-positive states",
                 )
             problems[target] = Problem(Theta, samples.target(target), names)
-        return problems, dict(self._terms)
+        terms = {
+            t: list(lib.terms_) for slot, lib in self._slot_libraries(model) for t in slot.targets
+        }
+        return problems, terms
 
     def fit(self, model: HybridODE, measurements: Measurements) -> Distillation:
         """Distil ``model`` (trained on ``measurements``) into a refitted twin."""
