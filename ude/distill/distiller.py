@@ -142,10 +142,13 @@ class Distiller:
         """Each neural slot with the library fitted to its inputs."""
         return [(slot, self._library().fit(list(slot.inputs))) for slot in model.spec.neural]
 
-    def theta(self, model: HybridODE) -> Callable[[np.ndarray], dict]:
-        """``X (point, state + input) -> {target: (library matrix, term names)}``."""
+    def theta(
+        self, model: HybridODE, slots: list[tuple[Any, Library]] | None = None
+    ) -> Callable[[np.ndarray], dict]:
+        """``X (point, state + input) -> {target: (library matrix, term names)}`` (``slots``:
+        the fitted slot libraries, default fitted here)."""
         names = [*model.spec.states, *model.spec.inputs]
-        slots = self._slot_libraries(model)
+        slots = self._slot_libraries(model) if slots is None else slots
 
         def theta(X: np.ndarray) -> dict[str, tuple[np.ndarray, list[str]]]:
             out = {}
@@ -160,7 +163,8 @@ class Distiller:
     def problems(self, model: HybridODE, samples: Samples) -> tuple[dict, dict]:
         """The regression problem and the library terms of every network target."""
         problems = {}
-        for target, (Theta, names) in self.theta(model)(samples.X).items():
+        slots = self._slot_libraries(model)
+        for target, (Theta, names) in self.theta(model, slots)(samples.X).items():
             if not np.all(np.isfinite(Theta)):
                 bad = [n for n, ok in zip(names, np.isfinite(Theta).all(0), strict=True) if not ok]
                 raise UdeError(
@@ -169,9 +173,7 @@ class Distiller:
                     fix="drop terms that divide by zero or take logs of non-positive states",
                 )
             problems[target] = Problem(Theta, samples.target(target), names)
-        terms = {
-            t: list(lib.terms_) for slot, lib in self._slot_libraries(model) for t in slot.targets
-        }
+        terms = {t: list(lib.terms_) for slot, lib in slots for t in slot.targets}
         return problems, terms
 
     def fit(self, model: HybridODE, measurements: Measurements) -> Distillation:
