@@ -55,3 +55,12 @@ def test_cpu_trainer_instantiates_and_gpu_ddp_name_their_accelerator(make_cfg):
     assert instantiate(cfg.trainer).max_epochs == cfg.trainer.max_epochs
     assert make_cfg("trainer=gpu").trainer.accelerator == "gpu"
     assert make_cfg("trainer=ddp").trainer.strategy == "ddp"
+
+
+def test_a_stiff_training_solver_is_kept_by_the_distillation_refits(make_cfg):
+    import ude.runs  # noqa: F401 - registers the config's resolvers, as train.py does
+
+    default = make_cfg().distill.distiller
+    assert (default.score_refit.method, default.refit.method) == ("rk4", "dopri5")
+    stiff = make_cfg("solver=rosenbrock23").distill.distiller
+    assert (stiff.score_refit.method, stiff.refit.method) == ("rosenbrock23", "rosenbrock23")

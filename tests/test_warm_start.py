@@ -38,3 +38,22 @@ def test_gradient_matching_learns_the_missing_term_without_solving():
     assert (rel_before > 0.9).all()  # the fresh network is almost silent
     assert (rel < 0.15).all(), rel
     np.testing.assert_allclose(model.initial.detach().numpy()[0], m.truth.initial[0], rtol=0.02)
+
+
+def test_a_warm_start_whose_trajectory_cannot_be_solved_is_discarded(monkeypatch):
+    import ude.train.module as module
+    from ude.fit import fit
+
+    def poisoned(model, *args, **kwargs):  # a warm start that leaves an unsolvable model
+        with torch.no_grad():
+            for p in model.networks.parameters():
+                p.fill_(float("nan"))
+        return 0.0
+
+    monkeypatch.setattr(module, "gradient_matching", poisoned)
+    m = simulate_measurements("lotka_volterra", noise=0.05, n_times=21)
+    result = fit("lotka_volterra", m, max_epochs=3, warm_start_steps=10)
+    assert result.metrics["warm_start_discarded"]  # the solver's reason
+    assert result.metrics["stop_reason"] is None and result.metrics["epochs"] == 3
+    assert np.isfinite(result.metrics["train_nmse"])
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())

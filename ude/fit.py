@@ -121,6 +121,8 @@ def run_training(
     metrics = evaluate(module, datamodule.measurements, getattr(datamodule, "split", None))
     metrics["epochs"] = int(trainer.current_epoch)
     metrics["stop_reason"] = module.stop_reason
+    if module.warm_start_discarded:
+        metrics["warm_start_discarded"] = module.warm_start_discarded
     metrics["timings"] = {"train_seconds": round(seconds, 3)}
     return metrics
 

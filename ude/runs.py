@@ -15,15 +15,20 @@ from contextlib import contextmanager
 import torch
 from hydra.errors import HydraException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ude.data.datamodule import ConditionsDataModule
 from ude.errors import UdeError
 from ude.fit import make_module
 from ude.model.hybrid import HybridODE
+from ude.model.solver import stiff_or
 from ude.spec.model_spec import load_spec
 from ude.train.module import UDEModule
+
+# conf/distill's refits use ${ude_stiff_or:${solver.method},rk4}: the training solver when it
+# is a stiff one, else the method named.
+OmegaConf.register_new_resolver("ude_stiff_or", stiff_or, replace=True)
 
 
 def build_run(cfg: DictConfig) -> tuple[ConditionsDataModule, HybridODE, UDEModule]:

@@ -301,8 +301,9 @@ class ESINDy(SINDy):
 
 class NeuralODE(Method):
     """A black-box neural ODE: one network for every state's whole right-hand side, trained by
-    :func:`ude.fit` exactly like the UDE (same epochs, warm start and solver); as many states
-    as the system has (the unobserved ones latent). Forecasts only."""
+    :func:`ude.fit` like the UDE (same epochs and warm start; dopri5, since a black box has
+    no known stiff rates); as many states as the system has (the unobserved ones latent).
+    Forecasts only."""
 
     name = "node"
 
@@ -364,7 +365,8 @@ class UDE(Method):
 
     The distiller is set for speed: ``max_candidates`` candidates (ranked by integral
     matching on the data) are refitted and scored by BIC, without the trajectory-level
-    pruning.
+    pruning. Training and refits use the system's solver (``problem.solver``: rosenbrock23
+    for the stiff ones); candidates are scored on the data's grid by rk4 (non-stiff systems).
 
     The 95 % forecast band is that of the twin's trajectory from the Laplace approximation at
     the final refit (:class:`ude.distill.uncertainty.LaplaceInterval`, ``interval_samples``
@@ -399,26 +401,35 @@ class UDE(Method):
     def fit(self, problem: Problem) -> MethodResult:
         from ude.distill import Distiller, TrajectorySelector, TwinRefit
         from ude.fit import fit
+        from ude.model.solver import Solver, stiff_or
 
         data = problem.measurements
         start = time.perf_counter()
         result = fit(
             problem.known,
             data,
+            solver=Solver(problem.solver),
             max_epochs=self.max_epochs,
             warm_start_steps=self.warm_start_steps,
             seed=problem.scenario.seed,
             lr=self.lr,
         )
         train_seconds = time.perf_counter() - start
-        dt = float(np.min(np.diff(data.times)))
         distiller = Distiller(
             library=make_library(problem.library),
             selector=TrajectorySelector(max_candidates=self.max_candidates, prune=self.prune),
-            score_refit=TwinRefit(max_iter=self.score_iter, tol=1e-7, method="rk4", step_size=dt),
-            refit=TwinRefit(max_iter=self.refit_iter, tol=1e-9),
+            score_refit=TwinRefit(
+                max_iter=self.score_iter, tol=1e-7, method=stiff_or(problem.solver, "rk4")
+            ),
+            refit=TwinRefit(max_iter=self.refit_iter, tol=1e-9, method=problem.solver),
         )
-        info: dict[str, Any] = {"train_seconds": round(train_seconds, 2)}
+        info: dict[str, Any] = {
+            "train_seconds": round(train_seconds, 2),
+            "train_nmse": result.metrics.get("train_nmse"),
+            "solver": problem.solver,
+        }
+        if result.metrics.get("stop_reason"):
+            info["stop_reason"] = result.metrics["stop_reason"]
         try:
             distilled = distiller.fit(result.model, data)
         except Exception as err:  # noqa: BLE001 - a failed distillation is a result, not a crash

@@ -80,7 +80,9 @@ class Problem:
     ``measurements``: the noisy data; ``known``: the prior knowledge (a spec with neural slots,
     possibly corrupted) for methods that use it; ``library``: the library name;
     ``forecast_initial (state,)`` and ``forecast_times (time,)``: the forecast task (all states of
-    the truth, in its order); ``truth``: the true spec; ``observed``: the measured states.
+    the truth, in its order); ``truth``: the true spec; ``observed``: the measured states;
+    ``solver``: the ODE method the system's modeller chose from the known rates (dopri5, or
+    rosenbrock23 for stiff systems).
     """
 
     scenario: Scenario
@@ -92,6 +94,7 @@ class Problem:
     forecast_initial: np.ndarray
     forecast_times: np.ndarray
     info: dict = field(default_factory=dict)
+    solver: str = "dopri5"
 
     def true_forecast(self) -> np.ndarray:
         """True states ``(time, state)`` of the forecast task."""
@@ -182,4 +185,5 @@ def build_problem(scenario: Scenario) -> Problem:
         forecast_initial=new,
         forecast_times=times,
         info={"corruption": note} if note else {},
+        solver=system.solver,
     )

@@ -8,9 +8,17 @@ import torch
 from torchdiffeq import odeint, odeint_adjoint
 
 from ude.errors import UdeError
+from ude.model.stiff import StiffSolverFailed, rosenbrock23
 
 ADAPTIVE = {"dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun"}
 FIXED = {"euler", "midpoint", "heun3", "rk4", "explicit_adams", "implicit_adams"}
+STIFF = {"rosenbrock23"}  # ude's own linearly implicit solvers (ude/model/stiff.py)
+
+
+def stiff_or(method: str, otherwise: str) -> str:
+    """``method`` when it is a stiff one, else ``otherwise``: refits of a stiff model keep the
+    stiff solver (an explicit one would crawl or blow up), others use the usual choice."""
+    return method if method in STIFF else otherwise
 
 
 class SolverFailed(RuntimeError):
@@ -21,7 +29,9 @@ class Solver:
     """Solves ``dy/dt = func(t, y)`` for a batch of initial states.
 
     Args:
-        method: a torchdiffeq method name (adaptive: dopri5, bosh3, ...; fixed: rk4, euler, ...).
+        method: a torchdiffeq method name (adaptive: dopri5, bosh3, ...; fixed: rk4, euler, ...)
+            or ``rosenbrock23``, an L-stable linearly implicit method for stiff kinetics (fast
+            and slow rates, Michaelis-Menten terms with a small K) where dopri5 crawls.
         rtol, atol: tolerances of adaptive methods.
         step_size: step of fixed-step methods, in time units (None: the output grid's spacing).
         adjoint: backpropagate by the adjoint method (memory O(1) in the number of steps).
@@ -37,11 +47,17 @@ class Solver:
         adjoint: bool = False,
         max_steps: int = 5_000,
     ):
-        if method not in ADAPTIVE | FIXED:
+        if method not in ADAPTIVE | FIXED | STIFF:
             raise UdeError(
                 f"unknown method '{method}'",
                 source="solver.method",
-                fix="one of " + ", ".join(sorted(ADAPTIVE | FIXED)),
+                fix="one of " + ", ".join(sorted(ADAPTIVE | FIXED | STIFF)),
+            )
+        if method in STIFF and adjoint:
+            raise UdeError(
+                f"method '{method}' does not support the adjoint method",
+                source="solver.adjoint",
+                fix="set solver.adjoint=false (backpropagation goes through the steps)",
             )
         for name, value in (("rtol", rtol), ("atol", atol)):
             if not isinstance(value, (int, float)) or not value > 0:
@@ -66,6 +82,11 @@ class Solver:
 
     def __call__(self, func: torch.nn.Module, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Solution ``(time, batch, state)`` at times ``t (time,)`` from ``y0 (batch, state)``."""
+        if self.method in STIFF:
+            try:
+                return rosenbrock23(func, y0, t, self.rtol, self.atol, self.max_steps)
+            except StiffSolverFailed as err:
+                raise SolverFailed(str(err)) from None
         solve = odeint_adjoint if self.adjoint else odeint
         try:
             return solve(

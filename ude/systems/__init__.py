@@ -3,7 +3,8 @@
 Each system is a YAML file beside this module with the ground-truth spec (``truth``), the prior
 knowledge a user would bring (``known``, a spec with neural slots), the true form of what the
 networks must learn (``missing``) and a default ``scenario`` (initial states, sampling, noise,
-observed species).
+observed species). ``solver`` names the ODE method a modeller would pick from the known rates
+(``rosenbrock23`` where fast and slow rates mix, e.g. Michaelis-Menten terms with a tiny K).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class System:
     known: ModelSpec
     missing: dict[str, sp.Expr]
     scenario: Scenario
+    solver: str = "dopri5"
 
 
 def system_names() -> list[str]:
@@ -88,4 +90,5 @@ def get_system(name: str) -> System:
         known=known,
         missing=missing,
         scenario=scenario,
+        solver=str(raw.get("solver", "dopri5")),
     )

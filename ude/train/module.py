@@ -74,6 +74,7 @@ class UDEModule(pl.LightningModule):
         self.observed_states = observed_states
         self.automatic_optimization = False
         self.stop_reason: str | None = None
+        self.warm_start_discarded: str | None = None
         self.first_mse: float | None = None
         self._last_good: list[torch.Tensor] | None = None
 
@@ -166,17 +167,36 @@ class UDEModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         if self.warm_start_steps and self.smoothed is not None and not self.warm_started:
-            loss = gradient_matching(
-                self.model,
-                self.smoothed,
-                self.warm_start_steps,
-                self.warm_start_lr,
-                self.weight_decay,
-            )
-            self.warm_started.fill_(True)
-            self.warm_start_loss = loss
+            self._warm_start()
         if len(self.segments) > 1 and not self.nodes_ready:
             self._place_nodes()
+
+    def _warm_start(self) -> None:
+        """Gradient matching, kept only when the model it gives solves over the data's window.
+
+        On fast kinetics (rates of 100 beside rates of 1) the smoothed derivatives' residuals
+        are noisy enough to teach a network a term that blows the trajectory up; trajectory
+        fitting could then not take a single step, so it starts from the untrained networks.
+        ``warm_start_discarded`` says why (None: kept).
+        """
+        before = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.warm_start_loss = gradient_matching(
+            self.model, self.smoothed, self.warm_start_steps, self.warm_start_lr, self.weight_decay
+        )
+        self.warm_started.fill_(True)
+        self.warm_start_discarded = self._solve_failure()
+        if self.warm_start_discarded:
+            self.model.load_state_dict(before)
+
+    @torch.no_grad()
+    def _solve_failure(self) -> str | None:
+        """Why the model's trajectories over the data's times cannot be solved, or None."""
+        conditions = torch.arange(self.model.initial.shape[0], device=self.times.device)
+        try:
+            states = self.model.simulate(self.times, conditions)
+        except SolverFailed as err:
+            return str(err)
+        return None if torch.isfinite(states).all() else "non-finite states"
 
     # -- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
