@@ -371,3 +371,31 @@ def test_integral_matching_of_a_latent_target_uses_the_trajectory():
     assert screen_score(problems, cand) == pytest.approx(
         problems["x"].criterion(np.flatnonzero(cand.coef["x"]))[1]
     )
+
+
+def test_a_neural_reaction_distils_into_one_rate_law_that_keeps_the_conservation():
+    """The enzyme's binding flux E*S - C learned by a neural reaction (E + S <-> C): the
+    flux is distilled once, and the twin applies it to S, E and C with shared constants."""
+    from ude.model.networks import FluxNetwork
+
+    m = simulate_measurements("enzyme", noise=0.005, seed=1)
+    system = get_system("enzyme")
+
+    def binding(z):  # inputs S, E, C, P
+        return (z[..., 1] * z[..., 0] - z[..., 2])[..., None]
+
+    stoichiometry = torch.tensor(system.known.neural[0].stoichiometry, dtype=torch.float64)
+    flux = FluxNetwork(KnownFunction(binding), stoichiometry)
+    model = _known_function_model(system.known, m, binding, m.truth.initial)
+    model.networks[0] = flux
+    distiller = Distiller(
+        library=[MassActionLibrary()], selector=TrajectorySelector(max_candidates=2, grow=False)
+    )
+    result = distiller.fit(model, m)
+    assert list(result.problems) == ["binding"]
+    found = result.twin.discovered
+    assert sp.simplify(found["S"] - found["E"]) == 0 and sp.simplify(found["S"] + found["C"]) == 0
+    constants = [name for name in result.twin.parameters if name.startswith("c_")]
+    assert constants and all(name.startswith("c_binding_") for name in constants), constants
+    cmp = compare_with_truth(result.twin, m.truth.spec, m.truth.missing)
+    assert cmp["exact"], cmp

@@ -31,7 +31,8 @@ class Distillation:
     ``twin``: the refitted symbolic ModelSpec (parameters fixed at their refitted values);
     ``terms[target]``: the library terms per target; ``chosen``: the selected candidate;
     ``path``: every scored candidate; ``inclusion``: bootstrap inclusion probabilities
-    ``{state: {term: p}}``; ``samples``: the network samples regressed on.
+    ``{target: {term: p}}``; ``samples``: the network samples regressed on; ``routes``: the
+    states each target changes (a neural reaction's flux: several, by their stoichiometry).
     """
 
     twin: ModelSpec
@@ -45,6 +46,7 @@ class Distillation:
     problems: dict[str, Problem]
     integral: dict[str, IntegralProblem]
     timings: dict[str, float] = field(default_factory=dict)
+    routes: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def path_rows(self) -> list[dict[str, Any]]:
         """One row per scored candidate: terms, trajectory NMSE, criterion, chosen."""
@@ -146,7 +148,9 @@ class Distiller:
         self, model: HybridODE, slots: list[tuple[Any, Library]] | None = None
     ) -> Callable[[np.ndarray], dict]:
         """``X (point, state + input) -> {target: (library matrix, term names)}`` (``slots``:
-        the fitted slot libraries, default fitted here)."""
+        the fitted slot libraries, default fitted here). A target is a network output: a
+        state's term, or a neural reaction's flux (distilled once, into a rate law that the
+        twin applies through the reaction's stoichiometry, so conserved totals stay so)."""
         names = [*model.spec.states, *model.spec.inputs]
         slots = self._slot_libraries(model) if slots is None else slots
 
@@ -154,7 +158,7 @@ class Distiller:
             out = {}
             for slot, lib in slots:
                 T = lib.transform(X[:, [names.index(n) for n in slot.inputs]])
-                for target in slot.targets:
+                for target in slot.outputs:
                     out[target] = (T, lib.get_feature_names())
             return out
 
@@ -173,7 +177,7 @@ class Distiller:
                     fix="drop terms that divide by zero or take logs of non-positive states",
                 )
             problems[target] = Problem(Theta, samples.target(target), names)
-        terms = {t: list(lib.terms_) for slot, lib in slots for t in slot.targets}
+        terms = {t: list(lib.terms_) for slot, lib in slots for t in slot.outputs}
         return problems, terms
 
     def fit(self, model: HybridODE, measurements: Measurements) -> Distillation:
@@ -273,4 +277,5 @@ class Distiller:
             problems=problems,
             integral=integral,
             timings={k: round(v, 3) for k, v in clock.items()},
+            routes=known.neural_routes(),
         )

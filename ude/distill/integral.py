@@ -100,6 +100,8 @@ def integral_problems(
     ``theta(X)`` maps network inputs ``X (point, state + input)`` to each target's library
     matrix and term names. The known terms are ``model``'s; on the data
     ``d_s(t) - ∫ known_s = a_c + Σ_j w_j ∫ θ_j`` (latent targets: ``x̂_s`` instead of ``d_s``).
+    A neural reaction's flux changes several states: their rows are stacked, each scaled by
+    the state's stoichiometric change and with an intercept per condition and state.
     """
     traj = trajectory if trajectory is not None else model
     times = measurements.times
@@ -119,32 +121,39 @@ def integral_problems(
         for i, o in enumerate(measurements.observables)
         if o in model.spec.states and o not in model.spec.observables
     }
+    routes = model.spec.neural_routes()
     out = {}
     for target, (Theta, names) in library.items():
-        s = model.spec.states.index(target)
         Theta = Theta.reshape(n_c, n_grid, -1)
+        cum_theta = cumulative_trapezoid(Theta, grid, axis=1, initial=0.0)
+        F = [np.stack([np.interp(times, grid, col) for col in cum.T], axis=1) for cum in cum_theta]
+        # a flux enters every state it changes: stack those states' rows, the measured ones
+        # when there are any (the others only echo the trajectory), each with its own intercept
+        changes = routes.get(target, {target: 1.0})
+        measured = [s for s in changes if s in identity]
         F_rows, y_rows, cond_rows = [], [], []
-        for c in range(n_c):
-            cum_theta = cumulative_trapezoid(Theta[c], grid, axis=0, initial=0.0)
-            cum_known = cumulative_trapezoid(known[c, :, s], grid, initial=0.0)
-            F_c = np.stack([np.interp(times, grid, col) for col in cum_theta.T], axis=1)
-            known_c = np.interp(times, grid, cum_known)
-            if target in identity:
-                data = measurements.values[c, :, :, identity[target]]  # (time, replicate)
-                t_idx, _ = np.nonzero(np.isfinite(data))
-                y_c = data[np.isfinite(data)] - known_c[t_idx]
-            else:
-                t_idx = np.arange(len(times))
-                y_c = at_data[c, :, s] - known_c
-            F_rows.append(F_c[t_idx])
-            y_rows.append(y_c)
-            cond_rows.append(np.full(len(t_idx), c))
+        for state in measured or list(changes):
+            s = model.spec.states.index(state)
+            for c in range(n_c):
+                known_c = np.interp(
+                    times, grid, cumulative_trapezoid(known[c, :, s], grid, initial=0.0)
+                )
+                if state in identity:
+                    data = measurements.values[c, :, :, identity[state]]  # (time, replicate)
+                    t_idx, _ = np.nonzero(np.isfinite(data))
+                    y_c = data[np.isfinite(data)] - known_c[t_idx]
+                else:
+                    t_idx = np.arange(len(times))
+                    y_c = at_data[c, :, s] - known_c
+                F_rows.append(changes[state] * F[c][t_idx])
+                y_rows.append(y_c)
+                cond_rows.append(np.full(len(t_idx), c * n_s + s))
         out[target] = IntegralProblem(
             F=np.concatenate(F_rows),
             y=np.concatenate(y_rows),
             condition=np.concatenate(cond_rows),
             terms=list(names),
-            from_data=target in identity,
+            from_data=bool(measured),
         )
     return out
 

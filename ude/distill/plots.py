@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 def plot_distilled_terms(result: Distillation, path: Path) -> Path:
     """Network output and distilled term along the fitted trajectories against time, one
-    panel per target state, one line pair per condition (at most 4)."""
+    panel per state a network changes, one line pair per condition (at most 4)."""
     from ude.distill.report import distilled_terms
 
     s = result.samples
@@ -27,7 +27,8 @@ def plot_distilled_terms(result: Distillation, path: Path) -> Path:
     on = s.on_trajectory
     ctx = np.array([p.value for p in twin.parameters.values()])
     found = distilled_terms(twin, s.X[on], s.names, ctx)
-    targets = list(result.problems)
+    routes = result.routes
+    targets = list(dict.fromkeys(s for t in result.problems for s in routes.get(t, {t: 1.0})))
     fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 3.2), squeeze=False)
     for j, t in enumerate(targets):
         ax = axes[0, j]

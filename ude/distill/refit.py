@@ -11,7 +11,7 @@ from ude.data.datamodule import ConditionDataset
 from ude.data.measurements import Measurements
 from ude.fit import make_module
 from ude.model.hybrid import HybridODE, build_hybrid
-from ude.model.solver import Solver, SolverFailed
+from ude.model.solver import FIXED, Solver, SolverFailed
 from ude.spec.model_spec import ModelSpec
 
 
@@ -37,6 +37,14 @@ def _batch(measurements: Measurements) -> dict[str, torch.Tensor]:
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
+@torch.no_grad()
+def _finite_loss(module, batch: dict[str, torch.Tensor]) -> bool:
+    try:
+        return bool(torch.isfinite(module.losses(batch)["loss"]))
+    except SolverFailed:
+        return False
+
+
 class TwinRefit:
     """Fits a symbolic twin (no neural slots) to the data through the ODE solver with L-BFGS
     on the Gaussian NLL of :class:`ude.train.module.UDEModule` (noise learned).
@@ -47,6 +55,9 @@ class TwinRefit:
         method, rtol, atol, step_size: the ODE solver (:class:`ude.model.Solver`); a fixed-step
             method with ``step_size=None`` steps on the data's time grid.
         learn_initial: refit the initial states too.
+        fallback: the adaptive method used instead of a fixed-step one whose solve already
+            fails at the start (a step too long for the candidate's fastest rate, e.g. rk4 on
+            the data's grid while a substrate is consumed fast); None: none.
     """
 
     def __init__(
@@ -58,6 +69,7 @@ class TwinRefit:
         atol: float = 1e-8,
         step_size: float | None = None,
         learn_initial: bool = True,
+        fallback: str | None = "dopri5",
     ):
         self.max_iter = max_iter
         self.tol = tol
@@ -66,6 +78,7 @@ class TwinRefit:
         self.atol = atol
         self.step_size = step_size
         self.learn_initial = learn_initial
+        self.fallback = fallback
 
     def _run(self, module, batch, params, lr: float, done: int) -> tuple[int, bool]:
         opt = torch.optim.LBFGS(
@@ -130,6 +143,8 @@ class TwinRefit:
                 model.log_noise.copy_(torch.log(torch.as_tensor(noise, dtype=dtype)))
         module = make_module(model, measurements, loss="nll")
         batch = _batch(measurements)
+        if self.fallback and self.method in FIXED and not _finite_loss(module, batch):
+            model.solver = Solver(self.fallback, self.rtol, self.atol, max_steps=5000)
         params = [p for p in module.parameters() if p.requires_grad]
         iterations = 0
         # L-BFGS's line search may step into a region where the solve blows up: start again

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,7 +19,8 @@ class Samples:
     Shapes: ``X (sample, state + input)`` with columns ``names`` (states then inputs);
     ``Y (sample, state)`` the summed network terms of each state (zero where none);
     ``condition (sample,)``; ``times (sample,)`` the time of the trajectory point (of its
-    jittered copies too); ``on_trajectory (sample,)`` False for jittered copies.
+    jittered copies too); ``on_trajectory (sample,)`` False for jittered copies; ``fluxes``
+    each neural reaction's learned flux ``(sample,)``.
     """
 
     X: np.ndarray
@@ -29,9 +30,13 @@ class Samples:
     condition: np.ndarray
     on_trajectory: np.ndarray
     times: np.ndarray
+    fluxes: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def target(self, state: str) -> np.ndarray:
-        return self.Y[:, self.states.index(state)]
+    def target(self, name: str) -> np.ndarray:
+        """The network output named ``name``: a neural reaction's flux, or a state's term."""
+        if name in self.fluxes:
+            return self.fluxes[name]
+        return self.Y[:, self.states.index(name)]
 
     def columns(self, names: list[str]) -> np.ndarray:
         return self.X[:, [self.names.index(n) for n in names]]
@@ -89,6 +94,7 @@ class TrajectorySampler:
             c = torch.tensor(cond, device=device)
             ctx = model.context(c)
             out = model.neural_terms(y, ctx).cpu().numpy()
+            fluxes = {r: f.cpu().numpy() for r, f in model.fluxes(y, ctx).items()}
             inputs = ctx[:, : len(model.spec.inputs)].cpu().numpy()
         X = np.concatenate([flat, inputs], axis=1)
         return Samples(
@@ -99,4 +105,5 @@ class TrajectorySampler:
             condition=cond,
             on_trajectory=on,
             times=when,
+            fluxes=fluxes,
         )

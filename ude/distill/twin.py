@@ -39,10 +39,13 @@ def twin_spec(
 
     With ``scales[t] (term,)`` a coefficient is written ``c * scale * term`` and the parameter
     ``c = coef / scale`` is of order one, which conditions the refit's optimiser.
+    A target that is a neural reaction's flux enters each state it changes times the change
+    (:meth:`ModelSpec.neural_routes`), with the same parameters.
     Returns the spec and a map parameter name -> (target, term index, scale).
     """
     taken = set(spec.symbols)
     params = dict(spec.parameters)
+    routes = spec.neural_routes()
     discovered: dict[str, sp.Expr] = {}
     owner: dict[str, tuple[str, int, float]] = {}
     for target, c in coef.items():
@@ -64,7 +67,9 @@ def twin_spec(
             owner[name] = (target, int(j), scale)
             factor = sp.Symbol(name) if scale == 1.0 else sp.Symbol(name) * sp.Float(scale)
             total = total + factor * term.expr.xreplace(subs)
-        discovered[target] = total
+        for state, change in routes.get(target, {target: 1.0}).items():
+            change = sp.Integer(int(change)) if float(change).is_integer() else sp.Float(change)
+            discovered[state] = discovered.get(state, sp.Integer(0)) + change * total
     return spec.with_discovered(discovered, params), owner
 
 

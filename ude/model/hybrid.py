@@ -128,6 +128,18 @@ class HybridODE(nn.Module):
             out[..., idx_out] = out[..., idx_out] + net(features[..., idx_in])
         return out
 
+    def fluxes(self, y: torch.Tensor, context: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The learned flux ``(batch,)`` of every neural reaction, by reaction name."""
+        out = {}
+        features = self._features(y, context)
+        for slot, net, idx_in in zip(
+            self.spec.neural, self.networks, self._slot_inputs, strict=True
+        ):
+            if isinstance(net, FluxNetwork):
+                values = net.fluxes(features[..., idx_in])
+                out.update({r: values[..., j] for j, r in enumerate(slot.reactions)})
+        return out
+
     def _features(self, y: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """What networks may see: states then inputs ``(batch, state + input)``."""
         return torch.cat([y, context[..., : len(self.spec.inputs)]], dim=-1)

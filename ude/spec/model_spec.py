@@ -118,8 +118,25 @@ class NeuralSlot:
     stoichiometry: tuple[tuple[float, ...], ...] | None = None
 
     @property
+    def outputs(self) -> tuple[str, ...]:
+        """What the network learns, by name: its reactions' fluxes, or its targets' terms."""
+        return self.reactions if self.stoichiometry is not None else self.targets
+
+    @property
     def n_outputs(self) -> int:
-        return len(self.reactions) if self.stoichiometry is not None else len(self.targets)
+        return len(self.outputs)
+
+    def routes(self) -> dict[str, dict[str, float]]:
+        """Where each output goes: ``{output: {state: factor}}``, a flux through its
+        stoichiometric changes, a state's own term onto that state with factor 1."""
+        if self.stoichiometry is None:
+            return {t: {t: 1.0} for t in self.targets}
+        return {
+            r: {
+                s: row[j] for s, row in zip(self.targets, self.stoichiometry, strict=True) if row[j]
+            }
+            for j, r in enumerate(self.reactions)
+        }
 
 
 @dataclass
@@ -158,6 +175,11 @@ class ModelSpec:
     @property
     def neural_targets(self) -> list[str]:
         return [t for slot in self.neural for t in slot.targets]
+
+    def neural_routes(self) -> dict[str, dict[str, float]]:
+        """Every network output (a state's term or a neural reaction's flux) and the states it
+        changes, with their factors (:meth:`NeuralSlot.routes`)."""
+        return {k: v for slot in self.neural for k, v in slot.routes().items()}
 
     def known_rhs(self) -> list[sp.Expr]:
         """Known part of the right-hand side, one expression per state: ``equations`` terms
