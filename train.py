@@ -92,6 +92,11 @@ def _summary(cfg: DictConfig, metrics: dict[str, Any], run_dir: Path) -> None:
         err = ", ".join(f"{k} {v:.1%}" for k, v in truth["missing_term_rel_rmse"].items())
         line += f"; network vs true missing term (relative RMSE): {err}"
     print(line)
+    if metrics.get("warm_start_discarded"):
+        print(
+            "ude: the warm start was discarded (its model could not be solved over the data: "
+            f"{metrics['warm_start_discarded']}); training started from the untrained networks"
+        )
     print(f"run directory: {run_dir}")
 
 
