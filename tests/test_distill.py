@@ -399,3 +399,19 @@ def test_a_neural_reaction_distils_into_one_rate_law_that_keeps_the_conservation
     assert constants and all(name.startswith("c_binding_") for name in constants), constants
     cmp = compare_with_truth(result.twin, m.truth.spec, m.truth.missing)
     assert cmp["exact"], cmp
+
+
+def test_equations_markdown_shows_the_known_reactions_fluxes():
+    from pathlib import Path
+
+    from ude.distill.twin import equations_markdown
+    from ude.spec import load_spec
+
+    known = load_spec(Path(__file__).parents[1] / "examples/enzyme_kinetics/enzyme_known.yaml")
+    C = sp.Symbol("C")
+    twin = known.with_discovered({"C": -0.9 * C, "E": 0.9 * C, "P": 0.9 * C})
+    text = equations_markdown(twin, known)
+    substrate = next(line for line in text.splitlines() if line.startswith(r"\frac{dS}{dt}"))
+    assert substrate.endswith("= 0.5 C - 0.5 E S"), substrate  # binding, a known reaction
+    product = next(line for line in text.splitlines() if line.startswith(r"\frac{dP}{dt}"))
+    assert r"\boxed{0.9 C}" in product, product

@@ -205,9 +205,10 @@ def equations_markdown(
         "Known terms plain, discovered terms boxed; numbers are the refitted values.",
         "",
     ]
-    for s in twin.states:
-        k = _substitute(twin.equations.get(s, sp.Integer(0)), twin, digits)
-        d = _substitute(twin.discovered.get(s, sp.Integer(0)), twin, digits)
+    for s, rhs_s in zip(twin.states, twin.known_rhs(), strict=True):
+        found = twin.discovered.get(s, sp.Integer(0))
+        k = _substitute(rhs_s - found, twin, digits)  # equations and known reactions' fluxes
+        d = _substitute(found, twin, digits)
         rhs = sp.latex(k) if k != 0 else ""
         if d != 0:
             rhs += (" + " if rhs else "") + r"\boxed{" + sp.latex(d) + "}"
