@@ -389,7 +389,8 @@ def test_a_neural_reaction_distils_into_one_rate_law_that_keeps_the_conservation
     model = _known_function_model(system.known, m, binding, m.truth.initial)
     model.networks[0] = flux
     distiller = Distiller(
-        library=[MassActionLibrary()], selector=TrajectorySelector(max_candidates=2, grow=False)
+        library=[MassActionLibrary()],
+        selector=TrajectorySelector(max_candidates=2, grow=False, prune=False, rescreen=False),
     )
     result = distiller.fit(model, m)
     assert list(result.problems) == ["binding"]

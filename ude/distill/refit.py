@@ -57,7 +57,9 @@ class TwinRefit:
         learn_initial: refit the initial states too.
         fallback: the adaptive method used instead of a fixed-step one whose solve already
             fails at the start (a step too long for the candidate's fastest rate, e.g. rk4 on
-            the data's grid while a substrate is consumed fast); None: none.
+            the data's grid while a substrate is consumed fast); None: none. The default is
+            the stiff solver: such a candidate's fast rates would make dopri5 crawl. It runs at
+            ``fallback_rtol``, about the accuracy of the fixed grid it replaces.
     """
 
     def __init__(
@@ -69,7 +71,8 @@ class TwinRefit:
         atol: float = 1e-8,
         step_size: float | None = None,
         learn_initial: bool = True,
-        fallback: str | None = "dopri5",
+        fallback: str | None = "rosenbrock23",
+        fallback_rtol: float = 1e-4,
     ):
         self.max_iter = max_iter
         self.tol = tol
@@ -79,6 +82,7 @@ class TwinRefit:
         self.step_size = step_size
         self.learn_initial = learn_initial
         self.fallback = fallback
+        self.fallback_rtol = fallback_rtol
 
     def _run(self, module, batch, params, lr: float, done: int) -> tuple[int, bool]:
         opt = torch.optim.LBFGS(
@@ -144,7 +148,7 @@ class TwinRefit:
         module = make_module(model, measurements, loss="nll")
         batch = _batch(measurements)
         if self.fallback and self.method in FIXED and not _finite_loss(module, batch):
-            model.solver = Solver(self.fallback, self.rtol, self.atol, max_steps=5000)
+            model.solver = Solver(self.fallback, self.fallback_rtol, self.atol, max_steps=5000)
         params = [p for p in module.parameters() if p.requires_grad]
         iterations = 0
         # L-BFGS's line search may step into a region where the solve blows up: start again
