@@ -373,7 +373,7 @@ def test_integral_matching_of_a_latent_target_uses_the_trajectory():
     )
 
 
-def test_a_neural_reaction_distils_into_one_rate_law_that_keeps_the_conservation():
+def test_a_neural_reaction_distils_into_one_rate_law_that_keeps_the_conservation(tmp_path):
     """The enzyme's binding flux E*S - C learned by a neural reaction (E + S <-> C): the
     flux is distilled once, and the twin applies it to S, E and C with shared constants."""
     from ude.model.networks import FluxNetwork
@@ -400,6 +400,9 @@ def test_a_neural_reaction_distils_into_one_rate_law_that_keeps_the_conservation
     assert constants and all(name.startswith("c_binding_") for name in constants), constants
     cmp = compare_with_truth(result.twin, m.truth.spec, m.truth.missing)
     assert cmp["exact"], cmp
+    from ude.distill.plots import plot_distilled_terms
+
+    assert plot_distilled_terms(result, tmp_path / "terms.png").is_file()  # a panel per state
 
 
 def test_equations_markdown_shows_the_known_reactions_fluxes():
