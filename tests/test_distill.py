@@ -419,3 +419,14 @@ def test_equations_markdown_shows_the_known_reactions_fluxes():
     assert substrate.endswith("= 0.5 C - 0.5 E S"), substrate  # binding, a known reaction
     product = next(line for line in text.splitlines() if line.startswith(r"\frac{dP}{dt}"))
     assert r"\boxed{0.9 C}" in product, product
+
+
+def test_a_model_with_as_many_parameters_as_data_points_scores_infinity():
+    """The Goodwin rational-library cell once chose a twin with ~100 constants for 90 data
+    points: BIC's n log(RSS/n) rewards interpolation, so such a model must not score."""
+    from ude.distill.selection import information_criterion
+
+    for kind in ("bic", "aicc"):
+        assert np.isfinite(information_criterion(0.1, n=90, k=10, kind=kind))
+        assert information_criterion(1e-12, n=90, k=89, kind=kind) == np.inf
+        assert information_criterion(1e-12, n=90, k=120, kind=kind) == np.inf

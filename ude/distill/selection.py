@@ -16,14 +16,15 @@ from ude.errors import UdeError
 
 def information_criterion(nmse: float, n: int, k: int, kind: str = "bic") -> float:
     """``n log(RSS/n) + penalty(k)`` for ``n`` data points and ``k`` discovered parameters;
-    ``kind``: ``bic`` (k log n) or ``aicc`` (2k + 2k(k+1)/(n-k-1))."""
-    if not math.isfinite(nmse) or nmse <= 0:
+    ``kind``: ``bic`` (k log n) or ``aicc`` (2k + 2k(k+1)/(n-k-1)). A model with ``k >= n - 1``
+    parameters can interpolate the data (its residual says nothing): ∞ for either."""
+    if not math.isfinite(nmse) or nmse <= 0 or k >= n - 1:
         return math.inf
     base = n * math.log(nmse)
     if kind == "bic":
         return base + k * math.log(n)
     if kind == "aicc":
-        return base + 2 * k + (2 * k * (k + 1) / (n - k - 1) if n - k - 1 > 0 else math.inf)
+        return base + 2 * k + 2 * k * (k + 1) / (n - k - 1)
     raise UdeError(
         f"unknown criterion '{kind}'", source="distill.selector.criterion", fix="bic or aicc"
     )
