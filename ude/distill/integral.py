@@ -129,7 +129,7 @@ def integral_problems(
         F = [np.stack([np.interp(times, grid, col) for col in cum.T], axis=1) for cum in cum_theta]
         # a flux enters every state it changes: stack those states' rows, the measured ones
         # when there are any (the others only echo the trajectory), each with its own intercept
-        changes = routes.get(target, {target: 1.0})
+        changes = routes[target]
         measured = [s for s in changes if s in identity]
         F_rows, y_rows, cond_rows = [], [], []
         for state in measured or list(changes):

@@ -28,9 +28,7 @@ def plot_distilled_terms(result: Distillation, path: Path) -> Path:
     ctx = np.array([p.value for p in twin.parameters.values()])
     found = distilled_terms(twin, s.X[on], s.names, ctx)
     routes = result.routes
-    targets = list(
-        dict.fromkeys(state for t in result.problems for state in routes.get(t, {t: 1.0}))
-    )
+    targets = list(dict.fromkeys(state for t in result.problems for state in routes[t]))
     fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 3.2), squeeze=False)
     for j, t in enumerate(targets):
         ax = axes[0, j]

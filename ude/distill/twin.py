@@ -67,7 +67,7 @@ def twin_spec(
             owner[name] = (target, int(j), scale)
             factor = sp.Symbol(name) if scale == 1.0 else sp.Symbol(name) * sp.Float(scale)
             total = total + factor * term.expr.xreplace(subs)
-        for state, change in routes.get(target, {target: 1.0}).items():
+        for state, change in routes[target].items():
             change = sp.Integer(int(change)) if float(change).is_integer() else sp.Float(change)
             discovered[state] = discovered.get(state, sp.Integer(0)) + change * total
     return spec.with_discovered(discovered, params), owner
