@@ -146,8 +146,12 @@ class ModelSpec:
     ``equations[s]`` is a known term of ds/dt; ``reactions`` add stoichiometry × flux (a
     neural reaction's flux is learned by the slot in ``neural`` that names it);
     ``discovered[s]`` is a symbolic term that replaces the neural term of ``s`` in a distilled
-    twin. ``initial`` holds optional initial values (from the spec file or SBML). Expressions
-    are sympy over the state, input and parameter names.
+    twin. ``initial`` holds optional initial values (from the spec file or SBML);
+    ``initial_assignments[s]`` an expression of parameters and inputs that gives the initial
+    value of ``s`` (SBML initial assignments, PEtab conditions), ``initial[s]`` its value at the
+    spec's parameter values. ``time`` names the time symbol when the right-hand side depends
+    on time (SBML models read for PEtab); a spec without it is autonomous. Expressions are sympy
+    over the state, input and parameter names.
     """
 
     states: list[str]
@@ -161,6 +165,8 @@ class ModelSpec:
     source: str | None = None
     reactions: list[Reaction] = field(default_factory=list)
     initial: dict[str, float] = field(default_factory=dict)
+    initial_assignments: dict[str, sp.Expr] = field(default_factory=dict)
+    time: str | None = None
 
     # -- views ---------------------------------------------------------------------------------
     @property
