@@ -61,6 +61,49 @@ def _first_output(out) -> Tensor:
     return torch.stack([o.reshape(-1) for o in out]) if isinstance(out, tuple) else out.reshape(1, -1)
 
 
+class ScipySolver:
+    """Forward solves with scipy's LSODA (stiff and non-stiff alike), one row at a time.
+
+    For evaluating a problem (``python -m ude.petab check``): accurate on stiff kinetics where
+    an explicit method crawls. It does not differentiate: use a torch :class:`Solver` for
+    gradients.
+    """
+
+    method = "lsoda"
+
+    def __init__(self, rtol: float = 1e-10, atol: float = 1e-12, method: str = "LSODA"):
+        self.rtol, self.atol, self.scipy_method = rtol, atol, method
+
+    def __call__(self, func, y0: Tensor, t: Tensor) -> Tensor:
+        from scipy.integrate import solve_ivp
+
+        times = t.detach().cpu().numpy()
+        out = []
+        with torch.no_grad():
+            for b in range(y0.shape[0]):
+
+                def f(tt: float, y: np.ndarray, b: int = b) -> np.ndarray:
+                    full = y0.detach().clone()
+                    full[b] = torch.from_numpy(y)
+                    return func(torch.tensor(tt, dtype=y0.dtype), full)[b].numpy()
+
+                sol = solve_ivp(
+                    f,
+                    (times[0], times[-1]),
+                    y0[b].detach().numpy(),
+                    method=self.scipy_method,
+                    t_eval=times,
+                    rtol=self.rtol,
+                    atol=self.atol,
+                )
+                if sol.status != 0:
+                    from ude.model.solver import SolverFailed
+
+                    raise SolverFailed(f"scipy {self.scipy_method}: {sol.message}")
+                out.append(torch.from_numpy(sol.y.T))
+        return torch.stack(out, dim=1).to(y0)
+
+
 @dataclass
 class _NetPlan:
     """How one network is fed and what its outputs set."""
@@ -425,7 +468,7 @@ class PetabModel(nn.Module):
                     else (t.grad if t.grad is not None else torch.zeros_like(t)).numpy()
                 )
                 nets.setdefault(net_id, {}).setdefault(layer, {})[name] = arr
-        return float(value), mech, nets
+        return float(value.detach()), mech, nets
 
 
 def use_arrays(p: PetabProblem) -> set[str]:

@@ -131,21 +131,21 @@ class _MathReader:
         if t in (libsbml.AST_POWER, libsbml.AST_FUNCTION_POWER) and len(kids) == 2:
             return sub(0) ** sub(1)
         if t == libsbml.AST_FUNCTION_EXP and len(kids) == 1:
-            return sp.exp(sub(0))
+            return _fold(sp.exp(sub(0)))
         if t == libsbml.AST_FUNCTION_LN and len(kids) == 1:
-            return sp.log(sub(0))
+            return _fold(sp.log(sub(0)))
         if t == libsbml.AST_FUNCTION_LOG:
             if len(kids) == 1:
-                return sp.log(sub(0), 10)
+                return _fold(sp.log(sub(0), 10))
             if len(kids) == 2:  # (logbase, argument)
-                return sp.log(sub(1), sub(0))
+                return _fold(sp.log(sub(1), sub(0)))
         if t == libsbml.AST_FUNCTION_ROOT:
             if len(kids) == 1:
                 return sp.sqrt(sub(0))
             if len(kids) == 2:  # (degree, argument)
                 return sub(1) ** (1 / sub(0))
         if t == libsbml.AST_FUNCTION_TANH and len(kids) == 1:
-            return sp.tanh(sub(0))
+            return _fold(sp.tanh(sub(0)))
         if t == libsbml.AST_FUNCTION:
             return self._call(node.getName(), [sub(i) for i in range(len(kids))], where, depth)
         label = node.getName() or _type_name(t)
@@ -166,6 +166,11 @@ class _MathReader:
             raise self.fail(where, f"inlines more than {_MAX_CALLS} function calls", hint=False)
         # The body sees its arguments (they shadow the model's ids) and other functions.
         return self._walk(body, f"{where} (in functionDefinition '{name}')", bound, depth + 1)
+
+
+def _fold(expr: sp.Expr) -> sp.Expr:
+    """A function of numbers (ln(2) in a rate law) as one float, so it compiles as a constant."""
+    return sp.Float(float(expr)) if expr.is_number and not expr.is_Number else expr
 
 
 def _replace(expr: sp.Basic, mapping: dict, memo: dict) -> sp.Basic:
@@ -430,7 +435,7 @@ class _ModelReader:
             formula = inline(math.read(ia.getMath(), where))
             if name in initial and not formula.is_number:
                 initial_assignments[name] = formula
-            expr = formula.xreplace(values)
+            expr = sp.sympify(formula.xreplace(values))
             if not expr.is_number:
                 raise self.fail(where, "does not evaluate to a number from the parameter values")
             value = float(expr)
