@@ -39,20 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     check.add_argument("--rtol", type=float, default=1e-10)
     check.add_argument("--atol", type=float, default=1e-12)
-    export = sub.add_parser(
-        "export", help="write a finished run's twin as a PEtab problem (see ude.petab.export)"
-    )
-    export.add_argument("run", help="the run directory")
-    export.add_argument("out", help="the folder to write the problem to")
     args = parser.parse_args(argv)
     with exit_2_on_user_errors():
-        if args.command == "check":
-            run_check(args)
-        else:
-            from ude.petab.export import export_run
-
-            path = export_run(args.run, args.out)
-            print(f"wrote {path}")
+        run_check(args)
 
 
 def run_check(args: argparse.Namespace) -> None:
