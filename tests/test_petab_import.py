@@ -81,11 +81,14 @@ def test_train_cli_on_a_petab_problem_writes_its_twin_as_petab(tmp_path: Path) -
     assert set(exported.estimated) >= {"k_phos", "sd_pSTAT5A_rel"}
 
 
-def _check(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ude.petab", "check", str(path)],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
-    )
+def _check(path: Path, capsys) -> tuple[int, str, str]:
+    """``python -m ude.petab check path`` in this process: (exit status, stdout, stderr)."""
+    from ude.petab.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["check", str(path)])
+    out = capsys.readouterr()
+    return exit_.value.code, out.out, out.err
 
 
 def _copy(tmp_path: Path, source: Path) -> Path:
@@ -131,23 +134,23 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_problem_errors_are_one_line_and_exit_2(tmp_path: Path, case: str) -> None:
+def test_problem_errors_are_one_line_and_exit_2(tmp_path: Path, case: str, capsys) -> None:
     root = _copy(tmp_path, MODELS)
     CASES[case][0](root)
-    proc = _check(root / "Boehm_JProteomeRes2014" / "Boehm_JProteomeRes2014.yaml")
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    code, out, err = _check(root / "Boehm_JProteomeRes2014" / "Boehm_JProteomeRes2014.yaml", capsys)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert CASES[case][1] in lines[0]
-    assert "llh" not in proc.stdout
+    assert "llh" not in out
 
 
-def test_malformed_hdf5_array_is_one_line_and_exit_2(tmp_path: Path) -> None:
+def test_malformed_hdf5_array_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
     root = _copy(tmp_path, SCIML / "001")
     _malformed_hdf5(root)
-    proc = _check(root / "petab" / "problem.yaml")
-    assert proc.returncode == 2
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    code, _, err = _check(root / "petab" / "problem.yaml", capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "parameters/net1/layer1/weight: malformed array" in lines[0]
 
 
@@ -166,9 +169,27 @@ def test_train_refuses_a_bad_problem_before_training(tmp_path: Path) -> None:
     assert not (run / "metrics.json").exists() and not (run / "checkpoints").exists()
 
 
-def test_check_help_exits_0() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "ude.petab", "check", "--help"], cwd=ROOT, env=ENV,
-        capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0 and "--simulations" in proc.stdout
+def test_check_help_exits_0(capsys) -> None:
+    from ude.petab.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["check", "--help"])
+    assert exit_.value.code == 0 and "--simulations" in capsys.readouterr().out
+
+
+def test_check_prints_llh_and_writes_simulations(tmp_path: Path, capsys) -> None:
+    from ude.petab.__main__ import main
+
+    case = SCIML / "033" / "petab" / "problem.yaml"  # priors: log_posterior too
+    main(["check", str(case), "--simulations", str(tmp_path / "s.tsv"),
+          "--gradient", str(tmp_path / "g.tsv")])
+    out = capsys.readouterr().out.split()
+    assert out[0] == "llh" and abs(float(out[1]) - 33.306381502948284) < 1e-3
+    assert out[2] == "log_posterior" and abs(float(out[3]) + 32.93800974538344) < 1e-3
+    import pandas as pd
+
+    sims = pd.read_csv(tmp_path / "s.tsv", sep="\t")
+    ref = pd.read_csv(SCIML / "033" / "simulations.tsv", sep="\t")
+    np.testing.assert_allclose(sims["simulation"], ref["simulation"], atol=1e-3)
+    grad = pd.read_csv(tmp_path / "g.tsv", sep="\t").set_index("parameterId")["value"]
+    assert abs(grad["alpha"] - 1328.829) < 0.1 and "net1.layer1.weight[0,0]" in grad.index
