@@ -30,7 +30,9 @@ def _h5_arrays(path: Path) -> dict[str, np.ndarray]:
     out = {}
     with h5py.File(path, "r") as f:
         f["parameters"].visititems(
-            lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
+            lambda name, obj: (
+                out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
+            )
         )
     return out
 
@@ -48,9 +50,9 @@ def test_sciml_case(case: str) -> None:
 
     with torch.no_grad():
         h, _, _ = model.observe()
-    sims = pd.concat(
-        pd.read_csv(root / f, sep="\t") for f in solution["simulation_files"]
-    )["simulation"].to_numpy()
+    sims = pd.concat(pd.read_csv(root / f, sep="\t") for f in solution["simulation_files"])[
+        "simulation"
+    ].to_numpy()
     np.testing.assert_allclose(h.numpy(), sims, rtol=0, atol=solution["tol_simulations"])
 
     tol = solution["tol_grad"]

@@ -70,10 +70,23 @@ def test_export_round_trip_keeps_the_likelihood(tmp_path: Path, path: Path) -> N
 
 def test_train_cli_on_a_petab_problem_writes_its_twin_as_petab(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "train.py", f"hydra.run.dir={tmp_path}/run", "data=petab",
-         f"data.problem={BOEHM}", "solver=rosenbrock23", "trainer.max_epochs=2",
-         "distill=none", "logger=none", "optim.warm_start_steps=0"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "train.py",
+            f"hydra.run.dir={tmp_path}/run",
+            "data=petab",
+            f"data.problem={BOEHM}",
+            "solver=rosenbrock23",
+            "trainer.max_epochs=2",
+            "distill=none",
+            "logger=none",
+            "optim.warm_start_steps=0",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     exported = load_problem(tmp_path / "run" / "petab" / "problem.yaml")
@@ -113,20 +126,24 @@ def _malformed_hdf5(root: Path) -> None:
 
 CASES = {
     "missing file": (
-        lambda r: (r / "Boehm_JProteomeRes2014" / "observables_Boehm_JProteomeRes2014.tsv").unlink(),
+        lambda r: (
+            r / "Boehm_JProteomeRes2014" / "observables_Boehm_JProteomeRes2014.tsv"
+        ).unlink(),
         "observables_Boehm_JProteomeRes2014.tsv: observable file not found",
     ),
     "unknown id": (
         lambda r: _edit(
             r / "Boehm_JProteomeRes2014" / "observables_Boehm_JProteomeRes2014.tsv",
-            "(100 * pApB", "(100 * pApX",
+            "(100 * pApB",
+            "(100 * pApX",
         ),
         "unknown name 'pApX'",
     ),
     "bad parameterScale": (
         lambda r: _edit(
             r / "Boehm_JProteomeRes2014" / "parameters_Boehm_JProteomeRes2014.tsv",
-            "log10", "ln",
+            "log10",
+            "ln",
         ),
         "column parameterScale: unknown parameterScale 'ln'",
     ),
@@ -159,9 +176,18 @@ def test_train_refuses_a_bad_problem_before_training(tmp_path: Path) -> None:
     CASES["bad parameterScale"][0](root)
     run = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "train.py", f"hydra.run.dir={run}", "data=petab",
-         f"data.problem={root / 'Boehm_JProteomeRes2014' / 'Boehm_JProteomeRes2014.yaml'}"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "train.py",
+            f"hydra.run.dir={run}",
+            "data=petab",
+            f"data.problem={root / 'Boehm_JProteomeRes2014' / 'Boehm_JProteomeRes2014.yaml'}",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 2
     assert "unknown parameterScale 'ln'" in proc.stderr.splitlines()[-1]
@@ -181,8 +207,16 @@ def test_check_prints_llh_and_writes_simulations(tmp_path: Path, capsys) -> None
     from ude.petab.__main__ import main
 
     case = SCIML / "033" / "petab" / "problem.yaml"  # priors: log_posterior too
-    main(["check", str(case), "--simulations", str(tmp_path / "s.tsv"),
-          "--gradient", str(tmp_path / "g.tsv")])
+    main(
+        [
+            "check",
+            str(case),
+            "--simulations",
+            str(tmp_path / "s.tsv"),
+            "--gradient",
+            str(tmp_path / "g.tsv"),
+        ]
+    )
     out = capsys.readouterr().out.split()
     assert out[0] == "llh" and abs(float(out[1]) - 33.306381502948284) < 1e-3
     assert out[2] == "log_posterior" and abs(float(out[3]) + 32.93800974538344) < 1e-3

@@ -68,9 +68,11 @@ def write_petab(
     values = {n: p.value for n, p in spec.parameters.items()}
     values.update(parameters or {})
     n_c = measurements.n_conditions
-    start = np.array(
-        [[spec.initial.get(s, 0.0) for s in spec.states]] * n_c
-    ) if initial is None else np.asarray(initial, dtype=float)
+    start = (
+        np.array([[spec.initial.get(s, 0.0) for s in spec.states]] * n_c)
+        if initial is None
+        else np.asarray(initial, dtype=float)
+    )
     # Initial states that differ between conditions are set by the conditions table; the
     # SBML holds the first condition's.
     write_sbml(
@@ -84,7 +86,10 @@ def write_petab(
     conditions = pd.DataFrame(
         {
             "conditionId": list(measurements.conditions),
-            **{u: np.asarray(measurements.inputs, dtype=float)[:, j] for j, u in enumerate(spec.inputs)},
+            **{
+                u: np.asarray(measurements.inputs, dtype=float)[:, j]
+                for j, u in enumerate(spec.inputs)
+            },
             **{spec.states[i]: start[:, i] for i in varying},
         }
     )
@@ -97,20 +102,32 @@ def write_petab(
                     y = measurements.values[c, t, r, o]
                     if np.isfinite(y):
                         rows.append((name, cond, float(y), float(time)))
-    table = pd.DataFrame(rows, columns=["observableId", "simulationConditionId", "measurement", "time"])
+    table = pd.DataFrame(
+        rows, columns=["observableId", "simulationConditionId", "measurement", "time"]
+    )
     noise_rows = []
     for o, name in enumerate(obs):
         formula = spec.observables.get(name, sp.Symbol(name))
         model = spec.noise.get(name)
         if model is not None:
-            sigma, trans, dist = format_expression(model.sigma), model.transformation, model.distribution
+            sigma, trans, dist = (
+                format_expression(model.sigma),
+                model.transformation,
+                model.distribution,
+            )
         else:
             level = 1.0 if noise is None else float(noise[o])
             sigma, trans, dist = repr(level), "lin", "normal"
         noise_rows.append((name, format_expression(formula), sigma, trans, dist))
     observables = pd.DataFrame(
         noise_rows,
-        columns=["observableId", "observableFormula", "noiseFormula", "observableTransformation", "noiseDistribution"],
+        columns=[
+            "observableId",
+            "observableFormula",
+            "noiseFormula",
+            "observableTransformation",
+            "noiseDistribution",
+        ],
     )
     params = []
     for name, p in spec.parameters.items():
@@ -120,7 +137,14 @@ def write_petab(
         params.append((name, p.scale, lo, hi, v, int(p.learn)))
     parameter_df = pd.DataFrame(
         params,
-        columns=["parameterId", "parameterScale", "lowerBound", "upperBound", "nominalValue", "estimate"],
+        columns=[
+            "parameterId",
+            "parameterScale",
+            "lowerBound",
+            "upperBound",
+            "nominalValue",
+            "estimate",
+        ],
     )
     petab.write_condition_df(conditions.set_index("conditionId"), out / "conditions.tsv")
     petab.write_measurement_df(table, out / "measurements.tsv")
@@ -198,9 +222,7 @@ def write_run_petab(model, measurements: Measurements, run_dir: str | Path) -> P
         spec = ModelSpec(
             states=twin.states,
             inputs=twin.inputs,
-            equations={
-                s: e for s, e in zip(twin.states, twin.known_rhs(), strict=True) if e != 0
-            },
+            equations={s: e for s, e in zip(twin.states, twin.known_rhs(), strict=True) if e != 0},
             observables=twin.observables,
             noise=noise,
             name=twin.name,

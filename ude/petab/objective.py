@@ -58,7 +58,9 @@ def _batched(net: nn.Module, args: list[Tensor]) -> Tensor:
 
 
 def _first_output(out) -> Tensor:
-    return torch.stack([o.reshape(-1) for o in out]) if isinstance(out, tuple) else out.reshape(1, -1)
+    return (
+        torch.stack([o.reshape(-1) for o in out]) if isinstance(out, tuple) else out.reshape(1, -1)
+    )
 
 
 class ScipySolver:
@@ -183,7 +185,9 @@ class PetabModel(nn.Module):
             is_dynamic = any(str(s) in dynamic for e in elems for s in e.free_symbols)
             outs = sorted(use.outputs, key=lambda k: use.outputs[k])
             feeds_model = any(
-                str(s) in outs for t, v in hybrid.items() if t not in net_inputs
+                str(s) in outs
+                for t, v in hybrid.items()
+                if t not in net_inputs
                 for s in v.free_symbols
             )
             if feeds_model and any(o in used_in_obs for o in outs):
@@ -199,8 +203,13 @@ class PetabModel(nn.Module):
         rhs_outputs = [o for pl in self.plans if pl.kind == "rhs" for o in pl.outputs]
         self._targets: dict[str, tuple[list[int], CompiledExpressions]] = {}
         for kind, outs in (("pre", pre_outputs), ("rhs", rhs_outputs)):
-            names = [t for t, v in hybrid.items() if t not in net_inputs and t in self.context
-                     and any(str(s) in outs for s in v.free_symbols)]
+            names = [
+                t
+                for t, v in hybrid.items()
+                if t not in net_inputs
+                and t in self.context
+                and any(str(s) in outs for s in v.free_symbols)
+            ]
             if names:
                 fn = CompiledExpressions([hybrid[t] for t in names], [*self.context, *outs])
                 self._targets[kind] = ([self.context.index(t) for t in names], fn)
@@ -243,8 +252,14 @@ class PetabModel(nn.Module):
             rows = np.where(m.observable == k)[0]
             if rows.size == 0:
                 continue
-            symbols = [*self.states, *self.context, TIME, *o.placeholders,
-                       *o.noise_placeholders, *obs_outputs]
+            symbols = [
+                *self.states,
+                *self.context,
+                TIME,
+                *o.placeholders,
+                *o.noise_placeholders,
+                *obs_outputs,
+            ]
             fn = CompiledExpressions([o.formula, o.noise.sigma], symbols)
             ph = torch.tensor([self._row_ph[r] + self._row_nph[r] for r in rows], dtype=torch.long)
             self._observables.append((oid, torch.tensor(rows), fn, ph.reshape(len(rows), -1), o))
@@ -267,9 +282,7 @@ class PetabModel(nn.Module):
         )
 
     def _plan(self, net_id: str, use: NetworkUse, kind: str, hybrid: dict) -> _NetPlan:
-        symbols = (
-            [*self.states, *self.context, TIME] if kind != "pre" else list(self.context)
-        )
+        symbols = [*self.states, *self.context, TIME] if kind != "pre" else list(self.context)
         elems, sizes, arrays = [], [], []
         p = self.problem
         for arg in use.inputs:
@@ -307,7 +320,7 @@ class PetabModel(nn.Module):
         """Nominal values, frozen layers and priors of network parameters: the most specific
         parameter-table group that covers a tensor decides."""
         self.net_priors: list[tuple[Tensor, tuple[str, tuple[float, ...]]]] = []
-        for net_id, use in p.networks.items():
+        for use in p.networks.values():
             for key, tensor in use.net.named_parameters():
                 _, layer, name = key.split(".", 2)
                 row: ProblemParameter | None = None
@@ -330,9 +343,7 @@ class PetabModel(nn.Module):
         ``theta``, on the linear scale)."""
         values = self.nominal
         if len(self.estimated):
-            x = torch.stack(
-                [from_scale(self.theta[i], s) for i, s in enumerate(self._scales)]
-            )
+            x = torch.stack([from_scale(self.theta[i], s) for i, s in enumerate(self._scales)])
             values = values.index_put((self._est_index,), x)
         return values
 
@@ -416,8 +427,11 @@ class PetabModel(nn.Module):
         llh = base.new_zeros(self._n_rows)
         for _oid, rows, fn, ph, o in self._observables:
             values = torch.cat(
-                [base[rows], overrides[ph] if ph.numel() else base.new_zeros(len(rows), 0),
-                 net_cols[rows]],
+                [
+                    base[rows],
+                    overrides[ph] if ph.numel() else base.new_zeros(len(rows), 0),
+                    net_cols[rows],
+                ],
                 dim=-1,
             )
             out = fn(values)
@@ -475,7 +489,9 @@ def use_arrays(p: PetabProblem) -> set[str]:
     return {k for use in p.networks.values() for k in use.arrays}
 
 
-def _log_prior(prior: tuple[str, tuple[float, ...]], x: Tensor, value: Tensor, scale: str) -> Tensor:
+def _log_prior(
+    prior: tuple[str, tuple[float, ...]], x: Tensor, value: Tensor, scale: str
+) -> Tensor:
     """Log density of a PEtab prior; ``x`` on the parameter scale, ``value`` linear."""
     kind, (a, b) = prior
     on_scale = kind.startswith("parameterScale")

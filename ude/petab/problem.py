@@ -268,7 +268,7 @@ class _Reader:
             entries = raw.get("model_files") or {}
             if not isinstance(entries, dict) or len(entries) != 1:
                 raise _fail(self.source, "model_files", "expected exactly one model")
-            (model_id, entry), = entries.items()
+            ((model_id, entry),) = entries.items()
             if str(entry.get("language", "sbml")).lower() != "sbml":
                 raise _fail(
                     self.source,
@@ -289,16 +289,25 @@ class _Reader:
         spec = read_sbml(models[0], time=TIME)
         self.spec = spec
         tables = {
-            "measurement": [_read_table(p, petab.get_measurement_df, "measurement")
-                            for p in self.files("measurement_files", part)],
-            "observable": [_read_table(p, petab.get_observable_df, "observable")
-                           for p in self.files("observable_files", part)],
-            "condition": [_read_table(p, petab.get_condition_df, "condition")
-                          for p in self.files("condition_files", part)],
-            "parameter": [_read_table(p, petab.get_parameter_df, "parameter")
-                          for p in parameter_files],
-            "mapping": [_read_table(p, petab.mapping.get_mapping_df, "mapping")
-                        for p in self.files("mapping_files", part)],
+            "measurement": [
+                _read_table(p, petab.get_measurement_df, "measurement")
+                for p in self.files("measurement_files", part)
+            ],
+            "observable": [
+                _read_table(p, petab.get_observable_df, "observable")
+                for p in self.files("observable_files", part)
+            ],
+            "condition": [
+                _read_table(p, petab.get_condition_df, "condition")
+                for p in self.files("condition_files", part)
+            ],
+            "parameter": [
+                _read_table(p, petab.get_parameter_df, "parameter") for p in parameter_files
+            ],
+            "mapping": [
+                _read_table(p, petab.mapping.get_mapping_df, "mapping")
+                for p in self.files("mapping_files", part)
+            ],
         }
         self.paths = {
             "measurement": self.files("measurement_files", part),
@@ -362,8 +371,8 @@ class _Reader:
     # -- tables --------------------------------------------------------------------------------
     def read_mapping(self, tables: list) -> dict[str, str]:
         out: dict[str, str] = {}
-        for table, path in zip(tables, self.paths["mapping"], strict=True):
-            for i, (pid, row) in enumerate(table.iterrows()):
+        for table in tables:
+            for pid, row in table.iterrows():
                 out[str(pid)] = str(row["modelEntityId"]).strip()
         return out
 
@@ -393,11 +402,27 @@ class _Reader:
                     nominal = math.nan  # estimated without a start: filled from the bounds
                 else:
                     nominal = _number(nominal_cell, src, f"{where}, column nominalValue")
-                lower = _number(row.get("lowerBound", -math.inf), src, f"{where}, column lowerBound", True) if _cell(row.get("lowerBound")) is not None else -math.inf
-                upper = _number(row.get("upperBound", math.inf), src, f"{where}, column upperBound", True) if _cell(row.get("upperBound")) is not None else math.inf
+                lower = (
+                    _number(
+                        row.get("lowerBound", -math.inf), src, f"{where}, column lowerBound", True
+                    )
+                    if _cell(row.get("lowerBound")) is not None
+                    else -math.inf
+                )
+                upper = (
+                    _number(
+                        row.get("upperBound", math.inf), src, f"{where}, column upperBound", True
+                    )
+                    if _cell(row.get("upperBound")) is not None
+                    else math.inf
+                )
                 if estimate and nominal is not None and lower > upper:
                     raise _fail(src, where, f"lowerBound {lower} is above upperBound {upper}")
-                if scale != "lin" and nominal is not None and not (nominal > 0 or math.isnan(nominal)):
+                if (
+                    scale != "lin"
+                    and nominal is not None
+                    and not (nominal > 0 or math.isnan(nominal))
+                ):
                     raise _fail(
                         src,
                         f"{where}, column nominalValue",
@@ -430,7 +455,9 @@ class _Reader:
         try:
             values = tuple(float(x) for x in str(text).split(";"))
         except ValueError:
-            raise _fail(src, f"{where}, column priorParameters", f"expected numbers, got {text!r}") from None
+            raise _fail(
+                src, f"{where}, column priorParameters", f"expected numbers, got {text!r}"
+            ) from None
         if len(values) != PRIORS[kind][0]:
             raise _fail(src, f"{where}, column priorParameters", f"a {kind} prior takes 2 numbers")
         return kind, values
@@ -448,20 +475,41 @@ class _Reader:
                 if isinstance(dist, str) and "-" in dist:  # v2: log-normal, log10-laplace, ...
                     trans, dist = dist.split("-", 1)
                 if dist not in ("normal", "laplace"):
-                    raise _fail(src, f"{where}, column noiseDistribution", f"'{dist}' is not supported", "normal or laplace")
+                    raise _fail(
+                        src,
+                        f"{where}, column noiseDistribution",
+                        f"'{dist}' is not supported",
+                        "normal or laplace",
+                    )
                 if trans not in SCALES:
-                    raise _fail(src, f"{where}, column observableTransformation", f"'{trans}' is not supported", "lin, log or log10")
-                obs_ph = self.placeholders(row, "observablePlaceholders", "observableParameter", oid)
+                    raise _fail(
+                        src,
+                        f"{where}, column observableTransformation",
+                        f"'{trans}' is not supported",
+                        "lin, log or log10",
+                    )
+                obs_ph = self.placeholders(
+                    row, "observablePlaceholders", "observableParameter", oid
+                )
                 noise_ph = self.placeholders(row, "noisePlaceholders", "noiseParameter", oid)
                 text = _cell(row.get("observableFormula"))
                 if text is None:
                     raise _fail(src, f"{where}, column observableFormula", "is empty")
-                formula = self.parse(text, base | set(obs_ph), src, f"{where}, column observableFormula")
+                formula = self.parse(
+                    text, base | set(obs_ph), src, f"{where}, column observableFormula"
+                )
                 noise_text = _cell(row.get("noiseFormula"))
                 if noise_text is None:
                     raise _fail(src, f"{where}, column noiseFormula", "is empty")
-                sigma = self.parse(noise_text, base | set(obs_ph) | set(noise_ph), src, f"{where}, column noiseFormula")
-                out[oid] = Observable(oid, formula, NoiseModel(sigma, trans, dist), obs_ph, noise_ph)
+                sigma = self.parse(
+                    noise_text,
+                    base | set(obs_ph) | set(noise_ph),
+                    src,
+                    f"{where}, column noiseFormula",
+                )
+                out[oid] = Observable(
+                    oid, formula, NoiseModel(sigma, trans, dist), obs_ph, noise_ph
+                )
         return out
 
     def placeholders(self, row, column: str, prefix: str, oid: str) -> tuple[str, ...]:
@@ -499,8 +547,12 @@ class _Reader:
                         continue
                     where = f"row {line} ({cid}), column {col}"
                     if col not in self.spec.states and col not in self.spec.parameters:
-                        raise _fail(src, where, f"'{col}' is not a parameter or species of the model",
-                                    "compartments and other targets are not supported")
+                        raise _fail(
+                            src,
+                            where,
+                            f"'{col}' is not a parameter or species of the model",
+                            "compartments and other targets are not supported",
+                        )
                     exp.changes[col] = self.value(cell, src, where)
                 out[cid] = exp
         return list(out.values())
@@ -527,12 +579,25 @@ class _Reader:
                 if math.isinf(t):
                     raise _fail(src, where, "pre-equilibration (time -inf) is not supported")
                 if eid in experiments:
-                    raise _fail(src, where, "experiments with several periods (changes during the experiment) are not supported")
+                    raise _fail(
+                        src,
+                        where,
+                        "experiments with several periods (changes during an experiment) "
+                        "are not supported",
+                    )
                 exp = Experiment(eid, t)
-                cids = [c.strip() for c in str(_cell(row.get("conditionId")) or "").split(";") if c.strip()]
+                cids = [
+                    c.strip()
+                    for c in str(_cell(row.get("conditionId")) or "").split(";")
+                    if c.strip()
+                ]
                 for cid in cids:
                     if cid not in conditions and cid not in self.known_array_conditions():
-                        raise _fail(src, f"{where}, column conditionId", f"condition '{cid}' is not in the conditions table")
+                        raise _fail(
+                            src,
+                            f"{where}, column conditionId",
+                            f"condition '{cid}' is not in the conditions table",
+                        )
                     exp.changes.update(conditions.get(cid, {}))
                 exp.conditions = cids
                 experiments[eid] = exp
@@ -541,7 +606,9 @@ class _Reader:
     def known_array_conditions(self) -> set[str]:
         return {c for conds in self.input_arrays.values() for c in conds}
 
-    def read_measurements(self, tables: list, experiments: list[Experiment], observables: dict[str, Observable]) -> Measurements:
+    def read_measurements(
+        self, tables: list, experiments: list[Experiment], observables: dict[str, Observable]
+    ) -> Measurements:
         import pandas as pd
 
         index = {e.id: i for i, e in enumerate(experiments)}
@@ -553,7 +620,11 @@ class _Reader:
             for line, row in enumerate(table.to_dict("records"), start=2):
                 where = f"row {line}"
                 if _cell(row.get("preequilibrationConditionId")) is not None:
-                    raise _fail(src, f"{where}, column preequilibrationConditionId", "pre-equilibration is not supported")
+                    raise _fail(
+                        src,
+                        f"{where}, column preequilibrationConditionId",
+                        "pre-equilibration is not supported",
+                    )
                 eid = _cell(row.get(exp_col))
                 if eid is None and self.version == 2 and len(experiments) == 0:
                     experiments.append(Experiment("", 0.0))
@@ -565,28 +636,65 @@ class _Reader:
                         experiments.append(Experiment(eid, 0.0, conditions=[eid]))
                         index[eid] = len(experiments) - 1
                         if self.paths["condition"]:
-                            raise _fail(src, f"{where}, column {exp_col}", f"condition '{eid}' is not in the conditions table")
+                            raise _fail(
+                                src,
+                                f"{where}, column {exp_col}",
+                                f"condition '{eid}' is not in the conditions table",
+                            )
                     else:
-                        raise _fail(src, f"{where}, column {exp_col}", f"experiment '{eid}' is not in the experiments table")
+                        raise _fail(
+                            src,
+                            f"{where}, column {exp_col}",
+                            f"experiment '{eid}' is not in the experiments table",
+                        )
                 oid = str(_cell(row.get("observableId")) or "")
                 if oid not in observables:
-                    raise _fail(src, f"{where}, column observableId", f"observable '{oid}' is not in the observables table")
+                    raise _fail(
+                        src,
+                        f"{where}, column observableId",
+                        f"observable '{oid}' is not in the observables table",
+                    )
                 t = _number(row.get("time"), src, f"{where}, column time", allow_inf=True)
                 if math.isinf(t):
-                    raise _fail(src, f"{where}, column time", "steady-state measurements (time inf) are not supported")
+                    raise _fail(
+                        src,
+                        f"{where}, column time",
+                        "steady-state measurements (time inf) are not supported",
+                    )
                 if t < experiments[index[eid]].t0:
-                    raise _fail(src, f"{where}, column time", f"time {t} is before the experiment starts")
+                    raise _fail(
+                        src, f"{where}, column time", f"time {t} is before the experiment starts"
+                    )
                 y = _number(row.get("measurement"), src, f"{where}, column measurement")
                 obs = observables[oid]
-                ops.append(self.overrides(row.get("observableParameters"), obs.placeholders, src, f"{where}, column observableParameters"))
-                nps.append(self.overrides(row.get("noiseParameters"), obs.noise_placeholders, src, f"{where}, column noiseParameters"))
+                ops.append(
+                    self.overrides(
+                        row.get("observableParameters"),
+                        obs.placeholders,
+                        src,
+                        f"{where}, column observableParameters",
+                    )
+                )
+                nps.append(
+                    self.overrides(
+                        row.get("noiseParameters"),
+                        obs.noise_placeholders,
+                        src,
+                        f"{where}, column noiseParameters",
+                    )
+                )
                 rows_e.append(index[eid])
                 rows_o.append(obs_index[oid])
                 rows_t.append(t)
                 rows_y.append(y)
         starts = {e.t0 for e in experiments}
         if len(starts) > 1:
-            raise _fail(self.source, "experiments", "experiments start at different times", "start them all at one time")
+            raise _fail(
+                self.source,
+                "experiments",
+                "experiments start at different times",
+                "start them all at one time",
+            )
         return Measurements(
             experiment=np.array(rows_e, dtype=int),
             observable=np.array(rows_o, dtype=int),
@@ -597,11 +705,24 @@ class _Reader:
             table=pd.concat(tables, ignore_index=True),
         )
 
-    def overrides(self, cell: Any, names: tuple[str, ...], src: str, where: str) -> tuple[sp.Expr, ...]:
+    def overrides(
+        self, cell: Any, names: tuple[str, ...], src: str, where: str
+    ) -> tuple[sp.Expr, ...]:
         v = _cell(cell)
-        parts = [] if v is None else [s.strip() for s in str(v).split(";")] if isinstance(v, str) else [v]
+        parts = (
+            []
+            if v is None
+            else [s.strip() for s in str(v).split(";")]
+            if isinstance(v, str)
+            else [v]
+        )
         if len(parts) != len(names):
-            raise _fail(src, where, f"gives {len(parts)} values, the observable has {len(names)} placeholders ({', '.join(names) or 'none'})")
+            raise _fail(
+                src,
+                where,
+                f"gives {len(parts)} values, the observable has {len(names)} placeholders "
+                f"({', '.join(names) or 'none'})",
+            )
         return tuple(self.value(p, src, where) for p in parts)
 
     # -- SciML ---------------------------------------------------------------------------------
@@ -620,7 +741,9 @@ class _Reader:
         for net_id, entry in (sciml.get("neural_networks") or {}).items():
             where = f"extensions.sciml.neural_networks.{net_id}"
             if str(entry.get("format", "YAML")).upper() != "YAML":
-                raise _fail(src, where, f"network format '{entry.get('format')}' is not supported", "YAML")
+                raise _fail(
+                    src, where, f"network format '{entry.get('format')}' is not supported", "YAML"
+                )
             net = read_network(self.file(entry.get("location"), where), net_id)
             nets[net_id] = NetworkUse(net, [[] for _ in range(net.n_inputs)], {}, [])
         for pid, entity in self.mapping.items():
@@ -629,13 +752,21 @@ class _Reader:
             net_id = (m or q).group(1) if (m or q) else None
             if net_id is None or net_id not in nets:
                 if net_id is not None or "." in entity:
-                    raise _fail(str(self.paths["mapping"][0]), f"'{pid}'", f"'{entity}' names no network of the problem")
+                    raise _fail(
+                        str(self.paths["mapping"][0]),
+                        f"'{pid}'",
+                        f"'{entity}' names no network of the problem",
+                    )
                 continue
             use = nets[net_id]
             if m and m.group(2) == "inputs":
                 arg = int(m.group(3))
                 if arg >= len(use.inputs):
-                    raise _fail(str(self.paths["mapping"][0]), f"'{pid}'", f"network '{net_id}' has {len(use.inputs)} input arguments")
+                    raise _fail(
+                        str(self.paths["mapping"][0]),
+                        f"'{pid}'",
+                        f"network '{net_id}' has {len(use.inputs)} input arguments",
+                    )
                 elem = int(m.group(4)) if m.group(4) is not None else 0
                 slots = use.inputs[arg]
                 slots.extend([""] * (elem + 1 - len(slots)))
@@ -645,7 +776,11 @@ class _Reader:
             else:
                 layer, name = q.group(2), q.group(3)
                 if layer is not None and layer not in use.net.layers:
-                    raise _fail(str(self.paths["mapping"][0]), f"'{pid}'", f"network '{net_id}' has no layer '{layer}'")
+                    raise _fail(
+                        str(self.paths["mapping"][0]),
+                        f"'{pid}'",
+                        f"network '{net_id}' has no layer '{layer}'",
+                    )
                 use.parameter_groups.append((pid, layer, name))
         for net_id, use in nets.items():
             use.parameter_groups.sort(key=lambda g: (g[1] is not None, g[2] is not None))
@@ -655,10 +790,16 @@ class _Reader:
                 load_parameters(use.net, params[net_id], self.source)
             for arg, slots in enumerate(use.inputs):
                 if not slots or "" in slots:
-                    raise _fail(self.source, f"network '{net_id}'", f"input argument {arg} is not fully mapped in the mapping table")
+                    raise _fail(
+                        self.source,
+                        f"network '{net_id}'",
+                        f"input argument {arg} is not fully mapped in the mapping table",
+                    )
         hybrid: dict[str, sp.Expr] = {}
         array_ids = set()
-        names = self.model_ids() | set(self.parameters) | {o for u in nets.values() for o in u.outputs}
+        names = (
+            self.model_ids() | set(self.parameters) | {o for u in nets.values() for o in u.outputs}
+        )
         for path in self.files("hybridization_files", sciml):
             table = _read_table(path, _plain_table, "hybridization")
             for line, row in enumerate(table.to_dict("records"), start=2):
@@ -674,6 +815,10 @@ class _Reader:
                 if len(arg) == 1 and arg[0] in array_ids:
                     key = arg[0]
                     if key not in inputs:
-                        raise _fail(self.source, f"network '{net_id}'", f"input '{key}' is given as an array but no array file holds inputs/{key}")
+                        raise _fail(
+                            self.source,
+                            f"network '{net_id}'",
+                            f"input '{key}' is an array but no array file holds inputs/{key}",
+                        )
                     use.arrays[key] = inputs[key]
         return nets, inputs, hybrid

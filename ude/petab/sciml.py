@@ -161,7 +161,9 @@ def read_network(path: str | Path, net_id: str) -> Network:
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:
-        raise _fail(source, "top level", f"not valid YAML: {getattr(err, 'problem', err)}") from None
+        raise _fail(
+            source, "top level", f"not valid YAML: {getattr(err, 'problem', err)}"
+        ) from None
     if not isinstance(raw, dict) or not isinstance(raw.get("layers"), list):
         raise _fail(source, "top level", "expected a mapping with 'layers' and 'forward'")
     if not isinstance(raw.get("forward"), list) or not raw["forward"]:

@@ -114,12 +114,16 @@ def petab_spec(problem: str | Path | PetabProblem, neural: Iterable[str] = ()) -
         if s not in base.states and s not in {r.name for r in base.reactions}:
             raise UdeError(f"'{s}' is not a species or reaction of the model", source=p.source)
     reactions = [
-        r if r.name not in marked else Reaction(r.name, r.reactants, r.products, None, None, r.reversible)
+        r
+        if r.name not in marked
+        else Reaction(r.name, r.reactants, r.products, None, None, r.reversible)
         for r in base.reactions
     ]
-    neural = [NeuralSlot("net", tuple(s for s in states if s in marked), tuple(states))] if any(
-        s in marked for s in states
-    ) else []
+    neural = (
+        [NeuralSlot("net", tuple(s for s in states if s in marked), tuple(states))]
+        if any(s in marked for s in states)
+        else []
+    )
     from ude.spec.model_spec import reaction_slot
 
     slot = reaction_slot(reactions, states, varying, {n.name for n in neural})
@@ -212,8 +216,10 @@ def petab_measurements(
         seen[(e, t, o)] = r + 1
         values[e, t, r, obs_col[names[o]]] = y
     inputs = np.array(
-        [[_number(e.changes.get(u, sp.Float(spec_value(p, u)))) for u in spec.inputs]
-         for e in p.experiments]
+        [
+            [_number(e.changes.get(u, sp.Float(spec_value(p, u)))) for u in spec.inputs]
+            for e in p.experiments
+        ]
     ).reshape(n_e, len(spec.inputs))
     estimated = {q for q in p.estimated}
     initial: dict[str, np.ndarray] = {}

@@ -505,14 +505,18 @@ class _SpecReader:
             if key not in observed:
                 raise self.fail(where, f"'{key}' is not a state or observable")
             if not isinstance(entry, dict) or "sigma" not in entry:
-                raise self.fail(where, "expected {sigma: expression[, transformation, distribution]}")
+                raise self.fail(
+                    where, "expected {sigma: expression[, transformation, distribution]}"
+                )
             extra = set(entry) - {"sigma", "transformation", "distribution"}
             if extra:
                 raise self.fail(f"{where}.{sorted(extra)[0]}", "unknown key")
             trans = entry.get("transformation", "lin")
             dist = entry.get("distribution", "normal")
             if trans not in TRANSFORMATIONS:
-                raise self.fail(f"{where}.transformation", f"'{trans}'", " or ".join(TRANSFORMATIONS))
+                raise self.fail(
+                    f"{where}.transformation", f"'{trans}'", " or ".join(TRANSFORMATIONS)
+                )
             if dist not in DISTRIBUTIONS:
                 raise self.fail(f"{where}.distribution", f"'{dist}'", " or ".join(DISTRIBUTIONS))
             sigma = parse_expression(

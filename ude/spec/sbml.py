@@ -492,7 +492,9 @@ class _ModelReader:
             reactions=reactions,
             initial=initial,
             initial_assignments=initial_assignments,
-            time=self.time if self.time is not None and self.uses_time(equations, reactions) else None,
+            time=self.time
+            if self.time is not None and self.uses_time(equations, reactions)
+            else None,
         )
 
     def uses_time(self, equations: dict[str, sp.Expr], reactions: list[Reaction]) -> bool:
