@@ -572,12 +572,18 @@ class _SpecReader:
             where = f"parameters.{name}"
             self.check_name(name, where)
             if isinstance(entry, dict):
-                extra = set(entry) - {"value", "learn", "min", "max", "per_condition", "prior"}
+                keys = {"value", "learn", "min", "max", "per_condition", "prior", "scale"}
+                extra = set(entry) - keys
                 if extra:
                     raise self.fail(
                         f"{where}.{sorted(extra)[0]}",
                         "unknown key",
-                        "allowed: value, learn, min, max, per_condition, prior",
+                        "allowed: " + ", ".join(sorted(keys)),
+                    )
+                scale = entry.get("scale", "lin")
+                if scale not in ("lin", "log", "log10"):
+                    raise self.fail(
+                        f"{where}.scale", f"unknown scale {scale!r}", "lin, log or log10"
                     )
                 if "value" not in entry:
                     raise self.fail(where, "missing 'value'")
@@ -594,6 +600,7 @@ class _SpecReader:
                         entry.get("per_condition", False), f"{where}.per_condition"
                     ),
                     prior=self.prior(entry.get("prior"), f"{where}.prior"),
+                    scale=scale,
                 )
                 if param.prior is not None and not param.learn:
                     raise self.fail(
