@@ -26,7 +26,7 @@ from ude.config_check import check_config
 from ude.errors import UdeError
 from ude.fit import run_training
 from ude.plots import plot_fit, plot_missing_terms
-from ude.runs import build_run, exit_2_on_user_errors, run_cli
+from ude.runs import build_run, exit_2_on_user_errors, petab_spec_source, run_cli
 
 
 def _run_dir(ckpt_path: str | None, default: str) -> str:
@@ -73,6 +73,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
             metrics["distill"] = run_distill(cfg.distill, model, measurements, run_dir)
             print(summary(metrics["distill"]))
+    if trainer.is_global_zero and "solve_failed" not in metrics:
+        from ude.petab.export import write_run_petab
+
+        petab_yaml = write_run_petab(model, measurements, run_dir)
+        if petab_yaml is not None:
+            metrics["petab"] = str(petab_yaml)
     if trainer.is_global_zero:
         metrics["run_dir"] = str(run_dir)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -83,7 +89,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def _summary(cfg: DictConfig, metrics: dict[str, Any], run_dir: Path) -> None:
     first, last = metrics.get("train_mse_first"), metrics["train_nmse"]
     line = (
-        f"ude: {cfg.model.spec} trained for {metrics['epochs']} epochs in "
+        f"ude: {petab_spec_source(cfg)} trained for {metrics['epochs']} epochs in "
         f"{metrics['timings']['train_seconds']:.1f} s; normalised trajectory MSE "
     )
     line += f"{first:.3g} -> {last:.3g}" if first else f"{last:.3g}"

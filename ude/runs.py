@@ -37,11 +37,16 @@ def build_run(cfg: DictConfig) -> tuple[ConditionsDataModule, HybridODE, UDEModu
     The spec is loaded first, so a bad spec file is reported before anything else; tensors are
     float64 when the trainer runs in 64-bit precision.
     """
-    spec = load_spec(cfg.model.spec)
+    spec_source = petab_spec_source(cfg)
+    spec = load_spec(spec_source)
     double = str(cfg.trainer.get("precision", "32")).startswith("64")
     torch.set_default_dtype(torch.float64 if double else torch.float32)
     try:
-        datamodule = instantiate(cfg.data)
+        datamodule = (
+            instantiate(cfg.data, _partial_=True)(spec=spec)
+            if "problem" in cfg.data
+            else instantiate(cfg.data)
+        )
         measurements = datamodule.measurements
         # Objects go in through a partial: Hydra would turn them into config nodes.
         model = instantiate(cfg.model, _partial_=True)(
@@ -50,6 +55,16 @@ def build_run(cfg: DictConfig) -> tuple[ConditionsDataModule, HybridODE, UDEModu
     finally:
         torch.set_default_dtype(torch.float32)
     return datamodule, model, make_module(model, measurements, **cfg.optim)
+
+
+def petab_spec_source(cfg: DictConfig) -> str:
+    """The spec of a run: ``model.spec``, except that with ``data=petab`` a zoo system name
+    (the default) gives way to the PEtab problem itself."""
+    source = str(cfg.model.spec)
+    problem = cfg.data.get("problem") if "problem" in cfg.data else None
+    if problem and not source.lower().endswith((".yaml", ".yml", ".xml", ".sbml")):
+        return str(problem)
+    return source
 
 
 def one_line(err: BaseException) -> str:

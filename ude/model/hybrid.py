@@ -14,6 +14,7 @@ from ude.model.parameters import SpecParameters
 from ude.model.solver import Solver
 from ude.spec.compile import CompiledExpressions
 from ude.spec.model_spec import ModelSpec, load_spec
+from ude.spec.observation import DISTRIBUTIONS, TRANSFORMATIONS, log_density
 
 
 class HybridODE(nn.Module):
@@ -90,6 +91,22 @@ class HybridODE(nn.Module):
         self.observe_fn = CompiledExpressions(
             [_observable_expr(spec, o) for o in observables], spec.symbols
         )
+        # Observables with a noise model of the spec (PEtab's): its sigma, transformation and
+        # distribution; the others get the learned Gaussian noise.
+        models = [spec.noise.get(o) for o in observables]
+        self.has_noise_models = any(m is not None for m in models)
+        if self.has_noise_models:
+            self.sigma_fn = CompiledExpressions(
+                [m.sigma if m is not None else sp.Integer(1) for m in models], spec.symbols
+            )
+            self.register_buffer("_noise_given", torch.tensor([m is not None for m in models]))
+            codes = [
+                (TRANSFORMATIONS.index(m.transformation), DISTRIBUTIONS.index(m.distribution))
+                if m is not None
+                else (0, 0)
+                for m in models
+            ]
+            self.register_buffer("_noise_codes", torch.tensor(codes, dtype=torch.long))
         self.register_buffer("inputs", inputs)
         self.register_buffer("state_scale", state_scale)
         self.register_buffer("deriv_scale", deriv_scale)
@@ -170,6 +187,30 @@ class HybridODE(nn.Module):
         """Observables ``(batch, time, observable)`` from states ``(batch, time, state)``."""
         ctx = self.context(condition)[:, None, :].expand(*states.shape[:2], -1)
         return self.observe_fn(torch.cat([states, ctx], dim=-1))
+
+    def noise_nll(
+        self,
+        states: torch.Tensor,
+        pred: torch.Tensor,
+        condition: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor,
+        sigma: torch.Tensor,
+    ) -> torch.Tensor:
+        """Mean negative log-likelihood over measured entries under the spec's noise models.
+
+        ``states (batch, time, state)``, ``pred (batch, time, observable)``; ``values``,
+        ``mask`` ``(batch, time, replicate, observable)``; ``sigma`` (broadcastable to
+        ``values``) for the observables without a noise model of their own.
+        """
+        ctx = self.context(condition)[:, None, :].expand(*states.shape[:2], -1)
+        spec_sigma = self.sigma_fn(torch.cat([states, ctx], dim=-1))[:, :, None, :]
+        sig = torch.where(self._noise_given, spec_sigma, sigma)
+        y = torch.where(mask, values, torch.ones_like(values))  # log scales: no log(0) off-mask
+        h = pred[:, :, None, :].expand_as(values)
+        h = torch.where(mask, h, torch.ones_like(h))
+        ll = log_density(y, h, sig, self._noise_codes[:, 0], self._noise_codes[:, 1])
+        return -(ll * mask).sum() / mask.sum().clamp(min=1)
 
     @property
     def noise(self) -> torch.Tensor:

@@ -19,6 +19,7 @@ import yaml
 
 from ude.errors import UdeError
 from ude.spec.expressions import FUNCTIONS, format_expression, parse_expression
+from ude.spec.observation import DISTRIBUTIONS, TRANSFORMATIONS, NoiseModel
 from ude.spec.reactions import (
     Reaction,
     conservation_laws,
@@ -42,6 +43,8 @@ _TOP_KEYS = {
     "initial",
     "sbml",
     "neural_reactions",
+    "noise",
+    "petab",
 }
 # With 'sbml', the states, reactions and equations come from the SBML file.
 _SBML_KEYS = {
@@ -53,6 +56,8 @@ _SBML_KEYS = {
     "neural_reactions",
     "observables",
     "initial",
+    "noise",
+    "petab",
 }
 _PRIOR_KEYS = {"normal": ("mean", "sd"), "lognormal": ("median", "sigma")}
 
@@ -77,7 +82,11 @@ class Prior:
 
 @dataclass(frozen=True)
 class Parameter:
-    """A parameter: ``value`` (initial value when learned), bounds ``[min, max]`` (None: open)."""
+    """A parameter: ``value`` (initial value when learned), bounds ``[min, max]`` (None: open).
+
+    ``scale`` (``lin``, ``log``, ``log10``) is the scale it is estimated and reported on
+    (PEtab's parameterScale); it does not change the model.
+    """
 
     value: float
     learn: bool = False
@@ -85,9 +94,12 @@ class Parameter:
     max: float | None = None
     per_condition: bool = False
     prior: Prior | None = None
+    scale: str = "lin"
 
     def to_yaml(self) -> float | dict[str, Any]:
-        plain = not self.learn and not self.per_condition and self.prior is None
+        plain = (
+            not self.learn and not self.per_condition and self.prior is None and self.scale == "lin"
+        )
         if plain and self.min is None and self.max is None:
             return self.value
         out: dict[str, Any] = {"value": self.value, "learn": self.learn}
@@ -99,6 +111,8 @@ class Parameter:
             out["per_condition"] = True
         if self.prior is not None:
             out["prior"] = self.prior.to_yaml()
+        if self.scale != "lin":
+            out["scale"] = self.scale
         return out
 
 
@@ -146,8 +160,14 @@ class ModelSpec:
     ``equations[s]`` is a known term of ds/dt; ``reactions`` add stoichiometry × flux (a
     neural reaction's flux is learned by the slot in ``neural`` that names it);
     ``discovered[s]`` is a symbolic term that replaces the neural term of ``s`` in a distilled
-    twin. ``initial`` holds optional initial values (from the spec file or SBML). Expressions
-    are sympy over the state, input and parameter names.
+    twin. ``initial`` holds optional initial values (from the spec file or SBML);
+    ``initial_assignments[s]`` an expression of parameters and inputs that gives the initial
+    value of ``s`` (SBML initial assignments, PEtab conditions), ``initial[s]`` its value at the
+    spec's parameter values. ``time`` names the time symbol when the right-hand side depends
+    on time (SBML models read for PEtab); a spec without it is autonomous. ``noise[o]`` is the
+    noise model of observable (or observed state) ``o``: a sigma expression, a transformation
+    and a distribution; observables without one get the learned Gaussian noise. Expressions are
+    sympy over the state, input and parameter names.
     """
 
     states: list[str]
@@ -161,6 +181,9 @@ class ModelSpec:
     source: str | None = None
     reactions: list[Reaction] = field(default_factory=list)
     initial: dict[str, float] = field(default_factory=dict)
+    initial_assignments: dict[str, sp.Expr] = field(default_factory=dict)
+    time: str | None = None
+    noise: dict[str, NoiseModel] = field(default_factory=dict)
 
     # -- views ---------------------------------------------------------------------------------
     @property
@@ -243,6 +266,15 @@ class ModelSpec:
             out["discovered"] = {k: format_expression(v) for k, v in self.discovered.items()}
         if self.initial:
             out["initial"] = dict(self.initial)
+        if self.noise:
+            out["noise"] = {
+                k: {
+                    "sigma": format_expression(n.sigma),
+                    "transformation": n.transformation,
+                    "distribution": n.distribution,
+                }
+                for k, n in self.noise.items()
+            }
         return out
 
     @classmethod
@@ -272,6 +304,10 @@ def load_spec(spec: str | Path | ModelSpec) -> ModelSpec:
             raise UdeError(
                 f"not valid YAML: {getattr(err, 'problem', err)}", source=text, where=where
             ) from None
+        if isinstance(raw, dict) and "format_version" in raw:  # a PEtab problem
+            from ude.petab.training import petab_spec  # optional reader, imported on use
+
+            return petab_spec(path)
         spec_ = ModelSpec.from_dict(raw, source=text)
         if spec_.name == "model":
             spec_.name = path.stem
@@ -311,7 +347,9 @@ class _SpecReader:
             raise self.fail(
                 sorted(unknown)[0], "unknown key", "allowed keys: " + ", ".join(sorted(_TOP_KEYS))
             )
-        if "sbml" in raw:
+        if "sbml" in raw and "petab" in raw:
+            raise self.fail("petab", "give either 'sbml' or 'petab', not both")
+        if "sbml" in raw or "petab" in raw:
             return self.read_with_sbml(raw)
         if "neural_reactions" in raw:
             raise self.fail(
@@ -338,6 +376,7 @@ class _SpecReader:
         if flux_slot is not None:
             neural.append(flux_slot)
         initial = self.initial(raw.get("initial"), states)
+        noise = self.noise(raw.get("noise"), declared, [*states, *observables])
         name = raw.get("name", "model")
         if not isinstance(name, str):
             raise self.fail("name", "expected a string")
@@ -353,26 +392,33 @@ class _SpecReader:
             source=self.source,
             reactions=reactions,
             initial=initial,
+            noise=noise,
         )
 
     def read_with_sbml(self, raw: dict[str, Any]) -> ModelSpec:
         """An SBML model with the YAML's learned parameters, networks and observables on top."""
         from ude.spec.sbml import read_sbml
 
+        key = "sbml" if "sbml" in raw else "petab"
         extra = set(raw) - _SBML_KEYS
         if extra:
             raise self.fail(
                 sorted(extra)[0],
-                "not allowed with 'sbml': states, reactions and equations come from the SBML file",
-                "allowed with 'sbml': " + ", ".join(sorted(_SBML_KEYS)),
+                f"not allowed with '{key}': states, reactions and equations come from the model",
+                f"allowed with '{key}': " + ", ".join(sorted(_SBML_KEYS)),
             )
-        if not isinstance(raw["sbml"], str):
-            raise self.fail("sbml", "expected the path of an SBML file")
-        path = Path(raw["sbml"])
+        if not isinstance(raw[key], str):
+            raise self.fail(key, f"expected the path of an {key.upper()} file")
+        path = Path(raw[key])
         if not path.is_absolute() and self.source:
             path = Path(self.source).parent / path
         marked = self.names(raw.get("neural_reactions") or [], "neural_reactions")
-        base = read_sbml(path, neural=marked)
+        if key == "sbml":
+            base = read_sbml(path, neural=marked)
+        else:
+            from ude.petab.training import petab_spec  # optional reader, imported on use
+
+            base = petab_spec(path, neural=marked)
         # Parameter entries update the SBML's: an entry without 'value' keeps the SBML value.
         entries = raw.get("parameters") or {}
         if not isinstance(entries, dict):
@@ -399,6 +445,10 @@ class _SpecReader:
             *base.neural,
         ]
         initial = {**base.initial, **self.initial(raw.get("initial"), base.states)}
+        noise = {
+            **base.noise,
+            **self.noise(raw.get("noise"), declared, [*base.states, *observables]),
+        }
         name = raw.get("name", base.name)
         if not isinstance(name, str):
             raise self.fail("name", "expected a string")
@@ -408,6 +458,7 @@ class _SpecReader:
             observables=observables,
             neural=neural,
             initial=initial,
+            noise=noise,
             name=name,
             source=self.source,
         )
@@ -441,6 +492,37 @@ class _SpecReader:
                 raise self.fail(f"reactions[{i}]", f"reaction name '{reaction.name}' is used twice")
             seen.add(reaction.name)
             out.append(reaction)
+        return out
+
+    def noise(self, value: Any, names: list[str], observed: list[str]) -> dict[str, NoiseModel]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail("noise", "expected a mapping observable: {sigma, transformation, ...}")
+        out = {}
+        for key, entry in value.items():
+            where = f"noise.{key}"
+            if key not in observed:
+                raise self.fail(where, f"'{key}' is not a state or observable")
+            if not isinstance(entry, dict) or "sigma" not in entry:
+                raise self.fail(
+                    where, "expected {sigma: expression[, transformation, distribution]}"
+                )
+            extra = set(entry) - {"sigma", "transformation", "distribution"}
+            if extra:
+                raise self.fail(f"{where}.{sorted(extra)[0]}", "unknown key")
+            trans = entry.get("transformation", "lin")
+            dist = entry.get("distribution", "normal")
+            if trans not in TRANSFORMATIONS:
+                raise self.fail(
+                    f"{where}.transformation", f"'{trans}'", " or ".join(TRANSFORMATIONS)
+                )
+            if dist not in DISTRIBUTIONS:
+                raise self.fail(f"{where}.distribution", f"'{dist}'", " or ".join(DISTRIBUTIONS))
+            sigma = parse_expression(
+                entry["sigma"], names, source=self.source or "spec", where=f"{where}.sigma"
+            )
+            out[key] = NoiseModel(sigma, trans, dist)
         return out
 
     def initial(self, value: Any, states: list[str]) -> dict[str, float]:
@@ -490,12 +572,18 @@ class _SpecReader:
             where = f"parameters.{name}"
             self.check_name(name, where)
             if isinstance(entry, dict):
-                extra = set(entry) - {"value", "learn", "min", "max", "per_condition", "prior"}
+                keys = {"value", "learn", "min", "max", "per_condition", "prior", "scale"}
+                extra = set(entry) - keys
                 if extra:
                     raise self.fail(
                         f"{where}.{sorted(extra)[0]}",
                         "unknown key",
-                        "allowed: value, learn, min, max, per_condition, prior",
+                        "allowed: " + ", ".join(sorted(keys)),
+                    )
+                scale = entry.get("scale", "lin")
+                if scale not in ("lin", "log", "log10"):
+                    raise self.fail(
+                        f"{where}.scale", f"unknown scale {scale!r}", "lin, log or log10"
                     )
                 if "value" not in entry:
                     raise self.fail(where, "missing 'value'")
@@ -512,6 +600,7 @@ class _SpecReader:
                         entry.get("per_condition", False), f"{where}.per_condition"
                     ),
                     prior=self.prior(entry.get("prior"), f"{where}.prior"),
+                    scale=scale,
                 )
                 if param.prior is not None and not param.learn:
                     raise self.fail(
