@@ -7,8 +7,8 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
-import train
 from tests.conftest import FAST
+from ude.train import cli as train
 
 
 def test_short_training_lowers_trajectory_loss_tenfold(make_cfg):

@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ude.config_check import config_error
 from ude.data.datamodule import ConditionsDataModule
 from ude.errors import UdeError
 from ude.fit import make_module
@@ -65,7 +66,7 @@ def exit_2_on_user_errors() -> Iterator[None]:
     try:
         yield
     except (UdeError, HydraException, OmegaConfBaseException) as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
+        print(f"error: {one_line(config_error(err) or err)}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -1,7 +1,7 @@
-"""Command line for specs.
+"""Command line for specs: ``ude-spec`` / ``python -m ude.spec``.
 
-    python -m ude.spec export model.yaml -o model.xml    # a spec (YAML, SBML or zoo name) as SBML
-    python -m ude.spec check model.yaml                  # parse, list terms and conservation laws
+    ude-spec export model.yaml -o model.xml    # a spec (YAML, SBML or zoo name) as SBML
+    ude-spec check model.yaml                  # parse, list terms and conservation laws
 
 Errors a user can cause print one line and exit with status 2.
 """
@@ -50,8 +50,9 @@ def _check(path: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ude.spec", description=__doc__.split("\n")[0])
+def main(argv: Sequence[str] | None = None, prog: str = "ude-spec") -> int:
+    about = __doc__.split("\n")[0].replace("``", "")
+    parser = argparse.ArgumentParser(prog=prog, description=about)
     sub = parser.add_subparsers(dest="command", required=True)
     export = sub.add_parser("export", help="write a spec as SBML")
     export.add_argument("spec", help="a spec .yaml, an SBML file or a zoo system name")
@@ -77,5 +78,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script: exit with :func:`main`'s status."""
     sys.exit(main())

@@ -1,0 +1,5 @@
+"""python -m ude.train [group=option] [key=value ...]: the same as ude-train and train.py."""
+
+from ude.train.cli import cli
+
+cli()
