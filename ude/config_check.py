@@ -14,8 +14,8 @@ from ude.errors import UdeError
 
 # What to pass for a mandatory value (``???`` in conf/) left unset.
 _MISSING_HINTS = {
-    "data.path": "give your measurements table: data.path=my_data.csv "
-    "(a wide or long CSV, see the README's 'Your own data')",
+    "data.path": "give your measurements table as data.path=my_data.csv, "
+    "a wide or long CSV as in the README's 'Your own data'",
 }
 
 # key: (expected types, test, what is expected)
@@ -72,14 +72,14 @@ def no_such_key(
     elif names:
         under = f"under {'.'.join(parent)}" if parent else "at the top"
         shown = ", ".join(names[:15]) + (", ..." if len(names) > 15 else "")
-        hint = f"the keys {under} are: {shown}"
+        hint = f"the keys {under} are: {shown}."
     else:
-        hint = "that part of the config has no keys"
+        hint = "that part of the config has no keys."
     return UdeError(
         "no such key",
         source=source,
         where=key,
-        fix=f"{hint}; to add a new key, write {add or '+' + key + '=<value>'}",
+        fix=f"{hint} To add a new key: {add or '+' + key + '=<value>'}",
     )
 
 

@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from hydra.errors import HydraException
@@ -27,6 +28,20 @@ from ude.model.solver import stiff_or
 from ude.spec.model_spec import load_spec
 from ude.train.module import UDEModule
 
+
+def invoked_as() -> str:
+    """How this process was started, as a user would type it: ``python train.py``,
+    ``python -m ude.train`` or ``ude-train`` (for usage lines)."""
+    arg0 = Path(sys.argv[0])
+    if arg0.name == "__main__.py":
+        return f"python -m {arg0.parent.parent.name}.{arg0.parent.name}"
+    if arg0.suffix == ".py":
+        return f"python {arg0.name}"
+    return arg0.name
+
+
+# conf/config.yaml's help prints ${ude_command:}, the command as the user typed it.
+OmegaConf.register_new_resolver("ude_command", invoked_as, replace=True)
 # conf/distill's refits use ${ude_stiff_or:${solver.method},rk4}: the training solver when it
 # is a stiff one, else the method named.
 OmegaConf.register_new_resolver("ude_stiff_or", stiff_or, replace=True)
