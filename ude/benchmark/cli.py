@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # small solves: threads cost more than they give
 
@@ -24,14 +25,15 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from ude.conf import CONF_DIR  # noqa: E402
 from ude.runs import exit_2_on_user_errors, run_cli  # noqa: E402
 
+# The benchmark's configs: benchmark.yaml, suite/, hydra/launcher/.
+CONF = Path(__file__).resolve().parent / "conf"
 logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore")
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR / "benchmark"), config_name="benchmark")
+@hydra.main(version_base="1.3", config_path=str(CONF), config_name="benchmark")
 def main(cfg: DictConfig) -> None:
     from ude.benchmark.runner import run
 

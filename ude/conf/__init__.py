@@ -1,6 +1,6 @@
-"""The Hydra configs, shipped inside the package so that an installed ``ude`` (``ude-train``,
-``ude-benchmark``, ``ude-distill``) has them: ``config.yaml`` and one folder per group for
-training, ``benchmark/`` for the benchmark."""
+"""The Hydra configs of training, shipped inside the package so that an installed ``ude``
+(``ude-train``, ``ude-distill``) has them: ``config.yaml`` and one folder per group. The
+benchmark's are in ``ude/benchmark/conf/``."""
 
 from pathlib import Path
 

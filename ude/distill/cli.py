@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from ude.conf import CONF_DIR
 from ude.config_check import no_such_key
 from ude.data.measurements import Measurements
+from ude.data.splits import Split
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
 
@@ -23,9 +24,14 @@ DEFAULT = CONF_DIR / "distill" / "default.yaml"
 
 
 def run_distill(
-    cfg: DictConfig, model: HybridODE, measurements: Measurements, run_dir: str | Path
+    cfg: DictConfig,
+    model: HybridODE,
+    measurements: Measurements,
+    run_dir: str | Path,
+    split: Split | None = None,
 ) -> dict[str, Any]:
-    """Instantiate ``cfg`` (the ``distill`` node), distil ``model`` and write the report.
+    """Instantiate ``cfg`` (the ``distill`` node), distil ``model`` and write the report
+    (its plots mark the data ``split`` holds out).
 
     ``cfg.forecast_interval`` (optional) holds the keyword arguments of the forecast band's
     :class:`ude.distill.uncertainty.LaplaceInterval` (n_samples, level, seed, ...); absent: its
@@ -49,6 +55,7 @@ def run_distill(
         run_dir,
         horizon=float(cfg.get("forecast_horizon", 10.0)),
         interval=interval,
+        split=split,
     )
 
 
@@ -91,9 +98,11 @@ def _override(cfg: DictConfig, item: str) -> None:
         raise UdeError(f"cannot set '{key}': {err}", source="command line") from None
 
 
-def load_run(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, HybridODE, Measurements]:
-    """The run's config (with ``overrides`` and a ``distill`` node), the trained model and
-    the data, rebuilt from ``config.yaml`` and ``checkpoints/last.ckpt``."""
+def load_run(
+    run_dir: Path, overrides: list[str]
+) -> tuple[DictConfig, HybridODE, Measurements, Split]:
+    """The run's config (with ``overrides`` and a ``distill`` node), the trained model, the
+    data and its split, rebuilt from ``config.yaml`` and ``checkpoints/last.ckpt``."""
 
     from ude.runs import build_run
 
@@ -119,7 +128,7 @@ def load_run(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, HybridODE
             source=str(ckpt),
         ) from None
     model.eval()
-    return cfg, model, measurements
+    return cfg, model, measurements, datamodule.split
 
 
 def new_distill_dir(run_dir: Path, name: str | None) -> Path:
@@ -169,7 +178,7 @@ def main(argv: list[str] | None = None, prog: str = "ude-distill") -> dict[str, 
     into ``<run_dir>/distill/<name>/``; returns the distillation's metrics."""
     args = _parser(prog).parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     run_dir = Path(args.run_dir)
-    cfg, model, measurements = load_run(run_dir, args.overrides)
+    cfg, model, measurements, split = load_run(run_dir, args.overrides)
     out = new_distill_dir(run_dir, args.name)
     out.mkdir(parents=True)
     command = " ".join([prog, str(run_dir), *args.overrides])
@@ -177,7 +186,7 @@ def main(argv: list[str] | None = None, prog: str = "ude-distill") -> dict[str, 
         f"# {command}\n# the run's config with these settings, {time.strftime('%Y-%m-%d %H:%M')}\n"
         + OmegaConf.to_yaml(cfg, resolve=True)
     )
-    metrics = run_distill(cfg.distill, model, measurements, out)
+    metrics = run_distill(cfg.distill, model, measurements, out, split)
     print(summary(metrics))
     print(f"distillation written to {out}/ (the run's own twin is unchanged)")
     return metrics

@@ -102,13 +102,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         finish_loggers(loggers)
 
     if trainer.is_global_zero and "solve_failed" not in metrics:
-        plot_fit(model, measurements, run_dir / "plots" / "fit.png")
+        plot_fit(model, measurements, run_dir / "plots" / "fit.png", datamodule.split)
         plot_missing_terms(model, measurements, run_dir / "plots" / "missing_terms.png")
         # distill=none turns distillation off; a fast_dev_run only checks the training loop
         if cfg.get("distill") and not cfg.trainer.get("fast_dev_run"):
             from ude.distill.cli import run_distill, summary
 
-            metrics["distill"] = run_distill(cfg.distill, model, measurements, run_dir)
+            metrics["distill"] = run_distill(
+                cfg.distill, model, measurements, run_dir, datamodule.split
+            )
             log.info(summary(metrics["distill"]))
     if trainer.is_global_zero:
         metrics["run_dir"] = str(run_dir)
