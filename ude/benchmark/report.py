@@ -266,6 +266,19 @@ def plot_curves(rows: list[dict], path: Path) -> Path | None:
 
 
 def plot_heatmaps(rows: list[dict], path: Path) -> Path | None:
+    """:func:`heatmaps_figure` as a PNG at ``path``; None when there is nothing to draw."""
+    import matplotlib.pyplot as plt
+
+    fig = heatmaps_figure(rows)
+    if fig is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def heatmaps_figure(rows: list[dict]):
     """Methods x systems heatmaps of mean F1 and median forecast NMSE (log colour scale), on
     the scenarios every method has results for. A failed forecast (NMSE ∞) is a black cell
     marked ∞; a method with no value for a system (no equations, no cells) is a grey cell."""
@@ -294,8 +307,7 @@ def plot_heatmaps(rows: list[dict], path: Path) -> Path | None:
         (axs[1], nm, "forecast NMSE (median)", "magma_r", LogNorm(1e-4, 1e3), "{:.2g}"),
     )
     for ax, data, title, name, norm, fmt in panels:
-        cmap = plt.get_cmap(name).copy()
-        cmap.set_bad("0.85")  # no value
+        cmap = plt.get_cmap(name).with_extremes(bad="0.85")  # grey: no value
         shown = np.ma.masked_invalid(np.clip(data, norm.vmin, norm.vmax))
         im = ax.imshow(shown, cmap=cmap, norm=norm, aspect="auto")
         for (i, j), v in np.ndenumerate(data):
@@ -320,10 +332,7 @@ def plot_heatmaps(rows: list[dict], path: Path) -> Path | None:
         ha="center", va="bottom", fontsize=8,
     )  # fmt: skip
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def write_csv(rows: list[dict], path: Path) -> None:

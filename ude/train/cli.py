@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     try:
-        with quiet_lightning():
+        with quiet_lightning(), warnings.catch_warnings():
+            if ckpt_path:  # a resume continues in its own folder, checkpoints and all
+                warnings.filterwarnings("ignore", "Checkpoint directory .* is not empty")
             trainer = instantiate(cfg.trainer, _partial_=True)(
                 callbacks=callbacks, logger=loggers or False
             )
