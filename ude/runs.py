@@ -40,9 +40,9 @@ def invoked_as() -> str:
     return arg0.name
 
 
-# conf/config.yaml's help prints ${ude_command:}, the command as the user typed it.
+# ude/conf/config.yaml's help prints ${ude_command:}, the command as the user typed it.
 OmegaConf.register_new_resolver("ude_command", invoked_as, replace=True)
-# conf/distill's refits use ${ude_stiff_or:${solver.method},rk4}: the training solver when it
+# ude/conf/distill's refits use ${ude_stiff_or:${solver.method},rk4}: the training solver when it
 # is a stiff one, else the method named.
 OmegaConf.register_new_resolver("ude_stiff_or", stiff_or, replace=True)
 

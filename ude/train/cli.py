@@ -34,7 +34,7 @@ from ude.train.loggers import finish_loggers
 from ude.train.module import UDEModule
 from ude.train.quiet import quiet_lightning
 
-# Hydra's job logging (conf/hydra/job_logging/ude.yaml) prints these lines as they are and
+# Hydra's job logging (ude/conf/hydra/job_logging/ude.yaml) prints these lines as they are and
 # keeps them, with times, in <run>/train.log.
 log = logging.getLogger("ude.train")
 
