@@ -79,7 +79,7 @@ def test_installed_commands_run_outside_the_source_tree(venv, tmp_path):
     cfg = run(venv, tmp_path, "ude-train", "--cfg", "job", "distill=none")
     assert cfg.returncode == 0, cfg.stderr[-2000:]
     assert "spec: lotka_volterra" in cfg.stdout and "ResumableCSVLogger" in cfg.stdout
-    for command in ("ude-distill", "ude-benchmark"):
+    for command in COMMANDS:
         help_ = run(venv, tmp_path, command, "--help")
         assert help_.returncode == 0 and f"usage: {command}" in help_.stdout, help_.stderr
 

@@ -155,12 +155,13 @@ def new_distill_dir(run_dir: Path, name: str | None) -> Path:
 def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
+        usage=f"{prog} <run_dir> [key=value ...] [--name NAME]",
         description="Distil a finished training run again, with other settings. The result "
         "goes to <run_dir>/distill/<name>/ (twin.json, equations.md, distill.json, twin.sbml, "
         "plots/ and config.yaml, the settings used); the run's own twin is left as it is.",
         epilog=f"example: {prog} outputs/<day>/<time> distill.distiller.selector.criterion=aicc",
     )
-    parser.add_argument("run_dir", help="the directory of a finished train run")
+    parser.add_argument("run_dir", nargs="?", help="the directory of a finished train run")
     parser.add_argument(
         "overrides",
         nargs="*",
@@ -176,7 +177,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "ude-distill") -> dict[str, Any]:
     """``ude-distill <run_dir> [key=value ...] [--name NAME]``: distil a finished run again
     into ``<run_dir>/distill/<name>/``; returns the distillation's metrics."""
-    args = _parser(prog).parse_intermixed_args(sys.argv[1:] if argv is None else argv)
+    parser = _parser(prog)
+    args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
+    if args.run_dir is None:  # argparse would also call the optional overrides required
+        parser.error("give the directory of a finished train run, e.g. outputs/<day>/<time>")
     run_dir = Path(args.run_dir)
     cfg, model, measurements, split = load_run(run_dir, args.overrides)
     out = new_distill_dir(run_dir, args.name)
