@@ -3,4 +3,5 @@ ude-benchmark and benchmark.py."""
 
 from ude.benchmark.cli import cli
 
-cli()
+if __name__ == "__main__":
+    cli()

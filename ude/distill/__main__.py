@@ -2,4 +2,5 @@
 
 from ude.distill.cli import cli
 
-cli(prog="python -m ude.distill")
+if __name__ == "__main__":
+    cli(prog="python -m ude.distill")

@@ -4,4 +4,5 @@ import sys
 
 from ude.spec.cli import main
 
-sys.exit(main(prog="python -m ude.spec"))
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m ude.spec"))

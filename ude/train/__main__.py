@@ -2,4 +2,5 @@
 
 from ude.train.cli import cli
 
-cli()
+if __name__ == "__main__":
+    cli()
