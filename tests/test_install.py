@@ -79,13 +79,21 @@ def test_installed_commands_run_outside_the_source_tree(venv, tmp_path):
     cfg = run(venv, tmp_path, "ude-train", "--cfg", "job", "distill=none")
     assert cfg.returncode == 0, cfg.stderr[-2000:]
     assert "spec: lotka_volterra" in cfg.stdout and "ResumableCSVLogger" in cfg.stdout
-    for command in COMMANDS:
-        help_ = run(venv, tmp_path, command, "--help")
-        assert help_.returncode == 0 and f"usage: {command}" in help_.stdout, help_.stderr
+    # every console script's function loads (each one's --help: the slow test below)
+    load = (
+        "from importlib.metadata import entry_points as e; "
+        "print(sorted(p.name for p in e(group='console_scripts') "
+        "if p.name.startswith('ude-') and callable(p.load())))"
+    )
+    loaded = run(venv, tmp_path, str(venv / "python"), "-c", load)
+    assert loaded.stdout.strip() == str(sorted(COMMANDS)), loaded.stdout + loaded.stderr
 
 
 @pytest.mark.slow
 def test_installed_train_distill_and_benchmark(venv, tmp_path):
+    for command in COMMANDS:
+        help_ = run(venv, tmp_path, command, "--help")
+        assert help_.returncode == 0 and f"usage: {command}" in help_.stdout, help_.stderr
     # train without distillation, then distil the run: the path that once crashed because
     # conf/distill/default.yaml was not installed
     train = run(
