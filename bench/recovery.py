@@ -47,10 +47,11 @@ def run_ude(noise: float, seed: int, out: Path) -> dict:
     from omegaconf import open_dict
 
     import train
+    from ude.conf import CONF_DIR
 
     run_dir = out / f"noise{noise:g}_seed{seed}"
     GlobalHydra.instance().clear()
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose(
             "config",
             overrides=[

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ude import Solver, build_hybrid, simulate_measurements  # noqa: E402
+from ude.conf import CONF_DIR  # noqa: E402
 from ude.fit import fit, make_module  # noqa: E402
 from ude.spec.simulate import simulate_spec  # noqa: E402
 
@@ -120,10 +121,10 @@ def plain_loop(
 
 
 def default_schedule() -> tuple[int, dict]:
-    """Epochs and optimiser settings of `python train.py`, read from conf/."""
+    """Epochs and optimiser settings of `python train.py`, read from ude/conf/."""
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config")
     return int(cfg.trainer.max_epochs), dict(cfg.optim)
 

@@ -120,6 +120,8 @@ def test_suite_resumes_and_reports(tmp_path):
     report = write_report(saved, tmp_path)
     text = report.read_text()
     assert "| sindy |" in text and "noise=0.1" in text
+    # no ude cells: the comparison with ude says why it is empty
+    assert "No comparison: this suite has no `ude` cells (its methods: sindy, weak_sindy)" in text
     assert (tmp_path / "results.csv").is_file() and (tmp_path / "plots" / "curves.png").is_file()
 
 

@@ -1,11 +1,9 @@
 """Every config group composes; the ones this machine can run instantiate."""
 
-from pathlib import Path
-
 import pytest
 from hydra.utils import instantiate
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from ude.conf import CONF_DIR as CONF
 
 
 def options(group: str) -> list[str]:

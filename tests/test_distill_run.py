@@ -6,10 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 import train
 from ude.distill import load_twin
 from ude.distill.cli import main as distill_main
+from ude.distill.cli import new_distill_dir
 from ude.errors import UdeError
 from ude.spec.simulate import simulate_spec
 
@@ -46,22 +48,36 @@ def test_train_distils_and_run_can_be_distilled_again(make_cfg, tmp_path):
     assert set(twin.discovered) == {"x", "y"}
     assert "$$" in (run / "equations.md").read_text()
 
-    # again from the run directory, with other settings
-    again = distill_main(
-        [
-            str(run),
-            "distill.distiller.selector.criterion=aicc",
-            "distill.distiller.selector.max_candidates=1",
-            "distill.distiller.selector.prune=false",
-            "distill.distiller.selector.grow=false",
-            "distill.distiller.selector.rescreen=false",
-            "distill.distiller.bootstrap=null",
-            "distill.forecast_interval=null",
-        ]
-    )
+    # again from the run directory, with other settings: into a folder of its own
+    first = {name: (run / name).read_bytes() for name in ("twin.json", "metrics.json")}
+    overrides = [
+        "distill.distiller.selector.criterion=aicc",
+        "distill.distiller.selector.max_candidates=1",
+        "distill.distiller.selector.prune=false",
+        "distill.distiller.selector.grow=false",
+        "distill.distiller.selector.rescreen=false",
+        "distill.distiller.bootstrap=null",
+        "distill.forecast_interval=null",
+    ]
+    again = distill_main([str(run), *overrides, "--name", "aicc"])
     assert len(again["path"]) == 1 and "inclusion_probability" not in again
     assert "forecast_interval" not in again
-    assert json.loads((run / "metrics.json").read_text())["distill"]["path"] == again["path"]
+    out = run / "distill" / "aicc"
+    assert json.loads((out / "distill.json").read_text())["path"] == again["path"]
+    for name in ("twin.json", "equations.md", "twin.sbml", "plots/forecast.png"):
+        assert (out / name).is_file(), name
+    # its settings are recorded; the first twin and the run's metrics are untouched
+    used = OmegaConf.load(out / "config.yaml")
+    assert used.distill.distiller.selector.criterion == "aicc"
+    assert used.distill.distiller.bootstrap is None
+    assert {name: (run / name).read_bytes() for name in first} == first
+
+    # without --name: a new folder named by the date and time, even within one second
+    stamped = new_distill_dir(run, None)
+    stamped.mkdir()
+    assert new_distill_dir(run, None) not in {stamped, out}
+    with pytest.raises(UdeError, match="aicc: exists"):
+        distill_main([str(run), *overrides, "--name", "aicc"])
 
 
 def test_distill_none_turns_it_off(make_cfg, tmp_path):
@@ -73,8 +89,9 @@ def test_distill_none_turns_it_off(make_cfg, tmp_path):
 def test_distill_cli_errors_name_the_file(tmp_path):
     with pytest.raises(UdeError, match="config.yaml: not found"):
         distill_main([str(tmp_path)])
-    with pytest.raises(UdeError, match="usage"):
+    with pytest.raises(SystemExit) as exit_:
         distill_main([])
+    assert exit_.value.code == 2
 
 
 def test_twin_sbml_of_a_run_simulates_like_its_twin_json(make_cfg, tmp_path):

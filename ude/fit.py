@@ -20,6 +20,7 @@ from ude.model.solver import Solver, SolverFailed
 from ude.spec.model_spec import ModelSpec
 from ude.spec.simulate import simulate_spec
 from ude.train.module import UDEModule
+from ude.train.quiet import quiet_lightning
 from ude.train.warm_start import smooth_states
 
 
@@ -101,8 +102,9 @@ def fit(
         default_root_dir=str(run_dir) if run_dir else None,
     )
     kwargs.update(trainer_kwargs or {})
-    trainer = pl.Trainer(**kwargs)
-    metrics = run_training(module, ConditionsDataModule(measurements), trainer)
+    with quiet_lightning():
+        trainer = pl.Trainer(**kwargs)
+        metrics = run_training(module, ConditionsDataModule(measurements), trainer)
     return FitResult(
         model=model, module=module, measurements=measurements, metrics=metrics, trainer=trainer
     )

@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from hydra.errors import HydraException
@@ -18,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ude.config_check import config_error
 from ude.data.datamodule import ConditionsDataModule
 from ude.errors import UdeError
 from ude.fit import make_module
@@ -26,7 +28,21 @@ from ude.model.solver import stiff_or
 from ude.spec.model_spec import load_spec
 from ude.train.module import UDEModule
 
-# conf/distill's refits use ${ude_stiff_or:${solver.method},rk4}: the training solver when it
+
+def invoked_as() -> str:
+    """How this process was started, as a user would type it: ``python train.py``,
+    ``python -m ude.train`` or ``ude-train`` (for usage lines)."""
+    arg0 = Path(sys.argv[0])
+    if arg0.name == "__main__.py":
+        return f"python -m {arg0.parent.parent.name}.{arg0.parent.name}"
+    if arg0.suffix == ".py":
+        return f"python {arg0.name}"
+    return arg0.name
+
+
+# ude/conf/config.yaml's help prints ${ude_command:}, the command as the user typed it.
+OmegaConf.register_new_resolver("ude_command", invoked_as, replace=True)
+# ude/conf/distill's refits use ${ude_stiff_or:${solver.method},rk4}: the training solver when it
 # is a stiff one, else the method named.
 OmegaConf.register_new_resolver("ude_stiff_or", stiff_or, replace=True)
 
@@ -80,7 +96,7 @@ def exit_2_on_user_errors() -> Iterator[None]:
     try:
         yield
     except (UdeError, HydraException, OmegaConfBaseException) as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
+        print(f"error: {one_line(config_error(err) or err)}", file=sys.stderr)
         sys.exit(2)
 
 

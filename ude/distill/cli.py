@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-import json
+import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +13,25 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from ude.conf import CONF_DIR
+from ude.config_check import no_such_key
 from ude.data.measurements import Measurements
+from ude.data.splits import Split
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
 
-DEFAULT = Path(__file__).resolve().parents[2] / "conf" / "distill" / "default.yaml"
+DEFAULT = CONF_DIR / "distill" / "default.yaml"
 
 
 def run_distill(
-    cfg: DictConfig, model: HybridODE, measurements: Measurements, run_dir: str | Path
+    cfg: DictConfig,
+    model: HybridODE,
+    measurements: Measurements,
+    run_dir: str | Path,
+    split: Split | None = None,
 ) -> dict[str, Any]:
-    """Instantiate ``cfg`` (the ``distill`` node), distil ``model`` and write the report.
+    """Instantiate ``cfg`` (the ``distill`` node), distil ``model`` and write the report
+    (its plots mark the data ``split`` holds out).
 
     ``cfg.forecast_interval`` (optional) holds the keyword arguments of the forecast band's
     :class:`ude.distill.uncertainty.LaplaceInterval` (n_samples, level, seed, ...); absent: its
@@ -46,6 +55,7 @@ def run_distill(
         run_dir,
         horizon=float(cfg.get("forecast_horizon", 10.0)),
         interval=interval,
+        split=split,
     )
 
 
@@ -66,9 +76,33 @@ def summary(metrics: dict[str, Any]) -> str:
     return line
 
 
-def load_run(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, HybridODE, Measurements]:
-    """The run's config (with ``overrides`` and a ``distill`` node), the trained model and
-    the data, rebuilt from ``config.yaml`` and ``checkpoints/last.ckpt``."""
+def _override(cfg: DictConfig, item: str) -> None:
+    """Apply ``key=value`` (the key must exist) or ``+key=value`` (it may be new) to ``cfg``."""
+    key, sep, value = item.partition("=")
+    add = key.startswith("+")
+    key = key.lstrip("+")
+    if not sep or not key:
+        raise UdeError(
+            f"override '{item}' is not key=value",
+            source="command line",
+            fix="e.g. distill.distiller.selector.criterion=aicc",
+        )
+    *parents, last = key.split(".")
+    node = OmegaConf.select(cfg, ".".join(parents)) if parents else cfg
+    if not add and not (isinstance(node, DictConfig) and last in node):
+        siblings = node.keys() if isinstance(node, DictConfig) else []
+        raise no_such_key(key, siblings, add=f"+{item.lstrip('+')}")
+    try:
+        OmegaConf.update(cfg, key, yaml.safe_load(value), merge=True, force_add=True)
+    except Exception as err:  # noqa: BLE001 - any failure here is a bad override
+        raise UdeError(f"cannot set '{key}': {err}", source="command line") from None
+
+
+def load_run(
+    run_dir: Path, overrides: list[str]
+) -> tuple[DictConfig, HybridODE, Measurements, Split]:
+    """The run's config (with ``overrides`` and a ``distill`` node), the trained model, the
+    data and its split, rebuilt from ``config.yaml`` and ``checkpoints/last.ckpt``."""
 
     from ude.runs import build_run
 
@@ -82,17 +116,7 @@ def load_run(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, HybridODE
     if not cfg.get("distill"):
         OmegaConf.update(cfg, "distill", OmegaConf.load(DEFAULT), force_add=True)
     for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UdeError(
-                f"override '{item}' is not key=value",
-                source="command line",
-                fix="e.g. distill.distiller.selector.criterion=aicc",
-            )
-        try:
-            OmegaConf.update(cfg, key, yaml.safe_load(value), merge=True, force_add=True)
-        except Exception as err:  # noqa: BLE001 - any failure here is a bad override
-            raise UdeError(f"cannot set '{key}': {err}", source="command line") from None
+        _override(cfg, item)
     datamodule, model, module = build_run(cfg)
     measurements = datamodule.measurements
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -104,35 +128,77 @@ def load_run(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, HybridODE
             source=str(ckpt),
         ) from None
     model.eval()
-    return cfg, model, measurements
+    return cfg, model, measurements, datamodule.split
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """``python -m ude.distill <run_dir> [key=value ...]``: distil a finished run again."""
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in {"-h", "--help"}:
-        raise UdeError(
-            "usage: python -m ude.distill <run_dir> [key=value ...]",
-            source="command line",
-            fix="e.g. python -m ude.distill outputs/<day>/<time> "
-            "distill.distiller.selector.criterion=aicc",
-        )
-    run_dir = Path(argv[0])
-    cfg, model, measurements = load_run(run_dir, argv[1:])
-    metrics = run_distill(cfg.distill, model, measurements, run_dir)
-    metrics_path = run_dir / "metrics.json"
-    if metrics_path.is_file():
-        saved = json.loads(metrics_path.read_text())
-        saved["distill"] = metrics
-        metrics_path.write_text(json.dumps(saved, indent=2, default=float))
+def new_distill_dir(run_dir: Path, name: str | None) -> Path:
+    """A new folder ``run_dir/distill/<name>`` (default name: the date and time)."""
+    parent = run_dir / "distill"
+    if name is not None:
+        if not name or Path(name).name != name or name in {".", ".."}:
+            raise UdeError(f"'{name}' is not a folder name", source="--name")
+        if (parent / name).exists():
+            raise UdeError(
+                "exists",
+                source=str(parent / name),
+                fix="give another --name: a re-distillation never replaces an earlier one",
+            )
+        return parent / name
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    out, n = parent / stamp, 1
+    while out.exists():
+        n += 1
+        out = parent / f"{stamp}_{n}"
+    return out
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        usage=f"{prog} <run_dir> [key=value ...] [--name NAME]",
+        description="Distil a finished training run again, with other settings. The result "
+        "goes to <run_dir>/distill/<name>/ (twin.json, equations.md, distill.json, twin.sbml, "
+        "plots/ and config.yaml, the settings used); the run's own twin is left as it is.",
+        epilog=f"example: {prog} outputs/<day>/<time> distill.distiller.selector.criterion=aicc",
+    )
+    parser.add_argument("run_dir", nargs="?", help="the directory of a finished train run")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="settings over the run's config.yaml (+key=value adds a key the config lacks)",
+    )
+    parser.add_argument(
+        "--name", help="the subfolder under <run_dir>/distill/ (default: the date and time)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "ude-distill") -> dict[str, Any]:
+    """``ude-distill <run_dir> [key=value ...] [--name NAME]``: distil a finished run again
+    into ``<run_dir>/distill/<name>/``; returns the distillation's metrics."""
+    parser = _parser(prog)
+    args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
+    if args.run_dir is None:  # argparse would also call the optional overrides required
+        parser.error("give the directory of a finished train run, e.g. outputs/<day>/<time>")
+    run_dir = Path(args.run_dir)
+    cfg, model, measurements, split = load_run(run_dir, args.overrides)
+    out = new_distill_dir(run_dir, args.name)
+    out.mkdir(parents=True)
+    command = " ".join([prog, str(run_dir), *args.overrides])
+    (out / "config.yaml").write_text(
+        f"# {command}\n# the run's config with these settings, {time.strftime('%Y-%m-%d %H:%M')}\n"
+        + OmegaConf.to_yaml(cfg, resolve=True)
+    )
+    metrics = run_distill(cfg.distill, model, measurements, out, split)
     print(summary(metrics))
-    print(f"twin: {run_dir / 'twin.json'}")
+    print(f"distillation written to {out}/ (the run's own twin is unchanged)")
     return metrics
 
 
-def cli() -> None:
+def cli(prog: str = "ude-distill") -> None:
     """Errors a user can cause (run directory, overrides) print one line and exit 2."""
     from ude.runs import exit_2_on_user_errors
 
     with exit_2_on_user_errors():
-        main()
+        main(prog=prog)

@@ -13,6 +13,7 @@ import sympy as sp
 import torch
 
 from ude.data.measurements import Measurements
+from ude.data.splits import Split
 from ude.distill.distiller import Distillation
 from ude.distill.twin import equations_markdown, twin_to_dict
 from ude.distill.uncertainty import ForecastInterval, LaplaceInterval
@@ -112,10 +113,12 @@ def write_report(
     run_dir: str | Path,
     horizon: float = 10.0,
     interval: LaplaceInterval | None = None,
+    split: Split | None = None,
 ) -> dict[str, Any]:
     """Writes twin.json, twin.sbml, equations.md, distill.json and plots/distilled_terms.png,
     plots/forecast.png into ``run_dir``; returns the metrics. With ``interval``, the forecast
-    gets its band (see :func:`forecast_band`)."""
+    gets its band (see :func:`forecast_band`); with ``split``, its plot marks the held-out
+    data."""
     from ude.distill.plots import plot_distilled_terms, plot_forecast
     from ude.spec.sbml import write_sbml
 
@@ -164,7 +167,7 @@ def write_report(
     (run_dir / "distill.json").write_text(json.dumps(metrics, indent=2, default=float))
     plot_distilled_terms(result, run_dir / "plots" / "distilled_terms.png")
     plot_forecast(
-        times, states, truth, measurements, twin, run_dir / "plots" / "forecast.png", band
+        times, states, truth, measurements, twin, run_dir / "plots" / "forecast.png", band, split
     )
     return metrics
 

@@ -283,6 +283,36 @@ class ModelSpec:
         return _SpecReader(raw, source).read()
 
 
+# PyYAML's context of an unfinished construct: what it is, in words, and the fix.
+_YAML_CONTEXTS = {
+    "while scanning a simple key": ("a key without ':'", "write 'key: value'"),
+    "while parsing a flow sequence": ("a '[' list that is not closed", "close it with ']'"),
+    "while parsing a flow mapping": ("a '{' mapping that is not closed", "close it with '}'"),
+    "while scanning a quoted scalar": ("a quoted text that is not closed", "add the closing quote"),
+}
+
+
+def yaml_error(err: yaml.YAMLError, source: str) -> UdeError:
+    """A YAML syntax error as a :class:`UdeError` on the line where the mistake is.
+
+    PyYAML marks where it noticed the problem; for an unfinished construct (a key without
+    ':', an unclosed bracket or quote) that is a later line, and the construct's start (its
+    context mark) is where the mistake is.
+    """
+    mark = getattr(err, "problem_mark", None)
+    context = getattr(err, "context", None) or ""
+    message, fix = f"not valid YAML: {getattr(err, 'problem', None) or err}", None
+    if context in _YAML_CONTEXTS:
+        mark = getattr(err, "context_mark", None) or mark
+        what, fix = _YAML_CONTEXTS[context]
+        message = f"not valid YAML: {what}"
+    elif "expected <block end>" in message:
+        message = "not valid YAML: this line's indentation matches no level above it"
+        fix = "indent it like the other keys at its level"
+    where = f"line {mark.line + 1}" if mark is not None else None
+    return UdeError(message, source=source, where=where, fix=fix)
+
+
 def load_spec(spec: str | Path | ModelSpec) -> ModelSpec:
     """A ModelSpec from a YAML file, an SBML file, or the name of a zoo system."""
     if isinstance(spec, ModelSpec):
@@ -299,11 +329,7 @@ def load_spec(spec: str | Path | ModelSpec) -> ModelSpec:
         try:
             raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f"line {mark.line + 1}" if mark else None
-            raise UdeError(
-                f"not valid YAML: {getattr(err, 'problem', err)}", source=text, where=where
-            ) from None
+            raise yaml_error(err, text) from None
         if isinstance(raw, dict) and "format_version" in raw:  # a PEtab problem
             from ude.petab.training import petab_spec  # optional reader, imported on use
 
