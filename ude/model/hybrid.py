@@ -10,11 +10,12 @@ from torch import nn
 from ude.data.measurements import Measurements
 from ude.errors import UdeError
 from ude.model.networks import MLP, FluxNetwork
+from ude.model.observation import log_density
 from ude.model.parameters import SpecParameters
 from ude.model.solver import Solver
 from ude.spec.compile import CompiledExpressions
 from ude.spec.model_spec import ModelSpec, load_spec
-from ude.spec.observation import DISTRIBUTIONS, TRANSFORMATIONS, log_density
+from ude.spec.observation import DISTRIBUTIONS, TRANSFORMATIONS
 
 
 class HybridODE(nn.Module):

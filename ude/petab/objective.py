@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from ude.errors import UdeError
+from ude.model.observation import log_density
 from ude.model.solver import Solver
 from ude.petab.problem import TIME, NetworkUse, PetabProblem, ProblemParameter
 from ude.spec.compile import CompiledExpressions
-from ude.spec.observation import log_density
 
 Tensor = torch.Tensor
 _LN10 = math.log(10.0)
