@@ -71,7 +71,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("distill") and not cfg.trainer.get("fast_dev_run"):
             from ude.distill.cli import run_distill, summary
 
-            metrics["distill"] = run_distill(cfg.distill, model, measurements, run_dir)
+            # the distillation sees the training entries alone; the twin is judged on the rest
+            metrics["distill"] = run_distill(
+                cfg.distill, model, measurements, run_dir, datamodule.split
+            )
             print(summary(metrics["distill"]))
     if trainer.is_global_zero:
         metrics["run_dir"] = str(run_dir)
@@ -87,6 +90,8 @@ def _summary(cfg: DictConfig, metrics: dict[str, Any], run_dir: Path) -> None:
         f"{metrics['timings']['train_seconds']:.1f} s; normalised trajectory MSE "
     )
     line += f"{first:.3g} -> {last:.3g}" if first else f"{last:.3g}"
+    if "forecast" in metrics:
+        line += f"; held-out NMSE {metrics['forecast']['nmse']:.3g}"
     truth = metrics.get("truth", {})
     if "missing_term_rel_rmse" in truth:
         err = ", ".join(f"{k} {v:.1%}" for k, v in truth["missing_term_rel_rmse"].items())
@@ -105,6 +110,12 @@ def main(cfg: DictConfig) -> None:
     # Exiting inside the job keeps Hydra from printing its own banner around our message.
     with exit_2_on_user_errors():
         metrics = train(cfg)
+        if metrics.get("distill", {}).get("status") == "twin_unsolvable":
+            # the run and its UDE are kept; there is no twin, and the exit status says so
+            raise UdeError(
+                metrics["distill"]["failures"][0]["why"],
+                source=str(Path(metrics["run_dir"]) / "distill.json"),
+            )
         if metrics.get("stop_reason"):
             ckpt = Path(metrics["run_dir"]) / "checkpoints" / "last.ckpt"
             kept = f"last good checkpoint: {ckpt}" if ckpt.is_file() else "no checkpoint kept"

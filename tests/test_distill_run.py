@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -111,3 +112,49 @@ def test_a_csv_table_trains_and_distils_through_the_command(make_cfg, tmp_path):
         metrics["distill"]["discovered"]
         == json.loads((run / "twin.json").read_text())["discovered"]
     )
+
+
+@pytest.mark.parametrize(
+    "hold_out, initial",
+    [
+        ("data.val_after=2.0", None),  # the last third of the time span
+        ("data.val_conditions=[c1]", [[0.44249296, 4.6280594], [1.0, 2.0]]),  # a condition
+    ],
+)
+def test_held_out_values_change_neither_the_twin_nor_its_coefficients(
+    make_cfg, tmp_path, hold_out, initial
+):
+    """The held-out entries are the twin's test: tripling them must leave training and
+    distillation (screen, refits, bootstrap) exactly as they were, and move only the twin's
+    held-out error, which must be reported."""
+    from ude import simulate_measurements
+    from ude.data.tables import write_long
+
+    m = simulate_measurements("lotka_volterra", initial=initial, seed=2)
+    changed = copy.deepcopy(m)
+    if initial is None:
+        changed.values[:, m.times > 2.0] *= 3
+    else:
+        changed.values[1] *= 3
+    runs = {}
+    for name, data in (("as_is", m), ("tripled", changed)):
+        path = write_long(data, tmp_path / f"{name}.csv")
+        cfg = make_cfg(
+            "data=csv",
+            f"data.path={path}",
+            "model.spec=lotka_volterra",
+            hold_out,
+            *QUICK,
+            "distill.forecast_interval=null",
+            run_dir=tmp_path / name,
+        )
+        train.train(cfg)
+        runs[name] = json.loads((tmp_path / name / "distill.json").read_text())
+    a, b = runs["as_is"], runs["tripled"]
+    assert a["discovered"] == b["discovered"]  # terms and coefficients (6 digits)
+    assert [r["terms"] for r in a["path"]] == [r["terms"] for r in b["path"]]
+    assert [r["trajectory_nmse"] for r in a["path"]] == [r["trajectory_nmse"] for r in b["path"]]
+    assert a["inclusion_probability"] == b["inclusion_probability"]
+    # the held-out error is reported, and it sees the tripled values
+    assert a["held_out"]["n_points"] == b["held_out"]["n_points"] > 0
+    assert b["held_out"]["nmse"] > 10 * a["held_out"]["nmse"]

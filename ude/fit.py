@@ -146,7 +146,8 @@ def evaluate(
     """Fit errors on the training data, forecast errors on the held-out data of ``split``
     (when it holds any out) and, for synthetic data, errors against the truth.
 
-    Errors are normalised by each observable's RMS (``observable_scale``).
+    Errors are normalised by each observable's RMS over the training entries (the module's
+    ``obs_scale``).
     """
     model = module.model
     model.eval()
@@ -159,7 +160,7 @@ def evaluate(
             "solve_failed": str(err),
             "parameters": model.parameter_values(),
         }
-    scale = measurements.observable_scale()
+    scale = module.obs_scale.cpu().numpy()  # the training entries' scale
     full = (measurements.values - obs[:, :, None, :]) / scale
     resid = full if split is None else np.where(split.train, full, np.nan)
     out: dict[str, Any] = {

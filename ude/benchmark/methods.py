@@ -478,7 +478,7 @@ class UDE(Method):
             "n_failed": band.n_failed,
             "seconds": round(time.perf_counter() - start, 2),
         }
-        if band.n_failed > band.n_samples / 2:
+        if not band.usable:
             return None, None
         return band.lower[0], band.upper[0]
 

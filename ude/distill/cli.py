@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from ude.data.measurements import Measurements
+from ude.data.splits import Split
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
 
@@ -20,55 +22,99 @@ DEFAULT = Path(__file__).resolve().parents[2] / "conf" / "distill" / "default.ya
 
 
 def run_distill(
-    cfg: DictConfig, model: HybridODE, measurements: Measurements, run_dir: str | Path
+    cfg: DictConfig,
+    model: HybridODE,
+    measurements: Measurements,
+    run_dir: str | Path,
+    split: Split | None = None,
 ) -> dict[str, Any]:
     """Instantiate ``cfg`` (the ``distill`` node), distil ``model`` and write the report.
 
-    ``cfg.forecast_interval`` (optional) holds the keyword arguments of the forecast band's
-    :class:`ude.distill.uncertainty.LaplaceInterval` (n_samples, level, seed, ...); absent: its
-    defaults; null or ``n_samples: 0``: no band.
+    With ``split``, the distillation (screen, refits, bootstrap, band) sees the training
+    entries alone (:meth:`ude.data.Split.training_data`) and the twin is judged on the
+    held-out ones (``held_out`` in the metrics). ``cfg.forecast_interval`` (optional) holds
+    the keyword arguments of the forecast band's
+    :class:`ude.distill.uncertainty.LaplaceInterval` (n_samples, level, seed, ...); absent:
+    its defaults; null or ``n_samples: 0``: no band. A distillation that finds no twin that
+    can be solved writes why (status ``twin_unsolvable``) instead of raising.
     """
     from hydra.utils import instantiate
 
-    from ude.distill.report import write_report
+    from ude.distill.report import HeldOut, write_failure, write_report
+    from ude.distill.selection import NoSolvableTwin
     from ude.distill.uncertainty import LaplaceInterval
 
+    held_out, data, fitted = None, measurements, model
+    if split is not None and split.has_held_out:
+        data, kept = split.training_data(measurements)
+        fitted = model.select_conditions(kept)
+        initial = model.initial.detach().cpu().numpy()
+        held_out = HeldOut(measurements, split, data.observable_scale(), initial, kept)
     distiller = instantiate(cfg.distiller)
-    result = distiller.fit(model, measurements)
+    try:
+        result = distiller.fit(fitted, data)
+    except NoSolvableTwin as err:
+        return write_failure(err, run_dir)
     options = cfg.get("forecast_interval", {})
     interval = None
     if options is not None and options.get("n_samples", 1) > 0:
         interval = LaplaceInterval(**options)
     return write_report(
         result,
-        model,
-        measurements,
+        fitted,
+        data,
         run_dir,
         horizon=float(cfg.get("forecast_horizon", 10.0)),
         interval=interval,
+        held_out=held_out,
     )
 
 
 def summary(metrics: dict[str, Any]) -> str:
+    """One line a user can trust: what was distilled, and every failure as a failure."""
+    status = metrics.get("status", "ok")
+    if status == "twin_unsolvable":
+        n = len(metrics.get("path", []))
+        return (
+            f"distillation FAILED (status twin_unsolvable): none of the {n} candidate twins "
+            "could be integrated over the data; nothing was distilled (see distill.json)"
+        )
     terms = "; ".join(f"d{s}/dt += {e}" for s, e in metrics["discovered"].items())
-    line = f"distilled in {metrics['timings']['total_seconds']:.1f} s: {terms}"
+    head = f"distilled in {metrics['timings']['total_seconds']:.1f} s"
+    line = head + (f" (status {status})" if status != "ok" else "") + f": {terms}"
     truth = metrics.get("truth")
     if truth:
         line += f"; structure {'exact' if truth['exact'] else 'NOT exact'}"
         if truth["median_relative_error"] is not None:
             line += f", median coefficient error {truth['median_relative_error']:.1%}"
+    failed = {f["status"]: f["why"] for f in metrics.get("failures", [])}
+    horizon = f"t={metrics['forecast_horizon']:g}" if "forecast_horizon" in metrics else ""
     if "forecast_nmse" in metrics:
-        err = ", ".join(f"{k} {v:.2%}" for k, v in metrics["forecast_nmse"].items())
-        line += f"; forecast NMSE to t={metrics['forecast_horizon']:g}: {err}"
+        err = ", ".join(f"{k} {_percent(v)}" for k, v in metrics["forecast_nmse"].items())
+        line += f"; forecast NMSE to {horizon}: {err}"
+    if "forecast_failed" in failed:
+        line += f"; forecast FAILED: {failed['forecast_failed']}"
+    held = metrics.get("held_out")
+    if held:
+        line += f"; held-out NMSE {_percent(held['nmse'])} ({held['n_points']} entries)"
     band = metrics.get("forecast_interval", {})
-    if "coverage_of_truth" in band:
+    if "band_failed" in failed:
+        line += f"; {band.get('level', 0.95):.0%} band FAILED: {failed['band_failed']}"
+    elif "coverage_of_truth" in band:
         line += f"; {band['level']:.0%} band covers {band['coverage_of_truth']:.0%} of the truth"
+        if band["n_failed"]:
+            line += f" ({band['n_failed']} of {band['n_samples']} draws failed)"
     return line
 
 
-def load_run(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, HybridODE, Measurements]:
+def _percent(v: float) -> str:
+    return f"{v:.2%}" if math.isfinite(v) else "FAILED (inf)"
+
+
+def load_run(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, HybridODE, Any]:
     """The run's config (with ``overrides`` and a ``distill`` node), the trained model and
-    the data, rebuilt from ``config.yaml`` and ``checkpoints/last.ckpt``."""
+    the datamodule (the data and their split), rebuilt from ``config.yaml`` and
+    ``checkpoints/last.ckpt``."""
 
     from ude.runs import build_run
 
@@ -94,7 +140,6 @@ def load_run(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, HybridODE
         except Exception as err:  # noqa: BLE001 - any failure here is a bad override
             raise UdeError(f"cannot set '{key}': {err}", source="command line") from None
     datamodule, model, module = build_run(cfg)
-    measurements = datamodule.measurements
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     try:
         module.load_state_dict(state["state_dict"])
@@ -104,7 +149,7 @@ def load_run(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, HybridODE
             source=str(ckpt),
         ) from None
     model.eval()
-    return cfg, model, measurements
+    return cfg, model, datamodule
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -118,14 +163,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "distill.distiller.selector.criterion=aicc",
         )
     run_dir = Path(argv[0])
-    cfg, model, measurements = load_run(run_dir, argv[1:])
-    metrics = run_distill(cfg.distill, model, measurements, run_dir)
+    cfg, model, datamodule = load_run(run_dir, argv[1:])
+    metrics = run_distill(
+        cfg.distill, model, datamodule.measurements, run_dir, getattr(datamodule, "split", None)
+    )
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file():
         saved = json.loads(metrics_path.read_text())
         saved["distill"] = metrics
         metrics_path.write_text(json.dumps(saved, indent=2, default=float))
     print(summary(metrics))
+    if metrics["status"] == "twin_unsolvable":
+        raise UdeError(metrics["failures"][0]["why"], source=str(run_dir / "distill.json"))
     print(f"twin: {run_dir / 'twin.json'}")
     return metrics
 
