@@ -110,12 +110,10 @@ def main(cfg: DictConfig) -> None:
     # Exiting inside the job keeps Hydra from printing its own banner around our message.
     with exit_2_on_user_errors():
         metrics = train(cfg)
-        if metrics.get("distill", {}).get("status") == "twin_unsolvable":
-            # the run and its UDE are kept; there is no twin, and the exit status says so
-            raise UdeError(
-                metrics["distill"]["failures"][0]["why"],
-                source=str(Path(metrics["run_dir"]) / "distill.json"),
-            )
+        if "distill" in metrics:  # the run and its UDE are kept; no twin ends with exit 2
+            from ude.distill.cli import raise_if_no_twin
+
+            raise_if_no_twin(metrics["distill"], metrics["run_dir"])
         if metrics.get("stop_reason"):
             ckpt = Path(metrics["run_dir"]) / "checkpoints" / "last.ckpt"
             kept = f"last good checkpoint: {ckpt}" if ckpt.is_file() else "no checkpoint kept"

@@ -96,7 +96,8 @@ def summary(metrics: dict[str, Any]) -> str:
         line += f"; forecast FAILED: {failed['forecast_failed']}"
     held = metrics.get("held_out")
     if held:
-        line += f"; held-out NMSE {_percent(held['nmse'])} ({held['n_points']} entries)"
+        err = f"{held['nmse']:.3g}" if math.isfinite(held["nmse"]) else "FAILED (inf)"
+        line += f"; held-out NMSE {err} ({held['n_points']} entries)"
     band = metrics.get("forecast_interval", {})
     if "band_failed" in failed:
         line += f"; {band.get('level', 0.95):.0%} band FAILED: {failed['band_failed']}"
@@ -105,6 +106,19 @@ def summary(metrics: dict[str, Any]) -> str:
         if band["n_failed"]:
             line += f" ({band['n_failed']} of {band['n_samples']} draws failed)"
     return line
+
+
+def raise_if_no_twin(metrics: dict[str, Any], run_dir: str | Path) -> None:
+    """A distillation that found no twin (status ``twin_unsolvable``) ends the command with
+    one line and exit status 2, after everything else is written: a user or a script must
+    not read the run as a success."""
+    if metrics.get("status") == "twin_unsolvable":
+        failure = metrics["failures"][0]
+        raise UdeError(
+            f"no twin: {failure['why']}",
+            source=str(Path(run_dir) / "distill.json"),
+            fix=failure["fix"].replace("<run_dir>", str(run_dir)),
+        )
 
 
 def _percent(v: float) -> str:
@@ -173,8 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         saved["distill"] = metrics
         metrics_path.write_text(json.dumps(saved, indent=2, default=float))
     print(summary(metrics))
-    if metrics["status"] == "twin_unsolvable":
-        raise UdeError(metrics["failures"][0]["why"], source=str(run_dir / "distill.json"))
+    raise_if_no_twin(metrics, run_dir)
     print(f"twin: {run_dir / 'twin.json'}")
     return metrics
 

@@ -256,7 +256,7 @@ def write_failure(err: NoSolvableTwin, run_dir: str | Path) -> dict[str, Any]:
         (run_dir / name).unlink(missing_ok=True)
     metrics = {
         "status": "twin_unsolvable",
-        "failures": [{"status": "twin_unsolvable", "why": str(err)}],
+        "failures": [{"status": "twin_unsolvable", "why": err.reason, "fix": err.fix}],
         "discovered": {},
         "timings": getattr(err, "timings", {}),
         "path": getattr(err, "rows", []),

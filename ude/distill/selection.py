@@ -35,12 +35,16 @@ class NoSolvableTwin(UdeError):
     ``scored``: every candidate tried, in order of scoring (each with its failed refit)."""
 
     def __init__(self, scored: list[Scored]):
-        super().__init__(
+        self.reason = (
             f"none of the {len(scored)} candidate twins could be integrated over the data "
-            "(every refit's solve failed or diverged)",
+            "(every refit's solve failed or diverged)"
+        )
+        super().__init__(
+            self.reason,
             source="distill",
-            fix="see the candidates in distill.json; try a stiff solver for the refits "
-            "(solver=rosenbrock23), a smaller library, or longer training",
+            fix="the candidates are in distill.json; distil the run again with another refit "
+            "solver or library, e.g. python -m ude.distill <run_dir> "
+            "distill.distiller.score_refit.method=rosenbrock23",
         )
         self.scored = scored
 
