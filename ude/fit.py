@@ -12,6 +12,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from ude.benchmark.metrics import state_nmse
 from ude.data.datamodule import ConditionsDataModule
 from ude.data.measurements import Measurements
 from ude.data.splits import Split
@@ -218,7 +219,7 @@ def truth_errors(model: HybridODE, measurements: Measurements) -> dict[str, Any]
     idx = [truth.spec.states.index(s) for s in model.spec.states if s in truth.spec.states]
     mine = [model.spec.states.index(s) for s in model.spec.states if s in truth.spec.states]
     ref = true_states[..., idx]
-    nmse = np.mean((states[..., mine] - ref) ** 2, axis=(0, 1)) / np.var(ref, axis=(0, 1))
+    nmse = state_nmse(states[..., mine], ref)
     out: dict[str, Any] = {
         "state_nmse": dict(
             zip(np.array(model.spec.states)[mine].tolist(), nmse.tolist(), strict=True)
