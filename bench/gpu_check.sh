@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU path, as one short script for a lent device (see bench/README or the speed issue):
+# The GPU path, as one short script for a lent device (README, "Speed"):
 # bench/speed.py on CUDA (time to error vs a plain loop; conditions scaling) and a short
 # `python train.py trainer=gpu` run. Needs hydra-core, omegaconf, antlr4, pysindy wheels in .whl/
 # when the machine lacks them.
