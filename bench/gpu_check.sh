@@ -15,4 +15,4 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 python3 train.py trainer=gpu trainer.max_epochs=30 hydra.run.dir="$OUT/run" 2>&1 | tail -4
-python3 bench/speed.py --device cuda --skip cli --budget "${BUDGET:-8}" 2>&1 | tee "$OUT/speed_cuda.txt"
+python3 bench/speed.py --device cuda --skip cli --max-seconds "${MAX_SECONDS:-240}" 2>&1 | tee "$OUT/speed_cuda.txt"
