@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # small solves: threads cost more than they give
 
@@ -23,11 +22,11 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from ude.runs import exit_2_on_user_errors, run_cli  # noqa: E402
+from ude.runs import exit_2_on_user_errors, filter_known_warnings, run_cli  # noqa: E402
 
 logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-warnings.filterwarnings("ignore")
+filter_known_warnings()
 
 
 @hydra.main(version_base="1.3", config_path="conf/benchmark", config_name="benchmark")

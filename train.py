@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from ude.config_check import check_config
 from ude.errors import UdeError
 from ude.fit import run_training
 from ude.plots import plot_fit, plot_missing_terms
-from ude.runs import build_run, exit_2_on_user_errors, run_cli
+from ude.runs import build_run, exit_2_on_user_errors, filter_known_warnings, run_cli
 
 
 def _run_dir(ckpt_path: str | None, default: str) -> str:
@@ -37,7 +36,7 @@ def _run_dir(ckpt_path: str | None, default: str) -> str:
 OmegaConf.register_new_resolver("ude_run_dir", _run_dir, replace=True)
 # Lightning's start-up banners and tips are noise in a run's output; warnings still show.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
-warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+filter_known_warnings()
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

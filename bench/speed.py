@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,11 +39,11 @@ sys.path.insert(0, str(ROOT))
 from ude import Solver, build_hybrid, simulate_measurements  # noqa: E402
 from ude.benchmark.metrics import forecast_nmse  # noqa: E402
 from ude.fit import fit, make_module  # noqa: E402
+from ude.runs import filter_known_warnings  # noqa: E402
 from ude.spec.simulate import simulate_spec  # noqa: E402
 
 logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
-# Lightning's own deprecation of torch's pytree name (the same filter as train.py's)
-warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+filter_known_warnings()
 
 
 def default_example(runs: int) -> None:

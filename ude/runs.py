@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -53,6 +54,17 @@ def build_run(cfg: DictConfig) -> tuple[ConditionsDataModule, HybridODE, UDEModu
     finally:
         torch.set_default_dtype(torch.float32)
     return datamodule, model, make_module(model, seen, **cfg.optim)
+
+
+def filter_known_warnings() -> None:
+    """Silence the third-party warnings checked to say nothing about a run: Lightning 2.6
+    builds torch's deprecated ``LeafSpec`` on every step (a FutureWarning since torch 2.10).
+    Everything else still shows. Called by the entry points, not at import."""
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+    )
 
 
 def one_line(err: BaseException) -> str:
