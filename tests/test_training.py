@@ -37,6 +37,8 @@ def _final_state(run_dir):
     return ckpt["state_dict"], ckpt["epoch"]
 
 
+# resuming writes into the killed run's own checkpoint folder, which Lightning remarks on
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty:UserWarning")
 def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(make_cfg, tmp_path, monkeypatch):
     args = ["trainer.max_epochs=8", *FAST[1:]]
     train.train(make_cfg(*args, run_dir=tmp_path / "whole"))
