@@ -124,8 +124,13 @@ def stlsq_scaled(
             threshold = min(scored)[1]
         opt = ps.STLSQ(threshold=float(threshold), alpha=alpha)
         if ensemble:
-            np.random.seed(seed)  # pysindy's bagging draws from numpy's global stream
-            ens = ps.EnsembleOptimizer(opt, bagging=True, n_models=ensemble).fit(A, B)
+            # pysindy 2.x's bagging draws from numpy's global stream: seed it, then restore it
+            saved = np.random.get_state()
+            np.random.seed(seed)
+            try:
+                ens = ps.EnsembleOptimizer(opt, bagging=True, n_models=ensemble).fit(A, B)
+            finally:
+                np.random.set_state(saved)
             models = np.array(ens.coef_list) * ys[None, :, None] / col[None, None, :]
             coef = np.asarray(ens.coef_) * ys[:, None] / col[None, :]
             return coef, models, float(threshold)
