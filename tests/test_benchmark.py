@@ -158,3 +158,25 @@ def test_one_simulator_guards_the_forecasts_of_candidate_models():
     blow_up = lv_like("x**2", "-y")  # x' = x^2: x(t) = x0 / (1 - x0 t) leaves in finite time
     assert integrate(blow_up, problem, x0) is None
     assert integrate(LV, problem, x0, max_calls=10) is None
+
+
+def test_a_distillation_without_a_twin_scores_as_a_failure_not_as_a_missing_cell():
+    """A ude cell whose distillation found no twin must count: F1 0 and no forecast of its
+    own (the trained hybrid's is scored under its own name), or the means would leave it out."""
+    from ude.benchmark.methods import MethodResult
+    from ude.benchmark.suite import Cell, score
+
+    scenario = Scenario("lotka_volterra", n_times=20)
+    problem = build_problem(scenario)
+    result = MethodResult(
+        None,
+        ["x", "y"],
+        None,
+        1.0,
+        info={"distill_error": "NoSolvableTwin: none of the 3 candidate twins ..."},
+        other_forecasts={"hybrid": problem.true_forecast()},
+    )
+    row = score(Cell(scenario, "base", "ude"), problem, result)
+    assert row["f1"] == row["f1_unknown"] == 0.0 and row["exact"] is False
+    assert row["coef_error"] == 1.0 and row["forecast_nmse"] == math.inf
+    assert row["forecast_nmse_hybrid"] == 0.0

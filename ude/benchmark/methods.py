@@ -405,14 +405,17 @@ class UDE(Method):
         try:
             distilled = distiller.fit(result.model, data)
         except Exception as err:  # noqa: BLE001 - a failed distillation is a result, not a crash
+            # no twin: no equations and no twin forecast (the cell scores as a failure); the
+            # trained hybrid's forecast is still scored, as such
             info["distill_error"] = f"{type(err).__name__}: {err}"
             seconds = time.perf_counter() - start
             return MethodResult(
                 None,
                 list(result.model.spec.states),
-                hybrid_forecast(result.model, problem),
+                None,
                 seconds,
                 info=info,
+                other_forecasts={"hybrid": hybrid_forecast(result.model, problem)},
             )
         twin = distilled.twin
         info["distill_seconds"] = round(time.perf_counter() - start - train_seconds, 2)
