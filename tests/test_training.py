@@ -2,6 +2,7 @@
 
 import csv
 import json
+import time
 
 import pytest
 import pytorch_lightning as pl
@@ -92,12 +93,36 @@ def test_nan_guard_stops_a_diverging_run_and_keeps_the_last_good_checkpoint(make
     assert saved["stop_reason"] == metrics["stop_reason"]
 
 
-def test_wandb_offline_writes_a_run_into_the_run_directory(make_cfg, tmp_path, monkeypatch):
+def test_wandb_offline_logs_every_epoch_into_the_run_directory(make_cfg, tmp_path, monkeypatch):
+    """logger=wandb: the logger gets the losses of every epoch and the validation error of
+    every validation round, and the offline run under <run>/wandb holds them."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    logged: list[dict] = []
+    original = WandbLogger.log_metrics
+
+    def spy(self, metrics, step=None):
+        logged.append(dict(metrics))
+        return original(self, metrics, step)
+
+    monkeypatch.setattr(WandbLogger, "log_metrics", spy)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "run"))
-    train.train(make_cfg("logger=wandb", "trainer.max_epochs=2", *FAST[1:3], "distill=none"))
-    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    assert runs, "no offline run under <run>/wandb"
+    train.train(make_cfg("logger=wandb", "trainer.max_epochs=3", *FAST[1:3], "distill=none"))
+    import wandb
+
+    wandb.finish()  # what the end of `python train.py` does: flush the run file
+    epochs = [m["epoch"] for m in logged if "train/loss" in m]
+    assert epochs == [0, 1, 2], logged
+    assert sum("val/mse" in m for m in logged) == 3  # check_val_every_n_epoch=1
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1, "no offline run under <run>/wandb"
+    for _ in range(300):  # wandb's service writes the records after finish() returns
+        data = runs[0].read_bytes()
+        if b"train/loss" in data and b"val/mse" in data:
+            break
+        time.sleep(0.1)
+    assert b"train/loss" in data and b"val/mse" in data, "the records never reached the run"
 
 
 def test_fit_shows_no_lightning_banners_tips_or_pytree_warning(capfd, caplog):

@@ -51,7 +51,9 @@ def build_run(cfg: DictConfig) -> tuple[ConditionsDataModule, HybridODE, UDEModu
     """The DataModule, HybridODE and UDEModule of a composed (or saved) run config.
 
     The spec is loaded first, so a bad spec file is reported before anything else; tensors are
-    float64 when the trainer runs in 64-bit precision.
+    float64 when the trainer runs in 64-bit precision. The model and the module see the
+    training entries only (:meth:`ude.data.Split.masked`): scales, the warm start's smoothing
+    and the shooting nodes never read held-out values.
     """
     spec_source = petab_spec_source(cfg)
     spec = load_spec(spec_source)
@@ -63,14 +65,15 @@ def build_run(cfg: DictConfig) -> tuple[ConditionsDataModule, HybridODE, UDEModu
             if "problem" in cfg.data
             else instantiate(cfg.data)
         )
-        measurements = datamodule.measurements
+        split = getattr(datamodule, "split", None)
+        seen = datamodule.measurements if split is None else split.masked(datamodule.measurements)
         # Objects go in through a partial: Hydra would turn them into config nodes.
         model = instantiate(cfg.model, _partial_=True)(
-            spec=spec, measurements=measurements, solver=instantiate(cfg.solver)
+            spec=spec, measurements=seen, solver=instantiate(cfg.solver)
         )
     finally:
         torch.set_default_dtype(torch.float32)
-    return datamodule, model, make_module(model, measurements, **cfg.optim)
+    return datamodule, model, make_module(model, seen, **cfg.optim)
 
 
 def petab_spec_source(cfg: DictConfig) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # small solves: threads cost more than they give
@@ -26,18 +25,18 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from ude.runs import exit_2_on_user_errors, run_cli  # noqa: E402
+from ude.train.quiet import quiet_lightning  # noqa: E402
 
 # The benchmark's configs: benchmark.yaml, suite/, hydra/launcher/.
 CONF = Path(__file__).resolve().parent / "conf"
 logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-warnings.filterwarnings("ignore")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF), config_name="benchmark")
 def main(cfg: DictConfig) -> None:
     from ude.benchmark.runner import run
 
-    with exit_2_on_user_errors():
+    with exit_2_on_user_errors(), quiet_lightning():
         run(cfg, multirun=HydraConfig.get().mode == RunMode.MULTIRUN)
 
 

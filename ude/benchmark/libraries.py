@@ -4,6 +4,8 @@ One fixed definition per name, the same for every system and method (nobody pick
 from the truth):
 
 - ``mass_action``: a constant and all products of up to two species (x, x*y, x**2).
+- ``quadratic``: all monomials of degree 1 and 2, no constant (the distillation library of
+  ``python train.py``'s default config).
 - ``polynomial``: all monomials up to degree 3 and a constant.
 - ``rational``: ``mass_action`` plus Michaelis-Menten ``x/(K + x)`` (K in 0.1, 0.5, 2) and Hill
   activation and repression (K in 0.2, 1; n in 2, 4, 10) of each species.
@@ -22,13 +24,15 @@ from ude.distill.library import (
 )
 from ude.errors import UdeError
 
-LIBRARIES = ("mass_action", "polynomial", "rational")
+LIBRARIES = ("mass_action", "quadratic", "polynomial", "rational")
 
 
 def make_library(name: str) -> Library:
     """A fresh (unfitted) library ``name`` (one of :data:`LIBRARIES`)."""
     if name == "mass_action":
         return ConcatLibrary([CustomLibrary(["1"]), MassActionLibrary(order=2)])
+    if name == "quadratic":
+        return PolynomialLibrary(degree=2, include_bias=False)
     if name == "polynomial":
         return PolynomialLibrary(degree=3, include_bias=True)
     if name == "rational":

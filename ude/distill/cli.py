@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -33,47 +34,102 @@ def run_distill(
     """Instantiate ``cfg`` (the ``distill`` node), distil ``model`` and write the report
     (its plots mark the data ``split`` holds out).
 
-    ``cfg.forecast_interval`` (optional) holds the keyword arguments of the forecast band's
-    :class:`ude.distill.uncertainty.LaplaceInterval` (n_samples, level, seed, ...); absent: its
-    defaults; null or ``n_samples: 0``: no band.
+    With ``split``, the distillation (screen, refits, bootstrap, band) sees the training
+    entries alone (:meth:`ude.data.Split.training_data`) and the twin is judged on the
+    held-out ones (``held_out`` in the metrics). ``cfg.forecast_interval`` (optional) holds
+    the keyword arguments of the forecast band's
+    :class:`ude.distill.uncertainty.LaplaceInterval` (n_samples, level, seed, ...); absent:
+    its defaults; null or ``n_samples: 0``: no band. A distillation that finds no twin that
+    can be solved writes why (status ``twin_unsolvable``) instead of raising.
     """
     from hydra.utils import instantiate
 
-    from ude.distill.report import write_report
+    from ude.distill.report import HeldOut, write_failure, write_report
+    from ude.distill.selection import NoSolvableTwin
     from ude.distill.uncertainty import LaplaceInterval
 
+    held_out, data, fitted = None, measurements, model
+    if split is not None and split.has_held_out:
+        data, kept = split.training_data(measurements)
+        fitted = model.select_conditions(kept)
+        initial = model.initial.detach().cpu().numpy()
+        held_out = HeldOut(measurements, split, data.observable_scale(), initial, kept)
     distiller = instantiate(cfg.distiller)
-    result = distiller.fit(model, measurements)
+    try:
+        result = distiller.fit(fitted, data)
+    except NoSolvableTwin as err:
+        return write_failure(err, run_dir)
     options = cfg.get("forecast_interval", {})
     interval = None
     if options is not None and options.get("n_samples", 1) > 0:
         interval = LaplaceInterval(**options)
     return write_report(
         result,
-        model,
-        measurements,
+        fitted,
+        data,
         run_dir,
         horizon=float(cfg.get("forecast_horizon", 10.0)),
         interval=interval,
-        split=split,
+        held_out=held_out,
     )
 
 
 def summary(metrics: dict[str, Any]) -> str:
+    """One line a user can trust: what was distilled, and every failure as a failure."""
+    status = metrics.get("status", "ok")
+    if status == "twin_unsolvable":
+        n = len(metrics.get("path", []))
+        return (
+            f"distillation FAILED (status twin_unsolvable): none of the {n} candidate twins "
+            "could be integrated over the data; nothing was distilled (see distill.json)"
+        )
     terms = "; ".join(f"d{s}/dt += {e}" for s, e in metrics["discovered"].items())
-    line = f"distilled in {metrics['timings']['total_seconds']:.1f} s: {terms}"
+    head = f"distilled in {metrics['timings']['total_seconds']:.1f} s"
+    line = head + (f" (status {status})" if status != "ok" else "") + f": {terms}"
     truth = metrics.get("truth")
     if truth:
         line += f"; structure {'exact' if truth['exact'] else 'NOT exact'}"
         if truth["median_relative_error"] is not None:
             line += f", median coefficient error {truth['median_relative_error']:.1%}"
+    failed = {f["status"]: f["why"] for f in metrics.get("failures", [])}
+    horizon = f"t={metrics['forecast_horizon']:g}" if "forecast_horizon" in metrics else ""
     if "forecast_nmse" in metrics:
-        err = ", ".join(f"{k} {v:.2%}" for k, v in metrics["forecast_nmse"].items())
-        line += f"; forecast NMSE to t={metrics['forecast_horizon']:g}: {err}"
+        err = ", ".join(f"{k} {_percent(v)}" for k, v in metrics["forecast_nmse"].items())
+        line += f"; forecast NMSE to {horizon}: {err}"
+    if "forecast_failed" in failed:
+        line += f"; forecast FAILED: {failed['forecast_failed']}"
+    held = metrics.get("held_out")
+    if held:
+        err = f"{held['nmse']:.3g}" if math.isfinite(held["nmse"]) else "FAILED (inf)"
+        line += f"; held-out NMSE {err} ({held['n_points']} entries)"
     band = metrics.get("forecast_interval", {})
-    if "coverage_of_truth" in band:
+    if "band_failed" in failed:
+        line += f"; {band.get('level', 0.95):.0%} band FAILED: {failed['band_failed']}"
+    elif "coverage_of_truth" in band:
         line += f"; {band['level']:.0%} band covers {band['coverage_of_truth']:.0%} of the truth"
+        if band["n_failed"]:
+            line += f" ({band['n_failed']} of {band['n_samples']} draws failed)"
     return line
+
+
+def raise_if_no_twin(
+    metrics: dict[str, Any], report_dir: str | Path, run_dir: str | Path | None = None
+) -> None:
+    """A distillation that found no twin (status ``twin_unsolvable``) ends the command with
+    one line and exit status 2, after everything else is written: a user or a script must
+    not read the run as a success. ``report_dir`` holds its distill.json; ``run_dir`` is the
+    training run (default: the same folder)."""
+    if metrics.get("status") == "twin_unsolvable":
+        failure = metrics["failures"][0]
+        raise UdeError(
+            f"no twin: {failure['why']}",
+            source=str(Path(report_dir) / "distill.json"),
+            fix=failure["fix"].replace("<run_dir>", str(run_dir or report_dir)),
+        )
+
+
+def _percent(v: float) -> str:
+    return f"{v:.2%}" if math.isfinite(v) else "FAILED (inf)"
 
 
 def _override(cfg: DictConfig, item: str) -> None:
@@ -118,7 +174,6 @@ def load_run(
     for item in overrides:
         _override(cfg, item)
     datamodule, model, module = build_run(cfg)
-    measurements = datamodule.measurements
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     try:
         module.load_state_dict(state["state_dict"])
@@ -128,7 +183,7 @@ def load_run(
             source=str(ckpt),
         ) from None
     model.eval()
-    return cfg, model, measurements, datamodule.split
+    return cfg, model, datamodule.measurements, datamodule.split
 
 
 def new_distill_dir(run_dir: Path, name: str | None) -> Path:
@@ -192,6 +247,7 @@ def main(argv: list[str] | None = None, prog: str = "ude-distill") -> dict[str, 
     )
     metrics = run_distill(cfg.distill, model, measurements, out, split)
     print(summary(metrics))
+    raise_if_no_twin(metrics, out, run_dir)
     print(f"distillation written to {out}/ (the run's own twin is unchanged)")
     return metrics
 

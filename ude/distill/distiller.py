@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 
 from ude.data.measurements import Measurements
-from ude.distill.bootstrap import BootstrapInclusion
+from ude.distill.bootstrap import BootstrapInclusion, squared_residuals
 from ude.distill.integral import IntegralPath, IntegralProblem, integral_problems, screen_score
 from ude.distill.library import Library, Term, combine
 from ude.distill.refit import RefitResult, TwinRefit
 from ude.distill.sampling import Samples, TrajectorySampler
-from ude.distill.selection import Scored, TrajectorySelector, refitted_coef
+from ude.distill.selection import NoSolvableTwin, Scored, TrajectorySelector, refitted_coef
 from ude.distill.sparse import Candidate, EliminationPath, Problem, ThresholdPath, candidate_union
 from ude.distill.twin import numeric_twin, twin_spec
 from ude.errors import UdeError
@@ -49,35 +49,44 @@ class Distillation:
     routes: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def path_rows(self) -> list[dict[str, Any]]:
-        """One row per scored candidate: terms, trajectory NMSE, criterion, chosen."""
-        rows = []
-        for s in self.path:
-            fitted = refitted_coef(s)
-            constants = _refitted_constants(s)
-            terms = {
-                t: " ".join(
-                    f"{'+' if c[j] > 0 else '-'}{abs(c[j]):.3g}*"
-                    + _term_name(self.terms[t][j], constants.get((t, int(j)), {}))
-                    for j in np.flatnonzero(c)
-                )
-                for t, c in fitted.items()
-            }
-            rows.append(
-                {
-                    "step": s.step,
-                    "origin": s.candidate.origin,
-                    "threshold": s.candidate.threshold,
-                    "n_terms": s.candidate.n_terms,
-                    "n_params": s.n_params,
-                    "trajectory_nmse": s.refit.nmse,
-                    "criterion": s.criterion if np.isfinite(s.criterion) else None,
-                    "chosen": s is self.chosen,
-                    "terms": terms,
-                    "regression_residual": s.candidate.info.get("regression_residual"),
-                    "screen": s.candidate.info.get("screen"),
-                }
+        """One row per scored candidate (:func:`path_rows`)."""
+        return path_rows(self.path, self.terms, self.chosen)
+
+
+def path_rows(
+    path: list[Scored], terms: dict[str, list[Term]], chosen: Scored | None = None
+) -> list[dict[str, Any]]:
+    """One row per scored candidate: terms, trajectory NMSE (None: its refit could not be
+    solved), criterion, chosen."""
+    rows = []
+    for s in path:
+        fitted = refitted_coef(s)
+        constants = _refitted_constants(s)
+        names = {
+            t: " ".join(
+                f"{'+' if c[j] > 0 else '-'}{abs(c[j]):.3g}*"
+                + _term_name(terms[t][j], constants.get((t, int(j)), {}))
+                for j in np.flatnonzero(c)
             )
-        return rows
+            for t, c in fitted.items()
+        }
+        rows.append(
+            {
+                "step": s.step,
+                "origin": s.candidate.origin,
+                "threshold": s.candidate.threshold,
+                "n_terms": s.candidate.n_terms,
+                "n_params": s.n_params,
+                "solved": bool(s.refit.ok),
+                "trajectory_nmse": s.refit.nmse if s.refit.ok else None,
+                "criterion": s.criterion if np.isfinite(s.criterion) else None,
+                "chosen": s is chosen,
+                "terms": names,
+                "regression_residual": s.candidate.info.get("regression_residual"),
+                "screen": s.candidate.info.get("screen"),
+            }
+        )
+    return rows
 
 
 def _refitted_constants(scored: Scored) -> dict[tuple[str, int], dict[str, float]]:
@@ -229,12 +238,18 @@ class Distiller:
             return scorer.fit(twin, measurements, initial, noise), len(owner)
 
         t1 = time.perf_counter()
-        chosen, path = (self.selector or TrajectorySelector()).select(
-            candidates,
-            score,
-            lambda cand, best: screen_score(integral_along(best), cand),
-            None if proposer is None else lambda best: proposer.candidates(integral_along(best)),
-        )
+        selector = self.selector or TrajectorySelector()
+        try:
+            chosen, path = selector.select(
+                candidates,
+                score,
+                lambda cand, best: screen_score(integral_along(best), cand),
+                None if proposer is None else lambda b: proposer.candidates(integral_along(b)),
+            )
+        except NoSolvableTwin as err:
+            err.rows = path_rows(err.scored, terms)
+            err.timings = {"total_seconds": round(time.perf_counter() - t0, 3)}
+            raise
         clock["selection_seconds"] = time.perf_counter() - t1
         # final refit from the scored values, with the accurate solver
         t2 = time.perf_counter()
@@ -262,7 +277,10 @@ class Distiller:
         inclusion = None
         if self.bootstrap is not None:
             t2 = time.perf_counter()
-            inclusion = self.bootstrap.inclusion(problems, chosen.candidate, terms)
+            residuals = [squared_residuals(s, measurements) for s in path]
+            inclusion = self.bootstrap.inclusion(
+                path, residuals, selector.choose, selector.criterion, chosen, terms
+            )
             clock["bootstrap_seconds"] = time.perf_counter() - t2
         clock["total_seconds"] = time.perf_counter() - t0
         return Distillation(

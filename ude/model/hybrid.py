@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import sympy as sp
 import torch
@@ -216,6 +218,23 @@ class HybridODE(nn.Module):
     @property
     def noise(self) -> torch.Tensor:
         return torch.exp(self.log_noise)
+
+    def select_conditions(self, conditions: list[int]) -> HybridODE:
+        """A copy restricted to ``conditions`` (indices, in their new order): their initial
+        states, inputs and per-condition parameter values; networks and shared parameters
+        copied as they are. The model itself when that is all of them, in order."""
+        if list(conditions) == list(range(self.initial.shape[0])):
+            return self
+        idx = torch.as_tensor(list(conditions), dtype=torch.long, device=self.initial.device)
+        out = copy.deepcopy(self)
+        with torch.no_grad():
+            out.initial = nn.Parameter(self.initial[idx].clone(), self.initial.requires_grad)
+            for name, p in self.parameters_.learned.items():
+                if p.dim():  # per condition
+                    out.parameters_.learned[name] = nn.Parameter(p[idx].clone(), p.requires_grad)
+        out.inputs = self.inputs[idx].clone()
+        out.initial_known = self.initial_known[idx].clone()
+        return out
 
     def parameter_values(self) -> dict:
         return self.parameters_.values()

@@ -111,6 +111,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("distill") and not cfg.trainer.get("fast_dev_run"):
             from ude.distill.cli import run_distill, summary
 
+            # the distillation sees the training entries alone; the twin is judged on the rest
             metrics["distill"] = run_distill(
                 cfg.distill, model, measurements, run_dir, datamodule.split
             )
@@ -135,6 +136,8 @@ def _summary(cfg: DictConfig, metrics: dict[str, Any], run_dir: Path) -> None:
         f"{metrics['timings']['train_seconds']:.1f} s; normalised trajectory MSE "
     )
     line += f"{first:.3g} -> {last:.3g}" if first else f"{last:.3g}"
+    if "forecast" in metrics:
+        line += f"; held-out NMSE {metrics['forecast']['nmse']:.3g}"
     truth = metrics.get("truth", {})
     if "missing_term_rel_rmse" in truth:
         err = ", ".join(f"{k} {v:.1%}" for k, v in truth["missing_term_rel_rmse"].items())
@@ -153,6 +156,10 @@ def main(cfg: DictConfig) -> None:
     # Exiting inside the job keeps Hydra from printing its own banner around our message.
     with exit_2_on_user_errors():
         metrics = train(cfg)
+        if "distill" in metrics:  # the run and its UDE are kept; no twin ends with exit 2
+            from ude.distill.cli import raise_if_no_twin
+
+            raise_if_no_twin(metrics["distill"], metrics["run_dir"])
         if metrics.get("stop_reason"):
             ckpt = Path(metrics["run_dir"]) / "checkpoints" / "last.ckpt"
             kept = f"last good checkpoint: {ckpt}" if ckpt.is_file() else "no checkpoint kept"
