@@ -10,6 +10,7 @@ from torch import nn
 from ude.data.measurements import Measurements
 from ude.errors import UdeError
 from ude.model.networks import MLP, FluxNetwork
+from ude.model.numeric_rhs import NumericRHS, UnsupportedNetwork
 from ude.model.parameters import SpecParameters
 from ude.model.solver import Solver
 from ude.spec.compile import CompiledExpressions
@@ -149,6 +150,20 @@ class HybridODE(nn.Module):
         if not self._slot_targets:  # a symbolic twin: no network terms to add
             return self.known_terms(y, ctx)
         return self.known_terms(y, ctx) + self.neural_terms(y, ctx)
+
+    def numeric_rhs(self) -> tuple[NumericRHS, torch.Tensor, list[torch.Tensor]] | None:
+        """The right-hand side of the current solve frozen to numpy (for the stiff solver's
+        fast path), with the tensors its gradient flows to: the conditions' context
+        ``(batch, input + parameter)`` and the networks' parameters. None for a network that
+        has no numpy form (the solver then differentiates through torch)."""
+        if self._context is None:
+            return None
+        try:
+            rhs = NumericRHS.from_model(self, self._context)
+        except UnsupportedNetwork:
+            return None
+        params = [p for p in self.networks.parameters() if p.requires_grad]
+        return rhs, self._context, params
 
     # -- solving and observing ---------------------------------------------------------------
     def simulate(

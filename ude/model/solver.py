@@ -8,11 +8,14 @@ import torch
 from torchdiffeq import odeint, odeint_adjoint
 
 from ude.errors import UdeError
+from ude.model import rodas_autograd
 from ude.model.stiff import StiffSolverFailed, rosenbrock23
 
 ADAPTIVE = {"dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun"}
 FIXED = {"euler", "midpoint", "heun3", "rk4", "explicit_adams", "implicit_adams"}
-STIFF = {"rosenbrock23"}  # ude's own linearly implicit solvers (ude/model/stiff.py)
+# ude's own linearly implicit solvers: rodas5p (ude/model/rodas.py), rosenbrock23
+# (ude/model/stiff.py)
+STIFF = {"rodas5p", "rosenbrock23"}
 
 
 def stiff_or(method: str, otherwise: str) -> str:
@@ -82,6 +85,11 @@ class Solver:
 
     def __call__(self, func: torch.nn.Module, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Solution ``(time, batch, state)`` at times ``t (time,)`` from ``y0 (batch, state)``."""
+        if self.method == "rodas5p":
+            try:
+                return rodas_autograd.solve(func, y0, t, self.rtol, self.atol, self.max_steps)
+            except rodas_autograd.RodasFailed as err:
+                raise SolverFailed(str(err)) from None
         if self.method in STIFF:
             try:
                 return rosenbrock23(func, y0, t, self.rtol, self.atol, self.max_steps)
