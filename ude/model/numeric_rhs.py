@@ -25,6 +25,17 @@ _INV_SQRT2 = 1.0 / np.sqrt(2.0)
 _INV_SQRT2PI = 1.0 / np.sqrt(2.0 * np.pi)
 
 
+def _as_slice(index: list[int]) -> slice | list[int]:
+    if index and index == list(range(index[0], index[-1] + 1)):
+        return slice(index[0], index[-1] + 1)
+    return index
+
+
+def _columns(x: np.ndarray) -> list[np.ndarray]:
+    """The last axis of ``x`` as a list of views (``moveaxis`` costs more at these sizes)."""
+    return list(x.T) if x.ndim == 2 else [x[..., i] for i in range(x.shape[-1])]
+
+
 class UnsupportedNetwork(TypeError):
     """A network this module cannot write out in numpy (the solver then uses autograd)."""
 
@@ -195,7 +206,7 @@ class NumericRHS:
         self.networks = networks
         self.context = context
         self.n_inputs = n_inputs
-        self._ctx_cols = list(context.T)
+        self._ctx_cols = _columns(context)
         # which network inputs are states (the rest are inputs, constant along a solve)
         # per network: the states among its inputs, and their positions in its input
         self._state_inputs = [
@@ -206,6 +217,9 @@ class NumericRHS:
             for _, idx, _ in networks
         ]
         self._target_rows = [np.array(out, dtype=np.intp)[:, None] for _, _, out in networks]
+        # where each network's outputs are added: a slice when the targets are contiguous
+        # (fancy-index assignment costs several times a slice's at these sizes)
+        self._targets = [_as_slice(out) for _, _, out in networks]
 
     @classmethod
     def from_model(cls, model: nn.Module, context: torch.Tensor) -> NumericRHS:
@@ -225,8 +239,8 @@ class NumericRHS:
     # -- evaluations ---------------------------------------------------------------------------
     # ``context`` None: the solve's batch (rows = its conditions), whose columns are kept.
     def _columns(self, y: np.ndarray, context: np.ndarray | None) -> list[np.ndarray]:
-        ctx = self._ctx_cols if context is None else list(np.moveaxis(context, -1, 0))
-        return [*np.moveaxis(y, -1, 0), *ctx]
+        ctx = self._ctx_cols if context is None else _columns(context)
+        return _columns(y) + ctx
 
     def _features(self, y: np.ndarray, context: np.ndarray | None) -> np.ndarray:
         if not self.n_inputs:
@@ -240,8 +254,8 @@ class NumericRHS:
         f = self.derivatives.f(self._columns(y, context), y.shape[:-1])
         if self.networks:
             feats = self._features(y, context)
-            for net, idx_in, idx_out in self.networks:
-                f[..., idx_out] += net(feats[..., idx_in])
+            for (net, idx_in, _), target in zip(self.networks, self._targets, strict=True):
+                f[..., target] += net(feats[..., idx_in])
         return f
 
     def value_and_jacobian(

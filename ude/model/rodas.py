@@ -158,8 +158,8 @@ def error_norm(err: np.ndarray, y: np.ndarray, y_new: np.ndarray, rtol: float, a
     """Largest over the batch of the RMS over states of ``err / (atol + rtol max(|y|,
     |y_new|))`` (below 1: the step is accepted); inf where anything is not finite."""
     scale = atol + rtol * np.maximum(np.abs(y), np.abs(y_new))
-    with np.errstate(all="ignore"):
-        value = float(np.sqrt(np.mean((err / scale) ** 2, axis=-1)).max())
+    ratio = err / scale
+    value = math.sqrt(float((ratio * ratio).sum(axis=-1).max()) / err.shape[-1])
     return value if math.isfinite(value) else math.inf
 
 
@@ -210,7 +210,16 @@ def integrate(
     omitted: autonomous). Steps are clipped to land on every output time. Raises
     :class:`StepFailure` after ``max_steps`` attempted steps or when the step underflows.
     """
-    stats = stats if stats is not None else Stats()
+    with np.errstate(all="ignore"):  # inf/NaN reject a step; no warnings
+        return _integrate(
+            f, value_and_jacobian, y0, times, rtol, atol, max_steps, record, time_derivative,
+            stats if stats is not None else Stats(),
+        )
+
+
+def _integrate(
+    f, value_and_jacobian, y0, times, rtol, atol, max_steps, record, time_derivative, stats
+):
     n_batch, n = y0.shape
     times = np.asarray(times, dtype=float)
     outputs = np.empty((len(times), n_batch, n))
@@ -248,9 +257,8 @@ def integrate(
             clipped = remaining <= 1.1 * h  # also stretches to avoid a sliver of a last step
             h_step = remaining if clipped else h
             hs = direction * h_step
-            with np.errstate(all="ignore"):
-                w_inv = _inverse(eye / (hs * GAMMA) - jac)
-                y_new = _step(f, y, f0, hs, w_inv, stages, t, dfdt)
+            w_inv = _inverse(eye / (hs * GAMMA) - jac)
+            y_new = _step(f, y, f0, hs, w_inv, stages, t, dfdt)
             stats.f_evals += STAGES - 1
             err = error_norm(stages[-1], y, y_new, rtol, atol)
             if err <= 1.0:
@@ -312,6 +320,12 @@ def _inverse(w: np.ndarray) -> np.ndarray:
         return out
 
 
+def _combine(coef: np.ndarray, stages: np.ndarray) -> np.ndarray:
+    """``sum_j coef[j] stages[j]`` for stages ``(j, B, n)``: one matrix product (tensordot's
+    bookkeeping costs more than the arithmetic at these sizes)."""
+    return (coef @ stages.reshape(len(coef), -1)).reshape(stages.shape[1:])
+
+
 def _step(
     f: Func,
     y: np.ndarray,
@@ -327,13 +341,13 @@ def _step(
         if i == 0:
             rhs = f0
         else:
-            point = y + np.tensordot(_A[i, :i], stages[:i], axes=1)
+            point = y + _combine(_A[i, :i], stages[:i])
             rhs = f(t + _STAGE_TIME[i] * h, point)
-            rhs = rhs + np.tensordot(_C[i, :i] / h, stages[:i], axes=1)
+            rhs = rhs + _combine(_C[i, :i] / h, stages[:i])
         if dfdt is not None and _D[i]:
             rhs = rhs + (_D[i] * h) * dfdt
         stages[i] = (w_inv @ rhs[..., None])[..., 0]
-    return y + np.tensordot(_M, stages, axes=1)
+    return y + _combine(_M, stages)
 
 
 def _factor(
@@ -398,8 +412,7 @@ def adjoint(
             for i in range(STAGES - 1, -1, -1):
                 mu = _M[i] * lam
                 if i < STAGES - 1:
-                    mu = mu + np.tensordot(c_col[i] / h, w[i + 1 :], axes=1)
-                    mu = mu + np.tensordot(a_col[i], nu[i + 1 :], axes=1)
+                    mu = mu + _combine(c_col[i] / h, w[i + 1 :]) + _combine(a_col[i], nu[i + 1 :])
                 w[i] = (w_inv_t[step] @ mu[..., None])[..., 0]
                 nu[i] = (jac_t[j, i] @ w[i][..., None])[..., 0]
                 acc += nu[i]

@@ -218,20 +218,21 @@ class CompiledExpressions(torch.nn.Module):
     def numpy(self, values: np.ndarray) -> np.ndarray:
         """The outputs ``(..., n_exprs)`` of float64 ``values (..., n_symbols)`` in numpy;
         division by zero and the like give inf/NaN silently, as in torch."""
-        columns = self.numpy_columns(list(np.moveaxis(values, -1, 0)), values.shape[:-1])
+        with np.errstate(all="ignore"):
+            columns = self.numpy_columns(list(np.moveaxis(values, -1, 0)), values.shape[:-1])
         if not columns:
             return np.zeros((*values.shape[:-1], 0))
         return np.stack(columns, axis=-1)
 
     def numpy_columns(self, inputs: Sequence[np.ndarray], shape: tuple) -> list[np.ndarray]:
         """Output columns, each of ``shape``, from input columns (one array of ``shape`` per
-        symbol): the form a solver's inner loop uses, without stacking."""
+        symbol): the form a solver's inner loop uses, without stacking. Floating-point
+        warnings are the caller's to silence (``np.errstate``), once around its loop."""
         if self._numpy_steps is None:
             self._numpy_steps = [_numpy_step(op, args) for op, args in self._steps]
         slots = list(inputs)
-        with np.errstate(all="ignore"):
-            for step in self._numpy_steps:
-                slots.append(step(slots))
+        for step in self._numpy_steps:
+            slots.append(step(slots))
         return [
             slots[o] if type(o) is int else np.full(shape, o) for o in self._outputs
         ]

@@ -4,7 +4,7 @@ Each system is a YAML file beside this module with the ground-truth spec (``trut
 knowledge a user would bring (``known``, a spec with neural slots), the true form of what the
 networks must learn (``missing``) and a default ``scenario`` (initial states, sampling, noise,
 observed species). ``solver`` names the ODE method a modeller would pick from the known rates
-(``rosenbrock23`` where fast and slow rates mix, e.g. Michaelis-Menten terms with a tiny K).
+(``rodas5p`` where fast and slow rates mix, e.g. Michaelis-Menten terms with a tiny K).
 """
 
 from __future__ import annotations
