@@ -118,7 +118,9 @@ def test_numeric_rhs_matches_the_model_with_its_derivatives(activation):
     y_ = y.clone().requires_grad_(True)
     total = 0.0
     for s in range(3):
-        _, jvp = torch.func.jvp(lambda r: torch_rhs(model, r, ctx), (y_,), (torch.from_numpy(u[s]),))
+        _, jvp = torch.func.jvp(
+            lambda r: torch_rhs(model, r, ctx), (y_,), (torch.from_numpy(u[s]),)
+        )
         total = total + (jvp * torch.from_numpy(omega[s])).sum()
     (want_h,) = torch.autograd.grad(total, y_)
     np.testing.assert_allclose(got, want_h.numpy(), rtol=1e-9, atol=1e-12)
@@ -260,7 +262,7 @@ def test_second_derivatives_through_a_solve():
     up, down = y0.detach().clone(), y0.detach().clone()
     up[0, 0] += eps
     down[0, 0] -= eps
-    fd = (grad_of(up.requires_grad_(True), False) - grad_of(down.requires_grad_(True), False))
+    fd = grad_of(up.requires_grad_(True), False) - grad_of(down.requires_grad_(True), False)
     assert h_row[0].numpy() == pytest.approx((fd[0] / (2 * eps)).numpy(), rel=1e-3, abs=1e-6)
 
 

@@ -151,19 +151,22 @@ class HybridODE(nn.Module):
             return self.known_terms(y, ctx)
         return self.known_terms(y, ctx) + self.neural_terms(y, ctx)
 
-    def numeric_rhs(self) -> tuple[NumericRHS, torch.Tensor, list[torch.Tensor]] | None:
-        """The right-hand side of the current solve frozen to numpy (for the stiff solver's
-        fast path), with the tensors its gradient flows to: the conditions' context
-        ``(batch, input + parameter)`` and the networks' parameters. None for a network that
-        has no numpy form (the solver then differentiates through torch)."""
-        if self._context is None:
+    def numeric_rhs(
+        self, context: torch.Tensor | None = None
+    ) -> tuple[NumericRHS, torch.Tensor, list[torch.Tensor]] | None:
+        """The right-hand side for the conditions' ``context (batch, input + parameter)``
+        (default: the current solve's) frozen to numpy, for the stiff solver's fast path, with
+        the tensors its gradient flows to: the context and the networks' parameters. None for
+        a network that has no numpy form (the solver then differentiates through torch)."""
+        context = self._context if context is None else context
+        if context is None:
             return None
         try:
-            rhs = NumericRHS.from_model(self, self._context)
+            rhs = NumericRHS.from_model(self, context)
         except UnsupportedNetwork:
             return None
         params = [p for p in self.networks.parameters() if p.requires_grad]
-        return rhs, self._context, params
+        return rhs, context, params
 
     # -- solving and observing ---------------------------------------------------------------
     def simulate(
@@ -177,7 +180,7 @@ class HybridODE(nn.Module):
             y0 = self.initial[condition]
             y0 = torch.where(self.initial_known[condition], y0.detach(), y0)
         try:
-            return self.solver(self, y0, times).transpose(0, 1)
+            return self.solver(_Conditioned(self, self._context), y0, times).transpose(0, 1)
         finally:
             self._context = None
 
@@ -192,6 +195,26 @@ class HybridODE(nn.Module):
 
     def parameter_values(self) -> dict:
         return self.parameters_.values()
+
+
+class _Conditioned(nn.Module):
+    """``model``'s right-hand side for the conditions of one solve: it holds their context,
+    so a solver that calls it after the solve (the adjoint method's backward pass) still has
+    it, and gradients reach the parameters behind the context."""
+
+    def __init__(self, model: HybridODE, context: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.context = context
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        if not model._slot_targets:
+            return model.known_terms(y, self.context)
+        return model.known_terms(y, self.context) + model.neural_terms(y, self.context)
+
+    def numeric_rhs(self) -> tuple[NumericRHS, torch.Tensor, list[torch.Tensor]] | None:
+        return self.model.numeric_rhs(self.context)
 
 
 def _flux_scale(stoich: torch.Tensor, deriv_scale: torch.Tensor) -> torch.Tensor:

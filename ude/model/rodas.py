@@ -154,7 +154,9 @@ class Stats:
     history: list = field(default_factory=list)
 
 
-def error_norm(err: np.ndarray, y: np.ndarray, y_new: np.ndarray, rtol: float, atol: float) -> float:
+def error_norm(
+    err: np.ndarray, y: np.ndarray, y_new: np.ndarray, rtol: float, atol: float
+) -> float:
     """Largest over the batch of the RMS over states of ``err / (atol + rtol max(|y|,
     |y_new|))`` (below 1: the step is accepted); inf where anything is not finite."""
     scale = atol + rtol * np.maximum(np.abs(y), np.abs(y_new))
@@ -212,7 +214,15 @@ def integrate(
     """
     with np.errstate(all="ignore"):  # inf/NaN reject a step; no warnings
         return _integrate(
-            f, value_and_jacobian, y0, times, rtol, atol, max_steps, record, time_derivative,
+            f,
+            value_and_jacobian,
+            y0,
+            times,
+            rtol,
+            atol,
+            max_steps,
+            record,
+            time_derivative,
             stats if stats is not None else Stats(),
         )
 
@@ -231,7 +241,9 @@ def _integrate(
     rec_w: list[np.ndarray] = []
     output_step = np.zeros(len(times), dtype=np.intp)
     if len(times) < 2:
-        return outputs, _trajectory(rec_t, rec_h, rec_y, rec_u, rec_w, output_step, n_batch, n) if record else None
+        return outputs, _trajectory(
+            rec_t, rec_h, rec_y, rec_u, rec_w, output_step, n_batch, n
+        ) if record else None
     span = abs(times[-1] - times[0])
     direction = 1.0 if times[-1] > times[0] else -1.0
     eye = np.eye(n)
@@ -285,13 +297,13 @@ def _integrate(
                 rejected = True
         outputs[k] = y
         output_step[k] = stats.accepted
-    traj = _trajectory(rec_t, rec_h, rec_y, rec_u, rec_w, output_step, n_batch, n) if record else None
+    traj = (
+        _trajectory(rec_t, rec_h, rec_y, rec_u, rec_w, output_step, n_batch, n) if record else None
+    )
     return outputs, traj
 
 
-def _trajectory(
-    rec_t, rec_h, rec_y, rec_u, rec_w, output_step, n_batch: int, n: int
-) -> Trajectory:
+def _trajectory(rec_t, rec_h, rec_y, rec_u, rec_w, output_step, n_batch: int, n: int) -> Trajectory:
     if not rec_h:
         return Trajectory(
             np.zeros(0),
@@ -302,7 +314,12 @@ def _trajectory(
             output_step,
         )
     return Trajectory(
-        np.array(rec_t), np.array(rec_h), np.stack(rec_y), np.stack(rec_u), np.stack(rec_w), output_step
+        np.array(rec_t),
+        np.array(rec_h),
+        np.stack(rec_y),
+        np.stack(rec_u),
+        np.stack(rec_w),
+        output_step,
     )
 
 

@@ -138,7 +138,10 @@ def _parameter_grads(
     Jacobians inside their ``W`` (``omega . J(y_n) U``, by double backward)."""
     wanted = [x for x, need in zip([context, *params], needed, strict=True) if need]
     if not wanted or not len(traj.h):
-        return [torch.zeros_like(x) if need else None for x, need in zip([context, *params], needed, strict=True)]
+        return [
+            torch.zeros_like(x) if need else None
+            for x, need in zip([context, *params], needed, strict=True)
+        ]
     dtype, device = context.dtype, context.device
     n_steps, n_stages, n_batch, n = omega.shape
     as_t = lambda a: torch.as_tensor(a, dtype=dtype, device=device).reshape(-1, n)  # noqa: E731

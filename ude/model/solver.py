@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 import torch
+from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
 from ude.errors import UdeError
@@ -25,7 +28,37 @@ def stiff_or(method: str, otherwise: str) -> str:
 
 
 class SolverFailed(RuntimeError):
-    """The solver gave up (step-size underflow or too many steps): the dynamics blew up."""
+    """The solver gave up (step-size underflow or too many steps, or non-finite states):
+    the message names the method, the time reached, the step size and what to try."""
+
+
+def _failure(method: str, t: float, h: float | None, reason: str) -> SolverFailed:
+    step = f"step size {h:.3g}, " if h is not None else ""
+    return SolverFailed(
+        f"the {method} solver could not integrate past t={t:.6g} ({step}{reason}): the model "
+        "blows up or is too stiff there; check its rates and initial values"
+        + ("" if method in STIFF else ", or use solver=rodas5p for stiff kinetics")
+    )
+
+
+class _Tracker(nn.Module):
+    """Passes ``func`` through and remembers the last time at which it was finite and the
+    step that led there, for the failure message of a torchdiffeq solver."""
+
+    def __init__(self, func):
+        super().__init__()
+        self.func = func
+        self.t: float | None = None
+        self.step: float | None = None
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = self.func(t, y)
+        if bool(torch.isfinite(out.detach()).all() and torch.isfinite(y.detach()).all()):
+            now = float(t)
+            if self.t is not None and now != self.t:
+                self.step = now - self.t
+            self.t = now
+        return out
 
 
 class Solver:
@@ -89,16 +122,17 @@ class Solver:
             try:
                 return rodas_autograd.solve(func, y0, t, self.rtol, self.atol, self.max_steps)
             except rodas_autograd.RodasFailed as err:
-                raise SolverFailed(str(err)) from None
+                raise _failure(self.method, err.t, err.h, err.reason) from None
         if self.method in STIFF:
             try:
                 return rosenbrock23(func, y0, t, self.rtol, self.atol, self.max_steps)
             except StiffSolverFailed as err:
-                raise SolverFailed(str(err)) from None
+                raise _failure(self.method, err.t, err.h, err.reason) from None
         solve = odeint_adjoint if self.adjoint else odeint
+        tracker = _Tracker(func)
         try:
-            return solve(
-                func,
+            out = solve(
+                tracker,
                 y0,
                 t,
                 rtol=self.rtol,
@@ -107,7 +141,25 @@ class Solver:
                 options=self.options(),
             )
         except AssertionError as err:  # torchdiffeq signals underflow / step limits this way
-            raise SolverFailed(str(err)) from None
+            reached = float(t[0]) if tracker.t is None else tracker.t
+            dt = re.search(r"underflow in dt (\S+)", str(err))
+            step = float(dt.group(1)) if dt else tracker.step
+            step = step if step is not None and math.isfinite(step) else tracker.step
+            reason = "step size underflow" if dt else str(err)
+            raise _failure(self.method, reached, step, reason) from None
+        if self.method in FIXED:
+            self._check_finite(out, t)
+        return out
+
+    def _check_finite(self, out: torch.Tensor, t: torch.Tensor) -> None:
+        """A fixed-step method does not notice a blow-up: the first output time with
+        non-finite states is where it failed."""
+        finite = torch.isfinite(out.detach()).flatten(1).all(dim=1)
+        if bool(finite.all()):
+            return
+        k = int((~finite).nonzero()[0])
+        step = self.step_size or abs(float(t[k]) - float(t[k - 1]))
+        raise _failure(self.method, float(t[k - 1]), step, "non-finite states by the next output")
 
     def __repr__(self) -> str:
         return (

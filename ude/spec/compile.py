@@ -233,9 +233,7 @@ class CompiledExpressions(torch.nn.Module):
         slots = list(inputs)
         for step in self._numpy_steps:
             slots.append(step(slots))
-        return [
-            slots[o] if type(o) is int else np.full(shape, o) for o in self._outputs
-        ]
+        return [slots[o] if type(o) is int else np.full(shape, o) for o in self._outputs]
 
 
 def _numpy_step(op: str, args: tuple) -> Callable[[list], np.ndarray]:

@@ -46,14 +46,14 @@ class CompiledDerivatives:
         # l <= m, used in both orders by the contraction.
         hess: list[sp.Expr] = []
         k_idx, l_idx, m_idx, which = [], [], [], []
-        for e_kl, k, l in zip(jac, rows, cols, strict=True):
-            for m in range(l, n_states):
+        for e_kl, k, col in zip(jac, rows, cols, strict=True):
+            for m in range(col, n_states):
                 y = states[m]
                 d = sp.diff(e_kl, y) if y in e_kl.free_symbols else sp.Integer(0)
                 if d == 0:
                     continue
                 hess.append(d)
-                for a, b in {(l, m), (m, l)}:
+                for a, b in {(col, m), (m, col)}:
                     k_idx.append(k)
                     l_idx.append(a)
                     m_idx.append(b)
