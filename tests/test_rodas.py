@@ -200,12 +200,12 @@ def test_fast_gradient_is_the_exact_derivative_of_the_steps():
     def replayed() -> torch.Tensor:
         from ude.model import rodas_autograd
 
-        rhs, context, _ = model.numeric_rhs()
-        problem = rodas_autograd._Problem(model, rhs, times, 1e-6, 1e-10, 5000, None)
+        system = model.numeric_rhs()
+        problem = rodas_autograd._Problem(model.rhs, system.rhs, times, 1e-6, 1e-10, 5000, None)
         problem.integrate(model.initial.detach().numpy(), record=True)
         traj_holder["n"] = len(problem.trajectory.h)
         return rodas_autograd._replay(
-            lambda _t, y: problem.torch_rhs(y, context), model.initial, problem.trajectory
+            lambda _t, y: model.rhs(y, system.context), model.initial, problem.trajectory
         )
 
     states = replayed().transpose(0, 1)
@@ -336,7 +336,7 @@ def test_blow_up_names_the_time_and_step(fast):
         noise=torch.ones(1, dtype=F64),
     ).double()
     times = torch.tensor([0.0, 2.0], dtype=F64)
-    with pytest.raises(SolverFailed, match=r"at t=(0\.99|1)\S* \(step size"):
+    with pytest.raises(SolverFailed, match=r"past t=(0\.99|1)\S* \(step size"):
         if fast:
             model.simulate(times, torch.tensor([0]))
         else:

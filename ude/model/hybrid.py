@@ -10,7 +10,7 @@ from torch import nn
 from ude.data.measurements import Measurements
 from ude.errors import UdeError
 from ude.model.networks import MLP, FluxNetwork
-from ude.model.numeric_rhs import NumericRHS, UnsupportedNetwork
+from ude.model.numeric_rhs import NumericRHS, NumericSystem, UnsupportedNetwork
 from ude.model.parameters import SpecParameters
 from ude.model.solver import Solver
 from ude.spec.compile import CompiledExpressions
@@ -146,18 +146,13 @@ class HybridODE(nn.Module):
         return torch.cat([y, context[..., : len(self.spec.inputs)]], dim=-1)
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        ctx = self._context
-        if not self._slot_targets:  # a symbolic twin: no network terms to add
-            return self.known_terms(y, ctx)
-        return self.known_terms(y, ctx) + self.neural_terms(y, ctx)
+        return self.rhs(y, self._context)
 
-    def numeric_rhs(
-        self, context: torch.Tensor | None = None
-    ) -> tuple[NumericRHS, torch.Tensor, list[torch.Tensor]] | None:
+    def numeric_rhs(self, context: torch.Tensor | None = None) -> NumericSystem | None:
         """The right-hand side for the conditions' ``context (batch, input + parameter)``
-        (default: the current solve's) frozen to numpy, for the stiff solver's fast path, with
-        the tensors its gradient flows to: the context and the networks' parameters. None for
-        a network that has no numpy form (the solver then differentiates through torch)."""
+        (default: the current solve's) frozen to numpy, for the stiff solver's fast path
+        (:class:`~ude.model.numeric_rhs.NumericSystem`). None for a network that has no numpy
+        form (the solver then differentiates through torch)."""
         context = self._context if context is None else context
         if context is None:
             return None
@@ -166,7 +161,14 @@ class HybridODE(nn.Module):
         except UnsupportedNetwork:
             return None
         params = [p for p in self.networks.parameters() if p.requires_grad]
-        return rhs, context, params
+        return NumericSystem(rhs, context, params, self.rhs)
+
+    def rhs(self, y: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The right-hand side ``(P, state)`` at rows ``y (P, state)`` with their own
+        contexts ``(P, input + parameter)``."""
+        if not self._slot_targets:  # a symbolic twin: no network terms to add
+            return self.known_terms(y, context)
+        return self.known_terms(y, context) + self.neural_terms(y, context)
 
     # -- solving and observing ---------------------------------------------------------------
     def simulate(
@@ -208,12 +210,9 @@ class _Conditioned(nn.Module):
         self.context = context
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        model = self.model
-        if not model._slot_targets:
-            return model.known_terms(y, self.context)
-        return model.known_terms(y, self.context) + model.neural_terms(y, self.context)
+        return self.model.rhs(y, self.context)
 
-    def numeric_rhs(self) -> tuple[NumericRHS, torch.Tensor, list[torch.Tensor]] | None:
+    def numeric_rhs(self) -> NumericSystem | None:
         return self.model.numeric_rhs(self.context)
 
 

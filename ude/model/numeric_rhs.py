@@ -13,6 +13,9 @@ Shapes: ``P`` rows (a batch of conditions, or all stage points of a solve), ``n`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from scipy.special import erf
@@ -180,6 +183,19 @@ class NumpyNetwork:
                 g_a = (d1 * g_a) @ w
             dg_a = dg_z @ w
         return dg_a
+
+
+@dataclass
+class NumericSystem:
+    """What the stiff solver's fast path needs from a model for one solve: the frozen
+    ``rhs``, the tensors the gradient flows to (the conditions' ``context (B, c)`` and the
+    networks' ``params``), and the model's right-hand side in torch,
+    ``torch_rhs(y (P, n), context (P, c)) -> (P, n)``, for the parameters' gradient."""
+
+    rhs: NumericRHS
+    context: torch.Tensor
+    params: list[torch.Tensor]
+    torch_rhs: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class NumericRHS:

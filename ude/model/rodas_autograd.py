@@ -54,19 +54,18 @@ def solve(
     """Solution ``(time, batch, state)`` of ``dy/dt = func(t, y)`` at ``t (time,)`` from
     ``y0 (batch, state)``; differentiable in ``y0`` and in what ``func`` depends on. Raises
     :class:`RodasFailed`."""
-    numeric = func.numeric_rhs() if hasattr(func, "numeric_rhs") else None
-    if numeric is not None:
-        rhs, context, params = numeric
-        problem = _Problem(func, rhs, t, rtol, atol, max_steps, stats)
-        return _HybridSolve.apply(problem, y0, context, *params)
+    system = func.numeric_rhs() if hasattr(func, "numeric_rhs") else None
+    if system is not None:
+        problem = _Problem(system.torch_rhs, system.rhs, t, rtol, atol, max_steps, stats)
+        return _HybridSolve.apply(problem, y0, system.context, *system.params)
     return _generic(func, y0, t, rtol, atol, max_steps, stats)
 
 
 class _Problem:
     """What a HybridODE solve carries from its forward pass to its backward pass."""
 
-    def __init__(self, model, rhs: NumericRHS, t, rtol, atol, max_steps, stats):
-        self.model, self.rhs, self.t = model, rhs, t
+    def __init__(self, torch_rhs, rhs: NumericRHS, t, rtol, atol, max_steps, stats):
+        self.torch_rhs, self.rhs, self.t = torch_rhs, rhs, t
         self.rtol, self.atol, self.max_steps = rtol, atol, max_steps
         self.stats = stats
         self.trajectory: rodas.Trajectory | None = None
@@ -88,12 +87,6 @@ class _Problem:
         except rodas.StepFailure as failure:
             raise RodasFailed(failure) from None
         return out
-
-    def torch_rhs(self, y: Tensor, context: Tensor) -> Tensor:
-        """The model's right-hand side on rows ``y (P, n)`` with contexts ``(P, c)``."""
-        model = self.model
-        out = model.known_terms(y, context)
-        return out + model.neural_terms(y, context) if len(model.networks) else out
 
 
 class _HybridSolve(torch.autograd.Function):

@@ -54,7 +54,7 @@ class _Tracker(nn.Module):
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out = self.func(t, y)
         if bool(torch.isfinite(out.detach()).all() and torch.isfinite(y.detach()).all()):
-            now = float(t)
+            now = float(t.detach())
             if self.t is not None and now != self.t:
                 self.step = now - self.t
             self.t = now
