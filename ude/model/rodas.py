@@ -257,13 +257,14 @@ def _integrate(
     tiny = 4 * np.finfo(float).eps
     stages = np.empty((STAGES, n_batch, n))
     last_h = last_err = None  # the previous accepted step, for the predictive controller
+    accepted = rejected_count = 0  # this solve's (``stats`` may add up several solves)
     rejected = False
     for k in range(1, len(times)):
         t_out = float(times[k])
         while direction * (t_out - t) > 0:
             if h < max(MIN_RELATIVE_STEP * span, tiny * abs(t)):
                 raise StepFailure("step size underflow", t, h)
-            if stats.accepted + stats.rejected >= max_steps:
+            if accepted + rejected_count >= max_steps:
                 raise StepFailure(f"{max_steps} steps were not enough", t, h)
             remaining = abs(t_out - t)
             clipped = remaining <= 1.1 * h  # also stretches to avoid a sliver of a last step
@@ -275,6 +276,7 @@ def _integrate(
             err = error_norm(stages[-1], y, y_new, rtol, atol)
             if err <= 1.0:
                 stats.accepted += 1
+                accepted += 1
                 if record:
                     rec_t.append(t)
                     rec_h.append(hs)
@@ -293,10 +295,11 @@ def _integrate(
                     dfdt = time_derivative(t, y)
             else:
                 stats.rejected += 1
+                rejected_count += 1
                 h = h_step * _factor(err, h_step, None, None, True)
                 rejected = True
         outputs[k] = y
-        output_step[k] = stats.accepted
+        output_step[k] = accepted
     traj = (
         _trajectory(rec_t, rec_h, rec_y, rec_u, rec_w, output_step, n_batch, n) if record else None
     )
