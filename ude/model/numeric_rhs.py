@@ -66,6 +66,15 @@ def _activation(module: nn.Module) -> str:
     return kind
 
 
+def _value(kind: str, z: np.ndarray) -> np.ndarray:
+    """``sigma(z)`` alone (the right-hand side's own evaluations need no derivative)."""
+    if kind == "tanh":
+        return np.tanh(z)
+    if kind == "relu":
+        return np.maximum(z, 0.0)
+    return _act(kind, z, 1)[0]
+
+
 def _act(kind: str, z: np.ndarray, order: int) -> tuple[np.ndarray, ...]:
     """``sigma(z)`` and its derivatives up to ``order`` (1 or 2), as torch defines them."""
     if kind == "tanh":
@@ -146,7 +155,7 @@ class NumpyNetwork:
         a = x
         for i, kind in enumerate(self.kinds):
             w = self._w_in if i == 0 else self.weights[i]
-            a = _act(kind, a @ w.T + self.biases[i], 1)[0]
+            a = _value(kind, a @ w.T + self.biases[i])
         return self._output(a)
 
     def value_and_jacobian(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -42,8 +42,9 @@ def _failure(method: str, t: float, h: float | None, reason: str) -> SolverFaile
 
 
 class _Tracker(nn.Module):
-    """Passes ``func`` through and remembers the last time at which it was finite and the
-    step that led there, for the failure message of a torchdiffeq solver."""
+    """Passes ``func`` through and remembers the last time it was called at and the step
+    that led there, for the failure message of a torchdiffeq solver (a module, as the
+    adjoint method requires; one float conversion per call)."""
 
     def __init__(self, func):
         super().__init__()
@@ -52,13 +53,11 @@ class _Tracker(nn.Module):
         self.step: float | None = None
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = self.func(t, y)
-        if bool(torch.isfinite(out.detach()).all() and torch.isfinite(y.detach()).all()):
-            now = float(t.detach())
-            if self.t is not None and now != self.t:
-                self.step = now - self.t
-            self.t = now
-        return out
+        now = float(t.detach())
+        if self.t is not None and now != self.t:
+            self.step = now - self.t
+        self.t = now
+        return self.func(t, y)
 
 
 class Solver:
