@@ -65,8 +65,10 @@ class Solver:
 
     Args:
         method: a torchdiffeq method name (adaptive: dopri5, bosh3, ...; fixed: rk4, euler, ...)
-            or ``rosenbrock23``, an L-stable linearly implicit method for stiff kinetics (fast
-            and slow rates, Michaelis-Menten terms with a small K) where dopri5 crawls.
+            or a linearly implicit, L-stable method for stiff kinetics (fast and slow rates,
+            Michaelis-Menten terms with a small K) where dopri5 crawls: ``rodas5p`` (order 5,
+            in numpy with the exact gradient of its steps; :mod:`ude.model.rodas`) or
+            ``rosenbrock23`` (order 2, through torch autograd).
         rtol, atol: tolerances of adaptive methods.
         step_size: step of fixed-step methods, in time units (None: the output grid's spacing).
         adjoint: backpropagate by the adjoint method (memory O(1) in the number of steps).
@@ -88,7 +90,7 @@ class Solver:
                 source="solver.method",
                 fix="one of " + ", ".join(sorted(ADAPTIVE | FIXED | STIFF)),
             )
-        if method in STIFF and adjoint:
+        if method in STIFF and adjoint:  # both differentiate their own steps
             raise UdeError(
                 f"method '{method}' does not support the adjoint method",
                 source="solver.adjoint",
