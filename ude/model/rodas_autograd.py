@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ude.model import rodas
+from ude.model import rodas, stiff
 from ude.model.numeric_rhs import NumericRHS
 
 Tensor = torch.Tensor
@@ -146,8 +146,11 @@ def _parameter_grads(
         total = (problem.torch_rhs(points, rows) * w).sum()
         starts = as_t(np.repeat(traj.y[:, None], n_stages, axis=1)).requires_grad_(True)
         f_start = problem.torch_rhs(starts, rows)
-        (jt_w,) = torch.autograd.grad((f_start * w).sum(), starts, create_graph=True)
-        total = total + (jt_w * as_t(traj.stages)).sum()
+        (jt_w,) = torch.autograd.grad(
+            (f_start * w).sum(), starts, create_graph=True, allow_unused=True
+        )
+        if jt_w is not None:  # None: f does not depend on the states
+            total = total + (jt_w * as_t(traj.stages)).sum()
         inputs = [leaf, *params]
         take = [x for x, need in zip(inputs, needed, strict=True) if need]
         got = iter(torch.autograd.grad(total, take, allow_unused=True))
@@ -169,7 +172,14 @@ def _replay_grads(problem: _Problem, y0, context, params, grad_out, ctx) -> list
     def func(_t: Tensor, y: Tensor) -> Tensor:
         return problem.torch_rhs(y, context)
 
-    out = _replay(func, y0, traj)
+    jacobian = None
+    if not problem.rhs.networks:  # a twin: its compiled Jacobian, differentiable as it is
+        derivatives = problem.rhs.derivatives
+
+        def jacobian(_t: Tensor, y: Tensor) -> Tensor:
+            return derivatives.jacobian_torch(torch.cat([y, context], dim=-1))
+
+    out = _replay(func, y0, traj, jacobian=jacobian)
     inputs = [y0, context, *params]
     take = [x for x, need in zip(inputs, ctx.needs_input_grad[1:], strict=True) if need]
     got = iter(torch.autograd.grad(out, take, grad_out, create_graph=True, allow_unused=True))
@@ -231,7 +241,8 @@ def _generic(func: Func, y0: Tensor, t: Tensor, rtol, atol, max_steps, stats) ->
         y_ = as_t(y)
         with torch.no_grad():
             value = func(as_t(tt), y_)
-        return _numpy(value), _numpy(_jacobian(func, as_t(tt), y_))
+        # one batched backward pass for all rows of the Jacobian
+        return _numpy(value), _numpy(stiff.jacobian(func, as_t(tt), y_)[0])
 
     def time_derivative(tt: float, y: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -261,9 +272,16 @@ def _generic(func: Func, y0: Tensor, t: Tensor, rtol, atol, max_steps, stats) ->
     return _replay(func, y0, traj, timed)
 
 
-def _replay(func: Func, y0: Tensor, traj: rodas.Trajectory, timed: bool = False) -> Tensor:
+def _replay(
+    func: Func,
+    y0: Tensor,
+    traj: rodas.Trajectory,
+    timed: bool = False,
+    jacobian: Func | None = None,
+) -> Tensor:
     """The solution ``(time, batch, state)`` recomputed through the accepted steps of
-    ``traj`` with an autograd graph (the Jacobian in each ``W`` differentiated too)."""
+    ``traj`` with an autograd graph (the Jacobian in each ``W`` differentiated too:
+    ``jacobian(t, y)``, by default autograd's with ``create_graph``)."""
     n = y0.shape[-1]
     eye = torch.eye(n, dtype=y0.dtype, device=y0.device)
     a = torch.as_tensor(rodas._A, dtype=y0.dtype, device=y0.device)
@@ -273,7 +291,7 @@ def _replay(func: Func, y0: Tensor, traj: rodas.Trajectory, timed: bool = False)
     y = y0
     for t_cur, h in zip(traj.t.tolist(), traj.h.tolist(), strict=True):
         tt = torch.as_tensor(t_cur, dtype=y0.dtype, device=y0.device)
-        jac = _jacobian(func, tt, y, create_graph=True)
+        jac = jacobian(tt, y) if jacobian else _jacobian(func, tt, y, create_graph=True)
         dfdt = _time_derivative(func, tt, y) if timed else None
         lu, piv = torch.linalg.lu_factor(eye / (h * rodas.GAMMA) - jac)
         stages: list[Tensor] = []
