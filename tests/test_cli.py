@@ -155,3 +155,42 @@ def test_wandb_offline_run_is_quiet_and_closed(tmp_path):
     debug = (tmp_path / "run" / "wandb" / "debug.log").read_text()
     assert "finishing run" in debug
     assert "Traceback" not in debug and "HandleAbandonedError" not in debug
+
+
+BLOW_UP_SPEC = (
+    "states: [x]\nparameters:\n  k: {value: 1.5, learn: true, min: 1.0}\nequations:\n  x: k*x**2\n"
+)
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [
+        "dopri5",
+        "rodas5p",
+        pytest.param("rk4", marks=pytest.mark.slow),
+        pytest.param("adjoint", marks=pytest.mark.slow),
+        pytest.param("rosenbrock23", marks=pytest.mark.slow),
+    ],
+)
+def test_a_model_that_blows_up_stops_with_the_time_step_and_advice(tmp_path, solver):
+    # x' = k x^2 with k >= 1 from x(0) = 1 leaves every bound by t = 1/k <= 1, and the data
+    # run to t = 2: no parameter value the fit may choose makes it solvable.
+    spec = tmp_path / "blow.yaml"
+    spec.write_text(BLOW_UP_SPEC)
+    data = tmp_path / "blow.csv"
+    data.write_text("time,x\n" + "".join(f"{t / 10},{1 + t / 10}\n" for t in range(21)))
+    proc = run_train(
+        tmp_path,
+        "data=csv",
+        f"data.path={data}",
+        f"model.spec={spec}",
+        f"solver={solver}",
+        "trainer.max_epochs=2",
+        "distill=none",
+        "logger=none",
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("error: ") and "could not integrate past t=0." in last, last
+    assert "step size" in last and "check its rates and initial values" in last
+    assert "Traceback" not in proc.stderr

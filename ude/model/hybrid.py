@@ -12,6 +12,7 @@ from torch import nn
 from ude.data.measurements import Measurements
 from ude.errors import UdeError
 from ude.model.networks import MLP, FluxNetwork
+from ude.model.numeric_rhs import NumericRHS, NumericSystem, UnsupportedNetwork
 from ude.model.observation import log_density
 from ude.model.parameters import SpecParameters
 from ude.model.solver import Solver
@@ -165,10 +166,29 @@ class HybridODE(nn.Module):
         return torch.cat([y, context[..., : len(self.spec.inputs)]], dim=-1)
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        ctx = self._context
+        return self.rhs(y, self._context)
+
+    def numeric_rhs(self, context: torch.Tensor | None = None) -> NumericSystem | None:
+        """The right-hand side for the conditions' ``context (batch, input + parameter)``
+        (default: the current solve's) frozen to numpy, for the stiff solver's fast path
+        (:class:`~ude.model.numeric_rhs.NumericSystem`). None for a network that has no numpy
+        form (the solver then differentiates through torch)."""
+        context = self._context if context is None else context
+        if context is None:
+            return None
+        try:
+            rhs = NumericRHS.from_model(self, context)
+        except UnsupportedNetwork:
+            return None
+        params = [p for p in self.networks.parameters() if p.requires_grad]
+        return NumericSystem(rhs, context, params, self.rhs)
+
+    def rhs(self, y: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The right-hand side ``(P, state)`` at rows ``y (P, state)`` with their own
+        contexts ``(P, input + parameter)``."""
         if not self._slot_targets:  # a symbolic twin: no network terms to add
-            return self.known_terms(y, ctx)
-        return self.known_terms(y, ctx) + self.neural_terms(y, ctx)
+            return self.known_terms(y, context)
+        return self.known_terms(y, context) + self.neural_terms(y, context)
 
     # -- solving and observing ---------------------------------------------------------------
     def simulate(
@@ -182,7 +202,7 @@ class HybridODE(nn.Module):
             y0 = self.initial[condition]
             y0 = torch.where(self.initial_known[condition], y0.detach(), y0)
         try:
-            return self.solver(self, y0, times).transpose(0, 1)
+            return self.solver(_Conditioned(self, self._context), y0, times).transpose(0, 1)
         finally:
             self._context = None
 
@@ -238,6 +258,23 @@ class HybridODE(nn.Module):
 
     def parameter_values(self) -> dict:
         return self.parameters_.values()
+
+
+class _Conditioned(nn.Module):
+    """``model``'s right-hand side for the conditions of one solve: it holds their context,
+    so a solver that calls it after the solve (the adjoint method's backward pass) still has
+    it, and gradients reach the parameters behind the context."""
+
+    def __init__(self, model: HybridODE, context: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.context = context
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.model.rhs(y, self.context)
+
+    def numeric_rhs(self) -> NumericSystem | None:
+        return self.model.numeric_rhs(self.context)
 
 
 def _flux_scale(stoich: torch.Tensor, deriv_scale: torch.Tensor) -> torch.Tensor:

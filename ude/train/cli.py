@@ -163,10 +163,13 @@ def main(cfg: DictConfig) -> None:
         if metrics.get("stop_reason"):
             ckpt = Path(metrics["run_dir"]) / "checkpoints" / "last.ckpt"
             kept = f"last good checkpoint: {ckpt}" if ckpt.is_file() else "no checkpoint kept"
+            # Before the first step the model as given cannot be solved: the solver's message
+            # says what to try; a smaller learning rate would not help.
+            stepped = metrics.get("train_mse_first") is not None
             raise UdeError(
                 metrics["stop_reason"],
                 source="train",
-                fix=f"{kept}; lower optim.lr or tighten the solver",
+                fix=f"{kept}; lower optim.lr or tighten the solver" if stepped else kept,
             )
 
 

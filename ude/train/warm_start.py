@@ -94,6 +94,8 @@ def gradient_matching(
     )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.05)
     loss = torch.tensor(float("nan"))
+    if not any(p.requires_grad for p in nets + params):  # nothing to fit but initial states
+        steps = 0
     for _ in range(steps):
         ctx = model.context(cond)
         resid = (model.known_terms(y, ctx) + model.neural_terms(y, ctx) - dy) / model.deriv_scale
