@@ -4,6 +4,7 @@ import pytest
 from hydra.utils import instantiate
 
 from ude.conf import CONF_DIR as CONF
+from ude.runs import data_config
 
 
 def options(group: str) -> list[str]:
@@ -22,7 +23,7 @@ def test_every_option_of_every_group_composes(make_cfg, group):
 
 def test_data_model_solver_instantiate(make_cfg):
     cfg = make_cfg()
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(data_config(cfg))
     solver = instantiate(cfg.solver)
     model = instantiate(cfg.model, _partial_=True)(
         measurements=datamodule.measurements, solver=solver
@@ -53,6 +54,7 @@ def test_cpu_trainer_instantiates_and_gpu_ddp_name_their_accelerator(make_cfg):
     assert instantiate(cfg.trainer).max_epochs == cfg.trainer.max_epochs
     assert make_cfg("trainer=gpu").trainer.accelerator == "gpu"
     assert make_cfg("trainer=ddp").trainer.strategy == "ddp"
+    assert make_cfg("trainer=gpu64").trainer.precision == "64-true"
 
 
 def test_a_stiff_training_solver_is_kept_by_the_distillation_refits(make_cfg):

@@ -116,11 +116,16 @@ def run_training(
     trainer: pl.Trainer,
     ckpt_path: str | None = None,
 ) -> dict[str, Any]:
-    """``trainer.fit`` then :func:`evaluate`; the metrics include the wall time."""
+    """``trainer.fit`` then :func:`evaluate` (under DDP: on the first process; the others
+    return the stop reason and the epochs only); the metrics include the wall time."""
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start
-    metrics = evaluate(module, datamodule.measurements, getattr(datamodule, "split", None))
+    metrics = (
+        evaluate(module, datamodule.measurements, getattr(datamodule, "split", None))
+        if trainer.is_global_zero
+        else {}
+    )
     metrics["epochs"] = int(trainer.current_epoch)
     metrics["stop_reason"] = module.stop_reason
     if module.warm_start_discarded:

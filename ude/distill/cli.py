@@ -19,6 +19,7 @@ from ude.data.measurements import Measurements
 from ude.data.splits import Split
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
+from ude.progress import Progress
 
 DEFAULT = CONF_DIR / "distill" / "default.yaml"
 
@@ -29,9 +30,10 @@ def run_distill(
     measurements: Measurements,
     run_dir: str | Path,
     split: Split | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Instantiate ``cfg`` (the ``distill`` node), distil ``model`` and write the report
-    (its plots mark the data ``split`` holds out).
+    (its plots mark the data ``split`` holds out); ``progress`` shows the stages.
 
     ``cfg.forecast_interval`` (optional) holds the keyword arguments of the forecast band's
     :class:`ude.distill.uncertainty.LaplaceInterval` (n_samples, level, seed, ...); absent: its
@@ -42,7 +44,8 @@ def run_distill(
     from ude.distill.report import write_report
     from ude.distill.uncertainty import LaplaceInterval
 
-    distiller = instantiate(cfg.distiller)
+    # objects go in through a partial: Hydra would turn them into config nodes
+    distiller = instantiate(cfg.distiller, _partial_=True)(progress=progress)
     result = distiller.fit(model, measurements)
     options = cfg.get("forecast_interval", {})
     interval = None
@@ -56,6 +59,7 @@ def run_distill(
         horizon=float(cfg.get("forecast_horizon", 10.0)),
         interval=interval,
         split=split,
+        progress=progress,
     )
 
 

@@ -18,6 +18,7 @@ from ude.distill.distiller import Distillation
 from ude.distill.twin import equations_markdown, twin_to_dict
 from ude.distill.uncertainty import ForecastInterval, LaplaceInterval
 from ude.model.hybrid import HybridODE
+from ude.progress import Progress
 from ude.spec.compile import CompiledExpressions
 from ude.spec.model_spec import ModelSpec
 from ude.spec.simulate import simulate_spec
@@ -114,6 +115,7 @@ def write_report(
     horizon: float = 10.0,
     interval: LaplaceInterval | None = None,
     split: Split | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Writes twin.json, twin.sbml, equations.md, distill.json and plots/distilled_terms.png,
     plots/forecast.png into ``run_dir``; returns the metrics. With ``interval``, the forecast
@@ -151,9 +153,10 @@ def write_report(
     band = None
     if interval is not None:
         start = time.perf_counter()
-        band, metrics["forecast_interval"] = forecast_band(
-            interval, result, measurements, times, twin.states, truth
-        )
+        with (progress or Progress()).stage("band"):
+            band, metrics["forecast_interval"] = forecast_band(
+                interval, result, measurements, times, twin.states, truth
+            )
         metrics["timings"]["interval_seconds"] = round(time.perf_counter() - start, 3)
     if result.inclusion is not None:
         metrics["inclusion_probability"] = result.inclusion

@@ -8,6 +8,7 @@ the answer, which makes it both faster and less prone to poor local minima.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,10 +70,12 @@ def gradient_matching(
     steps: int = 500,
     lr: float = 1e-2,
     weight_decay: float = 0.0,
+    step: Callable[[], object] | None = None,
 ) -> float:
     """Fit ``model``'s networks and learned parameters to the smoothed derivatives; set the
     initial states to the smoothed values at the first time. Returns the final loss (mean
-    squared residual in units of the derivative scale)."""
+    squared residual in units of the derivative scale). ``step`` (optional) is called after
+    each of the ``steps`` (progress)."""
     p0 = next(model.parameters())
     as_t = lambda a: torch.as_tensor(a, dtype=p0.dtype, device=p0.device)  # noqa: E731
     y, dy = as_t(smoothed.y), as_t(smoothed.dy)
@@ -93,6 +96,8 @@ def gradient_matching(
         loss.backward()
         opt.step()
         schedule.step()
+        if step is not None:
+            step()
     with torch.no_grad():
         model.initial.copy_(as_t(smoothed.initial))
     return float(loss.detach())
