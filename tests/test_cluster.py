@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -324,3 +325,127 @@ def test_a_submitit_sweep_runs_both_jobs_and_a_preempted_job_requeues_and_resume
     data = [load_run(sweep / str(num), [])[2].values for num in (0, 1)]
     np.testing.assert_array_equal(data[0], data[1])
     assert (sweep / "0" / "plots" / "fit.png").is_file()
+
+
+def wandb_records(run_folder: Path) -> list:
+    """The records of an offline W&B run (its ``run-<id>.wandb``: a header, then LevelDB-log
+    framed protobuf records in 32 KiB blocks), read without wandb's service or a network."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (path,) = run_folder.glob("run-*.wandb")
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, chunks, pending = 7, 32768, [], b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # a block's tail too short for a record header is padding
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:  # a whole record
+            chunks.append(chunk)
+        elif kind == 2:  # first, middle, last pieces of one
+            pending = chunk
+        elif kind == 3:
+            pending += chunk
+        elif kind == 4:
+            chunks.append(pending + chunk)
+    return [pb.Record.FromString(c) for c in chunks]
+
+
+def _logged_key(item) -> str:
+    """The key a value was logged under (a logged image or table is stored as the fields of
+    a dict under its key: ``[key, "_type"]``, ...)."""
+    return item.key or "/".join(item.nested_key[:-1])
+
+
+def wandb_contents(run_folder: Path) -> dict:
+    """What an offline run holds: config keys, logged keys, summary keys, artifacts
+    ``{name: (type, [file, ...])}``."""
+    out: dict = {"config": {}, "history": set(), "summary": set(), "artifacts": {}}
+    for record in wandb_records(run_folder):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            out["config"].update(
+                {u.key: json.loads(u.value_json) for u in record.run.config.update}
+            )
+        elif kind == "config":
+            out["config"].update({u.key: json.loads(u.value_json) for u in record.config.update})
+        elif kind == "history":
+            out["history"] |= {_logged_key(item) for item in record.history.item}
+        elif kind == "summary":
+            out["summary"] |= {_logged_key(u) for u in record.summary.update}
+        elif kind == "artifact":
+            files = [entry.path for entry in record.artifact.manifest.contents]
+            out["artifacts"][record.artifact.name] = (record.artifact.type, files)
+    return out
+
+
+def offline_env(tmp_path: Path) -> dict:
+    """W&B offline, every folder of its own under ``tmp_path``: nothing goes to the network
+    or the home directory."""
+    return {
+        **ENV,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        **{k: str(tmp_path / k.lower()) for k in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR",
+                                                   "WANDB_DATA_DIR")},
+    }  # fmt: skip
+
+
+@pytest.mark.slow
+def test_wandb_offline_holds_config_plots_equations_twin_and_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "train.py", "logger=wandb", "trainer.max_epochs=30",
+         f"hydra.run.dir={run_dir}"],
+        cwd=ROOT, env=offline_env(tmp_path), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder,) = (run_dir / "wandb").glob("offline-run-*")
+    assert f"wandb sync {folder}" in proc.stdout
+    got = wandb_contents(folder)
+    # the resolved config, as hyperparameters
+    assert got["config"]["optim"]["lr"] == 0.001 and got["config"]["data"]["seed"] == 0
+    assert got["config"]["model"]["spec"] == "lotka_volterra"
+    # the figures, as images (their files in the run's media folder)
+    plots = {"fit", "missing_terms", "distilled_terms", "forecast"}
+    assert {f"plots/{p}" for p in plots} <= got["history"], got["history"]
+    images = {p.name.split("_")[0] for p in (folder / "files/media/images/plots").glob("*.png")}
+    assert images == {"fit", "missing", "distilled", "forecast"}
+    # the twin's equations, as a table
+    assert "twin/equations" in got["history"]
+    (table,) = (folder / "files/media/table/twin").glob("equations_*.table.json")
+    rows = json.loads(table.read_text())
+    twin = json.loads((run_dir / "twin.json").read_text())
+    assert rows["columns"] == ["state", "equation", "discovered"]
+    assert [r[0] for r in rows["data"]] == list(twin["equations"])
+    assert rows["data"][0][1] == f"dx/dt = {twin['equations']['x']}"
+    # twin.json and the checkpoint, as artifacts
+    kinds = {name.split("-")[0]: value for name, value in got["artifacts"].items()}
+    assert kinds["twin"][0] == "twin" and "twin.json" in kinds["twin"][1]
+    assert kinds["checkpoint"] == ("model", ["last.ckpt"])
+    # the final numbers in the summary
+    assert {"train_nmse", "epochs", "timings/warm_start_seconds"} <= got["summary"]
+
+
+@pytest.mark.slow
+def test_wandb_offline_holds_the_benchmark_summary_table(tmp_path):
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [sys.executable, "benchmark.py", "suite=tiny", "suite.methods=[sindy]", "logger=wandb",
+         f"out_dir={out}"],
+        cwd=ROOT, env=offline_env(tmp_path), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder,) = (out / "wandb").glob("offline-run-*")
+    got = wandb_contents(folder)
+    assert {"benchmark/summary", "benchmark/results"} <= got["history"]
+    assert got["config"]["suite"]["name"] == "tiny"
+    (summary,) = (folder / "files/media/table/benchmark").glob("summary_*.table.json")
+    table = json.loads(summary.read_text())
+    assert table["columns"][0] == "method" and [r[0] for r in table["data"]] == ["sindy"]
+    reports = [files for kind, files in got["artifacts"].values() if kind == "report"]
+    assert reports == [["report.md", "results.csv"]]

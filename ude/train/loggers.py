@@ -67,6 +67,13 @@ def _logged_in() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
+def wandb_offline() -> bool:
+    """W&B runs offline unless the user is logged in; ``WANDB_MODE`` (online, offline,
+    disabled) wins when set."""
+    mode = os.environ.get("WANDB_MODE")
+    return mode == "offline" or (mode is None and not _logged_in())
+
+
 class _WandbLogger(WandbLogger):
     """Lightning's WandbLogger without its ``anonymous=None`` (which wandb >= 0.19 answers
     with "The anonymous setting has no effect"), with :meth:`log_run` (what a finished run
@@ -140,8 +147,7 @@ def wandb_logger(
     """
     import wandb
 
-    mode = os.environ.get("WANDB_MODE")
-    offline = mode == "offline" or (mode is None and not _logged_in())
+    offline = wandb_offline()
     folder = Path(save_dir) / "wandb"
     folder.mkdir(parents=True, exist_ok=True)
     id_file = folder / "run_id"
