@@ -64,3 +64,54 @@ def test_a_stiff_training_solver_is_kept_by_the_distillation_refits(make_cfg):
     assert (default.score_refit.method, default.refit.method) == ("rk4", "dopri5")
     stiff = make_cfg("solver=rosenbrock23").distill.distiller
     assert (stiff.score_refit.method, stiff.refit.method) == ("rosenbrock23", "rosenbrock23")
+
+
+class _Submitted(Exception):
+    """Raised instead of running sbatch: carries the script submitit wrote."""
+
+
+def test_slurm_ddp_launcher_writes_the_sbatch_script_of_the_ddp_recipe(tmp_path, monkeypatch):
+    """hydra/launcher=slurm_ddp through the real submitit launcher, up to the sbatch call:
+    one task per device on each node, the requeue signal, the partition and the time."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+    from submitit.slurm.slurm import SlurmExecutor
+
+    GlobalHydra.instance().clear()
+    overrides = [
+        "hydra/launcher=slurm_ddp",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.timeout_min=90",
+        "trainer=ddp",
+        "trainer.accelerator=gpu",
+        "trainer.devices=4",
+        "trainer.num_nodes=2",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.job.name = "train"
+
+    def written(self, path):
+        raise _Submitted(path)
+
+    monkeypatch.setattr(SlurmExecutor, "_make_submission_command", written)
+    monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 1))  # "srun found"
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.setup(hydra_context=None, task_function=lambda c: None, config=cfg)
+    with pytest.raises(_Submitted) as submitted:
+        launcher.launch([["seed=0"], ["seed=1"]], initial_job_idx=0)
+    script = open(submitted.value.args[0]).read()
+    for line in (
+        "#SBATCH --partition=gpu",
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=4",  # tasks per node = trainer.devices
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --time=90",
+        "#SBATCH --signal=USR2@120",  # submitit's requeue signal, 2 minutes before the end
+        "#SBATCH --array=0-1%2",  # the sweep's two runs as a job array, both at once
+    ):
+        assert line in script, (line, script)
+    assert "srun" in script  # srun starts the tasks: Lightning reads the ranks from SLURM
