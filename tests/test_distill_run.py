@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from ude.distill import load_twin
 from ude.distill.cli import main as distill_main
 from ude.distill.cli import new_distill_dir
 from ude.errors import UdeError
+from ude.progress import ConsoleProgress
 from ude.spec.simulate import simulate_spec
 
 QUICK = [
@@ -31,10 +34,20 @@ QUICK = [
 ]
 
 
-def test_train_distils_and_run_can_be_distilled_again(make_cfg, tmp_path):
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_train_distils_and_run_can_be_distilled_again(make_cfg, tmp_path, caplog):
     run = tmp_path / "run"
+    caplog.set_level(logging.INFO, logger="ude.progress")  # as hydra/job_logging=ude sets it
+    screen = _Terminal()
     # '++': the key may or may not be in conf/distill (absent: LaplaceInterval's defaults)
-    metrics = train.train(make_cfg(*QUICK, "++distill.forecast_interval.n_samples=30"))
+    metrics = train.train(
+        make_cfg(*QUICK, "++distill.forecast_interval.n_samples=30"),
+        progress=ConsoleProgress(screen, every=0.0),
+    )
     for name in ("twin.json", "equations.md", "distill.json"):
         assert (run / name).is_file(), name
     band = json.loads((run / "distill.json").read_text())["forecast_interval"]
@@ -44,6 +57,14 @@ def test_train_distils_and_run_can_be_distilled_again(make_cfg, tmp_path):
         assert (run / "plots" / name).is_file(), name
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["distill"]["discovered"] == metrics["distill"]["discovered"]
+    # every stage was shown on the terminal's live line, and its duration kept
+    shown = screen.getvalue()
+    for line in ("warm start  500/500", "epochs  3/3", "screen", "refits  1/10", "final refit",
+                 "bootstrap", "band", "plots", "petab export"):  # fmt: skip
+        assert line in shown, line
+    stages = {"warm_start", "epochs", "screen", "refits", "final_refit", "bootstrap", "band",
+              "plots", "petab_export"}  # fmt: skip
+    assert {f"{s}_seconds" for s in stages} <= set(saved["timings"]), saved["timings"]
     twin = load_twin(run / "twin.json")
     assert set(twin.discovered) == {"x", "y"}
     assert "$$" in (run / "equations.md").read_text()

@@ -132,6 +132,9 @@ def load_run(
             source=str(ckpt),
         ) from None
     model.eval()
+    from ude.fit import reported_model
+
+    model, _ = reported_model(model, measurements, datamodule.split)  # an ensemble's best
     return cfg, model, measurements, datamodule.split
 
 

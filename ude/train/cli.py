@@ -137,6 +137,8 @@ def train(cfg: DictConfig, progress: Progress | None = None) -> dict[str, Any]:
             except SIGTERMException:
                 _terminated(run_dir, trainer)
         if trainer.is_global_zero:
+            # an ensemble's best member on the training data, else the trained model
+            model = module.reported
             _outputs(cfg, model, datamodule, run_dir, metrics, progress)
             metrics["timings"].update(progress.timings())
             metrics["run_dir"] = str(run_dir)

@@ -61,6 +61,15 @@ class UDEModule(pl.LightningModule):
         if polish_epochs < 0 or penalty < 0 or weight_decay < 0:
             raise UdeError("polish_epochs, penalty and weight_decay must be >= 0", source="optim")
         self.model = model
+        # an ensemble (HybridEnsemble): its members' losses add up, each member's gradient
+        # is its own model's; multiple shooting and L-BFGS would tie the members together
+        self.members = int(getattr(model, "n_members", 1))
+        if self.members > 1 and (polish_epochs or shooting_segments > 1):
+            raise UdeError(
+                "an ensemble trains with Adam on whole trajectories only",
+                source="model.ensemble",
+                fix="optim.polish_epochs=0 optim.shooting_segments=1, or model.ensemble=1",
+            )
         self.register_buffer("times", times)
         self.register_buffer("obs_scale", obs_scale)
         self.lr, self.weight_decay, self.loss_kind = float(lr), float(weight_decay), loss
@@ -110,7 +119,7 @@ class UDEModule(pl.LightningModule):
     @torch.no_grad()
     def _place_nodes(self) -> None:
         """Start each shooting node on the model's own trajectory from the initial states."""
-        cond = torch.arange(self.model.initial.shape[0], device=self.times.device)
+        cond = torch.arange(self.model.inputs.shape[0], device=self.times.device)
         try:
             states = self.model.simulate(self.times, cond)
         except SolverFailed:
@@ -152,21 +161,30 @@ class UDEModule(pl.LightningModule):
         ``fit`` and ``mse`` are sums over the batch's measured entries (``entries`` of them);
         ``penalty`` and ``continuity`` sums of per-condition means over its real conditions
         (``conditions``; padding items that keep DDP processes in step count for nothing);
-        ``prior`` the parameters' prior NLL (once, not per process)."""
-        cond, mask = batch["condition"], batch["mask"]
+        ``prior`` the parameters' prior NLL (once, not per process). An ensemble's values
+        are sums over its members (the sizes are those of one)."""
+        cond, mask, values, sigma = (batch[k] for k in ("condition", "mask", "values", "sigma"))
         real = batch.get("real")
         real = torch.ones_like(cond, dtype=mask.dtype) if real is None else real.to(mask.dtype)
+        entries, conditions = mask.sum(), real.sum()
+        noise = self.model.noise
+        if self.members > 1:  # every member fits the batch: (member * batch, ...)
+            n = self.members
+            mask, values, sigma, real = (
+                x.repeat(n, *[1] * (x.dim() - 1)) for x in (mask, values, sigma, real)
+            )
+            noise = noise.repeat_interleave(cond.shape[0], dim=0)[:, None, None, :]
         states, gap = self.trajectory(cond, shooting, per_item=True)
         pred = self.model.observe(states, cond)
-        entries = mask.sum()
-        mse = normalised_mse(pred, batch["values"], mask, self.obs_scale) * entries
+        # sums over the members of their mean errors: each member's gradient is its own
+        mse = normalised_mse(pred, values, mask, self.obs_scale) * mask.sum()
         if self.loss_kind == "nll":
-            sigma = torch.where(batch["sigma"] > 0, batch["sigma"], self.model.noise)
+            sigma = torch.where(sigma > 0, sigma, noise)
             if self.model.has_noise_models:
-                fit = self.model.noise_nll(states, pred, cond, batch["values"], mask, sigma)
+                fit = self.model.noise_nll(states, pred, cond, values, mask, sigma)
             else:
-                fit = gaussian_nll(pred, batch["values"], mask, sigma)
-            fit = fit * entries
+                fit = gaussian_nll(pred, values, mask, sigma)
+            fit = fit * mask.sum()
         else:
             fit = mse
         out = {
@@ -174,7 +192,7 @@ class UDEModule(pl.LightningModule):
             "mse": mse,
             "prior": self.model.parameters_.prior_nll(),
             "entries": entries.to(mse.dtype),
-            "conditions": real.sum().to(mse.dtype),
+            "conditions": conditions.to(mse.dtype),
         }
         if gap is not None:
             out["continuity"] = (gap * real).sum()
@@ -263,6 +281,9 @@ class UDEModule(pl.LightningModule):
             raise _NonFinite(f"loss became {loss if processes == 1 else 'NaN/inf'}{where}")
         assert local is not None
         out = self.combine(local, total, processes)
+        if self.members > 1:  # the values of the step: the mean over the members
+            sizes = ("entries", "conditions")
+            total = {k: v if k in sizes else v / self.members for k, v in total.items()}
         if processes > 1:
             # DDP all-reduces every parameter's gradient each step: one a step leaves unused
             # (the shooting nodes after the shooting epochs, the noise with loss=mse) gets a
@@ -293,7 +314,7 @@ class UDEModule(pl.LightningModule):
             strategy = self.trainer.strategy
             state = strategy.broadcast(
                 (
-                    self.state_dict(),
+                    {k: v.cpu() for k, v in self.state_dict().items()},
                     getattr(self, "warm_start_loss", None),
                     self.warm_start_discarded,
                 ),
@@ -338,7 +359,7 @@ class UDEModule(pl.LightningModule):
     @torch.no_grad()
     def _solve_failure(self) -> str | None:
         """Why the model's trajectories over the data's times cannot be solved, or None."""
-        conditions = torch.arange(self.model.initial.shape[0], device=self.times.device)
+        conditions = torch.arange(self.model.inputs.shape[0], device=self.times.device)
         try:
             states = self.model.simulate(self.times, conditions)
         except SolverFailed as err:
@@ -399,7 +420,9 @@ class UDEModule(pl.LightningModule):
                 self._last_good = current
                 adam.zero_grad()
                 self.manual_backward(out["loss"])
-                if self.grad_clip:
+                if self.grad_clip and self.members > 1:
+                    self._clip_members()
+                elif self.grad_clip:
                     self.clip_gradients(
                         adam, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm"
                     )
@@ -414,6 +437,18 @@ class UDEModule(pl.LightningModule):
             self.first_mse = whole["mse"]
         self._log_epoch("train/", whole, n)
         self._log_epoch("", {"lr": adam.param_groups[0]["lr"]}, n)
+
+    @torch.no_grad()
+    def _clip_members(self) -> None:
+        """Clip each member's gradient to norm ``grad_clip`` on its own (every parameter of
+        an ensemble has the member axis first), as each model alone would be clipped."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norms = torch.stack([g.reshape(self.members, -1).pow(2).sum(1) for g in grads]).sum(0)
+        scale = (self.grad_clip / (norms.sqrt() + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(scale.reshape(-1, *[1] * (g.dim() - 1)))
 
     def _log_epoch(self, prefix: str, values: dict[str, float], conditions: int) -> None:
         """Epoch means (over steps, weighted by their ``conditions``) of values that every

@@ -80,6 +80,10 @@ def gradient_matching(
     as_t = lambda a: torch.as_tensor(a, dtype=p0.dtype, device=p0.device)  # noqa: E731
     y, dy = as_t(smoothed.y), as_t(smoothed.dy)
     cond = torch.as_tensor(smoothed.condition, device=p0.device)
+    # an ensemble's members each fit the same points: (member * point, state), member-major;
+    # the loss is the sum of the members' own
+    members = int(getattr(model, "n_members", 1))
+    y, dy = y.repeat(members, 1), dy.repeat(members, 1)
     nets = list(model.networks.parameters())
     params = list(model.parameters_.parameters())
     opt = torch.optim.AdamW(
@@ -93,7 +97,7 @@ def gradient_matching(
         resid = (model.known_terms(y, ctx) + model.neural_terms(y, ctx) - dy) / model.deriv_scale
         loss = (resid * resid).mean()
         opt.zero_grad()
-        loss.backward()
+        (loss * members).backward()
         opt.step()
         schedule.step()
         if step is not None:
