@@ -6,6 +6,8 @@ Examples:
     ude-train trainer.max_epochs=300 seed=1
     ude-train ckpt_path=outputs/<day>/<time>/checkpoints/last.ckpt   # resume
     ude-train -m seed=0,1,2 hydra/launcher=local                     # a local sweep
+    ude-train hydra.run.dir=runs/a                                   # killed? run it again
+    ude-train trainer=ddp trainer.devices=2                          # 2 processes (DDP)
     ude-train --cfg job                                   # print the composed config
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import warnings
@@ -113,7 +116,10 @@ def train(cfg: DictConfig, progress: Progress | None = None) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True)
     if first:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
+        # replaced at once: the other processes of a SLURM DDP job, started together, read it
+        partial = run_dir / f".config.yaml.{os.getpid()}"
+        partial.write_text(OmegaConf.to_yaml(config))
+        os.replace(partial, run_dir / "config.yaml")
         if ckpt_path and not cfg.get("ckpt_path"):
             log.info(f"ude: resuming from {ckpt_path} (epoch {checkpoint_epoch(Path(ckpt_path))})")
 
