@@ -197,7 +197,13 @@ def main(argv: list[str] | None = None, prog: str = "ude-distill") -> dict[str, 
         f"# {command}\n# the run's config with these settings, {time.strftime('%Y-%m-%d %H:%M')}\n"
         + OmegaConf.to_yaml(cfg, resolve=True)
     )
-    metrics = run_distill(cfg.distill, model, measurements, out, split)
+    from ude.progress import ConsoleProgress
+
+    progress = ConsoleProgress()
+    try:
+        metrics = run_distill(cfg.distill, model, measurements, out, split, progress=progress)
+    finally:
+        progress.close_all()
     print(summary(metrics))
     print(f"distillation written to {out}/ (the run's own twin is unchanged)")
     return metrics
