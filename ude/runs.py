@@ -25,6 +25,7 @@ from ude.errors import UdeError
 from ude.fit import make_module
 from ude.model.hybrid import HybridODE
 from ude.model.solver import stiff_or
+from ude.progress import Progress
 from ude.spec.model_spec import load_spec
 from ude.train.module import UDEModule
 
@@ -47,8 +48,11 @@ OmegaConf.register_new_resolver("ude_command", invoked_as, replace=True)
 OmegaConf.register_new_resolver("ude_stiff_or", stiff_or, replace=True)
 
 
-def build_run(cfg: DictConfig) -> tuple[ConditionsDataModule, HybridODE, UDEModule]:
-    """The DataModule, HybridODE and UDEModule of a composed (or saved) run config.
+def build_run(
+    cfg: DictConfig, progress: Progress | None = None
+) -> tuple[ConditionsDataModule, HybridODE, UDEModule]:
+    """The DataModule, HybridODE and UDEModule of a composed (or saved) run config; the
+    module reports its warm start and training to ``progress``.
 
     The spec is loaded first, so a bad spec file is reported before anything else; tensors are
     float64 when the trainer runs in 64-bit precision. The model and the module see the
@@ -60,10 +64,9 @@ def build_run(cfg: DictConfig) -> tuple[ConditionsDataModule, HybridODE, UDEModu
     double = str(cfg.trainer.get("precision", "32")).startswith("64")
     torch.set_default_dtype(torch.float64 if double else torch.float32)
     try:
+        data = data_config(cfg)
         datamodule = (
-            instantiate(cfg.data, _partial_=True)(spec=spec)
-            if "problem" in cfg.data
-            else instantiate(cfg.data)
+            instantiate(data, _partial_=True)(spec=spec) if "problem" in data else instantiate(data)
         )
         split = getattr(datamodule, "split", None)
         seen = datamodule.measurements if split is None else split.masked(datamodule.measurements)
@@ -73,7 +76,18 @@ def build_run(cfg: DictConfig) -> tuple[ConditionsDataModule, HybridODE, UDEModu
         )
     finally:
         torch.set_default_dtype(torch.float32)
-    return datamodule, model, make_module(model, seen, **cfg.optim)
+    return datamodule, model, make_module(model, seen, progress=progress, **cfg.optim)
+
+
+def data_config(cfg: DictConfig) -> DictConfig:
+    """``cfg.data`` for instantiation: resolved, without ``data.seed``, which only feeds the
+    synthetic data's draw (``data.measurements.seed: ${data.seed}``) and is no argument of
+    the DataModule."""
+    if "seed" not in cfg.data:
+        return cfg.data
+    data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
+    data.pop("seed")
+    return data
 
 
 def petab_spec_source(cfg: DictConfig) -> str:

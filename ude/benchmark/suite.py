@@ -32,6 +32,7 @@ from ude.benchmark.metrics import (
 )
 from ude.benchmark.scenario import Problem, Scenario, build_problem
 from ude.errors import UdeError
+from ude.progress import Progress
 from ude.systems import get_system
 
 AXES = ("noise", "n_times", "replicates", "conditions", "unobserved", "corruption", "library")
@@ -199,8 +200,10 @@ def run_suite(
     shard: int = 0,
     n_shards: int = 1,
     log: Any = print,
+    progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
-    """Run this shard's cells not already in ``out_dir``'s results; returns the new rows."""
+    """Run this shard's cells not already in ``out_dir``'s results; returns the new rows.
+    ``progress`` shows the cell running and how many are done."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     done = {r["id"] for r in read_results(out)}
@@ -209,7 +212,9 @@ def run_suite(
     log(f"benchmark: {len(mine)} cells in this shard, {len(mine) - len(todo)} already done")
     path = out / f"results-{shard}of{n_shards}-{os.getpid()}.jsonl"
     rows = []
+    stage = (progress or Progress()).start("cells", total=len(todo))
     for i, cell in enumerate(todo, 1):
+        stage.describe(f"{cell.scenario.system} {cell.axis} {cell.method}")
         if cell.method not in methods:
             raise UdeError(
                 f"unknown method '{cell.method}'",
@@ -231,6 +236,8 @@ def run_suite(
             f"[{i}/{len(todo)}] {cell.scenario.system} {where} "
             f"{cell.method}: {status} ({row['seconds']:.1f} s)"
         )
+        stage.advance()
+    stage.close()
     return rows
 
 

@@ -20,6 +20,7 @@ from ude.data.measurements import Measurements
 from ude.data.splits import Split
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
+from ude.progress import Progress
 
 DEFAULT = CONF_DIR / "distill" / "default.yaml"
 
@@ -30,9 +31,10 @@ def run_distill(
     measurements: Measurements,
     run_dir: str | Path,
     split: Split | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Instantiate ``cfg`` (the ``distill`` node), distil ``model`` and write the report
-    (its plots mark the data ``split`` holds out).
+    (its plots mark the data ``split`` holds out); ``progress`` shows the stages.
 
     With ``split``, the distillation (screen, refits, bootstrap, band) sees the training
     entries alone (:meth:`ude.data.Split.training_data`) and the twin is judged on the
@@ -54,7 +56,8 @@ def run_distill(
         fitted = model.select_conditions(kept)
         initial = model.initial.detach().cpu().numpy()
         held_out = HeldOut(measurements, split, data.observable_scale(), initial, kept)
-    distiller = instantiate(cfg.distiller)
+    # objects go in through a partial: Hydra would turn them into config nodes
+    distiller = instantiate(cfg.distiller, _partial_=True)(progress=progress)
     try:
         result = distiller.fit(fitted, data)
     except NoSolvableTwin as err:
@@ -71,6 +74,7 @@ def run_distill(
         horizon=float(cfg.get("forecast_horizon", 10.0)),
         interval=interval,
         held_out=held_out,
+        progress=progress,
     )
 
 
@@ -183,7 +187,11 @@ def load_run(
             source=str(ckpt),
         ) from None
     model.eval()
-    return cfg, model, datamodule.measurements, datamodule.split
+    from ude.fit import reported_model
+
+    measurements = datamodule.measurements
+    model, _ = reported_model(model, measurements, datamodule.split)  # an ensemble's best
+    return cfg, model, measurements, datamodule.split
 
 
 def new_distill_dir(run_dir: Path, name: str | None) -> Path:
@@ -245,7 +253,13 @@ def main(argv: list[str] | None = None, prog: str = "ude-distill") -> dict[str, 
         f"# {command}\n# the run's config with these settings, {time.strftime('%Y-%m-%d %H:%M')}\n"
         + OmegaConf.to_yaml(cfg, resolve=True)
     )
-    metrics = run_distill(cfg.distill, model, measurements, out, split)
+    from ude.progress import ConsoleProgress
+
+    progress = ConsoleProgress()
+    try:
+        metrics = run_distill(cfg.distill, model, measurements, out, split, progress=progress)
+    finally:
+        progress.close_all()
     print(summary(metrics))
     raise_if_no_twin(metrics, out, run_dir)
     print(f"distillation written to {out}/ (the run's own twin is unchanged)")

@@ -21,6 +21,7 @@ from ude.distill.twin import numeric_twin, twin_spec
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
 from ude.model.solver import SolverFailed
+from ude.progress import Progress
 from ude.spec.model_spec import ModelSpec
 
 
@@ -119,6 +120,8 @@ class Distiller:
             grid, 300 L-BFGS iterations, loose tolerance).
         refit: the final ODE refit of the chosen twin (default: dopri5, tight tolerance).
         bootstrap: inclusion probabilities (None: skipped).
+        progress: where the stages (screen, refits k of n, final refit, bootstrap) are
+            shown and timed (:class:`ude.progress.Progress`; default: nowhere).
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class Distiller:
         score_refit: TwinRefit | None = None,
         refit: TwinRefit | None = None,
         bootstrap: BootstrapInclusion | None = None,
+        progress: Progress | None = None,
     ):
         self.library = library
         self.sampler = sampler
@@ -138,6 +142,7 @@ class Distiller:
         self.score_refit = score_refit
         self.refit = refit
         self.bootstrap = bootstrap
+        self.progress = progress
 
     def _n_grid(self) -> int:
         return (self.sampler or TrajectorySampler()).n_times
@@ -195,6 +200,8 @@ class Distiller:
             raise UdeError("the model has no neural slots: nothing to distil", source="distill")
         clock = {}
         t0 = time.perf_counter()
+        progress = self.progress or Progress()
+        stage = progress.start("screen")
         samples = (self.sampler or TrajectorySampler()).sample(model, measurements.times)
         problems, terms = self.problems(model, samples)
         theta = self.theta(model)
@@ -225,6 +232,7 @@ class Distiller:
             }
             cand.info["screen"] = screen_score(integral, cand)
         clock["regression_seconds"] = time.perf_counter() - t0
+        stage.close()
         initial = model.initial.detach().cpu().numpy()
         scorer = self.score_refit or TwinRefit(max_iter=300, tol=1e-7, method="rk4")
         known = model.spec
@@ -235,10 +243,13 @@ class Distiller:
         def score(cand: Candidate) -> tuple[RefitResult, int]:
             twin, owner = twin_spec(known, terms, cand.coef, learn=True, scales=scales)
             cand.info["owner"] = owner
+            refits.advance(note=f"{cand.n_terms} terms ({cand.origin})")
             return scorer.fit(twin, measurements, initial, noise), len(owner)
 
         t1 = time.perf_counter()
         selector = self.selector or TrajectorySelector()
+        most = [getattr(selector, k, None) for k in ("max_refits", "max_candidates")]
+        refits = progress.start("refits", total=max(most) if None not in most else None)
         try:
             chosen, path = selector.select(
                 candidates,
@@ -250,9 +261,12 @@ class Distiller:
             err.rows = path_rows(err.scored, terms)
             err.timings = {"total_seconds": round(time.perf_counter() - t0, 3)}
             raise
+        finally:
+            refits.close()
         clock["selection_seconds"] = time.perf_counter() - t1
         # final refit from the scored values, with the accurate solver
         t2 = time.perf_counter()
+        stage = progress.start("final refit")
         twin, owner = twin_spec(known, terms, chosen.candidate.coef, learn=True, scales=scales)
         start = {k: chosen.refit.values.get(k, p.value) for k, p in twin.parameters.items()}
         twin = numeric_twin(twin, start, keep_learn=True)
@@ -262,6 +276,7 @@ class Distiller:
         if not result.ok:
             result = chosen.refit
         clock["refit_seconds"] = time.perf_counter() - t2
+        stage.close()
         # the reported twin carries plain coefficients (no scale factors)
         final_scored = Scored(
             Candidate(chosen.candidate.coef, "final", info={"owner": owner}), result, 0.0, 0
@@ -277,10 +292,11 @@ class Distiller:
         inclusion = None
         if self.bootstrap is not None:
             t2 = time.perf_counter()
-            residuals = [squared_residuals(s, measurements) for s in path]
-            inclusion = self.bootstrap.inclusion(
-                path, residuals, selector.choose, selector.criterion, chosen, terms
-            )
+            with progress.stage("bootstrap"):
+                residuals = [squared_residuals(s, measurements) for s in path]
+                inclusion = self.bootstrap.inclusion(
+                    path, residuals, selector.choose, selector.criterion, chosen, terms
+                )
             clock["bootstrap_seconds"] = time.perf_counter() - t2
         clock["total_seconds"] = time.perf_counter() - t0
         return Distillation(

@@ -23,6 +23,7 @@ from ude.distill.uncertainty import ForecastInterval, LaplaceInterval
 from ude.fit import forecast_errors
 from ude.model.hybrid import HybridODE, build_hybrid
 from ude.model.solver import Solver
+from ude.progress import Progress
 from ude.spec.compile import CompiledExpressions
 from ude.spec.model_spec import ModelSpec
 from ude.spec.simulate import simulate_spec
@@ -153,6 +154,7 @@ def write_report(
     horizon: float = 10.0,
     interval: LaplaceInterval | None = None,
     held_out: HeldOut | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Writes twin.json, twin.sbml, equations.md, distill.json and plots/distilled_terms.png,
     plots/forecast.png into ``run_dir``; returns the metrics, with their ``status`` and
@@ -216,9 +218,10 @@ def write_report(
     band = None
     if interval is not None:
         start = time.perf_counter()
-        band, metrics["forecast_interval"] = forecast_band(
-            interval, result, measurements, times, twin.states, truth
-        )
+        with (progress or Progress()).stage("band"):
+            band, metrics["forecast_interval"] = forecast_band(
+                interval, result, measurements, times, twin.states, truth
+            )
         metrics["timings"]["interval_seconds"] = round(time.perf_counter() - start, 3)
         info = metrics["forecast_interval"]
         if band is None or not band.usable:
