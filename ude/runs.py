@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import torch
 from hydra.errors import HydraException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import Container, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ude.data.datamodule import ConditionsDataModule
@@ -23,7 +23,8 @@ from ude.errors import UdeError
 from ude.fit import make_module
 from ude.model.hybrid import HybridODE
 from ude.model.solver import stiff_or
-from ude.spec.model_spec import load_spec
+from ude.spec.library_key import check_terms_reach_a_slot, parse_library
+from ude.spec.model_spec import ModelSpec, load_spec
 from ude.train.module import UDEModule
 
 # conf/distill's refits use ${ude_stiff_or:${solver.method},rk4}: the training solver when it
@@ -38,6 +39,7 @@ def build_run(cfg: DictConfig) -> tuple[ConditionsDataModule, HybridODE, UDEModu
     float64 when the trainer runs in 64-bit precision.
     """
     spec = load_spec(cfg.model.spec)
+    check_library_choice(cfg, spec)
     double = str(cfg.trainer.get("precision", "32")).startswith("64")
     torch.set_default_dtype(torch.float64 if double else torch.float32)
     try:
@@ -50,6 +52,19 @@ def build_run(cfg: DictConfig) -> tuple[ConditionsDataModule, HybridODE, UDEModu
     finally:
         torch.set_default_dtype(torch.float32)
     return datamodule, model, make_module(model, measurements, **cfg.optim)
+
+
+def check_library_choice(cfg: DictConfig, spec: ModelSpec) -> None:
+    """A bad ``distill.library`` (unknown family, undeclared name in a custom term) is an
+    error before training, not after."""
+    choice = cfg.get("distill", {}).get("library") if cfg.get("distill") else None
+    if choice is None:
+        return
+    raw = OmegaConf.to_container(choice, resolve=True) if isinstance(choice, Container) else choice
+    names = [*spec.states, *spec.inputs]
+    parsed = parse_library(raw, names, source="config", where="distill.library")
+    slots = [(s.name, s.inputs) for s in spec.neural]
+    check_terms_reach_a_slot(parsed, slots, names, source="config", where="distill.library")
 
 
 def one_line(err: BaseException) -> str:

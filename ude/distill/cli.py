@@ -13,6 +13,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from ude.data.measurements import Measurements
+from ude.distill.twin import not_identified
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
 
@@ -28,13 +29,10 @@ def run_distill(
     :class:`ude.distill.uncertainty.LaplaceInterval` (n_samples, level, seed, ...); absent: its
     defaults; null or ``n_samples: 0``: no band.
     """
-    from hydra.utils import instantiate
-
     from ude.distill.report import write_report
     from ude.distill.uncertainty import LaplaceInterval
 
-    distiller = instantiate(cfg.distiller)
-    result = distiller.fit(model, measurements)
+    result = make_distiller(cfg).fit(model, measurements)
     options = cfg.get("forecast_interval", {})
     interval = None
     if options is not None and options.get("n_samples", 1) > 0:
@@ -47,6 +45,17 @@ def run_distill(
         horizon=float(cfg.get("forecast_horizon", 10.0)),
         interval=interval,
     )
+
+
+def make_distiller(cfg: DictConfig):
+    """The :class:`ude.distill.Distiller` of a ``distill`` config node, with its ``library``
+    choice (plain values) when given."""
+    from hydra.utils import instantiate
+
+    distiller = instantiate(cfg.distiller)
+    if cfg.get("library") is not None:
+        distiller.library = OmegaConf.to_container(cfg.library, resolve=True)
+    return distiller
 
 
 def summary(metrics: dict[str, Any]) -> str:
@@ -63,6 +72,20 @@ def summary(metrics: dict[str, Any]) -> str:
     band = metrics.get("forecast_interval", {})
     if "coverage_of_truth" in band:
         line += f"; {band['level']:.0%} band covers {band['coverage_of_truth']:.0%} of the truth"
+    for tie in metrics.get("ties") or []:
+        terms = "; ".join(f"d{s}/dt += {e}" for s, e in tie["terms"].items())
+        line += (
+            f"; TIE: the data fit {terms} as well "
+            f"(criterion {tie['criterion_difference']:+.1f}): they do not choose between them"
+        )
+    for target, params in not_identified(metrics.get("identifiability")).items():
+        worst = max(params.items(), key=lambda kv: kv[1]["relative_error"] or float("inf"))
+        rel = worst[1]["relative_error"]
+        line += (
+            f"; NOT IDENTIFIED by the data: {target}'s term ({worst[0]} relative error "
+            + ("unbounded" if rel is None else f"{rel:.0%}")
+            + ")"
+        )
     return line
 
 

@@ -1,5 +1,15 @@
 """Choosing the twin: refit each candidate through the ODE, score it on the data with an
-information criterion, then prune the best by trajectory-level backward elimination."""
+information criterion that pays for the size of the search, then prune the best by
+trajectory-level backward elimination; the candidates' evidence weights, and the structures
+the data cannot tell apart from the chosen one.
+
+The default criterion is the extended BIC (Chen & Chen 2008, Biometrika 95:759):
+``n log(RSS/n) + k log n + 2 γ Σ_targets log C(p_t, k_t)`` with ``p_t`` library terms and
+``k_t`` chosen terms per target, γ = 1. BIC alone pays for the parameters of one model, not
+for having looked at every support of a large library: with many rival terms one of them fits
+the noise by chance, and the last term pays for that. ``exp(-criterion/2)`` approximates each
+candidate's evidence under a prior uniform over sizes, then over the supports of a size:
+normalised over the refitted candidates these are the weights kept in distill.json."""
 
 from __future__ import annotations
 
@@ -14,20 +24,42 @@ from ude.distill.sparse import Candidate
 from ude.errors import UdeError
 
 
-def information_criterion(nmse: float, n: int, k: int, kind: str = "bic") -> float:
-    """``n log(RSS/n) + penalty(k)`` for ``n`` data points and ``k`` discovered parameters;
-    ``kind``: ``bic`` (k log n) or ``aicc`` (2k + 2k(k+1)/(n-k-1)). A model with ``k >= n - 1``
-    parameters can interpolate the data (its residual says nothing): ∞ for either."""
+CRITERIA = ("ebic", "bic", "aicc")
+EBIC_GAMMA = 1.0
+"""Weight of the search-size term: 1, the value for which Chen & Chen show consistency when
+the library grows with the data."""
+TIE = 2.0
+"""Criterion units within which two structures fit equally well: a Bayes factor under e
+(Kass & Raftery: "not worth more than a bare mention")."""
+
+
+def log_supports(p: int, k: int) -> float:
+    """``log C(p, k)``: the number of supports of ``k`` terms from a library of ``p``."""
+    if k < 0 or k > p:
+        return 0.0
+    return math.lgamma(p + 1) - math.lgamma(k + 1) - math.lgamma(p - k + 1)
+
+
+def information_criterion(
+    nmse: float, n: int, k: int, kind: str = "ebic", log_models: float = 0.0
+) -> float:
+    """``n log(RSS/n) + penalty`` for ``n`` data points and ``k`` discovered parameters;
+    ``kind``: ``bic`` (k log n), ``ebic`` (k log n + 2 γ ``log_models``, the log of the number
+    of candidate models of this size) or ``aicc`` (2k + 2k(k+1)/(n-k-1)). A model with
+    ``k >= n - 1`` parameters can interpolate the data (its residual says nothing): ∞."""
+    if kind not in CRITERIA:
+        raise UdeError(
+            f"unknown criterion '{kind}'",
+            source="distill.selector.criterion",
+            fix=", ".join(CRITERIA),
+        )
     if not math.isfinite(nmse) or nmse <= 0 or k >= n - 1:
         return math.inf
     base = n * math.log(nmse)
-    if kind == "bic":
-        return base + k * math.log(n)
     if kind == "aicc":
         return base + 2 * k + 2 * k * (k + 1) / (n - k - 1)
-    raise UdeError(
-        f"unknown criterion '{kind}'", source="distill.selector.criterion", fix="bic or aicc"
-    )
+    extra = 2 * EBIC_GAMMA * log_models if kind == "ebic" else 0.0
+    return base + k * math.log(n) + extra
 
 
 @dataclass
@@ -45,11 +77,56 @@ class Scored:
 def refitted_coef(scored: Scored) -> dict[str, np.ndarray]:
     """The candidate's coefficients ``{target: (term,)}`` at their refitted values."""
     coef = {k: v.copy() for k, v in scored.candidate.coef.items()}
-    for name, (target, j, scale) in scored.candidate.info.get("owner", {}).items():
-        if name.startswith("c_") and name in scored.refit.values:
-            coef[target][j] = float(scored.refit.values[name]) * scale
+    for name, own in scored.candidate.info.get("owner", {}).items():
+        if own.constant is None and name in scored.refit.values:
+            coef[own.target][own.index] = float(scored.refit.values[name]) * own.scale
     return coef
 
+
+def refitted_constants(scored: Scored) -> dict[str, dict[int, dict[str, float]]]:
+    """The candidate's learnable constants ``{target: {term: {name: value}}}`` at their
+    refitted values (its own start values where the refit has none)."""
+    out = {t: {j: dict(c) for j, c in cs.items()} for t, cs in scored.candidate.constants.items()}
+    for name, own in scored.candidate.info.get("owner", {}).items():
+        if own.constant is not None and name in scored.refit.values:
+            value = float(scored.refit.values[name])
+            out.setdefault(own.target, {}).setdefault(own.index, {})[own.constant] = value
+    return out
+
+
+def evidence_weights(scored: list[Scored]) -> np.ndarray:
+    """``(candidate,)``: ``exp(-criterion/2)`` normalised over the candidates (0 for a failed
+    refit): approximate posterior probabilities of the refitted structures."""
+    crit = np.array([s.criterion for s in scored], dtype=float)
+    ok = np.isfinite(crit)
+    w = np.zeros(len(scored))
+    if ok.any():
+        w[ok] = np.exp(-(crit[ok] - crit[ok].min()) / 2)
+        w /= w.sum()
+    return w
+
+
+def _contains(big: Scored, small: Scored) -> bool:
+    """Whether ``big``'s support holds all of ``small``'s terms (per target)."""
+    a, b = big.candidate.coef, small.candidate.coef
+    return all(set(np.flatnonzero(b[t])) <= set(np.flatnonzero(a[t])) for t in b)
+
+
+def ties(chosen: Scored, scored: list[Scored], margin: float = TIE) -> list[Scored]:
+    """Other structures that fit as well as ``chosen``: a criterion within ``margin`` of
+    its own, and not ``chosen`` with terms added (an extra term that does not help is no
+    rival); best first."""
+    if not math.isfinite(chosen.criterion):
+        return []
+    key = chosen.candidate.support()
+    out = [
+        s
+        for s in scored
+        if s.candidate.support() != key
+        and abs(s.criterion - chosen.criterion) <= margin
+        and not _contains(s, chosen)
+    ]
+    return sorted(out, key=lambda s: s.criterion)
 
 class TrajectorySelector:
     """Refits the most promising candidates through the ODE and scores each with
@@ -65,7 +142,7 @@ class TrajectorySelector:
     steps stop when none improves the criterion.
 
     Args:
-        criterion: ``bic`` or ``aicc``.
+        criterion: ``ebic`` (the default: pays for the library's size), ``bic`` or ``aicc``.
         prune: do the trajectory-level backward elimination.
         max_candidates: refit at most this many candidates.
         grow: also try adding each absent term at every step.
@@ -84,7 +161,7 @@ class TrajectorySelector:
 
     def __init__(
         self,
-        criterion: str = "bic",
+        criterion: str = "ebic",
         prune: bool = True,
         max_candidates: int = 5,
         grow: bool = True,
@@ -118,13 +195,16 @@ class TrajectorySelector:
         refit: Callable[[Candidate], tuple[RefitResult, int]],
         screen: Callable[[Candidate, Scored | None], float] | None = None,
         propose: Callable[[Scored], list[Candidate]] | None = None,
+        sizes: dict[str, int] | None = None,
     ) -> tuple[Scored, list[Scored]]:
         """The chosen candidate and every scored one (the whole path), in order of scoring.
 
         ``refit(candidate)`` returns the refit and the number of discovered parameters;
         ``screen(candidate, around)`` a cheap score, lower is better, along the trajectory of
         the refitted candidate ``around`` (None: the trained model's; without a screen,
-        ``info["screen"]``); ``propose(best)`` new candidates around the best refitted one.
+        ``info["screen"]``); ``propose(best)`` new candidates around the best refitted one;
+        ``sizes[target]``: its library's number of terms (for ``ebic``; without it the
+        search term is left out, as in BIC).
         """
         if not candidates:
             raise UdeError(
@@ -140,7 +220,14 @@ class TrajectorySelector:
             if key in seen:
                 return seen[key]
             result, k = refit(cand)
-            crit = information_criterion(result.nmse, result.n_points, k, self.criterion)
+            log_models = sum(
+                log_supports(sizes[t], int(np.count_nonzero(c)))
+                for t, c in cand.coef.items()
+                if sizes and t in sizes
+            )
+            crit = information_criterion(
+                result.nmse, result.n_points, k, self.criterion, log_models
+            )
             s = Scored(cand, result, crit, k, step)
             seen[key] = s
             scored.append(s)
@@ -196,8 +283,10 @@ class TrajectorySelector:
         return best, scored
 
     def _neighbours(self, best: Scored) -> list[tuple[Candidate, str]]:
-        """Supports one term away from ``best``, starting from its refitted coefficients."""
+        """Supports one term away from ``best``, starting from its refitted coefficients and
+        constants."""
         fitted = refitted_coef(best)
+        constants = refitted_constants(best)
         out = []
         for t, c in fitted.items():
             for j in range(len(c)):
@@ -206,9 +295,9 @@ class TrajectorySelector:
                     if np.count_nonzero(c) == 1:
                         continue  # keep a term in every target
                     coef[t][j] = 0.0
-                    out.append((Candidate(coef, "prune"), "prune"))
+                    out.append((Candidate(coef, "prune", constants=constants), "prune"))
                 elif c[j] == 0 and self.grow:
                     # a small start; the refit through the ODE sizes it
                     coef[t][j] = 1e-2 * float(np.max(np.abs(c))) if np.any(c) else 1e-3
-                    out.append((Candidate(coef, "grow"), "grow"))
+                    out.append((Candidate(coef, "grow", constants=constants), "grow"))
         return out

@@ -19,6 +19,7 @@ import yaml
 
 from ude.errors import UdeError
 from ude.spec.expressions import FUNCTIONS, format_expression, parse_expression
+from ude.spec.library_key import LibraryChoice, check_terms_reach_a_slot, parse_library
 from ude.spec.reactions import (
     Reaction,
     conservation_laws,
@@ -42,6 +43,7 @@ _TOP_KEYS = {
     "initial",
     "sbml",
     "neural_reactions",
+    "library",
 }
 # With 'sbml', the states, reactions and equations come from the SBML file.
 _SBML_KEYS = {
@@ -53,6 +55,7 @@ _SBML_KEYS = {
     "neural_reactions",
     "observables",
     "initial",
+    "library",
 }
 _PRIOR_KEYS = {"normal": ("mean", "sd"), "lognormal": ("median", "sigma")}
 
@@ -146,8 +149,9 @@ class ModelSpec:
     ``equations[s]`` is a known term of ds/dt; ``reactions`` add stoichiometry × flux (a
     neural reaction's flux is learned by the slot in ``neural`` that names it);
     ``discovered[s]`` is a symbolic term that replaces the neural term of ``s`` in a distilled
-    twin. ``initial`` holds optional initial values (from the spec file or SBML). Expressions
-    are sympy over the state, input and parameter names.
+    twin. ``initial`` holds optional initial values (from the spec file or SBML). ``library``:
+    the families and custom terms the distillation searches (:mod:`ude.spec.library_key`;
+    None: the default). Expressions are sympy over the state, input and parameter names.
     """
 
     states: list[str]
@@ -161,6 +165,7 @@ class ModelSpec:
     source: str | None = None
     reactions: list[Reaction] = field(default_factory=list)
     initial: dict[str, float] = field(default_factory=dict)
+    library: LibraryChoice | None = None
 
     # -- views ---------------------------------------------------------------------------------
     @property
@@ -243,6 +248,8 @@ class ModelSpec:
             out["discovered"] = {k: format_expression(v) for k, v in self.discovered.items()}
         if self.initial:
             out["initial"] = dict(self.initial)
+        if self.library is not None:
+            out["library"] = self.library.to_yaml()
         return out
 
     @classmethod
@@ -338,6 +345,7 @@ class _SpecReader:
         if flux_slot is not None:
             neural.append(flux_slot)
         initial = self.initial(raw.get("initial"), states)
+        library = self.library(raw.get("library"), [*states, *inputs], neural)
         name = raw.get("name", "model")
         if not isinstance(name, str):
             raise self.fail("name", "expected a string")
@@ -353,7 +361,16 @@ class _SpecReader:
             source=self.source,
             reactions=reactions,
             initial=initial,
+            library=library,
         )
+
+    def library(
+        self, value: Any, names: list[str], neural: list[NeuralSlot]
+    ) -> LibraryChoice | None:
+        choice = parse_library(value, names, source=self.source or "spec")
+        slots = [(s.name, s.inputs) for s in neural]
+        check_terms_reach_a_slot(choice, slots, names, source=self.source or "spec")
+        return choice
 
     def read_with_sbml(self, raw: dict[str, Any]) -> ModelSpec:
         """An SBML model with the YAML's learned parameters, networks and observables on top."""
@@ -399,6 +416,7 @@ class _SpecReader:
             *base.neural,
         ]
         initial = {**base.initial, **self.initial(raw.get("initial"), base.states)}
+        library = self.library(raw.get("library"), [*base.states, *base.inputs], neural)
         name = raw.get("name", base.name)
         if not isinstance(name, str):
             raise self.fail("name", "expected a string")
@@ -408,6 +426,7 @@ class _SpecReader:
             observables=observables,
             neural=neural,
             initial=initial,
+            library=library,
             name=name,
             source=self.source,
         )
