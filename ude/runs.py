@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from hydra.errors import HydraException
@@ -19,6 +20,7 @@ from omegaconf import Container, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ude.data.datamodule import ConditionsDataModule
+from ude.data.measurements import Measurements
 from ude.errors import UdeError
 from ude.fit import make_module
 from ude.model.hybrid import HybridODE
@@ -40,18 +42,54 @@ def build_run(cfg: DictConfig) -> tuple[ConditionsDataModule, HybridODE, UDEModu
     """
     spec = load_spec(cfg.model.spec)
     check_library_choice(cfg, spec)
+    with _precision(cfg):
+        datamodule = instantiate(cfg.data)
+    model, module = build_model(cfg, spec, datamodule.measurements)
+    return datamodule, model, module
+
+
+@contextmanager
+def _precision(cfg: DictConfig) -> Iterator[None]:
+    """Tensors are float64 while building when the trainer runs in 64-bit precision."""
     double = str(cfg.trainer.get("precision", "32")).startswith("64")
     torch.set_default_dtype(torch.float64 if double else torch.float32)
     try:
-        datamodule = instantiate(cfg.data)
-        measurements = datamodule.measurements
+        yield
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def build_model(
+    cfg: DictConfig, spec: ModelSpec, measurements: Measurements
+) -> tuple[HybridODE, UDEModule]:
+    """The HybridODE of ``spec`` on ``measurements`` and its UDEModule, as ``cfg``'s model,
+    solver and optimiser settings make them."""
+    with _precision(cfg):
         # Objects go in through a partial: Hydra would turn them into config nodes.
         model = instantiate(cfg.model, _partial_=True)(
             spec=spec, measurements=measurements, solver=instantiate(cfg.solver)
         )
+    return model, make_module(model, measurements, **cfg.optim)
+
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def train_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config ``python train.py <overrides>`` runs with, composed from ``conf/`` (usable
+    inside another Hydra app: its global state is restored). Entries that name Hydra's run
+    directory (``${hydra:...}``) cannot be resolved outside a run: set them before use."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+
+    backup = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF), version_base="1.3"):
+            return compose("config", overrides=list(overrides))
     finally:
-        torch.set_default_dtype(torch.float32)
-    return datamodule, model, make_module(model, measurements, **cfg.optim)
+        restore_gh_from_backup(backup)
 
 
 def check_library_choice(cfg: DictConfig, spec: ModelSpec) -> None:

@@ -240,6 +240,7 @@ class Distiller:
         integral = integral_problems(model, measurements, libraries, n_grid=self._n_grid())
         # free constants of each term alone, fitted on the data along the UDE's trajectory
         fitted = {t: {j: dict(c) for j, c in p.constants.items()} for t, p in integral.items()}
+        bounds = {t: p.bounds() for t, p in integral.items()}
         problems = self.problems(libraries, samples, fitted)
         paths = self.paths
         if paths is None:
@@ -285,7 +286,7 @@ class Distiller:
         def score(cand: Candidate) -> tuple[RefitResult, int]:
             cand.constants = constants_of(cand)
             twin, owner = twin_spec(
-                known, terms, cand.coef, learn=True, scales=scales, constants=cand.constants
+                known, terms, cand.coef, True, scales, constants=cand.constants, bounds=bounds
             )
             cand.info["owner"] = owner
             return scorer.fit(twin, measurements, initial, noise), len(owner)
@@ -303,7 +304,7 @@ class Distiller:
         t2 = time.perf_counter()
         start_constants = refitted_constants(chosen)
         twin, owner = twin_spec(
-            known, terms, chosen.candidate.coef, True, scales, constants=start_constants
+            known, terms, chosen.candidate.coef, True, scales, start_constants, bounds
         )
         start = {k: chosen.refit.values.get(k, p.value) for k, p in twin.parameters.items()}
         twin = numeric_twin(twin, start, keep_learn=True)
@@ -320,7 +321,7 @@ class Distiller:
         )
         coef = refitted_coef(final_scored)
         final_constants = refitted_constants(final_scored)
-        plain, _ = twin_spec(known, terms, coef, learn=True, constants=final_constants)
+        plain, _ = twin_spec(known, terms, coef, True, None, final_constants, bounds)
         values = {
             **result.values,
             **{k: p.value for k, p in plain.parameters.items() if k.startswith("c_")},
@@ -335,7 +336,15 @@ class Distiller:
         inclusion = None
         if self.bootstrap is not None:
             t2 = time.perf_counter()
-            inclusion = self.bootstrap.inclusion(problems, chosen.candidate, terms)
+            # free terms named at the constants their columns were built with
+            shown = {
+                t: [
+                    Term(term.numeric(fitted[t].get(j)), family=term.family) if term.free else term
+                    for j, term in enumerate(ts)
+                ]
+                for t, ts in terms.items()
+            }
+            inclusion = self.bootstrap.inclusion(problems, chosen.candidate, shown)
             clock["bootstrap_seconds"] = time.perf_counter() - t2
         clock["total_seconds"] = time.perf_counter() - t0
         return Distillation(

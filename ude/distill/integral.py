@@ -34,7 +34,7 @@ import torch
 
 from ude.data.measurements import Measurements
 from ude.distill.library import Library, Term
-from ude.distill.projection import ProjectedFit, fit_constants
+from ude.distill.projection import ProjectedFit, constant_bounds, fit_constants
 from ude.distill.sparse import Candidate
 from ude.errors import UdeError
 from ude.fit import predict
@@ -55,7 +55,9 @@ class IntegralProblem:
     ``from_data``: whether ``y`` holds measurements (else the integrated network output).
     ``W (point, grid point)`` maps a term's values along the trajectory grid ``X[name] (grid
     point,)`` (the slot's inputs) to its column of ``F``; ``laws`` are the terms with free
-    constants by index and ``constants`` their values in ``F``.
+    constants by index and ``constants`` their values in ``F``; ``degenerate`` the free terms whose ``K`` went to the
+    edge of its range when fitted alone: over the data they are a constant, a power or a
+    mass-action term, which simpler library terms say (the screen leaves them out).
     """
 
     F: np.ndarray
@@ -67,6 +69,7 @@ class IntegralProblem:
     X: dict[str, np.ndarray] = field(default_factory=dict)
     laws: dict[int, Term] = field(default_factory=dict)
     constants: Constants = field(default_factory=dict)
+    degenerate: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.levels = np.unique(self.condition)
@@ -104,8 +107,16 @@ class IntegralProblem:
             )
             self.constants[j] = consts
             self.F[:, j] = self.column(j, consts)
+            lo, hi = constant_bounds(term.law, self.X[term.law.variable])[term.law.K]
+            if not lo * 1.05 < consts[term.law.K] < hi / 1.05:
+                self.degenerate.add(j)
         self._scale_columns()
         return self
+
+    def bounds(self) -> dict[int, dict[str, tuple[float, float]]]:
+        """Range of each free term's constants along this trajectory
+        (:func:`ude.distill.projection.constant_bounds`)."""
+        return {j: constant_bounds(t.law, self.X[t.law.variable]) for j, t in self.laws.items()}
 
     def n_constants(self, support: Sequence[int]) -> int:
         return sum(len(self.laws[j].free) for j in support if j in self.laws)
@@ -333,14 +344,15 @@ class IntegralPath:
         self.criterion = criterion
         self.max_enumerate = max_enumerate
 
-    def _supports(self, n_terms: int) -> list[tuple[int, ...]]:
-        count = sum(math.comb(n_terms, k) for k in range(1, self.max_terms + 1))
+    def _supports(self, p: IntegralProblem) -> list[tuple[int, ...]]:
+        usable = [j for j in range(p.n_terms) if j not in p.degenerate]
+        count = sum(math.comb(len(usable), k) for k in range(1, self.max_terms + 1))
         if count > self.max_enumerate:
-            return [(j,) for j in range(n_terms)]
+            return [(j,) for j in usable]
         return [
             s
-            for k in range(1, min(self.max_terms, n_terms) + 1)
-            for s in itertools.combinations(range(n_terms), k)
+            for k in range(1, min(self.max_terms, len(usable)) + 1)
+            for s in itertools.combinations(usable, k)
         ]
 
     def _stepwise(self, p: IntegralProblem) -> list[tuple[int, ...]]:
@@ -348,8 +360,9 @@ class IntegralPath:
         ``stepwise_terms`` terms; every step's support."""
         support: list[int] = []
         out = []
-        for _ in range(min(self.stepwise_terms, p.n_terms)):
-            rest = [j for j in range(p.n_terms) if j not in support]
+        usable = [j for j in range(p.n_terms) if j not in p.degenerate]
+        for _ in range(min(self.stepwise_terms, len(usable))):
+            rest = [j for j in usable if j not in support]
             scores = [p.criterion([*support, j], self.criterion)[1] for j in rest]
             support.append(rest[int(np.argmin(scores))])
             out.append(tuple(sorted(support)))
@@ -359,7 +372,7 @@ class IntegralPath:
         """Scored supports of one target, best first; the ``per_target`` best with their
         free constants fitted jointly."""
         seen: dict[tuple[int, ...], Ranked] = {}
-        for s in [*self._supports(p.n_terms), *self._stepwise(p)]:
+        for s in [*self._supports(p), *self._stepwise(p)]:
             if s not in seen:
                 coef, crit = p.criterion(s, self.criterion)
                 seen[s] = (crit, s, coef, {j: dict(p.constants[j]) for j in s if j in p.laws})

@@ -24,9 +24,10 @@ K_QUANTILES = (0.1, 0.5, 0.9)
 """Starts of ``K``: these quantiles of the variable's positive values along the trajectory."""
 N_STARTS = (1.5, 4.0, 10.0)
 """Starts of a Hill ``n``: shallow, switch-like and steep."""
-K_RANGE = 30.0
-"""``K`` is searched from the variable's smallest positive value over this to its largest
-times this: beyond, the term is constant or linear over the data, which simpler terms say."""
+K_RANGE = 10.0
+"""``K`` is searched (and refitted) from the variable's smallest positive value over this to
+its largest times this: beyond, the term is constant or linear over the data, which simpler
+terms say with fewer constants (and a refit chasing ``K`` to infinity crawls)."""
 
 
 def _orthonormal_basis(A: np.ndarray) -> np.ndarray:
@@ -61,13 +62,23 @@ class ProjectedFit:
         return self.y_perp - (C / scale) @ w
 
 
-def _bounds(law: RateLaw, x: np.ndarray) -> list[tuple[float, float]]:
-    """Search bounds of the law's parameter vector: ``log K`` (and ``n``)."""
+def constant_bounds(law: RateLaw, x: np.ndarray) -> dict[str, tuple[float, float]]:
+    """Bounds of the law's constants given its variable's values ``x`` along the trajectory:
+    ``K`` within :data:`K_RANGE` of the positive values, ``n`` in ``HILL_N_BOUNDS``."""
     pos = x[x > 0]
     lo, hi = (float(pos.min()), float(pos.max())) if pos.size else (1e-3, 1.0)
-    out = [(math.log(lo / K_RANGE), math.log(hi * K_RANGE))]
+    out = {law.K: (lo / K_RANGE, hi * K_RANGE)}
     if law.kind != "saturation":
-        out.append(HILL_N_BOUNDS)
+        out[law.n] = HILL_N_BOUNDS
+    return out
+
+
+def _bounds(law: RateLaw, x: np.ndarray) -> list[tuple[float, float]]:
+    """Search bounds of the law's parameter vector: ``log K`` (and ``n``)."""
+    b = constant_bounds(law, x)
+    out = [(math.log(b[law.K][0]), math.log(b[law.K][1]))]
+    if law.kind != "saturation":
+        out.append(b[law.n])
     return out
 
 

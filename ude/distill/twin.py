@@ -62,12 +62,14 @@ def twin_spec(
     learn: bool = True,
     scales: dict[str, np.ndarray] | None = None,
     constants: dict[str, dict[int, dict[str, float]]] | None = None,
+    bounds: dict[str, dict[int, dict[str, tuple[float, float]]]] | None = None,
 ) -> tuple[ModelSpec, dict[str, Owner]]:
     """The twin of ``spec`` with ``sum_j coef[t][j] * terms[t][j]`` discovered for each target
     ``t``; coefficients (and the learnable constants of rational terms, ``K`` and a free Hill
     ``n``) become parameters ``c_<state>_<j>`` / ``K_<state>_<j>`` / ``n_<state>_<j>``,
     learned when ``learn``. ``constants[t][j]`` overrides term ``j``'s own constants (e.g.
-    the values the screen fitted); a free ``n`` is kept in :data:`HILL_N_BOUNDS`.
+    the values the screen fitted); ``bounds[t][j]`` keeps a learnable constant in a range
+    (a free ``n``: :data:`HILL_N_BOUNDS` by default, ``K``: positive).
 
     With ``scales[t] (term,)`` a coefficient is written ``c * scale * term`` and the parameter
     ``c = coef / scale`` is of order one, which conditions the refit's optimiser.
@@ -88,11 +90,12 @@ def twin_spec(
             term = terms[target][j]
             subs = {}
             given = (constants or {}).get(target, {}).get(int(j), {})
+            ranges = (bounds or {}).get(target, {}).get(int(j), {})
             for k, v in {**term.constants, **given}.items():
                 if k in term.learnable and learn:
                     name = _fresh(f"{k}_{target}_{j}", taken)
-                    if term.law is not None and k == term.law.n:
-                        lo, hi = HILL_N_BOUNDS
+                    if k in ranges or (term.law is not None and k == term.law.n):
+                        lo, hi = ranges.get(k, HILL_N_BOUNDS)
                         v = min(max(float(v), lo), hi)
                         params[name] = Parameter(v, learn=True, min=lo, max=hi)
                     else:
