@@ -6,7 +6,7 @@ slot (nothing about a library), a CSV of noisy measurements and a conditions tab
 
 * ``hill_repression``: negative autoregulation of a gene, mRNA ``m`` repressed by its protein
   ``p`` with a Hill law of coefficient 4, ``m' = a/(1 + (p/K)^4) - dm m``; two inductions (from
-  no protein and from a high level), both species measured.
+  no protein, a damped oscillation, and from a high level), both species measured.
 * ``dose_response``: an indirect-response drug effect of Michaelis-Menten form,
   ``R' = kin - kout R - Vmax D/(K + D)``, four doses, the drug level ``D`` never measured (its
   initial level, the dose, in the conditions table), a quarter of the response samples missing.
@@ -57,6 +57,13 @@ class UserSystem:
     missing: float = 0.0
     constants: dict[str, float] = field(default_factory=dict)
 
+    def constants_variable(self) -> list[str]:
+        """The variable of the rate law whose constants are scored (the true term's state
+        inside a denominator)."""
+        expr = self.true_term()
+        _, den = sp.fraction(sp.together(expr))
+        return sorted(str(s) for s in den.free_symbols)
+
     def truth_spec(self) -> ModelSpec:
         return ModelSpec.from_dict(self.truth)
 
@@ -71,20 +78,20 @@ HILL = UserSystem(
     name="hill_repression",
     truth={
         "states": ["m", "p"],
-        "parameters": {"a": 1.0, "K": 1.0, "n": 4, "dm": 0.5, "kp": 1.0, "dp": 0.25},
+        "parameters": {"a": 1.0, "K": 1.0, "n": 4, "dm": 0.2, "kp": 0.2, "dp": 0.1},
         "equations": {"m": "a/(1 + (p/K)**n) - dm*m", "p": "kp*m - dp*p"},
     },
     spec={
         "name": "autorepression",
         "states": ["m", "p"],
-        "parameters": {"dm": 0.5, "kp": 1.0, "dp": 0.25},
+        "parameters": {"dm": 0.2, "kp": 0.2, "dp": 0.1},
         "equations": {"m": "-dm*m", "p": "kp*m - dp*p"},
         "neural": {"targets": ["m"]},
     },
-    initial=[[0.0, 0.0], [0.0, 3.0]],
+    initial=[[0.0, 0.0], [0.0, 4.0]],
     observed=["m", "p"],
-    t_end=30.0,
-    n_times=31,
+    t_end=40.0,
+    n_times=41,
     target="m",
     term="a/(1 + (p/K)**n)",
     constants={"K": 1.0, "n": 4.0},

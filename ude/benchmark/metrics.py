@@ -44,8 +44,10 @@ def _canonical(e: sp.Expr, exponent: bool = False) -> sp.Expr:
 
 
 def expression_terms(expr: sp.Expr) -> dict[str, float]:
-    """``{canonical basis: coefficient}`` of an expression with numbers for its parameters."""
+    """``{canonical basis: coefficient}`` of an expression with numbers for its parameters
+    (a Hill term's ``|x|`` counts as ``x``)."""
     out: dict[str, float] = {}
+    expr = expr.replace(sp.Abs, lambda a: a)
     for term in sp.Add.make_args(sp.expand(expr)):
         if term == 0:
             continue

@@ -122,6 +122,22 @@ def _term_name(term: Term, constants: dict[str, float]) -> str:
     return str(term.numeric(constants))
 
 
+def _nonnegative_start(
+    initial: np.ndarray, spec: ModelSpec, terms: dict[str, list[Term]], coef: dict
+) -> np.ndarray:
+    """``initial (condition, state)`` with the states that a chosen Hill term raises to a
+    free power started at 0 or above: a concentration fitted slightly below zero from noisy
+    first samples would make ``x**n`` undefined."""
+    out = np.array(initial, dtype=float, copy=True)
+    for t, c in coef.items():
+        for j in np.flatnonzero(c):
+            law = terms[t][j].law
+            if law is not None and law.kind != "saturation" and law.variable in spec.states:
+                i = spec.states.index(law.variable)
+                out[:, i] = np.maximum(out[:, i], 0.0)
+    return out
+
+
 def _is_libraries(value: Any) -> bool:
     if isinstance(value, Library):
         return True
@@ -289,7 +305,8 @@ class Distiller:
                 known, terms, cand.coef, True, scales, constants=cand.constants, bounds=bounds
             )
             cand.info["owner"] = owner
-            return scorer.fit(twin, measurements, initial, noise), len(owner)
+            start = _nonnegative_start(initial, known, terms, cand.coef)
+            return scorer.fit(twin, measurements, start, noise), len(owner)
 
         t1 = time.perf_counter()
         chosen, path = (self.selector or TrajectorySelector()).select(
@@ -308,9 +325,9 @@ class Distiller:
         )
         start = {k: chosen.refit.values.get(k, p.value) for k, p in twin.parameters.items()}
         twin = numeric_twin(twin, start, keep_learn=True)
-        result = (self.refit or TwinRefit()).fit(
-            twin, measurements, chosen.refit.model.initial.detach().cpu().numpy(), noise
-        )
+        start = chosen.refit.model.initial.detach().cpu().numpy()
+        start = _nonnegative_start(start, known, terms, chosen.candidate.coef)
+        result = (self.refit or TwinRefit()).fit(twin, measurements, start, noise)
         if not result.ok:
             result = chosen.refit
             owner = chosen.candidate.info["owner"]

@@ -55,9 +55,10 @@ class IntegralProblem:
     ``from_data``: whether ``y`` holds measurements (else the integrated network output).
     ``W (point, grid point)`` maps a term's values along the trajectory grid ``X[name] (grid
     point,)`` (the slot's inputs) to its column of ``F``; ``laws`` are the terms with free
-    constants by index and ``constants`` their values in ``F``; ``degenerate`` the free terms whose ``K`` went to the
-    edge of its range when fitted alone: over the data they are a constant, a power or a
-    mass-action term, which simpler library terms say (the screen leaves them out).
+    constants by index and ``constants`` their values in ``F``; ``degenerate`` the free terms
+    that, fitted alone, became a simpler library term: ``K`` at the edge of its range (over
+    the data a constant, a power or a mass-action term), or a Hill ``n`` at 1 beside the
+    Michaelis-Menten term of the same variable. The screen leaves them out.
     """
 
     F: np.ndarray
@@ -107,11 +108,24 @@ class IntegralProblem:
             )
             self.constants[j] = consts
             self.F[:, j] = self.column(j, consts)
-            lo, hi = constant_bounds(term.law, self.X[term.law.variable])[term.law.K]
-            if not lo * 1.05 < consts[term.law.K] < hi / 1.05:
+            if self._is_degenerate(j):
                 self.degenerate.add(j)
         self._scale_columns()
         return self
+
+    def _is_degenerate(self, j: int, constants: dict[str, float] | None = None) -> bool:
+        law = self.laws[j].law
+        consts = self.constants[j] if constants is None else constants
+        bounds = constant_bounds(law, self.X[law.variable])
+        lo, hi = bounds[law.K]
+        if not lo * 1.05 < consts[law.K] < hi / 1.05:
+            return True
+        if law.kind == "saturation" or consts[law.n] > bounds[law.n][0] * 1.05:
+            return False
+        return any(  # n = 1: the Michaelis-Menten term (and a constant) say it
+            t.law.kind == "saturation" and t.law.variable == law.variable and t.law.factor is None
+            for t in self.laws.values()
+        )
 
     def bounds(self) -> dict[int, dict[str, tuple[float, float]]]:
         """Range of each free term's constants along this trajectory
@@ -179,7 +193,8 @@ class IntegralProblem:
                 self.F[:, j] = col
         mine = self.criterion(support, kind)
         crit = self.score(rss, support, kind)
-        if crit > mine[1]:  # the local search did not improve on the single-term constants
+        degenerate = any(self._is_degenerate(j, found[j]) for j in free)
+        if crit > mine[1] or degenerate:  # no better than the single-term constants
             return mine[0], mine[1], {j: dict(self.constants[j]) for j in free}
         return coef, crit, found
 

@@ -38,9 +38,11 @@ reported for gene regulation (about 12), with room above so a true 12 is not on 
 @dataclass(frozen=True)
 class RateLaw:
     """The numeric form of a term whose constants are free: ``kind`` (``saturation``
-    ``x/(K + x)``, ``activation`` ``x**n/(K**n + x**n)`` or ``repression``
-    ``K**n/(K**n + x**n)``) of ``variable``, times the input ``factor`` when given. ``K`` and
-    ``n`` name the constants' symbols in the term's expression."""
+    ``x/(K + x)``, ``activation`` ``|x|**n/(K**n + |x|**n)`` or ``repression``
+    ``K**n/(K**n + |x|**n)``) of ``variable``, times the input ``factor`` when given. ``K`` and
+    ``n`` name the constants' symbols in the term's expression. A Hill term raises ``|x|``:
+    the same for a concentration, and defined when a fitted trajectory or an initial state
+    estimated from noisy samples dips below zero (``x**n`` would not be)."""
 
     kind: str
     variable: str
@@ -57,13 +59,15 @@ class RateLaw:
         self, columns: Mapping[str, np.ndarray], constants: Mapping[str, float]
     ) -> np.ndarray:
         """The term at inputs ``columns[name] (sample,)`` and ``constants``. Hill functions
-        are the logistic of ``n (log x - log K)``: no overflow at large ``n``. Concentrations
-        are not negative: a fitted trajectory's dips below zero count as zero."""
-        x = np.maximum(np.asarray(columns[self.variable], dtype=float), 0.0)
+        are the logistic of ``n (log |x| - log K)``: no overflow at large ``n``. A saturation's
+        ``x`` below zero (a fitted trajectory's dip) counts as zero."""
+        x = np.asarray(columns[self.variable], dtype=float)
         K = float(constants[self.K])
         if self.kind == "saturation":
+            x = np.maximum(x, 0.0)
             out = x / (K + x)
         else:
+            x = np.abs(x)  # as the term's expression: |x|**n
             with np.errstate(divide="ignore"):
                 z = float(constants[self.n]) * (np.log(x) - np.log(K))
             out = expit(z if self.kind == "activation" else -z)
@@ -99,10 +103,12 @@ class Term:
 
     @property
     def name(self) -> str:
-        """The term as written; free constants stay symbols (``x/(K + x)``)."""
+        """The term as written; free constants stay symbols (``x/(K + x)``), a Hill term's
+        ``|x|`` shows as ``x``."""
         fixed = {k: v for k, v in self.constants.items() if k not in self.free}
         subs = {sp.Symbol(k): _number(v) for k, v in fixed.items()}
-        return str(self.expr.xreplace(subs) if subs else self.expr)
+        expr = self.expr.xreplace(subs) if subs else self.expr
+        return str(expr.replace(sp.Abs, lambda a: a))
 
     def evaluate(
         self, columns: Mapping[str, np.ndarray], constants: Mapping[str, float] | None = None
@@ -341,6 +347,9 @@ class HillLibrary(Library):
             x = sp.Symbol(v)
             forms = {"activation": x**n / (K**n + x**n), "repression": K**n / (K**n + x**n)}
             if self.K_grid is None:
+                # a free n: |x|**n, defined for a dip below zero (see RateLaw)
+                ax = sp.Abs(x)
+                forms = {"activation": ax**n / (K**n + ax**n), "repression": K**n / (K**n + ax**n)}
                 for kind in kinds:
                     law = RateLaw(kind, v, K=K.name, n=n.name)
                     c = {K.name: 1.0, n.name: 2.0}

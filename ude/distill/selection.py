@@ -154,6 +154,8 @@ class TrajectorySelector:
             costs an ODE fit, and the candidates refitted first are the likeliest.
         rescreen: also propose integral-matching candidates along the best refitted twin's
             trajectory at every step.
+        max_initial_terms: the first refits take candidates with at most this many terms per
+            target (None: any).
         tolerance: the chosen twin is the sparsest candidate whose criterion is within this
             of the best (6: the difference Kass & Raftery call strong evidence for BIC); 0
             chooses the best.
@@ -171,6 +173,7 @@ class TrajectorySelector:
         margin: float = 15.0,
         max_refits: int | None = 10,
         rescreen: bool = True,
+        max_initial_terms: int | None = 3,
     ):
         if order not in {"screen", "sparsity"}:
             raise UdeError(
@@ -188,6 +191,7 @@ class TrajectorySelector:
         self.margin = margin
         self.max_refits = max_refits
         self.rescreen = rescreen
+        self.max_initial_terms = max_initial_terms
 
     def select(
         self,
@@ -238,19 +242,36 @@ class TrajectorySelector:
                 return screen(cand, around)
             return cand.info.get("screen", 0.0)
 
+        if self.max_initial_terms is not None:
+            # a candidate dense enough to interpolate the trained model's errors screens well
+            # along its trajectory, but its refit is slow and its solve often blows up
+            cap = self.max_initial_terms * max(len(c.coef) for c in candidates)
+            candidates = [c for c in candidates if c.n_terms <= cap] or candidates
+        sparsest = sorted(candidates, key=lambda c: (c.n_terms, screened(c)))
         if self.order == "screen":
-            # the best-screened candidate, then the sparsest within the margin of it: the
-            # screen is linearised, so near-ties are settled by the refits
+            # the best-screened candidate, the best-screened of the smallest size (a dense
+            # candidate can screen best along a poorly fitted trajectory), then the sparsest
+            # within the margin of the best: the screen is linearised, so near-ties are
+            # settled by the refits
             ranked = sorted(candidates, key=lambda c: (screened(c), c.n_terms))
             floor = screened(ranked[0])
-            near = [c for c in ranked[1:] if screened(c) <= floor + self.margin]
-            ranked = [ranked[0], *sorted(near, key=lambda c: (c.n_terms, screened(c)))]
+            near = [c for c in sparsest if screened(c) <= floor + self.margin]
+            ranked = [ranked[0], sparsest[0], *near, *sparsest]
         else:  # the sparsest first: dense ones are slow to refit and rarely chosen
-            ranked = sorted(candidates, key=lambda c: c.n_terms)
-        for cand in ranked[: self.max_candidates]:
-            score(cand, "path")
+            ranked = sparsest
+        # refit until max_candidates refits succeeded: a failed one (a candidate whose solve
+        # blows up) gives way to the next, twice at most (the moves need refits too)
+        succeeded, tried = 0, 0
+        for cand in ranked:
+            if succeeded >= self.max_candidates or tried >= self.max_candidates + 2:
+                break
+            if self.max_refits is not None and len(scored) >= self.max_refits:
+                break
+            if cand.support() not in seen:
+                succeeded += math.isfinite(score(cand, "path").criterion)
+                tried += 1
         best = min(scored, key=lambda s: s.criterion)
-        while True:
+        while math.isfinite(best.criterion):
             moves = self._neighbours(best) if self.prune or self.grow else []
             if propose is not None and self.rescreen:
                 moves += [(c, "rescreen") for c in propose(best)]

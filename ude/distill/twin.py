@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import sympy as sp
+from sympy.printing.str import StrPrinter
 
 from ude.distill.selection import TIE
 from ude.errors import UdeError
@@ -138,6 +139,18 @@ def _substitute(expr: sp.Expr, spec: ModelSpec, digits: int) -> sp.Expr:
     return out.xreplace({n: sp.Float(n, digits) for n in out.atoms(sp.Float)})
 
 
+class _TwinPrinter(StrPrinter):
+    """sympy's text, with ``abs`` as the spec grammar spells it (a Hill term's ``|x|``)."""
+
+    def _print_Abs(self, expr: sp.Abs) -> str:
+        return f"abs({self._print(expr.args[0])})"
+
+
+def _text(expr: sp.Expr) -> str:
+    """An expression as twin.json text: sympy and :func:`parse_expression` both read it."""
+    return _TwinPrinter().doprint(expr)
+
+
 def twin_to_dict(
     twin: ModelSpec,
     observed: list[str],
@@ -149,11 +162,15 @@ def twin_to_dict(
     coefficients. ``parameters`` lists the values of the prior spec's parameters; ``known``
     and ``observables`` are added so the file round-trips into a ModelSpec."""
     equations = {
-        s: str(_substitute(e, twin, digits))
+        s: _text(_substitute(e, twin, digits))
         for s, e in zip(twin.states, twin.known_rhs(), strict=True)
     }
-    discovered = {s: str(_substitute(e, twin, digits)) for s, e in twin.discovered.items()}
-    knownpart = {s: str(_substitute(e, twin, digits)) for s, e in twin.equations.items()}
+    discovered = {
+        s: _text(_substitute(e, twin, digits)) for s, e in twin.discovered.items()
+    }
+    knownpart = {
+        s: _text(_substitute(e, twin, digits)) for s, e in twin.equations.items()
+    }
     out: dict[str, Any] = {
         "name": twin.name,
         "states": list(twin.states),
@@ -168,7 +185,7 @@ def twin_to_dict(
     }
     if twin.observables:
         out["observables"] = {
-            k: str(_substitute(e, twin, digits)) for k, e in twin.observables.items()
+            k: _text(_substitute(e, twin, digits)) for k, e in twin.observables.items()
         }
     if inclusion is not None:
         out["inclusion_probability"] = inclusion
