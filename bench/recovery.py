@@ -255,6 +255,12 @@ def main() -> None:
     ap.add_argument("--noise", type=float, nargs="+", default=[0.05, 0.10])
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_recovery")
     ap.add_argument("--table-only", action="store_true", help="print the table of --out")
+    ap.add_argument(
+        "--oracle",
+        choices=["misses", "always"],
+        default="misses",
+        help="user systems: run the oracle where ude misses a target (default) or always",
+    )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "results.jsonl"
@@ -281,7 +287,7 @@ def main() -> None:
                             "oracle": oracle(noise, seed),
                         }
                     else:
-                        row = user_recovery.run(system, noise, seed, args.out)
+                        row = user_recovery.run(system, noise, seed, args.out, args.oracle)
                     with log.open("a") as fh:
                         fh.write(json.dumps(row, default=float) + "\n")
                     print(json.dumps(row, default=float), flush=True)

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import sympy as sp
-
 from user_systems import SYSTEMS, UserSystem, simulate, true_states, write_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,11 +45,14 @@ def shape(expr: sp.Expr) -> frozenset[str]:
     def canon(e: sp.Expr) -> sp.Expr:
         if e.is_Number:
             return k
+        if e.is_Mul and e.as_coeff_Mul()[0] != 1:  # a number times a term: the term
+            return canon(e.as_coeff_Mul()[1])
         if not e.args:
             return e
         return e.func(*[canon(a) for a in e.args])
 
     out = set()
+    expr = expr.replace(sp.Abs, lambda a: a)  # a Hill term's |x| is x for a concentration
     for term in sp.Add.make_args(sp.expand(expr)):
         if term != 0:
             out.add(str(canon(term.as_coeff_Mul()[1])))
@@ -171,7 +173,8 @@ def run_ude(system: UserSystem, noise: float, seed: int, out: Path) -> dict:
     twin = load_twin(folder / "run" / "twin.json")
     row = score_twin(system, twin)
     unidentified = [
-        t for t, e in (d.get("identifiability") or {}).get("targets", {}).items()
+        t
+        for t, e in (d.get("identifiability") or {}).get("targets", {}).items()
         if not e["identified"]
     ]
     row.update(
@@ -277,10 +280,14 @@ def run_oracle(system: UserSystem, noise: float, seed: int) -> dict:
     def refit(j: int, final: bool = False):
         coef, _, consts = problem.refine([j])
         c = {target: coef}
-        twin, owner = twin_spec(user, terms, c, constants={target: consts}, bounds={target: problem.bounds()})
+        twin, owner = twin_spec(
+            user, terms, c, constants={target: consts}, bounds={target: problem.bounds()}
+        )
         r = (TwinRefit() if final else score).fit(twin, m, initial)
         k = len(owner)
-        crit = information_criterion(r.nmse, r.n_points, k, "ebic", log_supports(len(lib.terms_), 1))
+        crit = information_criterion(
+            r.nmse, r.n_points, k, "ebic", log_supports(len(lib.terms_), 1)
+        )
         return crit, r, twin
 
     crit_true, _, _ = refit(true_j)
@@ -313,16 +320,27 @@ def _true_index(system: UserSystem, lib, problem) -> int:
     raise ValueError(f"{system.name}: the true term is not in the default library")
 
 
-def run(system_name: str, noise: float, seed: int, out: Path) -> dict:
+def misses(row: dict, noise: float) -> bool:
+    """Whether a ude row misses the issue's target for its noise level."""
+    if noise <= 0.05:
+        return not (row["exact"] and row["term_error"] <= 0.10 and row["forecast_nmse"] <= 0.05)
+    return not row["term_error"] <= 0.20
+
+
+def run(system_name: str, noise: float, seed: int, out: Path, oracle: str = "misses") -> dict:
+    """One row: ude, sindy and (``oracle``: ``always``, or where ude ``misses`` a target, the
+    runs whose data may not identify the answer) the oracle."""
     system = SYSTEMS[system_name]
-    return {
+    row = {
         "system": system_name,
         "noise": noise,
         "seed": seed,
         "ude": run_ude(system, noise, seed, out),
         "sindy": run_sindy(system, noise, seed),
-        "oracle": run_oracle(system, noise, seed),
     }
+    if oracle == "always" or misses(row["ude"], noise):
+        row["oracle"] = run_oracle(system, noise, seed)
+    return row
 
 
 # -- the table ------------------------------------------------------------------------------------
@@ -354,41 +372,47 @@ def _block(system: UserSystem, noise: float, sub: list[dict]) -> list[str]:
         f"oracle: truth best  rival                    dEBIC  term    fc    {head}",
     ]
     for r in sub:
-        u, s, o = r["ude"], r["sindy"], r["oracle"]
+        u, s, o = r["ude"], r["sindy"], r.get("oracle")
         flags = ("T" if u.get("ties") else "-") + ("U" if u.get("not_identified") else "-")
         consts = " ".join(f"{_pct(u.get(k + '_error')):>7}" for k in keys)
+        line = (
+            f"{r['seed']:4d} | {'yes' if u['exact'] else 'no ':>9} {_pct(u['term_error'])} "
+            f"{u['forecast_nmse']:6.3f} {consts}  {flags:>5}  {u.get('cpu_seconds', 0):5.0f} | "
+            f"{_pct(s['term_error']):>10} | "
+        )
+        if o is None:
+            lines.append(line + "(ude met the target: not run)")
+            continue
         oconsts = " ".join(f"{_pct(o.get(k + '_error')):>7}" for k in keys)
         delta = o.get("delta")
         lines.append(
-            f"{r['seed']:4d} | {'yes' if u['exact'] else 'no ':>9} {_pct(u['term_error'])} "
-            f"{u['forecast_nmse']:6.3f} {consts}  {flags:>5}  {u.get('cpu_seconds', 0):5.0f} | "
-            f"{_pct(s['term_error']):>10} | {'yes' if o['identifiable'] else 'no ':>18}  "
+            line + f"{'yes' if o['identifiable'] else 'no ':>18}  "
             f"{str(o.get('rival'))[:24]:24} {'' if delta is None else f'{delta:+6.1f}':>6} "
             f"{_pct(o['term_error'])} {o.get('forecast_nmse', math.inf):6.3f} {oconsts}"
         )
     n = len(sub)
     ude = [r["ude"] for r in sub]
-    exact = [u["exact"] for u in ude]
-    term = [u["term_error"] for u in ude]
-    fc = [u["forecast_nmse"] for u in ude]
+    exact = sum(u["exact"] for u in ude)
+    term10 = sum(u["term_error"] <= 0.10 for u in ude)
+    term20 = sum(u["term_error"] <= 0.20 for u in ude)
+    fc = sum(u["forecast_nmse"] <= 0.05 for u in ude)
     if noise <= 0.05:
-        all3 = sum(e and t <= 0.10 and f <= 0.05 for e, t, f in zip(exact, term, fc, strict=True))
+        all3 = sum(not misses(u, noise) for u in ude)
         lines.append(
-            f"  ude   : support exact {sum(exact)}/{n}, term error <= 10 % {sum(t <= 0.10 for t in term)}/{n}, "
-            f"forecast NMSE <= 0.05 {sum(f <= 0.05 for f in fc)}/{n}; all three {all3}/{n} "
-            "(target: >= 8 of 10)"
+            f"  ude   : support exact {exact}/{n}, term error <= 10 % {term10}/{n}, forecast "
+            f"NMSE <= 0.05 {fc}/{n}; all three {all3}/{n} (target: >= 8 of 10)"
         )
     else:
         lines.append(
-            f"  ude   : term error <= 20 % {sum(t <= 0.20 for t in term)}/{n} (target: >= 7 of 10); "
-            f"support exact {sum(exact)}/{n}, forecast NMSE <= 0.05 {sum(f <= 0.05 for f in fc)}/{n}"
+            f"  ude   : term error <= 20 % {term20}/{n} (target: >= 7 of 10); support exact "
+            f"{exact}/{n}, forecast NMSE <= 0.05 {fc}/{n}"
         )
     if keys:
         ok = [
             u for u in ude if u["exact"] and all((u.get(k + "_error") or 9) <= 0.10 for k in keys)
         ]
         lines.append(
-            f"  ude   : {' and '.join(keys)} within 10 % in {len(ok)} of the {sum(exact)} exact runs"
+            f"  ude   : {' and '.join(keys)} within 10 % in {len(ok)} of the {exact} exact runs"
         )
     flagged = [u for u in ude if not u["exact"] or u["term_error"] > 0.10]
     said = sum(bool(u.get("ties") or u.get("not_identified")) for u in flagged)
@@ -401,12 +425,17 @@ def _block(system: UserSystem, noise: float, sub: list[dict]) -> list[str]:
         f"  sindy : support exact {sum(r['sindy']['exact'] for r in sub)}/{n}, median term error "
         f"{_pct(float(np.median(s_term)))}"
     )
-    orc = [r["oracle"] for r in sub]
-    lines.append(
-        f"  oracle: the true form beats every same-size rival in {sum(o['identifiable'] for o in orc)}/{n}; "
-        f"its refit: term error <= 10 % in {sum(o['term_error'] <= 0.10 for o in orc)}/{n}, "
-        f"forecast NMSE <= 0.05 in {sum(o.get('forecast_nmse', math.inf) <= 0.05 for o in orc)}/{n}"
-    )
+    orc = [r["oracle"] for r in sub if r.get("oracle")]
+    if orc:
+        k = len(orc)
+        best = sum(o["identifiable"] for o in orc)
+        term_ok = sum(o["term_error"] <= (0.10 if noise <= 0.05 else 0.20) for o in orc)
+        fc_ok = sum(o.get("forecast_nmse", math.inf) <= 0.05 for o in orc)
+        lines.append(
+            f"  oracle (the {k} runs where ude missed a target): the true form beats every "
+            f"same-size rival in {best}/{k}; its own refit meets the term-error target in "
+            f"{term_ok}/{k} and forecasts within NMSE 0.05 in {fc_ok}/{k}"
+        )
     return lines
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import sympy as sp
 
 from ude.data.measurements import Measurements
 from ude.distill.bootstrap import BootstrapInclusion
@@ -21,6 +22,7 @@ from ude.distill.selection import (
     Scored,
     TrajectorySelector,
     evidence_weights,
+    moved_from,
     refitted_coef,
     refitted_constants,
     ties,
@@ -122,19 +124,67 @@ def _term_name(term: Term, constants: dict[str, float]) -> str:
     return str(term.numeric(constants))
 
 
-def _nonnegative_start(
-    initial: np.ndarray, spec: ModelSpec, terms: dict[str, list[Term]], coef: dict
-) -> np.ndarray:
-    """``initial (condition, state)`` with the states that a chosen Hill term raises to a
-    free power started at 0 or above: a concentration fitted slightly below zero from noisy
-    first samples would make ``x**n`` undefined."""
-    out = np.array(initial, dtype=float, copy=True)
-    for t, c in coef.items():
+def limits(
+    best: Scored, terms: dict[str, list[Term]], bounds: dict[str, dict[int, dict]]
+) -> list[Candidate]:
+    """``best`` with each saturation ``w*x/(K + x)`` that is nearly linear or nearly constant
+    over the data swapped for the library term it approaches: ``w*x`` (coefficient ``c/K``)
+    when ``K`` is above three times the largest ``x``, ``w`` (or the constant) when below three
+    times the smallest. That term has one constant fewer; the refit cannot take the step
+    itself, it only moves ``K`` towards the edge of its range."""
+    from ude.distill.library import RateLaw
+    from ude.distill.projection import K_RANGE
+
+    fitted, constants = refitted_coef(best), refitted_constants(best)
+    out = []
+    for t, c in fitted.items():
+        names = [term.name for term in terms[t]]
         for j in np.flatnonzero(c):
-            law = terms[t][j].law
-            if law is not None and law.kind != "saturation" and law.variable in spec.states:
-                i = spec.states.index(law.variable)
-                out[:, i] = np.maximum(out[:, i], 0.0)
+            law: RateLaw | None = terms[t][j].law
+            if law is None or law.kind != "saturation":
+                continue
+            K = constants.get(t, {}).get(int(j), {}).get(law.K)
+            lo, hi = bounds.get(t, {}).get(int(j), {}).get(law.K, (0.0, np.inf))
+            # the range is K_RANGE times the variable's: back to three times the variable's
+            linear, flat = hi * 3 / K_RANGE, lo * K_RANGE * 3
+            if K is None or flat < K < linear:
+                continue
+            factors = [law.variable, law.factor] if K >= linear else [law.factor or "1"]
+            target = str(
+                sp.Mul(*[sp.Symbol(f) if f != "1" else sp.Integer(1) for f in factors if f])
+            )
+            if target not in names:
+                continue
+            k = names.index(target)
+            coef = {s: v.copy() for s, v in fitted.items()}
+            coef[t][k] += c[j] / K if K >= linear else c[j]
+            coef[t][j] = 0.0
+            out.append(Candidate(coef, "limit", constants=constants))
+    return out
+
+
+def concentrations(samples: Samples, measurements: Measurements) -> np.ndarray:
+    """``(state,)``: which states behave as concentrations, never below zero but for noise:
+    a measured state whose measurements have a nonnegative median, a latent one whose fitted
+    trajectory has."""
+    out = np.zeros(len(samples.states), dtype=bool)
+    for i, s in enumerate(samples.states):
+        if s in measurements.observables:
+            v = measurements.values[..., measurements.observables.index(s)]
+            values = v[np.isfinite(v)]
+        else:
+            values = samples.X[samples.on_trajectory, i]
+        out[i] = bool(values.size) and float(np.median(values)) >= 0
+    return out
+
+
+def _nonnegative_start(initial: np.ndarray, concentration: np.ndarray) -> np.ndarray:
+    """``initial (condition, state)`` with the concentrations' starts at 0 or above: an initial
+    state fitted below zero from noisy first samples (or by a poorly trained model) turns
+    mass action's growth into a blow-up and makes a Hill term's ``x**n`` undefined; the refit
+    moves it up from zero if the data want."""
+    out = np.array(initial, dtype=float, copy=True)
+    out[:, concentration] = np.maximum(out[:, concentration], 0.0)
     return out
 
 
@@ -256,7 +306,15 @@ class Distiller:
         integral = integral_problems(model, measurements, libraries, n_grid=self._n_grid())
         # free constants of each term alone, fitted on the data along the UDE's trajectory
         fitted = {t: {j: dict(c) for j, c in p.constants.items()} for t, p in integral.items()}
-        bounds = {t: p.bounds() for t, p in integral.items()}
+        # constants' ranges over the fitted trajectory and the data: a poorly trained model's
+        # trajectory may not span the measured range
+        measured = {
+            o: v[np.isfinite(v)]
+            for o, v in zip(
+                measurements.observables, np.moveaxis(measurements.values, -1, 0), strict=True
+            )
+        }
+        bounds = {t: p.bounds(measured) for t, p in integral.items()}
         problems = self.problems(libraries, samples, fitted)
         paths = self.paths
         if paths is None:
@@ -290,6 +348,7 @@ class Distiller:
         # coefficients in units of each term's contribution relative to the network output
         scales = {t: p.y_scale / p.col_scale for t, p in problems.items()}
         noise = model.noise.detach().cpu().numpy()
+        positive = concentrations(samples, measurements)
 
         def constants_of(cand: Candidate) -> dict[str, dict[int, dict[str, float]]]:
             """The candidate's own constants over the library's fitted ones."""
@@ -305,15 +364,25 @@ class Distiller:
                 known, terms, cand.coef, True, scales, constants=cand.constants, bounds=bounds
             )
             cand.info["owner"] = owner
-            start = _nonnegative_start(initial, known, terms, cand.coef)
+            start = _nonnegative_start(cand.info.get("initial", initial), positive)
             return scorer.fit(twin, measurements, start, noise), len(owner)
+
+        def propose(best: Scored) -> list[Candidate]:
+            """Integral-matching candidates along ``best``'s trajectory and ``best`` with a
+            rate law whose ``K`` went to the edge of its range replaced by its limit, each
+            refitted from ``best``'s initial states."""
+            out = [] if proposer is None else proposer.candidates(integral_along(best))
+            out += limits(best, terms, bounds)
+            for cand in out:
+                cand.info.update(moved_from(best))
+            return out
 
         t1 = time.perf_counter()
         chosen, path = (self.selector or TrajectorySelector()).select(
             candidates,
             score,
             lambda cand, best: screen_score(integral_along(best), cand),
-            None if proposer is None else lambda best: proposer.candidates(integral_along(best)),
+            propose,
             sizes={t: len(ts) for t, ts in terms.items()},
         )
         clock["selection_seconds"] = time.perf_counter() - t1
@@ -326,7 +395,7 @@ class Distiller:
         start = {k: chosen.refit.values.get(k, p.value) for k, p in twin.parameters.items()}
         twin = numeric_twin(twin, start, keep_learn=True)
         start = chosen.refit.model.initial.detach().cpu().numpy()
-        start = _nonnegative_start(start, known, terms, chosen.candidate.coef)
+        start = _nonnegative_start(start, positive)
         result = (self.refit or TwinRefit()).fit(twin, measurements, start, noise)
         if not result.ok:
             result = chosen.refit

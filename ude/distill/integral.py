@@ -56,9 +56,10 @@ class IntegralProblem:
     ``W (point, grid point)`` maps a term's values along the trajectory grid ``X[name] (grid
     point,)`` (the slot's inputs) to its column of ``F``; ``laws`` are the terms with free
     constants by index and ``constants`` their values in ``F``; ``degenerate`` the free terms
-    that, fitted alone, became a simpler library term: ``K`` at the edge of its range (over
-    the data a constant, a power or a mass-action term), or a Hill ``n`` at 1 beside the
-    Michaelis-Menten term of the same variable. The screen leaves them out.
+    that, fitted alone, became a simpler library term or no term at all: ``K`` at the edge of
+    its range (over the data a constant, a power or a mass-action term), a Hill ``n`` at 1
+    beside the Michaelis-Menten term of the same variable, or at its upper bound (a step
+    between two samples). The screen leaves them out.
     """
 
     F: np.ndarray
@@ -120,17 +121,29 @@ class IntegralProblem:
         lo, hi = bounds[law.K]
         if not lo * 1.05 < consts[law.K] < hi / 1.05:
             return True
-        if law.kind == "saturation" or consts[law.n] > bounds[law.n][0] * 1.05:
+        if law.kind == "saturation":
+            return False
+        if consts[law.n] >= bounds[law.n][1] * 0.98:  # a step the samples cannot resolve
+            return True
+        if consts[law.n] > bounds[law.n][0] * 1.05:
             return False
         return any(  # n = 1: the Michaelis-Menten term (and a constant) say it
             t.law.kind == "saturation" and t.law.variable == law.variable and t.law.factor is None
             for t in self.laws.values()
         )
 
-    def bounds(self) -> dict[int, dict[str, tuple[float, float]]]:
-        """Range of each free term's constants along this trajectory
+    def bounds(
+        self, data: dict[str, np.ndarray] | None = None
+    ) -> dict[int, dict[str, tuple[float, float]]]:
+        """Range of each free term's constants along this trajectory, and over ``data[name]``
+        (the measured values of a variable) too when given
         (:func:`ude.distill.projection.constant_bounds`)."""
-        return {j: constant_bounds(t.law, self.X[t.law.variable]) for j, t in self.laws.items()}
+        out = {}
+        for j, t in self.laws.items():
+            v = t.law.variable
+            x = self.X[v] if v not in (data or {}) else np.concatenate([self.X[v], data[v]])
+            out[j] = constant_bounds(t.law, x)
+        return out
 
     def n_constants(self, support: Sequence[int]) -> int:
         return sum(len(self.laws[j].free) for j in support if j in self.laws)

@@ -139,7 +139,9 @@ def fit_constants(
         return fit.residual(cols)
 
     if start is not None:
-        points = [np.concatenate([_from_constants(law, c) for law, c in zip(laws, start, strict=True)])]
+        points = [
+            np.concatenate([_from_constants(law, c) for law, c in zip(laws, start, strict=True)])
+        ]
     else:
         per_law = [_starts(law, x) for law, x in zip(laws, variables, strict=True)]
         if len(laws) == 1:

@@ -23,7 +23,6 @@ from ude.distill.refit import RefitResult
 from ude.distill.sparse import Candidate
 from ude.errors import UdeError
 
-
 CRITERIA = ("ebic", "bic", "aicc")
 EBIC_GAMMA = 1.0
 """Weight of the search-size term: 1, the value for which Chen & Chen show consistency when
@@ -94,6 +93,15 @@ def refitted_constants(scored: Scored) -> dict[str, dict[int, dict[str, float]]]
     return out
 
 
+def moved_from(best: Scored) -> dict:
+    """``info`` for a candidate proposed around ``best``: its refit starts from ``best``'s
+    fitted initial states (``info["initial"]``), not from the trained model's."""
+    model = best.refit.model
+    if model is None or not best.refit.ok:
+        return {}
+    return {"initial": model.initial.detach().cpu().numpy()}
+
+
 def evidence_weights(scored: list[Scored]) -> np.ndarray:
     """``(candidate,)``: ``exp(-criterion/2)`` normalised over the candidates (0 for a failed
     refit): approximate posterior probabilities of the refitted structures."""
@@ -127,6 +135,7 @@ def ties(chosen: Scored, scored: list[Scored], margin: float = TIE) -> list[Scor
         and not _contains(s, chosen)
     ]
     return sorted(out, key=lambda s: s.criterion)
+
 
 class TrajectorySelector:
     """Refits the most promising candidates through the ODE and scores each with
@@ -171,7 +180,7 @@ class TrajectorySelector:
         order: str = "screen",
         max_moves: int | None = 3,
         margin: float = 15.0,
-        max_refits: int | None = 10,
+        max_refits: int | None = 20,
         rescreen: bool = True,
         max_initial_terms: int | None = 3,
     ):
@@ -274,7 +283,9 @@ class TrajectorySelector:
         while math.isfinite(best.criterion):
             moves = self._neighbours(best) if self.prune or self.grow else []
             if propose is not None and self.rescreen:
-                moves += [(c, "rescreen") for c in propose(best)]
+                moves += [
+                    (c, "limit" if c.origin == "limit" else "rescreen") for c in propose(best)
+                ]
             unique: dict[tuple, tuple[Candidate, str]] = {}
             for cand, step in moves:
                 if cand.support() not in seen:
@@ -285,7 +296,9 @@ class TrajectorySelector:
                 # neighbours); additions and proposals only when the screen ranks them high
                 removals = [m for m in moves if m[1] == "prune"]
                 others = [m for m in moves if m[1] != "prune"]
-                others = sorted(others, key=lambda m: screened(m[0], best))[: self.max_moves]
+                # a rate law swapped for its limit first: the same fit with a constant fewer
+                others = sorted(others, key=lambda m: (m[1] != "limit", screened(m[0], best)))
+                others = others[: self.max_moves]
                 moves = removals + others
             if self.max_refits is not None:
                 moves = moves[: max(0, self.max_refits - len(scored))]
@@ -296,6 +309,14 @@ class TrajectorySelector:
             if top.criterion >= best.criterion:
                 break
             best = top
+        while self.prune and math.isfinite(best.criterion):
+            # backward elimination from the best, past the refit budget (at most one pass per
+            # term): the parsimony rule below needs the sparser neighbours of what it chooses
+            removals = [c for c, step in self._neighbours(best) if step == "prune"]
+            trials = [score(c, "prune") for c in removals if c.support() not in seen]
+            if not trials or min(t.criterion for t in trials) >= best.criterion:
+                break
+            best = min(trials, key=lambda s: s.criterion)
         # parsimony: the sparsest candidate the criterion does not clearly reject (within
         # `tolerance` of the best); on one trajectory, extra terms can fit the noise
         floor = min(s.criterion for s in scored)
@@ -308,6 +329,7 @@ class TrajectorySelector:
         constants."""
         fitted = refitted_coef(best)
         constants = refitted_constants(best)
+        start = moved_from(best)
         out = []
         for t, c in fitted.items():
             for j in range(len(c)):
@@ -316,9 +338,13 @@ class TrajectorySelector:
                     if np.count_nonzero(c) == 1:
                         continue  # keep a term in every target
                     coef[t][j] = 0.0
-                    out.append((Candidate(coef, "prune", constants=constants), "prune"))
+                    out.append(
+                        (Candidate(coef, "prune", info=dict(start), constants=constants), "prune")
+                    )
                 elif c[j] == 0 and self.grow:
                     # a small start; the refit through the ODE sizes it
                     coef[t][j] = 1e-2 * float(np.max(np.abs(c))) if np.any(c) else 1e-3
-                    out.append((Candidate(coef, "grow", constants=constants), "grow"))
+                    out.append(
+                        (Candidate(coef, "grow", info=dict(start), constants=constants), "grow")
+                    )
         return out

@@ -165,12 +165,8 @@ def twin_to_dict(
         s: _text(_substitute(e, twin, digits))
         for s, e in zip(twin.states, twin.known_rhs(), strict=True)
     }
-    discovered = {
-        s: _text(_substitute(e, twin, digits)) for s, e in twin.discovered.items()
-    }
-    knownpart = {
-        s: _text(_substitute(e, twin, digits)) for s, e in twin.equations.items()
-    }
+    discovered = {s: _text(_substitute(e, twin, digits)) for s, e in twin.discovered.items()}
+    knownpart = {s: _text(_substitute(e, twin, digits)) for s, e in twin.equations.items()}
     out: dict[str, Any] = {
         "name": twin.name,
         "states": list(twin.states),

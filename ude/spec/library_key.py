@@ -76,8 +76,7 @@ def custom_term(
             f"unknown family '{item}'",
             source=source,
             where=where,
-            fix="families: " + ", ".join(FAMILIES) + "; or a custom term over "
-            + ", ".join(names),
+            fix="families: " + ", ".join(FAMILIES) + "; or a custom term over " + ", ".join(names),
         )
     return parse_expression(item, names, source=source, where=where)
 
