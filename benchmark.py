@@ -1,6 +1,7 @@
 """The benchmark across the eight challenges: python benchmark.py suite=smoke|standard|full
 
-Examples:
+The same command as ``ude-benchmark`` and ``python -m ude.benchmark`` (:mod:`ude.benchmark.cli`),
+kept at the top of the source tree. Examples:
     python benchmark.py                                   # the smoke suite (minutes)
     python benchmark.py suite=standard                    # resumes if interrupted
     python benchmark.py -m suite=standard shard=0,1 n_shards=2 hydra/launcher=local
@@ -10,38 +11,7 @@ Results go to ``benchmark_results/<suite>/results-*.jsonl`` (one row per cell; f
 are skipped on a rerun), the report to ``report.md``, ``results.csv`` and ``plots/``.
 """
 
-from __future__ import annotations
-
-import logging
-import os
-import warnings
-
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # small solves: threads cost more than they give
-
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from ude.runs import exit_2_on_user_errors, run_cli  # noqa: E402
-
-logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-warnings.filterwarnings("ignore")
-
-
-@hydra.main(version_base="1.3", config_path="conf/benchmark", config_name="benchmark")
-def main(cfg: DictConfig) -> None:
-    from ude.benchmark.runner import run
-
-    with exit_2_on_user_errors():
-        run(cfg, multirun=HydraConfig.get().mode == RunMode.MULTIRUN)
-
-
-def cli() -> None:
-    """Errors a user can cause print one line and exit with status 2."""
-    run_cli(main)
-
+from ude.benchmark.cli import cli, main  # noqa: F401
 
 if __name__ == "__main__":
     cli()

@@ -7,13 +7,13 @@ For each system, noise level and seed: train the UDE and distil it exactly as ``
 train.py`` does (the composed default config), and fit the same data directly with pysindy.
 On Lotka–Volterra:
 
-* ``sindy-fd``: STLSQ on derivatives from pysindy's SmoothedFiniteDifference (Savitzky–Golay).
-* ``weak``: weak SINDy (pysindy's WeakPDELibrary, K=100 test functions, p=4) with STLSQ.
+* ``sindy-fd`` and ``weak``: the benchmark's SINDy and weak SINDy
+  (:mod:`ude.benchmark.methods`: smoothed finite differences, or test-function integrals; the
+  benchmark's one fixed threshold rule, never tuned on the truth).
 
-Both baselines use the library {x, y, x^2, xy, y^2} for the full right-hand side and one fixed
-threshold rule stated up front: pysindy's defaults, STLSQ(threshold=0.1, alpha=0.05), never tuned
-on the truth. Their missing terms are the fitted right-hand side minus the known terms (1.3x,
--1.8y); a baseline's structure is exact when it finds exactly {x, xy} for x' and {y, xy} for y'.
+Both baselines fit the full right-hand side on the distillation's library {x, y, x^2, xy, y^2}
+(the benchmark's ``quadratic``); a baseline's structure is exact when it finds exactly {x, xy}
+for x' and {y, xy} for y' (the known terms 1.3x, -1.8y plus the missing interactions).
 Coefficient error: relative error of beta and gamma (the missing interaction coefficients).
 
 The oracle columns say what the data themselves identify: whether the true structure, refitted
@@ -35,7 +35,6 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -61,10 +60,11 @@ def run_ude(noise: float, seed: int, out: Path) -> dict:
     from omegaconf import open_dict
 
     import train
+    from ude.conf import CONF_DIR
 
     run_dir = out / f"noise{noise:g}_seed{seed}"
     GlobalHydra.instance().clear()
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose(
             "config",
             overrides=[
@@ -97,31 +97,29 @@ def run_ude(noise: float, seed: int, out: Path) -> dict:
 
 
 def baseline(kind: str, noise: float, seed: int) -> dict:
-    import pysindy as ps
-
+    """The benchmark's own SINDy or weak SINDy (:mod:`ude.benchmark.methods`, its fixed
+    threshold rule) on the same data, with the distillation's library."""
+    from ude.benchmark.methods import SINDy, WeakSINDy
+    from ude.benchmark.metrics import term_matrix
+    from ude.benchmark.scenario import Problem, Scenario
     from ude.data import simulate_measurements
+    from ude.systems import get_system
 
     m = simulate_measurements("lotka_volterra", noise=noise, seed=seed)
-    t, X = m.times, m.values[0, :, 0, :]
-    poly = ps.PolynomialLibrary(degree=2, include_bias=False)
-    opt = ps.STLSQ(threshold=0.1, alpha=0.05)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if kind == "weak":
-            lib = ps.WeakPDELibrary(function_library=poly, spatiotemporal_grid=t, K=100, p=4)
-            model = ps.SINDy(feature_library=lib, optimizer=opt)
-        else:
-            model = ps.SINDy(
-                feature_library=poly,
-                optimizer=opt,
-                differentiation_method=ps.SmoothedFiniteDifference(),
-            )
-        model.fit(X, t=t, feature_names=["x", "y"])
-    coef = model.coefficients()
-    found = {
-        s: {NAMES[j]: float(coef[i, j]) for j in np.flatnonzero(coef[i])}
-        for i, s in enumerate(("x", "y"))
-    }
+    system = get_system("lotka_volterra")
+    problem = Problem(
+        scenario=Scenario("lotka_volterra", noise=noise, seed=seed, library="quadratic"),
+        measurements=m,
+        known=system.known,
+        truth=system.truth,
+        observed=["x", "y"],
+        library="quadratic",
+        forecast_initial=m.truth.initial[0],
+        forecast_times=np.linspace(m.times[0], 10 * m.times[-1], 301),
+    )
+    result = (WeakSINDy() if kind == "weak" else SINDy()).fit(problem)
+    rhs = term_matrix(result.spec)
+    found = {s: {b: c for (state, b), c in rhs.items() if state == s} for s in ("x", "y")}
     exact = all(set(found[s]) == set(TRUE[s]) for s in TRUE)
     errs = []
     for s in ("x", "y"):
@@ -155,9 +153,10 @@ def oracle(noise: float, seed: int) -> dict:
     refitted through the ODE (as the distillation scores candidates: RK4, BIC) against every
     same-size alternative (one other library term in one equation), and the forecast to t=30
     of the true structure refitted with dopri5 -- the best a structure-exact twin can do."""
+    from ude.benchmark.metrics import state_nmse
     from ude.data import simulate_measurements
     from ude.distill import TwinRefit, information_criterion
-    from ude.distill.report import forecast, forecast_nmse
+    from ude.distill.report import forecast
     from ude.spec.model_spec import Parameter
 
     m = simulate_measurements("lotka_volterra", noise=noise, seed=seed)
@@ -182,7 +181,7 @@ def oracle(noise: float, seed: int) -> dict:
         "identifiable": bool(truth < alternatives[rival]),
         "rival": rival,
         "delta_bic": float(alternatives[rival] - truth),
-        "forecast_nmse": max(forecast_nmse(states, true_states).values()),
+        "forecast_nmse": float(max(state_nmse(states, true_states))),
         "beta_err": abs(-float(final.values["b"]) - 0.9) / 0.9,
         "gamma_err": abs(float(final.values["g"]) - 0.8) / 0.8,
     }

@@ -157,8 +157,10 @@ def run_ude(system: UserSystem, noise: float, seed: int, out: Path) -> dict:
     ]
     if "conditions" in paths:
         overrides.append(f"data.conditions={paths['conditions']}")
+    from ude.conf import CONF_DIR
+
     GlobalHydra.instance().clear()
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(folder / "run")

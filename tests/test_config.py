@@ -1,66 +1,208 @@
-"""Every config group composes; the ones this machine can run instantiate."""
+"""Every option of every config group composes and instantiates into what it configures.
 
+A group option is a file under conf/; each test below takes every file of its group, so a new
+option is tested by being added. What a GPU is needed for is built as far as this machine
+allows: the trainer's arguments are bound to pl.Trainer's signature.
+"""
+
+from __future__ import annotations
+
+import inspect
 from pathlib import Path
 
+import numpy as np
 import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+import ude.runs  # noqa: F401 - registers the config's resolvers, as train.py does
+from ude.conf import CONF_DIR
+from ude.data.datamodule import ConditionsDataModule
+from ude.distill import Distiller
+from ude.model.hybrid import HybridODE
+from ude.model.solver import Solver
+from ude.runs import build_run
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = CONF_DIR
+BENCH_CONF = ROOT / "ude" / "benchmark" / "conf"
+BOEHM = ROOT / "tests/data/petab_models/Boehm_JProteomeRes2014/Boehm_JProteomeRes2014.yaml"
+# data=csv needs a table: the lynx-hare series shipped in data/
+LYNX = ["data.path=data/lynx_hare.csv", "data.time_column=year", "model.spec=data/lynx_hare.yaml"]
 
 
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+def options(group: str, root: Path = CONF) -> list[str]:
+    found = sorted(p.stem for p in (root / group).glob("*.yaml"))
+    assert found, f"{root / group} is empty"
+    return found
 
 
-@pytest.mark.parametrize(
-    "group", ["data", "model", "solver", "trainer", "logger", "callbacks", "experiment"]
-)
-def test_every_option_of_every_group_composes(make_cfg, group):
-    assert options(group), f"conf/{group} is empty"
-    for option in options(group):
-        cfg = make_cfg(f"{group}={option}")
-        assert cfg[group if group != "experiment" else "model"] is not None
+def test_every_group_is_tested():
+    """A new group under conf/ needs its test here."""
+    groups = {
+        p.relative_to(CONF).as_posix()
+        for p in CONF.rglob("*")
+        if p.is_dir() and not p.name.startswith("__")
+    }
+    tested = {
+        "data", "model", "solver", "trainer", "logger", "callbacks", "distill", "experiment",
+        "hydra", "hydra/launcher", "hydra/job_logging",
+    }  # fmt: skip
+    assert groups == tested
+    bench = {p.relative_to(BENCH_CONF).as_posix() for p in BENCH_CONF.rglob("*") if p.is_dir()}
+    assert bench == {"suite", "hydra", "hydra/launcher"}
 
 
-def test_data_model_solver_instantiate(make_cfg):
-    cfg = make_cfg()
-    datamodule = instantiate(cfg.data)
-    solver = instantiate(cfg.solver)
-    model = instantiate(cfg.model, _partial_=True)(
-        measurements=datamodule.measurements, solver=solver
-    )
-    assert model.spec.states == ["x", "y"]
-    assert datamodule.measurements.values.shape == (1, 31, 1, 2)
+@pytest.mark.parametrize("option", options("data"))
+def test_data_options_give_a_datamodule_of_the_spec(make_cfg, option):
+    extra = {"csv": LYNX, "petab": [f"data.problem={BOEHM}"]}.get(option, [])
+    datamodule, _, _ = build_run(make_cfg(f"data={option}", *extra))
+    assert isinstance(datamodule, ConditionsDataModule)
+    m = datamodule.measurements
+    expected = {
+        "synthetic": (["x", "y"], 31),
+        "csv": (["hare", "lynx"], 21),
+        "petab": (["pSTAT5A_rel", "pSTAT5B_rel", "rSTAT5A_rel"], 16),
+    }[option]
+    assert (m.observables, len(m.times)) == expected
+    assert np.isfinite(m.values).any()
 
 
-@pytest.mark.parametrize("solver", options("solver"))
-def test_solvers_instantiate(make_cfg, solver):
-    assert instantiate(make_cfg(f"solver={solver}").solver).method
+@pytest.mark.parametrize("option", options("model"))
+def test_model_options_build_a_hybrid_ode_that_solves(make_cfg, option):
+    cfg = make_cfg(f"model={option}")
+    datamodule, model, module = build_run(cfg)
+    assert isinstance(model, HybridODE) and model.spec.states == ["x", "y"]
+    assert len(model.networks) == 1 and model.networks[0].layers[0].out_features == 32
+    states = model.simulate(torch.tensor(datamodule.measurements.times), torch.tensor([0]))
+    assert states.shape == (1, 31, 2) and torch.isfinite(states).all()
+
+
+class _Decay(torch.nn.Module):
+    """dy/dt = -k y with a parameter k = 1 (the adjoint method needs a module)."""
+
+    def __init__(self):
+        super().__init__()
+        self.k = torch.nn.Parameter(torch.ones((), dtype=torch.float64))
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return -self.k * y
+
+
+@pytest.mark.parametrize("option", options("solver"))
+def test_solver_options_integrate_exponential_decay(make_cfg, option):
+    solver = instantiate(make_cfg(f"solver={option}").solver)
+    assert isinstance(solver, Solver) and solver.method == option.replace("adjoint", "dopri5")
+    t = torch.linspace(0, 2, 21, dtype=torch.float64)
+    y = solver(_Decay(), torch.ones(1, 1, dtype=torch.float64), t)
+    # y = exp(-t): every method's default tolerance (or rk4's step) is well under 1e-3
+    torch.testing.assert_close(y[:, 0, 0], torch.exp(-t), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("option", options("trainer"))
+def test_trainer_options_construct_a_trainer(make_cfg, option):
+    cfg = make_cfg(f"trainer={option}")
+    needs_gpu = cfg.trainer.get("accelerator") == "gpu"
+    if needs_gpu and not torch.cuda.is_available():
+        # everything up to the device: each key is an argument of pl.Trainer
+        partial = instantiate(cfg.trainer, _partial_=True)
+        assert partial.func is pl.Trainer
+        inspect.signature(pl.Trainer).bind(**partial.keywords)
+        return
+    trainer = instantiate(cfg.trainer)
+    assert isinstance(trainer, pl.Trainer) and trainer.max_epochs == cfg.trainer.max_epochs
+    if option == "ddp":
+        assert type(trainer.strategy).__name__ == "DDPStrategy"
+
+
+@pytest.mark.parametrize("option", options("logger"))
+def test_logger_options_construct_loggers_writing_into_the_run(make_cfg, option, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = make_cfg(f"logger={option}")
+    loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+
+    kinds = {"csv": [CSVLogger], "tensorboard": [TensorBoardLogger], "none": []}
+    expected = kinds.get(option, [WandbLogger])
+    assert len(loggers) == len(expected)
+    assert all(isinstance(lg, kind) for lg, kind in zip(loggers, expected, strict=True))
+    run_dir = Path(cfg.trainer.default_root_dir)
+    assert all(Path(lg.save_dir).is_relative_to(run_dir) for lg in loggers)
 
 
 @pytest.mark.parametrize("option", options("callbacks"))
-def test_callbacks_instantiate(make_cfg, option):
+def test_callback_options_construct_callbacks(make_cfg, option):
     cfg = make_cfg(f"callbacks={option}")
-    assert all(instantiate(c) is not None for c in cfg.callbacks.values())
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    names = sorted(type(c).__name__ for c in callbacks)
+    expected = {
+        "default": ["Checkpoint", "EarlyStopping", "PrintProgress"],
+        "minimal": ["Checkpoint"],
+    }[option]
+    assert names == expected and all(isinstance(c, pl.Callback) for c in callbacks)
 
 
-@pytest.mark.parametrize("option", ["csv", "tensorboard", "none"])
-def test_loggers_instantiate(make_cfg, option):
-    cfg = make_cfg(f"logger={option}")
-    assert all(instantiate(c) is not None for c in cfg.logger.values())
+@pytest.mark.parametrize("option", options("distill"))
+def test_distill_options_construct_a_distiller_or_none(make_cfg, option):
+    cfg = make_cfg(f"distill={option}")
+    if option == "none":
+        assert not cfg.distill  # train.py skips the distillation
+        return
+    distiller = instantiate(cfg.distill.distiller)
+    assert isinstance(distiller, Distiller)
+    parts = [distiller.sampler, distiller.selector, distiller.refit, distiller.score_refit]
+    assert all(p is not None for p in parts) and len(distiller.paths) == 3
+    assert distiller.bootstrap.n_models == cfg.distill.distiller.bootstrap.n_models
 
 
-def test_cpu_trainer_instantiates_and_gpu_ddp_name_their_accelerator(make_cfg):
-    cfg = make_cfg("trainer=cpu")
-    assert instantiate(cfg.trainer).max_epochs == cfg.trainer.max_epochs
-    assert make_cfg("trainer=gpu").trainer.accelerator == "gpu"
-    assert make_cfg("trainer=ddp").trainer.strategy == "ddp"
+@pytest.mark.parametrize("option", options("experiment"))
+def test_experiments_build_their_run(make_cfg, option):
+    datamodule, model, module = build_run(make_cfg(f"experiment={option}"))
+    assert set(model.observable_names) == set(datamodule.measurements.observables)
+    assert module.model is model and model.initial.shape[0] == datamodule.measurements.n_conditions
 
 
 def test_a_stiff_training_solver_is_kept_by_the_distillation_refits(make_cfg):
-    import ude.runs  # noqa: F401 - registers the config's resolvers, as train.py does
-
     default = make_cfg().distill.distiller
     assert (default.score_refit.method, default.refit.method) == ("rk4", "dopri5")
     stiff = make_cfg("solver=rosenbrock23").distill.distiller
     assert (stiff.score_refit.method, stiff.refit.method) == ("rosenbrock23", "rosenbrock23")
+
+
+def _hydra_launcher(config_dir: Path, name: str, option: str, extra: list[str] | None = None):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(config_dir), version_base="1.3"):
+        cfg = compose(name, [f"hydra/launcher={option}", *(extra or [])], return_hydra_config=True)
+    return cfg.hydra.launcher
+
+
+@pytest.mark.parametrize(
+    "where, option",
+    [("train", o) for o in options("hydra/launcher")]
+    + [("benchmark", o) for o in options("hydra/launcher", BENCH_CONF)],
+)
+def test_launcher_options_construct_their_launcher(where, option):
+    config_dir, name = (CONF, "config") if where == "train" else (BENCH_CONF, "benchmark")
+    launcher = instantiate(_hydra_launcher(config_dir, name, option))
+    kind = {"local": "JoblibLauncher", "slurm": "SlurmLauncher"}[option]
+    assert type(launcher).__name__ == kind
+
+
+@pytest.mark.parametrize("suite", options("suite", BENCH_CONF))
+def test_benchmark_suites_give_cells_methods_and_problems(suite):
+    from ude.benchmark.runner import build_methods, suite_cells
+    from ude.benchmark.scenario import build_problem
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(BENCH_CONF), version_base="1.3"):
+        cfg = compose("benchmark", [f"suite={suite}"])
+    cells = suite_cells(cfg)
+    assert cells and {c.method for c in cells} == set(cfg.suite.methods)
+    methods = build_methods(cfg, list(cfg.suite.methods))
+    assert all(callable(m.fit) for m in methods.values())
+    for system in cfg.suite.systems:  # each system's first scenario builds its problem
+        problem = build_problem(next(c for c in cells if c.scenario.system == system).scenario)
+        assert np.isfinite(problem.measurements.values).any()

@@ -138,6 +138,8 @@ BAD = {
     "empty time": ("time,x\n0,1\n,2\n", ["line 3, column 'time'", "is empty"]),
     "infinite value": ("time,x\n0,inf\n", ["line 2, column 'x'", "finite"]),
     "duplicate column": ("time,x,x\n0,1,2\n", ["column 'x'", "twice"]),
+    "semicolon-separated": ("time;x;y\n0;1;2\n", ["line 1", "separated by semicolons"]),
+    "tab-separated": ("time\tx\ty\n0\t1\t2\n", ["line 1", "separated by tabs"]),
     "bad sigma": ("time,observable,value,sigma\n0,x,1,0\n", ["line 2, column 'sigma'"]),
     "extra long column": (
         "time,observable,value,dose\n0,x,1,2\n",

@@ -145,12 +145,12 @@ def test_blow_up_raises():
     # dy/dt = y^2 from 1 leaves every bound at t = 1.
     t = torch.tensor([0.0, 2.0], dtype=torch.float64)
     y0 = torch.ones(1, 1, dtype=torch.float64)
-    with pytest.raises(SolverFailed, match="underflow|max_num_steps"):
+    with pytest.raises(SolverFailed, match="underflow|steps were not enough"):
         Solver("rosenbrock23")(lambda t, y: y * y, y0, t)
 
 
 def test_step_limit_raises():
-    with pytest.raises(SolverFailed, match="max_num_steps"):
+    with pytest.raises(SolverFailed, match="5 steps were not enough"):
         Solver("rosenbrock23", max_steps=5)(Robertson(), _y0(), _times())
 
 

@@ -1,14 +1,16 @@
 """Training behaviour: the loss falls, a killed run resumes exactly, divergence is caught."""
 
+import csv
 import json
+import time
 
 import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
-import train
 from tests.conftest import FAST
+from ude.train import cli as train
 
 
 def test_short_training_lowers_trajectory_loss_tenfold(make_cfg):
@@ -36,8 +38,13 @@ def _final_state(run_dir):
     return ckpt["state_dict"], ckpt["epoch"]
 
 
+def _log(run_dir) -> list[dict[str, str]]:
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
 def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(make_cfg, tmp_path, monkeypatch):
-    args = ["trainer.max_epochs=8", *FAST[1:]]
+    args = ["trainer.max_epochs=8", *[a for a in FAST[1:] if a != "logger=none"], "logger=csv"]
     train.train(make_cfg(*args, run_dir=tmp_path / "whole"))
 
     killed = tmp_path / "killed"
@@ -65,6 +72,13 @@ def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(make_cfg, tmp_
     assert epoch_whole == epoch_resumed
     for key, value in whole.items():
         torch.testing.assert_close(resumed[key], value, rtol=1e-12, atol=1e-12)
+    # the resumed run's log holds every epoch, as the uninterrupted one's does
+    logged, expected = _log(killed), _log(tmp_path / "whole")
+    assert [(r["epoch"], r["step"]) for r in logged] == [(r["epoch"], r["step"]) for r in expected]
+    for got, want in zip(logged, expected, strict=True):
+        for key in ("train/mse", "val/mse"):
+            if want[key]:
+                assert float(got[key]) == pytest.approx(float(want[key]), rel=1e-9), key
 
 
 def test_nan_guard_stops_a_diverging_run_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path):
@@ -79,9 +93,53 @@ def test_nan_guard_stops_a_diverging_run_and_keeps_the_last_good_checkpoint(make
     assert saved["stop_reason"] == metrics["stop_reason"]
 
 
-def test_wandb_offline_writes_a_run_into_the_run_directory(make_cfg, tmp_path, monkeypatch):
+def test_wandb_offline_logs_every_epoch_into_the_run_directory(make_cfg, tmp_path, monkeypatch):
+    """logger=wandb: the logger gets the losses of every epoch and the validation error of
+    every validation round, and the offline run under <run>/wandb holds them."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    logged: list[dict] = []
+    original = WandbLogger.log_metrics
+
+    def spy(self, metrics, step=None):
+        logged.append(dict(metrics))
+        return original(self, metrics, step)
+
+    monkeypatch.setattr(WandbLogger, "log_metrics", spy)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "run"))
-    train.train(make_cfg("logger=wandb", "trainer.max_epochs=2", *FAST[1:3], "distill=none"))
-    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    assert runs, "no offline run under <run>/wandb"
+    train.train(make_cfg("logger=wandb", "trainer.max_epochs=3", *FAST[1:3], "distill=none"))
+    import wandb
+
+    wandb.finish()  # what the end of `python train.py` does: flush the run file
+    epochs = [m["epoch"] for m in logged if "train/loss" in m]
+    assert epochs == [0, 1, 2], logged
+    assert sum("val/mse" in m for m in logged) == 3  # check_val_every_n_epoch=1
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1, "no offline run under <run>/wandb"
+    for _ in range(300):  # wandb's service writes the records after finish() returns
+        data = runs[0].read_bytes()
+        if b"train/loss" in data and b"val/mse" in data:
+            break
+        time.sleep(0.1)
+    assert b"train/loss" in data and b"val/mse" in data, "the records never reached the run"
+
+
+def test_fit_shows_no_lightning_banners_tips_or_pytree_warning(capfd, caplog):
+    import logging
+    import warnings
+
+    import ude
+
+    caplog.set_level(logging.INFO)
+    data = ude.simulate_measurements("lotka_volterra", seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ude.fit("lotka_volterra", data, max_epochs=2, warm_start_steps=0)
+    shown = caplog.text + "".join(capfd.readouterr())
+    for noise in ("GPU available", "TPU available", "Tip:", "LeafSpec"):
+        assert noise not in shown, (noise, shown)
+    assert not [w for w in caught if "LeafSpec" in str(w.message)]
+    # silenced while ude runs the Trainer only: Lightning's own Trainer still says it
+    pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False)
+    assert "GPU available" in caplog.text

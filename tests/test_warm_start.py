@@ -57,3 +57,19 @@ def test_a_warm_start_whose_trajectory_cannot_be_solved_is_discarded(monkeypatch
     assert result.metrics["stop_reason"] is None and result.metrics["epochs"] == 3
     assert np.isfinite(result.metrics["train_nmse"])
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+
+def test_initial_values_the_data_give_stay_exactly_as_given():
+    """DESIGN: a conditions table's init_<state> values stay fixed. The warm start sets every
+    other initial state from the smoothed data, and training must not move the given ones."""
+    from ude.fit import fit
+
+    m = simulate_measurements("lotka_volterra", noise=0.1, n_times=21, known_initial=["x"])
+    m.initial["x"] = np.array([0.6])  # given, and not where the noisy first sample lies
+    result = fit("lotka_volterra", m, max_epochs=5, warm_start_steps=50)
+    assert result.module.warm_started and not result.metrics.get("warm_start_discarded")
+    initial = result.model.initial.detach().numpy()
+    assert initial[0, 0] == 0.6  # exactly: no step of any optimiser moved it
+    smoothed = smooth_states(m, ["x", "y"]).initial[0, 1]
+    assert initial[0, 1] != m.values[0, 0, 0, 1]  # y's was learned: from the smoothed value
+    assert abs(initial[0, 1] - smoothed) < 0.1 * abs(smoothed)

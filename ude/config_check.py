@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import difflib
+import re
+from collections.abc import Iterable
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue
 
 from ude.errors import UdeError
+
+# What to pass for a mandatory value (``???`` in conf/) left unset.
+_MISSING_HINTS = {
+    "data.path": "give your measurements table as data.path=my_data.csv, "
+    "a wide or long CSV as in the README's 'Your own data'",
+}
 
 # key: (expected types, test, what is expected)
 _RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
@@ -43,8 +53,62 @@ def _select(cfg: DictConfig, key: str) -> tuple[bool, Any]:
     return True, node
 
 
+def missing_value(key: str, source: str = "config") -> UdeError:
+    """The error for a mandatory value (``???``) nobody set, saying what to pass."""
+    fix = _MISSING_HINTS.get(key, f"set it on the command line: {key}=<value>")
+    return UdeError("no value given", source=source, where=key, fix=fix)
+
+
+def no_such_key(
+    key: str, siblings: Iterable[Any], add: str | None = None, source: str = "command line"
+) -> UdeError:
+    """The error for an override of ``key`` (dotted) that the config lacks: the nearest of
+    ``siblings`` (the keys beside it) as a suggestion, and how to add a new key instead."""
+    *parent, last = key.split(".")
+    names = sorted(str(s) for s in siblings)
+    close = difflib.get_close_matches(last, names, n=1, cutoff=0.6)
+    if close:
+        hint = f"did you mean {'.'.join([*parent, close[0]])}?"
+    elif names:
+        under = f"under {'.'.join(parent)}" if parent else "at the top"
+        shown = ", ".join(names[:15]) + (", ..." if len(names) > 15 else "")
+        hint = f"the keys {under} are: {shown}."
+    else:
+        hint = "that part of the config has no keys."
+    return UdeError(
+        "no such key",
+        source=source,
+        where=key,
+        fix=f"{hint} To add a new key: {add or '+' + key + '=<value>'}",
+    )
+
+
+def config_error(err: BaseException) -> UdeError | None:
+    """A Hydra/OmegaConf error a user caused (an unknown key, an unset mandatory value) as a
+    :class:`UdeError` that says what to pass; None for any other error."""
+    chain = []
+    while err is not None and err not in chain:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for e in chain:
+        if isinstance(e, MissingMandatoryValue) and getattr(e, "full_key", None):
+            return missing_value(e.full_key)
+        unknown = isinstance(e, (ConfigKeyError, ConfigAttributeError))
+        if unknown and "not in struct" in str(getattr(e, "msg", e)):
+            parent = getattr(e, "parent_node", None)
+            if parent is None or not getattr(e, "full_key", None):
+                continue
+            add = re.search(r"use (\+\S+)", str(chain[0]))
+            return no_such_key(e.full_key, parent.keys(), add.group(1) if add else None)
+    return None
+
+
 def check_config(cfg: DictConfig) -> None:
-    """Raise :class:`UdeError` naming the first key whose value is of the wrong kind."""
+    """Raise :class:`UdeError` naming the first key whose value is unset (``???``) or of the
+    wrong kind."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise missing_value(missing[0])
     for key, (types, test, expected) in _RULES.items():
         present, value = _select(cfg, key)
         if not present:

@@ -12,6 +12,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from ude.benchmark.metrics import state_nmse
 from ude.data.datamodule import ConditionsDataModule
 from ude.data.measurements import Measurements
 from ude.data.splits import Split
@@ -20,6 +21,7 @@ from ude.model.solver import Solver, SolverFailed
 from ude.spec.model_spec import ModelSpec
 from ude.spec.simulate import simulate_spec
 from ude.train.module import UDEModule
+from ude.train.quiet import quiet_lightning
 from ude.train.warm_start import smooth_states
 
 
@@ -101,8 +103,9 @@ def fit(
         default_root_dir=str(run_dir) if run_dir else None,
     )
     kwargs.update(trainer_kwargs or {})
-    trainer = pl.Trainer(**kwargs)
-    metrics = run_training(module, ConditionsDataModule(measurements), trainer)
+    with quiet_lightning():
+        trainer = pl.Trainer(**kwargs)
+        metrics = run_training(module, ConditionsDataModule(measurements), trainer)
     return FitResult(
         model=model, module=module, measurements=measurements, metrics=metrics, trainer=trainer
     )
@@ -146,7 +149,8 @@ def evaluate(
     """Fit errors on the training data, forecast errors on the held-out data of ``split``
     (when it holds any out) and, for synthetic data, errors against the truth.
 
-    Errors are normalised by each observable's RMS (``observable_scale``).
+    Errors are normalised by each observable's RMS over the training entries (the module's
+    ``obs_scale``).
     """
     model = module.model
     model.eval()
@@ -159,7 +163,7 @@ def evaluate(
             "solve_failed": str(err),
             "parameters": model.parameter_values(),
         }
-    scale = measurements.observable_scale()
+    scale = module.obs_scale.cpu().numpy()  # the training entries' scale
     full = (measurements.values - obs[:, :, None, :]) / scale
     resid = full if split is None else np.where(split.train, full, np.nan)
     out: dict[str, Any] = {
@@ -217,7 +221,7 @@ def truth_errors(model: HybridODE, measurements: Measurements) -> dict[str, Any]
     idx = [truth.spec.states.index(s) for s in model.spec.states if s in truth.spec.states]
     mine = [model.spec.states.index(s) for s in model.spec.states if s in truth.spec.states]
     ref = true_states[..., idx]
-    nmse = np.mean((states[..., mine] - ref) ** 2, axis=(0, 1)) / np.var(ref, axis=(0, 1))
+    nmse = state_nmse(states[..., mine], ref)
     out: dict[str, Any] = {
         "state_nmse": dict(
             zip(np.array(model.spec.states)[mine].tolist(), nmse.tolist(), strict=True)

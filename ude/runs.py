@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import Container, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ude.config_check import config_error
 from ude.data.datamodule import ConditionsDataModule
 from ude.data.measurements import Measurements
 from ude.errors import UdeError
@@ -29,7 +30,21 @@ from ude.spec.library_key import check_terms_reach_a_slot, parse_library
 from ude.spec.model_spec import ModelSpec, load_spec
 from ude.train.module import UDEModule
 
-# conf/distill's refits use ${ude_stiff_or:${solver.method},rk4}: the training solver when it
+
+def invoked_as() -> str:
+    """How this process was started, as a user would type it: ``python train.py``,
+    ``python -m ude.train`` or ``ude-train`` (for usage lines)."""
+    arg0 = Path(sys.argv[0])
+    if arg0.name == "__main__.py":
+        return f"python -m {arg0.parent.parent.name}.{arg0.parent.name}"
+    if arg0.suffix == ".py":
+        return f"python {arg0.name}"
+    return arg0.name
+
+
+# ude/conf/config.yaml's help prints ${ude_command:}, the command as the user typed it.
+OmegaConf.register_new_resolver("ude_command", invoked_as, replace=True)
+# ude/conf/distill's refits use ${ude_stiff_or:${solver.method},rk4}: the training solver when it
 # is a stiff one, else the method named.
 OmegaConf.register_new_resolver("ude_stiff_or", stiff_or, replace=True)
 
@@ -37,14 +52,22 @@ OmegaConf.register_new_resolver("ude_stiff_or", stiff_or, replace=True)
 def build_run(cfg: DictConfig) -> tuple[ConditionsDataModule, HybridODE, UDEModule]:
     """The DataModule, HybridODE and UDEModule of a composed (or saved) run config.
 
-    The spec is loaded first, so a bad spec file is reported before anything else; tensors are
-    float64 when the trainer runs in 64-bit precision.
+    The spec is loaded first, so a bad spec file (or ``distill.library``) is reported before
+    anything else; tensors are float64 when the trainer runs in 64-bit precision. The model and
+    the module see the training entries only (:meth:`ude.data.Split.masked`): scales, the warm
+    start's smoothing and the shooting nodes never read held-out values.
     """
-    spec = load_spec(cfg.model.spec)
+    spec = load_spec(petab_spec_source(cfg))
     check_library_choice(cfg, spec)
     with _precision(cfg):
-        datamodule = instantiate(cfg.data)
-    model, module = build_model(cfg, spec, datamodule.measurements)
+        datamodule = (
+            instantiate(cfg.data, _partial_=True)(spec=spec)
+            if "problem" in cfg.data
+            else instantiate(cfg.data)
+        )
+    split = getattr(datamodule, "split", None)
+    seen = datamodule.measurements if split is None else split.masked(datamodule.measurements)
+    model, module = build_model(cfg, spec, seen)
     return datamodule, model, module
 
 
@@ -62,8 +85,8 @@ def _precision(cfg: DictConfig) -> Iterator[None]:
 def build_model(
     cfg: DictConfig, spec: ModelSpec, measurements: Measurements
 ) -> tuple[HybridODE, UDEModule]:
-    """The HybridODE of ``spec`` on ``measurements`` and its UDEModule, as ``cfg``'s model,
-    solver and optimiser settings make them."""
+    """The HybridODE of ``spec`` on ``measurements`` (the entries it may see) and its
+    UDEModule, as ``cfg``'s model, solver and optimiser settings make them."""
     with _precision(cfg):
         # Objects go in through a partial: Hydra would turn them into config nodes.
         model = instantiate(cfg.model, _partial_=True)(
@@ -72,21 +95,20 @@ def build_model(
     return model, make_module(model, measurements, **cfg.optim)
 
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
 def train_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """The config ``python train.py <overrides>`` runs with, composed from ``conf/`` (usable
+    """The config ``python train.py <overrides>`` runs with, composed from ``ude/conf`` (usable
     inside another Hydra app: its global state is restored). Entries that name Hydra's run
     directory (``${hydra:...}``) cannot be resolved outside a run: set them before use."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
+    from ude.conf import CONF_DIR
+
     backup = get_gh_backup()
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(str(CONF), version_base="1.3"):
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             return compose("config", overrides=list(overrides))
     finally:
         restore_gh_from_backup(backup)
@@ -105,6 +127,16 @@ def check_library_choice(cfg: DictConfig, spec: ModelSpec) -> None:
     check_terms_reach_a_slot(parsed, slots, names, source="config", where="distill.library")
 
 
+def petab_spec_source(cfg: DictConfig) -> str:
+    """The spec of a run: ``model.spec``, except that with ``data=petab`` a zoo system name
+    (the default) gives way to the PEtab problem itself."""
+    source = str(cfg.model.spec)
+    problem = cfg.data.get("problem") if "problem" in cfg.data else None
+    if problem and not source.lower().endswith((".yaml", ".yml", ".xml", ".sbml")):
+        return str(problem)
+    return source
+
+
 def one_line(err: BaseException) -> str:
     """The error's message on one line (a wrapped UdeError's own message when there is one)."""
     cause = err.__cause__ or err.__context__
@@ -118,7 +150,7 @@ def exit_2_on_user_errors() -> Iterator[None]:
     try:
         yield
     except (UdeError, HydraException, OmegaConfBaseException) as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
+        print(f"error: {one_line(config_error(err) or err)}", file=sys.stderr)
         sys.exit(2)
 
 

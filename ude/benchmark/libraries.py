@@ -12,6 +12,8 @@ families (STLSQ cannot fit a constant inside a term, so theirs sit on a grid,
   For the baselines ``K`` in 0.1, 0.5, 2 (Michaelis-Menten) and 0.2, 1 with ``n`` in 2, 4, 10
   (Hill).
 - ``mass_action``: a constant and all products of up to two species (x, x*y, x**2).
+- ``quadratic``: all monomials of degree 1 and 2, no constant (the distillation library of
+  ``python train.py``'s default config).
 - ``polynomial``: all monomials up to degree 3 and a constant.
 """
 

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import sympy as sp
 import torch
-from scipy.integrate import solve_ivp
 
 from ude.benchmark.libraries import make_library
 from ude.benchmark.scenario import Problem
 from ude.spec.model_spec import ModelSpec, NeuralSlot
+from ude.spec.simulate import simulate_spec
 
 
 @dataclass
@@ -62,52 +62,19 @@ class Method:
 
 
 # -- shared pieces ------------------------------------------------------------------------------
-class _TooSlow(Exception):
-    pass
-
-
 def integrate(
-    spec: ModelSpec, initial: np.ndarray, times: np.ndarray, max_calls: int = 20_000
+    spec: ModelSpec, problem: Problem, initial: np.ndarray, max_calls: int = 20_000
 ) -> np.ndarray | None:
-    """States ``(time, state)`` of a symbolic ``spec`` from ``initial (state,)``; None when the
-    solve fails, needs more than ``max_calls`` right-hand-side calls, or leaves 1e6 times the
-    initial scale (a blow-up)."""
-    subs = {sp.Symbol(k): p.value for k, p in spec.parameters.items()}
-    syms = [sp.Symbol(s) for s in spec.states]
-    exprs = [e.xreplace(subs) for e in spec.known_rhs()]
-    f = sp.lambdify([syms], exprs, modules="numpy")
-    bound = 1e6 * max(1.0, float(np.max(np.abs(initial))))
-
-    calls = [0]
-
-    def rhs(_t: float, y: np.ndarray) -> np.ndarray:
-        calls[0] += 1
-        if calls[0] > max_calls:  # a stiff or chaotic candidate: give up, it is a failure
-            raise _TooSlow
-        return np.asarray(f(y), dtype=float).reshape(-1)
-
-    def blowup(_t: float, y: np.ndarray) -> float:
-        return bound - float(np.max(np.abs(y)))
-
-    blowup.terminal = True  # type: ignore[attr-defined]
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        try:
-            sol = solve_ivp(
-                rhs,
-                (times[0], times[-1]),
-                initial,
-                t_eval=times,
-                method="LSODA",
-                rtol=1e-6,
-                atol=1e-9,
-                events=blowup,
-            )
-        except (ValueError, OverflowError, ZeroDivisionError, _TooSlow):
-            return None
-    if sol.status != 0 or sol.y.shape[1] != len(times) or not np.all(np.isfinite(sol.y)):
-        return None
-    return sol.y.T
+    """States ``(time, state)`` of a symbolic ``spec`` on ``problem``'s forecast times from
+    ``initial (state,)`` with condition 0's inputs (:func:`ude.spec.simulate_spec`); None when
+    the solve fails, needs more than ``max_calls`` right-hand-side calls (a stiff or chaotic
+    candidate: a failure, not minutes of solving) or leaves 1e6 times the initial scale."""
+    inputs = problem.measurements.inputs
+    u = inputs[:1, [problem.measurements.input_names.index(n) for n in spec.inputs]]
+    states = simulate_spec(
+        spec, initial[None], problem.forecast_times, u, rtol=1e-6, atol=1e-9, max_calls=max_calls
+    )[0]
+    return states if np.all(np.isfinite(states)) else None
 
 
 def averaged(problem: Problem) -> np.ndarray:
@@ -158,8 +125,13 @@ def stlsq_scaled(
             threshold = min(scored)[1]
         opt = ps.STLSQ(threshold=float(threshold), alpha=alpha)
         if ensemble:
-            np.random.seed(seed)  # pysindy's bagging draws from numpy's global stream
-            ens = ps.EnsembleOptimizer(opt, bagging=True, n_models=ensemble).fit(A, B)
+            # pysindy 2.x's bagging draws from numpy's global stream: seed it, then restore it
+            saved = np.random.get_state()
+            np.random.seed(seed)
+            try:
+                ens = ps.EnsembleOptimizer(opt, bagging=True, n_models=ensemble).fit(A, B)
+            finally:
+                np.random.set_state(saved)
             models = np.array(ens.coef_list) * ys[None, :, None] / col[None, None, :]
             coef = np.asarray(ens.coef_) * ys[:, None] / col[None, :]
             return coef, models, float(threshold)
@@ -194,7 +166,7 @@ class _SparseBaseline(Method):
 
     def forecast(self, spec: ModelSpec, problem: Problem) -> np.ndarray | None:
         idx = [problem.truth.states.index(s) for s in spec.states]
-        return integrate(spec, problem.forecast_initial[idx], problem.forecast_times)
+        return integrate(spec, problem, problem.forecast_initial[idx])
 
     def fit(self, problem: Problem) -> MethodResult:
         start = time.perf_counter()
@@ -438,10 +410,17 @@ class UDE(Method):
         try:
             distilled = make_distiller(cfg.distill).fit(model, data)
         except Exception as err:  # noqa: BLE001 - a failed distillation is a result, not a crash
+            # no twin: no equations and no twin forecast (the cell scores as a failure); the
+            # trained hybrid's forecast is still scored, as such
             info["distill_error"] = f"{type(err).__name__}: {err}"
             seconds = time.perf_counter() - start
             return MethodResult(
-                None, list(model.spec.states), hybrid_forecast(model, problem), seconds, info=info
+                None,
+                list(model.spec.states),
+                None,
+                seconds,
+                info=info,
+                other_forecasts={"hybrid": hybrid_forecast(model, problem)},
             )
         twin = distilled.twin
         info["distill_seconds"] = round(time.perf_counter() - start - train_seconds, 2)
@@ -453,7 +432,7 @@ class UDE(Method):
         band_options = cfg.distill.get("forecast_interval")
         lower, upper = self.band(distilled.model, problem, initial, info, band_options)
         seconds = time.perf_counter() - start
-        forecast = integrate(twin, initial, problem.forecast_times)
+        forecast = integrate(twin, problem, initial)
         hybrid = {"hybrid": hybrid_forecast(model, problem)}
         return MethodResult(
             twin, list(twin.states), forecast, seconds, lower, upper, info, other_forecasts=hybrid
@@ -491,7 +470,7 @@ class UDE(Method):
             "n_failed": band.n_failed,
             "seconds": round(time.perf_counter() - start, 2),
         }
-        if band.n_failed > band.n_samples / 2:
+        if not band.usable:
             return None, None
         return band.lower[0], band.upper[0]
 

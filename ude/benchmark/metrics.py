@@ -57,15 +57,19 @@ def expression_terms(expr: sp.Expr) -> dict[str, float]:
     return {k: c for k, c in out.items() if c != 0.0 and math.isfinite(c)}
 
 
+def numeric(expr: sp.Expr, spec: ModelSpec) -> sp.Expr:
+    """``expr`` with ``spec``'s parameters replaced by their values."""
+    return expr.xreplace({sp.Symbol(k): _number(p.value) for k, p in spec.parameters.items()})
+
+
 def term_matrix(spec: ModelSpec, states: list[str] | None = None) -> TermMatrix:
     """The nonzero entries of ``spec``'s equation x term matrix over ``states`` (default all)."""
-    subs = {sp.Symbol(k): _number(p.value) for k, p in spec.parameters.items()}
     rhs = dict(zip(spec.states, spec.known_rhs(), strict=True))
     out: TermMatrix = {}
     for s in states or spec.states:
         if s not in rhs:
             continue
-        for basis, c in expression_terms(rhs[s].xreplace(subs)).items():
+        for basis, c in expression_terms(numeric(rhs[s], spec)).items():
             out[(s, basis)] = c
     return out
 
@@ -91,14 +95,25 @@ def coefficient_error(found: TermMatrix, true: TermMatrix) -> float:
     return float(np.linalg.norm(f - c) / max(np.linalg.norm(c), 1e-300))
 
 
-def forecast_nmse(pred: np.ndarray | None, truth: np.ndarray) -> float:
-    """Mean over states of the MSE over the truth's variance; ``pred``, ``truth``
-    ``(time, state)``. A missing or non-finite forecast is ``inf``."""
-    if pred is None or pred.shape != truth.shape or not np.all(np.isfinite(pred)):
-        return math.inf
-    var = np.var(truth, axis=0)
+def state_nmse(pred: np.ndarray | None, truth: np.ndarray) -> np.ndarray:
+    """Per state (the last axis) ``(state,)``: the mean squared error over every other axis
+    (time, condition) divided by the truth's variance over them (1 for a constant truth).
+    A missing forecast, one of another shape, or a state with a non-finite value is ``inf``:
+    a failed forecast never scores."""
+    truth = np.asarray(truth, dtype=float)
+    if pred is None or np.shape(pred) != truth.shape:
+        return np.full(truth.shape[-1], math.inf)
+    axes = tuple(range(truth.ndim - 1))
+    var = np.var(truth, axis=axes)
     var = np.where(var > 0, var, 1.0)
-    return float(np.mean(np.mean((pred - truth) ** 2, axis=0) / var))
+    with np.errstate(all="ignore"):
+        nmse = np.mean((pred - truth) ** 2, axis=axes) / var
+    return np.where(np.isfinite(pred).all(axis=axes), nmse, math.inf)
+
+
+def forecast_nmse(pred: np.ndarray | None, truth: np.ndarray) -> float:
+    """The mean over states of :func:`state_nmse`; ``pred``, ``truth`` ``(..., state)``."""
+    return float(np.mean(state_nmse(pred, truth)))
 
 
 def interval_coverage(lower: np.ndarray, upper: np.ndarray, truth: np.ndarray) -> float:

@@ -165,6 +165,25 @@ def comparison_table(rows: list[dict], reference: str = "ude") -> str:
     return "\n".join(lines)
 
 
+def comparison_note(rows: list[dict], reference: str = "ude") -> str | None:
+    """Why the comparison with ``reference`` has no lines, when it has none; else None."""
+    methods = _methods(rows)
+    if reference not in methods:
+        return (
+            f"No comparison: this suite has no `{reference}` cells (its methods: "
+            f"{', '.join(methods) or 'none'}). Add `{reference}` to `suite.methods` to compare "
+            "it with each baseline."
+        )
+    if len(methods) == 1:
+        return f"No comparison: `{reference}` is the only method of this suite."
+    if comparison_table(rows, reference).count("\n") < 2:
+        return (
+            f"No comparison: `{reference}` and the baselines have no scenario with results "
+            "for both yet."
+        )
+    return None
+
+
 def _verdict_nmse(a: float, b: float) -> str:
     if math.isnan(a) or math.isnan(b):
         return "—"
@@ -311,12 +330,27 @@ def plot_curves(rows: list[dict], path: Path) -> Path | None:
 
 
 def plot_heatmaps(rows: list[dict], path: Path) -> Path | None:
-    """Methods x systems heatmaps of mean F1 and log10 median forecast NMSE, on the scenarios
-    every method has results for."""
+    """:func:`heatmaps_figure` as a PNG at ``path``; None when there is nothing to draw."""
+    import matplotlib.pyplot as plt
+
+    fig = heatmaps_figure(rows)
+    if fig is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def heatmaps_figure(rows: list[dict]):
+    """Methods x systems heatmaps of mean F1 and median forecast NMSE (log colour scale), on
+    the scenarios every method has results for. A failed forecast (NMSE ∞) is a black cell
+    marked ∞; a method with no value for a system (no equations, no cells) is a grey cell."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm, Normalize
 
     rows = matched(rows) or rows
     methods = _methods(rows)
@@ -329,27 +363,40 @@ def plot_heatmaps(rows: list[dict], path: Path) -> Path | None:
         for j, s in enumerate(systems):
             rs = [r for r in rows if r["method"] == m and r["system"] == s]
             f1[i, j] = _f1(rs)
-            n = _nmse(rs)
-            nm[i, j] = np.log10(min(max(n, 1e-6), 1e3)) if not math.isnan(n) else np.nan
+            nm[i, j] = _nmse(rs)
     width = max(8.0, 2 + 1.6 * len(systems))
     fig, axs = plt.subplots(1, 2, figsize=(width, 2.5 + 0.45 * len(methods)))
-    for ax, data, title, cmap, lim in (
-        (axs[0], f1, "term F1 (mean)", "viridis", (0, 1)),
-        (axs[1], nm, "log10 forecast NMSE (median)", "magma_r", (-4, 3)),
-    ):
-        im = ax.imshow(data, cmap=cmap, vmin=lim[0], vmax=lim[1], aspect="auto")
+    panels = (
+        (axs[0], f1, "term F1 (mean)", "viridis", Normalize(0, 1), "{:.2f}"),
+        (axs[1], nm, "forecast NMSE (median)", "magma_r", LogNorm(1e-4, 1e3), "{:.2g}"),
+    )
+    for ax, data, title, name, norm, fmt in panels:
+        cmap = plt.get_cmap(name).with_extremes(bad="0.85")  # grey: no value
+        shown = np.ma.masked_invalid(np.clip(data, norm.vmin, norm.vmax))
+        im = ax.imshow(shown, cmap=cmap, norm=norm, aspect="auto")
+        for (i, j), v in np.ndenumerate(data):
+            if np.isinf(v):  # a failed forecast: the worst colour, marked
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, color="black"))
+                ax.text(j, i, "∞", ha="center", va="center", fontsize=12, color="white")
+            elif np.isnan(v):
+                ax.text(j, i, "—", ha="center", va="center", fontsize=9, color="0.3")
+            else:
+                r, g, b, _ = cmap(norm(min(max(v, norm.vmin), norm.vmax)))
+                dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
+                ax.text(
+                    j, i, fmt.format(v), ha="center", va="center", fontsize=8,
+                    color="white" if dark else "black",
+                )  # fmt: skip
         ax.set_xticks(range(len(systems)), systems, rotation=30, ha="right")
         ax.set_yticks(range(len(methods)), methods)
         ax.set_title(title)
-        for (i, j), v in np.ndenumerate(data):
-            if not np.isnan(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="grey")
         fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    fig.text(
+        0.5, 0.005, "∞: the forecast failed or blew up; —: no value (no equations, or no cells)",
+        ha="center", va="bottom", fontsize=8,
+    )  # fmt: skip
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -425,7 +472,7 @@ def write_report(
         "forecast NMSE differs by a factor of 2. Each line compares the two methods on the "
         "scenarios both have results for (*cells*: how many).",
         "",
-        comparison_table(rows),
+        comparison_note(rows) or comparison_table(rows),
         "",
         *(
             [

@@ -105,6 +105,10 @@ def score(cell: Cell, problem: Problem, result: MethodResult) -> dict[str, Any]:
         row["coef_error"] = coefficient_error(found, truth)
         row["n_terms"] = len(found)
         row["terms"] = {f"{s}: {b}": round(c, 6) for (s, b), c in found.items()}
+    elif result.info.get("distill_error"):
+        # a method that discovers equations and found none: every true term missed
+        row.update(f1=0.0, f1_unknown=0.0, exact=False, n_terms=0, terms={})
+        row["coef_error"] = coefficient_error({}, truth)
     true_fc = problem.true_forecast()
     obs = [s for s in problem.observed if s in result.forecast_states]
     cols_true = [problem.truth.states.index(s) for s in obs]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ude.data.measurements import Measurements
+from ude.data.measurements import Measurements, Truth
 from ude.errors import UdeError
 
 
@@ -37,6 +37,55 @@ class Split:
     @property
     def has_held_out(self) -> bool:
         return bool(self.held_out.any())
+
+    def masked(self, measurements: Measurements) -> Measurements:
+        """What a fit may see: ``measurements`` with every held-out entry missing (NaN), all
+        conditions and times kept. A condition without training entries starts from its first
+        measured values, given as known initial states (``initial``) as a conditions
+        table's ``init_<state>`` would be: its forecast starts there."""
+        m = measurements
+        values = np.where(self.train, m.values, np.nan)
+        sigma = None if m.sigma is None else np.where(self.train, m.sigma, np.nan)
+        initial = {k: np.array(v, dtype=float) for k, v in m.initial.items()}
+        unseen = [c for c in range(m.n_conditions) if c not in self.train_conditions]
+        if unseen:
+            first = m.first_observed()
+            for j, o in enumerate(m.observables):
+                given = initial.setdefault(o, np.full(m.n_conditions, np.nan))
+                for c in unseen:
+                    if np.isnan(given[c]):
+                        given[c] = first[c, j]
+                if np.isnan(given).all():
+                    del initial[o]
+        return replace(m, values=values, sigma=sigma, initial=initial)
+
+    def training_data(self, measurements: Measurements) -> tuple[Measurements, list[int]]:
+        """The training entries alone, for a fit that must not see the rest (the
+        distillation): held-out entries missing, the conditions without training entries
+        dropped, and the times after the last training entry cut. Returns the data and the
+        indices of the kept conditions in ``measurements``."""
+        m = measurements
+        keep = self.train_conditions
+        times = np.flatnonzero(self.train.any(axis=(0, 2, 3)))
+        t = slice(0, int(times[-1]) + 1)
+
+        def take(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else np.where(self.train, a, np.nan)[keep][:, t]
+
+        truth = m.truth
+        if truth is not None:
+            truth = Truth(truth.spec, np.asarray(truth.initial)[keep], dict(truth.missing))
+        data = replace(
+            m,
+            times=m.times[t],
+            values=take(m.values),
+            sigma=take(m.sigma),
+            conditions=[m.conditions[c] for c in keep],
+            inputs=np.asarray(m.inputs)[keep],
+            initial={k: np.asarray(v)[keep] for k, v in m.initial.items()},
+            truth=truth,
+        )
+        return data, keep
 
 
 def make_split(

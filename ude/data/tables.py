@@ -74,6 +74,7 @@ def _read_rows(path: str | Path, what: str = "data") -> _Rows:
                 continue
             if header is None:
                 header = cells
+                _check_delimiter(name, header, line)
                 _check_header(name, header, line)
                 continue
             if len(cells) != len(header):
@@ -91,6 +92,25 @@ def _read_rows(path: str | Path, what: str = "data") -> _Rows:
     if not rows:
         raise _fail(name, None, "no data rows below the header")
     return _Rows(name, header, rows)
+
+
+# Delimiters other than the comma that tables come with (a spreadsheet's locale, a TSV export).
+_DELIMITERS = {";": "semicolons", "\t": "tabs", "|": "'|'"}
+
+
+def _check_delimiter(path: str, header: list[str], line: int) -> None:
+    """A header read as one column that another delimiter would split: name that delimiter."""
+    if len(header) != 1:
+        return
+    for sep, name in _DELIMITERS.items():
+        if sep in header[0]:
+            raise _fail(
+                path,
+                f"line {line}",
+                f"the columns are separated by {name}, not commas: "
+                f"the header '{header[0]}' reads as one column",
+                "save the table as comma-separated CSV, with '.' as the decimal point",
+            )
 
 
 def _check_header(path: str, header: list[str], line: int) -> None:

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
-import json
+import argparse
+import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,38 +14,61 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from ude.conf import CONF_DIR
+from ude.config_check import no_such_key
 from ude.data.measurements import Measurements
+from ude.data.splits import Split
 from ude.distill.twin import not_identified
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
 
-DEFAULT = Path(__file__).resolve().parents[2] / "conf" / "distill" / "default.yaml"
+DEFAULT = CONF_DIR / "distill" / "default.yaml"
 
 
 def run_distill(
-    cfg: DictConfig, model: HybridODE, measurements: Measurements, run_dir: str | Path
+    cfg: DictConfig,
+    model: HybridODE,
+    measurements: Measurements,
+    run_dir: str | Path,
+    split: Split | None = None,
 ) -> dict[str, Any]:
-    """Instantiate ``cfg`` (the ``distill`` node), distil ``model`` and write the report.
+    """Instantiate ``cfg`` (the ``distill`` node), distil ``model`` and write the report
+    (its plots mark the data ``split`` holds out).
 
-    ``cfg.forecast_interval`` (optional) holds the keyword arguments of the forecast band's
-    :class:`ude.distill.uncertainty.LaplaceInterval` (n_samples, level, seed, ...); absent: its
-    defaults; null or ``n_samples: 0``: no band.
+    With ``split``, the distillation (screen, refits, bootstrap, band) sees the training
+    entries alone (:meth:`ude.data.Split.training_data`) and the twin is judged on the
+    held-out ones (``held_out`` in the metrics). ``cfg.forecast_interval`` (optional) holds
+    the keyword arguments of the forecast band's
+    :class:`ude.distill.uncertainty.LaplaceInterval` (n_samples, level, seed, ...); absent:
+    its defaults; null or ``n_samples: 0``: no band. A distillation that finds no twin that
+    can be solved writes why (status ``twin_unsolvable``) instead of raising.
     """
-    from ude.distill.report import write_report
+    from ude.distill.report import HeldOut, write_failure, write_report
+    from ude.distill.selection import NoSolvableTwin
     from ude.distill.uncertainty import LaplaceInterval
 
-    result = make_distiller(cfg).fit(model, measurements)
+    held_out, data, fitted = None, measurements, model
+    if split is not None and split.has_held_out:
+        data, kept = split.training_data(measurements)
+        fitted = model.select_conditions(kept)
+        initial = model.initial.detach().cpu().numpy()
+        held_out = HeldOut(measurements, split, data.observable_scale(), initial, kept)
+    try:
+        result = make_distiller(cfg).fit(fitted, data)
+    except NoSolvableTwin as err:
+        return write_failure(err, run_dir)
     options = cfg.get("forecast_interval", {})
     interval = None
     if options is not None and options.get("n_samples", 1) > 0:
         interval = LaplaceInterval(**options)
     return write_report(
         result,
-        model,
-        measurements,
+        fitted,
+        data,
         run_dir,
         horizon=float(cfg.get("forecast_horizon", 10.0)),
         interval=interval,
+        held_out=held_out,
     )
 
 
@@ -59,19 +84,40 @@ def make_distiller(cfg: DictConfig):
 
 
 def summary(metrics: dict[str, Any]) -> str:
+    """One line a user can trust: what was distilled, and every failure as a failure."""
+    status = metrics.get("status", "ok")
+    if status == "twin_unsolvable":
+        n = len(metrics.get("path", []))
+        return (
+            f"distillation FAILED (status twin_unsolvable): none of the {n} candidate twins "
+            "could be integrated over the data; nothing was distilled (see distill.json)"
+        )
     terms = "; ".join(f"d{s}/dt += {e}" for s, e in metrics["discovered"].items())
-    line = f"distilled in {metrics['timings']['total_seconds']:.1f} s: {terms}"
+    head = f"distilled in {metrics['timings']['total_seconds']:.1f} s"
+    line = head + (f" (status {status})" if status != "ok" else "") + f": {terms}"
     truth = metrics.get("truth")
     if truth:
         line += f"; structure {'exact' if truth['exact'] else 'NOT exact'}"
         if truth["median_relative_error"] is not None:
             line += f", median coefficient error {truth['median_relative_error']:.1%}"
+    failed = {f["status"]: f["why"] for f in metrics.get("failures", [])}
+    horizon = f"t={metrics['forecast_horizon']:g}" if "forecast_horizon" in metrics else ""
     if "forecast_nmse" in metrics:
-        err = ", ".join(f"{k} {v:.2%}" for k, v in metrics["forecast_nmse"].items())
-        line += f"; forecast NMSE to t={metrics['forecast_horizon']:g}: {err}"
+        err = ", ".join(f"{k} {_percent(v)}" for k, v in metrics["forecast_nmse"].items())
+        line += f"; forecast NMSE to {horizon}: {err}"
+    if "forecast_failed" in failed:
+        line += f"; forecast FAILED: {failed['forecast_failed']}"
+    held = metrics.get("held_out")
+    if held:
+        err = f"{held['nmse']:.3g}" if math.isfinite(held["nmse"]) else "FAILED (inf)"
+        line += f"; held-out NMSE {err} ({held['n_points']} entries)"
     band = metrics.get("forecast_interval", {})
-    if "coverage_of_truth" in band:
+    if "band_failed" in failed:
+        line += f"; {band.get('level', 0.95):.0%} band FAILED: {failed['band_failed']}"
+    elif "coverage_of_truth" in band:
         line += f"; {band['level']:.0%} band covers {band['coverage_of_truth']:.0%} of the truth"
+        if band["n_failed"]:
+            line += f" ({band['n_failed']} of {band['n_samples']} draws failed)"
     for tie in metrics.get("ties") or []:
         terms = "; ".join(f"d{s}/dt += {e}" for s, e in tie["terms"].items())
         line += (
@@ -89,9 +135,53 @@ def summary(metrics: dict[str, Any]) -> str:
     return line
 
 
-def load_run(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, HybridODE, Measurements]:
-    """The run's config (with ``overrides`` and a ``distill`` node), the trained model and
-    the data, rebuilt from ``config.yaml`` and ``checkpoints/last.ckpt``."""
+def raise_if_no_twin(
+    metrics: dict[str, Any], report_dir: str | Path, run_dir: str | Path | None = None
+) -> None:
+    """A distillation that found no twin (status ``twin_unsolvable``) ends the command with
+    one line and exit status 2, after everything else is written: a user or a script must
+    not read the run as a success. ``report_dir`` holds its distill.json; ``run_dir`` is the
+    training run (default: the same folder)."""
+    if metrics.get("status") == "twin_unsolvable":
+        failure = metrics["failures"][0]
+        raise UdeError(
+            f"no twin: {failure['why']}",
+            source=str(Path(report_dir) / "distill.json"),
+            fix=failure["fix"].replace("<run_dir>", str(run_dir or report_dir)),
+        )
+
+
+def _percent(v: float) -> str:
+    return f"{v:.2%}" if math.isfinite(v) else "FAILED (inf)"
+
+
+def _override(cfg: DictConfig, item: str) -> None:
+    """Apply ``key=value`` (the key must exist) or ``+key=value`` (it may be new) to ``cfg``."""
+    key, sep, value = item.partition("=")
+    add = key.startswith("+")
+    key = key.lstrip("+")
+    if not sep or not key:
+        raise UdeError(
+            f"override '{item}' is not key=value",
+            source="command line",
+            fix="e.g. distill.distiller.selector.criterion=aicc",
+        )
+    *parents, last = key.split(".")
+    node = OmegaConf.select(cfg, ".".join(parents)) if parents else cfg
+    if not add and not (isinstance(node, DictConfig) and last in node):
+        siblings = node.keys() if isinstance(node, DictConfig) else []
+        raise no_such_key(key, siblings, add=f"+{item.lstrip('+')}")
+    try:
+        OmegaConf.update(cfg, key, yaml.safe_load(value), merge=True, force_add=True)
+    except Exception as err:  # noqa: BLE001 - any failure here is a bad override
+        raise UdeError(f"cannot set '{key}': {err}", source="command line") from None
+
+
+def load_run(
+    run_dir: Path, overrides: list[str]
+) -> tuple[DictConfig, HybridODE, Measurements, Split]:
+    """The run's config (with ``overrides`` and a ``distill`` node), the trained model, the
+    data and its split, rebuilt from ``config.yaml`` and ``checkpoints/last.ckpt``."""
 
     from ude.runs import build_run
 
@@ -105,19 +195,8 @@ def load_run(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, HybridODE
     if not cfg.get("distill"):
         OmegaConf.update(cfg, "distill", OmegaConf.load(DEFAULT), force_add=True)
     for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UdeError(
-                f"override '{item}' is not key=value",
-                source="command line",
-                fix="e.g. distill.distiller.selector.criterion=aicc",
-            )
-        try:
-            OmegaConf.update(cfg, key, yaml.safe_load(value), merge=True, force_add=True)
-        except Exception as err:  # noqa: BLE001 - any failure here is a bad override
-            raise UdeError(f"cannot set '{key}': {err}", source="command line") from None
+        _override(cfg, item)
     datamodule, model, module = build_run(cfg)
-    measurements = datamodule.measurements
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     try:
         module.load_state_dict(state["state_dict"])
@@ -127,35 +206,78 @@ def load_run(run_dir: Path, overrides: list[str]) -> tuple[DictConfig, HybridODE
             source=str(ckpt),
         ) from None
     model.eval()
-    return cfg, model, measurements
+    return cfg, model, datamodule.measurements, datamodule.split
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """``python -m ude.distill <run_dir> [key=value ...]``: distil a finished run again."""
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in {"-h", "--help"}:
-        raise UdeError(
-            "usage: python -m ude.distill <run_dir> [key=value ...]",
-            source="command line",
-            fix="e.g. python -m ude.distill outputs/<day>/<time> "
-            "distill.distiller.selector.criterion=aicc",
-        )
-    run_dir = Path(argv[0])
-    cfg, model, measurements = load_run(run_dir, argv[1:])
-    metrics = run_distill(cfg.distill, model, measurements, run_dir)
-    metrics_path = run_dir / "metrics.json"
-    if metrics_path.is_file():
-        saved = json.loads(metrics_path.read_text())
-        saved["distill"] = metrics
-        metrics_path.write_text(json.dumps(saved, indent=2, default=float))
+def new_distill_dir(run_dir: Path, name: str | None) -> Path:
+    """A new folder ``run_dir/distill/<name>`` (default name: the date and time)."""
+    parent = run_dir / "distill"
+    if name is not None:
+        if not name or Path(name).name != name or name in {".", ".."}:
+            raise UdeError(f"'{name}' is not a folder name", source="--name")
+        if (parent / name).exists():
+            raise UdeError(
+                "exists",
+                source=str(parent / name),
+                fix="give another --name: a re-distillation never replaces an earlier one",
+            )
+        return parent / name
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    out, n = parent / stamp, 1
+    while out.exists():
+        n += 1
+        out = parent / f"{stamp}_{n}"
+    return out
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        usage=f"{prog} <run_dir> [key=value ...] [--name NAME]",
+        description="Distil a finished training run again, with other settings. The result "
+        "goes to <run_dir>/distill/<name>/ (twin.json, equations.md, distill.json, twin.sbml, "
+        "plots/ and config.yaml, the settings used); the run's own twin is left as it is.",
+        epilog=f"example: {prog} outputs/<day>/<time> distill.distiller.selector.criterion=aicc",
+    )
+    parser.add_argument("run_dir", nargs="?", help="the directory of a finished train run")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="settings over the run's config.yaml (+key=value adds a key the config lacks)",
+    )
+    parser.add_argument(
+        "--name", help="the subfolder under <run_dir>/distill/ (default: the date and time)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "ude-distill") -> dict[str, Any]:
+    """``ude-distill <run_dir> [key=value ...] [--name NAME]``: distil a finished run again
+    into ``<run_dir>/distill/<name>/``; returns the distillation's metrics."""
+    parser = _parser(prog)
+    args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
+    if args.run_dir is None:  # argparse would also call the optional overrides required
+        parser.error("give the directory of a finished train run, e.g. outputs/<day>/<time>")
+    run_dir = Path(args.run_dir)
+    cfg, model, measurements, split = load_run(run_dir, args.overrides)
+    out = new_distill_dir(run_dir, args.name)
+    out.mkdir(parents=True)
+    command = " ".join([prog, str(run_dir), *args.overrides])
+    (out / "config.yaml").write_text(
+        f"# {command}\n# the run's config with these settings, {time.strftime('%Y-%m-%d %H:%M')}\n"
+        + OmegaConf.to_yaml(cfg, resolve=True)
+    )
+    metrics = run_distill(cfg.distill, model, measurements, out, split)
     print(summary(metrics))
-    print(f"twin: {run_dir / 'twin.json'}")
+    raise_if_no_twin(metrics, out, run_dir)
+    print(f"distillation written to {out}/ (the run's own twin is unchanged)")
     return metrics
 
 
-def cli() -> None:
+def cli(prog: str = "ude-distill") -> None:
     """Errors a user can cause (run directory, overrides) print one line and exit 2."""
     from ude.runs import exit_2_on_user_errors
 
     with exit_2_on_user_errors():
-        main()
+        main(prog=prog)

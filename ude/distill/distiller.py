@@ -12,13 +12,14 @@ import numpy as np
 import sympy as sp
 
 from ude.data.measurements import Measurements
-from ude.distill.bootstrap import BootstrapInclusion
+from ude.distill.bootstrap import BootstrapInclusion, squared_residuals
 from ude.distill.integral import IntegralPath, IntegralProblem, integral_problems, screen_score
 from ude.distill.library import Library, Term, combine, slot_library
 from ude.distill.refit import RefitResult, TwinRefit
 from ude.distill.sampling import Samples, TrajectorySampler
 from ude.distill.selection import (
     TIE,
+    NoSolvableTwin,
     Scored,
     TrajectorySelector,
     evidence_weights,
@@ -70,40 +71,12 @@ class Distillation:
     def describe(self, scored: Scored) -> dict[str, str]:
         """``{target: "+0.9*x*y -0.1*y"}``: a scored candidate's terms at its refitted
         coefficients and constants."""
-        fitted = refitted_coef(scored)
-        constants = refitted_constants(scored)
-        return {
-            t: " ".join(
-                f"{'+' if c[j] > 0 else '-'}{abs(c[j]):.3g}*"
-                + _term_name(self.terms[t][j], constants.get(t, {}).get(int(j), {}))
-                for j in np.flatnonzero(c)
-            )
-            for t, c in fitted.items()
-        }
+        return describe(scored, self.terms)
 
     def path_rows(self) -> list[dict[str, Any]]:
-        """One row per scored candidate: terms, trajectory NMSE, criterion, evidence weight,
-        chosen."""
+        """One row per scored candidate (:func:`path_rows`), with its evidence weight."""
         weights = self.weights if self.weights is not None else evidence_weights(self.path)
-        rows = []
-        for s, w in zip(self.path, weights, strict=True):
-            rows.append(
-                {
-                    "step": s.step,
-                    "origin": s.candidate.origin,
-                    "threshold": s.candidate.threshold,
-                    "n_terms": s.candidate.n_terms,
-                    "n_params": s.n_params,
-                    "trajectory_nmse": s.refit.nmse,
-                    "criterion": s.criterion if np.isfinite(s.criterion) else None,
-                    "weight": round(float(w), 6),
-                    "chosen": s is self.chosen,
-                    "terms": self.describe(s),
-                    "regression_residual": s.candidate.info.get("regression_residual"),
-                    "screen": s.candidate.info.get("screen"),
-                }
-            )
-        return rows
+        return path_rows(self.path, self.terms, self.chosen, weights)
 
     def tie_rows(self) -> list[dict[str, Any]]:
         """The structures that fit as well as the chosen one: their terms and criterion above
@@ -115,6 +88,52 @@ class Distillation:
             }
             for s in self.ties
         ]
+
+
+def describe(scored: Scored, terms: dict[str, list[Term]]) -> dict[str, str]:
+    """``{target: "+0.9*x*y -0.1*y"}``: a scored candidate's terms (of ``terms``) at its
+    refitted coefficients and constants."""
+    fitted = refitted_coef(scored)
+    constants = refitted_constants(scored)
+    return {
+        t: " ".join(
+            f"{'+' if c[j] > 0 else '-'}{abs(c[j]):.3g}*"
+            + _term_name(terms[t][j], constants.get(t, {}).get(int(j), {}))
+            for j in np.flatnonzero(c)
+        )
+        for t, c in fitted.items()
+    }
+
+
+def path_rows(
+    path: list[Scored],
+    terms: dict[str, list[Term]],
+    chosen: Scored | None = None,
+    weights: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """One row per scored candidate: terms, trajectory NMSE (None: its refit could not be
+    solved), criterion, evidence weight (``weights``; default from the criteria), chosen."""
+    weights = evidence_weights(path) if weights is None else weights
+    rows = []
+    for s, w in zip(path, weights, strict=True):
+        rows.append(
+            {
+                "step": s.step,
+                "origin": s.candidate.origin,
+                "threshold": s.candidate.threshold,
+                "n_terms": s.candidate.n_terms,
+                "n_params": s.n_params,
+                "solved": bool(s.refit.ok),
+                "trajectory_nmse": s.refit.nmse if s.refit.ok else None,
+                "criterion": s.criterion if np.isfinite(s.criterion) else None,
+                "weight": round(float(w), 6),
+                "chosen": s is chosen,
+                "terms": describe(s, terms),
+                "regression_residual": s.candidate.info.get("regression_residual"),
+                "screen": s.candidate.info.get("screen"),
+            }
+        )
+    return rows
 
 
 def _term_name(term: Term, constants: dict[str, float]) -> str:
@@ -378,13 +397,19 @@ class Distiller:
             return out
 
         t1 = time.perf_counter()
-        chosen, path = (self.selector or TrajectorySelector()).select(
-            candidates,
-            score,
-            lambda cand, best: screen_score(integral_along(best), cand),
-            propose,
-            sizes={t: len(ts) for t, ts in terms.items()},
-        )
+        selector = self.selector or TrajectorySelector()
+        try:
+            chosen, path = selector.select(
+                candidates,
+                score,
+                lambda cand, best: screen_score(integral_along(best), cand),
+                propose,
+                sizes={t: len(ts) for t, ts in terms.items()},
+            )
+        except NoSolvableTwin as err:
+            err.rows = path_rows(err.scored, terms)
+            err.timings = {"total_seconds": round(time.perf_counter() - t0, 3)}
+            raise
         clock["selection_seconds"] = time.perf_counter() - t1
         # final refit from the scored values, with the accurate solver
         t2 = time.perf_counter()
@@ -430,7 +455,10 @@ class Distiller:
                 ]
                 for t, ts in terms.items()
             }
-            inclusion = self.bootstrap.inclusion(problems, chosen.candidate, shown)
+            residuals = [squared_residuals(s, measurements) for s in path]
+            inclusion = self.bootstrap.inclusion(
+                path, residuals, selector.choose, selector.criterion, chosen, shown
+            )
             clock["bootstrap_seconds"] = time.perf_counter() - t2
         clock["total_seconds"] = time.perf_counter() - t0
         return Distillation(

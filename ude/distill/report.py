@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,38 +13,30 @@ import numpy as np
 import sympy as sp
 import torch
 
+from ude.benchmark.metrics import expression_terms, numeric, state_nmse
 from ude.data.measurements import Measurements
+from ude.data.splits import Split
 from ude.distill.distiller import Distillation
+from ude.distill.selection import NoSolvableTwin
 from ude.distill.twin import equations_markdown, twin_to_dict
 from ude.distill.uncertainty import ForecastInterval, LaplaceInterval
-from ude.model.hybrid import HybridODE
+from ude.fit import forecast_errors
+from ude.model.hybrid import HybridODE, build_hybrid
+from ude.model.solver import Solver
 from ude.spec.compile import CompiledExpressions
 from ude.spec.model_spec import ModelSpec
 from ude.spec.simulate import simulate_spec
 
 
-def term_coefficients(expr: sp.Expr) -> dict[str, float]:
-    """``{basis term: coefficient}`` of an expanded expression, e.g. -0.9*x*y -> {x*y: -0.9}."""
-    out: dict[str, float] = {}
-    for term in sp.Add.make_args(sp.expand(expr)):
-        if term == 0:
-            continue
-        coeff, basis = term.as_coeff_Mul()
-        out[str(basis)] = out.get(str(basis), 0.0) + float(coeff)
-    return out
-
-
-def _numeric(expr: sp.Expr, spec: ModelSpec) -> sp.Expr:
-    return expr.xreplace({sp.Symbol(k): p.value for k, p in spec.parameters.items()})
-
-
 def compare_with_truth(twin: ModelSpec, truth_spec: ModelSpec, missing: dict) -> dict[str, Any]:
     """Structure and coefficient errors of the discovered terms against the true missing
-    terms: ``exact`` when every state has exactly the true basis terms."""
+    terms, term by term as the benchmark counts them (:func:`expression_terms`: a rational
+    term is the same term whatever its constant): ``exact`` when every state has exactly the
+    true terms."""
     per_state, errors, exact = {}, [], True
     for s, true_expr in missing.items():
-        true = term_coefficients(_numeric(true_expr, truth_spec))
-        found = term_coefficients(_numeric(twin.discovered.get(s, sp.Integer(0)), twin))
+        true = expression_terms(numeric(true_expr, truth_spec))
+        found = expression_terms(numeric(twin.discovered.get(s, sp.Integer(0)), twin))
         same = set(true) == set(found)
         exact &= same
         rel = {b: abs(found[b] - c) / abs(c) for b, c in true.items() if b in found and c != 0}
@@ -66,7 +59,8 @@ def forecast(
     twin: ModelSpec, initial: np.ndarray, measurements: Measurements, horizon: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Times ``(time,)``, the twin's states ``(condition, time, state)`` from ``initial`` over
-    ``horizon`` times the data's span, and the true states when the data are synthetic."""
+    ``horizon`` times the data's span (NaN from where its solve fails), and the true states
+    when the data are synthetic."""
     t0, t1 = float(measurements.times[0]), float(measurements.times[-1])
     times = np.linspace(t0, t0 + horizon * (t1 - t0), int(200 * horizon) + 1)
     states = simulate_spec(twin, initial, times, measurements.inputs, rtol=1e-8, atol=1e-10)
@@ -80,13 +74,26 @@ def forecast(
     return times, states, truth
 
 
-def forecast_nmse(states: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Per state: mean squared error over the variance of the truth (NaN counts as failure)."""
-    out = {}
-    for i in range(states.shape[-1]):
-        err = states[..., i] - truth[..., i]
-        v = float(np.var(truth[..., i]))
-        out[str(i)] = float(np.mean(err**2) / v) if np.all(np.isfinite(err)) else float("inf")
+def held_out_errors(twin: ModelSpec, initial: np.ndarray, held_out: HeldOut) -> dict[str, Any]:
+    """The twin's errors on the held-out entries (:func:`ude.fit.forecast_errors`, normalised
+    by the training entries' scale, as the UDE's ``forecast`` in metrics.json), simulated from
+    ``initial (condition, state)`` over every condition of the data. An entry the twin cannot
+    predict (its solve failed before it) makes the errors infinite."""
+    m, split = held_out.measurements, held_out.split
+    states = simulate_spec(twin, initial, m.times, m.inputs, rtol=1e-8, atol=1e-10)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = build_hybrid(twin, m, Solver())
+    finally:
+        torch.set_default_dtype(previous)
+    cond = torch.arange(m.n_conditions)
+    with torch.no_grad():
+        obs = model.observe(torch.as_tensor(states), cond).numpy()
+    resid = (m.values - obs[:, :, None, :]) / held_out.scale
+    resid = np.where(np.isfinite(obs)[:, :, None, :], resid, np.inf)
+    out = forecast_errors(resid, m, split)
+    out["failed"] = bool(not np.isfinite(resid[split.held_out]).all())
     return out
 
 
@@ -105,6 +112,39 @@ def distilled_terms(
         return f(torch.tensor(values)).numpy()
 
 
+STATUSES = {
+    "ok": "the twin was refitted, its forecast and its band were computed",
+    "twin_unsolvable": "no candidate twin's refit could be solved over the data: no twin",
+    "forecast_failed": "the twin's solve failed over the forecast window or the held-out data",
+    "band_failed": "the forecast band could not be computed, or more than half its draws failed",
+}
+"""The ``status`` of distill.json (the first failure in this order; ``failures`` lists all)."""
+
+REPORT_FILES = (
+    "twin.json",
+    "twin.sbml",
+    "equations.md",
+    "plots/distilled_terms.png",
+    "plots/forecast.png",
+)
+"""What a distillation writes into the run directory beside distill.json."""
+
+
+@dataclass
+class HeldOut:
+    """What the twin is judged on after a distillation on the training entries alone: all the
+    data ``measurements``, their ``split``, the training entries' observable ``scale
+    (observable,)``, the trained model's initial states ``initial (condition, state)`` (the
+    start of a held-out condition) and the data's indices of the distilled conditions
+    ``kept``."""
+
+    measurements: Measurements
+    split: Split
+    scale: np.ndarray
+    initial: np.ndarray
+    kept: list[int]
+
+
 def write_report(
     result: Distillation,
     trained: HybridODE,
@@ -112,10 +152,14 @@ def write_report(
     run_dir: str | Path,
     horizon: float = 10.0,
     interval: LaplaceInterval | None = None,
+    held_out: HeldOut | None = None,
 ) -> dict[str, Any]:
     """Writes twin.json, twin.sbml, equations.md, distill.json and plots/distilled_terms.png,
-    plots/forecast.png into ``run_dir``; returns the metrics. With ``interval``, the forecast
-    gets its band (see :func:`forecast_band`)."""
+    plots/forecast.png into ``run_dir``; returns the metrics, with their ``status`` and
+    ``failures`` (:data:`STATUSES`). ``measurements``: the data distilled on; with
+    ``interval``, the forecast gets its band (see :func:`forecast_band`); with ``held_out``,
+    the twin's errors on the held-out entries (``held_out`` in the metrics), and the forecast
+    plot marks them when every condition was distilled."""
     from ude.distill.plots import plot_distilled_terms, plot_forecast
     from ude.spec.sbml import write_sbml
 
@@ -147,7 +191,19 @@ def write_report(
         inputs={u: float(measurements.inputs[0, j]) for j, u in enumerate(twin.inputs)},
     )
     times, states, truth = forecast(twin, initial, measurements, horizon)
+    failures: list[dict[str, str]] = []
+    solved = np.isfinite(states).all(axis=(0, 2))
+    if not solved.all():
+        failures.append(
+            {
+                "status": "forecast_failed",
+                "why": f"the twin's solve stopped at t={times[np.argmin(solved)]:.4g} of the "
+                f"forecast to t={times[-1]:.4g}",
+            }
+        )
     metrics: dict[str, Any] = {
+        "status": "ok",
+        "failures": failures,
         "discovered": twin_dict["discovered"],
         "n_terms": result.chosen.candidate.n_terms,
         "trajectory_nmse": result.refit.nmse,
@@ -157,7 +213,19 @@ def write_report(
         "model_weights": weights,
         "ties": ties,
         "identifiability": result.identifiability,
+        "forecast_horizon": float(times[-1]),
     }
+    if held_out is not None and held_out.split.has_held_out:
+        start = held_out.initial.copy()
+        start[held_out.kept] = initial
+        metrics["held_out"] = held_out_errors(twin, start, held_out)
+        if metrics["held_out"]["failed"]:
+            failures.append(
+                {
+                    "status": "forecast_failed",
+                    "why": "the twin's solve failed before some held-out entries",
+                }
+            )
     band = None
     if interval is not None:
         start = time.perf_counter()
@@ -165,19 +233,29 @@ def write_report(
             interval, result, measurements, times, twin.states, truth
         )
         metrics["timings"]["interval_seconds"] = round(time.perf_counter() - start, 3)
+        info = metrics["forecast_interval"]
+        if band is None or not band.usable:
+            why = info.get("error") or f"{info['n_failed']} of {info['n_samples']} draws failed"
+            failures.append({"status": "band_failed", "why": why})
+            band = None
     if result.inclusion is not None:
         metrics["inclusion_probability"] = result.inclusion
     if truth is not None:
-        nmse = forecast_nmse(states, truth)
-        metrics["forecast_horizon"] = float(times[-1])
-        metrics["forecast_nmse"] = {s: nmse[str(i)] for i, s in enumerate(twin.states)}
+        nmse = state_nmse(states, truth)
+        metrics["forecast_nmse"] = {s: float(v) for s, v in zip(twin.states, nmse, strict=True)}
         tr = measurements.truth
         if tr.missing:
             metrics["truth"] = compare_with_truth(twin, tr.spec, tr.missing)
+    metrics["status"] = _status(failures)
     (run_dir / "distill.json").write_text(json.dumps(metrics, indent=2, default=float))
     plot_distilled_terms(result, run_dir / "plots" / "distilled_terms.png")
+    # the plot shows the held-out entries (hollow) beside the data distilled on, when the
+    # twin simulates every condition of the data
+    shown, split = measurements, None
+    if held_out is not None and len(held_out.kept) == held_out.measurements.n_conditions:
+        shown, split = held_out.measurements, held_out.split
     plot_forecast(
-        times, states, truth, measurements, twin, run_dir / "plots" / "forecast.png", band
+        times, states, truth, shown, twin, run_dir / "plots" / "forecast.png", band, split
     )
     return metrics
 
@@ -192,6 +270,30 @@ def model_weights(rows: list[dict[str, Any]], floor: float = 1e-4) -> list[dict[
     ]
 
 
+def _status(failures: list[dict[str, str]]) -> str:
+    found = {f["status"] for f in failures}
+    return next((s for s in STATUSES if s in found), "ok")
+
+
+def write_failure(err: NoSolvableTwin, run_dir: str | Path) -> dict[str, Any]:
+    """distill.json of a distillation that found no twin (status ``twin_unsolvable``): why,
+    and every candidate tried. The files of an earlier distillation in ``run_dir`` are
+    removed: they would read as this one's."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in REPORT_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    metrics = {
+        "status": "twin_unsolvable",
+        "failures": [{"status": "twin_unsolvable", "why": err.reason, "fix": err.fix}],
+        "discovered": {},
+        "timings": getattr(err, "timings", {}),
+        "path": getattr(err, "rows", []),
+    }
+    (run_dir / "distill.json").write_text(json.dumps(metrics, indent=2, default=float))
+    return metrics
+
+
 def forecast_band(
     interval: LaplaceInterval,
     result: Distillation,
@@ -202,9 +304,9 @@ def forecast_band(
 ) -> tuple[ForecastInterval | None, dict[str, Any]]:
     """The band of the refitted twin's forecast over ``times`` from its fitted initial states,
     and its summary for distill.json: level, draws, failed draws, floored eigenvalues and, with
-    ``truth (condition, time, state)``, the fraction of the true states inside (overall and
-    per state). A band that cannot be computed (the solve at the optimum fails) is recorded
-    as an error, not raised."""
+    ``truth (condition, time, state)`` and a usable band (:attr:`ForecastInterval.usable`),
+    the fraction of the true states inside (overall and per state). A band that cannot be
+    computed (the solve at the optimum fails) is recorded as an error, not raised."""
     try:
         band = interval.forecast(result.model, measurements, times)
     except (RuntimeError, ValueError, np.linalg.LinAlgError) as err:
@@ -216,7 +318,7 @@ def forecast_band(
         "n_failed": band.n_failed,
         "n_floored_eigenvalues": band.laplace.n_floored,
     }
-    if truth is not None and band.n_failed < band.n_samples:
+    if truth is not None and band.usable:
         out["coverage_of_truth"] = band.coverage(truth)
         inside = (truth >= band.lower) & (truth <= band.upper)
         out["coverage_by_state"] = {s: float(np.mean(inside[..., i])) for i, s in enumerate(states)}

@@ -61,6 +61,25 @@ def information_criterion(
     return base + k * math.log(n) + extra
 
 
+class NoSolvableTwin(UdeError):
+    """No refitted candidate could be solved over the data: there is no twin to report.
+    ``scored``: every candidate tried, in order of scoring (each with its failed refit)."""
+
+    def __init__(self, scored: list[Scored]):
+        self.reason = (
+            f"none of the {len(scored)} candidate twins could be integrated over the data "
+            "(every refit's solve failed or diverged)"
+        )
+        super().__init__(
+            self.reason,
+            source="distill",
+            fix="the candidates are in distill.json; distil the run again with another refit "
+            "solver or library, e.g. python -m ude.distill <run_dir> "
+            "distill.distiller.score_refit.method=rosenbrock23",
+        )
+        self.scored = scored
+
+
 @dataclass
 class Scored:
     """A candidate with its refit and score."""
@@ -241,7 +260,7 @@ class TrajectorySelector:
             crit = information_criterion(
                 result.nmse, result.n_points, k, self.criterion, log_models
             )
-            s = Scored(cand, result, crit, k, step)
+            s = Scored(cand, result, crit, k, step, {"log_models": log_models})
             seen[key] = s
             scored.append(s)
             return s
@@ -317,12 +336,20 @@ class TrajectorySelector:
             if not trials or min(t.criterion for t in trials) >= best.criterion:
                 break
             best = min(trials, key=lambda s: s.criterion)
-        # parsimony: the sparsest candidate the criterion does not clearly reject (within
-        # `tolerance` of the best); on one trajectory, extra terms can fit the noise
-        floor = min(s.criterion for s in scored)
-        near = [s for s in scored if s.criterion <= floor + self.tolerance]
-        best = min(near, key=lambda s: (s.candidate.n_terms, s.criterion))
-        return best, scored
+        return self.choose(scored, [s.criterion for s in scored]), scored
+
+    def choose(self, scored: list[Scored], criteria: list[float]) -> Scored:
+        """The twin among ``scored`` with these ``criteria``: the sparsest one within
+        ``tolerance`` of the best (on one trajectory, extra terms can fit the noise), among
+        the candidates whose refit solved; :class:`NoSolvableTwin` when none did."""
+        solved = [
+            (s, c) for s, c in zip(scored, criteria, strict=True) if s.refit.ok and math.isfinite(c)
+        ]
+        if not solved:
+            raise NoSolvableTwin(scored)
+        floor = min(c for _, c in solved)
+        near = [(s, c) for s, c in solved if c <= floor + self.tolerance]
+        return min(near, key=lambda sc: (sc[0].candidate.n_terms, sc[1]))[0]
 
     def _neighbours(self, best: Scored) -> list[tuple[Candidate, str]]:
         """Supports one term away from ``best``, starting from its refitted coefficients and

@@ -317,8 +317,9 @@ def equations_markdown(
         ]
         for r in selection_rows:
             crit = r.get("criterion")
+            nmse = r.get("trajectory_nmse")
             lines.append(
-                f"| {r['n_terms']} | {r.get('trajectory_nmse', math.nan):.3g} | "
+                f"| {r['n_terms']} | {'solve failed' if nmse is None else f'{nmse:.3g}'} | "
                 f"{crit if crit is None else f'{crit:.1f}'} | {r.get('weight', math.nan):.2g} | "
                 f"{'yes' if r.get('chosen') else ''} | "
                 + "; ".join(f"d{t}: {e}" for t, e in r.get("terms", {}).items())

@@ -72,6 +72,12 @@ class ForecastInterval:
     def n_failed(self) -> int:
         return int(self.failed.sum())
 
+    @property
+    def usable(self) -> bool:
+        """At least half the draws solved: quantiles over fewer would describe the draws
+        that happened to solve, not the twin's uncertainty."""
+        return self.n_failed <= self.n_samples / 2
+
     def coverage(self, truth: np.ndarray) -> float:
         """Fraction of the true states ``(condition, time, state)`` inside the band."""
         return float(np.mean((truth >= self.lower) & (truth <= self.upper)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import sympy as sp
 import torch
@@ -10,10 +12,13 @@ from torch import nn
 from ude.data.measurements import Measurements
 from ude.errors import UdeError
 from ude.model.networks import MLP, FluxNetwork
+from ude.model.numeric_rhs import NumericRHS, NumericSystem, UnsupportedNetwork
+from ude.model.observation import log_density
 from ude.model.parameters import SpecParameters
 from ude.model.solver import Solver
 from ude.spec.compile import CompiledExpressions
 from ude.spec.model_spec import ModelSpec, load_spec
+from ude.spec.observation import DISTRIBUTIONS, TRANSFORMATIONS
 
 
 class HybridODE(nn.Module):
@@ -90,6 +95,22 @@ class HybridODE(nn.Module):
         self.observe_fn = CompiledExpressions(
             [_observable_expr(spec, o) for o in observables], spec.symbols
         )
+        # Observables with a noise model of the spec (PEtab's): its sigma, transformation and
+        # distribution; the others get the learned Gaussian noise.
+        models = [spec.noise.get(o) for o in observables]
+        self.has_noise_models = any(m is not None for m in models)
+        if self.has_noise_models:
+            self.sigma_fn = CompiledExpressions(
+                [m.sigma if m is not None else sp.Integer(1) for m in models], spec.symbols
+            )
+            self.register_buffer("_noise_given", torch.tensor([m is not None for m in models]))
+            codes = [
+                (TRANSFORMATIONS.index(m.transformation), DISTRIBUTIONS.index(m.distribution))
+                if m is not None
+                else (0, 0)
+                for m in models
+            ]
+            self.register_buffer("_noise_codes", torch.tensor(codes, dtype=torch.long))
         self.register_buffer("inputs", inputs)
         self.register_buffer("state_scale", state_scale)
         self.register_buffer("deriv_scale", deriv_scale)
@@ -145,10 +166,29 @@ class HybridODE(nn.Module):
         return torch.cat([y, context[..., : len(self.spec.inputs)]], dim=-1)
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        ctx = self._context
+        return self.rhs(y, self._context)
+
+    def numeric_rhs(self, context: torch.Tensor | None = None) -> NumericSystem | None:
+        """The right-hand side for the conditions' ``context (batch, input + parameter)``
+        (default: the current solve's) frozen to numpy, for the stiff solver's fast path
+        (:class:`~ude.model.numeric_rhs.NumericSystem`). None for a network that has no numpy
+        form (the solver then differentiates through torch)."""
+        context = self._context if context is None else context
+        if context is None:
+            return None
+        try:
+            rhs = NumericRHS.from_model(self, context)
+        except UnsupportedNetwork:
+            return None
+        params = [p for p in self.networks.parameters() if p.requires_grad]
+        return NumericSystem(rhs, context, params, self.rhs)
+
+    def rhs(self, y: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The right-hand side ``(P, state)`` at rows ``y (P, state)`` with their own
+        contexts ``(P, input + parameter)``."""
         if not self._slot_targets:  # a symbolic twin: no network terms to add
-            return self.known_terms(y, ctx)
-        return self.known_terms(y, ctx) + self.neural_terms(y, ctx)
+            return self.known_terms(y, context)
+        return self.known_terms(y, context) + self.neural_terms(y, context)
 
     # -- solving and observing ---------------------------------------------------------------
     def simulate(
@@ -162,7 +202,7 @@ class HybridODE(nn.Module):
             y0 = self.initial[condition]
             y0 = torch.where(self.initial_known[condition], y0.detach(), y0)
         try:
-            return self.solver(self, y0, times).transpose(0, 1)
+            return self.solver(_Conditioned(self, self._context), y0, times).transpose(0, 1)
         finally:
             self._context = None
 
@@ -171,12 +211,70 @@ class HybridODE(nn.Module):
         ctx = self.context(condition)[:, None, :].expand(*states.shape[:2], -1)
         return self.observe_fn(torch.cat([states, ctx], dim=-1))
 
+    def noise_nll(
+        self,
+        states: torch.Tensor,
+        pred: torch.Tensor,
+        condition: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor,
+        sigma: torch.Tensor,
+    ) -> torch.Tensor:
+        """Mean negative log-likelihood over measured entries under the spec's noise models.
+
+        ``states (batch, time, state)``, ``pred (batch, time, observable)``; ``values``,
+        ``mask`` ``(batch, time, replicate, observable)``; ``sigma`` (broadcastable to
+        ``values``) for the observables without a noise model of their own.
+        """
+        ctx = self.context(condition)[:, None, :].expand(*states.shape[:2], -1)
+        spec_sigma = self.sigma_fn(torch.cat([states, ctx], dim=-1))[:, :, None, :]
+        sig = torch.where(self._noise_given, spec_sigma, sigma)
+        y = torch.where(mask, values, torch.ones_like(values))  # log scales: no log(0) off-mask
+        h = pred[:, :, None, :].expand_as(values)
+        h = torch.where(mask, h, torch.ones_like(h))
+        ll = log_density(y, h, sig, self._noise_codes[:, 0], self._noise_codes[:, 1])
+        return -(ll * mask).sum() / mask.sum().clamp(min=1)
+
     @property
     def noise(self) -> torch.Tensor:
         return torch.exp(self.log_noise)
 
+    def select_conditions(self, conditions: list[int]) -> HybridODE:
+        """A copy restricted to ``conditions`` (indices, in their new order): their initial
+        states, inputs and per-condition parameter values; networks and shared parameters
+        copied as they are. The model itself when that is all of them, in order."""
+        if list(conditions) == list(range(self.initial.shape[0])):
+            return self
+        idx = torch.as_tensor(list(conditions), dtype=torch.long, device=self.initial.device)
+        out = copy.deepcopy(self)
+        with torch.no_grad():
+            out.initial = nn.Parameter(self.initial[idx].clone(), self.initial.requires_grad)
+            for name, p in self.parameters_.learned.items():
+                if p.dim():  # per condition
+                    out.parameters_.learned[name] = nn.Parameter(p[idx].clone(), p.requires_grad)
+        out.inputs = self.inputs[idx].clone()
+        out.initial_known = self.initial_known[idx].clone()
+        return out
+
     def parameter_values(self) -> dict:
         return self.parameters_.values()
+
+
+class _Conditioned(nn.Module):
+    """``model``'s right-hand side for the conditions of one solve: it holds their context,
+    so a solver that calls it after the solve (the adjoint method's backward pass) still has
+    it, and gradients reach the parameters behind the context."""
+
+    def __init__(self, model: HybridODE, context: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.context = context
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.model.rhs(y, self.context)
+
+    def numeric_rhs(self) -> NumericSystem | None:
+        return self.model.numeric_rhs(self.context)
 
 
 def _flux_scale(stoich: torch.Tensor, deriv_scale: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,27 @@ def _prior_nll(prior: Prior, value: torch.Tensor) -> torch.Tensor:
     return 0.5 * z * z + log_v + math.log(prior.scale) + _HALF_LOG_2PI
 
 
+def _log_view(p: Parameter) -> Parameter | None:
+    """A log-scaled positive parameter seen on the log scale (its value and bounds), or None.
+
+    Parameters estimated on a log scale (PEtab's ``log``/``log10``) span decades between their
+    bounds; a logistic over the linear range would put a value near the lower bound within
+    rounding of it, so they are learned as the log of the value.
+    """
+    if p.scale == "lin" or not p.value > 0 or (p.min is not None and p.min < 0):
+        return None
+    return Parameter(
+        value=math.log(p.value),
+        min=math.log(p.min) if p.min is not None and p.min > 0 else None,
+        max=math.log(p.max) if p.max is not None and p.max > 0 else None,
+    )
+
+
 def _to_raw(p: Parameter) -> float:
     """Inverse of :func:`_from_raw` at the parameter's initial value."""
+    log_view = _log_view(p)
+    if log_view is not None:
+        return _to_raw(log_view)
     if p.min is not None and p.max is not None:
         u = (p.value - p.min) / (p.max - p.min)
         u = min(max(u, 1e-6), 1 - 1e-6)
@@ -37,6 +56,9 @@ def _to_raw(p: Parameter) -> float:
 
 
 def _from_raw(p: Parameter, raw: torch.Tensor) -> torch.Tensor:
+    log_view = _log_view(p)
+    if log_view is not None:
+        return torch.exp(_from_raw(log_view, raw))
     # Bounded: logistic; one-sided: log-parameterised, so gradients act on the scale.
     if p.min is not None and p.max is not None:
         return p.min + (p.max - p.min) * torch.sigmoid(raw)

@@ -44,7 +44,12 @@ MIN_RELATIVE_STEP = 1e-12  # a step below this fraction of the span is an underf
 
 
 class StiffSolverFailed(RuntimeError):
-    """Step-size underflow or too many steps: the dynamics blew up or are too hard."""
+    """Step-size underflow or too many steps: the dynamics blew up or are too hard.
+    ``t``: the time reached, ``h``: the step size last tried, ``reason``: which."""
+
+    def __init__(self, reason: str, t: float, h: float):
+        super().__init__(f"{reason} at t={t:.6g} (step size {h:.3g})")
+        self.reason, self.t, self.h = reason, t, h
 
 
 def jacobian(
@@ -210,10 +215,10 @@ def rosenbrock23(
         while direction * (t_out - t_cur) > 0:
             if h < max(MIN_RELATIVE_STEP * span, 4 * eps * abs(t_cur)):
                 why = " (non-finite values)" if not math.isfinite(last_error) else ""
-                raise StiffSolverFailed(f"underflow in dt {h:.3g} at t={t_cur:.6g}{why}")
+                raise StiffSolverFailed(f"step size underflow{why}", t_cur, h)
             n_steps += 1
             if n_steps > max_steps:
-                raise StiffSolverFailed(f"max_num_steps exceeded ({n_steps}>{max_steps})")
+                raise StiffSolverFailed(f"{max_steps} steps were not enough", t_cur, h)
             if jac is None:
                 jac, dfdt = jacobian(func, y.new_tensor(t_cur), y)
             remaining = abs(t_out - t_cur)

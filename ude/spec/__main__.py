@@ -1,81 +1,8 @@
-"""Command line for specs.
+"""python -m ude.spec check|export ...: the same as ude-spec (:mod:`ude.spec.cli`)."""
 
-    python -m ude.spec export model.yaml -o model.xml    # a spec (YAML, SBML or zoo name) as SBML
-    python -m ude.spec check model.yaml                  # parse, list terms and conservation laws
-
-Errors a user can cause print one line and exit with status 2.
-"""
-
-from __future__ import annotations
-
-import argparse
 import sys
-from collections.abc import Sequence
 
-from ude.errors import UdeError
-from ude.spec.expressions import format_expression
-from ude.spec.model_spec import load_spec
-from ude.spec.reactions import format_law
-
-
-def _check(path: str) -> str:
-    spec = load_spec(path)
-    lines = [
-        f"{spec.name}: {len(spec.states)} states, {len(spec.reactions)} reactions, "
-        f"{len(spec.parameters)} parameters"
-    ]
-    for state, rhs in zip(spec.states, spec.known_rhs(), strict=True):
-        terms = [format_expression(rhs)] if rhs != 0 else []
-        for slot in spec.neural:
-            if state not in slot.targets:
-                continue
-            if slot.stoichiometry is None:
-                terms.append(f"{slot.name}({', '.join(slot.inputs)})")
-                continue
-            row = slot.stoichiometry[slot.targets.index(state)]
-            for reaction, c in zip(slot.reactions, row, strict=True):
-                if c:
-                    coef = "" if abs(c) == 1 else f"{abs(c):g}*"
-                    terms.append(f"{'-' if c < 0 else ''}{coef}v_{reaction}")
-        text = " + ".join(terms).replace("+ -", "- ") or "0"
-        lines.append(f"  d{state}/dt = {text}")
-    if any(s.stoichiometry is not None for s in spec.neural):
-        lines.append("  (v_<reaction>: a flux learned by a network)")
-    laws = spec.conservation_laws()
-    if laws:
-        lines.append("conservation laws (constant along every solution):")
-        lines += [f"  {format_law(law)}" for law in laws]
-    else:
-        lines.append("conservation laws: none")
-    return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ude.spec", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    export = sub.add_parser("export", help="write a spec as SBML")
-    export.add_argument("spec", help="a spec .yaml, an SBML file or a zoo system name")
-    export.add_argument("-o", "--output", required=True, help="the SBML file to write")
-    check = sub.add_parser("check", help="parse a spec; print its terms and conservation laws")
-    check.add_argument("spec")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "export":
-            from ude.spec.sbml import write_sbml
-
-            spec = load_spec(args.spec)
-            try:
-                write_sbml(spec, args.output)
-            except OSError as err:
-                raise UdeError(f"cannot write: {err.strerror}", source=args.output) from None
-            print(f"wrote {args.output}")
-        else:
-            print(_check(args.spec))
-    except UdeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
+from ude.spec.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m ude.spec"))

@@ -5,24 +5,29 @@ torch operations, evaluated in order. Weighted sums use ``torch.add(..., alpha=w
 ``torch.addcmul`` so that a coefficient or a two-factor product costs no separate operation:
 at the small batches of an ODE solve each torch call costs about the same whatever its size,
 so the cost is the number of calls. Nothing is generated as source text or ``exec``'d.
+
+The same tape evaluates on numpy arrays (:meth:`CompiledExpressions.numpy`): a stiff solver's
+many small evaluations with frozen parameters cost a numpy call per operation, half a torch
+call's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import sympy as sp
 import torch
 
 Tensor = torch.Tensor
 
-_UNARY: dict[type, Callable[[Tensor], Tensor]] = {
-    sp.exp: torch.exp,
-    sp.log: torch.log,
-    sp.tanh: torch.tanh,
-    sp.sin: torch.sin,
-    sp.cos: torch.cos,
-    sp.Abs: torch.abs,
+_UNARY: dict[type, str] = {
+    sp.exp: "exp",
+    sp.log: "log",
+    sp.tanh: "tanh",
+    sp.sin: "sin",
+    sp.cos: "cos",
+    sp.Abs: "abs",
 }
 _SMALL_POWERS = (2, 3, 4)  # x**n as n-1 multiplications: cheaper, and exact for x < 0
 
@@ -37,6 +42,30 @@ _OPS: dict[str, Callable[..., Tensor]] = {
     "rpow": lambda c, x: torch.pow(c, x),  # (float, slot)
     "reciprocal": torch.reciprocal,
     "sqrt": torch.sqrt,
+    "exp": torch.exp,
+    "log": torch.log,
+    "tanh": torch.tanh,
+    "sin": torch.sin,
+    "cos": torch.cos,
+    "abs": torch.abs,
+}
+# The same operations on numpy arrays (float64; a weight of 1 or -1 costs no multiplication).
+_NUMPY_OPS: dict[str, Callable[..., np.ndarray]] = {
+    "mul": np.multiply,
+    "add": lambda a, b, w: a + b if w == 1.0 else (a - b if w == -1.0 else a + w * b),
+    "addcmul": lambda a, b, c, w: a + b * c if w == 1.0 else a + w * (b * c),
+    "scale": np.multiply,
+    "shift": np.add,
+    "pow": np.power,
+    "rpow": np.power,
+    "reciprocal": lambda x: 1.0 / x,
+    "sqrt": np.sqrt,
+    "exp": np.exp,
+    "log": np.log,
+    "tanh": np.tanh,
+    "sin": np.sin,
+    "cos": np.cos,
+    "abs": np.abs,
 }
 
 
@@ -61,7 +90,7 @@ class CompiledExpressions(torch.nn.Module):
         replacements, reduced = sp.cse(exprs, optimizations="basic")
         # Tape: each step computes one slot from earlier slots. Slots < n_symbols are inputs.
         self._slots: dict[sp.Basic, int] = dict(index)
-        self._steps: list[tuple[Callable[..., Tensor], tuple]] = []
+        self._steps: list[tuple[str, tuple]] = []
         self._n_slots = len(self.symbols)
         for sub, expr in replacements:
             self._slots[sub] = self._slot(expr)
@@ -71,6 +100,8 @@ class CompiledExpressions(torch.nn.Module):
         used = {a for _, args in self._steps for a in args if type(a) is int}
         used |= {o for o in self._outputs if type(o) is int}
         self._used_inputs = sorted(i for i in used if i < len(self.symbols))
+        self._torch_steps = [(_OPS[op], args) for op, args in self._steps]
+        self._numpy_steps: list[Callable[[list], np.ndarray]] | None = None
 
     @property
     def n_steps(self) -> int:
@@ -79,7 +110,7 @@ class CompiledExpressions(torch.nn.Module):
 
     # -- building the tape ---------------------------------------------------------------------
     def _push(self, op: str, *args: int | float) -> int:
-        self._steps.append((_OPS[op], args))
+        self._steps.append((op, args))
         self._n_slots += 1
         return self._n_slots - 1
 
@@ -97,9 +128,7 @@ class CompiledExpressions(torch.nn.Module):
         elif isinstance(expr, sp.Pow):
             slot = self._power(expr)
         elif type(expr) in _UNARY and len(expr.args) == 1:
-            self._steps.append((_UNARY[type(expr)], (self._slot(expr.args[0]),)))
-            self._n_slots += 1
-            slot = self._n_slots - 1
+            slot = self._push(_UNARY[type(expr)], self._slot(expr.args[0]))
         elif isinstance(expr, sp.Symbol):
             raise ValueError(f"expressions use undeclared names: {expr}")
         else:
@@ -172,7 +201,7 @@ class CompiledExpressions(torch.nn.Module):
     def forward(self, values: Tensor) -> Tensor:
         # One unbind: its backward is one stack, where a select per input would be one each.
         slots: list = list(values.unbind(-1))
-        for fn, args in self._steps:
+        for fn, args in self._torch_steps:
             slots.append(fn(*[slots[a] if type(a) is int else a for a in args]))
         if not self._outputs:
             return values.new_zeros((*values.shape[:-1], 0))
@@ -185,6 +214,46 @@ class CompiledExpressions(torch.nn.Module):
                 zeros = values.new_zeros(values.shape[:-1]) if zeros is None else zeros
                 cols.append(zeros + o)
         return torch.stack(cols, dim=-1)
+
+    def numpy(self, values: np.ndarray) -> np.ndarray:
+        """The outputs ``(..., n_exprs)`` of float64 ``values (..., n_symbols)`` in numpy;
+        division by zero and the like give inf/NaN silently, as in torch."""
+        with np.errstate(all="ignore"):
+            columns = self.numpy_columns(list(np.moveaxis(values, -1, 0)), values.shape[:-1])
+        if not columns:
+            return np.zeros((*values.shape[:-1], 0))
+        return np.stack(columns, axis=-1)
+
+    def numpy_columns(self, inputs: Sequence[np.ndarray], shape: tuple) -> list[np.ndarray]:
+        """Output columns, each of ``shape``, from input columns (one array of ``shape`` per
+        symbol): the form a solver's inner loop uses, without stacking. Floating-point
+        warnings are the caller's to silence (``np.errstate``), once around its loop."""
+        if self._numpy_steps is None:
+            self._numpy_steps = [_numpy_step(op, args) for op, args in self._steps]
+        slots = list(inputs)
+        for step in self._numpy_steps:
+            slots.append(step(slots))
+        return [slots[o] if type(o) is int else np.full(shape, o) for o in self._outputs]
+
+
+def _numpy_step(op: str, args: tuple) -> Callable[[list], np.ndarray]:
+    """One tape step as a function of the slot list, its arguments resolved once."""
+    fn = _NUMPY_OPS[op]
+    if len(args) == 1:
+        (a,) = args
+        return lambda s: fn(s[a])
+    if len(args) == 2:
+        a, b = args
+        if type(a) is int and type(b) is int:
+            return lambda s: fn(s[a], s[b])
+        if type(a) is int:
+            return lambda s: fn(s[a], b)
+        return lambda s: fn(a, s[b])
+    if len(args) == 3:  # add: two slots and a weight
+        a, b, w = args
+        return lambda s: fn(s[a], s[b], w)
+    a, b, c, w = args  # addcmul
+    return lambda s: fn(s[a], s[b], s[c], w)
 
 
 def _number(x: sp.Basic) -> float:

@@ -63,6 +63,9 @@ def tree_size(expr: sp.Basic, memo: dict | None = None) -> int:
     return memo[expr]
 
 
+_FUNCTIONS = FUNCTIONS
+
+
 def _short(value: float | int) -> str:
     text = str(value)
     return text if len(text) < 20 else text[:8] + f"...({len(text)} digits)"
@@ -74,14 +77,21 @@ def symbol(name: str) -> sp.Symbol:
 
 
 def parse_expression(
-    text: str, names: Iterable[str], *, source: str | None = None, where: str | None = None
+    text: str,
+    names: Iterable[str],
+    *,
+    source: str | None = None,
+    where: str | None = None,
+    functions: dict[str, tuple[int, Callable[..., sp.Expr]]] | None = None,
 ) -> sp.Expr:
     """Parse ``text`` in the spec grammar into a sympy expression over ``names``.
 
-    Raises :class:`UdeError` naming the offending token, ``source`` (the file) and ``where``
-    (the place in it, e.g. ``equations.x``).
+    ``functions`` replaces :data:`FUNCTIONS` for other grammars (PEtab's math). Raises
+    :class:`UdeError` naming the offending token, ``source`` (the file) and ``where`` (the
+    place in it, e.g. ``equations.x``).
     """
     allowed = set(names)
+    FUNCTIONS = _FUNCTIONS if functions is None else functions  # noqa: N806
     if isinstance(text, bool) or not isinstance(text, (str, int, float)):
         raise UdeError(
             f"expected an expression, got {type(text).__name__} {text!r}",

@@ -20,6 +20,7 @@ import yaml
 from ude.errors import UdeError
 from ude.spec.expressions import FUNCTIONS, format_expression, parse_expression
 from ude.spec.library_key import LibraryChoice, check_terms_reach_a_slot, parse_library
+from ude.spec.observation import DISTRIBUTIONS, TRANSFORMATIONS, NoiseModel
 from ude.spec.reactions import (
     Reaction,
     conservation_laws,
@@ -44,6 +45,8 @@ _TOP_KEYS = {
     "sbml",
     "neural_reactions",
     "library",
+    "noise",
+    "petab",
 }
 # With 'sbml', the states, reactions and equations come from the SBML file.
 _SBML_KEYS = {
@@ -56,6 +59,8 @@ _SBML_KEYS = {
     "observables",
     "initial",
     "library",
+    "noise",
+    "petab",
 }
 _PRIOR_KEYS = {"normal": ("mean", "sd"), "lognormal": ("median", "sigma")}
 
@@ -80,7 +85,11 @@ class Prior:
 
 @dataclass(frozen=True)
 class Parameter:
-    """A parameter: ``value`` (initial value when learned), bounds ``[min, max]`` (None: open)."""
+    """A parameter: ``value`` (initial value when learned), bounds ``[min, max]`` (None: open).
+
+    ``scale`` (``lin``, ``log``, ``log10``) is the scale it is estimated and reported on
+    (PEtab's parameterScale); it does not change the model.
+    """
 
     value: float
     learn: bool = False
@@ -88,9 +97,12 @@ class Parameter:
     max: float | None = None
     per_condition: bool = False
     prior: Prior | None = None
+    scale: str = "lin"
 
     def to_yaml(self) -> float | dict[str, Any]:
-        plain = not self.learn and not self.per_condition and self.prior is None
+        plain = (
+            not self.learn and not self.per_condition and self.prior is None and self.scale == "lin"
+        )
         if plain and self.min is None and self.max is None:
             return self.value
         out: dict[str, Any] = {"value": self.value, "learn": self.learn}
@@ -102,6 +114,8 @@ class Parameter:
             out["per_condition"] = True
         if self.prior is not None:
             out["prior"] = self.prior.to_yaml()
+        if self.scale != "lin":
+            out["scale"] = self.scale
         return out
 
 
@@ -149,7 +163,13 @@ class ModelSpec:
     ``equations[s]`` is a known term of ds/dt; ``reactions`` add stoichiometry × flux (a
     neural reaction's flux is learned by the slot in ``neural`` that names it);
     ``discovered[s]`` is a symbolic term that replaces the neural term of ``s`` in a distilled
-    twin. ``initial`` holds optional initial values (from the spec file or SBML). ``library``:
+    twin. ``initial`` holds optional initial values (from the spec file or SBML);
+    ``initial_assignments[s]`` an expression of parameters and inputs that gives the initial
+    value of ``s`` (SBML initial assignments, PEtab conditions), ``initial[s]`` its value at the
+    spec's parameter values. ``time`` names the time symbol when the right-hand side depends
+    on time (SBML models read for PEtab); a spec without it is autonomous. ``noise[o]`` is the
+    noise model of observable (or observed state) ``o``: a sigma expression, a transformation
+    and a distribution; observables without one get the learned Gaussian noise. ``library``:
     the families and custom terms the distillation searches (:mod:`ude.spec.library_key`;
     None: the default). Expressions are sympy over the state, input and parameter names.
     """
@@ -166,6 +186,9 @@ class ModelSpec:
     reactions: list[Reaction] = field(default_factory=list)
     initial: dict[str, float] = field(default_factory=dict)
     library: LibraryChoice | None = None
+    initial_assignments: dict[str, sp.Expr] = field(default_factory=dict)
+    time: str | None = None
+    noise: dict[str, NoiseModel] = field(default_factory=dict)
 
     # -- views ---------------------------------------------------------------------------------
     @property
@@ -250,12 +273,51 @@ class ModelSpec:
             out["initial"] = dict(self.initial)
         if self.library is not None:
             out["library"] = self.library.to_yaml()
+        if self.noise:
+            out["noise"] = {
+                k: {
+                    "sigma": format_expression(n.sigma),
+                    "transformation": n.transformation,
+                    "distribution": n.distribution,
+                }
+                for k, n in self.noise.items()
+            }
         return out
 
     @classmethod
     def from_dict(cls, raw: Any, source: str | None = None) -> ModelSpec:
         """Build and validate a spec from the YAML format of DESIGN.md."""
         return _SpecReader(raw, source).read()
+
+
+# PyYAML's context of an unfinished construct: what it is, in words, and the fix.
+_YAML_CONTEXTS = {
+    "while scanning a simple key": ("a key without ':'", "write 'key: value'"),
+    "while parsing a flow sequence": ("a '[' list that is not closed", "close it with ']'"),
+    "while parsing a flow mapping": ("a '{' mapping that is not closed", "close it with '}'"),
+    "while scanning a quoted scalar": ("a quoted text that is not closed", "add the closing quote"),
+}
+
+
+def yaml_error(err: yaml.YAMLError, source: str) -> UdeError:
+    """A YAML syntax error as a :class:`UdeError` on the line where the mistake is.
+
+    PyYAML marks where it noticed the problem; for an unfinished construct (a key without
+    ':', an unclosed bracket or quote) that is a later line, and the construct's start (its
+    context mark) is where the mistake is.
+    """
+    mark = getattr(err, "problem_mark", None)
+    context = getattr(err, "context", None) or ""
+    message, fix = f"not valid YAML: {getattr(err, 'problem', None) or err}", None
+    if context in _YAML_CONTEXTS:
+        mark = getattr(err, "context_mark", None) or mark
+        what, fix = _YAML_CONTEXTS[context]
+        message = f"not valid YAML: {what}"
+    elif "expected <block end>" in message:
+        message = "not valid YAML: this line's indentation matches no level above it"
+        fix = "indent it like the other keys at its level"
+    where = f"line {mark.line + 1}" if mark is not None else None
+    return UdeError(message, source=source, where=where, fix=fix)
 
 
 def load_spec(spec: str | Path | ModelSpec) -> ModelSpec:
@@ -274,11 +336,11 @@ def load_spec(spec: str | Path | ModelSpec) -> ModelSpec:
         try:
             raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f"line {mark.line + 1}" if mark else None
-            raise UdeError(
-                f"not valid YAML: {getattr(err, 'problem', err)}", source=text, where=where
-            ) from None
+            raise yaml_error(err, text) from None
+        if isinstance(raw, dict) and "format_version" in raw:  # a PEtab problem
+            from ude.petab.training import petab_spec  # optional reader, imported on use
+
+            return petab_spec(path)
         spec_ = ModelSpec.from_dict(raw, source=text)
         if spec_.name == "model":
             spec_.name = path.stem
@@ -318,7 +380,9 @@ class _SpecReader:
             raise self.fail(
                 sorted(unknown)[0], "unknown key", "allowed keys: " + ", ".join(sorted(_TOP_KEYS))
             )
-        if "sbml" in raw:
+        if "sbml" in raw and "petab" in raw:
+            raise self.fail("petab", "give either 'sbml' or 'petab', not both")
+        if "sbml" in raw or "petab" in raw:
             return self.read_with_sbml(raw)
         if "neural_reactions" in raw:
             raise self.fail(
@@ -346,6 +410,7 @@ class _SpecReader:
             neural.append(flux_slot)
         initial = self.initial(raw.get("initial"), states)
         library = self.library(raw.get("library"), [*states, *inputs], neural)
+        noise = self.noise(raw.get("noise"), declared, [*states, *observables])
         name = raw.get("name", "model")
         if not isinstance(name, str):
             raise self.fail("name", "expected a string")
@@ -362,6 +427,7 @@ class _SpecReader:
             reactions=reactions,
             initial=initial,
             library=library,
+            noise=noise,
         )
 
     def library(
@@ -376,20 +442,26 @@ class _SpecReader:
         """An SBML model with the YAML's learned parameters, networks and observables on top."""
         from ude.spec.sbml import read_sbml
 
+        key = "sbml" if "sbml" in raw else "petab"
         extra = set(raw) - _SBML_KEYS
         if extra:
             raise self.fail(
                 sorted(extra)[0],
-                "not allowed with 'sbml': states, reactions and equations come from the SBML file",
-                "allowed with 'sbml': " + ", ".join(sorted(_SBML_KEYS)),
+                f"not allowed with '{key}': states, reactions and equations come from the model",
+                f"allowed with '{key}': " + ", ".join(sorted(_SBML_KEYS)),
             )
-        if not isinstance(raw["sbml"], str):
-            raise self.fail("sbml", "expected the path of an SBML file")
-        path = Path(raw["sbml"])
+        if not isinstance(raw[key], str):
+            raise self.fail(key, f"expected the path of an {key.upper()} file")
+        path = Path(raw[key])
         if not path.is_absolute() and self.source:
             path = Path(self.source).parent / path
         marked = self.names(raw.get("neural_reactions") or [], "neural_reactions")
-        base = read_sbml(path, neural=marked)
+        if key == "sbml":
+            base = read_sbml(path, neural=marked)
+        else:
+            from ude.petab.training import petab_spec  # optional reader, imported on use
+
+            base = petab_spec(path, neural=marked)
         # Parameter entries update the SBML's: an entry without 'value' keeps the SBML value.
         entries = raw.get("parameters") or {}
         if not isinstance(entries, dict):
@@ -417,6 +489,10 @@ class _SpecReader:
         ]
         initial = {**base.initial, **self.initial(raw.get("initial"), base.states)}
         library = self.library(raw.get("library"), [*base.states, *base.inputs], neural)
+        noise = {
+            **base.noise,
+            **self.noise(raw.get("noise"), declared, [*base.states, *observables]),
+        }
         name = raw.get("name", base.name)
         if not isinstance(name, str):
             raise self.fail("name", "expected a string")
@@ -427,6 +503,7 @@ class _SpecReader:
             neural=neural,
             initial=initial,
             library=library,
+            noise=noise,
             name=name,
             source=self.source,
         )
@@ -460,6 +537,37 @@ class _SpecReader:
                 raise self.fail(f"reactions[{i}]", f"reaction name '{reaction.name}' is used twice")
             seen.add(reaction.name)
             out.append(reaction)
+        return out
+
+    def noise(self, value: Any, names: list[str], observed: list[str]) -> dict[str, NoiseModel]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail("noise", "expected a mapping observable: {sigma, transformation, ...}")
+        out = {}
+        for key, entry in value.items():
+            where = f"noise.{key}"
+            if key not in observed:
+                raise self.fail(where, f"'{key}' is not a state or observable")
+            if not isinstance(entry, dict) or "sigma" not in entry:
+                raise self.fail(
+                    where, "expected {sigma: expression[, transformation, distribution]}"
+                )
+            extra = set(entry) - {"sigma", "transformation", "distribution"}
+            if extra:
+                raise self.fail(f"{where}.{sorted(extra)[0]}", "unknown key")
+            trans = entry.get("transformation", "lin")
+            dist = entry.get("distribution", "normal")
+            if trans not in TRANSFORMATIONS:
+                raise self.fail(
+                    f"{where}.transformation", f"'{trans}'", " or ".join(TRANSFORMATIONS)
+                )
+            if dist not in DISTRIBUTIONS:
+                raise self.fail(f"{where}.distribution", f"'{dist}'", " or ".join(DISTRIBUTIONS))
+            sigma = parse_expression(
+                entry["sigma"], names, source=self.source or "spec", where=f"{where}.sigma"
+            )
+            out[key] = NoiseModel(sigma, trans, dist)
         return out
 
     def initial(self, value: Any, states: list[str]) -> dict[str, float]:
@@ -509,12 +617,18 @@ class _SpecReader:
             where = f"parameters.{name}"
             self.check_name(name, where)
             if isinstance(entry, dict):
-                extra = set(entry) - {"value", "learn", "min", "max", "per_condition", "prior"}
+                keys = {"value", "learn", "min", "max", "per_condition", "prior", "scale"}
+                extra = set(entry) - keys
                 if extra:
                     raise self.fail(
                         f"{where}.{sorted(extra)[0]}",
                         "unknown key",
-                        "allowed: value, learn, min, max, per_condition, prior",
+                        "allowed: " + ", ".join(sorted(keys)),
+                    )
+                scale = entry.get("scale", "lin")
+                if scale not in ("lin", "log", "log10"):
+                    raise self.fail(
+                        f"{where}.scale", f"unknown scale {scale!r}", "lin, log or log10"
                     )
                 if "value" not in entry:
                     raise self.fail(where, "missing 'value'")
@@ -531,6 +645,7 @@ class _SpecReader:
                         entry.get("per_condition", False), f"{where}.per_condition"
                     ),
                     prior=self.prior(entry.get("prior"), f"{where}.prior"),
+                    scale=scale,
                 )
                 if param.prior is not None and not param.learn:
                     raise self.fail(

@@ -39,10 +39,17 @@ _UNSUPPORTED_MATH = {
 class _MathReader:
     """Turns libsbml ASTNodes into sympy over renamed ids, inlining function definitions."""
 
-    def __init__(self, source: str, rename: dict[str, str], functions: dict[str, libsbml.ASTNode]):
+    def __init__(
+        self,
+        source: str,
+        rename: dict[str, str],
+        functions: dict[str, libsbml.ASTNode],
+        time: str | None = None,
+    ):
         self.source = source
         self.rename = rename
         self.functions = functions
+        self.time = time  # the symbol SBML's csymbol time becomes (None: refused)
         self.calls = 0  # function calls inlined in this document (nested calls multiply)
 
     def fail(self, where: str, message: str, hint: bool = True) -> UdeError:
@@ -79,6 +86,8 @@ class _MathReader:
         def sub(i: int) -> sp.Expr:
             return self._walk(kids[i], where, local, depth + 1)
 
+        if t == libsbml.AST_NAME_TIME and self.time is not None:
+            return symbol(self.time)
         if t in _UNSUPPORTED_MATH:
             raise self.fail(where, f"uses {_UNSUPPORTED_MATH[t]}, which is not supported")
         if t == libsbml.AST_INTEGER:
@@ -122,21 +131,21 @@ class _MathReader:
         if t in (libsbml.AST_POWER, libsbml.AST_FUNCTION_POWER) and len(kids) == 2:
             return sub(0) ** sub(1)
         if t == libsbml.AST_FUNCTION_EXP and len(kids) == 1:
-            return sp.exp(sub(0))
+            return _fold(sp.exp(sub(0)))
         if t == libsbml.AST_FUNCTION_LN and len(kids) == 1:
-            return sp.log(sub(0))
+            return _fold(sp.log(sub(0)))
         if t == libsbml.AST_FUNCTION_LOG:
             if len(kids) == 1:
-                return sp.log(sub(0), 10)
+                return _fold(sp.log(sub(0), 10))
             if len(kids) == 2:  # (logbase, argument)
-                return sp.log(sub(1), sub(0))
+                return _fold(sp.log(sub(1), sub(0)))
         if t == libsbml.AST_FUNCTION_ROOT:
             if len(kids) == 1:
                 return sp.sqrt(sub(0))
             if len(kids) == 2:  # (degree, argument)
                 return sub(1) ** (1 / sub(0))
         if t == libsbml.AST_FUNCTION_TANH and len(kids) == 1:
-            return sp.tanh(sub(0))
+            return _fold(sp.tanh(sub(0)))
         if t == libsbml.AST_FUNCTION:
             return self._call(node.getName(), [sub(i) for i in range(len(kids))], where, depth)
         label = node.getName() or _type_name(t)
@@ -157,6 +166,11 @@ class _MathReader:
             raise self.fail(where, f"inlines more than {_MAX_CALLS} function calls", hint=False)
         # The body sees its arguments (they shadow the model's ids) and other functions.
         return self._walk(body, f"{where} (in functionDefinition '{name}')", bound, depth + 1)
+
+
+def _fold(expr: sp.Expr) -> sp.Expr:
+    """A function of numbers (ln(2) in a rate law) as one float, so it compiles as a constant."""
+    return sp.Float(float(expr)) if expr.is_number and not expr.is_Number else expr
 
 
 def _replace(expr: sp.Basic, mapping: dict, memo: dict) -> sp.Basic:
@@ -187,7 +201,11 @@ def _spec_name(sid: str, taken: set[str]) -> str:
 
 
 def read_sbml(
-    path: str | Path, neural: Iterable[str] = (), *, text: str | None = None
+    path: str | Path,
+    neural: Iterable[str] = (),
+    *,
+    text: str | None = None,
+    time: str | None = None,
 ) -> ModelSpec:
     """A ModelSpec from the SBML file ``path`` (or its ``text``).
 
@@ -227,14 +245,15 @@ def read_sbml(
     if model is None:
         raise UdeError("the SBML document has no model", source=source)
     try:
-        return _ModelReader(model, doc, source, set(neural)).read()
+        return _ModelReader(model, doc, source, set(neural), time).read()
     except RecursionError:
         raise UdeError("the model's math is nested too deeply", source=source) from None
 
 
 class _ModelReader:
-    def __init__(self, model, doc, source: str, neural: set[str]):
+    def __init__(self, model, doc, source: str, neural: set[str], time: str | None = None):
         self.model = model
+        self.time = time
         self.doc = doc
         self.source = source
         self.neural = neural
@@ -359,7 +378,11 @@ class _ModelReader:
             if fd.getMath() is None or not fd.getMath().isLambda():
                 raise self.fail(f"functionDefinition '{fd.getId()}'", "has no lambda to inline")
             functions[fd.getId()] = fd.getMath()
-        math = _MathReader(self.source, rename, functions)
+        if self.time is not None and self.time in rename.values():
+            raise self.fail(
+                f"'{self.time}'", "an id of the model is the name reserved for time", "rename it"
+            )
+        math = _MathReader(self.source, rename, functions, self.time)
 
         # Assignment rules: inlined in order of dependence; their targets are also observables.
         assigned: dict[str, sp.Expr] = {}
@@ -400,13 +423,19 @@ class _ModelReader:
         # Initial assignments: evaluated with the parameters' and species' values.
         values = {symbol(n): p.value for n, p in parameters.items()}
         values.update({symbol(n): v for n, v in initial.items() if v == v})
+        if self.time is not None:
+            values[symbol(self.time)] = 0.0
+        initial_assignments: dict[str, sp.Expr] = {}
         for i in range(m.getNumInitialAssignments()):
             ia = m.getInitialAssignment(i)
             where = f"initialAssignment '{ia.getSymbol()}'"
             name = rename.get(ia.getSymbol())
             if not isinstance(name, str):
                 raise self.fail(where, "initial assignments to this element are not supported")
-            expr = inline(math.read(ia.getMath(), where)).xreplace(values)
+            formula = inline(math.read(ia.getMath(), where))
+            if name in initial and not formula.is_number:
+                initial_assignments[name] = formula
+            expr = sp.sympify(formula.xreplace(values))
             if not expr.is_number:
                 raise self.fail(where, "does not evaluate to a number from the parameter values")
             value = float(expr)
@@ -462,7 +491,16 @@ class _ModelReader:
             source=self.source,
             reactions=reactions,
             initial=initial,
+            initial_assignments=initial_assignments,
+            time=self.time
+            if self.time is not None and self.uses_time(equations, reactions)
+            else None,
         )
+
+    def uses_time(self, equations: dict[str, sp.Expr], reactions: list[Reaction]) -> bool:
+        t = symbol(self.time)
+        exprs = [*equations.values(), *(r.flux for r in reactions if r.rate is not None)]
+        return any(t in e.free_symbols for e in exprs)
 
     def reaction(self, i, math, rename, states, divisor, inline, taken) -> Reaction:
         r = self.model.getReaction(i)

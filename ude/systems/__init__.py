@@ -4,7 +4,7 @@ Each system is a YAML file beside this module with the ground-truth spec (``trut
 knowledge a user would bring (``known``, a spec with neural slots), the true form of what the
 networks must learn (``missing``) and a default ``scenario`` (initial states, sampling, noise,
 observed species). ``solver`` names the ODE method a modeller would pick from the known rates
-(``rosenbrock23`` where fast and slow rates mix, e.g. Michaelis-Menten terms with a tiny K).
+(``rodas5p`` where fast and slow rates mix, e.g. Michaelis-Menten terms with a tiny K).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import yaml
 from ude.errors import UdeError
 from ude.spec.expressions import parse_expression
 from ude.spec.model_spec import ModelSpec
+from ude.systems.network import network_names, network_raw, network_size
 
 _HERE = Path(__file__).parent
 
@@ -51,21 +52,26 @@ class System:
 
 
 def system_names() -> list[str]:
-    return sorted(p.stem for p in _HERE.glob("*.yaml"))
+    """The YAML entries beside this module and the generated networks (``network.py``)."""
+    return sorted([*(p.stem for p in _HERE.glob("*.yaml")), *network_names()])
 
 
 @cache
 def get_system(name: str) -> System:
     """The zoo system ``name`` (see :func:`system_names`)."""
     path = _HERE / f"{name}.yaml"
-    if not path.is_file():
+    if network_size(name):
+        raw: dict[str, Any] = network_raw(name)
+        source = str(_HERE / "network.py")
+    elif path.is_file():
+        raw = yaml.safe_load(path.read_text())
+        source = str(path)
+    else:
         raise UdeError(
             f"unknown system '{name}'",
             source="model.spec",
             fix="zoo systems: " + ", ".join(system_names()),
         )
-    raw: dict[str, Any] = yaml.safe_load(path.read_text())
-    source = str(path)
     truth = ModelSpec.from_dict(raw["truth"], source=source)
     known = ModelSpec.from_dict(raw["known"], source=source)
     truth.name = known.name = raw["name"]

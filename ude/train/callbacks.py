@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytorch_lightning as pl
@@ -14,7 +15,16 @@ def _stopped(pl_module: pl.LightningModule) -> bool:
 
 class Checkpoint(ModelCheckpoint):
     """ModelCheckpoint that saves nothing once the NaN guard has stopped training, so
-    ``last.ckpt`` stays the last good state."""
+    ``last.ckpt`` stays the last good state.
+
+    A run stopped before its first save (in the first epoch) still leaves a checkpoint: the
+    state training ended with, which the NaN guard has reset to the last finite one.
+    """
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if not self.best_model_path and not trainer.fast_dev_run and self.dirpath:
+            trainer.save_checkpoint(self.format_checkpoint_name({}), weights_only=False)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not _stopped(pl_module):
@@ -26,7 +36,11 @@ class Checkpoint(ModelCheckpoint):
 
 
 class PrintProgress(pl.Callback):
-    """Prints one line every ``every`` epochs: epoch, losses, seconds so far."""
+    """Prints one line every ``every`` epochs: epoch, losses, seconds so far.
+
+    Where logging is set up for ``ude`` (a train run: the console and <run>/train.log), the
+    line goes through it; elsewhere (a script, a notebook) it is printed.
+    """
 
     def __init__(self, every: int = 100):
         self.every = every
@@ -44,9 +58,13 @@ class PrintProgress(pl.Callback):
                 for k, v in m.items()
                 if k in {"train/loss", "train/mse", "val/mse"}
             ]
-            print(
+            line = (
                 f"epoch {epoch}/{trainer.max_epochs}  "
                 + "  ".join(parts)
-                + f"  {time.perf_counter() - self._start:.1f}s",
-                flush=True,
+                + f"  {time.perf_counter() - self._start:.1f}s"
             )
+            log = logging.getLogger("ude.train.progress")
+            if log.isEnabledFor(logging.INFO) and log.hasHandlers():
+                log.info(line)
+            else:
+                print(line, flush=True)

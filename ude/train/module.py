@@ -147,7 +147,12 @@ class UDEModule(pl.LightningModule):
         mse = normalised_mse(pred, batch["values"], batch["mask"], self.obs_scale)
         if self.loss_kind == "nll":
             sigma = torch.where(batch["sigma"] > 0, batch["sigma"], self.model.noise)
-            fit = gaussian_nll(pred, batch["values"], batch["mask"], sigma)
+            if self.model.has_noise_models:
+                fit = self.model.noise_nll(
+                    states, pred, cond, batch["values"], batch["mask"], sigma
+                )
+            else:
+                fit = gaussian_nll(pred, batch["values"], batch["mask"], sigma)
         else:
             fit = mse
         # Priors on parameters count once per data set, so they are divided by the number of

@@ -8,6 +8,7 @@ the answer, which makes it both faster and less prone to poor local minima.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,8 @@ from ude.model.hybrid import HybridODE
 @dataclass
 class SmoothedStates:
     """Smoothed states ``y (point, state)``, derivatives ``dy (point, state)``, their
-    ``condition (point,)``, and smoothed initial states ``initial (condition, state)``."""
+    ``condition (point,)``, and smoothed initial states ``initial (condition, state)`` (NaN
+    for a condition without enough data)."""
 
     y: np.ndarray
     dy: np.ndarray
@@ -30,37 +32,41 @@ class SmoothedStates:
 
 
 def smooth_states(
-    measurements: Measurements, states: list[str], density: int = 4
+    measurements: Measurements, states: list[str], density: int = 4, min_points: int = 5
 ) -> SmoothedStates | None:
     """Spline-smoothed states on a grid ``density`` times finer than the data, or None when a
-    state is not measured directly (then gradient matching does not apply)."""
+    state is not measured directly (then gradient matching does not apply) or no condition
+    has ``min_points`` measured times of every state. A condition with fewer (one held out,
+    or sparsely sampled) contributes no points, and NaN initial states."""
     if any(s not in measurements.observables for s in states):
         return None
     m = measurements
     cols = [m.observables.index(s) for s in states]
-    ys, dys, conds, initial = [], [], [], []
+    ys, dys, conds = [], [], []
+    initial = np.full((m.n_conditions, len(states)), np.nan)
     for c in range(m.n_conditions):
-        per_state, per_deriv, first = [], [], []
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN time: no mean
+            series = np.nanmean(m.values[c][:, :, cols], axis=1)  # (time, state)
+        if (np.isfinite(series).sum(axis=0) < min_points).any():
+            continue
+        per_state, per_deriv = [], []
         grid = None
-        for col in cols:
-            series = np.nanmean(m.values[c, :, :, col], axis=1) if m.values.shape[2] else None
-            ok = np.isfinite(series)
-            t, v = m.times[ok], series[ok]
-            if len(t) < 5:
-                return None
+        for i in range(len(cols)):
+            ok = np.isfinite(series[:, i])
+            t, v = m.times[ok], series[ok, i]
             if grid is None:
                 grid = np.linspace(t[0], t[-1], density * len(t))
             spline = make_smoothing_spline(t, v)
             per_state.append(spline(grid))
             per_deriv.append(spline.derivative()(grid))
-            first.append(float(spline(m.times[0])))
+            initial[c, i] = float(spline(m.times[0]))
         ys.append(np.stack(per_state, axis=1))
         dys.append(np.stack(per_deriv, axis=1))
         conds.append(np.full(len(grid), c))
-        initial.append(first)
-    return SmoothedStates(
-        np.concatenate(ys), np.concatenate(dys), np.concatenate(conds), np.array(initial)
-    )
+    if not ys:
+        return None
+    return SmoothedStates(np.concatenate(ys), np.concatenate(dys), np.concatenate(conds), initial)
 
 
 def gradient_matching(
@@ -71,8 +77,11 @@ def gradient_matching(
     weight_decay: float = 0.0,
 ) -> float:
     """Fit ``model``'s networks and learned parameters to the smoothed derivatives; set the
-    initial states to the smoothed values at the first time. Returns the final loss (mean
-    squared residual in units of the derivative scale)."""
+    initial states to the smoothed values at the first time, except the ones the data give
+    (``model.initial_known``, a conditions table's ``init_<state>``), which stay exactly as
+    given, and the ones of conditions without enough data to smooth (NaN in
+    ``smoothed.initial``). Returns the final loss (mean squared residual in units of the
+    derivative scale)."""
     p0 = next(model.parameters())
     as_t = lambda a: torch.as_tensor(a, dtype=p0.dtype, device=p0.device)  # noqa: E731
     y, dy = as_t(smoothed.y), as_t(smoothed.dy)
@@ -85,6 +94,8 @@ def gradient_matching(
     )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.05)
     loss = torch.tensor(float("nan"))
+    if not any(p.requires_grad for p in nets + params):  # nothing to fit but initial states
+        steps = 0
     for _ in range(steps):
         ctx = model.context(cond)
         resid = (model.known_terms(y, ctx) + model.neural_terms(y, ctx) - dy) / model.deriv_scale
@@ -94,5 +105,7 @@ def gradient_matching(
         opt.step()
         schedule.step()
     with torch.no_grad():
-        model.initial.copy_(as_t(smoothed.initial))
+        start = as_t(smoothed.initial)
+        keep = model.initial_known | ~torch.isfinite(start)
+        model.initial.copy_(torch.where(keep, model.initial, start))
     return float(loss.detach())

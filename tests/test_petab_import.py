@@ -1,0 +1,229 @@
+"""PEtab import into training, export, and the errors a user's problem can cause."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from ude.data.datamodule import ConditionDataset
+from ude.fit import make_module
+from ude.model.hybrid import build_hybrid
+from ude.model.solver import Solver
+from ude.petab import PetabModel, load_problem
+from ude.petab.export import write_petab
+from ude.petab.objective import ScipySolver
+from ude.petab.training import petab_measurements, petab_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "tests" / "data" / "petab_models"
+SCIML = ROOT / "tests" / "data" / "petab_sciml_testsuite" / "sciml_problem_import"
+BOEHM = MODELS / "Boehm_JProteomeRes2014" / "Boehm_JProteomeRes2014.yaml"
+ELOWITZ = MODELS / "Elowitz_Nature2000" / "Elowitz_Nature2000.yaml"
+ENV = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+
+
+def _llh(problem) -> float:
+    with torch.no_grad():
+        return float(PetabModel(problem, solver=ScipySolver()).forward())
+
+
+def test_training_loss_is_the_petab_likelihood() -> None:
+    """What train.py minimises on an imported problem, at the nominal parameters, is the
+    problem's negative log-likelihood per measurement (noise formula, log10 transformation,
+    learned initial values from the parameters)."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        for path in (BOEHM, ELOWITZ):
+            problem = load_problem(path)
+            spec = petab_spec(problem)
+            data = petab_measurements(problem, spec)
+            solver = Solver("rosenbrock23", rtol=1e-8, atol=1e-10, max_steps=200_000)
+            module = make_module(build_hybrid(spec, data, solver), data)
+            items = ConditionDataset(data)
+            batch = {k: torch.stack([items[i][k] for i in range(len(items))]) for k in items[0]}
+            with torch.no_grad():
+                fit = float(module.losses(batch)["fit"])
+            n = int(batch["mask"].sum())
+            assert n == len(problem.measurements.value)
+            # rosenbrock23 at rtol 1e-8 against LSODA at 1e-10: ~1e-6 apart on these models
+            assert abs(-fit * n - _llh(problem)) < 1e-3
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+@pytest.mark.parametrize("path", [BOEHM, ELOWITZ])
+def test_export_round_trip_keeps_the_likelihood(tmp_path: Path, path: Path) -> None:
+    problem = load_problem(path)
+    spec = petab_spec(problem)
+    again = load_problem(write_petab(spec, petab_measurements(problem, spec), tmp_path))
+    assert len(again.measurements.value) == len(problem.measurements.value)
+    assert abs(_llh(again) - _llh(problem)) < 1e-6
+
+
+def test_train_cli_on_a_petab_problem_writes_its_twin_as_petab(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            f"hydra.run.dir={tmp_path}/run",
+            "data=petab",
+            f"data.problem={BOEHM}",
+            "solver=rosenbrock23",
+            "trainer.max_epochs=2",
+            "distill=none",
+            "logger=none",
+            "optim.warm_start_steps=0",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    exported = load_problem(tmp_path / "run" / "petab" / "problem.yaml")
+    assert np.isfinite(_llh(exported))
+    assert set(exported.estimated) >= {"k_phos", "sd_pSTAT5A_rel"}
+
+
+def _check(path: Path, capsys) -> tuple[int, str, str]:
+    """``python -m ude.petab check path`` in this process: (exit status, stdout, stderr)."""
+    from ude.petab.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["check", str(path)])
+    out = capsys.readouterr()
+    return exit_.value.code, out.out, out.err
+
+
+def _copy(tmp_path: Path, source: Path) -> Path:
+    dest = tmp_path / "problem"
+    shutil.copytree(source, dest)
+    for p in dest.rglob("*"):
+        p.chmod(0o644 if p.is_file() else 0o755)
+    return dest
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+def _malformed_hdf5(root: Path) -> None:
+    with h5py.File(root / "petab" / "net1_ps.hdf5", "a") as f:
+        del f["parameters/net1/layer1/weight"]
+        f["parameters/net1/layer1/weight"] = np.zeros((3, 7))
+
+
+CASES = {
+    "missing file": (
+        lambda r: (
+            r / "Boehm_JProteomeRes2014" / "observables_Boehm_JProteomeRes2014.tsv"
+        ).unlink(),
+        "observables_Boehm_JProteomeRes2014.tsv: observable file not found",
+    ),
+    "unknown id": (
+        lambda r: _edit(
+            r / "Boehm_JProteomeRes2014" / "observables_Boehm_JProteomeRes2014.tsv",
+            "(100 * pApB",
+            "(100 * pApX",
+        ),
+        "unknown name 'pApX'",
+    ),
+    "bad parameterScale": (
+        lambda r: _edit(
+            r / "Boehm_JProteomeRes2014" / "parameters_Boehm_JProteomeRes2014.tsv",
+            "log10",
+            "ln",
+        ),
+        "column parameterScale: unknown parameterScale 'ln'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_problem_errors_are_one_line_and_exit_2(tmp_path: Path, case: str, capsys) -> None:
+    root = _copy(tmp_path, MODELS)
+    CASES[case][0](root)
+    code, out, err = _check(root / "Boehm_JProteomeRes2014" / "Boehm_JProteomeRes2014.yaml", capsys)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert CASES[case][1] in lines[0]
+    assert "llh" not in out
+
+
+def test_malformed_hdf5_array_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
+    root = _copy(tmp_path, SCIML / "001")
+    _malformed_hdf5(root)
+    code, _, err = _check(root / "petab" / "problem.yaml", capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "parameters/net1/layer1/weight: malformed array" in lines[0]
+
+
+def test_train_refuses_a_bad_problem_before_training(tmp_path: Path) -> None:
+    root = _copy(tmp_path, MODELS)
+    CASES["bad parameterScale"][0](root)
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            f"hydra.run.dir={run}",
+            "data=petab",
+            f"data.problem={root / 'Boehm_JProteomeRes2014' / 'Boehm_JProteomeRes2014.yaml'}",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "unknown parameterScale 'ln'" in proc.stderr.splitlines()[-1]
+    assert "Traceback" not in proc.stderr
+    assert not (run / "metrics.json").exists() and not (run / "checkpoints").exists()
+
+
+def test_check_help_exits_0(capsys) -> None:
+    from ude.petab.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["check", "--help"])
+    assert exit_.value.code == 0 and "--simulations" in capsys.readouterr().out
+
+
+def test_check_prints_llh_and_writes_simulations(tmp_path: Path, capsys) -> None:
+    from ude.petab.__main__ import main
+
+    case = SCIML / "033" / "petab" / "problem.yaml"  # priors: log_posterior too
+    main(
+        [
+            "check",
+            str(case),
+            "--simulations",
+            str(tmp_path / "s.tsv"),
+            "--gradient",
+            str(tmp_path / "g.tsv"),
+        ]
+    )
+    out = capsys.readouterr().out.split()
+    assert out[0] == "llh" and abs(float(out[1]) - 33.306381502948284) < 1e-3
+    assert out[2] == "log_posterior" and abs(float(out[3]) + 32.93800974538344) < 1e-3
+    import pandas as pd
+
+    sims = pd.read_csv(tmp_path / "s.tsv", sep="\t")
+    ref = pd.read_csv(SCIML / "033" / "simulations.tsv", sep="\t")
+    np.testing.assert_allclose(sims["simulation"], ref["simulation"], atol=1e-3)
+    grad = pd.read_csv(tmp_path / "g.tsv", sep="\t").set_index("parameterId")["value"]
+    assert abs(grad["alpha"] - 1328.829) < 0.1 and "net1.layer1.weight[0,0]" in grad.index

@@ -1,0 +1,310 @@
+"""Rodas5P solves (:mod:`ude.model.rodas`) as differentiable torch operations.
+
+Two paths:
+
+- **A HybridODE** (anything with ``numeric_rhs()``): the forward solve runs in numpy on the
+  frozen right-hand side (:class:`~ude.model.numeric_rhs.NumericRHS`: compiled known terms and
+  their symbolic Jacobian, the networks written out layer by layer), with no autograd graph.
+  The backward pass is the exact adjoint of the accepted steps in numpy, then one batched
+  torch vector-Jacobian product over all stage evaluations for the parameters' gradient.
+- **Any other** ``f(t, y)``: the same integrator evaluates ``f`` and its Jacobian (autograd)
+  through torch without a graph; when a gradient is wanted the accepted steps are replayed
+  with a graph (their sizes fixed), the Jacobian differentiated too.
+
+A second derivative through a solve (``create_graph``, e.g. a Laplace approximation's Hessian)
+replays the accepted steps with a graph in both paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ude.model import rodas, stiff
+from ude.model.numeric_rhs import NumericRHS
+
+Tensor = torch.Tensor
+Func = Callable[[Tensor, Tensor], Tensor]
+
+
+class RodasFailed(RuntimeError):
+    """A Rodas5P solve stopped: ``t`` reached, step size ``h``, and why."""
+
+    def __init__(self, failure: rodas.StepFailure):
+        super().__init__(str(failure))
+        self.t, self.h, self.reason = failure.t, failure.h, failure.reason
+
+
+def _numpy(x: Tensor) -> np.ndarray:
+    return x.detach().to("cpu", torch.float64).numpy()
+
+
+def solve(
+    func: Func,
+    y0: Tensor,
+    t: Tensor,
+    rtol: float,
+    atol: float,
+    max_steps: int,
+    stats: rodas.Stats | None = None,
+) -> Tensor:
+    """Solution ``(time, batch, state)`` of ``dy/dt = func(t, y)`` at ``t (time,)`` from
+    ``y0 (batch, state)``; differentiable in ``y0`` and in what ``func`` depends on. Raises
+    :class:`RodasFailed`."""
+    system = func.numeric_rhs() if hasattr(func, "numeric_rhs") else None
+    if system is not None:
+        problem = _Problem(system.torch_rhs, system.rhs, t, rtol, atol, max_steps, stats)
+        return _HybridSolve.apply(problem, y0, system.context, *system.params)
+    return _generic(func, y0, t, rtol, atol, max_steps, stats)
+
+
+class _Problem:
+    """What a HybridODE solve carries from its forward pass to its backward pass."""
+
+    def __init__(self, torch_rhs, rhs: NumericRHS, t, rtol, atol, max_steps, stats):
+        self.torch_rhs, self.rhs, self.t = torch_rhs, rhs, t
+        self.rtol, self.atol, self.max_steps = rtol, atol, max_steps
+        self.stats = stats
+        self.trajectory: rodas.Trajectory | None = None
+
+    def integrate(self, y0: np.ndarray, record: bool) -> np.ndarray:
+        rhs = self.rhs
+        try:
+            out, self.trajectory = rodas.integrate(
+                lambda _t, y: rhs(y),
+                lambda _t, y: rhs.value_and_jacobian(y),
+                y0,
+                _numpy(self.t),
+                self.rtol,
+                self.atol,
+                self.max_steps,
+                record=record,
+                stats=self.stats,
+            )
+        except rodas.StepFailure as failure:
+            raise RodasFailed(failure) from None
+        return out
+
+
+class _HybridSolve(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, problem: _Problem, y0: Tensor, context: Tensor, *params: Tensor) -> Tensor:
+        record = any(ctx.needs_input_grad[1:])
+        out = problem.integrate(_numpy(y0), record)
+        ctx.problem = problem
+        ctx.save_for_backward(y0, context, *params)
+        return torch.as_tensor(out, dtype=y0.dtype, device=y0.device)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        problem: _Problem = ctx.problem
+        y0, context, *params = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: a gradient that is itself differentiable
+            return (None, *_replay_grads(problem, y0, context, params, grad_out, ctx))
+        traj = problem.trajectory
+        rhs = problem.rhs
+        grad_y0, omega = rodas.adjoint(
+            traj,
+            _numpy(grad_out),
+            rhs.jacobian,
+            rhs.hessian_values,
+            rhs.directional_hessian,
+        )
+        grads = _parameter_grads(problem, traj, omega, context, params, ctx.needs_input_grad[2:])
+        out_y0 = torch.as_tensor(grad_y0, dtype=y0.dtype, device=y0.device)
+        return (None, out_y0 if ctx.needs_input_grad[1] else None, *grads)
+
+
+def _parameter_grads(
+    problem: _Problem,
+    traj: rodas.Trajectory,
+    omega: np.ndarray,
+    context: Tensor,
+    params: list[Tensor],
+    needed: tuple[bool, ...],
+) -> list[Tensor | None]:
+    """Gradients of the context ``(B, c)`` and the networks' parameters: one batched torch
+    pass over every stage evaluation of the accepted steps (``omega . f(Y)``) and over the
+    Jacobians inside their ``W`` (``omega . J(y_n) U``, by double backward)."""
+    wanted = [x for x, need in zip([context, *params], needed, strict=True) if need]
+    if not wanted or not len(traj.h):
+        return [
+            torch.zeros_like(x) if need else None
+            for x, need in zip([context, *params], needed, strict=True)
+        ]
+    dtype, device = context.dtype, context.device
+    n_steps, n_stages, n_batch, n = omega.shape
+    as_t = lambda a: torch.as_tensor(a, dtype=dtype, device=device).reshape(-1, n)  # noqa: E731
+    with torch.enable_grad():
+        leaf = context.detach().requires_grad_(needed[0])
+        rows = leaf.expand(n_steps * n_stages, n_batch, -1).reshape(-1, leaf.shape[-1])
+        w = as_t(omega)
+        points = as_t(traj.stage_points())
+        total = (problem.torch_rhs(points, rows) * w).sum()
+        starts = as_t(np.repeat(traj.y[:, None], n_stages, axis=1)).requires_grad_(True)
+        f_start = problem.torch_rhs(starts, rows)
+        (jt_w,) = torch.autograd.grad(
+            (f_start * w).sum(), starts, create_graph=True, allow_unused=True
+        )
+        if jt_w is not None:  # None: f does not depend on the states
+            total = total + (jt_w * as_t(traj.stages)).sum()
+        inputs = [leaf, *params]
+        take = [x for x, need in zip(inputs, needed, strict=True) if need]
+        got = iter(torch.autograd.grad(total, take, allow_unused=True))
+    out = []
+    for x, need in zip(inputs, needed, strict=True):
+        g = next(got) if need else None
+        out.append(torch.zeros_like(x) if need and g is None else g)
+    return out
+
+
+def _replay_grads(problem: _Problem, y0, context, params, grad_out, ctx) -> list:
+    """Gradients by replaying the accepted steps with a graph (their sizes fixed): slow, and
+    differentiable again."""
+    traj = problem.trajectory
+    if traj is None:  # forward ran without recording: record now
+        problem.integrate(_numpy(y0), record=True)
+        traj = problem.trajectory
+
+    def func(_t: Tensor, y: Tensor) -> Tensor:
+        return problem.torch_rhs(y, context)
+
+    jacobian = None
+    if not problem.rhs.networks:  # a twin: its compiled Jacobian, differentiable as it is
+        derivatives = problem.rhs.derivatives
+
+        def jacobian(_t: Tensor, y: Tensor) -> Tensor:
+            return derivatives.jacobian_torch(torch.cat([y, context], dim=-1))
+
+    out = _replay(func, y0, traj, jacobian=jacobian)
+    inputs = [y0, context, *params]
+    take = [x for x, need in zip(inputs, ctx.needs_input_grad[1:], strict=True) if need]
+    got = iter(torch.autograd.grad(out, take, grad_out, create_graph=True, allow_unused=True))
+    return [next(got) if need else None for need in ctx.needs_input_grad[1:]]
+
+
+# -- the generic path ------------------------------------------------------------------------
+def _jacobian(func: Func, t: Tensor, y: Tensor, create_graph: bool = False) -> Tensor:
+    """``df/dy (batch, state, state)`` by autograd, rows independent: cotangent ``e_i`` on
+    every row at once gives row ``i`` of each row's Jacobian."""
+    n_batch, n = y.shape
+    with torch.enable_grad():
+        y_ = y if create_graph else y.detach()
+        y_ = y_.requires_grad_(True) if not y_.requires_grad else y_
+        out = func(t, y_)
+        if not out.requires_grad:
+            return y.new_zeros(n_batch, n, n)
+        rows = []
+        for i in range(n):
+            basis = torch.zeros_like(out)
+            basis[:, i] = 1.0
+            (g,) = torch.autograd.grad(
+                out, y_, basis, create_graph=create_graph, retain_graph=True, allow_unused=True
+            )
+            rows.append(torch.zeros_like(y_) if g is None else g)
+    return torch.stack(rows, dim=1)
+
+
+def _uses_time(func: Func, t: Tensor, y: Tensor) -> bool:
+    with torch.enable_grad():
+        t_ = t.detach().requires_grad_(True)
+        out = func(t_, y.detach())
+        if not out.requires_grad:
+            return False
+        (g,) = torch.autograd.grad(out.sum(), t_, allow_unused=True)
+    return g is not None
+
+
+def _time_derivative(func: Func, t: Tensor, y: Tensor) -> Tensor:
+    """``df/dt (batch, state)`` by one forward-mode pass."""
+    _, dfdt = torch.func.jvp(lambda s: func(s, y), (t,), (torch.ones_like(t),))
+    return dfdt
+
+
+def _generic(func: Func, y0: Tensor, t: Tensor, rtol, atol, max_steps, stats) -> Tensor:
+    dtype, device = y0.dtype, y0.device
+
+    def as_t(x: np.ndarray | float) -> Tensor:
+        return torch.as_tensor(x, dtype=dtype, device=device)
+
+    t0 = t[0].detach()
+    timed = _uses_time(func, t0, y0.detach())
+
+    def f(tt: float, y: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return _numpy(func(as_t(tt), as_t(y)))
+
+    def value_and_jacobian(tt: float, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        y_ = as_t(y)
+        with torch.no_grad():
+            value = func(as_t(tt), y_)
+        # one batched backward pass for all rows of the Jacobian
+        return _numpy(value), _numpy(stiff.jacobian(func, as_t(tt), y_)[0])
+
+    def time_derivative(tt: float, y: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return _numpy(_time_derivative(func, as_t(tt), as_t(y)))
+
+    wants_grad = torch.is_grad_enabled() and (
+        y0.requires_grad
+        or (isinstance(func, nn.Module) and any(p.requires_grad for p in func.parameters()))
+    )
+    try:
+        out, traj = rodas.integrate(
+            f,
+            value_and_jacobian,
+            _numpy(y0),
+            _numpy(t),
+            rtol,
+            atol,
+            max_steps,
+            record=wants_grad,
+            time_derivative=time_derivative if timed else None,
+            stats=stats,
+        )
+    except rodas.StepFailure as failure:
+        raise RodasFailed(failure) from None
+    if not wants_grad:
+        return as_t(out)
+    return _replay(func, y0, traj, timed)
+
+
+def _replay(
+    func: Func,
+    y0: Tensor,
+    traj: rodas.Trajectory,
+    timed: bool = False,
+    jacobian: Func | None = None,
+) -> Tensor:
+    """The solution ``(time, batch, state)`` recomputed through the accepted steps of
+    ``traj`` with an autograd graph (the Jacobian in each ``W`` differentiated too:
+    ``jacobian(t, y)``, by default autograd's with ``create_graph``)."""
+    n = y0.shape[-1]
+    eye = torch.eye(n, dtype=y0.dtype, device=y0.device)
+    a = torch.as_tensor(rodas._A, dtype=y0.dtype, device=y0.device)
+    c = torch.as_tensor(rodas._C, dtype=y0.dtype, device=y0.device)
+    m = torch.as_tensor(rodas._M, dtype=y0.dtype, device=y0.device)
+    states = [y0]
+    y = y0
+    for t_cur, h in zip(traj.t.tolist(), traj.h.tolist(), strict=True):
+        tt = torch.as_tensor(t_cur, dtype=y0.dtype, device=y0.device)
+        jac = jacobian(tt, y) if jacobian else _jacobian(func, tt, y, create_graph=True)
+        dfdt = _time_derivative(func, tt, y) if timed else None
+        lu, piv = torch.linalg.lu_factor(eye / (h * rodas.GAMMA) - jac)
+        stages: list[Tensor] = []
+        for i in range(rodas.STAGES):
+            if i == 0:
+                rhs = func(tt, y)
+            else:
+                point = y + sum(a[i, j] * stages[j] for j in range(i))
+                rhs = func(tt + rodas._STAGE_TIME[i] * h, point)
+                rhs = rhs + sum((c[i, j] / h) * stages[j] for j in range(i))
+            if dfdt is not None and rodas._D[i]:
+                rhs = rhs + (rodas._D[i] * h) * dfdt
+            stages.append(torch.linalg.lu_solve(lu, piv, rhs.unsqueeze(-1)).squeeze(-1))
+        y = y + sum(m[i] * stages[i] for i in range(rodas.STAGES))
+        states.append(y)
+    return torch.stack([states[k] for k in traj.output_step.tolist()])

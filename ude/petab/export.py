@@ -1,0 +1,242 @@
+"""Writing PEtab: simulations and gradients of a check, and a twin as a PEtab problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import sympy as sp
+
+from ude.data.measurements import Measurements
+from ude.petab.problem import PetabProblem
+from ude.spec.model_spec import ModelSpec
+
+
+def write_simulations(problem: PetabProblem, values: np.ndarray, path: str | Path) -> Path:
+    """The measurement table with a ``simulation`` column instead of ``measurement``
+    (``values (row,)`` in the table's order)."""
+    import petab
+
+    df = problem.measurements.table.copy()
+    df = df.rename(columns={"measurement": "simulation"})
+    df["simulation"] = values
+    petab.write_simulation_df(df, path)
+    return Path(path)
+
+
+def write_gradient(mech: dict[str, float], nets: dict, path: str | Path) -> Path:
+    """A TSV ``parameterId, value``: one row per estimated scalar parameter, then one per
+    entry of each estimated network array, named ``net.layer.name[i,j,...]``."""
+    rows = list(mech.items())
+    for net_id, layers in nets.items():
+        for layer, arrays in layers.items():
+            for name, arr in arrays.items():
+                for idx in np.ndindex(arr.shape):
+                    key = f"{net_id}.{layer}.{name}[{','.join(map(str, idx))}]"
+                    rows.append((key, float(arr[idx])))
+    pd.DataFrame(rows, columns=["parameterId", "value"]).to_csv(path, sep="\t", index=False)
+    return Path(path)
+
+
+def write_petab(
+    spec: ModelSpec,
+    measurements: Measurements,
+    out_dir: str | Path,
+    *,
+    initial: np.ndarray | None = None,
+    noise: np.ndarray | None = None,
+    parameters: dict[str, float] | None = None,
+) -> Path:
+    """Write ``spec`` (a symbolic model: a twin, or a trained spec without networks) with its
+    training data as a PEtab v1 problem in ``out_dir``; returns the problem's YAML.
+
+    ``initial`` are the fitted initial states ``(condition, state)`` (default: the spec's),
+    ``noise`` the learned noise level of each observable without a noise model of the spec
+    ``(observable,)``, ``parameters`` the fitted values (default: the spec's). Per-condition
+    inputs and initial states go in the conditions table; learned parameters are estimated
+    (``estimate`` 1) from their fitted values, within their bounds, on their scale.
+    """
+    import petab
+
+    from ude.spec.expressions import format_expression
+    from ude.spec.sbml import write_sbml
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = _rename_clock(spec)
+    values = {n: p.value for n, p in spec.parameters.items()}
+    values.update(parameters or {})
+    n_c = measurements.n_conditions
+    start = (
+        np.array([[spec.initial.get(s, 0.0) for s in spec.states]] * n_c)
+        if initial is None
+        else np.asarray(initial, dtype=float)
+    )
+    # Initial states that differ between conditions are set by the conditions table; the
+    # SBML holds the first condition's.
+    write_sbml(
+        spec,
+        out / "model.xml",
+        initial={s: float(start[0, i]) for i, s in enumerate(spec.states)},
+        inputs={u: float(measurements.inputs[0, j]) for j, u in enumerate(spec.inputs)},
+        parameters={k: float(v) for k, v in values.items() if k in spec.parameters},
+    )
+    varying = [i for i, _ in enumerate(spec.states) if not np.allclose(start[:, i], start[0, i])]
+    conditions = pd.DataFrame(
+        {
+            "conditionId": list(measurements.conditions),
+            **{
+                u: np.asarray(measurements.inputs, dtype=float)[:, j]
+                for j, u in enumerate(spec.inputs)
+            },
+            **{spec.states[i]: start[:, i] for i in varying},
+        }
+    )
+    rows = []
+    obs = measurements.observables
+    for c, cond in enumerate(measurements.conditions):
+        for t, time in enumerate(measurements.times):
+            for r in range(measurements.values.shape[2]):
+                for o, name in enumerate(obs):
+                    y = measurements.values[c, t, r, o]
+                    if np.isfinite(y):
+                        rows.append((name, cond, float(y), float(time)))
+    table = pd.DataFrame(
+        rows, columns=["observableId", "simulationConditionId", "measurement", "time"]
+    )
+    noise_rows = []
+    for o, name in enumerate(obs):
+        formula = spec.observables.get(name, sp.Symbol(name))
+        model = spec.noise.get(name)
+        if model is not None:
+            sigma, trans, dist = (
+                format_expression(model.sigma),
+                model.transformation,
+                model.distribution,
+            )
+        else:
+            level = 1.0 if noise is None else float(noise[o])
+            sigma, trans, dist = repr(level), "lin", "normal"
+        noise_rows.append((name, format_expression(formula), sigma, trans, dist))
+    observables = pd.DataFrame(
+        noise_rows,
+        columns=[
+            "observableId",
+            "observableFormula",
+            "noiseFormula",
+            "observableTransformation",
+            "noiseDistribution",
+        ],
+    )
+    params = []
+    for name, p in spec.parameters.items():
+        v = float(values[name])
+        lo = p.min if p.min is not None else (-np.inf if p.scale == "lin" else v * 1e-3)
+        hi = p.max if p.max is not None else (np.inf if p.scale == "lin" else v * 1e3)
+        params.append((name, p.scale, lo, hi, v, int(p.learn)))
+    parameter_df = pd.DataFrame(
+        params,
+        columns=[
+            "parameterId",
+            "parameterScale",
+            "lowerBound",
+            "upperBound",
+            "nominalValue",
+            "estimate",
+        ],
+    )
+    petab.write_condition_df(conditions.set_index("conditionId"), out / "conditions.tsv")
+    petab.write_measurement_df(table, out / "measurements.tsv")
+    petab.write_observable_df(observables.set_index("observableId"), out / "observables.tsv")
+    petab.write_parameter_df(parameter_df.set_index("parameterId"), out / "parameters.tsv")
+    problem = {
+        "format_version": 1,
+        "parameter_file": "parameters.tsv",
+        "problems": [
+            {
+                "sbml_files": ["model.xml"],
+                "condition_files": ["conditions.tsv"],
+                "measurement_files": ["measurements.tsv"],
+                "observable_files": ["observables.tsv"],
+            }
+        ],
+    }
+    path = out / "problem.yaml"
+    petab.yaml.write_yaml(problem, path)
+    return path
+
+
+def _rename_clock(spec: ModelSpec) -> ModelSpec:
+    """A clock state named ``time`` (PEtab's time, see ude.petab.training) becomes a state
+    ``clock``: SBML reserves ``time`` for its own time symbol."""
+    from dataclasses import replace
+
+    from ude.petab.problem import TIME
+
+    if TIME not in spec.states:
+        return spec
+    taken = {*spec.states, *spec.parameters, *spec.inputs}
+    name = "clock"
+    while name in taken:
+        name += "_"
+    sub = {sp.Symbol(TIME): sp.Symbol(name)}
+    return replace(
+        spec,
+        states=[name if s == TIME else s for s in spec.states],
+        equations={(name if k == TIME else k): e.xreplace(sub) for k, e in spec.equations.items()},
+        reactions=[
+            replace(
+                r,
+                rate=r.rate.xreplace(sub) if r.rate is not None else None,
+                reverse=r.reverse.xreplace(sub) if r.reverse is not None else None,
+            )
+            for r in spec.reactions
+        ],
+        observables={k: e.xreplace(sub) for k, e in spec.observables.items()},
+        noise={k: replace(n, sigma=n.sigma.xreplace(sub)) for k, n in spec.noise.items()},
+        initial={(name if k == TIME else k): v for k, v in spec.initial.items()},
+    )
+
+
+def write_run_petab(model, measurements: Measurements, run_dir: str | Path) -> Path | None:
+    """A finished run's twin as a PEtab problem in ``run_dir/petab``: the distilled twin
+    (``twin.json``) when there is one, else the trained model when it has no networks; None
+    (nothing written) for a model whose networks were not distilled."""
+    from ude.distill.twin import load_twin
+
+    run_dir = Path(run_dir)
+    trained = model.spec
+    values = {k: v for k, v in model.parameter_values().items() if not isinstance(v, list)}
+    per_condition = [k for k, v in model.parameter_values().items() if isinstance(v, list)]
+    if per_condition:
+        return None  # PEtab would need one parameter per condition: not written yet
+    numbers = {sp.Symbol(k): v for k, v in values.items()}
+    noise = {
+        k: type(n)(n.sigma.xreplace(numbers), n.transformation, n.distribution)
+        for k, n in trained.noise.items()
+    }
+    twin_file = run_dir / "twin.json"
+    if twin_file.is_file():
+        twin = load_twin(twin_file)
+        spec = ModelSpec(
+            states=twin.states,
+            inputs=twin.inputs,
+            equations={s: e for s, e in zip(twin.states, twin.known_rhs(), strict=True) if e != 0},
+            observables=twin.observables,
+            noise=noise,
+            name=twin.name,
+        )
+        values = {}
+    elif len(model.networks):
+        return None
+    else:
+        spec = trained
+    return write_petab(
+        spec,
+        measurements,
+        run_dir / "petab",
+        initial=model.initial.detach().cpu().numpy(),
+        noise=model.noise.detach().cpu().numpy(),
+        parameters=values,
+    )

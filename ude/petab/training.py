@@ -1,0 +1,287 @@
+"""A PEtab problem as ude's training inputs: a ModelSpec and Measurements.
+
+``python train.py data=petab data.problem=problem.yaml`` trains on what this module builds, so
+training, distillation and the benchmark run unchanged:
+
+- the SBML model's states, reactions and rules; SBML time becomes a clock state ``time``
+  (``d time/dt = 1``, starting at the experiments' start);
+- estimated problem parameters are learned spec parameters with the table's bounds and scale;
+  the others are fixed at their nominal values;
+- each observable's formula and noise model, with the measurement table's placeholder values
+  (the same on every row of an observable: ude's observables are per experiment, not per row);
+- model parameters that conditions set to numbers become per-condition inputs; initial values
+  that depend on estimated parameters are learned per condition (from their nominal value),
+  the others are known.
+
+What this cannot represent is one line naming the file, row and feature (exit 2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import sympy as sp
+
+from ude.data.datamodule import ConditionsDataModule
+from ude.data.measurements import Measurements
+from ude.errors import UdeError
+from ude.petab.problem import TIME, PetabProblem, load_problem
+from ude.spec.model_spec import ModelSpec, NeuralSlot, Parameter, load_spec
+from ude.spec.observation import NoiseModel
+from ude.spec.reactions import Reaction
+
+
+def is_petab_yaml(path: str | Path) -> bool:
+    """Whether ``path`` is a PEtab problem file (a YAML with ``format_version``)."""
+    import yaml
+
+    p = Path(path)
+    if p.suffix.lower() not in (".yaml", ".yml") or not p.is_file():
+        return False
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError:
+        return False
+    return isinstance(raw, dict) and "format_version" in raw
+
+
+def _problem(problem: str | Path | PetabProblem) -> PetabProblem:
+    return problem if isinstance(problem, PetabProblem) else load_problem(problem)
+
+
+def _refuse_networks(p: PetabProblem) -> None:
+    if p.networks:
+        raise UdeError(
+            "training the networks of a PEtab SciML problem is not supported yet",
+            source=p.source,
+            where="extensions.sciml",
+            fix="evaluate it with python -m ude.petab check; to train, mark the unknown terms "
+            "'neural' in a ude YAML with 'petab: problem.yaml'",
+        )
+
+
+def petab_spec(problem: str | Path | PetabProblem, neural: Iterable[str] = ()) -> ModelSpec:
+    """The ModelSpec ude trains for ``problem`` (see the module docstring).
+
+    ``neural``: species that get a per-state network (and reactions whose flux is learned).
+    """
+    p = _problem(problem)
+    _refuse_networks(p)
+    base = p.spec
+    marked = set(neural)
+    model_params = dict(base.parameters)
+    # Parameters that conditions set differently become per-condition inputs.
+    varying = sorted({k for e in p.experiments for k in e.changes if k in model_params})
+    for k in varying:
+        for e in p.experiments:
+            value = e.changes.get(k)
+            if value is not None and not value.is_number:
+                raise UdeError(
+                    f"condition '{e.id}' sets '{k}' to '{value}', an expression of estimated "
+                    "parameters; ude's training takes per-condition values as numbers",
+                    source=str(p.files["condition"][0]) if p.files.get("condition") else p.source,
+                    where=f"condition {e.id}, target {k}",
+                    fix="give a number per condition",
+                )
+    parameters: dict[str, Parameter] = {}
+    for name, param in model_params.items():
+        if name in varying:
+            continue
+        parameters[name] = _parameter(p, name, param.value)
+    # Problem parameters used by observables and noise (offsets, scales, sigmas).
+    observables, noise = _observation(p)
+    used = set().union(*(e.free_symbols for e in observables.values())) if observables else set()
+    used |= set().union(*(n.sigma.free_symbols for n in noise.values())) if noise else set()
+    for sym in sorted(used, key=str):
+        name = str(sym)
+        if name in parameters or name in base.states or name in varying or name == TIME:
+            continue
+        if name not in p.parameters:
+            raise UdeError(f"'{name}' is not a parameter of the problem", source=p.source)
+        parameters[name] = _parameter(p, name, p.parameters[name].nominal)
+    states = list(base.states)
+    equations = dict(base.equations)
+    initial = dict(base.initial)
+    if base.time is not None:
+        states.append(TIME)
+        equations[TIME] = sp.Integer(1)
+        initial[TIME] = p.experiments[0].t0 if p.experiments else 0.0
+    for s in marked:
+        if s not in base.states and s not in {r.name for r in base.reactions}:
+            raise UdeError(f"'{s}' is not a species or reaction of the model", source=p.source)
+    reactions = [
+        r
+        if r.name not in marked
+        else Reaction(r.name, r.reactants, r.products, None, None, r.reversible)
+        for r in base.reactions
+    ]
+    neural = (
+        [NeuralSlot("net", tuple(s for s in states if s in marked), tuple(states))]
+        if any(s in marked for s in states)
+        else []
+    )
+    from ude.spec.model_spec import reaction_slot
+
+    slot = reaction_slot(reactions, states, varying, {n.name for n in neural})
+    if slot is not None:
+        neural.append(slot)
+    return replace(
+        base,
+        states=states,
+        parameters=parameters,
+        inputs=varying,
+        equations=equations,
+        reactions=reactions,
+        neural=neural,
+        observables=observables,
+        noise=noise,
+        initial=initial,
+        time=None,
+        source=p.source,
+    )
+
+
+def _parameter(p: PetabProblem, name: str, default: float) -> Parameter:
+    row = p.parameters.get(name)
+    if row is None:
+        return Parameter(value=float(default))
+    if row.nominal is None:
+        raise UdeError(f"'{name}' is an array parameter", source=p.source)
+    lo = row.lower if math.isfinite(row.lower) else None
+    hi = row.upper if math.isfinite(row.upper) else None
+    if not row.estimate:
+        return Parameter(value=row.nominal, scale=row.scale)
+    return Parameter(value=row.nominal, learn=True, min=lo, max=hi, scale=row.scale)
+
+
+def _observation(p: PetabProblem) -> tuple[dict[str, sp.Expr], dict[str, NoiseModel]]:
+    """Observable formulas and noise models with the measurement table's placeholders filled
+    in; refused when an observable's rows give different placeholder values."""
+    m = p.measurements
+    observables, noise = {}, {}
+    for k, (oid, o) in enumerate(p.observables.items()):
+        rows = np.where(m.observable == k)[0]
+        if rows.size == 0:
+            continue
+        subs: dict[sp.Symbol, sp.Expr] = {}
+        for names, per_row in (
+            (o.placeholders, m.observable_parameters),
+            (o.noise_placeholders, m.noise_parameters),
+        ):
+            first = per_row[rows[0]]
+            for r in rows:
+                if per_row[r] != first:
+                    raise UdeError(
+                        f"observable '{oid}' has placeholder values {per_row[r]} here and "
+                        f"{first} on row {rows[0] + 2}; ude trains one formula per observable",
+                        source=str(p.files["measurement"][0]),
+                        where=f"row {r + 2}",
+                        fix="use one observable id per set of placeholder values",
+                    )
+            subs.update({sp.Symbol(n): v for n, v in zip(names, first, strict=True)})
+        observables[oid] = o.formula.xreplace(subs)
+        noise[oid] = NoiseModel(
+            o.noise.sigma.xreplace(subs), o.noise.transformation, o.noise.distribution
+        )
+    return observables, noise
+
+
+def petab_measurements(
+    problem: str | Path | PetabProblem, spec: ModelSpec | None = None
+) -> Measurements:
+    """The problem's measurements on one time grid (the union of its times and the start),
+    one condition per experiment; known initial values and per-condition inputs."""
+    p = _problem(problem)
+    spec = petab_spec(p) if spec is None else spec
+    m = p.measurements
+    t0 = p.experiments[0].t0 if p.experiments else 0.0
+    times = np.unique(np.concatenate([[t0], m.time]))
+    obs = [o for k, o in enumerate(p.observables) if (m.observable == k).any()]
+    obs_col = {o: i for i, o in enumerate(obs)}
+    n_e, n_t = len(p.experiments), len(times)
+    keys = list(zip(m.experiment, np.searchsorted(times, m.time), m.observable, strict=True))
+    counts: dict = {}
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+    n_rep = max(counts.values(), default=1)
+    values = np.full((n_e, n_t, n_rep, len(obs)), np.nan)
+    seen: dict = {}
+    names = list(p.observables)
+    for (e, t, o), y in zip(keys, m.value, strict=True):
+        r = seen.get((e, t, o), 0)
+        seen[(e, t, o)] = r + 1
+        values[e, t, r, obs_col[names[o]]] = y
+    inputs = np.array(
+        [
+            [_number(e.changes.get(u, sp.Float(spec_value(p, u)))) for u in spec.inputs]
+            for e in p.experiments
+        ]
+    ).reshape(n_e, len(spec.inputs))
+    estimated = {q for q in p.estimated}
+    initial: dict[str, np.ndarray] = {}
+    for s in spec.states:
+        col = np.full(n_e, np.nan)
+        for i, e in enumerate(p.experiments):
+            expr = e.changes.get(s, spec.initial_assignments.get(s))
+            if expr is None:
+                col[i] = spec.initial.get(s, 0.0)
+            elif not ({str(x) for x in expr.free_symbols} & estimated):
+                col[i] = _number(expr.xreplace(_fixed_values(p)))
+        initial[s] = col
+    return Measurements(
+        times=times,
+        values=values,
+        observables=obs,
+        conditions=[e.id for e in p.experiments],
+        input_names=list(spec.inputs),
+        inputs=inputs,
+        initial=initial,
+        source=p.source,
+    )
+
+
+def spec_value(p: PetabProblem, name: str) -> float:
+    return p.spec.parameters[name].value
+
+
+def _fixed_values(p: PetabProblem) -> dict[sp.Symbol, float]:
+    values = {sp.Symbol(n): q.value for n, q in p.spec.parameters.items()}
+    values.update(
+        {sp.Symbol(n): r.nominal for n, r in p.parameters.items() if r.nominal is not None}
+    )
+    return values
+
+
+def _number(expr: sp.Expr) -> float:
+    value = sp.sympify(expr)
+    if not value.is_number:
+        raise UdeError(f"'{value}' does not evaluate to a number")
+    return float(value)
+
+
+def petab_datamodule(
+    problem: str | Path,
+    spec: str | ModelSpec | None = None,
+    batch_size: int | None = None,
+    val_conditions: Sequence[str] | None = None,
+    val_fraction: float | None = None,
+    val_after: float | None = None,
+    curriculum_epochs: int = 0,
+    curriculum_start: float = 0.25,
+) -> ConditionsDataModule:
+    """A :class:`ConditionsDataModule` over a PEtab problem's measurements."""
+    p = load_problem(problem)
+    model_spec = load_spec(spec) if spec is not None else petab_spec(p)
+    return ConditionsDataModule(
+        petab_measurements(p, model_spec),
+        batch_size,
+        val_conditions,
+        val_fraction,
+        val_after,
+        curriculum_epochs,
+        curriculum_start,
+    )

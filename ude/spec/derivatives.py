@@ -1,0 +1,144 @@
+"""Derivatives of a spec's known right-hand side in the states, compiled once from sympy.
+
+A stiff solver needs the Jacobian ``df/dy`` at every step, and the exact gradient of its
+steps needs the second derivatives too (the Jacobian is inside the step's linear system).
+Both are taken symbolically from the spec's expressions, kept sparse (kinetics couple few
+species: only the nonzero entries are compiled) and compiled into tapes
+(:class:`~ude.spec.compile.CompiledExpressions`) that share common subexpressions with the
+right-hand side itself. No autograd is involved, so an evaluation costs one tape pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import sympy as sp
+import torch
+
+from ude.spec.compile import CompiledExpressions
+
+
+class CompiledDerivatives:
+    """``f``, ``df/dy`` and the second derivatives ``d2f/dy2`` of ``exprs`` in the first
+    ``n_states`` of ``symbols`` (the states; the rest are inputs and parameters).
+
+    Evaluations take the symbol values as columns (one array of the same shape per symbol):
+    states first, then the rest in ``symbols`` order. Shapes below use ``P`` for that shape.
+    """
+
+    def __init__(self, exprs: Sequence[sp.Expr], symbols: Sequence[str], n_states: int):
+        exprs = [sp.sympify(e) for e in exprs]
+        self.symbols = list(symbols)
+        self.n_states = n_states
+        states = [sp.Symbol(s) for s in self.symbols[:n_states]]
+        jac: list[sp.Expr] = []
+        rows, cols = [], []
+        for k, e in enumerate(exprs):
+            for m, y in enumerate(states):
+                d = sp.diff(e, y) if y in e.free_symbols else sp.Integer(0)
+                if d != 0:
+                    rows.append(k)
+                    cols.append(m)
+                    jac.append(d)
+        # Second derivatives d2 f_k / dy_l dy_m, symmetric in (l, m): compiled once for
+        # l <= m, used in both orders by the contraction.
+        hess: list[sp.Expr] = []
+        k_idx, l_idx, m_idx, which = [], [], [], []
+        for e_kl, k, col in zip(jac, rows, cols, strict=True):
+            for m in range(col, n_states):
+                y = states[m]
+                d = sp.diff(e_kl, y) if y in e_kl.free_symbols else sp.Integer(0)
+                if d == 0:
+                    continue
+                hess.append(d)
+                for a, b in {(col, m), (m, col)}:
+                    k_idx.append(k)
+                    l_idx.append(a)
+                    m_idx.append(b)
+                    which.append(len(hess) - 1)
+        self.jac_rows = np.array(rows, dtype=np.intp)
+        self.jac_cols = np.array(cols, dtype=np.intp)
+        self._hess_k = np.array(k_idx, dtype=np.intp)
+        self._hess_l = np.array(l_idx, dtype=np.intp)
+        self._hess_m = np.array(m_idx, dtype=np.intp)
+        self._hess_which = np.array(which, dtype=np.intp)
+        # Summing the terms onto their state m is one matrix product.
+        self._hess_select = np.zeros((len(m_idx), n_states))
+        self._hess_select[np.arange(len(m_idx)), m_idx] = 1.0
+        self.n_exprs = len(exprs)
+        self.value = CompiledExpressions(exprs, self.symbols)
+        self.value_and_jac = CompiledExpressions(exprs + jac, self.symbols)
+        self.jac = CompiledExpressions(jac, self.symbols)
+        self.hess = CompiledExpressions(hess, self.symbols)
+
+    @property
+    def jac_nnz(self) -> int:
+        """Number of nonzero Jacobian entries (as expressions)."""
+        return len(self.jac_rows)
+
+    def _dense(self, entries: list[np.ndarray], shape: tuple) -> np.ndarray:
+        out = np.zeros((*shape, self.n_exprs, self.n_states))
+        if entries:
+            out[..., self.jac_rows, self.jac_cols] = _stack(entries, shape)
+        return out
+
+    def f(self, columns: Sequence[np.ndarray], shape: tuple) -> np.ndarray:
+        """``f (P, expr)``."""
+        return _stack(self.value.numpy_columns(columns, shape), shape)
+
+    def f_jac(self, columns: Sequence[np.ndarray], shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+        """``f (P, expr)`` and the dense Jacobian ``(P, expr, state)``."""
+        out = self.value_and_jac.numpy_columns(columns, shape)
+        return _stack(out[: self.n_exprs], shape), self._dense(out[self.n_exprs :], shape)
+
+    def jacobian(self, columns: Sequence[np.ndarray], shape: tuple) -> np.ndarray:
+        """The dense Jacobian ``(P, expr, state)``."""
+        return self._dense(self.jac.numpy_columns(columns, shape), shape)
+
+    def jacobian_torch(self, values: torch.Tensor) -> torch.Tensor:
+        """The dense Jacobian ``(..., expr, state)`` of ``values (..., symbol)`` in torch,
+        differentiable (to any order) in the values."""
+        entries = self.jac(values)
+        out = values.new_zeros((*values.shape[:-1], self.n_exprs * self.n_states))
+        flat = torch.as_tensor(self.jac_rows * self.n_states + self.jac_cols, device=out.device)
+        out = out.index_add(-1, flat, entries)
+        return out.reshape(*values.shape[:-1], self.n_exprs, self.n_states)
+
+    def hessian_values(self, columns: Sequence[np.ndarray], shape: tuple) -> np.ndarray:
+        """The distinct nonzero second derivatives ``(P, entry)``, for
+        :meth:`contract_hessian`."""
+        return _stack(self.hess.numpy_columns(columns, shape), shape)
+
+    def contract_hessian(self, values: np.ndarray, omega: np.ndarray) -> np.ndarray:
+        """``sum_kl omega[k, l] d2f_k / dy_l dy_m`` ``(P, state)``: the gradient in ``y`` of
+        ``<df/dy, omega>``, from :meth:`hessian_values` ``(P, entry)`` and ``omega (P, expr,
+        state)``."""
+        if not len(self._hess_k):
+            return np.zeros((*values.shape[:-1], self.n_states))
+        terms = omega[..., self._hess_k, self._hess_l] * values[..., self._hess_which]
+        return terms @ self._hess_select
+
+
+def _stack(columns: list[np.ndarray], shape: tuple) -> np.ndarray:
+    """Columns stacked into ``(*shape, column)``; a column that depends on the context only
+    (no state) has the context's shape and is broadcast."""
+    if not columns:
+        return np.zeros((*shape, 0))
+    if any(c.shape != shape for c in columns):
+        columns = [np.broadcast_to(c, shape) for c in columns]
+    return np.stack(columns, axis=-1)
+
+
+@lru_cache(maxsize=64)
+def _cached(exprs: tuple, symbols: tuple, n_states: int) -> CompiledDerivatives:
+    return CompiledDerivatives(exprs, symbols, n_states)
+
+
+def compiled_derivatives(
+    exprs: Sequence[sp.Expr], symbols: Sequence[str], n_states: int
+) -> CompiledDerivatives:
+    """:class:`CompiledDerivatives`, built once per distinct right-hand side (a twin is
+    rebuilt for every refit; its derivatives are not)."""
+    return _cached(tuple(sp.sympify(e) for e in exprs), tuple(symbols), n_states)

@@ -1,0 +1,178 @@
+"""Training at the edge: ``ude-train`` / ``python train.py`` / ``python -m ude.train``
+[group=option] [key=value ...].
+
+Examples:
+    ude-train                                             # Lotka-Volterra, the default example
+    ude-train trainer.max_epochs=300 seed=1
+    ude-train ckpt_path=outputs/<day>/<time>/checkpoints/last.ckpt   # resume
+    ude-train -m seed=0,1,2 hydra/launcher=local                     # a local sweep
+    ude-train --cfg job                                   # print the composed config
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ude.conf import CONF_DIR
+from ude.config_check import check_config
+from ude.errors import UdeError
+from ude.fit import run_training
+from ude.plots import plot_fit, plot_missing_terms
+from ude.runs import build_run, exit_2_on_user_errors, petab_spec_source, run_cli
+from ude.train.loggers import finish_loggers
+from ude.train.module import UDEModule
+from ude.train.quiet import quiet_lightning
+
+# Hydra's job logging (ude/conf/hydra/job_logging/ude.yaml) prints these lines as they are and
+# keeps them, with times, in <run>/train.log.
+log = logging.getLogger("ude.train")
+
+
+def _run_dir(ckpt_path: str | None, default: str) -> str:
+    """A resumed run writes into the folder of its checkpoint; a new run into ``default``."""
+    return str(Path(ckpt_path).resolve().parent.parent) if ckpt_path else default
+
+
+OmegaConf.register_new_resolver("ude_run_dir", _run_dir, replace=True)
+
+
+def check_checkpoint(ckpt_path: str, module: UDEModule) -> None:
+    """Raise :class:`UdeError` unless ``ckpt_path`` is a checkpoint of ``module``'s shapes."""
+    if not Path(ckpt_path).is_file():
+        raise UdeError(
+            "checkpoint not found",
+            source=str(ckpt_path),
+            fix="give the last.ckpt of an earlier run: <run>/checkpoints/last.ckpt",
+        )
+    try:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+    except Exception as err:  # noqa: BLE001 - any failure to read it is a bad checkpoint
+        raise UdeError(f"not a readable checkpoint ({err})", source=str(ckpt_path)) from None
+    own = module.state_dict()
+    wrong = [
+        k
+        for k in sorted(set(own) | set(state))
+        if k not in own or k not in state or tuple(own[k].shape) != tuple(state[k].shape)
+    ]
+    if wrong:
+        raise UdeError(
+            f"the checkpoint does not fit this config's model ({len(wrong)} tensors differ, "
+            f"e.g. {wrong[0]})",
+            source=str(ckpt_path),
+            fix="resume with the model settings of the run that wrote it, as in its config.yaml",
+        )
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Instantiate data, model, trainer from ``cfg``, train, and write the run directory."""
+    check_config(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg.threads)
+    datamodule, model, module = build_run(cfg)
+    measurements = datamodule.measurements
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:
+        check_checkpoint(ckpt_path, module)
+    # Written once the data, the model and the checkpoint are known to be good: a resume that
+    # fails keeps the run's config as it was.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    try:
+        with quiet_lightning(), warnings.catch_warnings():
+            if ckpt_path:  # a resume continues in its own folder, checkpoints and all
+                warnings.filterwarnings("ignore", "Checkpoint directory .* is not empty")
+            trainer = instantiate(cfg.trainer, _partial_=True)(
+                callbacks=callbacks, logger=loggers or False
+            )
+            metrics = run_training(module, datamodule, trainer, ckpt_path=ckpt_path)
+    finally:
+        finish_loggers(loggers)
+
+    if trainer.is_global_zero and "solve_failed" not in metrics:
+        plot_fit(model, measurements, run_dir / "plots" / "fit.png", datamodule.split)
+        plot_missing_terms(model, measurements, run_dir / "plots" / "missing_terms.png")
+        # distill=none turns distillation off; a fast_dev_run only checks the training loop
+        if cfg.get("distill") and not cfg.trainer.get("fast_dev_run"):
+            from ude.distill.cli import run_distill, summary
+
+            # the distillation sees the training entries alone; the twin is judged on the rest
+            metrics["distill"] = run_distill(
+                cfg.distill, model, measurements, run_dir, datamodule.split
+            )
+            log.info(summary(metrics["distill"]))
+    if trainer.is_global_zero and "solve_failed" not in metrics:
+        from ude.petab.export import write_run_petab
+
+        petab_yaml = write_run_petab(model, measurements, run_dir)
+        if petab_yaml is not None:
+            metrics["petab"] = str(petab_yaml)
+    if trainer.is_global_zero:
+        metrics["run_dir"] = str(run_dir)
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        _summary(cfg, metrics, run_dir)
+    return metrics
+
+
+def _summary(cfg: DictConfig, metrics: dict[str, Any], run_dir: Path) -> None:
+    first, last = metrics.get("train_mse_first"), metrics["train_nmse"]
+    line = (
+        f"ude: {petab_spec_source(cfg)} trained for {metrics['epochs']} epochs in "
+        f"{metrics['timings']['train_seconds']:.1f} s; normalised trajectory MSE "
+    )
+    line += f"{first:.3g} -> {last:.3g}" if first else f"{last:.3g}"
+    if "forecast" in metrics:
+        line += f"; held-out NMSE {metrics['forecast']['nmse']:.3g}"
+    truth = metrics.get("truth", {})
+    if "missing_term_rel_rmse" in truth:
+        err = ", ".join(f"{k} {v:.1%}" for k, v in truth["missing_term_rel_rmse"].items())
+        line += f"; network vs true missing term (relative RMSE): {err}"
+    log.info(line)
+    if metrics.get("warm_start_discarded"):
+        log.info(
+            "ude: the warm start was discarded (its model could not be solved over the data: "
+            f"{metrics['warm_start_discarded']}); training started from the untrained networks"
+        )
+    log.info(f"run directory: {run_dir}")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> None:
+    # Exiting inside the job keeps Hydra from printing its own banner around our message.
+    with exit_2_on_user_errors():
+        metrics = train(cfg)
+        if "distill" in metrics:  # the run and its UDE are kept; no twin ends with exit 2
+            from ude.distill.cli import raise_if_no_twin
+
+            raise_if_no_twin(metrics["distill"], metrics["run_dir"])
+        if metrics.get("stop_reason"):
+            ckpt = Path(metrics["run_dir"]) / "checkpoints" / "last.ckpt"
+            kept = f"last good checkpoint: {ckpt}" if ckpt.is_file() else "no checkpoint kept"
+            # Before the first step the model as given cannot be solved: the solver's message
+            # says what to try; a smaller learning rate would not help.
+            stepped = metrics.get("train_mse_first") is not None
+            raise UdeError(
+                metrics["stop_reason"],
+                source="train",
+                fix=f"{kept}; lower optim.lr or tighten the solver" if stepped else kept,
+            )
+
+
+def cli() -> None:
+    """Errors a user can cause print one line and exit with status 2."""
+    run_cli(main)
