@@ -68,7 +68,9 @@ def test_train_distils_and_run_can_be_distilled_again(make_cfg, tmp_path, caplog
     assert saved["distill"]["discovered"] == metrics["distill"]["discovered"]
     # every stage was shown on the terminal's live line, and its duration kept
     shown = screen.getvalue()
-    for line in ("warm start  500/500", "epochs  3/3", "screen", "refits  1/10", "final refit",
+    selector = make_cfg().distill.distiller.selector  # the refits count up to the budget
+    refits = f"refits  1/{max(selector.max_refits, selector.max_candidates)}"
+    for line in ("warm start  500/500", "epochs  3/3", "screen", refits, "final refit",
                  "bootstrap", "band", "plots", "petab export"):  # fmt: skip
         assert line in shown, line
     stages = {"warm_start", "epochs", "screen", "refits", "final_refit", "bootstrap", "band",

@@ -193,6 +193,27 @@ def read_results(out_dir: str | Path) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
+def code_version() -> dict[str, Any]:
+    """The code a result was made with: the git commit and whether tracked files differ from
+    it (``dirty``); ``commit`` None outside a git checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=30, check=True
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
 def run_suite(
     cells: Iterable[Cell],
     methods: Mapping[str, Method],
@@ -211,6 +232,7 @@ def run_suite(
     todo = [c for c in mine if c.id not in done]
     log(f"benchmark: {len(mine)} cells in this shard, {len(mine) - len(todo)} already done")
     path = out / f"results-{shard}of{n_shards}-{os.getpid()}.jsonl"
+    version = code_version()
     rows = []
     stage = (progress or Progress()).start("cells", total=len(todo))
     for i, cell in enumerate(todo, 1):
@@ -223,6 +245,7 @@ def run_suite(
                 fix="methods: " + ", ".join(methods),
             )
         row = run_cell(cell, methods[cell.method])
+        row["code_version"] = version
         with path.open("a") as fh:
             fh.write(json.dumps(_clean(row), default=_json_default) + "\n")
         rows.append(row)

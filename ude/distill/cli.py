@@ -18,6 +18,7 @@ from ude.conf import CONF_DIR
 from ude.config_check import no_such_key
 from ude.data.measurements import Measurements
 from ude.data.splits import Split
+from ude.distill.twin import not_identified
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
 from ude.progress import Progress
@@ -44,8 +45,6 @@ def run_distill(
     its defaults; null or ``n_samples: 0``: no band. A distillation that finds no twin that
     can be solved writes why (status ``twin_unsolvable``) instead of raising.
     """
-    from hydra.utils import instantiate
-
     from ude.distill.report import HeldOut, write_failure, write_report
     from ude.distill.selection import NoSolvableTwin
     from ude.distill.uncertainty import LaplaceInterval
@@ -56,10 +55,8 @@ def run_distill(
         fitted = model.select_conditions(kept)
         initial = model.initial.detach().cpu().numpy()
         held_out = HeldOut(measurements, split, data.observable_scale(), initial, kept)
-    # objects go in through a partial: Hydra would turn them into config nodes
-    distiller = instantiate(cfg.distiller, _partial_=True)(progress=progress)
     try:
-        result = distiller.fit(fitted, data)
+        result = make_distiller(cfg, progress).fit(fitted, data)
     except NoSolvableTwin as err:
         return write_failure(err, run_dir)
     options = cfg.get("forecast_interval", {})
@@ -76,6 +73,18 @@ def run_distill(
         held_out=held_out,
         progress=progress,
     )
+
+
+def make_distiller(cfg: DictConfig, progress: Progress | None = None):
+    """The :class:`ude.distill.Distiller` of a ``distill`` config node, with its ``library``
+    choice (plain values) when given; it shows its stages on ``progress``."""
+    from hydra.utils import instantiate
+
+    # objects go in through a partial: Hydra would turn them into config nodes
+    distiller = instantiate(cfg.distiller, _partial_=True)(progress=progress)
+    if cfg.get("library") is not None:
+        distiller.library = OmegaConf.to_container(cfg.library, resolve=True)
+    return distiller
 
 
 def summary(metrics: dict[str, Any]) -> str:
@@ -113,6 +122,20 @@ def summary(metrics: dict[str, Any]) -> str:
         line += f"; {band['level']:.0%} band covers {band['coverage_of_truth']:.0%} of the truth"
         if band["n_failed"]:
             line += f" ({band['n_failed']} of {band['n_samples']} draws failed)"
+    for tie in metrics.get("ties") or []:
+        terms = "; ".join(f"d{s}/dt += {e}" for s, e in tie["terms"].items())
+        line += (
+            f"; TIE: the data fit {terms} as well "
+            f"(criterion {tie['criterion_difference']:+.1f}): they do not choose between them"
+        )
+    for target, params in not_identified(metrics.get("identifiability")).items():
+        worst = max(params.items(), key=lambda kv: kv[1]["relative_error"] or float("inf"))
+        rel = worst[1]["relative_error"]
+        line += (
+            f"; NOT IDENTIFIED by the data: {target}'s term ({worst[0]} relative error "
+            + ("unbounded" if rel is None else f"{rel:.0%}")
+            + ")"
+        )
     return line
 
 
