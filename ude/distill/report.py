@@ -18,7 +18,7 @@ from ude.data.measurements import Measurements
 from ude.data.splits import Split
 from ude.distill.distiller import Distillation
 from ude.distill.selection import NoSolvableTwin
-from ude.distill.twin import equations_markdown, twin_to_dict
+from ude.twin.symbolic import equations_markdown, twin_to_dict
 from ude.distill.uncertainty import ForecastInterval, LaplaceInterval
 from ude.fit import forecast_errors
 from ude.model.hybrid import HybridODE, build_hybrid

@@ -1,4 +1,4 @@
-"""The twin as a ModelSpec: discovered terms with learnable coefficients, and its exports
+"""The twin as a symbolic ModelSpec: discovered terms with learnable coefficients, and its exports
 (twin.json in the format of DESIGN.md, equations.md)."""
 
 from __future__ import annotations
