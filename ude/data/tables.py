@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ude.data.doses import read_doses
 from ude.data.measurements import Measurements
 from ude.errors import UdeError
 from ude.spec.model_spec import ModelSpec, load_spec
@@ -252,8 +253,9 @@ def read_measurements(
     conditions: str | Path | None = None,
     format: str = "auto",
     time_column: str = "time",
+    doses: str | Path | None = None,
 ) -> Measurements:
-    """Measurements from a wide or long CSV table (and an optional conditions table).
+    """Measurements from a wide or long CSV table (and optional conditions and dosing tables).
 
     Args:
         path: the data table.
@@ -263,6 +265,8 @@ def read_measurements(
         format: ``wide``, ``long`` or ``auto`` (long when the header has ``observable`` and
             ``value``).
         time_column: the name of the time column.
+        doses: the dosing table (:mod:`ude.data.doses`), or None; it needs a ``spec`` (a
+            dose names a state).
 
     Returns:
         :class:`Measurements` with ``values (condition, time, replicate, observable)``.
@@ -282,7 +286,14 @@ def read_measurements(
         )
     records = (_long_records if fmt == "long" else _wide_records)(t, spec, time_column)
     table = None if conditions is None else read_conditions(conditions, spec)
-    return _assemble(t, records, table, spec)
+    measurements = _assemble(t, records, table, spec)
+    if doses is not None:
+        if spec is None:
+            raise UdeError("a dosing table needs the model spec", source=str(doses))
+        # one condition without a 'condition' column: the dosing table may leave it out too
+        default = measurements.conditions[0] if t.column("condition") is None else None
+        measurements.doses = read_doses(doses, spec.states, measurements.horizons(), default)
+    return measurements
 
 
 @dataclass

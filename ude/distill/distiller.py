@@ -17,11 +17,11 @@ from ude.distill.refit import RefitResult, TwinRefit
 from ude.distill.sampling import Samples, TrajectorySampler
 from ude.distill.selection import NoSolvableTwin, Scored, TrajectorySelector, refitted_coef
 from ude.distill.sparse import Candidate, EliminationPath, Problem, ThresholdPath, candidate_union
-from ude.twin.symbolic import numeric_twin, twin_spec
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
 from ude.model.solver import SolverFailed
 from ude.spec.model_spec import ModelSpec
+from ude.twin.symbolic import numeric_twin, twin_spec
 
 
 @dataclass

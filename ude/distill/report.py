@@ -18,7 +18,6 @@ from ude.data.measurements import Measurements
 from ude.data.splits import Split
 from ude.distill.distiller import Distillation
 from ude.distill.selection import NoSolvableTwin
-from ude.twin.symbolic import equations_markdown, twin_to_dict
 from ude.distill.uncertainty import ForecastInterval, LaplaceInterval
 from ude.fit import forecast_errors
 from ude.model.hybrid import HybridODE, build_hybrid
@@ -26,6 +25,7 @@ from ude.model.solver import Solver
 from ude.spec.compile import CompiledExpressions
 from ude.spec.model_spec import ModelSpec
 from ude.spec.simulate import simulate_spec
+from ude.twin.symbolic import equations_markdown, twin_to_dict
 
 
 def compare_with_truth(twin: ModelSpec, truth_spec: ModelSpec, missing: dict) -> dict[str, Any]:
