@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from scipy.integrate import cumulative_trapezoid
 
+from ude.data.doses import dosed
 from ude.data.measurements import Measurements
 from ude.distill.sparse import Candidate
 from ude.errors import UdeError
@@ -122,6 +123,7 @@ def integral_problems(
         if o in model.spec.states and o not in model.spec.observables
     }
     routes = model.spec.neural_routes()
+    given = [dosed(d, model.spec.states, times) for d in measurements.schedules()]
     out = {}
     for target, (Theta, names) in library.items():
         Theta = Theta.reshape(n_c, n_grid, -1)
@@ -138,6 +140,7 @@ def integral_problems(
                 known_c = np.interp(
                     times, grid, cumulative_trapezoid(known[c, :, s], grid, initial=0.0)
                 )
+                known_c += given[c][:, s]  # what doses put in is known too
                 if state in identity:
                     data = measurements.values[c, :, :, identity[state]]  # (time, replicate)
                     t_idx, _ = np.nonzero(np.isfinite(data))

@@ -23,6 +23,7 @@ from torch import nn
 from ude.data.measurements import Measurements
 from ude.distill.refit import _batch
 from ude.fit import make_module
+from ude.model.doses import solve_with_doses
 from ude.model.hybrid import HybridODE
 from ude.model.solver import Solver, SolverFailed
 
@@ -92,6 +93,10 @@ def _parameter_names(model: HybridODE) -> list[str]:
             names += [f"{s}(t0)[{c}]" for c in range(p.shape[0]) for s in model.spec.states]
         elif name == "log_noise":
             names += [f"log_noise[{o}]" for o in model.observable_names]
+        elif name.startswith("parameters_.location."):  # a population's median (mean)
+            names.append(f"{name.removeprefix('parameters_.location.')}.location")
+        elif name.startswith("parameters_.log_spread."):
+            names.append(f"{name.removeprefix('parameters_.log_spread.')}.log_spread")
         else:
             short = name.removeprefix("parameters_.learned.")
             names += [short] if p.dim() == 0 else [f"{short}[{i}]" for i in range(p.numel())]
@@ -170,10 +175,18 @@ class _SampledRHS(nn.Module):
         self.context = context
         self.bound = bound
         self.dead = torch.zeros(context.shape[0], dtype=torch.bool, device=context.device)
+        self.rate: torch.Tensor | None = None  # the current dose segment's infusions
+
+    def dosing(self, rate: torch.Tensor | None) -> _SampledRHS:
+        """Itself, with the infusion ``rate (row, state)`` of the next dose segment."""
+        self.rate = rate
+        return self
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.dead |= ~torch.isfinite(y).all(-1) | (y.abs() > self.bound).any(-1)
         dy = self.model.known_terms(torch.nan_to_num(y), self.context)
+        if self.rate is not None:
+            dy = dy + self.rate
         self.dead |= ~torch.isfinite(dy).all(-1)
         return torch.where(self.dead[:, None], torch.zeros_like(dy), dy)
 
@@ -279,9 +292,12 @@ class LaplaceInterval:
         scale = max(float(y0.abs().max()), float(model.state_scale.max()), 1.0)
         t = torch.as_tensor(times, dtype=dtype, device=device)
         n_s, n_c = len(draws), len(cond)
+        states = model.spec.states
+        doses = [model.doses[c] for c in cond.tolist()]
         try:
             rhs = _SampledRHS(model, context, self.blow_up * scale)
-            out = model.solver(rhs, y0, t).transpose(0, 1)
+            out = solve_with_doses(model.solver, rhs.dosing, y0, t, doses * n_s, states)
+            out = out.transpose(0, 1)
             dead = rhs.dead
         except SolverFailed:
             # one stiff draw can exhaust the shared step budget: solve the draws one by one,
@@ -298,7 +314,8 @@ class LaplaceInterval:
                 rows = slice(s * n_c, (s + 1) * n_c)
                 rhs = _SampledRHS(model, context[rows], self.blow_up * scale)
                 try:
-                    out[rows] = solver(rhs, y0[rows], t).transpose(0, 1)
+                    solved = solve_with_doses(solver, rhs.dosing, y0[rows], t, doses, states)
+                    out[rows] = solved.transpose(0, 1)
                     dead[rows] = rhs.dead
                 except SolverFailed:
                     failures += 1
