@@ -8,7 +8,9 @@ enters over ``duration`` at the constant rate ``amount / duration``, a piecewise
 to d state/dt. Amounts are in the state's units.
 
 A sample taken at the time of a dose is the state just before it (a trough, as a sample drawn
-before the dose is given); the initial states are those before a dose at the first time.
+before the dose is given); the initial states are those before a dose at the first time. When
+the first dose comes before the first sample, the data's time grid starts at that dose
+(:func:`ude.data.read_measurements`): the initial states are the pre-dose ones.
 :func:`segments` is the one place that turns doses into segments: the torch solve
 (:meth:`ude.model.HybridODE.simulate`), the reference simulator
 (:func:`ude.spec.simulate_spec`) and the twin's simulation all use it.

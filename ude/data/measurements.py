@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -50,6 +50,20 @@ class Measurements:
     @property
     def n_conditions(self) -> int:
         return len(self.conditions)
+
+    def starting_at(self, time: float) -> Measurements:
+        """These measurements on a grid that starts at ``time`` (before the first sample: a
+        time with nothing measured, where the initial states then apply); themselves when
+        the grid starts there already."""
+        if time >= self.times[0]:
+            return self
+        pad = lambda a: np.concatenate([np.full_like(a[:, :1], np.nan), a], axis=1)  # noqa: E731
+        return replace(
+            self,
+            times=np.concatenate([[float(time)], self.times]),
+            values=pad(self.values),
+            sigma=None if self.sigma is None else pad(self.sigma),
+        )
 
     def schedules(self) -> list[Schedule]:
         """Each condition's doses, in the order of ``conditions``."""

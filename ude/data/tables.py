@@ -293,6 +293,10 @@ def read_measurements(
         # one condition without a 'condition' column: the dosing table may leave it out too
         default = measurements.conditions[0] if t.column("condition") is None else None
         measurements.doses = read_doses(doses, spec.states, measurements.horizons(), default)
+        # a dose before the first sample (a first dose at 0, sampled from 0.5 h on): the
+        # grid starts at the dose, where the initial (pre-dose) states then apply
+        first = min((d.time for s in measurements.doses.values() for d in s), default=np.inf)
+        measurements = measurements.starting_at(first)
     return measurements
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ from ude.distill.sparse import Candidate, EliminationPath, Problem, ThresholdPat
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
 from ude.model.solver import SolverFailed
-from ude.spec.model_spec import ModelSpec
+from ude.spec.model_spec import POPULATIONS, ModelSpec
 from ude.twin.symbolic import numeric_twin, twin_spec
 
 
@@ -89,6 +89,46 @@ def path_rows(
     return rows
 
 
+def trained_individuals(model: HybridODE) -> ModelSpec:
+    """``model``'s spec with its per-condition parameters starting at the trained values of
+    each condition (a population's at its trained median and spread): where every refit of
+    the distillation starts them."""
+    values = model.parameter_values()
+    population = model.population()
+    params = {}
+    for k, p in model.spec.parameters.items():
+        v = values.get(k)
+        if not (p.learn and p.per_condition and isinstance(v, list)):
+            params[k] = p
+            continue
+        pop = population.get(k, {})
+        centre = pop.get("median", pop.get("mean", p.value))
+        params[k] = replace(p, value=centre, spread=pop.get("spread", p.spread), values=tuple(v))
+    return replace(model.spec, parameters=params)
+
+
+def _unscaled(
+    result: RefitResult, owner: dict[str, tuple[str, int, float]]
+) -> tuple[dict[str, list[float]], dict[str, dict]]:
+    """The refit's per-condition values and populations, a scaled coefficient's
+    (``c * scale * term``) multiplied by its scale, as the plain twin writes it."""
+    each, population = dict(result.individual), dict(result.population)
+    for name, (_, _, scale) in owner.items():
+        if not name.startswith("c_") or scale == 1.0:
+            continue
+        if name in each:
+            each[name] = [v * scale for v in each[name]]
+        if name in population:
+            pop = dict(population[name])
+            for key in ("median", "mean"):
+                if key in pop:
+                    pop[key] *= scale
+            if pop["distribution"] == "normal":
+                pop["spread"] *= abs(scale)
+            population[name] = pop
+    return each, population
+
+
 def _refitted_constants(scored: Scored) -> dict[tuple[str, int], dict[str, float]]:
     """Refitted nonlinear constants (e.g. K) per (target, term index)."""
     out: dict[tuple[str, int], dict[str, float]] = {}
@@ -119,6 +159,12 @@ class Distiller:
             grid, 300 L-BFGS iterations, loose tolerance).
         refit: the final ODE refit of the chosen twin (default: dopri5, tight tolerance).
         bootstrap: inclusion probabilities (None: skipped).
+        individual: targets (states, or neural reactions) whose discovered coefficients are
+            individual: each condition (patient) gets its own value under a learned
+            ``population`` distribution (``lognormal``, or ``normal``), in every refit.
+
+    Parameters of the prior spec that are per condition start every refit from the trained
+    model's values for each condition (and a population's from its median and spread).
     """
 
     def __init__(
@@ -130,7 +176,11 @@ class Distiller:
         score_refit: TwinRefit | None = None,
         refit: TwinRefit | None = None,
         bootstrap: BootstrapInclusion | None = None,
+        individual: Sequence[str] = (),
+        population: str = "lognormal",
     ):
+        self.individual = list(individual)
+        self.population = population
         self.library = library
         self.sampler = sampler
         self.paths = paths
@@ -148,6 +198,21 @@ class Distiller:
 
             return PolynomialLibrary(2)
         return combine(self.library)
+
+    def _check_individual(self, known: ModelSpec, terms: dict[str, list[Term]]) -> None:
+        for target in self.individual:
+            if target not in terms:
+                raise UdeError(
+                    f"'{target}' has no network to distil",
+                    source="distill.distiller.individual",
+                    fix="name network targets: " + ", ".join(terms),
+                )
+        if self.individual and self.population not in POPULATIONS:
+            raise UdeError(
+                f"unknown population {self.population!r}",
+                source="distill.distiller.population",
+                fix=" or ".join(POPULATIONS),
+            )
 
     def _slot_libraries(self, model: HybridODE) -> list[tuple[Any, Library]]:
         """Each neural slot with the library fitted to its inputs."""
@@ -227,13 +292,17 @@ class Distiller:
         clock["regression_seconds"] = time.perf_counter() - t0
         initial = model.initial.detach().cpu().numpy()
         scorer = self.score_refit or TwinRefit(max_iter=300, tol=1e-7, method="rk4")
-        known = model.spec
+        known = trained_individuals(model)
+        self._check_individual(known, terms)
+        individual = {t: self.population for t in self.individual}
         # coefficients in units of each term's contribution relative to the network output
         scales = {t: p.y_scale / p.col_scale for t, p in problems.items()}
         noise = model.noise.detach().cpu().numpy()
 
         def score(cand: Candidate) -> tuple[RefitResult, int]:
-            twin, owner = twin_spec(known, terms, cand.coef, learn=True, scales=scales)
+            twin, owner = twin_spec(
+                known, terms, cand.coef, learn=True, scales=scales, individual=individual
+            )
             cand.info["owner"] = owner
             return scorer.fit(twin, measurements, initial, noise), len(owner)
 
@@ -253,9 +322,13 @@ class Distiller:
         clock["selection_seconds"] = time.perf_counter() - t1
         # final refit from the scored values, with the accurate solver
         t2 = time.perf_counter()
-        twin, owner = twin_spec(known, terms, chosen.candidate.coef, learn=True, scales=scales)
+        twin, owner = twin_spec(
+            known, terms, chosen.candidate.coef, learn=True, scales=scales, individual=individual
+        )
         start = {k: chosen.refit.values.get(k, p.value) for k, p in twin.parameters.items()}
-        twin = numeric_twin(twin, start, keep_learn=True)
+        twin = numeric_twin(
+            twin, start, True, chosen.refit.individual, chosen.refit.population
+        )
         result = (self.refit or TwinRefit()).fit(
             twin, measurements, chosen.refit.model.initial.detach().cpu().numpy(), noise
         )
@@ -267,12 +340,13 @@ class Distiller:
             Candidate(chosen.candidate.coef, "final", info={"owner": owner}), result, 0.0, 0
         )
         coef = refitted_coef(final_scored)
-        plain, _ = twin_spec(known, terms, coef, learn=True)
+        plain, _ = twin_spec(known, terms, coef, learn=True, individual=individual)
         values = {
             **result.values,
             **{k: p.value for k, p in plain.parameters.items() if k.startswith("c_")},
         }
-        final = numeric_twin(plain, values)
+        each, population = _unscaled(result, owner)
+        final = numeric_twin(plain, values, False, each, population)
         final.name = f"{known.name}_twin"
         inclusion = None
         if self.bootstrap is not None:

@@ -23,7 +23,7 @@ from torch import nn
 from ude.data.measurements import Measurements
 from ude.distill.refit import _batch
 from ude.fit import make_module
-from ude.model.doses import solve_with_doses
+from ude.model.doses import RowsRHS, solve_with_doses
 from ude.model.hybrid import HybridODE
 from ude.model.solver import Solver, SolverFailed
 
@@ -163,34 +163,6 @@ def laplace(model: HybridODE, measurements: Measurements, eigen_floor: float = 1
     )
 
 
-class _SampledRHS(nn.Module):
-    """The twin's right-hand side for a batch of (draw, condition) rows, each with its own
-    parameter values in ``context (row, input + parameter)``. A row whose state leaves
-    ``bound`` or whose derivative is not finite is marked dead and frozen (zero derivative),
-    so one diverging draw neither stops nor slows the others' solve."""
-
-    def __init__(self, model: HybridODE, context: torch.Tensor, bound: float):
-        super().__init__()
-        self.model = model
-        self.context = context
-        self.bound = bound
-        self.dead = torch.zeros(context.shape[0], dtype=torch.bool, device=context.device)
-        self.rate: torch.Tensor | None = None  # the current dose segment's infusions
-
-    def dosing(self, rate: torch.Tensor | None) -> _SampledRHS:
-        """Itself, with the infusion ``rate (row, state)`` of the next dose segment."""
-        self.rate = rate
-        return self
-
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.dead |= ~torch.isfinite(y).all(-1) | (y.abs() > self.bound).any(-1)
-        dy = self.model.known_terms(torch.nan_to_num(y), self.context)
-        if self.rate is not None:
-            dy = dy + self.rate
-        self.dead |= ~torch.isfinite(dy).all(-1)
-        return torch.where(self.dead[:, None], torch.zeros_like(dy), dy)
-
-
 class LaplaceInterval:
     """Pointwise forecast bands of a refitted twin (a HybridODE without networks) from the
     Laplace approximation at its optimum (:func:`laplace`).
@@ -295,7 +267,7 @@ class LaplaceInterval:
         states = model.spec.states
         doses = [model.doses[c] for c in cond.tolist()]
         try:
-            rhs = _SampledRHS(model, context, self.blow_up * scale)
+            rhs = RowsRHS(model.known_terms, context, self.blow_up * scale)
             out = solve_with_doses(model.solver, rhs.dosing, y0, t, doses * n_s, states)
             out = out.transpose(0, 1)
             dead = rhs.dead
@@ -312,7 +284,7 @@ class LaplaceInterval:
             failures = 0
             for s in range(n_s):
                 rows = slice(s * n_c, (s + 1) * n_c)
-                rhs = _SampledRHS(model, context[rows], self.blow_up * scale)
+                rhs = RowsRHS(model.known_terms, context[rows], self.blow_up * scale)
                 try:
                     solved = solve_with_doses(solver, rhs.dosing, y0[rows], t, doses, states)
                     out[rows] = solved.transpose(0, 1)

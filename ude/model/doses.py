@@ -1,4 +1,5 @@
-"""A torch solve over the segments that doses cut a time span into (:mod:`ude.data.doses`)."""
+"""A torch solve over the segments that doses cut a time span into (:mod:`ude.data.doses`), and
+the right-hand side of many rows (draws, conditions) solved at once."""
 
 from __future__ import annotations
 
@@ -38,3 +39,37 @@ def solve_with_doses(
         if bool((times == seg.end).any()):
             pieces.append(solution[-1:])
     return torch.cat(pieces)
+
+
+class RowsRHS(nn.Module):
+    """A right-hand side ``known(y, context)`` for a batch of rows (draws, conditions), each
+    with its own ``context (row, input + parameter)``. A row whose state leaves ``bound`` or
+    whose derivative is not finite is marked ``dead`` and frozen (zero derivative), so one
+    diverging row neither stops nor slows the others' solve. :meth:`dosing` hands it the
+    infusion rates of a dose segment (:func:`solve_with_doses`)."""
+
+    def __init__(
+        self,
+        known: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        context: torch.Tensor,
+        bound: float,
+    ):
+        super().__init__()
+        self.known = known
+        self.context = context
+        self.bound = bound
+        self.dead = torch.zeros(context.shape[0], dtype=torch.bool, device=context.device)
+        self.rate: torch.Tensor | None = None
+
+    def dosing(self, rate: torch.Tensor | None) -> RowsRHS:
+        """Itself, with the infusion ``rate (row, state)`` of the next dose segment."""
+        self.rate = rate
+        return self
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.dead |= ~torch.isfinite(y).all(-1) | (y.abs() > self.bound).any(-1)
+        dy = self.known(torch.nan_to_num(y), self.context)
+        if self.rate is not None:
+            dy = dy + self.rate
+        self.dead |= ~torch.isfinite(dy).all(-1)
+        return torch.where(self.dead[:, None], torch.zeros_like(dy), dy)
