@@ -326,9 +326,7 @@ class Distiller:
             known, terms, chosen.candidate.coef, learn=True, scales=scales, individual=individual
         )
         start = {k: chosen.refit.values.get(k, p.value) for k, p in twin.parameters.items()}
-        twin = numeric_twin(
-            twin, start, True, chosen.refit.individual, chosen.refit.population
-        )
+        twin = numeric_twin(twin, start, True, chosen.refit.individual, chosen.refit.population)
         result = (self.refit or TwinRefit()).fit(
             twin, measurements, chosen.refit.model.initial.detach().cpu().numpy(), noise
         )

@@ -107,8 +107,9 @@ def personalise(
     ]
     extra = {k: v for k, v in twin.extra.items() if k not in {"inclusion_probability"}}
     extra["personalised"] = {"twin": twin.source, "data": measurements.source}
+    t_end = max(twin.t_end or twin.t0, float(data.times[-1]))
     personal = Twin(
-        own, conditions, data.observables, twin.noise, twin.t0, twin.solver, extra, None
+        own, conditions, data.observables, twin.noise, twin.t0, twin.solver, extra, None, t_end
     )
     personal.fit = {
         "nmse": result.nmse,

@@ -79,6 +79,7 @@ class Twin:
         observed: the data's observables.
         noise: each observable's noise level (standard deviation), for personalisation.
         t0: the time where the initial states apply.
+        t_end: the last time of the data it was fitted on (the default horizon of a forecast).
         solver: the ODE method (``dopri5``; a stiff twin's ``rodas5p``).
         extra: other twin.json content kept as it is (prior parameters, inclusion
             probabilities, the distillation's record).
@@ -94,12 +95,14 @@ class Twin:
         solver: str = "dopri5",
         extra: dict[str, Any] | None = None,
         source: str | None = None,
+        t_end: float | None = None,
     ):
         self.spec = spec
         self.conditions = list(conditions)
         self.observed = list(observed)
         self.noise = dict(noise or {})
         self.t0 = float(t0)
+        self.t_end = None if t_end is None else float(t_end)
         self.solver = solver
         self.extra = dict(extra or {})
         self.source = source
@@ -156,6 +159,7 @@ class Twin:
             float(measurements.times[0]),
             solver,
             extra,
+            t_end=float(measurements.times[-1]),
         )
 
     # -- reading and writing -------------------------------------------------------------------
@@ -186,7 +190,7 @@ class Twin:
             TwinCondition.from_dict(name, entry)
             for name, entry in (raw.get("conditions") or {}).items()
         ]
-        own = {"conditions", "noise", "t0", "solver", "individual", "population"}
+        own = {"conditions", "noise", "t0", "t_end", "solver", "individual", "population"}
         return cls(
             spec,
             conditions,
@@ -196,6 +200,7 @@ class Twin:
             raw.get("solver", "dopri5"),
             {k: v for k, v in raw.items() if k not in own},
             source,
+            raw.get("t_end"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -215,7 +220,7 @@ class Twin:
         )
         out = {**self.extra, **own}
         out["parameters"] = {**self.extra.get("parameters", {}), **own["parameters"]}
-        out.update(noise=dict(self.noise), t0=self.t0, solver=self.solver)
+        out.update(noise=dict(self.noise), t0=self.t0, t_end=self.t_end, solver=self.solver)
         return out
 
     def save(self, folder: str | Path) -> Path:
