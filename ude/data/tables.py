@@ -254,6 +254,7 @@ def read_measurements(
     format: str = "auto",
     time_column: str = "time",
     doses: str | Path | None = None,
+    dose_horizon: float | None = None,
 ) -> Measurements:
     """Measurements from a wide or long CSV table (and optional conditions and dosing tables).
 
@@ -267,6 +268,8 @@ def read_measurements(
         time_column: the name of the time column.
         doses: the dosing table (:mod:`ude.data.doses`), or None; it needs a ``spec`` (a
             dose names a state).
+        dose_horizon: the latest time a dose may be given (default: each condition's last
+            measurement; a personalised twin's forecast may plan doses past its data).
 
     Returns:
         :class:`Measurements` with ``values (condition, time, replicate, observable)``.
@@ -292,7 +295,10 @@ def read_measurements(
             raise UdeError("a dosing table needs the model spec", source=str(doses))
         # one condition without a 'condition' column: the dosing table may leave it out too
         default = measurements.conditions[0] if t.column("condition") is None else None
-        measurements.doses = read_doses(doses, spec.states, measurements.horizons(), default)
+        horizons = measurements.horizons()
+        if dose_horizon is not None:
+            horizons = {c: float(dose_horizon) for c in horizons}
+        measurements.doses = read_doses(doses, spec.states, horizons, default)
         # a dose before the first sample (a first dose at 0, sampled from 0.5 h on): the
         # grid starts at the dose, where the initial (pre-dose) states then apply
         first = min((d.time for s in measurements.doses.values() for d in s), default=np.inf)

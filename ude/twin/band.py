@@ -78,7 +78,7 @@ def condition_gaussians(model: HybridODE, covariance: np.ndarray) -> list[Gaussi
         for j in learned:
             name, v = sp_.names[j], values[j]
             spec = sp_.specs[name]
-            positive = float(v) > 0 and (
+            positive = float(v.detach()) > 0 and (
                 spec.population == "lognormal" or (spec.min is not None and spec.min >= 0)
             )
             rows.append(torch.log(v) if positive else v)

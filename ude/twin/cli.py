@@ -150,6 +150,7 @@ def personalise_main(argv: list[str] | None = None, prog: str = "python -m ude.p
         twin.spec,
         settings.get("data.conditions"),
         doses=settings.get("data.doses"),
+        dose_horizon=_number(settings, "t_end", np.inf),  # doses planned past the data
     )
     out = _folder(
         _twin_folder(Path(args.twin)) / "personal", args.name or Path(settings["data.path"]).stem

@@ -52,7 +52,7 @@ class Simulator:
         the spec's order and each row's doses; and ``dead (row,)``: rows whose solve diverged
         (their states are NaN)."""
         y0 = torch.as_tensor(initial, dtype=torch.float64)
-        context = torch.as_tensor(np.concatenate([inputs, parameters], axis=1), torch.float64)
+        context = torch.as_tensor(np.concatenate([inputs, parameters], axis=1), dtype=torch.float64)
         t = torch.as_tensor(times, dtype=torch.float64)
         bound = self.blow_up * max(float(y0.abs().max()) if y0.numel() else 1.0, 1.0)
         rhs = RowsRHS(lambda y, ctx: self.rhs(torch.cat([y, ctx], dim=-1)), context, bound)

@@ -375,14 +375,17 @@ class Twin:
     ) -> Twin:
         """A personal twin of each new subject (condition) of ``data`` (a CSV table in the
         training data's format, or :class:`ude.data.Measurements`; ``conditions`` and
-        ``doses`` tables as in training): see :func:`ude.twin.personalise.personalise`."""
+        ``doses`` tables as in training, the doses possibly planned past the data): see
+        :func:`ude.twin.personalise.personalise`."""
         from ude.twin.personalise import personalise
 
         if not isinstance(data, str | Path):
             return personalise(self, data, **options)
         from ude.data.tables import read_measurements
 
-        measurements = read_measurements(data, self.spec, conditions, doses=doses)
+        measurements = read_measurements(
+            data, self.spec, conditions, doses=doses, dose_horizon=np.inf
+        )
         return personalise(self, measurements, **options)
 
     # -- export --------------------------------------------------------------------------------
