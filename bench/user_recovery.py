@@ -254,9 +254,9 @@ def run_oracle(system: UserSystem, noise: float, seed: int) -> dict:
     from ude.distill import Distiller, TwinRefit
     from ude.distill.integral import integral_problems
     from ude.distill.selection import information_criterion, log_supports
-    from ude.distill.twin import numeric_twin, twin_spec
     from ude.model import Solver, build_hybrid
     from ude.spec import ModelSpec
+    from ude.twin.symbolic import numeric_twin, twin_spec
 
     m = simulate(system, noise, seed)
     user = ModelSpec.from_dict(system.spec)

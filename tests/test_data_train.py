@@ -117,3 +117,34 @@ def test_bad_file_is_refused_before_training(make_cfg, tmp_path, content, expect
     assert isinstance(err.value, UdeError) or isinstance(err.value.__cause__, UdeError)
     line = "error: " + one_line(err.value)  # what cli() prints before exiting 2
     _check_refused(tmp_path, 2, line, path, expected)
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (
+            "condition,time,state,amount\ndose_1,1,X,5\n",
+            "line 2, column 'state': 'X' is not a state",
+        ),
+        ("condition,time,state,amount\ndose_1,-2,D,5\n", "line 2, column 'time': negative time -2"),
+        ("condition,time,state,amount\ndose_1,30,D,5\n", "after the horizon of condition 'dose_1'"),
+        ("condition,time,state,amount\nplacebo,1,D,5\n", "condition 'placebo' is not in the data"),
+    ],
+)
+def test_bad_dosing_table_is_refused_before_training(make_cfg, tmp_path, content, expected):
+    """A dosing table's bad row stops the run before training, as a bad data file does."""
+    d = DATA / "dose_response"
+    path = tmp_path / "doses.csv"
+    path.write_text(content)
+    cfg = make_cfg(
+        "experiment=dose_response",
+        f"data.path={d / 'measurements.csv'}",
+        f"data.conditions={d / 'conditions.csv'}",
+        f"model.spec={d / 'model.yaml'}",
+        f"data.doses={path}",
+        *FAST,
+    )
+    with pytest.raises(Exception) as err:  # Hydra wraps the UdeError raised while reading
+        train.train(cfg)
+    assert isinstance(err.value, UdeError) or isinstance(err.value.__cause__, UdeError)
+    _check_refused(tmp_path, 2, "error: " + one_line(err.value), path, expected)

@@ -413,8 +413,8 @@ def test_a_neural_reaction_distils_into_one_rate_law_that_keeps_the_conservation
 def test_equations_markdown_shows_the_known_reactions_fluxes():
     from pathlib import Path
 
-    from ude.distill.twin import equations_markdown
     from ude.spec import load_spec
+    from ude.twin.symbolic import equations_markdown
 
     known = load_spec(Path(__file__).parents[1] / "examples/enzyme_kinetics/enzyme_known.yaml")
     C = sp.Symbol("C")

@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("ude-train", "ude-benchmark", "ude-distill", "ude-spec")
+COMMANDS = (
+    "ude-train",
+    "ude-benchmark",
+    "ude-distill",
+    "ude-spec",
+    "ude-personalise",
+    "ude-simulate",
+)
 
 
 @pytest.fixture(scope="module")

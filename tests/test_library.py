@@ -191,7 +191,7 @@ def test_selector_uses_the_library_sizes_for_ebic():
 
 
 def test_twin_spec_learns_free_constants_within_their_range():
-    from ude.distill.twin import twin_spec
+    from ude.twin.symbolic import twin_spec
 
     known = ModelSpec.from_dict(SPEC)
     lib = slot_library(["hill"], ["x", "y"]).fit(["x", "y"])

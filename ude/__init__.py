@@ -7,6 +7,7 @@ The public API::
     result = ude.fit(spec, data, max_epochs=600)        # trains the HybridODE
     result.model.simulate(...)
     twin = ude.Distiller().fit(result.model, data).twin  # networks -> symbolic terms
+    twin = ude.Twin.load("outputs/<day>/<time>")         # a finished run's twin
 
 The names load on first use, so a command that only reads a spec (``ude-spec check``) does not
 import torch and Lightning.
@@ -38,6 +39,7 @@ _API = {
     "simulate_measurements": "ude.data",
     "simulate_spec": "ude.spec",
     "system_names": "ude.systems",
+    "Twin": "ude.twin",
     "write_sbml": "ude.spec",
 }
 
@@ -58,6 +60,7 @@ __all__ = [
     "simulate_measurements",
     "simulate_spec",
     "system_names",
+    "Twin",
     "write_sbml",
 ]
 __version__ = "0.1.0"
@@ -70,6 +73,7 @@ if TYPE_CHECKING:
     from ude.model import HybridODE, Solver, build_hybrid
     from ude.spec import ModelSpec, load_spec, read_sbml, simulate_spec, write_sbml
     from ude.systems import get_system, system_names
+    from ude.twin import Twin
 
 
 __getattr__ = lazy_getattr("ude", _API, globals())

@@ -198,9 +198,10 @@ def table_datamodule(
     val_after: float | None = None,
     curriculum_epochs: int = 0,
     curriculum_start: float = 0.25,
+    doses: str | Path | None = None,
 ) -> ConditionsDataModule:
     """A :class:`ConditionsDataModule` over a CSV table (see :func:`read_measurements`)."""
-    measurements = read_measurements(path, spec, conditions, format, time_column)
+    measurements = read_measurements(path, spec, conditions, format, time_column, doses)
     return ConditionsDataModule(
         measurements,
         batch_size,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ude.data.doses import Schedule
 from ude.spec.model_spec import ModelSpec
 
 
@@ -26,7 +27,8 @@ class Measurements:
     Shapes: ``times (time,)``; ``values (condition, time, replicate, observable)`` with NaN where
     nothing was measured; ``sigma`` like ``values`` or None (noise is then learned);
     ``inputs (condition, input)``; ``initial`` maps a state to known initial values
-    ``(condition,)`` (NaN: unknown).
+    ``(condition,)`` (NaN: unknown); ``doses`` maps a condition to its doses
+    (:mod:`ude.data.doses`; conditions without doses are left out).
     """
 
     times: np.ndarray
@@ -39,6 +41,7 @@ class Measurements:
     initial: dict[str, np.ndarray] = field(default_factory=dict)
     truth: Truth | None = None
     source: str = "data"
+    doses: dict[str, Schedule] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.inputs is None:
@@ -47,6 +50,33 @@ class Measurements:
     @property
     def n_conditions(self) -> int:
         return len(self.conditions)
+
+    def starting_at(self, time: float) -> Measurements:
+        """These measurements on a grid that starts at ``time`` (before the first sample: a
+        time with nothing measured, where the initial states then apply); themselves when
+        the grid starts there already."""
+        if time >= self.times[0]:
+            return self
+        pad = lambda a: np.concatenate([np.full_like(a[:, :1], np.nan), a], axis=1)  # noqa: E731
+        return replace(
+            self,
+            times=np.concatenate([[float(time)], self.times]),
+            values=pad(self.values),
+            sigma=None if self.sigma is None else pad(self.sigma),
+        )
+
+    def schedules(self) -> list[Schedule]:
+        """Each condition's doses, in the order of ``conditions``."""
+        return [self.doses.get(c, ()) for c in self.conditions]
+
+    def horizons(self) -> dict[str, float]:
+        """Each condition's last measured time: the latest time a dose may be given."""
+        measured = ~np.isnan(self.values).all(axis=(2, 3))  # (condition, time)
+        return {
+            c: float(self.times[np.flatnonzero(measured[i])[-1]])
+            for i, c in enumerate(self.conditions)
+            if measured[i].any()
+        }
 
     @property
     def mask(self) -> np.ndarray:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ude.data.doses import read_doses
 from ude.data.measurements import Measurements
 from ude.errors import UdeError
 from ude.spec.model_spec import ModelSpec, load_spec
@@ -252,8 +253,10 @@ def read_measurements(
     conditions: str | Path | None = None,
     format: str = "auto",
     time_column: str = "time",
+    doses: str | Path | None = None,
+    dose_horizon: float | None = None,
 ) -> Measurements:
-    """Measurements from a wide or long CSV table (and an optional conditions table).
+    """Measurements from a wide or long CSV table (and optional conditions and dosing tables).
 
     Args:
         path: the data table.
@@ -263,6 +266,10 @@ def read_measurements(
         format: ``wide``, ``long`` or ``auto`` (long when the header has ``observable`` and
             ``value``).
         time_column: the name of the time column.
+        doses: the dosing table (:mod:`ude.data.doses`), or None; it needs a ``spec`` (a
+            dose names a state).
+        dose_horizon: the latest time a dose may be given (default: each condition's last
+            measurement; a personalised twin's forecast may plan doses past its data).
 
     Returns:
         :class:`Measurements` with ``values (condition, time, replicate, observable)``.
@@ -282,7 +289,21 @@ def read_measurements(
         )
     records = (_long_records if fmt == "long" else _wide_records)(t, spec, time_column)
     table = None if conditions is None else read_conditions(conditions, spec)
-    return _assemble(t, records, table, spec)
+    measurements = _assemble(t, records, table, spec)
+    if doses is not None:
+        if spec is None:
+            raise UdeError("a dosing table needs the model spec", source=str(doses))
+        # one condition without a 'condition' column: the dosing table may leave it out too
+        default = measurements.conditions[0] if t.column("condition") is None else None
+        horizons = measurements.horizons()
+        if dose_horizon is not None:
+            horizons = {c: float(dose_horizon) for c in horizons}
+        measurements.doses = read_doses(doses, spec.states, horizons, default)
+        # a dose before the first sample (a first dose at 0, sampled from 0.5 h on): the
+        # grid starts at the dose, where the initial (pre-dose) states then apply
+        first = min((d.time for s in measurements.doses.values() for d in s), default=np.inf)
+        measurements = measurements.starting_at(first)
+    return measurements
 
 
 @dataclass

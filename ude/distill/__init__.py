@@ -26,8 +26,8 @@ from ude.distill.report import compare_with_truth, write_report
 from ude.distill.sampling import Samples, TrajectorySampler
 from ude.distill.selection import TrajectorySelector, information_criterion
 from ude.distill.sparse import Candidate, EliminationPath, Problem, ThresholdPath
-from ude.distill.twin import load_twin, twin_from_dict, twin_spec, twin_to_dict
 from ude.distill.uncertainty import ForecastInterval, LaplaceInterval
+from ude.twin.symbolic import load_twin, twin_from_dict, twin_spec, twin_to_dict
 
 __all__ = [
     "BootstrapInclusion",

@@ -18,10 +18,10 @@ from ude.conf import CONF_DIR
 from ude.config_check import no_such_key
 from ude.data.measurements import Measurements
 from ude.data.splits import Split
-from ude.distill.twin import not_identified
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
 from ude.progress import Progress
+from ude.twin.symbolic import not_identified
 
 DEFAULT = CONF_DIR / "distill" / "default.yaml"
 

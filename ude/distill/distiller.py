@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,13 +29,13 @@ from ude.distill.selection import (
     ties,
 )
 from ude.distill.sparse import Candidate, EliminationPath, Problem, ThresholdPath, candidate_union
-from ude.distill.twin import Owner, numeric_twin, twin_spec
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
 from ude.model.solver import SolverFailed
 from ude.progress import Progress
 from ude.spec.library_key import DEFAULT_FAMILIES, LibraryChoice, parse_library
-from ude.spec.model_spec import ModelSpec
+from ude.spec.model_spec import POPULATIONS, ModelSpec
+from ude.twin.symbolic import Owner, numeric_twin, twin_spec
 
 
 @dataclass
@@ -135,6 +135,46 @@ def path_rows(
             }
         )
     return rows
+
+
+def trained_individuals(model: HybridODE) -> ModelSpec:
+    """``model``'s spec with its per-condition parameters starting at the trained values of
+    each condition (a population's at its trained median and spread): where every refit of
+    the distillation starts them."""
+    values = model.parameter_values()
+    population = model.population()
+    params = {}
+    for k, p in model.spec.parameters.items():
+        v = values.get(k)
+        if not (p.learn and p.per_condition and isinstance(v, list)):
+            params[k] = p
+            continue
+        pop = population.get(k, {})
+        centre = pop.get("median", pop.get("mean", p.value))
+        params[k] = replace(p, value=centre, spread=pop.get("spread", p.spread), values=tuple(v))
+    return replace(model.spec, parameters=params)
+
+
+def _unscaled(
+    result: RefitResult, owner: dict[str, Owner]
+) -> tuple[dict[str, list[float]], dict[str, dict]]:
+    """The refit's per-condition values and populations, a scaled coefficient's
+    (``c * scale * term``) multiplied by its scale, as the plain twin writes it."""
+    each, population = dict(result.individual), dict(result.population)
+    for name, o in owner.items():
+        if o.constant is not None or o.scale == 1.0:
+            continue
+        if name in each:
+            each[name] = [v * o.scale for v in each[name]]
+        if name in population:
+            pop = dict(population[name])
+            for key in ("median", "mean"):
+                if key in pop:
+                    pop[key] *= o.scale
+            if pop["distribution"] == "normal":
+                pop["spread"] *= abs(o.scale)
+            population[name] = pop
+    return each, population
 
 
 def _term_name(term: Term, constants: dict[str, float]) -> str:
@@ -238,6 +278,12 @@ class Distiller:
         tie: criterion units within which another structure fits as well as the chosen one.
         identify: check from the final refit's Fisher information whether the data identify
             each discovered term (:mod:`ude.distill.identifiability`).
+        individual: targets (states, or neural reactions) whose discovered coefficients are
+            individual: each condition (patient) gets its own value under a learned
+            ``population`` distribution (``lognormal``, or ``normal``), in every refit.
+
+    Parameters of the prior spec that are per condition start every refit from the trained
+    model's values for each condition (and a population's from its median and spread).
     """
 
     def __init__(
@@ -252,7 +298,11 @@ class Distiller:
         progress: Progress | None = None,
         tie: float = TIE,
         identify: bool = True,
+        individual: Sequence[str] = (),
+        population: str = "lognormal",
     ):
+        self.individual = list(individual)
+        self.population = population
         self.library = library
         self.sampler = sampler
         self.paths = paths
@@ -266,6 +316,21 @@ class Distiller:
 
     def _n_grid(self) -> int:
         return (self.sampler or TrajectorySampler()).n_times
+
+    def _check_individual(self, terms: dict[str, list[Term]]) -> None:
+        for target in self.individual:
+            if target not in terms:
+                raise UdeError(
+                    f"'{target}' has no network to distil",
+                    source="distill.distiller.individual",
+                    fix="name network targets: " + ", ".join(terms),
+                )
+        if self.individual and self.population not in POPULATIONS:
+            raise UdeError(
+                f"unknown population {self.population!r}",
+                source="distill.distiller.population",
+                fix=" or ".join(POPULATIONS),
+            )
 
     def families(self, spec: ModelSpec) -> list[str]:
         """The family names and custom terms searched: the default, then the spec's
@@ -371,7 +436,9 @@ class Distiller:
         stage.close()
         initial = model.initial.detach().cpu().numpy()
         scorer = self.score_refit or TwinRefit(max_iter=300, tol=1e-7, method="rk4")
-        known = model.spec
+        known = trained_individuals(model)
+        self._check_individual(terms)
+        individual = {t: self.population for t in self.individual}
         # coefficients in units of each term's contribution relative to the network output
         scales = {t: p.y_scale / p.col_scale for t, p in problems.items()}
         noise = model.noise.detach().cpu().numpy()
@@ -388,7 +455,14 @@ class Distiller:
         def score(cand: Candidate) -> tuple[RefitResult, int]:
             cand.constants = constants_of(cand)
             twin, owner = twin_spec(
-                known, terms, cand.coef, True, scales, constants=cand.constants, bounds=bounds
+                known,
+                terms,
+                cand.coef,
+                True,
+                scales,
+                constants=cand.constants,
+                bounds=bounds,
+                individual=individual,
             )
             cand.info["owner"] = owner
             refits.advance(note=f"{cand.n_terms} terms ({cand.origin})")
@@ -429,10 +503,10 @@ class Distiller:
         stage = progress.start("final refit")
         start_constants = refitted_constants(chosen)
         twin, owner = twin_spec(
-            known, terms, chosen.candidate.coef, True, scales, start_constants, bounds
+            known, terms, chosen.candidate.coef, True, scales, start_constants, bounds, individual
         )
         start = {k: chosen.refit.values.get(k, p.value) for k, p in twin.parameters.items()}
-        twin = numeric_twin(twin, start, keep_learn=True)
+        twin = numeric_twin(twin, start, True, chosen.refit.individual, chosen.refit.population)
         start = chosen.refit.model.initial.detach().cpu().numpy()
         start = _nonnegative_start(start, positive)
         result = (self.refit or TwinRefit()).fit(twin, measurements, start, noise)
@@ -447,12 +521,13 @@ class Distiller:
         )
         coef = refitted_coef(final_scored)
         final_constants = refitted_constants(final_scored)
-        plain, _ = twin_spec(known, terms, coef, True, None, final_constants, bounds)
+        plain, _ = twin_spec(known, terms, coef, True, None, final_constants, bounds, individual)
         values = {
             **result.values,
             **{k: p.value for k, p in plain.parameters.items() if k.startswith("c_")},
         }
-        final = numeric_twin(plain, values)
+        each, population = _unscaled(result, owner)
+        final = numeric_twin(plain, values, False, each, population)
         final.name = f"{known.name}_twin"
         identified = None
         if self.identify and result.model is not None:

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from ude.data.measurements import Measurements
-from ude.distill.twin import Owner
 from ude.model.hybrid import HybridODE
 from ude.spec.model_spec import Parameter
+from ude.twin.symbolic import Owner
 
 THRESHOLD = 0.5
 """Relative standard error above which a parameter is not identified: the 95 % interval of a
@@ -54,7 +54,7 @@ def identifiability(
 ) -> dict[str, Any]:
     """Per target: each discovered parameter's value, standard error and relative error, and
     whether all of them are under ``threshold``. ``model``: the refitted twin; ``owner``: its
-    discovered parameters (:func:`ude.distill.twin.twin_spec`)."""
+    discovered parameters (:func:`ude.twin.symbolic.twin_spec`)."""
     from ude.distill.uncertainty import laplace
 
     approx = laplace(model, measurements)

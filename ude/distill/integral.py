@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ude.data.doses import dosed
 from ude.data.measurements import Measurements
 from ude.distill.library import Library, Term
 from ude.distill.projection import ProjectedFit, constant_bounds, fit_constants
@@ -264,6 +265,7 @@ def integral_problems(
         if o in model.spec.states and o not in model.spec.observables
     }
     routes = model.spec.neural_routes()
+    given = [dosed(d, model.spec.states, times) for d in measurements.schedules()]
     out = {}
     for target, lib in libraries.items():
         X = {v: values[:, names.index(v)] for v in lib.names_}
@@ -277,6 +279,7 @@ def integral_problems(
             s = model.spec.states.index(state)
             for c in range(n_c):
                 known_c = M @ known[c, :, s]
+                known_c += given[c][:, s]  # what doses put in is known too
                 if state in identity:
                     data = measurements.values[c, :, :, identity[state]]  # (time, replicate)
                     t_idx, _ = np.nonzero(np.isfinite(data))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,8 +22,12 @@ INFEASIBLE = 1e12
 class RefitResult:
     """A refitted twin model, its parameter values and its fit to the data.
 
-    ``nmse``: mean squared residual over measured entries, each observable scaled by its
-    RMS; ``n_points``: measured entries; ``ok``: False when the solve failed or diverged.
+    ``values``: one number per parameter (a per-condition one's typical value:
+    :meth:`ude.model.parameters.SpecParameters.typical`); ``individual``: each per-condition
+    parameter's values ``(condition,)``; ``population``: each population parameter's median
+    (mean) and spread. ``nmse``: mean squared residual over measured entries, each observable
+    scaled by its RMS; ``n_points``: measured entries; ``ok``: False when the solve failed or
+    diverged.
     """
 
     model: HybridODE | None
@@ -32,6 +36,8 @@ class RefitResult:
     n_points: int
     ok: bool
     iterations: int
+    individual: dict[str, list[float]] = field(default_factory=dict)
+    population: dict[str, dict] = field(default_factory=dict)
 
 
 def _batch(measurements: Measurements) -> dict[str, torch.Tensor]:
@@ -63,6 +69,10 @@ class TwinRefit:
             the data's grid while a substrate is consumed fast); None: none. The default is
             the stiff solver: such a candidate's fast rates would make dopri5 crawl. It runs at
             ``fallback_rtol``, about the accuracy of the fixed grid it replaces.
+        learn_noise: refit the noise levels too (False: they stay at ``fit``'s ``noise``).
+        learn_population: refit the populations' medians and spreads with the individual
+            values (False: they stay, and the individual values are fitted under them: a new
+            subject personalised under a frozen population).
     """
 
     def __init__(
@@ -76,7 +86,11 @@ class TwinRefit:
         learn_initial: bool = True,
         fallback: str | None = "rosenbrock23",
         fallback_rtol: float = 1e-4,
+        learn_noise: bool = True,
+        learn_population: bool = True,
     ):
+        self.learn_noise = learn_noise
+        self.learn_population = learn_population
         self.max_iter = max_iter
         self.tol = tol
         self.method = method
@@ -134,10 +148,12 @@ class TwinRefit:
         measurements: Measurements,
         initial: np.ndarray | None = None,
         noise: np.ndarray | None = None,
+        held_initial: np.ndarray | None = None,
     ) -> RefitResult:
         """Refit ``twin`` on ``measurements`` from ``initial (condition, state)`` (default:
         the data's first values) and noise levels ``noise (observable,)`` (default: 10 % of
-        each observable's scale)."""
+        each observable's scale); ``held_initial (condition, state)``: initial states held
+        at their start (besides those the data give)."""
         dtype = torch.float64
         previous = torch.get_default_dtype()
         torch.set_default_dtype(dtype)
@@ -156,6 +172,11 @@ class TwinRefit:
         if noise is not None:
             with torch.no_grad():
                 model.log_noise.copy_(torch.log(torch.as_tensor(noise, dtype=dtype)))
+        if held_initial is not None:
+            model.initial_known |= torch.as_tensor(held_initial, dtype=torch.bool)
+        model.log_noise.requires_grad_(self.learn_noise)
+        for p in [*model.parameters_.location.values(), *model.parameters_.log_spread.values()]:
+            p.requires_grad_(self.learn_population)
         module = make_module(model, measurements, loss="nll")
         batch = _batch(measurements)
         if self.fallback and self.method in FIXED and not _finite_loss(module, batch):
@@ -180,9 +201,11 @@ class TwinRefit:
         n = int(np.isfinite(measurements.values).sum())
         return RefitResult(
             model=model,
-            values=model.parameter_values(),
+            values=model.parameters_.typical(),
             nmse=mse if ok else np.inf,
             n_points=n,
             ok=ok,
             iterations=iterations,
+            individual={k: v for k, v in model.parameter_values().items() if isinstance(v, list)},
+            population=model.population(),
         )

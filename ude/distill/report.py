@@ -4,6 +4,7 @@ the comparison and forecast plots; and its errors against a known truth."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,6 @@ from ude.data.measurements import Measurements
 from ude.data.splits import Split
 from ude.distill.distiller import Distillation
 from ude.distill.selection import NoSolvableTwin
-from ude.distill.twin import equations_markdown, twin_to_dict
 from ude.distill.uncertainty import ForecastInterval, LaplaceInterval
 from ude.fit import forecast_errors
 from ude.model.hybrid import HybridODE, build_hybrid
@@ -27,6 +27,8 @@ from ude.progress import Progress
 from ude.spec.compile import CompiledExpressions
 from ude.spec.model_spec import ModelSpec
 from ude.spec.simulate import simulate_spec
+from ude.twin.symbolic import equations_markdown, for_conditions
+from ude.twin.twin import Twin
 
 
 def compare_with_truth(twin: ModelSpec, truth_spec: ModelSpec, missing: dict) -> dict[str, Any]:
@@ -64,12 +66,15 @@ def forecast(
     when the data are synthetic."""
     t0, t1 = float(measurements.times[0]), float(measurements.times[-1])
     times = np.linspace(t0, t0 + horizon * (t1 - t0), int(200 * horizon) + 1)
-    states = simulate_spec(twin, initial, times, measurements.inputs, rtol=1e-8, atol=1e-10)
+    doses = measurements.schedules()  # each condition with its doses and its own values
+    states = simulate_spec(
+        twin, initial, times, measurements.inputs, rtol=1e-8, atol=1e-10, doses=doses
+    )
     truth = None
     if measurements.truth is not None:
         tr = measurements.truth
         truth = simulate_spec(
-            tr.spec, tr.initial, times, measurements.inputs, rtol=1e-8, atol=1e-10
+            tr.spec, tr.initial, times, measurements.inputs, rtol=1e-8, atol=1e-10, doses=doses
         )
         truth = truth[..., [tr.spec.states.index(s) for s in twin.states]]
     return times, states, truth
@@ -81,7 +86,14 @@ def held_out_errors(twin: ModelSpec, initial: np.ndarray, held_out: HeldOut) -> 
     ``initial (condition, state)`` over every condition of the data. An entry the twin cannot
     predict (its solve failed before it) makes the errors infinite."""
     m, split = held_out.measurements, held_out.split
-    states = simulate_spec(twin, initial, m.times, m.inputs, rtol=1e-8, atol=1e-10)
+    # a distilled condition with its own values, the others with the typical ones
+    twin = for_conditions(
+        twin,
+        [held_out.kept.index(c) if c in held_out.kept else None for c in range(m.n_conditions)],
+    )
+    states = simulate_spec(
+        twin, initial, m.times, m.inputs, rtol=1e-8, atol=1e-10, doses=m.schedules()
+    )
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
@@ -124,6 +136,7 @@ STATUSES = {
 REPORT_FILES = (
     "twin.json",
     "twin.sbml",
+    "sbml",
     "equations.md",
     "plots/distilled_terms.png",
     "plots/forecast.png",
@@ -163,16 +176,12 @@ def write_report(
     the twin's errors on the held-out entries (``held_out`` in the metrics), and the forecast
     plot marks them when every condition was distilled."""
     from ude.distill.plots import plot_distilled_terms, plot_forecast
-    from ude.spec.sbml import write_sbml
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     twin = result.twin
-    twin_dict = twin_to_dict(twin, measurements.observables, trained.spec, result.inclusion)
     rows = result.path_rows()
     weights = model_weights(rows)
-    twin_dict["model_weights"] = weights
-    (run_dir / "twin.json").write_text(json.dumps(twin_dict, indent=2))
     ties = result.tie_rows()
     (run_dir / "equations.md").write_text(
         equations_markdown(
@@ -182,16 +191,10 @@ def write_report(
             result.inclusion,
             ties=ties,
             identifiability=result.identifiability,
+            conditions=measurements.conditions,
         )
     )
     initial = result.model.initial.detach().cpu().numpy()
-    # The twin as SBML, with the first condition's initial states and inputs.
-    write_sbml(
-        twin,
-        run_dir / "twin.sbml",
-        initial={s: float(initial[0, i]) for i, s in enumerate(twin.states)},
-        inputs={u: float(measurements.inputs[0, j]) for j, u in enumerate(twin.inputs)},
-    )
     times, states, truth = forecast(twin, initial, measurements, horizon)
     failures: list[dict[str, str]] = []
     solved = np.isfinite(states).all(axis=(0, 2))
@@ -206,7 +209,7 @@ def write_report(
     metrics: dict[str, Any] = {
         "status": "ok",
         "failures": failures,
-        "discovered": twin_dict["discovered"],
+        "discovered": {},
         "n_terms": result.chosen.candidate.n_terms,
         "trajectory_nmse": result.refit.nmse,
         "criterion": result.chosen.criterion,
@@ -241,6 +244,29 @@ def write_report(
             why = info.get("error") or f"{info['n_failed']} of {info['n_samples']} draws failed"
             failures.append({"status": "band_failed", "why": why})
             band = None
+    # the product: the Twin, each condition with its values, doses and band (twin.json), and
+    # as SBML (twin.sbml; one file per condition under sbml/ with individual parameters)
+    product = Twin.from_distillation(
+        twin,
+        result.model,
+        trained.spec,
+        measurements,
+        None if band is None else band.laplace.covariance,
+        result.inclusion,
+        solver=getattr(result.model.solver, "method", "dopri5"),
+    )
+    twin_dict = product.to_dict()
+    twin_dict["model_weights"] = weights  # the refitted structures, for averaging over them
+    (run_dir / "twin.json").write_text(json.dumps(twin_dict, indent=2))
+    product.write_sbml(run_dir)
+    metrics["discovered"] = twin_dict["discovered"]
+    if product.individual:
+        metrics["individual"] = {
+            "population": product.population(),
+            "conditions": {
+                c: twin_dict["conditions"][c]["parameters"] for c in twin_dict["conditions"]
+            },
+        }
     if result.inclusion is not None:
         metrics["inclusion_probability"] = result.inclusion
     if truth is not None:
@@ -285,6 +311,8 @@ def write_failure(err: NoSolvableTwin, run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in REPORT_FILES:
+        if (run_dir / name).is_dir():
+            shutil.rmtree(run_dir / name)
         (run_dir / name).unlink(missing_ok=True)
     metrics = {
         "status": "twin_unsolvable",

@@ -23,6 +23,7 @@ from torch import nn
 from ude.data.measurements import Measurements
 from ude.distill.refit import _batch
 from ude.fit import make_module
+from ude.model.doses import RowsRHS, solve_with_doses
 from ude.model.hybrid import HybridODE
 from ude.model.solver import Solver, SolverFailed
 
@@ -92,6 +93,10 @@ def _parameter_names(model: HybridODE) -> list[str]:
             names += [f"{s}(t0)[{c}]" for c in range(p.shape[0]) for s in model.spec.states]
         elif name == "log_noise":
             names += [f"log_noise[{o}]" for o in model.observable_names]
+        elif name.startswith("parameters_.location."):  # a population's median (mean)
+            names.append(f"{name.removeprefix('parameters_.location.')}.location")
+        elif name.startswith("parameters_.log_spread."):
+            names.append(f"{name.removeprefix('parameters_.log_spread.')}.log_spread")
         else:
             short = name.removeprefix("parameters_.learned.")
             names += [short] if p.dim() == 0 else [f"{short}[{i}]" for i in range(p.numel())]
@@ -156,26 +161,6 @@ def laplace(model: HybridODE, measurements: Measurements, eigen_floor: float = 1
         free=free,
         n_floored=n_floored,
     )
-
-
-class _SampledRHS(nn.Module):
-    """The twin's right-hand side for a batch of (draw, condition) rows, each with its own
-    parameter values in ``context (row, input + parameter)``. A row whose state leaves
-    ``bound`` or whose derivative is not finite is marked dead and frozen (zero derivative),
-    so one diverging draw neither stops nor slows the others' solve."""
-
-    def __init__(self, model: HybridODE, context: torch.Tensor, bound: float):
-        super().__init__()
-        self.model = model
-        self.context = context
-        self.bound = bound
-        self.dead = torch.zeros(context.shape[0], dtype=torch.bool, device=context.device)
-
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.dead |= ~torch.isfinite(y).all(-1) | (y.abs() > self.bound).any(-1)
-        dy = self.model.known_terms(torch.nan_to_num(y), self.context)
-        self.dead |= ~torch.isfinite(dy).all(-1)
-        return torch.where(self.dead[:, None], torch.zeros_like(dy), dy)
 
 
 class LaplaceInterval:
@@ -279,9 +264,12 @@ class LaplaceInterval:
         scale = max(float(y0.abs().max()), float(model.state_scale.max()), 1.0)
         t = torch.as_tensor(times, dtype=dtype, device=device)
         n_s, n_c = len(draws), len(cond)
+        states = model.spec.states
+        doses = [model.doses[c] for c in cond.tolist()]
         try:
-            rhs = _SampledRHS(model, context, self.blow_up * scale)
-            out = model.solver(rhs, y0, t).transpose(0, 1)
+            rhs = RowsRHS(model.known_terms, context, self.blow_up * scale)
+            out = solve_with_doses(model.solver, rhs.dosing, y0, t, doses * n_s, states)
+            out = out.transpose(0, 1)
             dead = rhs.dead
         except SolverFailed:
             # one stiff draw can exhaust the shared step budget: solve the draws one by one,
@@ -296,9 +284,10 @@ class LaplaceInterval:
             failures = 0
             for s in range(n_s):
                 rows = slice(s * n_c, (s + 1) * n_c)
-                rhs = _SampledRHS(model, context[rows], self.blow_up * scale)
+                rhs = RowsRHS(model.known_terms, context[rows], self.blow_up * scale)
                 try:
-                    out[rows] = solver(rhs, y0[rows], t).transpose(0, 1)
+                    solved = solve_with_doses(solver, rhs.dosing, y0[rows], t, doses, states)
+                    out[rows] = solved.transpose(0, 1)
                     dead[rows] = rhs.dead
                 except SolverFailed:
                     failures += 1

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import numpy as np
 import sympy as sp
 import torch
 from torch import nn
 
+from ude.data.doses import Schedule
 from ude.data.measurements import Measurements
 from ude.errors import UdeError
+from ude.model.doses import solve_with_doses
 from ude.model.networks import MLP, FluxNetwork
 from ude.model.numeric_rhs import NumericRHS, NumericSystem, UnsupportedNetwork
 from ude.model.observation import log_density
@@ -36,6 +39,7 @@ class HybridODE(nn.Module):
         learn_initial: learn the initial states of each condition, or keep them fixed.
         initial_known: ``(condition, state)`` True where the initial state is known and stays
             fixed even when ``learn_initial``.
+        doses: each condition's doses (:mod:`ude.data.doses`), or None.
         state_scale, time_scale: typical state magnitude ``(state,)`` and time span, used to
             scale network inputs and outputs.
         noise: initial noise level per observable ``(observable,)`` (learned in the NLL).
@@ -57,9 +61,11 @@ class HybridODE(nn.Module):
         activation: str = "tanh",
         learn_initial: bool = True,
         initial_known: torch.Tensor | None = None,
+        doses: Sequence[Schedule] | None = None,
     ):
         super().__init__()
         self.spec = spec
+        self.doses: list[Schedule] = [tuple(d) for d in doses] if doses else [()] * n_conditions
         self.solver = solver
         self.observable_names = list(observables)
         n_states = len(spec.states)
@@ -194,15 +200,25 @@ class HybridODE(nn.Module):
     def simulate(
         self, times: torch.Tensor, condition: torch.Tensor, y0: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """States ``(batch, time, state)`` at ``times`` for the batch's ``condition`` indices."""
+        """States ``(batch, time, state)`` at ``times`` for the batch's ``condition`` indices,
+        each dosed by its condition's doses (a state at a dose's time is the one before it)."""
         self._context = self.context(condition)
         if y0 is None:
             # Initial values the data give (a conditions table's init_<state>) get no
             # gradient, so they stay as given while the others are learned.
             y0 = self.initial[condition]
             y0 = torch.where(self.initial_known[condition], y0.detach(), y0)
+        context = self._context
+        schedules = [self.doses[c] for c in condition.tolist()]
         try:
-            return self.solver(_Conditioned(self, self._context), y0, times).transpose(0, 1)
+            return solve_with_doses(
+                self.solver,
+                lambda rate: _Conditioned(self, context, rate),
+                y0,
+                times,
+                schedules,
+                self.spec.states,
+            ).transpose(0, 1)
         finally:
             self._context = None
 
@@ -249,9 +265,8 @@ class HybridODE(nn.Module):
         out = copy.deepcopy(self)
         with torch.no_grad():
             out.initial = nn.Parameter(self.initial[idx].clone(), self.initial.requires_grad)
-            for name, p in self.parameters_.learned.items():
-                if p.dim():  # per condition
-                    out.parameters_.learned[name] = nn.Parameter(p[idx].clone(), p.requires_grad)
+        out.parameters_.select(idx)
+        out.doses = [self.doses[i] for i in conditions]
         out.inputs = self.inputs[idx].clone()
         out.initial_known = self.initial_known[idx].clone()
         return out
@@ -259,22 +274,31 @@ class HybridODE(nn.Module):
     def parameter_values(self) -> dict:
         return self.parameters_.values()
 
+    def population(self) -> dict[str, dict]:
+        """The population parameters' median (mean) and spread
+        (:meth:`SpecParameters.population`)."""
+        return self.parameters_.population()
+
 
 class _Conditioned(nn.Module):
-    """``model``'s right-hand side for the conditions of one solve: it holds their context,
-    so a solver that calls it after the solve (the adjoint method's backward pass) still has
-    it, and gradients reach the parameters behind the context."""
+    """``model``'s right-hand side for the conditions of one solve: it holds their context
+    (and the infusion ``rate (batch, state)`` of the segment, or None), so a solver that calls
+    it after the solve (the adjoint method's backward pass) still has it, and gradients reach
+    the parameters behind the context."""
 
-    def __init__(self, model: HybridODE, context: torch.Tensor):
+    def __init__(self, model: HybridODE, context: torch.Tensor, rate: torch.Tensor | None = None):
         super().__init__()
         self.model = model
         self.context = context
+        self.rate = rate
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.model.rhs(y, self.context)
+        dy = self.model.rhs(y, self.context)
+        return dy if self.rate is None else dy + self.rate
 
     def numeric_rhs(self) -> NumericSystem | None:
-        return self.model.numeric_rhs(self.context)
+        # an infusion's rate is not part of the frozen numpy system: the generic path
+        return self.model.numeric_rhs(self.context) if self.rate is None else None
 
 
 def _flux_scale(stoich: torch.Tensor, deriv_scale: torch.Tensor) -> torch.Tensor:
@@ -354,6 +378,11 @@ def build_hybrid(
             initial[:, i] = np.where(np.isnan(initial[:, i]), spec.initial[s], initial[:, i])
             if s not in obs and s not in measurements.initial and spec.initial[s] != 0:
                 state_scale[i] = abs(spec.initial[s])
+    for i, s in enumerate(spec.states):
+        # a dosed state that is not measured: its size is what the doses put in
+        given = [d.amount for sched in measurements.schedules() for d in sched if d.state == s]
+        if s not in obs and given and max(given) > 0:
+            state_scale[i] = max(given)
     known_initial = np.zeros((n_c, n_s), dtype=bool)
     for i, s in enumerate(spec.states):
         if s in measurements.initial:
@@ -378,4 +407,5 @@ def build_hybrid(
         activation=activation,
         learn_initial=learn_initial,
         initial_known=torch.from_numpy(known_initial),
+        doses=measurements.schedules(),
     )

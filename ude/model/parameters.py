@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
-from ude.spec.model_spec import Parameter, Prior
+from ude.spec.model_spec import DEFAULT_SPREAD, Parameter, Prior
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -70,27 +71,77 @@ def _from_raw(p: Parameter, raw: torch.Tensor) -> torch.Tensor:
 
 
 class SpecParameters(nn.Module):
-    """``forward(condition (batch,)) -> values (batch, n_parameters)`` in spec order."""
+    """``forward(condition (batch,)) -> values (batch, n_parameters)`` in spec order.
+
+    A learned parameter is held on an unbounded raw scale in ``learned`` (one entry per
+    condition when ``per_condition``). A population parameter (:class:`Parameter`'s
+    ``population``) holds its random effects ``eta (condition,)`` in ``learned``, its location in
+    ``location`` (log of the median's magnitude for a lognormal population, the mean for a
+    normal one) and the log of its spread in ``log_spread``. A fixed parameter with per-condition
+    ``values`` (a fitted twin's) gives each condition its own value. Per-condition values
+    (``Parameter.values``) also start the learned per-condition and population parameters.
+    """
 
     def __init__(self, parameters: dict[str, Parameter], n_conditions: int):
         super().__init__()
         self.specs = dict(parameters)
         self.names = list(parameters)
+        self.n_conditions = n_conditions
         self.learned = nn.ParameterDict()
-        fixed = []
+        self.location = nn.ParameterDict()
+        self.log_spread = nn.ParameterDict()
+        self._sign: dict[str, float] = {}
+        fixed, rows = [], {}
         for name, p in parameters.items():
-            if p.learn:
-                shape = (n_conditions,) if p.per_condition else ()
-                self.learned[name] = nn.Parameter(torch.full(shape, _to_raw(p)))
+            given = _condition_values(name, p, n_conditions)
+            if p.learn and p.per_condition and p.population is not None:
+                self._sign[name] = 1.0 if p.value > 0 else -1.0
+                loc = math.log(abs(p.value)) if p.population == "lognormal" else p.value
+                spread = p.spread or DEFAULT_SPREAD * (
+                    1.0 if p.population == "lognormal" else max(abs(p.value), 1e-12)
+                )
+                self.location[name] = nn.Parameter(torch.tensor(loc))
+                self.log_spread[name] = nn.Parameter(torch.tensor(math.log(spread)))
+                eta = torch.zeros(n_conditions)
+                if given is not None:
+                    eta = torch.tensor([_eta(p, v, self._sign[name]) for v in given])
+                self.learned[name] = nn.Parameter(eta)
+            elif p.learn:
+                if p.per_condition:
+                    start = given if given is not None else [p.value] * n_conditions
+                    raw = torch.tensor([_to_raw(_at(p, v)) for v in start])
+                else:
+                    raw = torch.tensor(_to_raw(p))
+                self.learned[name] = nn.Parameter(raw)
+            elif given is not None:
+                rows[name] = given
             fixed.append(p.value)
         self.register_buffer("fixed", torch.tensor(fixed))
+        # Not in the state dict: a twin's per-condition values come from its spec.
+        self._rows = list(rows)
+        self.register_buffer(
+            "fixed_rows",
+            torch.tensor([rows[k] for k in self._rows]).reshape(len(rows), n_conditions),
+            persistent=False,
+        )
+
+    def value(self, name: str) -> torch.Tensor:
+        """The values of learned parameter ``name``: a scalar, or ``(condition,)``."""
+        p, raw = self.specs[name], self.learned[name]
+        if name in self.location:
+            if p.population == "lognormal":
+                return self._sign[name] * torch.exp(self.location[name] + raw)
+            return self.location[name] + raw
+        return _from_raw(p, raw)
 
     def forward(self, condition: torch.Tensor) -> torch.Tensor:
         cols = []
         for i, name in enumerate(self.names):
             if name in self.learned:
-                value = _from_raw(self.specs[name], self.learned[name])
+                value = self.value(name)
                 value = value[condition] if value.dim() else value.expand(condition.shape)
+            elif name in self._rows:
+                value = self.fixed_rows[self._rows.index(name)][condition]
             else:
                 value = self.fixed[i].expand(condition.shape)
             cols.append(value)
@@ -101,15 +152,26 @@ class SpecParameters(nn.Module):
     def prior_nll(self) -> torch.Tensor:
         """Negative log prior density of the learned parameters' values (0 without priors).
 
-        A per-condition parameter's prior applies to each condition's value.
+        A per-condition parameter's prior applies to each condition's value. A population
+        parameter's random effects ``eta (condition,)`` add ``sum(eta^2) / (2 spread^2) +
+        (N - 1) log(spread) + N log(2 pi) / 2`` over its ``N`` conditions: the population
+        distribution as their prior, its median and spread learned with them (MAP, as the
+        random effects of a nonlinear mixed-effects model). The spread's term counts ``N - 1``
+        conditions: the median is estimated from the same values, so the spread's estimate is
+        their unbiased sample variance (as in REML) rather than the smaller biased one.
         """
         total = self.fixed.new_zeros(())
         for name, raw in self.learned.items():
+            if name in self.location:
+                n = raw.numel()
+                log_s = self.log_spread[name]
+                total = total + 0.5 * (raw * raw).sum() * torch.exp(-2 * log_s)
+                total = total + (n - 1) * log_s + n * _HALF_LOG_2PI
+                continue
             prior = self.specs[name].prior
             if prior is None:
                 continue
-            value = _from_raw(self.specs[name], raw)
-            total = total + _prior_nll(prior, value).sum()
+            total = total + _prior_nll(prior, _from_raw(self.specs[name], raw)).sum()
         return total
 
     def values(self) -> dict[str, float | list[float]]:
@@ -117,8 +179,70 @@ class SpecParameters(nn.Module):
         out: dict[str, float | list[float]] = {}
         for i, name in enumerate(self.names):
             if name in self.learned:
-                v = _from_raw(self.specs[name], self.learned[name].detach()).cpu()
+                v = self.value(name).detach().cpu()
                 out[name] = v.tolist() if v.dim() else float(v)
+            elif name in self._rows:
+                out[name] = self.fixed_rows[self._rows.index(name)].cpu().tolist()
             else:
                 out[name] = float(self.fixed[i])
         return out
+
+    def population(self) -> dict[str, dict[str, float | str]]:
+        """Each population parameter's ``distribution``, ``median`` (lognormal) or ``mean``
+        (normal), and ``spread`` (the standard deviation of its random effects: on the log
+        scale for a lognormal population)."""
+        out: dict[str, dict[str, float | str]] = {}
+        for name, loc in self.location.items():
+            dist = self.specs[name].population
+            centre = float(loc.detach())
+            if dist == "lognormal":
+                centre = self._sign[name] * math.exp(centre)
+            out[name] = {
+                "distribution": dist,
+                "median" if dist == "lognormal" else "mean": centre,
+                "spread": math.exp(float(self.log_spread[name].detach())),
+            }
+        return out
+
+    def typical(self) -> dict[str, float]:
+        """One value per parameter: a population's median (mean), the mean over the
+        conditions of another per-condition parameter, else the value."""
+        pop = self.population()
+        out = {}
+        for name, v in self.values().items():
+            if name in pop:
+                out[name] = float(pop[name].get("median", pop[name].get("mean")))
+            else:
+                out[name] = float(np.mean(v)) if isinstance(v, list) else v
+        return out
+
+    def select(self, idx: torch.Tensor) -> None:
+        """Keep the conditions ``idx`` (indices, in their new order), in place."""
+        with torch.no_grad():
+            for name, p in self.learned.items():
+                if p.dim():  # per condition
+                    self.learned[name] = nn.Parameter(p[idx].clone(), p.requires_grad)
+            self.fixed_rows = self.fixed_rows[:, idx].clone()
+        self.n_conditions = len(idx)
+
+
+def _at(p: Parameter, value: float) -> Parameter:
+    return Parameter(value, p.learn, p.min, p.max, scale=p.scale)
+
+
+def _eta(p: Parameter, value: float, sign: float) -> float:
+    """The random effect of an individual ``value`` of population parameter ``p``."""
+    if p.population == "lognormal":
+        return math.log(max(value * sign, 1e-300) / abs(p.value))
+    return value - p.value
+
+
+def _condition_values(name: str, p: Parameter, n_conditions: int) -> list[float] | None:
+    if p.values is None:
+        return None
+    if len(p.values) != n_conditions:
+        raise ValueError(
+            f"parameter {name} has {len(p.values)} per-condition values for {n_conditions} "
+            "conditions"
+        )
+    return [float(v) for v in p.values]

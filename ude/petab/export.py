@@ -203,7 +203,7 @@ def write_run_petab(model, measurements: Measurements, run_dir: str | Path) -> P
     """A finished run's twin as a PEtab problem in ``run_dir/petab``: the distilled twin
     (``twin.json``) when there is one, else the trained model when it has no networks; None
     (nothing written) for a model whose networks were not distilled."""
-    from ude.distill.twin import load_twin
+    from ude.twin.symbolic import load_twin
 
     run_dir = Path(run_dir)
     trained = model.spec

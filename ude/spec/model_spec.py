@@ -63,6 +63,11 @@ _SBML_KEYS = {
     "petab",
 }
 _PRIOR_KEYS = {"normal": ("mean", "sd"), "lognormal": ("median", "sigma")}
+POPULATIONS = ("lognormal", "normal")
+"""Distributions of a population parameter's individual values (:class:`Parameter`)."""
+DEFAULT_SPREAD = 0.3
+"""Starting spread of a population: 0.3 on the log scale (about 30 % between individuals) for
+a lognormal one, 0.3 times the value for a normal one."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,14 @@ class Parameter:
 
     ``scale`` (``lin``, ``log``, ``log10``) is the scale it is estimated and reported on
     (PEtab's parameterScale); it does not change the model.
+
+    A ``per_condition`` parameter with a ``population`` (``lognormal`` or ``normal``) is
+    individual, as in a nonlinear mixed-effects model: condition ``i`` has ``value * exp(eta_i)``
+    (lognormal; ``value`` is the population median) or ``value + eta_i`` (normal; the mean),
+    with ``eta_i ~ N(0, spread^2)``; the median (mean) and the ``spread`` are learned with the
+    individual values (:class:`ude.model.parameters.SpecParameters`). ``values``: the fitted
+    value of each condition, in the order of the conditions it was fitted on (a twin's; not
+    part of the YAML format).
     """
 
     value: float
@@ -98,6 +111,9 @@ class Parameter:
     per_condition: bool = False
     prior: Prior | None = None
     scale: str = "lin"
+    population: str | None = None
+    spread: float | None = None
+    values: tuple[float, ...] | None = None
 
     def to_yaml(self) -> float | dict[str, Any]:
         plain = (
@@ -116,6 +132,10 @@ class Parameter:
             out["prior"] = self.prior.to_yaml()
         if self.scale != "lin":
             out["scale"] = self.scale
+        if self.population is not None:
+            out["population"] = self.population
+        if self.spread is not None:
+            out["spread"] = self.spread
         return out
 
 
@@ -617,7 +637,17 @@ class _SpecReader:
             where = f"parameters.{name}"
             self.check_name(name, where)
             if isinstance(entry, dict):
-                keys = {"value", "learn", "min", "max", "per_condition", "prior", "scale"}
+                keys = {
+                    "value",
+                    "learn",
+                    "min",
+                    "max",
+                    "per_condition",
+                    "prior",
+                    "scale",
+                    "population",
+                    "spread",
+                }
                 extra = set(entry) - keys
                 if extra:
                     raise self.fail(
@@ -646,7 +676,12 @@ class _SpecReader:
                     ),
                     prior=self.prior(entry.get("prior"), f"{where}.prior"),
                     scale=scale,
+                    population=entry.get("population"),
+                    spread=self.number(entry["spread"], f"{where}.spread")
+                    if entry.get("spread") is not None
+                    else None,
                 )
+                self.check_population(param, where)
                 if param.prior is not None and not param.learn:
                     raise self.fail(
                         f"{where}.prior",
@@ -670,6 +705,48 @@ class _SpecReader:
                 raise self.fail(where, f"value {param.value} is outside [{param.min}, {param.max}]")
             out[name] = param
         return out
+
+    def check_population(self, p: Parameter, where: str) -> None:
+        """A population parameter: learned per condition, no bounds or prior of its own."""
+        if p.population is None:
+            if p.spread is not None:
+                raise self.fail(
+                    f"{where}.spread", "a spread needs a population", "add population: lognormal"
+                )
+            return
+        if p.population not in POPULATIONS:
+            raise self.fail(
+                f"{where}.population", f"unknown population {p.population!r}", "lognormal or normal"
+            )
+        if not (p.per_condition and p.learn):
+            raise self.fail(
+                f"{where}.population",
+                "a population describes values learned per condition (patient)",
+                "add learn: true and per_condition: true",
+            )
+        if p.prior is not None:
+            raise self.fail(
+                f"{where}.prior",
+                "a population parameter's distribution is its prior",
+                "remove the prior; the population's median and spread are learned",
+            )
+        bounded = p.max is not None or (
+            p.min is not None and (p.population == "normal" or p.min > 0)
+        )
+        if bounded:
+            raise self.fail(
+                where,
+                "the individual values of a population parameter follow its distribution: "
+                "bounds do not apply",
+                "remove min and max (a lognormal population keeps every value positive)",
+            )
+        if p.population == "lognormal" and not p.value > 0:
+            raise self.fail(
+                f"{where}.value",
+                f"the median of a lognormal population must be positive, got {p.value:g}",
+            )
+        if p.spread is not None and not p.spread > 0:
+            raise self.fail(f"{where}.spread", f"expected a positive spread, got {p.spread:g}")
 
     def prior(self, value: Any, where: str) -> Prior | None:
         if value is None:

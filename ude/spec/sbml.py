@@ -10,8 +10,9 @@ is ever resolved.
 from __future__ import annotations
 
 import keyword
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape
 
 import libsbml
@@ -21,6 +22,9 @@ from ude.errors import UdeError
 from ude.spec.expressions import FUNCTIONS, MAX_TERMS, format_expression, symbol, tree_size
 from ude.spec.model_spec import ModelSpec, NeuralSlot, Parameter, reaction_slot
 from ude.spec.reactions import Reaction, format_law
+
+if TYPE_CHECKING:
+    from ude.data.doses import Dose
 
 _MAX_BYTES = 50_000_000
 _MAX_CALLS = 10_000
@@ -637,6 +641,7 @@ def sbml_string(
     initial: dict[str, float] | None = None,
     inputs: dict[str, float] | None = None,
     parameters: dict[str, float] | None = None,
+    doses: Sequence[Dose] = (),
 ) -> str:
     """``spec`` as an SBML Level 3 Version 2 document (see :func:`write_sbml`)."""
     per_state = [s for s in spec.neural if s.stoichiometry is None]
@@ -682,6 +687,13 @@ def sbml_string(
         p.setId(name)
         p.setValue(float(value))
         p.setConstant(True)
+    # an infused state gets a rate parameter, switched on and off by events (_dose_events)
+    infused = {d.state: _fresh(f"infusion_{d.state}", taken) for d in doses if d.duration > 0}
+    for rate in infused.values():
+        p = model.createParameter()
+        p.setId(rate)
+        p.setValue(0.0)
+        p.setConstant(False)
     in_reactions: set[str] = set()
     for r in spec.reactions:
         reaction = model.createReaction()
@@ -713,6 +725,8 @@ def sbml_string(
             for k, d in (("equation", spec.equations), ("discovered", spec.discovered))
             if s in d
         ]
+        if s in infused:
+            terms.append(("infusion", sp.Symbol(infused[s])))
         if not terms:
             continue
         if s not in in_reactions:
@@ -744,7 +758,31 @@ def sbml_string(
         rule = model.createAssignmentRule()
         rule.setVariable(name)
         rule.setMath(_ast(expr, {}))
+    _dose_events(model, doses, infused, taken)
     return libsbml.writeSBMLToString(doc)
+
+
+def _dose_events(model, doses: Sequence[Dose], infused: dict[str, str], taken: set[str]) -> None:
+    """Doses as SBML events at their times: a bolus adds its amount to the state; an
+    infusion adds its rate to the state's infusion parameter, and takes it off at its end."""
+    changes = []
+    for d in doses:
+        if d.duration > 0:
+            changes.append((d.time, infused[d.state], d.rate))
+            changes.append((d.time + d.duration, infused[d.state], -d.rate))
+        else:
+            changes.append((d.time, d.state, d.amount))
+    for k, (time, variable, change) in enumerate(sorted(changes)):
+        event = model.createEvent()
+        event.setId(_fresh(f"dose_{k}", taken))
+        event.setUseValuesFromTriggerTime(True)
+        trigger = event.createTrigger()
+        trigger.setInitialValue(False)  # a dose at time 0 fires at the start
+        trigger.setPersistent(True)
+        trigger.setMath(libsbml.parseL3Formula(f"time >= {float(time)!r}"))
+        assignment = event.createEventAssignment()
+        assignment.setVariable(variable)
+        assignment.setMath(libsbml.parseL3Formula(f"{variable} + {float(change)!r}"))
 
 
 def write_sbml(
@@ -754,6 +792,7 @@ def write_sbml(
     initial: dict[str, float] | None = None,
     inputs: dict[str, float] | None = None,
     parameters: dict[str, float] | None = None,
+    doses: Sequence[Dose] = (),
 ) -> Path:
     """Write ``spec`` (a twin or a symbolic prior) as SBML to ``path``.
 
@@ -761,11 +800,13 @@ def write_sbml(
     discovered terms are rate rules, or reactions producing the state when reactions also
     change it; parameters and inputs are constant parameters at their values. One condition's
     values can be given: ``parameters`` (e.g. fitted per-condition values; default the spec's),
-    ``inputs`` (default 0) and ``initial`` states (default the spec's, else 0). Observables
-    are assignment rules; species are amounts in a unit compartment.
+    ``inputs`` (default 0) and ``initial`` states (default the spec's, else 0), and its
+    ``doses`` (:mod:`ude.data.doses`) as events. Observables are assignment rules; species are
+    amounts in a unit compartment.
     """
     path = Path(path)
-    path.write_text(sbml_string(spec, initial=initial, inputs=inputs, parameters=parameters))
+    text = sbml_string(spec, initial=initial, inputs=inputs, parameters=parameters, doses=doses)
+    path.write_text(text)
     return path
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from scipy.interpolate import make_smoothing_spline
 
+from ude.data.doses import segments
 from ude.data.measurements import Measurements
 from ude.model.hybrid import HybridODE
 
@@ -23,13 +24,15 @@ from ude.model.hybrid import HybridODE
 @dataclass
 class SmoothedStates:
     """Smoothed states ``y (point, state)``, derivatives ``dy (point, state)``, their
-    ``condition (point,)``, and smoothed initial states ``initial (condition, state)`` (NaN
-    for a condition without enough data)."""
+    ``condition (point,)``, smoothed initial states ``initial (condition, state)`` (NaN for a
+    condition without enough data) and the infusion rates ``rate (point, state)`` the doses
+    add to the derivatives there (None: no doses)."""
 
     y: np.ndarray
     dy: np.ndarray
     condition: np.ndarray
     initial: np.ndarray
+    rate: np.ndarray | None = None
 
 
 def smooth_states(
@@ -38,36 +41,70 @@ def smooth_states(
     """Spline-smoothed states on a grid ``density`` times finer than the data, or None when a
     state is not measured directly (then gradient matching does not apply) or no condition
     has ``min_points`` measured times of every state. A condition with fewer (one held out,
-    or sparsely sampled) contributes no points, and NaN initial states."""
+    or sparsely sampled) contributes no points, and NaN initial states.
+
+    Doses cut a condition's series into the pieces between them (:func:`ude.data.doses.segments`;
+    a sample at a dose's time belongs to the piece before it); each piece with ``min_points``
+    measured times of every state is smoothed on its own, so no spline crosses a jump."""
     if any(s not in measurements.observables for s in states):
         return None
     m = measurements
     cols = [m.observables.index(s) for s in states]
-    ys, dys, conds = [], [], []
+    ys, dys, conds, rates = [], [], [], []
     initial = np.full((m.n_conditions, len(states)), np.nan)
-    for c in range(m.n_conditions):
+    t0, t1 = float(m.times[0]), float(m.times[-1])
+    for c, schedule in enumerate(m.schedules()):
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN time: no mean
             series = np.nanmean(m.values[c][:, :, cols], axis=1)  # (time, state)
-        if (np.isfinite(series).sum(axis=0) < min_points).any():
-            continue
-        per_state, per_deriv = [], []
-        grid = None
-        for i in range(len(cols)):
-            ok = np.isfinite(series[:, i])
-            t, v = m.times[ok], series[ok, i]
-            if grid is None:
-                grid = np.linspace(t[0], t[-1], density * len(t))
-            spline = make_smoothing_spline(t, v)
-            per_state.append(spline(grid))
-            per_deriv.append(spline.derivative()(grid))
-            initial[c, i] = float(spline(m.times[0]))
-        ys.append(np.stack(per_state, axis=1))
-        dys.append(np.stack(per_deriv, axis=1))
-        conds.append(np.full(len(grid), c))
+        for k, seg in enumerate(segments([schedule], states, t0, t1)):
+            # a sample at a dose's time is before it: the first piece holds the first time
+            # unless a bolus is given then
+            first = k == 0 and not seg.jump.any()
+            piece = (m.times > seg.start) | ((m.times == seg.start) & first)
+            piece &= m.times <= seg.end
+            smoothed = _smooth(m.times[piece], series[piece], seg.start, density, min_points)
+            if smoothed is None:
+                continue
+            grid, y, dy, at_start = smoothed
+            ys.append(y)
+            dys.append(dy)
+            conds.append(np.full(len(grid), c))
+            rates.append(np.broadcast_to(seg.rate[0], y.shape))
+            if k == 0 and seg.start == t0:  # the state before a dose at the first time
+                initial[c] = at_start - seg.jump[0]
     if not ys:
         return None
-    return SmoothedStates(np.concatenate(ys), np.concatenate(dys), np.concatenate(conds), initial)
+    dosed = any(m.schedules())
+    return SmoothedStates(
+        np.concatenate(ys),
+        np.concatenate(dys),
+        np.concatenate(conds),
+        initial,
+        np.concatenate(rates) if dosed else None,
+    )
+
+
+def _smooth(
+    times: np.ndarray, series: np.ndarray, start: float, density: int, min_points: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """One piece of a series ``(time, state)`` smoothed: the grid, the states and derivatives
+    on it ``(point, state)`` and the states at the piece's ``start``; None when a state has
+    fewer than ``min_points`` values."""
+    if (np.isfinite(series).sum(axis=0) < min_points).any():
+        return None
+    per_state, per_deriv, at_start = [], [], []
+    grid = None
+    for i in range(series.shape[1]):
+        ok = np.isfinite(series[:, i])
+        t, v = times[ok], series[ok, i]
+        if grid is None:
+            grid = np.linspace(t[0], t[-1], density * len(t))
+        spline = make_smoothing_spline(t, v)
+        per_state.append(spline(grid))
+        per_deriv.append(spline.derivative()(grid))
+        at_start.append(float(spline(start)))
+    return grid, np.stack(per_state, axis=1), np.stack(per_deriv, axis=1), np.array(at_start)
 
 
 def gradient_matching(
@@ -87,6 +124,8 @@ def gradient_matching(
     p0 = next(model.parameters())
     as_t = lambda a: torch.as_tensor(a, dtype=p0.dtype, device=p0.device)  # noqa: E731
     y, dy = as_t(smoothed.y), as_t(smoothed.dy)
+    if smoothed.rate is not None:  # what infusions add is known: the rest is the model's
+        dy = dy - as_t(smoothed.rate)
     cond = torch.as_tensor(smoothed.condition, device=p0.device)
     # an ensemble's members each fit the same points: (member * point, state), member-major;
     # the loss is the sum of the members' own

@@ -1,4 +1,4 @@
-"""The twin as a ModelSpec: discovered terms with learnable coefficients, and its exports
+"""The twin as a symbolic ModelSpec: discovered terms with learnable coefficients, and its exports
 (twin.json in the format of DESIGN.md, equations.md)."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import numpy as np
 import sympy as sp
 from sympy.printing.str import StrPrinter
 
-from ude.distill.selection import TIE
 from ude.errors import UdeError
 from ude.spec.expressions import parse_expression
 from ude.spec.model_spec import ModelSpec, Parameter
@@ -64,6 +63,7 @@ def twin_spec(
     scales: dict[str, np.ndarray] | None = None,
     constants: dict[str, dict[int, dict[str, float]]] | None = None,
     bounds: dict[str, dict[int, dict[str, tuple[float, float]]]] | None = None,
+    individual: dict[str, str] | None = None,
 ) -> tuple[ModelSpec, dict[str, Owner]]:
     """The twin of ``spec`` with ``sum_j coef[t][j] * terms[t][j]`` discovered for each target
     ``t``; coefficients (and the learnable constants of rational terms, ``K`` and a free Hill
@@ -75,11 +75,14 @@ def twin_spec(
     With ``scales[t] (term,)`` a coefficient is written ``c * scale * term`` and the parameter
     ``c = coef / scale`` is of order one, which conditions the refit's optimiser.
     A target that is a neural reaction's flux enters each state it changes times the change
-    (:meth:`ModelSpec.neural_routes`), with the same parameters.
+    (:meth:`ModelSpec.neural_routes`), with the same parameters. The coefficients of a target
+    in ``individual`` (target: population, e.g. ``lognormal``) are individual: per condition,
+    under that population distribution (:class:`ude.spec.Parameter`).
     Returns the spec and a map parameter name -> :class:`Owner`.
     """
     from ude.distill.library import HILL_N_BOUNDS
 
+    individual = individual or {}
     taken = set(spec.symbols)
     params = dict(spec.parameters)
     routes = spec.neural_routes()
@@ -108,6 +111,10 @@ def twin_spec(
             name = _fresh(f"c_{target}_{j}", taken)
             scale = 1.0 if scales is None else float(scales[target][j])
             params[name] = Parameter(float(c[j]) / scale, learn=learn)
+            if target in individual:
+                params[name] = replace(
+                    params[name], per_condition=True, population=individual[target]
+                )
             owner[name] = Owner(target, int(j), scale)
             factor = sp.Symbol(name) if scale == 1.0 else sp.Symbol(name) * sp.Float(scale)
             total = total + factor * term.expr.xreplace(subs)
@@ -117,24 +124,78 @@ def twin_spec(
     return spec.with_discovered(discovered, params), owner
 
 
-def numeric_twin(twin: ModelSpec, values: dict[str, Any], keep_learn: bool = False) -> ModelSpec:
-    """``twin`` with the values of its parameters replaced by ``values`` (a learned run's
-    ``parameter_values()``); every parameter fixed unless ``keep_learn``. Per-condition
-    values (lists) keep the spec's value."""
+def numeric_twin(
+    twin: ModelSpec,
+    values: dict[str, Any],
+    keep_learn: bool = False,
+    individual: dict[str, list[float]] | None = None,
+    population: dict[str, dict[str, Any]] | None = None,
+) -> ModelSpec:
+    """``twin`` with the values of its parameters replaced by ``values`` (one number each;
+    a list is a parameter's per-condition values, whose mean is then its value); every
+    parameter fixed unless ``keep_learn``. ``individual``: per-condition values ``(condition,)``
+    (a refit's); ``population``: a population parameter's median (mean) and spread
+    (:meth:`ude.model.parameters.SpecParameters.population`), which become its value and
+    spread. A parameter with per-condition values keeps them (``Parameter.values``), so each
+    condition is simulated with its own."""
+    individual, population = individual or {}, population or {}
     params = {}
     for k, p in twin.parameters.items():
         v = values.get(k, p.value)
-        v = p.value if isinstance(v, list) else float(v)
-        if p.min is not None:
-            v = max(v, p.min)
-        if p.max is not None:
-            v = min(v, p.max)
-        params[k] = replace(p, value=v) if keep_learn else Parameter(v, learn=False)
+        each = individual.get(k)
+        if isinstance(v, list):
+            each, v = v, float(np.mean(v))
+        v, spread = float(v), p.spread
+        if k in population:
+            pop = population[k]
+            v, spread = float(pop.get("median", pop.get("mean", v))), float(pop["spread"])
+        elif p.population is None:
+            if p.min is not None:
+                v = max(v, p.min)
+            if p.max is not None:
+                v = min(v, p.max)
+        each = None if each is None else tuple(float(x) for x in each)
+        if keep_learn:
+            params[k] = replace(p, value=v, spread=spread, values=each)
+        elif each is not None:
+            params[k] = Parameter(
+                v, per_condition=True, population=p.population, spread=spread, values=each
+            )
+        else:
+            params[k] = Parameter(v, learn=False)
     return twin.with_discovered(twin.discovered, params)
 
 
+def individual(twin: ModelSpec) -> list[str]:
+    """The parameters with a value per condition (``Parameter.values``): the twin's
+    expressions keep them as symbols."""
+    return [k for k, p in twin.parameters.items() if p.values is not None]
+
+
+def for_conditions(twin: ModelSpec, rows: list[int | None]) -> ModelSpec:
+    """``twin`` for other conditions: condition ``i`` takes the values of the twin's condition
+    ``rows[i]``, or the typical value (a population's median) where that is None."""
+    params = {
+        k: p
+        if p.values is None
+        else replace(p, values=tuple(p.value if r is None else p.values[r] for r in rows))
+        for k, p in twin.parameters.items()
+    }
+    return replace(twin, parameters=params)
+
+
+def population_entry(p: Parameter) -> dict[str, Any]:
+    """A population parameter as twin.json writes it: distribution, median (mean), spread."""
+    centre = "median" if p.population == "lognormal" else "mean"
+    return {"distribution": p.population, centre: p.value, "spread": p.spread}
+
+
 def _substitute(expr: sp.Expr, spec: ModelSpec, digits: int) -> sp.Expr:
-    subs = {sp.Symbol(k): sp.Float(p.value, digits) for k, p in spec.parameters.items()}
+    subs = {
+        sp.Symbol(k): sp.Float(p.value, digits)
+        for k, p in spec.parameters.items()
+        if p.values is None  # individual parameters stay symbols
+    }
     out = sp.expand(expr.xreplace(subs))
     return out.xreplace({n: sp.Float(n, digits) for n in out.atoms(sp.Float)})
 
@@ -157,10 +218,18 @@ def twin_to_dict(
     known: ModelSpec,
     inclusion: dict[str, dict[str, float]] | None = None,
     digits: int = 6,
+    conditions: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The twin.json content: expressions over state and input names with numeric
     coefficients. ``parameters`` lists the values of the prior spec's parameters; ``known``
-    and ``observables`` are added so the file round-trips into a ModelSpec."""
+    and ``observables`` are added so the file round-trips into a ModelSpec.
+
+    Individual parameters (:func:`individual`) stay symbols in the expressions: ``individual``
+    gives each one's typical value (a population's median or mean), ``population`` each
+    population's distribution, median (mean) and spread, and every entry of ``conditions``
+    (by name, in the order of the values; e.g. its ``initial`` states, ``inputs``, ``doses``)
+    gets its own values as ``parameters``.
+    """
     equations = {
         s: _text(_substitute(e, twin, digits))
         for s, e in zip(twin.states, twin.known_rhs(), strict=True)
@@ -185,6 +254,24 @@ def twin_to_dict(
         }
     if inclusion is not None:
         out["inclusion_probability"] = inclusion
+    names = individual(twin)
+    if names:
+        out["individual"] = {k: twin.parameters[k].value for k in names}
+        out["population"] = {
+            k: population_entry(twin.parameters[k])
+            for k in names
+            if twin.parameters[k].population is not None
+        }
+    if conditions is not None:
+        out["conditions"] = {}
+        for i, (name, entry) in enumerate(conditions.items()):
+            own = {}
+            for k in names:
+                values = twin.parameters[k].values
+                if len(values) != len(conditions):
+                    raise ValueError(f"{k}: {len(values)} values, {len(conditions)} conditions")
+                own[k] = values[i]
+            out["conditions"][name] = {"parameters": own, **entry}
     return out
 
 
@@ -198,7 +285,8 @@ def twin_from_dict(raw: dict[str, Any], source: str = "twin.json") -> ModelSpec:
         )
     states = list(raw["states"])
     inputs = list(raw.get("inputs", []))
-    names = [*states, *inputs]
+    parameters = _individual_parameters(raw, source)
+    names = [*states, *inputs, *parameters]
     discovered = {
         s: parse_expression(e, names, source=source, where=f"discovered.{s}")
         for s, e in raw.get("discovered", {}).items()
@@ -223,6 +311,7 @@ def twin_from_dict(raw: dict[str, Any], source: str = "twin.json") -> ModelSpec:
             raise UdeError(f"'{s}' is not a state", source=source, where="equations")
     return ModelSpec(
         states=states,
+        parameters=parameters,
         inputs=inputs,
         equations=equations,
         discovered=discovered,
@@ -230,6 +319,34 @@ def twin_from_dict(raw: dict[str, Any], source: str = "twin.json") -> ModelSpec:
         name=str(raw.get("name", "twin")),
         source=source,
     )
+
+
+def _individual_parameters(raw: dict[str, Any], source: str) -> dict[str, Parameter]:
+    """The individual parameters of twin.json: typical value, population, and the values of
+    its conditions (in their order)."""
+    typical = raw.get("individual") or {}
+    population = raw.get("population") or {}
+    conditions = raw.get("conditions") or {}
+    out = {}
+    for k, value in typical.items():
+        try:
+            values = tuple(float(c["parameters"][k]) for c in conditions.values())
+        except (KeyError, TypeError):
+            raise UdeError(
+                f"individual parameter '{k}' has no value for every condition",
+                source=source,
+                where="conditions",
+                fix="give the twin.json written by ude",
+            ) from None
+        pop = population.get(k)
+        out[k] = Parameter(
+            float(value),
+            per_condition=True,
+            population=None if pop is None else pop["distribution"],
+            spread=None if pop is None else float(pop["spread"]),
+            values=values if conditions else None,
+        )
+    return out
 
 
 def load_twin(path: str | Path) -> ModelSpec:
@@ -246,6 +363,41 @@ def load_twin(path: str | Path) -> ModelSpec:
     return twin_from_dict(raw, source=str(path))
 
 
+def individual_markdown(twin: ModelSpec, conditions: list[str], digits: int = 4) -> list[str]:
+    """Markdown lines: the population of each individual parameter, and every condition's own
+    values (none without individual parameters)."""
+    names = individual(twin)
+    if not names:
+        return []
+    fmt = lambda v: f"{v:.{digits}g}"  # noqa: E731
+    lines = [
+        "## Individual parameters",
+        "",
+        "Symbols in the equations above; each condition has its own value.",
+        "",
+        "| parameter | population | typical value | spread |",
+        "|---|---|---|---|",
+    ]
+    for k in names:
+        p = twin.parameters[k]
+        kind = {"lognormal": "lognormal (median)", "normal": "normal (mean)"}.get(
+            p.population, "none (mean of the conditions)"
+        )
+        spread = "" if p.spread is None else fmt(p.spread)
+        if p.population == "lognormal" and p.spread is not None:
+            spread += " (sd of the log)"
+        lines.append(f"| ${sp.latex(sp.Symbol(k))}$ | {kind} | {fmt(p.value)} | {spread} |")
+    lines.append("")
+    if len(conditions) == len(twin.parameters[names[0]].values):
+        head = " | ".join(f"${sp.latex(sp.Symbol(k))}$" for k in names)
+        lines += [f"| condition | {head} |", "|---|" + "---|" * len(names)]
+        for i, c in enumerate(conditions):
+            row = " | ".join(fmt(twin.parameters[k].values[i]) for k in names)
+            lines.append(f"| {c} | {row} |")
+        lines.append("")
+    return lines
+
+
 def equations_markdown(
     twin: ModelSpec,
     known: ModelSpec,
@@ -254,12 +406,16 @@ def equations_markdown(
     digits: int = 4,
     ties: list[dict[str, Any]] | None = None,
     identifiability: dict[str, Any] | None = None,
-    tie: float = TIE,
+    tie: float | None = None,
+    conditions: list[str] | None = None,
 ) -> str:
     """The twin as Markdown with LaTeX: each equation with its known and discovered part, the
-    structures the data do not tell apart from it (``ties``), the terms the data do not
-    identify (``identifiability``), the selection path with evidence weights and the
+    individual parameters (population and each of ``conditions``), the structures the data do
+    not tell apart from it (``ties``), the terms the data do not identify
+    (``identifiability``), the selection path with evidence weights and the
     inclusion probabilities."""
+    from ude.distill.selection import TIE  # (ude.distill imports this module)
+
     lines = [
         f"# Distilled twin: {twin.name}",
         "",
@@ -279,7 +435,7 @@ def equations_markdown(
             "## Structures the data do not tell apart",
             "",
             "These fit the data as well as the twin above (criterion within "
-            f"{tie:g} units); the data do not choose between them.",
+            f"{TIE if tie is None else tie:g} units); the data do not choose between them.",
             "",
             "| criterion difference | discovered |",
             "|---|---|",
@@ -326,6 +482,7 @@ def equations_markdown(
                 + " |"
             )
         lines.append("")
+    lines += individual_markdown(twin, conditions or [], digits)
     if inclusion:
         lines += [
             "## Bootstrap inclusion probabilities",
