@@ -24,7 +24,8 @@ from torch import nn
 
 from ude.errors import UdeError
 from ude.model.observation import log_density
-from ude.model.solver import Solver
+from ude.model.solver import Solver, _failure
+from ude.petab.fast import CompiledSolve, SolveFailed, compile_system
 from ude.petab.problem import TIME, NetworkUse, PetabProblem, ProblemParameter
 from ude.spec.compile import CompiledExpressions
 
@@ -128,7 +129,13 @@ class PetabModel(nn.Module):
             rtol 1e-7 when ``stiff``).
     """
 
-    def __init__(self, problem: PetabProblem, solver: Solver | None = None, stiff: bool = False):
+    def __init__(
+        self,
+        problem: PetabProblem,
+        solver: Solver | None = None,
+        stiff: bool = False,
+        compiled: bool = True,
+    ):
         super().__init__()
         dtype = torch.float64
         p = problem
@@ -265,6 +272,12 @@ class PetabModel(nn.Module):
             self._observables.append((oid, torch.tensor(rows), fn, ph.reshape(len(rows), -1), o))
         self._n_rows = len(m.value)
         self._ctx: Tensor | None = None
+        # The non-stiff solve in compiled code when its right-hand side compiles (fast.py).
+        self.compiled = (
+            compile_system(self)
+            if compiled and getattr(solver, "method", None) == "dopri5"
+            else None
+        )
 
     # -- building -------------------------------------------------------------------------------
     def _context_expr(self, c: str, changes: dict[str, sp.Expr]) -> sp.Expr:
@@ -401,6 +414,20 @@ class PetabModel(nn.Module):
         self._batch_exp = torch.arange(y0.shape[0])
         if len(self.times) == 1:
             return y0[:, None, :], ctx
+        if self.compiled is not None:
+            s = self.solver
+            try:
+                states = CompiledSolve.apply(
+                    self.compiled,
+                    (s.rtol, s.atol, s.max_steps),
+                    self.times,
+                    y0,
+                    ctx,
+                    self.compiled.params(),
+                )
+            except SolveFailed as err:
+                raise _failure(s.method, err.t, err.h, err.reason) from None
+            return states, ctx
         self._ctx = ctx
         try:
             states = self.solver(self.rhs, y0, self.times).transpose(0, 1)
