@@ -12,6 +12,8 @@ import sys
 
 from ude.runs import exit_2_on_user_errors
 
+AUTO_STEPS = 20_000  # dopri5 steps per experiment before auto switches to rodas5p
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
@@ -34,8 +36,10 @@ def main(argv: list[str] | None = None) -> None:
     check.add_argument(
         "--solver",
         default="auto",
-        choices=["auto", "lsoda", "dopri5", "rosenbrock23"],
-        help="auto: scipy's LSODA for the value, dopri5 when a gradient is asked",
+        choices=["auto", "lsoda", "dopri5", "rodas5p", "rosenbrock23"],
+        help="auto: scipy's LSODA for the value alone; for a gradient (or networks) dopri5 "
+        "(compiled, with its exact adjoint), and rodas5p where dopri5 needs over "
+        f"{AUTO_STEPS} steps (stiff kinetics)",
     )
     check.add_argument("--rtol", type=float, default=1e-10)
     check.add_argument("--atol", type=float, default=1e-12)
@@ -47,24 +51,33 @@ def main(argv: list[str] | None = None) -> None:
 def run_check(args: argparse.Namespace) -> None:
     import torch
 
-    from ude.model.solver import Solver
+    from ude.model.solver import SolverFailed
     from ude.petab.export import write_gradient, write_simulations
-    from ude.petab.objective import PetabModel, ScipySolver
     from ude.petab.problem import load_problem
 
     problem = load_problem(args.problem)
     method = args.solver
-    if method == "auto":
-        method = "dopri5" if args.gradient or problem.networks else "lsoda"
-    if method == "lsoda":
-        solver = ScipySolver(rtol=args.rtol, atol=args.atol)
-    else:
-        solver = Solver(method, rtol=args.rtol, atol=args.atol, max_steps=1_000_000)
-    model = PetabModel(problem, solver=solver)
+    if method == "auto" and not (args.gradient or problem.networks):
+        method = "lsoda"
     posterior = problem.has_priors
-    if args.gradient:
-        value, mech, nets = model.gradient(posterior=posterior)
-        llh = float(model.forward().detach()) if posterior else value
+
+    def evaluate(model):
+        if args.gradient:
+            return model.gradient(posterior=posterior)
+        with torch.no_grad():
+            model.forward()
+        return None, None, None
+
+    if method == "auto":
+        try:
+            model = _model(problem, "dopri5", args, AUTO_STEPS)
+            _, mech, nets = evaluate(model)
+        except SolverFailed:
+            model = _model(problem, "rodas5p", args)
+            _, mech, nets = evaluate(model)
+    else:
+        model = _model(problem, method, args)
+        _, mech, nets = evaluate(model)
     with torch.no_grad():
         h, _, ll = model.observe()
         llh = float(ll.sum())
@@ -75,6 +88,17 @@ def run_check(args: argparse.Namespace) -> None:
         write_simulations(problem, h.numpy(), args.simulations)
     if args.gradient:
         write_gradient(mech, nets, args.gradient)
+
+
+def _model(problem, method: str, args: argparse.Namespace, max_steps: int = 1_000_000):
+    from ude.model.solver import Solver
+    from ude.petab.objective import PetabModel, ScipySolver
+
+    if method == "lsoda":
+        solver = ScipySolver(rtol=args.rtol, atol=args.atol)
+    else:
+        solver = Solver(method, rtol=args.rtol, atol=args.atol, max_steps=max_steps)
+    return PetabModel(problem, solver=solver)
 
 
 if __name__ == "__main__":
