@@ -45,7 +45,7 @@ def test_training_loss_is_the_petab_likelihood() -> None:
             problem = load_problem(path)
             spec = petab_spec(problem)
             data = petab_measurements(problem, spec)
-            solver = Solver("rosenbrock23", rtol=1e-8, atol=1e-10, max_steps=200_000)
+            solver = Solver("rodas5p", rtol=1e-8, atol=1e-10, max_steps=200_000)
             module = make_module(build_hybrid(spec, data, solver), data)
             items = ConditionDataset(data)
             batch = {k: torch.stack([items[i][k] for i in range(len(items))]) for k in items[0]}
@@ -53,7 +53,7 @@ def test_training_loss_is_the_petab_likelihood() -> None:
                 fit = float(module.losses(batch)["fit"])
             n = int(batch["mask"].sum())
             assert n == len(problem.measurements.value)
-            # rosenbrock23 at rtol 1e-8 against LSODA at 1e-10: ~1e-6 apart on these models
+            # rodas5p at rtol 1e-8 against LSODA at 1e-10: ~1e-6 apart on these models
             assert abs(-fit * n - _llh(problem)) < 1e-3
     finally:
         torch.set_default_dtype(torch.float32)
@@ -76,7 +76,7 @@ def test_train_cli_on_a_petab_problem_writes_its_twin_as_petab(tmp_path: Path) -
             f"hydra.run.dir={tmp_path}/run",
             "data=petab",
             f"data.problem={BOEHM}",
-            "solver=rosenbrock23",
+            "solver=rodas5p",
             "trainer.max_epochs=2",
             "distill=none",
             "logger=none",
