@@ -1,4 +1,5 @@
 """python -m ude.petab check problem.yaml [--simulations out.tsv] [--gradient out.tsv]
+python -m ude.petab export <run> [--out DIR]
 
 Reads a PEtab (v1, v2, SciML) problem and evaluates it at its nominal parameters: prints
 ``llh <value>`` (and ``log_posterior <value>`` when the parameter table has priors), writes the
@@ -43,9 +44,44 @@ def main(argv: list[str] | None = None) -> None:
     )
     check.add_argument("--rtol", type=float, default=1e-10)
     check.add_argument("--atol", type=float, default=1e-12)
+    export = sub.add_parser(
+        "export",
+        help="write a finished train.py run's twin as a PEtab problem",
+        description="Writes a finished run's twin (the distilled one when the run has "
+        "twin.json, else the trained model if it has no networks) as a PEtab v1 problem: "
+        "SBML, the training data as measurements, observables with their noise, parameters "
+        "at their fitted values (per-condition ones as one parameter per condition).",
+    )
+    export.add_argument("run", help="the run directory (with config.yaml and checkpoints/)")
+    export.add_argument("--out", help="where to write the problem (default: <run>/petab)")
     args = parser.parse_args(argv)
     with exit_2_on_user_errors():
-        run_check(args)
+        run_check(args) if args.command == "check" else run_export(args)
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from ude.distill.cli import load_run
+    from ude.errors import UdeError
+    from ude.petab.export import write_run_petab
+
+    run = Path(args.run)
+    if not (run / "checkpoints" / "last.ckpt").is_file() and (run / "petab").is_dir():
+        raise UdeError(
+            "this run trained a PEtab SciML problem as it stands: its fitted problem is "
+            f"{run / 'petab'}",
+            source=str(run),
+        )
+    _, model, measurements, _ = load_run(run, [])
+    path = write_run_petab(model, measurements, run, args.out)
+    if path is None:
+        raise UdeError(
+            "the run's model has networks and no distilled twin (twin.json)",
+            source=str(run),
+            fix=f"distil it first: python -m ude.distill {run}",
+        )
+    print(f"wrote {path}")
 
 
 def run_check(args: argparse.Namespace) -> None:
