@@ -1,5 +1,6 @@
 """python -m ude.petab check problem.yaml [--simulations out.tsv] [--gradient out.tsv]
 python -m ude.petab export <run> [--out DIR]
+python -m ude.petab fit problem.yaml --out DIR [--starts N ...]
 
 Reads a PEtab (v1, v2, SciML) problem and evaluates it at its nominal parameters: prints
 ``llh <value>`` (and ``log_posterior <value>`` when the parameter table has priors), writes the
@@ -54,9 +55,46 @@ def main(argv: list[str] | None = None) -> None:
     )
     export.add_argument("run", help="the run directory (with config.yaml and checkpoints/)")
     export.add_argument("--out", help="where to write the problem (default: <run>/petab)")
+    fit = sub.add_parser(
+        "fit",
+        help="fit a problem's estimated parameters (and networks) from several starts",
+        description="Maximises the log-likelihood (log-posterior with priors) from the nominal "
+        "values and from random starts drawn uniformly within the bounds on each parameter's "
+        "scale: Adam, then L-BFGS; prints each start's result and writes the best fit as a "
+        "PEtab problem (nominal values = the fit) with fit.json beside it.",
+    )
+    fit.add_argument("problem", help="the problem's YAML file")
+    fit.add_argument("--out", required=True, help="folder for the fitted problem and fit.json")
+    fit.add_argument("--starts", type=int, default=5, help="random starts besides the nominal")
+    fit.add_argument("--epochs", type=int, default=100, help="Adam steps per start")
+    fit.add_argument("--lr", type=float, default=0.05, help="Adam's learning rate")
+    fit.add_argument("--polish", type=int, default=200, help="L-BFGS iterations per start")
+    fit.add_argument("--solver", default="rodas5p", choices=["rodas5p", "dopri5"])
+    fit.add_argument("--rtol", type=float, default=1e-7)
+    fit.add_argument("--atol", type=float, default=1e-9)
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--no-nominal", action="store_true", help="random starts only")
     args = parser.parse_args(argv)
     with exit_2_on_user_errors():
-        run_check(args) if args.command == "check" else run_export(args)
+        {"check": run_check, "export": run_export, "fit": run_fit}[args.command](args)
+
+
+def run_fit(args: argparse.Namespace) -> None:
+    from ude.model.solver import Solver
+    from ude.petab.fit import multistart
+
+    solver = Solver(args.solver, rtol=args.rtol, atol=args.atol, max_steps=100_000)
+    multistart(
+        args.problem,
+        args.out,
+        solver,
+        starts=args.starts,
+        epochs=args.epochs,
+        lr=args.lr,
+        polish_steps=args.polish,
+        seed=args.seed,
+        nominal=not args.no_nominal,
+    )
 
 
 def run_export(args: argparse.Namespace) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ude.errors import UdeError
 from ude.model.solver import Solver, SolverFailed
 from ude.petab.objective import PetabModel
 from ude.petab.problem import PetabProblem, load_problem
@@ -51,12 +52,17 @@ def fit_problem(
     polish_steps: int = 0,
     seed: int = 0,
     log=print,
+    start: torch.Tensor | None = None,
 ) -> tuple[PetabModel, dict]:
-    """Fit ``problem``'s estimated parameters and networks; returns the model at the best
+    """Fit ``problem``'s estimated parameters and networks (from ``start``, the estimated
+    parameters on their scales, default the nominal values); returns the model at the best
     objective seen and metrics (``objective`` first and best, ``history``, ``seconds``)."""
     torch.manual_seed(seed)
     p = problem if isinstance(problem, PetabProblem) else load_problem(problem)
     model = PetabModel(p, solver=solver)
+    if start is not None:
+        with torch.no_grad():
+            model.theta.copy_(start)
     posterior = p.has_priors
     lo, hi = _bounds(model)
     params = [q for q in model.parameters() if q.requires_grad]
@@ -68,9 +74,12 @@ def fit_problem(
     def snapshot() -> dict:
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    start = time.perf_counter()
-    with torch.no_grad():
-        first = float(objective())
+    began = time.perf_counter()
+    try:
+        with torch.no_grad():
+            first = float(objective())
+    except SolverFailed as err:
+        return model, {"first": -math.inf, "best": -math.inf, "stop_reason": f"start: {err}"}
     best, best_state = first, snapshot()
     history = [first]
     optimizer = torch.optim.Adam(params, lr=lr)
@@ -103,7 +112,7 @@ def fit_problem(
         "best": final,
         "epochs": len(history) - 1,
         "history": history,
-        "seconds": time.perf_counter() - start,
+        "seconds": time.perf_counter() - began,
         "compiled_solve": model.compiled is not None,
     }
     if stop:
@@ -134,6 +143,64 @@ def _polish(model, objective, params, lo, hi, steps, best, log) -> float:
         return best
     log(f"L-BFGS polish: objective {value:.6g}")
     return value
+
+
+def multistart(
+    problem: str | Path,
+    out_dir: str | Path,
+    solver: Solver,
+    starts: int,
+    epochs: int,
+    lr: float,
+    polish_steps: int,
+    seed: int = 0,
+    nominal: bool = True,
+    log=print,
+) -> dict:
+    """:func:`fit_problem` from the nominal values (``nominal``) and from ``starts`` random
+    points uniform within the bounds on each parameter's scale; the best fit is written to
+    ``out_dir`` (a PEtab problem and ``fit.json`` with every start's result)."""
+    p = load_problem(problem)
+    lo, hi = _bounds(PetabModel(p, solver=solver))
+    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()) and starts:
+        raise UdeError(
+            "random starts need finite bounds on every estimated parameter",
+            source=str(problem),
+            fix="give lowerBound and upperBound, or --starts 0",
+        )
+    generator = torch.Generator().manual_seed(seed)
+    points = [None] * int(nominal) + [
+        lo + (hi - lo) * torch.rand(len(lo), generator=generator, dtype=lo.dtype)
+        for _ in range(starts)
+    ]
+    results, best_model, best = [], None, -math.inf
+    for i, point in enumerate(points):
+        name = "nominal" if point is None else f"start {i + 1 - int(nominal)}"
+        model, metrics = fit_problem(
+            load_problem(problem), solver, epochs, lr, polish_steps, seed, lambda s: None, point
+        )
+        log(
+            f"{name}: objective {metrics['first']:.6g} -> {metrics['best']:.6g}"
+            + (f" ({metrics['stop_reason']})" if "stop_reason" in metrics else "")
+        )
+        metrics.pop("history", None)
+        results.append({"start": name, **metrics})
+        if metrics["best"] > best:
+            best, best_model = metrics["best"], model
+    if best_model is None:
+        raise UdeError("no start could be solved", source=str(problem))
+    out = Path(out_dir)
+    path = write_fitted_problem(best_model, out)
+    fitted = best_model.parameter_values().detach()
+    summary = {
+        "best": best,
+        "parameters": {q: float(fitted[best_model.scalars.index(q)]) for q in best_model.estimated},
+        "starts": results,
+        "problem": str(path),
+    }
+    (out / "fit.json").write_text(json.dumps(summary, indent=2))
+    log(f"best objective {best:.6g}; fitted problem: {path}")
+    return summary
 
 
 def write_fitted_problem(model: PetabModel, out_dir: str | Path) -> Path:
