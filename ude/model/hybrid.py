@@ -36,6 +36,8 @@ class HybridODE(nn.Module):
         learn_initial: learn the initial states of each condition, or keep them fixed.
         initial_known: ``(condition, state)`` True where the initial state is known and stays
             fixed even when ``learn_initial``.
+        nonnegative_fluxes: learned fluxes of irreversible reactions stay non-negative
+            (:class:`~ude.model.networks.FluxNetwork`).
         state_scale, time_scale: typical state magnitude ``(state,)`` and time span, used to
             scale network inputs and outputs.
         noise: initial noise level per observable ``(observable,)`` (learned in the NLL).
@@ -57,6 +59,7 @@ class HybridODE(nn.Module):
         activation: str = "tanh",
         learn_initial: bool = True,
         initial_known: torch.Tensor | None = None,
+        nonnegative_fluxes: bool = False,
     ):
         super().__init__()
         self.spec = spec
@@ -89,7 +92,11 @@ class HybridODE(nn.Module):
                 in_scale=in_scale,
                 out_scale=out_scale,
             )
-            self.networks.append(net if stoich is None else FluxNetwork(net, stoich))
+            if stoich is not None:
+                irreversible = {r.name for r in spec.reactions if not r.reversible}
+                positive = torch.tensor([r in irreversible for r in slot.reactions])
+                net = FluxNetwork(net, stoich, positive if nonnegative_fluxes else None)
+            self.networks.append(net)
             self._slot_inputs.append(idx_in)
             self._slot_targets.append(idx_out)
         self.observe_fn = CompiledExpressions(
@@ -307,6 +314,7 @@ def build_hybrid(
     activation: str = "tanh",
     learn_initial: bool = True,
     latent_initial: float = 1.0,
+    nonnegative_fluxes: bool = False,
 ) -> HybridODE:
     """A HybridODE for ``spec`` sized and scaled from ``measurements``.
 
@@ -369,4 +377,5 @@ def build_hybrid(
         activation=activation,
         learn_initial=learn_initial,
         initial_known=torch.from_numpy(known_initial),
+        nonnegative_fluxes=nonnegative_fluxes,
     )
