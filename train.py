@@ -6,6 +6,8 @@ the top of the source tree. Examples:
     python train.py trainer.max_epochs=300 seed=1
     python train.py ckpt_path=outputs/<day>/<time>/checkpoints/last.ckpt   # resume
     python train.py -m seed=0,1,2 hydra/launcher=local                     # a local sweep
+    python train.py hydra.run.dir=runs/a                                   # killed? run it again
+    python train.py trainer=ddp trainer.devices=2                          # 2 processes (DDP)
 """
 
 from ude.train.cli import cli, main, train  # noqa: F401 - `import train; train.train(cfg)`

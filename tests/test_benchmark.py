@@ -96,7 +96,9 @@ def test_scenarios_hide_corrupt_and_validate():
 
 @pytest.mark.parametrize("method", [SINDy(), WeakSINDy(), ESINDy(n_models=5)])
 def test_sparse_baselines_find_lotka_volterra_without_noise(method):
-    problem = build_problem(Scenario("lotka_volterra", noise=0.0, n_times=60))
+    problem = build_problem(
+        Scenario("lotka_volterra", noise=0.0, n_times=60, library="mass_action")
+    )
     result = method.fit(problem)
     found = term_matrix(result.spec)
     assert support_f1(found, TRUE) == 1.0, found
@@ -117,12 +119,33 @@ def test_suite_resumes_and_reports(tmp_path):
     saved = read_results(tmp_path)
     assert {r["id"] for r in saved} == {c.id for c in cells}
     json.dumps(saved[0])  # rows are plain JSON
+    version = saved[0]["code_version"]  # the code each row was made with
+    assert len(version["commit"]) == 40 and isinstance(version["dirty"], bool)
     report = write_report(saved, tmp_path)
     text = report.read_text()
     assert "| sindy |" in text and "noise=0.1" in text
     # no ude cells: the comparison with ude says why it is empty
     assert "No comparison: this suite has no `ude` cells (its methods: sindy, weak_sindy)" in text
     assert (tmp_path / "results.csv").is_file() and (tmp_path / "plots" / "curves.png").is_file()
+
+
+def test_ude_in_the_benchmark_runs_what_train_py_runs():
+    """No second copy of the numbers: the benchmark's ude (and node) take training,
+    distillation and band from the config `python train.py` composes; only the scenario's
+    seed and solver are set, and the library axis sets distill.library."""
+    from ude.benchmark.libraries import distill_library
+    from ude.benchmark.methods import composed_config
+    from ude.runs import train_config
+
+    problem = build_problem(Scenario("goodwin", seed=3))
+    mine = composed_config(problem, [])
+    user = train_config(["seed=3", f"solver={problem.solver}"])
+    for key in ("optim", "model", "solver", "distill"):
+        assert mine[key] == user[key], key
+    assert mine.trainer.max_epochs == user.trainer.max_epochs
+    assert mine.callbacks.early_stopping == user.callbacks.early_stopping
+    assert distill_library("default") is None  # the base scenario: as a user gets it
+    assert distill_library("mass_action") == ["constant", "mass_action"]
 
 
 def test_neural_methods_interface():
@@ -133,8 +156,16 @@ def test_neural_methods_interface():
     from ude.benchmark.scenario import Scenario, build_problem
 
     problem = build_problem(Scenario("lotka_volterra", n_times=20))
+    short = [
+        "trainer.max_epochs=30",
+        "optim.warm_start_steps=300",
+        "distill.distiller.selector.max_candidates=2",
+        "distill.distiller.selector.max_refits=3",
+        "distill.forecast_interval.n_samples=50",
+    ]
     shape = (len(problem.forecast_times), 2)
-    ude = UDE(max_epochs=30, warm_start_steps=300, interval_samples=50).fit(problem)
+    ude = UDE(overrides=short).fit(problem)
+    assert ude.info["epochs"] == 30  # the overrides reach train.py's config
     # a crash of the distillation is reported in info; here it would be a bug
     assert ude.spec is not None, ude.info.get("distill_error")
     assert ude.seconds > 0 and ude.forecast_states == ["x", "y"]
@@ -143,7 +174,7 @@ def test_neural_methods_interface():
     band = ude.info["interval"]
     assert band["n_samples"] == 50 and band["n_failed"] <= 25, band
     assert ude.lower.shape == ude.upper.shape == shape and np.all(ude.lower <= ude.upper)
-    node = NeuralODE(max_epochs=10, warm_start_steps=50).fit(problem)
+    node = NeuralODE(overrides=["trainer.max_epochs=10", "optim.warm_start_steps=50"]).fit(problem)
     assert node.spec is None and node.forecast_states == ["x", "y"]
     assert node.forecast is not None and node.forecast.shape == shape
     assert math.isfinite(node.seconds)

@@ -41,6 +41,8 @@ def run_train(tmp_path, *overrides: str, run_dir: str = "run") -> subprocess.Com
         (["solver=rk5"], "rk5"),
         (["model.spec=missing.yaml"], "missing.yaml"),
         (["model.activation=sigmoid"], "sigmoid"),
+        (["distill.library=[mass_action,hil]"], "distill.library[1]: unknown family 'hil'"),
+        (["distill.library={add: ['x*q']}"], "distill.library.add[0]: unknown name 'q'"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(tmp_path, overrides, expected):
@@ -58,6 +60,17 @@ def test_a_bad_spec_file_names_the_file_and_key(tmp_path):
     assert proc.returncode == 2
     assert f"{spec}: equations.x: unknown name 'k'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_spec_library_naming_an_unknown_family_exits_2(tmp_path):
+    spec = tmp_path / "lib.yaml"
+    spec.write_text(
+        "states: [x, y]\nequations: {x: -x, y: -y}\nneural: {targets: [y]}\n"
+        "library: [mass_action, hil]\n"
+    )
+    proc = run_train(tmp_path, f"model.spec={spec}")
+    assert proc.returncode == 2
+    assert f"{spec}: library[1]: unknown family 'hil'" in proc.stderr, proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize(

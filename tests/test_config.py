@@ -53,7 +53,7 @@ def test_every_group_is_tested():
     }  # fmt: skip
     assert groups == tested
     bench = {p.relative_to(BENCH_CONF).as_posix() for p in BENCH_CONF.rglob("*") if p.is_dir()}
-    assert bench == {"suite", "hydra", "hydra/launcher"}
+    assert bench == {"suite", "logger", "hydra", "hydra/launcher"}
 
 
 @pytest.mark.parametrize("option", options("data"))
@@ -186,9 +186,21 @@ def _hydra_launcher(config_dir: Path, name: str, option: str, extra: list[str] |
 )
 def test_launcher_options_construct_their_launcher(where, option):
     config_dir, name = (CONF, "config") if where == "train" else (BENCH_CONF, "benchmark")
-    launcher = instantiate(_hydra_launcher(config_dir, name, option))
-    kind = {"local": "JoblibLauncher", "slurm": "SlurmLauncher"}[option]
+    # slurm_ddp sizes the job from the DDP trainer: tasks per node = trainer.devices
+    extra = ["trainer=ddp", "trainer.devices=2"] if option == "slurm_ddp" else []
+    launcher = instantiate(_hydra_launcher(config_dir, name, option, extra))
+    kind = "JoblibLauncher" if option == "local" else "SlurmLauncher"
     assert type(launcher).__name__ == kind
+
+
+@pytest.mark.parametrize("option", options("logger", BENCH_CONF))
+def test_benchmark_logger_options_construct_their_report(option, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(BENCH_CONF), version_base="1.3"):
+        cfg = compose("benchmark", [f"logger={option}", f"out_dir={tmp_path}"])
+    reports = [instantiate(c) for c in (cfg.logger or {}).values()]
+    assert [type(r).__name__ for r in reports] == {"none": [], "wandb": ["WandbReport"]}[option]
 
 
 @pytest.mark.parametrize("suite", options("suite", BENCH_CONF))
@@ -206,3 +218,54 @@ def test_benchmark_suites_give_cells_methods_and_problems(suite):
     for system in cfg.suite.systems:  # each system's first scenario builds its problem
         problem = build_problem(next(c for c in cells if c.scenario.system == system).scenario)
         assert np.isfinite(problem.measurements.values).any()
+
+
+class _Submitted(Exception):
+    """Raised instead of running sbatch: carries the script submitit wrote."""
+
+
+def test_slurm_ddp_launcher_writes_the_sbatch_script_of_the_ddp_recipe(tmp_path, monkeypatch):
+    """hydra/launcher=slurm_ddp through the real submitit launcher, up to the sbatch call:
+    one task per device on each node, the requeue signal, the partition and the time."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+    from submitit.slurm.slurm import SlurmExecutor
+
+    GlobalHydra.instance().clear()
+    overrides = [
+        "hydra/launcher=slurm_ddp",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.timeout_min=90",
+        "trainer=ddp",
+        "trainer.accelerator=gpu",
+        "trainer.devices=4",
+        "trainer.num_nodes=2",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.job.name = "train"
+
+    def written(self, path):
+        raise _Submitted(path)
+
+    monkeypatch.setattr(SlurmExecutor, "_make_submission_command", written)
+    monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 1))  # "srun found"
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.setup(hydra_context=None, task_function=lambda c: None, config=cfg)
+    with pytest.raises(_Submitted) as submitted:
+        launcher.launch([["seed=0"], ["seed=1"]], initial_job_idx=0)
+    script = open(submitted.value.args[0]).read()
+    for line in (
+        "#SBATCH --partition=gpu",
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=4",  # tasks per node = trainer.devices
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --time=90",
+        "#SBATCH --signal=USR2@120",  # submitit's requeue signal, 2 minutes before the end
+        "#SBATCH --array=0-1%2",  # the sweep's two runs as a job array, both at once
+    ):
+        assert line in script, (line, script)
+    assert "srun" in script  # srun starts the tasks: Lightning reads the ranks from SLURM

@@ -298,13 +298,15 @@ def test_integral_matching_ranks_the_true_terms_first(lotka_volterra_distilled):
     from ude.distill.integral import integral_problems
 
     _, model, m = lotka_volterra_distilled
-    problems = integral_problems(model, m, Distiller(library=[PolynomialLibrary(2)]).theta(model))
+    problems = integral_problems(
+        model, m, Distiller(library=[PolynomialLibrary(2)]).libraries(model)
+    )
     path = IntegralPath()
     for target, true in (("x", -0.9), ("y", 0.8)):
         p = problems[target]
         assert p.from_data and p.n_points == len(m.times)
         ranked = path.ranked(p)
-        crit, support, coef = ranked[0]
+        crit, support, coef, _ = ranked[0]
         assert [p.terms[j] for j in support] == ["x*y"]
         assert coef[support[0]] == pytest.approx(true, rel=0.03)
         wrong = next(r for r in ranked if [p.terms[j] for j in r[1]] == ["y"])
@@ -339,11 +341,12 @@ def test_selector_refits_the_sparsest_candidates_within_the_margin():
     assert {(1, 2), (0, 2), (0, 1)} <= set(refitted)  # the removals of the best
     # n log(1.2e-3 / 1e-3) = 10.9 above, minus 2 log 60 = 8.2 of the penalty: within 6
     assert np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [1]
-    refitted.clear()  # a refit budget stops the moves
+    refitted.clear()  # a refit budget stops the moves, then the best's removals are refitted
     TrajectorySelector(max_candidates=2, grow=False, max_refits=3).select(
         [dense, sparse_near], refit
     )
-    assert len(refitted) == 3
+    assert refitted[:3] == [(0, 1, 2), (1,), (1, 2)]
+    assert sorted(refitted[3:]) == [(0, 1), (0, 2)]  # the parsimony rule needs all of them
 
 
 def test_integral_matching_of_a_latent_target_uses_the_trajectory():
@@ -361,10 +364,12 @@ def test_integral_matching_of_a_latent_target_uses_the_trajectory():
 
     system = get_system("lotka_volterra")
     model = _known_function_model(system.known, m, interaction, m.truth.initial)
-    problems = integral_problems(model, m, Distiller(library=[PolynomialLibrary(2)]).theta(model))
+    problems = integral_problems(
+        model, m, Distiller(library=[PolynomialLibrary(2)]).libraries(model)
+    )
     assert problems["x"].from_data and not problems["y"].from_data
     for target, true in (("x", -0.9), ("y", 0.8)):
-        crit, support, coef = IntegralPath().ranked(problems[target])[0]
+        crit, support, coef, _ = IntegralPath().ranked(problems[target])[0]
         assert [problems[target].terms[j] for j in support] == ["x*y"]
         assert coef[support[0]] == pytest.approx(true, rel=0.03)
     cand = IntegralPath().candidates(problems)[0]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from ude.distill.cli import main as distill_main
 from ude.distill.cli import new_distill_dir, summary
 from ude.distill.report import STATUSES
 from ude.errors import UdeError
+from ude.progress import ConsoleProgress
 from ude.spec.simulate import simulate_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,10 +42,20 @@ QUICK = [
 ]
 
 
-def test_train_distils_and_run_can_be_distilled_again(make_cfg, tmp_path):
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_train_distils_and_run_can_be_distilled_again(make_cfg, tmp_path, caplog):
     run = tmp_path / "run"
+    caplog.set_level(logging.INFO, logger="ude.progress")  # as hydra/job_logging=ude sets it
+    screen = _Terminal()
     # '++': the key may or may not be in conf/distill (absent: LaplaceInterval's defaults)
-    metrics = train.train(make_cfg(*QUICK, "++distill.forecast_interval.n_samples=30"))
+    metrics = train.train(
+        make_cfg(*QUICK, "++distill.forecast_interval.n_samples=30"),
+        progress=ConsoleProgress(screen, every=0.0),
+    )
     for name in ("twin.json", "equations.md", "distill.json", "twin.sbml"):
         assert (run / name).is_file(), name
     for name in ("distilled_terms.png", "forecast.png"):
@@ -53,6 +66,16 @@ def test_train_distils_and_run_can_be_distilled_again(make_cfg, tmp_path):
     assert band["n_samples"] == 30 and band["level"] == 0.95
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["distill"]["discovered"] == metrics["distill"]["discovered"]
+    # every stage was shown on the terminal's live line, and its duration kept
+    shown = screen.getvalue()
+    selector = make_cfg().distill.distiller.selector  # the refits count up to the budget
+    refits = f"refits  1/{max(selector.max_refits, selector.max_candidates)}"
+    for line in ("warm start  500/500", "epochs  3/3", "screen", refits, "final refit",
+                 "bootstrap", "band", "plots", "petab export"):  # fmt: skip
+        assert line in shown, line
+    stages = {"warm_start", "epochs", "screen", "refits", "final_refit", "bootstrap", "band",
+              "plots", "petab_export"}  # fmt: skip
+    assert {f"{s}_seconds" for s in stages} <= set(saved["timings"]), saved["timings"]
     # twin.json is the twin the report describes
     twin = load_twin(run / "twin.json")
     for state, expr in report["discovered"].items():

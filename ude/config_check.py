@@ -21,6 +21,7 @@ _MISSING_HINTS = {
 # key: (expected types, test, what is expected)
 _RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "seed": ((int,), lambda v: v >= 0, "an integer >= 0"),
+    "data.seed": ((int,), lambda v: v >= 0, "an integer >= 0"),
     "threads": ((int, type(None)), lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "trainer.max_epochs": ((int,), lambda v: v >= 1, "an integer >= 1"),
     "trainer.check_val_every_n_epoch": ((int,), lambda v: v >= 1, "an integer >= 1"),

@@ -107,7 +107,11 @@ def fit(
         trainer = pl.Trainer(**kwargs)
         metrics = run_training(module, ConditionsDataModule(measurements), trainer)
     return FitResult(
-        model=model, module=module, measurements=measurements, metrics=metrics, trainer=trainer
+        model=module.reported,
+        module=module,
+        measurements=measurements,
+        metrics=metrics,
+        trainer=trainer,
     )
 
 
@@ -117,11 +121,24 @@ def run_training(
     trainer: pl.Trainer,
     ckpt_path: str | None = None,
 ) -> dict[str, Any]:
-    """``trainer.fit`` then :func:`evaluate`; the metrics include the wall time."""
+    """``trainer.fit`` then :func:`evaluate` (under DDP: on the first process; the others
+    return the stop reason and the epochs only); the metrics include the wall time.
+
+    ``module.reported`` is then the model the run reports: the trained HybridODE, or an
+    ensemble's member with the lowest error on the training data (``metrics["ensemble"]``
+    has every member's)."""
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start
-    metrics = evaluate(module, datamodule.measurements, getattr(datamodule, "split", None))
+    split = getattr(datamodule, "split", None)
+    module.reported, chosen = reported_model(module.model, datamodule.measurements, split)
+    metrics = (
+        evaluate(module, datamodule.measurements, split, model=module.reported)
+        if trainer.is_global_zero
+        else {}
+    )
+    if chosen is not None:
+        metrics["ensemble"] = chosen
     metrics["epochs"] = int(trainer.current_epoch)
     metrics["stop_reason"] = module.stop_reason
     if module.warm_start_discarded:
@@ -143,16 +160,59 @@ def predict(
     return states.cpu().numpy(), model.observe(states, cond).cpu().numpy()
 
 
+def reported_model(
+    model: HybridODE, measurements: Measurements, split: Split | None = None
+) -> tuple[HybridODE, dict[str, Any] | None]:
+    """``model``, or for an ensemble (:class:`ude.model.ensemble.HybridEnsemble`) its member
+    with the lowest normalised MSE on the training data (``split``'s, else all), with
+    ``{"members", "chosen", "train_nmse"}`` (every member's error)."""
+    if getattr(model, "n_members", 1) == 1:
+        return model, None
+    p0 = model.initial
+    as_t = lambda a: torch.as_tensor(a, dtype=p0.dtype, device=p0.device)  # noqa: E731
+    used = ~np.isnan(measurements.values) & (True if split is None else split.train)
+    batch = {
+        "condition": torch.arange(measurements.n_conditions, device=p0.device),
+        "values": as_t(np.nan_to_num(measurements.values)),
+        "mask": torch.as_tensor(used, device=p0.device),
+        "scale": as_t(measurements.observable_scale()),
+    }
+    try:
+        errors = model.member_errors(as_t(measurements.times), batch)
+    except SolverFailed:  # one solve for all: judge each member alone
+        errors = np.array(
+            [_alone(model.member(i), batch, measurements) for i in range(model.n_members)]
+        )
+    best = int(np.argmin(errors))
+    info = {"members": model.n_members, "chosen": best, "train_nmse": [float(e) for e in errors]}
+    return model.member(best), info
+
+
+def _alone(member: HybridODE, batch: dict[str, torch.Tensor], measurements: Measurements) -> float:
+    try:
+        _, obs = predict(member, measurements.times)
+    except SolverFailed:
+        return math.inf
+    resid = (measurements.values - obs[:, :, None, :]) / measurements.observable_scale()
+    used = batch["mask"].cpu().numpy()
+    value = float(np.mean(resid[used] ** 2)) if used.any() else math.inf
+    return value if math.isfinite(value) else math.inf
+
+
 def evaluate(
-    module: UDEModule, measurements: Measurements, split: Split | None = None
+    module: UDEModule,
+    measurements: Measurements,
+    split: Split | None = None,
+    model: HybridODE | None = None,
 ) -> dict[str, Any]:
-    """Fit errors on the training data, forecast errors on the held-out data of ``split``
-    (when it holds any out) and, for synthetic data, errors against the truth.
+    """Fit errors of ``model`` (default: the module's) on the training data, forecast errors
+    on the held-out data of ``split`` (when it holds any out) and, for synthetic data, errors
+    against the truth.
 
     Errors are normalised by each observable's RMS over the training entries (the module's
     ``obs_scale``).
     """
-    model = module.model
+    model = module.model if model is None else model
     model.eval()
     try:
         _, obs = predict(model, measurements.times)

@@ -9,23 +9,26 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from hydra.errors import HydraException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import Container, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ude.config_check import config_error
 from ude.data.datamodule import ConditionsDataModule
+from ude.data.measurements import Measurements
 from ude.errors import UdeError
 from ude.fit import make_module
 from ude.model.hybrid import HybridODE
 from ude.model.solver import stiff_or
-from ude.spec.model_spec import load_spec
+from ude.progress import Progress
+from ude.spec.library_key import check_terms_reach_a_slot, parse_library
+from ude.spec.model_spec import ModelSpec, load_spec
 from ude.train.module import UDEModule
 
 
@@ -47,33 +50,99 @@ OmegaConf.register_new_resolver("ude_command", invoked_as, replace=True)
 OmegaConf.register_new_resolver("ude_stiff_or", stiff_or, replace=True)
 
 
-def build_run(cfg: DictConfig) -> tuple[ConditionsDataModule, HybridODE, UDEModule]:
-    """The DataModule, HybridODE and UDEModule of a composed (or saved) run config.
+def build_run(
+    cfg: DictConfig, progress: Progress | None = None
+) -> tuple[ConditionsDataModule, HybridODE, UDEModule]:
+    """The DataModule, HybridODE and UDEModule of a composed (or saved) run config; the
+    module reports its warm start and training to ``progress``.
 
-    The spec is loaded first, so a bad spec file is reported before anything else; tensors are
-    float64 when the trainer runs in 64-bit precision. The model and the module see the
-    training entries only (:meth:`ude.data.Split.masked`): scales, the warm start's smoothing
-    and the shooting nodes never read held-out values.
+    The spec is loaded first, so a bad spec file (or ``distill.library``) is reported before
+    anything else; tensors are float64 when the trainer runs in 64-bit precision. The model and
+    the module see the training entries only (:meth:`ude.data.Split.masked`): scales, the warm
+    start's smoothing and the shooting nodes never read held-out values.
     """
-    spec_source = petab_spec_source(cfg)
-    spec = load_spec(spec_source)
+    spec = load_spec(petab_spec_source(cfg))
+    check_library_choice(cfg, spec)
+    data = data_config(cfg)
+    with _precision(cfg):
+        datamodule = (
+            instantiate(data, _partial_=True)(spec=spec) if "problem" in data else instantiate(data)
+        )
+    split = getattr(datamodule, "split", None)
+    seen = datamodule.measurements if split is None else split.masked(datamodule.measurements)
+    model, module = build_model(cfg, spec, seen, progress)
+    return datamodule, model, module
+
+
+@contextmanager
+def _precision(cfg: DictConfig) -> Iterator[None]:
+    """Tensors are float64 while building when the trainer runs in 64-bit precision."""
     double = str(cfg.trainer.get("precision", "32")).startswith("64")
     torch.set_default_dtype(torch.float64 if double else torch.float32)
     try:
-        datamodule = (
-            instantiate(cfg.data, _partial_=True)(spec=spec)
-            if "problem" in cfg.data
-            else instantiate(cfg.data)
-        )
-        split = getattr(datamodule, "split", None)
-        seen = datamodule.measurements if split is None else split.masked(datamodule.measurements)
-        # Objects go in through a partial: Hydra would turn them into config nodes.
-        model = instantiate(cfg.model, _partial_=True)(
-            spec=spec, measurements=seen, solver=instantiate(cfg.solver)
-        )
+        yield
     finally:
         torch.set_default_dtype(torch.float32)
-    return datamodule, model, make_module(model, seen, **cfg.optim)
+
+
+def build_model(
+    cfg: DictConfig,
+    spec: ModelSpec,
+    measurements: Measurements,
+    progress: Progress | None = None,
+) -> tuple[HybridODE, UDEModule]:
+    """The HybridODE of ``spec`` on ``measurements`` (the entries it may see) and its
+    UDEModule, as ``cfg``'s model, solver and optimiser settings make them; the module reports
+    its warm start and training to ``progress``."""
+    with _precision(cfg):
+        # Objects go in through a partial: Hydra would turn them into config nodes.
+        model = instantiate(cfg.model, _partial_=True)(
+            spec=spec, measurements=measurements, solver=instantiate(cfg.solver)
+        )
+    return model, make_module(model, measurements, progress=progress, **cfg.optim)
+
+
+def train_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config ``python train.py <overrides>`` runs with, composed from ``ude/conf`` (usable
+    inside another Hydra app: its global state is restored). Entries that name Hydra's run
+    directory (``${hydra:...}``) cannot be resolved outside a run: set them before use."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+
+    from ude.conf import CONF_DIR
+
+    backup = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=list(overrides))
+    finally:
+        restore_gh_from_backup(backup)
+
+
+def check_library_choice(cfg: DictConfig, spec: ModelSpec) -> None:
+    """A bad ``distill.library`` (unknown family, undeclared name in a custom term) is an
+    error before training, not after."""
+    choice = cfg.get("distill", {}).get("library") if cfg.get("distill") else None
+    if choice is None:
+        return
+    raw = OmegaConf.to_container(choice, resolve=True) if isinstance(choice, Container) else choice
+    names = [*spec.states, *spec.inputs]
+    parsed = parse_library(raw, names, source="config", where="distill.library")
+    slots = [(s.name, s.inputs) for s in spec.neural]
+    check_terms_reach_a_slot(parsed, slots, names, source="config", where="distill.library")
+
+
+def data_config(cfg: DictConfig) -> DictConfig:
+    """``cfg.data`` for instantiation: resolved, without ``data.seed``, which only feeds the
+    synthetic data's draw (``data.measurements.seed: ${data.seed}``) and is no argument of
+    the DataModule."""
+    if "seed" not in cfg.data:
+        return cfg.data
+    data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
+    data.pop("seed")
+    return data
 
 
 def petab_spec_source(cfg: DictConfig) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -272,24 +273,21 @@ class ESINDy(SINDy):
 
 
 class NeuralODE(Method):
-    """A black-box neural ODE: one network for every state's whole right-hand side, trained by
-    :func:`ude.fit` like the UDE (same epochs and warm start; dopri5, since a black box has
-    no known stiff rates); as many states as the system has (the unobserved ones latent).
-    Forecasts only."""
+    """A black-box neural ODE: one network for every state's whole right-hand side, trained
+    exactly as ``ude`` trains (:func:`train_as_train_py`: ``python train.py``'s training
+    schedule, network and optimiser settings, with dopri5, since a black box has no known
+    stiff rates); as many states as the system has (the unobserved ones latent). Forecasts
+    only.
+
+    ``overrides``: train.py overrides (the same for ``ude``: one training for both).
+    """
 
     name = "node"
 
-    def __init__(
-        self, max_epochs: int = 150, warm_start_steps: int = 500, hidden: int = 32, lr: float = 1e-2
-    ):
-        self.max_epochs = max_epochs
-        self.warm_start_steps = warm_start_steps
-        self.lr = lr
-        self.hidden = hidden
+    def __init__(self, overrides: Sequence[str] = ()):
+        self.overrides = list(overrides)
 
     def fit(self, problem: Problem) -> MethodResult:
-        from ude.fit import fit
-
         states = list(problem.truth.states)
         spec = ModelSpec(
             states=states,
@@ -297,20 +295,57 @@ class NeuralODE(Method):
             name="neural_ode",
         )
         start = time.perf_counter()
-        result = fit(
-            spec,
-            problem.measurements,
-            max_epochs=self.max_epochs,
-            warm_start_steps=self.warm_start_steps,
-            seed=problem.scenario.seed,
-            model_kwargs={"hidden": self.hidden},
-            lr=self.lr,
-        )
+        cfg = composed_config(problem, self.overrides, solver="dopri5")
+        model, metrics = train_as_train_py(cfg, spec, problem.measurements)
         seconds = time.perf_counter() - start
-        forecast = hybrid_forecast(result.model, problem)
+        forecast = hybrid_forecast(model, problem)
         return MethodResult(
-            None, states, forecast, seconds, info={"train_nmse": result.metrics.get("train_nmse")}
+            None, states, forecast, seconds, info={"train_nmse": metrics.get("train_nmse")}
         )
+
+
+def composed_config(problem: Problem, overrides: Sequence[str], solver: str | None = None):
+    """``python train.py``'s config for ``problem``: the seed of its scenario, the solver its
+    modeller would choose (``problem.solver``, or ``solver``), ``overrides`` last; nothing
+    logged or written."""
+    from omegaconf import open_dict
+
+    from ude.runs import train_config
+
+    cfg = train_config(
+        [
+            f"seed={problem.scenario.seed}",
+            f"solver={solver or problem.solver}",
+            "logger=none",
+            "callbacks.progress.every=0",
+            *overrides,
+        ]
+    )
+    with open_dict(cfg):
+        # what only writes files: the checkpoint callback and the run directory
+        cfg.callbacks.pop("checkpoint", None)
+        cfg.trainer.default_root_dir = None
+    return cfg
+
+
+def train_as_train_py(cfg, spec: ModelSpec, data) -> tuple[Any, dict[str, Any]]:
+    """Train ``spec`` on ``data`` as ``python train.py`` does with config ``cfg`` (its model,
+    solver, optimiser, trainer and callbacks): the trained HybridODE and the run's metrics."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from ude.data.datamodule import ConditionsDataModule
+    from ude.fit import run_training
+    from ude.runs import build_model, data_config
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    model, module = build_model(cfg, spec, data)
+    options = {k: v for k, v in data_config(cfg).items() if k not in {"_target_", "measurements"}}
+    datamodule = ConditionsDataModule(data, **options)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    trainer = instantiate(cfg.trainer, _partial_=True)(callbacks=callbacks, logger=False)
+    metrics = run_training(module, datamodule, trainer)
+    return model, metrics
 
 
 @torch.no_grad()
@@ -331,79 +366,49 @@ def hybrid_forecast(model, problem: Problem) -> np.ndarray | None:
 
 
 class UDE(Method):
-    """``ude``: the known spec plus networks, trained by :func:`ude.fit`, distilled by
-    :class:`ude.distill.Distiller` on the scenario's library (over each network's inputs) and
-    refitted through the ODE. The reported model is the twin (known + discovered terms).
+    """``ude`` exactly as ``python train.py`` runs it: the config composed from ``conf/``
+    (training schedule, network, optimiser, distillation and its forecast band), the
+    scenario's prior knowledge as the spec, its data, and the system's solver. The reported
+    model is the distilled twin (known + discovered terms).
 
-    The distiller is set for speed: ``max_candidates`` candidates (ranked by integral
-    matching on the data) are refitted and scored by BIC, without the trajectory-level
-    pruning. Training and refits use the system's solver (``problem.solver``: rosenbrock23
-    for the stiff ones); candidates are scored on the data's grid by rk4 (non-stiff systems).
+    The library axis sets ``distill.library`` (:func:`ude.benchmark.libraries.distill_library`;
+    the base scenario's ``default`` leaves it as a user gets it). ``overrides`` are more
+    train.py overrides (none by default: the benchmark measures the product's defaults).
 
     The 95 % forecast band is that of the twin's trajectory from the Laplace approximation at
-    the final refit (:class:`ude.distill.uncertainty.LaplaceInterval`, ``interval_samples``
-    draws, 0: none), from the same initial state on the same grid as the point forecast; as for
-    E-SINDy, there is no band when fewer than half the draws solve. Its time counts in
-    ``seconds``.
+    the final refit (:class:`ude.distill.uncertainty.LaplaceInterval`, train.py's
+    ``distill.forecast_interval``), from the forecast task's initial state; as for E-SINDy,
+    there is no band when fewer than half the draws solve. Its time counts in ``seconds``.
     """
 
     name = "ude"
     uses_prior = True
 
-    def __init__(
-        self,
-        max_epochs: int = 150,
-        warm_start_steps: int = 500,
-        max_candidates: int = 3,
-        score_iter: int = 60,
-        refit_iter: int = 150,
-        prune: bool = False,
-        interval_samples: int = 200,
-        lr: float = 1e-2,
-    ):
-        self.max_epochs = max_epochs
-        self.warm_start_steps = warm_start_steps
-        self.lr = lr
-        self.max_candidates = max_candidates
-        self.score_iter = score_iter
-        self.refit_iter = refit_iter
-        self.prune = prune
-        self.interval_samples = interval_samples
+    def __init__(self, overrides: Sequence[str] = ()):
+        self.overrides = list(overrides)
 
     def fit(self, problem: Problem) -> MethodResult:
-        from ude.distill import Distiller, TrajectorySelector, TwinRefit
-        from ude.fit import fit
-        from ude.model.solver import Solver, stiff_or
+        from ude.benchmark.libraries import distill_library
+        from ude.distill.cli import make_distiller
 
         data = problem.measurements
         start = time.perf_counter()
-        result = fit(
-            problem.known,
-            data,
-            solver=Solver(problem.solver),
-            max_epochs=self.max_epochs,
-            warm_start_steps=self.warm_start_steps,
-            seed=problem.scenario.seed,
-            lr=self.lr,
-        )
+        cfg = composed_config(problem, self.overrides)
+        library = distill_library(problem.library)
+        if library is not None:
+            cfg.distill.library = library
+        model, metrics = train_as_train_py(cfg, problem.known, data)
         train_seconds = time.perf_counter() - start
-        distiller = Distiller(
-            library=make_library(problem.library),
-            selector=TrajectorySelector(max_candidates=self.max_candidates, prune=self.prune),
-            score_refit=TwinRefit(
-                max_iter=self.score_iter, tol=1e-7, method=stiff_or(problem.solver, "rk4")
-            ),
-            refit=TwinRefit(max_iter=self.refit_iter, tol=1e-9, method=problem.solver),
-        )
         info: dict[str, Any] = {
             "train_seconds": round(train_seconds, 2),
-            "train_nmse": result.metrics.get("train_nmse"),
+            "train_nmse": metrics.get("train_nmse"),
             "solver": problem.solver,
+            "epochs": metrics.get("epochs"),
         }
-        if result.metrics.get("stop_reason"):
-            info["stop_reason"] = result.metrics["stop_reason"]
+        if metrics.get("stop_reason"):
+            info["stop_reason"] = metrics["stop_reason"]
         try:
-            distilled = distiller.fit(result.model, data)
+            distilled = make_distiller(cfg.distill).fit(model, data)
         except Exception as err:  # noqa: BLE001 - a failed distillation is a result, not a crash
             # no twin: no equations and no twin forecast (the cell scores as a failure); the
             # trained hybrid's forecast is still scored, as such
@@ -411,36 +416,48 @@ class UDE(Method):
             seconds = time.perf_counter() - start
             return MethodResult(
                 None,
-                list(result.model.spec.states),
+                list(model.spec.states),
                 None,
                 seconds,
                 info=info,
-                other_forecasts={"hybrid": hybrid_forecast(result.model, problem)},
+                other_forecasts={"hybrid": hybrid_forecast(model, problem)},
             )
         twin = distilled.twin
         info["distill_seconds"] = round(time.perf_counter() - start - train_seconds, 2)
         info["discovered"] = {k: str(v) for k, v in twin.discovered.items()}
+        info["ties"] = distilled.tie_rows()
+        info["identifiability"] = distilled.identifiability
         idx = [problem.truth.states.index(s) for s in twin.states]
         initial = problem.forecast_initial[idx]
-        lower, upper = self.band(distilled.model, problem, initial, info)
+        band_options = cfg.distill.get("forecast_interval")
+        lower, upper = self.band(distilled.model, problem, initial, info, band_options)
         seconds = time.perf_counter() - start
         forecast = integrate(twin, problem, initial)
-        hybrid = {"hybrid": hybrid_forecast(result.model, problem)}
+        hybrid = {"hybrid": hybrid_forecast(model, problem)}
         return MethodResult(
             twin, list(twin.states), forecast, seconds, lower, upper, info, other_forecasts=hybrid
         )
 
     def band(
-        self, refitted, problem: Problem, initial: np.ndarray, info: dict[str, Any]
+        self,
+        refitted,
+        problem: Problem,
+        initial: np.ndarray,
+        info: dict[str, Any],
+        options: Any = None,
     ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Lower and upper ``(time, state)`` of the refitted twin's band from ``initial
-        (state,)`` with condition 0's inputs, or None; what happened goes into ``info``."""
+        (state,)`` with condition 0's inputs, or None; ``options``: the keyword arguments of
+        :class:`ude.distill.uncertainty.LaplaceInterval` (None or ``n_samples: 0``: no band);
+        what happened goes into ``info``."""
+        from omegaconf import OmegaConf
+
         from ude.distill.uncertainty import LaplaceInterval
 
-        if not self.interval_samples:
+        if options is None or options.get("n_samples", 1) <= 0:
             return None, None
         start = time.perf_counter()
-        interval = LaplaceInterval(n_samples=self.interval_samples, seed=problem.scenario.seed)
+        interval = LaplaceInterval(**OmegaConf.to_container(options, resolve=True))
         try:
             band = interval.forecast(
                 refitted, problem.measurements, problem.forecast_times, initial[None], [0]

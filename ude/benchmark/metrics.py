@@ -5,7 +5,8 @@ A model's terms are read from its full right-hand sides (known plus discovered t
 at their values), expanded by sympy into a sum of ``coefficient * basis``. Numbers inside a basis
 (the ``K`` of ``x/(K + x)``, the ``1`` of ``1/(1 + z**10)``) are replaced by one placeholder so
 that a saturating term counts as the same term whatever its constant; exponents are kept, so
-``z**4`` and ``z**10`` differ.
+``z**4`` and ``z**10`` differ (a fitted, non-integer Hill exponent of 1 or more by its nearest
+integer: ``z**9.7`` is ``z**10``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ def _number(v: float) -> sp.Expr:
 
 def _canonical(e: sp.Expr, exponent: bool = False) -> sp.Expr:
     if e.is_Number:
-        return _number(float(e)) if exponent else _K
+        if not exponent:
+            return _K
+        v = float(e)
+        # a Hill coefficient fitted as a continuous constant counts by its nearest integer
+        return _number(round(v) if v >= 1 else v)
     if e.is_Pow:
         return sp.Pow(_canonical(e.base), _canonical(e.exp, exponent=True))
     if not e.args:
@@ -39,8 +44,10 @@ def _canonical(e: sp.Expr, exponent: bool = False) -> sp.Expr:
 
 
 def expression_terms(expr: sp.Expr) -> dict[str, float]:
-    """``{canonical basis: coefficient}`` of an expression with numbers for its parameters."""
+    """``{canonical basis: coefficient}`` of an expression with numbers for its parameters
+    (a Hill term's ``|x|`` counts as ``x``)."""
     out: dict[str, float] = {}
+    expr = expr.replace(sp.Abs, lambda a: a)
     for term in sp.Add.make_args(sp.expand(expr)):
         if term == 0:
             continue

@@ -17,6 +17,7 @@ from ude.benchmark.methods import Method
 from ude.benchmark.report import write_report
 from ude.benchmark.suite import Cell, expand, read_results, run_suite
 from ude.errors import UdeError
+from ude.progress import ConsoleProgress
 
 
 def suite_cells(cfg: DictConfig) -> list[Cell]:
@@ -77,7 +78,21 @@ def report_for(cfg: DictConfig, seconds: float | None = None) -> Path:
         header += f" This run's wall time: {seconds:.0f} s."
     path = write_report(rows, cfg.out_dir, title=f"Benchmark: {cfg.suite.name}", header=header)
     print(f"report: {path}")
+    _log_report(cfg, path, rows)
     return path
+
+
+def _log_report(cfg: DictConfig, path: Path, rows: list[dict[str, Any]]) -> None:
+    """The written report to the configured loggers (``logger=wandb``)."""
+    from hydra.utils import instantiate
+
+    from ude.benchmark.report import challenge_table
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for node in (cfg.get("logger") or {}).values():
+        folder = instantiate(node).log(path, challenge_table(rows), config)
+        if folder:
+            print(f"W&B run saved offline; upload it with: wandb sync {folder}")
 
 
 def run(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
@@ -97,7 +112,18 @@ def run(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     start = time.perf_counter()
     cells = suite_cells(cfg)
     methods = build_methods(cfg, list(cfg.suite.methods))
-    rows = run_suite(cells, methods, cfg.out_dir, shard=cfg.shard, n_shards=cfg.n_shards)
+    progress = ConsoleProgress()
+    try:
+        rows = run_suite(
+            cells,
+            methods,
+            cfg.out_dir,
+            shard=cfg.shard,
+            n_shards=cfg.n_shards,
+            progress=progress,
+        )
+    finally:
+        progress.close_all()
     seconds = time.perf_counter() - start
     print(f"benchmark: {len(rows)} cells run in {seconds:.0f} s; results in {cfg.out_dir}")
     if cfg.report and not multirun:

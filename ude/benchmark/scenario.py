@@ -43,7 +43,7 @@ class Scenario:
     conditions: int = 1
     unobserved: float = 0.0
     corruption: str = "none"
-    library: str = "mass_action"
+    library: str = "default"
     seed: int = 0
 
     def key(self) -> str:

@@ -32,6 +32,7 @@ from ude.benchmark.metrics import (
 )
 from ude.benchmark.scenario import Problem, Scenario, build_problem
 from ude.errors import UdeError
+from ude.progress import Progress
 from ude.systems import get_system
 
 AXES = ("noise", "n_times", "replicates", "conditions", "unobserved", "corruption", "library")
@@ -192,6 +193,27 @@ def read_results(out_dir: str | Path) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
+def code_version() -> dict[str, Any]:
+    """The code a result was made with: the git commit and whether tracked files differ from
+    it (``dirty``); ``commit`` None outside a git checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=30, check=True
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
 def run_suite(
     cells: Iterable[Cell],
     methods: Mapping[str, Method],
@@ -199,8 +221,10 @@ def run_suite(
     shard: int = 0,
     n_shards: int = 1,
     log: Any = print,
+    progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
-    """Run this shard's cells not already in ``out_dir``'s results; returns the new rows."""
+    """Run this shard's cells not already in ``out_dir``'s results; returns the new rows.
+    ``progress`` shows the cell running and how many are done."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     done = {r["id"] for r in read_results(out)}
@@ -208,8 +232,11 @@ def run_suite(
     todo = [c for c in mine if c.id not in done]
     log(f"benchmark: {len(mine)} cells in this shard, {len(mine) - len(todo)} already done")
     path = out / f"results-{shard}of{n_shards}-{os.getpid()}.jsonl"
+    version = code_version()
     rows = []
+    stage = (progress or Progress()).start("cells", total=len(todo))
     for i, cell in enumerate(todo, 1):
+        stage.describe(f"{cell.scenario.system} {cell.axis} {cell.method}")
         if cell.method not in methods:
             raise UdeError(
                 f"unknown method '{cell.method}'",
@@ -218,6 +245,7 @@ def run_suite(
                 fix="methods: " + ", ".join(methods),
             )
         row = run_cell(cell, methods[cell.method])
+        row["code_version"] = version
         with path.open("a") as fh:
             fh.write(json.dumps(_clean(row), default=_json_default) + "\n")
         rows.append(row)
@@ -231,6 +259,8 @@ def run_suite(
             f"[{i}/{len(todo)}] {cell.scenario.system} {where} "
             f"{cell.method}: {status} ({row['seconds']:.1f} s)"
         )
+        stage.advance()
+    stage.close()
     return rows
 
 

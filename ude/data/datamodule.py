@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ude.data.measurements import Measurements
 from ude.data.splits import Split, make_split
@@ -19,8 +19,10 @@ from ude.spec.model_spec import ModelSpec
 
 class ConditionDataset(Dataset):
     """Item ``i``: condition index, ``values (time, replicate, observable)`` (NaN as 0),
-    ``mask`` (True where measured, or where ``mask`` selects) and ``sigma`` (0 where unknown).
-    ``window`` (optional) returns the current last time served: later entries are masked.
+    ``mask`` (True where measured, or where ``mask`` selects), ``sigma`` (0 where unknown) and
+    ``real`` (True). ``window`` (optional) returns the current last time served: later entries
+    are masked. Item ``len + i`` is item ``i`` as padding: nothing measured, ``real`` False
+    (it keeps a process of a DDP run that has fewer conditions in step with the others).
 
     Args:
         measurements: the data.
@@ -52,7 +54,8 @@ class ConditionDataset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        c = self.indices[i]
+        real = i < len(self.indices)
+        c = self.indices[i if real else i - len(self.indices)]
         mask = self.mask[c]
         cut = self.window() if self.window is not None else None
         if cut is not None:
@@ -60,9 +63,42 @@ class ConditionDataset(Dataset):
         return {
             "condition": torch.tensor(c),
             "values": self.values[c],
-            "mask": mask,
+            "mask": mask if real else torch.zeros_like(mask),
             "sigma": self.sigma[c],
+            "real": torch.tensor(real),
         }
+
+
+class ConditionShards(DistributedSampler):
+    """The items of a :class:`ConditionDataset` split across the processes of a DDP run:
+    process ``rank`` gets items ``rank, rank + processes, ...`` (of a shuffled order when
+    ``shuffle``, the same on every process, new each epoch), none twice; a shorter share is
+    padded with padding items, so that every process takes the same number of steps.
+
+    Lightning's own distributed sampler pads with repeats, which count a condition twice.
+    """
+
+    def __init__(self, data: ConditionDataset, processes: int, rank: int, shuffle: bool):
+        super().__init__(data, num_replicas=processes, rank=rank, shuffle=shuffle, seed=0)
+        self.per_process = -(-len(data) // processes)
+
+    def __iter__(self) -> Iterator[int]:
+        n = len(self.dataset)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=g).tolist()
+        else:
+            order = list(range(n))
+        mine = order[self.rank :: self.num_replicas]
+        pad = [n + order[(self.rank + k) % n] for k in range(self.per_process - len(mine))]
+        return iter(mine + pad)
+
+    def __len__(self) -> int:
+        return self.per_process
+
+    def conditions(self) -> int:
+        """How many real (not padding) items this process serves."""
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
 class ConditionsDataModule(pl.LightningDataModule):
@@ -75,7 +111,8 @@ class ConditionsDataModule(pl.LightningDataModule):
     ``curriculum_epochs > 0`` grows the fitted time window over the first epochs, from the
     first ``curriculum_start`` of the training span to all of it: an oscillating series fitted
     at once from a poor start tends to settle on a damped trajectory through its mean. Under DDP,
-    Lightning's distributed sampler splits the conditions across processes.
+    :class:`ConditionShards` splits the conditions across processes; ``batch_size`` is then
+    per process (null: all of a process's conditions in one step).
     """
 
     def __init__(
@@ -125,8 +162,13 @@ class ConditionsDataModule(pl.LightningDataModule):
         return t0 + f * (t1 - t0)
 
     def _loader(self, data: ConditionDataset, shuffle: bool) -> DataLoader:
-        size = self.batch_size or len(data)
-        return DataLoader(data, batch_size=size, shuffle=shuffle and size < len(data))
+        trainer = getattr(self, "trainer", None)
+        processes = trainer.world_size if trainer is not None else 1
+        if processes == 1:
+            size = self.batch_size or len(data)
+            return DataLoader(data, batch_size=size, shuffle=shuffle and size < len(data))
+        shards = ConditionShards(data, processes, trainer.global_rank, shuffle)
+        return DataLoader(data, batch_size=self.batch_size or len(shards), sampler=shards)
 
     def train_dataloader(self) -> DataLoader:
         s = self.split

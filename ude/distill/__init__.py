@@ -3,7 +3,7 @@ selection by refitting through the ODE, bootstrap inclusion probabilities, repor
 
 From Python::
 
-    result = Distiller(library=[PolynomialLibrary(2)]).fit(model, measurements)
+    result = Distiller().fit(model, measurements)   # mass action, Michaelis-Menten, Hill
     result.twin            # a ModelSpec with the networks replaced by symbolic terms
 """
 
@@ -12,6 +12,7 @@ from ude.distill.distiller import Distillation, Distiller
 from ude.distill.integral import IntegralPath, IntegralProblem
 from ude.distill.library import (
     ConcatLibrary,
+    ConstantLibrary,
     CustomLibrary,
     HillLibrary,
     Library,
@@ -32,6 +33,7 @@ __all__ = [
     "BootstrapInclusion",
     "Candidate",
     "ConcatLibrary",
+    "ConstantLibrary",
     "CustomLibrary",
     "Distillation",
     "Distiller",

@@ -69,7 +69,7 @@ class BootstrapInclusion:
 
         ``path``: the refitted candidates; ``residuals[i]``: the squared residuals of
         ``path[i]`` (:func:`squared_residuals`; None: failed); ``choose(path, criteria)``: the
-        selector's rule; ``criterion``: ``bic`` or ``aicc``.
+        selector's rule; ``criterion``: ``ebic``, ``bic`` or ``aicc``.
         """
         ok = [r for r in residuals if r is not None]
         counts = {t: np.zeros(len(ts)) for t, ts in terms.items()}
@@ -81,7 +81,13 @@ class BootstrapInclusion:
                 scores = [
                     np.inf
                     if r is None
-                    else information_criterion(float(np.mean(r[rows])), n, s.n_params, criterion)
+                    else information_criterion(
+                        float(np.mean(r[rows])),
+                        n,
+                        s.n_params,
+                        criterion,
+                        s.info.get("log_models", 0.0),  # the extended BIC's search size
+                    )
                     for s, r in zip(path, residuals, strict=True)
                 ]
                 for t, c in choose(path, scores).candidate.coef.items():

@@ -18,8 +18,10 @@ from ude.conf import CONF_DIR
 from ude.config_check import no_such_key
 from ude.data.measurements import Measurements
 from ude.data.splits import Split
+from ude.distill.twin import not_identified
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
+from ude.progress import Progress
 
 DEFAULT = CONF_DIR / "distill" / "default.yaml"
 
@@ -30,9 +32,10 @@ def run_distill(
     measurements: Measurements,
     run_dir: str | Path,
     split: Split | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Instantiate ``cfg`` (the ``distill`` node), distil ``model`` and write the report
-    (its plots mark the data ``split`` holds out).
+    (its plots mark the data ``split`` holds out); ``progress`` shows the stages.
 
     With ``split``, the distillation (screen, refits, bootstrap, band) sees the training
     entries alone (:meth:`ude.data.Split.training_data`) and the twin is judged on the
@@ -42,8 +45,6 @@ def run_distill(
     its defaults; null or ``n_samples: 0``: no band. A distillation that finds no twin that
     can be solved writes why (status ``twin_unsolvable``) instead of raising.
     """
-    from hydra.utils import instantiate
-
     from ude.distill.report import HeldOut, write_failure, write_report
     from ude.distill.selection import NoSolvableTwin
     from ude.distill.uncertainty import LaplaceInterval
@@ -54,9 +55,8 @@ def run_distill(
         fitted = model.select_conditions(kept)
         initial = model.initial.detach().cpu().numpy()
         held_out = HeldOut(measurements, split, data.observable_scale(), initial, kept)
-    distiller = instantiate(cfg.distiller)
     try:
-        result = distiller.fit(fitted, data)
+        result = make_distiller(cfg, progress).fit(fitted, data)
     except NoSolvableTwin as err:
         return write_failure(err, run_dir)
     options = cfg.get("forecast_interval", {})
@@ -71,7 +71,20 @@ def run_distill(
         horizon=float(cfg.get("forecast_horizon", 10.0)),
         interval=interval,
         held_out=held_out,
+        progress=progress,
     )
+
+
+def make_distiller(cfg: DictConfig, progress: Progress | None = None):
+    """The :class:`ude.distill.Distiller` of a ``distill`` config node, with its ``library``
+    choice (plain values) when given; it shows its stages on ``progress``."""
+    from hydra.utils import instantiate
+
+    # objects go in through a partial: Hydra would turn them into config nodes
+    distiller = instantiate(cfg.distiller, _partial_=True)(progress=progress)
+    if cfg.get("library") is not None:
+        distiller.library = OmegaConf.to_container(cfg.library, resolve=True)
+    return distiller
 
 
 def summary(metrics: dict[str, Any]) -> str:
@@ -109,6 +122,20 @@ def summary(metrics: dict[str, Any]) -> str:
         line += f"; {band['level']:.0%} band covers {band['coverage_of_truth']:.0%} of the truth"
         if band["n_failed"]:
             line += f" ({band['n_failed']} of {band['n_samples']} draws failed)"
+    for tie in metrics.get("ties") or []:
+        terms = "; ".join(f"d{s}/dt += {e}" for s, e in tie["terms"].items())
+        line += (
+            f"; TIE: the data fit {terms} as well "
+            f"(criterion {tie['criterion_difference']:+.1f}): they do not choose between them"
+        )
+    for target, params in not_identified(metrics.get("identifiability")).items():
+        worst = max(params.items(), key=lambda kv: kv[1]["relative_error"] or float("inf"))
+        rel = worst[1]["relative_error"]
+        line += (
+            f"; NOT IDENTIFIED by the data: {target}'s term ({worst[0]} relative error "
+            + ("unbounded" if rel is None else f"{rel:.0%}")
+            + ")"
+        )
     return line
 
 
@@ -183,7 +210,11 @@ def load_run(
             source=str(ckpt),
         ) from None
     model.eval()
-    return cfg, model, datamodule.measurements, datamodule.split
+    from ude.fit import reported_model
+
+    measurements = datamodule.measurements
+    model, _ = reported_model(model, measurements, datamodule.split)  # an ensemble's best
+    return cfg, model, measurements, datamodule.split
 
 
 def new_distill_dir(run_dir: Path, name: str | None) -> Path:
@@ -245,7 +276,13 @@ def main(argv: list[str] | None = None, prog: str = "ude-distill") -> dict[str, 
         f"# {command}\n# the run's config with these settings, {time.strftime('%Y-%m-%d %H:%M')}\n"
         + OmegaConf.to_yaml(cfg, resolve=True)
     )
-    metrics = run_distill(cfg.distill, model, measurements, out, split)
+    from ude.progress import ConsoleProgress
+
+    progress = ConsoleProgress()
+    try:
+        metrics = run_distill(cfg.distill, model, measurements, out, split, progress=progress)
+    finally:
+        progress.close_all()
     print(summary(metrics))
     raise_if_no_twin(metrics, out, run_dir)
     print(f"distillation written to {out}/ (the run's own twin is unchanged)")

@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
+import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import sympy as sp
 
 from ude.data.measurements import Measurements
 from ude.distill.bootstrap import BootstrapInclusion, squared_residuals
 from ude.distill.integral import IntegralPath, IntegralProblem, integral_problems, screen_score
-from ude.distill.library import Library, Term, combine
+from ude.distill.library import Library, Term, combine, slot_library
 from ude.distill.refit import RefitResult, TwinRefit
 from ude.distill.sampling import Samples, TrajectorySampler
-from ude.distill.selection import NoSolvableTwin, Scored, TrajectorySelector, refitted_coef
+from ude.distill.selection import (
+    TIE,
+    NoSolvableTwin,
+    Scored,
+    TrajectorySelector,
+    evidence_weights,
+    moved_from,
+    refitted_coef,
+    refitted_constants,
+    ties,
+)
 from ude.distill.sparse import Candidate, EliminationPath, Problem, ThresholdPath, candidate_union
-from ude.distill.twin import numeric_twin, twin_spec
+from ude.distill.twin import Owner, numeric_twin, twin_spec
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
 from ude.model.solver import SolverFailed
+from ude.progress import Progress
+from ude.spec.library_key import DEFAULT_FAMILIES, LibraryChoice, parse_library
 from ude.spec.model_spec import ModelSpec
 
 
@@ -30,9 +44,13 @@ class Distillation:
 
     ``twin``: the refitted symbolic ModelSpec (parameters fixed at their refitted values);
     ``terms[target]``: the library terms per target; ``chosen``: the selected candidate;
-    ``path``: every scored candidate; ``inclusion``: bootstrap inclusion probabilities
-    ``{target: {term: p}}``; ``samples``: the network samples regressed on; ``routes``: the
-    states each target changes (a neural reaction's flux: several, by their stoichiometry).
+    ``path``: every scored candidate, with ``weights (candidate,)`` their evidence weights
+    (:func:`ude.distill.selection.evidence_weights`); ``ties``: other structures that fit as
+    well as the chosen one; ``identifiability``: whether the data identify each discovered
+    term (:mod:`ude.distill.identifiability`; None when it could not be computed);
+    ``inclusion``: bootstrap inclusion probabilities ``{target: {term: p}}``; ``samples``: the
+    network samples regressed on; ``routes``: the states each target changes (a neural
+    reaction's flux: several, by their stoichiometry).
     """
 
     twin: ModelSpec
@@ -47,29 +65,58 @@ class Distillation:
     integral: dict[str, IntegralProblem]
     timings: dict[str, float] = field(default_factory=dict)
     routes: dict[str, dict[str, float]] = field(default_factory=dict)
+    weights: np.ndarray | None = None
+    ties: list[Scored] = field(default_factory=list)
+    identifiability: dict[str, Any] | None = None
+
+    def describe(self, scored: Scored) -> dict[str, str]:
+        """``{target: "+0.9*x*y -0.1*y"}``: a scored candidate's terms at its refitted
+        coefficients and constants."""
+        return describe(scored, self.terms)
 
     def path_rows(self) -> list[dict[str, Any]]:
-        """One row per scored candidate (:func:`path_rows`)."""
-        return path_rows(self.path, self.terms, self.chosen)
+        """One row per scored candidate (:func:`path_rows`), with its evidence weight."""
+        weights = self.weights if self.weights is not None else evidence_weights(self.path)
+        return path_rows(self.path, self.terms, self.chosen, weights)
+
+    def tie_rows(self) -> list[dict[str, Any]]:
+        """The structures that fit as well as the chosen one: their terms and criterion above
+        the chosen one's (negative: better, kept out by parsimony)."""
+        return [
+            {
+                "terms": self.describe(s),
+                "criterion_difference": round(s.criterion - self.chosen.criterion, 3),
+            }
+            for s in self.ties
+        ]
+
+
+def describe(scored: Scored, terms: dict[str, list[Term]]) -> dict[str, str]:
+    """``{target: "+0.9*x*y -0.1*y"}``: a scored candidate's terms (of ``terms``) at its
+    refitted coefficients and constants."""
+    fitted = refitted_coef(scored)
+    constants = refitted_constants(scored)
+    return {
+        t: " ".join(
+            f"{'+' if c[j] > 0 else '-'}{abs(c[j]):.3g}*"
+            + _term_name(terms[t][j], constants.get(t, {}).get(int(j), {}))
+            for j in np.flatnonzero(c)
+        )
+        for t, c in fitted.items()
+    }
 
 
 def path_rows(
-    path: list[Scored], terms: dict[str, list[Term]], chosen: Scored | None = None
+    path: list[Scored],
+    terms: dict[str, list[Term]],
+    chosen: Scored | None = None,
+    weights: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """One row per scored candidate: terms, trajectory NMSE (None: its refit could not be
-    solved), criterion, chosen."""
+    solved), criterion, evidence weight (``weights``; default from the criteria), chosen."""
+    weights = evidence_weights(path) if weights is None else weights
     rows = []
-    for s in path:
-        fitted = refitted_coef(s)
-        constants = _refitted_constants(s)
-        names = {
-            t: " ".join(
-                f"{'+' if c[j] > 0 else '-'}{abs(c[j]):.3g}*"
-                + _term_name(terms[t][j], constants.get((t, int(j)), {}))
-                for j in np.flatnonzero(c)
-            )
-            for t, c in fitted.items()
-        }
+    for s, w in zip(path, weights, strict=True):
         rows.append(
             {
                 "step": s.step,
@@ -80,8 +127,9 @@ def path_rows(
                 "solved": bool(s.refit.ok),
                 "trajectory_nmse": s.refit.nmse if s.refit.ok else None,
                 "criterion": s.criterion if np.isfinite(s.criterion) else None,
+                "weight": round(float(w), 6),
                 "chosen": s is chosen,
-                "terms": names,
+                "terms": describe(s, terms),
                 "regression_residual": s.candidate.info.get("regression_residual"),
                 "screen": s.candidate.info.get("screen"),
             }
@@ -89,27 +137,93 @@ def path_rows(
     return rows
 
 
-def _refitted_constants(scored: Scored) -> dict[tuple[str, int], dict[str, float]]:
-    """Refitted nonlinear constants (e.g. K) per (target, term index)."""
-    out: dict[tuple[str, int], dict[str, float]] = {}
-    for name, (target, j, _) in scored.candidate.info.get("owner", {}).items():
-        if not name.startswith("c_") and name in scored.refit.values:
-            out.setdefault((target, j), {})[name.split("_")[0]] = float(scored.refit.values[name])
+def _term_name(term: Term, constants: dict[str, float]) -> str:
+    """The term's name with its constants at their (refitted) values."""
+    if not constants and not term.free:
+        return term.name
+    return str(term.numeric(constants))
+
+
+def limits(
+    best: Scored, terms: dict[str, list[Term]], bounds: dict[str, dict[int, dict]]
+) -> list[Candidate]:
+    """``best`` with each saturation ``w*x/(K + x)`` that is nearly linear or nearly constant
+    over the data swapped for the library term it approaches: ``w*x`` (coefficient ``c/K``)
+    when ``K`` is above three times the largest ``x``, ``w`` (or the constant) when below three
+    times the smallest. That term has one constant fewer; the refit cannot take the step
+    itself, it only moves ``K`` towards the edge of its range."""
+    from ude.distill.library import RateLaw
+    from ude.distill.projection import K_RANGE
+
+    fitted, constants = refitted_coef(best), refitted_constants(best)
+    out = []
+    for t, c in fitted.items():
+        names = [term.name for term in terms[t]]
+        for j in np.flatnonzero(c):
+            law: RateLaw | None = terms[t][j].law
+            if law is None or law.kind != "saturation":
+                continue
+            K = constants.get(t, {}).get(int(j), {}).get(law.K)
+            lo, hi = bounds.get(t, {}).get(int(j), {}).get(law.K, (0.0, np.inf))
+            # the range is K_RANGE times the variable's: back to three times the variable's
+            linear, flat = hi * 3 / K_RANGE, lo * K_RANGE * 3
+            if K is None or flat < K < linear:
+                continue
+            factors = [law.variable, law.factor] if K >= linear else [law.factor or "1"]
+            target = str(
+                sp.Mul(*[sp.Symbol(f) if f != "1" else sp.Integer(1) for f in factors if f])
+            )
+            if target not in names:
+                continue
+            k = names.index(target)
+            coef = {s: v.copy() for s, v in fitted.items()}
+            coef[t][k] += c[j] / K if K >= linear else c[j]
+            coef[t][j] = 0.0
+            out.append(Candidate(coef, "limit", constants=constants))
     return out
 
 
-def _term_name(term: Term, constants: dict[str, float]) -> str:
-    """The term's name with its constants at their refitted values."""
-    if not constants:
-        return term.name
-    return Term(term.expr, {**term.constants, **constants}, term.learnable, term.family).name
+def concentrations(samples: Samples, measurements: Measurements) -> np.ndarray:
+    """``(state,)``: which states behave as concentrations, never below zero but for noise:
+    a measured state whose measurements have a nonnegative median, a latent one whose fitted
+    trajectory has."""
+    out = np.zeros(len(samples.states), dtype=bool)
+    for i, s in enumerate(samples.states):
+        if s in measurements.observables:
+            v = measurements.values[..., measurements.observables.index(s)]
+            values = v[np.isfinite(v)]
+        else:
+            values = samples.X[samples.on_trajectory, i]
+        out[i] = bool(values.size) and float(np.median(values)) >= 0
+    return out
+
+
+def _nonnegative_start(initial: np.ndarray, concentration: np.ndarray) -> np.ndarray:
+    """``initial (condition, state)`` with the concentrations' starts at 0 or above: an initial
+    state fitted below zero from noisy first samples (or by a poorly trained model) turns
+    mass action's growth into a blow-up and makes a Hill term's ``x**n`` undefined; the refit
+    moves it up from zero if the data want."""
+    out = np.array(initial, dtype=float, copy=True)
+    out[:, concentration] = np.maximum(out[:, concentration], 0.0)
+    return out
+
+
+def _is_libraries(value: Any) -> bool:
+    if isinstance(value, Library):
+        return True
+    return isinstance(value, (list, tuple)) and bool(value) and isinstance(value[0], Library)
 
 
 class Distiller:
     """Distils the networks of a trained HybridODE into symbolic terms.
 
     Args:
-        library: one library or a list (concatenated), built over each slot's inputs.
+        library: which terms each slot searches. None: the families of the spec's
+            ``library:`` key, else :data:`ude.spec.library_key.DEFAULT_FAMILIES` (mass
+            action, Michaelis-Menten and Hill with free constants). A list of family names
+            and custom terms, or ``{add: [...], remove: [...]}``, changes that list (the
+            config's ``distill.library``). Library objects (one or a list, concatenated)
+            replace it, built over each slot's inputs.
         sampler: where the networks are sampled (default :class:`TrajectorySampler`).
         paths: candidate generators (default: integral matching on the data, the STLSQ
             threshold path and joint elimination on the network samples).
@@ -119,17 +233,25 @@ class Distiller:
             grid, 300 L-BFGS iterations, loose tolerance).
         refit: the final ODE refit of the chosen twin (default: dopri5, tight tolerance).
         bootstrap: inclusion probabilities (None: skipped).
+        progress: where the stages (screen, refits k of n, final refit, bootstrap) are
+            shown and timed (:class:`ude.progress.Progress`; default: nowhere).
+        tie: criterion units within which another structure fits as well as the chosen one.
+        identify: check from the final refit's Fisher information whether the data identify
+            each discovered term (:mod:`ude.distill.identifiability`).
     """
 
     def __init__(
         self,
-        library: Library | Sequence[Library] | None = None,
+        library: Library | Sequence[Library] | Sequence[str] | dict | LibraryChoice | None = None,
         sampler: TrajectorySampler | None = None,
         paths: Sequence | None = None,
         selector: TrajectorySelector | None = None,
         score_refit: TwinRefit | None = None,
         refit: TwinRefit | None = None,
         bootstrap: BootstrapInclusion | None = None,
+        progress: Progress | None = None,
+        tie: float = TIE,
+        identify: bool = True,
     ):
         self.library = library
         self.sampler = sampler
@@ -138,46 +260,54 @@ class Distiller:
         self.score_refit = score_refit
         self.refit = refit
         self.bootstrap = bootstrap
+        self.progress = progress
+        self.tie = tie
+        self.identify = identify
 
     def _n_grid(self) -> int:
         return (self.sampler or TrajectorySampler()).n_times
 
-    def _library(self) -> Library:
-        if self.library is None:
-            from ude.distill.library import PolynomialLibrary
+    def families(self, spec: ModelSpec) -> list[str]:
+        """The family names and custom terms searched: the default, then the spec's
+        ``library:`` key, then this distiller's ``library`` choice."""
+        items = list(DEFAULT_FAMILIES)
+        if spec.library is not None:
+            items = spec.library.apply(items)
+        own = self.library
+        if own is not None and not _is_libraries(own):
+            if not isinstance(own, LibraryChoice):
+                names = [*spec.states, *spec.inputs]
+                own = parse_library(own, names, source="config", where="distill.library")
+            items = own.apply(items)
+        return items
 
-            return PolynomialLibrary(2)
-        return combine(self.library)
+    def libraries(self, model: HybridODE) -> dict[str, Library]:
+        """Each network output's library, fitted to its slot's inputs (one per slot, shared
+        by the slot's outputs)."""
+        spec = model.spec
+        out = {}
+        for slot in spec.neural:
+            if _is_libraries(self.library):
+                lib = copy.deepcopy(combine(self.library))
+            else:
+                declared = [*spec.states, *spec.inputs]
+                lib = slot_library(self.families(spec), slot.inputs, declared)
+            lib.fit(list(slot.inputs))
+            for target in slot.outputs:
+                out[target] = lib
+        return out
 
-    def _slot_libraries(self, model: HybridODE) -> list[tuple[Any, Library]]:
-        """Each neural slot with the library fitted to its inputs."""
-        return [(slot, self._library().fit(list(slot.inputs))) for slot in model.spec.neural]
-
-    def theta(
-        self, model: HybridODE, slots: list[tuple[Any, Library]] | None = None
-    ) -> Callable[[np.ndarray], dict]:
-        """``X (point, state + input) -> {target: (library matrix, term names)}`` (``slots``:
-        the fitted slot libraries, default fitted here). A target is a network output: a
-        state's term, or a neural reaction's flux (distilled once, into a rate law that the
-        twin applies through the reaction's stoichiometry, so conserved totals stay so)."""
-        names = [*model.spec.states, *model.spec.inputs]
-        slots = self._slot_libraries(model) if slots is None else slots
-
-        def theta(X: np.ndarray) -> dict[str, tuple[np.ndarray, list[str]]]:
-            out = {}
-            for slot, lib in slots:
-                T = lib.transform(X[:, [names.index(n) for n in slot.inputs]])
-                for target in slot.outputs:
-                    out[target] = (T, lib.get_feature_names())
-            return out
-
-        return theta
-
-    def problems(self, model: HybridODE, samples: Samples) -> tuple[dict, dict]:
-        """The regression problem and the library terms of every network target."""
+    def problems(
+        self,
+        libraries: dict[str, Library],
+        samples: Samples,
+        constants: dict[str, dict[int, dict[str, float]]] | None = None,
+    ) -> dict[str, Problem]:
+        """The network-sample regression of every target, free terms at ``constants``."""
         problems = {}
-        slots = self._slot_libraries(model)
-        for target, (Theta, names) in self.theta(model, slots)(samples.X).items():
+        for target, lib in libraries.items():
+            Theta = lib.transform(samples.columns(lib.names_), (constants or {}).get(target))
+            names = lib.get_feature_names()
             if not np.all(np.isfinite(Theta)):
                 bad = [n for n, ok in zip(names, np.isfinite(Theta).all(0), strict=True) if not ok]
                 raise UdeError(
@@ -186,8 +316,7 @@ class Distiller:
                     fix="drop terms that divide by zero or take logs of non-positive states",
                 )
             problems[target] = Problem(Theta, samples.target(target), names)
-        terms = {t: list(lib.terms_) for slot, lib in slots for t in slot.outputs}
-        return problems, terms
+        return problems
 
     def fit(self, model: HybridODE, measurements: Measurements) -> Distillation:
         """Distil ``model`` (trained on ``measurements``) into a refitted twin."""
@@ -195,10 +324,24 @@ class Distiller:
             raise UdeError("the model has no neural slots: nothing to distil", source="distill")
         clock = {}
         t0 = time.perf_counter()
+        progress = self.progress or Progress()
+        stage = progress.start("screen")
         samples = (self.sampler or TrajectorySampler()).sample(model, measurements.times)
-        problems, terms = self.problems(model, samples)
-        theta = self.theta(model)
-        integral = integral_problems(model, measurements, theta, n_grid=self._n_grid())
+        libraries = self.libraries(model)
+        terms = {t: list(lib.terms_) for t, lib in libraries.items()}
+        integral = integral_problems(model, measurements, libraries, n_grid=self._n_grid())
+        # free constants of each term alone, fitted on the data along the UDE's trajectory
+        fitted = {t: {j: dict(c) for j, c in p.constants.items()} for t, p in integral.items()}
+        # constants' ranges over the fitted trajectory and the data: a poorly trained model's
+        # trajectory may not span the measured range
+        measured = {
+            o: v[np.isfinite(v)]
+            for o, v in zip(
+                measurements.observables, np.moveaxis(measurements.values, -1, 0), strict=True
+            )
+        }
+        bounds = {t: p.bounds(measured) for t, p in integral.items()}
+        problems = self.problems(libraries, samples, fitted)
         paths = self.paths
         if paths is None:
             paths = [IntegralPath(), ThresholdPath(), EliminationPath()]
@@ -212,7 +355,7 @@ class Distiller:
             if id(best) not in around:
                 try:
                     around[id(best)] = integral_problems(
-                        model, measurements, theta, best.refit.model, self._n_grid()
+                        model, measurements, libraries, best.refit.model, self._n_grid()
                     )
                 except SolverFailed:
                     around[id(best)] = integral
@@ -225,62 +368,113 @@ class Distiller:
             }
             cand.info["screen"] = screen_score(integral, cand)
         clock["regression_seconds"] = time.perf_counter() - t0
+        stage.close()
         initial = model.initial.detach().cpu().numpy()
         scorer = self.score_refit or TwinRefit(max_iter=300, tol=1e-7, method="rk4")
         known = model.spec
         # coefficients in units of each term's contribution relative to the network output
         scales = {t: p.y_scale / p.col_scale for t, p in problems.items()}
         noise = model.noise.detach().cpu().numpy()
+        positive = concentrations(samples, measurements)
+
+        def constants_of(cand: Candidate) -> dict[str, dict[int, dict[str, float]]]:
+            """The candidate's own constants over the library's fitted ones."""
+            out = {t: {j: dict(c) for j, c in cs.items()} for t, cs in fitted.items()}
+            for t, cs in cand.constants.items():
+                for j, c in cs.items():
+                    out.setdefault(t, {})[j] = {**out.get(t, {}).get(j, {}), **c}
+            return out
 
         def score(cand: Candidate) -> tuple[RefitResult, int]:
-            twin, owner = twin_spec(known, terms, cand.coef, learn=True, scales=scales)
+            cand.constants = constants_of(cand)
+            twin, owner = twin_spec(
+                known, terms, cand.coef, True, scales, constants=cand.constants, bounds=bounds
+            )
             cand.info["owner"] = owner
-            return scorer.fit(twin, measurements, initial, noise), len(owner)
+            refits.advance(note=f"{cand.n_terms} terms ({cand.origin})")
+            start = _nonnegative_start(cand.info.get("initial", initial), positive)
+            return scorer.fit(twin, measurements, start, noise), len(owner)
+
+        def propose(best: Scored) -> list[Candidate]:
+            """Integral-matching candidates along ``best``'s trajectory and ``best`` with a
+            rate law whose ``K`` went to the edge of its range replaced by its limit, each
+            refitted from ``best``'s initial states."""
+            out = [] if proposer is None else proposer.candidates(integral_along(best))
+            out += limits(best, terms, bounds)
+            for cand in out:
+                cand.info.update(moved_from(best))
+            return out
 
         t1 = time.perf_counter()
         selector = self.selector or TrajectorySelector()
+        most = [getattr(selector, k, None) for k in ("max_refits", "max_candidates")]
+        refits = progress.start("refits", total=max(most) if None not in most else None)
         try:
             chosen, path = selector.select(
                 candidates,
                 score,
                 lambda cand, best: screen_score(integral_along(best), cand),
-                None if proposer is None else lambda b: proposer.candidates(integral_along(b)),
+                propose,
+                sizes={t: len(ts) for t, ts in terms.items()},
             )
         except NoSolvableTwin as err:
             err.rows = path_rows(err.scored, terms)
             err.timings = {"total_seconds": round(time.perf_counter() - t0, 3)}
             raise
+        finally:
+            refits.close()
         clock["selection_seconds"] = time.perf_counter() - t1
         # final refit from the scored values, with the accurate solver
         t2 = time.perf_counter()
-        twin, owner = twin_spec(known, terms, chosen.candidate.coef, learn=True, scales=scales)
+        stage = progress.start("final refit")
+        start_constants = refitted_constants(chosen)
+        twin, owner = twin_spec(
+            known, terms, chosen.candidate.coef, True, scales, start_constants, bounds
+        )
         start = {k: chosen.refit.values.get(k, p.value) for k, p in twin.parameters.items()}
         twin = numeric_twin(twin, start, keep_learn=True)
-        result = (self.refit or TwinRefit()).fit(
-            twin, measurements, chosen.refit.model.initial.detach().cpu().numpy(), noise
-        )
+        start = chosen.refit.model.initial.detach().cpu().numpy()
+        start = _nonnegative_start(start, positive)
+        result = (self.refit or TwinRefit()).fit(twin, measurements, start, noise)
         if not result.ok:
             result = chosen.refit
+            owner = chosen.candidate.info["owner"]
         clock["refit_seconds"] = time.perf_counter() - t2
+        stage.close()
         # the reported twin carries plain coefficients (no scale factors)
         final_scored = Scored(
             Candidate(chosen.candidate.coef, "final", info={"owner": owner}), result, 0.0, 0
         )
         coef = refitted_coef(final_scored)
-        plain, _ = twin_spec(known, terms, coef, learn=True)
+        final_constants = refitted_constants(final_scored)
+        plain, _ = twin_spec(known, terms, coef, True, None, final_constants, bounds)
         values = {
             **result.values,
             **{k: p.value for k, p in plain.parameters.items() if k.startswith("c_")},
         }
         final = numeric_twin(plain, values)
         final.name = f"{known.name}_twin"
+        identified = None
+        if self.identify and result.model is not None:
+            t2 = time.perf_counter()
+            identified = self._identifiability(result.model, measurements, owner)
+            clock["identifiability_seconds"] = time.perf_counter() - t2
         inclusion = None
         if self.bootstrap is not None:
             t2 = time.perf_counter()
-            residuals = [squared_residuals(s, measurements) for s in path]
-            inclusion = self.bootstrap.inclusion(
-                path, residuals, selector.choose, selector.criterion, chosen, terms
-            )
+            # free terms named at the constants their columns were built with
+            shown = {
+                t: [
+                    Term(term.numeric(fitted[t].get(j)), family=term.family) if term.free else term
+                    for j, term in enumerate(ts)
+                ]
+                for t, ts in terms.items()
+            }
+            with progress.stage("bootstrap"):
+                residuals = [squared_residuals(s, measurements) for s in path]
+                inclusion = self.bootstrap.inclusion(
+                    path, residuals, selector.choose, selector.criterion, chosen, shown
+                )
             clock["bootstrap_seconds"] = time.perf_counter() - t2
         clock["total_seconds"] = time.perf_counter() - t0
         return Distillation(
@@ -296,4 +490,20 @@ class Distiller:
             integral=integral,
             timings={k: round(v, 3) for k, v in clock.items()},
             routes=known.neural_routes(),
+            weights=evidence_weights(path),
+            ties=ties(chosen, path, self.tie),
+            identifiability=identified,
         )
+
+    @staticmethod
+    def _identifiability(
+        model: HybridODE, measurements: Measurements, owner: dict[str, Owner]
+    ) -> dict[str, Any]:
+        """The Fisher-information check of the final twin (an error is recorded, not
+        raised: the twin stands without it)."""
+        from ude.distill.identifiability import identifiability
+
+        try:
+            return identifiability(model, measurements, owner)
+        except (RuntimeError, ValueError, np.linalg.LinAlgError, SolverFailed) as err:
+            return {"error": f"{type(err).__name__}: {err}"}

@@ -12,6 +12,10 @@ criterion on the *data's* residuals, in microseconds. The library is evaluated o
 denoised trajectory, and the target is the data, not the network's output, so a network that
 is poorly identified off the directions the data constrain does not mislead the ranking.
 
+Terms whose constants are free (Michaelis-Menten ``K``, Hill ``K`` and ``n``) are fitted by
+variable projection (:mod:`ude.distill.projection`): each alone first, which gives the
+library's column, then jointly within each support kept for the refits.
+
 Targets that are not measured directly (latent states, observables that are expressions) have
 no data of their own; their problems regress the trajectory's own missing part instead. After
 the first refits, the problems are rebuilt along the best refitted twin's trajectory, which
@@ -22,14 +26,15 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.integrate import cumulative_trapezoid
 
 from ude.data.measurements import Measurements
+from ude.distill.library import Library, Term
+from ude.distill.projection import ProjectedFit, constant_bounds, fit_constants
 from ude.distill.sparse import Candidate
 from ude.errors import UdeError
 from ude.fit import predict
@@ -39,12 +44,22 @@ LATENT_RESOLUTION = 1e-3
 """Relative RMS below which a latent target's integral residual counts as zero: above the
 quadrature error of the trajectory grid, below what tells near-collinear terms apart."""
 
+Constants = dict[int, dict[str, float]]
+"""Free constants of a target's terms by term index, e.g. ``{7: {"K": 0.8, "n": 4.1}}``."""
+
 
 @dataclass
 class IntegralProblem:
     """One target's integral regression: ``y (point,) ≈ a[condition] + F (point, term) w``.
 
     ``from_data``: whether ``y`` holds measurements (else the integrated network output).
+    ``W (point, grid point)`` maps a term's values along the trajectory grid ``X[name] (grid
+    point,)`` (the slot's inputs) to its column of ``F``; ``laws`` are the terms with free
+    constants by index and ``constants`` their values in ``F``; ``degenerate`` the free terms
+    that, fitted alone, became a simpler library term or no term at all: ``K`` at the edge of
+    its range (over the data a constant, a power or a mass-action term), a Hill ``n`` at 1
+    beside the Michaelis-Menten term of the same variable, or at its upper bound (a step
+    between two samples). The screen leaves them out.
     """
 
     F: np.ndarray
@@ -52,16 +67,86 @@ class IntegralProblem:
     condition: np.ndarray
     terms: list[str]
     from_data: bool
+    W: np.ndarray | None = None
+    X: dict[str, np.ndarray] = field(default_factory=dict)
+    laws: dict[int, Term] = field(default_factory=dict)
+    constants: Constants = field(default_factory=dict)
+    degenerate: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.levels = np.unique(self.condition)
         self.dummies = (self.condition[:, None] == self.levels[None, :]).astype(float)
+        self._scale_columns()
+
+    def _scale_columns(self) -> None:
         scale = np.sqrt(np.mean(self.F**2, axis=0))
         self.col_scale = np.where(scale > 0, scale, 1.0)
 
     @property
     def n_points(self) -> int:
         return len(self.y)
+
+    @property
+    def n_terms(self) -> int:
+        return self.F.shape[1]
+
+    def column(self, j: int, constants: dict[str, float]) -> np.ndarray:
+        """Column ``(point,)`` of free term ``j`` at ``constants``."""
+        return self.W @ self.laws[j].evaluate(self.X, constants)
+
+    def fit_constants(self) -> IntegralProblem:
+        """Fit each free term's constants alone (with the intercepts) and put its column at
+        them into ``F``."""
+        if not self.laws or self.W is None:
+            return self
+        fit = ProjectedFit(self.y, self.dummies)
+        for j, term in self.laws.items():
+            (consts,), _ = fit_constants(
+                fit,
+                [term.law],
+                lambda _, c, j=j: self.column(j, c),
+                [self.X[term.law.variable]],
+            )
+            self.constants[j] = consts
+            self.F[:, j] = self.column(j, consts)
+            if self._is_degenerate(j):
+                self.degenerate.add(j)
+        self._scale_columns()
+        return self
+
+    def _is_degenerate(self, j: int, constants: dict[str, float] | None = None) -> bool:
+        law = self.laws[j].law
+        consts = self.constants[j] if constants is None else constants
+        bounds = constant_bounds(law, self.X[law.variable])
+        lo, hi = bounds[law.K]
+        if not lo * 1.05 < consts[law.K] < hi / 1.05:
+            return True
+        if law.kind == "saturation":
+            return False
+        if consts[law.n] >= bounds[law.n][1] * 0.98:  # a step the samples cannot resolve
+            return True
+        if consts[law.n] > bounds[law.n][0] * 1.05:
+            return False
+        return any(  # n = 1: the Michaelis-Menten term (and a constant) say it
+            t.law.kind == "saturation" and t.law.variable == law.variable and t.law.factor is None
+            for t in self.laws.values()
+        )
+
+    def bounds(
+        self, data: dict[str, np.ndarray] | None = None
+    ) -> dict[int, dict[str, tuple[float, float]]]:
+        """Range of each free term's constants along this trajectory, and over ``data[name]``
+        (the measured values of a variable) too when given
+        (:func:`ude.distill.projection.constant_bounds`)."""
+        out = {}
+        for j, t in self.laws.items():
+            v = t.law.variable
+            x = self.X[v] if v not in (data or {}) else np.concatenate([self.X[v], data[v]])
+            out[j] = constant_bounds(t.law, x)
+        return out
+
+    def n_constants(self, support: Sequence[int]) -> int:
+        return sum(len(self.laws[j].free) for j in support if j in self.laws)
 
     def lstsq(self, support: Sequence[int]) -> tuple[np.ndarray, float]:
         """Coefficients ``(term,)`` (zero off ``support``) and the residual sum of squares."""
@@ -73,35 +158,90 @@ class IntegralProblem:
         r = self.y - A @ w
         return coef, float(r @ r)
 
-    def criterion(self, support: Sequence[int], kind: str = "bic") -> tuple[np.ndarray, float]:
-        """Coefficients and ``n log(RSS/n) + penalty(k)`` with ``k`` the terms + intercepts."""
-        from ude.distill.selection import information_criterion
+    def score(self, rss: float, support: Sequence[int], kind: str) -> float:
+        """``n log(RSS/n) + penalty`` with ``k`` the terms, their free constants and the
+        intercepts; ``ebic`` also pays for the number of supports of that size."""
+        from ude.distill.selection import information_criterion, log_supports
 
-        coef, rss = self.lstsq(support)
         n = self.n_points
         if not self.from_data:
             # no noise to measure the fit against: residuals under 0.1 % of the signal's RMS
             # (the quadrature error of the trajectory grid) count as a perfect fit
             rss = max(rss, n * (LATENT_RESOLUTION * float(np.sqrt(np.mean(self.y**2)))) ** 2)
-        k = len(support) + len(self.levels)
-        return coef, information_criterion(max(rss / n, 1e-300), n, k, kind)
+        k = len(support) + self.n_constants(support) + len(self.levels)
+        log_models = log_supports(self.n_terms, len(support))
+        return information_criterion(max(rss / n, 1e-300), n, k, kind, log_models)
+
+    def criterion(self, support: Sequence[int], kind: str = "ebic") -> tuple[np.ndarray, float]:
+        """Coefficients and criterion (:meth:`score`) with the constants as in ``F``."""
+        coef, rss = self.lstsq(support)
+        return coef, self.score(rss, support, kind)
+
+    def refine(
+        self, support: Sequence[int], kind: str = "ebic"
+    ) -> tuple[np.ndarray, float, Constants]:
+        """Coefficients, criterion and constants with the free constants of ``support``
+        fitted jointly (from their single-term values)."""
+        free = [j for j in support if j in self.laws]
+        if not free or self.W is None:
+            coef, crit = self.criterion(support, kind)
+            return coef, crit, {}
+        fixed = [j for j in support if j not in self.laws]
+        fit = ProjectedFit(self.y, np.concatenate([self.dummies, self.F[:, fixed]], axis=1))
+        consts, _ = fit_constants(
+            fit,
+            [self.laws[j].law for j in free],
+            lambda i, c: self.column(free[i], c),
+            [self.X[self.laws[j].law.variable] for j in free],
+            start=[self.constants[j] for j in free],
+        )
+        found = dict(zip(free, consts, strict=True))
+        saved = {j: self.F[:, j].copy() for j in free}
+        try:
+            for j in free:
+                self.F[:, j] = self.column(j, found[j])
+            coef, rss = self.lstsq(support)
+        finally:
+            for j, col in saved.items():
+                self.F[:, j] = col
+        mine = self.criterion(support, kind)
+        crit = self.score(rss, support, kind)
+        degenerate = any(self._is_degenerate(j, found[j]) for j in free)
+        if crit > mine[1] or degenerate:  # no better than the single-term constants
+            return mine[0], mine[1], {j: dict(self.constants[j]) for j in free}
+        return coef, crit, found
+
+
+def integral_operator(grid: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """``M (time, grid point)``: ``M @ f`` is ``∫_{grid[0]}^{t} f`` by the trapezoid rule on
+    ``grid``, interpolated linearly to ``times``."""
+    n = len(grid)
+    dt = np.diff(grid)
+    C = np.zeros((n, n))
+    for i in range(1, n):
+        C[i] = C[i - 1]
+        C[i, i - 1] += dt[i - 1] / 2
+        C[i, i] += dt[i - 1] / 2
+    P = np.stack([np.interp(times, grid, e) for e in np.eye(n)], axis=1)
+    return P @ C
 
 
 def integral_problems(
     model: HybridODE,
     measurements: Measurements,
-    theta: Callable[[np.ndarray], dict[str, tuple[np.ndarray, list[str]]]],
+    libraries: dict[str, Library],
     trajectory: HybridODE | None = None,
     n_grid: int = 200,
 ) -> dict[str, IntegralProblem]:
     """The integral problem of every network target of ``model`` along the solution of
     ``trajectory`` (default: ``model`` itself; a refitted twin gives its own trajectory).
 
-    ``theta(X)`` maps network inputs ``X (point, state + input)`` to each target's library
-    matrix and term names. The known terms are ``model``'s; on the data
+    ``libraries[target]``: the target's library, fitted to its slot's inputs (names of states
+    and inputs). The known terms are ``model``'s; on the data
     ``d_s(t) - ∫ known_s = a_c + Σ_j w_j ∫ θ_j`` (latent targets: ``x̂_s`` instead of ``d_s``).
     A neural reaction's flux changes several states: their rows are stacked, each scaled by
-    the state's stoichiometric change and with an intercept per condition and state.
+    the state's stoichiometric change and with an intercept per condition and state. Free
+    constants are fitted term by term (:meth:`IntegralProblem.fit_constants`).
     """
     traj = trajectory if trajectory is not None else model
     times = measurements.times
@@ -115,7 +255,9 @@ def integral_problems(
         ctx = model.context(torch.arange(n_c, device=y.device).repeat_interleave(n_grid))
         known = model.known_terms(y, ctx).cpu().numpy().reshape(n_c, n_grid, n_s)
         inputs = ctx[:, : len(model.spec.inputs)].cpu().numpy()
-    library = theta(np.concatenate([flat, inputs], axis=1))
+    values = np.concatenate([flat, inputs], axis=1)
+    names = [*model.spec.states, *model.spec.inputs]
+    M = integral_operator(grid, times)
     identity = {
         o: i
         for i, o in enumerate(measurements.observables)
@@ -123,21 +265,18 @@ def integral_problems(
     }
     routes = model.spec.neural_routes()
     out = {}
-    for target, (Theta, names) in library.items():
-        Theta = Theta.reshape(n_c, n_grid, -1)
-        cum_theta = cumulative_trapezoid(Theta, grid, axis=1, initial=0.0)
-        F = [np.stack([np.interp(times, grid, col) for col in cum.T], axis=1) for cum in cum_theta]
+    for target, lib in libraries.items():
+        X = {v: values[:, names.index(v)] for v in lib.names_}
+        Theta = lib.transform(np.stack(list(X.values()), axis=1))
         # a flux enters every state it changes: stack those states' rows, the measured ones
         # when there are any (the others only echo the trajectory), each with its own intercept
         changes = routes[target]
         measured = [s for s in changes if s in identity]
-        F_rows, y_rows, cond_rows = [], [], []
+        W_rows, y_rows, cond_rows = [], [], []
         for state in measured or list(changes):
             s = model.spec.states.index(state)
             for c in range(n_c):
-                known_c = np.interp(
-                    times, grid, cumulative_trapezoid(known[c, :, s], grid, initial=0.0)
-                )
+                known_c = M @ known[c, :, s]
                 if state in identity:
                     data = measurements.values[c, :, :, identity[state]]  # (time, replicate)
                     t_idx, _ = np.nonzero(np.isfinite(data))
@@ -145,23 +284,30 @@ def integral_problems(
                 else:
                     t_idx = np.arange(len(times))
                     y_c = at_data[c, :, s] - known_c
-                F_rows.append(changes[state] * F[c][t_idx])
+                block = np.zeros((len(t_idx), n_c * n_grid))
+                block[:, c * n_grid : (c + 1) * n_grid] = changes[state] * M[t_idx]
+                W_rows.append(block)
                 y_rows.append(y_c)
                 cond_rows.append(np.full(len(t_idx), c * n_s + s))
+        W = np.concatenate(W_rows)
         out[target] = IntegralProblem(
-            F=np.concatenate(F_rows),
+            F=W @ Theta,
             y=np.concatenate(y_rows),
             condition=np.concatenate(cond_rows),
-            terms=list(names),
+            terms=lib.get_feature_names(),
             from_data=bool(measured),
-        )
+            W=W,
+            X=X,
+            laws={j: t for j, t in enumerate(lib.terms_) if t.law is not None},
+        ).fit_constants()
     return out
 
 
 def screen_score(
-    integral: dict[str, IntegralProblem], candidate: Candidate, kind: str = "bic"
+    integral: dict[str, IntegralProblem], candidate: Candidate, kind: str = "ebic"
 ) -> float:
-    """The candidate's summed integral criterion over the targets measured directly."""
+    """The candidate's summed integral criterion over the targets measured directly (its
+    free constants as the screen fitted them, alone)."""
     total = 0.0
     for t, c in candidate.coef.items():
         if t in integral and integral[t].from_data:
@@ -169,15 +315,21 @@ def screen_score(
     return total
 
 
+Ranked = tuple[float, tuple[int, ...], np.ndarray, Constants]
+"""A scored support: ``(criterion, support, coefficients (term,), constants)``."""
+
+
 class IntegralPath:
     """Candidate supports ranked by integral matching on the data.
 
     Per target, every support of up to ``max_terms`` library terms is scored, together with
     the supports of forward stepwise selection up to ``stepwise_terms`` (past
-    ``max_enumerate`` supports, stepwise selection alone). Joint candidates combine each
-    target's supports whose summed criterion is within ``margin`` of the best combination;
-    the ``n_joint`` sparsest of them are returned (ties: the better score first), with the
-    integral least-squares coefficients as the refit's start.
+    ``max_enumerate`` supports, stepwise selection alone), with each free term at its own
+    constants; the ``per_target`` best are rescored with their free constants fitted jointly.
+    Joint candidates combine each target's supports whose summed criterion is within
+    ``margin`` of the best combination; the ``n_joint`` sparsest of them are returned (ties:
+    the better score first), with the integral least-squares coefficients and constants as
+    the refit's start.
 
     The margin is wide because the score is linearised along one trajectory: models within a
     few units of each other swap places once refitted through the ODE.
@@ -188,7 +340,7 @@ class IntegralPath:
         n_joint: joint candidates returned.
         margin: criterion units above the best combination still proposed.
         stepwise_terms: forward stepwise selection proposes supports up to this size.
-        criterion: ``bic`` or ``aicc``.
+        criterion: ``ebic``, ``bic`` or ``aicc``.
         max_enumerate: enumerate at most this many supports per target.
     """
 
@@ -202,7 +354,7 @@ class IntegralPath:
         n_joint: int = 8,
         margin: float = 15.0,
         stepwise_terms: int = 6,
-        criterion: str = "bic",
+        criterion: str = "ebic",
         max_enumerate: int = 20000,
     ):
         if max_terms < 1 or per_target < 1 or n_joint < 1 or margin < 0:
@@ -220,14 +372,15 @@ class IntegralPath:
         self.criterion = criterion
         self.max_enumerate = max_enumerate
 
-    def _supports(self, n_terms: int) -> list[tuple[int, ...]]:
-        count = sum(math.comb(n_terms, k) for k in range(1, self.max_terms + 1))
+    def _supports(self, p: IntegralProblem) -> list[tuple[int, ...]]:
+        usable = [j for j in range(p.n_terms) if j not in p.degenerate]
+        count = sum(math.comb(len(usable), k) for k in range(1, self.max_terms + 1))
         if count > self.max_enumerate:
-            return [(j,) for j in range(n_terms)]
+            return [(j,) for j in usable]
         return [
             s
-            for k in range(1, min(self.max_terms, n_terms) + 1)
-            for s in itertools.combinations(range(n_terms), k)
+            for k in range(1, min(self.max_terms, len(usable)) + 1)
+            for s in itertools.combinations(usable, k)
         ]
 
     def _stepwise(self, p: IntegralProblem) -> list[tuple[int, ...]]:
@@ -235,21 +388,28 @@ class IntegralPath:
         ``stepwise_terms`` terms; every step's support."""
         support: list[int] = []
         out = []
-        for _ in range(min(self.stepwise_terms, p.F.shape[1])):
-            rest = [j for j in range(p.F.shape[1]) if j not in support]
+        usable = [j for j in range(p.n_terms) if j not in p.degenerate]
+        for _ in range(min(self.stepwise_terms, len(usable))):
+            rest = [j for j in usable if j not in support]
             scores = [p.criterion([*support, j], self.criterion)[1] for j in rest]
             support.append(rest[int(np.argmin(scores))])
             out.append(tuple(sorted(support)))
         return out
 
-    def ranked(self, p: IntegralProblem) -> list[tuple[float, tuple[int, ...], np.ndarray]]:
-        """Scored supports of one target, best first, ``(criterion, support, coef)``."""
-        seen = {}
-        for s in [*self._supports(p.F.shape[1]), *self._stepwise(p)]:
+    def ranked(self, p: IntegralProblem) -> list[Ranked]:
+        """Scored supports of one target, best first; the ``per_target`` best with their
+        free constants fitted jointly."""
+        seen: dict[tuple[int, ...], Ranked] = {}
+        for s in [*self._supports(p), *self._stepwise(p)]:
             if s not in seen:
                 coef, crit = p.criterion(s, self.criterion)
-                seen[s] = (crit, s, coef)
-        return sorted(seen.values(), key=lambda r: (r[0], len(r[1])))
+                seen[s] = (crit, s, coef, {j: dict(p.constants[j]) for j in s if j in p.laws})
+        order = sorted(seen.values(), key=lambda r: (r[0], len(r[1])))
+        refined = []
+        for _, s, _, _ in order[: self.per_target]:
+            coef, crit, consts = p.refine(s, self.criterion)
+            refined.append((crit, s, coef, consts))
+        return sorted(refined + order[self.per_target :], key=lambda r: (r[0], len(r[1])))
 
     def candidates(self, integral: dict[str, IntegralProblem]) -> list[Candidate]:
         targets = list(integral)
@@ -273,9 +433,13 @@ class IntegralPath:
         beam.sort(key=lambda b: (size(b[1]), b[0]))
         out = []
         for score, idx in beam[: self.n_joint]:
-            coef = {
-                t: options[k][i][2].copy()
-                for k, (t, i) in enumerate(zip(targets, idx, strict=True))
-            }
-            out.append(Candidate(coef, self.name, info={"integral_criterion": score}))
+            picked = [(t, options[k][i]) for k, (t, i) in enumerate(zip(targets, idx, strict=True))]
+            out.append(
+                Candidate(
+                    {t: r[2].copy() for t, r in picked},
+                    self.name,
+                    info={"integral_criterion": score},
+                    constants={t: {j: dict(c) for j, c in r[3].items()} for t, r in picked},
+                )
+            )
         return out

@@ -1,47 +1,126 @@
-"""Candidate libraries of symbolic terms over a network's inputs.
+"""Candidate libraries of symbolic terms over a neural slot's inputs.
 
 A library is fitted to the names of the variables it may use (``fit(names)``) and then holds its
-``terms``; ``transform(X)`` evaluates them on samples. Libraries compose with ``+``. Rational
-biology terms (Michaelis–Menten, Hill) carry a nonlinear constant ``K`` taken from a grid; the
-refit through the ODE may learn it further.
+``terms``; ``transform(X)`` evaluates them on samples. Libraries compose with ``+``.
+
+Rate laws with nonlinear constants come in two kinds. With *free* constants (the default) a
+Michaelis-Menten ``x/(K + x)`` or Hill ``x**n/(K**n + x**n)`` term carries a :class:`RateLaw`:
+the distillation fits ``K`` (and ``n``) as continuous parameters by variable projection on the
+data (:mod:`ude.distill.projection`) and the ODE refit learns them further. With a ``K_grid``
+(and ``n_grid``) there is one term per grid value, as in pysindy-style libraries.
+
+:data:`FAMILY_LIBRARIES` builds the named families of the spec's ``library:`` key
+(:mod:`ude.spec.library_key`); :func:`slot_library` builds one slot's library from family names
+and custom terms.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import sympy as sp
 import torch
+from scipy.special import expit
 
 from ude.errors import UdeError
 from ude.spec.compile import CompiledExpressions
 from ude.spec.expressions import parse_expression
+from ude.spec.library_key import FAMILIES, custom_term
+
+HILL_N_BOUNDS = (1.0, 15.0)
+"""Range of a free Hill coefficient: from Michaelis-Menten-like (1) to the steepest switches
+reported for gene regulation (about 12), with room above so a true 12 is not on the bound."""
+
+
+@dataclass(frozen=True)
+class RateLaw:
+    """The numeric form of a term whose constants are free: ``kind`` (``saturation``
+    ``x/(K + x)``, ``activation`` ``|x|**n/(K**n + |x|**n)`` or ``repression``
+    ``K**n/(K**n + |x|**n)``) of ``variable``, times the input ``factor`` when given. ``K`` and
+    ``n`` name the constants' symbols in the term's expression. A Hill term raises ``|x|``:
+    the same for a concentration, and defined when a fitted trajectory or an initial state
+    estimated from noisy samples dips below zero (``x**n`` would not be)."""
+
+    kind: str
+    variable: str
+    factor: str | None = None
+    K: str = "K"
+    n: str = "n"
+
+    @property
+    def free(self) -> tuple[str, ...]:
+        """The constants the variable projection fits."""
+        return (self.K,) if self.kind == "saturation" else (self.K, self.n)
+
+    def evaluate(
+        self, columns: Mapping[str, np.ndarray], constants: Mapping[str, float]
+    ) -> np.ndarray:
+        """The term at inputs ``columns[name] (sample,)`` and ``constants``. Hill functions
+        are the logistic of ``n (log |x| - log K)``: no overflow at large ``n``. A saturation's
+        ``x`` below zero (a fitted trajectory's dip) counts as zero."""
+        x = np.asarray(columns[self.variable], dtype=float)
+        K = float(constants[self.K])
+        if self.kind == "saturation":
+            x = np.maximum(x, 0.0)
+            out = x / (K + x)
+        else:
+            x = np.abs(x)  # as the term's expression: |x|**n
+            with np.errstate(divide="ignore"):
+                z = float(constants[self.n]) * (np.log(x) - np.log(K))
+            out = expit(z if self.kind == "activation" else -z)
+        if self.factor is not None:
+            out = out * np.asarray(columns[self.factor], dtype=float)
+        return out
 
 
 @dataclass(frozen=True)
 class Term:
     """One library term: ``expr`` over variable names and the constants in ``constants``.
 
-    ``constants`` maps a constant's symbol name (e.g. ``K``) to its value; ``learnable`` lists
-    those a refit through the ODE may change (with ``bounds`` (min, max) each).
+    ``constants`` maps a constant's symbol name (e.g. ``K``) to its value (for free constants:
+    the start); ``learnable`` lists those a refit through the ODE may change; ``law``, when
+    given, says the constants are free and how to evaluate the term for any values of them.
     """
 
     expr: sp.Expr
     constants: dict[str, float] = field(default_factory=dict)
     learnable: tuple[str, ...] = ()
     family: str = "custom"
+    law: RateLaw | None = None
 
-    def numeric(self) -> sp.Expr:
-        """The term with its constants substituted."""
-        subs = {sp.Symbol(k): _number(v) for k, v in self.constants.items()}
+    def numeric(self, constants: Mapping[str, float] | None = None) -> sp.Expr:
+        """The term with its constants (``constants`` over the term's own) substituted."""
+        values = {**self.constants, **(constants or {})}
+        subs = {sp.Symbol(k): _number(v) for k, v in values.items()}
         return self.expr.xreplace(subs) if subs else self.expr
 
     @property
+    def free(self) -> tuple[str, ...]:
+        return self.law.free if self.law is not None else ()
+
+    @property
     def name(self) -> str:
-        return str(self.numeric())
+        """The term as written; free constants stay symbols (``x/(K + x)``), a Hill term's
+        ``|x|`` shows as ``x``."""
+        fixed = {k: v for k, v in self.constants.items() if k not in self.free}
+        subs = {sp.Symbol(k): _number(v) for k, v in fixed.items()}
+        expr = self.expr.xreplace(subs) if subs else self.expr
+        return str(expr.replace(sp.Abs, lambda a: a))
+
+    def evaluate(
+        self, columns: Mapping[str, np.ndarray], constants: Mapping[str, float] | None = None
+    ) -> np.ndarray:
+        """The term at ``columns[name] (sample,)``, a free law at ``constants``."""
+        if self.law is not None:
+            return self.law.evaluate(columns, {**self.constants, **(constants or {})})
+        n = len(next(iter(columns.values())))
+        f = CompiledExpressions([self.numeric(constants)], list(columns)).double()
+        X = np.stack([np.asarray(v, dtype=float) for v in columns.values()], axis=1)
+        with torch.no_grad():
+            return f(torch.as_tensor(X.reshape(n, -1))).numpy()[:, 0]
 
     def __hash__(self) -> int:
         return hash((self.expr, tuple(sorted(self.constants.items())), self.family))
@@ -50,6 +129,15 @@ class Term:
 def _number(v: float) -> sp.Expr:
     """A sympy number, integer when ``v`` is integral (so x**2.0 prints as x**2)."""
     return sp.Integer(int(v)) if float(v).is_integer() else sp.Float(v, 6)
+
+
+def _constant_symbol(base: str, names: Sequence[str]) -> str:
+    """``base`` (K, n) unless a variable has that name: then ``base_c``, ``base_c1``, ..."""
+    out, i = base, 0
+    while out in names:
+        out = f"{base}_c" if i == 0 else f"{base}_c{i}"
+        i += 1
+    return out
 
 
 class Library:
@@ -73,15 +161,25 @@ class Library:
         self._check_fitted()
         return [t.name for t in self.terms_]
 
-    def transform(self, X: np.ndarray) -> np.ndarray:
-        """Term values ``(sample, term)`` at ``X (sample, name)``."""
+    def transform(
+        self, X: np.ndarray, constants: Mapping[int, Mapping[str, float]] | None = None
+    ) -> np.ndarray:
+        """Term values ``(sample, term)`` at ``X (sample, name)``; free terms at
+        ``constants[j]`` (default: their start values)."""
         self._check_fitted()
-        if self._compiled is None:
-            self._compiled = CompiledExpressions(
-                [t.numeric() for t in self.terms_], self.names_
-            ).double()
-        with torch.no_grad():
-            out = self._compiled(torch.as_tensor(np.asarray(X, dtype=float))).numpy()
+        X = np.asarray(X, dtype=float)
+        fixed = [j for j, t in enumerate(self.terms_) if t.law is None]
+        out = np.empty((X.shape[0], len(self.terms_)))
+        if fixed:
+            if self._compiled is None:
+                exprs = [self.terms_[j].numeric() for j in fixed]
+                self._compiled = CompiledExpressions(exprs, self.names_).double()
+            with torch.no_grad():
+                out[:, fixed] = self._compiled(torch.as_tensor(X)).numpy()
+        columns = {n: X[:, i] for i, n in enumerate(self.names_)}
+        for j, t in enumerate(self.terms_):
+            if t.law is not None:
+                out[:, j] = t.evaluate(columns, (constants or {}).get(j))
         return out
 
     def __add__(self, other: Library) -> ConcatLibrary:
@@ -131,6 +229,13 @@ def _select_names(names: list[str], variables: Sequence[str] | None, where: str)
     return list(variables)
 
 
+class ConstantLibrary(Library):
+    """The zero-order rate ``1`` (a constant production or influx)."""
+
+    def _terms(self, names: list[str]) -> list[Term]:
+        return [Term(sp.Integer(1), family="constant")]
+
+
 class PolynomialLibrary(Library):
     """All monomials of degree ``1..degree`` (and 1 when ``include_bias``) over the variables
     (default: all network inputs)."""
@@ -168,12 +273,17 @@ class MassActionLibrary(Library):
 
 
 class MichaelisMentenLibrary(Library):
-    """Saturating terms ``x/(K + x)`` for each variable and each ``K`` of ``K_grid``;
-    with ``times`` also ``y*x/(K + x)`` for each other variable y (an enzyme-like factor)."""
+    """Saturation ``x/(K + x)`` of each variable; with ``times`` also ``y*x/(K + x)`` for each
+    other variable y (an enzyme, or a catalyst, times the saturation in its substrate).
+
+    ``K_grid=None`` (the default): one term per variable with ``K`` free, fitted as a
+    continuous parameter. A grid: one term per ``K`` in it (``learn_K``: the ODE refit may
+    move it).
+    """
 
     def __init__(
         self,
-        K_grid: Sequence[float] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+        K_grid: Sequence[float] | None = None,
         variables: Sequence[str] | None = None,
         times: bool = False,
         learn_K: bool = True,
@@ -184,36 +294,36 @@ class MichaelisMentenLibrary(Library):
         self.learn_K = learn_K
 
     def _terms(self, names: list[str]) -> list[Term]:
-        _check_grid(self.K_grid, "K_grid")
         use = _select_names(names, self.variables, "michaelis_menten.variables")
-        K = sp.Symbol("K")
+        K = sp.Symbol(_constant_symbol("K", names))
+        grid = [None] if self.K_grid is None else [float(k) for k in _check_grid(self.K_grid)]
+        learn = (K.name,) if self.learn_K or self.K_grid is None else ()
         out = []
         for v in use:
             x = sp.Symbol(v)
-            for k in self.K_grid:
-                learn = ("K",) if self.learn_K else ()
-                out.append(Term(x / (K + x), {"K": float(k)}, learn, "michaelis_menten"))
-                if self.times:
-                    for w in use:
-                        if w != v:
-                            out.append(
-                                Term(
-                                    sp.Symbol(w) * x / (K + x),
-                                    {"K": float(k)},
-                                    learn,
-                                    "michaelis_menten",
-                                )
-                            )
+            factors = [None, *(w for w in use if w != v)] if self.times else [None]
+            for w in factors:
+                expr = x / (K + x) if w is None else sp.Symbol(w) * x / (K + x)
+                for k in grid:
+                    law = RateLaw("saturation", v, w, K=K.name) if k is None else None
+                    c = {K.name: 1.0 if k is None else k}
+                    out.append(Term(expr, c, learn, "michaelis_menten", law))
         return out
 
 
 class HillLibrary(Library):
-    """Hill activation ``x**n/(K**n + x**n)`` and repression ``K**n/(K**n + x**n)`` for each
-    variable, ``K`` of ``K_grid`` and ``n`` of ``n_grid``; ``n`` stays fixed in the refit."""
+    """Hill activation ``x**n/(K**n + x**n)`` and repression ``K**n/(K**n + x**n)`` of each
+    variable.
+
+    ``K_grid=None`` (the default): one term of each kind per variable with ``K`` and ``n``
+    free (``n`` in :data:`HILL_N_BOUNDS`), fitted as continuous parameters. A grid: one term
+    per ``K`` of ``K_grid`` and ``n`` of ``n_grid`` (``n`` fixed, ``K`` learnable in the refit
+    with ``learn_K``).
+    """
 
     def __init__(
         self,
-        K_grid: Sequence[float] = (0.5, 1.0, 2.0),
+        K_grid: Sequence[float] | None = None,
         n_grid: Sequence[float] = (2, 4),
         variables: Sequence[str] | None = None,
         activation: bool = True,
@@ -228,21 +338,28 @@ class HillLibrary(Library):
         self.learn_K = learn_K
 
     def _terms(self, names: list[str]) -> list[Term]:
-        _check_grid(self.K_grid, "K_grid")
-        _check_grid(self.n_grid, "n_grid")
         use = _select_names(names, self.variables, "hill.variables")
-        K, n = sp.Symbol("K"), sp.Symbol("n")
-        learn = ("K",) if self.learn_K else ()
+        K = sp.Symbol(_constant_symbol("K", names))
+        n = sp.Symbol(_constant_symbol("n", names))
+        kinds = [k for k in ("activation", "repression") if getattr(self, k)]
         out = []
         for v in use:
             x = sp.Symbol(v)
-            for k in self.K_grid:
-                for nn in self.n_grid:
-                    c = {"K": float(k), "n": float(nn)}
-                    if self.activation:
-                        out.append(Term(x**n / (K**n + x**n), c, learn, "hill"))
-                    if self.repression:
-                        out.append(Term(K**n / (K**n + x**n), c, learn, "hill"))
+            forms = {"activation": x**n / (K**n + x**n), "repression": K**n / (K**n + x**n)}
+            if self.K_grid is None:
+                # a free n: |x|**n, defined for a dip below zero (see RateLaw)
+                ax = sp.Abs(x)
+                forms = {"activation": ax**n / (K**n + ax**n), "repression": K**n / (K**n + ax**n)}
+                for kind in kinds:
+                    law = RateLaw(kind, v, K=K.name, n=n.name)
+                    c = {K.name: 1.0, n.name: 2.0}
+                    out.append(Term(forms[kind], c, (K.name, n.name), "hill", law))
+                continue
+            learn = (K.name,) if self.learn_K else ()
+            for k in _check_grid(self.K_grid):
+                for nn in _check_grid(self.n_grid, "n_grid"):
+                    c = {K.name: float(k), n.name: float(nn)}
+                    out += [Term(forms[kind], c, learn, "hill") for kind in kinds]
         return out
 
 
@@ -268,12 +385,13 @@ class CustomLibrary(Library):
         ]
 
 
-def _check_grid(grid: Sequence[float], where: str) -> None:
+def _check_grid(grid: Sequence[float], where: str = "K_grid") -> list[float]:
     values = list(grid) if isinstance(grid, Iterable) else []
     if not values or not all(isinstance(v, (int, float)) and v > 0 for v in values):
         raise UdeError(
             f"{where}={grid!r}", source="distill.library", fix=f"{where}: a list of numbers > 0"
         )
+    return values
 
 
 def combine(libraries: Library | Sequence[Library]) -> Library:
@@ -288,3 +406,41 @@ def combine(libraries: Library | Sequence[Library]) -> Library:
             fix="e.g. [{_target_: ude.distill.PolynomialLibrary, degree: 2}]",
         )
     return libs[0] if len(libs) == 1 else ConcatLibrary(libs)
+
+
+FAMILY_LIBRARIES: dict[str, Callable[[], Library]] = {
+    "constant": ConstantLibrary,
+    "mass_action": lambda: MassActionLibrary(order=2),
+    "michaelis_menten": lambda: MichaelisMentenLibrary(times=True),
+    "hill": HillLibrary,
+    "polynomial": lambda: PolynomialLibrary(degree=3),
+}
+"""The library of each family name of :data:`ude.spec.library_key.FAMILIES`."""
+assert set(FAMILY_LIBRARIES) == set(FAMILIES)
+
+
+def slot_library(
+    items: Sequence[str], inputs: Sequence[str], declared: Sequence[str] | None = None
+) -> Library:
+    """One slot's library from family names and custom terms over the ``declared`` names
+    (default: the slot's ``inputs``); a custom term over names the slot's network does not see
+    is left out for this slot."""
+    libs: list[Library] = []
+    custom = []
+    for i, item in enumerate(items):
+        if item in FAMILY_LIBRARIES:
+            libs.append(FAMILY_LIBRARIES[item]())
+            continue
+        names = list(inputs if declared is None else declared)
+        expr = custom_term(item, names, source="distill.library", where=f"[{i}]")
+        if expr is not None and {str(s) for s in expr.free_symbols} <= set(inputs):
+            custom.append(item)
+    if custom:
+        libs.append(CustomLibrary(custom))
+    if not libs:
+        raise UdeError(
+            "no library term reaches this network",
+            source="distill.library",
+            fix="network inputs: " + ", ".join(inputs),
+        )
+    return combine(libs)

@@ -14,6 +14,9 @@ from ude.model.hybrid import HybridODE, build_hybrid
 from ude.model.solver import FIXED, Solver, SolverFailed
 from ude.spec.model_spec import ModelSpec
 
+INFEASIBLE = 1e12
+"""The loss of a trial point where the model cannot be solved (far above any real loss)."""
+
 
 @dataclass
 class RefitResult:
@@ -91,21 +94,29 @@ class TwinRefit:
         good = [p.detach().clone() for p in params]
         last = np.inf
         iterations = done
+
+        def closure():
+            # a trial point whose solve fails or blows up (e.g. a line search step that put a
+            # small initial state below zero) is worse than any other: the line search then
+            # shortens the step instead of the refit giving up
+            opt.zero_grad()
+            try:
+                loss = module.losses(batch)["loss"]
+            except SolverFailed:
+                loss = None
+            if loss is None or not torch.isfinite(loss):
+                return torch.tensor(INFEASIBLE, dtype=torch.float64)
+            loss.backward()
+            return loss
+
         try:
             while iterations < self.max_iter:
-
-                def closure():
-                    opt.zero_grad()
-                    loss = module.losses(batch)["loss"]
-                    if not torch.isfinite(loss):
-                        raise SolverFailed("non-finite loss")
-                    loss.backward()
-                    return loss
-
                 loss = float(opt.step(closure).detach())
                 iterations += 20
-                if not all(torch.isfinite(p).all() for p in params):
-                    raise SolverFailed("non-finite parameters")
+                if loss >= INFEASIBLE or not all(torch.isfinite(p).all() for p in params):
+                    raise SolverFailed("the refit left the region where the model solves")
+                if float(closure().detach()) >= INFEASIBLE:
+                    raise SolverFailed("the line search ended where the model does not solve")
                 good = [p.detach().clone() for p in params]
                 if abs(last - loss) < self.tol * max(1.0, abs(loss)):
                     break
@@ -151,9 +162,10 @@ class TwinRefit:
             model.solver = Solver(self.fallback, self.fallback_rtol, self.atol, max_steps=5000)
         params = [p for p in module.parameters() if p.requires_grad]
         iterations = 0
-        # L-BFGS's line search may step into a region where the solve blows up: start again
-        # from the last good point with a ten times shorter first step.
-        for lr in (1.0, 0.1, 0.01):
+        # L-BFGS may still leave the region where the model solves: start again from the last
+        # good point with a ten times shorter first step (its first step is as long as the
+        # learning rate in every parameter's own units: an initial state of 1e-3 needs 1e-4).
+        for lr in (1.0, 0.1, 0.01, 1e-3, 1e-4):
             iterations, failed = self._run(module, batch, params, lr, iterations)
             if not failed:
                 break

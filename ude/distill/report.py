@@ -23,6 +23,7 @@ from ude.distill.uncertainty import ForecastInterval, LaplaceInterval
 from ude.fit import forecast_errors
 from ude.model.hybrid import HybridODE, build_hybrid
 from ude.model.solver import Solver
+from ude.progress import Progress
 from ude.spec.compile import CompiledExpressions
 from ude.spec.model_spec import ModelSpec
 from ude.spec.simulate import simulate_spec
@@ -153,6 +154,7 @@ def write_report(
     horizon: float = 10.0,
     interval: LaplaceInterval | None = None,
     held_out: HeldOut | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Writes twin.json, twin.sbml, equations.md, distill.json and plots/distilled_terms.png,
     plots/forecast.png into ``run_dir``; returns the metrics, with their ``status`` and
@@ -167,10 +169,20 @@ def write_report(
     run_dir.mkdir(parents=True, exist_ok=True)
     twin = result.twin
     twin_dict = twin_to_dict(twin, measurements.observables, trained.spec, result.inclusion)
-    (run_dir / "twin.json").write_text(json.dumps(twin_dict, indent=2))
     rows = result.path_rows()
+    weights = model_weights(rows)
+    twin_dict["model_weights"] = weights
+    (run_dir / "twin.json").write_text(json.dumps(twin_dict, indent=2))
+    ties = result.tie_rows()
     (run_dir / "equations.md").write_text(
-        equations_markdown(twin, trained.spec, rows, result.inclusion)
+        equations_markdown(
+            twin,
+            trained.spec,
+            rows,
+            result.inclusion,
+            ties=ties,
+            identifiability=result.identifiability,
+        )
     )
     initial = result.model.initial.detach().cpu().numpy()
     # The twin as SBML, with the first condition's initial states and inputs.
@@ -200,6 +212,9 @@ def write_report(
         "criterion": result.chosen.criterion,
         "timings": dict(result.timings),
         "path": rows,
+        "model_weights": weights,
+        "ties": ties,
+        "identifiability": result.identifiability,
         "forecast_horizon": float(times[-1]),
     }
     if held_out is not None and held_out.split.has_held_out:
@@ -216,9 +231,10 @@ def write_report(
     band = None
     if interval is not None:
         start = time.perf_counter()
-        band, metrics["forecast_interval"] = forecast_band(
-            interval, result, measurements, times, twin.states, truth
-        )
+        with (progress or Progress()).stage("band"):
+            band, metrics["forecast_interval"] = forecast_band(
+                interval, result, measurements, times, twin.states, truth
+            )
         metrics["timings"]["interval_seconds"] = round(time.perf_counter() - start, 3)
         info = metrics["forecast_interval"]
         if band is None or not band.usable:
@@ -245,6 +261,16 @@ def write_report(
         times, states, truth, shown, twin, run_dir / "plots" / "forecast.png", band, split
     )
     return metrics
+
+
+def model_weights(rows: list[dict[str, Any]], floor: float = 1e-4) -> list[dict[str, Any]]:
+    """The refitted structures with their evidence weights, heaviest first (those above
+    ``floor``): what averaging over the candidates needs."""
+    kept = [r for r in rows if r.get("weight", 0.0) > floor]
+    return [
+        {"discovered": r["terms"], "weight": r["weight"], "criterion": r["criterion"]}
+        for r in sorted(kept, key=lambda r: -r["weight"])
+    ]
 
 
 def _status(failures: list[dict[str, str]]) -> str:

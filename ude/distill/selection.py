@@ -1,5 +1,15 @@
 """Choosing the twin: refit each candidate through the ODE, score it on the data with an
-information criterion, then prune the best by trajectory-level backward elimination."""
+information criterion that pays for the size of the search, then prune the best by
+trajectory-level backward elimination; the candidates' evidence weights, and the structures
+the data cannot tell apart from the chosen one.
+
+The default criterion is the extended BIC (Chen & Chen 2008, Biometrika 95:759):
+``n log(RSS/n) + k log n + 2 γ Σ_targets log C(p_t, k_t)`` with ``p_t`` library terms and
+``k_t`` chosen terms per target, γ = 1. BIC alone pays for the parameters of one model, not
+for having looked at every support of a large library: with many rival terms one of them fits
+the noise by chance, and the last term pays for that. ``exp(-criterion/2)`` approximates each
+candidate's evidence under a prior uniform over sizes, then over the supports of a size:
+normalised over the refitted candidates these are the weights kept in distill.json."""
 
 from __future__ import annotations
 
@@ -13,21 +23,42 @@ from ude.distill.refit import RefitResult
 from ude.distill.sparse import Candidate
 from ude.errors import UdeError
 
+CRITERIA = ("ebic", "bic", "aicc")
+EBIC_GAMMA = 1.0
+"""Weight of the search-size term: 1, the value for which Chen & Chen show consistency when
+the library grows with the data."""
+TIE = 2.0
+"""Criterion units within which two structures fit equally well: a Bayes factor under e
+(Kass & Raftery: "not worth more than a bare mention")."""
 
-def information_criterion(nmse: float, n: int, k: int, kind: str = "bic") -> float:
-    """``n log(RSS/n) + penalty(k)`` for ``n`` data points and ``k`` discovered parameters;
-    ``kind``: ``bic`` (k log n) or ``aicc`` (2k + 2k(k+1)/(n-k-1)). A model with ``k >= n - 1``
-    parameters can interpolate the data (its residual says nothing): ∞ for either."""
+
+def log_supports(p: int, k: int) -> float:
+    """``log C(p, k)``: the number of supports of ``k`` terms from a library of ``p``."""
+    if k < 0 or k > p:
+        return 0.0
+    return math.lgamma(p + 1) - math.lgamma(k + 1) - math.lgamma(p - k + 1)
+
+
+def information_criterion(
+    nmse: float, n: int, k: int, kind: str = "ebic", log_models: float = 0.0
+) -> float:
+    """``n log(RSS/n) + penalty`` for ``n`` data points and ``k`` discovered parameters;
+    ``kind``: ``bic`` (k log n), ``ebic`` (k log n + 2 γ ``log_models``, the log of the number
+    of candidate models of this size) or ``aicc`` (2k + 2k(k+1)/(n-k-1)). A model with
+    ``k >= n - 1`` parameters can interpolate the data (its residual says nothing): ∞."""
+    if kind not in CRITERIA:
+        raise UdeError(
+            f"unknown criterion '{kind}'",
+            source="distill.selector.criterion",
+            fix=", ".join(CRITERIA),
+        )
     if not math.isfinite(nmse) or nmse <= 0 or k >= n - 1:
         return math.inf
     base = n * math.log(nmse)
-    if kind == "bic":
-        return base + k * math.log(n)
     if kind == "aicc":
         return base + 2 * k + 2 * k * (k + 1) / (n - k - 1)
-    raise UdeError(
-        f"unknown criterion '{kind}'", source="distill.selector.criterion", fix="bic or aicc"
-    )
+    extra = 2 * EBIC_GAMMA * log_models if kind == "ebic" else 0.0
+    return base + k * math.log(n) + extra
 
 
 class NoSolvableTwin(UdeError):
@@ -64,10 +95,65 @@ class Scored:
 def refitted_coef(scored: Scored) -> dict[str, np.ndarray]:
     """The candidate's coefficients ``{target: (term,)}`` at their refitted values."""
     coef = {k: v.copy() for k, v in scored.candidate.coef.items()}
-    for name, (target, j, scale) in scored.candidate.info.get("owner", {}).items():
-        if name.startswith("c_") and name in scored.refit.values:
-            coef[target][j] = float(scored.refit.values[name]) * scale
+    for name, own in scored.candidate.info.get("owner", {}).items():
+        if own.constant is None and name in scored.refit.values:
+            coef[own.target][own.index] = float(scored.refit.values[name]) * own.scale
     return coef
+
+
+def refitted_constants(scored: Scored) -> dict[str, dict[int, dict[str, float]]]:
+    """The candidate's learnable constants ``{target: {term: {name: value}}}`` at their
+    refitted values (its own start values where the refit has none)."""
+    out = {t: {j: dict(c) for j, c in cs.items()} for t, cs in scored.candidate.constants.items()}
+    for name, own in scored.candidate.info.get("owner", {}).items():
+        if own.constant is not None and name in scored.refit.values:
+            value = float(scored.refit.values[name])
+            out.setdefault(own.target, {}).setdefault(own.index, {})[own.constant] = value
+    return out
+
+
+def moved_from(best: Scored) -> dict:
+    """``info`` for a candidate proposed around ``best``: its refit starts from ``best``'s
+    fitted initial states (``info["initial"]``), not from the trained model's."""
+    model = best.refit.model
+    if model is None or not best.refit.ok:
+        return {}
+    return {"initial": model.initial.detach().cpu().numpy()}
+
+
+def evidence_weights(scored: list[Scored]) -> np.ndarray:
+    """``(candidate,)``: ``exp(-criterion/2)`` normalised over the candidates (0 for a failed
+    refit): approximate posterior probabilities of the refitted structures."""
+    crit = np.array([s.criterion for s in scored], dtype=float)
+    ok = np.isfinite(crit)
+    w = np.zeros(len(scored))
+    if ok.any():
+        w[ok] = np.exp(-(crit[ok] - crit[ok].min()) / 2)
+        w /= w.sum()
+    return w
+
+
+def _contains(big: Scored, small: Scored) -> bool:
+    """Whether ``big``'s support holds all of ``small``'s terms (per target)."""
+    a, b = big.candidate.coef, small.candidate.coef
+    return all(set(np.flatnonzero(b[t])) <= set(np.flatnonzero(a[t])) for t in b)
+
+
+def ties(chosen: Scored, scored: list[Scored], margin: float = TIE) -> list[Scored]:
+    """Other structures that fit as well as ``chosen``: a criterion within ``margin`` of
+    its own, and not ``chosen`` with terms added (an extra term that does not help is no
+    rival); best first."""
+    if not math.isfinite(chosen.criterion):
+        return []
+    key = chosen.candidate.support()
+    out = [
+        s
+        for s in scored
+        if s.candidate.support() != key
+        and abs(s.criterion - chosen.criterion) <= margin
+        and not _contains(s, chosen)
+    ]
+    return sorted(out, key=lambda s: s.criterion)
 
 
 class TrajectorySelector:
@@ -84,7 +170,7 @@ class TrajectorySelector:
     steps stop when none improves the criterion.
 
     Args:
-        criterion: ``bic`` or ``aicc``.
+        criterion: ``ebic`` (the default: pays for the library's size), ``bic`` or ``aicc``.
         prune: do the trajectory-level backward elimination.
         max_candidates: refit at most this many candidates.
         grow: also try adding each absent term at every step.
@@ -96,6 +182,8 @@ class TrajectorySelector:
             costs an ODE fit, and the candidates refitted first are the likeliest.
         rescreen: also propose integral-matching candidates along the best refitted twin's
             trajectory at every step.
+        max_initial_terms: the first refits take candidates with at most this many terms per
+            target (None: any).
         tolerance: the chosen twin is the sparsest candidate whose criterion is within this
             of the best (6: the difference Kass & Raftery call strong evidence for BIC); 0
             chooses the best.
@@ -103,7 +191,7 @@ class TrajectorySelector:
 
     def __init__(
         self,
-        criterion: str = "bic",
+        criterion: str = "ebic",
         prune: bool = True,
         max_candidates: int = 5,
         grow: bool = True,
@@ -111,8 +199,9 @@ class TrajectorySelector:
         order: str = "screen",
         max_moves: int | None = 3,
         margin: float = 15.0,
-        max_refits: int | None = 10,
+        max_refits: int | None = 20,
         rescreen: bool = True,
+        max_initial_terms: int | None = 3,
     ):
         if order not in {"screen", "sparsity"}:
             raise UdeError(
@@ -130,6 +219,7 @@ class TrajectorySelector:
         self.margin = margin
         self.max_refits = max_refits
         self.rescreen = rescreen
+        self.max_initial_terms = max_initial_terms
 
     def select(
         self,
@@ -137,13 +227,16 @@ class TrajectorySelector:
         refit: Callable[[Candidate], tuple[RefitResult, int]],
         screen: Callable[[Candidate, Scored | None], float] | None = None,
         propose: Callable[[Scored], list[Candidate]] | None = None,
+        sizes: dict[str, int] | None = None,
     ) -> tuple[Scored, list[Scored]]:
         """The chosen candidate and every scored one (the whole path), in order of scoring.
 
         ``refit(candidate)`` returns the refit and the number of discovered parameters;
         ``screen(candidate, around)`` a cheap score, lower is better, along the trajectory of
         the refitted candidate ``around`` (None: the trained model's; without a screen,
-        ``info["screen"]``); ``propose(best)`` new candidates around the best refitted one.
+        ``info["screen"]``); ``propose(best)`` new candidates around the best refitted one;
+        ``sizes[target]``: its library's number of terms (for ``ebic``; without it the
+        search term is left out, as in BIC).
         """
         if not candidates:
             raise UdeError(
@@ -159,8 +252,15 @@ class TrajectorySelector:
             if key in seen:
                 return seen[key]
             result, k = refit(cand)
-            crit = information_criterion(result.nmse, result.n_points, k, self.criterion)
-            s = Scored(cand, result, crit, k, step)
+            log_models = sum(
+                log_supports(sizes[t], int(np.count_nonzero(c)))
+                for t, c in cand.coef.items()
+                if sizes and t in sizes
+            )
+            crit = information_criterion(
+                result.nmse, result.n_points, k, self.criterion, log_models
+            )
+            s = Scored(cand, result, crit, k, step, {"log_models": log_models})
             seen[key] = s
             scored.append(s)
             return s
@@ -170,22 +270,41 @@ class TrajectorySelector:
                 return screen(cand, around)
             return cand.info.get("screen", 0.0)
 
+        if self.max_initial_terms is not None:
+            # a candidate dense enough to interpolate the trained model's errors screens well
+            # along its trajectory, but its refit is slow and its solve often blows up
+            cap = self.max_initial_terms * max(len(c.coef) for c in candidates)
+            candidates = [c for c in candidates if c.n_terms <= cap] or candidates
+        sparsest = sorted(candidates, key=lambda c: (c.n_terms, screened(c)))
         if self.order == "screen":
-            # the best-screened candidate, then the sparsest within the margin of it: the
-            # screen is linearised, so near-ties are settled by the refits
+            # the best-screened candidate, the best-screened of the smallest size (a dense
+            # candidate can screen best along a poorly fitted trajectory), then the sparsest
+            # within the margin of the best: the screen is linearised, so near-ties are
+            # settled by the refits
             ranked = sorted(candidates, key=lambda c: (screened(c), c.n_terms))
             floor = screened(ranked[0])
-            near = [c for c in ranked[1:] if screened(c) <= floor + self.margin]
-            ranked = [ranked[0], *sorted(near, key=lambda c: (c.n_terms, screened(c)))]
+            near = [c for c in sparsest if screened(c) <= floor + self.margin]
+            ranked = [ranked[0], sparsest[0], *near, *sparsest]
         else:  # the sparsest first: dense ones are slow to refit and rarely chosen
-            ranked = sorted(candidates, key=lambda c: c.n_terms)
-        for cand in ranked[: self.max_candidates]:
-            score(cand, "path")
+            ranked = sparsest
+        # refit until max_candidates refits succeeded: a failed one (a candidate whose solve
+        # blows up) gives way to the next, twice at most (the moves need refits too)
+        succeeded, tried = 0, 0
+        for cand in ranked:
+            if succeeded >= self.max_candidates or tried >= self.max_candidates + 2:
+                break
+            if self.max_refits is not None and len(scored) >= self.max_refits:
+                break
+            if cand.support() not in seen:
+                succeeded += math.isfinite(score(cand, "path").criterion)
+                tried += 1
         best = min(scored, key=lambda s: s.criterion)
-        while True:
+        while math.isfinite(best.criterion):
             moves = self._neighbours(best) if self.prune or self.grow else []
             if propose is not None and self.rescreen:
-                moves += [(c, "rescreen") for c in propose(best)]
+                moves += [
+                    (c, "limit" if c.origin == "limit" else "rescreen") for c in propose(best)
+                ]
             unique: dict[tuple, tuple[Candidate, str]] = {}
             for cand, step in moves:
                 if cand.support() not in seen:
@@ -196,7 +315,9 @@ class TrajectorySelector:
                 # neighbours); additions and proposals only when the screen ranks them high
                 removals = [m for m in moves if m[1] == "prune"]
                 others = [m for m in moves if m[1] != "prune"]
-                others = sorted(others, key=lambda m: screened(m[0], best))[: self.max_moves]
+                # a rate law swapped for its limit first: the same fit with a constant fewer
+                others = sorted(others, key=lambda m: (m[1] != "limit", screened(m[0], best)))
+                others = others[: self.max_moves]
                 moves = removals + others
             if self.max_refits is not None:
                 moves = moves[: max(0, self.max_refits - len(scored))]
@@ -207,13 +328,23 @@ class TrajectorySelector:
             if top.criterion >= best.criterion:
                 break
             best = top
+        while self.prune and math.isfinite(best.criterion):
+            # backward elimination from the best, past the refit budget (at most one pass per
+            # term): the parsimony rule below needs the sparser neighbours of what it chooses
+            removals = [c for c, step in self._neighbours(best) if step == "prune"]
+            trials = [score(c, "prune") for c in removals if c.support() not in seen]
+            if not trials or min(t.criterion for t in trials) >= best.criterion:
+                break
+            best = min(trials, key=lambda s: s.criterion)
         return self.choose(scored, [s.criterion for s in scored]), scored
 
     def choose(self, scored: list[Scored], criteria: list[float]) -> Scored:
         """The twin among ``scored`` with these ``criteria``: the sparsest one within
         ``tolerance`` of the best (on one trajectory, extra terms can fit the noise), among
         the candidates whose refit solved; :class:`NoSolvableTwin` when none did."""
-        solved = [(s, c) for s, c in zip(scored, criteria, strict=True) if s.refit.ok]
+        solved = [
+            (s, c) for s, c in zip(scored, criteria, strict=True) if s.refit.ok and math.isfinite(c)
+        ]
         if not solved:
             raise NoSolvableTwin(scored)
         floor = min(c for _, c in solved)
@@ -221,8 +352,11 @@ class TrajectorySelector:
         return min(near, key=lambda sc: (sc[0].candidate.n_terms, sc[1]))[0]
 
     def _neighbours(self, best: Scored) -> list[tuple[Candidate, str]]:
-        """Supports one term away from ``best``, starting from its refitted coefficients."""
+        """Supports one term away from ``best``, starting from its refitted coefficients and
+        constants."""
         fitted = refitted_coef(best)
+        constants = refitted_constants(best)
+        start = moved_from(best)
         out = []
         for t, c in fitted.items():
             for j in range(len(c)):
@@ -231,9 +365,13 @@ class TrajectorySelector:
                     if np.count_nonzero(c) == 1:
                         continue  # keep a term in every target
                     coef[t][j] = 0.0
-                    out.append((Candidate(coef, "prune"), "prune"))
+                    out.append(
+                        (Candidate(coef, "prune", info=dict(start), constants=constants), "prune")
+                    )
                 elif c[j] == 0 and self.grow:
                     # a small start; the refit through the ODE sizes it
                     coef[t][j] = 1e-2 * float(np.max(np.abs(c))) if np.any(c) else 1e-3
-                    out.append((Candidate(coef, "grow"), "grow"))
+                    out.append(
+                        (Candidate(coef, "grow", info=dict(start), constants=constants), "grow")
+                    )
         return out

@@ -60,12 +60,15 @@ class Problem:
 @dataclass
 class Candidate:
     """A joint support with coefficients: ``coef[target] (term,)``; ``origin`` says which
-    path found it and ``threshold`` at which (None for elimination)."""
+    path found it and ``threshold`` at which (None for elimination). ``constants[target][j]``:
+    the free constants of term ``j`` where this candidate has its own (e.g. ``K`` fitted
+    jointly with the rest of its support); others take the library's fitted ones."""
 
     coef: dict[str, np.ndarray]
     origin: str
     threshold: float | None = None
     info: dict = field(default_factory=dict)
+    constants: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
 
     def support(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
         return tuple((t, tuple(np.flatnonzero(c).tolist())) for t, c in self.coef.items())

@@ -4,16 +4,47 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import sympy as sp
+from sympy.printing.str import StrPrinter
 
+from ude.distill.selection import TIE
 from ude.errors import UdeError
 from ude.spec.expressions import parse_expression
 from ude.spec.model_spec import ModelSpec, Parameter
+
+
+class Owner(NamedTuple):
+    """What a twin parameter is: the coefficient (``constant`` None) or the named constant
+    (e.g. ``K``, ``n``) of term ``index`` of ``target``; a coefficient's value times
+    ``scale`` is the term's plain coefficient."""
+
+    target: str
+    index: int
+    scale: float
+    constant: str | None = None
+
+
+def not_identified(report: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """``{target: {parameter: entry}}``: the parameters above the threshold of an
+    identifiability report (:mod:`ude.distill.identifiability`)."""
+    if not report or "targets" not in report:
+        return {}
+    out = {}
+    for target, entry in report["targets"].items():
+        bad = {
+            n: p
+            for n, p in entry["parameters"].items()
+            if p["relative_error"] is None or p["relative_error"] >= report["threshold"]
+        }
+        if bad:
+            out[target] = bad
+    return out
 
 
 def _fresh(name: str, taken: set[str]) -> str:
@@ -31,39 +62,53 @@ def twin_spec(
     coef: dict[str, np.ndarray],
     learn: bool = True,
     scales: dict[str, np.ndarray] | None = None,
-) -> tuple[ModelSpec, dict[str, tuple[str, int, float]]]:
+    constants: dict[str, dict[int, dict[str, float]]] | None = None,
+    bounds: dict[str, dict[int, dict[str, tuple[float, float]]]] | None = None,
+) -> tuple[ModelSpec, dict[str, Owner]]:
     """The twin of ``spec`` with ``sum_j coef[t][j] * terms[t][j]`` discovered for each target
-    ``t``; coefficients (and the learnable constants of rational terms, as ``K``) become
-    parameters ``c_<state>_<j>`` / ``K_<state>_<j>``, learned when ``learn``.
+    ``t``; coefficients (and the learnable constants of rational terms, ``K`` and a free Hill
+    ``n``) become parameters ``c_<state>_<j>`` / ``K_<state>_<j>`` / ``n_<state>_<j>``,
+    learned when ``learn``. ``constants[t][j]`` overrides term ``j``'s own constants (e.g.
+    the values the screen fitted); ``bounds[t][j]`` keeps a learnable constant in a range
+    (a free ``n``: :data:`HILL_N_BOUNDS` by default, ``K``: positive).
 
     With ``scales[t] (term,)`` a coefficient is written ``c * scale * term`` and the parameter
     ``c = coef / scale`` is of order one, which conditions the refit's optimiser.
     A target that is a neural reaction's flux enters each state it changes times the change
     (:meth:`ModelSpec.neural_routes`), with the same parameters.
-    Returns the spec and a map parameter name -> (target, term index, scale).
+    Returns the spec and a map parameter name -> :class:`Owner`.
     """
+    from ude.distill.library import HILL_N_BOUNDS
+
     taken = set(spec.symbols)
     params = dict(spec.parameters)
     routes = spec.neural_routes()
     discovered: dict[str, sp.Expr] = {}
-    owner: dict[str, tuple[str, int, float]] = {}
+    owner: dict[str, Owner] = {}
     for target, c in coef.items():
         total = sp.Integer(0)
         for j in np.flatnonzero(c):
             term = terms[target][j]
             subs = {}
-            for k, v in term.constants.items():
+            given = (constants or {}).get(target, {}).get(int(j), {})
+            ranges = (bounds or {}).get(target, {}).get(int(j), {})
+            for k, v in {**term.constants, **given}.items():
                 if k in term.learnable and learn:
                     name = _fresh(f"{k}_{target}_{j}", taken)
-                    params[name] = Parameter(float(v), learn=True, min=1e-6 * float(v))
-                    owner[name] = (target, int(j), 1.0)
+                    if k in ranges or (term.law is not None and k == term.law.n):
+                        lo, hi = ranges.get(k, HILL_N_BOUNDS)
+                        v = min(max(float(v), lo), hi)
+                        params[name] = Parameter(v, learn=True, min=lo, max=hi)
+                    else:
+                        params[name] = Parameter(float(v), learn=True, min=1e-6 * float(v))
+                    owner[name] = Owner(target, int(j), 1.0, k)
                     subs[sp.Symbol(k)] = sp.Symbol(name)
                 else:
                     subs[sp.Symbol(k)] = sp.Float(v) if not float(v).is_integer() else int(v)
             name = _fresh(f"c_{target}_{j}", taken)
             scale = 1.0 if scales is None else float(scales[target][j])
             params[name] = Parameter(float(c[j]) / scale, learn=learn)
-            owner[name] = (target, int(j), scale)
+            owner[name] = Owner(target, int(j), scale)
             factor = sp.Symbol(name) if scale == 1.0 else sp.Symbol(name) * sp.Float(scale)
             total = total + factor * term.expr.xreplace(subs)
         for state, change in routes[target].items():
@@ -94,6 +139,18 @@ def _substitute(expr: sp.Expr, spec: ModelSpec, digits: int) -> sp.Expr:
     return out.xreplace({n: sp.Float(n, digits) for n in out.atoms(sp.Float)})
 
 
+class _TwinPrinter(StrPrinter):
+    """sympy's text, with ``abs`` as the spec grammar spells it (a Hill term's ``|x|``)."""
+
+    def _print_Abs(self, expr: sp.Abs) -> str:
+        return f"abs({self._print(expr.args[0])})"
+
+
+def _text(expr: sp.Expr) -> str:
+    """An expression as twin.json text: sympy and :func:`parse_expression` both read it."""
+    return _TwinPrinter().doprint(expr)
+
+
 def twin_to_dict(
     twin: ModelSpec,
     observed: list[str],
@@ -105,11 +162,11 @@ def twin_to_dict(
     coefficients. ``parameters`` lists the values of the prior spec's parameters; ``known``
     and ``observables`` are added so the file round-trips into a ModelSpec."""
     equations = {
-        s: str(_substitute(e, twin, digits))
+        s: _text(_substitute(e, twin, digits))
         for s, e in zip(twin.states, twin.known_rhs(), strict=True)
     }
-    discovered = {s: str(_substitute(e, twin, digits)) for s, e in twin.discovered.items()}
-    knownpart = {s: str(_substitute(e, twin, digits)) for s, e in twin.equations.items()}
+    discovered = {s: _text(_substitute(e, twin, digits)) for s, e in twin.discovered.items()}
+    knownpart = {s: _text(_substitute(e, twin, digits)) for s, e in twin.equations.items()}
     out: dict[str, Any] = {
         "name": twin.name,
         "states": list(twin.states),
@@ -124,7 +181,7 @@ def twin_to_dict(
     }
     if twin.observables:
         out["observables"] = {
-            k: str(_substitute(e, twin, digits)) for k, e in twin.observables.items()
+            k: _text(_substitute(e, twin, digits)) for k, e in twin.observables.items()
         }
     if inclusion is not None:
         out["inclusion_probability"] = inclusion
@@ -195,9 +252,14 @@ def equations_markdown(
     selection_rows: list[dict[str, Any]] | None = None,
     inclusion: dict[str, dict[str, float]] | None = None,
     digits: int = 4,
+    ties: list[dict[str, Any]] | None = None,
+    identifiability: dict[str, Any] | None = None,
+    tie: float = TIE,
 ) -> str:
     """The twin as Markdown with LaTeX: each equation with its known and discovered part, the
-    selection path and the inclusion probabilities."""
+    structures the data do not tell apart from it (``ties``), the terms the data do not
+    identify (``identifiability``), the selection path with evidence weights and the
+    inclusion probabilities."""
     lines = [
         f"# Distilled twin: {twin.name}",
         "",
@@ -212,19 +274,54 @@ def equations_markdown(
         if d != 0:
             rhs += (" + " if rhs else "") + r"\boxed{" + sp.latex(d) + "}"
         lines += ["$$", rf"\frac{{d{sp.latex(sp.Symbol(s))}}}{{dt}} = {rhs or '0'}", "$$", ""]
+    if ties:
+        lines += [
+            "## Structures the data do not tell apart",
+            "",
+            "These fit the data as well as the twin above (criterion within "
+            f"{tie:g} units); the data do not choose between them.",
+            "",
+            "| criterion difference | discovered |",
+            "|---|---|",
+        ]
+        for r in ties:
+            lines.append(
+                f"| {r['criterion_difference']:+.1f} | "
+                + "; ".join(f"d{t}: {e}" for t, e in r["terms"].items())
+                + " |"
+            )
+        lines.append("")
+    unidentified = not_identified(identifiability)
+    if unidentified:
+        lines += [
+            "## Terms the data do not identify",
+            "",
+            "Relative standard errors from the Fisher information at the final refit; above "
+            f"{identifiability['threshold']:g} the data do not pin the term down.",
+            "",
+            "| target | parameter | value | relative error |",
+            "|---|---|---|---|",
+        ]
+        for target, params in unidentified.items():
+            for name, p in params.items():
+                rel = p["relative_error"]
+                rel_text = "∞" if rel is None else f"{rel:.2g}"
+                lines.append(f"| {target} | {name} | {p['value']:.4g} | {rel_text} |")
+        lines.append("")
     if selection_rows:
         lines += [
             "## Selection path",
             "",
-            "| terms | trajectory NMSE | criterion | chosen | discovered |",
-            "|---|---|---|---|---|",
+            "| terms | trajectory NMSE | criterion | weight | chosen | discovered |",
+            "|---|---|---|---|---|---|",
         ]
         for r in selection_rows:
             crit = r.get("criterion")
             nmse = r.get("trajectory_nmse")
             lines.append(
                 f"| {r['n_terms']} | {'solve failed' if nmse is None else f'{nmse:.3g}'} | "
-                f"{crit if crit is None else f'{crit:.1f}'} | {'yes' if r.get('chosen') else ''} | "
+                f"{crit if crit is None else f'{crit:.1f}'} | {r.get('weight', math.nan):.2g} | "
+                f"{'yes' if r.get('chosen') else ''} | "
                 + "; ".join(f"d{t}: {e}" for t, e in r.get("terms", {}).items())
                 + " |"
             )

@@ -315,13 +315,25 @@ def build_hybrid(
     learn_initial: bool = True,
     latent_initial: float = 1.0,
     nonnegative_fluxes: bool = False,
+    ensemble: int = 1,
 ) -> HybridODE:
     """A HybridODE for ``spec`` sized and scaled from ``measurements``.
 
     Observed states start from their first measured value (or the data's known initial state);
     latent states from the known initial state, the spec's ``initial`` value or
-    ``latent_initial``.
+    ``latent_initial``. ``ensemble > 1``: that many independent models, each with its own
+    network weights, solved together (:class:`ude.model.ensemble.HybridEnsemble`).
     """
+    if ensemble != 1:
+        from ude.model.ensemble import HybridEnsemble
+
+        if not isinstance(ensemble, int) or isinstance(ensemble, bool) or ensemble < 1:
+            raise UdeError(f"got {ensemble!r}, expected an integer >= 1", source="model.ensemble")
+        single = (spec, measurements, solver, hidden, depth, activation, learn_initial)
+        members = [
+            build_hybrid(*single, latent_initial, nonnegative_fluxes) for _ in range(ensemble)
+        ]
+        return HybridEnsemble(members)
     spec = load_spec(spec)
     obs = measurements.observables
     missing_inputs = [u for u in spec.inputs if u not in measurements.input_names]

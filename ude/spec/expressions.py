@@ -34,6 +34,7 @@ FUNCTIONS: dict[str, tuple[int, Callable[..., sp.Expr]]] = {
     "log": (1, sp.log),
     "sqrt": (1, sp.sqrt),
     "tanh": (1, sp.tanh),
+    "abs": (1, sp.Abs),
     "hill": (3, hill),
     "mm": (2, mm),
 }
@@ -216,6 +217,9 @@ class _SpecPrinter(StrPrinter):
 
     def _print_Float(self, expr: sp.Float) -> str:
         return repr(float(expr))
+
+    def _print_Abs(self, expr: sp.Abs) -> str:
+        return f"abs({self._print(expr.args[0])})"
 
 
 def format_expression(expr: sp.Expr) -> str:

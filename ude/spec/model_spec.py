@@ -19,6 +19,7 @@ import yaml
 
 from ude.errors import UdeError
 from ude.spec.expressions import FUNCTIONS, format_expression, parse_expression
+from ude.spec.library_key import LibraryChoice, check_terms_reach_a_slot, parse_library
 from ude.spec.observation import DISTRIBUTIONS, TRANSFORMATIONS, NoiseModel
 from ude.spec.reactions import (
     Reaction,
@@ -43,6 +44,7 @@ _TOP_KEYS = {
     "initial",
     "sbml",
     "neural_reactions",
+    "library",
     "noise",
     "petab",
 }
@@ -56,6 +58,7 @@ _SBML_KEYS = {
     "neural_reactions",
     "observables",
     "initial",
+    "library",
     "noise",
     "petab",
 }
@@ -166,8 +169,9 @@ class ModelSpec:
     spec's parameter values. ``time`` names the time symbol when the right-hand side depends
     on time (SBML models read for PEtab); a spec without it is autonomous. ``noise[o]`` is the
     noise model of observable (or observed state) ``o``: a sigma expression, a transformation
-    and a distribution; observables without one get the learned Gaussian noise. Expressions are
-    sympy over the state, input and parameter names.
+    and a distribution; observables without one get the learned Gaussian noise. ``library``:
+    the families and custom terms the distillation searches (:mod:`ude.spec.library_key`;
+    None: the default). Expressions are sympy over the state, input and parameter names.
     """
 
     states: list[str]
@@ -181,6 +185,7 @@ class ModelSpec:
     source: str | None = None
     reactions: list[Reaction] = field(default_factory=list)
     initial: dict[str, float] = field(default_factory=dict)
+    library: LibraryChoice | None = None
     initial_assignments: dict[str, sp.Expr] = field(default_factory=dict)
     time: str | None = None
     noise: dict[str, NoiseModel] = field(default_factory=dict)
@@ -266,6 +271,8 @@ class ModelSpec:
             out["discovered"] = {k: format_expression(v) for k, v in self.discovered.items()}
         if self.initial:
             out["initial"] = dict(self.initial)
+        if self.library is not None:
+            out["library"] = self.library.to_yaml()
         if self.noise:
             out["noise"] = {
                 k: {
@@ -402,6 +409,7 @@ class _SpecReader:
         if flux_slot is not None:
             neural.append(flux_slot)
         initial = self.initial(raw.get("initial"), states)
+        library = self.library(raw.get("library"), [*states, *inputs], neural)
         noise = self.noise(raw.get("noise"), declared, [*states, *observables])
         name = raw.get("name", "model")
         if not isinstance(name, str):
@@ -418,8 +426,17 @@ class _SpecReader:
             source=self.source,
             reactions=reactions,
             initial=initial,
+            library=library,
             noise=noise,
         )
+
+    def library(
+        self, value: Any, names: list[str], neural: list[NeuralSlot]
+    ) -> LibraryChoice | None:
+        choice = parse_library(value, names, source=self.source or "spec")
+        slots = [(s.name, s.inputs) for s in neural]
+        check_terms_reach_a_slot(choice, slots, names, source=self.source or "spec")
+        return choice
 
     def read_with_sbml(self, raw: dict[str, Any]) -> ModelSpec:
         """An SBML model with the YAML's learned parameters, networks and observables on top."""
@@ -471,6 +488,7 @@ class _SpecReader:
             *base.neural,
         ]
         initial = {**base.initial, **self.initial(raw.get("initial"), base.states)}
+        library = self.library(raw.get("library"), [*base.states, *base.inputs], neural)
         noise = {
             **base.noise,
             **self.noise(raw.get("noise"), declared, [*base.states, *observables]),
@@ -484,6 +502,7 @@ class _SpecReader:
             observables=observables,
             neural=neural,
             initial=initial,
+            library=library,
             noise=noise,
             name=name,
             source=self.source,

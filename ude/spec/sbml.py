@@ -568,6 +568,7 @@ _SYMPY_FUNCTIONS = {
     sp.exp: libsbml.AST_FUNCTION_EXP,
     sp.log: libsbml.AST_FUNCTION_LN,
     sp.tanh: libsbml.AST_FUNCTION_TANH,
+    sp.Abs: libsbml.AST_FUNCTION_ABS,
 }
 
 

@@ -36,7 +36,8 @@ class Checkpoint(ModelCheckpoint):
 
 
 class PrintProgress(pl.Callback):
-    """Prints one line every ``every`` epochs: epoch, losses, seconds so far.
+    """Prints one line every ``every`` epochs: epoch, losses, seconds so far (the first
+    process of a DDP run only; the losses are those of all the data).
 
     Where logging is set up for ``ude`` (a train run: the console and <run>/train.log), the
     line goes through it; elsewhere (a script, a notebook) it is printed.
@@ -51,6 +52,8 @@ class PrintProgress(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
+        if not trainer.is_global_zero:  # under DDP, one line for all processes
+            return
         if self.every and (epoch % self.every == 0 or epoch == trainer.max_epochs):
             m = trainer.callback_metrics
             parts = [

@@ -6,6 +6,8 @@ Examples:
     ude-train trainer.max_epochs=300 seed=1
     ude-train ckpt_path=outputs/<day>/<time>/checkpoints/last.ckpt   # resume
     ude-train -m seed=0,1,2 hydra/launcher=local                     # a local sweep
+    ude-train hydra.run.dir=runs/a                                   # killed? run it again
+    ude-train trainer=ddp trainer.devices=2                          # 2 processes (DDP)
     ude-train --cfg job                                   # print the composed config
 """
 
@@ -13,6 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,16 +28,22 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from ude.conf import CONF_DIR
 from ude.config_check import check_config
 from ude.errors import UdeError
 from ude.fit import run_training
+from ude.model.hybrid import HybridODE
 from ude.plots import plot_fit, plot_missing_terms
+from ude.progress import ConsoleProgress, Progress
 from ude.runs import build_run, exit_2_on_user_errors, petab_spec_source, run_cli
-from ude.train.loggers import finish_loggers
+from ude.train.loggers import finish_loggers, log_config, log_run_outputs
 from ude.train.module import UDEModule
+from ude.train.processes import check_processes
 from ude.train.quiet import quiet_lightning
+from ude.train.resume import checkpoint_epoch, resume_point
 
 # Hydra's job logging (ude/conf/hydra/job_logging/ude.yaml) prints these lines as they are and
 # keeps them, with times, in <run>/train.log.
@@ -74,10 +85,26 @@ def check_checkpoint(ckpt_path: str, module: UDEModule) -> None:
         )
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Instantiate data, model, trainer from ``cfg``, train, and write the run directory."""
+def train(cfg: DictConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Instantiate data, model, trainer from ``cfg``, train, and write the run directory.
+
+    ``progress`` (default: a live line on the terminal, first process only) shows the warm
+    start, the training and the distillation's stages; their durations go to
+    ``metrics.json``'s ``timings``. Under DDP every process runs this function; the first
+    one (``is_global_zero``) alone writes the outputs.
+    """
     check_config(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    first = rank_zero_only.rank == 0
+    progress = progress or (ConsoleProgress() if first else Progress())
+    ckpt_path, finished = resume_point(cfg, run_dir)
+    if finished is not None:
+        if first:
+            log.info(
+                f"ude: {run_dir} holds a finished run (metrics.json): nothing to train "
+                "(resume=never starts it over)"
+            )
+        return finished
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
@@ -96,52 +123,99 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             seed=cfg.seed,
             log=log.info,
         )
-    datamodule, model, module = build_run(cfg)
-    measurements = datamodule.measurements
-    ckpt_path = cfg.get("ckpt_path")
+    datamodule, model, module = build_run(cfg, progress)
     if ckpt_path:
         check_checkpoint(ckpt_path, module)
     # Written once the data, the model and the checkpoint are known to be good: a resume that
     # fails keeps the run's config as it was.
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if first:
+        # replaced at once: the other processes of a SLURM DDP job, started together, read it
+        partial = run_dir / f".config.yaml.{os.getpid()}"
+        partial.write_text(OmegaConf.to_yaml(config))
+        os.replace(partial, run_dir / "config.yaml")
+        if ckpt_path and not cfg.get("ckpt_path"):
+            log.info(f"ude: resuming from {ckpt_path} (epoch {checkpoint_epoch(Path(ckpt_path))})")
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     try:
+        log_config(loggers, config)
         with quiet_lightning(), warnings.catch_warnings():
             if ckpt_path:  # a resume continues in its own folder, checkpoints and all
                 warnings.filterwarnings("ignore", "Checkpoint directory .* is not empty")
             trainer = instantiate(cfg.trainer, _partial_=True)(
                 callbacks=callbacks, logger=loggers or False
             )
-            metrics = run_training(module, datamodule, trainer, ckpt_path=ckpt_path)
+            line = check_processes(
+                trainer, cfg.trainer.get("devices"), len(datamodule.split.train_conditions)
+            )
+            if line and trainer.is_global_zero:
+                log.info(line)
+            try:
+                metrics = run_training(module, datamodule, trainer, ckpt_path=ckpt_path)
+            except SIGTERMException:
+                _terminated(run_dir, trainer)
+        if trainer.is_global_zero:
+            # an ensemble's best member on the training data, else the trained model
+            model = module.reported
+            _outputs(cfg, model, datamodule, run_dir, metrics, progress)
+            metrics["timings"].update(progress.timings())
+            metrics["run_dir"] = str(run_dir)
+            (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            log_run_outputs(loggers, run_dir, metrics)
+            _summary(cfg, metrics, run_dir)
     finally:
+        progress.close_all()
         finish_loggers(loggers)
+    return metrics
 
-    if trainer.is_global_zero and "solve_failed" not in metrics:
+
+def _outputs(
+    cfg: DictConfig,
+    model: HybridODE,
+    datamodule: Any,
+    run_dir: Path,
+    metrics: dict[str, Any],
+    progress: Progress,
+) -> None:
+    """Plots, the distillation (``distill=none``: none; a fast_dev_run only checks the
+    training loop) and the PEtab export of a trained model."""
+    if "solve_failed" in metrics:
+        return
+    measurements = datamodule.measurements
+    with progress.stage("plots"):
         plot_fit(model, measurements, run_dir / "plots" / "fit.png", datamodule.split)
         plot_missing_terms(model, measurements, run_dir / "plots" / "missing_terms.png")
-        # distill=none turns distillation off; a fast_dev_run only checks the training loop
-        if cfg.get("distill") and not cfg.trainer.get("fast_dev_run"):
-            from ude.distill.cli import run_distill, summary
+    if cfg.get("distill") and not cfg.trainer.get("fast_dev_run"):
+        from ude.distill.cli import run_distill, summary
 
-            # the distillation sees the training entries alone; the twin is judged on the rest
-            metrics["distill"] = run_distill(
-                cfg.distill, model, measurements, run_dir, datamodule.split
-            )
-            log.info(summary(metrics["distill"]))
-    if trainer.is_global_zero and "solve_failed" not in metrics:
-        from ude.petab.export import write_run_petab
+        # the distillation sees the training entries alone; the twin is judged on the rest
+        metrics["distill"] = run_distill(
+            cfg.distill, model, measurements, run_dir, datamodule.split, progress=progress
+        )
+        log.info(summary(metrics["distill"]))
+    from ude.petab.export import write_run_petab
 
+    with progress.stage("petab export"):
         petab_yaml = write_run_petab(model, measurements, run_dir)
-        if petab_yaml is not None:
-            metrics["petab"] = str(petab_yaml)
+    if petab_yaml is not None:
+        metrics["petab"] = str(petab_yaml)
+
+
+def _terminated(run_dir: Path, trainer: pl.Trainer) -> None:
+    """A run stopped by SIGTERM (a cluster's preemption, ``kill``): say where it can resume,
+    and exit with 128 + SIGTERM, as a process the signal ends."""
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
     if trainer.is_global_zero:
-        metrics["run_dir"] = str(run_dir)
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        _summary(cfg, metrics, run_dir)
-    return metrics
+        kept = (
+            f"{ckpt} keeps epoch {checkpoint_epoch(ckpt)}; the same command resumes it"
+            if ckpt.is_file()
+            else "no checkpoint was written yet"
+        )
+        print(f"ude: stopped by SIGTERM at epoch {trainer.current_epoch}: {kept}", file=sys.stderr)
+    sys.exit(128 + signal.SIGTERM)
 
 
 def _petab_sciml(cfg: DictConfig) -> bool:
@@ -181,6 +255,8 @@ def main(cfg: DictConfig) -> None:
     # Exiting inside the job keeps Hydra from printing its own banner around our message.
     with exit_2_on_user_errors():
         metrics = train(cfg)
+        if metrics.get("stop_reason") and rank_zero_only.rank != 0:
+            sys.exit(2)  # the first process says why
         if "distill" in metrics:  # the run and its UDE are kept; no twin ends with exit 2
             from ude.distill.cli import raise_if_no_twin
 

@@ -1,10 +1,14 @@
-"""Loggers of a run: a CSV log that survives a resume, and W&B offline unless logged in."""
+"""Loggers of a run: a CSV log that survives a resume, and W&B (offline unless logged in)
+with the run's config, figures, twin and checkpoint."""
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
+import secrets
+import string
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -12,6 +16,7 @@ from typing import Any
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 
 class _HistoryWriter(ExperimentWriter):
@@ -62,14 +67,58 @@ def _logged_in() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
+def wandb_offline() -> bool:
+    """W&B runs offline unless the user is logged in; ``WANDB_MODE`` (online, offline,
+    disabled) wins when set."""
+    mode = os.environ.get("WANDB_MODE")
+    return mode == "offline" or (mode is None and not _logged_in())
+
+
 class _WandbLogger(WandbLogger):
     """Lightning's WandbLogger without its ``anonymous=None`` (which wandb >= 0.19 answers
-    with "The anonymous setting has no effect"), and with :meth:`finish`."""
+    with "The anonymous setting has no effect"), with :meth:`log_run` (what a finished run
+    leaves) and :meth:`finish`."""
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)
+
+    @rank_zero_only
+    def log_run(self, run_dir: Path, metrics: dict[str, Any]) -> None:
+        """The run's figures (``plots/*.png``) as images, the twin's equations as a table,
+        ``twin.json`` (with ``equations.md``, ``twin.sbml``) and ``checkpoints/last.ckpt`` as
+        artifacts, and the final numbers in the run's summary."""
+        import wandb
+
+        run = self.experiment
+        images = {
+            f"plots/{png.stem}": wandb.Image(str(png))
+            for png in sorted((run_dir / "plots").glob("*.png"))
+        }
+        if images:
+            run.log(images)
+        twin_json = run_dir / "twin.json"
+        if twin_json.is_file():
+            twin = json.loads(twin_json.read_text())
+            rows = [
+                [s, f"d{s}/dt = {e}", twin.get("discovered", {}).get(s, "")]
+                for s, e in twin.get("equations", {}).items()
+            ]
+            run.log({"twin/equations": wandb.Table(["state", "equation", "discovered"], rows)})
+            twin_art = wandb.Artifact(f"twin-{run.id}", type="twin", metadata=twin)
+            for name in ("twin.json", "equations.md", "twin.sbml"):
+                if (run_dir / name).is_file():
+                    twin_art.add_file(str(run_dir / name))
+            run.log_artifact(twin_art)
+        ckpt = run_dir / "checkpoints" / "last.ckpt"
+        if ckpt.is_file():
+            model = wandb.Artifact(
+                f"checkpoint-{run.id}", type="model", metadata={"epochs": metrics.get("epochs")}
+            )
+            model.add_file(str(ckpt))
+            run.log_artifact(model, aliases=["last"])
+        run.summary.update(_summary_numbers(metrics))
 
     def finish(self) -> None:
         """Close the W&B run while the process is alive (left to wandb's exit hook, its
@@ -92,13 +141,23 @@ def wandb_logger(
     """Lightning's WandbLogger, offline unless the user is logged in.
 
     ``WANDB_MODE`` (online, offline, disabled) wins when set. Offline runs land in
-    ``save_dir/wandb`` and can be uploaded later with ``wandb sync``.
+    ``save_dir/wandb`` and can be uploaded later with ``wandb sync``. A run directory keeps
+    one W&B run: its id is kept in ``save_dir/wandb/run_id``, and a resumed run (a relaunch,
+    a requeued job) continues it.
     """
     import wandb
 
-    mode = os.environ.get("WANDB_MODE")
-    offline = mode == "offline" or (mode is None and not _logged_in())
-    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    offline = wandb_offline()
+    folder = Path(save_dir) / "wandb"
+    folder.mkdir(parents=True, exist_ok=True)
+    id_file = folder / "run_id"
+    if "id" not in kwargs and "version" not in kwargs:
+        if not id_file.is_file() and rank_zero_only.rank == 0:
+            alphabet = string.ascii_lowercase + string.digits  # W&B's run id characters
+            id_file.write_text("".join(secrets.choice(alphabet) for _ in range(8)))
+        if id_file.is_file():
+            kwargs["id"] = id_file.read_text().strip()
+            kwargs.setdefault("resume", "allow")
     # quiet: the start banner and the run's history table are noise in a training's output
     kwargs.setdefault("settings", wandb.Settings(quiet=True))
     return _WandbLogger(
@@ -109,6 +168,35 @@ def wandb_logger(
         offline=offline,
         **kwargs,
     )
+
+
+def _summary_numbers(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers of ``metrics`` (nested keys joined by ``/``), lists and texts left out."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if key == "path":  # the distillation's candidate table: not a summary number
+            continue
+        if isinstance(value, dict):
+            out.update(_summary_numbers(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def log_config(loggers: Iterable[Logger], config: dict[str, Any]) -> None:
+    """The run's resolved config as every logger's hyperparameters (W&B: the run's config;
+    TensorBoard: its hparams; CSV: ``hparams.yaml``)."""
+    for logger in loggers:
+        logger.log_hyperparams(config)
+
+
+def log_run_outputs(loggers: Iterable[Logger], run_dir: Path, metrics: dict[str, Any]) -> None:
+    """What a finished run wrote in ``run_dir`` (plots, twin, checkpoint, final numbers), to
+    the loggers that keep such things (W&B)."""
+    for logger in loggers:
+        log_run = getattr(logger, "log_run", None)
+        if callable(log_run):
+            log_run(run_dir, metrics)
 
 
 def finish_loggers(loggers: Iterable[Logger]) -> None:

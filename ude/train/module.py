@@ -10,6 +10,7 @@ import torch
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
 from ude.model.solver import SolverFailed
+from ude.progress import Progress, Stage
 from ude.train.losses import gaussian_nll, normalised_mse
 from ude.train.warm_start import SmoothedStates, gradient_matching
 
@@ -50,6 +51,7 @@ class UDEModule(pl.LightningModule):
         shooting_weight: float = 10.0,
         warm_start_lr: float = 1e-2,
         observed_states: torch.Tensor | None = None,
+        progress: Progress | None = None,
     ):
         super().__init__()
         if loss not in {"nll", "mse"}:
@@ -59,6 +61,15 @@ class UDEModule(pl.LightningModule):
         if polish_epochs < 0 or penalty < 0 or weight_decay < 0:
             raise UdeError("polish_epochs, penalty and weight_decay must be >= 0", source="optim")
         self.model = model
+        # an ensemble (HybridEnsemble): its members' losses add up, each member's gradient
+        # is its own model's; multiple shooting and L-BFGS would tie the members together
+        self.members = int(getattr(model, "n_members", 1))
+        if self.members > 1 and (polish_epochs or shooting_segments > 1):
+            raise UdeError(
+                "an ensemble trains with Adam on whole trajectories only",
+                source="model.ensemble",
+                fix="optim.polish_epochs=0 optim.shooting_segments=1, or model.ensemble=1",
+            )
         self.register_buffer("times", times)
         self.register_buffer("obs_scale", obs_scale)
         self.lr, self.weight_decay, self.loss_kind = float(lr), float(weight_decay), loss
@@ -77,6 +88,8 @@ class UDEModule(pl.LightningModule):
         self.warm_start_discarded: str | None = None
         self.first_mse: float | None = None
         self._last_good: list[torch.Tensor] | None = None
+        # the warm start's and the training's stages (shown by the first process only)
+        self.progress = progress or Progress()
 
     # -- losses ------------------------------------------------------------------------------
     # -- multiple shooting --------------------------------------------------------------------
@@ -106,7 +119,7 @@ class UDEModule(pl.LightningModule):
     @torch.no_grad()
     def _place_nodes(self) -> None:
         """Start each shooting node on the model's own trajectory from the initial states."""
-        cond = torch.arange(self.model.initial.shape[0], device=self.times.device)
+        cond = torch.arange(self.model.inputs.shape[0], device=self.times.device)
         try:
             states = self.model.simulate(self.times, cond)
         except SolverFailed:
@@ -121,10 +134,11 @@ class UDEModule(pl.LightningModule):
         self.nodes_ready.fill_(True)
 
     def trajectory(
-        self, cond: torch.Tensor, shooting: bool = False
+        self, cond: torch.Tensor, shooting: bool = False, per_item: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """States ``(batch, time, state)`` on the data grid and, when shooting, the mean
-        squared (scaled) gap between consecutive pieces."""
+        squared (scaled) gap between consecutive pieces (``per_item``: per batch item,
+        ``(batch,)``)."""
         if not shooting:
             return self.model.simulate(self.times, cond), None
         pieces, gaps, end = [], [], None
@@ -135,48 +149,192 @@ class UDEModule(pl.LightningModule):
                 gaps.append((end - start) / self.model.state_scale)
             end = piece[:, -1]
             pieces.append(piece if k == 0 else piece[:, 1:])
-        return torch.cat(pieces, dim=1), torch.stack(gaps).pow(2).mean()
+        sq = torch.stack(gaps).pow(2)  # (gap, batch, state)
+        return torch.cat(pieces, dim=1), sq.mean(dim=(0, 2)) if per_item else sq.mean()
 
     # -- losses ------------------------------------------------------------------------------
-    def losses(
+    def local_losses(
         self, batch: dict[str, torch.Tensor], shooting: bool = False
     ) -> dict[str, torch.Tensor]:
-        cond = batch["condition"]
-        states, gap = self.trajectory(cond, shooting)
+        """This process's part of the loss, before any averaging across processes.
+
+        ``fit`` and ``mse`` are sums over the batch's measured entries (``entries`` of them);
+        ``penalty`` and ``continuity`` sums of per-condition means over its real conditions
+        (``conditions``; padding items that keep DDP processes in step count for nothing);
+        ``prior`` the parameters' prior NLL (once, not per process). An ensemble's values
+        are sums over its members (the sizes are those of one)."""
+        cond, mask, values, sigma = (batch[k] for k in ("condition", "mask", "values", "sigma"))
+        real = batch.get("real")
+        real = torch.ones_like(cond, dtype=mask.dtype) if real is None else real.to(mask.dtype)
+        entries, conditions = mask.sum(), real.sum()
+        noise = self.model.noise
+        if self.members > 1:  # every member fits the batch: (member * batch, ...)
+            n = self.members
+            mask, values, sigma, real = (
+                x.repeat(n, *[1] * (x.dim() - 1)) for x in (mask, values, sigma, real)
+            )
+            noise = noise.repeat_interleave(cond.shape[0], dim=0)[:, None, None, :]
+        states, gap = self.trajectory(cond, shooting, per_item=True)
         pred = self.model.observe(states, cond)
-        mse = normalised_mse(pred, batch["values"], batch["mask"], self.obs_scale)
+        # sums over the members of their mean errors: each member's gradient is its own
+        mse = normalised_mse(pred, values, mask, self.obs_scale) * mask.sum()
         if self.loss_kind == "nll":
-            sigma = torch.where(batch["sigma"] > 0, batch["sigma"], self.model.noise)
+            sigma = torch.where(sigma > 0, sigma, noise)
             if self.model.has_noise_models:
-                fit = self.model.noise_nll(
-                    states, pred, cond, batch["values"], batch["mask"], sigma
-                )
+                fit = self.model.noise_nll(states, pred, cond, values, mask, sigma)
             else:
-                fit = gaussian_nll(pred, batch["values"], batch["mask"], sigma)
+                fit = gaussian_nll(pred, values, mask, sigma)
+            fit = fit * mask.sum()
         else:
             fit = mse
-        # Priors on parameters count once per data set, so they are divided by the number of
-        # measured entries that the mean NLL averages over.
-        prior = self.model.parameters_.prior_nll() / batch["mask"].sum().clamp(min=1)
-        out = {"fit": fit, "mse": mse, "loss": fit + prior}
+        out = {
+            "fit": fit,
+            "mse": mse,
+            "prior": self.model.parameters_.prior_nll(),
+            "entries": entries.to(mse.dtype),
+            "conditions": conditions.to(mse.dtype),
+        }
         if gap is not None:
-            out["continuity"] = gap
-            out["loss"] = out["loss"] + self.shooting_weight * gap
+            out["continuity"] = (gap * real).sum()
         if self.penalty > 0 and len(self.model.networks):
             flat = states.reshape(-1, states.shape[-1])
             ctx = self.model.context(cond).repeat_interleave(states.shape[1], dim=0)
             net = self.model.neural_terms(flat, ctx) / self.model.deriv_scale
-            out["penalty"] = (net * net).mean()
+            per_item = (net * net).reshape(states.shape[0], -1).mean(dim=1)
+            out["penalty"] = (per_item * real).sum()
+        return out
+
+    def combine(
+        self, local: dict[str, torch.Tensor], total: dict[str, torch.Tensor], processes: int = 1
+    ) -> dict[str, torch.Tensor]:
+        """The loss of the step from this process's ``local`` sums and the ``total`` sums over
+        all ``processes``: the data's mean NLL (or MSE), plus the prior over the number of
+        measured entries, the continuity and penalty terms averaged over conditions.
+
+        Each process's loss is its share scaled so that their mean (what DDP's all-reduce
+        averages the gradients over) is the loss of all the data in one process: the gradient
+        is the same whatever the split; one process: the plain means."""
+        entries = total["entries"].clamp(min=1)
+        conditions = total["conditions"].clamp(min=1)
+        fit, mse = processes * local["fit"] / entries, processes * local["mse"] / entries
+        # the prior counts once: each process adds its 1/processes part of it
+        out = {"fit": fit, "mse": mse, "loss": fit + local["prior"] / entries}
+        if "continuity" in local:
+            out["continuity"] = processes * local["continuity"] / conditions
+            out["loss"] = out["loss"] + self.shooting_weight * out["continuity"]
+        if "penalty" in local:
+            out["penalty"] = processes * local["penalty"] / conditions
             out["loss"] = out["loss"] + self.penalty * out["penalty"]
         return out
 
-    def on_fit_start(self) -> None:
-        if self.warm_start_steps and self.smoothed is not None and not self.warm_started:
-            self._warm_start()
-        if len(self.segments) > 1 and not self.nodes_ready:
-            self._place_nodes()
+    def losses(
+        self, batch: dict[str, torch.Tensor], shooting: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """The step's losses on ``batch`` in one process: ``loss`` (what is minimised),
+        ``fit`` (mean NLL or MSE), ``mse`` (normalised), and when used ``continuity`` and
+        ``penalty``."""
+        local = self.local_losses(batch, shooting)
+        return self.combine(local, local)
 
-    def _warm_start(self) -> None:
+    def _processes(self) -> int:
+        trainer = self._trainer
+        return trainer.world_size if trainer is not None else 1
+
+    def step_losses(
+        self, batch: dict[str, torch.Tensor], shooting: bool = False
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float], int]:
+        """The losses of a training or validation step, agreed on by every process.
+
+        Each process computes its part; one all-reduce then sums the parts' sizes, the values
+        and whether the solve failed or the loss is not finite. A failure on any process raises
+        :class:`_NonFinite` or :class:`SolverFailed` on all of them, before any backward pass,
+        so that none is left waiting in the gradients' all-reduce. Returns this process's
+        (scaled, differentiable) losses, the values of the whole step and its number of
+        conditions, the same on every process."""
+        processes = self._processes()
+        keys = ("fit", "mse", "prior", "entries", "conditions", "continuity", "penalty")
+        failure, local = None, None
+        try:
+            local = self.local_losses(batch, shooting)
+        except SolverFailed as err:
+            failure = err
+        zero = self.times.new_zeros(())
+        parts = [local[k].detach() if local and k in local else zero for k in keys]
+        parts[2] = parts[2] / processes  # every process holds the whole prior
+        loss = None if local is None else float(self.combine(local, local)["loss"].detach())
+        flags = self.times.new_tensor(
+            [failure is not None, loss is not None and not math.isfinite(loss)]
+        )
+        summed = torch.cat([torch.stack(parts), flags])
+        if processes > 1:
+            summed = self.trainer.strategy.reduce(summed, reduce_op="sum")
+        total = dict(zip(keys, summed[: len(keys)], strict=True))
+        solver_failed, not_finite = int(summed[-2].item()), int(summed[-1].item())
+        where = (
+            "" if processes == 1 else f" on {solver_failed or not_finite} of {processes} processes"
+        )
+        if failure is not None:
+            raise SolverFailed(f"{failure}{where}")
+        if solver_failed:
+            raise SolverFailed(f"the solver failed{where}")
+        if not_finite:
+            raise _NonFinite(f"loss became {loss if processes == 1 else 'NaN/inf'}{where}")
+        assert local is not None
+        out = self.combine(local, total, processes)
+        if self.members > 1:  # the values of the step: the mean over the members
+            sizes = ("entries", "conditions")
+            total = {k: v if k in sizes else v / self.members for k, v in total.items()}
+        if processes > 1:
+            # DDP all-reduces every parameter's gradient each step: one a step leaves unused
+            # (the shooting nodes after the shooting epochs, the noise with loss=mse) gets a
+            # zero gradient, so no process waits for it (and DDP needs no search for them)
+            touch = sum(p.reshape(-1)[0] for p in self.parameters() if p.requires_grad)
+            out["loss"] = out["loss"] + 0.0 * touch
+        whole = self.combine({k: v for k, v in total.items() if k in local}, total)
+        return out, {k: float(v) for k, v in whole.items()}, int(total["conditions"])
+
+    def _shown_progress(self) -> Progress:
+        """The progress object on the first process; one that shows nothing on the others."""
+        return self.progress if self.trainer.is_global_zero else Progress()
+
+    def on_fit_start(self) -> None:
+        """The warm start and the shooting nodes: on the first process only, then broadcast
+        (under DDP every process must start from the same parameters)."""
+        warm = self.warm_start_steps and self.smoothed is not None and not self.warm_started
+        nodes = len(self.segments) > 1 and not self.nodes_ready
+        if not (warm or nodes):
+            return
+        if self.trainer.is_global_zero:
+            if warm:
+                with self._shown_progress().stage("warm start", total=self.warm_start_steps) as s:
+                    self._warm_start(s)
+            if nodes:
+                self._place_nodes()
+        if self._processes() > 1:
+            strategy = self.trainer.strategy
+            state = strategy.broadcast(
+                (
+                    {k: v.cpu() for k, v in self.state_dict().items()},
+                    getattr(self, "warm_start_loss", None),
+                    self.warm_start_discarded,
+                ),
+                src=0,
+            )
+            if not self.trainer.is_global_zero:
+                self.load_state_dict(state[0])
+                self.warm_start_loss, self.warm_start_discarded = state[1], state[2]
+
+    def on_train_start(self) -> None:
+        self._train_stage = self._shown_progress().start(
+            "epochs", total=self.trainer.max_epochs, done=self.current_epoch
+        )
+
+    def on_train_end(self) -> None:
+        stage = getattr(self, "_train_stage", None)
+        if stage is not None:
+            stage.close()
+
+    def _warm_start(self, stage: Stage | None = None) -> None:
         """Gradient matching, kept only when the model it gives solves over the data's window.
 
         On fast kinetics (rates of 100 beside rates of 1) the smoothed derivatives' residuals
@@ -186,7 +344,12 @@ class UDEModule(pl.LightningModule):
         """
         before = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.warm_start_loss = gradient_matching(
-            self.model, self.smoothed, self.warm_start_steps, self.warm_start_lr, self.weight_decay
+            self.model,
+            self.smoothed,
+            self.warm_start_steps,
+            self.warm_start_lr,
+            self.weight_decay,
+            step=None if stage is None else stage.advance,
         )
         self.warm_started.fill_(True)
         self.warm_start_discarded = self._solve_failure()
@@ -196,7 +359,7 @@ class UDEModule(pl.LightningModule):
     @torch.no_grad()
     def _solve_failure(self) -> str | None:
         """Why the model's trajectories over the data's times cannot be solved, or None."""
-        conditions = torch.arange(self.model.initial.shape[0], device=self.times.device)
+        conditions = torch.arange(self.model.inputs.shape[0], device=self.times.device)
         try:
             states = self.model.simulate(self.times, conditions)
         except SolverFailed as err:
@@ -236,45 +399,70 @@ class UDEModule(pl.LightningModule):
         current = [p.detach().clone() for p in self.parameters()]
         try:
             if self._polishing():
-                record: dict[str, torch.Tensor] = {}
+                record: dict[str, float] = {}
 
                 def closure():
                     lbfgs.zero_grad()
-                    out = self.losses(batch)
-                    self._check_finite(out["loss"], current, first=not record)
+                    out, whole, n = self.step_losses(batch)
+                    if not record:  # these parameters gave a finite loss: the last good state
+                        self._last_good = current
                     self.manual_backward(out["loss"])
-                    record.update(out)
-                    return out["loss"]
+                    record.update(whole, conditions=n)
+                    # the loss of all the data, the same on every process: L-BFGS's line
+                    # search takes the same decisions everywhere
+                    return out["loss"].new_tensor(whole["loss"])
 
                 lbfgs.step(closure=closure)
-                out = record
+                whole = dict(record)
+                n = int(whole.pop("conditions"))
             else:
-                out = self.losses(batch, shooting=self._shooting())
-                self._check_finite(out["loss"], current, first=True)
+                out, whole, n = self.step_losses(batch, shooting=self._shooting())
+                self._last_good = current
                 adam.zero_grad()
                 self.manual_backward(out["loss"])
-                if self.grad_clip:
+                if self.grad_clip and self.members > 1:
+                    self._clip_members()
+                elif self.grad_clip:
                     self.clip_gradients(
                         adam, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm"
                     )
                 adam.step()
+            # the same on every process: they hold the same parameters
             if not all(torch.isfinite(p).all() for p in self.parameters()):
                 raise _NonFinite("parameters became NaN/inf")
         except (_NonFinite, SolverFailed) as err:
             self._stop(err)
             return
         if self.first_mse is None:
-            self.first_mse = float(out["mse"].detach())
-        n = batch["condition"].shape[0]
-        for key, value in out.items():
-            self.log(f"train/{key}", value.detach(), on_step=False, on_epoch=True, batch_size=n)
-        self.log("lr", adam.param_groups[0]["lr"], on_step=False, on_epoch=True, batch_size=n)
+            self.first_mse = whole["mse"]
+        self._log_epoch("train/", whole, n)
+        self._log_epoch("", {"lr": adam.param_groups[0]["lr"]}, n)
 
-    def _check_finite(self, loss: torch.Tensor, params: list[torch.Tensor], first: bool) -> None:
-        if not torch.isfinite(loss):
-            raise _NonFinite(f"loss became {loss.item()}")
-        if first:  # these parameters gave a finite loss: the last good state
-            self._last_good = params
+    @torch.no_grad()
+    def _clip_members(self) -> None:
+        """Clip each member's gradient to norm ``grad_clip`` on its own (every parameter of
+        an ensemble has the member axis first), as each model alone would be clipped."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norms = torch.stack([g.reshape(self.members, -1).pow(2).sum(1) for g in grads]).sum(0)
+        scale = (self.grad_clip / (norms.sqrt() + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(scale.reshape(-1, *[1] * (g.dim() - 1)))
+
+    def _log_epoch(self, prefix: str, values: dict[str, float], conditions: int) -> None:
+        """Epoch means (over steps, weighted by their ``conditions``) of values that every
+        process holds alike (the whole step's): sync_dist only tells Lightning so (the mean of
+        equal values is the value)."""
+        for key, value in values.items():
+            self.log(
+                prefix + key,
+                value,
+                on_step=False,
+                on_epoch=True,
+                batch_size=max(conditions, 1),
+                sync_dist=True,
+            )
 
     def _stop(self, err: Exception) -> None:
         """Restore the last parameters that gave a finite loss and stop training."""
@@ -291,20 +479,21 @@ class UDEModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         if not self._polishing() and self.stop_reason is None:
             self.lr_schedulers().step()
+        stage = getattr(self, "_train_stage", None)
+        if stage is not None:
+            loss = self.trainer.callback_metrics.get("train/loss")
+            stage.advance(note=None if loss is None else f"loss {float(loss):.4g}")
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        n = batch["condition"].shape[0]
         try:
-            out = self.losses(batch)
-            mse, fit = out["mse"], out["fit"]
-            if not torch.isfinite(out["loss"]):
-                raise _NonFinite(f"validation loss became {out['loss'].item()}")
+            _, whole, n = self.step_losses(batch)
+            mse, fit = whole["mse"], whole["fit"]
         except (_NonFinite, SolverFailed) as err:
+            # every process gets here together: step_losses agrees on failures
             if not self.trainer.sanity_checking:
                 self._stop(err)
-            mse = fit = torch.tensor(math.inf)
-        self.log("val/mse", mse, batch_size=n, sync_dist=True)
-        self.log("val/fit", fit, batch_size=n, sync_dist=True)
+            mse, fit, n = math.inf, math.inf, 1
+        self._log_epoch("val/", {"mse": mse, "fit": fit}, n)
 
     # -- state kept across resumes -----------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

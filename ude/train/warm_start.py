@@ -9,6 +9,7 @@ the answer, which makes it both faster and less prone to poor local minima.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,17 +76,22 @@ def gradient_matching(
     steps: int = 500,
     lr: float = 1e-2,
     weight_decay: float = 0.0,
+    step: Callable[[], object] | None = None,
 ) -> float:
     """Fit ``model``'s networks and learned parameters to the smoothed derivatives; set the
     initial states to the smoothed values at the first time, except the ones the data give
     (``model.initial_known``, a conditions table's ``init_<state>``), which stay exactly as
     given, and the ones of conditions without enough data to smooth (NaN in
     ``smoothed.initial``). Returns the final loss (mean squared residual in units of the
-    derivative scale)."""
+    derivative scale). ``step`` (optional) is called after each of the ``steps`` (progress)."""
     p0 = next(model.parameters())
     as_t = lambda a: torch.as_tensor(a, dtype=p0.dtype, device=p0.device)  # noqa: E731
     y, dy = as_t(smoothed.y), as_t(smoothed.dy)
     cond = torch.as_tensor(smoothed.condition, device=p0.device)
+    # an ensemble's members each fit the same points: (member * point, state), member-major;
+    # the loss is the sum of the members' own
+    members = int(getattr(model, "n_members", 1))
+    y, dy = y.repeat(members, 1), dy.repeat(members, 1)
     nets = list(model.networks.parameters())
     params = list(model.parameters_.parameters())
     opt = torch.optim.AdamW(
@@ -101,9 +107,11 @@ def gradient_matching(
         resid = (model.known_terms(y, ctx) + model.neural_terms(y, ctx) - dy) / model.deriv_scale
         loss = (resid * resid).mean()
         opt.zero_grad()
-        loss.backward()
+        (loss * members).backward()
         opt.step()
         schedule.step()
+        if step is not None:
+            step()
     with torch.no_grad():
         start = as_t(smoothed.initial)
         keep = model.initial_known | ~torch.isfinite(start)
