@@ -35,17 +35,32 @@ def _llh(problem) -> float:
         return float(PetabModel(problem, solver=ScipySolver()).forward())
 
 
-def test_training_loss_is_the_petab_likelihood() -> None:
+def _mixed_noise(tmp_path: Path) -> Path:
+    """Elowitz with the noise parameter of its later rows a number instead of ``sigma``:
+    one observable, two sets of placeholder values."""
+    root = _copy(tmp_path, MODELS / "Elowitz_Nature2000")
+    table = root / "measurementData_Elowitz_Nature2000.tsv"
+    lines = table.read_text().splitlines()
+    half = len(lines) // 2
+    lines[half:] = [line.rsplit("\t", 1)[0] + "\t0.08" for line in lines[half:]]
+    table.write_text("\n".join(lines) + "\n")
+    return root / "Elowitz_Nature2000.yaml"
+
+
+def test_training_loss_is_the_petab_likelihood(tmp_path: Path) -> None:
     """What train.py minimises on an imported problem, at the nominal parameters, is the
     problem's negative log-likelihood per measurement (noise formula, log10 transformation,
-    learned initial values from the parameters)."""
+    learned initial values from the parameters; an observable whose rows have different
+    noise parameters split in two)."""
     torch.set_default_dtype(torch.float64)
     try:
-        for path in (BOEHM, ELOWITZ):
+        for path in (BOEHM, _mixed_noise(tmp_path)):
             problem = load_problem(path)
             spec = petab_spec(problem)
+            if path != BOEHM:
+                assert set(spec.observables) == {"fluorescence_1", "fluorescence_2"}
             data = petab_measurements(problem, spec)
-            solver = Solver("rosenbrock23", rtol=1e-8, atol=1e-10, max_steps=200_000)
+            solver = Solver("rodas5p", rtol=1e-8, atol=1e-10, max_steps=200_000)
             module = make_module(build_hybrid(spec, data, solver), data)
             items = ConditionDataset(data)
             batch = {k: torch.stack([items[i][k] for i in range(len(items))]) for k in items[0]}
@@ -53,7 +68,7 @@ def test_training_loss_is_the_petab_likelihood() -> None:
                 fit = float(module.losses(batch)["fit"])
             n = int(batch["mask"].sum())
             assert n == len(problem.measurements.value)
-            # rosenbrock23 at rtol 1e-8 against LSODA at 1e-10: ~1e-6 apart on these models
+            # rodas5p at rtol 1e-8 against LSODA at 1e-10: ~1e-6 apart on these models
             assert abs(-fit * n - _llh(problem)) < 1e-3
     finally:
         torch.set_default_dtype(torch.float32)
@@ -76,7 +91,7 @@ def test_train_cli_on_a_petab_problem_writes_its_twin_as_petab(tmp_path: Path) -
             f"hydra.run.dir={tmp_path}/run",
             "data=petab",
             f"data.problem={BOEHM}",
-            "solver=rosenbrock23",
+            "solver=rodas5p",
             "trainer.max_epochs=2",
             "distill=none",
             "logger=none",
@@ -92,6 +107,11 @@ def test_train_cli_on_a_petab_problem_writes_its_twin_as_petab(tmp_path: Path) -
     exported = load_problem(tmp_path / "run" / "petab" / "problem.yaml")
     assert np.isfinite(_llh(exported))
     assert set(exported.estimated) >= {"k_phos", "sd_pSTAT5A_rel"}
+    # the same run exported again by the command, elsewhere: the same problem
+    from ude.petab.__main__ import main
+
+    main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "again")])
+    assert abs(_llh(load_problem(tmp_path / "again" / "problem.yaml")) - _llh(exported)) < 1e-9
 
 
 def _check(path: Path, capsys) -> tuple[int, str, str]:

@@ -42,7 +42,7 @@ SPEC = {
 }
 
 
-def hybrid(activation: str = "tanh", rtol: float = 1e-6) -> HybridODE:
+def hybrid(activation: str = "tanh", rtol: float = 1e-6, nonnegative: bool = False) -> HybridODE:
     spec = ModelSpec.from_dict(SPEC, source="test.yaml")
     torch.manual_seed(0)
     model = HybridODE(
@@ -57,6 +57,7 @@ def hybrid(activation: str = "tanh", rtol: float = 1e-6) -> HybridODE:
         noise=torch.full((2,), 0.1, dtype=F64),
         hidden=8,
         activation=activation,
+        nonnegative_fluxes=nonnegative,
     ).double()
     with torch.no_grad():  # networks that matter (they start near zero)
         for net in model.networks:
@@ -98,9 +99,17 @@ def test_compiled_jacobian_and_second_derivatives_match_autograd():
     np.testing.assert_allclose(got, want[:, :n].numpy(), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("activation", ["tanh", "gelu", "silu", "softplus", "relu", "rbf"])
-def test_numeric_rhs_matches_the_model_with_its_derivatives(activation):
-    model = hybrid(activation)
+@pytest.mark.parametrize(
+    "activation, nonnegative",
+    [(a, False) for a in ("tanh", "gelu", "silu", "softplus", "relu", "rbf")] + [("tanh", True)],
+)
+def test_numeric_rhs_matches_the_model_with_its_derivatives(activation, nonnegative):
+    model = hybrid(activation, nonnegative=nonnegative)
+    if nonnegative:  # the reaction's flux is negative somewhere below: softplus matters
+        net = next(n for n in model.networks if hasattr(n, "nonnegative"))
+        assert net.nonnegative.all()
+        with torch.no_grad():
+            net.mlp.layers[-1].bias.fill_(-0.3)
     ctx = model.context(torch.arange(2)).detach()
     rhs = NumericRHS.from_model(model, ctx)
     y = torch.tensor([[0.7, 0.2, 0.4], [1.5, 0.3, 0.2]], dtype=F64)

@@ -40,6 +40,8 @@ class HybridODE(nn.Module):
         initial_known: ``(condition, state)`` True where the initial state is known and stays
             fixed even when ``learn_initial``.
         doses: each condition's doses (:mod:`ude.data.doses`), or None.
+        nonnegative_fluxes: learned fluxes of irreversible reactions stay non-negative
+            (:class:`~ude.model.networks.FluxNetwork`).
         state_scale, time_scale: typical state magnitude ``(state,)`` and time span, used to
             scale network inputs and outputs.
         noise: initial noise level per observable ``(observable,)`` (learned in the NLL).
@@ -62,6 +64,7 @@ class HybridODE(nn.Module):
         learn_initial: bool = True,
         initial_known: torch.Tensor | None = None,
         doses: Sequence[Schedule] | None = None,
+        nonnegative_fluxes: bool = False,
     ):
         super().__init__()
         self.spec = spec
@@ -95,7 +98,11 @@ class HybridODE(nn.Module):
                 in_scale=in_scale,
                 out_scale=out_scale,
             )
-            self.networks.append(net if stoich is None else FluxNetwork(net, stoich))
+            if stoich is not None:
+                irreversible = {r.name for r in spec.reactions if not r.reversible}
+                positive = torch.tensor([r in irreversible for r in slot.reactions])
+                net = FluxNetwork(net, stoich, positive if nonnegative_fluxes else None)
+            self.networks.append(net)
             self._slot_inputs.append(idx_in)
             self._slot_targets.append(idx_out)
         self.observe_fn = CompiledExpressions(
@@ -331,6 +338,7 @@ def build_hybrid(
     activation: str = "tanh",
     learn_initial: bool = True,
     latent_initial: float = 1.0,
+    nonnegative_fluxes: bool = False,
     ensemble: int = 1,
 ) -> HybridODE:
     """A HybridODE for ``spec`` sized and scaled from ``measurements``.
@@ -346,7 +354,10 @@ def build_hybrid(
         if not isinstance(ensemble, int) or isinstance(ensemble, bool) or ensemble < 1:
             raise UdeError(f"got {ensemble!r}, expected an integer >= 1", source="model.ensemble")
         single = (spec, measurements, solver, hidden, depth, activation, learn_initial)
-        return HybridEnsemble([build_hybrid(*single, latent_initial) for _ in range(ensemble)])
+        members = [
+            build_hybrid(*single, latent_initial, nonnegative_fluxes) for _ in range(ensemble)
+        ]
+        return HybridEnsemble(members)
     spec = load_spec(spec)
     obs = measurements.observables
     missing_inputs = [u for u in spec.inputs if u not in measurements.input_names]
@@ -408,4 +419,5 @@ def build_hybrid(
         learn_initial=learn_initial,
         initial_known=torch.from_numpy(known_initial),
         doses=measurements.schedules(),
+        nonnegative_fluxes=nonnegative_fluxes,
     )

@@ -72,18 +72,30 @@ class MLP(nn.Module):
 
 class FluxNetwork(nn.Module):
     """An MLP whose outputs are reaction fluxes, applied through a stoichiometric matrix:
-    ``(batch, n_in) -> (batch, target)`` as ``mlp(x) @ stoichiometry.T``, with
+    ``(batch, n_in) -> (batch, target)`` as ``fluxes(x) @ stoichiometry.T``, with
     ``stoichiometry (target, reaction)``. Whatever the fluxes, the reactions' conserved totals
-    stay conserved."""
+    stay conserved.
 
-    def __init__(self, mlp: MLP, stoichiometry: torch.Tensor):
+    ``nonnegative (reaction,)`` marks fluxes that cannot be negative (irreversible
+    reactions): ``s softplus(m / s)`` of the MLP's output ``m`` at its own scale ``s``
+    (``out_scale``), so a learned synthesis never drives a species below zero.
+    """
+
+    def __init__(
+        self, mlp: MLP, stoichiometry: torch.Tensor, nonnegative: torch.Tensor | None = None
+    ):
         super().__init__()
         self.mlp = mlp
         self.register_buffer("stoichiometry", stoichiometry)
+        self.register_buffer("nonnegative", nonnegative)
 
     def fluxes(self, x: torch.Tensor) -> torch.Tensor:
         """The learned fluxes ``(batch, reaction)``."""
-        return self.mlp(x)
+        raw = self.mlp(x)
+        if self.nonnegative is None or not bool(self.nonnegative.any()):
+            return raw
+        s = self.mlp.out_scale
+        return torch.where(self.nonnegative, s * nn.functional.softplus(raw / s), raw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(x) @ self.stoichiometry.T
+        return self.fluxes(x) @ self.stoichiometry.T

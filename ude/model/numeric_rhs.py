@@ -116,8 +116,11 @@ class NumpyNetwork:
 
     def __init__(self, net: nn.Module):
         stoich = None
+        positive = None
         if isinstance(net, FluxNetwork):
             stoich = _numpy(net.stoichiometry)
+            if net.nonnegative is not None and bool(net.nonnegative.any()):
+                positive = net.nonnegative.cpu().numpy()
             net = net.mlp
         if type(net) is not MLP:
             raise UnsupportedNetwork(type(net).__name__)
@@ -132,6 +135,7 @@ class NumpyNetwork:
         self.in_scale = _numpy(net.in_scale)
         self.out_scale = _numpy(net.out_scale)
         self.stoich = stoich
+        self.positive = positive  # fluxes through s softplus(m / s) (FluxNetwork)
         # The first layer sees x / in_scale: fold the scale into its weights.
         self._w_in = self.weights[0] / self.in_scale
 
@@ -147,8 +151,25 @@ class NumpyNetwork:
             a = vals[0]
         return out
 
+    def _linear_output(self, a: np.ndarray) -> np.ndarray:
+        return (a @ self.weights[-1].T + self.biases[-1]) * self.out_scale
+
+    def _positive(self, m: np.ndarray, order: int) -> tuple[np.ndarray, ...]:
+        """Nonnegative fluxes ``s softplus(m / s)`` and their first (and second) derivatives
+        in ``m`` where marked; ``m``, 1 (and 0) elsewhere."""
+        s = self.out_scale
+        z = m / s
+        sig = _sigmoid(z)
+        value = np.where(self.positive, s * np.logaddexp(0.0, z), m)
+        d1 = np.where(self.positive, sig, 1.0)
+        if order == 1:
+            return value, d1
+        return value, d1, np.where(self.positive, sig * (1.0 - sig) / s, 0.0)
+
     def _output(self, a: np.ndarray) -> np.ndarray:
-        out = (a @ self.weights[-1].T + self.biases[-1]) * self.out_scale
+        out = self._linear_output(a)
+        if self.positive is not None:
+            out = self._positive(out, 1)[0]
         return out if self.stoich is None else out @ self.stoich.T
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -165,6 +186,8 @@ class NumpyNetwork:
         for i in range(1, len(hidden)):
             g = hidden[i][1][..., :, None] * (self.weights[i] @ g)
         jac = self.out_scale[:, None] * (self.weights[-1] @ g)
+        if self.positive is not None:
+            jac = self._positive(self._linear_output(hidden[-1][0]), 1)[1][..., :, None] * jac
         if self.stoich is not None:
             jac = self.stoich @ jac
         return self._output(hidden[-1][0]), jac
@@ -182,6 +205,14 @@ class NumpyNetwork:
             z_dot.append(zd)
             a_dot = d1 * zd
         g_out = omega if self.stoich is None else omega @ self.stoich
+        extra = None
+        if self.positive is not None:
+            # flux = phi(m): omega . phi'(m) (J_m u) differentiated is the same with
+            # omega phi'(m), plus J_m^T [omega phi''(m) (J_m u)]
+            _, d1, d2 = self._positive(self._linear_output(hidden[-1][0]), 2)
+            m_dot = (a_dot @ self.weights[-1].T) * self.out_scale
+            extra = g_out * d2 * m_dot
+            g_out = g_out * d1
         g_a = (g_out * self.out_scale) @ self.weights[-1]
         dg_a = np.zeros_like(g_a)
         for i in range(len(hidden) - 1, -1, -1):
@@ -191,7 +222,17 @@ class NumpyNetwork:
             if i:
                 g_a = (d1 * g_a) @ w
             dg_a = dg_z @ w
+        if extra is not None:
+            dg_a = dg_a + self._input_vjp(hidden, extra)
         return dg_a
+
+    def _input_vjp(self, hidden: list[tuple[np.ndarray, ...]], v: np.ndarray) -> np.ndarray:
+        """``v . dm/dx`` ``(P, n_in)`` for cotangents ``v (P, n_out)`` of the MLP's output."""
+        g_a = (v * self.out_scale) @ self.weights[-1]
+        for i in range(len(hidden) - 1, -1, -1):
+            w = self._w_in if i == 0 else self.weights[i]
+            g_a = (hidden[i][1] * g_a) @ w
+        return g_a
 
 
 @dataclass

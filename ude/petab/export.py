@@ -47,6 +47,7 @@ def write_petab(
     initial: np.ndarray | None = None,
     noise: np.ndarray | None = None,
     parameters: dict[str, float] | None = None,
+    per_condition: dict[str, list[float]] | None = None,
 ) -> Path:
     """Write ``spec`` (a symbolic model: a twin, or a trained spec without networks) with its
     training data as a PEtab v1 problem in ``out_dir``; returns the problem's YAML.
@@ -56,6 +57,8 @@ def write_petab(
     ``(observable,)``, ``parameters`` the fitted values (default: the spec's). Per-condition
     inputs and initial states go in the conditions table; learned parameters are estimated
     (``estimate`` 1) from their fitted values, within their bounds, on their scale.
+    ``per_condition`` gives a parameter's value in each condition ``(condition,)``: the
+    conditions table sets it to a problem parameter ``<name>_<condition>`` of its own.
     """
     import petab
 
@@ -83,6 +86,8 @@ def write_petab(
         parameters={k: float(v) for k, v in values.items() if k in spec.parameters},
     )
     varying = [i for i, _ in enumerate(spec.states) if not np.allclose(start[:, i], start[0, i])]
+    per_condition = per_condition or {}
+    own = {k: [f"{k}_{c}" for c in measurements.conditions] for k in per_condition}
     conditions = pd.DataFrame(
         {
             "conditionId": list(measurements.conditions),
@@ -91,6 +96,7 @@ def write_petab(
                 for j, u in enumerate(spec.inputs)
             },
             **{spec.states[i]: start[:, i] for i in varying},
+            **own,
         }
     )
     rows = []
@@ -131,10 +137,16 @@ def write_petab(
     )
     params = []
     for name, p in spec.parameters.items():
-        v = float(values[name])
-        lo = p.min if p.min is not None else (-np.inf if p.scale == "lin" else v * 1e-3)
-        hi = p.max if p.max is not None else (np.inf if p.scale == "lin" else v * 1e3)
-        params.append((name, p.scale, lo, hi, v, int(p.learn)))
+        rows = (
+            zip(own[name], per_condition[name], strict=True)
+            if name in per_condition
+            else [(name, values[name])]
+        )
+        for pid, value in rows:
+            v = float(value)
+            lo = p.min if p.min is not None else (-np.inf if p.scale == "lin" else v * 1e-3)
+            hi = p.max if p.max is not None else (np.inf if p.scale == "lin" else v * 1e3)
+            params.append((pid, p.scale, lo, hi, v, int(p.learn)))
     parameter_df = pd.DataFrame(
         params,
         columns=[
@@ -199,18 +211,20 @@ def _rename_clock(spec: ModelSpec) -> ModelSpec:
     )
 
 
-def write_run_petab(model, measurements: Measurements, run_dir: str | Path) -> Path | None:
-    """A finished run's twin as a PEtab problem in ``run_dir/petab``: the distilled twin
-    (``twin.json``) when there is one, else the trained model when it has no networks; None
-    (nothing written) for a model whose networks were not distilled."""
+def write_run_petab(
+    model, measurements: Measurements, run_dir: str | Path, out_dir: str | Path | None = None
+) -> Path | None:
+    """A finished run's twin as a PEtab problem in ``out_dir`` (default ``run_dir/petab``):
+    the distilled twin (``twin.json``) when there is one, else the trained model when it has
+    no networks; None (nothing written) for a model whose networks were not distilled.
+    Per-condition parameters become one problem parameter per condition."""
     from ude.twin.symbolic import load_twin
 
     run_dir = Path(run_dir)
     trained = model.spec
-    values = {k: v for k, v in model.parameter_values().items() if not isinstance(v, list)}
-    per_condition = [k for k, v in model.parameter_values().items() if isinstance(v, list)]
-    if per_condition:
-        return None  # PEtab would need one parameter per condition: not written yet
+    fitted = model.parameter_values()
+    values = {k: v for k, v in fitted.items() if not isinstance(v, list)}
+    per_condition = {k: list(v) for k, v in fitted.items() if isinstance(v, list)}
     numbers = {sp.Symbol(k): v for k, v in values.items()}
     noise = {
         k: type(n)(n.sigma.xreplace(numbers), n.transformation, n.distribution)
@@ -227,7 +241,7 @@ def write_run_petab(model, measurements: Measurements, run_dir: str | Path) -> P
             noise=noise,
             name=twin.name,
         )
-        values = {}
+        values, per_condition = {}, {}
     elif len(model.networks):
         return None
     else:
@@ -235,8 +249,9 @@ def write_run_petab(model, measurements: Measurements, run_dir: str | Path) -> P
     return write_petab(
         spec,
         measurements,
-        run_dir / "petab",
+        run_dir / "petab" if out_dir is None else out_dir,
         initial=model.initial.detach().cpu().numpy(),
         noise=model.noise.detach().cpu().numpy(),
         parameters=values,
+        per_condition=per_condition,
     )

@@ -23,10 +23,13 @@ import torch
 from torch import nn
 
 from ude.errors import UdeError
+from ude.model.numeric_rhs import NumericRHS, NumericSystem
 from ude.model.observation import log_density
-from ude.model.solver import Solver
+from ude.model.solver import Solver, _failure
+from ude.petab.fast import CompiledSolve, SolveFailed, compile_system
 from ude.petab.problem import TIME, NetworkUse, PetabProblem, ProblemParameter
 from ude.spec.compile import CompiledExpressions
+from ude.spec.derivatives import compiled_derivatives
 
 Tensor = torch.Tensor
 _LN10 = math.log(10.0)
@@ -128,7 +131,13 @@ class PetabModel(nn.Module):
             rtol 1e-7 when ``stiff``).
     """
 
-    def __init__(self, problem: PetabProblem, solver: Solver | None = None, stiff: bool = False):
+    def __init__(
+        self,
+        problem: PetabProblem,
+        solver: Solver | None = None,
+        stiff: bool = False,
+        compiled: bool = True,
+    ):
         super().__init__()
         dtype = torch.float64
         p = problem
@@ -265,6 +274,15 @@ class PetabModel(nn.Module):
             self._observables.append((oid, torch.tensor(rows), fn, ph.reshape(len(rows), -1), o))
         self._n_rows = len(m.value)
         self._ctx: Tensor | None = None
+        self.stiff_system = (
+            None if any(pl.kind == "rhs" for pl in self.plans) else _StiffSystem(self)
+        )
+        # The non-stiff solve in compiled code when its right-hand side compiles (fast.py).
+        self.compiled = (
+            compile_system(self)
+            if compiled and getattr(solver, "method", None) == "dopri5"
+            else None
+        )
 
     # -- building -------------------------------------------------------------------------------
     def _context_expr(self, c: str, changes: dict[str, sp.Expr]) -> sp.Expr:
@@ -401,12 +419,37 @@ class PetabModel(nn.Module):
         self._batch_exp = torch.arange(y0.shape[0])
         if len(self.times) == 1:
             return y0[:, None, :], ctx
+        if self.compiled is not None:
+            s = self.solver
+            try:
+                states = CompiledSolve.apply(
+                    self.compiled,
+                    (s.rtol, s.atol, s.max_steps),
+                    self.times,
+                    y0,
+                    ctx,
+                    self.compiled.params(),
+                )
+            except SolveFailed as err:
+                raise _failure(s.method, err.t, err.h, err.reason) from None
+            return states, ctx
+        if self.stiff_system is not None and getattr(self.solver, "method", None) == "rodas5p":
+            return self._solve_stiff(y0, ctx), ctx
         self._ctx = ctx
         try:
             states = self.solver(self.rhs, y0, self.times).transpose(0, 1)
         finally:
             self._ctx = None
         return states, ctx
+
+    def _solve_stiff(self, y0: Tensor, ctx: Tensor) -> Tensor:
+        """Rodas5P on the right-hand side in numpy with its exact adjoint
+        (:mod:`ude.model.rodas_autograd`); time, when the rates use it, as a clock state."""
+        system = self.stiff_system
+        if system.clock:
+            y0 = torch.cat([y0, self.times[:1].expand(len(y0), 1)], dim=-1)
+        states = self.solver(system.bind(ctx), y0, self.times).transpose(0, 1)
+        return states[..., : len(self.states)]
 
     def observe(self) -> tuple[Tensor, Tensor, Tensor]:
         """Simulated observables, sigmas and log densities ``(n,)`` in measurement-row order."""
@@ -483,6 +526,41 @@ class PetabModel(nn.Module):
                 )
                 nets.setdefault(net_id, {}).setdefault(layer, {})[name] = arr
         return float(value.detach()), mech, nets
+
+
+class _StiffSystem:
+    """A PetabModel's right-hand side without networks, for rodas5p's numpy path: the rates
+    over ``(states[, time], context)`` with their symbolic derivatives (time, when they use
+    it, is a clock state so the system is autonomous)."""
+
+    def __init__(self, model: PetabModel):
+        exprs = list(model.problem.spec.known_rhs())
+        self.clock = any(str(s) == TIME for e in exprs for s in e.free_symbols)
+        states = [*model.states, *([TIME] if self.clock else [])]
+        exprs = [*exprs, *([sp.Integer(1)] if self.clock else [])]
+        symbols = [*states, *model.context]
+        self.derivatives = compiled_derivatives(exprs, symbols, len(states))
+        self.fn = CompiledExpressions(exprs, symbols)
+
+    def torch_rhs(self, y: Tensor, context: Tensor) -> Tensor:
+        return self.fn(torch.cat([y, context], dim=-1))
+
+    def bind(self, context: Tensor) -> _BoundStiff:
+        return _BoundStiff(self, context)
+
+
+class _BoundStiff:
+    """``f(t, y)`` for one solve's contexts, with the ``numeric_rhs`` rodas5p looks for."""
+
+    def __init__(self, system: _StiffSystem, context: Tensor):
+        self.system, self.context = system, context
+
+    def __call__(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.system.torch_rhs(y, self.context)
+
+    def numeric_rhs(self) -> NumericSystem:
+        rhs = NumericRHS(self.system.derivatives, [], self.context.detach().numpy(), 0)
+        return NumericSystem(rhs, self.context, [], self.system.torch_rhs)
 
 
 def use_arrays(p: PetabProblem) -> set[str]:

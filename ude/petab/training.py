@@ -8,7 +8,8 @@ training, distillation and the benchmark run unchanged:
 - estimated problem parameters are learned spec parameters with the table's bounds and scale;
   the others are fixed at their nominal values;
 - each observable's formula and noise model, with the measurement table's placeholder values
-  (the same on every row of an observable: ude's observables are per experiment, not per row);
+  (an observable whose rows give different values becomes one observable per set of values:
+  ude's observables are per experiment, not per row);
 - model parameters that conditions set to numbers become per-condition inputs; initial values
   that depend on estimated parameters are learned per condition (from their nominal value),
   the others are known.
@@ -93,7 +94,7 @@ def petab_spec(problem: str | Path | PetabProblem, neural: Iterable[str] = ()) -
             continue
         parameters[name] = _parameter(p, name, param.value)
     # Problem parameters used by observables and noise (offsets, scales, sigmas).
-    observables, noise = _observation(p)
+    observables, noise, _ = _observation(p)
     used = set().union(*(e.free_symbols for e in observables.values())) if observables else set()
     used |= set().union(*(n.sigma.free_symbols for n in noise.values())) if noise else set()
     for sym in sorted(used, key=str):
@@ -158,36 +159,38 @@ def _parameter(p: PetabProblem, name: str, default: float) -> Parameter:
     return Parameter(value=row.nominal, learn=True, min=lo, max=hi, scale=row.scale)
 
 
-def _observation(p: PetabProblem) -> tuple[dict[str, sp.Expr], dict[str, NoiseModel]]:
+def _observation(
+    p: PetabProblem,
+) -> tuple[dict[str, sp.Expr], dict[str, NoiseModel], list[str]]:
     """Observable formulas and noise models with the measurement table's placeholders filled
-    in; refused when an observable's rows give different placeholder values."""
+    in, and the observable of each measurement row. An observable whose rows give different
+    placeholder values becomes one observable per set of values, ``<id>_1``, ``<id>_2``, ...
+    (in order of first appearance): ude's observables are per experiment, not per row."""
     m = p.measurements
     observables, noise = {}, {}
+    row_names = [""] * len(m.value)
+    taken = set(p.observables) | set(p.spec.states) | set(p.spec.parameters)
     for k, (oid, o) in enumerate(p.observables.items()):
         rows = np.where(m.observable == k)[0]
-        if rows.size == 0:
-            continue
-        subs: dict[sp.Symbol, sp.Expr] = {}
-        for names, per_row in (
-            (o.placeholders, m.observable_parameters),
-            (o.noise_placeholders, m.noise_parameters),
-        ):
-            first = per_row[rows[0]]
-            for r in rows:
-                if per_row[r] != first:
-                    raise UdeError(
-                        f"observable '{oid}' has placeholder values {per_row[r]} here and "
-                        f"{first} on row {rows[0] + 2}; ude trains one formula per observable",
-                        source=str(p.files["measurement"][0]),
-                        where=f"row {r + 2}",
-                        fix="use one observable id per set of placeholder values",
-                    )
-            subs.update({sp.Symbol(n): v for n, v in zip(names, first, strict=True)})
-        observables[oid] = o.formula.xreplace(subs)
-        noise[oid] = NoiseModel(
-            o.noise.sigma.xreplace(subs), o.noise.transformation, o.noise.distribution
-        )
-    return observables, noise
+        groups: dict[tuple, list[int]] = {}
+        for r in rows:
+            groups.setdefault((m.observable_parameters[r], m.noise_parameters[r]), []).append(r)
+        for g, ((ops, nps), members) in enumerate(groups.items(), start=1):
+            name = oid
+            if len(groups) > 1:
+                name = f"{oid}_{g}"
+                while name in taken:
+                    name += "_"
+                taken.add(name)
+            subs = {sp.Symbol(n): v for n, v in zip(o.placeholders, ops, strict=True)}
+            subs.update({sp.Symbol(n): v for n, v in zip(o.noise_placeholders, nps, strict=True)})
+            observables[name] = o.formula.xreplace(subs)
+            noise[name] = NoiseModel(
+                o.noise.sigma.xreplace(subs), o.noise.transformation, o.noise.distribution
+            )
+            for r in members:
+                row_names[r] = name
+    return observables, noise, row_names
 
 
 def petab_measurements(
@@ -200,21 +203,23 @@ def petab_measurements(
     m = p.measurements
     t0 = p.experiments[0].t0 if p.experiments else 0.0
     times = np.unique(np.concatenate([[t0], m.time]))
-    obs = [o for k, o in enumerate(p.observables) if (m.observable == k).any()]
+    observables, _, row_names = _observation(p)
+    obs = list(observables)
     obs_col = {o: i for i, o in enumerate(obs)}
     n_e, n_t = len(p.experiments), len(times)
-    keys = list(zip(m.experiment, np.searchsorted(times, m.time), m.observable, strict=True))
+    keys = list(
+        zip(m.experiment, np.searchsorted(times, m.time), map(obs_col.get, row_names), strict=True)
+    )
     counts: dict = {}
     for key in keys:
         counts[key] = counts.get(key, 0) + 1
     n_rep = max(counts.values(), default=1)
     values = np.full((n_e, n_t, n_rep, len(obs)), np.nan)
     seen: dict = {}
-    names = list(p.observables)
     for (e, t, o), y in zip(keys, m.value, strict=True):
         r = seen.get((e, t, o), 0)
         seen[(e, t, o)] = r + 1
-        values[e, t, r, obs_col[names[o]]] = y
+        values[e, t, r, o] = y
     inputs = np.array(
         [
             [_number(e.changes.get(u, sp.Float(spec_value(p, u)))) for u in spec.inputs]

@@ -108,6 +108,21 @@ def train(cfg: DictConfig, progress: Progress | None = None) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
+    if _petab_sciml(cfg):  # a PEtab SciML problem trains as it stands (ude/petab/fit.py)
+        from ude.petab.fit import train_problem
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        return train_problem(
+            cfg.data.problem,
+            run_dir,
+            instantiate(cfg.solver),
+            epochs=cfg.trainer.max_epochs,
+            lr=cfg.optim.lr,
+            polish_steps=cfg.optim.polish_epochs,
+            seed=cfg.seed,
+            log=log.info,
+        )
     datamodule, model, module = build_run(cfg, progress)
     if ckpt_path:
         check_checkpoint(ckpt_path, module)
@@ -201,6 +216,16 @@ def _terminated(run_dir: Path, trainer: pl.Trainer) -> None:
         )
         print(f"ude: stopped by SIGTERM at epoch {trainer.current_epoch}: {kept}", file=sys.stderr)
     sys.exit(128 + signal.SIGTERM)
+
+
+def _petab_sciml(cfg: DictConfig) -> bool:
+    """Whether the run's data is a PEtab problem with networks of its own (PEtab SciML)."""
+    problem = cfg.data.get("problem") if "problem" in cfg.data else None
+    if not problem:
+        return False
+    from ude.petab.fit import has_networks
+
+    return has_networks(problem)
 
 
 def _summary(cfg: DictConfig, metrics: dict[str, Any], run_dir: Path) -> None:

@@ -1,0 +1,277 @@
+"""Training a PEtab SciML problem as it stands: maximise its log-likelihood (log-posterior
+with priors) over the estimated parameters and the networks' estimated layers, wherever the
+networks sit (right-hand side, parameters and initial values, observables).
+
+``python train.py data=petab data.problem=problem.yaml`` comes here for a problem with
+networks (:func:`fit_problem`): Adam on the parameters' scales, each step within the table's
+bounds, then an optional L-BFGS polish; the best parameters seen are kept and written back as
+a PEtab SciML problem (:func:`write_fitted_problem`) whose likelihood is the fitted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ude.errors import UdeError
+from ude.model.solver import Solver, SolverFailed
+from ude.petab.objective import PetabModel
+from ude.petab.problem import PetabProblem, load_problem
+
+
+def _bounds(model: PetabModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds of ``theta`` on the parameters' scales."""
+    lo, hi = [], []
+    for q in model.estimated:
+        row = model.problem.parameters[q]
+        for bound, out in ((row.lower, lo), (row.upper, hi)):
+            if row.scale != "lin" and bound <= 0:
+                out.append(-math.inf)
+            elif row.scale == "log" and math.isfinite(bound):
+                out.append(math.log(bound))
+            elif row.scale == "log10" and math.isfinite(bound):
+                out.append(math.log10(bound))
+            else:
+                out.append(bound)
+    return (
+        torch.tensor(lo, dtype=torch.float64),
+        torch.tensor(hi, dtype=torch.float64),
+    )
+
+
+def fit_problem(
+    problem: str | Path | PetabProblem,
+    solver: Solver,
+    epochs: int,
+    lr: float,
+    polish_steps: int = 0,
+    seed: int = 0,
+    log=print,
+    start: torch.Tensor | None = None,
+) -> tuple[PetabModel, dict]:
+    """Fit ``problem``'s estimated parameters and networks (from ``start``, the estimated
+    parameters on their scales, default the nominal values); returns the model at the best
+    objective seen and metrics (``objective`` first and best, ``history``, ``seconds``)."""
+    torch.manual_seed(seed)
+    p = problem if isinstance(problem, PetabProblem) else load_problem(problem)
+    model = PetabModel(p, solver=solver)
+    if start is not None:
+        with torch.no_grad():
+            model.theta.copy_(start)
+    posterior = p.has_priors
+    lo, hi = _bounds(model)
+    params = [q for q in model.parameters() if q.requires_grad]
+
+    def objective() -> torch.Tensor:
+        value = model.forward()
+        return value + model.log_prior() if posterior else value
+
+    def snapshot() -> dict:
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    began = time.perf_counter()
+    try:
+        with torch.no_grad():
+            first = float(objective())
+    except SolverFailed as err:
+        return model, {"first": -math.inf, "best": -math.inf, "stop_reason": f"start: {err}"}
+    best, best_state = first, snapshot()
+    history = [first]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    stop = None
+    for epoch in range(epochs):
+        optimizer.zero_grad(set_to_none=True)
+        try:
+            value = objective()
+            (-value).backward()
+        except SolverFailed as err:
+            stop = f"epoch {epoch}: {err}"
+            break
+        v = float(value.detach())
+        history.append(v)
+        if math.isfinite(v) and v > best:
+            best, best_state = v, snapshot()
+        optimizer.step()
+        with torch.no_grad():
+            model.theta.copy_(torch.maximum(torch.minimum(model.theta, hi), lo))
+        if epoch % max(1, epochs // 10) == 0 or epoch == epochs - 1:
+            log(f"epoch {epoch}: objective {v:.6g}")
+    model.load_state_dict(best_state)
+    if polish_steps and stop is None:
+        best = _polish(model, objective, params, lo, hi, polish_steps, best, log)
+    with torch.no_grad():
+        final = float(objective())
+    metrics = {
+        "objective": "log_posterior" if posterior else "llh",
+        "first": first,
+        "best": final,
+        "epochs": len(history) - 1,
+        "history": history,
+        "seconds": time.perf_counter() - began,
+        "compiled_solve": model.compiled is not None,
+    }
+    if stop:
+        metrics["stop_reason"] = stop
+    return model, metrics
+
+
+def _polish(model, objective, params, lo, hi, steps, best, log) -> float:
+    """L-BFGS from the best Adam iterate; kept only where it improves the objective."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.LBFGS(params, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad(set_to_none=True)
+        loss = -objective()
+        loss.backward()
+        return loss
+
+    try:
+        optimizer.step(closure)
+        with torch.no_grad():
+            model.theta.copy_(torch.maximum(torch.minimum(model.theta, hi), lo))
+            value = float(objective())
+    except SolverFailed:
+        value = -math.inf
+    if not (math.isfinite(value) and value > best):
+        model.load_state_dict(state)
+        return best
+    log(f"L-BFGS polish: objective {value:.6g}")
+    return value
+
+
+def multistart(
+    problem: str | Path,
+    out_dir: str | Path,
+    solver: Solver,
+    starts: int,
+    epochs: int,
+    lr: float,
+    polish_steps: int,
+    seed: int = 0,
+    nominal: bool = True,
+    log=print,
+) -> dict:
+    """:func:`fit_problem` from the nominal values (``nominal``) and from ``starts`` random
+    points uniform within the bounds on each parameter's scale; the best fit is written to
+    ``out_dir`` (a PEtab problem and ``fit.json`` with every start's result)."""
+    p = load_problem(problem)
+    lo, hi = _bounds(PetabModel(p, solver=solver))
+    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()) and starts:
+        raise UdeError(
+            "random starts need finite bounds on every estimated parameter",
+            source=str(problem),
+            fix="give lowerBound and upperBound, or --starts 0",
+        )
+    generator = torch.Generator().manual_seed(seed)
+    points = [None] * int(nominal) + [
+        lo + (hi - lo) * torch.rand(len(lo), generator=generator, dtype=lo.dtype)
+        for _ in range(starts)
+    ]
+    results, best_model, best = [], None, -math.inf
+    for i, point in enumerate(points):
+        name = "nominal" if point is None else f"start {i + 1 - int(nominal)}"
+        model, metrics = fit_problem(
+            load_problem(problem), solver, epochs, lr, polish_steps, seed, lambda s: None, point
+        )
+        log(
+            f"{name}: objective {metrics['first']:.6g} -> {metrics['best']:.6g}"
+            + (f" ({metrics['stop_reason']})" if "stop_reason" in metrics else "")
+        )
+        metrics.pop("history", None)
+        results.append({"start": name, **metrics})
+        if metrics["best"] > best:
+            best, best_model = metrics["best"], model
+    if best_model is None:
+        raise UdeError("no start could be solved", source=str(problem))
+    out = Path(out_dir)
+    path = write_fitted_problem(best_model, out)
+    fitted = best_model.parameter_values().detach()
+    summary = {
+        "best": best,
+        "parameters": {q: float(fitted[best_model.scalars.index(q)]) for q in best_model.estimated},
+        "starts": results,
+        "problem": str(path),
+    }
+    (out / "fit.json").write_text(json.dumps(summary, indent=2))
+    log(f"best objective {best:.6g}; fitted problem: {path}")
+    return summary
+
+
+def write_fitted_problem(model: PetabModel, out_dir: str | Path) -> Path:
+    """The problem with its fitted values as a PEtab problem in ``out_dir``: the parameter
+    table's nominal values set to the fit, the networks' parameters (and the problem's input
+    arrays) in one array file; the other files copied. Returns the new problem's YAML."""
+    import pandas as pd
+    import petab
+
+    from ude.petab.sciml import network_arrays, write_arrays
+
+    p = model.problem
+    src = Path(p.source)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    raw = petab.yaml.load_yaml(src)
+    for path in src.parent.rglob("*"):
+        if path.is_file() and path != src:
+            dest = out / path.relative_to(src.parent)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, dest)
+    fitted = model.parameter_values().detach()
+    values = {q: float(fitted[model.scalars.index(q)]) for q in model.estimated}
+    for path in p.files["parameter"]:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        for i, pid in enumerate(table["parameterId"]):
+            if pid in values:
+                table.loc[i, "nominalValue"] = repr(values[pid])
+        table.to_csv(out / path.relative_to(src.parent), sep="\t", index=False)
+    if p.networks:
+        arrays = {net_id: network_arrays(use.net) for net_id, use in p.networks.items()}
+        write_arrays(out / "fitted_arrays.hdf5", arrays, p.input_arrays)
+        sciml = (raw.get("extensions") or {}).get("sciml")
+        sciml["array_files"] = ["fitted_arrays.hdf5"]
+    path = out / src.name
+    petab.yaml.write_yaml(raw, path)
+    return path
+
+
+def train_problem(
+    problem: str | Path,
+    run_dir: str | Path,
+    solver: Solver,
+    epochs: int,
+    lr: float,
+    polish_steps: int = 0,
+    seed: int = 0,
+    log=print,
+) -> dict:
+    """:func:`fit_problem`, then the run directory: ``metrics.json`` and ``petab/`` (the
+    fitted problem); returns the metrics."""
+    run_dir = Path(run_dir)
+    model, metrics = fit_problem(problem, solver, epochs, lr, polish_steps, seed, log)
+    metrics["petab"] = str(write_fitted_problem(model, run_dir / "petab"))
+    metrics["run_dir"] = str(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    log(
+        f"ude: {problem} fitted for {metrics['epochs']} epochs in {metrics['seconds']:.1f} s; "
+        f"{metrics['objective']} {metrics['first']:.6g} -> {metrics['best']:.6g}"
+    )
+    return metrics
+
+
+def has_networks(problem: str | Path) -> bool:
+    """Whether a PEtab problem's YAML declares PEtab SciML networks."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(problem).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    sciml = ((raw or {}).get("extensions") or {}).get("sciml") or {}
+    return bool(sciml.get("neural_networks"))
