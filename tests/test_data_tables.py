@@ -234,7 +234,7 @@ def test_curriculum_grows_the_fitted_window():
         batch["mask"][:, m.times > 20].sum() == 0
         and batch["mask"].all(dim=(2, 3))[:, m.times <= 20].all()
     )
-    dm.trainer = type("T", (), {"current_epoch": 0})()
+    dm.trainer = type("T", (), {"current_epoch": 0, "world_size": 1, "global_rank": 0})()
     batch = next(iter(dm.train_dataloader()))
     assert not batch["mask"][:, m.times > 5].any() and batch["mask"][:, m.times <= 5].all()
     with pytest.raises(UdeError, match="curriculum_epochs"):

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-from hydra.errors import ConfigCompositionException
 
 from ude.data import read_measurements
 from ude.errors import UdeError
@@ -86,13 +85,25 @@ def test_the_spec_examples_hold_what_the_page_says(written):
     assert set(load_spec("observed.yaml").observables) == {"total", "signal"}
 
 
-def test_what_design_names_but_the_code_does_not_read_is_an_error(tmp_path, make_cfg):
+def test_the_library_population_and_doses_docs_describe_what_the_code_reads(tmp_path, make_cfg):
     path = tmp_path / "spec.yaml"
-    path.write_text("states: [x]\nequations:\n  x: -x\nlibrary: [mass_action]\n")
-    with pytest.raises(UdeError, match="library: unknown key"):
+    body = "states: [x, z]\nequations:\n  x: -x\n  z: -z\nneural: {targets: [x]}\n"
+    for value, families in [
+        ("[mass_action, michaelis_menten]", ["mass_action", "michaelis_menten"]),
+        ('{add: ["x*z/(1 + z)"], remove: [hill]}', ["constant", "mass_action", "michaelis_menten"]),
+    ]:
+        path.write_text(body + f"library: {value}\n")
+        from ude.spec.library_key import DEFAULT_FAMILIES
+
+        assert load_spec(path).library.apply(DEFAULT_FAMILIES)[: len(families)] == families
+    path.write_text(body + "library: [mass_action, hil]\n")
+    with pytest.raises(UdeError, match=r"library\[1\]: unknown family 'hil'"):
         load_spec(path)
-    path.write_text("states: [x]\nparameters:\n  k: {value: 1, population: lognormal}\n")
-    with pytest.raises(UdeError, match="k.population: unknown key"):
-        load_spec(path)
-    with pytest.raises(ConfigCompositionException, match="doses"):
-        make_cfg("data=csv", "data.doses=doses.csv")
+    path.write_text(
+        "states: [x]\nparameters:\n  ke: {value: 0.3, learn: true, per_condition: true, "
+        "population: lognormal, spread: 0.3}\nequations:\n  x: -ke*x\n"
+    )
+    ke = load_spec(path).parameters["ke"]
+    assert (ke.population, ke.spread, ke.value) == ("lognormal", 0.3, 0.3)
+    doses = ROOT / "data" / "virtual_population" / "doses.csv"
+    assert make_cfg("data=csv", f"data.doses={doses}").data.doses == str(doses)

@@ -96,14 +96,12 @@ def describe(scored: Scored, terms: dict[str, list[Term]]) -> dict[str, str]:
     refitted coefficients and constants."""
     fitted = refitted_coef(scored)
     constants = refitted_constants(scored)
-    return {
-        t: " ".join(
-            f"{'+' if c[j] > 0 else '-'}{abs(c[j]):.3g}*"
-            + _term_name(terms[t][j], constants.get(t, {}).get(int(j), {}))
-            for j in np.flatnonzero(c)
-        )
-        for t, c in fitted.items()
-    }
+
+    def one(t: str, j: int, c: float) -> str:
+        name = _term_name(terms[t][j], constants.get(t, {}).get(j, {}))
+        return f"{'+' if c > 0 else '-'}{abs(c):.3g}" + ("" if name == "1" else f"*{name}")
+
+    return {t: " ".join(one(t, int(j), c[j]) for j in np.flatnonzero(c)) for t, c in fitted.items()}
 
 
 def path_rows(
