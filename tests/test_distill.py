@@ -378,6 +378,7 @@ def test_integral_matching_of_a_latent_target_uses_the_trajectory():
     )
 
 
+@pytest.mark.slow  # trains and distils the enzyme system: about a minute
 def test_a_neural_reaction_distils_into_one_rate_law_that_keeps_the_conservation(tmp_path):
     """The enzyme's binding flux E*S - C learned by a neural reaction (E + S <-> C): the
     flux is distilled once, and the twin applies it to S, E and C with shared constants."""

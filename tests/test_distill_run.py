@@ -151,6 +151,7 @@ def test_distill_cli_errors_name_the_file(tmp_path):
     assert exit_.value.code == 2
 
 
+@pytest.mark.slow  # a run, its distillation and a roadrunner solve: half a minute
 def test_twin_sbml_of_a_run_simulates_like_its_twin_json(make_cfg, tmp_path):
     roadrunner = pytest.importorskip("roadrunner")
     run = tmp_path / "run"
@@ -191,7 +192,11 @@ def test_a_csv_table_trains_and_distils_through_the_command(make_cfg, tmp_path):
     "hold_out, initial",
     [
         ("data.val_after=2.0", None),  # the last third of the time span
-        ("data.val_conditions=[c1]", [[0.44249296, 4.6280594], [1.0, 2.0]]),  # a condition
+        pytest.param(  # a condition (slow: two conditions to train and distil)
+            "data.val_conditions=[c1]",
+            [[0.44249296, 4.6280594], [1.0, 2.0]],
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_held_out_values_change_neither_the_twin_nor_its_coefficients(

@@ -69,6 +69,7 @@ def test_laplace_sd_matches_the_large_sample_formula():
     assert sd["log_noise[x]"] == pytest.approx(1 / np.sqrt(2 * len(TIMES)), rel=0.03)
 
 
+@pytest.mark.slow  # refits over several seeds
 def test_band_width_and_coverage_of_the_true_trajectory_over_seeds():
     """Over 20 noise seeds: the band's half-width is 1.96 delta-method sds (within 12 %: the
     2.5/97.5 % quantiles of 200 draws scatter by about 8 %), and the band holds the true
