@@ -135,9 +135,9 @@ def test_variable_projection_fits_hill_constants_off_any_grid():
 
 
 def test_constant_bounds_ignore_a_variable_decayed_to_underflow():
-    """A species that decays to the smallest float along the trajectory (the repressilator's GFP mRNA,
-    half-life 0.0004 min) once made log K's search range start at log(0) and the distillation
-    crash: values below 1e-12 of the largest count as zero, so K's range starts at the
+    """A species that decays to the smallest float along the trajectory (the repressilator's
+    GFP mRNA, half-life 0.0004 min) once made log K's search range start at log(0) and the
+    distillation crash: values below 1e-12 of the largest count as zero, so K's range starts at the
     smallest of the others over K_RANGE, and the starts are finite."""
     from ude.distill.library import RateLaw
     from ude.distill.projection import K_RANGE, _bounds, _starts, constant_bounds
