@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--twin", type=Path, help="the distilled twin (default: RUN/twin.json)")
     args = parser.parse_args(argv)
     cfg, model, measurements, _ = load_run(args.run, [])
     states = list(model.spec.states)
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     ax.axvspan(lo, hi, color="0.92", label="TetR along the fit")
     ax.plot(x, published * np.ones_like(x), "--", color="tab:green", label="published Hill term")
     ax.plot(x, learned, color="tab:orange", label="network")
-    twin_path = args.run / "twin.json"
+    twin_path = args.twin or args.run / "twin.json"
     if twin_path.is_file():
         twin = load_twin(twin_path)
         rate = next(r for r in twin.reactions if r.name == REACTION).rate
