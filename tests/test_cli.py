@@ -145,6 +145,19 @@ def test_a_run_and_its_resume_print_their_own_lines_only(tmp_path):
     assert epochs == [0, 1, 2, 3, 4]
 
 
+def test_the_checkpoint_holds_the_model_after_its_lbfgs_polish(tmp_path):
+    """Polish epochs make no step Lightning counts: last.ckpt once kept the model before
+    them (saved at the end of epoch 1 of 0-3 here), so a re-distillation or a resume started
+    from the unpolished model. It holds the state after all 4 epochs (Lightning's epoch count
+    at the end of training is 4)."""
+    import torch
+
+    proc = run_train(tmp_path, *SHORT[1:], "trainer.max_epochs=4", "optim.polish_epochs=2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["epoch"] == 4
+
+
 def test_a_failed_resume_keeps_the_run_config(tmp_path):
     assert run_train(tmp_path, *SHORT).returncode == 0
     config = (tmp_path / "run" / "config.yaml").read_bytes()

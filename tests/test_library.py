@@ -134,6 +134,23 @@ def test_variable_projection_fits_hill_constants_off_any_grid():
     assert HILL_N_BOUNDS[0] <= p.constants[j]["n"] <= HILL_N_BOUNDS[1]
 
 
+def test_constant_bounds_ignore_a_variable_decayed_to_underflow():
+    """A species that decays to the smallest float along the trajectory (the repressilator's
+    GFP mRNA, half-life 0.0004 min) once made log K's search range start at log(0) and the
+    distillation crash: values below 1e-12 of the largest count as zero, so K's range starts at the
+    smallest of the others over K_RANGE, and the starts are finite."""
+    from ude.distill.library import RateLaw
+    from ude.distill.projection import K_RANGE, _bounds, _starts, constant_bounds
+
+    x = np.concatenate([np.geomspace(100.0, 1e-300, 50), [5e-324, 0.0]])
+    law = RateLaw(kind="repression", variable="p")
+    lo, hi = constant_bounds(law, x)["K"]
+    assert lo == pytest.approx(x[x > 100.0 * 1e-12].min() / K_RANGE)
+    assert hi == pytest.approx(100.0 * K_RANGE)
+    assert all(math.isfinite(v) for b in _bounds(law, x) for v in b)
+    assert all(math.isfinite(v) for s in _starts(law, x) for v in s)
+
+
 def test_extended_bic_pays_for_the_size_of_the_search():
     """EBIC = BIC + 2 log C(p, k): one more term from a library of 14 costs log n (BIC) plus
     2 log(13/2) more; equal-size rivals pay the same."""

@@ -247,3 +247,23 @@ def test_check_prints_llh_and_writes_simulations(tmp_path: Path, capsys) -> None
     np.testing.assert_allclose(sims["simulation"], ref["simulation"], atol=1e-3)
     grad = pd.read_csv(tmp_path / "g.tsv", sep="\t").set_index("parameterId")["value"]
     assert abs(grad["alpha"] - 1328.829) < 0.1 and "net1.layer1.weight[0,0]" in grad.index
+
+
+def test_a_neural_reaction_is_scaled_by_the_published_model() -> None:
+    """The repressilator's TetR starts at 31 but oscillates between 0.001 and 0.03 at the
+    published parameters: a network replacing its repression of the reporter sees TetR (and
+    makes GFP) on the scale of the published model's simulation, the 0.9 quantile of each
+    state, not that of an initial value; the reporter's mRNA, gone within a second, keeps the
+    default. A problem without neural reactions is not simulated for it."""
+    from ude.petab.training import petab_datamodule
+
+    example = ROOT / "examples" / "repressilator" / "repressilator.yaml"
+    measurements = petab_datamodule(ELOWITZ, spec=str(example)).measurements
+    scales = measurements.state_scale
+    assert 1e-3 < scales["X_protein"] < 0.1 and 0.1 < scales["GFP"] < 10
+    assert "GFP_mRNA" not in scales and "time" not in scales
+    spec = petab_spec(ELOWITZ, neural=["v16_v_15"])
+    model = build_hybrid(spec, measurements, Solver("rodas5p"))
+    for s in ("X_protein", "GFP"):
+        assert float(model.state_scale[spec.states.index(s)]) == pytest.approx(scales[s])
+    assert petab_datamodule(ELOWITZ).measurements.state_scale == {}

@@ -350,3 +350,18 @@ def test_blow_up_names_the_time_and_step(fast):
             model.simulate(times, torch.tensor([0]))
         else:
             Solver("rodas5p")(lambda t, y: y * y, torch.ones(1, 1, dtype=F64), times)
+
+
+def test_a_hill_term_of_abs_x_compiles_its_derivatives():
+    """The distillation's Hill terms raise |x|: sympy differentiates |x| of a complex symbol
+    into re() and im(), which did not compile, and a rodas5p refit of a distilled repression
+    crashed. The Jacobian of K^n/(K^n + |x|^n) is -n K^n |x|^(n-1) sign(x) / (K^n + |x|^n)^2."""
+    from ude.spec.derivatives import CompiledDerivatives
+
+    x, K = sp.symbols("x K")
+    n = 1.5
+    c = CompiledDerivatives([K**n / (K**n + sp.Abs(x) ** n)], ["x", "K"], 1)
+    xs, k = np.array([0.3, -0.3, 2.0]), 0.7
+    jac = c.jacobian([xs, np.full(3, k)], (3,))[:, 0, 0]
+    expected = -n * k**n * np.abs(xs) ** (n - 1) * np.sign(xs) / (k**n + np.abs(xs) ** n) ** 2
+    np.testing.assert_allclose(jac, expected, rtol=1e-12)

@@ -305,6 +305,24 @@ def test_reactions_and_species_can_be_marked_neural():
         read_sbml(EXAMPLES / "enzyme.xml", neural=["nope"])
 
 
+def test_neural_inputs_say_what_the_reactions_network_sees(tmp_path):
+    """`neural_inputs` narrows the neural reactions' network to the states it lists (the
+    default is every state); a name that is no state, or no neural reaction, is one line."""
+    xml = (EXAMPLES / "enzyme.xml").resolve()
+    path = tmp_path / "m.yaml"
+    path.write_text(f"sbml: {xml}\nneural_reactions: [catalysis]\nneural_inputs: [C]\n")
+    spec = load_spec(path)
+    assert spec.neural[0].reactions == ("catalysis",) and spec.neural[0].inputs == ("C",)
+    path.write_text(f"sbml: {xml}\nneural_reactions: [catalysis]\n")
+    assert len(load_spec(path).neural[0].inputs) == len(spec.states) > 1
+    path.write_text(f"sbml: {xml}\nneural_reactions: [catalysis]\nneural_inputs: [Q]\n")
+    with pytest.raises(UdeError, match=r"neural_inputs\[0\].*'Q' is not a state"):
+        load_spec(path)
+    path.write_text(f"sbml: {xml}\nneural_inputs: [C]\n")
+    with pytest.raises(UdeError, match="neural_inputs.*no neural reactions"):
+        load_spec(path)
+
+
 def test_per_state_networks_cannot_be_exported():
     with pytest.raises(UdeError, match="neural terms on x, y"):
         sbml_string(load_spec("lotka_volterra"))

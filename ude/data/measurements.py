@@ -28,7 +28,9 @@ class Measurements:
     nothing was measured; ``sigma`` like ``values`` or None (noise is then learned);
     ``inputs (condition, input)``; ``initial`` maps a state to known initial values
     ``(condition,)`` (NaN: unknown); ``doses`` maps a condition to its doses
-    (:mod:`ude.data.doses`; conditions without doses are left out).
+    (:mod:`ude.data.doses`; conditions without doses are left out); ``state_scale`` maps
+    states the data do not show to their typical size (a reference model's simulation), which
+    scales the networks that see or change them.
     """
 
     times: np.ndarray
@@ -42,6 +44,7 @@ class Measurements:
     truth: Truth | None = None
     source: str = "data"
     doses: dict[str, Schedule] = field(default_factory=dict)
+    state_scale: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.inputs is None:

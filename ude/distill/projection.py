@@ -62,10 +62,25 @@ class ProjectedFit:
         return self.y_perp - (C / scale) @ w
 
 
+POSITIVE = 1e-12
+"""Values of a variable below this fraction of its largest are taken as zero for the range of
+``K`` (a species decaying to 1e-300 along the trajectory would put ``K``'s range, and its
+logarithm, at zero)."""
+
+
+def _positive(x: np.ndarray) -> np.ndarray:
+    """The values of ``x (point,)`` that count as positive (above :data:`POSITIVE` of its
+    largest)."""
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    top = float(x.max()) if x.size else 0.0
+    return x[x > top * POSITIVE] if top > 0 else x[:0]
+
+
 def constant_bounds(law: RateLaw, x: np.ndarray) -> dict[str, tuple[float, float]]:
     """Bounds of the law's constants given its variable's values ``x`` along the trajectory:
     ``K`` within :data:`K_RANGE` of the positive values, ``n`` in ``HILL_N_BOUNDS``."""
-    pos = x[x > 0]
+    pos = _positive(x)
     lo, hi = (float(pos.min()), float(pos.max())) if pos.size else (1e-3, 1.0)
     out = {law.K: (lo / K_RANGE, hi * K_RANGE)}
     if law.kind != "saturation":
@@ -83,7 +98,7 @@ def _bounds(law: RateLaw, x: np.ndarray) -> list[tuple[float, float]]:
 
 
 def _starts(law: RateLaw, x: np.ndarray) -> list[list[float]]:
-    pos = x[x > 0]
+    pos = _positive(x)
     ks = np.quantile(pos, K_QUANTILES) if pos.size else np.array([1.0])
     logs = [math.log(float(k)) for k in ks]
     if law.kind == "saturation":

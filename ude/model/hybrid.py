@@ -390,6 +390,10 @@ def build_hybrid(
             if s not in obs and s not in measurements.initial and spec.initial[s] != 0:
                 state_scale[i] = abs(spec.initial[s])
     for i, s in enumerate(spec.states):
+        if s not in obs and measurements.state_scale.get(s, 0) > 0:
+            # a reference simulation's size (a published model's) beats an initial value
+            state_scale[i] = measurements.state_scale[s]
+    for i, s in enumerate(spec.states):
         # a dosed state that is not measured: its size is what the doses put in
         given = [d.amount for sched in measurements.schedules() for d in sched if d.state == s]
         if s not in obs and given and max(given) > 0:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import sympy as sp
+import torch
 
 from ude.data.datamodule import ConditionsDataModule
 from ude.data.measurements import Measurements
@@ -249,6 +250,41 @@ def petab_measurements(
     )
 
 
+REFERENCE_QUANTILE = 0.9
+"""A state's typical size in :func:`reference_scales`: this quantile of its absolute value over
+the experiments and measurement times (a large initial transient does not set it)."""
+
+
+REFERENCE_FLOOR = 1e-12
+"""States whose size is below this fraction of the largest state's keep their default scale."""
+
+
+def reference_scales(problem: str | Path | PetabProblem) -> dict[str, float]:
+    """Typical sizes of the model's states, ``{state: size}``: the problem simulated at its
+    nominal parameters (the published model, with the kinetic laws that ``neural_reactions``
+    replace), :data:`REFERENCE_QUANTILE` of each state's absolute value. A network that
+    replaces a reaction then sees its inputs, and makes its flux, on the scale the model works
+    at rather than that of an initial value (the repressilator's TetR starts at 31 and
+    oscillates between 0.001 and 0.02). Empty when the nominal parameters cannot be solved;
+    states that stay below :data:`REFERENCE_FLOOR` of the largest size are left out (the
+    reporter's mRNA, gone within a second)."""
+    from ude.model.solver import SolverFailed
+    from ude.petab.objective import PetabModel, ScipySolver
+
+    model = PetabModel(_problem(problem), solver=ScipySolver(rtol=1e-6, atol=1e-9))
+    try:
+        with torch.no_grad():
+            states, _ = model.simulate()
+    except SolverFailed:  # a hint only: without it, initial values set the scales
+        return {}
+    size = np.quantile(np.abs(states.numpy()), REFERENCE_QUANTILE, axis=(0, 1))
+    return {
+        s: float(v)
+        for s, v in zip(model.states, size, strict=True)
+        if s != TIME and np.isfinite(v) and v > REFERENCE_FLOOR * np.nanmax(size)
+    }
+
+
 def spec_value(p: PetabProblem, name: str) -> float:
     return p.spec.parameters[name].value
 
@@ -281,8 +317,11 @@ def petab_datamodule(
     """A :class:`ConditionsDataModule` over a PEtab problem's measurements."""
     p = load_problem(problem)
     model_spec = load_spec(spec) if spec is not None else petab_spec(p)
+    measurements = petab_measurements(p, model_spec)
+    if any(slot.reactions for slot in model_spec.neural):
+        measurements = replace(measurements, state_scale=reference_scales(p))
     return ConditionsDataModule(
-        petab_measurements(p, model_spec),
+        measurements,
         batch_size,
         val_conditions,
         val_fraction,

@@ -36,6 +36,9 @@ class CompiledDerivatives:
         jac: list[sp.Expr] = []
         rows, cols = [], []
         for k, e in enumerate(exprs):
+            # |a| as sqrt(a^2): sympy differentiates |y| of a complex y into re() and im()
+            # (a Hill term's |x|^n), which do not compile; the values are the same.
+            e = e.replace(sp.Abs, lambda a: sp.sqrt(a**2))
             for m, y in enumerate(states):
                 d = sp.diff(e, y) if y in e.free_symbols else sp.Integer(0)
                 if d != 0:

@@ -44,6 +44,7 @@ _TOP_KEYS = {
     "initial",
     "sbml",
     "neural_reactions",
+    "neural_inputs",
     "library",
     "noise",
     "petab",
@@ -56,6 +57,7 @@ _SBML_KEYS = {
     "parameters",
     "neural",
     "neural_reactions",
+    "neural_inputs",
     "observables",
     "initial",
     "library",
@@ -404,9 +406,11 @@ class _SpecReader:
             raise self.fail("petab", "give either 'sbml' or 'petab', not both")
         if "sbml" in raw or "petab" in raw:
             return self.read_with_sbml(raw)
-        if "neural_reactions" in raw:
+        for key in ("neural_reactions", "neural_inputs"):
+            if key not in raw:
+                continue
             raise self.fail(
-                "neural_reactions",
+                key,
                 "only used with 'sbml'",
                 "in a reaction list, give a learned flux the rate 'neural'",
             )
@@ -505,7 +509,7 @@ class _SpecReader:
         }
         neural = [
             *self.neural(raw.get("neural"), base.states, base.inputs),
-            *base.neural,
+            *self.reaction_inputs(raw.get("neural_inputs"), base),
         ]
         initial = {**base.initial, **self.initial(raw.get("initial"), base.states)}
         library = self.library(raw.get("library"), [*base.states, *base.inputs], neural)
@@ -527,6 +531,25 @@ class _SpecReader:
             name=name,
             source=self.source,
         )
+
+    def reaction_inputs(self, value: Any, base: ModelSpec) -> list[NeuralSlot]:
+        """The SBML model's networks, the neural reactions' one seeing only ``value`` (the
+        ``neural_inputs`` key: states and inputs) when given, else every state and input."""
+        if value is None:
+            return list(base.neural)
+        where = "neural_inputs"
+        names = self.names(value, where, required=True)
+        seen = [*base.states, *base.inputs]
+        for i, n in enumerate(names):
+            if n not in seen:
+                raise self.fail(
+                    f"{where}[{i}]",
+                    f"'{n}' is not a state or input of the model",
+                    "networks see states and inputs: " + ", ".join(seen),
+                )
+        if not any(s.reactions for s in base.neural):
+            raise self.fail(where, "no neural reactions", "list them in neural_reactions")
+        return [replace(s, inputs=tuple(names)) if s.reactions else s for s in base.neural]
 
     def reactions(
         self,

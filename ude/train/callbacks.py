@@ -17,13 +17,16 @@ class Checkpoint(ModelCheckpoint):
     """ModelCheckpoint that saves nothing once the NaN guard has stopped training, so
     ``last.ckpt`` stays the last good state.
 
-    A run stopped before its first save (in the first epoch) still leaves a checkpoint: the
-    state training ended with, which the NaN guard has reset to the last finite one.
+    The end of training saves the state it ended with (after an L-BFGS polish, or a stop in
+    the first epoch: the NaN guard has reset it to the last finite one).
     """
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
-        if not self.best_model_path and not trainer.fast_dev_run and self.dirpath:
+        # Always the state training ended with: L-BFGS polish epochs make no step Lightning
+        # counts, so ModelCheckpoint skips them (same global step) and last.ckpt would hold
+        # the model before the polish, not the one the run distils and reports.
+        if not trainer.fast_dev_run and self.dirpath:
             trainer.save_checkpoint(self.format_checkpoint_name({}), weights_only=False)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
