@@ -155,13 +155,15 @@ def write_report(
     interval: LaplaceInterval | None = None,
     held_out: HeldOut | None = None,
     progress: Progress | None = None,
+    uq: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Writes twin.json, twin.sbml, equations.md, distill.json and plots/distilled_terms.png,
     plots/forecast.png into ``run_dir``; returns the metrics, with their ``status`` and
     ``failures`` (:data:`STATUSES`). ``measurements``: the data distilled on; with
     ``interval``, the forecast gets its band (see :func:`forecast_band`); with ``held_out``,
     the twin's errors on the held-out entries (``held_out`` in the metrics), and the forecast
-    plot marks them when every condition was distilled."""
+    plot marks them when every condition was distilled; ``uq``: distill.json's ``uq``
+    section (:func:`ude.uq.bayesian_terms`)."""
     from ude.distill.plots import plot_distilled_terms, plot_forecast
     from ude.spec.sbml import write_sbml
 
@@ -243,6 +245,8 @@ def write_report(
             band = None
     if result.inclusion is not None:
         metrics["inclusion_probability"] = result.inclusion
+    if uq is not None:  # the Bayesian sparse regression (ude.uq.bayesian_terms)
+        metrics["uq"] = uq
     if truth is not None:
         nmse = state_nmse(states, truth)
         metrics["forecast_nmse"] = {s: float(v) for s, v in zip(twin.states, nmse, strict=True)}

@@ -95,11 +95,14 @@ class TermPosterior:
 
     @property
     def max_rhat(self) -> float:
-        return max(self.rhat.values())
+        """The worst R-hat of what is reported: the coefficients and ``σ``. The global scale
+        ``τ`` mixes slowest in any horseshoe and moves the coefficients little once the data
+        pin them; it is reported on its own (``tau_rhat``)."""
+        return max(v for k, v in self.rhat.items() if k != "tau")
 
     @property
     def min_ess(self) -> float:
-        return min(self.ess.values())
+        return min(v for k, v in self.ess.items() if k != "tau")
 
     def summary(self) -> dict[str, Any]:
         """distill.json's entry for this target."""
@@ -111,6 +114,8 @@ class TermPosterior:
             "divergences": self.divergences,
             "max_rhat": round(self.max_rhat, 4),
             "min_ess": round(self.min_ess, 1),
+            "tau_rhat": round(self.rhat["tau"], 4),
+            "tau_ess": round(self.ess["tau"], 1),
             "seconds": round(self.seconds, 2),
             "left_out_degenerate": self.left_out,
             "terms": {
