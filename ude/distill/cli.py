@@ -55,7 +55,7 @@ def run_distill(
         fitted = model.select_conditions(kept)
         initial = model.initial.detach().cpu().numpy()
         held_out = HeldOut(measurements, split, data.observable_scale(), initial, kept)
-    regression = make_regression(cfg)
+    regression, mixture = make_regression(cfg), make_mixture(cfg)
     try:
         result = make_distiller(cfg, progress).fit(fitted, data)
     except NoSolvableTwin as err:
@@ -82,6 +82,7 @@ def run_distill(
         held_out=held_out,
         progress=progress,
         uq=uq,
+        mixture=mixture,
     )
 
 
@@ -111,6 +112,16 @@ def make_regression(cfg: DictConfig):
     if node is None or node.get("regression") is None:
         return None
     return instantiate(node.regression)
+
+
+def make_mixture(cfg: DictConfig):
+    """The :class:`ude.uq.StructureMixture` of a ``distill`` config node, or None."""
+    from hydra.utils import instantiate
+
+    node = uq_settings(cfg)
+    if node is None or node.get("mixture") is None:
+        return None
+    return instantiate(node.mixture)
 
 
 def make_distiller(cfg: DictConfig, progress: Progress | None = None):
@@ -160,6 +171,12 @@ def summary(metrics: dict[str, Any]) -> str:
         line += f"; {band['level']:.0%} band covers {band['coverage_of_truth']:.0%} of the truth"
         if band["n_failed"]:
             line += f" ({band['n_failed']} of {band['n_samples']} draws failed)"
+    predictive = metrics.get("predictive_band", {})
+    if "coverage_of_truth" in predictive:
+        line += (
+            f"; {predictive['level']:.0%} band over {len(predictive['structures'])} "
+            f"structure(s) covers {predictive['coverage_of_truth']:.0%} of the truth"
+        )
     for warning in (metrics.get("uq") or {}).get("warnings", []):
         line += f"; UQ WARNING: {warning}"
     for tie in metrics.get("ties") or []:

@@ -156,6 +156,7 @@ def write_report(
     held_out: HeldOut | None = None,
     progress: Progress | None = None,
     uq: dict[str, Any] | None = None,
+    mixture: Any = None,
 ) -> dict[str, Any]:
     """Writes twin.json, twin.sbml, equations.md, distill.json and plots/distilled_terms.png,
     plots/forecast.png into ``run_dir``; returns the metrics, with their ``status`` and
@@ -163,7 +164,9 @@ def write_report(
     ``interval``, the forecast gets its band (see :func:`forecast_band`); with ``held_out``,
     the twin's errors on the held-out entries (``held_out`` in the metrics), and the forecast
     plot marks them when every condition was distilled; ``uq``: distill.json's ``uq``
-    section (:func:`ude.uq.bayesian_terms`)."""
+    section (:func:`ude.uq.bayesian_terms`); ``mixture``: a :class:`ude.uq.StructureMixture`,
+    whose predictive band (averaged over the structures, with observation noise) is the
+    forecast's band, and the twin's coefficients get credible intervals."""
     from ude.distill.plots import plot_distilled_terms, plot_forecast
     from ude.spec.sbml import write_sbml
 
@@ -174,18 +177,25 @@ def write_report(
     rows = result.path_rows()
     weights = model_weights(rows)
     twin_dict["model_weights"] = weights
+    intervals = {}
+    if mixture is not None:
+        from ude.uq.intervals import coefficient_intervals, intervals_markdown
+
+        intervals = coefficient_intervals(result, measurements, mixture.level)
+        twin_dict["credible_intervals"] = {k: e["interval"] for k, e in intervals.items()}
     (run_dir / "twin.json").write_text(json.dumps(twin_dict, indent=2))
     ties = result.tie_rows()
-    (run_dir / "equations.md").write_text(
-        equations_markdown(
-            twin,
-            trained.spec,
-            rows,
-            result.inclusion,
-            ties=ties,
-            identifiability=result.identifiability,
-        )
+    markdown = equations_markdown(
+        twin,
+        trained.spec,
+        rows,
+        result.inclusion,
+        ties=ties,
+        identifiability=result.identifiability,
     )
+    if intervals:
+        markdown += "\n" + intervals_markdown(intervals, mixture.level)
+    (run_dir / "equations.md").write_text(markdown)
     initial = result.model.initial.detach().cpu().numpy()
     # The twin as SBML, with the first condition's initial states and inputs.
     write_sbml(
@@ -243,6 +253,18 @@ def write_report(
             why = info.get("error") or f"{info['n_failed']} of {info['n_samples']} draws failed"
             failures.append({"status": "band_failed", "why": why})
             band = None
+    if mixture is not None:
+        from ude.uq.report import predictive_band
+
+        start = time.perf_counter()
+        with (progress or Progress()).stage("predictive band"):
+            predictive, metrics["predictive_band"] = predictive_band(
+                mixture, result, measurements, times, truth
+            )
+        metrics["timings"]["predictive_band_seconds"] = round(time.perf_counter() - start, 3)
+        metrics["credible_intervals"] = intervals
+        if predictive is not None and predictive.usable:
+            band = predictive  # the plot shows the band for new measurements
     if result.inclusion is not None:
         metrics["inclusion_probability"] = result.inclusion
     if uq is not None:  # the Bayesian sparse regression (ude.uq.bayesian_terms)

@@ -59,3 +59,33 @@ def uq_warnings(section: dict[str, Any]) -> list[str]:
                 "distill.uq.regression.num_samples and warmup"
             )
     return out
+
+
+def predictive_band(
+    mixture: Any, result: Any, measurements: Any, times: Any, truth: Any
+) -> tuple[Any, dict[str, Any]]:
+    """The structure-averaged predictive band (:class:`ude.uq.StructureMixture`) over
+    ``times`` and distill.json's ``predictive_band``: level, draws, failed draws, the
+    structures with their weights and, with ``truth (condition, time, state)``, the share of
+    the true states inside the band of the trajectories and inside the predictive band."""
+    import numpy as np
+
+    from ude.model.solver import SolverFailed
+
+    try:
+        band = mixture.band(result, measurements, times)
+    except (RuntimeError, ValueError, np.linalg.LinAlgError, SolverFailed) as err:
+        return None, {"error": f"{type(err).__name__}: {err}"}
+    out: dict[str, Any] = {
+        "level": band.level,
+        "method": "structure mixture (evidence weights) x Laplace draws + observation noise",
+        "n_samples": band.n_samples,
+        "n_failed": band.n_failed,
+        "noise": band.noise.tolist(),
+        "structures": band.components,
+    }
+    if truth is not None and band.usable:
+        out["coverage_of_truth"] = band.coverage(truth)
+        out["predictive_coverage_of_truth"] = band.coverage(truth, noisy=True)
+        out["mean_width"] = float(np.nanmean(band.upper - band.lower))
+    return band, out
