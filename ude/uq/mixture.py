@@ -116,10 +116,17 @@ class StructureMixture:
         return sorted([(s, w / total, m, lbl) for s, w, m, lbl in kept], key=lambda c: -c[1])
 
     def band(
-        self, result: Distillation, measurements: Measurements, times: np.ndarray
+        self,
+        result: Distillation,
+        measurements: Measurements,
+        times: np.ndarray,
+        initial: np.ndarray | None = None,
+        conditions: list[int] | None = None,
     ) -> PredictiveBand:
         """The band over ``times (time,)`` from each structure's own fitted initial states
-        (uncertain too), for the conditions of ``measurements`` (the data distilled on)."""
+        (uncertain too), for the conditions of ``measurements`` (the data distilled on); or
+        from ``initial (condition, state)`` with the inputs and parameters of ``conditions``
+        (as :meth:`ude.distill.uncertainty.LaplaceInterval.forecast`)."""
         rng = np.random.default_rng(self.seed)
         pooled, info, n_failed = [], [], 0
         comps = self.components(result)
@@ -131,7 +138,9 @@ class StructureMixture:
                 continue
             interval = LaplaceInterval(n_samples=int(n), level=self.level, seed=self.seed + k)
             try:
-                states, failed, _, _ = interval.trajectories(model, measurements, times)
+                states, failed, _, _ = interval.trajectories(
+                    model, measurements, times, initial, conditions
+                )
             except (RuntimeError, ValueError, np.linalg.LinAlgError, SolverFailed) as err:
                 info.append(entry | {"n_failed": int(n), "error": f"{type(err).__name__}: {err}"})
                 n_failed += int(n)
@@ -149,7 +158,8 @@ class StructureMixture:
             noisy = draws + noise * rng.standard_normal(draws.shape)
             lo, med, hi = np.quantile(noisy, q, axis=0)
         else:
-            shape = (measurements.n_conditions, len(times), len(states))
+            n_c = measurements.n_conditions if initial is None else len(initial)
+            shape = (n_c, len(times), len(states))
             lo = med = hi = s_lo = s_hi = np.full(shape, np.nan)
         return PredictiveBand(
             times=np.asarray(times, dtype=float),
