@@ -39,6 +39,11 @@ QUICK = [
     "distill.distiller.score_refit.max_iter=40",
     "distill.distiller.refit.max_iter=40",
     "distill.forecast_horizon=2",
+    "distill.uq.enabled=true",  # the horseshoe and the structure mixture (off by default), cheap
+    "distill.uq.regression.num_samples=20",
+    "distill.uq.regression.warmup=20",
+    "distill.uq.regression.max_tree_depth=4",
+    "distill.uq.mixture.n_samples=40",
 ]
 
 
@@ -64,6 +69,19 @@ def test_train_distils_and_run_can_be_distilled_again(make_cfg, tmp_path, caplog
     _assert_consistent(report)
     band = report["forecast_interval"]
     assert band["n_samples"] == 30 and band["level"] == 0.95
+    # the uncertainty of ude.uq: the horseshoe per target with its diagnostics, the
+    # structure-averaged band, the twin's coefficients with intervals in every file
+    uq = report["uq"]
+    assert set(uq["targets"]) == {"x", "y"}
+    for entry in uq["targets"].values():
+        assert entry["max_rhat"] > 0 and entry["min_ess"] > 0 and entry["n_draws"] == 40
+    predictive = report["predictive_band"]
+    assert predictive["n_samples"] == 40 and predictive["structures"]
+    assert abs(sum(s["weight"] for s in predictive["structures"]) - 1) < 1e-3
+    assert "coverage_of_truth" in predictive
+    intervals = json.loads((run / "twin.json").read_text())["credible_intervals"]
+    assert intervals and all(lo <= hi for lo, hi in intervals.values())
+    assert "credible intervals" in (run / "equations.md").read_text()
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["distill"]["discovered"] == metrics["distill"]["discovered"]
     # every stage was shown on the terminal's live line, and its duration kept
@@ -92,10 +110,12 @@ def test_train_distils_and_run_can_be_distilled_again(make_cfg, tmp_path, caplog
         "distill.distiller.selector.rescreen=false",
         "distill.distiller.bootstrap=null",
         "distill.forecast_interval=null",
+        "distill.uq=none",
     ]
     again = distill_main([str(run), *overrides, "--name", "aicc"])
     assert len(again["path"]) == 1 and "inclusion_probability" not in again
     assert "forecast_interval" not in again
+    assert "uq" not in again and "predictive_band" not in again  # distill.uq=none: off
     out = run / "distill" / "aicc"
     assert json.loads((out / "distill.json").read_text())["path"] == again["path"]
     for name in ("twin.json", "equations.md", "twin.sbml", "plots/forecast.png"):

@@ -102,3 +102,9 @@ def test_train_py_reports_the_best_member(make_cfg):
     assert info["chosen"] == min(range(3), key=info["train_nmse"].__getitem__)
     # the reported model is that member: its error is the run's training error
     assert metrics["train_nmse"] == pytest.approx(info["train_nmse"][info["chosen"]], rel=1e-9)
+    # the ensemble's band: every member solved, coverage of the true states reported, the
+    # band for new data (observation noise added) at least as wide as the trajectories'
+    band = metrics["ensemble_band"]
+    assert band["members"] == 3 and band["n_failed"] == 0
+    assert 0.0 <= band["coverage_of_truth"] <= band["predictive_coverage_of_truth"] <= 1.0
+    assert band["mean_width"] > 0

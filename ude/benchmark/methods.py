@@ -259,14 +259,106 @@ class ESINDy(SINDy):
         inclusion = np.mean(models != 0, axis=0)
         info = {
             "inclusion": {
-                s: {
-                    str(terms[j]): round(float(inclusion[i, j]), 3)
-                    for j in np.flatnonzero(inclusion[i])
-                }
+                # every library term, those no model kept at 0 (the Brier score counts them)
+                s: {str(terms[j]): round(float(inclusion[i, j]), 3) for j in range(len(terms))}
                 for i, s in enumerate(problem.observed)
             },
             "members_solved": len(ok),
             "threshold": thr,
+        }
+        seconds = time.perf_counter() - start
+        return MethodResult(spec, problem.observed, forecast, seconds, lower, upper, info)
+
+
+class BayesianSparse(_SparseBaseline):
+    """Bayesian sparse regression (:class:`ude.uq.HorseshoeRegression`): a regularised
+    horseshoe on the same library as the SINDy family, the likelihood on the integral form
+    of the data (``x(t) = x(t0) + ∫ Θ(x) w``: the library on the replicate-averaged data,
+    integrated by the trapezoid rule, an intercept per condition), NUTS (pyro) with the
+    settings of ``ude``'s cheaper preset (``distill.uq=fast``). Reported: the median
+    coefficients of the terms with inclusion probability at least 0.5 (the median
+    probability model), the 95 % credible interval and inclusion probability of every term,
+    and the 2.5-97.5 percentile band of ``n_band`` posterior draws' forecasts."""
+
+    name = "bayes"
+
+    def __init__(self, n_band: int = 40, seed: int = 0, **settings: Any):
+        super().__init__()
+        self.n_band = n_band
+        self.seed = seed
+        self.settings = {"num_samples": 100, "warmup": 100, "chains": 2, "max_tree_depth": 5}
+        self.settings.update(settings)
+
+    def problems(self, problem: Problem) -> tuple[list, list[sp.Expr]]:
+        from ude.distill.integral import IntegralProblem
+
+        data = averaged(problem)  # (condition, time, observed)
+        t = problem.measurements.times
+        lib, terms = self.library(problem)
+        out = []
+        for i in range(len(problem.observed)):
+            F, y, cond = [], [], []
+            for c, x in enumerate(data):
+                ok = np.isfinite(x).all(axis=1)
+                theta = lib.transform(x[ok])
+                tt = t[ok]
+                steps = np.diff(tt)[:, None] * (theta[1:] + theta[:-1]) / 2
+                F.append(np.concatenate([np.zeros((1, theta.shape[1])), np.cumsum(steps, 0)]))
+                y.append(x[ok, i])
+                cond.append(np.full(ok.sum(), c))
+            names = [str(term) for term in terms]
+            out.append(
+                IntegralProblem(
+                    np.concatenate(F), np.concatenate(y), np.concatenate(cond), names, True
+                )
+            )
+        return out, terms
+
+    def fit(self, problem: Problem) -> MethodResult:
+        from ude.uq import HorseshoeRegression
+
+        start = time.perf_counter()
+        seed = problem.scenario.seed + self.seed
+        regression = HorseshoeRegression(seed=seed, **self.settings)
+        systems, terms = self.problems(problem)
+        posts = [regression.fit(p, s) for p, s in zip(systems, problem.observed, strict=True)]
+        n_terms = len(terms)
+        coef = np.zeros((len(posts), n_terms))
+        draws = []
+        intervals, inclusion, diagnostics = {}, {}, {}
+        for i, (post, state) in enumerate(zip(posts, problem.observed, strict=True)):
+            index = [systems[i].terms.index(t) for t in post.terms]
+            incl, ci, med = post.inclusion(), post.intervals(), post.medians()
+            for j, t in zip(index, post.terms, strict=True):
+                if incl[t] >= 0.5:
+                    coef[i, j] = med[t]
+            flat = post.draws.reshape(-1, len(post.terms))
+            full = np.zeros((len(flat), n_terms))
+            full[:, index] = flat
+            draws.append(full)
+            intervals[state] = ci
+            inclusion[state] = {t: round(p, 3) for t, p in incl.items()}
+            diagnostics[state] = {"max_rhat": post.max_rhat, "min_ess": post.min_ess}
+        spec = spec_from_coef(problem.observed, terms, coef)
+        forecast = self.forecast(spec, problem)
+        rng = np.random.default_rng(seed)
+        n_draws = min(len(d) for d in draws)
+        picks = rng.choice(n_draws, size=min(self.n_band, n_draws), replace=False)
+        runs = [
+            self.forecast(
+                spec_from_coef(problem.observed, terms, np.stack([d[k] for d in draws])), problem
+            )
+            for k in picks
+        ]
+        ok = [r for r in runs if r is not None]
+        lower = upper = None
+        if len(ok) >= len(runs) / 2:
+            lower, upper = np.percentile(np.array(ok), [2.5, 97.5], axis=0)
+        info = {
+            "inclusion": inclusion,
+            "intervals": intervals,
+            "convergence": diagnostics,
+            "members_solved": len(ok),
         }
         seconds = time.perf_counter() - start
         return MethodResult(spec, problem.observed, forecast, seconds, lower, upper, info)
@@ -431,12 +523,58 @@ class UDE(Method):
         initial = problem.forecast_initial[idx]
         band_options = cfg.distill.get("forecast_interval")
         lower, upper = self.band(distilled.model, problem, initial, info, band_options)
+        averaged_band = self.uncertainty(cfg, distilled, problem, initial, info)
+        if averaged_band is not None:
+            lower, upper = averaged_band
         seconds = time.perf_counter() - start
         forecast = integrate(twin, problem, initial)
         hybrid = {"hybrid": hybrid_forecast(model, problem)}
         return MethodResult(
             twin, list(twin.states), forecast, seconds, lower, upper, info, other_forecasts=hybrid
         )
+
+    def uncertainty(
+        self, cfg: Any, distilled: Any, problem: Problem, initial: np.ndarray, info: dict
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """``distill.uq`` (:mod:`ude.uq`) on the cell: the horseshoe's inclusion
+        probabilities (``info["inclusion"]``, else the bootstrap's), the twin's coefficient
+        intervals (``info["intervals"]``) and the structure-averaged band (state band, from
+        ``initial``) as the lower and upper ``(time, state)`` returned; None without it."""
+        from ude.distill.cli import make_mixture, make_regression
+        from ude.uq import bayesian_terms
+        from ude.uq.intervals import coefficient_intervals
+
+        data = problem.measurements
+        if distilled.inclusion is not None:
+            info["inclusion"] = distilled.inclusion
+        regression, mixture = make_regression(cfg.distill), make_mixture(cfg.distill)
+        start = time.perf_counter()
+        if regression is not None:
+            section, posts = bayesian_terms(distilled.integral, regression)
+            info["inclusion"] = {t: p.inclusion() for t, p in posts.items()}
+            info["convergence"] = {
+                t: {"max_rhat": e["max_rhat"], "min_ess": e["min_ess"]}
+                for t, e in section["targets"].items()
+            }
+        if mixture is None:
+            return None
+        intervals = coefficient_intervals(distilled, data, mixture.level)
+        per_state: dict[str, dict[str, list[float]]] = {}
+        for e in intervals.values():
+            for state, change in distilled.routes.get(e["target"], {e["target"]: 1.0}).items():
+                lo, hi = sorted(change * v for v in e["interval"])
+                per_state.setdefault(state, {})[e["term"]] = [lo, hi]
+        info["intervals"] = per_state
+        try:
+            band = mixture.band(distilled, data, problem.forecast_times, initial[None], [0])
+        except (RuntimeError, ValueError, np.linalg.LinAlgError) as err:
+            info["mixture_error"] = f"{type(err).__name__}: {err}"
+            return None
+        info["uq_seconds"] = round(time.perf_counter() - start, 2)
+        info["mixture"] = {"structures": band.components, "n_failed": band.n_failed}
+        if not band.usable:
+            return None
+        return band.state_lower[0], band.state_upper[0]
 
     def band(
         self,
@@ -475,5 +613,7 @@ class UDE(Method):
         return band.lower[0], band.upper[0]
 
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (UDE, SINDy, WeakSINDy, ESINDy, NeuralODE)}
+METHODS: dict[str, type[Method]] = {
+    m.name: m for m in (UDE, SINDy, WeakSINDy, ESINDy, BayesianSparse, NeuralODE)
+}
 """The built-in methods by name; a user adds one by a ``_target_`` in the suite config."""

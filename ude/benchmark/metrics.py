@@ -120,3 +120,72 @@ def interval_coverage(lower: np.ndarray, upper: np.ndarray, truth: np.ndarray) -
     """Fraction of the true values ``(time, state)`` inside ``[lower, upper]``."""
     inside = (truth >= lower) & (truth <= upper)
     return float(np.mean(inside))
+
+
+def band_width(lower: np.ndarray, upper: np.ndarray, truth: np.ndarray) -> float:
+    """Mean width of the band ``(time, state)``, each state's in units of its true range
+    over the forecast (comparable across systems)."""
+    span = np.ptp(truth, axis=0)
+    span = np.where(span > 0, span, 1.0)
+    return float(np.mean((upper - lower) / span))
+
+
+def _basis(term: str) -> tuple[str, float] | None:
+    """``(canonical basis, factor)`` of one library term written as text (its constants at
+    their values), as :func:`expression_terms` counts it; None when it is not one term."""
+    found = expression_terms(sp.sympify(term))
+    if len(found) != 1:
+        return None
+    ((basis, factor),) = found.items()
+    return basis, factor
+
+
+def coefficient_coverage(intervals: dict[str, dict[str, list[float]]], true: TermMatrix) -> float:
+    """Share of the true terms ``true`` whose coefficient lies inside the method's interval
+    for that term (``intervals``: ``{state: {term: [lo, hi]}}``); a true term without an
+    interval is not covered (the definition of the BaSIC benchmark)."""
+    if not true:
+        return math.nan
+    found: dict[tuple[str, str], tuple[float, float]] = {}
+    for state, terms in intervals.items():
+        for term, (lo, hi) in terms.items():
+            b = _basis(term)
+            if b is not None:
+                a, c = sorted((lo * b[1], hi * b[1]))
+                found[(state, b[0])] = (a, c)
+    inside = [k in found and found[k][0] <= c <= found[k][1] for k, c in true.items()]
+    return float(np.mean(inside))
+
+
+def inclusion_scores(
+    inclusion: dict[str, dict[str, float]], true: TermMatrix
+) -> dict[tuple[str, str], float]:
+    """``{(state, basis): p}`` over the terms of ``inclusion`` (``{state: {term: p}}``)
+    and the true terms of its states (a true term not listed has p = 0)."""
+    scored: dict[tuple[str, str], float] = {}
+    for state, terms in inclusion.items():
+        for term, p in terms.items():
+            b = _basis(term)
+            if b is not None:
+                key = (state, b[0])
+                scored[key] = max(scored.get(key, 0.0), float(p))
+    states = set(inclusion)
+    for key in true:
+        if key[0] in states:
+            scored.setdefault(key, 0.0)
+    return scored
+
+
+def inclusion_brier(inclusion: dict[str, dict[str, float]], true: TermMatrix) -> dict[str, float]:
+    """``brier``: the Brier score of the inclusion probabilities against the true support,
+    the mean of ``(p - 1[term is true])²`` over :func:`inclusion_scores`; ``inclusion_true``
+    and ``inclusion_false``: the mean probability of the true and of the false terms."""
+    scored = inclusion_scores(inclusion, true)
+    out = {"brier": math.nan, "inclusion_true": math.nan, "inclusion_false": math.nan}
+    if scored:
+        out["brier"] = float(np.mean([(p - (k in true)) ** 2 for k, p in scored.items()]))
+        t = [p for k, p in scored.items() if k in true]
+        f = [p for k, p in scored.items() if k not in true]
+        out["inclusion_true"] = float(np.mean(t)) if t else math.nan
+        out["inclusion_false"] = float(np.mean(f)) if f else math.nan
+    return out

@@ -23,9 +23,12 @@ import numpy as np
 
 from ude.benchmark.methods import METHODS, Method, MethodResult
 from ude.benchmark.metrics import (
+    band_width,
+    coefficient_coverage,
     coefficient_error,
     exact_recovery,
     forecast_nmse,
+    inclusion_brier,
     interval_coverage,
     support_f1,
     term_matrix,
@@ -120,11 +123,24 @@ def score(cell: Cell, problem: Problem, result: MethodResult) -> dict[str, Any]:
         fc = None if other is None else other[:, cols_mine]
         row[f"forecast_nmse_{name}"] = forecast_nmse(fc, true_fc[:, cols_true])
     if result.lower is not None and result.upper is not None:
-        row["coverage"] = interval_coverage(
-            result.lower[:, cols_mine], result.upper[:, cols_mine], true_fc[:, cols_true]
-        )
+        lo, hi = result.lower[:, cols_mine], result.upper[:, cols_mine]
+        row["coverage"] = interval_coverage(lo, hi, true_fc[:, cols_true])
+        row["band_width"] = band_width(lo, hi, true_fc[:, cols_true])
+    # calibration of the structure: a method with prior knowledge is judged on the terms it
+    # had to find (the known ones are given)
+    unknown = {k: c for k, c in truth.items() if k not in given}
+    judged = unknown if _uses_prior(cell) else truth
+    if result.info.get("intervals"):
+        row["coef_coverage"] = coefficient_coverage(result.info["intervals"], judged)
+    if result.info.get("inclusion"):
+        row.update(inclusion_brier(result.info["inclusion"], judged))
     row["info"] = result.info
     return row
+
+
+def _uses_prior(cell: Cell) -> bool:
+    cls = METHODS.get(cell.method)
+    return bool(cls is not None and cls.uses_prior)
 
 
 def run_cell(cell: Cell, method: Method) -> dict[str, Any]:

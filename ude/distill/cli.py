@@ -55,10 +55,19 @@ def run_distill(
         fitted = model.select_conditions(kept)
         initial = model.initial.detach().cpu().numpy()
         held_out = HeldOut(measurements, split, data.observable_scale(), initial, kept)
+    regression, mixture = make_regression(cfg), make_mixture(cfg)
     try:
         result = make_distiller(cfg, progress).fit(fitted, data)
     except NoSolvableTwin as err:
         return write_failure(err, run_dir)
+    uq = None
+    if regression is not None:
+        from ude.uq import bayesian_terms
+
+        start = time.perf_counter()
+        with (progress or Progress()).stage("horseshoe"):
+            uq, _ = bayesian_terms(result.integral, regression)
+        uq["seconds"] = round(time.perf_counter() - start, 3)
     options = cfg.get("forecast_interval", {})
     interval = None
     if options is not None and options.get("n_samples", 1) > 0:
@@ -72,7 +81,49 @@ def run_distill(
         interval=interval,
         held_out=held_out,
         progress=progress,
+        uq=uq,
+        mixture=mixture,
     )
+
+
+def uq_settings(cfg: DictConfig) -> DictConfig | None:
+    """The ``uq`` node of a ``distill`` config with a preset's name (``none``, ``fast``:
+    ude/uq/presets.yaml) replaced by its settings, in place; None when off (absent, null,
+    ``none``, or ``enabled: false`` as in the default config)."""
+    node = cfg.get("uq")
+    if isinstance(node, str):
+        presets = yaml.safe_load((Path(__file__).parents[1] / "uq" / "presets.yaml").read_text())
+        if node not in presets:
+            raise UdeError(
+                f"distill.uq={node} is not a setting",
+                source="distill.uq",
+                fix=f"one of {', '.join(presets)}, or a mapping with a regression node",
+            )
+        cfg.uq = presets[node]
+        node = cfg.get("uq")
+    if node and not node.get("enabled", True):
+        return None  # the default node: settings kept, uncertainty off
+    return node or None
+
+
+def make_regression(cfg: DictConfig):
+    """The :class:`ude.uq.HorseshoeRegression` of a ``distill`` config node, or None."""
+    from hydra.utils import instantiate
+
+    node = uq_settings(cfg)
+    if node is None or node.get("regression") is None:
+        return None
+    return instantiate(node.regression)
+
+
+def make_mixture(cfg: DictConfig):
+    """The :class:`ude.uq.StructureMixture` of a ``distill`` config node, or None."""
+    from hydra.utils import instantiate
+
+    node = uq_settings(cfg)
+    if node is None or node.get("mixture") is None:
+        return None
+    return instantiate(node.mixture)
 
 
 def make_distiller(cfg: DictConfig, progress: Progress | None = None):
@@ -122,6 +173,14 @@ def summary(metrics: dict[str, Any]) -> str:
         line += f"; {band['level']:.0%} band covers {band['coverage_of_truth']:.0%} of the truth"
         if band["n_failed"]:
             line += f" ({band['n_failed']} of {band['n_samples']} draws failed)"
+    predictive = metrics.get("predictive_band", {})
+    if "coverage_of_truth" in predictive:
+        line += (
+            f"; {predictive['level']:.0%} band over {len(predictive['structures'])} "
+            f"structure(s) covers {predictive['coverage_of_truth']:.0%} of the truth"
+        )
+    for warning in (metrics.get("uq") or {}).get("warnings", []):
+        line += f"; UQ WARNING: {warning}"
     for tie in metrics.get("ties") or []:
         terms = "; ".join(f"d{s}/dt += {e}" for s, e in tie["terms"].items())
         line += (

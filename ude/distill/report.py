@@ -168,13 +168,18 @@ def write_report(
     interval: LaplaceInterval | None = None,
     held_out: HeldOut | None = None,
     progress: Progress | None = None,
+    uq: dict[str, Any] | None = None,
+    mixture: Any = None,
 ) -> dict[str, Any]:
     """Writes twin.json, twin.sbml, equations.md, distill.json and plots/distilled_terms.png,
     plots/forecast.png into ``run_dir``; returns the metrics, with their ``status`` and
     ``failures`` (:data:`STATUSES`). ``measurements``: the data distilled on; with
     ``interval``, the forecast gets its band (see :func:`forecast_band`); with ``held_out``,
     the twin's errors on the held-out entries (``held_out`` in the metrics), and the forecast
-    plot marks them when every condition was distilled."""
+    plot marks them when every condition was distilled; ``uq``: distill.json's ``uq``
+    section (:func:`ude.uq.bayesian_terms`); ``mixture``: a :class:`ude.uq.StructureMixture`,
+    whose predictive band (averaged over the structures, with observation noise) is the
+    forecast's band, and the twin's coefficients get credible intervals."""
     from ude.distill.plots import plot_distilled_terms, plot_forecast
 
     run_dir = Path(run_dir)
@@ -182,18 +187,24 @@ def write_report(
     twin = result.twin
     rows = result.path_rows()
     weights = model_weights(rows)
+    intervals = {}
+    if mixture is not None:
+        from ude.uq.intervals import coefficient_intervals, intervals_markdown
+
+        intervals = coefficient_intervals(result, measurements, mixture.level)
     ties = result.tie_rows()
-    (run_dir / "equations.md").write_text(
-        equations_markdown(
-            twin,
-            trained.spec,
-            rows,
-            result.inclusion,
-            ties=ties,
-            identifiability=result.identifiability,
-            conditions=measurements.conditions,
-        )
+    markdown = equations_markdown(
+        twin,
+        trained.spec,
+        rows,
+        result.inclusion,
+        ties=ties,
+        identifiability=result.identifiability,
+        conditions=measurements.conditions,
     )
+    if intervals:
+        markdown += "\n" + intervals_markdown(intervals, mixture.level)
+    (run_dir / "equations.md").write_text(markdown)
     initial = result.model.initial.detach().cpu().numpy()
     times, states, truth = forecast(twin, initial, measurements, horizon)
     failures: list[dict[str, str]] = []
@@ -244,6 +255,19 @@ def write_report(
             why = info.get("error") or f"{info['n_failed']} of {info['n_samples']} draws failed"
             failures.append({"status": "band_failed", "why": why})
             band = None
+    laplace_band = band
+    if mixture is not None:
+        from ude.uq.report import predictive_band
+
+        start = time.perf_counter()
+        with (progress or Progress()).stage("predictive band"):
+            predictive, metrics["predictive_band"] = predictive_band(
+                mixture, result, measurements, times, truth
+            )
+        metrics["timings"]["predictive_band_seconds"] = round(time.perf_counter() - start, 3)
+        metrics["credible_intervals"] = intervals
+        if predictive is not None and predictive.usable:
+            band = predictive  # the plot shows the band for new measurements
     # the product: the Twin, each condition with its values, doses and band (twin.json), and
     # as SBML (twin.sbml; one file per condition under sbml/ with individual parameters)
     product = Twin.from_distillation(
@@ -251,12 +275,14 @@ def write_report(
         result.model,
         trained.spec,
         measurements,
-        None if band is None else band.laplace.covariance,
+        None if laplace_band is None else laplace_band.laplace.covariance,
         result.inclusion,
         solver=getattr(result.model.solver, "method", "dopri5"),
     )
     twin_dict = product.to_dict()
     twin_dict["model_weights"] = weights  # the refitted structures, for averaging over them
+    if intervals:
+        twin_dict["credible_intervals"] = {k: e["interval"] for k, e in intervals.items()}
     (run_dir / "twin.json").write_text(json.dumps(twin_dict, indent=2))
     product.write_sbml(run_dir)
     metrics["discovered"] = twin_dict["discovered"]
@@ -269,6 +295,8 @@ def write_report(
         }
     if result.inclusion is not None:
         metrics["inclusion_probability"] = result.inclusion
+    if uq is not None:  # the Bayesian sparse regression (ude.uq.bayesian_terms)
+        metrics["uq"] = uq
     if truth is not None:
         nmse = state_nmse(states, truth)
         metrics["forecast_nmse"] = {s: float(v) for s, v in zip(twin.states, nmse, strict=True)}

@@ -204,19 +204,9 @@ class LaplaceInterval:
         draw's own fitted initial states, which are uncertain too), with the inputs and
         parameters of ``conditions`` (default: all, or 0..n-1 for ``n`` given initial rows).
         ``measurements``: the data the model was refitted on."""
-        if len(model.networks):
-            raise ValueError("LaplaceInterval needs a twin without neural slots")
-        approx = laplace(model, measurements, self.eigen_floor)
-        n_c = model.initial.shape[0] if initial is None else len(initial)
-        cond = torch.as_tensor(list(range(n_c)) if conditions is None else conditions)
-        rng = np.random.default_rng(self.seed)
-        free = approx.free
-        lam, V = np.linalg.eigh(approx.covariance[np.ix_(free, free)])
-        draws = np.tile(approx.mean, (self.n_samples, 1))
-        z = rng.standard_normal((self.n_samples, int(free.sum())))
-        draws[:, free] += z @ (V * np.sqrt(np.clip(lam, 0, None))).T
-        states, dead = self._simulate(model, draws, times, initial, cond)
-        failed = dead | ~np.isfinite(states).all(axis=(1, 2, 3))
+        states, failed, draws, approx = self.trajectories(
+            model, measurements, times, initial, conditions
+        )
         q = [(1 - self.level) / 2, 0.5, (1 + self.level) / 2]
         if failed.all():
             lower = median = upper = np.full(states.shape[1:], np.nan)
@@ -233,6 +223,34 @@ class LaplaceInterval:
             samples=draws,
             laplace=approx,
         )
+
+    def trajectories(
+        self,
+        model: HybridODE,
+        measurements: Measurements,
+        times: np.ndarray,
+        initial: np.ndarray | None = None,
+        conditions: list[int] | None = None,
+        n_samples: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Laplace]:
+        """The draws behind :meth:`forecast`: states ``(sample, condition, time, state)``,
+        ``failed (sample,)``, the raw parameter draws ``(sample, entry)`` and the Laplace
+        approximation; ``n_samples`` draws (default: this interval's)."""
+        if len(model.networks):
+            raise ValueError("LaplaceInterval needs a twin without neural slots")
+        n_samples = self.n_samples if n_samples is None else n_samples
+        approx = laplace(model, measurements, self.eigen_floor)
+        n_c = model.initial.shape[0] if initial is None else len(initial)
+        cond = torch.as_tensor(list(range(n_c)) if conditions is None else conditions)
+        rng = np.random.default_rng(self.seed)
+        free = approx.free
+        lam, V = np.linalg.eigh(approx.covariance[np.ix_(free, free)])
+        draws = np.tile(approx.mean, (n_samples, 1))
+        z = rng.standard_normal((n_samples, int(free.sum())))
+        draws[:, free] += z @ (V * np.sqrt(np.clip(lam, 0, None))).T
+        states, dead = self._simulate(model, draws, times, initial, cond)
+        failed = dead | ~np.isfinite(states).all(axis=(1, 2, 3))
+        return states, failed, draws, approx
 
     @torch.no_grad()
     def _simulate(

@@ -161,6 +161,7 @@ def train(cfg: DictConfig, progress: Progress | None = None) -> dict[str, Any]:
             # an ensemble's best member on the training data, else the trained model
             model = module.reported
             _outputs(cfg, model, datamodule, run_dir, metrics, progress)
+            _ensemble_band(cfg, module.model, datamodule, metrics, progress)
             metrics["timings"].update(progress.timings())
             metrics["run_dir"] = str(run_dir)
             (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -204,6 +205,22 @@ def _outputs(
         metrics["petab"] = str(petab_yaml)
 
 
+def _ensemble_band(
+    cfg: DictConfig, model: Any, datamodule: Any, metrics: dict[str, Any], progress: Progress
+) -> None:
+    """An ensemble's predictive band (:mod:`ude.uq.ensemble_band`) over the distillation's
+    forecast horizon, into ``metrics["ensemble_band"]``."""
+    if getattr(model, "n_members", 1) < 2 or "solve_failed" in metrics:
+        return
+    from ude.uq.ensemble_band import ensemble_band_report
+
+    horizon = float((cfg.get("distill") or {}).get("forecast_horizon", 10.0))
+    with progress.stage("ensemble band"):
+        metrics["ensemble_band"] = ensemble_band_report(
+            model, datamodule.measurements, horizon, seed=int(cfg.seed)
+        )
+
+
 def _terminated(run_dir: Path, trainer: pl.Trainer) -> None:
     """A run stopped by SIGTERM (a cluster's preemption, ``kill``): say where it can resume,
     and exit with 128 + SIGTERM, as a process the signal ends."""
@@ -241,6 +258,12 @@ def _summary(cfg: DictConfig, metrics: dict[str, Any], run_dir: Path) -> None:
     if "missing_term_rel_rmse" in truth:
         err = ", ".join(f"{k} {v:.1%}" for k, v in truth["missing_term_rel_rmse"].items())
         line += f"; network vs true missing term (relative RMSE): {err}"
+    band = metrics.get("ensemble_band", {})
+    if "coverage_of_truth" in band:
+        line += (
+            f"; the {band['members']}-member ensemble's {band['level']:.0%} band covers "
+            f"{band['coverage_of_truth']:.0%} of the truth to t={band['horizon']:g}"
+        )
     log.info(line)
     if metrics.get("warm_start_discarded"):
         log.info(

@@ -1,0 +1,65 @@
+"""The benchmark's calibration columns and its Bayesian sparse-regression baseline."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ude.benchmark.metrics import band_width, coefficient_coverage, inclusion_brier
+
+TRUE = {("x", "x"): 1.0, ("x", "x*y"): -0.9, ("y", "x*y"): 0.8}
+
+
+def test_coefficient_coverage_counts_true_terms_inside_their_interval():
+    """Two of three true terms inside their intervals (a term written with its constant
+    folded, ``2*x``, counts as ``x``), the third outside: 2/3; a missed true term counts as
+    outside; an extra false term changes nothing."""
+    intervals = {
+        "x": {"2*x": [0.4, 0.6], "x*y": [-1.0, -0.8], "y": [0.0, 1.0]},
+        "y": {"x*y": [0.9, 1.1]},
+    }
+    assert coefficient_coverage(intervals, TRUE) == pytest.approx(2 / 3)
+    del intervals["y"]
+    assert coefficient_coverage(intervals, TRUE) == pytest.approx(2 / 3)
+    assert math.isnan(coefficient_coverage(intervals, {}))
+
+
+def test_inclusion_brier_and_means():
+    """Certain and right: 0; certain and wrong on one of four listed terms: 1/4; a true term
+    not listed has probability 0."""
+    right = {"x": {"x": 1.0, "x*y": 1.0, "y": 0.0}, "y": {"x*y": 1.0}}
+    assert inclusion_brier(right, TRUE) == {
+        "brier": 0.0,
+        "inclusion_true": 1.0,
+        "inclusion_false": 0.0,
+    }
+    wrong = {"x": {"x": 1.0, "x*y": 1.0, "y": 1.0}, "y": {"x*y": 1.0}}
+    assert inclusion_brier(wrong, TRUE)["brier"] == pytest.approx(0.25)
+    missing = {"x": {"x": 1.0, "y": 0.0}, "y": {"x*y": 0.5}}
+    out = inclusion_brier(missing, TRUE)
+    assert out["brier"] == pytest.approx((0 + 0 + 1 + 0.25) / 4)
+    assert out["inclusion_true"] == pytest.approx(0.5)
+
+
+def test_band_width_is_in_units_of_the_true_range():
+    truth = np.stack([np.linspace(0, 2, 11), np.linspace(5, 6, 11)], axis=1)
+    assert band_width(truth - 0.1, truth + 0.1, truth) == pytest.approx((0.1 + 0.2) / 2)
+
+
+@pytest.mark.slow
+def test_bayes_baseline_on_lotka_volterra():
+    """The horseshoe baseline on noisy Lotka-Volterra with the mass-action library: the true
+    terms included, a band and intervals reported, its chains diagnosed."""
+    from ude.benchmark.methods import BayesianSparse
+    from ude.benchmark.scenario import Scenario, build_problem
+
+    problem = build_problem(
+        Scenario(system="lotka_volterra", seed=0, noise=0.05, n_times=30, library="mass_action")
+    )
+    result = BayesianSparse().fit(problem)
+    incl = result.info["inclusion"]
+    assert incl["x"]["x"] > 0.8 and incl["y"]["y"] > 0.8, incl
+    assert result.lower is not None and set(result.info["intervals"]) == {"x", "y"}
+    assert set(result.info["convergence"]) == {"x", "y"}

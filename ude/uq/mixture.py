@@ -1,0 +1,186 @@
+"""Structure averaging: the twin's predictive band as a mixture over the refitted candidate
+structures, each weighted by its evidence weight, each with its own parameter uncertainty,
+plus the observation noise.
+
+Each refitted candidate ``k`` of the distillation's path whose evidence weight
+(:func:`ude.distill.selection.evidence_weights`) is above ``floor`` contributes
+``round(weight_k · n_samples)`` draws (the weights renormalised over those kept): parameter
+draws from the Laplace approximation at its refit (:class:`ude.distill.uncertainty.
+LaplaceInterval`), each simulated. The chosen structure uses the final, accurate refit.
+A directly observed state then gets Gaussian noise at its observable's fitted level (the
+refit's learned noise): the band is for a new measurement, not only for the trajectory.
+Quantiles over the pooled draws give the band; the state band (no noise) is kept beside it.
+
+Where the structures disagree, the mixture is wider than any one of them; where one
+structure holds all the weight it is that structure's Laplace band plus noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ude.data.measurements import Measurements
+from ude.distill.distiller import Distillation
+from ude.distill.uncertainty import LaplaceInterval
+from ude.model.hybrid import HybridODE
+from ude.model.solver import SolverFailed
+
+
+@dataclass
+class PredictiveBand:
+    """A pointwise band over ``times (time,)``: ``lower``, ``median``, ``upper``
+    ``(condition, time, state)`` for new measurements (observed states with noise), and
+    ``state_lower``, ``state_upper`` for the noise-free trajectory. ``components``: each
+    structure's weight, draws and failed draws; ``noise (state,)``: the standard deviation
+    added (0: a latent state)."""
+
+    times: np.ndarray
+    lower: np.ndarray
+    median: np.ndarray
+    upper: np.ndarray
+    state_lower: np.ndarray
+    state_upper: np.ndarray
+    level: float
+    n_samples: int
+    n_failed: int
+    noise: np.ndarray
+    components: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def usable(self) -> bool:
+        return self.n_failed <= self.n_samples / 2
+
+    def coverage(self, truth: np.ndarray, noisy: bool = False) -> float:
+        """Fraction of ``truth (condition, time, state)`` inside the state band (``noisy``:
+        the predictive band, for values with measurement noise)."""
+        lo, hi = (self.lower, self.upper) if noisy else (self.state_lower, self.state_upper)
+        return float(np.mean((truth >= lo) & (truth <= hi)))
+
+
+def observation_noise(model: HybridODE, states: list[str]) -> np.ndarray:
+    """``(state,)``: the fitted noise standard deviation of each state measured directly
+    (its observable is the state itself), 0 for the others."""
+    with torch.no_grad():
+        noise = model.noise.detach().cpu().numpy().reshape(-1)
+    out = np.zeros(len(states))
+    for i, s in enumerate(states):
+        if s in model.observable_names and s not in model.spec.observables:
+            out[i] = float(noise[model.observable_names.index(s)])
+    return out
+
+
+class StructureMixture:
+    """Predictive bands averaged over the refitted structures (see the module).
+
+    Args:
+        n_samples: draws in all, shared out by weight.
+        floor: structures with an evidence weight at or below this are left out.
+        level: the band's probability.
+        seed: seeds the parameter draws and the noise.
+        noise: add the observation noise (False: the band of the trajectories alone).
+    """
+
+    def __init__(
+        self,
+        n_samples: int = 200,
+        floor: float = 0.01,
+        level: float = 0.95,
+        seed: int = 0,
+        noise: bool = True,
+    ):
+        self.n_samples = n_samples
+        self.floor = floor
+        self.level = level
+        self.seed = seed
+        self.noise = noise
+
+    def components(self, result: Distillation) -> list[tuple[Any, float, HybridODE, str]]:
+        """``(scored, weight, model, label)`` of each structure kept, heaviest first; the
+        weights renormalised over them."""
+        weights = result.weights if result.weights is not None else np.ones(len(result.path))
+        kept = []
+        for s, w in zip(result.path, weights, strict=True):
+            if w <= self.floor or not s.refit.ok or s.refit.model is None:
+                continue
+            model = result.model if s is result.chosen else s.refit.model
+            label = "; ".join(f"d{t}: {e}" for t, e in result.describe(s).items())
+            kept.append((s, float(w), model, label))
+        if not any(s is result.chosen for s, *_ in kept):  # the twin itself always counts
+            label = "; ".join(f"d{t}: {e}" for t, e in result.describe(result.chosen).items())
+            kept.append((result.chosen, self.floor, result.model, label))
+        total = sum(w for _, w, _, _ in kept)
+        return sorted([(s, w / total, m, lbl) for s, w, m, lbl in kept], key=lambda c: -c[1])
+
+    def band(
+        self,
+        result: Distillation,
+        measurements: Measurements,
+        times: np.ndarray,
+        initial: np.ndarray | None = None,
+        conditions: list[int] | None = None,
+    ) -> PredictiveBand:
+        """The band over ``times (time,)`` from each structure's own fitted initial states
+        (uncertain too), for the conditions of ``measurements`` (the data distilled on); or
+        from ``initial (condition, state)`` with the inputs and parameters of ``conditions``
+        (as :meth:`ude.distill.uncertainty.LaplaceInterval.forecast`)."""
+        rng = np.random.default_rng(self.seed)
+        pooled, info, n_failed = [], [], 0
+        comps = self.components(result)
+        counts = _share(np.array([w for _, w, _, _ in comps]), self.n_samples)
+        for k, ((_, w, model, label), n) in enumerate(zip(comps, counts, strict=True)):
+            entry = {"discovered": label, "weight": round(w, 6), "n_samples": int(n)}
+            if n == 0:
+                info.append(entry | {"n_failed": 0})
+                continue
+            interval = LaplaceInterval(n_samples=int(n), level=self.level, seed=self.seed + k)
+            try:
+                states, failed, _, _ = interval.trajectories(
+                    model, measurements, times, initial, conditions
+                )
+            except (RuntimeError, ValueError, np.linalg.LinAlgError, SolverFailed) as err:
+                info.append(entry | {"n_failed": int(n), "error": f"{type(err).__name__}: {err}"})
+                n_failed += int(n)
+                continue
+            entry["n_failed"] = int(failed.sum())
+            n_failed += int(failed.sum())
+            pooled.append(states[~failed])
+            info.append(entry)
+        states = result.twin.states
+        noise = observation_noise(result.model, states) if self.noise else np.zeros(len(states))
+        q = [(1 - self.level) / 2, 0.5, (1 + self.level) / 2]
+        if pooled and sum(len(p) for p in pooled):
+            draws = np.concatenate(pooled)  # (sample, condition, time, state)
+            s_lo, _, s_hi = np.quantile(draws, q, axis=0)
+            noisy = draws + noise * rng.standard_normal(draws.shape)
+            lo, med, hi = np.quantile(noisy, q, axis=0)
+        else:
+            n_c = measurements.n_conditions if initial is None else len(initial)
+            shape = (n_c, len(times), len(states))
+            lo = med = hi = s_lo = s_hi = np.full(shape, np.nan)
+        return PredictiveBand(
+            times=np.asarray(times, dtype=float),
+            lower=lo,
+            median=med,
+            upper=hi,
+            state_lower=s_lo,
+            state_upper=s_hi,
+            level=self.level,
+            n_samples=int(sum(counts)),
+            n_failed=n_failed,
+            noise=noise,
+            components=info,
+        )
+
+
+def _share(weights: np.ndarray, n: int) -> np.ndarray:
+    """``n`` draws shared out by ``weights`` (largest remainders), at least one to each
+    structure whose share is at least half a draw."""
+    raw = weights * n
+    counts = np.floor(raw).astype(int)
+    rest = n - counts.sum()
+    counts[np.argsort(-(raw - counts))[:rest]] += 1
+    return counts
