@@ -198,14 +198,14 @@ class SpecParameters(nn.Module):
         scale for a lognormal population)."""
         out: dict[str, dict[str, float | str]] = {}
         for name, loc in self.location.items():
-            dist = self.specs[name].population
+            dist, log_s = self.specs[name].population, self.log_spread[name]
             centre = float(loc.detach())
             if dist == "lognormal":
                 centre = self._sign[name] * math.exp(centre)
             out[name] = {
                 "distribution": dist,
                 "median" if dist == "lognormal" else "mean": centre,
-                "spread": math.exp(max(float(self.log_spread[name]), self._log_floor(name))),
+                "spread": math.exp(max(float(log_s.detach()), self._log_floor(name))),
             }
         return out
 
