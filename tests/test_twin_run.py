@@ -53,32 +53,48 @@ def test_the_twin_of_a_per_condition_run_forecasts_each_condition_like_the_hybri
 ):
     """Eight patients of the virtual population, kel individual under a lognormal population
     and the drug effect learned by a network, then distilled with its coefficient individual.
-    On each training patient, over the data window and a day past it, the twin's forecast
-    with that patient's own values (Twin.simulate(condition=...)) follows the trained hybrid's
-    to within twice the measurement noise (both fit the same series to about the noise), and
-    its kel is the hybrid's to 10 %; the population-median twin with the same doses is
-    several times further off."""
+    On each training patient the twin with that patient's own values (Twin.simulate(condition=
+    ...)) has the hybrid's kel to 10 % and forecasts the drug concentration C (which kel alone
+    drives) as the hybrid does, over the data window and a day past it, to within half the
+    measurement noise; the population-median twin with the same doses is several times further
+    off. The response R: the hybrid's network fits it loosely (its RMS error was 1.3-19 times
+    the noise over the patients), so the twin, refitted through the ODE, is held to fitting
+    each patient's R at least as well as the hybrid (it did at 0.8-1.1 times the noise: its
+    effect was A*c/(A + 18.9), truth 20), and better than the median twin. Measured: C off
+    the hybrid by at most 0.34 noise sd with the patient's own values, 1.9-15 with the
+    median's. About 18 minutes on 2 shared cores."""
     run = tmp_path / "run"
     train.train(make_cfg("experiment=virtual_population", *subset(tmp_path), *QUICK))
     twin = Twin.load(run)
     _, model, measurements, _ = load_run(run, [])
     assert twin.condition_names == measurements.conditions == PATIENTS
-    assert set(twin.individual) >= {"kel"} and len(twin.individual) == 2  # kel and the effect's
+    assert "kel" in twin.individual and len(twin.individual) >= 2  # kel and the effect's
 
     times = np.linspace(0, 72, 145)
     _, hybrid = predict(model, times)  # observables (condition, time, observable)
+    _, fitted = predict(model, measurements.times)
     names = model.observable_names
+    c_, r_ = names.index("C"), names.index("R")
     trained_kel = model.parameters_.values()["kel"]
-    own_err, typical_err = [], []
+    at_data = np.isin(times, measurements.times)
+    on = lambda t: t["R"].to_numpy()[at_data]  # noqa: E731  R at the sampling times
+    rows = []
     for c, name in enumerate(PATIENTS):
         own = twin.simulate(times, condition=name, band=False)
-        doses = list(twin.conditions[c].doses)
-        typical = twin.simulate(times, initial=twin.conditions[c].initial, doses=doses, band=False)
-        own_err.append([rms(own[o], hybrid[c, :, names.index(o)]) / NOISE[o] for o in NOISE])
-        typical_err.append(
-            [rms(typical[o], hybrid[c, :, names.index(o)]) / NOISE[o] for o in NOISE]
-        )
+        start, doses = twin.conditions[c].initial, list(twin.conditions[c].doses)
+        typical = twin.simulate(times, initial=start, doses=doses, band=False)
         assert twin.values(name)["kel"] == pytest.approx(trained_kel[c], rel=0.1), name
-    own_err, typical_err = np.array(own_err), np.array(typical_err)
-    assert own_err.max() < 2.0, own_err
-    assert np.median(typical_err) > 3 * np.median(own_err), (own_err, typical_err)
+        data = np.nanmean(measurements.values[c, :, :, r_], axis=1)
+        rows.append(
+            [
+                rms(own["C"], hybrid[c, :, c_]) / NOISE["C"],
+                rms(typical["C"], hybrid[c, :, c_]) / NOISE["C"],
+                rms(on(own), data) / NOISE["R"],
+                rms(on(typical), data) / NOISE["R"],
+                rms(fitted[c, :, r_], data) / NOISE["R"],
+            ]
+        )
+    own_c, typical_c, own_r, typical_r, hybrid_r = np.array(rows).T
+    assert own_c.max() < 0.5, own_c
+    assert np.median(typical_c) > 5 * np.median(own_c)
+    assert np.median(own_r) <= np.median(hybrid_r) and np.median(own_r) < np.median(typical_r)
