@@ -21,7 +21,8 @@ drug's effect on R, which sees A.
 A new patient, held out: one standard deviation from the median in both (faster elimination,
 kel = 0.27 /h; weaker effect, Emax = 0.59 /h). new_patient.csv has their first three samples
 (1, 2 and 4 h after the first dose); new_patient_full.csv their whole series, for the
-benchmark (bench/personal.py). truth.json has every true value.
+benchmark (bench/personal.py); new_patient_plan.csv a what-if dosing plan for them (50 mg
+every 6 h). truth.json has every true value.
 
     python examples/make_virtual_population.py
 """
@@ -127,6 +128,9 @@ def main(seed: int = 0) -> None:
     write_table(OUT / "new_patient_full.csv", series)
     write_table(OUT / "new_patient.csv", [r for r in series if r[1] in EARLY])
     write_doses({"new": schedule()}, OUT / "new_patient_doses.csv")
+    # a what-if plan for them: half the dose twice as often (python -m ude.simulate ... doses=)
+    plan = tuple(Dose(k * INTERVAL / 2, "A", DOSE / 2) for k in range(2 * N_DOSES))
+    write_doses({"new": plan}, OUT / "new_patient_plan.csv")
     (OUT / "new_patient_conditions.csv").write_text("condition,init_A\nnew,0\n")
     (OUT / "model.yaml").write_text(KNOWN)
     truth = {

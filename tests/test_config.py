@@ -22,6 +22,7 @@ import ude.runs  # noqa: F401 - registers the config's resolvers, as train.py do
 from ude.conf import CONF_DIR
 from ude.data.datamodule import ConditionsDataModule
 from ude.distill import Distiller
+from ude.distill.cli import make_distiller
 from ude.model.hybrid import HybridODE
 from ude.model.solver import Solver
 from ude.runs import build_run
@@ -163,6 +164,11 @@ def test_experiments_build_their_run(make_cfg, option):
     datamodule, model, module = build_run(make_cfg(f"experiment={option}"))
     assert set(model.observable_names) == set(datamodule.measurements.observables)
     assert module.model is model and model.initial.shape[0] == datamodule.measurements.n_conditions
+    cfg = make_cfg(f"experiment={option}")
+    if cfg.distill:  # its distiller builds each network's library (after training, in a run)
+        libraries = make_distiller(cfg.distill).libraries(model)
+        assert set(libraries) == set(model.spec.neural_targets)
+        assert all(lib.get_feature_names() for lib in libraries.values())
 
 
 def test_a_stiff_training_solver_is_kept_by_the_distillation_refits(make_cfg):

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ude.conf import CONF_DIR
 from ude.config_check import no_such_key
@@ -133,6 +133,10 @@ def make_distiller(cfg: DictConfig, progress: Progress | None = None):
 
     # objects go in through a partial: Hydra would turn them into config nodes
     distiller = instantiate(cfg.distiller, _partial_=True)(progress=progress)
+    if isinstance(distiller.library, DictConfig | ListConfig):
+        # a list of libraries (`distill.distiller.library`) arrives as a config node holding
+        # the instantiated objects; the Distiller takes plain values
+        distiller.library = OmegaConf.to_container(distiller.library, resolve=True)
     if cfg.get("library") is not None:
         distiller.library = OmegaConf.to_container(cfg.library, resolve=True)
     return distiller

@@ -142,6 +142,23 @@ class TwinRefit:
             return iterations, True
         return iterations, False
 
+    def _centre(self, module, batch, params, rounds: int = 8, tol: float = 1e-5) -> int:
+        """Alternate the populations' exact MAP given the individual values
+        (:meth:`ude.model.parameters.SpecParameters.centre_populations`) with L-BFGS on the
+        rest until the populations settle: L-BFGS alone leaves them far off (their direction
+        is seen only by the prior, which is small beside the data's likelihood). Returns the
+        L-BFGS iterations used."""
+        used = 0
+        budget = max(self.max_iter // 4, 20)
+        for _ in range(rounds):
+            if module.model.parameters_.centre_populations() < tol:
+                break
+            done, failed = self._run(module, batch, params, 1.0, self.max_iter - budget)
+            used += done - (self.max_iter - budget)
+            if failed:
+                break
+        return used
+
     def fit(
         self,
         twin: ModelSpec,
@@ -190,6 +207,8 @@ class TwinRefit:
             iterations, failed = self._run(module, batch, params, lr, iterations)
             if not failed:
                 break
+        if self.learn_population and len(model.parameters_.location):
+            iterations += self._centre(module, batch, params)
         ok = True
         try:
             with torch.no_grad():

@@ -11,6 +11,9 @@ from torch import nn
 from ude.spec.model_spec import DEFAULT_SPREAD, Parameter, Prior
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+MIN_SPREAD = 1e-3
+"""The smallest spread a population's MAP takes: with every condition at one value, the
+joint density grows without bound as the spread shrinks (the mixed-effects MAP's degeneracy)."""
 
 
 def _prior_nll(prior: Prior, value: torch.Tensor) -> torch.Tensor:
@@ -158,13 +161,15 @@ class SpecParameters(nn.Module):
         distribution as their prior, its median and spread learned with them (MAP, as the
         random effects of a nonlinear mixed-effects model). The spread's term counts ``N - 1``
         conditions: the median is estimated from the same values, so the spread's estimate is
-        their unbiased sample variance (as in REML) rather than the smaller biased one.
+        their unbiased sample variance (as in REML) rather than the smaller biased one. The
+        spread counts as at least :data:`MIN_SPREAD`: below it, conditions that all share one
+        value would make the density grow without bound.
         """
         total = self.fixed.new_zeros(())
         for name, raw in self.learned.items():
             if name in self.location:
                 n = raw.numel()
-                log_s = self.log_spread[name]
+                log_s = self.log_spread[name].clamp(min=self._log_floor(name))
                 total = total + 0.5 * (raw * raw).sum() * torch.exp(-2 * log_s)
                 total = total + (n - 1) * log_s + n * _HALF_LOG_2PI
                 continue
@@ -193,14 +198,14 @@ class SpecParameters(nn.Module):
         scale for a lognormal population)."""
         out: dict[str, dict[str, float | str]] = {}
         for name, loc in self.location.items():
-            dist = self.specs[name].population
+            dist, log_s = self.specs[name].population, self.log_spread[name]
             centre = float(loc.detach())
             if dist == "lognormal":
                 centre = self._sign[name] * math.exp(centre)
             out[name] = {
                 "distribution": dist,
                 "median" if dist == "lognormal" else "mean": centre,
-                "spread": math.exp(float(self.log_spread[name].detach())),
+                "spread": math.exp(max(float(log_s.detach()), self._log_floor(name))),
             }
         return out
 
@@ -215,6 +220,40 @@ class SpecParameters(nn.Module):
             else:
                 out[name] = float(np.mean(v)) if isinstance(v, list) else v
         return out
+
+    def _log_floor(self, name: str, min_spread: float = MIN_SPREAD) -> float:
+        """The log of the smallest spread of population ``name`` (relative to the mean's
+        magnitude for a normal population)."""
+        scale = 1.0
+        if self.specs[name].population != "lognormal":
+            scale = abs(float(self.location[name].detach()))
+        return math.log(max(min_spread * scale, 1e-12))
+
+    @torch.no_grad()
+    def centre_populations(self, min_spread: float = MIN_SPREAD) -> float:
+        """Move each population to its MAP given the individual values, in place: the location
+        to the mean of the (log) values, the spread to their standard deviation (``N - 1``; at
+        least ``min_spread``, times the mean's magnitude for a normal population), the random
+        effects re-centred so that every condition keeps its value. Only the prior changes,
+        and it can only decrease. A gradient step does this slowly: the data fix each value,
+        and moving the location and every random effect together is a direction the data do
+        not see. Returns the largest change of a location or log spread."""
+        change = 0.0
+        for name, loc in self.location.items():
+            eta = self.learned[name]
+            n = eta.numel()
+            shift = eta.mean()
+            loc.add_(shift)
+            eta.sub_(shift)
+            change = max(change, abs(float(shift)))
+            if n < 2:
+                continue
+            log_s = 0.5 * torch.log((eta * eta).sum() / (n - 1))
+            log_s = log_s.clamp(min=self._log_floor(name, min_spread))
+            if torch.isfinite(log_s):
+                change = max(change, abs(float(log_s - self.log_spread[name])))
+                self.log_spread[name].copy_(log_s)
+        return change
 
     def select(self, idx: torch.Tensor) -> None:
         """Keep the conditions ``idx`` (indices, in their new order), in place."""

@@ -281,7 +281,9 @@ def simulate_main(argv: list[str] | None = None, prog: str = "python -m ude.simu
     out = _folder(_twin_folder(Path(args.twin)) / "simulate", name)
     out.mkdir(parents=True)
     table.to_csv(out / "simulation.csv", index=False)
-    columns = list(twin.spec.observables) or twin.states
+    # what the data measured (observables and measured states), else the spec's observables
+    columns = [c for c in twin.observed if c in table] or list(twin.spec.observables)
+    columns = columns or twin.states
     who = table.attrs["condition"] or "a typical subject"
     plot_simulation(table, out / "simulation.png", columns, f"{who}; band: {table.attrs['band']}")
     (out / "settings.json").write_text(
