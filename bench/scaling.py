@@ -29,11 +29,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from stiff import EpochTimer  # noqa: E402 - bench/stiff.py, beside this script
 
 from ude.benchmark.scenario import Scenario, build_problem  # noqa: E402
 from ude.fit import fit  # noqa: E402
@@ -62,19 +63,6 @@ class Clock:
                 self.seconds[label] += time.process_time() - start
 
         return timed
-
-
-class EpochTimer(pl.Callback):
-    """CPU seconds of each training epoch."""
-
-    def __init__(self):
-        self.seconds: list[float] = []
-
-    def on_train_epoch_start(self, trainer, module) -> None:
-        self._start = time.process_time()
-
-    def on_train_epoch_end(self, trainer, module) -> None:
-        self.seconds.append(time.process_time() - self._start)
 
 
 def profile_solve(problem) -> tuple[Stats, dict[str, float], float]:
