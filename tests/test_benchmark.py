@@ -148,10 +148,12 @@ def test_ude_in_the_benchmark_runs_what_train_py_runs():
     assert distill_library("mass_action") == ["constant", "mass_action"]
 
 
-def test_neural_methods_interface():
+def test_neural_methods_interface(tmp_path, monkeypatch):
     """The two neural methods run a short fit end to end and return the interface's shapes:
     on noisy Lotka-Volterra a 30-epoch UDE distils a twin that forecasts, with a band of
-    draws that mostly solve; the neural ODE forecasts too."""
+    draws that mostly solve; the neural ODE forecasts too. Neither writes a file where the
+    benchmark runs."""
+    monkeypatch.chdir(tmp_path)
     from ude.benchmark.methods import UDE, NeuralODE
     from ude.benchmark.scenario import Scenario, build_problem
 
@@ -178,6 +180,7 @@ def test_neural_methods_interface():
     assert node.spec is None and node.forecast_states == ["x", "y"]
     assert node.forecast is not None and node.forecast.shape == shape
     assert math.isfinite(node.seconds)
+    assert list(tmp_path.iterdir()) == []  # no checkpoints/ (or anything) left behind
 
 
 def test_one_simulator_guards_the_forecasts_of_candidate_models():

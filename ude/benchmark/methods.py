@@ -435,7 +435,11 @@ def train_as_train_py(cfg, spec: ModelSpec, data) -> tuple[Any, dict[str, Any]]:
     options = {k: v for k, v in data_config(cfg).items() if k not in {"_target_", "measurements"}}
     datamodule = ConditionsDataModule(data, **options)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    trainer = instantiate(cfg.trainer, _partial_=True)(callbacks=callbacks, logger=False)
+    # nothing written: without a checkpoint callback Lightning would add its own, which
+    # writes into the folder the benchmark runs in
+    trainer = instantiate(cfg.trainer, _partial_=True)(
+        callbacks=callbacks, logger=False, enable_checkpointing=False
+    )
     metrics = run_training(module, datamodule, trainer)
     return model, metrics
 

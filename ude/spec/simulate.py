@@ -100,11 +100,13 @@ def simulate_spec(
                     )
                 except (_TooSlow, ValueError, OverflowError, ZeroDivisionError):
                     break  # this condition stays NaN from here
-            found = sol.y.T[: int(keep.sum())]
+            # a solve that fails before its first output point returns ``y`` as an empty list
+            ys = np.asarray(sol.y, dtype=float).reshape(len(y), -1)
+            found = ys.T[: int(keep.sum())]
             out[c, np.flatnonzero(keep)[: len(found)]] = found
-            if sol.y.shape[1] < len(grid):  # diverged: NaN from here
+            if ys.shape[1] < len(grid):  # diverged or failed: NaN from here
                 break
-            y = sol.y[:, -1]
+            y = ys[:, -1]
     return out
 
 
