@@ -43,6 +43,17 @@ def test_inclusion_brier_and_means():
     assert out["inclusion_true"] == pytest.approx(0.5)
 
 
+def test_species_named_like_sympy_singletons_are_plain_symbols():
+    """SEIR's S, E, I (sympy's registry, Euler's number, the imaginary unit when parsed as
+    text) score like any other names: this crashed every SEIR cell that had intervals or
+    inclusion probabilities."""
+    true = {("I", "E"): 0.5, ("E", "I*S"): 0.3}
+    intervals = {"E": {"I*S": [0.2, 0.4]}, "I": {"2*E": [0.2, 0.3], "I/(E + 2.0)": [0.0, 1.0]}}
+    assert coefficient_coverage(intervals, true) == 1.0
+    inclusion = {"E": {"I*S": 1.0, "S": 0.0}, "I": {"E": 1.0}}
+    assert inclusion_brier(inclusion, true)["brier"] == 0.0
+
+
 def test_band_width_is_in_units_of_the_true_range():
     truth = np.stack([np.linspace(0, 2, 11), np.linspace(5, 6, 11)], axis=1)
     assert band_width(truth - 0.1, truth + 0.1, truth) == pytest.approx((0.1 + 0.2) / 2)

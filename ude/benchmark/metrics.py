@@ -12,6 +12,7 @@ integer: ``z**9.7`` is ``z**10``).
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import sympy as sp
@@ -130,10 +131,21 @@ def band_width(lower: np.ndarray, upper: np.ndarray, truth: np.ndarray) -> float
     return float(np.mean((upper - lower) / span))
 
 
+_FUNCTION_NAMES = {"Abs", "exp", "log", "sqrt", "sin", "cos", "tanh"}
+
+
+def _parse_term(term: str) -> sp.Expr:
+    """A term written as text, every name in it a plain symbol: a species called ``S``, ``I``,
+    ``E`` or ``N`` is not sympy's singleton registry, imaginary unit, Euler's number or
+    ``N()``."""
+    names = set(re.findall(r"[A-Za-z_]\w*", term)) - _FUNCTION_NAMES
+    return sp.parse_expr(term, local_dict={n: sp.Symbol(n) for n in names})
+
+
 def _basis(term: str) -> tuple[str, float] | None:
     """``(canonical basis, factor)`` of one library term written as text (its constants at
     their values), as :func:`expression_terms` counts it; None when it is not one term."""
-    found = expression_terms(sp.sympify(term))
+    found = expression_terms(_parse_term(term))
     if len(found) != 1:
         return None
     ((basis, factor),) = found.items()
