@@ -125,14 +125,15 @@ class Trajectory:
     ``t (N,)`` where each step starts, ``h (N,)`` signed step sizes, ``y (N, B, n)`` the
     state each step starts from,
     ``stages (N, S, B, n)`` the increments ``U``, ``w_inv (N, B, n, n)`` the inverse of each
-    step's ``W``, ``output_step (T,)`` how many steps precede each output time.
+    step's ``W`` (None from the compiled kernels, which keep its LU factors instead),
+    ``output_step (T,)`` how many steps precede each output time.
     """
 
     t: np.ndarray
     h: np.ndarray
     y: np.ndarray
     stages: np.ndarray
-    w_inv: np.ndarray
+    w_inv: np.ndarray | None
     output_step: np.ndarray
 
     def stage_points(self, start: int = 0, stop: int | None = None) -> np.ndarray:
