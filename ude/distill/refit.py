@@ -67,8 +67,9 @@ class TwinRefit:
         fallback: the adaptive method used instead of a fixed-step one whose solve already
             fails at the start (a step too long for the candidate's fastest rate, e.g. rk4 on
             the data's grid while a substrate is consumed fast); None: none. The default is
-            the stiff solver: such a candidate's fast rates would make dopri5 crawl. It runs at
-            ``fallback_rtol``, about the accuracy of the fixed grid it replaces.
+            ude's stiff solver, ``rodas5p`` (compiled for a twin: no networks): such a
+            candidate's fast rates would make dopri5 crawl. It runs at ``fallback_rtol``, about
+            the accuracy of the fixed grid it replaces.
         learn_noise: refit the noise levels too (False: they stay at ``fit``'s ``noise``).
         learn_population: refit the populations' medians and spreads with the individual
             values (False: they stay, and the individual values are fitted under them: a new
@@ -84,7 +85,7 @@ class TwinRefit:
         atol: float = 1e-8,
         step_size: float | None = None,
         learn_initial: bool = True,
-        fallback: str | None = "rosenbrock23",
+        fallback: str | None = "rodas5p",
         fallback_rtol: float = 1e-4,
         learn_noise: bool = True,
         learn_population: bool = True,

@@ -18,7 +18,7 @@ from ude.spec.compile import CompiledExpressions
 
 # -- opcodes (see ude/spec/compile.py for the tape itself) -------------------------------------
 MUL, ADD, ADDCMUL, SCALE, SHIFT, POWC, POWS, RPOW = 0, 1, 2, 3, 4, 5, 6, 7
-RECIP, SQRT, EXP, LOG, TANH, SIN, COS, ABS = 8, 9, 10, 11, 12, 13, 14, 15
+RECIP, SQRT, EXP, LOG, TANH, SIN, COS, ABS, SIGN = 8, 9, 10, 11, 12, 13, 14, 15, 16
 _OPCODES = {
     "mul": MUL,
     "add": ADD,
@@ -33,6 +33,7 @@ _OPCODES = {
     "sin": SIN,
     "cos": COS,
     "abs": ABS,
+    "sign": SIGN,
 }
 
 
@@ -107,6 +108,9 @@ def tape_forward(code, arg, const, slots):
             v = math.sin(slots[a])
         elif op == COS:
             v = math.cos(slots[a])
+        elif op == SIGN:
+            x = slots[a]
+            v = 1.0 if x > 0.0 else (-1.0 if x < 0.0 else (0.0 if x == 0.0 else math.nan))
         else:
             v = abs(slots[a])
         slots[n_in + k] = v
@@ -166,6 +170,8 @@ def tape_reverse(code, arg, const, slots, adj):
             adj[a] += g * math.cos(slots[a])
         elif op == COS:
             adj[a] -= g * math.sin(slots[a])
+        elif op == SIGN:
+            continue  # zero derivative (away from 0, where it has none)
         else:
             x = slots[a]
             adj[a] += g * (1.0 if x > 0.0 else (-1.0 if x < 0.0 else 0.0))
