@@ -21,6 +21,10 @@ the parameters' gradient is one batched vector-Jacobian product (done by the cal
 Rows of the batch are independent conditions sharing one step size (the step is the largest
 that keeps every condition within the tolerance), so a step is one batched evaluation and one
 batched factorisation whatever the number of conditions.
+
+A right-hand side without networks takes the same steps compiled instead
+(:mod:`ude.model.rodas_kernels`, about 40 times faster on Goldbeter): this module is the path of
+a model with networks, and the reference the kernels are tested against.
 """
 
 from __future__ import annotations

@@ -107,14 +107,14 @@ class _Problem:
     def _integrate_compiled(self, y0: np.ndarray, record: bool) -> np.ndarray:
         out, t, h, y, u, lu, piv, output_step, status, t_reached, h_last, counts = (
             rodas_kernels.integrate(
-                y0,
-                _numpy(self.t),
-                self.rhs.context,
+                np.ascontiguousarray(y0),  # one compiled version for all calls
+                np.ascontiguousarray(_numpy(self.t)),
+                np.ascontiguousarray(self.rhs.context),
                 *self.tapes,
-                self.rtol,
-                self.atol,
-                self.max_steps,
-                record,
+                float(self.rtol),
+                float(self.atol),
+                int(self.max_steps),
+                bool(record),
             )
         )
         if self.stats is not None:
@@ -134,7 +134,12 @@ class _Problem:
 
     def adjoint_compiled(self, grad_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Cotangents of ``y0 (B, n)`` and of the context ``(B, c)`` by the kernels."""
-        return rodas_kernels.adjoint(grad_out, *self.record, self.rhs.context, *self.tapes)
+        return rodas_kernels.adjoint(
+            np.ascontiguousarray(grad_out),
+            *self.record,
+            np.ascontiguousarray(self.rhs.context),
+            *self.tapes,
+        )
 
 
 class _HybridSolve(torch.autograd.Function):
@@ -153,23 +158,9 @@ class _HybridSolve(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: a gradient that is itself differentiable
             return (None, *_replay_grads(problem, y0, context, params, grad_out, ctx))
         if problem.tapes is not None:
-            try:
-                grad_y0, grad_ctx = problem.adjoint_compiled(_numpy(grad_out))
-            except ZeroDivisionError:  # the numpy path's inf/NaN instead (its own steps)
-                problem.tapes = None
-                problem.integrate(_numpy(y0), record=True)
-            else:
-                as_t = lambda a: torch.as_tensor(a, dtype=y0.dtype, device=y0.device)  # noqa: E731
-                needed = ctx.needs_input_grad
-                return (
-                    None,
-                    as_t(grad_y0) if needed[1] else None,
-                    as_t(grad_ctx) if needed[2] else None,
-                    *[
-                        torch.zeros_like(p) if need else None
-                        for p, need in zip(params, needed[3:], strict=True)
-                    ],
-                )
+            grads = _compiled_grads(problem, y0, context, params, grad_out, ctx.needs_input_grad)
+            if grads is not None:
+                return grads
         traj = problem.trajectory
         rhs = problem.rhs
         grad_y0, omega = rodas.adjoint(
@@ -182,6 +173,28 @@ class _HybridSolve(torch.autograd.Function):
         grads = _parameter_grads(problem, traj, omega, context, params, ctx.needs_input_grad[2:])
         out_y0 = torch.as_tensor(grad_y0, dtype=y0.dtype, device=y0.device)
         return (None, out_y0 if ctx.needs_input_grad[1] else None, *grads)
+
+
+def _compiled_grads(problem: _Problem, y0, context, params, grad_out, needed) -> tuple | None:
+    """The backward pass in the compiled kernels; None where the kernels divided by zero (the
+    solve is then recorded again in numpy, whose adjoint gives inf/NaN instead)."""
+    try:
+        grad_y0, grad_ctx = problem.adjoint_compiled(_numpy(grad_out))
+    except ZeroDivisionError:
+        problem.tapes = None
+        problem.integrate(_numpy(y0), record=True)
+        return None
+    return (
+        None,
+        torch.as_tensor(grad_y0, dtype=y0.dtype, device=y0.device) if needed[1] else None,
+        torch.as_tensor(grad_ctx, dtype=context.dtype, device=context.device)
+        if needed[2]
+        else None,
+        *[
+            torch.zeros_like(p) if need else None
+            for p, need in zip(params, needed[3:], strict=True)
+        ],
+    )
 
 
 def _parameter_grads(

@@ -42,7 +42,9 @@ from ude.model.rodas import (
     StepFailure,
 )
 from ude.spec.derivatives import CompiledDerivatives
-from ude.spec.tape_kernels import encode_tape, tape_forward, tape_reverse
+from ude.spec.tape_kernels import encode_tape, refresh_cache, tape_forward, tape_reverse
+
+refresh_cache(__file__)
 
 OK, TOO_MANY_STEPS, UNDERFLOW = 0, 1, 2
 _ROOT = 1.0 / ERROR_ORDER

@@ -27,7 +27,9 @@ import math
 import numpy as np
 from numba import njit
 
-from ude.spec.tape_kernels import tape_forward, tape_reverse
+from ude.spec.tape_kernels import refresh_cache, tape_forward, tape_reverse
+
+refresh_cache(__file__)
 
 # -- layer kinds: 0 dense; the rest elementwise activations -------------------------------------
 DENSE, A_TANH, A_RELU, A_SIGMOID, A_SOFTPLUS, A_SILU, A_GELU, A_ELU, A_IDENTITY = range(9)

@@ -5,11 +5,16 @@ A tape is data, not code: opcodes and slot numbers (:func:`encode_tape`), interp
 :func:`tape_forward` and differentiated by :func:`tape_reverse`. The compiled solvers read
 right-hand sides this way: PEtab's Dormand-Prince (:mod:`ude.petab.kernels`) and Rodas5P
 (:mod:`ude.model.rodas_kernels`).
+
+numba's on-disk cache of a function is checked against its own file only: a kernel that calls
+these sweeps from another module would keep its machine code of an older tape. Such modules
+call :func:`refresh_cache` on import.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 from numba import njit
@@ -175,3 +180,17 @@ def tape_reverse(code, arg, const, slots, adj):
         else:
             x = slots[a]
             adj[a] += g * (1.0 if x > 0.0 else (-1.0 if x < 0.0 else 0.0))
+
+
+def refresh_cache(module_file: str) -> None:
+    """Drop numba's cache index of the kernels in ``module_file`` that is older than this
+    module, so they compile again with its current sweeps (numba would not notice: it checks
+    a function's own file). The default cache place only (``__pycache__`` beside the file)."""
+    source = Path(module_file)
+    tapes_changed = Path(__file__).stat().st_mtime
+    try:
+        for index in (source.parent / "__pycache__").glob(f"{source.stem}.*.nbi"):
+            if index.stat().st_mtime < tapes_changed:
+                index.unlink(missing_ok=True)
+    except OSError:  # a read-only install: its caches were built from its own files
+        pass
