@@ -44,8 +44,9 @@ TOGGLE = {
 }
 
 
-def toggle() -> HybridODE:
-    spec = ModelSpec.from_dict(TOGGLE, source="toggle.yaml")
+def toggle(neural: bool = False) -> HybridODE:
+    extra = {"neural": [{"targets": ["y"], "inputs": ["x", "y"]}]} if neural else {}
+    spec = ModelSpec.from_dict({**TOGGLE, **extra}, source="toggle.yaml")
     return HybridODE(
         spec,
         ["x", "y"],
@@ -171,3 +172,17 @@ def test_a_division_by_zero_fails_like_the_numpy_path(compiled):
     model._context = None
     with pytest.raises(SolverFailed, match=r"past t=0 \(step size"):
         model.simulate(times, torch.tensor([0]))
+
+
+def test_a_twin_solves_in_the_kernels_and_a_network_model_in_numpy(monkeypatch):
+    # Solver("rodas5p") takes the compiled path by itself where it applies, and only there.
+    from ude.model import rodas_kernels
+
+    calls = []
+    kernel = rodas_kernels.integrate
+    monkeypatch.setattr(rodas_kernels, "integrate", lambda *args: calls.append(1) or kernel(*args))
+    times = torch.linspace(0.0, 2.0, 5, dtype=F64)
+    toggle().simulate(times, torch.arange(2))
+    assert len(calls) == 1
+    toggle(neural=True).simulate(times, torch.arange(2))  # a network in the right-hand side
+    assert len(calls) == 1
