@@ -214,7 +214,7 @@ def bench_system(name: str, quick: bool = False) -> dict[str, float]:
 
     def row(label, kind, seconds, work, sol):
         rel, peak = errors(sol, ref)
-        ratios = f"{seconds / out['lsoda']:>9.1f}{seconds / out['lsoda_fast']:>8.1f}"
+        ratios = f"{seconds / out['lsoda']:>9.2f}{seconds / out['lsoda_fast']:>8.2f}"
         print(f"{label:<20}{kind:<18}{seconds:>8.3f}{ratios}{work}{rel:>10.1e}{peak:>10.1e}")
 
     seconds, (sol, count) = cpu_seconds(lambda: scipy_fast(system.truth, y0[0], times))
