@@ -1,14 +1,18 @@
 """Stiff kinetics: ude's solvers against scipy's (the floor) on Goldbeter and yeast glycolysis.
 
     python bench/stiff.py            # about 3 minutes on 2 cores (the old solvers dominate)
+    python bench/stiff.py --quick    # rodas5p and scipy only, no training: about 30 s
 
 For each system's true model, from its scenario's initial state over its scenario's time grid
 (Goldbeter: [0, 100], 41 times; yeast glycolysis: [0, 5], 51 times), at rtol 1e-6, atol 1e-8:
 
 - scipy's LSODA and BDF (the floor: Fortran/Python stepping with the analytic Jacobian) and
   Radau, forward only;
-- ude's ``rodas5p`` (Rodas5P in numpy, exact adjoint of its steps), forward and forward +
-  backward (loss: the sum of the solution; gradient in the initial state and every parameter);
+- ude's ``rodas5p``, forward and forward + backward (loss: the sum of the solution; gradient
+  in the initial state and every parameter): compiled (numba: the solve and the exact adjoint
+  of its steps, what a model without networks gets) and in numpy (``compiled=False``: the
+  path of a model with networks); the compiled kernels' first call in a process (loading
+  numba's on-disk cache, or compiling when there is none) is printed apart;
 - ude's ``rosenbrock23`` (ode23s through torch autograd, the stiff solver before rodas5p) and
   torchdiffeq's ``dopri5``, forward and forward + backward;
 - torchdiffeq 0.2.5's ``implicit_adams`` (its only implicit method: a fixed-step
@@ -35,6 +39,7 @@ a Goldbeter training epoch within 1 s.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Callable
@@ -113,9 +118,11 @@ class Counted(torch.nn.Module):
         return self.model(t, y)
 
 
-def ude_run(model: HybridODE, t: torch.Tensor, backward: bool) -> tuple[np.ndarray, str]:
+def ude_run(
+    model: HybridODE, t: torch.Tensor, backward: bool, compiled: bool = True
+) -> tuple[np.ndarray, str]:
     """One solve (and backward pass) of ``model``: the solution ``(time, state)`` of condition
-    0 and the work done."""
+    0 and the work done (rodas5p: ``compiled`` kernels where they apply, else numpy)."""
     cond = torch.tensor([0])
     model.zero_grad()
     with torch.set_grad_enabled(backward):
@@ -124,7 +131,7 @@ def ude_run(model: HybridODE, t: torch.Tensor, backward: bool) -> tuple[np.ndarr
         try:
             if model.solver.method == "rodas5p":
                 stats = Stats()
-                sol = rodas_solve(model, y0, t, RTOL, ATOL, 5000, stats)
+                sol = rodas_solve(model, y0, t, RTOL, ATOL, 5000, stats, compiled)
                 work = f"{stats.f_evals:>7d}{stats.jac_evals:>7d}"
             else:
                 counted = Counted(model)
@@ -193,7 +200,7 @@ def scipy_fast(
     return sol.y.T, count
 
 
-def bench_system(name: str) -> dict[str, float]:
+def bench_system(name: str, quick: bool = False) -> dict[str, float]:
     system = get_system(name)
     sc = system.scenario
     times = np.linspace(sc.t_start, sc.t_end, sc.n_times)
@@ -207,7 +214,7 @@ def bench_system(name: str) -> dict[str, float]:
 
     def row(label, kind, seconds, work, sol):
         rel, peak = errors(sol, ref)
-        ratios = f"{seconds / out['lsoda']:>9.1f}{seconds / out['lsoda_fast']:>8.1f}"
+        ratios = f"{seconds / out['lsoda']:>9.2f}{seconds / out['lsoda_fast']:>8.2f}"
         print(f"{label:<20}{kind:<18}{seconds:>8.3f}{ratios}{work}{rel:>10.1e}{peak:>10.1e}")
 
     seconds, (sol, count) = cpu_seconds(lambda: scipy_fast(system.truth, y0[0], times))
@@ -221,12 +228,27 @@ def bench_system(name: str) -> dict[str, float]:
         row(f"scipy {method}", "forward", seconds, work, sol_m)
     work = f"{count['f']:>7d}{count['J']:>7d}"
     row("scipy LSODA, fast f", "forward", out["lsoda_fast"], work, sol)
-    for method in ("rodas5p", "rosenbrock23", "dopri5"):
-        model = twin(system.truth, y0, method)
+    model = twin(system.truth, y0, "rodas5p")
+    start = time.process_time()
+    ude_run(model, t, True)
+    out["first_call"] = time.process_time() - start
+    runs = [("rodas5p", "rodas5p", True), ("rodas5p_numpy", "rodas5p numpy", False)]
+    if not quick:
+        runs += [("rosenbrock23", "rosenbrock23", True), ("dopri5", "dopri5", True)]
+    for key, label, compiled in runs:
+        model = twin(system.truth, y0, label.split()[0])
         for backward in (False, True):
-            seconds, (sol, work) = cpu_seconds(lambda b=backward, m=model: ude_run(m, t, b))
-            row(f"ude {method}", "forward+backward" if backward else "forward", seconds, work, sol)
-            out[f"{method}_{'fb' if backward else 'f'}"] = seconds
+            seconds, (sol, work) = cpu_seconds(
+                lambda b=backward, m=model, c=compiled: ude_run(m, t, b, c)
+            )
+            row(f"ude {label}", "forward+backward" if backward else "forward", seconds, work, sol)
+            out[f"{key}_{'fb' if backward else 'f'}"] = seconds
+    print(
+        f"(rodas5p compiled: its first forward+backward in this process {out['first_call']:.2f}"
+        " cpu s, loading or building numba's cache; the rows are the best of 3 after it)"
+    )
+    if quick:
+        return out
     adams = twin(system.truth, y0, "implicit_adams")
     adams.solver = Solver("implicit_adams", step_size=ADAMS_STEP[name])
     label, kind = "td implicit_adams", f"fwd, h={ADAMS_STEP[name]:g}"
@@ -282,20 +304,37 @@ def hybrid_epoch(name: str) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="rodas5p (compiled and numpy) against scipy only: no rosenbrock23, dopri5, "
+        "implicit_adams, hybrid model or training epochs",
+    )
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    args = parser.parse_args()
     torch.set_num_threads(1)
-    results = {name: bench_system(name) for name in SYSTEMS}
-    print()
-    epochs = {name: hybrid_epoch(name) for name in SYSTEMS}
-    g = results["goldbeter"]
+    results = {name: bench_system(name, args.quick) for name in args.systems}
+    epochs = {}
+    if not args.quick:
+        print()
+        epochs = {name: hybrid_epoch(name) for name in args.systems}
+    g = results.get("goldbeter")
+    if g is None:
+        return
     for floor, label in (("lsoda", "the same compiled f"), ("lsoda_fast", "a lambdified f")):
+        others = [("rodas5p numpy", "rodas5p_numpy_fb")]
+        if not args.quick:
+            others += [("rosenbrock23", "rosenbrock23_fb"), ("dopri5", "dopri5_fb")]
+        rest = ", ".join(f"{name} {g[key] / g[floor]:.1f}x" for name, key in others)
         print(
             f"\ntarget: Goldbeter forward+backward within 10x of LSODA's forward ({label}): "
-            f"rodas5p {g['rodas5p_fb'] / g[floor]:.1f}x (rosenbrock23 "
-            f"{g['rosenbrock23_fb'] / g[floor]:.0f}x, dopri5 {g['dopri5_fb'] / g[floor]:.0f}x)",
+            f"rodas5p {g['rodas5p_fb'] / g[floor]:.2f}x ({rest})",
             end="",
         )
     print()
-    print(f"target: a Goldbeter training epoch within 1 s: {epochs['goldbeter']:.2f} cpu s")
+    if "goldbeter" in epochs:
+        print(f"target: a Goldbeter training epoch within 1 s: {epochs['goldbeter']:.2f} cpu s")
 
 
 if __name__ == "__main__":

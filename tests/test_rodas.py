@@ -355,13 +355,18 @@ def test_blow_up_names_the_time_and_step(fast):
 def test_a_hill_term_of_abs_x_compiles_its_derivatives():
     """The distillation's Hill terms raise |x|: sympy differentiates |x| of a complex symbol
     into re() and im(), which did not compile, and a rodas5p refit of a distilled repression
-    crashed. The Jacobian of K^n/(K^n + |x|^n) is -n K^n |x|^(n-1) sign(x) / (K^n + |x|^n)^2."""
+    crashed. The Jacobian of K^n/(K^n + |x|^n) is -n K^n |x|^(n-1) sign(x) / (K^n + |x|^n)^2:
+    0 at x = 0 for n > 1 (a repressor that starts at zero; sqrt(x^2)^n gave 0/0 there), with
+    n a number or a fitted parameter (the Hill library's)."""
     from ude.spec.derivatives import CompiledDerivatives
 
-    x, K = sp.symbols("x K")
-    n = 1.5
-    c = CompiledDerivatives([K**n / (K**n + sp.Abs(x) ** n)], ["x", "K"], 1)
-    xs, k = np.array([0.3, -0.3, 2.0]), 0.7
-    jac = c.jacobian([xs, np.full(3, k)], (3,))[:, 0, 0]
-    expected = -n * k**n * np.abs(xs) ** (n - 1) * np.sign(xs) / (k**n + np.abs(xs) ** n) ** 2
-    np.testing.assert_allclose(jac, expected, rtol=1e-12)
+    x, K, n_sym = sp.symbols("x K n")
+    xs, k = np.array([0.3, -0.3, 2.0, 0.0]), 0.7
+    for n in (1.5, 2.0, 3.0):
+        expected = -n * k**n * np.abs(xs) ** (n - 1) * np.sign(xs) / (k**n + np.abs(xs) ** n) ** 2
+        c = CompiledDerivatives([K**n / (K**n + sp.Abs(x) ** n)], ["x", "K"], 1)
+        jac = c.jacobian([xs, np.full(4, k)], (4,))[:, 0, 0]
+        np.testing.assert_allclose(jac, expected, rtol=1e-12)
+        c = CompiledDerivatives([K**n_sym / (K**n_sym + sp.Abs(x) ** n_sym)], ["x", "K", "n"], 1)
+        jac = c.jacobian([xs, np.full(4, k), np.full(4, n)], (4,))[:, 0, 0]
+        np.testing.assert_allclose(jac, expected, rtol=1e-12)

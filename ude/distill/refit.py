@@ -16,6 +16,9 @@ from ude.spec.model_spec import ModelSpec
 
 INFEASIBLE = 1e12
 """The loss of a trial point where the model cannot be solved (far above any real loss)."""
+BLOWN_UP = 1e6
+"""A normalised MSE above this (predictions a thousand times the data's scale) at the start:
+a fixed-step solve that went unstable, finite or not, which the fallback solver redoes."""
 
 
 @dataclass
@@ -47,11 +50,14 @@ def _batch(measurements: Measurements) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def _finite_loss(module, batch: dict[str, torch.Tensor]) -> bool:
+def _solves(module, batch: dict[str, torch.Tensor]) -> bool:
+    """The loss is finite and the predictions stay on the data's scale (an unstable rk4 step
+    can grow a solution a hundredfold per step and stay finite)."""
     try:
-        return bool(torch.isfinite(module.losses(batch)["loss"]))
+        losses = module.losses(batch)
     except SolverFailed:
         return False
+    return bool(torch.isfinite(losses["loss"])) and float(losses["mse"]) < BLOWN_UP
 
 
 class TwinRefit:
@@ -66,9 +72,11 @@ class TwinRefit:
         learn_initial: refit the initial states too.
         fallback: the adaptive method used instead of a fixed-step one whose solve already
             fails at the start (a step too long for the candidate's fastest rate, e.g. rk4 on
-            the data's grid while a substrate is consumed fast); None: none. The default is
-            the stiff solver: such a candidate's fast rates would make dopri5 crawl. It runs at
-            ``fallback_rtol``, about the accuracy of the fixed grid it replaces.
+            the data's grid while a substrate is consumed fast: non-finite, or finite but
+            blown up, see :data:`BLOWN_UP`); None: none. The default is
+            ude's stiff solver, ``rodas5p`` (compiled for a twin: no networks): such a
+            candidate's fast rates would make dopri5 crawl. It runs at ``fallback_rtol``, about
+            the accuracy of the fixed grid it replaces.
         learn_noise: refit the noise levels too (False: they stay at ``fit``'s ``noise``).
         learn_population: refit the populations' medians and spreads with the individual
             values (False: they stay, and the individual values are fitted under them: a new
@@ -84,7 +92,7 @@ class TwinRefit:
         atol: float = 1e-8,
         step_size: float | None = None,
         learn_initial: bool = True,
-        fallback: str | None = "rosenbrock23",
+        fallback: str | None = "rodas5p",
         fallback_rtol: float = 1e-4,
         learn_noise: bool = True,
         learn_population: bool = True,
@@ -196,7 +204,7 @@ class TwinRefit:
             p.requires_grad_(self.learn_population)
         module = make_module(model, measurements, loss="nll")
         batch = _batch(measurements)
-        if self.fallback and self.method in FIXED and not _finite_loss(module, batch):
+        if self.fallback and self.method in FIXED and not _solves(module, batch):
             model.solver = Solver(self.fallback, self.fallback_rtol, self.atol, max_steps=5000)
         params = [p for p in module.parameters() if p.requires_grad]
         iterations = 0

@@ -75,7 +75,7 @@ class NoSolvableTwin(UdeError):
             source="distill",
             fix="the candidates are in distill.json; distil the run again with another refit "
             "solver or library, e.g. python -m ude.distill <run_dir> "
-            "distill.distiller.score_refit.method=rosenbrock23",
+            "distill.distiller.score_refit.method=rodas5p",
         )
         self.scored = scored
 

@@ -21,6 +21,10 @@ the parameters' gradient is one batched vector-Jacobian product (done by the cal
 Rows of the batch are independent conditions sharing one step size (the step is the largest
 that keeps every condition within the tolerance), so a step is one batched evaluation and one
 batched factorisation whatever the number of conditions.
+
+A right-hand side without networks takes the same steps compiled instead
+(:mod:`ude.model.rodas_kernels`, about 40 times faster on Goldbeter): this module is the path of
+a model with networks, and the reference the kernels are tested against.
 """
 
 from __future__ import annotations
@@ -125,14 +129,15 @@ class Trajectory:
     ``t (N,)`` where each step starts, ``h (N,)`` signed step sizes, ``y (N, B, n)`` the
     state each step starts from,
     ``stages (N, S, B, n)`` the increments ``U``, ``w_inv (N, B, n, n)`` the inverse of each
-    step's ``W``, ``output_step (T,)`` how many steps precede each output time.
+    step's ``W`` (None from the compiled kernels, which keep its LU factors instead),
+    ``output_step (T,)`` how many steps precede each output time.
     """
 
     t: np.ndarray
     h: np.ndarray
     y: np.ndarray
     stages: np.ndarray
-    w_inv: np.ndarray
+    w_inv: np.ndarray | None
     output_step: np.ndarray
 
     def stage_points(self, start: int = 0, stop: int | None = None) -> np.ndarray:

@@ -7,6 +7,10 @@ Two paths:
   their symbolic Jacobian, the networks written out layer by layer), with no autograd graph.
   The backward pass is the exact adjoint of the accepted steps in numpy, then one batched
   torch vector-Jacobian product over all stage evaluations for the parameters' gradient.
+  Without networks (a twin, a true model) the solve and its adjoint, the context's gradient
+  included, run compiled instead (:mod:`ude.model.rodas_kernels`: the same steps, the same
+  derivative), unless ``compiled=False`` or an evaluation divides by zero there (the numpy
+  path then gives inf or NaN where the kernels would stop).
 - **Any other** ``f(t, y)``: the same integrator evaluates ``f`` and its Jacobian (autograd)
   through torch without a graph; when a gradient is wanted the accepted steps are replayed
   with a graph (their sizes fixed), the Jacobian differentiated too.
@@ -23,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ude.model import rodas, stiff
+from ude.model import rodas, rodas_kernels, stiff
 from ude.model.numeric_rhs import NumericRHS
 
 Tensor = torch.Tensor
@@ -50,13 +54,17 @@ def solve(
     atol: float,
     max_steps: int,
     stats: rodas.Stats | None = None,
+    compiled: bool = True,
 ) -> Tensor:
     """Solution ``(time, batch, state)`` of ``dy/dt = func(t, y)`` at ``t (time,)`` from
-    ``y0 (batch, state)``; differentiable in ``y0`` and in what ``func`` depends on. Raises
-    :class:`RodasFailed`."""
+    ``y0 (batch, state)``; differentiable in ``y0`` and in what ``func`` depends on.
+    ``compiled``: solve a right-hand side without networks with the compiled kernels
+    (False: always numpy; the two agree to rounding). Raises :class:`RodasFailed`."""
     system = func.numeric_rhs() if hasattr(func, "numeric_rhs") else None
     if system is not None:
         problem = _Problem(system.torch_rhs, system.rhs, t, rtol, atol, max_steps, stats)
+        if compiled and not system.rhs.networks:
+            problem.tapes = rodas_kernels.tapes(system.rhs.derivatives)
         return _HybridSolve.apply(problem, y0, system.context, *system.params)
     return _generic(func, y0, t, rtol, atol, max_steps, stats)
 
@@ -69,8 +77,16 @@ class _Problem:
         self.rtol, self.atol, self.max_steps = rtol, atol, max_steps
         self.stats = stats
         self.trajectory: rodas.Trajectory | None = None
+        # the compiled kernels' tapes (None: numpy) and their record of the accepted steps
+        self.tapes: tuple | None = None
+        self.record: tuple | None = None
 
     def integrate(self, y0: np.ndarray, record: bool) -> np.ndarray:
+        if self.tapes is not None:
+            try:
+                return self._integrate_compiled(y0, record)
+            except ZeroDivisionError:  # in the tape kernels: numpy gives inf/NaN instead
+                self.tapes = None
         rhs = self.rhs
         try:
             out, self.trajectory = rodas.integrate(
@@ -88,6 +104,43 @@ class _Problem:
             raise RodasFailed(failure) from None
         return out
 
+    def _integrate_compiled(self, y0: np.ndarray, record: bool) -> np.ndarray:
+        out, t, h, y, u, lu, piv, output_step, status, t_reached, h_last, counts = (
+            rodas_kernels.integrate(
+                np.ascontiguousarray(y0),  # one compiled version for all calls
+                np.ascontiguousarray(_numpy(self.t)),
+                np.ascontiguousarray(self.rhs.context),
+                *self.tapes,
+                float(self.rtol),
+                float(self.atol),
+                int(self.max_steps),
+                bool(record),
+            )
+        )
+        if self.stats is not None:
+            self.stats.accepted += int(counts[0])
+            self.stats.rejected += int(counts[1])
+            self.stats.f_evals += int(counts[2])
+            self.stats.jac_evals += int(counts[3])
+        try:
+            rodas_kernels.raise_failure(status, t_reached, h_last, self.max_steps)
+        except rodas.StepFailure as failure:
+            raise RodasFailed(failure) from None
+        if record:
+            self.record = (h, y, u, lu, piv, output_step)
+            # what a replay (create_graph) needs; its W is refactored there
+            self.trajectory = rodas.Trajectory(t, h, y, u, None, output_step)
+        return out
+
+    def adjoint_compiled(self, grad_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cotangents of ``y0 (B, n)`` and of the context ``(B, c)`` by the kernels."""
+        return rodas_kernels.adjoint(
+            np.ascontiguousarray(grad_out),
+            *self.record,
+            np.ascontiguousarray(self.rhs.context),
+            *self.tapes,
+        )
+
 
 class _HybridSolve(torch.autograd.Function):
     @staticmethod
@@ -104,6 +157,10 @@ class _HybridSolve(torch.autograd.Function):
         y0, context, *params = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: a gradient that is itself differentiable
             return (None, *_replay_grads(problem, y0, context, params, grad_out, ctx))
+        if problem.tapes is not None:
+            grads = _compiled_grads(problem, y0, context, params, grad_out, ctx.needs_input_grad)
+            if grads is not None:
+                return grads
         traj = problem.trajectory
         rhs = problem.rhs
         grad_y0, omega = rodas.adjoint(
@@ -116,6 +173,28 @@ class _HybridSolve(torch.autograd.Function):
         grads = _parameter_grads(problem, traj, omega, context, params, ctx.needs_input_grad[2:])
         out_y0 = torch.as_tensor(grad_y0, dtype=y0.dtype, device=y0.device)
         return (None, out_y0 if ctx.needs_input_grad[1] else None, *grads)
+
+
+def _compiled_grads(problem: _Problem, y0, context, params, grad_out, needed) -> tuple | None:
+    """The backward pass in the compiled kernels; None where the kernels divided by zero (the
+    solve is then recorded again in numpy, whose adjoint gives inf/NaN instead)."""
+    try:
+        grad_y0, grad_ctx = problem.adjoint_compiled(_numpy(grad_out))
+    except ZeroDivisionError:
+        problem.tapes = None
+        problem.integrate(_numpy(y0), record=True)
+        return None
+    return (
+        None,
+        torch.as_tensor(grad_y0, dtype=y0.dtype, device=y0.device) if needed[1] else None,
+        torch.as_tensor(grad_ctx, dtype=context.dtype, device=context.device)
+        if needed[2]
+        else None,
+        *[
+            torch.zeros_like(p) if need else None
+            for p, need in zip(params, needed[3:], strict=True)
+        ],
+    )
 
 
 def _parameter_grads(

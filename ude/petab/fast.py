@@ -20,24 +20,10 @@ import torch
 
 from ude.petab import kernels as K
 from ude.spec.compile import CompiledExpressions
+from ude.spec.tape_kernels import encode_tape  # noqa: F401 (also this module's API)
 
 Tensor = torch.Tensor
 
-_OPCODES = {
-    "mul": K.MUL,
-    "add": K.ADD,
-    "addcmul": K.ADDCMUL,
-    "scale": K.SCALE,
-    "shift": K.SHIFT,
-    "reciprocal": K.RECIP,
-    "sqrt": K.SQRT,
-    "exp": K.EXP,
-    "log": K.LOG,
-    "tanh": K.TANH,
-    "sin": K.SIN,
-    "cos": K.COS,
-    "abs": K.ABS,
-}
 _ACTIVATIONS = {
     "tanh": K.A_TANH,
     "relu": K.A_RELU,
@@ -51,36 +37,6 @@ _ACTIVATIONS = {
 
 class NotCompilable(Exception):
     """Something the kernels do not represent (the model then solves through torch)."""
-
-
-def encode_tape(expressions: CompiledExpressions) -> tuple[np.ndarray, ...]:
-    """``(code (k,), arg (k, 3), const (k,), out (m,), out_const (m,))`` of a tape: slot
-    numbers as :class:`CompiledExpressions` numbers them; an output of -1 is a constant."""
-    steps = expressions._steps
-    code = np.zeros(len(steps), dtype=np.int64)
-    arg = np.zeros((len(steps), 3), dtype=np.int64)
-    const = np.zeros(len(steps))
-    for k, (op, args) in enumerate(steps):
-        if op == "pow":
-            base, exponent = args
-            if type(exponent) is int:
-                code[k], arg[k, :2] = K.POWS, (base, exponent)
-            else:
-                code[k], arg[k, 0], const[k] = K.POWC, base, exponent
-            continue
-        if op == "rpow":
-            code[k], const[k], arg[k, 1] = K.RPOW, args[0], args[1]
-            continue
-        code[k] = _OPCODES[op]
-        slots = [a for a in args if type(a) is int]
-        floats = [a for a in args if type(a) is not int]
-        arg[k, : len(slots)] = slots
-        if floats:
-            const[k] = floats[0]
-    outs = expressions._outputs
-    out = np.array([o if type(o) is int else -1 for o in outs], dtype=np.int64)
-    out_const = np.array([0.0 if type(o) is int else float(o) for o in outs])
-    return code, arg, const, out, out_const
 
 
 def network_chain(net, offset: int) -> tuple[list[list[int]], list[torch.Tensor]]:

@@ -8,7 +8,8 @@ in machine code, and so does its gradient (discretize-then-optimize: the reverse
 accepted steps, step sizes held fixed, as a torch backward through them would compute).
 
 The right-hand side is data, not code: two expression tapes (from
-:class:`~ude.spec.compile.CompiledExpressions`: opcodes and slot numbers, interpreted here)
+:class:`~ude.spec.compile.CompiledExpressions`: opcodes and slot numbers, interpreted by
+:mod:`ude.spec.tape_kernels`)
 and networks as chains of dense layers and elementwise activations. Nothing is generated as
 source text. With ``c`` context entries per experiment and networks' inputs and outputs::
 
@@ -26,9 +27,10 @@ import math
 import numpy as np
 from numba import njit
 
-# -- tape opcodes (see ude/spec/compile.py for the tape itself) ---------------------------------
-MUL, ADD, ADDCMUL, SCALE, SHIFT, POWC, POWS, RPOW = 0, 1, 2, 3, 4, 5, 6, 7
-RECIP, SQRT, EXP, LOG, TANH, SIN, COS, ABS = 8, 9, 10, 11, 12, 13, 14, 15
+from ude.spec.tape_kernels import refresh_cache, tape_forward, tape_reverse
+
+refresh_cache(__file__)
+
 # -- layer kinds: 0 dense; the rest elementwise activations -------------------------------------
 DENSE, A_TANH, A_RELU, A_SIGMOID, A_SOFTPLUS, A_SILU, A_GELU, A_ELU, A_IDENTITY = range(9)
 
@@ -48,111 +50,6 @@ _E = np.array(
 )  # b - b_hat
 SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0
 OK, TOO_MANY_STEPS, UNDERFLOW = 0, 1, 2
-
-
-# -- tapes ---------------------------------------------------------------------------------------
-@njit(cache=True)
-def tape_forward(code, arg, const, slots):
-    """Run a tape: ``slots[:n_in]`` hold the inputs, step ``k`` writes ``slots[n_in + k]``."""
-    n_in = slots.shape[0] - code.shape[0]
-    for k in range(code.shape[0]):
-        op = code[k]
-        a = arg[k, 0]
-        b = arg[k, 1]
-        w = const[k]
-        if op == MUL:
-            v = slots[a] * slots[b]
-        elif op == ADD:
-            v = slots[a] + w * slots[b]
-        elif op == ADDCMUL:
-            v = slots[a] + w * slots[b] * slots[arg[k, 2]]
-        elif op == SCALE:
-            v = slots[a] * w
-        elif op == SHIFT:
-            v = slots[a] + w
-        elif op == POWC:
-            v = slots[a] ** w
-        elif op == POWS:
-            v = slots[a] ** slots[b]
-        elif op == RPOW:
-            v = w ** slots[b]
-        elif op == RECIP:
-            v = 1.0 / slots[a]
-        elif op == SQRT:
-            v = math.sqrt(slots[a]) if slots[a] >= 0.0 else math.nan
-        elif op == EXP:
-            v = math.exp(slots[a])
-        elif op == LOG:
-            x = slots[a]
-            v = math.log(x) if x > 0.0 else (-math.inf if x == 0.0 else math.nan)
-        elif op == TANH:
-            v = math.tanh(slots[a])
-        elif op == SIN:
-            v = math.sin(slots[a])
-        elif op == COS:
-            v = math.cos(slots[a])
-        else:
-            v = abs(slots[a])
-        slots[n_in + k] = v
-
-
-@njit(cache=True)
-def tape_reverse(code, arg, const, slots, adj):
-    """Reverse sweep of a tape run by :func:`tape_forward`: ``adj`` holds the outputs'
-    cotangents at their slots on entry, every slot's (the inputs' first) on return."""
-    n_in = slots.shape[0] - code.shape[0]
-    for k in range(code.shape[0] - 1, -1, -1):
-        g = adj[n_in + k]
-        if g == 0.0:
-            continue
-        op = code[k]
-        a = arg[k, 0]
-        b = arg[k, 1]
-        w = const[k]
-        out = slots[n_in + k]
-        if op == MUL:
-            adj[a] += g * slots[b]
-            adj[b] += g * slots[a]
-        elif op == ADD:
-            adj[a] += g
-            adj[b] += w * g
-        elif op == ADDCMUL:
-            c = arg[k, 2]
-            adj[a] += g
-            adj[b] += w * g * slots[c]
-            adj[c] += w * g * slots[b]
-        elif op == SCALE:
-            adj[a] += w * g
-        elif op == SHIFT:
-            adj[a] += g
-        elif op == POWC:
-            adj[a] += g * w * slots[a] ** (w - 1.0)
-        elif op == POWS:
-            x = slots[a]
-            adj[a] += g * slots[b] * x ** (slots[b] - 1.0)
-            if x > 0.0:
-                adj[b] += g * out * math.log(x)
-            elif x < 0.0:
-                adj[b] += math.nan
-        elif op == RPOW:
-            adj[b] += g * out * math.log(w)
-        elif op == RECIP:
-            adj[a] -= g * out * out
-        elif op == SQRT:
-            adj[a] += 0.5 * g / out
-        elif op == EXP:
-            adj[a] += g * out
-        elif op == LOG:
-            adj[a] += g / slots[a]
-        elif op == TANH:
-            adj[a] += g * (1.0 - out * out)
-        elif op == SIN:
-            adj[a] += g * math.cos(slots[a])
-        elif op == COS:
-            adj[a] -= g * math.sin(slots[a])
-        else:
-            x = slots[a]
-            adj[a] += g * (1.0 if x > 0.0 else (-1.0 if x < 0.0 else 0.0))
 
 
 # -- networks ------------------------------------------------------------------------------------

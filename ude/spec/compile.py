@@ -28,6 +28,7 @@ _UNARY: dict[type, str] = {
     sp.sin: "sin",
     sp.cos: "cos",
     sp.Abs: "abs",
+    sp.sign: "sign",  # a Hill term's derivative (ude.spec.derivatives)
 }
 _SMALL_POWERS = (2, 3, 4)  # x**n as n-1 multiplications: cheaper, and exact for x < 0
 
@@ -48,6 +49,7 @@ _OPS: dict[str, Callable[..., Tensor]] = {
     "sin": torch.sin,
     "cos": torch.cos,
     "abs": torch.abs,
+    "sign": torch.sign,
 }
 # The same operations on numpy arrays (float64; a weight of 1 or -1 costs no multiplication).
 _NUMPY_OPS: dict[str, Callable[..., np.ndarray]] = {
@@ -66,6 +68,7 @@ _NUMPY_OPS: dict[str, Callable[..., np.ndarray]] = {
     "sin": np.sin,
     "cos": np.cos,
     "abs": np.abs,
+    "sign": np.sign,
 }
 
 
@@ -139,8 +142,10 @@ class CompiledExpressions(torch.nn.Module):
     def _factors(self, expr: sp.Basic) -> list[sp.Basic]:
         out: list[sp.Basic] = []
         for f in sp.Mul.make_args(expr):
-            if f.is_Pow and f.exp.is_Integer and int(f.exp) in _SMALL_POWERS:
-                out += [f.base] * int(f.exp)
+            # an integral float exponent too (x**2.0: a Hill term's n = 3.0 differentiated),
+            # which _power sends here
+            if f.is_Pow and f.exp.is_number and _number(f.exp) in _SMALL_POWERS:
+                out += [f.base] * int(_number(f.exp))
             else:
                 out.append(f)
         return out

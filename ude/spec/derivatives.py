@@ -20,6 +20,31 @@ import torch
 from ude.spec.compile import CompiledExpressions
 
 
+class _Abs(sp.Function):
+    """``|a|`` while differentiating: sympy's own ``Abs`` of a (complex) symbol differentiates
+    into ``re()`` and ``im()``, which do not compile; here ``d|a|/da = sign(a)`` (a real
+    argument), whose derivative is zero. So ``d|x|^n/dx = n |x|^(n-1) sign(x)``: 0 at
+    ``x = 0`` for ``n > 1`` (a Hill term whose variable starts at zero), where the form
+    ``(x^2)^(n/2) / x`` of ``sqrt(x^2)^n`` is 0/0."""
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return _Sign(self.args[0])
+
+
+class _Sign(sp.Function):
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return sp.Integer(0)
+
+
+def _compilable(d: sp.Expr) -> sp.Expr:
+    """A derivative with :class:`_Abs` and :class:`_Sign` in compilable form: ``|a|^n / |a|``
+    merged into ``|a|^(n-1)`` (finite at 0), then ``Abs`` and ``sign``."""
+    if not d.has(_Abs, _Sign):
+        return d
+    d = sp.powsimp(d, combine="exp", force=True)
+    return d.replace(_Abs, sp.Abs).replace(_Sign, sp.sign)
+
+
 class CompiledDerivatives:
     """``f``, ``df/dy`` and the second derivatives ``d2f/dy2`` of ``exprs`` in the first
     ``n_states`` of ``symbols`` (the states; the rest are inputs and parameters).
@@ -36,9 +61,8 @@ class CompiledDerivatives:
         jac: list[sp.Expr] = []
         rows, cols = [], []
         for k, e in enumerate(exprs):
-            # |a| as sqrt(a^2): sympy differentiates |y| of a complex y into re() and im()
-            # (a Hill term's |x|^n), which do not compile; the values are the same.
-            e = e.replace(sp.Abs, lambda a: sp.sqrt(a**2))
+            # |a| differentiated as a real function (see _Abs): a Hill term's |x|^n
+            e = e.replace(sp.Abs, _Abs)
             for m, y in enumerate(states):
                 d = sp.diff(e, y) if y in e.free_symbols else sp.Integer(0)
                 if d != 0:
@@ -55,12 +79,13 @@ class CompiledDerivatives:
                 d = sp.diff(e_kl, y) if y in e_kl.free_symbols else sp.Integer(0)
                 if d == 0:
                     continue
-                hess.append(d)
+                hess.append(_compilable(d))
                 for a, b in {(col, m), (m, col)}:
                     k_idx.append(k)
                     l_idx.append(a)
                     m_idx.append(b)
                     which.append(len(hess) - 1)
+        jac = [_compilable(d) for d in jac]
         self.jac_rows = np.array(rows, dtype=np.intp)
         self.jac_cols = np.array(cols, dtype=np.intp)
         self._hess_k = np.array(k_idx, dtype=np.intp)

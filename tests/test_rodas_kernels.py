@@ -1,0 +1,188 @@
+"""rodas5p compiled (ude/model/rodas_kernels.py) against its numpy path (ude/model/rodas.py).
+
+A right-hand side without networks (a twin, a true model) solves and differentiates in the
+compiled kernels. They implement the same steps and the same adjoint (the numpy path's own
+correctness, against Radau, finite differences and a torch replay, is tests/test_rodas.py), so
+the two must take the same steps and agree to rounding: states and gradients within 1e-9 of
+their scale, where the tolerance's own effect would be 1e-6.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from ude.model import Solver, SolverFailed
+from ude.model.hybrid import HybridODE
+from ude.model.rodas import Stats
+from ude.model.rodas_autograd import solve
+from ude.spec import ModelSpec
+from ude.systems import get_system
+
+F64 = torch.float64
+
+# A toggle with the distillation's rate laws: Hill repression K^n/(K^n + |y|^n) with a fitted
+# n and Michaelis-Menten x/(K + x); two conditions with an input and a per-condition rate.
+TOGGLE = {
+    "states": ["x", "y"],
+    "inputs": ["u"],
+    "parameters": {
+        "a": {"value": 3.0, "learn": True, "min": 0, "per_condition": True},
+        "Kr": {"value": 0.8, "learn": True, "min": 0},
+        "n": {"value": 2.5, "learn": True, "min": 0},
+        "b": {"value": 2.0, "learn": True, "min": 0},
+        "Km": {"value": 0.4, "learn": True, "min": 0},
+        "d": {"value": 0.7, "learn": True, "min": 0},
+    },
+    "equations": {
+        "x": "u + a*Kr**n/(Kr**n + abs(y)**n) - d*x",
+        "y": "b*x/(Km + x) - d*y - 30*y*x",
+    },
+}
+
+
+def toggle(neural: bool = False) -> HybridODE:
+    extra = {"neural": [{"targets": ["y"], "inputs": ["x", "y"]}]} if neural else {}
+    spec = ModelSpec.from_dict({**TOGGLE, **extra}, source="toggle.yaml")
+    return HybridODE(
+        spec,
+        ["x", "y"],
+        n_conditions=2,
+        inputs=torch.tensor([[0.2], [0.5]], dtype=F64),
+        initial=torch.tensor([[0.1, 1.5], [2.0, 0.3]], dtype=F64),
+        solver=Solver("rodas5p"),
+        state_scale=torch.ones(2, dtype=F64),
+        time_scale=1.0,
+        noise=torch.ones(2, dtype=F64),
+    ).double()
+
+
+def goldbeter() -> HybridODE:
+    """The true model with every parameter learned (so the gradient reaches them all)."""
+    system = get_system("goldbeter")
+    truth = system.truth
+    params = {k: replace(p, learn=True) for k, p in truth.parameters.items()}
+    spec = ModelSpec(**{**truth.__dict__, "parameters": params})
+    n = len(spec.states)
+    return HybridODE(
+        spec,
+        list(spec.states),
+        1,
+        inputs=torch.zeros(1, 0, dtype=F64),
+        initial=torch.tensor([system.scenario.initial[0]], dtype=F64),
+        solver=Solver("rodas5p"),
+        state_scale=torch.ones(n, dtype=F64),
+        time_scale=1.0,
+        noise=torch.ones(n, dtype=F64),
+    ).double()
+
+
+def run(model: HybridODE, times: torch.Tensor, compiled: bool):
+    """States ``(time, condition, state)``, the gradients of a weighted sum of them in every
+    learned tensor (the initial states included), and the solve's work."""
+    cond = torch.arange(model.initial.shape[0])
+    model.zero_grad()
+    model._context = model.context(cond)
+    stats = Stats()
+    try:
+        sol = solve(model, model.initial[cond], times, 1e-6, 1e-9, 5000, stats, compiled)
+    finally:
+        model._context = None
+    weights = torch.linspace(0.5, 1.5, sol.numel(), dtype=F64).reshape(sol.shape)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad((weights * sol).sum(), params, allow_unused=True)
+    return sol.detach().numpy(), grads, stats
+
+
+@pytest.mark.parametrize(
+    "make, t_end", [(goldbeter, 100.0), (toggle, 6.0)], ids=["goldbeter", "hill_toggle"]
+)
+def test_compiled_solve_and_gradient_match_numpy(make, t_end):
+    model = make()
+    times = torch.linspace(0.0, t_end, 21, dtype=F64)
+    fast, fast_grads, fast_stats = run(model, times, True)
+    slow, slow_grads, slow_stats = run(model, times, False)
+    # the same steps (same initial step, controller and rejections) ...
+    for field in ("accepted", "rejected", "f_evals", "jac_evals"):
+        assert getattr(fast_stats, field) == getattr(slow_stats, field)
+    assert fast_stats.accepted > 20  # measured: Goldbeter 953 steps, the toggle 108
+    # ... so states and gradients agree to rounding
+    np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-12)
+    n_checked = 0
+    for a, b in zip(fast_grads, slow_grads, strict=True):
+        if b is None:
+            assert a is None or not a.abs().max()
+            continue
+        scale = float(b.abs().max())
+        assert scale > 0
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-7, atol=1e-9 * scale)
+        n_checked += 1
+    assert n_checked >= 3  # initial states and the learned parameters
+
+
+def test_compiled_gradient_matches_finite_differences():
+    # the toggle's Hill exponent n: a parameter behind the context, reached by the kernel's
+    # reverse sweeps (the stage evaluations and the Jacobian inside W)
+    model = toggle()
+    times = torch.linspace(0.0, 6.0, 7, dtype=F64)
+    model.solver = Solver("rodas5p", rtol=1e-11, atol=1e-13)
+    n = model.parameters_.learned["n"]
+
+    def loss() -> torch.Tensor:
+        sol = model.simulate(times, torch.arange(2))
+        return (sol * torch.linspace(0.5, 1.5, sol.numel(), dtype=F64).reshape(sol.shape)).sum()
+
+    (grad,) = torch.autograd.grad(loss(), [n])
+    eps = 1e-6
+    with torch.no_grad():
+        n += eps
+        up = loss().item()
+        n -= 2 * eps
+        down = loss().item()
+        n += eps
+    assert grad.item() == pytest.approx((up - down) / (2 * eps), rel=1e-5)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_division_by_zero_fails_like_the_numpy_path(compiled):
+    # x' = 1/(x - 1) from x = 1: the tape divides by zero at the start. The kernels stop
+    # there (numba raises), so the solve falls back to numpy, which fails with the usual
+    # message rather than a ZeroDivisionError.
+    spec = ModelSpec.from_dict({"states": ["x"], "equations": {"x": "1/(x - 1)"}}, source="z.yaml")
+    model = HybridODE(
+        spec,
+        ["x"],
+        1,
+        inputs=torch.zeros(1, 0, dtype=F64),
+        initial=torch.ones(1, 1, dtype=F64),
+        solver=Solver("rodas5p"),
+        state_scale=torch.ones(1, dtype=F64),
+        time_scale=1.0,
+        noise=torch.ones(1, dtype=F64),
+    ).double()
+    model._context = model.context(torch.tensor([0]))
+    times = torch.tensor([0.0, 1.0], dtype=F64)
+    with pytest.raises(Exception) as info:
+        solve(model, model.initial, times, 1e-6, 1e-9, 5000, None, compiled)
+    assert "past t=0 " in str(info.value) or "at t=0 " in str(info.value)
+    assert not isinstance(info.value, ZeroDivisionError)
+    model._context = None
+    with pytest.raises(SolverFailed, match=r"past t=0 \(step size"):
+        model.simulate(times, torch.tensor([0]))
+
+
+def test_a_twin_solves_in_the_kernels_and_a_network_model_in_numpy(monkeypatch):
+    # Solver("rodas5p") takes the compiled path by itself where it applies, and only there.
+    from ude.model import rodas_kernels
+
+    calls = []
+    kernel = rodas_kernels.integrate
+    monkeypatch.setattr(rodas_kernels, "integrate", lambda *args: calls.append(1) or kernel(*args))
+    times = torch.linspace(0.0, 2.0, 5, dtype=F64)
+    toggle().simulate(times, torch.arange(2))
+    assert len(calls) == 1
+    toggle(neural=True).simulate(times, torch.arange(2))  # a network in the right-hand side
+    assert len(calls) == 1

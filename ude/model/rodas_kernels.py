@@ -1,0 +1,489 @@
+"""Rodas5P (:mod:`ude.model.rodas`) compiled with numba, for a right-hand side without
+networks: the whole solve and the exact reverse pass of its accepted steps in machine code.
+
+A twin's (or a true model's) right-hand side costs a few dozen floating-point operations; in
+numpy each operation of a step is a call of about a microsecond, so the calls, not the
+arithmetic, dominate a solve. Here the right-hand side and its Jacobian are the spec's
+compiled tapes (:class:`~ude.spec.derivatives.CompiledDerivatives`, interpreted by
+:func:`ude.spec.tape_kernels.tape_forward`), each condition's ``W = I/(h gamma) - J`` is factored
+by partial-pivoting LU, and the step-size control is that of :func:`ude.model.rodas.integrate`
+step for step (same initial step, controller and clipping to the output times), so both paths
+take the same steps up to rounding.
+
+The reverse pass is :func:`ude.model.rodas.adjoint`'s recursion with two differences of form,
+not of value: ``J(Y)^T w`` at a stage point is the reverse sweep of the right-hand side's tape
+(which gives the context's cotangent ``w . df/dctx`` in the same sweep), and the derivative of
+the Jacobian inside ``W`` (``d/dy`` and ``d/dctx`` of ``sum_i w_i . J(y) U_i``) is the reverse
+sweep of the Jacobian's tape. The context's gradient therefore needs no torch pass.
+
+Shapes: ``B`` conditions, ``n`` states, ``c`` context entries (inputs then parameter values),
+``T`` output times, ``N`` accepted steps, ``S`` = 8 stages.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+from numba import njit
+
+from ude.model.rodas import (
+    _A,
+    _C,
+    _M,
+    ERROR_ORDER,
+    GAMMA,
+    MAX_FACTOR,
+    MIN_FACTOR,
+    MIN_RELATIVE_STEP,
+    SAFETY,
+    STAGES,
+    StepFailure,
+)
+from ude.spec.derivatives import CompiledDerivatives
+from ude.spec.tape_kernels import encode_tape, refresh_cache, tape_forward, tape_reverse
+
+refresh_cache(__file__)
+
+OK, TOO_MANY_STEPS, UNDERFLOW = 0, 1, 2
+_ROOT = 1.0 / ERROR_ORDER
+_EPS = float(np.finfo(float).eps)
+
+
+@lru_cache(maxsize=64)
+def tapes(derivatives: CompiledDerivatives) -> tuple:
+    """``(f_tape, jac_tape, jac_rows, jac_cols)``: the right-hand side's and the Jacobian's
+    tapes as the kernels read them (:func:`ude.spec.tape_kernels.encode_tape`), encoded once per
+    compiled right-hand side."""
+    return (
+        encode_tape(derivatives.value),
+        encode_tape(derivatives.jac),
+        derivatives.jac_rows.astype(np.int64),
+        derivatives.jac_cols.astype(np.int64),
+    )
+
+
+# -- evaluations -----------------------------------------------------------------------------
+@njit(cache=True, error_model="numpy")
+def _load(y, ctx, slots):
+    n = y.shape[0]
+    for i in range(n):
+        slots[i] = y[i]
+    for i in range(ctx.shape[0]):
+        slots[n + i] = ctx[i]
+
+
+@njit(cache=True, error_model="numpy")
+def _rhs(y, ctx, tape, slots, f):
+    """``f (n,)`` at ``y (n,)`` and ``ctx (c,)``."""
+    code, arg, const, out, out_c = tape
+    _load(y, ctx, slots)
+    tape_forward(code, arg, const, slots)
+    for k in range(f.shape[0]):
+        f[k] = slots[out[k]] if out[k] >= 0 else out_c[k]
+
+
+@njit(cache=True, error_model="numpy")
+def _jacobian(y, ctx, tape, rows, cols, slots, jac):
+    """The dense ``df/dy (n, n)`` from the tape of its nonzero entries."""
+    code, arg, const, out, out_c = tape
+    _load(y, ctx, slots)
+    tape_forward(code, arg, const, slots)
+    jac[:] = 0.0
+    for e in range(rows.shape[0]):
+        jac[rows[e], cols[e]] = slots[out[e]] if out[e] >= 0 else out_c[e]
+
+
+@njit(cache=True, error_model="numpy")
+def _reverse(y, ctx, tape, slots, adj, cotangent, gy, gctx):
+    """One reverse sweep of ``tape`` at ``(y, ctx)``: ``gy = cotangent . d out/dy``
+    (overwritten) and ``cotangent . d out/dctx`` added to ``gctx``."""
+    code, arg, const, out, _ = tape
+    _load(y, ctx, slots)
+    tape_forward(code, arg, const, slots)
+    adj[:] = 0.0
+    for k in range(out.shape[0]):
+        if out[k] >= 0:
+            adj[out[k]] += cotangent[k]
+    tape_reverse(code, arg, const, slots, adj)
+    n = y.shape[0]
+    for i in range(n):
+        gy[i] = adj[i]
+    for i in range(ctx.shape[0]):
+        gctx[i] += adj[n + i]
+
+
+# -- linear algebra (LU with partial pivoting; n is small) ------------------------------------
+@njit(cache=True, error_model="numpy")
+def _lu(a, piv):
+    """Factor ``a (n, n)`` in place (``P a = L U``, ``piv[k]`` the row swapped with ``k``);
+    False where it is singular or not finite."""
+    n = a.shape[0]
+    for k in range(n):
+        p = k
+        big = abs(a[k, k])
+        for i in range(k + 1, n):
+            if abs(a[i, k]) > big:
+                big = abs(a[i, k])
+                p = i
+        piv[k] = p
+        if not (big > 0.0 and big < math.inf):
+            return False
+        if p != k:
+            for j in range(n):
+                tmp = a[k, j]
+                a[k, j] = a[p, j]
+                a[p, j] = tmp
+        inv = 1.0 / a[k, k]
+        for i in range(k + 1, n):
+            a[i, k] *= inv
+            m = a[i, k]
+            if m != 0.0:
+                for j in range(k + 1, n):
+                    a[i, j] -= m * a[k, j]
+    return True
+
+
+@njit(cache=True, error_model="numpy")
+def _solve(lu, piv, b, x):
+    """``x = W^-1 b`` from :func:`_lu`'s factors."""
+    n = b.shape[0]
+    for i in range(n):
+        x[i] = b[i]
+    for k in range(n):
+        p = piv[k]
+        if p != k:
+            tmp = x[k]
+            x[k] = x[p]
+            x[p] = tmp
+    for i in range(n):
+        s = x[i]
+        for j in range(i):
+            s -= lu[i, j] * x[j]
+        x[i] = s
+    for i in range(n - 1, -1, -1):
+        s = x[i]
+        for j in range(i + 1, n):
+            s -= lu[i, j] * x[j]
+        x[i] = s / lu[i, i]
+
+
+@njit(cache=True, error_model="numpy")
+def _solve_transposed(lu, piv, b, x):
+    """``x = W^-T b`` from :func:`_lu`'s factors (``W^T = U^T L^T P``)."""
+    n = b.shape[0]
+    for i in range(n):
+        s = b[i]
+        for j in range(i):
+            s -= lu[j, i] * x[j]
+        x[i] = s / lu[i, i]
+    for i in range(n - 1, -1, -1):
+        s = x[i]
+        for j in range(i + 1, n):
+            s -= lu[j, i] * x[j]
+        x[i] = s
+    for k in range(n - 1, -1, -1):
+        p = piv[k]
+        if p != k:
+            tmp = x[k]
+            x[k] = x[p]
+            x[p] = tmp
+
+
+# -- step-size control (as ude.model.rodas) ---------------------------------------------------
+@njit(cache=True, error_model="numpy")
+def _rms(x, y, rtol, atol):
+    """Largest over the batch of the RMS of ``x / (atol + rtol |y|)``; NaN propagates."""
+    worst = 0.0
+    for b in range(x.shape[0]):
+        s = 0.0
+        for i in range(x.shape[1]):
+            r = x[b, i] / (atol + rtol * abs(y[b, i]))
+            s += r * r
+        v = math.sqrt(s / x.shape[1])
+        if not v <= worst:  # NaN wins, as numpy's max
+            worst = v
+    return worst
+
+
+@njit(cache=True, error_model="numpy")
+def _error_norm(err, y, y_new, rtol, atol):
+    worst = 0.0
+    for b in range(err.shape[0]):
+        s = 0.0
+        for i in range(err.shape[1]):
+            r = err[b, i] / (atol + rtol * max(abs(y[b, i]), abs(y_new[b, i])))
+            s += r * r
+        if not s <= worst:
+            worst = s
+    v = math.sqrt(worst / err.shape[1])
+    return v if math.isfinite(v) else math.inf
+
+
+@njit(cache=True, error_model="numpy")
+def _factor(err, h, last_h, last_err, rejected):
+    """:func:`ude.model.rodas._factor` (``last_h`` <= 0: no previous accepted step)."""
+    if not math.isfinite(err):
+        return MIN_FACTOR
+    err = max(err, 1e-10)
+    factor = SAFETY * err ** (-_ROOT)
+    if last_h > 0.0 and err <= 1.0:
+        factor = min(factor, factor * (h / last_h) * (last_err / err) ** _ROOT)
+    if rejected:
+        factor = min(factor, 1.0)
+    return min(max(factor, MIN_FACTOR), MAX_FACTOR)
+
+
+@njit(cache=True, error_model="numpy")
+def _grow(a, cap):
+    b = np.empty((cap,) + a.shape[1:], dtype=a.dtype)
+    b[: a.shape[0]] = a
+    return b
+
+
+# -- the solve ---------------------------------------------------------------------------------
+@njit(cache=True, error_model="numpy")
+def integrate(y0, times, ctx, f_tape, jac_tape, rows, cols, rtol, atol, max_steps, record):
+    """Rodas5P from ``y0 (B, n)`` over ``times (T,)`` (strictly monotone), each condition
+    with its context ``ctx (B, c)``, one step size for all.
+
+    Returns ``(states (T, B, n), t (N,), h (N,), y (N, B, n), stages (N, S, B, n),
+    lu (N, B, n, n), piv (N, B, n), output_step (T,), status, t_reached, h_last, counts)``:
+    the accepted steps (empty unless ``record``) for :func:`adjoint`; ``status`` OK,
+    TOO_MANY_STEPS or UNDERFLOW; ``counts`` accepted and rejected steps, ``f`` and Jacobian
+    evaluations.
+    """
+    n_batch, n = y0.shape
+    n_t = times.shape[0]
+    n_sym = n + ctx.shape[1]
+    out = np.empty((n_t, n_batch, n))
+    out[0] = y0
+    output_step = np.zeros(n_t, dtype=np.int64)
+    counts = np.zeros(4, dtype=np.int64)
+    cap = 64 if record else 1
+    rec_t = np.empty(cap)
+    rec_h = np.empty(cap)
+    rec_y = np.empty((cap, n_batch, n))
+    rec_u = np.empty((cap, STAGES, n_batch, n))
+    rec_lu = np.empty((cap, n_batch, n, n))
+    rec_piv = np.empty((cap, n_batch, n), dtype=np.int64)
+    t = times[0]
+    if n_t < 2:
+        return (out, rec_t[:0], rec_h[:0], rec_y[:0], rec_u[:0], rec_lu[:0], rec_piv[:0],
+                output_step, OK, t, 0.0, counts)  # fmt: skip
+    f_slots = np.empty(n_sym + f_tape[0].shape[0])
+    j_slots = np.empty(n_sym + jac_tape[0].shape[0])
+    span = abs(times[n_t - 1] - times[0])
+    direction = 1.0 if times[n_t - 1] > times[0] else -1.0
+    y = y0.copy()
+    y_new = np.empty((n_batch, n))
+    f0 = np.empty((n_batch, n))
+    jac = np.empty((n_batch, n, n))
+    w = np.empty((n_batch, n, n))
+    piv = np.empty((n_batch, n), dtype=np.int64)
+    u = np.empty((STAGES, n_batch, n))
+    point = np.empty(n)
+    value = np.empty(n)
+    rhs = np.empty(n)
+    for b in range(n_batch):
+        _rhs(y[b], ctx[b], f_tape, f_slots, f0[b])
+        _jacobian(y[b], ctx[b], jac_tape, rows, cols, j_slots, jac[b])
+    counts[2] += 1
+    counts[3] += 1
+    # the first step (Hairer, Norsett & Wanner, Solving ODEs I, II.4), as rodas.initial_step
+    d0 = _rms(y, y, rtol, atol)
+    d1 = _rms(f0, y, rtol, atol)
+    h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5 or not math.isfinite(d1)) else 0.01 * d0 / d1
+    h0 = min(h0, span)
+    for b in range(n_batch):
+        for i in range(n):
+            point[i] = y[b, i] + h0 * direction * f0[b, i]
+        _rhs(point, ctx[b], f_tape, f_slots, value)
+        for i in range(n):
+            y_new[b, i] = value[i] - f0[b, i]
+    counts[2] += 1
+    d2 = _rms(y_new, y, rtol, atol) / h0
+    largest = d2 if d2 > d1 else d1
+    if not math.isfinite(largest):
+        h = h0 * 1e-3
+    else:
+        h1 = max(1e-6, h0 * 1e-3) if largest <= 1e-15 else (0.01 / largest) ** _ROOT
+        h = min(100 * h0, h1, span)
+    last_h = -1.0
+    last_err = 1.0
+    rejected = False
+    n_acc = 0
+    n_rej = 0
+    for k in range(1, n_t):
+        t_out = times[k]
+        while direction * (t_out - t) > 0.0:
+            if h < max(MIN_RELATIVE_STEP * span, 4.0 * _EPS * abs(t)):
+                counts[0] = n_acc
+                counts[1] = n_rej
+                return (out, rec_t[:n_acc], rec_h[:n_acc], rec_y[:n_acc], rec_u[:n_acc],
+                        rec_lu[:n_acc], rec_piv[:n_acc], output_step, UNDERFLOW, t, h,
+                        counts)  # fmt: skip
+            if n_acc + n_rej >= max_steps:
+                counts[0] = n_acc
+                counts[1] = n_rej
+                return (out, rec_t[:n_acc], rec_h[:n_acc], rec_y[:n_acc], rec_u[:n_acc],
+                        rec_lu[:n_acc], rec_piv[:n_acc], output_step, TOO_MANY_STEPS, t, h,
+                        counts)  # fmt: skip
+            remaining = abs(t_out - t)
+            clipped = remaining <= 1.1 * h
+            h_step = remaining if clipped else h
+            hs = direction * h_step
+            diag = 1.0 / (hs * GAMMA)
+            for b in range(n_batch):
+                for i in range(n):
+                    for j in range(n):
+                        w[b, i, j] = -jac[b, i, j]
+                    w[b, i, i] += diag
+                regular = _lu(w[b], piv[b])
+                for s in range(STAGES):
+                    if not regular:
+                        u[s, b] = math.nan
+                        continue
+                    if s == 0:
+                        for i in range(n):
+                            rhs[i] = f0[b, i]
+                    else:
+                        for i in range(n):
+                            acc = y[b, i]
+                            for j in range(s):
+                                acc += _A[s, j] * u[j, b, i]
+                            point[i] = acc
+                        _rhs(point, ctx[b], f_tape, f_slots, value)
+                        for i in range(n):
+                            acc = value[i]
+                            for j in range(s):
+                                acc += (_C[s, j] / hs) * u[j, b, i]
+                            rhs[i] = acc
+                    _solve(w[b], piv[b], rhs, u[s, b])
+                for i in range(n):
+                    acc = y[b, i]
+                    for j in range(STAGES):
+                        acc += _M[j] * u[j, b, i]
+                    y_new[b, i] = acc
+            counts[2] += STAGES - 1
+            err = _error_norm(u[STAGES - 1], y, y_new, rtol, atol)
+            if err <= 1.0:
+                if record:
+                    if n_acc == cap:
+                        cap *= 2
+                        rec_t = _grow(rec_t, cap)
+                        rec_h = _grow(rec_h, cap)
+                        rec_y = _grow(rec_y, cap)
+                        rec_u = _grow(rec_u, cap)
+                        rec_lu = _grow(rec_lu, cap)
+                        rec_piv = _grow(rec_piv, cap)
+                    rec_t[n_acc] = t
+                    rec_h[n_acc] = hs
+                    rec_y[n_acc] = y
+                    rec_u[n_acc] = u
+                    rec_lu[n_acc] = w
+                    rec_piv[n_acc] = piv
+                n_acc += 1
+                t = t_out if clipped else t + hs
+                y[:] = y_new
+                factor = _factor(err, h_step, last_h, last_err, rejected)
+                h = max(h, h_step * factor) if clipped else h_step * factor
+                last_h = h_step
+                last_err = max(err, 1e-4)
+                rejected = False
+                for b in range(n_batch):
+                    _rhs(y[b], ctx[b], f_tape, f_slots, f0[b])
+                    _jacobian(y[b], ctx[b], jac_tape, rows, cols, j_slots, jac[b])
+                counts[2] += 1
+                counts[3] += 1
+            else:
+                n_rej += 1
+                h = h_step * _factor(err, h_step, -1.0, 1.0, True)
+                rejected = True
+        out[k] = y
+        output_step[k] = n_acc
+    counts[0] = n_acc
+    counts[1] = n_rej
+    return (out, rec_t[:n_acc], rec_h[:n_acc], rec_y[:n_acc], rec_u[:n_acc], rec_lu[:n_acc],
+            rec_piv[:n_acc], output_step, OK, t, h, counts)  # fmt: skip
+
+
+# -- the reverse pass ------------------------------------------------------------------------
+@njit(cache=True, error_model="numpy")
+def adjoint(grad_out, rec_h, rec_y, rec_u, rec_lu, rec_piv, output_step, ctx, f_tape, jac_tape,
+            rows, cols):  # fmt: skip
+    """The exact reverse pass of :func:`integrate`'s accepted steps (autonomous ``f``).
+
+    ``grad_out (T, B, n)``: the outputs' cotangents. Returns the cotangents of ``y0 (B, n)``
+    and of ``ctx (B, c)``.
+    """
+    n_t, n_batch, n = grad_out.shape
+    c = ctx.shape[1]
+    n_steps = rec_h.shape[0]
+    n_sym = n + c
+    f_slots = np.empty(n_sym + f_tape[0].shape[0])
+    f_adj = np.empty(f_slots.shape[0])
+    j_slots = np.empty(n_sym + jac_tape[0].shape[0])
+    j_adj = np.empty(j_slots.shape[0])
+    lam = np.zeros((n_batch, n))
+    gctx = np.zeros((n_batch, c))
+    omega = np.empty((STAGES, n))
+    nu = np.empty((STAGES, n))
+    mu = np.empty(n)
+    acc = np.empty(n)
+    point = np.empty(n)
+    g = np.empty(n)
+    pairs = np.empty(rows.shape[0])
+    last = n_t - 1
+    for step in range(n_steps - 1, -1, -1):
+        # outputs reached by this step (output_step[k] steps precede output k)
+        while last >= 0 and output_step[last] == step + 1:
+            for b in range(n_batch):
+                for i in range(n):
+                    lam[b, i] += grad_out[last, b, i]
+            last -= 1
+        h = rec_h[step]
+        for b in range(n_batch):
+            y = rec_y[step, b]
+            for i in range(n):
+                acc[i] = lam[b, i]
+            for s in range(STAGES - 1, -1, -1):
+                for i in range(n):
+                    v = _M[s] * lam[b, i]
+                    for j in range(s + 1, STAGES):
+                        v += (_C[j, s] / h) * omega[j, i] + _A[j, s] * nu[j, i]
+                    mu[i] = v
+                _solve_transposed(rec_lu[step, b], rec_piv[step, b], mu, omega[s])
+                for i in range(n):
+                    v = y[i]
+                    for j in range(s):
+                        v += _A[s, j] * rec_u[step, j, b, i]
+                    point[i] = v
+                _reverse(point, ctx[b], f_tape, f_slots, f_adj, omega[s], nu[s], gctx[b])
+                for i in range(n):
+                    acc[i] += nu[s, i]
+            # the Jacobian inside W: d/dy and d/dctx of sum_s omega_s . J(y) U_s
+            for e in range(rows.shape[0]):
+                v = 0.0
+                for s in range(STAGES):
+                    v += omega[s, rows[e]] * rec_u[step, s, b, cols[e]]
+                pairs[e] = v
+            _reverse(y, ctx[b], jac_tape, j_slots, j_adj, pairs, g, gctx[b])
+            for i in range(n):
+                lam[b, i] = acc[i] + g[i]
+    while last >= 0:
+        for b in range(n_batch):
+            for i in range(n):
+                lam[b, i] += grad_out[last, b, i]
+        last -= 1
+    return lam, gctx
+
+
+def raise_failure(status: int, t: float, h: float, max_steps: int) -> None:
+    """:class:`~ude.model.rodas.StepFailure` for a status other than OK, with the reasons
+    :func:`ude.model.rodas.integrate` gives."""
+    if status == UNDERFLOW:
+        raise StepFailure("step size underflow", t, h)
+    if status == TOO_MANY_STEPS:
+        raise StepFailure(f"{max_steps} steps were not enough", t, h)
