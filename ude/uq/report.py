@@ -10,9 +10,16 @@ from ude.uq.horseshoe import HorseshoeRegression, TermPosterior
 
 RHAT_MAX = 1.01
 """Split R-hat above this: the chains disagree (Vehtari et al. 2021, Bayesian Anal. 16:667)."""
-ESS_MIN = 100.0
-"""Effective draws below this: the intervals' ends are too noisy to report (the same
-source's rule of thumb, 50 per chain for the usual 2 or more chains)."""
+ESS_MIN = 400.0
+"""Effective draws, bulk or tail, below this: the intervals' ends are too noisy to report and
+R-hat itself is unreliable (the same source's rule: 100 per chain for 4 chains)."""
+
+METHODS = {
+    "gibbs": "horseshoe with a Gaussian slab on the integral-matching system, exact Gibbs "
+    "sampler (ude/uq/gibbs.py)",
+    "nuts": "regularised horseshoe (Piironen & Vehtari) on the integral-matching system, NUTS "
+    "(pyro)",
+}
 
 
 def posteriors(
@@ -30,12 +37,13 @@ def bayesian_terms(
     posteriors themselves."""
     post = posteriors(integral, regression)
     section: dict[str, Any] = {
-        "method": "regularised horseshoe on the integral-matching system, NUTS (pyro)",
+        "method": METHODS[regression.sampler],
         "level": regression.level,
         "threshold": regression.threshold,
         "settings": {
             k: getattr(regression, k)
-            for k in ("num_samples", "warmup", "chains", "expected_terms", "slab_scale")
+            for k in ("sampler", "num_samples", "warmup", "chains", "thin", "expected_terms")
+            + ("slab_scale",)
         },
         "targets": {t: p.summary() for t, p in post.items()},
     }
@@ -56,7 +64,7 @@ def uq_warnings(section: dict[str, Any]) -> list[str]:
         if bad:
             out.append(
                 f"{t}'s horseshoe posterior did not converge ({', '.join(bad)}): raise "
-                "distill.uq.regression.num_samples and warmup"
+                "distill.uq.regression.thin (or num_samples) and warmup"
             )
     return out
 
