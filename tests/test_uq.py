@@ -153,6 +153,16 @@ def test_section_and_warnings():
     metrics = {"discovered": {"x": "x"}, "timings": {"total_seconds": 1.0}, "uq": bad}
     metrics["uq"]["warnings"] = uq_warnings(bad)
     assert "UQ WARNING: x's horseshoe posterior did not converge" in summary(metrics)
+    metrics["predictive_band"] = {
+        "level": 0.95,
+        "structures": [{}, {}],
+        "coverage_of_truth": 0.97,
+        "unbounded_from": [7.89],
+        "warnings": ["the 95% predictive band is unbounded from t=7.89: ..."],
+    }
+    line = summary(metrics)
+    assert "covers 97% of the truth up to t=7.89 (unbounded past it)" in line
+    assert "UQ WARNING: the 95% predictive band is unbounded from t=7.89" in line
 
 
 def test_distill_uq_none_and_fast():
