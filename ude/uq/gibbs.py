@@ -23,12 +23,18 @@ the same for ``τ²`` with ``ξ``), one sweep draws
 
 This is the "shrunken shoulder" construction of Nishimura & Suchard (2023), "Shrinkage with
 shrunken shoulders: Gibbs sampling shrinkage model posteriors with guaranteed convergence
-rates", Bayesian Anal. 18:367. It differs from Piironen & Vehtari's (2017) regularised
-horseshoe in the scales' prior only: integrating ``β_j`` out of the joint leaves
-``p(λ_j | τ, σ²) ∝ HalfCauchy(λ_j) / √(c² + σ²τ²λ_j²)``, so the local scales' tail falls as
-``λ⁻³`` instead of ``λ⁻²`` once ``στλ`` passes ``c`` (where the slab already caps ``β``'s
-variance, so the coefficients' prior changes little), and ``c`` is fixed where Piironen &
-Vehtari give ``c²`` an inverse-gamma prior (a Student-t slab).
+rates", Bayesian Anal. 18:367 (arXiv:1911.02160). It differs from Piironen & Vehtari's
+(2017) regularised horseshoe in three ways:
+
+- the scales' prior: integrating ``β_j`` out of the joint leaves ``p(λ_j | τ, σ²) ∝
+  HalfCauchy(λ_j) / √(c² + σ²τ²λ_j²)`` (the same factor falls on ``τ`` and ``σ²``). Below
+  the slab (``στλ ≪ c``) the factor is constant and nothing changes; past it a local scale's
+  tail falls as ``λ⁻³`` instead of ``λ⁻²``, so less prior mass sits where ``β`` has the
+  slab's full variance: large coefficients are a little less likely a priori;
+- ``c`` is fixed, where Piironen & Vehtari give ``c²`` an inverse-gamma prior (a Student-t
+  slab);
+- ``σ²`` has Jeffreys' prior, where theirs is half-normal on the standardised scale (with
+  tens of points the likelihood dominates either).
 
 All chains advance together (numpy's batched Cholesky over ``(chain, term, term)``), from the
 sufficient statistics ``XᵀX``, ``Xᵀy``: the cost of a sweep does not grow with the data.
