@@ -94,14 +94,13 @@ class PredictiveBand:
         return float(np.mean(inside[mask])) if mask.any() else float("nan")
 
     def for_plot(self) -> PredictiveBand:
-        """A copy whose unbounded parts reach a thousand times past every finite value, so
-        that a plot shades its whole height there (an unbounded band says: anything), where
-        ``±inf`` would leave a gap that reads as no uncertainty at all."""
-        finite = np.concatenate([a[np.isfinite(a)] for a in (self.lower, self.upper)])
-        far = 1e3 * max(float(np.abs(finite).max()) if finite.size else 1.0, 1.0)
-        clip = {k: np.clip(getattr(self, k), -far, far) for k in ("lower", "upper")}
-        clip |= {k: np.clip(getattr(self, k), -far, far) for k in ("state_lower", "state_upper")}
-        return replace(self, **clip)
+        """A copy for a plot: every value within a hundred times the largest median, so the
+        unbounded parts shade the plot's whole height (an unbounded band says: anything),
+        where ``±inf`` would leave a gap that reads as no uncertainty at all."""
+        centre = self.median[np.isfinite(self.median)]
+        far = 100 * max(float(np.abs(centre).max()) if centre.size else 1.0, 1.0)
+        ends = ("lower", "upper", "state_lower", "state_upper")
+        return replace(self, **{k: np.clip(getattr(self, k), -far, far) for k in ends})
 
     def mean_width(self) -> float:
         """Mean width of the predictive band where it is bounded."""
