@@ -172,3 +172,27 @@ def test_escape_index():
     states = np.stack([[frozen], [nan], [np.full_like(row, np.nan)], [np.ones_like(row)], [row]])
     failed = np.array([True, True, True, False, True])
     assert escape_index(states, failed)[:, 0].tolist() == [5, 3, 0, 10, 9]
+
+
+def test_a_structure_without_a_laplace_approximation_is_named_not_hidden(monkeypatch):
+    """A structure whose Hessian cannot be had has no draws at all (not a blow-up): it is
+    left out, its weight reported and warned about, and the band is the other structure's."""
+    import ude.uq.mixture as mixture
+    from ude.uq.report import band_warnings
+
+    data = _data()
+    result = _distillation(data, [0.6, 0.4])
+    singular = result.path[1].refit.model
+    real = mixture.LaplaceInterval.trajectories
+
+    def trajectories(self, model, *args, **kwargs):
+        if model is singular:
+            raise np.linalg.LinAlgError("Singular matrix")
+        return real(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(mixture.LaplaceInterval, "trajectories", trajectories)
+    band = StructureMixture(n_samples=100, seed=1).band(result, data, GRID)
+    assert band.left_out_weight == 0.4 and "LinAlgError" in band.components[1]["left_out"]
+    assert band.n_failed == 0 and band.unbounded_from() == [None]
+    (line,) = band_warnings(band, band.unbounded_from())
+    assert "weight 0.40 could not be simulated" in line
