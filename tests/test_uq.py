@@ -203,3 +203,20 @@ def test_distill_uq_none_and_fast():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_one_term_and_nothing_to_explain():
+    """One library term carrying the signal: included, its interval around the true 2 (noise
+    0.1 on 20 points: a standard error near 0.02); a target the condition intercepts explain
+    exactly: no term included and a zero coefficient, not a fit to rounding noise."""
+    rng = np.random.default_rng(0)
+    F = rng.standard_normal((20, 1))
+    cond = np.repeat([0, 1], 10)
+    regression = HorseshoeRegression(num_samples=200, warmup=200, thin=2)
+    signal = 2.0 * F[:, 0] + 0.1 * rng.standard_normal(20)
+    post = regression.fit(IntegralProblem(F, signal, cond, ["a"], True))
+    lo, hi = post.intervals()["a"]
+    assert post.inclusion()["a"] == 1.0 and lo < 2.0 < hi and hi - lo < 0.2
+    flat = np.where(cond == 0, 1.0, 2.0)
+    post = regression.fit(IntegralProblem(F, flat, cond, ["a"], True))
+    assert post.inclusion()["a"] == 0.0 and np.abs(post.intervals()["a"]).max() < 1e-12

@@ -105,7 +105,8 @@ def horseshoe_gibbs(
             b2 = beta**2
             rss = np.maximum(q - 2 * beta @ r + np.einsum("cj,jk,ck->c", beta, S, beta), 0.0)
             shrunk = np.sum(b2 / (tau2[:, None] * lam2), axis=1)
-            s2 = _inverse_gamma(rng, (n + p) / 2, (rss + shrunk) / 2)
+            # floored: a target the intercepts explain exactly has no residual at all
+            s2 = np.maximum(_inverse_gamma(rng, (n + p) / 2, (rss + shrunk) / 2), _TINY)
             lam2 = _inverse_gamma(rng, 1.0, 1 / nu + b2 / (2 * s2[:, None] * tau2[:, None]))
             # a scale past these bounds changes nothing (β is zero, or the slab's alone) but
             # would turn the next sweep's ratios into 0/0

@@ -157,7 +157,9 @@ def _design(p: IntegralProblem) -> tuple[np.ndarray, np.ndarray, np.ndarray, flo
         for j in range(p.n_terms)
         if j not in p.degenerate and scale[j] > 1e-12 * max(scale.max(), 1e-300)
     ]
-    y_scale = float(np.std(y)) or 1.0
+    y_scale = float(np.std(y))
+    if y_scale <= 1e-12 * max(float(np.std(p.y)), 1e-300):
+        y_scale = 1.0  # the intercepts explain y exactly: no signal left (not rounding noise)
     return F[:, kept] / scale[kept], y / y_scale, scale[kept], y_scale, kept
 
 
