@@ -196,3 +196,36 @@ def test_a_structure_without_a_laplace_approximation_is_named_not_hidden(monkeyp
     assert band.n_failed == 0 and band.unbounded_from() == [None]
     (line,) = band_warnings(band, band.unbounded_from())
     assert "weight 0.40 could not be simulated" in line
+
+
+def test_the_ensemble_band_keeps_members_that_blow_up():
+    """20 members, two of which blow up (inf) at t = 5: 10 % of the pool, more than the 5 %
+    a 95 % band may leave out, so from t = 5 the band is unbounded and before it finite;
+    with one of 40 (2.5 %) it stays finite, the central 0.95 / 0.975 of the 39 others."""
+    import torch
+
+    from ude.uq.ensemble_band import ensemble_band
+
+    t = np.linspace(0, 9, 10)
+    rates = np.linspace(0.4, 0.6, 40)
+
+    def ensemble(n: int, blown: int) -> SimpleNamespace:
+        traj = 2.0 * np.exp(-rates[:n, None] * t)[:, None, :, None]  # (member, 1, time, 1)
+        traj[:blown, :, 5:] = np.inf
+        return SimpleNamespace(
+            initial=torch.zeros(n, 1, 1, dtype=torch.float64),
+            trajectories=lambda times, cond: torch.as_tensor(traj),
+            spec=SimpleNamespace(states=["x"], observables={}),
+            observable_names=["x"],
+            noise=torch.full((n, 1), 0.05, dtype=torch.float64),
+        )
+
+    band = ensemble_band(ensemble(20, 2), t)
+    assert band.n_failed == 2 and band.unbounded_from() == [5.0]
+    assert np.all(np.isfinite(band.state_upper[0, :5])) and np.all(band.upper[0, 5:] == np.inf)
+    band = ensemble_band(ensemble(40, 1), t)
+    assert band.unbounded_from() == [None]
+    alive = 2.0 * np.exp(-rates[1:40] * t[-1])
+    inner = 0.95 / (1 - 1 / 40)
+    lo, hi = np.quantile(alive, [(1 - inner) / 2, (1 + inner) / 2])
+    assert np.isclose(band.state_lower[0, -1, 0], lo) and np.isclose(band.state_upper[0, -1, 0], hi)

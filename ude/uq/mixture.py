@@ -120,7 +120,7 @@ def escape_index(states: np.ndarray, failed: np.ndarray) -> np.ndarray:
     n_s, n_c, n_t, _ = states.shape
     finite = np.isfinite(states).all(-1)  # (sample, condition, time)
     out = np.where(finite.all(-1), n_t, np.argmin(finite, axis=-1))
-    same = (states == states[:, :, -1:, :]).all(-1)
+    same = (states == states[:, :, -1:, :]).all(-1) & finite  # a frozen row is finite
     # the constant tail's length: how many outputs at the end equal the last one
     tail = np.argmin(same[:, :, ::-1], axis=-1)
     tail = np.where(same.all(-1), n_t, tail)
@@ -234,8 +234,8 @@ class StructureMixture:
             escape = np.concatenate(escapes)  # (sample, condition)
             alive = escape[:, :, None] > np.arange(len(times))  # (sample, condition, time)
             noisy = draws + noise * rng.standard_normal(draws.shape)
-            s_lo, _, s_hi = _escaped_quantiles(draws, alive, self.level)
-            lo, med, hi = _escaped_quantiles(noisy, alive, self.level)
+            s_lo, _, s_hi = escaped_quantiles(draws, alive, self.level)
+            lo, med, hi = escaped_quantiles(noisy, alive, self.level)
             escaped = 1 - alive.mean(axis=0)
             n_failed = int((escape < len(times)).any(axis=1).sum())
         else:
@@ -259,7 +259,7 @@ class StructureMixture:
         )
 
 
-def _escaped_quantiles(
+def escaped_quantiles(
     draws: np.ndarray, alive: np.ndarray, level: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lower, median and upper ``(condition, time, state)`` of ``draws (sample, condition,
