@@ -42,7 +42,7 @@ QUICK = [
     "distill.uq.enabled=true",  # the horseshoe and the structure mixture (off by default), cheap
     "distill.uq.regression.num_samples=20",
     "distill.uq.regression.warmup=20",
-    "distill.uq.regression.max_tree_depth=4",
+    "distill.uq.regression.chains=2",
     "distill.uq.mixture.n_samples=40",
 ]
 

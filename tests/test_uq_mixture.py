@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from functools import cache
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 
@@ -16,11 +18,11 @@ TIMES = np.linspace(0, 3, 31)
 GRID = np.linspace(0, 9, 46)  # the data's window and twice as far again
 
 
-def _spec(rhs: str) -> ModelSpec:
+def _spec(rhs: str, k: float = 0.5) -> ModelSpec:
     return ModelSpec.from_dict(
         {
             "states": ["x"],
-            "parameters": {"k": {"value": 0.5, "learn": True}},
+            "parameters": {"k": {"value": k, "learn": True}},
             "equations": {"x": rhs},
         }
     )
@@ -34,14 +36,19 @@ def _data() -> Measurements:
     )
 
 
+@cache
+def _refit(rhs: str) -> Any:
+    """The refit of ``x' = rhs`` on :func:`_data` (once per test session: a twin's solves
+    leave it as they found it)."""
+    refit = TwinRefit(max_iter=80).fit(_spec(rhs), _data(), noise=np.array([0.05]))
+    assert refit.ok
+    return refit
+
+
 def _distillation(data: Measurements, weights: list[float]) -> SimpleNamespace:
     """Two refitted rivals on the same data: first-order decay (the truth) and a quadratic
     one; they agree over the data and part past it."""
-    models = []
-    for rhs in ("-k*x", "-k*x**2"):
-        refit = TwinRefit(max_iter=80).fit(_spec(rhs), data, noise=np.array([0.05]))
-        assert refit.ok
-        models.append(refit)
+    models = [_refit(rhs) for rhs in ("-k*x", "-k*x**2")]
     path = [SimpleNamespace(refit=r, rhs=rhs) for r, rhs in zip(models, ("x", "x**2"), strict=True)]
     return SimpleNamespace(
         path=path,
@@ -80,3 +87,145 @@ def test_the_mixture_is_wider_than_either_structure_where_they_disagree():
     w_alone = (alone.state_upper - alone.state_lower)[0, -1, 0]
     w_first = (first.upper - first.lower)[0, -1, 0]
     assert abs(w_alone - w_first) < 0.2 * w_first  # the same draws' law, other seeds
+
+
+@cache
+def _exploding() -> Any:
+    """A rival that fits growth, x' = k x² from x = 2 with k about 0.15: it blows up at
+    t = 1 / (k x0) = 3.3, just past the data, for every draw near its refit."""
+    grow = 2.0 / (1 - 0.3 * TIMES)
+    values = grow + 0.05 * np.random.default_rng(1).standard_normal(len(TIMES))
+    growth = Measurements(
+        times=TIMES, values=values[None, :, None, None], observables=["x"], conditions=["c0"]
+    )
+    refit = TwinRefit(max_iter=80).fit(_spec("k*x**2", k=0.12), growth, noise=np.array([0.05]))
+    assert refit.ok
+    return refit
+
+
+def _with_rival(data: Measurements, weights: list[float]) -> SimpleNamespace:
+    result = _distillation(data, [1.0, 0.0])
+    result.path[1] = SimpleNamespace(refit=_exploding(), rhs="x**2")
+    result.weights = np.array(weights)
+    return result
+
+
+def test_a_rival_that_blows_up_makes_the_band_unbounded_not_narrower():
+    """Half the mixture's weight on a structure that blows up near t = 3.3: its draws are
+    counted (all 150 blew up, the first past the data), and once more than 5 % of all draws have
+    escaped no finite band holds 95 % of the mixture: from there the band is unbounded (±inf)
+    instead of the surviving structure's narrow band; before, it is finite."""
+    data = _data()
+    band = StructureMixture(n_samples=300, seed=1).band(_with_rival(data, [0.5, 0.5]), data, GRID)
+    stable, rival = band.components
+    assert stable["n_failed"] == 0 and rival["n_failed"] == 150 and rival["failed_share"] == 1.0
+    assert 3.0 < rival["first_failure"] < 4.0, rival
+    assert band.n_failed == 150
+    (end,) = band.unbounded_from()
+    assert end is not None and rival["first_failure"] <= end < 4.5, end
+    after = band.times >= end
+    assert np.all(np.isinf(band.state_upper[0, after])) and np.all(band.upper[0, after] == np.inf)
+    assert np.all(band.lower[0, after] == -np.inf)
+    assert np.all(np.isfinite(band.state_upper[0, ~after]))
+    assert band.usable and band.escaped[0, -1] == 0.5
+    assert np.isnan(band.median[0, -1])  # half the draws escaped: no median
+    # the plot shades the unbounded part's whole height instead of leaving a gap
+    shown = band.for_plot()
+    assert np.all(np.isfinite(shown.upper)) and np.all(np.isfinite(shown.state_lower))
+    assert shown.upper[0, -1, 0] >= 100 * np.nanmax(np.abs(band.median[0, :, 0]))
+    # coverage counts the bounded times only
+    truth = np.broadcast_to(band.state_lower[:, :1], band.state_lower.shape).copy()
+    assert np.isfinite(band.coverage(truth))
+
+
+def test_a_few_blowups_widen_the_band_by_the_rule():
+    """3 % of the weight on the exploding rival (9 of 300 draws): the band stays bounded but
+    past the blow-up it is the central 0.95 · 300 / 291 interval of the 291 surviving draws
+    (so it holds 95 % of all 300 whatever the 9 do), exactly, not their 95 % interval."""
+    data = _data()
+    band = StructureMixture(n_samples=300, seed=1).band(_with_rival(data, [0.97, 0.03]), data, GRID)
+    assert [c["n_samples"] for c in band.components] == [291, 9]
+    assert band.components[1]["n_failed"] == 9 and band.unbounded_from() == [None]
+    states, failed, _, _ = LaplaceInterval(n_samples=291, seed=1).trajectories(
+        _refit("-k*x").model, data, GRID
+    )
+    assert not failed.any()
+    inner = 0.95 * 300 / 291
+    lo, hi = np.quantile(states[:, 0, -1, 0], [(1 - inner) / 2, (1 + inner) / 2])
+    assert np.isclose(band.state_lower[0, -1, 0], lo) and np.isclose(band.state_upper[0, -1, 0], hi)
+    plain_lo, plain_hi = np.quantile(states[:, 0, -1, 0], [0.025, 0.975])
+    assert hi - lo > plain_hi - plain_lo
+
+
+def test_escape_index():
+    """A frozen row escapes one output before its constant tail, a nan escapes at once, a
+    failed solve (all nan) at 0; a row of a draw that did not fail is never cut, even if
+    constant; a failed draw with nothing to see died in the last interval."""
+    from ude.uq.mixture import escape_index
+
+    t = np.linspace(0, 1, 10)
+    row = np.exp(t)[:, None]
+    frozen = row.copy()
+    frozen[6:] = 7.5
+    nan = row.copy()
+    nan[3:] = np.nan
+    states = np.stack([[frozen], [nan], [np.full_like(row, np.nan)], [np.ones_like(row)], [row]])
+    failed = np.array([True, True, True, False, True])
+    assert escape_index(states, failed)[:, 0].tolist() == [5, 3, 0, 10, 9]
+
+
+def test_a_structure_without_a_laplace_approximation_is_named_not_hidden(monkeypatch):
+    """A structure whose Hessian cannot be had has no draws at all (not a blow-up): it is
+    left out, its weight reported and warned about, and the band is the other structure's."""
+    import ude.uq.mixture as mixture
+    from ude.uq.report import band_warnings
+
+    data = _data()
+    result = _distillation(data, [0.6, 0.4])
+    singular = result.path[1].refit.model
+    real = mixture.LaplaceInterval.trajectories
+
+    def trajectories(self, model, *args, **kwargs):
+        if model is singular:
+            raise np.linalg.LinAlgError("Singular matrix")
+        return real(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(mixture.LaplaceInterval, "trajectories", trajectories)
+    band = StructureMixture(n_samples=100, seed=1).band(result, data, GRID)
+    assert band.left_out_weight == 0.4 and "LinAlgError" in band.components[1]["left_out"]
+    assert band.n_failed == 0 and band.unbounded_from() == [None]
+    (line,) = band_warnings(band, band.unbounded_from())
+    assert "weight 0.40 could not be simulated" in line
+
+
+def test_the_ensemble_band_keeps_members_that_blow_up():
+    """20 members, two of which blow up (inf) at t = 5: 10 % of the pool, more than the 5 %
+    a 95 % band may leave out, so from t = 5 the band is unbounded and before it finite;
+    with one of 40 (2.5 %) it stays finite, the central 0.95 / 0.975 of the 39 others."""
+    import torch
+
+    from ude.uq.ensemble_band import ensemble_band
+
+    t = np.linspace(0, 9, 10)
+    rates = np.linspace(0.4, 0.6, 40)
+
+    def ensemble(n: int, blown: int) -> SimpleNamespace:
+        traj = 2.0 * np.exp(-rates[:n, None] * t)[:, None, :, None]  # (member, 1, time, 1)
+        traj[:blown, :, 5:] = np.inf
+        return SimpleNamespace(
+            initial=torch.zeros(n, 1, 1, dtype=torch.float64),
+            trajectories=lambda times, cond: torch.as_tensor(traj),
+            spec=SimpleNamespace(states=["x"], observables={}),
+            observable_names=["x"],
+            noise=torch.full((n, 1), 0.05, dtype=torch.float64),
+        )
+
+    band = ensemble_band(ensemble(20, 2), t)
+    assert band.n_failed == 2 and band.unbounded_from() == [5.0]
+    assert np.all(np.isfinite(band.state_upper[0, :5])) and np.all(band.upper[0, 5:] == np.inf)
+    band = ensemble_band(ensemble(40, 1), t)
+    assert band.unbounded_from() == [None]
+    alive = 2.0 * np.exp(-rates[1:40] * t[-1])
+    inner = 0.95 / (1 - 1 / 40)
+    lo, hi = np.quantile(alive, [(1 - inner) / 2, (1 + inner) / 2])
+    assert np.isclose(band.state_lower[0, -1, 0], lo) and np.isclose(band.state_upper[0, -1, 0], hi)

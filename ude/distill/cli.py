@@ -64,10 +64,11 @@ def run_distill(
     if regression is not None:
         from ude.uq import bayesian_terms
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         with (progress or Progress()).stage("horseshoe"):
             uq, _ = bayesian_terms(result.integral, regression)
         uq["seconds"] = round(time.perf_counter() - start, 3)
+        uq["cpu_seconds"] = round(time.process_time() - cpu, 3)  # the machine may be shared
     options = cfg.get("forecast_interval", {})
     interval = None
     if options is not None and options.get("n_samples", 1) > 0:
@@ -183,7 +184,10 @@ def summary(metrics: dict[str, Any]) -> str:
             f"; {predictive['level']:.0%} band over {len(predictive['structures'])} "
             f"structure(s) covers {predictive['coverage_of_truth']:.0%} of the truth"
         )
-    for warning in (metrics.get("uq") or {}).get("warnings", []):
+        ends = [t for t in predictive.get("unbounded_from", []) if t is not None]
+        if ends:
+            line += f" up to t={min(ends):.3g} (unbounded past it)"
+    for warning in (metrics.get("uq") or {}).get("warnings", []) + predictive.get("warnings", []):
         line += f"; UQ WARNING: {warning}"
     for tie in metrics.get("ties") or []:
         terms = "; ".join(f"d{s}/dt += {e}" for s, e in tie["terms"].items())

@@ -2,8 +2,8 @@
 (:class:`HorseshoeRegression`) and its report (:func:`bayesian_terms`); predictive bands
 averaged over the refitted structures (:class:`StructureMixture`).
 
-pyro is imported only when a posterior is sampled: reading a config or ``--help`` does not
-import it."""
+pyro is imported only by the NUTS sampler (``HorseshoeRegression(sampler="nuts")``): the
+default Gibbs sampler, a config or ``--help`` do not import it."""
 
 from ude.uq.horseshoe import HorseshoeRegression, TermPosterior
 from ude.uq.mixture import PredictiveBand, StructureMixture

@@ -3,7 +3,9 @@
 in one batched solve, each member's draws of new measurements with its own fitted noise
 level, pooled; the band is their quantiles. The spread of the members is the networks'
 uncertainty (N initialisations fitted to the same data); the noise makes it a band for new
-data, not only for the trajectory."""
+data, not only for the trajectory. A member whose solve blows up stays in the pool from the
+time it does as a draw outside the band (the rule of :mod:`ude.uq.mixture`): past the time
+when more than ``1 - level`` of the members have, the band is unbounded."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ude.uq.mixture import PredictiveBand
+from ude.uq.mixture import PredictiveBand, escape_index, escaped_quantiles
 
 
 @torch.no_grad()
@@ -33,24 +35,23 @@ def ensemble_band(
     t = torch.as_tensor(times, dtype=dtype)
     cond = torch.arange(ensemble.initial.shape[1])
     states = ensemble.trajectories(t, cond).cpu().numpy()  # (member, condition, time, state)
-    ok = np.isfinite(states).all(axis=(1, 2, 3))
+    failed = ~np.isfinite(states).all(axis=(1, 2, 3))
+    alive = escape_index(states, failed)[:, :, None] > np.arange(len(times))
     spec = ensemble.spec
     noise = ensemble.noise.cpu().numpy()  # (member, observable)
     sd = np.zeros((states.shape[0], states.shape[-1]))
     for i, s in enumerate(spec.states):
         if s in ensemble.observable_names and s not in spec.observables:
             sd[:, i] = noise[:, ensemble.observable_names.index(s)]
-    q = [(1 - level) / 2, 0.5, (1 + level) / 2]
-    good = states[ok]
-    if not len(good):
-        nan = np.full(states.shape[1:], np.nan)
-        return PredictiveBand(
-            np.asarray(times), nan, nan, nan, nan, nan, level, len(ok), len(ok), sd.mean(0)
-        )
-    s_lo, _, s_hi = np.quantile(good, q, axis=0)
-    eps = rng.standard_normal((noise_draws, *good.shape))
-    noisy = (good[None] + sd[ok][None, :, None, None, :] * eps).reshape(-1, *good.shape[1:])
-    lo, med, hi = np.quantile(noisy, q, axis=0)
+    s_lo, _, s_hi = escaped_quantiles(states, alive, level)
+    eps = rng.standard_normal((noise_draws, *states.shape))
+    with np.errstate(invalid="ignore"):  # a blown-up member's entries are masked anyway
+        noisy = (states[None] + sd[None, :, None, None, :] * eps).reshape(-1, *states.shape[1:])
+    lo, med, hi = escaped_quantiles(
+        noisy,
+        np.broadcast_to(alive, (noise_draws, *alive.shape)).reshape(-1, *alive.shape[1:]),
+        level,
+    )
     return PredictiveBand(
         times=np.asarray(times, dtype=float),
         lower=lo,
@@ -59,10 +60,11 @@ def ensemble_band(
         state_lower=s_lo,
         state_upper=s_hi,
         level=level,
-        n_samples=int(len(ok)),
-        n_failed=int((~ok).sum()),
-        noise=sd[ok].mean(axis=0),
-        components=[{"members": int(ok.sum()), "noise_draws": noise_draws}],
+        n_samples=int(len(failed)),
+        n_failed=int(failed.sum()),
+        noise=sd[~failed].mean(axis=0) if (~failed).any() else sd.mean(axis=0),
+        escaped=1 - alive.mean(axis=0),
+        components=[{"members": int((~failed).sum()), "noise_draws": noise_draws}],
     )
 
 
@@ -82,7 +84,8 @@ def ensemble_band_report(
         "members": band.n_samples,
         "n_failed": band.n_failed,
         "horizon": float(times[-1]),
-        "mean_width": float(np.nanmean(band.upper - band.lower)),
+        "mean_width": band.mean_width(),
+        "unbounded_from": band.unbounded_from(),
     }
     if measurements.truth is not None and band.usable:
         tr = measurements.truth

@@ -11,13 +11,24 @@ A directly observed state then gets Gaussian noise at its observable's fitted le
 refit's learned noise): the band is for a new measurement, not only for the trajectory.
 Quantiles over the pooled draws give the band; the state band (no noise) is kept beside it.
 
+Draws that blow up are part of the mixture, not errors to drop: a rival structure that
+diverges past the data is exactly the uncertainty the band must show. A draw's trajectory
+counts up to the output time before its solve froze it (:func:`escape_index`); from then on
+its value is unknown (in practice beyond every bound). At each time the band keeps its level
+whatever those values are: with a share ``e`` of the draws escaped, the band is the central
+``level / (1 - e)`` interval of the surviving draws, so it holds at least ``level`` of the
+whole mixture even if every escaped draw lies outside it. Once ``e`` passes ``1 - level`` no
+finite band can hold ``level``: the band is unbounded there (``±inf``; the plot's band stops,
+``unbounded_from`` says when, and the report warns). A structure whose Laplace approximation
+cannot be had (a singular Hessian) has no draws at all: it is left out, its weight named.
+
 Where the structures disagree, the mixture is wider than any one of them; where one
 structure holds all the weight it is that structure's Laplace band plus noise.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -34,9 +45,12 @@ from ude.model.solver import SolverFailed
 class PredictiveBand:
     """A pointwise band over ``times (time,)``: ``lower``, ``median``, ``upper``
     ``(condition, time, state)`` for new measurements (observed states with noise), and
-    ``state_lower``, ``state_upper`` for the noise-free trajectory. ``components``: each
-    structure's weight, draws and failed draws; ``noise (state,)``: the standard deviation
-    added (0: a latent state)."""
+    ``state_lower``, ``state_upper`` for the noise-free trajectory; ``±inf`` where the band
+    is unbounded, the median ``nan`` where half the draws have escaped. ``escaped
+    (condition, time)``: the share of the mixture's draws that have blown up by each time.
+    ``components``: each structure's weight, draws, draws that blew up and when;
+    ``noise (state,)``: the standard deviation added (0: a latent state);
+    ``left_out_weight``: the weight of structures that could not be simulated."""
 
     times: np.ndarray
     lower: np.ndarray
@@ -48,17 +62,73 @@ class PredictiveBand:
     n_samples: int
     n_failed: int
     noise: np.ndarray
+    escaped: np.ndarray
     components: list[dict[str, Any]] = field(default_factory=list)
+    left_out_weight: float = 0.0
+
+    @property
+    def bounded(self) -> np.ndarray:
+        """``(condition, time)``: where the band is finite."""
+        return np.isfinite(self.state_lower).all(-1) & np.isfinite(self.state_upper).all(-1)
 
     @property
     def usable(self) -> bool:
-        return self.n_failed <= self.n_samples / 2
+        """Whether there is a band to show: finite at the first time of every condition."""
+        return bool(self.bounded[:, 0].all())
+
+    def unbounded_from(self) -> list[float | None]:
+        """Per condition, the first time at which the band is unbounded (None: never)."""
+        out = []
+        for row in self.bounded:
+            past = np.flatnonzero(~row)
+            out.append(float(self.times[past[0]]) if len(past) else None)
+        return out
 
     def coverage(self, truth: np.ndarray, noisy: bool = False) -> float:
         """Fraction of ``truth (condition, time, state)`` inside the state band (``noisy``:
-        the predictive band, for values with measurement noise)."""
+        the predictive band, for values with measurement noise), over the times where the
+        band is bounded (an unbounded band covers trivially); nan where it never is."""
         lo, hi = (self.lower, self.upper) if noisy else (self.state_lower, self.state_upper)
-        return float(np.mean((truth >= lo) & (truth <= hi)))
+        inside = (truth >= lo) & (truth <= hi)
+        mask = np.broadcast_to(self.bounded[..., None], inside.shape)
+        return float(np.mean(inside[mask])) if mask.any() else float("nan")
+
+    def for_plot(self) -> PredictiveBand:
+        """A copy for a plot: every value within a hundred times the largest median, so the
+        unbounded parts shade the plot's whole height (an unbounded band says: anything),
+        where ``±inf`` would leave a gap that reads as no uncertainty at all."""
+        centre = self.median[np.isfinite(self.median)]
+        far = 100 * max(float(np.abs(centre).max()) if centre.size else 1.0, 1.0)
+        ends = ("lower", "upper", "state_lower", "state_upper")
+        return replace(self, **{k: np.clip(getattr(self, k), -far, far) for k in ends})
+
+    def mean_width(self) -> float:
+        """Mean width of the predictive band where it is bounded."""
+        mask = np.broadcast_to(self.bounded[..., None], self.upper.shape)
+        return float(np.mean((self.upper - self.lower)[mask])) if mask.any() else float("nan")
+
+
+def escape_index(states: np.ndarray, failed: np.ndarray) -> np.ndarray:
+    """``(sample, condition)``: the first output time index from which a draw's trajectory
+    ``states (sample, condition, time, state)`` is not to be trusted (the number of times:
+    all of it is). A non-finite value escapes at once (a draw whose solve failed outright is
+    all nan: index 0). A failed draw (``failed (sample,)``) whose row the solve froze
+    (:class:`ude.model.doses.RowsRHS` stops a row that leaves its bound: its outputs are then
+    exactly constant) escapes one output before its constant tail begins, since the solver
+    step in which it died also shaped the output before; a failed draw with no frozen or
+    non-finite row died in the last interval."""
+    n_s, n_c, n_t, _ = states.shape
+    finite = np.isfinite(states).all(-1)  # (sample, condition, time)
+    out = np.where(finite.all(-1), n_t, np.argmin(finite, axis=-1))
+    same = (states == states[:, :, -1:, :]).all(-1) & finite  # a frozen row is finite
+    # the constant tail's length: how many outputs at the end equal the last one
+    tail = np.argmin(same[:, :, ::-1], axis=-1)
+    tail = np.where(same.all(-1), n_t, tail)
+    frozen = failed[:, None] & (tail >= 2)
+    out = np.where(frozen, np.minimum(out, np.maximum(n_t - tail - 1, 0)), out)
+    unexplained = failed & (out >= n_t).all(axis=1)
+    out[unexplained] = n_t - 1
+    return out
 
 
 def observation_noise(model: HybridODE, states: list[str]) -> np.ndarray:
@@ -128,13 +198,13 @@ class StructureMixture:
         from ``initial (condition, state)`` with the inputs and parameters of ``conditions``
         (as :meth:`ude.distill.uncertainty.LaplaceInterval.forecast`)."""
         rng = np.random.default_rng(self.seed)
-        pooled, info, n_failed = [], [], 0
+        pooled, escapes, info, left_out = [], [], [], 0.0
         comps = self.components(result)
         counts = _share(np.array([w for _, w, _, _ in comps]), self.n_samples)
         for k, ((_, w, model, label), n) in enumerate(zip(comps, counts, strict=True)):
             entry = {"discovered": label, "weight": round(w, 6), "n_samples": int(n)}
             if n == 0:
-                info.append(entry | {"n_failed": 0})
+                info.append(entry | {"n_failed": 0, "failed_share": 0.0})
                 continue
             interval = LaplaceInterval(n_samples=int(n), level=self.level, seed=self.seed + k)
             try:
@@ -142,25 +212,36 @@ class StructureMixture:
                     model, measurements, times, initial, conditions
                 )
             except (RuntimeError, ValueError, np.linalg.LinAlgError, SolverFailed) as err:
-                info.append(entry | {"n_failed": int(n), "error": f"{type(err).__name__}: {err}"})
-                n_failed += int(n)
+                # no draws at all (the Laplace approximation failed): not a blow-up
+                info.append(entry | {"left_out": f"{type(err).__name__}: {err}"})
+                left_out += w
                 continue
-            entry["n_failed"] = int(failed.sum())
-            n_failed += int(failed.sum())
-            pooled.append(states[~failed])
+            escape = escape_index(states, failed)
+            blew = (escape < len(times)).any(axis=1)
+            entry["n_failed"] = int(blew.sum())
+            entry["failed_share"] = round(float(blew.mean()), 4)
+            if blew.any():
+                entry["first_failure"] = float(times[escape.min()])
+            pooled.append(states)
+            escapes.append(escape)
             info.append(entry)
         states = result.twin.states
         noise = observation_noise(result.model, states) if self.noise else np.zeros(len(states))
-        q = [(1 - self.level) / 2, 0.5, (1 + self.level) / 2]
-        if pooled and sum(len(p) for p in pooled):
+        n_c = measurements.n_conditions if initial is None else len(initial)
+        shape = (n_c, len(times), len(states))
+        if pooled:
             draws = np.concatenate(pooled)  # (sample, condition, time, state)
-            s_lo, _, s_hi = np.quantile(draws, q, axis=0)
+            escape = np.concatenate(escapes)  # (sample, condition)
+            alive = escape[:, :, None] > np.arange(len(times))  # (sample, condition, time)
             noisy = draws + noise * rng.standard_normal(draws.shape)
-            lo, med, hi = np.quantile(noisy, q, axis=0)
+            s_lo, _, s_hi = escaped_quantiles(draws, alive, self.level)
+            lo, med, hi = escaped_quantiles(noisy, alive, self.level)
+            escaped = 1 - alive.mean(axis=0)
+            n_failed = int((escape < len(times)).any(axis=1).sum())
         else:
-            n_c = measurements.n_conditions if initial is None else len(initial)
-            shape = (n_c, len(times), len(states))
-            lo = med = hi = s_lo = s_hi = np.full(shape, np.nan)
+            lo = hi = s_lo = s_hi = np.full(shape, np.nan)
+            med = np.full(shape, np.nan)
+            escaped, n_failed = np.ones(shape[:2]), 0
         return PredictiveBand(
             times=np.asarray(times, dtype=float),
             lower=lo,
@@ -172,8 +253,40 @@ class StructureMixture:
             n_samples=int(sum(counts)),
             n_failed=n_failed,
             noise=noise,
+            escaped=escaped,
             components=info,
+            left_out_weight=round(left_out, 6),
         )
+
+
+def escaped_quantiles(
+    draws: np.ndarray, alive: np.ndarray, level: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower, median and upper ``(condition, time, state)`` of ``draws (sample, condition,
+    time, state)`` where ``alive (sample, condition, time)`` marks the draws not escaped: the
+    central ``level / (1 - e)`` interval of the live draws, ``e`` the escaped share, so that
+    it holds ``level`` of all draws wherever the escaped ones are; ``±inf`` where that share
+    exceeds 1 (``e > 1 - level``), the median ``nan`` where ``e ≥ 1/2``."""
+    n = draws.shape[0]
+    live = alive.sum(axis=0)  # (condition, time)
+    inner = level * n / np.maximum(live, 1)
+    ordered = np.sort(np.where(alive[..., None], draws, np.nan), axis=0)  # nan last
+
+    def at(q: np.ndarray) -> np.ndarray:
+        # linear interpolation between order statistics, as np.quantile
+        pos = np.clip(q, 0, 1) * np.maximum(live - 1, 0)
+        i0 = np.floor(pos).astype(int)
+        i1 = np.minimum(i0 + 1, np.maximum(live - 1, 0))
+        frac = (pos - i0)[..., None]
+        a = np.take_along_axis(ordered, i0[None, ..., None], axis=0)[0]
+        b = np.take_along_axis(ordered, i1[None, ..., None], axis=0)[0]
+        return a + frac * (b - a)
+
+    bounded = (inner <= 1)[..., None] & (live > 0)[..., None]
+    lower = np.where(bounded, at((1 - inner) / 2), -np.inf)
+    upper = np.where(bounded, at((1 + inner) / 2), np.inf)
+    median = np.where((2 * live > n)[..., None], at(np.full(live.shape, 0.5)), np.nan)
+    return lower, median, upper
 
 
 def _share(weights: np.ndarray, n: int) -> np.ndarray:

@@ -10,9 +10,16 @@ from ude.uq.horseshoe import HorseshoeRegression, TermPosterior
 
 RHAT_MAX = 1.01
 """Split R-hat above this: the chains disagree (Vehtari et al. 2021, Bayesian Anal. 16:667)."""
-ESS_MIN = 100.0
-"""Effective draws below this: the intervals' ends are too noisy to report (the same
-source's rule of thumb, 50 per chain for the usual 2 or more chains)."""
+ESS_MIN = 400.0
+"""Effective draws, bulk or tail, below this: the intervals' ends are too noisy to report and
+R-hat itself is unreliable (the same source's rule: 100 per chain for 4 chains)."""
+
+METHODS = {
+    "gibbs": "horseshoe with a Gaussian slab on the integral-matching system, exact Gibbs "
+    "sampler (ude/uq/gibbs.py)",
+    "nuts": "regularised horseshoe (Piironen & Vehtari) on the integral-matching system, NUTS "
+    "(pyro)",
+}
 
 
 def posteriors(
@@ -30,12 +37,13 @@ def bayesian_terms(
     posteriors themselves."""
     post = posteriors(integral, regression)
     section: dict[str, Any] = {
-        "method": "regularised horseshoe on the integral-matching system, NUTS (pyro)",
+        "method": METHODS[regression.sampler],
         "level": regression.level,
         "threshold": regression.threshold,
         "settings": {
             k: getattr(regression, k)
-            for k in ("num_samples", "warmup", "chains", "expected_terms", "slab_scale")
+            for k in ("sampler", "num_samples", "warmup", "chains", "thin", "expected_terms")
+            + ("slab_scale",)
         },
         "targets": {t: p.summary() for t, p in post.items()},
     }
@@ -56,7 +64,7 @@ def uq_warnings(section: dict[str, Any]) -> list[str]:
         if bad:
             out.append(
                 f"{t}'s horseshoe posterior did not converge ({', '.join(bad)}): raise "
-                "distill.uq.regression.num_samples and warmup"
+                "distill.uq.regression.thin (or num_samples) and warmup"
             )
     return out
 
@@ -65,9 +73,11 @@ def predictive_band(
     mixture: Any, result: Any, measurements: Any, times: Any, truth: Any
 ) -> tuple[Any, dict[str, Any]]:
     """The structure-averaged predictive band (:class:`ude.uq.StructureMixture`) over
-    ``times`` and distill.json's ``predictive_band``: level, draws, failed draws, the
-    structures with their weights and, with ``truth (condition, time, state)``, the share of
-    the true states inside the band of the trajectories and inside the predictive band."""
+    ``times`` and distill.json's ``predictive_band``: level, draws, draws that blew up, the
+    structures with their weights and the share of each one's draws that blew up (and when
+    the first did), where the band is unbounded, ``warnings``; with ``truth (condition,
+    time, state)``, the share of the true states inside the band of the trajectories and
+    inside the predictive band where it is bounded."""
     import numpy as np
 
     from ude.model.solver import SolverFailed
@@ -76,16 +86,47 @@ def predictive_band(
         band = mixture.band(result, measurements, times)
     except (RuntimeError, ValueError, np.linalg.LinAlgError, SolverFailed) as err:
         return None, {"error": f"{type(err).__name__}: {err}"}
+    unbounded = band.unbounded_from()
     out: dict[str, Any] = {
         "level": band.level,
-        "method": "structure mixture (evidence weights) x Laplace draws + observation noise",
+        "method": "structure mixture (evidence weights) x Laplace draws + observation noise; "
+        "draws that blow up count as outside the band (unbounded where over 1 - level)",
         "n_samples": band.n_samples,
         "n_failed": band.n_failed,
+        "escaped_share_at_end": [round(float(e), 4) for e in band.escaped[:, -1]],
+        "unbounded_from": unbounded,
+        "bounded_share": round(float(band.bounded.mean()), 4),
+        "left_out_weight": band.left_out_weight,
         "noise": band.noise.tolist(),
         "structures": band.components,
     }
     if truth is not None and band.usable:
         out["coverage_of_truth"] = band.coverage(truth)
         out["predictive_coverage_of_truth"] = band.coverage(truth, noisy=True)
-        out["mean_width"] = float(np.nanmean(band.upper - band.lower))
+        out["mean_width"] = band.mean_width()
+    out["warnings"] = band_warnings(band, unbounded)
     return band, out
+
+
+def band_warnings(band: Any, unbounded: list[float | None]) -> list[str]:
+    """The lines a user must see about a predictive band: where it is unbounded because
+    draws blew up (naming the structures whose draws did), and structures left out."""
+    out = []
+    ends = [t for t in unbounded if t is not None]
+    if ends:
+        blew = [c for c in band.components if c.get("n_failed")]
+        names = ", ".join(
+            f"'{c['discovered']}' (weight {c['weight']:.2f}, {c['failed_share']:.0%} of its draws)"
+            for c in sorted(blew, key=lambda c: -c["weight"] * c["failed_share"])[:3]
+        )
+        share = float(band.escaped.max())
+        out.append(
+            f"the {band.level:.0%} predictive band is unbounded from t={min(ends):.3g}: "
+            f"{share:.0%} of the structure mixture's draws blow up by the end ({names})"
+        )
+    if band.left_out_weight > 0:
+        out.append(
+            f"structures with weight {band.left_out_weight:.2f} could not be simulated (no "
+            "Laplace approximation) and are left out of the predictive band"
+        )
+    return out
