@@ -267,3 +267,27 @@ def test_a_neural_reaction_is_scaled_by_the_published_model() -> None:
     for s in ("X_protein", "GFP"):
         assert float(model.state_scale[spec.states.index(s)]) == pytest.approx(scales[s])
     assert petab_datamodule(ELOWITZ).measurements.state_scale == {}
+
+
+def test_reading_a_problem_warns_nothing_and_keeps_every_digit(tmp_path: Path) -> None:
+    """petab 0.3's readers pass ``float_precision``, which pandas 3.1 deprecates (a warning
+    per table, hundreds in a test run); ude reads the files itself. Numbers still parse to the
+    nearest double: 17 significant digits, and the leading zeros pandas' old "high"
+    converter misread (pandas issue 39514)."""
+    import csv
+    import warnings
+
+    root = _copy(tmp_path, MODELS / "Elowitz_Nature2000")
+    table = root / "parameters_Elowitz_Nature2000.tsv"
+    _edit(table, "1.04454130394407E-05", "0.0000104454130394407")
+    _edit(table, "0.030159280362287", "0.030159280362287013")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning, pandas' Pandas4Warning included, fails
+        problem = load_problem(root / "Elowitz_Nature2000.yaml")
+        load_problem(SCIML / "009" / "petab" / "problem.yaml")  # v2 tables, two networks
+        write_petab(petab_spec(problem), petab_measurements(problem), tmp_path / "out")
+    with table.open() as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert len(rows) == 21
+    for row in rows:
+        assert problem.parameters[row["parameterId"]].nominal == float(row["nominalValue"])
