@@ -197,6 +197,10 @@ def _polish(model, objective, params, lo, hi, steps, best, log) -> float:
     return found["value"]
 
 
+REDRAWS = 10
+"""How many other points a random start draws when the model cannot be solved at its own."""
+
+
 def multistart(
     problem: str | Path,
     out_dir: str | Path,
@@ -213,9 +217,10 @@ def multistart(
     points uniform within the bounds on each parameter's scale; the best fit is written to
     ``out_dir`` (a PEtab problem and ``fit.json`` with every start's result).
 
-    ``log`` gets each start's progress, a few lines per start, each naming it (``start 2/4
-    (random 1): ...``): its objective at the start, every quarter of its Adam steps, every 50
-    evaluations of the polish, and its result."""
+    A random point where the model cannot be solved is replaced by another (at most
+    :data:`REDRAWS` times). ``log`` gets each start's progress, a few lines per start, each
+    naming it (``start 2/4 (random 1): ...``): its objective at the start, every quarter of its
+    Adam steps, every 50 evaluations of the polish, and its result."""
     p = load_problem(problem)
     lo, hi = _bounds(PetabModel(p, solver=solver))
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()) and starts:
@@ -233,17 +238,24 @@ def multistart(
     for i, point in enumerate(points):
         name = "nominal" if point is None else f"random {i + 1 - int(nominal)}"
         tag = f"start {i + 1}/{len(points)} ({name})"
-        model, metrics = fit_problem(
-            load_problem(problem),
-            solver,
-            epochs,
-            lr,
-            polish_steps,
-            seed,
-            lambda line, tag=tag: log(f"{tag}: {line}"),
-            point,
-            log_every=max(1, epochs // 4),
-        )
+        for attempt in range(REDRAWS + 1):
+            model, metrics = fit_problem(
+                load_problem(problem),
+                solver,
+                epochs,
+                lr,
+                polish_steps,
+                seed,
+                lambda line, tag=tag: log(f"{tag}: {line}"),
+                point,
+                log_every=max(1, epochs // 4),
+            )
+            if point is None or math.isfinite(metrics["first"]) or attempt == REDRAWS:
+                break
+            # a point where the model cannot be solved (it blows up at t=0) is no start: draw
+            # another, after every start's own point, so the other starts stay as they were
+            log(f"{tag}: drawing another point ({attempt + 1}/{REDRAWS})")
+            point = lo + (hi - lo) * torch.rand(len(lo), generator=generator, dtype=lo.dtype)
         log(
             f"{tag}: {metrics.get('objective', 'objective')} {metrics['first']:.6g} -> "
             f"{metrics['best']:.6g} in {metrics.get('seconds', 0.0):.0f} s"
