@@ -169,7 +169,9 @@ def _polish(model, objective, params, lo, hi, steps, best, log) -> float:
         except SolverFailed:  # a step too far: the line search backs off
             return math.inf, np.zeros_like(x)
         v = float(value.detach())
-        if math.isfinite(v) and v > found["value"]:
+        if not math.isfinite(v):  # as a failed solve: L-BFGS-B takes no NaN
+            return math.inf, np.zeros_like(x)
+        if v > found["value"]:
             found["value"], found["x"] = v, x.copy()
         if found["evaluations"] % 50 == 0:  # a line now and then: a log, not a trace
             log(f"L-BFGS-B evaluation {found['evaluations']}: best {found['value']:.6g}")
