@@ -395,3 +395,9 @@ def test_scaled_initial_values_keep_known_ones_and_follow_their_conditions() -> 
     assert one.initial[0, 0].item() == pytest.approx(3.0, rel=1e-5)
     assert one.initial[0, 1].item() == 2.0
     assert model.initial[1, 0].item() == pytest.approx(3.0, rel=1e-5)  # the original unchanged
+    # a twin's refit starts from the initial values it is given, through their scale
+    from ude.distill.refit import TwinRefit
+
+    start = np.array([[2000.0, 1.0], [3.0, 2.0]])
+    refit = TwinRefit(max_iter=0, learn_noise=False).fit(spec, data, initial=start)
+    np.testing.assert_allclose(refit.model.initial.detach(), start, rtol=1e-9)
