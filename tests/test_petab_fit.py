@@ -4,6 +4,7 @@ problem (in Python and through train.py), per-condition export and the export co
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -233,3 +234,109 @@ def test_export_help_exits_0(capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["export", "--help"])
     assert exit_.value.code == 0 and "--out" in capsys.readouterr().out
+
+
+def test_fit_prints_each_starts_progress_as_it_goes(tmp_path: Path, capsys) -> None:
+    """``python -m ude.petab fit --starts N``: a few lines per start, each naming it (start
+    i/N), with its objective at the start, during Adam and the polish, and its result."""
+    from ude.petab.__main__ import main
+
+    case = SCIML / "001" / "petab" / "problem.yaml"
+    args = ["fit", str(case), "--out", str(tmp_path / "fit"), "--starts", "1", "--epochs", "8"]
+    main([*args, "--polish", "5", "--solver", "dopri5"])
+    lines = capsys.readouterr().out.splitlines()
+    for tag in ("start 1/2 (nominal)", "start 2/2 (random 1)"):
+        own = [line for line in lines if line.startswith(tag + ": ")]
+        assert own[0].endswith("at the start") and own[0].split()[-5] == "llh"
+        steps = [line for line in own if ": Adam step " in line]
+        assert [line.split("Adam step ")[1].split(":")[0] for line in steps] == [
+            "2/8",
+            "4/8",
+            "6/8",
+            "8/8",
+        ]
+        assert any("L-BFGS-B polish: best " in line for line in own)
+        assert " -> " in own[-1] and own[-1].endswith(" s")
+        assert len(own) <= 8  # quiet: a log, not a trace
+    assert lines[-1].startswith("best objective ")
+
+
+def test_fit_progress_reaches_a_pipe_before_the_start_finishes(tmp_path: Path) -> None:
+    """Into a pipe or a log file, Python buffers its output: the first start's first line must
+    arrive while that start is still running (100,000 Adam steps), not when it ends."""
+    case = SCIML / "001" / "petab" / "problem.yaml"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ude.petab", "fit", str(case), "--out", str(tmp_path / "fit")]
+        + ["--starts", "1", "--epochs", "100000", "--solver", "dopri5"],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("start 1/2 (nominal): llh ") and proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+
+
+def test_polish_stays_within_the_bounds(monkeypatch) -> None:
+    """Case 001 with alpha's upper bound (1.2) below its optimum (1.3, the nominal value):
+    from alpha on that bound the polish (L-BFGS-B) climbs a long way without evaluating the
+    likelihood past it (an unbounded L-BFGS walks out, and its clamped end point can be worse
+    than where it started: the polish was then dropped)."""
+    problem = load_problem(SCIML / "001" / "petab" / "problem.yaml")
+    problem.parameters["alpha"].upper = 1.2
+    seen: list[float] = []
+    forward = PetabModel.forward
+
+    def recording(self, *args, **kwargs):
+        seen.append(float(self.theta[self.estimated.index("alpha")].detach()))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(PetabModel, "forward", recording)
+    solver = Solver("dopri5", rtol=1e-8, atol=1e-10, max_steps=100_000)
+    start = torch.tensor([1.2, 1.8, 0.9], dtype=torch.float64)
+    lines: list[str] = []
+    _, metrics = fit_problem(problem, solver, 0, 0.0, 40, log=lines.append, start=start)
+    # measured: -28557 at the start, -9772 after (the old unbounded L-BFGS: alpha up to 1.241)
+    assert metrics["best"] > metrics["first"] + 1000
+    assert len(seen) > 10 and max(seen) <= 1.2
+    assert lines[-1].startswith("L-BFGS-B polish: best ")
+
+
+def test_a_random_start_that_cannot_be_solved_draws_another(tmp_path: Path, monkeypatch) -> None:
+    """A random point where the model blows up at t=0 (Elowitz: 1 of 5 with seed 1) is no
+    start: another point is drawn, said in the log, and every start has a result; the other
+    starts keep their own points."""
+    import ude.petab.fit as fit
+
+    real, points = fit.fit_problem, []
+
+    def failing_once(problem, solver, epochs, lr, polish, seed, log, start=None, **kw):
+        points.append(start)
+        if start is not None and len(points) == 2:  # the first random point: no solve
+            return None, {"first": -math.inf, "best": -math.inf, "stop_reason": "start: test"}
+        return real(problem, solver, epochs, lr, polish, seed, log, start, **kw)
+
+    monkeypatch.setattr(fit, "fit_problem", failing_once)
+    lines: list[str] = []
+    case = SCIML / "001" / "petab" / "problem.yaml"
+    solver = Solver("dopri5", rtol=1e-6, atol=1e-8, max_steps=100_000)
+    summary = fit.multistart(case, tmp_path, solver, 2, 2, 1e-3, 0, log=lines.append)
+    assert [r["start"] for r in summary["starts"]] == ["nominal", "random 1", "random 2"]
+    assert all(math.isfinite(r["best"]) for r in summary["starts"])
+    assert "start 2/3 (random 1): drawing another point (1/10)" in lines
+    assert len(points) == 4 and not torch.equal(points[1], points[2])
+    # without the failure, random 2 starts from the same point: the redraw came after it
+    kept: list = []
+
+    def recording(problem, solver, epochs, lr, polish, seed, log, start=None, **kw):
+        kept.append(start)
+        return real(problem, solver, epochs, lr, polish, seed, log, start, **kw)
+
+    monkeypatch.setattr(fit, "fit_problem", recording)
+    fit.multistart(case, tmp_path / "again", solver, 2, 2, 1e-3, 0, log=lambda line: None)
+    assert len(kept) == 3 and torch.equal(kept[2], points[3])

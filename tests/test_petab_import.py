@@ -11,6 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import sympy as sp
 import torch
 
 from ude.data.datamodule import ConditionDataset
@@ -267,3 +268,136 @@ def test_a_neural_reaction_is_scaled_by_the_published_model() -> None:
     for s in ("X_protein", "GFP"):
         assert float(model.state_scale[spec.states.index(s)]) == pytest.approx(scales[s])
     assert petab_datamodule(ELOWITZ).measurements.state_scale == {}
+
+
+def test_reading_a_problem_warns_nothing_and_keeps_every_digit(tmp_path: Path) -> None:
+    """petab 0.3's readers pass ``float_precision``, which pandas 3.1 deprecates (a warning
+    per table, hundreds in a test run); ude reads the files itself. Numbers still parse to the
+    nearest double: 17 significant digits, and the leading zeros pandas' old "high"
+    converter misread (pandas issue 39514)."""
+    import csv
+    import warnings
+
+    root = _copy(tmp_path, MODELS / "Elowitz_Nature2000")
+    table = root / "parameters_Elowitz_Nature2000.tsv"
+    _edit(table, "1.04454130394407E-05", "0.0000104454130394407")
+    _edit(table, "0.030159280362287", "0.030159280362287013")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning, pandas' Pandas4Warning included, fails
+        problem = load_problem(root / "Elowitz_Nature2000.yaml")
+        load_problem(SCIML / "009" / "petab" / "problem.yaml")  # v2 tables, two networks
+        write_petab(petab_spec(problem), petab_measurements(problem), tmp_path / "out")
+    with table.open() as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert len(rows) == 21
+    for row in rows:
+        assert problem.parameters[row["parameterId"]].nominal == float(row["nominalValue"])
+
+
+def _one_step(spec, data, lr: float = 0.01) -> tuple[float, float, float]:
+    """The training loss, one Adam step at ``lr``, the loss again: (loss, loss after, cI(0)
+    after); the second loss is nan where the solve fails."""
+    from ude.model.solver import SolverFailed
+
+    torch.manual_seed(0)
+    model = build_hybrid(spec, data, Solver("rodas5p"))
+    module = make_module(model, data)
+    items = ConditionDataset(data)
+    batch = {k: torch.stack([items[i][k] for i in range(len(items))]) for k in items[0]}
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss = module.losses(batch)["fit"]
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    y0 = float(model.initial[0, spec.states.index("Y_protein")].detach())
+    try:
+        with torch.no_grad():
+            after = float(module.losses(batch)["fit"])
+    except SolverFailed:
+        after = float("nan")
+    return float(loss.detach()), after, y0
+
+
+def test_a_learned_initial_value_is_learned_on_its_parameters_scale() -> None:
+    """Elowitz estimates its initial values as init_* parameters on log10 within [1e-5, 1e3];
+    cI (Y_protein) starts at 8e-4. Learned on the linear scale, the repressilator example's
+    first Adam step (lr 0.01) takes it below zero, where Y^n is undefined, and the next solve
+    fails at t=0; on the parameter's scale it moves by a few percent and the loss is finite.
+    The init_* parameters themselves then feed nothing and are not learned parameters."""
+    from dataclasses import replace
+
+    from ude.petab.training import petab_datamodule
+    from ude.spec.model_spec import load_spec
+
+    torch.set_default_dtype(torch.float64)
+    try:
+        plain = petab_spec(ELOWITZ)
+        assert not [n for n in plain.parameters if n.startswith("init_")]
+        assert len(plain.parameters) == 21 - 8  # the table's 21 less the 8 init_
+        spec = load_spec(str(ROOT / "examples" / "repressilator" / "repressilator.yaml"))
+        data = petab_datamodule(ELOWITZ, spec=spec).measurements
+        assert data.initial_scale["Y_protein"] == ("log10", 1e-5, 1000.0)
+        assert set(data.initial_scale) == set(spec.states)
+        model = build_hybrid(spec, data, Solver("rodas5p"))
+        start = [spec.initial[s] for s in spec.states]
+        # as a learned parameter's: a start within 1e-6 of a bound's logit moves inside (Y_mRNA
+        # at 999.99995 of 1000: 18.4 decades between the bounds, 2e-5 relative)
+        np.testing.assert_allclose(model.initial.detach()[0], start, rtol=2e-5)
+        _, linear_after, linear_y0 = _one_step(spec, replace(data, initial_scale={}))
+        assert linear_y0 < 0 and np.isnan(linear_after)
+        loss, after, y0 = _one_step(spec, data)
+        assert np.isfinite(after) and after < loss
+        assert 0 < y0 and abs(np.log(y0 / spec.initial["Y_protein"])) < 0.1
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_scaled_initial_values_keep_known_ones_and_follow_their_conditions() -> None:
+    """A state learned on log10 within [1e-3, 1e4] in one condition and known (2000: exp of it
+    overflows, the gradient must not turn NaN) in another: the known value stays exact, the
+    learned one stays inside its bounds under a large step, setting and selecting conditions
+    keep both."""
+    from ude.data.measurements import Measurements
+    from ude.model.initial_scale import set_initial
+    from ude.spec.model_spec import ModelSpec, Parameter
+
+    spec = ModelSpec(
+        states=["x", "y"],
+        parameters={"k": Parameter(0.5)},
+        equations={"x": -sp.Symbol("k") * sp.Symbol("x"), "y": sp.Symbol("x")},
+    )
+    times = np.linspace(0.0, 2.0, 5)
+    values = np.stack([1.0 + times, 2.0 + times])[:, :, None, None]
+    data = Measurements(
+        times=times,
+        values=values,
+        observables=["y"],
+        conditions=["known", "learned"],
+        initial={"x": np.array([2000.0, np.nan])},
+        initial_scale={"x": ("log10", 1e-3, 1e4)},
+    )
+    model = build_hybrid(spec, data, Solver("dopri5"), latent_initial=0.01)
+    assert model.initial[0, 0].item() == 2000.0
+    assert model.initial[1, 0].item() == pytest.approx(0.01, rel=1e-6)
+    loss = model.simulate(torch.tensor(times, dtype=torch.float32), torch.tensor([0, 1])).sum()
+    loss.backward()
+    raw = model.parametrizations.initial.original
+    assert torch.isfinite(raw.grad).all()
+    with torch.no_grad():
+        raw[1, 0] -= 1e3  # far past the lower bound on the raw scale
+    assert model.initial[1, 0].item() == pytest.approx(1e-3, rel=1e-4)  # float32 exp
+    assert model.initial[0, 0].item() == 2000.0
+    set_initial(model, torch.tensor([[2000.0, 1.0], [-5.0, 2.0]]))  # below zero: the bound
+    assert model.initial[1, 0].item() == pytest.approx(1e-3, rel=1e-4)
+    set_initial(model, torch.tensor([[2000.0, 1.0], [3.0, 2.0]]))
+    one = model.select_conditions([1])
+    assert one.initial.shape == (1, 2)
+    assert one.initial[0, 0].item() == pytest.approx(3.0, rel=1e-5)
+    assert one.initial[0, 1].item() == 2.0
+    assert model.initial[1, 0].item() == pytest.approx(3.0, rel=1e-5)  # the original unchanged
+    # a twin's refit starts from the initial values it is given, through their scale
+    from ude.distill.refit import TwinRefit
+
+    start = np.array([[2000.0, 1.0], [3.0, 2.0]])
+    refit = TwinRefit(max_iter=0, learn_noise=False).fit(spec, data, initial=start)
+    np.testing.assert_allclose(refit.model.initial.detach(), start, rtol=1e-9)

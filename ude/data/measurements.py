@@ -30,7 +30,9 @@ class Measurements:
     ``(condition,)`` (NaN: unknown); ``doses`` maps a condition to its doses
     (:mod:`ude.data.doses`; conditions without doses are left out); ``state_scale`` maps
     states the data do not show to their typical size (a reference model's simulation), which
-    scales the networks that see or change them.
+    scales the networks that see or change them; ``initial_scale`` maps states whose unknown
+    initial values are learned on a scale of their own to ``(scale, lower, upper)``: a PEtab
+    ``init_`` parameter's ``log10`` scale and bounds (:mod:`ude.model.initial_scale`).
     """
 
     times: np.ndarray
@@ -45,6 +47,7 @@ class Measurements:
     source: str = "data"
     doses: dict[str, Schedule] = field(default_factory=dict)
     state_scale: dict[str, float] = field(default_factory=dict)
+    initial_scale: dict[str, tuple[str, float | None, float | None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.inputs is None:

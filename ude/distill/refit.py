@@ -11,6 +11,7 @@ from ude.data.datamodule import ConditionDataset
 from ude.data.measurements import Measurements
 from ude.fit import make_module
 from ude.model.hybrid import HybridODE, build_hybrid
+from ude.model.initial_scale import set_initial
 from ude.model.solver import FIXED, Solver, SolverFailed
 from ude.spec.model_spec import ModelSpec
 
@@ -191,9 +192,8 @@ class TwinRefit:
             )
         finally:
             torch.set_default_dtype(previous)
-        if initial is not None:
-            with torch.no_grad():
-                model.initial.copy_(torch.as_tensor(initial, dtype=dtype))
+        if initial is not None:  # through its scale where it has one (a PEtab init_'s)
+            set_initial(model, torch.as_tensor(initial, dtype=dtype))
         if noise is not None:
             with torch.no_grad():
                 model.log_noise.copy_(torch.log(torch.as_tensor(noise, dtype=dtype)))

@@ -9,18 +9,20 @@ import numpy as np
 import sympy as sp
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ude.data.doses import Schedule
 from ude.data.measurements import Measurements
 from ude.errors import UdeError
 from ude.model.doses import solve_with_doses
+from ude.model.initial_scale import initial_transforms, scale_initial, set_initial
 from ude.model.networks import MLP, FluxNetwork
 from ude.model.numeric_rhs import NumericRHS, NumericSystem, UnsupportedNetwork
 from ude.model.observation import log_density
 from ude.model.parameters import SpecParameters
 from ude.model.solver import Solver
 from ude.spec.compile import CompiledExpressions
-from ude.spec.model_spec import ModelSpec, load_spec
+from ude.spec.model_spec import ModelSpec, Parameter, load_spec
 from ude.spec.observation import DISTRIBUTIONS, TRANSFORMATIONS
 
 
@@ -39,6 +41,9 @@ class HybridODE(nn.Module):
         learn_initial: learn the initial states of each condition, or keep them fixed.
         initial_known: ``(condition, state)`` True where the initial state is known and stays
             fixed even when ``learn_initial``.
+        initial_transforms: per state ``(state,)``, the scale and bounds its learned initial
+            values are learned on (a :class:`~ude.spec.model_spec.Parameter`, as a learned
+            parameter's; :mod:`ude.model.initial_scale`), or None: linear, unbounded.
         doses: each condition's doses (:mod:`ude.data.doses`), or None.
         nonnegative_fluxes: learned fluxes of irreversible reactions stay non-negative
             (:class:`~ude.model.networks.FluxNetwork`).
@@ -65,6 +70,7 @@ class HybridODE(nn.Module):
         initial_known: torch.Tensor | None = None,
         doses: Sequence[Schedule] | None = None,
         nonnegative_fluxes: bool = False,
+        initial_transforms: Sequence[Parameter | None] | None = None,
     ):
         super().__init__()
         self.spec = spec
@@ -132,6 +138,8 @@ class HybridODE(nn.Module):
         self.register_buffer(
             "initial_known", known if initial_known is None else initial_known, persistent=False
         )
+        if learn_initial and initial_transforms is not None:
+            scale_initial(self, initial_transforms)
         self.log_noise = nn.Parameter(torch.log(noise))
         self._context: torch.Tensor | None = None
         self.n_states = n_states
@@ -270,8 +278,14 @@ class HybridODE(nn.Module):
             return self
         idx = torch.as_tensor(list(conditions), dtype=torch.long, device=self.initial.device)
         out = copy.deepcopy(self)
-        with torch.no_grad():
-            out.initial = nn.Parameter(self.initial[idx].clone(), self.initial.requires_grad)
+        if parametrize.is_parametrized(out, "initial"):
+            # the scaled entries' mask first: setting the values goes through it
+            scaled = out.parametrizations.initial[0]
+            scaled.mask = scaled.mask[idx].clone()
+            set_initial(out, self.initial[idx].detach().clone())
+        else:
+            with torch.no_grad():
+                out.initial = nn.Parameter(self.initial[idx].clone(), self.initial.requires_grad)
         out.parameters_.select(idx)
         out.doses = [self.doses[i] for i in conditions]
         out.inputs = self.inputs[idx].clone()
@@ -424,4 +438,5 @@ def build_hybrid(
         initial_known=torch.from_numpy(known_initial),
         doses=measurements.schedules(),
         nonnegative_fluxes=nonnegative_fluxes,
+        initial_transforms=initial_transforms(spec.states, measurements.initial_scale),
     )

@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> None:
+    import functools
+
     from ude.model.solver import Solver
     from ude.petab.fit import multistart
 
@@ -94,6 +96,7 @@ def run_fit(args: argparse.Namespace) -> None:
         polish_steps=args.polish,
         seed=args.seed,
         nominal=not args.no_nominal,
+        log=functools.partial(print, flush=True),  # a line as it happens, into a log file too
     )
 
 

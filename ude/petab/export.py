@@ -9,7 +9,7 @@ import pandas as pd
 import sympy as sp
 
 from ude.data.measurements import Measurements
-from ude.petab.problem import PetabProblem
+from ude.petab.problem import PetabProblem, petab_tables
 from ude.spec.model_spec import ModelSpec
 
 
@@ -21,7 +21,8 @@ def write_simulations(problem: PetabProblem, values: np.ndarray, path: str | Pat
     df = problem.measurements.table.copy()
     df = df.rename(columns={"measurement": "simulation"})
     df["simulation"] = values
-    petab.write_simulation_df(df, path)
+    with petab_tables():
+        petab.write_simulation_df(df, path)
     return Path(path)
 
 
@@ -158,10 +159,11 @@ def write_petab(
             "estimate",
         ],
     )
-    petab.write_condition_df(conditions.set_index("conditionId"), out / "conditions.tsv")
-    petab.write_measurement_df(table, out / "measurements.tsv")
-    petab.write_observable_df(observables.set_index("observableId"), out / "observables.tsv")
-    petab.write_parameter_df(parameter_df.set_index("parameterId"), out / "parameters.tsv")
+    with petab_tables():
+        petab.write_condition_df(conditions.set_index("conditionId"), out / "conditions.tsv")
+        petab.write_measurement_df(table, out / "measurements.tsv")
+        petab.write_observable_df(observables.set_index("observableId"), out / "observables.tsv")
+        petab.write_parameter_df(parameter_df.set_index("parameterId"), out / "parameters.tsv")
     problem = {
         "format_version": 1,
         "parameter_file": "parameters.tsv",

@@ -4,8 +4,9 @@ networks sit (right-hand side, parameters and initial values, observables).
 
 ``python train.py data=petab data.problem=problem.yaml`` comes here for a problem with
 networks (:func:`fit_problem`): Adam on the parameters' scales, each step within the table's
-bounds, then an optional L-BFGS polish; the best parameters seen are kept and written back as
-a PEtab SciML problem (:func:`write_fitted_problem`) whose likelihood is the fitted one.
+bounds, then an optional L-BFGS-B polish within the bounds; the best parameters seen are kept
+and written back as a PEtab SciML problem (:func:`write_fitted_problem`) whose likelihood is the
+fitted one. ``python -m ude.petab fit`` runs it from several starts (:func:`multistart`).
 """
 
 from __future__ import annotations
@@ -53,10 +54,13 @@ def fit_problem(
     seed: int = 0,
     log=print,
     start: torch.Tensor | None = None,
+    log_every: int | None = None,
 ) -> tuple[PetabModel, dict]:
     """Fit ``problem``'s estimated parameters and networks (from ``start``, the estimated
     parameters on their scales, default the nominal values); returns the model at the best
-    objective seen and metrics (``objective`` first and best, ``history``, ``seconds``)."""
+    objective seen and metrics (``objective`` first and best, ``history``, ``seconds``).
+    ``log`` gets the objective at the start, every ``log_every`` Adam steps (default a tenth
+    of them) and during the polish."""
     torch.manual_seed(seed)
     p = problem if isinstance(problem, PetabProblem) else load_problem(problem)
     model = PetabModel(p, solver=solver)
@@ -79,7 +83,11 @@ def fit_problem(
         with torch.no_grad():
             first = float(objective())
     except SolverFailed as err:
+        log(f"no solve at the start: {err}")
         return model, {"first": -math.inf, "best": -math.inf, "stop_reason": f"start: {err}"}
+    name = "log_posterior" if posterior else "llh"
+    log(f"{name} {first:.6g} at the start")
+    every = log_every or max(1, epochs // 10)
     best, best_state = first, snapshot()
     history = [first]
     optimizer = torch.optim.Adam(params, lr=lr)
@@ -99,8 +107,8 @@ def fit_problem(
         optimizer.step()
         with torch.no_grad():
             model.theta.copy_(torch.maximum(torch.minimum(model.theta, hi), lo))
-        if epoch % max(1, epochs // 10) == 0 or epoch == epochs - 1:
-            log(f"epoch {epoch}: objective {v:.6g}")
+        if (epoch + 1) % every == 0 or epoch == epochs - 1:
+            log(f"Adam step {epoch + 1}/{epochs}: {name} {v:.6g} (best {best:.6g})")
     model.load_state_dict(best_state)
     if polish_steps and stop is None:
         best = _polish(model, objective, params, lo, hi, polish_steps, best, log)
@@ -121,28 +129,78 @@ def fit_problem(
 
 
 def _polish(model, objective, params, lo, hi, steps, best, log) -> float:
-    """L-BFGS from the best Adam iterate; kept only where it improves the objective."""
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    optimizer = torch.optim.LBFGS(params, max_iter=steps, line_search_fn="strong_wolfe")
+    """L-BFGS-B (scipy's) from the best Adam iterate, within the bounds on ``theta`` (the
+    networks' weights are free), at most ``steps`` iterations; the best point it evaluates is
+    kept where it improves on ``best``. Returns the objective kept.
 
-    def closure():
-        optimizer.zero_grad(set_to_none=True)
-        loss = -objective()
-        loss.backward()
-        return loss
+    Bounds matter here: published optima sit on them (Elowitz has three parameters at their
+    lower bound), and an unbounded L-BFGS walks past them, where the objective is better
+    still, so that its clamped end point was worse than Adam's and the polish was dropped.
+    """
+    import numpy as np
+    from scipy.optimize import minimize
 
-    try:
-        optimizer.step(closure)
+    sizes = [q.numel() for q in params]
+    bounds = []
+    for q in params:
+        if q is model.theta:
+            bounds += [
+                (float(a) if math.isfinite(a) else None, float(b) if math.isfinite(b) else None)
+                for a, b in zip(lo.tolist(), hi.tolist(), strict=True)
+            ]
+        else:
+            bounds += [(None, None)] * q.numel()
+    x0 = torch.cat([q.detach().flatten() for q in params]).double().numpy()
+    found = {"value": best, "x": None, "evaluations": 0}
+
+    def load(x: np.ndarray) -> None:
         with torch.no_grad():
-            model.theta.copy_(torch.maximum(torch.minimum(model.theta, hi), lo))
-            value = float(objective())
-    except SolverFailed:
-        value = -math.inf
-    if not (math.isfinite(value) and value > best):
-        model.load_state_dict(state)
+            for q, chunk in zip(params, np.split(x, np.cumsum(sizes)[:-1]), strict=True):
+                q.copy_(torch.as_tensor(chunk, dtype=q.dtype).reshape(q.shape))
+
+    def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
+        load(x)
+        for q in params:
+            q.grad = None
+        found["evaluations"] += 1
+        try:
+            value = objective()
+            (-value).backward()
+        except SolverFailed:  # a step too far: the line search backs off
+            return math.inf, np.zeros_like(x)
+        v = float(value.detach())
+        if not math.isfinite(v):  # as a failed solve: L-BFGS-B takes no NaN
+            return math.inf, np.zeros_like(x)
+        if v > found["value"]:
+            found["value"], found["x"] = v, x.copy()
+        if found["evaluations"] % 50 == 0:  # a line now and then: a log, not a trace
+            log(f"L-BFGS-B evaluation {found['evaluations']}: best {found['value']:.6g}")
+        # the gradient of -value, the function minimised: backward() ran on it
+        grad = torch.cat(
+            [(q.grad if q.grad is not None else torch.zeros_like(q)).flatten() for q in params]
+        )
+        return -v, grad.double().numpy()
+
+    result = minimize(
+        fun,
+        x0,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=bounds,
+        options={"maxiter": steps, "maxfun": int(1.25 * steps) + 1},
+    )
+    load(x0 if found["x"] is None else found["x"])
+    log(
+        f"L-BFGS-B polish: best {max(found['value'], best):.6g} after {found['evaluations']} "
+        f"evaluations ({result.message})"
+    )
+    if found["x"] is None:
         return best
-    log(f"L-BFGS polish: objective {value:.6g}")
-    return value
+    return found["value"]
+
+
+REDRAWS = 10
+"""How many other points a random start draws when the model cannot be solved at its own."""
 
 
 def multistart(
@@ -159,7 +217,12 @@ def multistart(
 ) -> dict:
     """:func:`fit_problem` from the nominal values (``nominal``) and from ``starts`` random
     points uniform within the bounds on each parameter's scale; the best fit is written to
-    ``out_dir`` (a PEtab problem and ``fit.json`` with every start's result)."""
+    ``out_dir`` (a PEtab problem and ``fit.json`` with every start's result).
+
+    A random point where the model cannot be solved is replaced by another (at most
+    :data:`REDRAWS` times). ``log`` gets each start's progress, a few lines per start, each
+    naming it (``start 2/4 (random 1): ...``): its objective at the start, every quarter of its
+    Adam steps, every 50 evaluations of the polish, and its result."""
     p = load_problem(problem)
     lo, hi = _bounds(PetabModel(p, solver=solver))
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()) and starts:
@@ -175,12 +238,29 @@ def multistart(
     ]
     results, best_model, best = [], None, -math.inf
     for i, point in enumerate(points):
-        name = "nominal" if point is None else f"start {i + 1 - int(nominal)}"
-        model, metrics = fit_problem(
-            load_problem(problem), solver, epochs, lr, polish_steps, seed, lambda s: None, point
-        )
+        name = "nominal" if point is None else f"random {i + 1 - int(nominal)}"
+        tag = f"start {i + 1}/{len(points)} ({name})"
+        for attempt in range(REDRAWS + 1):
+            model, metrics = fit_problem(
+                load_problem(problem),
+                solver,
+                epochs,
+                lr,
+                polish_steps,
+                seed,
+                lambda line, tag=tag: log(f"{tag}: {line}"),
+                point,
+                log_every=max(1, epochs // 4),
+            )
+            if point is None or math.isfinite(metrics["first"]) or attempt == REDRAWS:
+                break
+            # a point where the model cannot be solved (it blows up at t=0) is no start: draw
+            # another, after every start's own point, so the other starts stay as they were
+            log(f"{tag}: drawing another point ({attempt + 1}/{REDRAWS})")
+            point = lo + (hi - lo) * torch.rand(len(lo), generator=generator, dtype=lo.dtype)
         log(
-            f"{name}: objective {metrics['first']:.6g} -> {metrics['best']:.6g}"
+            f"{tag}: {metrics.get('objective', 'objective')} {metrics['first']:.6g} -> "
+            f"{metrics['best']:.6g} in {metrics.get('seconds', 0.0):.0f} s"
             + (f" ({metrics['stop_reason']})" if "stop_reason" in metrics else "")
         )
         metrics.pop("history", None)

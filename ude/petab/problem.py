@@ -14,8 +14,10 @@ simulation condition, a v2 experiment).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,23 +162,51 @@ def _fail(source: str, where: str | None, message: str, fix: str | None = None) 
 
 
 def _read_table(path: Path, reader, what: str):
-    """A table through the petab library's reader, its errors as one line naming the file."""
+    """A table through the petab library's reader, its errors as one line naming the file.
+
+    The file is read here (:func:`_tsv`) and the frame handed to ``reader`` (petab's
+    ``get_*_df``), which then only checks it and sets its index: petab's own file reading
+    passes an option pandas 3.1 deprecates, with a warning per table. ``reader=None`` for the
+    tables petab has no reader for (v2 experiments, SciML hybridization): used as read.
+    """
     if not path.is_file():
         raise _fail(str(path), None, f"{what} file not found", "check the path in problem.yaml")
     try:
-        return reader(path)
+        table = _tsv(path)
+        if reader is None:
+            return table
+        with petab_tables():
+            return reader(table)
     except KeyError as err:
         raise _fail(str(path), None, f"missing column: {err.args[0]}") from None
     except (ValueError, UnicodeDecodeError) as err:
         raise _fail(str(path), None, f"not a readable TSV table ({err})") from None
 
 
-def _plain_table(path: Path):
+@contextlib.contextmanager
+def petab_tables():
+    """Calls into petab's table functions without pandas 3.1's warning about their
+    ``set_index``/``reset_index(..., inplace=True)``: that code is petab's (pinned below 0.4, see
+    pyproject.toml) and the call is right until pandas 4; any other warning still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="The inplace keyword in DataFrame", module=r"petab\."
+        )
+        yield
+
+
+def _tsv(path: Path):
+    """A TSV table with every number parsed to the nearest double.
+
+    Before pandas 3.1 that takes ``float_precision="round_trip"`` (the default converter could
+    be off in the last bits); from 3.1 on every mode is the same correctly rounded converter
+    and the option is deprecated (Pandas4Warning), so it is left out.
+    """
     import pandas as pd
 
-    # Tables the petab library has no reader for (v2 experiments, SciML hybridization):
-    # read the same way its readers do.
-    return pd.read_csv(path, sep="\t", float_precision="round_trip")
+    major, minor = (int(part) for part in re.match(r"(\d+)\.(\d+)", pd.__version__).groups())
+    exact = {} if (major, minor) >= (3, 1) else {"float_precision": "round_trip"}
+    return pd.read_csv(path, sep="\t", **exact)
 
 
 def _cell(value: Any) -> Any:
@@ -570,7 +600,7 @@ class _Reader:
                 conditions.setdefault(cid, {})[target] = value
         experiments: dict[str, Experiment] = {}
         for path in self.files("experiment_files"):
-            table = _read_table(path, _plain_table, "experiment")
+            table = _read_table(path, None, "experiment")
             src = str(path)
             for line, row in enumerate(table.to_dict("records"), start=2):
                 eid = str(_cell(row.get("experimentId")) or "")
@@ -801,7 +831,7 @@ class _Reader:
             self.model_ids() | set(self.parameters) | {o for u in nets.values() for o in u.outputs}
         )
         for path in self.files("hybridization_files", sciml):
-            table = _read_table(path, _plain_table, "hybridization")
+            table = _read_table(path, None, "hybridization")
             for line, row in enumerate(table.to_dict("records"), start=2):
                 target = str(_cell(row.get("targetId")) or "")
                 value = _cell(row.get("targetValue"))

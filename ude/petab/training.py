@@ -11,8 +11,11 @@ training, distillation and the benchmark run unchanged:
   (an observable whose rows give different values becomes one observable per set of values:
   ude's observables are per experiment, not per row);
 - model parameters that conditions set to numbers become per-condition inputs; initial values
-  that depend on estimated parameters are learned per condition (from their nominal value),
-  the others are known.
+  that depend on estimated parameters are learned per condition (from their nominal value; a
+  value that is one estimated parameter, PEtab's ``init_`` convention, on that parameter's scale
+  and within its bounds), the others are known;
+- estimated parameters that nothing then depends on (those ``init_`` parameters, the rate
+  constants of a reaction a network replaces) are left out: nothing would learn them.
 
 What this cannot represent is one line naming the file, row and feature (exit 2).
 """
@@ -131,7 +134,7 @@ def petab_spec(problem: str | Path | PetabProblem, neural: Iterable[str] = ()) -
     slot = reaction_slot(reactions, states, varying, {n.name for n in neural})
     if slot is not None:
         neural.append(slot)
-    return replace(
+    spec = replace(
         base,
         states=states,
         parameters=parameters,
@@ -145,6 +148,21 @@ def petab_spec(problem: str | Path | PetabProblem, neural: Iterable[str] = ()) -
         time=None,
         source=p.source,
     )
+    return _without_unused(spec)
+
+
+def _without_unused(spec: ModelSpec) -> ModelSpec:
+    """``spec`` without the estimated parameters nothing in it depends on: an ``init_``
+    parameter (its state's initial value is learned as one, per condition, on its scale: see
+    :func:`petab_measurements`) or the rate constants of a reaction a network replaces. Left
+    in, they would be listed and exported as learned while no gradient reaches them."""
+    used: set[str] = set()
+    expressions = [*spec.known_rhs(), *spec.observables.values()]
+    expressions += [n.sigma for n in spec.noise.values()]
+    for e in expressions:
+        used |= {str(x) for x in e.free_symbols}
+    kept = {k: v for k, v in spec.parameters.items() if not v.learn or k in used}
+    return replace(spec, parameters=kept)
 
 
 def _parameter(p: PetabProblem, name: str, default: float) -> Parameter:
@@ -229,15 +247,21 @@ def petab_measurements(
     ).reshape(n_e, len(spec.inputs))
     estimated = {q for q in p.estimated}
     initial: dict[str, np.ndarray] = {}
+    initial_scale: dict[str, tuple[str, float | None, float | None]] = {}
     for s in spec.states:
         col = np.full(n_e, np.nan)
+        learned = set()
         for i, e in enumerate(p.experiments):
             expr = e.changes.get(s, spec.initial_assignments.get(s))
             if expr is None:
                 col[i] = spec.initial.get(s, 0.0)
             elif not ({str(x) for x in expr.free_symbols} & estimated):
                 col[i] = _number(expr.xreplace(_fixed_values(p)))
+            else:
+                learned.add(_initial_scale(p, expr))
         initial[s] = col
+        if len(learned) == 1 and None not in learned:
+            initial_scale[s] = learned.pop()
     return Measurements(
         times=times,
         values=values,
@@ -247,7 +271,17 @@ def petab_measurements(
         inputs=inputs,
         initial=initial,
         source=p.source,
+        initial_scale=initial_scale,
     )
+
+
+def _initial_scale(p: PetabProblem, expr: sp.Expr) -> tuple[str, float | None, float | None] | None:
+    """The scale and bounds of the problem parameter that ``expr`` (a learned initial value)
+    is, or None for an expression of parameters (learned on the linear scale)."""
+    row = p.parameters.get(str(expr)) if isinstance(expr, sp.Symbol) else None
+    if row is None:
+        return None
+    return (row.scale, row.lower, row.upper)
 
 
 REFERENCE_QUANTILE = 0.9

@@ -19,6 +19,7 @@ from scipy.interpolate import make_smoothing_spline
 from ude.data.doses import segments
 from ude.data.measurements import Measurements
 from ude.model.hybrid import HybridODE
+from ude.model.initial_scale import set_initial
 
 
 @dataclass
@@ -154,5 +155,5 @@ def gradient_matching(
     with torch.no_grad():
         start = as_t(smoothed.initial)
         keep = model.initial_known | ~torch.isfinite(start)
-        model.initial.copy_(torch.where(keep, model.initial, start))
+        set_initial(model, torch.where(keep, model.initial, start))
     return float(loss.detach())
