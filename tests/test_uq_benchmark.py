@@ -7,7 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from ude.benchmark.metrics import band_width, coefficient_coverage, inclusion_brier
+from ude.benchmark.metrics import (
+    band_width,
+    coefficient_coverage,
+    inclusion_brier,
+    interval_coverage,
+)
 
 TRUE = {("x", "x"): 1.0, ("x", "x*y"): -0.9, ("y", "x*y"): 0.8}
 
@@ -52,6 +57,17 @@ def test_species_named_like_sympy_singletons_are_plain_symbols():
     assert coefficient_coverage(intervals, true) == 1.0
     inclusion = {"E": {"I*S": 1.0, "S": 0.0}, "I": {"E": 1.0}}
     assert inclusion_brier(inclusion, true)["brier"] == 0.0
+
+
+def test_an_unbounded_band_is_scored_where_it_is_bounded_only():
+    """ude's predictive band is ±inf once too many draws blew up: those entries neither
+    cover (which would be free) nor count in the width."""
+    truth = np.array([[1.0], [2.0], [3.0], [4.0]])
+    lower = np.array([[0.5], [2.5], [-np.inf], [-np.inf]])
+    upper = np.array([[1.5], [3.5], [np.inf], [np.inf]])
+    assert interval_coverage(lower, upper, truth) == 0.5
+    assert band_width(lower, upper, truth) == pytest.approx(1.0 / 3.0)
+    assert math.isnan(interval_coverage(lower[2:], upper[2:], truth[2:]))
 
 
 def test_band_width_is_in_units_of_the_true_range():

@@ -271,11 +271,11 @@ class ESINDy(SINDy):
 
 
 class BayesianSparse(_SparseBaseline):
-    """Bayesian sparse regression (:class:`ude.uq.HorseshoeRegression`): a regularised
-    horseshoe on the same library as the SINDy family, the likelihood on the integral form
-    of the data (``x(t) = x(t0) + ∫ Θ(x) w``: the library on the replicate-averaged data,
-    integrated by the trapezoid rule, an intercept per condition), NUTS (pyro) with the
-    settings of ``ude``'s cheaper preset (``distill.uq=fast``). Reported: the median
+    """Bayesian sparse regression (:class:`ude.uq.HorseshoeRegression`): a horseshoe with a
+    Gaussian slab on the same library as the SINDy family, the likelihood on the integral
+    form of the data (``x(t) = x(t0) + ∫ Θ(x) w``: the library on the replicate-averaged
+    data, integrated by the trapezoid rule, an intercept per condition), the exact Gibbs
+    sampler with the settings of ``ude``'s own horseshoe (``distill.uq``). Reported: the median
     coefficients of the terms with inclusion probability at least 0.5 (the median
     probability model), the 95 % credible interval and inclusion probability of every term,
     and the 2.5-97.5 percentile band of ``n_band`` posterior draws' forecasts."""
@@ -286,7 +286,7 @@ class BayesianSparse(_SparseBaseline):
         super().__init__()
         self.n_band = n_band
         self.seed = seed
-        self.settings = {"num_samples": 100, "warmup": 100, "chains": 2, "max_tree_depth": 5}
+        self.settings = {"num_samples": 1000, "warmup": 1000, "chains": 4, "thin": 10}
         self.settings.update(settings)
 
     def problems(self, problem: Problem) -> tuple[list, list[sp.Expr]]:

@@ -117,18 +117,31 @@ def forecast_nmse(pred: np.ndarray | None, truth: np.ndarray) -> float:
     return float(np.mean(state_nmse(pred, truth)))
 
 
+def bounded(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Where a band ``(time, state)`` is finite: an unbounded band (``ude``'s predictive band
+    once too many draws have blown up) says nothing there and is not scored."""
+    return np.isfinite(lower) & np.isfinite(upper)
+
+
 def interval_coverage(lower: np.ndarray, upper: np.ndarray, truth: np.ndarray) -> float:
-    """Fraction of the true values ``(time, state)`` inside ``[lower, upper]``."""
+    """Fraction of the true values ``(time, state)`` inside ``[lower, upper]``, over the
+    entries where the band is bounded (nan where it never is)."""
+    finite = bounded(lower, upper)
+    if not finite.any():
+        return math.nan
     inside = (truth >= lower) & (truth <= upper)
-    return float(np.mean(inside))
+    return float(np.mean(inside[finite]))
 
 
 def band_width(lower: np.ndarray, upper: np.ndarray, truth: np.ndarray) -> float:
-    """Mean width of the band ``(time, state)``, each state's in units of its true range
-    over the forecast (comparable across systems)."""
+    """Mean width of the band ``(time, state)`` where it is bounded, each state's in units of
+    its true range over the forecast (comparable across systems)."""
     span = np.ptp(truth, axis=0)
     span = np.where(span > 0, span, 1.0)
-    return float(np.mean((upper - lower) / span))
+    finite = bounded(lower, upper)
+    if not finite.any():
+        return math.nan
+    return float(np.mean(((upper - lower) / span)[finite]))
 
 
 _FUNCTION_NAMES = {"Abs", "exp", "log", "sqrt", "sin", "cos", "tanh"}

@@ -24,6 +24,7 @@ import numpy as np
 from ude.benchmark.methods import METHODS, Method, MethodResult
 from ude.benchmark.metrics import (
     band_width,
+    bounded,
     coefficient_coverage,
     coefficient_error,
     exact_recovery,
@@ -126,6 +127,7 @@ def score(cell: Cell, problem: Problem, result: MethodResult) -> dict[str, Any]:
         lo, hi = result.lower[:, cols_mine], result.upper[:, cols_mine]
         row["coverage"] = interval_coverage(lo, hi, true_fc[:, cols_true])
         row["band_width"] = band_width(lo, hi, true_fc[:, cols_true])
+        row["band_bounded"] = float(np.mean(bounded(lo, hi)))  # the share coverage is over
     # calibration of the structure: a method with prior knowledge is judged on the terms it
     # had to find (the known ones are given)
     unknown = {k: c for k, c in truth.items() if k not in given}
