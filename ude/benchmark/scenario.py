@@ -82,7 +82,7 @@ class Problem:
     ``forecast_initial (state,)`` and ``forecast_times (time,)``: the forecast task (all states of
     the truth, in its order); ``truth``: the true spec; ``observed``: the measured states;
     ``solver``: the ODE method the system's modeller chose from the known rates (dopri5, or
-    rosenbrock23 for stiff systems).
+    rodas5p for stiff systems).
     """
 
     scenario: Scenario
