@@ -71,6 +71,7 @@ def run_ude(noise: float, seed: int, out: Path) -> dict:
             "config",
             overrides=[
                 f"seed={seed}",
+                f"data.seed={seed}",  # the noise draw (the top-level seed seeds the training)
                 f"data.measurements.noise={noise}",
                 "logger=none",
                 "callbacks.progress.every=0",
