@@ -45,6 +45,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--twin", type=Path, help="the distilled twin (default: RUN/twin.json)")
+    parser.add_argument(
+        "--term",
+        help="the distilled rate as text, in the repressor's name (e.g. copied from the run's "
+        "equations.md, when the run stopped before writing twin.json)",
+    )
     args = parser.parse_args(argv)
     cfg, model, measurements, _ = load_run(args.run, [])
     states = list(model.spec.states)
@@ -75,7 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     ax.plot(x, published * np.ones_like(x), "--", color="tab:green", label="published Hill term")
     ax.plot(x, learned, color="tab:orange", label="network")
     twin_path = args.twin or args.run / "twin.json"
-    if twin_path.is_file():
+    if args.term:
+        term = sp.sympify(args.term, locals={REPRESSOR: sym})
+        distilled = sp.lambdify(sym, term)(x)
+        ax.plot(x, distilled * np.ones_like(x), ":", color="k", lw=2, label="distilled")
+    elif twin_path.is_file():
         twin = load_twin(twin_path)
         rate = next(r for r in twin.reactions if r.name == REACTION).rate
         subs = {sp.Symbol(k): q.value for k, q in twin.parameters.items()}
