@@ -11,6 +11,7 @@ import sympy as sp
 
 from ude.benchmark.methods import ESINDy, SINDy, WeakSINDy
 from ude.benchmark.metrics import (
+    aligned,
     coefficient_error,
     exact_recovery,
     expression_terms,
@@ -63,6 +64,21 @@ def test_rational_terms_match_whatever_their_constant():
     assert set(a) == set(b) and a != b
     # exponents are kept: a Hill term of another order is another term
     assert set(expression_terms(sp.sympify("x**4/(1 + x**4)"))) != set(a)
+
+
+def test_fitted_hill_exponent_matches_the_truth_within_ten_percent():
+    true = {("x", k): c for k, c in expression_terms(sp.sympify("5/(1 + z**10)")).items()}
+    near = expression_terms(sp.sympify("3e9*0.114**9.31/(0.114**9.31 + z**9.31)"))
+    far = expression_terms(sp.sympify("2/(1 + z**8.5)"))
+    assert list(near) == ["1/(K_ + z**9.31)"]  # kept as fitted, not rounded to 9
+    found = aligned({("x", b): c for b, c in near.items()} | {("x", "x**2"): -3e-4}, true)
+    assert support_f1(found, true) == pytest.approx(2 / 3)  # the Hill term right, x² spurious
+    assert ("x", "x**2") in found
+    # 15 % off is another term; an integer exponent must match exactly
+    assert support_f1(aligned({("x", b): c for b, c in far.items()}, true), true) == 0.0
+    sq = {("x", "x**2/(K_ + x**2)"): 0.07}
+    assert aligned({("x", "x**2.1/(K_ + x**2.1)"): 0.07}, sq) == sq
+    assert not set(aligned({("x", "x**3/(K_ + x**3)"): 0.07}, sq)) & set(sq)
 
 
 def test_nmse_and_coverage():

@@ -5,8 +5,9 @@ A model's terms are read from its full right-hand sides (known plus discovered t
 at their values), expanded by sympy into a sum of ``coefficient * basis``. Numbers inside a basis
 (the ``K`` of ``x/(K + x)``, the ``1`` of ``1/(1 + z**10)``) are replaced by one placeholder so
 that a saturating term counts as the same term whatever its constant; exponents are kept, so
-``z**4`` and ``z**10`` differ (a fitted, non-integer Hill exponent of 1 or more by its nearest
-integer: ``z**9.7`` is ``z**10``).
+``z**4`` and ``z**10`` differ. A Hill exponent fitted as a continuous constant is kept to three
+significant digits and matched against the truth's (:func:`aligned`) within
+:data:`EXPONENT_RTOL`: ``z**9.31`` is the true ``z**10``, ``z**8.5`` is not.
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ import sympy as sp
 from ude.spec.model_spec import ModelSpec
 
 _K = sp.Symbol("K_")
+
+EXPONENT_RTOL = 0.1
+"""A fitted exponent is the truth's when within this relative distance of it: the issue's
+"K and n within 10 %". Rounding to the nearest integer instead would count ``9.49`` as ``9``
+and ``9.51`` as ``10`` (a 5 % difference deciding the support), and a steep true ``n = 10``
+fitted at ``9.3`` as a wrong term."""
+_EXPONENT = re.compile(r"\*\*\(?(-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)\)?")
 
 TermMatrix = dict[tuple[str, str], float]
 """``{(state, canonical basis): coefficient}``: the nonzero entries of the equation x term
@@ -35,8 +43,8 @@ def _canonical(e: sp.Expr, exponent: bool = False) -> sp.Expr:
         if not exponent:
             return _K
         v = float(e)
-        # a Hill coefficient fitted as a continuous constant counts by its nearest integer
-        return _number(round(v) if v >= 1 else v)
+        # a Hill coefficient fitted as a continuous constant: matched by :func:`aligned`
+        return _number(v if v.is_integer() else float(f"{v:.3g}"))
     if e.is_Pow:
         return sp.Pow(_canonical(e.base), _canonical(e.exp, exponent=True))
     if not e.args:
@@ -72,6 +80,48 @@ def term_matrix(spec: ModelSpec, states: list[str] | None = None) -> TermMatrix:
             continue
         for basis, c in expression_terms(numeric(rhs[s], spec)).items():
             out[(s, basis)] = c
+    return out
+
+
+def _skeleton(basis: str) -> tuple[str, list[float]]:
+    """A basis with its exponents taken out, and the exponents."""
+    return _EXPONENT.sub("**#", basis), [float(x) for x in _EXPONENT.findall(basis)]
+
+
+def _same_exponents(found: list[float], true: list[float], rtol: float) -> bool:
+    return len(found) == len(true) and all(
+        abs(f - t) <= rtol * abs(t) for f, t in zip(found, true, strict=True)
+    )
+
+
+def aligned(found: dict, true: dict, rtol: float = EXPONENT_RTOL) -> dict:
+    """``found`` (a :data:`TermMatrix`, or ``{basis: coefficient}`` of one state) with each
+    term that is not the truth's but differs from a true term only by exponents within
+    ``rtol`` (a fitted Hill ``n``) renamed to that true term; a true term takes one found term,
+    the closest."""
+    out = {k: c for k, c in found.items() if k in true}
+    taken = set(out)
+    for k, c in found.items():
+        if k in true:
+            continue
+        state, basis = k if isinstance(k, tuple) else (None, k)
+        skel, exps = _skeleton(basis)
+        best, gap = None, math.inf
+        for t in true:
+            t_state, t_basis = t if isinstance(t, tuple) else (None, t)
+            if t in taken or t_state != state:
+                continue
+            t_skel, t_exps = _skeleton(t_basis)
+            if t_skel == skel and _same_exponents(exps, t_exps, rtol):
+                pairs = zip(exps, t_exps, strict=True)
+                d = max((abs(f - e) / abs(e) for f, e in pairs), default=0.0)
+                if d < gap:
+                    best, gap = t, d
+        if best is None:
+            out[k] = c
+        else:
+            out[best] = c
+            taken.add(best)
     return out
 
 
@@ -178,6 +228,7 @@ def coefficient_coverage(intervals: dict[str, dict[str, list[float]]], true: Ter
             if b is not None:
                 a, c = sorted((lo * b[1], hi * b[1]))
                 found[(state, b[0])] = (a, c)
+    found = aligned(found, true)
     inside = [k in found and found[k][0] <= c <= found[k][1] for k, c in true.items()]
     return float(np.mean(inside))
 
@@ -194,6 +245,7 @@ def inclusion_scores(
             if b is not None:
                 key = (state, b[0])
                 scored[key] = max(scored.get(key, 0.0), float(p))
+    scored = aligned(scored, true)
     states = set(inclusion)
     for key in true:
         if key[0] in states:

@@ -23,6 +23,7 @@ import numpy as np
 
 from ude.benchmark.methods import METHODS, Method, MethodResult
 from ude.benchmark.metrics import (
+    aligned,
     band_width,
     bounded,
     coefficient_coverage,
@@ -100,7 +101,7 @@ def score(cell: Cell, problem: Problem, result: MethodResult) -> dict[str, Any]:
     given = set(term_matrix(get_system(cell.scenario.system).known))
     row: dict[str, Any] = {"seconds": round(result.seconds, 3)}
     if result.spec is not None:
-        found = term_matrix(result.spec)
+        found = aligned(term_matrix(result.spec), truth)
         row["f1"] = support_f1(found, truth)
         row["f1_unknown"] = support_f1(
             {k: c for k, c in found.items() if k not in given},

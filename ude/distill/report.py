@@ -14,7 +14,7 @@ import numpy as np
 import sympy as sp
 import torch
 
-from ude.benchmark.metrics import expression_terms, numeric, state_nmse
+from ude.benchmark.metrics import aligned, expression_terms, numeric, state_nmse
 from ude.data.measurements import Measurements
 from ude.data.splits import Split
 from ude.distill.distiller import Distillation
@@ -39,7 +39,8 @@ def compare_with_truth(twin: ModelSpec, truth_spec: ModelSpec, missing: dict) ->
     per_state, errors, exact = {}, [], True
     for s, true_expr in missing.items():
         true = expression_terms(numeric(true_expr, truth_spec))
-        found = expression_terms(numeric(twin.discovered.get(s, sp.Integer(0)), twin))
+        discovered = numeric(twin.discovered.get(s, sp.Integer(0)), twin)
+        found = aligned(expression_terms(discovered), true)
         same = set(true) == set(found)
         exact &= same
         rel = {b: abs(found[b] - c) / abs(c) for b, c in true.items() if b in found and c != 0}
