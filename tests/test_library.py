@@ -310,3 +310,50 @@ def test_a_latent_pool_of_unknown_size_is_reported_as_not_identified():
             result.twin.discovered["I"]
         ), result.twin.discovered
         assert result.identifiability["targets"]["infection"]["identified"] is identified
+
+
+def test_a_switch_steeper_than_the_screen_can_resolve_stays_in_the_screen():
+    """A repression steeper than the bound of n (a true n = 20, data from seed 0): fitted
+    alone, n goes to its bound. The term used to be dropped as degenerate there, which lost
+    Goodwin's z**10 wherever the trained trajectory's small errors in z made the switch look
+    steeper than it is; now it stays, and ranks first."""
+    from ude.distill import IntegralPath
+
+    p = _hill_problem(1.0, 20.0, 0.02)
+    j = p.terms.index("K**n/(K**n + p**n)")
+    assert p.constants[j]["n"] >= 0.98 * HILL_N_BOUNDS[1]
+    assert j not in p.degenerate
+    assert [p.terms[i] for i in IntegralPath().ranked(p)[0][1]] == ["K**n/(K**n + p**n)"]
+
+
+def test_a_refit_that_leaves_n_on_its_bound_is_restarted_below_it():
+    """steep_restarts: a refit ending with the Hill n on its upper bound gets one start per
+    switch-like and steep n of the screen (4, 10), with K as refitted and the coefficient
+    solved on the screen at those constants; a refit with n inside its range gets none."""
+    from ude.distill.distiller import steep_restarts
+    from ude.distill.sparse import Candidate
+    from ude.twin.symbolic import Owner
+
+    p = _hill_problem(1.0, 10.0, 0.0)
+    j = p.terms.index("K**n/(K**n + p**n)")
+    coef = np.zeros(p.n_terms)
+    coef[j] = 1.0
+    cand = Candidate({"x": coef}, "test", constants={"x": {j: {"K": 0.9, "n": 15.0}}})
+    owner = {
+        "c": Owner("x", j, 1.0),
+        "K": Owner("x", j, 1.0, "K"),
+        "n": Owner("x", j, 1.0, "n"),
+    }
+    starts = steep_restarts(
+        cand,
+        RefitResult(None, {"c": 1.0, "K": 1.0, "n": 15.0}, 0.1, 62, True, 0),
+        owner,
+        {"x": p},
+        {"x": p.bounds()},
+    )
+    assert [s[1]["x"][j] for s in starts] == [{"K": 1.0, "n": 4.0}, {"K": 1.0, "n": 10.0}]
+    # at n = 10 the coefficient is the true 2 (noise-free data), only the term's own
+    assert np.flatnonzero(starts[1][0]["x"]).tolist() == [j]
+    assert starts[1][0]["x"][j] == pytest.approx(2.0, rel=0.05)
+    inside = RefitResult(None, {"c": 1.0, "K": 1.0, "n": 9.0}, 0.1, 62, True, 0)
+    assert steep_restarts(cand, inside, owner, {"x": p}, {"x": p.bounds()}) == []

@@ -221,6 +221,51 @@ def limits(
     return out
 
 
+def steep_restarts(
+    cand: Candidate,
+    result: RefitResult,
+    owner: dict[str, Owner],
+    integral: dict[str, IntegralProblem],
+    bounds: dict[str, dict[int, dict]],
+) -> list[tuple[dict[str, np.ndarray], dict[str, dict[int, dict[str, float]]]]]:
+    """Other starts ``(coef, constants)`` for ``cand`` where its refit left a Hill ``n`` on
+    its upper bound: that ``n`` at each of the switch-like and steep starts of the screen
+    (:data:`ude.distill.projection.N_STARTS` above 2), ``K`` as refitted, the coefficients
+    solved on the screen at those constants. A steep switch seen along an imperfect
+    trajectory looks steeper than it is (Goodwin's ``z**10``): from ``n`` on the bound the
+    refit's gradient in ``n`` is flat and it stays there."""
+    from ude.distill.projection import N_STARTS
+
+    at_bound: dict[str, dict[int, dict[str, float]]] = {}
+    for name, o in owner.items():
+        if o.constant is None or not result.ok:
+            continue
+        law = integral[o.target].laws.get(o.index)
+        if law is None or law.law.kind == "saturation" or o.constant != law.law.n:
+            continue
+        hi = bounds.get(o.target, {}).get(o.index, {}).get(o.constant, (None, np.inf))[1]
+        if result.values.get(name, -np.inf) >= 0.98 * hi:
+            k_name = next(
+                (k for k, w in owner.items() if w[:2] == o[:2] and w.constant == law.law.K), None
+            )
+            refitted = dict(cand.constants[o.target][o.index])
+            if k_name is not None:
+                refitted[law.law.K] = float(result.values[k_name])
+            at_bound.setdefault(o.target, {})[o.index] = refitted
+    out = []
+    for n in (n for n in N_STARTS if n > 2):
+        constants = {t: {j: dict(c) for j, c in cs.items()} for t, cs in cand.constants.items()}
+        coef = {t: c.copy() for t, c in cand.coef.items()}
+        for t, found in at_bound.items():
+            for j, c in found.items():
+                constants[t][j] = {**c, integral[t].laws[j].law.n: n}
+            support = np.flatnonzero(coef[t])
+            coef[t] = integral[t].at_constants(support, {j: constants[t][j] for j in found})
+        if at_bound:
+            out.append((coef, constants))
+    return out
+
+
 def concentrations(samples: Samples, measurements: Measurements) -> np.ndarray:
     """``(state,)``: which states behave as concentrations, never below zero but for noise:
     a measured state whose measurements have a nonnegative median, a latent one whose fitted
@@ -450,22 +495,32 @@ class Distiller:
                     out.setdefault(t, {})[j] = {**out.get(t, {}).get(j, {}), **c}
             return out
 
-        def score(cand: Candidate) -> tuple[RefitResult, int]:
-            cand.constants = constants_of(cand)
+        def refit(cand: Candidate, coef, constants) -> tuple[RefitResult, dict[str, Owner]]:
             twin, owner = twin_spec(
                 known,
                 terms,
-                cand.coef,
+                coef,
                 True,
                 scales,
-                constants=cand.constants,
+                constants=constants,
                 bounds=bounds,
                 individual=individual,
             )
-            cand.info["owner"] = owner
             refits.advance(note=f"{cand.n_terms} terms ({cand.origin})")
             start = _nonnegative_start(cand.info.get("initial", initial), positive)
-            return scorer.fit(twin, measurements, start, noise), len(owner)
+            return scorer.fit(twin, measurements, start, noise), owner
+
+        def score(cand: Candidate) -> tuple[RefitResult, int]:
+            cand.constants = constants_of(cand)
+            result, owner = refit(cand, cand.coef, cand.constants)
+            # a Hill n the refit left on its upper bound: again from steeper-than-linear starts
+            for coef, constants in steep_restarts(cand, result, owner, integral, bounds):
+                other, other_owner = refit(cand, coef, constants)
+                if other.ok and (not result.ok or other.nmse < result.nmse):
+                    result, owner = other, other_owner
+                    cand.coef, cand.constants = coef, constants
+            cand.info["owner"] = owner
+            return result, len(owner)
 
         def propose(best: Scored) -> list[Candidate]:
             """Integral-matching candidates along ``best``'s trajectory and ``best`` with a

@@ -59,8 +59,7 @@ class IntegralProblem:
     constants by index and ``constants`` their values in ``F``; ``degenerate`` the free terms
     that, fitted alone, became a simpler library term or no term at all: ``K`` at the edge of
     its range (over the data a constant, a power or a mass-action term), a Hill ``n`` at 1
-    beside the Michaelis-Menten term of the same variable, or at its upper bound (a step
-    between two samples). The screen leaves them out.
+    beside the Michaelis-Menten term of the same variable. The screen leaves them out.
     """
 
     F: np.ndarray
@@ -124,8 +123,10 @@ class IntegralProblem:
             return True
         if law.kind == "saturation":
             return False
-        if consts[law.n] >= bounds[law.n][1] * 0.98:  # a step the samples cannot resolve
-            return True
+        # n on its upper bound is kept: a steep switch (Goodwin's n = 10) is not resolved by
+        # the columns along an imperfect trajectory (z**10 magnifies every error in z tenfold),
+        # so the screen pushes n to the bound; the refits through the ODE, from several
+        # starts of n, decide (ude.distill.distiller: bound_restarts)
         if consts[law.n] > bounds[law.n][0] * 1.05:
             return False
         return any(  # n = 1: the Michaelis-Menten term (and a constant) say it
@@ -177,6 +178,19 @@ class IntegralProblem:
         """Coefficients and criterion (:meth:`score`) with the constants as in ``F``."""
         coef, rss = self.lstsq(support)
         return coef, self.score(rss, support, kind)
+
+    def at_constants(self, support: Sequence[int], constants: Constants) -> np.ndarray:
+        """Least-squares coefficients ``(term,)`` of ``support`` with the free terms of
+        ``constants`` at those constants (the others as in ``F``)."""
+        saved = {j: self.F[:, j].copy() for j in constants if j in self.laws}
+        try:
+            for j in saved:
+                self.F[:, j] = self.column(j, constants[j])
+            coef, _ = self.lstsq(support)
+        finally:
+            for j, col in saved.items():
+                self.F[:, j] = col
+        return coef
 
     def refine(
         self, support: Sequence[int], kind: str = "ebic"
