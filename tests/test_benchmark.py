@@ -137,9 +137,11 @@ def test_suite_resumes_and_reports(tmp_path):
     json.dumps(saved[0])  # rows are plain JSON
     version = saved[0]["code_version"]  # the code each row was made with
     assert len(version["commit"]) == 40 and isinstance(version["dirty"], bool)
+    # each cell's CPU time beside its wall time (a shared machine inflates the wall time)
+    assert all(r["cpu_seconds"] > 0 and r["seconds"] > 0 for r in saved)
     report = write_report(saved, tmp_path)
     text = report.read_text()
-    assert "| sindy |" in text and "noise=0.1" in text
+    assert "| sindy |" in text and "noise=0.1" in text and "CPU time (median s)" in text
     # no ude cells: the comparison with ude says why it is empty
     assert "No comparison: this suite has no `ude` cells (its methods: sindy, weak_sindy)" in text
     assert (tmp_path / "results.csv").is_file() and (tmp_path / "plots" / "curves.png").is_file()
