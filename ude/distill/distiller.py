@@ -260,7 +260,7 @@ def steep_restarts(
             for j, c in found.items():
                 constants[t][j] = {**c, integral[t].laws[j].law.n: n}
             support = np.flatnonzero(coef[t])
-            coef[t] = integral[t].at_constants(support, {j: constants[t][j] for j in found})
+            coef[t] = integral[t].at_constants(support, {j: constants[t][j] for j in found})[0]
         if at_bound:
             out.append((coef, constants))
     return out

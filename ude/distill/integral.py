@@ -179,18 +179,19 @@ class IntegralProblem:
         coef, rss = self.lstsq(support)
         return coef, self.score(rss, support, kind)
 
-    def at_constants(self, support: Sequence[int], constants: Constants) -> np.ndarray:
-        """Least-squares coefficients ``(term,)`` of ``support`` with the free terms of
-        ``constants`` at those constants (the others as in ``F``)."""
+    def at_constants(
+        self, support: Sequence[int], constants: Constants
+    ) -> tuple[np.ndarray, float]:
+        """:meth:`lstsq` with the free terms of ``constants`` at those constants (the
+        others as in ``F``)."""
         saved = {j: self.F[:, j].copy() for j in constants if j in self.laws}
         try:
             for j in saved:
                 self.F[:, j] = self.column(j, constants[j])
-            coef, _ = self.lstsq(support)
+            return self.lstsq(support)
         finally:
             for j, col in saved.items():
                 self.F[:, j] = col
-        return coef
 
     def refine(
         self, support: Sequence[int], kind: str = "ebic"
@@ -211,14 +212,7 @@ class IntegralProblem:
             start=[self.constants[j] for j in free],
         )
         found = dict(zip(free, consts, strict=True))
-        saved = {j: self.F[:, j].copy() for j in free}
-        try:
-            for j in free:
-                self.F[:, j] = self.column(j, found[j])
-            coef, rss = self.lstsq(support)
-        finally:
-            for j, col in saved.items():
-                self.F[:, j] = col
+        coef, rss = self.at_constants(support, found)
         mine = self.criterion(support, kind)
         crit = self.score(rss, support, kind)
         degenerate = any(self._is_degenerate(j, found[j]) for j in free)
