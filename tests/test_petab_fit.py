@@ -275,6 +275,7 @@ def test_fit_progress_reaches_a_pipe_before_the_start_finishes(tmp_path: Path) -
         text=True,
     )
     try:
+        assert proc.stdout.readline().startswith("screen: 50 Latin-hypercube points")
         first = proc.stdout.readline()
         assert first.startswith("start 1/2 (nominal): llh ") and proc.poll() is None
     finally:
@@ -340,3 +341,54 @@ def test_a_random_start_that_cannot_be_solved_draws_another(tmp_path: Path, monk
     monkeypatch.setattr(fit, "fit_problem", recording)
     fit.multistart(case, tmp_path / "again", solver, 2, 2, 1e-3, 0, log=lambda line: None)
     assert len(kept) == 3 and torch.equal(kept[2], points[3])
+
+
+def _oscillator(tmp_path: Path) -> Path:
+    """A PEtab problem with many local optima: x'' = -w^2 x from x = 1, measured (sigma 0.1,
+    no noise) at 41 times over [0, 10] with w = 2; w estimated in [0.1, 5]. Its log-likelihood
+    is 41 log(1/(0.1 sqrt(2 pi))) = 56.73 at w = 2, -2215 at w = 1 and -2075 at w = 3, with
+    local maxima between."""
+    x, v, w = sp.symbols("x v w")
+    spec = ModelSpec(
+        states=["x", "v"],
+        parameters={"w": Parameter(1.0, learn=True, min=0.1, max=5.0)},
+        equations={"x": v, "v": -(w**2) * x},
+    )
+    times = np.linspace(0.0, 10.0, 41)
+    data = Measurements(
+        times=times,
+        values=np.cos(2.0 * times)[None, :, None, None],
+        observables=["x"],
+        conditions=["c"],
+        initial={"x": np.array([1.0]), "v": np.array([0.0])},
+    )
+    return write_petab(spec, data, tmp_path / "oscillator", noise=np.array([0.1]))
+
+
+def test_multistart_screens_and_finds_the_global_optimum(tmp_path: Path) -> None:
+    """Two starts on the oscillator: the best two of a Latin-hypercube screen of 30 points
+    start in the global optimum's basin and both reach w = 2; the same two starts without the
+    screen (the Latin-hypercube points themselves) end one in a local optimum (-1896). The
+    spread of the starts is reported."""
+    from ude.petab.fit import multistart
+
+    problem = _oscillator(tmp_path)
+    solver = Solver("dopri5", rtol=1e-8, atol=1e-10, max_steps=100_000)
+    top = 41 * -np.log(0.1 * np.sqrt(2 * np.pi))
+    runs = {}
+    for n in (30, 2):
+        lines: list[str] = []
+        out = tmp_path / f"fit{n}"
+        runs[n] = multistart(
+            problem, out, solver, 2, 0, 0.0, 50, nominal=False, log=lines.append, screen_points=n
+        )
+        assert lines[-2].startswith(
+            f"starts: {runs[n]['spread']['within_1']} of 2 within 1 of the best; their results: "
+        )
+        assert json.loads((out / "fit.json").read_text())["spread"] == runs[n]["spread"]
+    screened = runs[30]
+    assert screened["parameters"]["w"] == pytest.approx(2.0, abs=1e-6)
+    assert screened["spread"]["results"] == pytest.approx([top, top], abs=1e-6)
+    assert screened["screen"]["points"] == 30 and len(screened["screen"]["kept"]) == 2
+    assert runs[2]["screen"] == {}
+    assert runs[2]["spread"]["within_1"] == 1 and runs[2]["spread"]["results"][1] < top - 100

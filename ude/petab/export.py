@@ -89,9 +89,7 @@ def write_petab(
     values.update(parameters or {})
     n_c = measurements.n_conditions
     start = (
-        np.array([[spec.initial.get(s, 0.0) for s in spec.states]] * n_c)
-        if initial is None
-        else np.asarray(initial, dtype=float)
+        _given_initial(spec, measurements) if initial is None else np.asarray(initial, dtype=float)
     )
     # Initial states that differ between conditions are set by the conditions table; the
     # SBML holds the first condition's.
@@ -228,6 +226,16 @@ def write_petab(
     path = out / "problem.yaml"
     petab.yaml.write_yaml(problem, path)
     return path
+
+
+def _given_initial(spec: ModelSpec, measurements: Measurements) -> np.ndarray:
+    """``(condition, state)``: the measurements' initial values where they give them, else the
+    spec's, else 0 (as ``ude.model.hybrid.build_hybrid`` starts)."""
+    out = np.array([[spec.initial.get(s, 0.0) for s in spec.states]] * measurements.n_conditions)
+    for i, s in enumerate(spec.states):
+        given = np.asarray(measurements.initial.get(s, np.full(len(out), np.nan)), dtype=float)
+        out[:, i] = np.where(np.isfinite(given), given, out[:, i])
+    return out
 
 
 def _unknown_initial(spec: ModelSpec, measurements: Measurements) -> np.ndarray:

@@ -202,6 +202,41 @@ def _polish(model, objective, params, lo, hi, steps, best, log) -> float:
 REDRAWS = 10
 """How many other points a random start draws when the model cannot be solved at its own."""
 
+SCREEN_PER_START = 50
+"""Points of the screen per random start (``--screen`` default: ``starts`` times this)."""
+
+
+def latin_hypercube(
+    lo: torch.Tensor, hi: torch.Tensor, n: int, generator: torch.Generator
+) -> torch.Tensor:
+    """``n`` points ``(n, parameter)`` within ``[lo, hi]`` (the bounds on each parameter's
+    scale): each parameter's range cut into ``n`` equal strata with one point, uniform, in
+    each, the strata paired at random across parameters. Unlike independent uniform draws, no
+    region of any one parameter's range is left out."""
+    u = torch.rand(n, len(lo), generator=generator, dtype=lo.dtype)
+    strata = torch.stack([torch.randperm(n, generator=generator) for _ in lo], dim=1)
+    return lo + (hi - lo) * (strata.to(lo.dtype) + u) / n
+
+
+def screen(problem: PetabProblem, solver: Solver, points: torch.Tensor) -> torch.Tensor:
+    """The objective (log-likelihood, log-posterior with priors) at each of ``points
+    (point, parameter)``, ``(point,)``: one solve each, no gradient; -inf where the model
+    cannot be solved."""
+    model = PetabModel(problem, solver=solver)
+    out = torch.full((len(points),), -math.inf, dtype=torch.float64)
+    for i, x in enumerate(points):
+        with torch.no_grad():
+            model.theta.copy_(x)
+            try:
+                value = model.forward()
+                if problem.has_priors:
+                    value = value + model.log_prior()
+            except SolverFailed:
+                continue
+        if math.isfinite(float(value)):
+            out[i] = float(value)
+    return out
+
 
 def multistart(
     problem: str | Path,
@@ -214,15 +249,20 @@ def multistart(
     seed: int = 0,
     nominal: bool = True,
     log=print,
+    screen_points: int | None = None,
 ) -> dict:
-    """:func:`fit_problem` from the nominal values (``nominal``) and from ``starts`` random
-    points uniform within the bounds on each parameter's scale; the best fit is written to
-    ``out_dir`` (a PEtab problem and ``fit.json`` with every start's result).
+    """:func:`fit_problem` from the nominal values (``nominal``) and from ``starts`` points
+    within the bounds on each parameter's scale; the best fit is written to ``out_dir`` (a
+    PEtab problem and ``fit.json`` with every start's result and their spread).
 
-    A random point where the model cannot be solved is replaced by another (at most
-    :data:`REDRAWS` times). ``log`` gets each start's progress, a few lines per start, each
-    naming it (``start 2/4 (random 1): ...``): its objective at the start, every quarter of its
-    Adam steps, every 50 evaluations of the polish, and its result."""
+    The starts are the best ``starts`` of a screen: ``screen_points`` (default
+    :data:`SCREEN_PER_START` per start) Latin-hypercube points, each evaluated once
+    (:func:`screen`); with ``screen_points <= starts``, the Latin-hypercube points are the
+    starts. A point where the model cannot be solved is never chosen; a start that still
+    cannot be solved draws another point (at most :data:`REDRAWS` times). ``log`` gets the
+    screen's result, each start's progress, a few lines per start, each naming it (``start
+    2/4 (random 1): ...``): its objective at the start, every quarter of its Adam steps, every
+    50 evaluations of the polish, and its result; then the spread of the starts' results."""
     p = load_problem(problem)
     lo, hi = _bounds(PetabModel(p, solver=solver))
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()) and starts:
@@ -232,10 +272,31 @@ def multistart(
             fix="give lowerBound and upperBound, or --starts 0",
         )
     generator = torch.Generator().manual_seed(seed)
-    points = [None] * int(nominal) + [
-        lo + (hi - lo) * torch.rand(len(lo), generator=generator, dtype=lo.dtype)
-        for _ in range(starts)
-    ]
+    n_screen = starts * SCREEN_PER_START if screen_points is None else screen_points
+    chosen: list[torch.Tensor] = []
+    screened: dict = {}
+    if starts and n_screen > starts:
+        began = time.perf_counter()
+        candidates = latin_hypercube(lo, hi, n_screen, generator)
+        values = screen(p, solver, candidates)
+        order = torch.argsort(values, descending=True, stable=True)
+        solvable = int(torch.isfinite(values).sum())
+        chosen = [candidates[i] for i in order[: min(starts, max(solvable, 1))]]
+        kept = values[order[: len(chosen)]]
+        screened = {
+            "points": n_screen,
+            "solvable": solvable,
+            "kept": [float(v) for v in kept],
+            "seconds": time.perf_counter() - began,
+        }
+        log(
+            f"screen: {n_screen} Latin-hypercube points, {solvable} solvable, in "
+            f"{screened['seconds']:.0f} s; starts from the best {len(chosen)} "
+            f"(objective {float(kept[0]):.6g} to {float(kept[-1]):.6g})"
+        )
+    elif starts:
+        chosen = list(latin_hypercube(lo, hi, starts, generator))
+    points = [None] * int(nominal) + chosen
     results, best_model, best = [], None, -math.inf
     for i, point in enumerate(points):
         name = "nominal" if point is None else f"random {i + 1 - int(nominal)}"
@@ -275,12 +336,32 @@ def multistart(
     summary = {
         "best": best,
         "parameters": {q: float(fitted[best_model.scalars.index(q)]) for q in best_model.estimated},
+        "spread": spread([r["best"] for r in results]),
+        "screen": screened,
         "starts": results,
         "problem": str(path),
     }
     (out / "fit.json").write_text(json.dumps(summary, indent=2))
+    s = summary["spread"]
+    log(
+        f"starts: {s['within_1']} of {s['starts']} within 1 of the best; their results: "
+        + ", ".join(f"{v:.6g}" for v in s["results"])
+    )
     log(f"best objective {best:.6g}; fitted problem: {path}")
     return summary
+
+
+def spread(results: list[float]) -> dict:
+    """How the starts ended: their results ``(start,)`` best first, and how many came within
+    1 (log-likelihood unit) of the best: a fit where one start alone reaches its best may not
+    have found the optimum."""
+    ordered = sorted(results, key=lambda v: -v if math.isfinite(v) else math.inf)
+    top = ordered[0] if ordered else -math.inf
+    return {
+        "starts": len(ordered),
+        "within_1": sum(1 for v in ordered if math.isfinite(v) and v >= top - 1.0),
+        "results": ordered,
+    }
 
 
 def write_fitted_problem(model: PetabModel, out_dir: str | Path) -> Path:
