@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ude.petab.fit import SCREEN_PER_START
+from ude.petab.fit import LEAST_SQUARES, SCREEN_PER_START
 from ude.runs import exit_2_on_user_errors
 
 AUTO_STEPS = 20_000  # dopri5 steps per experiment before auto switches to rodas5p
@@ -74,6 +74,13 @@ def main(argv: list[str] | None = None) -> None:
         help="Latin-hypercube points evaluated once, of which the best STARTS are fitted "
         f"(default {SCREEN_PER_START} per start; at most STARTS: the points are the starts)",
     )
+    fit.add_argument(
+        "--least-squares",
+        type=int,
+        default=LEAST_SQUARES,
+        help="solves of the trust-region least-squares stage per start, before Adam (problems "
+        "with normal noise and no networks or priors; 0: none)",
+    )
     fit.add_argument("--epochs", type=int, default=100, help="Adam steps per start")
     fit.add_argument("--lr", type=float, default=0.05, help="Adam's learning rate")
     fit.add_argument("--polish", type=int, default=200, help="L-BFGS iterations per start")
@@ -105,6 +112,7 @@ def run_fit(args: argparse.Namespace) -> None:
         seed=args.seed,
         nominal=not args.no_nominal,
         screen_points=args.screen,
+        least_squares=args.least_squares,
         log=functools.partial(print, flush=True),  # a line as it happens, into a log file too
     )
 
