@@ -237,9 +237,6 @@ REDRAWS = 10
 LEAST_SQUARES = 2000
 """Solves of each start's least-squares stage in ``python -m ude.petab fit`` (its default)."""
 
-SCREEN_PER_START = 50
-"""Points of the screen per random start (``--screen`` default: ``starts`` times this)."""
-
 
 def latin_hypercube(
     lo: torch.Tensor, hi: torch.Tensor, n: int, generator: torch.Generator
@@ -284,17 +281,19 @@ def multistart(
     seed: int = 0,
     nominal: bool = True,
     log=print,
-    screen_points: int | None = None,
+    screen_points: int = 0,
     least_squares: int = 0,
 ) -> dict:
     """:func:`fit_problem` from the nominal values (``nominal``) and from ``starts`` points
     within the bounds on each parameter's scale; the best fit is written to ``out_dir`` (a
     PEtab problem and ``fit.json`` with every start's result and their spread).
 
-    The starts are the best ``starts`` of a screen: ``screen_points`` (default
-    :data:`SCREEN_PER_START` per start) Latin-hypercube points, each evaluated once
-    (:func:`screen`); with ``screen_points <= starts``, the Latin-hypercube points are the
-    starts. Each start fits by least squares (at most ``least_squares`` solves, where the
+    The starts are ``starts`` Latin-hypercube points or, with ``screen_points`` above
+    ``starts``, the best ``starts`` of that many, each evaluated once (:func:`screen`). A
+    screen finds the basin of a global optimum that fits the data where other optima do not
+    (an oscillator's frequency); it does not where a poor fit is the easy one to be near
+    (Elowitz: the best 10 of 500 points are all near its flat fit, llh -92, and 9 of them end
+    there). Each start fits by least squares (at most ``least_squares`` solves, where the
     objective is a sum of squares), Adam and L-BFGS-B (:func:`fit_problem`). A point where
     the model cannot be solved is never chosen; a start that still cannot be solved draws
     another point (at most :data:`REDRAWS` times). ``log`` gets the screen's result, each
@@ -310,7 +309,7 @@ def multistart(
             fix="give lowerBound and upperBound, or --starts 0",
         )
     generator = torch.Generator().manual_seed(seed)
-    n_screen = starts * SCREEN_PER_START if screen_points is None else screen_points
+    n_screen = screen_points
     chosen: list[torch.Tensor] = []
     screened: dict = {}
     if starts and n_screen > starts:
