@@ -26,6 +26,13 @@ SIGMA_SHIFT = 50.0
 FAILED = 1e10
 """Each residual where the model cannot be solved: far worse than any solved point."""
 
+MAX_STEPS = 10_000
+"""Solver steps per solve during the least-squares stage (at most): Gauss-Newton steps can
+land where the kinetics are stiff beyond use (a repressilator with 1e-3 min mRNA lifetimes),
+where each solve would take up to the solver's own limit (100,000 steps in ``python -m
+ude.petab fit``) and one start minutes; such points count as unsolved and the trust region
+shrinks."""
+
 
 def has_residuals(model: PetabModel) -> bool:
     """Whether the objective is a sum of squares: normal noise everywhere, no priors, and
@@ -82,6 +89,9 @@ def least_squares_fit(
     # least_squares wants a start strictly inside the bounds
     lower, upper = lo.double().numpy(), hi.double().numpy()
     inside = np.clip(x0, lower + 1e-9 * (upper - lower), upper - 1e-9 * (upper - lower))
+    steps = getattr(model.solver, "max_steps", None)
+    if steps is not None:
+        model.solver.max_steps = min(steps, MAX_STEPS)
     try:
         least_squares(
             fun,
@@ -94,6 +104,9 @@ def least_squares_fit(
         )
     except ValueError as err:  # residuals not finite at the start
         log(f"least squares: no start ({err})")
+    finally:
+        if steps is not None:
+            model.solver.max_steps = steps
     with torch.no_grad():
         model.theta.copy_(torch.as_tensor(x0 if best["x"] is None else best["x"]))
     log(f"least squares: llh {best['llh']:.6g} after {best['solves']} solves")
