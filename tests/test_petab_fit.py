@@ -29,6 +29,7 @@ from ude.spec.model_spec import ModelSpec, Parameter
 ROOT = Path(__file__).resolve().parents[1]
 SCIML = ROOT / "tests" / "data" / "petab_sciml_testsuite" / "sciml_problem_import"
 BOEHM = ROOT / "tests/data/petab_models/Boehm_JProteomeRes2014/Boehm_JProteomeRes2014.yaml"
+ELOWITZ = ROOT / "tests/data/petab_models/Elowitz_Nature2000/Elowitz_Nature2000.yaml"
 ENV = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
 TIGHT = Solver("dopri5", rtol=1e-10, atol=1e-12, max_steps=1_000_000)
 
@@ -340,3 +341,125 @@ def test_a_random_start_that_cannot_be_solved_draws_another(tmp_path: Path, monk
     monkeypatch.setattr(fit, "fit_problem", recording)
     fit.multistart(case, tmp_path / "again", solver, 2, 2, 1e-3, 0, log=lambda line: None)
     assert len(kept) == 3 and torch.equal(kept[2], points[3])
+
+
+def _oscillator(tmp_path: Path) -> Path:
+    """A PEtab problem with many local optima: x'' = -w^2 x from x = 1, measured (sigma 0.1,
+    no noise) at 41 times over [0, 10] with w = 2; w estimated in [0.1, 5]. Its log-likelihood
+    is 41 log(1/(0.1 sqrt(2 pi))) = 56.73 at w = 2, -2215 at w = 1 and -2075 at w = 3, with
+    local maxima between."""
+    x, v, w = sp.symbols("x v w")
+    spec = ModelSpec(
+        states=["x", "v"],
+        parameters={"w": Parameter(1.0, learn=True, min=0.1, max=5.0)},
+        equations={"x": v, "v": -(w**2) * x},
+    )
+    times = np.linspace(0.0, 10.0, 41)
+    data = Measurements(
+        times=times,
+        values=np.cos(2.0 * times)[None, :, None, None],
+        observables=["x"],
+        conditions=["c"],
+        initial={"x": np.array([1.0]), "v": np.array([0.0])},
+    )
+    return write_petab(spec, data, tmp_path / "oscillator", noise=np.array([0.1]))
+
+
+def test_multistart_screens_and_finds_the_global_optimum(tmp_path: Path) -> None:
+    """Two starts on the oscillator: the best two of a Latin-hypercube screen of 30 points
+    start in the global optimum's basin and both reach w = 2; the same two starts without the
+    screen (the Latin-hypercube points themselves) end one in a local optimum (-1896). The
+    spread of the starts is reported."""
+    from ude.petab.fit import multistart
+
+    problem = _oscillator(tmp_path)
+    solver = Solver("dopri5", rtol=1e-8, atol=1e-10, max_steps=100_000)
+    top = 41 * -np.log(0.1 * np.sqrt(2 * np.pi))
+    runs = {}
+    for n in (30, 2):
+        lines: list[str] = []
+        out = tmp_path / f"fit{n}"
+        runs[n] = multistart(
+            problem, out, solver, 2, 0, 0.0, 50, nominal=False, log=lines.append, screen_points=n
+        )
+        assert lines[-2].startswith(
+            f"starts: {runs[n]['spread']['within_1']} of 2 within 1 of the best; their results: "
+        )
+        assert json.loads((out / "fit.json").read_text())["spread"] == runs[n]["spread"]
+    screened = runs[30]
+    assert screened["parameters"]["w"] == pytest.approx(2.0, abs=1e-6)
+    assert screened["spread"]["results"] == pytest.approx([top, top], abs=1e-6)
+    assert screened["screen"]["points"] == 30 and len(screened["screen"]["kept"]) == 2
+    assert runs[2]["screen"] == {}
+    assert runs[2]["spread"]["within_1"] == 1 and runs[2]["spread"]["results"][1] < top - 100
+
+
+def _failing_once(monkeypatch, at: int) -> list[int]:
+    """PetabModel.forward raising SolverFailed on its ``at``-th call (counted from 1) only;
+    returns the call counter."""
+    from ude.model.solver import SolverFailed
+
+    calls = [0]
+    forward = PetabModel.forward
+
+    def failing(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == at:
+            raise SolverFailed("injected")
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(PetabModel, "forward", failing)
+    return calls
+
+
+def test_polish_steps_back_from_a_point_that_cannot_be_solved(monkeypatch) -> None:
+    """The polish's first trial step cannot be solved: scipy's line search backs off and the
+    polish goes on (it ended there, 3 evaluations in, when such a point counted as +inf: on
+    Elowitz, 6 of 6 starts near the optimum ended so)."""
+    problem = load_problem(SCIML / "001" / "petab" / "problem.yaml")
+    solver = Solver("dopri5", rtol=1e-8, atol=1e-10, max_steps=100_000)
+    start = torch.tensor([1.2, 1.8, 0.9], dtype=torch.float64)
+    calls = _failing_once(monkeypatch, 3)  # 1: the start, 2: x0 of the polish, 3: its first step
+    lines: list[str] = []
+    _, metrics = fit_problem(problem, solver, 0, 0.0, 40, log=lines.append, start=start)
+    assert calls[0] > 10
+    assert metrics["best"] > metrics["first"] + 1000  # -28557 at the start
+
+
+def test_adam_steps_back_from_a_point_that_cannot_be_solved(monkeypatch) -> None:
+    """An Adam step that cannot be solved sends the start back to its best point with half
+    the step size, and the start goes on (it stopped there, with no polish)."""
+    problem = load_problem(SCIML / "001" / "petab" / "problem.yaml")
+    solver = Solver("dopri5", rtol=1e-8, atol=1e-10, max_steps=100_000)
+    start = torch.tensor([1.2, 1.8, 0.9], dtype=torch.float64)
+    _failing_once(monkeypatch, 4)
+    _, metrics = fit_problem(problem, solver, 20, 0.05, 10, log=lambda line: None, start=start)
+    assert metrics["step_backs"] == 1 and "stop_reason" not in metrics
+    assert metrics["epochs"] == 19
+    assert metrics["best"] > max(metrics["history"])
+
+
+def test_least_squares_residuals_are_the_likelihood() -> None:
+    """Half the squared residuals (weighted residuals and noise terms) plus the log-likelihood
+    is the same at any parameters (Elowitz: log10 observable, estimated sigma), so the
+    trust-region fit minimises the negative log-likelihood; the fit improves on its start."""
+    from ude.petab.fit import _bounds
+    from ude.petab.least_squares import has_residuals, least_squares_fit, residuals
+
+    problem = load_problem(ELOWITZ)
+    model = PetabModel(problem, solver=Solver("rodas5p", rtol=1e-8, atol=1e-10))
+    assert has_residuals(model)
+    offsets = []
+    for shift in (0.0, 0.05, -0.1):
+        with torch.no_grad():
+            model.theta += shift
+            offsets.append(0.5 * float((residuals(model) ** 2).sum()) + float(model.forward()))
+    assert max(offsets) - min(offsets) < 1e-6 * abs(offsets[0])
+    with torch.no_grad():
+        first = float(model.forward())
+    lines: list[str] = []
+    best = least_squares_fit(model, *_bounds(model), 200, lines.append)
+    assert best > first + 1.0
+    with torch.no_grad():
+        assert float(model.forward()) == pytest.approx(best, abs=1e-9)
+    assert lines[-1].startswith("least squares: llh ")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import sympy as sp
 import torch
@@ -75,13 +77,95 @@ def test_training_loss_is_the_petab_likelihood(tmp_path: Path) -> None:
         torch.set_default_dtype(torch.float32)
 
 
+def _lint(path: Path) -> bool:
+    """petab's linter on a problem: True where it finds errors. petab 0.3 needs pandas' old
+    object strings (``future.infer_string``, deprecated in pandas 3, gone in 4: skipped there)."""
+    import warnings
+
+    import pandas as pd
+    import petab
+
+    if int(pd.__version__.split(".")[0]) >= 4:
+        pytest.skip("petab 0.3's linter needs pandas < 4")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        option = (
+            pd.option_context("future.infer_string", False)
+            if int(pd.__version__.split(".")[0]) == 3
+            else contextlib.nullcontext()
+        )
+        with option:
+            return bool(petab.lint_problem(petab.Problem.from_yaml(path)))
+
+
 @pytest.mark.parametrize("path", [BOEHM, ELOWITZ])
 def test_export_round_trip_keeps_the_likelihood(tmp_path: Path, path: Path) -> None:
+    """Import, export, import: the same likelihood, and the same estimation problem: every
+    estimated parameter estimated again with its scale, bounds and value. Elowitz estimates
+    its eight initial values (``init_`` parameters on log10 within [1e-5, 1e3]); ude learns
+    them as initial values, and the export makes them estimable again (the conditions table's
+    column of each species names its ``init_`` parameter), not fixed numbers."""
     problem = load_problem(path)
     spec = petab_spec(problem)
-    again = load_problem(write_petab(spec, petab_measurements(problem, spec), tmp_path))
+    data = petab_measurements(problem, spec)
+    again = load_problem(write_petab(spec, data, tmp_path))
     assert len(again.measurements.value) == len(problem.measurements.value)
     assert abs(_llh(again) - _llh(problem)) < 1e-6
+    assert set(again.estimated) == set(problem.estimated)
+    for q in problem.estimated:
+        old, new = problem.parameters[q], again.parameters[q]
+        assert (new.scale, new.lower, new.upper) == (old.scale, old.lower, old.upper)
+        assert new.nominal == pytest.approx(old.nominal, rel=1e-12)
+    assert petab_measurements(again).initial_scale == data.initial_scale
+    assert len(data.initial_scale) == (8 if path == ELOWITZ else 0)
+    assert not _lint(tmp_path / "problem.yaml")
+
+
+def test_export_makes_each_learned_initial_value_a_parameter(tmp_path: Path) -> None:
+    """A trained model's learned initial values (a latent state in two conditions, an observed
+    one whose first value the data do not give) become estimated parameters at their fitted
+    values, one per condition; a value the data give stays a number. Without learned initial
+    values (``learn_initial=False``), none."""
+    from ude.data.measurements import Measurements
+    from ude.model.initial_scale import set_initial
+    from ude.petab.export import write_run_petab
+    from ude.spec.model_spec import ModelSpec, Parameter
+
+    x, z, k = sp.symbols("x z k")
+    spec = ModelSpec(
+        states=["x", "z"],
+        parameters={"k": Parameter(0.5, learn=True, min=0.0, max=5.0)},
+        equations={"x": -k * x + z, "z": -z},
+    )
+    times = np.linspace(0.0, 2.0, 5)
+    values = np.stack([1.0 + times, 2.0 + times])[:, :, None, None]
+    data = Measurements(
+        times=times,
+        values=values,
+        observables=["x"],
+        conditions=["a", "b"],
+        initial={"x": np.array([1.0, np.nan])},
+    )
+    model = build_hybrid(spec, data, Solver("dopri5"))
+    fitted = np.array([[1.0, 0.3], [2.5, 0.7]])
+    set_initial(model, torch.tensor(fitted, dtype=model.initial.dtype))
+    problem = load_problem(write_run_petab(model, data, tmp_path, tmp_path / "out"))
+    assert set(problem.estimated) == {"k", "init_x", "init_z_a", "init_z_b"}
+    for q, value in (("init_x", 2.5), ("init_z_a", 0.3), ("init_z_b", 0.7)):
+        assert problem.parameters[q].nominal == pytest.approx(value, rel=1e-6)
+        assert problem.parameters[q].scale == "lin"
+    conditions = pd.read_csv(tmp_path / "out" / "conditions.tsv", sep="\t", dtype=str)
+    assert conditions.to_dict("list") == {
+        "conditionId": ["a", "b"],
+        "x": ["1.0", "init_x"],
+        "z": ["init_z_a", "init_z_b"],
+    }
+    # the observable 'x' measures the species 'x': its PEtab id may not shadow it
+    assert list(problem.observables) == ["x_obs"]
+    assert not _lint(tmp_path / "out" / "problem.yaml")
+    fixed = build_hybrid(spec, data, Solver("dopri5"), learn_initial=False)
+    problem = load_problem(write_run_petab(fixed, data, tmp_path, tmp_path / "fixed"))
+    assert set(problem.estimated) == {"k"}
 
 
 def test_train_cli_on_a_petab_problem_writes_its_twin_as_petab(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ude.petab.fit import LEAST_SQUARES
 from ude.runs import exit_2_on_user_errors
 
 AUTO_STEPS = 20_000  # dopri5 steps per experiment before auto switches to rodas5p
@@ -59,16 +60,32 @@ def main(argv: list[str] | None = None) -> None:
         "fit",
         help="fit a problem's estimated parameters (and networks) from several starts",
         description="Maximises the log-likelihood (log-posterior with priors) from the nominal "
-        "values and from random starts drawn uniformly within the bounds on each parameter's "
-        "scale: Adam, then L-BFGS; prints each start's result and writes the best fit as a "
-        "PEtab problem (nominal values = the fit) with fit.json beside it.",
+        "values and from Latin-hypercube points within the bounds on each parameter's scale "
+        "(or the best of a screen): least squares, Adam, then L-BFGS-B; prints each start's "
+        "result and how the "
+        "starts spread, and writes the best fit as a PEtab problem (nominal values = the fit) "
+        "with fit.json beside it.",
     )
     fit.add_argument("problem", help="the problem's YAML file")
     fit.add_argument("--out", required=True, help="folder for the fitted problem and fit.json")
     fit.add_argument("--starts", type=int, default=5, help="random starts besides the nominal")
+    fit.add_argument(
+        "--screen",
+        type=int,
+        default=0,
+        help="Latin-hypercube points evaluated once, of which the best STARTS are fitted "
+        "(default 0: no screen, STARTS Latin-hypercube points are the starts)",
+    )
+    fit.add_argument(
+        "--least-squares",
+        type=int,
+        default=LEAST_SQUARES,
+        help="solves of the trust-region least-squares stage per start, before Adam (problems "
+        "with normal noise and no networks or priors; 0: none)",
+    )
     fit.add_argument("--epochs", type=int, default=100, help="Adam steps per start")
     fit.add_argument("--lr", type=float, default=0.05, help="Adam's learning rate")
-    fit.add_argument("--polish", type=int, default=200, help="L-BFGS iterations per start")
+    fit.add_argument("--polish", type=int, default=1000, help="L-BFGS-B iterations per start")
     fit.add_argument("--solver", default="rodas5p", choices=["rodas5p", "dopri5"])
     fit.add_argument("--rtol", type=float, default=1e-7)
     fit.add_argument("--atol", type=float, default=1e-9)
@@ -96,6 +113,8 @@ def run_fit(args: argparse.Namespace) -> None:
         polish_steps=args.polish,
         seed=args.seed,
         nominal=not args.no_nominal,
+        screen_points=args.screen,
+        least_squares=args.least_squares,
         log=functools.partial(print, flush=True),  # a line as it happens, into a log file too
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,7 @@ def write_petab(
     noise: np.ndarray | None = None,
     parameters: dict[str, float] | None = None,
     per_condition: dict[str, list[float]] | None = None,
+    learned_initial: np.ndarray | None = None,
 ) -> Path:
     """Write ``spec`` (a symbolic model: a twin, or a trained spec without networks) with its
     training data as a PEtab v1 problem in ``out_dir``; returns the problem's YAML.
@@ -60,6 +63,14 @@ def write_petab(
     (``estimate`` 1) from their fitted values, within their bounds, on their scale.
     ``per_condition`` gives a parameter's value in each condition ``(condition,)``: the
     conditions table sets it to a problem parameter ``<name>_<condition>`` of its own.
+
+    ``learned_initial (condition, state)`` marks the initial values the run learned (default:
+    those the measurements do not give, as a run learns them). Each becomes an estimated
+    problem parameter ``init_<state>`` (``init_<state>_<condition>`` with several conditions)
+    at its fitted value, which the conditions table's column ``<state>`` names, PEtab's way of
+    making an initial value estimable; its scale and bounds are those it was learned on
+    (``measurements.initial_scale``: an imported ``init_`` parameter's), else linear and
+    unbounded, as ude learns it.
     """
     import petab
 
@@ -68,27 +79,48 @@ def write_petab(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    learned = (
+        _unknown_initial(spec, measurements)
+        if learned_initial is None
+        else np.asarray(learned_initial, dtype=bool)
+    )
     spec = _rename_clock(spec)
     values = {n: p.value for n, p in spec.parameters.items()}
     values.update(parameters or {})
     n_c = measurements.n_conditions
     start = (
-        np.array([[spec.initial.get(s, 0.0) for s in spec.states]] * n_c)
-        if initial is None
-        else np.asarray(initial, dtype=float)
+        _given_initial(spec, measurements) if initial is None else np.asarray(initial, dtype=float)
     )
     # Initial states that differ between conditions are set by the conditions table; the
     # SBML holds the first condition's.
+    # The observables live in the observable table only: as SBML assignment rules of the
+    # same ids they would shadow model entities, which PEtab forbids.
     write_sbml(
-        spec,
+        replace(spec, observables={}),
         out / "model.xml",
         initial={s: float(start[0, i]) for i, s in enumerate(spec.states)},
         inputs={u: float(measurements.inputs[0, j]) for j, u in enumerate(spec.inputs)},
         parameters={k: float(v) for k, v in values.items() if k in spec.parameters},
     )
-    varying = [i for i, _ in enumerate(spec.states) if not np.allclose(start[:, i], start[0, i])]
     per_condition = per_condition or {}
     own = {k: [f"{k}_{c}" for c in measurements.conditions] for k in per_condition}
+    init_ids = _initial_ids(
+        spec,
+        measurements,
+        learned,
+        taken={*values, *spec.inputs, *(q for ids in own.values() for q in ids)},
+    )
+    varying = [
+        i
+        for i, _ in enumerate(spec.states)
+        if learned[:, i].any() or not np.allclose(start[:, i], start[0, i])
+    ]
+    state_cells = {
+        spec.states[i]: [
+            init_ids[c, i] if learned[c, i] else float(start[c, i]) for c in range(n_c)
+        ]
+        for i in varying
+    }
     conditions = pd.DataFrame(
         {
             "conditionId": list(measurements.conditions),
@@ -96,19 +128,28 @@ def write_petab(
                 u: np.asarray(measurements.inputs, dtype=float)[:, j]
                 for j, u in enumerate(spec.inputs)
             },
-            **{spec.states[i]: start[:, i] for i in varying},
+            **state_cells,
             **own,
         }
     )
     rows = []
     obs = measurements.observables
+    # an observable named as a state (ude's default: the state measured) gets an id of its own
+    entities = {*spec.states, *values, *spec.inputs, *(q for ids in own.values() for q in ids)}
+    entities |= {q for q in init_ids.flat if q}
+    ids = {}
+    for name in obs:
+        oid = _identifier(name)
+        while oid in entities or oid in ids.values():
+            oid += "_obs" if not oid.endswith("_obs") else "_"
+        ids[name] = oid
     for c, cond in enumerate(measurements.conditions):
         for t, time in enumerate(measurements.times):
             for r in range(measurements.values.shape[2]):
                 for o, name in enumerate(obs):
                     y = measurements.values[c, t, r, o]
                     if np.isfinite(y):
-                        rows.append((name, cond, float(y), float(time)))
+                        rows.append((ids[name], cond, float(y), float(time)))
     table = pd.DataFrame(
         rows, columns=["observableId", "simulationConditionId", "measurement", "time"]
     )
@@ -125,7 +166,7 @@ def write_petab(
         else:
             level = 1.0 if noise is None else float(noise[o])
             sigma, trans, dist = repr(level), "lin", "normal"
-        noise_rows.append((name, format_expression(formula), sigma, trans, dist))
+        noise_rows.append((ids[name], format_expression(formula), sigma, trans, dist))
     observables = pd.DataFrame(
         noise_rows,
         columns=[
@@ -148,6 +189,12 @@ def write_petab(
             lo = p.min if p.min is not None else (-np.inf if p.scale == "lin" else v * 1e-3)
             hi = p.max if p.max is not None else (np.inf if p.scale == "lin" else v * 1e3)
             params.append((pid, p.scale, lo, hi, v, int(p.learn)))
+    for (c, i), pid in np.ndenumerate(init_ids):
+        if learned[c, i]:
+            scale, lo, hi = measurements.initial_scale.get(spec.states[i], ("lin", None, None))
+            lo = -np.inf if lo is None else lo
+            hi = np.inf if hi is None else hi
+            params.append((pid, scale, lo, hi, float(start[c, i]), 1))
     parameter_df = pd.DataFrame(
         params,
         columns=[
@@ -181,11 +228,56 @@ def write_petab(
     return path
 
 
+def _given_initial(spec: ModelSpec, measurements: Measurements) -> np.ndarray:
+    """``(condition, state)``: the measurements' initial values where they give them, else the
+    spec's, else 0 (as ``ude.model.hybrid.build_hybrid`` starts)."""
+    out = np.array([[spec.initial.get(s, 0.0) for s in spec.states]] * measurements.n_conditions)
+    for i, s in enumerate(spec.states):
+        given = np.asarray(measurements.initial.get(s, np.full(len(out), np.nan)), dtype=float)
+        out[:, i] = np.where(np.isfinite(given), given, out[:, i])
+    return out
+
+
+def _unknown_initial(spec: ModelSpec, measurements: Measurements) -> np.ndarray:
+    """``(condition, state)``: True where the measurements do not give the initial value
+    (``ude.model.hybrid.build_hybrid`` learns those)."""
+    out = np.ones((measurements.n_conditions, len(spec.states)), dtype=bool)
+    for i, s in enumerate(spec.states):
+        if s in measurements.initial:
+            out[:, i] = ~np.isfinite(np.asarray(measurements.initial[s], dtype=float))
+    return out
+
+
+def _initial_ids(
+    spec: ModelSpec, measurements: Measurements, learned: np.ndarray, taken: set[str]
+) -> np.ndarray:
+    """The problem parameter of each learned initial value ``(condition, state)`` (empty
+    strings elsewhere): ``init_<state>``, with a ``_<condition>`` suffix when the state is
+    learned in more than one condition; PEtab identifiers, none of them in ``taken``."""
+    ids = np.full(learned.shape, "", dtype=object)
+    taken = set(taken) | set(spec.states) | set(spec.parameters)
+    for i, s in enumerate(spec.states):
+        several = learned[:, i].sum() > 1
+        for c, cond in enumerate(measurements.conditions):
+            if not learned[c, i]:
+                continue
+            name = _identifier(f"init_{s}_{cond}" if several else f"init_{s}")
+            while name in taken:
+                name += "_"
+            taken.add(name)
+            ids[c, i] = name
+    return ids
+
+
+def _identifier(name: str) -> str:
+    """``name`` as a PEtab identifier: letters, digits and underscores, not a digit first."""
+    out = re.sub(r"\W", "_", name, flags=re.ASCII)
+    return out if not out[:1].isdigit() else f"_{out}"
+
+
 def _rename_clock(spec: ModelSpec) -> ModelSpec:
     """A clock state named ``time`` (PEtab's time, see ude.petab.training) becomes a state
     ``clock``: SBML reserves ``time`` for its own time symbol."""
-    from dataclasses import replace
-
     from ude.petab.problem import TIME
 
     if TIME not in spec.states:
@@ -256,4 +348,19 @@ def write_run_petab(
         noise=model.noise.detach().cpu().numpy(),
         parameters=values,
         per_condition=per_condition,
+        learned_initial=learned_initial(model),
     )
+
+
+def learned_initial(model) -> np.ndarray:
+    """``(condition, state)``: True where ``model`` (a HybridODE) learned the initial value
+    (learned initial states, less those the data give)."""
+    from torch.nn.utils import parametrize
+
+    raw = (
+        model.parametrizations.initial.original
+        if parametrize.is_parametrized(model, "initial")
+        else model.initial
+    )
+    known = model.initial_known.detach().cpu().numpy()
+    return np.logical_and(raw.requires_grad, ~known)
