@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,6 @@ from ude.data.tables import read_measurements
 from ude.model.hybrid import build_hybrid
 from ude.model.solver import Solver
 from ude.spec import ModelSpec
-from ude.spec.model_spec import Parameter
 from ude.twin import Twin
 from ude.twin.band import Gaussian
 from ude.twin.personalise import initial_population
@@ -89,45 +88,21 @@ def test_the_initial_states_population_is_net_of_each_fit_s_error():
 
 
 def _virtual_population_twin() -> Twin:
-    """The virtual population's generating model as a twin: kel and the effect's coefficient E
-    (-Emax) individual under the true populations, the 30 patients' true values, their
-    initial responses 5 + R0_SPREAD times a normal quantile (as a twin's fits scatter around
-    the true baseline of 5), the true noise levels."""
-    patients = TRUTH["patients"]
-    names = sorted(patients)
+    """The virtual population's generating model as a twin (bench/personal.py's oracle), its
+    30 patients' initial responses 5 + R0_SPREAD times a normal quantile (as a twin's fits
+    scatter around the true baseline of 5)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from personal import truth_twin
+
+    names = sorted(TRUTH["patients"])
     doses = read_doses(DATA / "doses.csv", ["A", "R"], dict.fromkeys(names, 48.0))
-    population = TRUTH["population"]
-    spec = ModelSpec.from_dict(
-        {
-            "states": ["A", "R"],
-            "parameters": {"kel": 0.2, "E": -0.8}
-            | {k: TRUTH["fixed"][k] for k in ("V", "kin", "kout")},
-            "observables": {"C": "A/V"},
-            "equations": {"A": "-kel*A", "R": "kin - kout*R + E*A/(A + 20)"},
-        }
+    z = np.random.default_rng(0).permutation(norm.ppf((np.arange(len(names)) + 0.5) / len(names)))
+    return truth_twin(
+        [
+            TwinCondition(p, {"A": 0.0, "R": 5.0 + R0_SPREAD * z[i]}, {}, doses[p])
+            for i, p in enumerate(names)
+        ]
     )
-    individual = {
-        "kel": (population["kel"]["median"], population["kel"]["spread"], 1.0, "kel"),
-        "E": (population["Emax"]["median"], population["Emax"]["spread"], -1.0, "Emax"),
-    }
-    params = dict(spec.parameters)
-    for k, (median, spread, sign, true) in individual.items():
-        params[k] = Parameter(
-            sign * median,
-            learn=True,
-            per_condition=True,
-            population="lognormal",
-            spread=spread,
-            values=tuple(sign * patients[p][true] for p in names),
-        )
-    spec = replace(spec, parameters=params, initial={"A": 0.0, "R": 5.0})
-    rng = np.random.default_rng(0)
-    z = rng.permutation(norm.ppf((np.arange(len(names)) + 0.5) / len(names)))
-    conditions = [
-        TwinCondition(p, {"A": 0.0, "R": 5.0 + R0_SPREAD * z[i]}, {}, doses[p])
-        for i, p in enumerate(names)
-    ]
-    return Twin(spec, conditions, ["C", "R"], dict(TRUTH["noise"]), 0.0, "dopri5", t_end=48.0)
 
 
 def _forecast_nmse(personal: Twin, times: np.ndarray, observed: dict[str, np.ndarray]) -> float:
