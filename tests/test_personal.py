@@ -62,9 +62,11 @@ def _band(variance: float) -> Gaussian:
 
 
 def test_the_initial_states_population_is_net_of_each_fit_s_error():
-    """The spread of fitted initial states less the mean of their fits' variances: 4.9, 5.0,
-    5.1, 5.2 have a variance of 1/60; with fits of variance 0.01 the population's is 1/150;
-    with 0.02 nothing is left (every subject starts alike: held); one condition: none."""
+    """The spread of fitted initial states less the mean of their fits' variances, plus the
+    mean's own variance: 4.9, 5.0, 5.1, 5.2 have a variance of 1/60 and their mean one of
+    1/240; with fits of variance 0.01 a new subject's is 1/150 + 1/240, with 0.02 (more than
+    the values' spread) only the mean's 1/240; values all alike: held (0); one condition:
+    none (infinite)."""
     spec = ModelSpec.from_dict(
         {"states": ["A", "R"], "parameters": {"k": 0.3}, "equations": {"A": "-k*A", "R": "-R"}}
     )
@@ -80,10 +82,10 @@ def test_the_initial_states_population_is_net_of_each_fit_s_error():
         return Twin(spec, conditions)
 
     mean, sd = initial_population(twin(0.01))["R"]
-    assert mean == pytest.approx(5.05) and sd == pytest.approx(math.sqrt(1 / 150))
-    assert initial_population(twin(None))["R"][1] == pytest.approx(math.sqrt(1 / 60))
-    assert initial_population(twin(0.02))["R"][1] == 0.0
-    assert initial_population(twin(0.01))["A"] == (0.0, 0.0)  # all alike: held
+    assert mean == pytest.approx(5.05) and sd == pytest.approx(math.sqrt(1 / 150 + 1 / 240))
+    assert initial_population(twin(None))["R"][1] == pytest.approx(math.sqrt(1 / 60 + 1 / 240))
+    assert initial_population(twin(0.02))["R"][1] == pytest.approx(math.sqrt(1 / 240))
+    assert initial_population(twin(0.01))["A"] == (0.0, 0.0)
     assert initial_population(twin(0.01, n=1))["R"] == (4.9, math.inf)
 
 

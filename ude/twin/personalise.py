@@ -9,11 +9,11 @@ The initial states are individual too, under the population of the initial state
 fitted for its conditions (:func:`initial_population`): a Gaussian with their mean and
 standard deviation, so that a subject whose first sample comes after the start does not trade
 its initial state against its parameters. (On the virtual-population example, measured at 1, 2
-and 4 h, a free initial response took the effect's constant 10 % below the truth and made the
-forecast 3 to 4 times worse than that of the whole series; ``bench/personal.py``.) With no
+and 4 h, a free initial response took the effect's constant 10-16 % below the truth and made
+the forecast 3 to 4 times worse than that of the whole series; ``bench/personal.py``.) With no
 measurement, a subject is the population's median; with many, its data decide. Initial states
 the data give (``init_<state>`` in a conditions table) are held there; those of states the data
-do not measure (latent ones), and those on which every fitted condition agrees, are held at the
+do not measure (latent ones), and those that every fitted condition shares, are held at the
 twin's typical value (the median over its conditions). The band is the Laplace approximation at
 the MAP (:mod:`ude.twin.band`), under the same priors.
 """
@@ -59,13 +59,14 @@ def personal_spec(twin: Twin) -> ModelSpec:
 
 def initial_population(twin: Twin) -> dict[str, tuple[float, float]]:
     """Each state's population of initial states, from the initial values the twin fitted for
-    its ``N`` conditions: their mean and the standard deviation of the values themselves, net
-    of each one's estimation error (the variance over the conditions, ``N - 1``, less the mean
-    of their bands' variances of ``<state>(0)``: the spread of fitted values overstates the
-    population's by the noise of each fit). The deviation is 0 when nothing is left (within
-    :data:`~ude.model.parameters.MIN_SPREAD` of the mean's magnitude: every condition starts
-    alike, and the state is held at their typical value), infinite with fewer than two
-    conditions (no population to learn from: the data alone decide)."""
+    its ``N`` conditions: their mean and the standard deviation of a new subject's value about
+    it. That is the population's spread, net of each fit's error (the values' variance over
+    the conditions, ``N - 1``, less the mean of their bands' variances of ``<state>(0)``: the
+    spread of fitted values overstates the population's by each fit's noise), with the
+    mean's own error (the values' variance over ``N``) added. It is 0 when all the values are
+    one (within :data:`~ude.model.parameters.MIN_SPREAD` of its magnitude: the state is then
+    held there), infinite with fewer than two conditions (no population to learn from: the
+    data alone decide)."""
     out = {}
     for s in twin.states:
         x, error = [], []
@@ -73,8 +74,7 @@ def initial_population(twin: Twin) -> dict[str, tuple[float, float]]:
             if s not in c.initial or not np.isfinite(c.initial[s]):
                 continue
             x.append(c.initial[s])
-            band = c.band
-            entry = f"{s}(0)"
+            band, entry = c.band, f"{s}(0)"
             if band is not None and entry in band.entries:
                 k = band.entries.index(entry)
                 error.append(float(band.covariance[k, k]))
@@ -83,9 +83,8 @@ def initial_population(twin: Twin) -> dict[str, tuple[float, float]]:
         if len(x) < 2:
             out[s] = (float(np.mean(x)) if x else np.nan, np.inf)
             continue
-        mean = float(np.mean(x))
-        var = float(np.var(x, ddof=1)) - float(np.mean(error))
-        sd = float(np.sqrt(max(var, 0.0)))
+        mean, var = float(np.mean(x)), float(np.var(x, ddof=1))
+        sd = float(np.sqrt(max(var - float(np.mean(error)), 0.0) + var / len(x)))
         out[s] = (mean, 0.0 if sd <= MIN_SPREAD * abs(mean) else sd)
     return out
 
