@@ -122,6 +122,57 @@ def true_series(times: np.ndarray, truth: dict, twin) -> dict[str, np.ndarray]:
     return {"C": states[keep, 0] / values["V"], "R": states[keep, 1]}
 
 
+def truth_twin(conditions) -> object:
+    """The generating model as a twin (the oracle): kel and the effect's coefficient ``E``
+    (``-Emax``, in ``E*A/(A + V*EC50)``) individual under the true lognormal populations, each
+    of ``conditions`` (:class:`~ude.twin.twin.TwinCondition` named p01..p30: their initial
+    states, bands and doses) with its patient's true values, the true noise levels."""
+    from dataclasses import replace
+
+    from ude.spec import ModelSpec
+    from ude.spec.model_spec import Parameter
+    from ude.twin import Twin
+
+    truth = json.loads((DATA / "truth.json").read_text())
+    fixed, population = truth["fixed"], truth["population"]
+    k_effect = fixed["V"] * fixed["EC50"]
+    spec = ModelSpec.from_dict(
+        {
+            "states": ["A", "R"],
+            "parameters": {"kel": 0.2, "E": -0.8} | {k: fixed[k] for k in ("V", "kin", "kout")},
+            "observables": {"C": "A/V"},
+            "equations": {"A": "-kel*A", "R": f"kin - kout*R + E*A/(A + {k_effect:g})"},
+        }
+    )
+    params = dict(spec.parameters)
+    for name, true, sign in (("kel", "kel", 1.0), ("E", "Emax", -1.0)):
+        params[name] = Parameter(
+            sign * population[true]["median"],
+            learn=True,
+            per_condition=True,
+            population="lognormal",
+            spread=population[true]["spread"],
+            values=tuple(sign * truth["patients"][c.name][true] for c in conditions),
+        )
+    spec = replace(spec, parameters=params, initial={"A": 0.0, "R": fixed["kin"] / fixed["kout"]})
+    return Twin(spec, conditions, ["C", "R"], dict(truth["noise"]), 0.0, "dopri5", t_end=48.0)
+
+
+def replace_values(personal, values: dict[str, float]):
+    """A copy of the oracle's personal twin with the true ``kel`` and ``Emax`` and the true
+    initial response (kin/kout)."""
+    import copy
+    from dataclasses import replace
+
+    out = copy.deepcopy(personal)
+    params = dict(out.spec.parameters)
+    params["kel"] = replace(params["kel"], values=(values["kel"],))
+    params["E"] = replace(params["E"], values=(-values["Emax"],))
+    out.spec = replace(out.spec, parameters=params)
+    out.conditions[0].initial = {**out.conditions[0].initial, "R": out.spec.initial["R"]}
+    return out
+
+
 def best_of(fn, n: int = 3) -> tuple[float, float]:
     """The best wall and CPU seconds of ``n`` calls of ``fn``."""
     walls, cpus = [], []
@@ -223,6 +274,28 @@ def main() -> None:
     verdict = {True: "met", False: "SHORT"}
     print(f"  target (a) personal / whole series = {a:.2f} (<= 2): {verdict[a <= 2]}")
     print(f"  target (b) population median / personal = {b:.1f} (>= 5): {verdict[b >= 5]}")
+
+    # -- the oracle: where the gap comes from -----------------------------------------------------
+    oracle = truth_twin(twin.conditions)
+    o_few = oracle.personalise(early, doses=doses, **extra)
+    o_whole = oracle.personalise(full, doses=doses, **extra)
+    o_true = replace_values(o_whole, truth["new_patient"])
+    print("\noracle: the generating model and populations (truth.json), the run's initial states:")
+    print(f"  {'held-out patient':<24}{'NMSE (data)':>12}{'NMSE (truth)':>14}{'kel':>8}{'Emax':>8}"
+          f"{'R(0)':>8}")  # fmt: skip
+    o_scores = {}
+    for k, who in (("true values", o_true), ("MAP, 3 samples", o_few), ("MAP, whole", o_whole)):
+        table = who.simulate(grid, band=False)
+        o_scores[k] = nmse(at(table, times, names), observed)
+        v = who.values(0)
+        print(
+            f"  {k:<24}{o_scores[k]:>12.4f}{nmse(at(table, times, names), true):>14.4f}"
+            f"{v['kel']:>8.3f}{-v['E']:>8.3f}{who.conditions[0].initial['R']:>8.3f}"
+        )
+    print(
+        f"  MAP 3 samples / MAP whole = {o_scores['MAP, 3 samples'] / o_scores['MAP, whole']:.2f}"
+        f"; true values / MAP whole = {o_scores['true values'] / o_scores['MAP, whole']:.2f}"
+    )
 
     # -- the population ------------------------------------------------------------------------
     print("\npopulation (fitted vs the 30 patients' own / the generating population):")

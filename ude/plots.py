@@ -68,9 +68,10 @@ def time_axis(ax, label: str = "time") -> None:
     ax.set_xlabel(label)
 
 
-def legend_above(fig, axes) -> None:
+def legend_above(fig, axes, max_columns: int | None = None, title: str | None = None) -> None:
     """One legend for all panels, above them, where it covers no data (the figure is made
-    with ``layout="constrained"``)."""
+    with ``layout="constrained"``), in rows of at most ``max_columns`` entries (None: one
+    row), under the figure's ``title`` (a suptitle would overlap such a legend)."""
     entries: dict[str, Any] = {}
     for ax in np.ravel(axes):
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -78,8 +79,11 @@ def legend_above(fig, axes) -> None:
     if entries:
         fig.legend(
             list(entries.values()), list(entries), loc="outside upper center",
-            ncols=len(entries), fontsize=8, frameon=False,
+            ncols=min(len(entries), max_columns or len(entries)), fontsize=8, frameon=False,
+            title=title, title_fontsize=10,
         )  # fmt: skip
+    elif title:
+        fig.suptitle(title, fontsize=10)
 
 
 def plot_fit(

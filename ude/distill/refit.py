@@ -175,11 +175,14 @@ class TwinRefit:
         initial: np.ndarray | None = None,
         noise: np.ndarray | None = None,
         held_initial: np.ndarray | None = None,
+        initial_prior: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> RefitResult:
         """Refit ``twin`` on ``measurements`` from ``initial (condition, state)`` (default:
         the data's first values) and noise levels ``noise (observable,)`` (default: 10 % of
         each observable's scale); ``held_initial (condition, state)``: initial states held
-        at their start (besides those the data give)."""
+        at their start (besides those the data give); ``initial_prior``: the learned initial
+        states' Gaussian prior, mean and sd each ``(condition, state)`` (an infinite sd: none;
+        :meth:`ude.model.hybrid.HybridODE.set_initial_prior`)."""
         dtype = torch.float64
         previous = torch.get_default_dtype()
         torch.set_default_dtype(dtype)
@@ -199,6 +202,8 @@ class TwinRefit:
                 model.log_noise.copy_(torch.log(torch.as_tensor(noise, dtype=dtype)))
         if held_initial is not None:
             model.initial_known |= torch.as_tensor(held_initial, dtype=torch.bool)
+        if initial_prior is not None:
+            model.set_initial_prior(*(torch.as_tensor(x, dtype=dtype) for x in initial_prior))
         model.log_noise.requires_grad_(self.learn_noise)
         for p in [*model.parameters_.location.values(), *model.parameters_.log_spread.values()]:
             p.requires_grad_(self.learn_population)

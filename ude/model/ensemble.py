@@ -47,13 +47,14 @@ class _Method(nn.Module):
             y, context = args
             return h.known_terms(y, context) + h.neural_terms(y, context)
         if name == "prior_nll":
-            return h.parameters_.prior_nll()
+            return h.prior_nll()
         return getattr(h, name)(*args)
 
 
 class _MemberParameters:
     """What the training reads as ``model.parameters_``: the stacked learned spec parameters
-    and their prior summed over the members."""
+    and their prior (with the initial states', :meth:`HybridODE.prior_nll`) summed over the
+    members."""
 
     def __init__(self, ensemble: HybridEnsemble):
         self._ensemble = ensemble
@@ -129,6 +130,10 @@ class HybridEnsemble(nn.Module):
     def noise(self) -> torch.Tensor:
         """Noise levels ``(member, observable)``."""
         return torch.exp(self.learned[_key("log_noise")])
+
+    def prior_nll(self) -> torch.Tensor:
+        """The members' prior NLL summed (:meth:`HybridODE.prior_nll`)."""
+        return self.parameters_.prior_nll()
 
     def _apply(self, fn, recurse=True):
         self._base._apply(fn)

@@ -19,7 +19,7 @@ from ude.model.initial_scale import initial_transforms, scale_initial, set_initi
 from ude.model.networks import MLP, FluxNetwork
 from ude.model.numeric_rhs import NumericRHS, NumericSystem, UnsupportedNetwork
 from ude.model.observation import log_density
-from ude.model.parameters import SpecParameters
+from ude.model.parameters import _HALF_LOG_2PI, SpecParameters
 from ude.model.solver import Solver
 from ude.spec.compile import CompiledExpressions
 from ude.spec.model_spec import ModelSpec, Parameter, load_spec
@@ -140,6 +140,9 @@ class HybridODE(nn.Module):
         )
         if learn_initial and initial_transforms is not None:
             scale_initial(self, initial_transforms)
+        # the learned initial states' Gaussian prior (set_initial_prior); none by default
+        self.register_buffer("initial_prior_mean", None, persistent=False)
+        self.register_buffer("initial_prior_sd", None, persistent=False)
         self.log_noise = nn.Parameter(torch.log(noise))
         self._context: torch.Tensor | None = None
         self.n_states = n_states
@@ -266,6 +269,27 @@ class HybridODE(nn.Module):
         ll = log_density(y, h, sig, self._noise_codes[:, 0], self._noise_codes[:, 1])
         return -(ll * mask).sum() / mask.sum().clamp(min=1)
 
+    def set_initial_prior(self, mean: torch.Tensor, sd: torch.Tensor) -> None:
+        """Give the learned initial states a Gaussian prior, ``mean`` and ``sd`` each
+        ``(condition, state)``; an infinite ``sd``: no prior on that entry (nor on known
+        initial states, which are not learned). A new subject's initial states under the
+        population of those the twin was fitted on (:mod:`ude.twin.personalise`)."""
+        like = self.initial.detach()
+        self.initial_prior_mean = torch.as_tensor(mean, dtype=like.dtype, device=like.device)
+        self.initial_prior_sd = torch.as_tensor(sd, dtype=like.dtype, device=like.device)
+
+    def prior_nll(self) -> torch.Tensor:
+        """Negative log prior density of the learned values: the parameters'
+        (:meth:`SpecParameters.prior_nll`) and the initial states' (:meth:`set_initial_prior`)."""
+        total = self.parameters_.prior_nll()
+        if self.initial_prior_sd is None or not self.initial.requires_grad:
+            return total
+        used = torch.isfinite(self.initial_prior_sd) & ~self.initial_known
+        sd = torch.where(used, self.initial_prior_sd, torch.ones_like(self.initial_prior_sd))
+        z = (self.initial - self.initial_prior_mean) / sd
+        nll = 0.5 * z * z + torch.log(sd) + _HALF_LOG_2PI
+        return total + torch.where(used, nll, torch.zeros_like(nll)).sum()
+
     @property
     def noise(self) -> torch.Tensor:
         return torch.exp(self.log_noise)
@@ -290,6 +314,9 @@ class HybridODE(nn.Module):
         out.doses = [self.doses[i] for i in conditions]
         out.inputs = self.inputs[idx].clone()
         out.initial_known = self.initial_known[idx].clone()
+        if self.initial_prior_sd is not None:
+            out.initial_prior_mean = self.initial_prior_mean[idx].clone()
+            out.initial_prior_sd = self.initial_prior_sd[idx].clone()
         return out
 
     def parameter_values(self) -> dict:

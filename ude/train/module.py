@@ -190,7 +190,7 @@ class UDEModule(pl.LightningModule):
         out = {
             "fit": fit,
             "mse": mse,
-            "prior": self.model.parameters_.prior_nll(),
+            "prior": self.model.prior_nll(),
             "entries": entries.to(mse.dtype),
             "conditions": conditions.to(mse.dtype),
         }

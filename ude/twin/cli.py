@@ -204,6 +204,7 @@ def _intervals(band) -> dict[str, list[float]]:
         sd = float(np.sqrt(max(band.covariance[i, i], 0.0)))
         lo, hi = band.mean[i] - 1.96 * sd, band.mean[i] + 1.96 * sd
         out[name] = [float(np.exp(lo)), float(np.exp(hi))] if band.log[i] else [lo, hi]
+        out[name] = [float(x) for x in out[name]]  # repr of a numpy float is not a number
     return out
 
 

@@ -54,9 +54,7 @@ def plot_simulation(
             )
         ax.set_title(name, fontsize=10)
         time_axis(ax)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    legend_above(fig, axes)
+    legend_above(fig, axes, max_columns=2 * n, title=title)
     return _save(fig, Path(path))
 
 
