@@ -142,8 +142,10 @@ def _assert_consistent(report: dict) -> None:
     assert (report["status"] == "ok") == (not failed) and (not failed or report["status"] in failed)
     band = report.get("forecast_interval")
     if band is not None:
-        usable = "error" not in band and band["n_failed"] <= band["n_samples"] / 2
+        # usable: bounded at the start (failed draws count outside it, never dropped)
+        usable = "error" not in band and "bounded_share" in band
         assert usable == ("band_failed" not in failed)
+        assert usable or "error" in band or band["n_failed"] > 0
         assert ("coverage_of_truth" in band) == usable
     nmse = report.get("forecast_nmse", {})
     assert all(np.isfinite(v) for v in nmse.values()) == ("forecast_failed" not in failed)

@@ -140,6 +140,11 @@ def make_distiller(cfg: DictConfig, progress: Progress | None = None):
         distiller.library = OmegaConf.to_container(distiller.library, resolve=True)
     if cfg.get("library") is not None:
         distiller.library = OmegaConf.to_container(cfg.library, resolve=True)
+    node = uq_settings(cfg)
+    if node is not None and node.get("bootstrap") is not None:
+        # the data resampled through the screen (ude.uq.StructureBootstrap) in place of
+        # the rescoring of the refitted candidates
+        distiller.bootstrap = instantiate(node.bootstrap)
     return distiller
 
 
@@ -176,6 +181,9 @@ def summary(metrics: dict[str, Any]) -> str:
         line += f"; {band.get('level', 0.95):.0%} band FAILED: {failed['band_failed']}"
     elif "coverage_of_truth" in band:
         line += f"; {band['level']:.0%} band covers {band['coverage_of_truth']:.0%} of the truth"
+        ends = [t for t in band.get("unbounded_from", []) if t is not None]
+        if ends:
+            line += f" up to t={min(ends):.3g} (unbounded past it)"
         if band["n_failed"]:
             line += f" ({band['n_failed']} of {band['n_samples']} draws failed)"
     predictive = metrics.get("predictive_band", {})

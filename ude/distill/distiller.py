@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -68,6 +68,7 @@ class Distillation:
     weights: np.ndarray | None = None
     ties: list[Scored] = field(default_factory=list)
     identifiability: dict[str, Any] | None = None
+    structure_bootstrap: Any = None
 
     def describe(self, scored: Scored) -> dict[str, str]:
         """``{target: "+0.9*x*y -0.1*y"}``: a scored candidate's terms at its refitted
@@ -415,14 +416,15 @@ class Distiller:
             """The integral problems along a refitted twin's trajectory (None: the UDE's)."""
             if best is None or not best.refit.ok or best.refit.model is None:
                 return integral
-            if id(best) not in around:
+            key = id(best.refit.model)  # a resample rescores the same refitted model
+            if key not in around:
                 try:
-                    around[id(best)] = integral_problems(
+                    around[key] = integral_problems(
                         model, measurements, libraries, best.refit.model, self._n_grid()
                     )
                 except SolverFailed:
-                    around[id(best)] = integral
-            return around[id(best)]
+                    around[key] = integral
+            return around[key]
 
         candidates = candidate_union(paths, problems, integral)
         for cand in candidates:
@@ -467,28 +469,44 @@ class Distiller:
             start = _nonnegative_start(cand.info.get("initial", initial), positive)
             return scorer.fit(twin, measurements, start, noise), len(owner)
 
-        def propose(best: Scored) -> list[Candidate]:
-            """Integral-matching candidates along ``best``'s trajectory and ``best`` with a
-            rate law whose ``K`` went to the edge of its range replaced by its limit, each
-            refitted from ``best``'s initial states."""
-            out = [] if proposer is None else proposer.candidates(integral_along(best))
-            out += limits(best, terms, bounds)
-            for cand in out:
-                cand.info.update(moved_from(best))
-            return out
+        def same(problems: dict[str, IntegralProblem]) -> dict[str, IntegralProblem]:
+            return problems
 
-        t1 = time.perf_counter()
         selector = self.selector or TrajectorySelector()
-        most = [getattr(selector, k, None) for k in ("max_refits", "max_candidates")]
-        refits = progress.start("refits", total=max(most) if None not in most else None)
-        try:
-            chosen, path = selector.select(
-                candidates,
-                score,
-                lambda cand, best: screen_score(integral_along(best), cand),
+
+        def select(
+            cands: list[Candidate] | None, refit: Callable, view: Callable = same
+        ) -> tuple[Scored, list[Scored]]:
+            """The selection with every integral problem seen through ``view`` (a resample
+            of the data's rows: :mod:`ude.uq.structure_bootstrap`) and every candidate
+            scored by ``refit``; ``cands``: the screen's candidates (None: screened again
+            through ``view``)."""
+
+            def propose(best: Scored) -> list[Candidate]:
+                """Integral-matching candidates along ``best``'s trajectory and ``best``
+                with a rate law whose ``K`` went to the edge of its range replaced by its
+                limit, each refitted from ``best``'s initial states."""
+                out = [] if proposer is None else proposer.candidates(view(integral_along(best)))
+                out += limits(best, terms, bounds)
+                for cand in out:
+                    cand.info.update(moved_from(best))
+                return out
+
+            if cands is None:
+                cands = candidate_union(paths, problems, view(integral))
+            return selector.select(
+                cands,
+                refit,
+                lambda cand, best: screen_score(view(integral_along(best)), cand),
                 propose,
                 sizes={t: len(ts) for t, ts in terms.items()},
             )
+
+        t1 = time.perf_counter()
+        most = [getattr(selector, k, None) for k in ("max_refits", "max_candidates")]
+        refits = progress.start("refits", total=max(most) if None not in most else None)
+        try:
+            chosen, path = select(candidates, score)
         except NoSolvableTwin as err:
             err.rows = path_rows(err.scored, terms)
             err.timings = {"total_seconds": round(time.perf_counter() - t0, 3)}
@@ -532,7 +550,7 @@ class Distiller:
             t2 = time.perf_counter()
             identified = self._identifiability(result.model, measurements, owner)
             clock["identifiability_seconds"] = time.perf_counter() - t2
-        inclusion = None
+        inclusion, resampled = None, None
         if self.bootstrap is not None:
             t2 = time.perf_counter()
             # free terms named at the constants their columns were built with
@@ -543,11 +561,27 @@ class Distiller:
                 ]
                 for t, ts in terms.items()
             }
-            with progress.stage("bootstrap"):
-                residuals = [squared_residuals(s, measurements) for s in path]
-                inclusion = self.bootstrap.inclusion(
-                    path, residuals, selector.choose, selector.criterion, chosen, shown
-                )
+            with progress.stage("bootstrap") as refits:  # score() counts its refits here
+                if hasattr(self.bootstrap, "resample"):  # through the screen (ude.uq)
+                    from ude.uq.structure_bootstrap import Replay
+
+                    resampled = self.bootstrap.resample(
+                        Replay(
+                            measurements,
+                            lambda view, refit: select(None, refit, view)[0],
+                            score,
+                            path,
+                            chosen,
+                            shown,
+                            selector.criterion,
+                        )
+                    )
+                    inclusion = resampled.inclusion
+                else:
+                    residuals = [squared_residuals(s, measurements) for s in path]
+                    inclusion = self.bootstrap.inclusion(
+                        path, residuals, selector.choose, selector.criterion, chosen, shown
+                    )
             clock["bootstrap_seconds"] = time.perf_counter() - t2
         clock["total_seconds"] = time.perf_counter() - t0
         return Distillation(
@@ -566,6 +600,7 @@ class Distiller:
             weights=evidence_weights(path),
             ties=ties(chosen, path, self.tie),
             identifiability=identified,
+            structure_bootstrap=resampled,
         )
 
     @staticmethod
