@@ -187,3 +187,39 @@ def test_a_resampled_problem_repeats_its_rows_by_the_counts():
     assert r.n_points == 6
     assert r.entries.tolist() == [[0, 0], [0, 0], [0, 2], [1, 4], [1, 4], [1, 4]]
     np.testing.assert_array_equal(r.y[:2], problem.y[[0, 0]])
+
+
+def test_the_summary_names_a_rival_the_resamples_choose():
+    """A structure chosen by at least 10 % of the resamples is named on the summary line
+    with its share beside the twin's; one chosen less often is not."""
+    from ude.distill.cli import bootstrap_rival
+
+    def row(terms, share, chosen=False):
+        return {"discovered": terms, "bootstrap_share": share, "chosen": chosen}
+
+    section = {
+        "structures": [
+            row({"x": "-0.52*x*y/(x + 0.33)"}, 0.6, chosen=True),
+            row({"x": "-0.9*x*y"}, 0.3),
+            row({"x": "-0.2*y"}, 0.1),
+        ]
+    }
+    line = bootstrap_rival(section)
+    assert line == (
+        "STRUCTURE UNCERTAIN: 30% of the data's resamples choose dx/dt += -0.9*x*y "
+        "(the twin's structure: 60%)"
+    )
+    section["structures"][1]["bootstrap_share"] = 0.05
+    section["structures"][2]["bootstrap_share"] = 0.05
+    assert bootstrap_rival(section) is None and bootstrap_rival(None) is None
+
+
+def test_the_report_lists_the_twins_structure_even_when_no_resample_chose_it():
+    problem, data = system(weak=0.11, seed=3)
+    replay, _ = fake_replay(problem, data)
+    found = StructureBootstrap(n_resamples=10, seed=0).resample(replay)
+    key = replay.chosen.candidate.support()
+    found.share.pop(key, None)
+    found.weight[key] = 0.0
+    rows = found.report(lambda s: {"x": str(s.candidate.support())}, key)["structures"]
+    assert [r["chosen"] for r in rows].count(True) == 1

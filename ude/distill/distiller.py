@@ -50,7 +50,9 @@ class Distillation:
     term (:mod:`ude.distill.identifiability`; None when it could not be computed);
     ``inclusion``: bootstrap inclusion probabilities ``{target: {term: p}}``; ``samples``: the
     network samples regressed on; ``routes``: the states each target changes (a neural
-    reaction's flux: several, by their stoichiometry).
+    reaction's flux: several, by their stoichiometry); ``structure_bootstrap``: with a
+    :class:`ude.uq.StructureBootstrap`, its findings (each structure's share of the
+    resamples' choices and resample-averaged evidence weight).
     """
 
     twin: ModelSpec
@@ -271,7 +273,10 @@ class Distiller:
         score_refit: the ODE refit that scores candidates (default: RK4 on the data's time
             grid, 300 L-BFGS iterations, loose tolerance).
         refit: the final ODE refit of the chosen twin (default: dopri5, tight tolerance).
-        bootstrap: inclusion probabilities (None: skipped).
+        bootstrap: inclusion probabilities (None: skipped): a :class:`BootstrapInclusion`
+            rescores the refitted candidates on resampled entries; a
+            :class:`ude.uq.StructureBootstrap` (``distill.uq``) resamples the data and runs
+            the screen and the selection again on each resample.
         progress: where the stages (screen, refits k of n, final refit, bootstrap) are
             shown and timed (:class:`ude.progress.Progress`; default: nowhere).
         tie: criterion units within which another structure fits as well as the chosen one.
@@ -426,7 +431,8 @@ class Distiller:
                     around[key] = integral
             return around[key]
 
-        candidates = candidate_union(paths, problems, integral)
+        network: dict[int, list[Candidate]] = {}  # the network paths' candidates, once
+        candidates = candidate_union(paths, problems, integral, network)
         for cand in candidates:
             cand.info["regression_residual"] = {
                 t: round(problems[t].relative_residual(c), 4) for t, c in cand.coef.items()
@@ -493,7 +499,7 @@ class Distiller:
                 return out
 
             if cands is None:
-                cands = candidate_union(paths, problems, view(integral))
+                cands = candidate_union(paths, problems, view(integral), network)
             return selector.select(
                 cands,
                 refit,
@@ -552,7 +558,7 @@ class Distiller:
             clock["identifiability_seconds"] = time.perf_counter() - t2
         inclusion, resampled = None, None
         if self.bootstrap is not None:
-            t2 = time.perf_counter()
+            t2, cpu = time.perf_counter(), time.process_time()
             # free terms named at the constants their columns were built with
             shown = {
                 t: [
@@ -583,6 +589,7 @@ class Distiller:
                         path, residuals, selector.choose, selector.criterion, chosen, shown
                     )
             clock["bootstrap_seconds"] = time.perf_counter() - t2
+            clock["bootstrap_cpu_seconds"] = time.process_time() - cpu  # the machine may be shared
         clock["total_seconds"] = time.perf_counter() - t0
         return Distillation(
             twin=final,

@@ -305,7 +305,9 @@ def write_report(
     if result.inclusion is not None:
         metrics["inclusion_probability"] = result.inclusion
     if found is not None:
-        metrics["structure_bootstrap"] = found.report(result.describe)
+        metrics["structure_bootstrap"] = found.report(
+            result.describe, result.chosen.candidate.support()
+        )
     if uq is not None:  # the Bayesian sparse regression (ude.uq.bayesian_terms)
         metrics["uq"] = uq
     if truth is not None:

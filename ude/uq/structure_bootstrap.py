@@ -100,19 +100,23 @@ class BootstrapFindings:
     structures: dict[Support, Structure]
     info: dict[str, Any] = field(default_factory=dict)
 
-    def report(self, describe: Callable[[Scored], dict[str, str]]) -> dict[str, Any]:
+    def report(
+        self, describe: Callable[[Scored], dict[str, str]], chosen: Support | None = None
+    ) -> dict[str, Any]:
         """distill.json's ``structure_bootstrap``: the settings and counts, and the
-        structures any resample chose or weighed above 1 %, heaviest share first."""
+        structures any resample chose or weighed above 1 %, heaviest share first, the
+        reported twin's (support ``chosen``) marked."""
         rows = []
         for key, s in self.structures.items():
             share, weight = self.share.get(key, 0.0), self.weight.get(key, 0.0)
-            if share > 0 or weight > 0.01:
+            if share > 0 or weight > 0.01 or key == chosen:
                 rows.append(
                     {
                         "discovered": describe(s.scored()),
                         "bootstrap_share": round(share, 4),
                         "bootstrap_weight": round(weight, 4),
                         "refitted_in": s.origin,
+                        "chosen": key == chosen,
                     }
                 )
         rows.sort(key=lambda r: (-r["bootstrap_share"], -r["bootstrap_weight"]))
