@@ -87,7 +87,7 @@ def fake_replay(problem: IntegralProblem, data, path_supports=None) -> tuple[Rep
     )
     if path_supports is not None:  # a selection that refitted fewer structures
         path = [s for s in path if s.candidate.support() in path_supports]
-    replay = Replay(data, select, refit, path, chosen, TERMS, "ebic", residuals)
+    replay = Replay(data, select, refit, path, chosen, TERMS, "ebic", residuals, selector.choose)
     return replay, refits
 
 
@@ -147,6 +147,9 @@ def test_the_screen_reruns_and_refits_a_structure_the_selection_never_tried():
     none = StructureBootstrap(n_resamples=30, max_refits=0, seed=0).resample(replay)
     assert none.info["refits_added"] == 0 and none.info["unscored_proposals"] > 0
     assert set(none.share) == only
+    # a resample whose own candidates were all past the budget chose among the refitted
+    assert none.info["resamples_chosen_among_refitted"] > 0
+    assert sum(none.share.values()) == pytest.approx(1.0)
 
 
 def test_time_resamples_keep_each_conditions_count_and_blocks_are_consecutive():

@@ -580,6 +580,7 @@ class Distiller:
                             chosen,
                             shown,
                             selector.criterion,
+                            choose=selector.choose,
                         )
                     )
                     inclusion = resampled.inclusion

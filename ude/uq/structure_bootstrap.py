@@ -54,7 +54,10 @@ class Replay:
     ``terms[target]``: the library terms, named as the report names them; ``criterion``:
     the selector's; ``residuals(scored)``: a refitted candidate's squared residuals
     ``(entry,)`` at the measured entries, in the order of ``values[isfinite(values)]``
-    (None: its solve failed; default :func:`ude.distill.bootstrap.squared_residuals`)."""
+    (None: its solve failed; default :func:`ude.distill.bootstrap.squared_residuals`);
+    ``choose(scored, criteria)``: the selector's rule among scored candidates, for a
+    resample whose selection could score none of its own candidates within the refit
+    budget (None: such a resample chooses nothing)."""
 
     measurements: Measurements
     select: Callable[[View, Refit], Scored]
@@ -64,6 +67,7 @@ class Replay:
     terms: dict[str, list[Term]]
     criterion: str = "ebic"
     residuals: Callable[[Scored], np.ndarray | None] | None = None
+    choose: Callable[[list[Scored], list[float]], Scored] | None = None
 
     def squared_residuals(self, scored: Scored) -> np.ndarray | None:
         if self.residuals is not None:
@@ -145,6 +149,18 @@ def resampled_problem(p: IntegralProblem, counts: np.ndarray) -> IntegralProblem
     )
 
 
+def resampled_criterion(
+    key: Support, structure: Structure, weights: np.ndarray, replay: Replay
+) -> float:
+    """The selector's criterion of a refitted structure (support ``key``) on a resample
+    whose measured entries have the counts ``weights (entry,)``."""
+    sizes = {t: len(ts) for t, ts in replay.terms.items()}
+    log_models = sum(log_supports(sizes[t], len(idx)) for t, idx in key if t in sizes)
+    n = float(weights.sum())
+    nmse = float(weights @ structure.residuals / n)
+    return information_criterion(nmse, int(n), structure.n_params, replay.criterion, log_models)
+
+
 class StructureBootstrap:
     """Inclusion probabilities and structure shares from ``n_resamples`` resamples of the
     data, each running the screen and the selection again (see the module).
@@ -166,7 +182,7 @@ class StructureBootstrap:
         unit: str = "auto",
         min_conditions: int = 5,
         block: int | None = None,
-        max_refits: int = 4,
+        max_refits: int = 2,
         seed: int = 0,
     ):
         self.n_resamples = n_resamples
@@ -193,7 +209,7 @@ class StructureBootstrap:
         rng = np.random.default_rng(self.seed)
         wins: dict[Support, int] = {}
         draws: list[np.ndarray] = []
-        state = {"new": 0, "unscored": 0, "no_choice": 0}
+        state = {"new": 0, "unscored": 0, "fallback": 0}
 
         def structure(cand: Candidate) -> Structure | None:
             key = cand.support()
@@ -225,14 +241,23 @@ class StructureBootstrap:
                 nmse = float(weights @ s.residuals / n)
                 return replace(s.refit, nmse=nmse, n_points=int(n)), s.n_params
 
-            def view(problems: dict, counts: np.ndarray = counts) -> dict:
-                return {t: resampled_problem(p, counts) for t, p in problems.items()}
+            seen: dict[int, tuple[dict, dict]] = {}  # the screen views a problem set often
+
+            def view(problems: dict, counts: np.ndarray = counts, seen: dict = seen) -> dict:
+                if id(problems) not in seen:  # (the problems are kept alive: ids are unique)
+                    drawn = {t: resampled_problem(p, counts) for t, p in problems.items()}
+                    seen[id(problems)] = (problems, drawn)
+                return seen[id(problems)][1]
 
             try:
                 chosen = replay.select(view, refit)
             except NoSolvableTwin:
-                state["no_choice"] += 1
-                continue
+                # every candidate of this resample's screen was past the refit budget: the
+                # selector's rule among the structures refitted so far, rescored here
+                chosen = self._among_known(known, weights, replay)
+                state["fallback"] += 1
+                if chosen is None:
+                    continue
             key = chosen.candidate.support()
             wins[key] = wins.get(key, 0) + 1
         n = self.n_resamples
@@ -246,13 +271,29 @@ class StructureBootstrap:
             info={
                 "method": "bootstrap of the data through the screen and the selection",
                 "unit": unit,
-                "block": None if unit == "conditions" else self.block,
+                "block": None if unit == "conditions" else (self.block or "ceil(m^(1/3))"),
                 "n_resamples": n,
                 "refits_added": state["new"],
                 "unscored_proposals": state["unscored"],
-                "resamples_without_choice": state["no_choice"],
+                "resamples_chosen_among_refitted": state["fallback"],
             },
         )
+
+    @staticmethod
+    def _among_known(
+        known: dict[Support, Structure], weights: np.ndarray, replay: Replay
+    ) -> Scored | None:
+        """The selector's choice among the refitted structures, scored on the resample whose
+        entries have the counts ``weights (entry,)``; None without a rule or a solved one."""
+        if replay.choose is None:
+            return None
+        solved = [(k, s) for k, s in known.items() if s.residuals is not None and s.refit.ok]
+        scored = [s.scored() for _, s in solved]
+        criteria = [resampled_criterion(k, s, weights, replay) for k, s in solved]
+        try:
+            return replay.choose(scored, criteria)
+        except NoSolvableTwin:
+            return None
 
     def _inclusion(
         self, share: dict[Support, float], replay: Replay
@@ -279,16 +320,9 @@ class StructureBootstrap:
         keys = [k for k, s in known.items() if s.residuals is not None and s.refit.ok]
         if not keys or not len(draws):
             return {}
-        sizes = {t: len(ts) for t, ts in replay.terms.items()}
-        crit = np.full((len(draws), len(keys)), np.inf)
-        for j, key in enumerate(keys):
-            s = known[key]
-            log_models = sum(log_supports(sizes[t], len(idx)) for t, idx in key if t in sizes)
-            for b, w in enumerate(draws):
-                n = float(w.sum())
-                crit[b, j] = information_criterion(
-                    float(w @ s.residuals / n), int(n), s.n_params, replay.criterion, log_models
-                )
+        crit = np.array(
+            [[resampled_criterion(k, known[k], w, replay) for k in keys] for w in draws]
+        )
         ok = np.isfinite(crit)
         best = np.where(ok, crit, np.inf).min(axis=1, keepdims=True)
         with np.errstate(invalid="ignore"):  # a resample where nothing solved: inf - inf
