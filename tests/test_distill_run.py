@@ -44,6 +44,8 @@ QUICK = [
     "distill.uq.regression.warmup=20",
     "distill.uq.regression.chains=2",
     "distill.uq.mixture.n_samples=40",
+    "distill.uq.bootstrap.n_resamples=5",
+    "distill.uq.bootstrap.max_refits=1",
 ]
 
 
@@ -79,6 +81,15 @@ def test_train_distils_and_run_can_be_distilled_again(make_cfg, tmp_path, caplog
     assert predictive["n_samples"] == 40 and predictive["structures"]
     assert abs(sum(s["weight"] for s in predictive["structures"]) - 1) < 1e-3
     assert "coverage_of_truth" in predictive
+    # the structure bootstrap: resamples of the data through the screen and the selection
+    resampled = report["structure_bootstrap"]
+    assert resampled["n_resamples"] == 5 and resampled["unit"] == "times"
+    assert resampled["refits_added"] <= 1 and resampled["structures"]
+    assert abs(sum(s["bootstrap_share"] for s in resampled["structures"]) - 1) < 1e-3
+    chosen = report["inclusion_probability"]  # every term's share of the resamples
+    assert all(p in {k / 5 for k in range(6)} for ps in chosen.values() for p in ps.values())
+    weights = json.loads((run / "twin.json").read_text())["model_weights"]
+    assert all("bootstrap_share" in w and "bootstrap_weight" in w for w in weights)
     intervals = json.loads((run / "twin.json").read_text())["credible_intervals"]
     assert intervals and all(lo <= hi for lo, hi in intervals.values())
     assert "credible intervals" in (run / "equations.md").read_text()
@@ -142,8 +153,10 @@ def _assert_consistent(report: dict) -> None:
     assert (report["status"] == "ok") == (not failed) and (not failed or report["status"] in failed)
     band = report.get("forecast_interval")
     if band is not None:
-        usable = "error" not in band and band["n_failed"] <= band["n_samples"] / 2
+        # usable: bounded at the start (failed draws count outside it, never dropped)
+        usable = "error" not in band and "bounded_share" in band
         assert usable == ("band_failed" not in failed)
+        assert usable or "error" in band or band["n_failed"] > 0
         assert ("coverage_of_truth" in band) == usable
     nmse = report.get("forecast_nmse", {})
     assert all(np.isfinite(v) for v in nmse.values()) == ("forecast_failed" not in failed)

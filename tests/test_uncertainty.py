@@ -101,9 +101,11 @@ def test_known_initial_state_stays_fixed():
     assert band.upper[0, -1, 0] > band.lower[0, -1, 0]
 
 
-def test_diverging_draws_are_dropped_and_counted():
+def test_diverging_draws_are_counted_outside_the_band_not_dropped():
     """x' = c x^2 fitted to flat data: draws with c x0 t > 1 blow up before t = 20
-    (x = x0 / (1 - c x0 t)); exactly those are dropped, the band comes from the rest."""
+    (x = x0 / (1 - c x0 t)); exactly those fail, and they stay in the band as draws outside
+    it: the band is finite until more than 5 % of the draws have escaped and unbounded from
+    then on; where some but fewer have, it is wider than the survivors' own 95 % band."""
     spec = ModelSpec.from_dict(
         {
             "states": ["x"],
@@ -127,7 +129,13 @@ def test_diverging_draws_are_dropped_and_counted():
     blows_up = c * x0 * t_end > 1
     assert 0 < band.n_failed < 100
     np.testing.assert_array_equal(band.failed, blows_up)
-    assert np.all(np.isfinite(band.lower)) and np.all(np.isfinite(band.upper))
+    escaped = band.escaped[0]  # (time,)
+    assert escaped[0] == 0 and escaped[-1] == pytest.approx(band.n_failed / 200)
+    past = escaped > 0.05 + 1e-9  # (exactly 5 % escaped still leaves a finite band)
+    assert np.all(np.isfinite(band.upper[0, ~past])) and np.all(np.isinf(band.upper[0, past]))
+    assert np.isinf(band.upper[0, -1])
+    assert band.unbounded_from()[0] == band.times[np.argmax(past)]
+    assert band.usable  # bounded at the start
 
 
 def test_draws_are_solved_one_by_one_when_the_batch_fails(monkeypatch):

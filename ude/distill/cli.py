@@ -140,6 +140,11 @@ def make_distiller(cfg: DictConfig, progress: Progress | None = None):
         distiller.library = OmegaConf.to_container(distiller.library, resolve=True)
     if cfg.get("library") is not None:
         distiller.library = OmegaConf.to_container(cfg.library, resolve=True)
+    node = uq_settings(cfg)
+    if node is not None and node.get("bootstrap") is not None:
+        # the data resampled through the screen (ude.uq.StructureBootstrap) in place of
+        # the rescoring of the refitted candidates
+        distiller.bootstrap = instantiate(node.bootstrap)
     return distiller
 
 
@@ -176,6 +181,9 @@ def summary(metrics: dict[str, Any]) -> str:
         line += f"; {band.get('level', 0.95):.0%} band FAILED: {failed['band_failed']}"
     elif "coverage_of_truth" in band:
         line += f"; {band['level']:.0%} band covers {band['coverage_of_truth']:.0%} of the truth"
+        ends = [t for t in band.get("unbounded_from", []) if t is not None]
+        if ends:
+            line += f" up to t={min(ends):.3g} (unbounded past it)"
         if band["n_failed"]:
             line += f" ({band['n_failed']} of {band['n_samples']} draws failed)"
     predictive = metrics.get("predictive_band", {})
@@ -189,6 +197,9 @@ def summary(metrics: dict[str, Any]) -> str:
             line += f" up to t={min(ends):.3g} (unbounded past it)"
     for warning in (metrics.get("uq") or {}).get("warnings", []) + predictive.get("warnings", []):
         line += f"; UQ WARNING: {warning}"
+    rival = bootstrap_rival(metrics.get("structure_bootstrap"))
+    if rival:
+        line += f"; {rival}"
     for tie in metrics.get("ties") or []:
         terms = "; ".join(f"d{s}/dt += {e}" for s, e in tie["terms"].items())
         line += (
@@ -204,6 +215,28 @@ def summary(metrics: dict[str, Any]) -> str:
             + ")"
         )
     return line
+
+
+RIVAL_SHARE = 0.1
+"""A structure that this share of the data's resamples choose is a rival the user must hear
+of (issue 15: where the data do not identify the structure, the truth keeps a weight of 0.1)."""
+
+
+def bootstrap_rival(section: dict[str, Any] | None) -> str | None:
+    """The summary's note on the structure bootstrap (distill.json's
+    ``structure_bootstrap``): the structure other than the twin's that the most resamples of
+    the data chose, when at least :data:`RIVAL_SHARE` of them did; None otherwise."""
+    rows = (section or {}).get("structures", [])
+    own = next((r["bootstrap_share"] for r in rows if r.get("chosen")), 0.0)
+    others = [r for r in rows if not r.get("chosen") and r["bootstrap_share"] >= RIVAL_SHARE]
+    if not others:
+        return None
+    top = max(others, key=lambda r: r["bootstrap_share"])
+    terms = "; ".join(f"d{s}/dt += {e}" for s, e in top["discovered"].items())
+    return (
+        f"STRUCTURE UNCERTAIN: {top['bootstrap_share']:.0%} of the data's resamples choose "
+        f"{terms} (the twin's structure: {own:.0%})"
+    )
 
 
 def raise_if_no_twin(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -50,7 +50,9 @@ class Distillation:
     term (:mod:`ude.distill.identifiability`; None when it could not be computed);
     ``inclusion``: bootstrap inclusion probabilities ``{target: {term: p}}``; ``samples``: the
     network samples regressed on; ``routes``: the states each target changes (a neural
-    reaction's flux: several, by their stoichiometry).
+    reaction's flux: several, by their stoichiometry); ``structure_bootstrap``: with a
+    :class:`ude.uq.StructureBootstrap`, its findings (each structure's share of the
+    resamples' choices and resample-averaged evidence weight).
     """
 
     twin: ModelSpec
@@ -68,6 +70,7 @@ class Distillation:
     weights: np.ndarray | None = None
     ties: list[Scored] = field(default_factory=list)
     identifiability: dict[str, Any] | None = None
+    structure_bootstrap: Any = None
 
     def describe(self, scored: Scored) -> dict[str, str]:
         """``{target: "+0.9*x*y -0.1*y"}``: a scored candidate's terms at its refitted
@@ -315,7 +318,10 @@ class Distiller:
         score_refit: the ODE refit that scores candidates (default: RK4 on the data's time
             grid, 300 L-BFGS iterations, loose tolerance).
         refit: the final ODE refit of the chosen twin (default: dopri5, tight tolerance).
-        bootstrap: inclusion probabilities (None: skipped).
+        bootstrap: inclusion probabilities (None: skipped): a :class:`BootstrapInclusion`
+            rescores the refitted candidates on resampled entries; a
+            :class:`ude.uq.StructureBootstrap` (``distill.uq``) resamples the data and runs
+            the screen and the selection again on each resample.
         progress: where the stages (screen, refits k of n, final refit, bootstrap) are
             shown and timed (:class:`ude.progress.Progress`; default: nowhere).
         tie: criterion units within which another structure fits as well as the chosen one.
@@ -460,16 +466,18 @@ class Distiller:
             """The integral problems along a refitted twin's trajectory (None: the UDE's)."""
             if best is None or not best.refit.ok or best.refit.model is None:
                 return integral
-            if id(best) not in around:
+            key = id(best.refit.model)  # a resample rescores the same refitted model
+            if key not in around:
                 try:
-                    around[id(best)] = integral_problems(
+                    around[key] = integral_problems(
                         model, measurements, libraries, best.refit.model, self._n_grid()
                     )
                 except SolverFailed:
-                    around[id(best)] = integral
-            return around[id(best)]
+                    around[key] = integral
+            return around[key]
 
-        candidates = candidate_union(paths, problems, integral)
+        network: dict[int, list[Candidate]] = {}  # the network paths' candidates, once
+        candidates = candidate_union(paths, problems, integral, network)
         for cand in candidates:
             cand.info["regression_residual"] = {
                 t: round(problems[t].relative_residual(c), 4) for t, c in cand.coef.items()
@@ -522,28 +530,44 @@ class Distiller:
             cand.info["owner"] = owner
             return result, len(owner)
 
-        def propose(best: Scored) -> list[Candidate]:
-            """Integral-matching candidates along ``best``'s trajectory and ``best`` with a
-            rate law whose ``K`` went to the edge of its range replaced by its limit, each
-            refitted from ``best``'s initial states."""
-            out = [] if proposer is None else proposer.candidates(integral_along(best))
-            out += limits(best, terms, bounds)
-            for cand in out:
-                cand.info.update(moved_from(best))
-            return out
+        def same(problems: dict[str, IntegralProblem]) -> dict[str, IntegralProblem]:
+            return problems
 
-        t1 = time.perf_counter()
         selector = self.selector or TrajectorySelector()
-        most = [getattr(selector, k, None) for k in ("max_refits", "max_candidates")]
-        refits = progress.start("refits", total=max(most) if None not in most else None)
-        try:
-            chosen, path = selector.select(
-                candidates,
-                score,
-                lambda cand, best: screen_score(integral_along(best), cand),
+
+        def select(
+            cands: list[Candidate] | None, refit: Callable, view: Callable = same
+        ) -> tuple[Scored, list[Scored]]:
+            """The selection with every integral problem seen through ``view`` (a resample
+            of the data's rows: :mod:`ude.uq.structure_bootstrap`) and every candidate
+            scored by ``refit``; ``cands``: the screen's candidates (None: screened again
+            through ``view``)."""
+
+            def propose(best: Scored) -> list[Candidate]:
+                """Integral-matching candidates along ``best``'s trajectory and ``best``
+                with a rate law whose ``K`` went to the edge of its range replaced by its
+                limit, each refitted from ``best``'s initial states."""
+                out = [] if proposer is None else proposer.candidates(view(integral_along(best)))
+                out += limits(best, terms, bounds)
+                for cand in out:
+                    cand.info.update(moved_from(best))
+                return out
+
+            if cands is None:
+                cands = candidate_union(paths, problems, view(integral), network)
+            return selector.select(
+                cands,
+                refit,
+                lambda cand, best: screen_score(view(integral_along(best)), cand),
                 propose,
                 sizes={t: len(ts) for t, ts in terms.items()},
             )
+
+        t1 = time.perf_counter()
+        most = [getattr(selector, k, None) for k in ("max_refits", "max_candidates")]
+        refits = progress.start("refits", total=max(most) if None not in most else None)
+        try:
+            chosen, path = select(candidates, score)
         except NoSolvableTwin as err:
             err.rows = path_rows(err.scored, terms)
             err.timings = {"total_seconds": round(time.perf_counter() - t0, 3)}
@@ -587,9 +611,9 @@ class Distiller:
             t2 = time.perf_counter()
             identified = self._identifiability(result.model, measurements, owner)
             clock["identifiability_seconds"] = time.perf_counter() - t2
-        inclusion = None
+        inclusion, resampled = None, None
         if self.bootstrap is not None:
-            t2 = time.perf_counter()
+            t2, cpu = time.perf_counter(), time.process_time()
             # free terms named at the constants their columns were built with
             shown = {
                 t: [
@@ -598,12 +622,30 @@ class Distiller:
                 ]
                 for t, ts in terms.items()
             }
-            with progress.stage("bootstrap"):
-                residuals = [squared_residuals(s, measurements) for s in path]
-                inclusion = self.bootstrap.inclusion(
-                    path, residuals, selector.choose, selector.criterion, chosen, shown
-                )
+            with progress.stage("bootstrap") as refits:  # score() counts its refits here
+                if hasattr(self.bootstrap, "resample"):  # through the screen (ude.uq)
+                    from ude.uq.structure_bootstrap import Replay
+
+                    resampled = self.bootstrap.resample(
+                        Replay(
+                            measurements,
+                            lambda view, refit: select(None, refit, view)[0],
+                            score,
+                            path,
+                            chosen,
+                            shown,
+                            selector.criterion,
+                            choose=selector.choose,
+                        )
+                    )
+                    inclusion = resampled.inclusion
+                else:
+                    residuals = [squared_residuals(s, measurements) for s in path]
+                    inclusion = self.bootstrap.inclusion(
+                        path, residuals, selector.choose, selector.criterion, chosen, shown
+                    )
             clock["bootstrap_seconds"] = time.perf_counter() - t2
+            clock["bootstrap_cpu_seconds"] = time.process_time() - cpu  # the machine may be shared
         clock["total_seconds"] = time.perf_counter() - t0
         return Distillation(
             twin=final,
@@ -621,6 +663,7 @@ class Distiller:
             weights=evidence_weights(path),
             ties=ties(chosen, path, self.tie),
             identifiability=identified,
+            structure_bootstrap=resampled,
         )
 
     @staticmethod

@@ -60,6 +60,8 @@ class IntegralProblem:
     that, fitted alone, became a simpler library term or no term at all: ``K`` at the edge of
     its range (over the data a constant, a power or a mass-action term), a Hill ``n`` at 1
     beside the Michaelis-Menten term of the same variable. The screen leaves them out.
+    ``entries (point, 2)``: the condition and the time index (into the data's times) of each
+    point, where a resample of the data (:mod:`ude.uq.resampling`) draws them.
     """
 
     F: np.ndarray
@@ -72,6 +74,7 @@ class IntegralProblem:
     laws: dict[int, Term] = field(default_factory=dict)
     constants: Constants = field(default_factory=dict)
     degenerate: set[int] = field(default_factory=set)
+    entries: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.levels = np.unique(self.condition)
@@ -282,7 +285,7 @@ def integral_problems(
         # when there are any (the others only echo the trajectory), each with its own intercept
         changes = routes[target]
         measured = [s for s in changes if s in identity]
-        W_rows, y_rows, cond_rows = [], [], []
+        W_rows, y_rows, cond_rows, entry_rows = [], [], [], []
         for state in measured or list(changes):
             s = model.spec.states.index(state)
             for c in range(n_c):
@@ -300,6 +303,7 @@ def integral_problems(
                 W_rows.append(block)
                 y_rows.append(y_c)
                 cond_rows.append(np.full(len(t_idx), c * n_s + s))
+                entry_rows.append(np.stack([np.full(len(t_idx), c), t_idx], axis=1))
         W = np.concatenate(W_rows)
         out[target] = IntegralProblem(
             F=W @ Theta,
@@ -310,6 +314,7 @@ def integral_problems(
             W=W,
             X=X,
             laws={j: t for j, t in enumerate(lib.terms_) if t.law is not None},
+            entries=np.concatenate(entry_rows),
         ).fit_constants()
     return out
 

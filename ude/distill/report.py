@@ -187,6 +187,11 @@ def write_report(
     run_dir.mkdir(parents=True, exist_ok=True)
     twin = result.twin
     rows = result.path_rows()
+    found = result.structure_bootstrap  # ude.uq.structure_bootstrap: the data resampled
+    if found is not None:
+        for row, s in zip(rows, result.path, strict=True):
+            row["bootstrap_share"] = round(found.share.get(s.candidate.support(), 0.0), 4)
+            row["bootstrap_weight"] = round(found.weight.get(s.candidate.support(), 0.0), 4)
     weights = model_weights(rows)
     intervals, intervals_cpu = {}, None
     if mixture is not None:
@@ -300,6 +305,10 @@ def write_report(
         }
     if result.inclusion is not None:
         metrics["inclusion_probability"] = result.inclusion
+    if found is not None:
+        metrics["structure_bootstrap"] = found.report(
+            result.describe, result.chosen.candidate.support()
+        )
     if uq is not None:  # the Bayesian sparse regression (ude.uq.bayesian_terms)
         metrics["uq"] = uq
     if truth is not None:
@@ -317,17 +326,30 @@ def write_report(
     if held_out is not None and len(held_out.kept) == held_out.measurements.n_conditions:
         shown, split = held_out.measurements, held_out.split
     plot_forecast(
-        times, states, truth, shown, twin, run_dir / "plots" / "forecast.png", band, split
+        times,
+        states,
+        truth,
+        shown,
+        twin,
+        run_dir / "plots" / "forecast.png",
+        None if band is None else band.for_plot(),  # an unbounded part shades the height
+        split,
     )
     return metrics
 
 
+BOOTSTRAP_KEYS = ("bootstrap_share", "bootstrap_weight")
+
+
 def model_weights(rows: list[dict[str, Any]], floor: float = 1e-4) -> list[dict[str, Any]]:
     """The refitted structures with their evidence weights, heaviest first (those above
-    ``floor``): what averaging over the candidates needs."""
-    kept = [r for r in rows if r.get("weight", 0.0) > floor]
+    ``floor``, or chosen by a resample of the data): what averaging over the candidates
+    needs. With the structure bootstrap (:mod:`ude.uq.structure_bootstrap`), each also has
+    its share of the resamples' choices and its resample-averaged evidence weight."""
+    kept = [r for r in rows if r.get("weight", 0.0) > floor or r.get("bootstrap_share", 0.0) > 0]
     return [
         {"discovered": r["terms"], "weight": r["weight"], "criterion": r["criterion"]}
+        | {k: r[k] for k in BOOTSTRAP_KEYS if k in r}
         for r in sorted(kept, key=lambda r: -r["weight"])
     ]
 
@@ -382,8 +404,13 @@ def forecast_band(
         "n_failed": band.n_failed,
         "n_floored_eigenvalues": band.laplace.n_floored,
     }
+    if band.usable:  # failed draws count outside the band: unbounded once too many have
+        out["unbounded_from"] = band.unbounded_from()
+        out["bounded_share"] = float(np.mean(band.bounded))
     if truth is not None and band.usable:
-        out["coverage_of_truth"] = band.coverage(truth)
+        out["coverage_of_truth"] = band.coverage(truth)  # where the band is bounded
         inside = (truth >= band.lower) & (truth <= band.upper)
-        out["coverage_by_state"] = {s: float(np.mean(inside[..., i])) for i, s in enumerate(states)}
+        out["coverage_by_state"] = {
+            s: float(np.mean(inside[..., i][band.bounded])) for i, s in enumerate(states)
+        }
     return band, out

@@ -183,14 +183,25 @@ class EliminationPath:
 
 
 def candidate_union(
-    paths: Sequence, problems: dict[str, Problem], integral: dict | None = None
+    paths: Sequence,
+    problems: dict[str, Problem],
+    integral: dict | None = None,
+    network: dict[int, list[Candidate]] | None = None,
 ) -> list[Candidate]:
     """Distinct candidates of all ``paths``, sorted by number of terms. A path whose
     ``source`` is ``data`` gets the integral problems (:mod:`ude.distill.integral`) instead
-    of the network-sample ones."""
+    of the network-sample ones. ``network``: the candidates of the other paths by their
+    index, reused where present and filled where not (a resample of the data changes the
+    integral problems only)."""
     seen: dict[tuple, Candidate] = {}
-    for path in paths:
+    for i, path in enumerate(paths):
         data = getattr(path, "source", "network") == "data"
+        if not data and network is not None:
+            if i not in network:
+                network[i] = path.candidates(problems)
+            for cand in network[i]:
+                seen.setdefault(cand.support(), cand)
+            continue
         if data and integral is None:
             raise UdeError(
                 f"the {path.name} path needs the data's integral problems",

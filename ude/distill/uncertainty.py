@@ -9,12 +9,18 @@ spec's priors) is approximated by a Gaussian whose covariance is the inverse Hes
 The band is for the noise-free trajectory (the states): it holds parameter uncertainty only,
 not the scatter of new measurements around the trajectory. That is what is compared with a
 true noise-free trajectory; a band for new data would add the learned noise on top.
+
+A draw whose solve fails or blows up stays in the band as a draw outside it, from the time it
+escapes (:mod:`ude.uq.escape`): the band is the central ``level / (1 - e)`` interval of the
+draws still alive (``e`` the share escaped by then), unbounded (``±inf``) once more than
+``1 - level`` of the draws have escaped. Dropping them would make the band tightest exactly
+where the parameters are least certain.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -53,9 +59,11 @@ class Laplace:
 class ForecastInterval:
     """A pointwise band of the states over ``times (time,)``.
 
-    ``lower``, ``median``, ``upper`` ``(condition, time, state)``: the (1 - level)/2, 0.5 and
-    (1 + level)/2 quantiles over the draws that solved (NaN when none did); ``n_samples``: draws;
-    ``failed (sample,)``: draws whose solve failed or diverged, dropped from the quantiles;
+    ``lower``, ``median``, ``upper`` ``(condition, time, state)``: the band's ends and median
+    with the draws that escaped counted outside it (:func:`ude.uq.escape.escaped_quantiles`:
+    ``±inf`` where more than ``1 - level`` of the draws have escaped, the median NaN where
+    half have); ``n_samples``: draws; ``failed (sample,)``: draws whose solve failed or
+    diverged; ``escaped (condition, time)``: the share of the draws escaped by each time;
     ``samples (sample, entry)``: the raw parameter draws.
     """
 
@@ -68,20 +76,46 @@ class ForecastInterval:
     failed: np.ndarray
     samples: np.ndarray
     laplace: Laplace
+    escaped: np.ndarray | None = None
 
     @property
     def n_failed(self) -> int:
         return int(self.failed.sum())
 
     @property
+    def bounded(self) -> np.ndarray:
+        """``(condition, time)``: where the band is finite."""
+        return np.isfinite(self.lower).all(-1) & np.isfinite(self.upper).all(-1)
+
+    @property
     def usable(self) -> bool:
-        """At least half the draws solved: quantiles over fewer would describe the draws
-        that happened to solve, not the twin's uncertainty."""
-        return self.n_failed <= self.n_samples / 2
+        """Whether there is a band to show: finite at the first time of every condition
+        (more than ``1 - level`` of the draws failing from the start leave none)."""
+        return bool(self.bounded[:, 0].all())
+
+    def unbounded_from(self) -> list[float | None]:
+        """Per condition, the first time at which the band is unbounded (None: never)."""
+        from ude.uq.escape import unbounded_from
+
+        return unbounded_from(self.bounded, self.times)
 
     def coverage(self, truth: np.ndarray) -> float:
-        """Fraction of the true states ``(condition, time, state)`` inside the band."""
-        return float(np.mean((truth >= self.lower) & (truth <= self.upper)))
+        """Fraction of the true states ``(condition, time, state)`` inside the band, over the
+        times where it is bounded (an unbounded band covers trivially); nan where it never
+        is."""
+        inside = (truth >= self.lower) & (truth <= self.upper)
+        mask = np.broadcast_to(self.bounded[..., None], inside.shape)
+        return float(np.mean(inside[mask])) if mask.any() else float("nan")
+
+    def for_plot(self) -> ForecastInterval:
+        """A copy for a plot: the unbounded parts clipped to a hundred times the largest
+        median, so they shade the plot's whole height (see
+        :meth:`ude.uq.mixture.PredictiveBand.for_plot`)."""
+        centre = self.median[np.isfinite(self.median)]
+        far = 100 * max(float(np.abs(centre).max()) if centre.size else 1.0, 1.0)
+        return replace(
+            self, lower=np.clip(self.lower, -far, far), upper=np.clip(self.upper, -far, far)
+        )
 
 
 def _parameter_names(model: HybridODE) -> list[str]:
@@ -173,9 +207,9 @@ class LaplaceInterval:
         seed: seed of the draws.
         eigen_floor: relative floor of the Hessian's eigenvalues (:func:`regularised_inverse`).
         blow_up: a draw whose states exceed ``blow_up`` times the larger of the initial states
-            and the data's scale has diverged and is dropped (and counted). A draw is also
-            dropped when its state or derivative is not finite at any evaluation, including those
-            of a step the solver then rejects.
+            and the data's scale has diverged: it counts outside the band from then on (see
+            the module). So does a draw whose state or derivative is not finite at any
+            evaluation, including those of a step the solver then rejects.
     """
 
     def __init__(
@@ -207,11 +241,11 @@ class LaplaceInterval:
         states, failed, draws, approx = self.trajectories(
             model, measurements, times, initial, conditions
         )
-        q = [(1 - self.level) / 2, 0.5, (1 + self.level) / 2]
-        if failed.all():
-            lower = median = upper = np.full(states.shape[1:], np.nan)
-        else:
-            lower, median, upper = np.quantile(states[~failed], q, axis=0)
+        from ude.uq.escape import escape_index, escaped_quantiles
+
+        # a failed draw counts as outside the band from when it escaped, not dropped
+        alive = escape_index(states, failed)[:, :, None] > np.arange(len(times))
+        lower, median, upper = escaped_quantiles(states, alive, self.level)
         return ForecastInterval(
             times=np.asarray(times, dtype=float),
             lower=lower,
@@ -222,6 +256,7 @@ class LaplaceInterval:
             failed=failed,
             samples=draws,
             laplace=approx,
+            escaped=1 - alive.mean(axis=0),
         )
 
     def trajectories(

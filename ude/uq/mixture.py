@@ -11,9 +11,9 @@ A directly observed state then gets Gaussian noise at its observable's fitted le
 refit's learned noise): the band is for a new measurement, not only for the trajectory.
 Quantiles over the pooled draws give the band; the state band (no noise) is kept beside it.
 
-Draws that blow up are part of the mixture, not errors to drop: a rival structure that
-diverges past the data is exactly the uncertainty the band must show. A draw's trajectory
-counts up to the output time before its solve froze it (:func:`escape_index`); from then on
+Draws that blow up are part of the mixture, not errors to drop: a rival structure that diverges
+past the data is exactly the uncertainty the band must show. A draw's trajectory counts up to
+the output time before its solve froze it (:func:`ude.uq.escape.escape_index`); from then on
 its value is unknown (in practice beyond every bound). At each time the band keeps its level
 whatever those values are: with a share ``e`` of the draws escaped, the band is the central
 ``level / (1 - e)`` interval of the surviving draws, so it holds at least ``level`` of the
@@ -39,6 +39,7 @@ from ude.distill.distiller import Distillation
 from ude.distill.uncertainty import LaplaceInterval
 from ude.model.hybrid import HybridODE
 from ude.model.solver import SolverFailed
+from ude.uq.escape import escape_index, escaped_quantiles, unbounded_from
 
 
 @dataclass
@@ -78,11 +79,7 @@ class PredictiveBand:
 
     def unbounded_from(self) -> list[float | None]:
         """Per condition, the first time at which the band is unbounded (None: never)."""
-        out = []
-        for row in self.bounded:
-            past = np.flatnonzero(~row)
-            out.append(float(self.times[past[0]]) if len(past) else None)
-        return out
+        return unbounded_from(self.bounded, self.times)
 
     def coverage(self, truth: np.ndarray, noisy: bool = False) -> float:
         """Fraction of ``truth (condition, time, state)`` inside the state band (``noisy``:
@@ -106,29 +103,6 @@ class PredictiveBand:
         """Mean width of the predictive band where it is bounded."""
         mask = np.broadcast_to(self.bounded[..., None], self.upper.shape)
         return float(np.mean((self.upper - self.lower)[mask])) if mask.any() else float("nan")
-
-
-def escape_index(states: np.ndarray, failed: np.ndarray) -> np.ndarray:
-    """``(sample, condition)``: the first output time index from which a draw's trajectory
-    ``states (sample, condition, time, state)`` is not to be trusted (the number of times:
-    all of it is). A non-finite value escapes at once (a draw whose solve failed outright is
-    all nan: index 0). A failed draw (``failed (sample,)``) whose row the solve froze
-    (:class:`ude.model.doses.RowsRHS` stops a row that leaves its bound: its outputs are then
-    exactly constant) escapes one output before its constant tail begins, since the solver
-    step in which it died also shaped the output before; a failed draw with no frozen or
-    non-finite row died in the last interval."""
-    n_s, n_c, n_t, _ = states.shape
-    finite = np.isfinite(states).all(-1)  # (sample, condition, time)
-    out = np.where(finite.all(-1), n_t, np.argmin(finite, axis=-1))
-    same = (states == states[:, :, -1:, :]).all(-1) & finite  # a frozen row is finite
-    # the constant tail's length: how many outputs at the end equal the last one
-    tail = np.argmin(same[:, :, ::-1], axis=-1)
-    tail = np.where(same.all(-1), n_t, tail)
-    frozen = failed[:, None] & (tail >= 2)
-    out = np.where(frozen, np.minimum(out, np.maximum(n_t - tail - 1, 0)), out)
-    unexplained = failed & (out >= n_t).all(axis=1)
-    out[unexplained] = n_t - 1
-    return out
 
 
 def observation_noise(model: HybridODE, states: list[str]) -> np.ndarray:
@@ -257,36 +231,6 @@ class StructureMixture:
             components=info,
             left_out_weight=round(left_out, 6),
         )
-
-
-def escaped_quantiles(
-    draws: np.ndarray, alive: np.ndarray, level: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lower, median and upper ``(condition, time, state)`` of ``draws (sample, condition,
-    time, state)`` where ``alive (sample, condition, time)`` marks the draws not escaped: the
-    central ``level / (1 - e)`` interval of the live draws, ``e`` the escaped share, so that
-    it holds ``level`` of all draws wherever the escaped ones are; ``±inf`` where that share
-    exceeds 1 (``e > 1 - level``), the median ``nan`` where ``e ≥ 1/2``."""
-    n = draws.shape[0]
-    live = alive.sum(axis=0)  # (condition, time)
-    inner = level * n / np.maximum(live, 1)
-    ordered = np.sort(np.where(alive[..., None], draws, np.nan), axis=0)  # nan last
-
-    def at(q: np.ndarray) -> np.ndarray:
-        # linear interpolation between order statistics, as np.quantile
-        pos = np.clip(q, 0, 1) * np.maximum(live - 1, 0)
-        i0 = np.floor(pos).astype(int)
-        i1 = np.minimum(i0 + 1, np.maximum(live - 1, 0))
-        frac = (pos - i0)[..., None]
-        a = np.take_along_axis(ordered, i0[None, ..., None], axis=0)[0]
-        b = np.take_along_axis(ordered, i1[None, ..., None], axis=0)[0]
-        return a + frac * (b - a)
-
-    bounded = (inner <= 1)[..., None] & (live > 0)[..., None]
-    lower = np.where(bounded, at((1 - inner) / 2), -np.inf)
-    upper = np.where(bounded, at((1 + inner) / 2), np.inf)
-    median = np.where((2 * live > n)[..., None], at(np.full(live.shape, 0.5)), np.nan)
-    return lower, median, upper
 
 
 def _share(weights: np.ndarray, n: int) -> np.ndarray:

@@ -1,0 +1,84 @@
+"""The Laplace band counts the draws whose simulation fails: a failed draw is a draw outside
+the band, never one left out so that the band looks tighter (the rule of the predictive
+band's mixture, :mod:`ude.uq.escape`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ude.distill.uncertainty import LaplaceInterval
+
+TIMES = np.linspace(0, 1, 11)
+
+
+def band_of(states: np.ndarray, failed: np.ndarray, level: float = 0.95):
+    """The band LaplaceInterval.forecast makes of these draws ``(sample, condition, time,
+    state)``, without a model behind them."""
+    interval = LaplaceInterval(n_samples=len(states), level=level)
+    interval.trajectories = lambda *a, **k: (states, failed, np.zeros((len(states), 1)), None)
+    return interval.forecast(None, None, TIMES)
+
+
+def draws(n: int, seed: int = 0) -> np.ndarray:
+    """``n`` draws of one state: standard normal, constant in time."""
+    z = np.random.default_rng(seed).standard_normal(n)
+    return np.repeat(z[:, None, None, None], len(TIMES), axis=2)
+
+
+def test_a_band_with_too_many_failed_draws_is_unbounded_not_tight():
+    """10 of 100 draws fail from the start: no finite band holds 95 % of all the draws, so
+    the band is unbounded and not usable (dropping them gave a finite band over the other
+    90, which covers 85.5 % of the draws at most)."""
+    states = draws(100)
+    failed = np.zeros(100, dtype=bool)
+    failed[:10] = True
+    states[:10] = np.nan
+    band = band_of(states, failed)
+    assert band.n_failed == 10
+    assert np.all(np.isinf(band.lower)) and np.all(np.isinf(band.upper))
+    assert not band.usable and band.unbounded_from() == [0.0]
+
+
+def test_a_few_failed_draws_widen_the_band_to_keep_its_level():
+    """3 of 100 draws fail: the band is the central 0.95/0.97 interval of the other 97, so
+    it holds 95 % of all 100 draws even if every failed one lies outside; wider than the
+    survivors' own 95 % band."""
+    states = draws(100, seed=1)
+    failed = np.zeros(100, dtype=bool)
+    failed[:3] = True
+    states[:3] = np.nan
+    band = band_of(states, failed)
+    alive = states[3:, 0, 0, 0]
+    dropped = np.quantile(alive, [0.025, 0.975])
+    wanted = np.quantile(alive, [(1 - 0.95 / 0.97) / 2, (1 + 0.95 / 0.97) / 2])
+    assert band.lower[0, 0, 0] == pytest.approx(wanted[0])
+    assert band.upper[0, 0, 0] == pytest.approx(wanted[1])
+    assert band.lower[0, 0, 0] < dropped[0] and band.upper[0, 0, 0] > dropped[1]
+    assert band.usable and band.unbounded_from() == [None]
+    inside = (states[:, 0, 0, 0] >= band.lower[0, 0, 0]) & (
+        states[:, 0, 0, 0] <= band.upper[0, 0, 0]
+    )
+    assert inside.sum() >= 95  # of all 100 draws, the failed ones counted outside
+
+
+def test_a_draw_that_escapes_late_counts_from_when_it_escaped():
+    """A draw that blows up at t = 0.5 (its solve froze the row there) is inside the pool
+    before and counted outside after: 6 such draws of 100 leave the band finite up to 0.4
+    and unbounded from the output before the freeze on."""
+    states = draws(100, seed=2)
+    failed = np.zeros(100, dtype=bool)
+    failed[:6] = True
+    states[:6, :, 5:, :] = 1e6  # frozen at the bound from t = 0.5
+    band = band_of(states, failed)
+    assert np.all(np.isfinite(band.upper[0, :4, 0]))
+    assert np.all(np.isinf(band.upper[0, 4:, 0]))
+    assert band.unbounded_from() == [pytest.approx(0.4)]
+    assert band.coverage(np.zeros((1, len(TIMES), 1))) == 1.0  # over the bounded times
+
+
+def test_no_failed_draws_is_the_plain_quantile_band():
+    states = draws(200, seed=3)
+    band = band_of(states, np.zeros(200, dtype=bool))
+    lo, hi = np.quantile(states[:, 0, 0, 0], [0.025, 0.975])
+    assert band.lower[0, 0, 0] == pytest.approx(lo) and band.upper[0, 0, 0] == pytest.approx(hi)
