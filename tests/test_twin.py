@@ -286,3 +286,40 @@ def test_read_measurements_starts_the_grid_at_the_first_dose(tmp_path):
     )
     m = read_measurements(data, spec, doses=doses)
     assert m.times.tolist() == [0.0, 1.0, 2.0] and np.isnan(m.values[0, 0]).all()
+
+
+def test_draws_that_blow_up_make_the_band_unbounded_not_narrower(tmp_path):
+    """x' = a x² blows up at t = 1/a (x(0) = 1): with a lognormal across subjects (median
+    0.05, spread 1) a share P(a > 1/t) of the typical subject's draws has blown up by t, above
+    the 5 % a 95 % band leaves out from t = 1/(0.05 e^1.645) = 3.9 on. The band is bounded
+    before, unbounded from then on (it used to drop the blown-up draws and stay finite), and
+    the plot shades it without stretching the axis to infinity."""
+    from dataclasses import replace
+
+    from ude.twin.plots import plot_simulation
+
+    spec = ModelSpec.from_dict(
+        {
+            "name": "blow_up",
+            "states": ["x"],
+            "parameters": {
+                "a": {
+                    "value": 0.05,
+                    "learn": True,
+                    "per_condition": True,
+                    "population": "lognormal",
+                }
+            },
+            "equations": {"x": "a*x**2"},
+        }
+    )
+    spec.parameters["a"] = replace(spec.parameters["a"], spread=1.0)
+    table = Twin(spec).simulate(np.linspace(0, 10, 21), initial={"x": 1.0}, n_draws=400, seed=0)
+    first = table.attrs["unbounded_from"]
+    assert first is not None and 3.0 <= first <= 5.0
+    before, after = table[table["time"] < first], table[table["time"] >= first]
+    assert np.isfinite(before[["x_lower", "x_upper"]].to_numpy()).all()
+    assert np.isinf(after["x_upper"]).all() and np.isinf(after["x_lower"]).all()
+    assert np.allclose(table["x"], 1 / (1 - 0.05 * table["time"]))  # the median subject
+    plot_simulation(table, tmp_path / "band.png", ["x"])
+    assert (tmp_path / "band.png").stat().st_size > 0

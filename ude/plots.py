@@ -148,6 +148,17 @@ def plot_missing_terms(model: HybridODE, measurements: Measurements, path: Path)
     return _save(fig, path)
 
 
+def clip_to_lines(ax, lines: list[np.ndarray]) -> None:
+    """Keep the y-axis within the lines' range plus three times their size on each side: a
+    band along a nearly unidentified direction would otherwise flatten the curves."""
+    finite = np.concatenate([x[np.isfinite(x)] for x in lines])
+    if finite.size:
+        lo, hi = float(finite.min()), float(finite.max())
+        pad = 3 * (max(hi - lo, abs(hi), abs(lo)) or 1.0)
+        bottom, top = ax.get_ylim()
+        ax.set_ylim(max(bottom, lo - pad), min(top, hi + pad))
+
+
 def _save(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import sympy as sp
 from ude.data.measurements import Measurements
 from ude.plots import (
     _save,
+    clip_to_lines,
     legend_above,
     plot_data,
     plt,
@@ -141,20 +142,9 @@ def plot_forecast(
             shade_training_window(ax, window)
             if band is not None:
                 lines = [states[c, shown, i]] + ([] if truth is None else [truth[c, shown, i]])
-                _clip_to_lines(ax, lines)
+                clip_to_lines(ax, lines)
             note = "held out" if window is None else "shaded: training window"
             ax.set_title(f"{name} — {m.conditions[c]} ({note})", fontsize=9)
             time_axis(ax)
     legend_above(fig, axes)
     return _save(fig, path)
-
-
-def _clip_to_lines(ax, lines: list[np.ndarray]) -> None:
-    """Keep the y-axis within the lines' range plus three times their size on each side: a
-    band along a nearly unidentified direction would otherwise flatten the curves."""
-    finite = np.concatenate([x[np.isfinite(x)] for x in lines])
-    if finite.size:
-        lo, hi = float(finite.min()), float(finite.max())
-        pad = 3 * (max(hi - lo, abs(hi), abs(lo)) or 1.0)
-        bottom, top = ax.get_ylim()
-        ax.set_ylim(max(bottom, lo - pad), min(top, hi + pad))

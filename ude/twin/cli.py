@@ -290,6 +290,13 @@ def simulate_main(argv: list[str] | None = None, prog: str = "python -m ude.simu
     (out / "settings.json").write_text(
         json.dumps({"twin": str(args.twin), "settings": settings, **table.attrs}, indent=2)
     )
+    unbounded = table.attrs.get("unbounded_from")
+    if unbounded is not None:  # the band's draws blew up: say so, the plot shades it all
+        failed, draws = table.attrs["n_failed"], table.attrs["n_draws"]
+        print(
+            f"the band is unbounded from t={unbounded:g}: {failed} of {draws} draws blew up "
+            "by the end (more than the band leaves out)"
+        )
     print(f"simulated {who} to t={t_end:g} in {seconds:.2f} s; written to {out}/")
     return table
 

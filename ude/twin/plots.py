@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ude.plots import _save, legend_above, plt, time_axis
+from ude.plots import _save, clip_to_lines, legend_above, plt, time_axis
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,8 +38,12 @@ def plot_simulation(
     for ax, name in zip(axes[0], columns, strict=True):
         t = table["time"].to_numpy()
         if f"{name}_lower" in table and np.isfinite(table[f"{name}_lower"]).any():
+            # an unbounded band (too many draws blew up) shades the panel's whole height
+            far = 100 * max(float(np.nanmax(np.abs(table[name]), initial=0.0)), 1.0)
+            lower = np.clip(table[f"{name}_lower"], -far, far)
+            upper = np.clip(table[f"{name}_upper"], -far, far)
             ax.fill_between(
-                t, table[f"{name}_lower"], table[f"{name}_upper"], color="tab:blue", alpha=0.2,
+                t, lower, upper, color="tab:blue", alpha=0.2,
                 lw=0, label=f"{level:.0%} band" if level else "band",
             )  # fmt: skip
         for k, (label, other) in enumerate((extra or {}).items()):
@@ -52,6 +56,8 @@ def plot_simulation(
             ax.axvline(
                 d["time"], ymax=0.06, color="tab:red", lw=2, label="dose" if k == 0 else None
             )
+        if f"{name}_lower" in table:
+            clip_to_lines(ax, [table[name].to_numpy()])
         ax.set_title(name, fontsize=10)
         time_axis(ax)
     legend_above(fig, axes, max_columns=2 * n, title=title)

@@ -46,11 +46,14 @@ class Simulator:
         inputs: np.ndarray,
         parameters: np.ndarray,
         doses: Sequence[Sequence[Dose]],
+        frozen: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """States ``(row, time, state)`` at ``times (time,)`` (the first is where ``initial
         (row, state)`` applies) with ``inputs (row, input)``, ``parameters (row, parameter)`` in
         the spec's order and each row's doses; and ``dead (row,)``: rows whose solve diverged
-        (their states are NaN)."""
+        (their states are NaN; with ``frozen``, the states up to where the solve stopped the
+        row and then constant, from which :func:`ude.uq.escape.escape_index` finds when it
+        escaped)."""
         y0 = torch.as_tensor(initial, dtype=torch.float64)
         context = torch.as_tensor(np.concatenate([inputs, parameters], axis=1), dtype=torch.float64)
         t = torch.as_tensor(times, dtype=torch.float64)
@@ -63,7 +66,8 @@ class Simulator:
             return np.full((n, len(times), len(self.spec.states)), np.nan), np.ones(n, bool)
         states = out.transpose(0, 1).numpy().copy()
         dead = rhs.dead.numpy().copy()
-        states[dead] = np.nan
+        if not frozen:
+            states[dead] = np.nan
         return states, dead
 
     @torch.no_grad()

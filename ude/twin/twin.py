@@ -302,8 +302,9 @@ class Twin:
 
         Returns:
             A table with ``time`` and one column per state and observable (plus the band's);
-            ``table.attrs`` says the condition, the band's kind and level, the draws and the
-            failed draws.
+            ``table.attrs`` says the condition, the band's kind and level, the draws, the
+            failed draws and the first time from which the band is unbounded
+            (``unbounded_from``: more than ``1 - level`` of the draws blew up; None: never).
         """
         import pandas as pd
 
@@ -339,7 +340,9 @@ class Twin:
         params, starts = np.array(rows_p, dtype=float), np.array(rows_y, dtype=float)
         inputs_ = np.tile([u[k] for k in self.spec.inputs], (len(params), 1)).astype(float)
         sim = Simulator(self.spec, _solver(self.solver))
-        states, dead = sim.run(grid, starts, inputs_, params, [schedule] * len(params))
+        states, dead = sim.run(grid, starts, inputs_, params, [schedule] * len(params), frozen=True)
+        if dead[0]:  # the point prediction: nothing where it blew up
+            states[0] = np.nan
         obs = sim.observe(states, inputs_, params)
         keep = np.isin(grid, times)
         series = np.concatenate([states, obs], axis=-1)[:, keep]
@@ -348,20 +351,30 @@ class Twin:
         for j, name in enumerate(columns):
             table[name] = series[0, :, j]
         failed = int(dead[1:].sum()) if draws else 0
+        unbounded = None
         if draws:
-            ok = series[1:][~dead[1:]]
-            usable = len(ok) >= draws / 2
-            q = [(1 - level) / 2, (1 + level) / 2]
-            lo, hi = np.quantile(ok, q, axis=0) if usable else np.full((2, *ok.shape[1:]), np.nan)
+            # a draw that blew up counts as outside the band from where it escaped (dropping
+            # it would narrow the band exactly where the values are least certain): past
+            # 1 - level escaped the band is unbounded (:mod:`ude.uq.escape`)
+            from ude.uq.escape import escape_index, escaped_quantiles, unbounded_from
+
+            kept = series[1:, :, None]  # (draw, time, 1, column): one condition
+            kept = np.moveaxis(kept, 2, 1)
+            escaped = escape_index(kept[..., : len(self.states)], dead[1:])  # (draw, 1)
+            alive = np.arange(len(times))[None, None, :] < escaped[..., None]
+            lo, _, hi = (q[0] for q in escaped_quantiles(kept, alive, level))
             for j, name in enumerate(columns):
                 table[f"{name}_lower"] = lo[:, j]
                 table[f"{name}_upper"] = hi[:, j]
+            finite = np.isfinite(lo).all(-1) & np.isfinite(hi).all(-1)
+            unbounded = unbounded_from(finite[None], times)[0]
         table.attrs.update(
             condition=None if c is None else self.conditions[c].name,
             band=kind,
             level=level if draws else None,
             n_draws=draws,
             n_failed=failed,
+            unbounded_from=unbounded,
             doses=[d.to_row() for d in schedule],
         )
         return table
