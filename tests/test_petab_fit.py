@@ -140,7 +140,12 @@ def test_rodas5p_gradient_of_a_stiff_published_model() -> None:
     model = PetabModel(problem, solver=Solver("rodas5p", rtol=1e-10, atol=1e-12))
     value, mech, _ = model.gradient()
     with torch.no_grad():
-        assert abs(value - float(PetabModel(problem, solver=ScipySolver()).forward())) < 1e-6
+        lsoda = float(PetabModel(problem, solver=ScipySolver()).forward())
+        assert abs(value - lsoda) < 1e-6
+        # stiff=True takes rodas5p at its default tolerance (it took rosenbrock23)
+        stiff = PetabModel(problem, stiff=True)
+        assert stiff.solver.method == "rodas5p"
+        assert abs(float(stiff.forward()) - lsoda) < 1e-3
     for i in (0, 3):
 
         def llh(v: float, i=i) -> float:

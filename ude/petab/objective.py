@@ -127,8 +127,9 @@ class PetabModel(nn.Module):
 
     Args:
         problem: the problem (see :func:`ude.petab.load_problem`).
-        solver: the ODE solver (default: dopri5 at rtol 1e-8, atol 1e-10, or rosenbrock23 at
-            rtol 1e-7 when ``stiff``).
+        solver: the ODE solver (default: dopri5 at rtol 1e-8, atol 1e-10, or, when
+            ``stiff``, rodas5p at rtol 1e-7: compiled with its exact adjoint where no network
+            is in the right-hand side).
     """
 
     def __init__(
@@ -145,7 +146,7 @@ class PetabModel(nn.Module):
         self.problem = p
         if solver is None:
             solver = (
-                Solver("rosenbrock23", rtol=1e-7, atol=1e-10, max_steps=100_000)
+                Solver("rodas5p", rtol=1e-7, atol=1e-10, max_steps=100_000)
                 if stiff
                 else Solver("dopri5", rtol=1e-8, atol=1e-10, max_steps=100_000)
             )
