@@ -239,9 +239,11 @@ def steep_restarts(
     refit's gradient in ``n`` is flat and it stays there."""
     from ude.distill.projection import N_STARTS
 
+    if not result.ok:
+        return []
     at_bound: dict[str, dict[int, dict[str, float]]] = {}
     for name, o in owner.items():
-        if o.constant is None or not result.ok:
+        if o.constant is None:
             continue
         law = integral[o.target].laws.get(o.index)
         if law is None or law.law.kind == "saturation" or o.constant != law.law.n:
@@ -255,6 +257,8 @@ def steep_restarts(
             if k_name is not None:
                 refitted[law.law.K] = float(result.values[k_name])
             at_bound.setdefault(o.target, {})[o.index] = refitted
+    if not at_bound:
+        return []
     out = []
     for n in (n for n in N_STARTS if n > 2):
         constants = {t: {j: dict(c) for j, c in cs.items()} for t, cs in cand.constants.items()}
@@ -264,8 +268,7 @@ def steep_restarts(
                 constants[t][j] = {**c, integral[t].laws[j].law.n: n}
             support = np.flatnonzero(coef[t])
             coef[t] = integral[t].at_constants(support, {j: constants[t][j] for j in found})[0]
-        if at_bound:
-            out.append((coef, constants))
+        out.append((coef, constants))
     return out
 
 
@@ -503,7 +506,7 @@ class Distiller:
                     out.setdefault(t, {})[j] = {**out.get(t, {}).get(j, {}), **c}
             return out
 
-        def refit(cand: Candidate, coef, constants) -> tuple[RefitResult, dict[str, Owner]]:
+        def refit_twin(cand: Candidate, coef, constants) -> tuple[RefitResult, dict[str, Owner]]:
             twin, owner = twin_spec(
                 known,
                 terms,
@@ -520,10 +523,10 @@ class Distiller:
 
         def score(cand: Candidate) -> tuple[RefitResult, int]:
             cand.constants = constants_of(cand)
-            result, owner = refit(cand, cand.coef, cand.constants)
+            result, owner = refit_twin(cand, cand.coef, cand.constants)
             # a Hill n the refit left on its upper bound: again from steeper-than-linear starts
             for coef, constants in steep_restarts(cand, result, owner, integral, bounds):
-                other, other_owner = refit(cand, coef, constants)
+                other, other_owner = refit_twin(cand, coef, constants)
                 if other.ok and (not result.ok or other.nmse < result.nmse):
                     result, owner = other, other_owner
                     cand.coef, cand.constants = coef, constants

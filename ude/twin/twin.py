@@ -358,8 +358,7 @@ class Twin:
             # 1 - level escaped the band is unbounded (:mod:`ude.uq.escape`)
             from ude.uq.escape import escape_index, escaped_quantiles, unbounded_from
 
-            kept = series[1:, :, None]  # (draw, time, 1, column): one condition
-            kept = np.moveaxis(kept, 2, 1)
+            kept = series[1:, None]  # (draw, condition: this one, time, column)
             escaped = escape_index(kept[..., : len(self.states)], dead[1:])  # (draw, 1)
             alive = np.arange(len(times))[None, None, :] < escaped[..., None]
             lo, _, hi = (q[0] for q in escaped_quantiles(kept, alive, level))
