@@ -141,6 +141,8 @@ def run_training(
         metrics["ensemble"] = chosen
     metrics["epochs"] = int(trainer.current_epoch)
     metrics["stop_reason"] = module.stop_reason
+    if getattr(module, "warm_start_cycles_run", None):  # not on a resumed run
+        metrics["warm_start_cycles"] = module.warm_start_cycles_run
     if module.warm_start_discarded:
         metrics["warm_start_discarded"] = module.warm_start_discarded
     metrics["timings"] = {"train_seconds": round(seconds, 3)}

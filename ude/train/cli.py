@@ -265,6 +265,12 @@ def _summary(cfg: DictConfig, metrics: dict[str, Any], run_dir: Path) -> None:
             f"{band['coverage_of_truth']:.0%} of the truth to t={band['horizon']:g}"
         )
     log.info(line)
+    if metrics.get("warm_start_cycles", 1) > 1:
+        log.info(
+            f"ude: the warm start ran {metrics['warm_start_cycles']} cycles of "
+            f"{cfg.optim.warm_start_steps} steps (a cycle that ends on a plateau, the networks "
+            "still on a flat solution, is followed by another)"
+        )
     if metrics.get("warm_start_discarded"):
         log.info(
             "ude: the warm start was discarded (its model could not be solved over the data: "

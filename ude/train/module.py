@@ -50,6 +50,7 @@ class UDEModule(pl.LightningModule):
         shooting_epochs: int = 0,
         shooting_weight: float = 10.0,
         warm_start_lr: float = 1e-2,
+        warm_start_cycles: int = 4,
         observed_states: torch.Tensor | None = None,
         progress: Progress | None = None,
     ):
@@ -76,7 +77,13 @@ class UDEModule(pl.LightningModule):
         self.penalty, self.polish_epochs = float(penalty), int(polish_epochs)
         self.min_lr_ratio, self.grad_clip = float(min_lr_ratio), grad_clip
         self.warm_start_steps, self.smoothed = int(warm_start_steps), smoothed
-        self.warm_start_lr = float(warm_start_lr)
+        self.warm_start_lr, self.warm_start_cycles = float(warm_start_lr), int(warm_start_cycles)
+        if self.warm_start_cycles < 1:
+            raise UdeError(
+                f"expected at least one warm-start cycle, got {warm_start_cycles}",
+                source="optim.warm_start_cycles",
+                fix="1 (one cycle of warm_start_steps) or more; optim.warm_start_steps=0 skips it",
+            )
         # A buffer, so a resumed run (whose weights come from the checkpoint) skips it.
         self.register_buffer("warm_started", torch.tensor(False))
         self._init_shooting(int(shooting_segments), int(shooting_epochs), float(shooting_weight))
@@ -343,14 +350,23 @@ class UDEModule(pl.LightningModule):
         ``warm_start_discarded`` says why (None: kept).
         """
         before = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.warm_start_loss = gradient_matching(
+
+        def extend(cycle: int) -> None:  # one more cycle: the stage's total grows by one
+            if stage is not None and stage.total is not None:
+                stage.total += self.warm_start_steps
+                stage.describe(f"cycle {cycle} (the last ended on a plateau)")
+
+        result = gradient_matching(
             self.model,
             self.smoothed,
             self.warm_start_steps,
             self.warm_start_lr,
             self.weight_decay,
             step=None if stage is None else stage.advance,
+            cycles=self.warm_start_cycles,
+            on_cycle=extend,
         )
+        self.warm_start_loss, self.warm_start_cycles_run = result.loss, result.cycles
         self.warm_started.fill_(True)
         self.warm_start_discarded = self._solve_failure()
         if self.warm_start_discarded:

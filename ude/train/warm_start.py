@@ -108,6 +108,15 @@ def _smooth(
     return grid, np.stack(per_state, axis=1), np.stack(per_deriv, axis=1), np.array(at_start)
 
 
+@dataclass
+class WarmStartResult:
+    """The final ``loss`` of gradient matching (mean squared residual in units of the
+    derivative scale) and how many ``cycles`` of steps it ran."""
+
+    loss: float
+    cycles: int
+
+
 def gradient_matching(
     model: HybridODE,
     smoothed: SmoothedStates,
@@ -115,13 +124,24 @@ def gradient_matching(
     lr: float = 1e-2,
     weight_decay: float = 0.0,
     step: Callable[[], object] | None = None,
-) -> float:
+    cycles: int = 1,
+    plateau: float = 1e-3,
+    on_cycle: Callable[[int], object] | None = None,
+) -> WarmStartResult:
     """Fit ``model``'s networks and learned parameters to the smoothed derivatives; set the
     initial states to the smoothed values at the first time, except the ones the data give
     (``model.initial_known``, a conditions table's ``init_<state>``), which stay exactly as
     given, and the ones of conditions without enough data to smooth (NaN in
-    ``smoothed.initial``). Returns the final loss (mean squared residual in units of the
-    derivative scale). ``step`` (optional) is called after each of the ``steps`` (progress)."""
+    ``smoothed.initial``).
+
+    A cycle is ``steps`` AdamW steps with the learning rate cosine-decayed from ``lr``. A
+    cycle whose second half lowers the loss by less than the fraction ``plateau`` ended on
+    a plateau: the networks sit on a flat solution (a steep switch such as a Hill repression
+    not found yet, where the loss stays put for hundreds of steps before it falls), so
+    another cycle starts from the full rate, up to ``cycles`` in all. A cycle that is still
+    making progress is the last one, so a fit that works in one cycle runs exactly one.
+    ``step`` (optional) is called after each step (progress), ``on_cycle`` with the number
+    of each cycle after the first before it starts."""
     p0 = next(model.parameters())
     as_t = lambda a: torch.as_tensor(a, dtype=p0.dtype, device=p0.device)  # noqa: E731
     y, dy = as_t(smoothed.y), as_t(smoothed.dy)
@@ -138,22 +158,36 @@ def gradient_matching(
         [{"params": nets, "weight_decay": weight_decay}, {"params": params, "weight_decay": 0.0}],
         lr=lr,
     )
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.05)
     loss = torch.tensor(float("nan"))
-    if not any(p.requires_grad for p in nets + params):  # nothing to fit but initial states
-        steps = 0
-    for _ in range(steps):
-        ctx = model.context(cond)
-        resid = (model.known_terms(y, ctx) + model.neural_terms(y, ctx) - dy) / model.deriv_scale
-        loss = (resid * resid).mean()
-        opt.zero_grad()
-        (loss * members).backward()
-        opt.step()
-        schedule.step()
-        if step is not None:
-            step()
+    done = 0
+    if steps > 0 and any(p.requires_grad for p in nets + params):
+        for done in range(1, max(int(cycles), 1) + 1):
+            if done > 1 and on_cycle is not None:
+                on_cycle(done)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+                opt, T_max=steps, eta_min=lr * 0.05
+            )
+            halfway = None
+            for k in range(steps):
+                ctx = model.context(cond)
+                resid = model.known_terms(y, ctx) + model.neural_terms(y, ctx) - dy
+                resid = resid / model.deriv_scale
+                loss = (resid * resid).mean()
+                if k == steps // 2:
+                    halfway = float(loss.detach())
+                opt.zero_grad()
+                (loss * members).backward()
+                opt.step()
+                schedule.step()
+                if step is not None:
+                    step()
+            final = float(loss.detach())  # NaN: not a plateau, and nothing more to try
+            if not (steps >= 2 and final >= (1.0 - plateau) * halfway):
+                break
     with torch.no_grad():
         start = as_t(smoothed.initial)
         keep = model.initial_known | ~torch.isfinite(start)
         set_initial(model, torch.where(keep, model.initial, start))
-    return float(loss.detach())
+    return WarmStartResult(float(loss.detach()), done)
