@@ -523,6 +523,8 @@ class UDE(Method):
         info["discovered"] = {k: str(v) for k, v in twin.discovered.items()}
         info["ties"] = distilled.tie_rows()
         info["identifiability"] = distilled.identifiability
+        if distilled.oracle is not None:
+            info["oracle"] = distilled.oracle
         idx = [problem.truth.states.index(s) for s in twin.states]
         initial = problem.forecast_initial[idx]
         band_options = cfg.distill.get("forecast_interval")

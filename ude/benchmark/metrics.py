@@ -83,7 +83,7 @@ def term_matrix(spec: ModelSpec, states: list[str] | None = None) -> TermMatrix:
     return out
 
 
-def _skeleton(basis: str) -> tuple[str, list[float]]:
+def skeleton(basis: str) -> tuple[str, list[float]]:
     """A basis with its exponents taken out, and the exponents."""
     return _EXPONENT.sub("**#", basis), [float(x) for x in _EXPONENT.findall(basis)]
 
@@ -105,13 +105,13 @@ def aligned(found: dict, true: dict, rtol: float = EXPONENT_RTOL) -> dict:
         if k in true:
             continue
         state, basis = k if isinstance(k, tuple) else (None, k)
-        skel, exps = _skeleton(basis)
+        skel, exps = skeleton(basis)
         best, gap = None, math.inf
         for t in true:
             t_state, t_basis = t if isinstance(t, tuple) else (None, t)
             if t in taken or t_state != state:
                 continue
-            t_skel, t_exps = _skeleton(t_basis)
+            t_skel, t_exps = skeleton(t_basis)
             if t_skel == skel and _same_exponents(exps, t_exps, rtol):
                 pairs = zip(exps, t_exps, strict=True)
                 d = max((abs(f - e) / abs(e) for f, e in pairs), default=0.0)

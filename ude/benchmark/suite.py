@@ -111,6 +111,11 @@ def score(cell: Cell, problem: Problem, result: MethodResult) -> dict[str, Any]:
         row["coef_error"] = coefficient_error(found, truth)
         row["n_terms"] = len(found)
         row["terms"] = {f"{s}: {b}": round(c, 6) for (s, b), c in found.items()}
+        oracle = result.info.get("oracle")
+        if oracle:  # the truth as a candidate, where the structure is not exact
+            row["oracle"] = oracle["verdict"]
+            if "delta" in oracle:
+                row["oracle_delta"] = round(oracle["delta"], 3)
     elif result.info.get("distill_error"):
         # a method that discovers equations and found none: every true term missed
         row.update(f1=0.0, f1_unknown=0.0, exact=False, n_terms=0, terms={})

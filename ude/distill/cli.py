@@ -148,6 +148,16 @@ def make_distiller(cfg: DictConfig, progress: Progress | None = None):
     return distiller
 
 
+def oracle_clause(oracle: dict[str, Any] | None) -> str:
+    """What the truth, refitted as a candidate, says of a structure that is not exact
+    (:mod:`ude.distill.oracle`)."""
+    if not oracle or oracle["verdict"] == "chosen is the truth's support":
+        return ""
+    if "delta" not in oracle:
+        return f" (oracle: {oracle['verdict']})"
+    return f" (oracle: {oracle['verdict']}; the truth refitted scores {oracle['delta']:+.1f})"
+
+
 def summary(metrics: dict[str, Any]) -> str:
     """One line a user can trust: what was distilled, and every failure as a failure."""
     status = metrics.get("status", "ok")
@@ -165,6 +175,7 @@ def summary(metrics: dict[str, Any]) -> str:
         line += f"; structure {'exact' if truth['exact'] else 'NOT exact'}"
         if truth["median_relative_error"] is not None:
             line += f", median coefficient error {truth['median_relative_error']:.1%}"
+        line += oracle_clause(truth.get("oracle"))
     failed = {f["status"]: f["why"] for f in metrics.get("failures", [])}
     horizon = f"t={metrics['forecast_horizon']:g}" if "forecast_horizon" in metrics else ""
     if "forecast_nmse" in metrics:

@@ -52,7 +52,9 @@ class Distillation:
     network samples regressed on; ``routes``: the states each target changes (a neural
     reaction's flux: several, by their stoichiometry); ``structure_bootstrap``: with a
     :class:`ude.uq.StructureBootstrap`, its findings (each structure's share of the
-    resamples' choices and resample-averaged evidence weight).
+    resamples' choices and resample-averaged evidence weight); ``oracle``: on synthetic data,
+    what the truth refitted as a candidate scores beside the chosen twin
+    (:meth:`Distiller._oracle`; None on real data or with the oracle off).
     """
 
     twin: ModelSpec
@@ -71,6 +73,7 @@ class Distillation:
     ties: list[Scored] = field(default_factory=list)
     identifiability: dict[str, Any] | None = None
     structure_bootstrap: Any = None
+    oracle: dict[str, Any] | None = None
 
     def describe(self, scored: Scored) -> dict[str, str]:
         """``{target: "+0.9*x*y -0.1*y"}``: a scored candidate's terms at its refitted
@@ -303,6 +306,11 @@ def _is_libraries(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and bool(value) and isinstance(value[0], Library)
 
 
+def library_sizes(terms: dict[str, list[Term]]) -> dict[str, int]:
+    """Each target's library size: what the extended BIC pays for searching it."""
+    return {t: len(ts) for t, ts in terms.items()}
+
+
 class Distiller:
     """Distils the networks of a trained HybridODE into symbolic terms.
 
@@ -333,6 +341,10 @@ class Distiller:
         individual: targets (states, or neural reactions) whose discovered coefficients are
             individual: each condition (patient) gets its own value under a learned
             ``population`` distribution (``lognormal``, or ``normal``), in every refit.
+        oracle: on synthetic data (measurements that carry their truth), when the chosen
+            structure is not the truth's, refit the truth as a candidate and score it as the
+            search scores its own (:mod:`ude.distill.oracle`): did the search miss it, or do
+            the data prefer the twin?
 
     Parameters of the prior spec that are per condition start every refit from the trained
     model's values for each condition (and a population's from its median and spread).
@@ -352,6 +364,7 @@ class Distiller:
         identify: bool = True,
         individual: Sequence[str] = (),
         population: str = "lognormal",
+        oracle: bool = True,
     ):
         self.individual = list(individual)
         self.population = population
@@ -365,6 +378,7 @@ class Distiller:
         self.progress = progress
         self.tie = tie
         self.identify = identify
+        self.oracle = oracle
 
     def _n_grid(self) -> int:
         return (self.sampler or TrajectorySampler()).n_times
@@ -563,7 +577,7 @@ class Distiller:
                 refit,
                 lambda cand, best: screen_score(view(integral_along(best)), cand),
                 propose,
-                sizes={t: len(ts) for t, ts in terms.items()},
+                sizes=library_sizes(terms),
             )
 
         t1 = time.perf_counter()
@@ -578,6 +592,26 @@ class Distiller:
         finally:
             refits.close()
         clock["selection_seconds"] = time.perf_counter() - t1
+        oracle = None
+        truth = measurements.truth
+        if self.oracle and truth is not None and truth.missing:
+            t2 = time.perf_counter()
+            refits = progress.start("oracle", total=1)
+            try:
+                oracle = self._oracle(
+                    terms,
+                    integral,
+                    truth,
+                    known,
+                    chosen,
+                    path,
+                    score,
+                    selector,
+                    library_sizes(terms),
+                )
+            finally:
+                refits.close()
+            clock["oracle_seconds"] = time.perf_counter() - t2
         # final refit from the scored values, with the accurate solver
         t2 = time.perf_counter()
         stage = progress.start("final refit")
@@ -667,7 +701,38 @@ class Distiller:
             ties=ties(chosen, path, self.tie),
             identifiability=identified,
             structure_bootstrap=resampled,
+            oracle=oracle,
         )
+
+    @staticmethod
+    def _oracle(
+        terms: dict[str, list[Term]],
+        integral: dict[str, IntegralProblem],
+        truth: Any,
+        known: ModelSpec,
+        chosen: Scored,
+        path: list[Scored],
+        score: Callable[[Candidate], tuple[RefitResult, int]],
+        selector: TrajectorySelector,
+        sizes: dict[str, int],
+    ) -> dict[str, Any]:
+        """The truth refitted and scored as a candidate (:mod:`ude.distill.oracle`), unless
+        the chosen support is the truth's or the library cannot express it."""
+        from ude.distill.oracle import true_support, truth_candidate, verdict
+
+        support = true_support(terms, integral, truth.missing, truth.spec, known.neural_routes())
+        if isinstance(support, str):
+            return {"verdict": "truth not in the library", "why": support}
+        cand = truth_candidate(support, integral)
+        if cand.support() == chosen.candidate.support():
+            return {"verdict": "chosen is the truth's support"}
+        result, k = score(cand)
+        if not result.ok:
+            return {"verdict": "truth's refit failed to solve"}
+        found = selector.scored(cand, result, k, sizes)
+        offered = [*path, found]
+        taken = selector.choose(offered, [s.criterion for s in offered]) is found
+        return verdict(found.criterion, chosen.criterion, taken)
 
     @staticmethod
     def _identifiability(

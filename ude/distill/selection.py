@@ -221,6 +221,24 @@ class TrajectorySelector:
         self.rescreen = rescreen
         self.max_initial_terms = max_initial_terms
 
+    def scored(
+        self,
+        cand: Candidate,
+        result: RefitResult,
+        k: int,
+        sizes: dict[str, int] | None = None,
+        step: str = "path",
+    ) -> Scored:
+        """``cand`` with its refit ``result`` (``k`` discovered parameters) scored by this
+        selector's criterion; ``sizes``: as for :meth:`select`."""
+        log_models = sum(
+            log_supports(sizes[t], int(np.count_nonzero(c)))
+            for t, c in cand.coef.items()
+            if sizes and t in sizes
+        )
+        crit = information_criterion(result.nmse, result.n_points, k, self.criterion, log_models)
+        return Scored(cand, result, crit, k, step, {"log_models": log_models})
+
     def select(
         self,
         candidates: list[Candidate],
@@ -252,15 +270,7 @@ class TrajectorySelector:
             if key in seen:
                 return seen[key]
             result, k = refit(cand)
-            log_models = sum(
-                log_supports(sizes[t], int(np.count_nonzero(c)))
-                for t, c in cand.coef.items()
-                if sizes and t in sizes
-            )
-            crit = information_criterion(
-                result.nmse, result.n_points, k, self.criterion, log_models
-            )
-            s = Scored(cand, result, crit, k, step, {"log_models": log_models})
+            s = self.scored(cand, result, k, sizes, step)
             seen[key] = s
             scored.append(s)
             return s
