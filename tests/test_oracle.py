@@ -108,3 +108,22 @@ def test_the_benchmark_counts_the_cells_not_exact_by_the_oracles_verdict():
         rows.append(row(exact, oracle))
     line = next(x for x in targets_table(rows).splitlines() if x.startswith("| goodwin"))
     assert "| data 2, search 1, no oracle 1 |" in line
+
+
+def test_the_truth_also_starts_from_the_twins_refit_of_the_terms_they_share():
+    from ude.distill.oracle import from_twin
+    from ude.distill.refit import RefitResult
+    from ude.distill.selection import Scored
+    from ude.distill.sparse import Candidate
+
+    def fitted(coef, constants):
+        cand = Candidate({"x": np.array(coef)}, "path", constants={"x": constants})
+        return Scored(cand, RefitResult(None, {}, 0.1, 30, True, 1), -100.0, 2)
+
+    twin = fitted([0.0, 2.0, 0.5], {1: {"K": 1.2, "n": 9.3}})  # the truth's term and another
+    truth = Candidate({"x": np.array([0.0, 1.0, 0.0])}, "truth", constants={"x": {1: {"K": 3.0}}})
+    start = from_twin(truth, twin)
+    np.testing.assert_array_equal(start.coef["x"], [0.0, 2.0, 0.0])  # the extra term stays out
+    assert start.constants["x"][1] == {"K": 1.2, "n": 9.3}
+    assert truth.coef["x"][1] == 1.0  # the screen's start is left as it was
+    assert from_twin(truth, fitted([0.0, 0.0, 0.5], {})) is None  # nothing shared

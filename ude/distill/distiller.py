@@ -596,7 +596,7 @@ class Distiller:
         truth = measurements.truth
         if self.oracle and truth is not None and truth.missing:
             t2 = time.perf_counter()
-            refits = progress.start("oracle", total=1)
+            refits = progress.start("oracle", total=2)
             try:
                 oracle = self._oracle(
                     terms,
@@ -718,7 +718,7 @@ class Distiller:
     ) -> dict[str, Any]:
         """The truth refitted and scored as a candidate (:mod:`ude.distill.oracle`), unless
         the chosen support is the truth's or the library cannot express it."""
-        from ude.distill.oracle import true_support, truth_candidate, verdict
+        from ude.distill.oracle import from_twin, true_support, truth_candidate, verdict
 
         support = true_support(terms, integral, truth.missing, truth.spec, known.neural_routes())
         if isinstance(support, str):
@@ -726,10 +726,15 @@ class Distiller:
         cand = truth_candidate(support, integral)
         if cand.support() == chosen.candidate.support():
             return {"verdict": "chosen is the truth's support"}
-        result, k = score(cand)
-        if not result.ok:
+        tries = []  # from the screen's solution, and from the twin's refit where they share terms
+        for start in (cand, from_twin(cand, chosen)):
+            if start is not None:
+                result, k = score(start)
+                if result.ok:
+                    tries.append(selector.scored(start, result, k, sizes))
+        if not tries:
             return {"verdict": "truth's refit failed to solve"}
-        found = selector.scored(cand, result, k, sizes)
+        found = min(tries, key=lambda s: s.criterion)
         offered = [*path, found]
         taken = selector.choose(offered, [s.criterion for s in offered]) is found
         return verdict(found.criterion, chosen.criterion, taken)

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import sympy as sp
 
 from ude.benchmark.metrics import expression_terms, numeric, skeleton
 from ude.distill.integral import IntegralProblem
 from ude.distill.library import Term
+from ude.distill.selection import Scored, moved_from, refitted_coef, refitted_constants
 from ude.distill.sparse import Candidate
 from ude.spec.model_spec import ModelSpec
 
@@ -82,6 +84,29 @@ def truth_candidate(
     for target, s in support.items():
         coef[target], _, constants[target] = integral[target].refine(s)
     return Candidate(coef, "truth", constants=constants)
+
+
+def from_twin(truth: Candidate, chosen: Scored) -> Candidate | None:
+    """``truth`` started where the chosen twin's refit left the terms the two share (their
+    coefficients and constants, and the twin's fitted initial states); None when they share
+    none. The screen's start can lie in another basin of a steep law than the twin's refit
+    found (Goodwin's Hill ``n``), which would blame the data for a poor start."""
+    coef = refitted_coef(chosen)
+    constants = refitted_constants(chosen)
+    start = Candidate({t: c.copy() for t, c in truth.coef.items()}, "truth (from the twin)")
+    start.constants = {t: {j: dict(c) for j, c in cs.items()} for t, cs in truth.constants.items()}
+    shared = False
+    for t, c in start.coef.items():
+        for j in np.flatnonzero(c):
+            if t in coef and coef[t][j] != 0:
+                c[j] = coef[t][j]
+                if j in constants.get(t, {}):
+                    start.constants.setdefault(t, {})[j] = dict(constants[t][j])
+                shared = True
+    if not shared:
+        return None
+    start.info.update(moved_from(chosen))
+    return start
 
 
 def verdict(truth: float, chosen: float, taken: bool) -> dict[str, Any]:
