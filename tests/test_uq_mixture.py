@@ -89,6 +89,47 @@ def test_the_mixture_is_wider_than_either_structure_where_they_disagree():
     assert abs(w_alone - w_first) < 0.2 * w_first  # the same draws' law, other seeds
 
 
+def test_with_the_bootstrap_the_mixture_and_model_weights_use_the_bagged_weights():
+    """The structure bootstrap ran: the draws are shared by its resample-averaged weights
+    (quadratic decay 0.8, which only a resample's screen refitted; the twin's 0.2), not by
+    the path's evidence weight (1.0 on the twin), and twin.json's model_weights lists the same
+    weights with the evidence beside them (none for the structure the selection never
+    scored)."""
+    from ude.distill.report import model_weights
+
+    data = _data()
+    result = _distillation(data, [1.0])
+    twin, rival = result.path
+    result.path = [twin]
+    for s, key in ((twin, "A"), (rival, "B")):
+        s.candidate = SimpleNamespace(support=lambda key=key: key)
+    structures = {
+        key: SimpleNamespace(scored=lambda s=s: s, refit=s.refit, origin=origin)
+        for key, s, origin in (("A", twin, "selection"), ("B", rival, "bootstrap"))
+    }
+    result.structure_bootstrap = SimpleNamespace(
+        weight={"A": 0.2, "B": 0.8}, share={"A": 0.3, "B": 0.7}, structures=structures
+    )
+    band = StructureMixture(n_samples=100, seed=1).band(result, data, GRID)
+    assert [(c["discovered"], c["n_samples"]) for c in band.components] == [
+        ("dx: -k*x**2", 80),
+        ("dx: -k*x", 20),
+    ]
+    assert {c["weight_from"] for c in band.components} == {"bootstrap"}
+    rows = [{"terms": {"x": "-k*x"}, "weight": 1.0, "criterion": -50.0}]
+    weights = model_weights(rows, result)
+    assert [(w["weight"], w["evidence_weight"], w["criterion"]) for w in weights] == [
+        (0.8, None, None),
+        (0.2, 1.0, -50.0),
+    ]
+    assert weights[0]["bootstrap_share"] == 0.7 and weights[0]["refitted_in"] == "bootstrap"
+    # without the bootstrap: the path's evidence weights
+    result.structure_bootstrap = None
+    band = StructureMixture(n_samples=100, seed=1).band(result, data, GRID)
+    assert [(c["n_samples"], c["weight_from"]) for c in band.components] == [(100, "evidence")]
+    assert model_weights(rows, result)[0]["weight_from"] == "evidence"
+
+
 @cache
 def _exploding() -> Any:
     """A rival that fits growth, x' = k x² from x = 2 with k about 0.15: it blows up at
