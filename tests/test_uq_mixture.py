@@ -215,6 +215,31 @@ def test_escape_index():
     assert escape_index(states, failed)[:, 0].tolist() == [5, 3, 0, 10, 9]
 
 
+def test_structures_on_a_fixed_grid_share_one_solve_with_their_own_results():
+    """The mixture solves the structures whose solver steps on a fixed grid (the refits' rk4)
+    together: each structure's states and dead draws are those of its own solve, a rival
+    that blows up included (its rows frozen, the other structure's untouched)."""
+    import copy
+
+    from ude.distill.uncertainty import solve_stacked, stackable
+    from ude.model.solver import Solver
+
+    data = _data()
+    models = [copy.deepcopy(r.model) for r in (_refit("-k*x"), _exploding())]
+    for m in models:
+        m.solver = Solver("rk4")  # as the selection's refits: rk4 on the output grid
+    assert {stackable(m.solver) for m in models} == {("rk4", None)}
+    intervals = [LaplaceInterval(n_samples=n, seed=n) for n in (7, 5)]
+    ready = [i.prepare(m, data) for i, m in zip(intervals, models, strict=True)]
+    together = solve_stacked(ready, GRID)
+    for i, r, (states, dead) in zip(intervals, ready, together, strict=True):
+        own_states, own_dead = i.solve(r, GRID)
+        assert states.shape == own_states.shape == (len(r.draws), 1, len(GRID), 1)
+        np.testing.assert_allclose(states, own_states, rtol=1e-12, atol=0)
+        assert np.array_equal(dead, own_dead)
+    assert not together[0][1].any() and together[1][1].all()
+
+
 def test_a_structure_without_a_laplace_approximation_is_named_not_hidden(monkeypatch):
     """A structure whose Hessian cannot be had has no draws at all (not a blow-up): it is
     left out, its weight reported and warned about, and the band is the other structure's."""
@@ -224,14 +249,14 @@ def test_a_structure_without_a_laplace_approximation_is_named_not_hidden(monkeyp
     data = _data()
     result = _distillation(data, [0.6, 0.4])
     singular = result.path[1].refit.model
-    real = mixture.LaplaceInterval.trajectories
+    real = mixture.LaplaceInterval.prepare
 
-    def trajectories(self, model, *args, **kwargs):
+    def prepare(self, model, *args, **kwargs):
         if model is singular:
             raise np.linalg.LinAlgError("Singular matrix")
         return real(self, model, *args, **kwargs)
 
-    monkeypatch.setattr(mixture.LaplaceInterval, "trajectories", trajectories)
+    monkeypatch.setattr(mixture.LaplaceInterval, "prepare", prepare)
     band = StructureMixture(n_samples=100, seed=1).band(result, data, GRID)
     assert band.left_out_weight == 0.4 and "LinAlgError" in band.components[1]["left_out"]
     assert band.n_failed == 0 and band.unbounded_from() == [None]

@@ -51,7 +51,7 @@ import torch
 
 from ude.data.measurements import Measurements
 from ude.distill.distiller import Distillation
-from ude.distill.uncertainty import LaplaceInterval
+from ude.distill.uncertainty import LaplaceInterval, solve_stacked, stackable
 from ude.model.hybrid import HybridODE
 from ude.model.solver import SolverFailed
 from ude.uq.escape import escape_index, escaped_quantiles, unbounded_from
@@ -187,31 +187,35 @@ class StructureMixture:
         comps = self.components(result)
         source = structure_weights(result)[1]
         counts = _share(np.array([w for _, w, _, _ in comps]), self.n_samples)
+        ready: dict[int, Any] = {}  # each structure's draws, prepared to simulate
         for k, ((_, w, model, label), n) in enumerate(zip(comps, counts, strict=True)):
             entry = {"discovered": label, "weight": round(w, 6), "n_samples": int(n)}
             entry["weight_from"] = source
+            info.append(entry)
             if n == 0:
-                info.append(entry | {"n_failed": 0, "failed_share": 0.0})
+                entry |= {"n_failed": 0, "failed_share": 0.0}
                 continue
             interval = LaplaceInterval(n_samples=int(n), level=self.level, seed=self.seed + k)
             try:
-                states, failed, _, _ = interval.trajectories(
-                    model, measurements, times, initial, conditions
-                )
+                ready[k] = (interval, interval.prepare(model, measurements, initial, conditions))
             except (RuntimeError, ValueError, np.linalg.LinAlgError, SolverFailed) as err:
                 # no draws at all (the Laplace approximation failed): not a blow-up
-                info.append(entry | {"left_out": f"{type(err).__name__}: {err}"})
+                entry["left_out"] = f"{type(err).__name__}: {err}"
                 left_out += w
+        for k, (states, dead) in _simulated(ready, times).items():
+            if states is None:  # its solve failed outright
+                info[k]["left_out"] = f"SolverFailed: {dead}"
+                left_out += comps[k][1]
                 continue
+            failed = ready[k][1].failed(states, dead)
             escape = escape_index(states, failed)
             blew = (escape < len(times)).any(axis=1)
-            entry["n_failed"] = int(blew.sum())
-            entry["failed_share"] = round(float(blew.mean()), 4)
+            info[k]["n_failed"] = int(blew.sum())
+            info[k]["failed_share"] = round(float(blew.mean()), 4)
             if blew.any():
-                entry["first_failure"] = float(times[escape.min()])
+                info[k]["first_failure"] = float(times[escape.min()])
             pooled.append(states)
             escapes.append(escape)
-            info.append(entry)
         states = result.twin.states
         noise = observation_noise(result.model, states) if self.noise else np.zeros(len(states))
         n_c = measurements.n_conditions if initial is None else len(initial)
@@ -244,6 +248,34 @@ class StructureMixture:
             components=info,
             left_out_weight=round(left_out, 6),
         )
+
+
+def _simulated(ready: dict[int, Any], times: np.ndarray) -> dict[int, tuple[Any, Any]]:
+    """``{k: (states, dead)}`` of each prepared structure (``ready[k] = (interval,
+    prepared)``), in their order: the structures whose solver steps on a fixed grid in one
+    solve together (:func:`ude.distill.uncertainty.solve_stacked`: the solver's and the
+    blow-up checks' cost per step paid once, not once per structure), each other one in its
+    own. A solve that fails outright gives ``(None, why)``."""
+    groups: dict[Any, list[int]] = {}
+    for k, (_, prepared) in ready.items():
+        key = stackable(prepared.model.solver)
+        groups.setdefault(key if key is not None else ("own", k), []).append(k)
+    out: dict[int, tuple[Any, Any]] = {}
+    for ks in groups.values():
+        if len(ks) > 1:
+            try:
+                solved = solve_stacked([ready[k][1] for k in ks], times)
+                out.update(zip(ks, solved, strict=True))
+                continue
+            except SolverFailed:
+                pass  # each on its own, with its own fallback
+        for k in ks:
+            interval, prepared = ready[k]
+            try:
+                out[k] = interval.solve(prepared, times)
+            except (RuntimeError, ValueError, SolverFailed) as err:
+                out[k] = (None, err)
+    return dict(sorted(out.items()))
 
 
 def structure_weights(result: Distillation) -> tuple[list[tuple[Any, float, Any, bool]], str]:
