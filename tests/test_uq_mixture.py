@@ -7,10 +7,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pytest
 
 from ude.data import Measurements
 from ude.distill import TwinRefit
 from ude.distill.uncertainty import LaplaceInterval
+from ude.errors import UdeError
 from ude.spec import ModelSpec
 from ude.uq import StructureMixture
 
@@ -123,6 +125,16 @@ def test_with_the_bootstrap_the_mixture_and_model_weights_use_the_bagged_weights
         (0.2, 1.0, -50.0),
     ]
     assert weights[0]["bootstrap_share"] == 0.7 and weights[0]["refitted_in"] == "bootstrap"
+    # the evidence weights on the data asked for: the twin's alone, the rival listed at 0
+    band = StructureMixture(n_samples=100, seed=1, weights="evidence").band(result, data, GRID)
+    assert [(c["n_samples"], c["weight_from"]) for c in band.components] == [(100, "evidence")]
+    weights = model_weights(rows, result, prefer="evidence")
+    assert [(w["weight"], w["weight_from"]) for w in weights] == [
+        (1.0, "evidence"),
+        (0.0, "evidence"),
+    ]
+    with pytest.raises(UdeError, match="distill.uq.mixture.weights"):
+        StructureMixture(weights="share")
     # without the bootstrap: the path's evidence weights
     result.structure_bootstrap = None
     band = StructureMixture(n_samples=100, seed=1).band(result, data, GRID)

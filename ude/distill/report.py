@@ -192,7 +192,7 @@ def write_report(
         for row, s in zip(rows, result.path, strict=True):
             row["bootstrap_share"] = round(found.share.get(s.candidate.support(), 0.0), 4)
             row["bootstrap_weight"] = round(found.weight.get(s.candidate.support(), 0.0), 4)
-    weights = model_weights(rows, result)
+    weights = model_weights(rows, result, prefer=getattr(mixture, "weights", "bootstrap"))
     intervals, intervals_cpu = {}, None
     if mixture is not None:
         from ude.uq.intervals import coefficient_intervals, intervals_markdown
@@ -339,12 +339,15 @@ def write_report(
 
 
 def model_weights(
-    rows: list[dict[str, Any]], result: Distillation | None = None, floor: float = 1e-4
+    rows: list[dict[str, Any]],
+    result: Distillation | None = None,
+    floor: float = 1e-4,
+    prefer: str = "bootstrap",
 ) -> list[dict[str, Any]]:
     """The refitted structures with their model weights, heaviest first (those above
     ``floor``, or chosen by a resample of the data): what averaging over the candidates
     needs. ``weight`` is the weight the predictive band averages with
-    (:func:`ude.uq.mixture.structure_weights`; ``weight_from`` says which):
+    (:func:`ude.uq.mixture.structure_weights` with ``prefer``; ``weight_from`` says which):
 
     - without the structure bootstrap, each row of the selection's path (``rows``) with its
       evidence weight and criterion;
@@ -373,11 +376,12 @@ def model_weights(
         if weight <= floor and share == 0:
             continue
         scored = result.chosen if key == result.chosen.candidate.support() else None
+        shown = weight if prefer == "bootstrap" else evidence.get(key, 0.0)
         out.append(
             {
                 "discovered": result.describe(scored or structure.scored()),
-                "weight": round(weight, 6),
-                "weight_from": "bootstrap",
+                "weight": round(shown, 6),
+                "weight_from": prefer,
                 "bootstrap_share": round(share, 4),
                 "bootstrap_weight": round(weight, 4),
                 "evidence_weight": None if key not in evidence else round(evidence[key], 6),

@@ -52,6 +52,7 @@ import torch
 from ude.data.measurements import Measurements
 from ude.distill.distiller import Distillation
 from ude.distill.uncertainty import LaplaceInterval, solve_stacked, stackable
+from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
 from ude.model.solver import SolverFailed
 from ude.uq.escape import escape_index, escaped_quantiles, unbounded_from
@@ -142,6 +143,9 @@ class StructureMixture:
         level: the band's probability.
         seed: seeds the parameter draws and the noise.
         noise: add the observation noise (False: the band of the trajectories alone).
+        weights: ``bootstrap``: the structure bootstrap's resample-averaged evidence weights
+            where it ran (else the evidence weights); ``evidence``: the evidence weights on the
+            data always (:func:`structure_weights`).
     """
 
     def __init__(
@@ -151,7 +155,15 @@ class StructureMixture:
         level: float = 0.95,
         seed: int = 0,
         noise: bool = True,
+        weights: str = "bootstrap",
     ):
+        if weights not in WEIGHTS:
+            raise UdeError(
+                f"weights={weights!r} is not a choice",
+                source="distill.uq.mixture.weights",
+                fix=" or ".join(WEIGHTS),
+            )
+        self.weights = weights
         self.n_samples = n_samples
         self.floor = floor
         self.level = level
@@ -162,7 +174,7 @@ class StructureMixture:
         """``(scored, weight, model, label)`` of each structure kept, heaviest first; the
         weights (:func:`structure_weights`) renormalised over them."""
         kept = []
-        for s, w, model, chosen in structure_weights(result)[0]:
+        for s, w, model, chosen in structure_weights(result, self.weights)[0]:
             if chosen or (w > self.floor and s.refit.ok and model is not None):
                 # the twin itself always counts
                 label = "; ".join(f"d{t}: {e}" for t, e in result.describe(s).items())
@@ -185,7 +197,7 @@ class StructureMixture:
         rng = np.random.default_rng(self.seed)
         pooled, escapes, info, left_out = [], [], [], 0.0
         comps = self.components(result)
-        source = structure_weights(result)[1]
+        source = structure_weights(result, self.weights)[1]
         counts = _share(np.array([w for _, w, _, _ in comps]), self.n_samples)
         ready: dict[int, Any] = {}  # each structure's draws, prepared to simulate
         for k, ((_, w, model, label), n) in enumerate(zip(comps, counts, strict=True)):
@@ -278,14 +290,21 @@ def _simulated(ready: dict[int, Any], times: np.ndarray) -> dict[int, tuple[Any,
     return dict(sorted(out.items()))
 
 
-def structure_weights(result: Distillation) -> tuple[list[tuple[Any, float, Any, bool]], str]:
+WEIGHTS = ("bootstrap", "evidence")
+"""The choices of the mixture's weights (:func:`structure_weights`)."""
+
+
+def structure_weights(
+    result: Distillation, prefer: str = "bootstrap"
+) -> tuple[list[tuple[Any, float, Any, bool]], str]:
     """The refitted structures with the weight the mixture gives them (see the module):
     ``(scored, weight, model, chosen)`` each (``model``: the final refit for the reported
     twin's structure, else the structure's own refit), and where the weights come from:
     ``"bootstrap"`` (the resample-averaged evidence weights of every structure the structure
-    bootstrap refitted) or ``"evidence"`` (the path's evidence weights)."""
+    bootstrap refitted; with ``prefer="bootstrap"`` where it ran) or ``"evidence"`` (the
+    path's evidence weights)."""
     found = getattr(result, "structure_bootstrap", None)
-    if found is not None and found.weight:
+    if prefer == "bootstrap" and found is not None and found.weight:
         mine = result.chosen.candidate.support()
         out = [
             (result.chosen, found.weight.get(key, 0.0), result.model, True)
