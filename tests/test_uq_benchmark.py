@@ -90,3 +90,22 @@ def test_bayes_baseline_on_lotka_volterra():
     assert incl["x"]["x"] > 0.8 and incl["y"]["y"] > 0.8, incl
     assert result.lower is not None and set(result.info["intervals"]) == {"x", "y"}
     assert set(result.info["convergence"]) == {"x", "y"}
+
+
+def test_the_calibration_table_shows_the_horseshoes_inclusion_beside_the_products():
+    """ude's cells score the inclusion the product reports (the structure bootstrap's) in the
+    inclusion columns; its horseshoe's go on a line of their own, not in place of them."""
+    from ude.benchmark.report import calibration_table
+
+    rows = [
+        {"method": "ude", "brier": 0.1, "inclusion_true": 0.9, "inclusion_false": 0.2}
+        | {"brier_horseshoe": 0.3, "inclusion_true_horseshoe": 0.6}
+        | {"inclusion_false_horseshoe": 0.4, "coverage": 0.9},
+        {"method": "sindy", "brier": 0.5, "inclusion_true": 0.5, "inclusion_false": 0.5},
+    ]
+    lines = calibration_table(rows).splitlines()
+    ude, horseshoe, sindy = lines[2:]
+    assert "| 0.10 (1) | 0.90 (1) | 0.20 (1) |" in ude and "0.30" not in ude
+    assert horseshoe.startswith("| ude: its horseshoe's inclusion |")
+    assert horseshoe.endswith("| 0.30 (1) | 0.60 (1) | 0.40 (1) |")
+    assert horseshoe.count("–") == 3 and sindy.startswith("| sindy |")

@@ -82,3 +82,43 @@ def test_no_failed_draws_is_the_plain_quantile_band():
     band = band_of(states, np.zeros(200, dtype=bool))
     lo, hi = np.quantile(states[:, 0, 0, 0], [0.025, 0.975])
     assert band.lower[0, 0, 0] == pytest.approx(lo) and band.upper[0, 0, 0] == pytest.approx(hi)
+
+
+def test_the_laplace_approximation_is_computed_once_per_model_data_and_values(monkeypatch):
+    """The report asks for the twin's Laplace approximation three times: the second ask with
+    the same model, data and values is the first's result; new values or other data (an
+    equal copy counts as other) compute it again. The Hessian taken in one batched backward
+    pass is the one taken row by row."""
+    import copy
+
+    import torch
+
+    from ude.data import Measurements
+    from ude.distill import TwinRefit, uncertainty
+    from ude.distill.uncertainty import hessian, laplace
+    from ude.spec import ModelSpec
+
+    rng = np.random.default_rng(0)
+    values = 2.0 * np.exp(-0.5 * TIMES) + 0.05 * rng.standard_normal(len(TIMES))
+    data = Measurements(
+        times=TIMES, values=values[None, :, None, None], observables=["x"], conditions=["c0"]
+    )
+    spec = ModelSpec.from_dict(
+        {
+            "states": ["x"],
+            "parameters": {"k": {"value": 0.5, "learn": True}},
+            "equations": {"x": "-k*x"},
+        }
+    )
+    model = TwinRefit(max_iter=40).fit(spec, data, noise=np.array([0.05])).model
+    first = laplace(model, data)
+    assert laplace(model, data) is first
+    assert laplace(model, copy.deepcopy(data)) is not first
+    again = laplace(model, data)
+    with torch.no_grad():
+        next(p for p in model.parameters() if p.requires_grad).add_(0.01)
+    moved = laplace(model, data)
+    assert moved is not again and not np.allclose(moved.mean, again.mean)
+    batched = hessian(model, data)[1]
+    monkeypatch.setattr(uncertainty, "BATCHED_HESSIAN", False)
+    np.testing.assert_allclose(batched, hessian(model, data)[1], rtol=1e-10, atol=1e-12)

@@ -7,10 +7,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pytest
 
 from ude.data import Measurements
 from ude.distill import TwinRefit
 from ude.distill.uncertainty import LaplaceInterval
+from ude.errors import UdeError
 from ude.spec import ModelSpec
 from ude.uq import StructureMixture
 
@@ -87,6 +89,57 @@ def test_the_mixture_is_wider_than_either_structure_where_they_disagree():
     w_alone = (alone.state_upper - alone.state_lower)[0, -1, 0]
     w_first = (first.upper - first.lower)[0, -1, 0]
     assert abs(w_alone - w_first) < 0.2 * w_first  # the same draws' law, other seeds
+
+
+def test_with_the_bootstrap_the_mixture_and_model_weights_use_the_bagged_weights():
+    """The structure bootstrap ran: the draws are shared by its resample-averaged weights
+    (quadratic decay 0.8, which only a resample's screen refitted; the twin's 0.2), not by
+    the path's evidence weight (1.0 on the twin), and twin.json's model_weights lists the same
+    weights with the evidence beside them (none for the structure the selection never
+    scored)."""
+    from ude.distill.report import model_weights
+
+    data = _data()
+    result = _distillation(data, [1.0])
+    twin, rival = result.path
+    result.path = [twin]
+    for s, key in ((twin, "A"), (rival, "B")):
+        s.candidate = SimpleNamespace(support=lambda key=key: key)
+    structures = {
+        key: SimpleNamespace(scored=lambda s=s: s, refit=s.refit, origin=origin)
+        for key, s, origin in (("A", twin, "selection"), ("B", rival, "bootstrap"))
+    }
+    result.structure_bootstrap = SimpleNamespace(
+        weight={"A": 0.2, "B": 0.8}, share={"A": 0.3, "B": 0.7}, structures=structures
+    )
+    band = StructureMixture(n_samples=100, seed=1).band(result, data, GRID)
+    assert [(c["discovered"], c["n_samples"]) for c in band.components] == [
+        ("dx: -k*x**2", 80),
+        ("dx: -k*x", 20),
+    ]
+    assert {c["weight_from"] for c in band.components} == {"bootstrap"}
+    rows = [{"terms": {"x": "-k*x"}, "weight": 1.0, "criterion": -50.0}]
+    weights = model_weights(rows, result)
+    assert [(w["weight"], w["evidence_weight"], w["criterion"]) for w in weights] == [
+        (0.8, None, None),
+        (0.2, 1.0, -50.0),
+    ]
+    assert weights[0]["bootstrap_share"] == 0.7 and weights[0]["refitted_in"] == "bootstrap"
+    # the evidence weights on the data asked for: the twin's alone, the rival listed at 0
+    band = StructureMixture(n_samples=100, seed=1, weights="evidence").band(result, data, GRID)
+    assert [(c["n_samples"], c["weight_from"]) for c in band.components] == [(100, "evidence")]
+    weights = model_weights(rows, result, prefer="evidence")
+    assert [(w["weight"], w["weight_from"]) for w in weights] == [
+        (1.0, "evidence"),
+        (0.0, "evidence"),
+    ]
+    with pytest.raises(UdeError, match="distill.uq.mixture.weights"):
+        StructureMixture(weights="share")
+    # without the bootstrap: the path's evidence weights
+    result.structure_bootstrap = None
+    band = StructureMixture(n_samples=100, seed=1).band(result, data, GRID)
+    assert [(c["n_samples"], c["weight_from"]) for c in band.components] == [(100, "evidence")]
+    assert model_weights(rows, result)[0]["weight_from"] == "evidence"
 
 
 @cache
@@ -174,6 +227,31 @@ def test_escape_index():
     assert escape_index(states, failed)[:, 0].tolist() == [5, 3, 0, 10, 9]
 
 
+def test_structures_on_a_fixed_grid_share_one_solve_with_their_own_results():
+    """The mixture solves the structures whose solver steps on a fixed grid (the refits' rk4)
+    together: each structure's states and dead draws are those of its own solve, a rival
+    that blows up included (its rows frozen, the other structure's untouched)."""
+    import copy
+
+    from ude.distill.uncertainty import solve_stacked, stackable
+    from ude.model.solver import Solver
+
+    data = _data()
+    models = [copy.deepcopy(r.model) for r in (_refit("-k*x"), _exploding())]
+    for m in models:
+        m.solver = Solver("rk4")  # as the selection's refits: rk4 on the output grid
+    assert {stackable(m.solver) for m in models} == {("rk4", None)}
+    intervals = [LaplaceInterval(n_samples=n, seed=n) for n in (7, 5)]
+    ready = [i.prepare(m, data) for i, m in zip(intervals, models, strict=True)]
+    together = solve_stacked(ready, GRID)
+    for i, r, (states, dead) in zip(intervals, ready, together, strict=True):
+        own_states, own_dead = i.solve(r, GRID)
+        assert states.shape == own_states.shape == (len(r.draws), 1, len(GRID), 1)
+        np.testing.assert_allclose(states, own_states, rtol=1e-12, atol=0)
+        assert np.array_equal(dead, own_dead)
+    assert not together[0][1].any() and together[1][1].all()
+
+
 def test_a_structure_without_a_laplace_approximation_is_named_not_hidden(monkeypatch):
     """A structure whose Hessian cannot be had has no draws at all (not a blow-up): it is
     left out, its weight reported and warned about, and the band is the other structure's."""
@@ -183,14 +261,14 @@ def test_a_structure_without_a_laplace_approximation_is_named_not_hidden(monkeyp
     data = _data()
     result = _distillation(data, [0.6, 0.4])
     singular = result.path[1].refit.model
-    real = mixture.LaplaceInterval.trajectories
+    real = mixture.LaplaceInterval.prepare
 
-    def trajectories(self, model, *args, **kwargs):
+    def prepare(self, model, *args, **kwargs):
         if model is singular:
             raise np.linalg.LinAlgError("Singular matrix")
         return real(self, model, *args, **kwargs)
 
-    monkeypatch.setattr(mixture.LaplaceInterval, "trajectories", trajectories)
+    monkeypatch.setattr(mixture.LaplaceInterval, "prepare", prepare)
     band = StructureMixture(n_samples=100, seed=1).band(result, data, GRID)
     assert band.left_out_weight == 0.4 and "LinAlgError" in band.components[1]["left_out"]
     assert band.n_failed == 0 and band.unbounded_from() == [None]

@@ -542,10 +542,13 @@ class UDE(Method):
     def uncertainty(
         self, cfg: Any, distilled: Any, problem: Problem, initial: np.ndarray, info: dict
     ) -> tuple[np.ndarray, np.ndarray] | None:
-        """``distill.uq`` (:mod:`ude.uq`) on the cell: the horseshoe's inclusion
-        probabilities (``info["inclusion"]``, else the bootstrap's), the twin's coefficient
-        intervals (``info["intervals"]``) and the structure-averaged band (state band, from
-        ``initial``) as the lower and upper ``(time, state)`` returned; None without it."""
+        """``distill.uq`` (:mod:`ude.uq`) on the cell: the twin's coefficient intervals
+        (``info["intervals"]``) and the structure-averaged band (state band, from
+        ``initial``) as the lower and upper ``(time, state)`` returned; None without it.
+        ``info["inclusion"]`` stays the distillation's inclusion probabilities, the ones the
+        product reports to its user (distill.json's ``inclusion_probability``, equations.md:
+        the structure bootstrap's when it ran); the horseshoe's, which distill.json reports
+        in its ``uq`` section, go beside them (``info["inclusion_horseshoe"]``)."""
         from ude.distill.cli import make_mixture, make_regression
         from ude.uq import bayesian_terms
         from ude.uq.intervals import coefficient_intervals
@@ -557,7 +560,7 @@ class UDE(Method):
         start = time.perf_counter()
         if regression is not None:
             section, posts = bayesian_terms(distilled.integral, regression)
-            info["inclusion"] = {t: p.inclusion() for t, p in posts.items()}
+            info["inclusion_horseshoe"] = {t: p.inclusion() for t, p in posts.items()}
             info["convergence"] = {
                 t: {"max_rhat": e["max_rhat"], "min_ess": e["min_ess"]}
                 for t, e in section["targets"].items()

@@ -306,17 +306,25 @@ the true coefficients, inclusion probabilities that separate true from false ter
 def calibration_table(rows: list[dict]) -> str:
     """Per method, the mean of each calibration column over its cells that report it (the
     count in parentheses); issue 15's targets: coverage 0.90-0.98, coefficient coverage at
-    least 0.9, true terms' inclusion at least 0.8 and false terms' at most 0.2."""
+    least 0.9, true terms' inclusion at least 0.8 and false terms' at most 0.2. A method
+    that also reports its horseshoe's inclusion probabilities (``ude`` with ``distill.uq``:
+    the columns ending ``_horseshoe``) gets a second line with them."""
     head = "| method | " + " | ".join(n for _, n in CALIBRATION) + " |"
     lines = [head, "|---" * (len(CALIBRATION) + 1) + "|"]
+
+    def cell(rs: list[dict], key: str) -> str:
+        v = [r[key] for r in rs if isinstance(r.get(key), (int, float))]
+        v = [x for x in v if math.isfinite(x)]
+        return f"{_fmt(float(np.mean(v)))} ({len(v)})" if v else "–"
+
     for m in _methods(rows):
         mine = [r for r in rows if r["method"] == m and "error" not in r]
-        cells = []
-        for key, _ in CALIBRATION:
-            v = [r[key] for r in mine if isinstance(r.get(key), (int, float))]
-            v = [x for x in v if math.isfinite(x)]
-            cells.append(f"{_fmt(float(np.mean(v)))} ({len(v)})" if v else "–")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append(f"| {m} | " + " | ".join(cell(mine, k) for k, _ in CALIBRATION) + " |")
+        if any("brier_horseshoe" in r for r in mine):
+            other = [
+                cell(mine, f"{k}_horseshoe") if "inclusion" in n else "–" for k, n in CALIBRATION
+            ]
+            lines.append(f"| {m}: its horseshoe's inclusion | " + " | ".join(other) + " |")
     return "\n".join(lines)
 
 

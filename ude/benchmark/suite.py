@@ -142,6 +142,9 @@ def score(cell: Cell, problem: Problem, result: MethodResult) -> dict[str, Any]:
         row["coef_coverage"] = coefficient_coverage(result.info["intervals"], judged)
     if result.info.get("inclusion"):
         row.update(inclusion_brier(result.info["inclusion"], judged))
+    if result.info.get("inclusion_horseshoe"):  # ude's horseshoe (distill.uq), beside them
+        scores = inclusion_brier(result.info["inclusion_horseshoe"], judged)
+        row.update({f"{k}_horseshoe": v for k, v in scores.items()})
     row["info"] = result.info
     return row
 

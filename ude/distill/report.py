@@ -192,7 +192,7 @@ def write_report(
         for row, s in zip(rows, result.path, strict=True):
             row["bootstrap_share"] = round(found.share.get(s.candidate.support(), 0.0), 4)
             row["bootstrap_weight"] = round(found.weight.get(s.candidate.support(), 0.0), 4)
-    weights = model_weights(rows)
+    weights = model_weights(rows, result, prefer=getattr(mixture, "weights", "bootstrap"))
     intervals, intervals_cpu = {}, None
     if mixture is not None:
         from ude.uq.intervals import coefficient_intervals, intervals_markdown
@@ -340,20 +340,58 @@ def write_report(
     return metrics
 
 
-BOOTSTRAP_KEYS = ("bootstrap_share", "bootstrap_weight")
-
-
-def model_weights(rows: list[dict[str, Any]], floor: float = 1e-4) -> list[dict[str, Any]]:
-    """The refitted structures with their evidence weights, heaviest first (those above
+def model_weights(
+    rows: list[dict[str, Any]],
+    result: Distillation | None = None,
+    floor: float = 1e-4,
+    prefer: str = "bootstrap",
+) -> list[dict[str, Any]]:
+    """The refitted structures with their model weights, heaviest first (those above
     ``floor``, or chosen by a resample of the data): what averaging over the candidates
-    needs. With the structure bootstrap (:mod:`ude.uq.structure_bootstrap`), each also has
-    its share of the resamples' choices and its resample-averaged evidence weight."""
-    kept = [r for r in rows if r.get("weight", 0.0) > floor or r.get("bootstrap_share", 0.0) > 0]
-    return [
-        {"discovered": r["terms"], "weight": r["weight"], "criterion": r["criterion"]}
-        | {k: r[k] for k in BOOTSTRAP_KEYS if k in r}
-        for r in sorted(kept, key=lambda r: -r["weight"])
-    ]
+    needs. ``weight`` is the weight the predictive band averages with
+    (:func:`ude.uq.mixture.structure_weights` with ``prefer``; ``weight_from`` says which):
+
+    - without the structure bootstrap, each row of the selection's path (``rows``) with its
+      evidence weight and criterion;
+    - with it (``result.structure_bootstrap``), every structure it refitted (those of the
+      path, and those only a resample's screen reached: no ``criterion`` or
+      ``evidence_weight``, since the selection never scored them) with its resample-averaged
+      evidence weight (``bootstrap_weight``), its share of the resamples' choices
+      (``bootstrap_share``) and its evidence weight on the data (``evidence_weight``)."""
+    found = None if result is None else result.structure_bootstrap
+    if found is None or not found.weight:
+        kept = [r for r in rows if r.get("weight", 0.0) > floor]
+        return [
+            {"discovered": r["terms"], "weight": r["weight"], "weight_from": "evidence"}
+            | {"evidence_weight": r["weight"], "criterion": r["criterion"]}
+            for r in sorted(kept, key=lambda r: -r["weight"])
+        ]
+    evidence: dict[Any, float] = {}
+    criterion: dict[Any, float] = {}
+    for s, r in zip(result.path, rows, strict=True):
+        key = s.candidate.support()
+        evidence[key] = evidence.get(key, 0.0) + r["weight"]
+        criterion.setdefault(key, r["criterion"])
+    out = []
+    for key, structure in found.structures.items():
+        weight, share = found.weight.get(key, 0.0), found.share.get(key, 0.0)
+        if weight <= floor and share == 0:
+            continue
+        scored = result.chosen if key == result.chosen.candidate.support() else None
+        shown = weight if prefer == "bootstrap" else evidence.get(key, 0.0)
+        out.append(
+            {
+                "discovered": result.describe(scored or structure.scored()),
+                "weight": round(shown, 6),
+                "weight_from": prefer,
+                "bootstrap_share": round(share, 4),
+                "bootstrap_weight": round(weight, 4),
+                "evidence_weight": None if key not in evidence else round(evidence[key], 6),
+                "criterion": criterion.get(key),
+                "refitted_in": structure.origin,
+            }
+        )
+    return sorted(out, key=lambda r: -r["weight"])
 
 
 def _status(failures: list[dict[str, str]]) -> str:

@@ -20,7 +20,9 @@ where the parameters are least certain.
 from __future__ import annotations
 
 import copy
+import weakref
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +33,7 @@ from ude.distill.refit import _batch
 from ude.fit import make_module
 from ude.model.doses import RowsRHS, solve_with_doses
 from ude.model.hybrid import HybridODE
-from ude.model.solver import Solver, SolverFailed
+from ude.model.solver import FIXED, Solver, SolverFailed
 
 
 @dataclass
@@ -140,7 +142,7 @@ def _parameter_names(model: HybridODE) -> list[str]:
 def hessian(model: HybridODE, measurements: Measurements) -> tuple[np.ndarray, np.ndarray]:
     """Gradient ``(entry,)`` and Hessian ``(entry, entry)`` of the summed Gaussian NLL (the
     refit's mean NLL, plus its parameter priors, times the number of measured entries) over
-    the model's learnable parameter entries; one double-backward pass per entry."""
+    the model's learnable parameter entries; one vectorised double-backward pass."""
     params = [p for p in model.parameters() if p.requires_grad]
     module = make_module(model, measurements, loss="nll")
     batch = _batch(measurements)
@@ -159,9 +161,39 @@ def hessian(model: HybridODE, measurements: Measurements) -> tuple[np.ndarray, n
         return torch.cat([(p.new_zeros(p.shape) if d is None else d).reshape(-1) for d, p in pairs])
 
     g = grad(loss, create_graph=True)
-    rows = [grad(g[i], retain_graph=True) for i in range(g.numel())]
-    H = torch.stack(rows).detach().cpu().numpy()
+    H = _batched_rows(g, params) if BATCHED_HESSIAN else None
+    if H is None:
+        H = torch.stack([grad(g[i], retain_graph=True) for i in range(g.numel())])
+    H = H.detach().cpu().numpy()
     return g.detach().cpu().numpy(), 0.5 * (H + H.T)
+
+
+BATCHED_HESSIAN = True
+"""Whether :func:`hessian` takes all its rows in one vectorised backward pass."""
+
+
+def _batched_rows(g: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor | None:
+    """The Jacobian ``(entry, entry)`` of the gradient ``g (entry,)`` in one vectorised
+    backward pass (``is_grads_batched``: the backward graph through the solve walked once for
+    all rows, not once per row); None where the graph cannot be batched (then row by row)."""
+    if not g.requires_grad:
+        return g.new_zeros(len(g), len(g))
+    try:
+        parts = torch.autograd.grad(
+            g,
+            params,
+            grad_outputs=torch.eye(len(g), dtype=g.dtype, device=g.device),
+            retain_graph=True,
+            allow_unused=True,
+            is_grads_batched=True,
+        )
+    except (RuntimeError, NotImplementedError):
+        return None
+    pairs = zip(parts, params, strict=True)
+    return torch.cat(
+        [g.new_zeros(len(g), p.numel()) if d is None else d.reshape(len(g), -1) for d, p in pairs],
+        dim=1,
+    )
 
 
 def regularised_inverse(H: np.ndarray, eigen_floor: float = 1e-8) -> tuple[np.ndarray, int]:
@@ -176,11 +208,30 @@ def regularised_inverse(H: np.ndarray, eigen_floor: float = 1e-8) -> tuple[np.nd
     return (V / lam) @ V.T, n_floored
 
 
+_LAPLACE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""The last Laplace approximation of each model, with what it was computed from: the report
+asks for the twin's three times (its forecast band, the structure mixture, the coefficients'
+intervals), each a double-backward pass per parameter through the ODE."""
+
+
 def laplace(model: HybridODE, measurements: Measurements, eigen_floor: float = 1e-8) -> Laplace:
     """The Laplace approximation of ``model``'s learnable parameters at their current values
     (meant for a refitted twin: a few to some tens of entries). Entries with a zero Hessian row
     do not move the NLL and are held at their values; the rest get the regularised inverse of
-    their Hessian block (:func:`regularised_inverse`)."""
+    their Hessian block (:func:`regularised_inverse`). Computed once per model, data (the same
+    object), parameter values and floor; the result is shared: do not change it."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    values = nn.utils.parameters_to_vector(params).detach().cpu().numpy()
+    key = (id(measurements), eigen_floor, values.tobytes(), len(values))
+    cached = _LAPLACE.get(model)
+    if cached is not None and cached[0] == key and cached[1] is measurements:
+        return cached[2]
+    approx = _laplace(model, measurements, eigen_floor)
+    _LAPLACE[model] = (key, measurements, approx)
+    return approx
+
+
+def _laplace(model: HybridODE, measurements: Measurements, eigen_floor: float) -> Laplace:
     _, H = hessian(model, measurements)
     free = np.any(H != 0, axis=1)
     cov = np.zeros_like(H)
@@ -271,6 +322,21 @@ class LaplaceInterval:
         """The draws behind :meth:`forecast`: states ``(sample, condition, time, state)``,
         ``failed (sample,)``, the raw parameter draws ``(sample, entry)`` and the Laplace
         approximation; ``n_samples`` draws (default: this interval's)."""
+        ready = self.prepare(model, measurements, initial, conditions, n_samples)
+        states, dead = self.solve(ready, times)
+        return states, ready.failed(states, dead), ready.draws, ready.laplace
+
+    def prepare(
+        self,
+        model: HybridODE,
+        measurements: Measurements,
+        initial: np.ndarray | None = None,
+        conditions: list[int] | None = None,
+        n_samples: int | None = None,
+    ) -> Prepared:
+        """The parameter draws of ``model`` and what simulating them needs (see
+        :meth:`trajectories`): each draw's initial states and context, one row per draw and
+        condition."""
         if len(model.networks):
             raise ValueError("LaplaceInterval needs a twin without neural slots")
         n_samples = self.n_samples if n_samples is None else n_samples
@@ -283,62 +349,65 @@ class LaplaceInterval:
         draws = np.tile(approx.mean, (n_samples, 1))
         z = rng.standard_normal((n_samples, int(free.sum())))
         draws[:, free] += z @ (V * np.sqrt(np.clip(lam, 0, None))).T
-        states, dead = self._simulate(model, draws, times, initial, cond)
-        failed = dead | ~np.isfinite(states).all(axis=(1, 2, 3))
-        return states, failed, draws, approx
-
-    @torch.no_grad()
-    def _simulate(
-        self,
-        model: HybridODE,
-        draws: np.ndarray,
-        times: np.ndarray,
-        initial: np.ndarray | None,
-        cond: torch.Tensor,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """States ``(sample, condition, time, state)`` of every draw and the draws that died."""
         params = [p for p in model.parameters() if p.requires_grad]
         dtype, device = model.initial.dtype, model.initial.device
         saved = nn.utils.parameters_to_vector(params).clone()
         contexts, starts = [], []
         try:
-            for d in draws:
-                nn.utils.vector_to_parameters(
-                    torch.as_tensor(d, dtype=dtype, device=device), params
-                )
-                contexts.append(model.context(cond))
-                starts.append(model.initial[cond].clone())
+            with torch.no_grad():
+                for d in draws:
+                    nn.utils.vector_to_parameters(
+                        torch.as_tensor(d, dtype=dtype, device=device), params
+                    )
+                    contexts.append(model.context(cond))
+                    starts.append(model.initial[cond].clone())
         finally:
-            nn.utils.vector_to_parameters(saved, params)
+            with torch.no_grad():
+                nn.utils.vector_to_parameters(saved, params)
         y0 = torch.cat(starts)
         if initial is not None:
             y0 = torch.as_tensor(initial, dtype=dtype, device=device).repeat(len(draws), 1)
-        context = torch.cat(contexts)
         scale = max(float(y0.abs().max()), float(model.state_scale.max()), 1.0)
-        t = torch.as_tensor(times, dtype=dtype, device=device)
-        n_s, n_c = len(draws), len(cond)
+        return Prepared(
+            model=model,
+            draws=draws,
+            laplace=approx,
+            y0=y0,
+            context=torch.cat(contexts),
+            bound=self.blow_up * scale,
+            doses=[model.doses[c] for c in cond.tolist()] * len(draws),
+            n_conditions=len(cond),
+        )
+
+    @torch.no_grad()
+    def solve(self, ready: Prepared, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """States ``(sample, condition, time, state)`` of every draw of ``ready`` over
+        ``times (time,)`` and the draws that died ``(sample,)``, in one solve."""
+        model, y0 = ready.model, ready.y0
+        t = torch.as_tensor(times, dtype=y0.dtype, device=y0.device)
+        n_s, n_c = len(ready.draws), ready.n_conditions
         states = model.spec.states
-        doses = [model.doses[c] for c in cond.tolist()]
+        solver = model.solver
         try:
-            rhs = RowsRHS(model.known_terms, context, self.blow_up * scale)
-            out = solve_with_doses(model.solver, rhs.dosing, y0, t, doses * n_s, states)
+            rhs = RowsRHS(model.known_terms, ready.context, ready.bound)
+            out = solve_with_doses(solver, rhs.dosing, y0, t, ready.doses, states)
             out = out.transpose(0, 1)
             dead = rhs.dead
         except SolverFailed:
             # one stiff draw can exhaust the shared step budget: solve the draws one by one,
             # each with a tenth of the budget, and give up once half of them failed (the band
             # is then not reported anyway): stiff draws would otherwise cost minutes each
-            out = torch.full((len(y0), len(t), y0.shape[1]), torch.nan, dtype=dtype)
+            out = torch.full((len(y0), len(t), y0.shape[1]), torch.nan, dtype=y0.dtype)
             dead = torch.ones(len(y0), dtype=torch.bool)
-            solver = model.solver
             if isinstance(solver, Solver):
                 solver = copy.copy(solver)
                 solver.max_steps = max(100, solver.max_steps // 10)
             failures = 0
             for s in range(n_s):
                 rows = slice(s * n_c, (s + 1) * n_c)
-                rhs = RowsRHS(model.known_terms, context[rows], self.blow_up * scale)
+                rhs = RowsRHS(model.known_terms, ready.context[rows], ready.bound)
                 try:
+                    doses = ready.doses[rows]
                     solved = solve_with_doses(solver, rhs.dosing, y0[rows], t, doses, states)
                     out[rows] = solved.transpose(0, 1)
                     dead[rows] = rhs.dead
@@ -346,5 +415,67 @@ class LaplaceInterval:
                     failures += 1
                     if failures > n_s / 2:
                         break
-        states = out.reshape(n_s, n_c, len(t), -1).cpu().numpy()
+        return ready.split(out, dead)
+
+
+@dataclass
+class Prepared:
+    """One structure's parameter draws ready to simulate (:meth:`LaplaceInterval.prepare`):
+    ``draws (sample, entry)`` from ``laplace``; one row per draw and condition (draw-major):
+    initial states ``y0 (row, state)``, ``context (row, input + parameter)``, dose schedules
+    ``doses (row,)``; a row past ``bound`` in any state has blown up."""
+
+    model: HybridODE
+    draws: np.ndarray
+    laplace: Laplace
+    y0: torch.Tensor
+    context: torch.Tensor
+    bound: float
+    doses: list
+    n_conditions: int
+
+    def split(self, out: torch.Tensor, dead: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """``out (row, time, state)`` and ``dead (row,)`` as states ``(sample, condition,
+        time, state)`` and the draws with a dead row ``(sample,)``."""
+        n_s, n_c = len(self.draws), self.n_conditions
+        states = out.reshape(n_s, n_c, out.shape[1], -1).cpu().numpy()
         return states, dead.reshape(n_s, n_c).any(dim=1).cpu().numpy()
+
+    @staticmethod
+    def failed(states: np.ndarray, dead: np.ndarray) -> np.ndarray:
+        """``(sample,)``: draws that died or are not finite somewhere."""
+        return dead | ~np.isfinite(states).all(axis=(1, 2, 3))
+
+
+def stackable(solver: Any) -> tuple | None:
+    """A key under which structures can share one solve, or None: a fixed-step
+    :class:`ude.model.solver.Solver` steps every row alike (its grid does not depend on the
+    states), so many structures' rows can go through one solve with results identical to
+    their own solves; an adaptive or stiff solver's steps depend on every row."""
+    if not isinstance(solver, Solver) or solver.method not in FIXED:
+        return None
+    return (solver.method, solver.step_size)
+
+
+@torch.no_grad()
+def solve_stacked(parts: list[Prepared], times: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The draws of several structures (each :class:`Prepared`, all with one
+    :func:`stackable` solver and the same states) in one solve: each structure's rows go
+    through its own right-hand side, the solver's steps and the blow-up checks are taken once
+    for all of them. Per structure: states ``(sample, condition, time, state)`` and the
+    draws that died ``(sample,)``. Raises :class:`SolverFailed` as a solve does."""
+    y0 = torch.cat([p.y0 for p in parts])
+    edges = np.cumsum([0] + [len(p.y0) for p in parts]).tolist()
+    blocks = list(zip(parts, edges[:-1], edges[1:], strict=True))
+
+    def known(y: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p.model.known_terms(y[a:b], p.context) for p, a, b in blocks])
+
+    bound = torch.cat([torch.full((len(p.y0), 1), p.bound, dtype=y0.dtype) for p in parts])
+    rhs = RowsRHS(known, y0.new_zeros(len(y0), 0), bound)
+    t = torch.as_tensor(times, dtype=y0.dtype, device=y0.device)
+    doses = [d for p in parts for d in p.doses]
+    model = parts[0].model
+    out = solve_with_doses(model.solver, rhs.dosing, y0, t, doses, model.spec.states)
+    out = out.transpose(0, 1)
+    return [p.split(out[a:b], rhs.dead[a:b]) for p, a, b in blocks]

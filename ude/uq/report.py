@@ -89,7 +89,8 @@ def predictive_band(
     unbounded = band.unbounded_from()
     out: dict[str, Any] = {
         "level": band.level,
-        "method": "structure mixture (evidence weights) x Laplace draws + observation noise; "
+        "method": f"structure mixture ({_source(band)} weights) x Laplace draws + observation "
+        "noise; "
         "draws that blow up count as outside the band (unbounded where over 1 - level)",
         "n_samples": band.n_samples,
         "n_failed": band.n_failed,
@@ -106,6 +107,11 @@ def predictive_band(
         out["mean_width"] = band.mean_width()
     out["warnings"] = band_warnings(band, unbounded)
     return band, out
+
+
+def _source(band: Any) -> str:
+    """Where the mixture's weights came from: ``bootstrap`` or ``evidence``."""
+    return next((c["weight_from"] for c in band.components if "weight_from" in c), "evidence")
 
 
 def band_warnings(band: Any, unbounded: list[float | None]) -> list[str]:
