@@ -272,6 +272,7 @@ ORACLE = {
     "search missed the truth": "search",
     "truth not in the library": "library",
     "truth's refit failed to solve": "failed",
+    "chosen is the truth's support": "constants",
 }
 """Short names of the oracle's verdicts (:mod:`ude.distill.oracle`) in the targets table."""
 
@@ -279,8 +280,9 @@ ORACLE = {
 def _oracle_counts(rows: list[dict]) -> str:
     """Of the cells whose structure is not exact: how many the data do not identify (the
     truth, refitted, scores behind the twin: ``data``), how many the search missed
-    (``search``), whose truth the library cannot express (``library``); cells run before the
-    oracle existed count as ``no oracle``."""
+    (``search``), whose truth the library cannot express (``library``), whose terms are the
+    truth's with a constant off (``constants``: a fitted Hill n more than 10 % from the
+    truth's); cells run before the oracle existed count as ``no oracle``."""
     missed = [r for r in rows if r.get("exact") is False]
     if not missed:
         return "—"
