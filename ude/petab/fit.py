@@ -62,6 +62,8 @@ def fit_problem(
     start: torch.Tensor | None = None,
     log_every: int | None = None,
     least_squares: int = 0,
+    shooting: int = 0,
+    shooting_evaluations: int = 0,
 ) -> tuple[PetabModel, dict]:
     """Fit ``problem``'s estimated parameters and networks (from ``start``, the estimated
     parameters on their scales, default the nominal values); returns the model at the best
@@ -69,8 +71,11 @@ def fit_problem(
     ``log`` gets the objective at the start, every ``log_every`` Adam steps (default a tenth
     of them) and during the polish.
 
-    Stages: trust-region least squares (at most ``least_squares`` solves; only where the
-    objective is a sum of squares, :mod:`ude.petab.least_squares`), then Adam, stepping back
+    Stages: with ``shooting`` above 1, multiple shooting over that many segments (at most
+    ``shooting_evaluations`` evaluations, :mod:`ude.petab.shooting`), whose parameters the
+    next stages start from; trust-region least squares (at most ``least_squares`` solves;
+    both only where the objective is a sum of squares, :mod:`ude.petab.least_squares`), then
+    Adam, stepping back
     from points the model cannot be solved at (:data:`STEP_BACKS`), then the L-BFGS-B polish.
     Adam's small steps find an optimum's basin where L-BFGS-B's first steps jump out of it
     (Elowitz, from its optimum moved 0.3 decades at random: 6 of 6 starts back at llh -21.96
@@ -103,6 +108,10 @@ def fit_problem(
     log(f"{name} {first:.6g} at the start")
     every = log_every or max(1, epochs // 10)
     best, best_state = first, snapshot()
+    shot = None
+    if shooting > 1 and has_residuals(model):
+        shot = _shoot(p, solver, model, lo, hi, shooting, shooting_evaluations, log)
+        best, best_state = shot["llh"], snapshot()
     if least_squares and has_residuals(model):
         found = least_squares_fit(model, *_bounds(model), least_squares, log)
         if found > best:
@@ -151,9 +160,49 @@ def fit_problem(
         "compiled_solve": model.compiled is not None,
         "step_backs": step_backs,
     }
+    if shot is not None:
+        metrics["shooting"] = shot
     if stop:
         metrics["stop_reason"] = stop
     return model, metrics
+
+
+def _shoot(
+    problem: PetabProblem,
+    solver: Solver,
+    model: PetabModel,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    segments: int,
+    evaluations: int,
+    log,
+) -> dict:
+    """Multiple shooting from ``model.theta``; ``model.theta`` ends at its result, or stays
+    where that cannot be solved in one piece. Returns the stages, the evaluations and the
+    single-shooting objective (``llh``) where ``model.theta`` ends."""
+    from ude.petab.shooting import ShootingModel, shooting_fit
+
+    start = model.theta.detach().clone()
+    shooter = ShootingModel(problem, solver, segments)
+    with torch.no_grad():
+        shooter.theta.copy_(start)
+    began = time.perf_counter()
+    try:
+        result = shooting_fit(shooter, lo, hi, evaluations, log=log)
+        with torch.no_grad():
+            model.theta.copy_(shooter.theta)
+            llh = float(model.forward())
+        if not math.isfinite(llh):
+            raise SolverFailed(f"llh {llh} in one piece")
+    except SolverFailed as err:
+        log(f"multiple shooting: no solve ({err}); going on from the start")
+        with torch.no_grad():
+            model.theta.copy_(start)
+            llh = float(model.forward())
+        result = {"stages": [], "evaluations": 0}
+    result.update(llh=llh, segments=shooter.segments, seconds=time.perf_counter() - began)
+    log(f"multiple shooting: llh {llh:.6g} in one piece ({shooter.segments} segments)")
+    return result
 
 
 def _polish(model, objective, params, lo, hi, steps, best, log) -> float:
@@ -283,6 +332,8 @@ def multistart(
     log=print,
     screen_points: int = 0,
     least_squares: int = 0,
+    shooting: int = 0,
+    shooting_evaluations: int = 0,
 ) -> dict:
     """:func:`fit_problem` from the nominal values (``nominal``) and from ``starts`` points
     within the bounds on each parameter's scale; the best fit is written to ``out_dir`` (a
@@ -293,8 +344,10 @@ def multistart(
     screen finds the basin of a global optimum that fits the data where other optima do not
     (an oscillator's frequency); it does not where a poor fit is the easy one to be near
     (Elowitz: the best 10 of 500 points are all near its flat fit, llh -92, and 9 of them end
-    there). Each start fits by least squares (at most ``least_squares`` solves, where the
-    objective is a sum of squares), Adam and L-BFGS-B (:func:`fit_problem`). A point where
+    there). Each start fits by multiple shooting over ``shooting`` segments (at most
+    ``shooting_evaluations`` evaluations; none with ``shooting`` 0), least squares (at most
+    ``least_squares`` solves; both where the objective is a sum of squares), Adam and
+    L-BFGS-B (:func:`fit_problem`). A point where
     the model cannot be solved is never chosen; a start that still cannot be solved draws
     another point (at most :data:`REDRAWS` times). ``log`` gets the screen's result, each
     start's progress, a few lines per start, each naming it (``start 2/4 (random 1): ...``):
@@ -350,6 +403,8 @@ def multistart(
                 point,
                 log_every=max(1, epochs // 4),
                 least_squares=least_squares,
+                shooting=shooting,
+                shooting_evaluations=shooting_evaluations,
             )
             if point is None or math.isfinite(metrics["first"]) or attempt == REDRAWS:
                 break

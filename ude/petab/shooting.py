@@ -27,16 +27,23 @@ from torch import nn
 
 from ude.model.solver import Solver, SolverFailed, _failure
 from ude.petab.fast import CompiledSolve, SolveFailed
-from ude.petab.least_squares import FAILED, MAX_STEPS, residuals
+from ude.petab.least_squares import FAILED, MAX_STEPS, SIGMA_SHIFT, residuals
 from ude.petab.objective import PetabModel
 from ude.petab.problem import PetabProblem
 
 Tensor = torch.Tensor
 
-WEIGHTS = (1.0, 10.0, 100.0, 1000.0, 10000.0)
-"""Continuity weights of the stages: a gap of one decade (states on a log scale) costs
-``weight / 2`` in negative log-likelihood units; at the last, a gap of 0.01 decades costs
-0.5 per state, so the polish starts from a trajectory continuous to about that."""
+WEIGHTS = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0)
+"""Continuity weights of the stages. A gap (between a segment's end and the next node, in
+decades for positive states) as large as the noise (sigma's geometric mean over the
+measurements) costs ``weight / 2`` in negative log-likelihood units: at the last stage a gap
+of 1/300 of sigma costs 0.5 per state, so the single-shooting polish starts from a trajectory
+that is continuous to about that."""
+
+SHOOTING_EVALUATIONS = 8000
+"""Evaluations of the multiple-shooting stages per start in ``python -m ude.petab fit``
+(each solves every segment once; a Jacobian takes one per parameter and one per group of
+nodes that do not interact)."""
 
 FLOOR = 1e-12
 """Relative floor of a positive state on its log scale (of the state's largest value along
@@ -55,8 +62,8 @@ class ShootingModel(PetabModel):
     """A :class:`PetabModel` whose trajectory is pieced together from segments (see the
     module docstring). ``nodes (experiment, segment - 1, state)`` are the later segments'
     initial states: ``log10`` of the state for states positive along the first simulation,
-    the state over its largest value there otherwise. :meth:`gaps` are the continuity residuals of the last
-    :meth:`simulate` (set there, so that one solve gives both)."""
+    the state over its largest value there otherwise. :meth:`gaps` are the continuity
+    residuals of the last :meth:`simulate` (set there, so that one solve gives both)."""
 
     def __init__(self, problem: PetabProblem, solver: Solver, segments: int):
         super().__init__(problem, solver=solver)
@@ -115,7 +122,12 @@ class ShootingModel(PetabModel):
                 h = [
                     fn(
                         torch.cat(
-                            [y, ctx[e], self.times[self._row_time[r]].reshape(1), overrides[ph[list(rows).index(r)]]]
+                            [
+                                y,
+                                ctx[e],
+                                self.times[self._row_time[r]].reshape(1),
+                                overrides[ph[list(rows).index(r)]],
+                            ]
                         )[None]
                     )[0, 0]
                     for y in at
@@ -204,9 +216,7 @@ def _sparsity(model: ShootingModel) -> np.ndarray:
             gap[e, k, :, e, k, :] = True  # its own gap
             if k + 1 < n_k:
                 gap[e, k + 1, :, e, k, :] = True  # where its segment ends
-    return np.concatenate(
-        [data.reshape(2 * n, -1), gap.reshape(n_e * n_k * n_s, n_e * n_k * n_s)]
-    )
+    return np.concatenate([data.reshape(2 * n, -1), gap.reshape(n_e * n_k * n_s, n_e * n_k * n_s)])
 
 
 def _groups(sparsity: np.ndarray) -> list[list[int]]:
@@ -243,7 +253,8 @@ def shooting_fit(
 
     model.start_nodes()
     n_theta = model.theta.numel()
-    n_rows = 2 * model._n_rows + model.nodes.numel()
+    n_data = model._n_rows
+    n_rows = 2 * n_data + model.nodes.numel()
     sparsity = _sparsity(model)
     groups = _groups(sparsity)
     count = {"evaluations": 0}
@@ -259,7 +270,12 @@ def shooting_fit(
         load(x)
         with torch.no_grad():
             try:
-                r = torch.cat([residuals(model), math.sqrt(weight) * model.gaps().flatten()])
+                r = residuals(model)
+                # gaps in units of the noise (its geometric mean): an estimated sigma that
+                # shrinks as the segments fit their data would weaken the weight otherwise
+                log_sigma = r[n_data:] ** 2 / 2 - SIGMA_SHIFT
+                sigma = torch.exp(log_sigma.mean())
+                r = torch.cat([r, math.sqrt(weight) / sigma * model.gaps().flatten()])
             except SolverFailed:
                 return np.full(n_rows, FAILED)
         out = r.numpy()
