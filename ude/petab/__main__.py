@@ -101,6 +101,14 @@ def main(argv: list[str] | None = None) -> None:
         help="evaluations of the multiple-shooting stages per start (each solves every "
         "segment once)",
     )
+    fit.add_argument(
+        "--windows",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a curriculum over the time course: least squares on the first 1/N of it, "
+        "then 2/N, ..., before the whole (default 0: the whole from the start)",
+    )
     fit.add_argument("--epochs", type=int, default=100, help="Adam steps per start")
     fit.add_argument("--lr", type=float, default=0.05, help="Adam's learning rate")
     fit.add_argument("--polish", type=int, default=1000, help="L-BFGS-B iterations per start")
@@ -124,6 +132,7 @@ def run_fit(args: argparse.Namespace) -> None:
     for flag, value, least in (
         ("--shooting", args.shooting, 0),
         ("--shooting-evaluations", args.shooting_evaluations, 1),
+        ("--windows", args.windows, 0),
     ):
         if value < least:
             raise UdeError(
@@ -146,6 +155,7 @@ def run_fit(args: argparse.Namespace) -> None:
         least_squares=args.least_squares,
         shooting=args.shooting,
         shooting_evaluations=args.shooting_evaluations,
+        windows=args.windows,
         log=functools.partial(print, flush=True),  # a line as it happens, into a log file too
     )
 

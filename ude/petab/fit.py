@@ -64,6 +64,7 @@ def fit_problem(
     least_squares: int = 0,
     shooting: int = 0,
     shooting_evaluations: int = 0,
+    windows: int = 0,
 ) -> tuple[PetabModel, dict]:
     """Fit ``problem``'s estimated parameters and networks (from ``start``, the estimated
     parameters on their scales, default the nominal values); returns the model at the best
@@ -71,7 +72,9 @@ def fit_problem(
     ``log`` gets the objective at the start, every ``log_every`` Adam steps (default a tenth
     of them) and during the polish.
 
-    Stages: with ``shooting`` above 1, multiple shooting over that many segments (at most
+    Stages: with ``windows`` above 1, least squares on the measurements up to ``j /
+    windows`` of the time course for ``j`` from 1 to ``windows - 1`` (``least_squares`` solves
+    each); with ``shooting`` above 1, multiple shooting over that many segments (at most
     ``shooting_evaluations`` evaluations, :mod:`ude.petab.shooting`), whose parameters the
     next stages start from; trust-region least squares (at most ``least_squares`` solves;
     both only where the objective is a sum of squares, :mod:`ude.petab.least_squares`), then
@@ -112,6 +115,12 @@ def fit_problem(
     if shooting > 1 and has_residuals(model):
         shot = _shoot(p, solver, model, lo, hi, shooting, shooting_evaluations, log)
         best, best_state = shot["llh"], snapshot()
+    if least_squares and windows > 1 and has_residuals(model):
+        # a curriculum over the time course: the first part of the data, then more
+        t0, t1 = float(model.times[0]), float(model.times[-1])
+        for j in range(1, windows):
+            until = t0 + (t1 - t0) * j / windows
+            least_squares_fit(model, *_bounds(model), least_squares, log, until=until)
     if least_squares and has_residuals(model):
         found = least_squares_fit(model, *_bounds(model), least_squares, log)
         if found > best:
@@ -334,6 +343,7 @@ def multistart(
     least_squares: int = 0,
     shooting: int = 0,
     shooting_evaluations: int = 0,
+    windows: int = 0,
 ) -> dict:
     """:func:`fit_problem` from the nominal values (``nominal``) and from ``starts`` points
     within the bounds on each parameter's scale; the best fit is written to ``out_dir`` (a
@@ -405,6 +415,7 @@ def multistart(
                 least_squares=least_squares,
                 shooting=shooting,
                 shooting_evaluations=shooting_evaluations,
+                windows=windows,
             )
             if point is None or math.isfinite(metrics["first"]) or attempt == REDRAWS:
                 break
