@@ -470,35 +470,46 @@ def test_least_squares_residuals_are_the_likelihood() -> None:
     assert lines[-1].startswith("least squares: llh ")
 
 
-def test_multiple_shooting_finds_the_oscillators_optimum_where_single_shooting_does_not(
+def test_multiple_shooting_and_windows_find_the_oscillators_optimum_where_single_shooting_does_not(
     tmp_path: Path,
 ) -> None:
     """From w = 1 (period 6.3 against 3.1), least squares and L-BFGS-B on the one trajectory
-    end in a local optimum (-1644, the likelihood at w = 2 is 56.73); multiple shooting over
-    10 segments, its nodes from the data (x) and the simulation (v), reaches w = 2, and the
-    single-shooting stages after it keep it."""
+    end in a local optimum (-1644, the likelihood at w = 2 is 56.73). Multiple shooting over
+    10 segments (its nodes from the data for x, the simulation for v) reaches w = 2, and so
+    does least squares on the first quarter of the time course, then half, three quarters;
+    the single-shooting stages after either keep it."""
     problem = _oscillator(tmp_path)
     solver = Solver("dopri5", rtol=1e-8, atol=1e-10, max_steps=100_000)
     top = 41 * -np.log(0.1 * np.sqrt(2 * np.pi))
     start = torch.tensor([1.0], dtype=torch.float64)
-    results = {}
-    for segments in (0, 10):
-        model, results[segments] = fit_problem(
+    results, fitted = {}, {}
+    for name, options in {
+        "single": {},
+        "shooting": {"shooting": 10, "shooting_evaluations": 1000},
+        "windows": {"windows": 4},
+    }.items():
+        lines: list[str] = []
+        model, results[name] = fit_problem(
             load_problem(problem),
             solver,
             0,
             0.0,
             50,
-            log=lambda line: None,
+            log=lines.append,
             start=start,
             least_squares=200,
-            shooting=segments,
-            shooting_evaluations=1000,
+            **options,
         )
-    assert results[0]["best"] < top - 1000 and "shooting" not in results[0]
-    assert results[10]["best"] == pytest.approx(top, abs=1e-6)
-    assert float(model.theta.detach()[0]) == pytest.approx(2.0, abs=1e-6)
-    assert results[10]["shooting"]["segments"] == 10
+        fitted[name] = float(model.theta.detach()[0])
+        if name == "windows":
+            assert [line.split(":")[0] for line in lines[1:4]] == [
+                f"least squares (measurements up to t={t})" for t in ("2.5", "5", "7.5")
+            ]
+    assert results["single"]["best"] < top - 1000 and "shooting" not in results["single"]
+    for name in ("shooting", "windows"):
+        assert results[name]["best"] == pytest.approx(top, abs=1e-6)
+        assert fitted[name] == pytest.approx(2.0, abs=1e-6)
+    assert results["shooting"]["shooting"]["segments"] == 10
 
 
 def test_multiple_shooting_ends_continuous(tmp_path: Path) -> None:
