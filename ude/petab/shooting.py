@@ -61,9 +61,10 @@ def segment_bounds(n_times: int, segments: int) -> list[int]:
 class ShootingModel(PetabModel):
     """A :class:`PetabModel` whose trajectory is pieced together from segments (see the
     module docstring). ``nodes (experiment, segment - 1, state)`` are the later segments'
-    initial states: ``log10`` of the state for states positive along the first simulation,
-    the state over its largest value there otherwise. :meth:`gaps` are the continuity
-    residuals of the last :meth:`simulate` (set there, so that one solve gives both)."""
+    initial states: ``log10`` of the state (plus its floor, :data:`FLOOR`) for states
+    positive along the first simulation, the state over its largest value there otherwise.
+    :meth:`gaps` are the continuity residuals of the last :meth:`simulate` (set there, so
+    that one solve gives both)."""
 
     def __init__(self, problem: PetabProblem, solver: Solver, segments: int):
         super().__init__(problem, solver=solver)
@@ -112,7 +113,7 @@ class ShootingModel(PetabModel):
             if {str(s) for s in slope.free_symbols} & set(self.states):
                 continue
             j = self.states.index(name)
-            for r in rows.tolist():
+            for i, r in enumerate(rows.tolist()):
                 k = node_of_time.get(int(self._row_time[r]))
                 if k is None:
                     continue
@@ -126,7 +127,7 @@ class ShootingModel(PetabModel):
                                 y,
                                 ctx[e],
                                 self.times[self._row_time[r]].reshape(1),
-                                overrides[ph[list(rows).index(r)]],
+                                overrides[ph[i]],
                             ]
                         )[None]
                     )[0, 0]
@@ -212,7 +213,8 @@ def _sparsity(model: ShootingModel) -> np.ndarray:
     gap = np.zeros((n_e, n_k, n_s, n_e, n_k, n_s), dtype=bool)
     for e in range(n_e):
         for k in range(n_k):  # node k starts segment k + 1
-            data[np.where((row_exp == e) & (row_seg == k + 1))[0], e, k, :] = True
+            rows = np.where((row_exp == e) & (row_seg == k + 1))[0]
+            data[np.concatenate([rows, n + rows]), e, k, :] = True  # sigma may use states
             gap[e, k, :, e, k, :] = True  # its own gap
             if k + 1 < n_k:
                 gap[e, k + 1, :, e, k, :] = True  # where its segment ends
