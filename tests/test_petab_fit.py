@@ -602,3 +602,17 @@ def test_fit_rejects_a_negative_shooting(tmp_path: Path, capsys) -> None:
     assert exit_.value.code == 2 and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and "--shooting -2" in err
     assert not (tmp_path / "f").exists()
+
+
+def test_shooting_and_windows_say_when_a_problem_has_no_sum_of_squares() -> None:
+    """A problem with a network (no sum of squares) fits as before, and says why neither
+    multiple shooting nor the windows ran."""
+    problem = load_problem(SCIML / "001" / "petab" / "problem.yaml")
+    solver = Solver("dopri5", rtol=1e-8, atol=1e-10, max_steps=100_000)
+    lines: list[str] = []
+    _, metrics = fit_problem(
+        problem, solver, 2, 1e-3, 0, log=lines.append, shooting=5, windows=3, least_squares=10
+    )
+    assert "shooting" not in metrics and metrics["epochs"] == 2
+    assert any(line.startswith("no multiple shooting or windows:") for line in lines)
+    assert not any("least squares" in line for line in lines)

@@ -90,9 +90,9 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         metavar="K",
         help="multiple shooting over K segments of the time course before the other stages "
-        "(K initial states per experiment fitted beside the parameters, from the data where "
-        "an observable measures one state, joined stage by stage; problems with normal "
-        "noise and no networks or priors; default 0: none)",
+        "(the states where each later segment starts fitted beside the parameters, from the "
+        "data where an observable measures one state, the segments joined stage by stage; "
+        "problems with normal noise and no networks or priors; default 0: none)",
     )
     fit.add_argument(
         "--shooting-evaluations",

@@ -72,14 +72,15 @@ def fit_problem(
     ``log`` gets the objective at the start, every ``log_every`` Adam steps (default a tenth
     of them) and during the polish.
 
-    Stages: with ``windows`` above 1, least squares on the measurements up to ``j /
-    windows`` of the time course for ``j`` from 1 to ``windows - 1`` (``least_squares`` solves
-    each); with ``shooting`` above 1, multiple shooting over that many segments (at most
+    Stages: with ``shooting`` above 1, multiple shooting over that many segments (at most
     ``shooting_evaluations`` evaluations, :mod:`ude.petab.shooting`), whose parameters the
-    next stages start from; trust-region least squares (at most ``least_squares`` solves;
-    both only where the objective is a sum of squares, :mod:`ude.petab.least_squares`), then
-    Adam, stepping back
-    from points the model cannot be solved at (:data:`STEP_BACKS`), then the L-BFGS-B polish.
+    next stages start from (better or not than the start: a random start is no fit to keep);
+    with ``windows`` above 1, least squares on the measurements up to ``j / windows`` of the
+    time course for ``j`` from 1 to ``windows - 1`` (``least_squares`` solves each);
+    trust-region least squares on all of them (at most ``least_squares`` solves; these three
+    only where the objective is a sum of squares, :mod:`ude.petab.least_squares`), then
+    Adam, stepping back from points the model cannot be solved at (:data:`STEP_BACKS`), then
+    the L-BFGS-B polish.
     Adam's small steps find an optimum's basin where L-BFGS-B's first steps jump out of it
     (Elowitz, from its optimum moved 0.3 decades at random: 6 of 6 starts back at llh -21.96
     to -21.99 with Adam first, 0 of 6 with the polish alone)."""
@@ -112,16 +113,22 @@ def fit_problem(
     every = log_every or max(1, epochs // 10)
     best, best_state = first, snapshot()
     shot = None
-    if shooting > 1 and has_residuals(model):
+    squares = has_residuals(model)
+    if (shooting > 1 or windows > 1) and not squares:
+        log(
+            "no multiple shooting or windows: the objective is no sum of squares (it needs "
+            "normal noise, no networks, no priors)"
+        )
+    if shooting > 1 and squares:
         shot = _shoot(p, solver, model, lo, hi, shooting, shooting_evaluations, log)
         best, best_state = shot["llh"], snapshot()
-    if least_squares and windows > 1 and has_residuals(model):
+    if least_squares and windows > 1 and squares:
         # a curriculum over the time course: the first part of the data, then more
         t0, t1 = float(model.times[0]), float(model.times[-1])
         for j in range(1, windows):
             until = t0 + (t1 - t0) * j / windows
             least_squares_fit(model, *_bounds(model), least_squares, log, until=until)
-    if least_squares and has_residuals(model):
+    if least_squares and squares:
         found = least_squares_fit(model, *_bounds(model), least_squares, log)
         if found > best:
             best, best_state = found, snapshot()
@@ -355,9 +362,10 @@ def multistart(
     (an oscillator's frequency); it does not where a poor fit is the easy one to be near
     (Elowitz: the best 10 of 500 points are all near its flat fit, llh -92, and 9 of them end
     there). Each start fits by multiple shooting over ``shooting`` segments (at most
-    ``shooting_evaluations`` evaluations; none with ``shooting`` 0), least squares (at most
-    ``least_squares`` solves; both where the objective is a sum of squares), Adam and
-    L-BFGS-B (:func:`fit_problem`). A point where
+    ``shooting_evaluations`` evaluations; none with ``shooting`` 0), least squares over a
+    growing time window (``windows`` stages; none with 0) and on all the data (at most
+    ``least_squares`` solves each; all three where the objective is a sum of squares), Adam
+    and L-BFGS-B (:func:`fit_problem`). A point where
     the model cannot be solved is never chosen; a start that still cannot be solved draws
     another point (at most :data:`REDRAWS` times). ``log`` gets the screen's result, each
     start's progress, a few lines per start, each naming it (``start 2/4 (random 1): ...``):
