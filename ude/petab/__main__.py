@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from ude.petab.fit import LEAST_SQUARES
+from ude.petab.shooting import SHOOTING_EVALUATIONS
 from ude.runs import exit_2_on_user_errors
 
 AUTO_STEPS = 20_000  # dopri5 steps per experiment before auto switches to rodas5p
@@ -83,6 +84,31 @@ def main(argv: list[str] | None = None) -> None:
         help="solves of the trust-region least-squares stage per start, before Adam (problems "
         "with normal noise and no networks or priors; 0: none)",
     )
+    fit.add_argument(
+        "--shooting",
+        type=int,
+        default=0,
+        metavar="K",
+        help="multiple shooting over K segments of the time course before the other stages "
+        "(the states where each later segment starts fitted beside the parameters, from the "
+        "data where an observable measures one state, the segments joined stage by stage; "
+        "problems with normal noise and no networks or priors; default 0: none)",
+    )
+    fit.add_argument(
+        "--shooting-evaluations",
+        type=int,
+        default=SHOOTING_EVALUATIONS,
+        help="evaluations of the multiple-shooting stages per start (each solves every "
+        "segment once)",
+    )
+    fit.add_argument(
+        "--windows",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a curriculum over the time course: least squares on the first 1/N of it, "
+        "then 2/N, ..., before the whole (default 0: the whole from the start)",
+    )
     fit.add_argument("--epochs", type=int, default=100, help="Adam steps per start")
     fit.add_argument("--lr", type=float, default=0.05, help="Adam's learning rate")
     fit.add_argument("--polish", type=int, default=1000, help="L-BFGS-B iterations per start")
@@ -99,9 +125,21 @@ def main(argv: list[str] | None = None) -> None:
 def run_fit(args: argparse.Namespace) -> None:
     import functools
 
+    from ude.errors import UdeError
     from ude.model.solver import Solver
     from ude.petab.fit import multistart
 
+    for flag, value, least in (
+        ("--shooting", args.shooting, 0),
+        ("--shooting-evaluations", args.shooting_evaluations, 1),
+        ("--windows", args.windows, 0),
+    ):
+        if value < least:
+            raise UdeError(
+                f"{flag} {value}: must be at least {least}",
+                source="python -m ude.petab fit",
+                fix=f"give {flag} a whole number from {least} up",
+            )
     solver = Solver(args.solver, rtol=args.rtol, atol=args.atol, max_steps=100_000)
     multistart(
         args.problem,
@@ -115,6 +153,9 @@ def run_fit(args: argparse.Namespace) -> None:
         nominal=not args.no_nominal,
         screen_points=args.screen,
         least_squares=args.least_squares,
+        shooting=args.shooting,
+        shooting_evaluations=args.shooting_evaluations,
+        windows=args.windows,
         log=functools.partial(print, flush=True),  # a line as it happens, into a log file too
     )
 

@@ -62,6 +62,9 @@ def fit_problem(
     start: torch.Tensor | None = None,
     log_every: int | None = None,
     least_squares: int = 0,
+    shooting: int = 0,
+    shooting_evaluations: int = 0,
+    windows: int = 0,
 ) -> tuple[PetabModel, dict]:
     """Fit ``problem``'s estimated parameters and networks (from ``start``, the estimated
     parameters on their scales, default the nominal values); returns the model at the best
@@ -69,9 +72,15 @@ def fit_problem(
     ``log`` gets the objective at the start, every ``log_every`` Adam steps (default a tenth
     of them) and during the polish.
 
-    Stages: trust-region least squares (at most ``least_squares`` solves; only where the
-    objective is a sum of squares, :mod:`ude.petab.least_squares`), then Adam, stepping back
-    from points the model cannot be solved at (:data:`STEP_BACKS`), then the L-BFGS-B polish.
+    Stages: with ``shooting`` above 1, multiple shooting over that many segments (at most
+    ``shooting_evaluations`` evaluations, :mod:`ude.petab.shooting`), whose parameters the
+    next stages start from (better or not than the start: a random start is no fit to keep);
+    with ``windows`` above 1, least squares on the measurements up to ``j / windows`` of the
+    time course for ``j`` from 1 to ``windows - 1`` (``least_squares`` solves each);
+    trust-region least squares on all of them (at most ``least_squares`` solves; these three
+    only where the objective is a sum of squares, :mod:`ude.petab.least_squares`), then
+    Adam, stepping back from points the model cannot be solved at (:data:`STEP_BACKS`), then
+    the L-BFGS-B polish.
     Adam's small steps find an optimum's basin where L-BFGS-B's first steps jump out of it
     (Elowitz, from its optimum moved 0.3 decades at random: 6 of 6 starts back at llh -21.96
     to -21.99 with Adam first, 0 of 6 with the polish alone)."""
@@ -103,7 +112,23 @@ def fit_problem(
     log(f"{name} {first:.6g} at the start")
     every = log_every or max(1, epochs // 10)
     best, best_state = first, snapshot()
-    if least_squares and has_residuals(model):
+    shot = None
+    squares = has_residuals(model)
+    if (shooting > 1 or windows > 1) and not squares:
+        log(
+            "no multiple shooting or windows: the objective is no sum of squares (it needs "
+            "normal noise, no networks, no priors)"
+        )
+    if shooting > 1 and squares:
+        shot = _shoot(p, solver, model, lo, hi, shooting, shooting_evaluations, log)
+        best, best_state = shot["llh"], snapshot()
+    if least_squares and windows > 1 and squares:
+        # a curriculum over the time course: the first part of the data, then more
+        t0, t1 = float(model.times[0]), float(model.times[-1])
+        for j in range(1, windows):
+            until = t0 + (t1 - t0) * j / windows
+            least_squares_fit(model, *_bounds(model), least_squares, log, until=until)
+    if least_squares and squares:
         found = least_squares_fit(model, *_bounds(model), least_squares, log)
         if found > best:
             best, best_state = found, snapshot()
@@ -151,9 +176,49 @@ def fit_problem(
         "compiled_solve": model.compiled is not None,
         "step_backs": step_backs,
     }
+    if shot is not None:
+        metrics["shooting"] = shot
     if stop:
         metrics["stop_reason"] = stop
     return model, metrics
+
+
+def _shoot(
+    problem: PetabProblem,
+    solver: Solver,
+    model: PetabModel,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    segments: int,
+    evaluations: int,
+    log,
+) -> dict:
+    """Multiple shooting from ``model.theta``; ``model.theta`` ends at its result, or stays
+    where that cannot be solved in one piece. Returns the stages, the evaluations and the
+    single-shooting objective (``llh``) where ``model.theta`` ends."""
+    from ude.petab.shooting import ShootingModel, shooting_fit
+
+    start = model.theta.detach().clone()
+    shooter = ShootingModel(problem, solver, segments)
+    with torch.no_grad():
+        shooter.theta.copy_(start)
+    began = time.perf_counter()
+    try:
+        result = shooting_fit(shooter, lo, hi, evaluations, log=log)
+        with torch.no_grad():
+            model.theta.copy_(shooter.theta)
+            llh = float(model.forward())
+        if not math.isfinite(llh):
+            raise SolverFailed(f"llh {llh} in one piece")
+    except SolverFailed as err:
+        log(f"multiple shooting: no solve ({err}); going on from the start")
+        with torch.no_grad():
+            model.theta.copy_(start)
+            llh = float(model.forward())
+        result = {"stages": [], "evaluations": 0}
+    result.update(llh=llh, segments=shooter.segments, seconds=time.perf_counter() - began)
+    log(f"multiple shooting: llh {llh:.6g} in one piece ({shooter.segments} segments)")
+    return result
 
 
 def _polish(model, objective, params, lo, hi, steps, best, log) -> float:
@@ -283,6 +348,9 @@ def multistart(
     log=print,
     screen_points: int = 0,
     least_squares: int = 0,
+    shooting: int = 0,
+    shooting_evaluations: int = 0,
+    windows: int = 0,
 ) -> dict:
     """:func:`fit_problem` from the nominal values (``nominal``) and from ``starts`` points
     within the bounds on each parameter's scale; the best fit is written to ``out_dir`` (a
@@ -293,8 +361,11 @@ def multistart(
     screen finds the basin of a global optimum that fits the data where other optima do not
     (an oscillator's frequency); it does not where a poor fit is the easy one to be near
     (Elowitz: the best 10 of 500 points are all near its flat fit, llh -92, and 9 of them end
-    there). Each start fits by least squares (at most ``least_squares`` solves, where the
-    objective is a sum of squares), Adam and L-BFGS-B (:func:`fit_problem`). A point where
+    there). Each start fits by multiple shooting over ``shooting`` segments (at most
+    ``shooting_evaluations`` evaluations; none with ``shooting`` 0), least squares over a
+    growing time window (``windows`` stages; none with 0) and on all the data (at most
+    ``least_squares`` solves each; all three where the objective is a sum of squares), Adam
+    and L-BFGS-B (:func:`fit_problem`). A point where
     the model cannot be solved is never chosen; a start that still cannot be solved draws
     another point (at most :data:`REDRAWS` times). ``log`` gets the screen's result, each
     start's progress, a few lines per start, each naming it (``start 2/4 (random 1): ...``):
@@ -350,6 +421,9 @@ def multistart(
                 point,
                 log_every=max(1, epochs // 4),
                 least_squares=least_squares,
+                shooting=shooting,
+                shooting_evaluations=shooting_evaluations,
+                windows=windows,
             )
             if point is None or math.isfinite(metrics["first"]) or attempt == REDRAWS:
                 break

@@ -47,7 +47,12 @@ def has_residuals(model: PetabModel) -> bool:
 def residuals(model: PetabModel) -> torch.Tensor:
     """``(2 n,)``: the ``n`` measurements' weighted residuals, then their noise terms (see the
     module docstring); raises SolverFailed where the model cannot be solved."""
-    h, sigma, _ = model.observe()
+    return residuals_and_llh(model)[0]
+
+
+def residuals_and_llh(model: PetabModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`residuals` and the measurements' log-likelihoods ``(n,)``, from one solve."""
+    h, sigma, ll = model.observe()
     r = torch.empty_like(h)
     for _oid, rows, _fn, _ph, o in model._observables:
         m, y = model.values[rows], h[rows]
@@ -56,31 +61,43 @@ def residuals(model: PetabModel) -> torch.Tensor:
         elif o.noise.transformation == "log10":
             m, y = torch.log10(m), torch.log10(y)
         r[rows] = (m - y) / sigma[rows]
-    return torch.cat([r, torch.sqrt(2.0 * (torch.log(sigma) + SIGMA_SHIFT))])
+    return torch.cat([r, torch.sqrt(2.0 * (torch.log(sigma) + SIGMA_SHIFT))]), ll
 
 
 def least_squares_fit(
-    model: PetabModel, lo: torch.Tensor, hi: torch.Tensor, evaluations: int, log=print
+    model: PetabModel,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    evaluations: int,
+    log=print,
+    until: float | None = None,
 ) -> float:
     """Fit ``model.theta`` within ``[lo, hi]`` by trust-region least squares, at most
     ``evaluations`` solves (the finite-difference Jacobians' included); ``model.theta`` ends at
-    the best point evaluated. Returns its log-likelihood (-inf where none could be solved)."""
+    the best point evaluated. Returns its log-likelihood (-inf where none could be solved).
+    With ``until``, only the measurements up to that time count (in the fit, the best point
+    and the log-likelihood returned)."""
     from scipy.optimize import least_squares
 
     best = {"llh": -math.inf, "x": None, "solves": 0}
     n_theta = model.theta.numel()
+    rows = torch.ones(len(model.values), dtype=torch.bool)
+    if until is not None:
+        rows = model.times[model._row_time] <= until
+    kept = torch.cat([rows, rows])
+    n_out = int(kept.sum())
 
     def fun(x: np.ndarray) -> np.ndarray:
         best["solves"] += 1
         with torch.no_grad():
             model.theta.copy_(torch.as_tensor(x, dtype=model.theta.dtype))
             try:
-                out = residuals(model).numpy()
-                llh = float(model.forward())
+                r, ll = residuals_and_llh(model)
             except SolverFailed:
-                return np.full(2 * len(model.values), FAILED)
+                return np.full(n_out, FAILED)
+        out, llh = r[kept].numpy(), float(ll[rows].sum())
         if not (np.isfinite(out).all() and math.isfinite(llh)):
-            return np.full(2 * len(model.values), FAILED)
+            return np.full(n_out, FAILED)
         if llh > best["llh"]:
             best["llh"], best["x"] = llh, x.copy()
         return out
@@ -109,5 +126,6 @@ def least_squares_fit(
             model.solver.max_steps = steps
     with torch.no_grad():
         model.theta.copy_(torch.as_tensor(x0 if best["x"] is None else best["x"]))
-    log(f"least squares: llh {best['llh']:.6g} after {best['solves']} solves")
+    window = "" if until is None else f" (measurements up to t={until:g})"
+    log(f"least squares{window}: llh {best['llh']:.6g} after {best['solves']} solves")
     return best["llh"]
