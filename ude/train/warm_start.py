@@ -126,6 +126,7 @@ def gradient_matching(
     step: Callable[[], object] | None = None,
     cycles: int = 1,
     plateau: float = 1e-3,
+    unexplained: float = 0.4,
     on_cycle: Callable[[int], object] | None = None,
 ) -> WarmStartResult:
     """Fit ``model``'s networks and learned parameters to the smoothed derivatives; set the
@@ -134,12 +135,14 @@ def gradient_matching(
     given, and the ones of conditions without enough data to smooth (NaN in
     ``smoothed.initial``).
 
-    A cycle is ``steps`` AdamW steps with the learning rate cosine-decayed from ``lr``. A
-    cycle whose second half lowers the loss by less than the fraction ``plateau`` ended on
-    a plateau: the networks sit on a flat solution (a steep switch such as a Hill repression
-    not found yet, where the loss stays put for hundreds of steps before it falls), so
-    another cycle starts from the full rate, up to ``cycles`` in all. A cycle that is still
-    making progress is the last one, so a fit that works in one cycle runs exactly one.
+    A cycle is ``steps`` AdamW steps with the learning rate cosine-decayed from ``lr``. The
+    fit has not taken hold when a cycle ends on a plateau (its second half lowers the loss by
+    less than the fraction ``plateau``) or still leaves more than the fraction
+    ``unexplained`` of the loss before the first step (of what the known terms leave
+    unexplained): the networks sit on or creep along a flat solution, as before a steep
+    switch such as a Hill repression is found (the loss stays put for hundreds of steps,
+    then falls tenfold). Then another cycle starts from the full rate, up to ``cycles`` in
+    all; a fit that takes hold in one cycle runs exactly one.
     ``step`` (optional) is called after each step (progress), ``on_cycle`` with the number
     of each cycle after the first before it starts."""
     p0 = next(model.parameters())
@@ -159,7 +162,7 @@ def gradient_matching(
         lr=lr,
     )
     loss = torch.tensor(float("nan"))
-    done = 0
+    done, first = 0, None
     if steps > 0 and any(p.requires_grad for p in nets + params):
         for done in range(1, max(int(cycles), 1) + 1):
             if done > 1 and on_cycle is not None:
@@ -175,6 +178,8 @@ def gradient_matching(
                 resid = model.known_terms(y, ctx) + model.neural_terms(y, ctx) - dy
                 resid = resid / model.deriv_scale
                 loss = (resid * resid).mean()
+                if first is None:
+                    first = float(loss.detach())
                 if k == steps // 2:
                     halfway = float(loss.detach())
                 opt.zero_grad()
@@ -183,8 +188,9 @@ def gradient_matching(
                 schedule.step()
                 if step is not None:
                     step()
-            final = float(loss.detach())  # NaN: not a plateau, and nothing more to try
-            if not (steps >= 2 and final >= (1.0 - plateau) * halfway):
+            final = float(loss.detach())  # NaN: neither, and nothing more to try
+            on_plateau = steps >= 2 and final >= (1.0 - plateau) * halfway
+            if not (on_plateau or final > unexplained * first):
                 break
     with torch.no_grad():
         start = as_t(smoothed.initial)
