@@ -5,9 +5,10 @@ When the chosen twin's structure is not the truth's, was the truth out of the se
 are found in its library (by form: a term's constants, ``K`` and a Hill ``n``, are fitted, as
 the search fits them), their coefficients and constants solved on the integral-matching screen
 (:meth:`ude.distill.integral.IntegralProblem.refine`), and the resulting candidate refitted and
-scored exactly as the search scores its own candidates. A truth that scores better than the
-twin is a miss of the search; one that scores worse is a limit of the data under the
-criterion (no method that selects by fit to these data would choose it).
+scored exactly as the search scores its own candidates (from the screen's solution and from
+the chosen twin's refit of the terms they share). A truth the selection would have taken,
+offered beside its own candidates, is a miss of the search; otherwise the data prefer the
+twin under the criterion (no method that selects by fit to these data would choose the truth).
 """
 
 from __future__ import annotations
