@@ -121,9 +121,9 @@ def test_a_warm_start_that_makes_progress_runs_one_cycle_exactly_as_before():
 
 
 def test_a_warm_start_creeping_along_the_flat_solution_runs_another_cycle():
-    """Goodwin with 2 replicates (the benchmark's cell): the first cycle's loss still falls (5 % over its second
-    half, no plateau) but stays at 60 % of its start, on the flat solution; a second cycle
-    finds the switch."""
+    """Goodwin with 2 replicates (the benchmark's cell): the first cycle's loss still falls
+    (5 % over its second half, no plateau) but stays at 60 % of its start, on the flat
+    solution; a second cycle finds the switch."""
     from ude.fit import truth_errors
 
     model, smoothed, m = _warm_start_inputs("goodwin", 0.05, replicates=2, n_times=30)
