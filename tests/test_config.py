@@ -22,7 +22,7 @@ import ude.runs  # noqa: F401 - registers the config's resolvers, as train.py do
 from ude.conf import CONF_DIR
 from ude.data.datamodule import ConditionsDataModule
 from ude.distill import Distiller
-from ude.distill.cli import make_distiller
+from ude.distill.cli import distill_enabled, make_distiller
 from ude.model.hybrid import HybridODE
 from ude.model.solver import Solver
 from ude.runs import build_run
@@ -150,7 +150,7 @@ def test_callback_options_construct_callbacks(make_cfg, option):
 def test_distill_options_construct_a_distiller_or_none(make_cfg, option):
     cfg = make_cfg(f"distill={option}")
     if option == "none":
-        assert not cfg.distill  # train.py skips the distillation
+        assert not distill_enabled(cfg)  # train.py skips the distillation
         return
     distiller = instantiate(cfg.distill.distiller)
     assert isinstance(distiller, Distiller)

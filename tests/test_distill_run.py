@@ -17,8 +17,8 @@ from omegaconf import OmegaConf
 
 import train
 from ude.distill import load_twin
+from ude.distill.cli import load_run, new_distill_dir, summary
 from ude.distill.cli import main as distill_main
-from ude.distill.cli import new_distill_dir, summary
 from ude.distill.report import STATUSES
 from ude.errors import UdeError
 from ude.progress import ConsoleProgress
@@ -171,9 +171,15 @@ def _assert_consistent(report: dict) -> None:
 
 
 def test_distill_none_turns_it_off(make_cfg, tmp_path):
-    metrics = train.train(make_cfg("distill=none", *QUICK[:4]))
+    """Also where keys are added under distill, as experiment=virtual_population does (it
+    used to stop with a traceback); python -m ude.distill later distils with the defaults
+    and those keys."""
+    metrics = train.train(make_cfg("distill=none", "+distill.distiller.tie=3.0", *QUICK[:4]))
     assert "distill" not in metrics
     assert not (tmp_path / "run" / "twin.json").exists()
+    cfg, *_ = load_run(tmp_path / "run", [])
+    assert cfg.distill.distiller.tie == 3.0 and "enabled" not in cfg.distill
+    assert cfg.distill.distiller._target_ == "ude.distill.Distiller"
 
 
 def test_distill_cli_errors_name_the_file(tmp_path):

@@ -124,7 +124,9 @@ def train_config(overrides: Sequence[str] = ()) -> DictConfig:
 def check_library_choice(cfg: DictConfig, spec: ModelSpec) -> None:
     """A bad ``distill.library`` (unknown family, undeclared name in a custom term) is an
     error before training, not after."""
-    choice = cfg.get("distill", {}).get("library") if cfg.get("distill") else None
+    from ude.distill.cli import distill_enabled
+
+    choice = cfg.distill.get("library") if distill_enabled(cfg) else None
     if choice is None:
         return
     raw = OmegaConf.to_container(choice, resolve=True) if isinstance(choice, Container) else choice

@@ -26,6 +26,14 @@ from ude.twin.symbolic import not_identified
 DEFAULT = CONF_DIR / "distill" / "default.yaml"
 
 
+def distill_enabled(cfg: DictConfig) -> bool:
+    """Whether the run's config asks for a distillation: ``distill=none`` sets
+    ``distill.enabled: false``, which holds even where an experiment adds keys under
+    ``distill`` (its distiller's options then wait for ``python -m ude.distill``)."""
+    distill = cfg.get("distill")
+    return bool(distill) and bool(distill.get("enabled", True))
+
+
 def run_distill(
     cfg: DictConfig,
     model: HybridODE,
@@ -307,8 +315,10 @@ def load_run(
                 "not found", source=str(p), fix="give the directory of a finished train.py run"
             )
     cfg = OmegaConf.load(cfg_path)
-    if not cfg.get("distill"):
-        OmegaConf.update(cfg, "distill", OmegaConf.load(DEFAULT), force_add=True)
+    if not distill_enabled(cfg):  # trained with distill=none: the defaults, the run's keys on top
+        kept = {k: v for k, v in (cfg.get("distill") or {}).items() if k != "enabled"}
+        merged = OmegaConf.merge(OmegaConf.load(DEFAULT), kept)
+        OmegaConf.update(cfg, "distill", merged, merge=False, force_add=True)
     for item in overrides:
         _override(cfg, item)
     datamodule, model, module = build_run(cfg)
