@@ -170,17 +170,21 @@ class StructureMixture:
         self.seed = seed
         self.noise = noise
 
-    def components(self, result: Distillation) -> list[tuple[Any, float, HybridODE, str]]:
+    def components(
+        self, result: Distillation
+    ) -> tuple[list[tuple[Any, float, HybridODE, str]], str]:
         """``(scored, weight, model, label)`` of each structure kept, heaviest first; the
-        weights (:func:`structure_weights`) renormalised over them."""
+        weights (:func:`structure_weights`) renormalised over them; and where they come from."""
         kept = []
-        for s, w, model, chosen in structure_weights(result, self.weights)[0]:
+        weighted, source = structure_weights(result, self.weights)
+        for s, w, model, chosen in weighted:
             if chosen or (w > self.floor and s.refit.ok and model is not None):
                 # the twin itself always counts
                 label = "; ".join(f"d{t}: {e}" for t, e in result.describe(s).items())
                 kept.append((s, max(float(w), self.floor) if chosen else float(w), model, label))
         total = sum(w for _, w, _, _ in kept)
-        return sorted([(s, w / total, m, lbl) for s, w, m, lbl in kept], key=lambda c: -c[1])
+        comps = [(s, w / total, m, lbl) for s, w, m, lbl in kept]
+        return sorted(comps, key=lambda c: -c[1]), source
 
     def band(
         self,
@@ -196,8 +200,7 @@ class StructureMixture:
         (as :meth:`ude.distill.uncertainty.LaplaceInterval.forecast`)."""
         rng = np.random.default_rng(self.seed)
         pooled, escapes, info, left_out = [], [], [], 0.0
-        comps = self.components(result)
-        source = structure_weights(result, self.weights)[1]
+        comps, source = self.components(result)
         counts = _share(np.array([w for _, w, _, _ in comps]), self.n_samples)
         ready: dict[int, Any] = {}  # each structure's draws, prepared to simulate
         for k, ((_, w, model, label), n) in enumerate(zip(comps, counts, strict=True)):
