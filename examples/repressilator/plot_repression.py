@@ -6,7 +6,8 @@ distilled from it (its twin.json), over the TetR levels the run's model goes thr
         --out docs/images/repressilator_repression.png
 
 ``RUN_DIR`` is a finished ``python train.py ...
-model.spec=examples/repressilator/repressilator.yaml`` run. The range of TetR shaded is the
+model.spec=examples/repressilator/repressilator.yaml`` run. It prints what the network learned
+(:func:`describe`). The range of TetR shaded is the
 one along the trained model's trajectory.
 """
 
@@ -40,6 +41,49 @@ def published_rate(problem_yaml: str) -> tuple[sp.Expr, dict]:
     return law, values
 
 
+def distilled_rate(twin, spec) -> sp.Expr:
+    """The reaction's distilled rate with the twin's values: its kinetic law where the twin
+    keeps reactions, else the discovered term of the one species it makes (the twin written
+    as equations), divided by the stoichiometry."""
+    values = {sp.Symbol(k): q.value for k, q in twin.parameters.items()}
+    found = next((r for r in twin.reactions if r.name == REACTION), None)
+    if found is not None:
+        return found.rate.subs(values)
+    reaction = next(r for r in spec.reactions if r.name == REACTION)
+    changes = {s: reaction.products.get(s, 0) - reaction.reactants.get(s, 0) for s in spec.states}
+    (species, n), *more = [(s, n) for s, n in changes.items() if n]
+    if more:
+        raise SystemExit(f"{REACTION} changes several species: read its term off equations.md")
+    return twin.discovered[species].subs(values) / n
+
+
+def describe(x: np.ndarray, learned: np.ndarray, seen: np.ndarray, times: np.ndarray) -> None:
+    """Print what the network learned: its production at some TetR levels, where it turns
+    negative, and the Hill repression between its level at the lowest TetR along the fit and
+    at the median one (``K``: TetR half-way between them; ``n``: the slope of the normalised
+    curve's log-odds against log TetR at ``K``)."""
+    low, mid = float(seen[seen > 0].min()), float(np.median(seen))
+    print(f"TetR along the fit: {low:.3g} to {seen.max():.3g}, median {mid:.3g}")
+    levels = [v for v in (0.01, 0.03, 0.05, 0.1, 0.2, 0.5, 1, 5, 30) if x[0] <= v <= x[-1]]
+    at = ", ".join(f"{v:g}: {np.interp(v, x, learned):.3g}" for v in levels)
+    print(f"network's production at TetR {at}")
+    negative = x[learned < 0]
+    if len(negative):
+        print(f"network below zero from TetR {negative.min():.3g} (lowest {learned.min():.3g})")
+        when = times[(seen >= negative.min()).reshape(-1, len(times)).any(axis=0)]
+        print(f"TetR there at the measurement times {', '.join(f'{t:g}' for t in when)}")
+    top, bottom = np.interp(low, x, learned), np.interp(mid, x, learned)
+    inside = (x >= low) & (x <= mid)
+    share = (learned[inside] - bottom) / (top - bottom)  # 1 at the lowest TetR, 0 at the median
+    k = int(np.argmin(np.abs(share - 0.5)))
+    odds = np.log(np.clip(share, 1e-6, 1 - 1e-6) / np.clip(1 - share, 1e-6, 1))
+    slope = -np.gradient(odds, np.log(x[inside]))[k]
+    print(
+        f"as a Hill repression from {top:.3g} to {bottom:.3g} ({top / bottom:.3g}-fold): "
+        f"K {x[inside][k]:.3g}, n {slope:.3g}"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
@@ -59,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         traj = model.simulate(times, torch.arange(measurements.n_conditions)).numpy()
     seen = traj[..., i].ravel()
     lo, hi = float(seen[seen > 0].min()), float(seen.max())
-    x = np.geomspace(lo / 3, hi * 3, 300)
+    x = np.geomspace(lo / 3, hi * 3, 2000)
 
     # the network: every state at its median along the trajectory, the repressor varied
     grid = np.tile(np.median(traj.reshape(-1, traj.shape[-1]), axis=0), (len(x), 1))
@@ -70,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         flux = net.fluxes(torch.as_tensor(grid[:, cols], dtype=model.initial.dtype))
     learned = flux.numpy()[:, list(model.spec.neural[slot].reactions).index(REACTION)]
+
+    describe(x, learned, seen, measurements.times)
 
     law, values = published_rate(cfg.data.problem)
     sym = sp.Symbol(REPRESSOR)
@@ -85,10 +131,8 @@ def main(argv: list[str] | None = None) -> None:
         distilled = sp.lambdify(sym, term)(x)
         ax.plot(x, distilled * np.ones_like(x), ":", color="k", lw=2, label="distilled")
     elif twin_path.is_file():
-        twin = load_twin(twin_path)
-        rate = next(r for r in twin.reactions if r.name == REACTION).rate
-        subs = {sp.Symbol(k): q.value for k, q in twin.parameters.items()}
-        distilled = sp.lambdify(sym, rate.subs(subs))(x)
+        rate = distilled_rate(load_twin(twin_path), model.spec)
+        distilled = sp.lambdify(sym, rate)(x)
         ax.plot(x, distilled * np.ones_like(x), ":", color="k", lw=2, label="distilled")
     ax.set_xscale("log")
     ax.set_yscale("log")
