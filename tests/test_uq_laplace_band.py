@@ -122,3 +122,39 @@ def test_the_laplace_approximation_is_computed_once_per_model_data_and_values(mo
     batched = hessian(model, data)[1]
     monkeypatch.setattr(uncertainty, "BATCHED_HESSIAN", False)
     np.testing.assert_allclose(batched, hessian(model, data)[1], rtol=1e-10, atol=1e-12)
+
+
+def test_the_hessian_through_a_stiff_solve_is_batched_and_equals_the_row_by_row_one(monkeypatch):
+    """A twin refitted with rodas5p: its solve inside the Hessian is the replay of its
+    accepted steps as a plain graph (differentiable_twice), so all rows come from one
+    vectorised backward pass (through the solver's own autograd Function that pass fails, and
+    the rows were taken one by one: 624 s on the repressilator's twin). Same Hessian, to
+    rounding, as the Function's row-by-row double backward."""
+
+    from ude.data import Measurements
+    from ude.distill import TwinRefit, uncertainty
+    from ude.spec import ModelSpec
+
+    rng = np.random.default_rng(0)
+    values = 2.0 * np.exp(-0.5 * TIMES) + 0.05 * rng.standard_normal(len(TIMES))
+    data = Measurements(
+        times=TIMES, values=values[None, :, None, None], observables=["x"], conditions=["c0"]
+    )
+    spec = ModelSpec.from_dict(
+        {
+            "states": ["x"],
+            "parameters": {"k": {"value": 0.5, "learn": True}, "a": {"value": 0.1, "learn": True}},
+            "equations": {"x": "-k*x + a*x**2/(1 + x)"},
+        }
+    )
+    refit = TwinRefit(max_iter=40, method="rodas5p", rtol=1e-6, atol=1e-8)
+    model = refit.fit(spec, data, noise=np.array([0.05])).model
+    assert model.solver.method == "rodas5p"
+    monkeypatch.setattr(uncertainty, "BATCHED_HESSIAN", False)
+    by_row = uncertainty.hessian(model, data)[1]  # the Function's double backward, row by row
+    monkeypatch.setattr(uncertainty, "BATCHED_HESSIAN", True)
+    taken, real = [], uncertainty._batched_rows
+    monkeypatch.setattr(uncertainty, "_batched_rows", lambda g, p: taken.append(real(g, p)))
+    batched = uncertainty.hessian(model, data)[1]
+    assert taken[0] is not None  # one batched pass: the fallback to rows did not run
+    np.testing.assert_allclose(batched, by_row, rtol=1e-7, atol=1e-9 * np.abs(by_row).max())

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import weakref
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -33,6 +34,7 @@ from ude.distill.refit import _batch
 from ude.fit import make_module
 from ude.model.doses import RowsRHS, solve_with_doses
 from ude.model.hybrid import HybridODE
+from ude.model.rodas_autograd import differentiable_twice
 from ude.model.solver import FIXED, Solver, SolverFailed
 
 
@@ -142,11 +144,14 @@ def _parameter_names(model: HybridODE) -> list[str]:
 def hessian(model: HybridODE, measurements: Measurements) -> tuple[np.ndarray, np.ndarray]:
     """Gradient ``(entry,)`` and Hessian ``(entry, entry)`` of the summed Gaussian NLL (the
     refit's mean NLL, plus its parameter priors, times the number of measured entries) over
-    the model's learnable parameter entries; one vectorised double-backward pass."""
+    the model's learnable parameter entries; one vectorised double-backward pass (a stiff
+    solve taken as the plain graph of its accepted steps,
+    :func:`ude.model.rodas_autograd.differentiable_twice`, so that it can be vectorised)."""
     params = [p for p in model.parameters() if p.requires_grad]
     module = make_module(model, measurements, loss="nll")
     batch = _batch(measurements)
-    loss = module.losses(batch)["loss"] * batch["mask"].sum()
+    with differentiable_twice() if BATCHED_HESSIAN else nullcontext():
+        loss = module.losses(batch)["loss"] * batch["mask"].sum()
     if not torch.isfinite(loss):
         raise SolverFailed("non-finite NLL at the refit's optimum")
 

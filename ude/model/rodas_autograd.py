@@ -16,12 +16,15 @@ Two paths:
   with a graph (their sizes fixed), the Jacobian differentiated too.
 
 A second derivative through a solve (``create_graph``, e.g. a Laplace approximation's Hessian)
-replays the accepted steps with a graph in both paths.
+replays the accepted steps with a graph in both paths. Inside :func:`differentiable_twice` a
+HybridODE solve returns that replay itself (no custom autograd Function): its Hessian can then
+be taken in one vectorised backward pass, which the Function's numpy backward does not allow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -46,6 +49,22 @@ def _numpy(x: Tensor) -> np.ndarray:
     return x.detach().to("cpu", torch.float64).numpy()
 
 
+_TWICE = False
+
+
+@contextmanager
+def differentiable_twice() -> Iterator[None]:
+    """HybridODE solves (with grad enabled) inside it return the replay of their accepted
+    steps as a plain torch graph: the same values, differentiable any number of times, and
+    vectorisable (``is_grads_batched``). Slower than the adjoint for one gradient."""
+    global _TWICE
+    before, _TWICE = _TWICE, True
+    try:
+        yield
+    finally:
+        _TWICE = before
+
+
 def solve(
     func: Func,
     y0: Tensor,
@@ -65,6 +84,9 @@ def solve(
         problem = _Problem(system.torch_rhs, system.rhs, t, rtol, atol, max_steps, stats)
         if compiled and not system.rhs.networks:
             problem.tapes = rodas_kernels.tapes(system.rhs.derivatives)
+        if _TWICE and torch.is_grad_enabled():
+            problem.integrate(_numpy(y0), record=True)
+            return _replayed(problem, y0, system.context)
         return _HybridSolve.apply(problem, y0, system.context, *system.params)
     return _generic(func, y0, t, rtol, atol, max_steps, stats)
 
@@ -243,10 +265,17 @@ def _parameter_grads(
 def _replay_grads(problem: _Problem, y0, context, params, grad_out, ctx) -> list:
     """Gradients by replaying the accepted steps with a graph (their sizes fixed): slow, and
     differentiable again."""
-    traj = problem.trajectory
-    if traj is None:  # forward ran without recording: record now
+    if problem.trajectory is None:  # forward ran without recording: record now
         problem.integrate(_numpy(y0), record=True)
-        traj = problem.trajectory
+    out = _replayed(problem, y0, context)
+    inputs = [y0, context, *params]
+    take = [x for x, need in zip(inputs, ctx.needs_input_grad[1:], strict=True) if need]
+    got = iter(torch.autograd.grad(out, take, grad_out, create_graph=True, allow_unused=True))
+    return [next(got) if need else None for need in ctx.needs_input_grad[1:]]
+
+
+def _replayed(problem: _Problem, y0: Tensor, context: Tensor) -> Tensor:
+    """The recorded solve of ``problem`` replayed through its accepted steps with a graph."""
 
     def func(_t: Tensor, y: Tensor) -> Tensor:
         return problem.torch_rhs(y, context)
@@ -258,11 +287,7 @@ def _replay_grads(problem: _Problem, y0, context, params, grad_out, ctx) -> list
         def jacobian(_t: Tensor, y: Tensor) -> Tensor:
             return derivatives.jacobian_torch(torch.cat([y, context], dim=-1))
 
-    out = _replay(func, y0, traj, jacobian=jacobian)
-    inputs = [y0, context, *params]
-    take = [x for x, need in zip(inputs, ctx.needs_input_grad[1:], strict=True) if need]
-    got = iter(torch.autograd.grad(out, take, grad_out, create_graph=True, allow_unused=True))
-    return [next(got) if need else None for need in ctx.needs_input_grad[1:]]
+    return _replay(func, y0, problem.trajectory, jacobian=jacobian)
 
 
 # -- the generic path ------------------------------------------------------------------------
