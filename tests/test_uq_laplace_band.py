@@ -12,6 +12,17 @@ from ude.distill.uncertainty import LaplaceInterval
 TIMES = np.linspace(0, 1, 11)
 
 
+def decay_data():
+    """x = 2 exp(-t/2) on TIMES with 5 % noise."""
+    from ude.data import Measurements
+
+    rng = np.random.default_rng(0)
+    values = 2.0 * np.exp(-0.5 * TIMES) + 0.05 * rng.standard_normal(len(TIMES))
+    return Measurements(
+        times=TIMES, values=values[None, :, None, None], observables=["x"], conditions=["c0"]
+    )
+
+
 def band_of(states: np.ndarray, failed: np.ndarray, level: float = 0.95):
     """The band LaplaceInterval.forecast makes of these draws ``(sample, condition, time,
     state)``, without a model behind them."""
@@ -93,16 +104,11 @@ def test_the_laplace_approximation_is_computed_once_per_model_data_and_values(mo
 
     import torch
 
-    from ude.data import Measurements
     from ude.distill import TwinRefit, uncertainty
     from ude.distill.uncertainty import hessian, laplace
     from ude.spec import ModelSpec
 
-    rng = np.random.default_rng(0)
-    values = 2.0 * np.exp(-0.5 * TIMES) + 0.05 * rng.standard_normal(len(TIMES))
-    data = Measurements(
-        times=TIMES, values=values[None, :, None, None], observables=["x"], conditions=["c0"]
-    )
+    data = decay_data()
     spec = ModelSpec.from_dict(
         {
             "states": ["x"],
@@ -131,15 +137,10 @@ def test_the_hessian_through_a_stiff_solve_is_batched_and_equals_the_row_by_row_
     the rows were taken one by one: 624 s on the repressilator's twin). Same Hessian, to
     rounding, as the Function's row-by-row double backward."""
 
-    from ude.data import Measurements
     from ude.distill import TwinRefit, uncertainty
     from ude.spec import ModelSpec
 
-    rng = np.random.default_rng(0)
-    values = 2.0 * np.exp(-0.5 * TIMES) + 0.05 * rng.standard_normal(len(TIMES))
-    data = Measurements(
-        times=TIMES, values=values[None, :, None, None], observables=["x"], conditions=["c0"]
-    )
+    data = decay_data()
     spec = ModelSpec.from_dict(
         {
             "states": ["x"],
