@@ -121,6 +121,46 @@ def test_export_round_trip_keeps_the_likelihood(tmp_path: Path, path: Path) -> N
     assert not _lint(tmp_path / "problem.yaml")
 
 
+def test_export_gives_conditions_named_freely_petab_ids(tmp_path: Path) -> None:
+    """A CSV's conditions may be named anything ('patient 1', '2', 'patient-1'): the export
+    makes each a unique PEtab id (the names kept as conditionName), per-condition parameters
+    and measurements follow, the problem lints clean and reads back with the same likelihood
+    as the same data under plain names."""
+    from ude.data.measurements import Measurements
+    from ude.petab.export import write_petab
+    from ude.spec.model_spec import ModelSpec, Parameter
+
+    x, k = sp.symbols("x k")
+    spec = ModelSpec(
+        states=["x"],
+        parameters={"k": Parameter(0.5, learn=True, min=0.0, max=5.0)},
+        equations={"x": -k * x},
+    )
+    times = np.linspace(0.0, 2.0, 5)
+    values = np.stack([np.exp(-0.4 * times), 2 * np.exp(-0.6 * times), np.exp(-times)])
+    odd = ["patient 1", "2", "patient-1"]
+
+    def written(names: list[str], out: Path):
+        data = Measurements(
+            times=times,
+            values=values[:, :, None, None],
+            observables=["x"],
+            conditions=names,
+            initial={"x": np.array([1.0, 2.0, 1.0])},
+        )
+        per = {"k": [0.4, 0.6, 1.0]}
+        return load_problem(write_petab(spec, data, out, per_condition=per))
+
+    problem = written(odd, tmp_path / "odd")
+    conditions = pd.read_csv(tmp_path / "odd" / "conditions.tsv", sep="\t", dtype=str)
+    assert list(conditions["conditionId"]) == ["patient_1", "_2", "patient_1_"]
+    assert list(conditions["conditionName"]) == odd
+    assert list(conditions["k"]) == ["k_patient_1", "k__2", "k_patient_1_"]
+    assert not _lint(tmp_path / "odd" / "problem.yaml")
+    plain = written(["a", "b", "c"], tmp_path / "plain")
+    assert _llh(problem) == pytest.approx(_llh(plain), rel=1e-12)
+
+
 def test_export_makes_each_learned_initial_value_a_parameter(tmp_path: Path) -> None:
     """A trained model's learned initial values (a latent state in two conditions, an observed
     one whose first value the data do not give) become estimated parameters at their fitted

@@ -103,7 +103,8 @@ def write_petab(
         parameters={k: float(v) for k, v in values.items() if k in spec.parameters},
     )
     per_condition = per_condition or {}
-    own = {k: [f"{k}_{c}" for c in measurements.conditions] for k in per_condition}
+    cond_ids = _condition_ids(measurements.conditions)
+    own = {k: [_identifier(f"{k}_{c}") for c in cond_ids] for k in per_condition}
     init_ids = _initial_ids(
         spec,
         measurements,
@@ -121,9 +122,11 @@ def write_petab(
         ]
         for i in varying
     }
+    renamed = cond_ids != list(measurements.conditions)
     conditions = pd.DataFrame(
         {
-            "conditionId": list(measurements.conditions),
+            "conditionId": cond_ids,
+            **({"conditionName": list(measurements.conditions)} if renamed else {}),
             **{
                 u: np.asarray(measurements.inputs, dtype=float)[:, j]
                 for j, u in enumerate(spec.inputs)
@@ -143,7 +146,7 @@ def write_petab(
         while oid in entities or oid in ids.values():
             oid += "_obs" if not oid.endswith("_obs") else "_"
         ids[name] = oid
-    for c, cond in enumerate(measurements.conditions):
+    for c, cond in enumerate(cond_ids):
         for t, time in enumerate(measurements.times):
             for r in range(measurements.values.shape[2]):
                 for o, name in enumerate(obs):
@@ -266,6 +269,18 @@ def _initial_ids(
                 name += "_"
             taken.add(name)
             ids[c, i] = name
+    return ids
+
+
+def _condition_ids(names: list[str]) -> list[str]:
+    """The conditions' PEtab ids: each name as an identifier (:func:`_identifier`; a CSV's
+    conditions may be named ``patient 1`` or ``2``), made unique where two names map to one."""
+    ids: list[str] = []
+    for name in names:
+        cid = _identifier(str(name))
+        while cid in ids:
+            cid += "_"
+        ids.append(cid)
     return ids
 
 
