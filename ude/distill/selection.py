@@ -27,6 +27,10 @@ CRITERIA = ("ebic", "bic", "aicc")
 EBIC_GAMMA = 1.0
 """Weight of the search-size term: 1, the value for which Chen & Chen show consistency when
 the library grows with the data."""
+REWRITES = ("limit", "complement")
+"""Origins of a refitted twin rewritten with a term or a constant fewer
+(:mod:`ude.distill.rewrites`): refitted before the other moves of a step, and also after the
+refit budget, as removals are."""
 TIE = 2.0
 """Criterion units within which two structures fit equally well: a Bayes factor under e
 (Kass & Raftery: "not worth more than a bare mention")."""
@@ -246,6 +250,7 @@ class TrajectorySelector:
         screen: Callable[[Candidate, Scored | None], float] | None = None,
         propose: Callable[[Scored], list[Candidate]] | None = None,
         sizes: dict[str, int] | None = None,
+        rewrite: Callable[[Scored], list[Candidate]] | None = None,
     ) -> tuple[Scored, list[Scored]]:
         """The chosen candidate and every scored one (the whole path), in order of scoring.
 
@@ -254,7 +259,9 @@ class TrajectorySelector:
         the refitted candidate ``around`` (None: the trained model's; without a screen,
         ``info["screen"]``); ``propose(best)`` new candidates around the best refitted one;
         ``sizes[target]``: its library's number of terms (for ``ebic``; without it the
-        search term is left out, as in BIC).
+        search term is left out, as in BIC); ``rewrite(best)``: the best written with a term
+        or a constant fewer (:mod:`ude.distill.rewrites`; origins in :data:`REWRITES`), refitted
+        before the other moves of a step and, like its removals, after the refit budget.
         """
         if not candidates:
             raise UdeError(
@@ -311,10 +318,10 @@ class TrajectorySelector:
         best = min(scored, key=lambda s: s.criterion)
         while math.isfinite(best.criterion):
             moves = self._neighbours(best) if self.prune or self.grow else []
+            if rewrite is not None:
+                moves += [(c, c.origin) for c in rewrite(best)]
             if propose is not None and self.rescreen:
-                moves += [
-                    (c, "limit" if c.origin == "limit" else "rescreen") for c in propose(best)
-                ]
+                moves += [(c, "rescreen") for c in propose(best)]
             unique: dict[tuple, tuple[Candidate, str]] = {}
             for cand, step in moves:
                 if cand.support() not in seen:
@@ -325,8 +332,8 @@ class TrajectorySelector:
                 # neighbours); additions and proposals only when the screen ranks them high
                 removals = [m for m in moves if m[1] == "prune"]
                 others = [m for m in moves if m[1] != "prune"]
-                # a rate law swapped for its limit first: the same fit with a constant fewer
-                others = sorted(others, key=lambda m: (m[1] != "limit", screened(m[0], best)))
+                # a rewrite first: the same fit with a term or a constant fewer
+                others = sorted(others, key=lambda m: (m[1] not in REWRITES, screened(m[0], best)))
                 others = others[: self.max_moves]
                 moves = removals + others
             if self.max_refits is not None:
@@ -339,10 +346,13 @@ class TrajectorySelector:
                 break
             best = top
         while self.prune and math.isfinite(best.criterion):
-            # backward elimination from the best, past the refit budget (at most one pass per
-            # term): the parsimony rule below needs the sparser neighbours of what it chooses
-            removals = [c for c, step in self._neighbours(best) if step == "prune"]
-            trials = [score(c, "prune") for c in removals if c.support() not in seen]
+            # backward elimination from the best, past the refit budget (each pass a term or a
+            # constant fewer): the parsimony rule below needs the sparser neighbours of what it
+            # chooses, and a best written the long way its short form
+            sparser = [(c, step) for c, step in self._neighbours(best) if step == "prune"]
+            if rewrite is not None:
+                sparser += [(c, c.origin) for c in rewrite(best)]
+            trials = [score(c, step) for c, step in sparser if c.support() not in seen]
             if not trials or min(t.criterion for t in trials) >= best.criterion:
                 break
             best = min(trials, key=lambda s: s.criterion)
