@@ -271,16 +271,41 @@ class TrajectorySelector:
             )
         scored: list[Scored] = []
         seen: dict[tuple, Scored] = {}
+        retried: set[tuple] = set()
 
         def score(cand: Candidate, step: str) -> Scored:
+            """The candidate refitted and scored; a support refitted before, again from this
+            start (:func:`fresh`), keeps the better of its two refits."""
             key = cand.support()
-            if key in seen:
+            if key in seen and key in retried:
                 return seen[key]
             result, k = refit(cand)
             s = self.scored(cand, result, k, sizes, step)
+            if key not in seen:
+                scored.append(s)
+            else:
+                retried.add(key)
+                if not s.criterion < seen[key].criterion:
+                    return seen[key]
+                scored[next(i for i, o in enumerate(scored) if o is seen[key])] = s
             seen[key] = s
-            scored.append(s)
             return s
+
+        def fresh(cand: Candidate, step: str, best: Scored) -> bool:
+            """Whether to refit ``cand``: a support not refitted yet, or a sparser form of
+            ``best`` (a removal, a rewrite) whose support was refitted once, from another
+            start, to a worse criterion than ``best``'s. Started from ``best``'s refitted
+            values it can reach the optimum that start missed (a steep Hill law refitted from
+            the screen's constants can stop in a poor basin; Goodwin's repression did, 130
+            units behind its refit from a neighbour's values)."""
+            key = cand.support()
+            if key not in seen:
+                return True
+            again = step == "prune" or step in REWRITES
+            return again and key not in retried and seen[key].criterion > best.criterion
+
+        def n_refits() -> int:
+            return len(scored) + len(retried)
 
         def screened(cand: Candidate, around: Scored | None = None) -> float:
             if screen is not None:
@@ -310,7 +335,7 @@ class TrajectorySelector:
         for cand in ranked:
             if succeeded >= self.max_candidates or tried >= self.max_candidates + 2:
                 break
-            if self.max_refits is not None and len(scored) >= self.max_refits:
+            if self.max_refits is not None and n_refits() >= self.max_refits:
                 break
             if cand.support() not in seen:
                 succeeded += math.isfinite(score(cand, "path").criterion)
@@ -324,7 +349,7 @@ class TrajectorySelector:
                 moves += [(c, "rescreen") for c in propose(best)]
             unique: dict[tuple, tuple[Candidate, str]] = {}
             for cand, step in moves:
-                if cand.support() not in seen:
+                if fresh(cand, step, best):
                     unique.setdefault(cand.support(), (cand, step))
             moves = list(unique.values())
             if self.order == "screen" and self.max_moves is not None:
@@ -337,7 +362,7 @@ class TrajectorySelector:
                 others = others[: self.max_moves]
                 moves = removals + others
             if self.max_refits is not None:
-                moves = moves[: max(0, self.max_refits - len(scored))]
+                moves = moves[: max(0, self.max_refits - n_refits())]
             if not moves:
                 break
             trials = [score(c, step) for c, step in moves]
@@ -352,7 +377,7 @@ class TrajectorySelector:
             sparser = [(c, step) for c, step in self._neighbours(best) if step == "prune"]
             if rewrite is not None:
                 sparser += [(c, c.origin) for c in rewrite(best)]
-            trials = [score(c, step) for c, step in sparser if c.support() not in seen]
+            trials = [score(c, step) for c, step in sparser if fresh(c, step, best)]
             if not trials or min(t.criterion for t in trials) >= best.criterion:
                 break
             best = min(trials, key=lambda s: s.criterion)
