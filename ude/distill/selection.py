@@ -272,13 +272,17 @@ class TrajectorySelector:
         scored: list[Scored] = []
         seen: dict[tuple, Scored] = {}
         retried: set[tuple] = set()
+        started: dict[tuple, int] = {}  # a move's support: the id of the best it moved from
 
-        def score(cand: Candidate, step: str) -> Scored:
-            """The candidate refitted and scored; a support refitted before, again from this
-            start (:func:`fresh`), keeps the better of its two refits."""
+        def score(cand: Candidate, step: str, around: Scored | None = None) -> Scored:
+            """The candidate refitted and scored (a move of ``around``: from its values); a
+            support refitted before, again from this start (:func:`fresh`), keeps the better
+            of its two refits."""
             key = cand.support()
             if key in seen and key in retried:
                 return seen[key]
+            if around is not None:
+                started[key] = id(around)
             result, k = refit(cand)
             s = self.scored(cand, result, k, sizes, step)
             if key not in seen:
@@ -301,7 +305,7 @@ class TrajectorySelector:
             key = cand.support()
             if key not in seen:
                 return True
-            again = step == "prune" or step in REWRITES
+            again = (step == "prune" or step in REWRITES) and started.get(key) != id(best)
             return again and key not in retried and seen[key].criterion > best.criterion
 
         def n_refits() -> int:
@@ -365,7 +369,7 @@ class TrajectorySelector:
                 moves = moves[: max(0, self.max_refits - n_refits())]
             if not moves:
                 break
-            trials = [score(c, step) for c, step in moves]
+            trials = [score(c, step, best) for c, step in moves]
             top = min(trials, key=lambda s: s.criterion)
             if top.criterion >= best.criterion:
                 break
@@ -377,7 +381,7 @@ class TrajectorySelector:
             sparser = [(c, step) for c, step in self._neighbours(best) if step == "prune"]
             if rewrite is not None:
                 sparser += [(c, c.origin) for c in rewrite(best)]
-            trials = [score(c, step) for c, step in sparser if fresh(c, step, best)]
+            trials = [score(c, step, best) for c, step in sparser if fresh(c, step, best)]
             if not trials or min(t.criterion for t in trials) >= best.criterion:
                 break
             best = min(trials, key=lambda s: s.criterion)
