@@ -380,6 +380,31 @@ def test_a_removal_refitted_before_from_a_poor_start_is_refitted_from_the_best()
         assert refitted.count(((1,), "prune")) == 1 and refitted.count(((0,), "prune")) == 1
 
 
+def test_integral_path_also_proposes_the_sparsest_supports_past_its_margin():
+    """Each target is two terms plus 2 % noise; within a margin of 0 the screen proposes its
+    best-scored combination alone, and past it the best single terms of both targets, then
+    the best supports of at most two (a dense support can push the truth out of the margin;
+    the refits settle it), each once."""
+    from ude.distill import IntegralPath
+    from ude.distill.integral import IntegralProblem
+
+    rng = np.random.default_rng(0)
+    F = rng.standard_normal((200, 6))
+    cond = np.zeros(200, dtype=int)
+    terms = [f"t{j}" for j in range(6)]
+
+    def problem(y):
+        y = y + 0.02 * np.std(y) * rng.standard_normal(200)
+        return IntegralProblem(F=F, y=y, condition=cond, terms=terms, from_data=True)
+
+    integral = {"x": problem(2 * F[:, 0] + F[:, 1]), "y": problem(F[:, 2] + 0.8 * F[:, 3])}
+    found = [c.support() for c in IntegralPath(margin=0.0).candidates(integral)]
+    # the best-scored combination (noise may add a third term to it), then the sparse end
+    assert found[1:] == [
+        s for s in ((("x", (0,)), ("y", (2,))), (("x", (0, 1)), ("y", (2, 3)))) if s != found[0]
+    ]
+
+
 def test_integral_matching_of_a_latent_target_uses_the_trajectory():
     """With y unobserved, y's integral problem regresses the trajectory's own missing part
     (not data) and is left out of the screen; x's still comes from the data."""

@@ -357,14 +357,14 @@ class TrajectorySelector:
                     unique.setdefault(cand.support(), (cand, step))
             moves = list(unique.values())
             if self.order == "screen" and self.max_moves is not None:
-                # every removal is refitted (the parsimony rule below needs the sparser
-                # neighbours); additions and proposals only when the screen ranks them high
-                removals = [m for m in moves if m[1] == "prune"]
-                others = [m for m in moves if m[1] != "prune"]
-                # a rewrite first: the same fit with a term or a constant fewer
-                others = sorted(others, key=lambda m: (m[1] not in REWRITES, screened(m[0], best)))
+                # every removal and rewrite is refitted (the parsimony rule below needs the
+                # sparser neighbours; a rewrite is the same fit with a term or a constant
+                # fewer); additions and proposals only when the screen ranks them high
+                sparser = [m for m in moves if m[1] == "prune" or m[1] in REWRITES]
+                others = [m for m in moves if m[1] != "prune" and m[1] not in REWRITES]
+                others = sorted(others, key=lambda m: screened(m[0], best))
                 others = others[: self.max_moves]
-                moves = removals + others
+                moves = sparser + others
             if self.max_refits is not None:
                 moves = moves[: max(0, self.max_refits - n_refits())]
             if not moves:
