@@ -29,8 +29,8 @@ EBIC_GAMMA = 1.0
 the library grows with the data."""
 REWRITES = ("limit", "complement")
 """Origins of a refitted twin rewritten with a term or a constant fewer
-(:mod:`ude.distill.rewrites`): refitted before the other moves of a step, and also after the
-refit budget, as removals are."""
+(:mod:`ude.distill.rewrites`): refitted at every step beside the removals (outside
+``max_moves``), and after the refit budget, as removals are."""
 TIE = 2.0
 """Criterion units within which two structures fit equally well: a Bayes factor under e
 (Kass & Raftery: "not worth more than a bare mention")."""
@@ -168,10 +168,14 @@ class TrajectorySelector:
 
     Candidates are taken in the order of their integral-matching score (``order="screen"``,
     :mod:`ude.distill.integral`; cheap, on the data) or sparsest first (``"sparsity"``).
-    Each step's moves are the one-term changes of the best and the integral-matching
-    candidates along the best's own refitted trajectory (``propose``); with a screen, every
-    removal but only the ``max_moves`` best-screened other moves of a step are refitted. The
-    steps stop when none improves the criterion.
+    Each step's moves are the one-term changes of the best, its rewrites with a term or a
+    constant fewer (``rewrite``) and the integral-matching candidates along the best's own
+    refitted trajectory (``propose``); with a screen, every removal and rewrite but only the
+    ``max_moves`` best-screened other moves of a step are refitted. The steps stop when none
+    improves the criterion; then, past the refit budget, removals and rewrites go on from the
+    best while they improve it. A removal or rewrite whose support was refitted before from
+    another start, to a worse criterion than the best's, is refitted again from the best's
+    values (once), and the better refit kept.
 
     Args:
         criterion: ``ebic`` (the default: pays for the library's size), ``bic`` or ``aicc``.
@@ -179,11 +183,13 @@ class TrajectorySelector:
         max_candidates: refit at most this many candidates.
         grow: also try adding each absent term at every step.
         order: ``screen`` or ``sparsity``.
-        max_moves: refitted moves per step when a screen ranks them (None: all).
+        max_moves: refitted additions and proposals per step when a screen ranks them
+            (None: all); removals and rewrites are always refitted.
         margin: with ``order="screen"``, the candidates refitted after the best-screened one
             are the sparsest whose screen is within this of it.
-        max_refits: stop the moves after this many refits in all (None: no limit); each
-            costs an ODE fit, and the candidates refitted first are the likeliest.
+        max_refits: stop the moves after this many refits in all (None: no limit), then only
+            removals and rewrites of the best; each costs an ODE fit, and the candidates
+            refitted first are the likeliest.
         rescreen: also propose integral-matching candidates along the best refitted twin's
             trajectory at every step.
         max_initial_terms: the first refits take candidates with at most this many terms per
@@ -261,7 +267,7 @@ class TrajectorySelector:
         ``sizes[target]``: its library's number of terms (for ``ebic``; without it the
         search term is left out, as in BIC); ``rewrite(best)``: the best written with a term
         or a constant fewer (:mod:`ude.distill.rewrites`; origins in :data:`REWRITES`), refitted
-        before the other moves of a step and, like its removals, after the refit budget.
+        at every step and, like its removals, after the refit budget.
         """
         if not candidates:
             raise UdeError(
@@ -300,7 +306,7 @@ class TrajectorySelector:
             ``best`` (a removal, a rewrite) whose support was refitted once, from another
             start, to a worse criterion than ``best``'s. Started from ``best``'s refitted
             values it can reach the optimum that start missed (a steep Hill law refitted from
-            the screen's constants can stop in a poor basin; Goodwin's repression did, 130
+            the screen's constants can stop in a poor basin; Goodwin's repression did, 127
             units behind its refit from a neighbour's values)."""
             key = cand.support()
             if key not in seen:
