@@ -349,6 +349,62 @@ def test_selector_refits_the_sparsest_candidates_within_the_margin():
     assert sorted(refitted[3:]) == [(0, 1), (0, 2)]  # the parsimony rule needs all of them
 
 
+def test_a_removal_refitted_before_from_a_poor_start_is_refitted_from_the_best():
+    """Goodwin's base cell: the true support (1,) refitted from the screen's start stops in a
+    poor optimum (nmse 5e-3), its refit from the best's values (a removal of (0, 1)) fits as
+    well as (0, 1) with a term fewer. The removal is refitted again, the better refit kept
+    (one row per support), with or without a refit budget left; a removal already refitted
+    from this best is not."""
+    from ude.distill import Candidate
+
+    def cand(support, screen):
+        coef = np.zeros(3)
+        coef[list(support)] = 1.0
+        return Candidate({"x": coef}, "test", info={"screen": screen})
+
+    refitted = []
+
+    def refit(c):
+        support = tuple(int(j) for j in np.flatnonzero(c.coef["x"]))
+        refitted.append((support, c.origin))
+        good = support == (0, 1) or (support == (1,) and c.origin == "prune")
+        return RefitResult(None, {}, 1e-3 if good else 5e-3, 60, True, 0), c.n_terms
+
+    for budget in (None, 2):
+        refitted.clear()
+        selector = TrajectorySelector(grow=False, max_refits=budget, max_initial_terms=None)
+        chosen, scored = selector.select([cand([0, 1], 0.0), cand([1], 1.0)], refit)
+        assert np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [1], budget
+        assert chosen.step == "prune"
+        assert len({s.candidate.support() for s in scored}) == len(scored) == 3
+        assert refitted.count(((1,), "prune")) == 1 and refitted.count(((0,), "prune")) == 1
+
+
+def test_integral_path_also_proposes_the_sparsest_supports_past_its_margin():
+    """Each target is two terms plus 2 % noise; within a margin of 0 the screen proposes its
+    best-scored combination alone, and past it the best single terms of both targets, then
+    the best supports of at most two (a dense support can push the truth out of the margin;
+    the refits settle it), each once."""
+    from ude.distill import IntegralPath
+    from ude.distill.integral import IntegralProblem
+
+    rng = np.random.default_rng(0)
+    F = rng.standard_normal((200, 6))
+    cond = np.zeros(200, dtype=int)
+    terms = [f"t{j}" for j in range(6)]
+
+    def problem(y):
+        y = y + 0.02 * np.std(y) * rng.standard_normal(200)
+        return IntegralProblem(F=F, y=y, condition=cond, terms=terms, from_data=True)
+
+    integral = {"x": problem(2 * F[:, 0] + F[:, 1]), "y": problem(F[:, 2] + 0.8 * F[:, 3])}
+    found = [c.support() for c in IntegralPath(margin=0.0).candidates(integral)]
+    # the best-scored combination (noise may add a third term to it), then the sparse end
+    assert found[1:] == [
+        s for s in ((("x", (0,)), ("y", (2,))), (("x", (0, 1)), ("y", (2, 3)))) if s != found[0]
+    ]
+
+
 def test_integral_matching_of_a_latent_target_uses_the_trajectory():
     """With y unobserved, y's integral problem regresses the trajectory's own missing part
     (not data) and is left out of the screen; x's still comes from the data."""

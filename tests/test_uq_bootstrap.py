@@ -147,8 +147,14 @@ def test_the_screen_reruns_and_refits_a_structure_the_selection_never_tried():
     none = StructureBootstrap(n_resamples=30, max_refits=0, seed=0).resample(replay)
     assert none.info["refits_added"] == 0 and none.info["unscored_proposals"] > 0
     assert set(none.share) == only
-    # a resample whose own candidates were all past the budget chose among the refitted
+    # a path whose one structure (b alone) no resample's screen proposes (each proposes its
+    # best single term, a): every resample's candidates are past the budget, so each chose
+    # among the refitted
+    lone = {(("x", (1,)),)}
+    replay, _ = fake_replay(problem, data, path_supports=lone)
+    none = StructureBootstrap(n_resamples=30, max_refits=0, seed=0).resample(replay)
     assert none.info["resamples_chosen_among_refitted"] > 0
+    assert set(none.share) == lone
     assert sum(none.share.values()) == pytest.approx(1.0)
 
 

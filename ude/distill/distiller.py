@@ -9,13 +9,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import sympy as sp
 
 from ude.data.measurements import Measurements
 from ude.distill.bootstrap import BootstrapInclusion, squared_residuals
 from ude.distill.integral import IntegralPath, IntegralProblem, integral_problems, screen_score
 from ude.distill.library import Library, Term, combine, slot_library
 from ude.distill.refit import RefitResult, TwinRefit
+from ude.distill.rewrites import complements, limits
 from ude.distill.sampling import Samples, TrajectorySampler
 from ude.distill.selection import (
     TIE,
@@ -188,42 +188,16 @@ def _term_name(term: Term, constants: dict[str, float]) -> str:
     return str(term.numeric(constants))
 
 
-def limits(
+def rewritten(
     best: Scored, terms: dict[str, list[Term]], bounds: dict[str, dict[int, dict]]
 ) -> list[Candidate]:
-    """``best`` with each saturation ``w*x/(K + x)`` that is nearly linear or nearly constant
-    over the data swapped for the library term it approaches: ``w*x`` (coefficient ``c/K``)
-    when ``K`` is above three times the largest ``x``, ``w`` (or the constant) when below three
-    times the smallest. That term has one constant fewer; the refit cannot take the step
-    itself, it only moves ``K`` towards the edge of its range."""
-    from ude.distill.library import RateLaw
-    from ude.distill.projection import K_RANGE
-
-    fitted, constants = refitted_coef(best), refitted_constants(best)
-    out = []
-    for t, c in fitted.items():
-        names = [term.name for term in terms[t]]
-        for j in np.flatnonzero(c):
-            law: RateLaw | None = terms[t][j].law
-            if law is None or law.kind != "saturation":
-                continue
-            K = constants.get(t, {}).get(int(j), {}).get(law.K)
-            lo, hi = bounds.get(t, {}).get(int(j), {}).get(law.K, (0.0, np.inf))
-            # the range is K_RANGE times the variable's: back to three times the variable's
-            linear, flat = hi * 3 / K_RANGE, lo * K_RANGE * 3
-            if K is None or flat < K < linear:
-                continue
-            factors = [law.variable, law.factor] if K >= linear else [law.factor or "1"]
-            target = str(
-                sp.Mul(*[sp.Symbol(f) if f != "1" else sp.Integer(1) for f in factors if f])
-            )
-            if target not in names:
-                continue
-            k = names.index(target)
-            coef = {s: v.copy() for s, v in fitted.items()}
-            coef[t][k] += c[j] / K if K >= linear else c[j]
-            coef[t][j] = 0.0
-            out.append(Candidate(coef, "limit", constants=constants))
+    """``best`` written with a term or a constant fewer (:mod:`ude.distill.rewrites`): a rate
+    law whose ``K`` went to the edge of its range replaced by its limit, a rate law and a
+    constant that cancel by the complementary law; each refitted from ``best``'s initial
+    states."""
+    out = limits(best, terms, bounds) + complements(best, terms)
+    for cand in out:
+        cand.info.update(moved_from(best))
     return out
 
 
@@ -561,11 +535,9 @@ class Distiller:
             through ``view``)."""
 
             def propose(best: Scored) -> list[Candidate]:
-                """Integral-matching candidates along ``best``'s trajectory and ``best``
-                with a rate law whose ``K`` went to the edge of its range replaced by its
-                limit, each refitted from ``best``'s initial states."""
+                """Integral-matching candidates along ``best``'s trajectory, each refitted
+                from ``best``'s initial states."""
                 out = [] if proposer is None else proposer.candidates(view(integral_along(best)))
-                out += limits(best, terms, bounds)
                 for cand in out:
                     cand.info.update(moved_from(best))
                 return out
@@ -578,6 +550,7 @@ class Distiller:
                 lambda cand, best: screen_score(view(integral_along(best)), cand),
                 propose,
                 sizes=library_sizes(terms),
+                rewrite=lambda best: rewritten(best, terms, bounds),
             )
 
         t1 = time.perf_counter()

@@ -27,6 +27,10 @@ CRITERIA = ("ebic", "bic", "aicc")
 EBIC_GAMMA = 1.0
 """Weight of the search-size term: 1, the value for which Chen & Chen show consistency when
 the library grows with the data."""
+REWRITES = ("limit", "complement")
+"""Origins of a refitted twin rewritten with a term or a constant fewer
+(:mod:`ude.distill.rewrites`): refitted at every step beside the removals (outside
+``max_moves``), and after the refit budget, as removals are."""
 TIE = 2.0
 """Criterion units within which two structures fit equally well: a Bayes factor under e
 (Kass & Raftery: "not worth more than a bare mention")."""
@@ -164,10 +168,14 @@ class TrajectorySelector:
 
     Candidates are taken in the order of their integral-matching score (``order="screen"``,
     :mod:`ude.distill.integral`; cheap, on the data) or sparsest first (``"sparsity"``).
-    Each step's moves are the one-term changes of the best and the integral-matching
-    candidates along the best's own refitted trajectory (``propose``); with a screen, every
-    removal but only the ``max_moves`` best-screened other moves of a step are refitted. The
-    steps stop when none improves the criterion.
+    Each step's moves are the one-term changes of the best, its rewrites with a term or a
+    constant fewer (``rewrite``) and the integral-matching candidates along the best's own
+    refitted trajectory (``propose``); with a screen, every removal and rewrite but only the
+    ``max_moves`` best-screened other moves of a step are refitted. The steps stop when none
+    improves the criterion; then, past the refit budget, removals and rewrites go on from the
+    best while they improve it. A removal or rewrite whose support was refitted before from
+    another start, to a worse criterion than the best's, is refitted again from the best's
+    values (once), and the better refit kept.
 
     Args:
         criterion: ``ebic`` (the default: pays for the library's size), ``bic`` or ``aicc``.
@@ -175,11 +183,13 @@ class TrajectorySelector:
         max_candidates: refit at most this many candidates.
         grow: also try adding each absent term at every step.
         order: ``screen`` or ``sparsity``.
-        max_moves: refitted moves per step when a screen ranks them (None: all).
+        max_moves: refitted additions and proposals per step when a screen ranks them
+            (None: all); removals and rewrites are always refitted.
         margin: with ``order="screen"``, the candidates refitted after the best-screened one
             are the sparsest whose screen is within this of it.
-        max_refits: stop the moves after this many refits in all (None: no limit); each
-            costs an ODE fit, and the candidates refitted first are the likeliest.
+        max_refits: stop the moves after this many refits in all (None: no limit), then only
+            removals and rewrites of the best; each costs an ODE fit, and the candidates
+            refitted first are the likeliest.
         rescreen: also propose integral-matching candidates along the best refitted twin's
             trajectory at every step.
         max_initial_terms: the first refits take candidates with at most this many terms per
@@ -246,6 +256,7 @@ class TrajectorySelector:
         screen: Callable[[Candidate, Scored | None], float] | None = None,
         propose: Callable[[Scored], list[Candidate]] | None = None,
         sizes: dict[str, int] | None = None,
+        rewrite: Callable[[Scored], list[Candidate]] | None = None,
     ) -> tuple[Scored, list[Scored]]:
         """The chosen candidate and every scored one (the whole path), in order of scoring.
 
@@ -254,7 +265,9 @@ class TrajectorySelector:
         the refitted candidate ``around`` (None: the trained model's; without a screen,
         ``info["screen"]``); ``propose(best)`` new candidates around the best refitted one;
         ``sizes[target]``: its library's number of terms (for ``ebic``; without it the
-        search term is left out, as in BIC).
+        search term is left out, as in BIC); ``rewrite(best)``: the best written with a term
+        or a constant fewer (:mod:`ude.distill.rewrites`; origins in :data:`REWRITES`), refitted
+        at every step and, like its removals, after the refit budget.
         """
         if not candidates:
             raise UdeError(
@@ -264,16 +277,45 @@ class TrajectorySelector:
             )
         scored: list[Scored] = []
         seen: dict[tuple, Scored] = {}
+        retried: set[tuple] = set()
+        started: dict[tuple, int] = {}  # a move's support: the id of the best it moved from
 
-        def score(cand: Candidate, step: str) -> Scored:
+        def score(cand: Candidate, step: str, around: Scored | None = None) -> Scored:
+            """The candidate refitted and scored (a move of ``around``: from its values); a
+            support refitted before, again from this start (:func:`fresh`), keeps the better
+            of its two refits."""
             key = cand.support()
-            if key in seen:
+            if key in seen and key in retried:
                 return seen[key]
+            if around is not None:
+                started[key] = id(around)
             result, k = refit(cand)
             s = self.scored(cand, result, k, sizes, step)
+            if key not in seen:
+                scored.append(s)
+            else:
+                retried.add(key)
+                if not s.criterion < seen[key].criterion:
+                    return seen[key]
+                scored[next(i for i, o in enumerate(scored) if o is seen[key])] = s
             seen[key] = s
-            scored.append(s)
             return s
+
+        def fresh(cand: Candidate, step: str, best: Scored) -> bool:
+            """Whether to refit ``cand``: a support not refitted yet, or a sparser form of
+            ``best`` (a removal, a rewrite) whose support was refitted once, from another
+            start, to a worse criterion than ``best``'s. Started from ``best``'s refitted
+            values it can reach the optimum that start missed (a steep Hill law refitted from
+            the screen's constants can stop in a poor basin; Goodwin's repression did, 127
+            units behind its refit from a neighbour's values)."""
+            key = cand.support()
+            if key not in seen:
+                return True
+            again = (step == "prune" or step in REWRITES) and started.get(key) != id(best)
+            return again and key not in retried and seen[key].criterion > best.criterion
+
+        def n_refits() -> int:
+            return len(scored) + len(retried)
 
         def screened(cand: Candidate, around: Scored | None = None) -> float:
             if screen is not None:
@@ -303,7 +345,7 @@ class TrajectorySelector:
         for cand in ranked:
             if succeeded >= self.max_candidates or tried >= self.max_candidates + 2:
                 break
-            if self.max_refits is not None and len(scored) >= self.max_refits:
+            if self.max_refits is not None and n_refits() >= self.max_refits:
                 break
             if cand.support() not in seen:
                 succeeded += math.isfinite(score(cand, "path").criterion)
@@ -311,38 +353,41 @@ class TrajectorySelector:
         best = min(scored, key=lambda s: s.criterion)
         while math.isfinite(best.criterion):
             moves = self._neighbours(best) if self.prune or self.grow else []
+            if rewrite is not None:
+                moves += [(c, c.origin) for c in rewrite(best)]
             if propose is not None and self.rescreen:
-                moves += [
-                    (c, "limit" if c.origin == "limit" else "rescreen") for c in propose(best)
-                ]
+                moves += [(c, "rescreen") for c in propose(best)]
             unique: dict[tuple, tuple[Candidate, str]] = {}
             for cand, step in moves:
-                if cand.support() not in seen:
+                if fresh(cand, step, best):
                     unique.setdefault(cand.support(), (cand, step))
             moves = list(unique.values())
             if self.order == "screen" and self.max_moves is not None:
-                # every removal is refitted (the parsimony rule below needs the sparser
-                # neighbours); additions and proposals only when the screen ranks them high
-                removals = [m for m in moves if m[1] == "prune"]
-                others = [m for m in moves if m[1] != "prune"]
-                # a rate law swapped for its limit first: the same fit with a constant fewer
-                others = sorted(others, key=lambda m: (m[1] != "limit", screened(m[0], best)))
+                # every removal and rewrite is refitted (the parsimony rule below needs the
+                # sparser neighbours; a rewrite is the same fit with a term or a constant
+                # fewer); additions and proposals only when the screen ranks them high
+                sparser = [m for m in moves if m[1] == "prune" or m[1] in REWRITES]
+                others = [m for m in moves if m[1] != "prune" and m[1] not in REWRITES]
+                others = sorted(others, key=lambda m: screened(m[0], best))
                 others = others[: self.max_moves]
-                moves = removals + others
+                moves = sparser + others
             if self.max_refits is not None:
-                moves = moves[: max(0, self.max_refits - len(scored))]
+                moves = moves[: max(0, self.max_refits - n_refits())]
             if not moves:
                 break
-            trials = [score(c, step) for c, step in moves]
+            trials = [score(c, step, best) for c, step in moves]
             top = min(trials, key=lambda s: s.criterion)
             if top.criterion >= best.criterion:
                 break
             best = top
         while self.prune and math.isfinite(best.criterion):
-            # backward elimination from the best, past the refit budget (at most one pass per
-            # term): the parsimony rule below needs the sparser neighbours of what it chooses
-            removals = [c for c, step in self._neighbours(best) if step == "prune"]
-            trials = [score(c, "prune") for c in removals if c.support() not in seen]
+            # backward elimination from the best, past the refit budget (each pass a term or a
+            # constant fewer): the parsimony rule below needs the sparser neighbours of what it
+            # chooses, and a best written the long way its short form
+            sparser = [(c, step) for c, step in self._neighbours(best) if step == "prune"]
+            if rewrite is not None:
+                sparser += [(c, c.origin) for c in rewrite(best)]
+            trials = [score(c, step, best) for c, step in sparser if fresh(c, step, best)]
             if not trials or min(t.criterion for t in trials) >= best.criterion:
                 break
             best = min(trials, key=lambda s: s.criterion)
