@@ -104,7 +104,7 @@ def write_petab(
     )
     per_condition = per_condition or {}
     cond_ids = _condition_ids(measurements.conditions)
-    own = {k: [_identifier(f"{k}_{c}") for c in cond_ids] for k in per_condition}
+    own = {k: [f"{k}_{c}" for c in cond_ids] for k in per_condition}
     init_ids = _initial_ids(
         spec,
         measurements,

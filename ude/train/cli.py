@@ -189,11 +189,9 @@ def _outputs(
     with progress.stage("plots"):
         plot_fit(model, measurements, run_dir / "plots" / "fit.png", datamodule.split)
         plot_missing_terms(model, measurements, run_dir / "plots" / "missing_terms.png")
-    from ude.distill.cli import distill_enabled
+    from ude.distill.cli import distill_enabled, run_distill, summary
 
     if distill_enabled(cfg) and not cfg.trainer.get("fast_dev_run"):
-        from ude.distill.cli import run_distill, summary
-
         # the distillation sees the training entries alone; the twin is judged on the rest
         metrics["distill"] = run_distill(
             cfg.distill, model, measurements, run_dir, datamodule.split, progress=progress
