@@ -145,6 +145,8 @@ def run_training(
         metrics["warm_start_cycles"] = module.warm_start_cycles_run
     if module.warm_start_discarded:
         metrics["warm_start_discarded"] = module.warm_start_discarded
+    if module.fit_cycles_run > 1:
+        metrics["fit_cycles"] = module.fit_cycles_run
     metrics["timings"] = {"train_seconds": round(seconds, 3)}
     return metrics
 

@@ -501,6 +501,9 @@ class UDE(Method):
             "solver": problem.solver,
             "epochs": metrics.get("epochs"),
         }
+        for key in ("warm_start_cycles", "warm_start_discarded", "fit_cycles"):
+            if metrics.get(key):
+                info[key] = metrics[key]
         if metrics.get("stop_reason"):
             info["stop_reason"] = metrics["stop_reason"]
         try:

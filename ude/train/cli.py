@@ -276,6 +276,12 @@ def _summary(cfg: DictConfig, metrics: dict[str, Any], run_dir: Path) -> None:
             "ude: the warm start was discarded (its model could not be solved over the data: "
             f"{metrics['warm_start_discarded']}); training started from the untrained networks"
         )
+    if metrics.get("fit_cycles", 1) > 1:
+        log.info(
+            f"ude: trajectory fitting ran {metrics['fit_cycles']} cycles of "
+            f"{cfg.trainer.max_epochs} epochs (a cycle that ends with the training NMSE above "
+            f"{cfg.optim.unexplained:g}, the fit not taken hold, is followed by another)"
+        )
     log.info(f"run directory: {run_dir}")
 
 

@@ -28,6 +28,15 @@ class UDEModule(pl.LightningModule):
     which leaves to the known terms what they can explain. Adam (cosine learning-rate decay)
     runs until the last ``polish_epochs`` epochs, which use L-BFGS.
 
+    Trajectory fitting runs in cycles of the trainer's ``max_epochs``: another cycle (Adam's
+    learning rate restarted, the polish moved to the end), up to ``fit_cycles`` in all, while
+    a cycle ends with the fit leaving more than the fraction ``unexplained`` of the data's
+    mean square (the training MSE, normalised by each observable's RMS, above it: a fit worse
+    than ``1 - unexplained`` of the data's scale) — training that started far from the answer
+    (no warm start, or one discarded because its model could not be solved) is still on its
+    way there when a schedule tuned for a warm-started fit ends. A fit that takes hold runs
+    exactly ``max_epochs``.
+
     A step whose loss or parameters become NaN/inf, or whose solve fails, is undone and
     training stops; ``stop_reason`` says why and the checkpoints keep the last good state.
     """
@@ -51,6 +60,8 @@ class UDEModule(pl.LightningModule):
         shooting_weight: float = 10.0,
         warm_start_lr: float = 1e-2,
         warm_start_cycles: int = 4,
+        fit_cycles: int = 1,
+        unexplained: float = 0.1,
         observed_states: torch.Tensor | None = None,
         progress: Progress | None = None,
     ):
@@ -84,6 +95,17 @@ class UDEModule(pl.LightningModule):
                 source="optim.warm_start_cycles",
                 fix="1 (one cycle of warm_start_steps) or more; optim.warm_start_steps=0 skips it",
             )
+        if int(fit_cycles) < 1 or not 0 < float(unexplained) < 1:
+            raise UdeError(
+                f"expected fit_cycles >= 1 and 0 < unexplained < 1, got {fit_cycles} and "
+                f"{unexplained}",
+                source="optim.fit_cycles",
+                fix="optim.fit_cycles=1 (exactly trainer.max_epochs) or more, "
+                "optim.unexplained=0.1",
+            )
+        self.fit_cycles, self.unexplained = int(fit_cycles), float(unexplained)
+        self.fit_cycles_run = 1  # kept in checkpoints: a resumed run continues its cycle
+        self._cycle_epochs: int | None = None  # the trainer's max_epochs: one cycle's length
         # A buffer, so a resumed run (whose weights come from the checkpoint) skips it.
         self.register_buffer("warm_started", torch.tensor(False))
         self._init_shooting(int(shooting_segments), int(shooting_epochs), float(shooting_weight))
@@ -305,8 +327,11 @@ class UDEModule(pl.LightningModule):
         return self.progress if self.trainer.is_global_zero else Progress()
 
     def on_fit_start(self) -> None:
-        """The warm start and the shooting nodes: on the first process only, then broadcast
-        (under DDP every process must start from the same parameters)."""
+        """The cycles a resumed run had reached; the warm start and the shooting nodes: on
+        the first process only, then broadcast (under DDP every process must start from the
+        same parameters)."""
+        self._cycle_epochs = int(self.trainer.max_epochs)
+        self.trainer.fit_loop.max_epochs = self._cycle_epochs * self.fit_cycles_run
         warm = self.warm_start_steps and self.smoothed is not None and not self.warm_started
         nodes = len(self.segments) > 1 and not self.nodes_ready
         if not (warm or nodes):
@@ -495,10 +520,37 @@ class UDEModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         if not self._polishing() and self.stop_reason is None:
             self.lr_schedulers().step()
+            self._next_cycle()
         stage = getattr(self, "_train_stage", None)
         if stage is not None:
             loss = self.trainer.callback_metrics.get("train/loss")
             stage.advance(note=None if loss is None else f"loss {float(loss):.4g}")
+
+    def _next_cycle(self) -> None:
+        """At the end of a cycle's Adam epochs, another cycle when the fit still leaves more
+        than ``unexplained`` of the data's mean square (see the class docstring): the loop
+        runs ``max_epochs`` more, Adam's learning rate restarts its cosine decay and the
+        polish moves to the new end. Every process decides alike (the MSE is all the data's)."""
+        if self._cycle_epochs is None or self.fit_cycles_run >= self.fit_cycles:
+            return
+        if self.current_epoch + 1 != self.trainer.max_epochs - self.polish_epochs:
+            return
+        mse = self.trainer.callback_metrics.get("train/mse")
+        if mse is None or not float(mse) > self.unexplained or self.trainer.should_stop:
+            return
+        self.fit_cycles_run += 1
+        self.trainer.fit_loop.max_epochs += self._cycle_epochs
+        schedule = self.lr_schedulers()
+        for group, start in zip(schedule.optimizer.param_groups, schedule.base_lrs, strict=True):
+            group["lr"] = start
+        schedule.last_epoch = 0
+        stage = getattr(self, "_train_stage", None)
+        if stage is not None and stage.total is not None:
+            stage.total += self._cycle_epochs
+            stage.describe(
+                f"cycle {self.fit_cycles_run} (the fit left {float(mse):.3g} of the data's "
+                "mean square)"
+            )
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         try:
@@ -514,6 +566,8 @@ class UDEModule(pl.LightningModule):
     # -- state kept across resumes -----------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["ude_first_mse"] = self.first_mse
+        checkpoint["ude_fit_cycles"] = self.fit_cycles_run
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.first_mse = checkpoint.get("ude_first_mse")
+        self.fit_cycles_run = int(checkpoint.get("ude_fit_cycles", 1))
