@@ -280,7 +280,8 @@ def _summary(cfg: DictConfig, metrics: dict[str, Any], run_dir: Path) -> None:
         log.info(
             f"ude: trajectory fitting ran {metrics['fit_cycles']} cycles of "
             f"{cfg.trainer.max_epochs} epochs (a cycle that ends with the training NMSE above "
-            f"{cfg.optim.unexplained:g}, the fit not taken hold, is followed by another)"
+            f"{cfg.optim.unexplained:g} and still falling, the fit not taken hold, is followed "
+            "by another)"
         )
     log.info(f"run directory: {run_dir}")
 
