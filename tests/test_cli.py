@@ -35,7 +35,7 @@ def run_train(tmp_path, *overrides: str, run_dir: str = "run") -> subprocess.Com
             ["trainer.max_epoch=5"],
             "trainer.max_epoch: no such key (did you mean trainer.max_epochs?",
         ),
-        (["optim.learning_rate=0.1"], "the keys under optim are: grad_clip, loss, lr,"),
+        (["optim.learning_rate=0.1"], "the keys under optim are: fit_cycles, grad_clip, loss, lr,"),
         (["data=csv"], "data.path: no value given (give your measurements table as data.path="),
         (["optim.lr=fast"], "optim.lr"),
         (["solver=rk5"], "rk5"),
