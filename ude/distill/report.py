@@ -429,7 +429,8 @@ def forecast_band(
     truth: np.ndarray | None,
 ) -> tuple[ForecastInterval | None, dict[str, Any]]:
     """The band of the refitted twin's forecast over ``times`` from its fitted initial states,
-    and its summary for distill.json: level, draws, failed draws, floored eigenvalues and, with
+    and its summary for distill.json: level, draws, failed draws, floored eigenvalues, the
+    directions that the parameters' ranges bound rather than the data and, with
     ``truth (condition, time, state)`` and a usable band (:attr:`ForecastInterval.usable`),
     the fraction of the true states inside (overall and per state). A band that cannot be
     computed (the solve at the optimum fails) is recorded as an error, not raised."""
@@ -443,6 +444,9 @@ def forecast_band(
         "n_samples": band.n_samples,
         "n_failed": band.n_failed,
         "n_floored_eigenvalues": band.laplace.n_floored,
+        # directions along which the parameters' ranges (bounds, or a weak log-scale prior),
+        # not the data, bound the draws (ude.uq.parameter_ranges)
+        "n_prior_bounded": band.laplace.n_prior_bounded,
     }
     if band.usable:  # failed draws count outside the band: unbounded once too many have
         out["unbounded_from"] = band.unbounded_from()
