@@ -27,8 +27,9 @@ def _refit(spec: dict, data: Measurements):
 
 def test_a_rate_the_data_never_see_gets_the_band_its_bounds_give():
     """z' = -d z, z unobserved, d log10-scaled in [0.01, 1]: the NLL does not depend on d, so
-    its Hessian row is zero. It was held at its start (a band of zero width for z, as if d
-    were known); now its draws are its prior, the uniform over the box by its variance
+    its Hessian is zero up to the solver's rounding (its row couples only through the shared
+    adaptive steps). The raw logit's floored variance put its draws at the box's two ends;
+    now its draws are its prior, the uniform over the box by its variance
     (sd ln(100)/√12 on ln d) truncated to the box, and z's band at time t is exactly
     exp(-t d) at that distribution's 97.5 and 2.5 % quantiles. Tolerance: 0.15 on ln d, about
     four standard errors of a 2.5 % quantile of 1000 draws."""
@@ -52,6 +53,12 @@ def test_a_rate_the_data_never_see_gets_the_band_its_bounds_give():
     sd = (hi - lo) / math.sqrt(12)
     centre = math.log(0.1)
     q_lo, q_hi = truncnorm.ppf([0.025, 0.975], (lo - centre) / sd, (hi - centre) / sd, centre, sd)
+    # the draws fill the box as the prior does: the old raw-logit draws sat at its two ends
+    ln_d = entry_ranges(model).natural(band.samples)[:, i]
+    middle = (ln_d > lo + (hi - lo) / 4) & (ln_d < hi - (hi - lo) / 4)
+    a, b = (lo - centre) / sd, (hi - centre) / sd
+    inner = np.diff(truncnorm.cdf([lo + (hi - lo) / 4, hi - (hi - lo) / 4], a, b, centre, sd))
+    assert np.mean(middle) == pytest.approx(inner[0], abs=0.05)  # 3 sd of 1000 draws' share
     t = GRID[1:]  # z(0) = 1 is known
     z = 1  # the state z
     ln_d_upper = np.log(-np.log(band.lower[0, 1:, z]) / t)  # the band's low end: d's high one
@@ -141,3 +148,15 @@ def test_truncated_gaussian_matches_rejection_sampling():
         np.percentile(exact[:, 0], [2.5, 50, 97.5]),
         atol=0.1,
     )
+
+
+def test_the_summary_says_how_many_directions_the_ranges_bound():
+    """distill.json's forecast_interval counts the directions bounded by the parameters'
+    ranges rather than the data; the summary line says so (none: nothing said)."""
+    from ude.distill.cli import summary
+
+    band = {"level": 0.95, "n_samples": 200, "n_failed": 0, "bounded_share": 1.0}
+    metrics = {"discovered": {"x": "-0.9*x*y"}, "timings": {"total_seconds": 1.0}, "failures": []}
+    line = summary(metrics | {"forecast_interval": band | {"n_prior_bounded": 19}})
+    assert "95% band: 19 parameter directions bounded by the parameters' ranges" in line
+    assert "ranges" not in summary(metrics | {"forecast_interval": band | {"n_prior_bounded": 0}})

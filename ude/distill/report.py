@@ -430,7 +430,8 @@ def forecast_band(
 ) -> tuple[ForecastInterval | None, dict[str, Any]]:
     """The band of the refitted twin's forecast over ``times`` from its fitted initial states,
     and its summary for distill.json: level, draws, failed draws, floored eigenvalues, the
-    directions that the parameters' ranges bound rather than the data and, with
+    directions that the parameters' ranges bound rather than the data, the band's mean width
+    per state where it is bounded and, with
     ``truth (condition, time, state)`` and a usable band (:attr:`ForecastInterval.usable`),
     the fraction of the true states inside (overall and per state). A band that cannot be
     computed (the solve at the optimum fails) is recorded as an error, not raised."""
@@ -451,6 +452,10 @@ def forecast_band(
     if band.usable:  # failed draws count outside the band: unbounded once too many have
         out["unbounded_from"] = band.unbounded_from()
         out["bounded_share"] = float(np.mean(band.bounded))
+        width = np.where(band.bounded[..., None], band.upper - band.lower, np.nan)
+        out["mean_width_by_state"] = {
+            s: float(np.nanmean(width[..., i])) for i, s in enumerate(states)
+        }
     if truth is not None and band.usable:
         out["coverage_of_truth"] = band.coverage(truth)  # where the band is bounded
         inside = (truth >= band.lower) & (truth <= band.upper)

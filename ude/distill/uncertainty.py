@@ -2,9 +2,13 @@
 
 The refit (:class:`ude.distill.TwinRefit`) minimises the mean Gaussian NLL of the data over the
 twin's learnable parameters (coefficients, constants such as K, learned initial states and the
-log noise levels). Around that optimum the posterior of the parameters (flat prior, or the
-spec's priors) is approximated by a Gaussian whose covariance is the inverse Hessian of the
-*summed* NLL. Parameters are drawn from it and each draw's trajectory is simulated.
+log noise levels). Around that optimum the posterior of the parameters is approximated by a
+Gaussian on each parameter's own scale (the log of a log-scaled one, not the optimiser's logit
+between its bounds) whose precision is the Hessian of the *summed* NLL (with the spec's priors)
+plus the weak prior that each parameter's range implies, truncated to the parameters' bounds
+(:mod:`ude.uq.parameter_ranges`; why: :func:`_laplace`). Parameters are drawn from it and each
+draw's trajectory is simulated. Directions the data do not bound get their spread from the
+ranges: ``n_prior_bounded`` counts them (distill.json's ``forecast_interval``, the summary).
 
 The band is for the noise-free trajectory (the states): it holds parameter uncertainty only,
 not the scatter of new measurements around the trajectory. That is what is compared with a
