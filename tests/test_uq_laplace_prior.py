@@ -142,6 +142,8 @@ def test_truncated_gaussian_matches_rejection_sampling():
     exact = rng.multivariate_normal(mean, cov, size=200_000)
     exact = exact[np.all((exact >= lower) & (exact <= upper), axis=1)]
     assert np.all((x >= lower) & (x <= upper))
+    # one draw (a structure's share of a mixture's draws can be one)
+    assert truncated_gaussian(mean, precision, lower, upper, 1, rng).shape == (1, 2)
     assert np.std(x[:, 0]) == pytest.approx(np.std(exact[:, 0]), rel=0.05)
     np.testing.assert_allclose(
         np.percentile(x[:, 0], [2.5, 50, 97.5]),

@@ -203,6 +203,8 @@ def truncated_gaussian(
         t_max = np.where(moving, np.maximum(t_a, t_b), np.inf).min(axis=1)
         t_max = np.maximum(t_max, t_min)  # rounding at a wall
         centre = -(w * v).sum(axis=1)  # the line's closest point to the mean
-        t = truncnorm.rvs(t_min - centre, t_max - centre, loc=centre, random_state=rng)
+        t = truncnorm.rvs(
+            t_min - centre, t_max - centre, loc=centre, size=n_samples, random_state=rng
+        )
         w += np.where(np.isfinite(t), t, 0.0)[:, None] * v
     return mean + w @ L.T
