@@ -319,9 +319,10 @@ def _laplace(model: HybridODE, measurements: Measurements, eigen_floor: float) -
 
     g, H = hessian(model, measurements)
     ranges = entry_ranges(model)
-    # an entry the NLL does not depend on is held, unless it has a prior: then the prior alone
-    # bounds it (a rate of an unobserved state's decay), rather than the band leaving it out
-    free = np.any(H != 0, axis=1) | np.isfinite(ranges.prior_sd)
+    # an entry the NLL does not depend on at all (a known initial state, detached; a rate
+    # that only an unmeasured observable sees) is held at its value, as before the prior:
+    # twin.json's per-condition Gaussians and the twin's own band take this covariance too
+    free = np.any(H != 0, axis=1)
     mean = nn.utils.parameters_to_vector([p for p in model.parameters() if p.requires_grad])
     mean = mean.detach().cpu().numpy()
     H_nat = ranges.to_natural_hessian(mean, g, H)
