@@ -261,6 +261,11 @@ def write_report(
         info = metrics["forecast_interval"]
         if band is None or not band.usable:
             why = info.get("error") or f"{info['n_failed']} of {info['n_samples']} draws failed"
+            if info.get("n_prior_bounded"):  # the draws' spread came from the ranges there
+                why += (
+                    f" ({info['n_prior_bounded']} parameter directions bounded by the "
+                    "parameters' ranges, not the data)"
+                )
             failures.append({"status": "band_failed", "why": why})
             band = None
     laplace_band = band
