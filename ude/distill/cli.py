@@ -205,6 +205,12 @@ def summary(metrics: dict[str, Any]) -> str:
             line += f" up to t={min(ends):.3g} (unbounded past it)"
         if band["n_failed"]:
             line += f" ({band['n_failed']} of {band['n_samples']} draws failed)"
+    if band.get("n_prior_bounded") and "band_failed" not in failed:
+        n = band["n_prior_bounded"]
+        line += (
+            f"; {band['level']:.0%} band: {n} parameter direction{'s' if n > 1 else ''} "
+            "bounded by the parameters' ranges, not the data"
+        )
     predictive = metrics.get("predictive_band", {})
     if "coverage_of_truth" in predictive:
         line += (

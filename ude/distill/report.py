@@ -261,6 +261,11 @@ def write_report(
         info = metrics["forecast_interval"]
         if band is None or not band.usable:
             why = info.get("error") or f"{info['n_failed']} of {info['n_samples']} draws failed"
+            if info.get("n_prior_bounded"):  # the draws' spread came from the ranges there
+                why += (
+                    f" ({info['n_prior_bounded']} parameter directions bounded by the "
+                    "parameters' ranges, not the data)"
+                )
             failures.append({"status": "band_failed", "why": why})
             band = None
     laplace_band = band
@@ -429,7 +434,9 @@ def forecast_band(
     truth: np.ndarray | None,
 ) -> tuple[ForecastInterval | None, dict[str, Any]]:
     """The band of the refitted twin's forecast over ``times`` from its fitted initial states,
-    and its summary for distill.json: level, draws, failed draws, floored eigenvalues and, with
+    and its summary for distill.json: level, draws, failed draws, floored eigenvalues, the
+    directions that the parameters' ranges bound rather than the data, the band's mean width
+    per state where it is bounded and, with
     ``truth (condition, time, state)`` and a usable band (:attr:`ForecastInterval.usable`),
     the fraction of the true states inside (overall and per state). A band that cannot be
     computed (the solve at the optimum fails) is recorded as an error, not raised."""
@@ -443,10 +450,17 @@ def forecast_band(
         "n_samples": band.n_samples,
         "n_failed": band.n_failed,
         "n_floored_eigenvalues": band.laplace.n_floored,
+        # directions along which the parameters' ranges (bounds, or a weak log-scale prior),
+        # not the data, bound the draws (ude.uq.parameter_ranges)
+        "n_prior_bounded": band.laplace.n_prior_bounded,
     }
     if band.usable:  # failed draws count outside the band: unbounded once too many have
         out["unbounded_from"] = band.unbounded_from()
         out["bounded_share"] = float(np.mean(band.bounded))
+        width = np.where(band.bounded[..., None], band.upper - band.lower, np.nan)
+        out["mean_width_by_state"] = {
+            s: float(np.nanmean(width[..., i])) for i, s in enumerate(states)
+        }
     if truth is not None and band.usable:
         out["coverage_of_truth"] = band.coverage(truth)  # where the band is bounded
         inside = (truth >= band.lower) & (truth <= band.upper)

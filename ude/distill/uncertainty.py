@@ -2,9 +2,13 @@
 
 The refit (:class:`ude.distill.TwinRefit`) minimises the mean Gaussian NLL of the data over the
 twin's learnable parameters (coefficients, constants such as K, learned initial states and the
-log noise levels). Around that optimum the posterior of the parameters (flat prior, or the
-spec's priors) is approximated by a Gaussian whose covariance is the inverse Hessian of the
-*summed* NLL. Parameters are drawn from it and each draw's trajectory is simulated.
+log noise levels). Around that optimum the posterior of the parameters is approximated by a
+Gaussian on each parameter's own scale (the log of a log-scaled one, not the optimiser's logit
+between its bounds) whose precision is the Hessian of the *summed* NLL (with the spec's priors)
+plus the weak prior that each parameter's range implies, truncated to the parameters' bounds
+(:mod:`ude.uq.parameter_ranges`; why: :func:`_laplace`). Parameters are drawn from it and each
+draw's trajectory is simulated. Directions the data do not bound get their spread from the
+ranges: ``n_prior_bounded`` counts them (distill.json's ``forecast_interval``, the summary).
 
 The band is for the noise-free trajectory (the states): it holds parameter uncertainty only,
 not the scatter of new measurements around the trajectory. That is what is compared with a
@@ -41,11 +45,24 @@ from ude.model.solver import FIXED, Solver, SolverFailed
 @dataclass
 class Laplace:
     """A Gaussian over a model's learnable parameter entries, flattened in the order of
-    ``model.parameters()``: ``mean (entry,)`` (raw values: bounded parameters are on their
-    log / logit scale), ``covariance (entry, entry)``, ``hessian (entry, entry)`` of the summed
-    NLL, ``names (entry,)``. ``free (entry,)``: entries the data inform (a non-zero Hessian row);
-    the others (e.g. initial states the data give) have zero variance. ``n_floored``: Hessian
-    eigenvalues raised to the floor."""
+    ``model.parameters()``.
+
+    It is built on each entry's natural coordinate (:mod:`ude.uq.parameter_ranges`: the
+    position between two bounds on the parameter's own scale where the raw entry is a logit,
+    the raw entry elsewhere), with the weak prior the entry's range implies added to the data's
+    precision: ``natural_mean (entry,)``, ``precision (entry, entry)`` (eigenvalue-floored) and
+    ``natural_covariance`` (its inverse). Draws are taken there, truncated to the boxes
+    (``ranges``), and mapped to the raw entries.
+
+    ``mean (entry,)``: the raw values (bounded parameters on their log / logit scale);
+    ``covariance (entry, entry)``: the natural covariance carried to the raw entries by the
+    delta method (what a linearised consumer such as :mod:`ude.twin.band` maps back);
+    ``hessian (entry, entry)``: of the summed NLL over the raw entries; ``names (entry,)``.
+    ``free (entry,)``: entries the data inform (a non-zero Hessian row); the others (e.g.
+    initial states the data give) have zero variance. ``n_floored``: eigenvalues raised to the
+    floor (directions that neither the data nor a prior bound); ``n_prior_bounded``: directions
+    along which the prior's precision exceeds the data's (their spread comes from the parameters'
+    ranges, not the data)."""
 
     mean: np.ndarray
     covariance: np.ndarray
@@ -53,10 +70,49 @@ class Laplace:
     names: list[str]
     free: np.ndarray
     n_floored: int
+    n_prior_bounded: int = 0
+    natural_mean: np.ndarray | None = None
+    natural_covariance: np.ndarray | None = None
+    precision: np.ndarray | None = None
+    ranges: Any = None
 
     def std(self) -> dict[str, float]:
-        """Standard deviation of each entry (raw scale)."""
+        """Standard deviation of each entry (raw scale, delta method)."""
         return dict(zip(self.names, np.sqrt(np.diag(self.covariance)).tolist(), strict=True))
+
+    def natural_std(self) -> dict[str, float]:
+        """Standard deviation of each entry on its natural scale, before the truncation to
+        its box."""
+        return dict(
+            zip(self.names, np.sqrt(np.diag(self.natural_covariance)).tolist(), strict=True)
+        )
+
+    def draw(self, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+        """``n_samples`` raw parameter vectors ``(sample, entry)``: Gaussian on the natural
+        coordinates of the free entries, truncated to their boxes, the others at their
+        values."""
+        from ude.uq.parameter_ranges import truncated_gaussian
+
+        free = self.free
+        draws = np.tile(self.mean, (n_samples, 1))
+        ranges = self.ranges
+        if ranges is None or not ranges.box[free].any():
+            # no bounds: the plain Gaussian (the same draws as a raw Gaussian: x = raw)
+            lam, V = np.linalg.eigh(self.natural_covariance[np.ix_(free, free)])
+            z = rng.standard_normal((n_samples, int(free.sum())))
+            draws[:, free] += z @ (V * np.sqrt(np.clip(lam, 0, None))).T
+            return draws
+        natural = np.tile(self.natural_mean, (n_samples, 1))
+        natural[:, free] = truncated_gaussian(
+            self.natural_mean[free],
+            self.precision[np.ix_(free, free)],
+            ranges.lower[free],
+            ranges.upper[free],
+            n_samples,
+            rng,
+        )
+        draws[:, free] = ranges.raw(natural)[:, free]
+        return draws
 
 
 @dataclass
@@ -127,7 +183,7 @@ def _parameter_names(model: HybridODE) -> list[str]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if name == "initial":
+        if name in ("initial", "parametrizations.initial.original"):
             names += [f"{s}(t0)[{c}]" for c in range(p.shape[0]) for s in model.spec.states]
         elif name == "log_noise":
             names += [f"log_noise[{o}]" for o in model.observable_names]
@@ -206,11 +262,15 @@ def regularised_inverse(H: np.ndarray, eigen_floor: float = 1e-8) -> tuple[np.nd
     floored: eigenvalues below ``eigen_floor`` times the largest one in magnitude (negative
     ones: the refit stopped short of a minimum in that direction) are raised to it, so the
     direction gets a large but finite variance instead of a negative or infinite one."""
-    lam, V = np.linalg.eigh(H)
+    lam, V, n_floored = _floored_eigen(H, eigen_floor)
+    return (V / lam) @ V.T, n_floored
+
+
+def _floored_eigen(H: np.ndarray, eigen_floor: float) -> tuple[np.ndarray, np.ndarray, int]:
+    lam, V = np.linalg.eigh(0.5 * (H + H.T))
     floor = eigen_floor * max(float(np.abs(lam).max(initial=0.0)), np.finfo(float).tiny)
     n_floored = int(np.sum(lam < floor))
-    lam = np.maximum(lam, floor)
-    return (V / lam) @ V.T, n_floored
+    return np.maximum(lam, floor), V, n_floored
 
 
 _LAPLACE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -222,8 +282,9 @@ intervals), each a double-backward pass per parameter through the ODE."""
 def laplace(model: HybridODE, measurements: Measurements, eigen_floor: float = 1e-8) -> Laplace:
     """The Laplace approximation of ``model``'s learnable parameters at their current values
     (meant for a refitted twin: a few to some tens of entries). Entries with a zero Hessian row
-    do not move the NLL and are held at their values; the rest get the regularised inverse of
-    their Hessian block (:func:`regularised_inverse`). Computed once per model, data (the same
+    do not move the NLL and are held at their values; the rest get their Hessian block on
+    their natural coordinates plus their ranges' weak prior, eigenvalue-floored
+    (:func:`_laplace`). Computed once per model, data (the same
     object), parameter values and floor; the result is shared: do not change it."""
     params = [p for p in model.parameters() if p.requires_grad]
     values = nn.utils.parameters_to_vector(params).detach().cpu().numpy()
@@ -237,20 +298,68 @@ def laplace(model: HybridODE, measurements: Measurements, eigen_floor: float = 1
 
 
 def _laplace(model: HybridODE, measurements: Measurements, eigen_floor: float) -> Laplace:
-    _, H = hessian(model, measurements)
+    """The Laplace approximation on the entries' natural coordinates with their ranges' weak
+    prior (:mod:`ude.uq.parameter_ranges`).
+
+    Why a prior and a truncation rather than the data's Hessian alone: an entry the data do
+    not bound (a Hill constant far below every concentration, an initial value that the
+    trajectory forgets) has a near-zero curvature, and the inverse Hessian gives it a variance
+    limited only by the eigenvalue floor: e^±200 on a log scale, draws that no solver
+    integrates. What bounds such an entry is what was known before the data: the problem's
+    bounds (PEtab's default prior is uniform within them), or for a log-scale entry without
+    bounds a weak uniform prior over some decades. The prior enters as the Gaussian with the
+    uniform's variance, centred at the fitted value (so it leaves the fitted twin where it is,
+    and tightens a direction the data do bound by a negligible share), and the box itself by
+    truncating the draws to it: the posterior of a uniform prior times the likelihood's local
+    quadratic is that Gaussian truncated to the box, and an entry fitted at its bound (where
+    the likelihood keeps improving towards it) keeps its draws on the inside. It is computed
+    on the natural coordinates because the raw logit squashes decades of the value into a
+    sliver near a bound: there a raw Gaussian of any width is either a point or both bounds."""
+    from ude.uq.parameter_ranges import entry_ranges
+
+    g, H = hessian(model, measurements)
+    ranges = entry_ranges(model)
+    # an entry the NLL does not depend on at all (a known initial state, detached; a rate
+    # that only an unmeasured observable sees) is held at its value, as before the prior:
+    # twin.json's per-condition Gaussians and the twin's own band take this covariance too
     free = np.any(H != 0, axis=1)
-    cov = np.zeros_like(H)
-    cov_free, n_floored = regularised_inverse(H[np.ix_(free, free)], eigen_floor)
-    cov[np.ix_(free, free)] = cov_free
     mean = nn.utils.parameters_to_vector([p for p in model.parameters() if p.requires_grad])
+    mean = mean.detach().cpu().numpy()
+    H_nat = ranges.to_natural_hessian(mean, g, H)
+    prior = np.where(np.isfinite(ranges.prior_sd), ranges.prior_sd, np.inf) ** -2.0
+    sub = np.ix_(free, free)
+    lam, V, n_floored = _floored_eigen(H_nat[sub] + np.diag(prior[free]), eigen_floor)
+    cov_nat, Q = np.zeros_like(H), np.zeros_like(H)
+    cov_nat[sub], Q[sub] = (V / lam) @ V.T, (V * lam) @ V.T
+    slope = ranges.slope(mean)
     return Laplace(
-        mean=mean.detach().cpu().numpy(),
-        covariance=cov,
+        mean=mean,
+        covariance=cov_nat / np.outer(slope, slope),
         hessian=H,
         names=_parameter_names(model),
         free=free,
         n_floored=n_floored,
+        n_prior_bounded=prior_bounded(H_nat[sub], prior[free]),
+        natural_mean=ranges.natural(mean),
+        natural_covariance=cov_nat,
+        precision=Q,
+        ranges=ranges,
     )
+
+
+def prior_bounded(H: np.ndarray, prior: np.ndarray) -> int:
+    """How many directions the prior bounds rather than the data: with the data's precision
+    ``H (entry, entry)`` over the entries that have a prior (``prior (entry,)`` > 0; the
+    others profiled out), whitened by the prior's precision, the eigenvalues below one (the
+    data know less along them than the prior)."""
+    p = prior > 0
+    if not p.any():
+        return 0
+    info = H[np.ix_(p, p)]
+    if (~p).any():  # the entries without a prior are free: their Schur complement
+        info = info - H[np.ix_(p, ~p)] @ np.linalg.pinv(H[np.ix_(~p, ~p)]) @ H[np.ix_(~p, p)]
+    s = 1 / np.sqrt(prior[p])
+    return int(np.sum(np.linalg.eigvalsh(0.5 * (info + info.T) * np.outer(s, s)) < 1))
 
 
 class LaplaceInterval:
@@ -348,12 +457,7 @@ class LaplaceInterval:
         approx = laplace(model, measurements, self.eigen_floor)
         n_c = model.initial.shape[0] if initial is None else len(initial)
         cond = torch.as_tensor(list(range(n_c)) if conditions is None else conditions)
-        rng = np.random.default_rng(self.seed)
-        free = approx.free
-        lam, V = np.linalg.eigh(approx.covariance[np.ix_(free, free)])
-        draws = np.tile(approx.mean, (n_samples, 1))
-        z = rng.standard_normal((n_samples, int(free.sum())))
-        draws[:, free] += z @ (V * np.sqrt(np.clip(lam, 0, None))).T
+        draws = approx.draw(n_samples, np.random.default_rng(self.seed))
         params = [p for p in model.parameters() if p.requires_grad]
         dtype, device = model.initial.dtype, model.initial.device
         saved = nn.utils.parameters_to_vector(params).clone()
