@@ -16,6 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 import train
+from tests.conftest import FAST
 from ude.distill import load_twin
 from ude.distill.cli import load_run, new_distill_dir, summary
 from ude.distill.cli import main as distill_main
@@ -225,6 +226,34 @@ def test_a_csv_table_trains_and_distils_through_the_command(make_cfg, tmp_path):
         metrics["distill"]["discovered"]
         == json.loads((run / "twin.json").read_text())["discovered"]
     )
+
+
+def test_a_run_with_relative_paths_is_distilled_again_from_another_directory(
+    make_cfg, tmp_path, monkeypatch, capsys
+):
+    """``python -m ude.distill RUN`` rebuilds the run from its config, whose relative paths
+    start where ``python train.py`` ran (Hydra records it in ``<run>/.hydra/hydra.yaml``)."""
+    from ude import simulate_measurements
+    from ude.data.tables import write_long
+    from ude.distill.cli import load_run
+    from ude.runs import exit_2_on_user_errors
+
+    project = tmp_path / "project"
+    write_long(simulate_measurements("lotka_volterra", seed=1), project / "long.csv")
+    monkeypatch.chdir(project)
+    run = tmp_path / "run"
+    train.train(make_cfg("data=csv", "data.path=long.csv", "model.spec=lotka_volterra", *FAST))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    # no record of where it ran: from here, and the data are not here
+    with pytest.raises(SystemExit) as stopped, exit_2_on_user_errors():
+        load_run(run, [])
+    assert stopped.value.code == 2 and "long.csv: file not found" in capsys.readouterr().err
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    cwd: {project}\n")
+    _, _, measurements, _ = load_run(run, [])
+    assert measurements.n_conditions == 1 and Path.cwd() == elsewhere
 
 
 @pytest.mark.parametrize(

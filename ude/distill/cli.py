@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -327,7 +329,8 @@ def load_run(
         OmegaConf.update(cfg, "distill", merged, merge=False, force_add=True)
     for item in overrides:
         _override(cfg, item)
-    datamodule, model, module = build_run(cfg)
+    with _inside(launch_dir(run_dir)):  # the run's relative paths start there
+        datamodule, model, module = build_run(cfg)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     try:
         module.load_state_dict(state["state_dict"])
@@ -342,6 +345,29 @@ def load_run(
     measurements = datamodule.measurements
     model, _ = reported_model(model, measurements, datamodule.split)  # an ensemble's best
     return cfg, model, measurements, datamodule.split
+
+
+def launch_dir(run_dir: Path) -> Path:
+    """The directory ``python train.py`` ran in (Hydra's ``runtime.cwd`` in
+    ``<run>/.hydra/hydra.yaml``), where the run's relative paths (``data.path``, a spec file)
+    start; the current directory when the run does not say or that directory is gone."""
+    try:
+        saved = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml")
+        cwd = Path(saved.hydra.runtime.cwd)
+    except Exception:  # noqa: BLE001 - no record (a run trained from Python): as before
+        return Path.cwd()
+    return cwd if cwd.is_dir() else Path.cwd()
+
+
+@contextlib.contextmanager
+def _inside(directory: Path):
+    """Work in ``directory`` for the block (``contextlib.chdir`` is Python 3.11+)."""
+    before = Path.cwd()
+    os.chdir(directory)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def new_distill_dir(run_dir: Path, name: str | None) -> Path:
