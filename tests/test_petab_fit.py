@@ -592,15 +592,25 @@ def test_multiple_shooting_jacobian_groups_cover_every_dependence(tmp_path: Path
     assert len(groups) < sparsity.shape[1]
 
 
-def test_fit_rejects_a_negative_shooting(tmp_path: Path, capsys) -> None:
-    """A bad --shooting is one line and exit status 2, before anything is fitted."""
+@pytest.mark.parametrize(
+    "flag, value, says",
+    [
+        ("--shooting", "-2", "--shooting -2: must be at least 0"),
+        # one segment or one window is the whole time course: not silently nothing
+        ("--shooting", "1", "--shooting 1: one piece of the time course is none"),
+        ("--windows", "1", "--windows 1: one piece of the time course is none"),
+    ],
+)
+def test_fit_rejects_a_bad_shooting_or_windows(tmp_path: Path, capsys, flag, value, says) -> None:
+    """A bad --shooting or --windows is one line and exit status 2, before anything is
+    fitted."""
     from ude.petab.__main__ import main
 
     with pytest.raises(SystemExit) as exit_:
-        main(["fit", str(ELOWITZ), "--out", str(tmp_path / "f"), "--shooting", "-2"])
+        main(["fit", str(ELOWITZ), "--out", str(tmp_path / "f"), flag, value])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1 and "--shooting -2" in err
+    assert len(err.strip().splitlines()) == 1 and says in err
     assert not (tmp_path / "f").exists()
 
 

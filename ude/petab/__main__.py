@@ -140,6 +140,13 @@ def run_fit(args: argparse.Namespace) -> None:
                 source="python -m ude.petab fit",
                 fix=f"give {flag} a whole number from {least} up",
             )
+    for flag, value in (("--shooting", args.shooting), ("--windows", args.windows)):
+        if value == 1:  # one segment, one window: the whole time course, as 0 says
+            raise UdeError(
+                f"{flag} 1: one piece of the time course is none",
+                source="python -m ude.petab fit",
+                fix=f"give {flag} 0 (none) or 2 or more",
+            )
     solver = Solver(args.solver, rtol=args.rtol, atol=args.atol, max_steps=100_000)
     multistart(
         args.problem,
