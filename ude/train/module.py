@@ -562,8 +562,7 @@ class UDEModule(pl.LightningModule):
         if stage is not None and stage.total is not None:
             stage.total += self._cycle_epochs
             stage.describe(
-                f"cycle {self.fit_cycles_run} (the fit left {float(mse):.3g} of the data's "
-                "mean square)"
+                f"cycle {self.fit_cycles_run} (the fit left {mse:.3g} of the data's mean square)"
             )
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
