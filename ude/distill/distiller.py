@@ -13,6 +13,7 @@ import numpy as np
 from ude.data.measurements import Measurements
 from ude.distill.bootstrap import BootstrapInclusion, squared_residuals
 from ude.distill.integral import IntegralPath, IntegralProblem, integral_problems, screen_score
+from ude.distill.swaps import first_order_swaps
 from ude.distill.library import Library, Term, combine, slot_library
 from ude.distill.refit import RefitResult, TwinRefit
 from ude.distill.rewrites import complements, limits
@@ -551,6 +552,7 @@ class Distiller:
                 propose,
                 sizes=library_sizes(terms),
                 rewrite=lambda best: rewritten(best, terms, bounds),
+                swap=lambda best: first_order_swaps(best, terms, view(integral_along(best))),
             )
 
         t1 = time.perf_counter()

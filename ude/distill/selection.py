@@ -192,6 +192,11 @@ class TrajectorySelector:
             refitted first are the likeliest.
         rescreen: also propose integral-matching candidates along the best refitted twin's
             trajectory at every step.
+        swaps: at the first step, also refit each target's first-order terms (an input
+            alone, the constant) as one-term replacements of its support where they screen
+            within ``margin`` of the best (:mod:`ude.distill.swaps`: a flat screen cannot rank
+            them); outside ``max_moves`` and the refit budget, at most the inputs plus one per
+            target.
         max_initial_terms: the first refits take candidates with at most this many terms per
             target (None: any).
         tolerance: the chosen twin is the sparsest candidate whose criterion is within this
@@ -212,6 +217,7 @@ class TrajectorySelector:
         max_refits: int | None = 20,
         rescreen: bool = True,
         max_initial_terms: int | None = 3,
+        swaps: bool = True,
     ):
         if order not in {"screen", "sparsity"}:
             raise UdeError(
@@ -230,6 +236,7 @@ class TrajectorySelector:
         self.max_refits = max_refits
         self.rescreen = rescreen
         self.max_initial_terms = max_initial_terms
+        self.swaps = swaps
 
     def scored(
         self,
@@ -257,6 +264,7 @@ class TrajectorySelector:
         propose: Callable[[Scored], list[Candidate]] | None = None,
         sizes: dict[str, int] | None = None,
         rewrite: Callable[[Scored], list[Candidate]] | None = None,
+        swap: Callable[[Scored], list[Candidate]] | None = None,
     ) -> tuple[Scored, list[Scored]]:
         """The chosen candidate and every scored one (the whole path), in order of scoring.
 
@@ -267,7 +275,9 @@ class TrajectorySelector:
         ``sizes[target]``: its library's number of terms (for ``ebic``; without it the
         search term is left out, as in BIC); ``rewrite(best)``: the best written with a term
         or a constant fewer (:mod:`ude.distill.rewrites`; origins in :data:`REWRITES`), refitted
-        at every step and, like its removals, after the refit budget.
+        at every step and, like its removals, after the refit budget; ``swap(best)``: its
+        first-order swaps (:mod:`ude.distill.swaps`), refitted at the first step where they
+        screen within ``margin`` of the best, outside the budget.
         """
         if not candidates:
             raise UdeError(
@@ -314,8 +324,11 @@ class TrajectorySelector:
             again = (step == "prune" or step in REWRITES) and started.get(key) != id(best)
             return again and key not in retried and seen[key].criterion > best.criterion
 
+        swapped: set[tuple] = set()
+
         def n_refits() -> int:
-            return len(scored) + len(retried)
+            """Refits counted against ``max_refits`` (the swaps have their own bound)."""
+            return len(scored) + len(retried) - len(swapped)
 
         def screened(cand: Candidate, around: Scored | None = None) -> float:
             if screen is not None:
@@ -351,6 +364,7 @@ class TrajectorySelector:
                 succeeded += math.isfinite(score(cand, "path").criterion)
                 tried += 1
         best = min(scored, key=lambda s: s.criterion)
+        first = True
         while math.isfinite(best.criterion):
             moves = self._neighbours(best) if self.prune or self.grow else []
             if rewrite is not None:
@@ -373,6 +387,18 @@ class TrajectorySelector:
                 moves = sparser + others
             if self.max_refits is not None:
                 moves = moves[: max(0, self.max_refits - n_refits())]
+            if first and self.swaps and swap is not None:
+                level = screened(best.candidate, best) + self.margin
+                taken = {c.support() for c, _ in moves}
+                for cand in swap(best):
+                    key = cand.support()
+                    if key in taken or not fresh(cand, "swap", best):
+                        continue
+                    if screened(cand, best) <= level:
+                        moves.append((cand, "swap"))
+                        taken.add(key)
+                        swapped.add(key)
+            first = False
             if not moves:
                 break
             trials = [score(c, step, best) for c, step in moves]

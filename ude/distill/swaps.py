@@ -1,0 +1,54 @@
+"""First-order swaps: the simplest rate laws refitted where the screen cannot rank them.
+
+The integral-matching screen is linearised along one trajectory. Where a target's true term is
+nearly constant over the data's window (a first-order outflow ``-c*x`` of a state that changes
+little), its integral is a near-linear drift that a constant or any slowly varying product
+matches as well: every single term screens within a few units of the others, and the screen's
+order among them is noise. Only the feedback through the state's own dynamics tells them
+apart, which a refit through the ODE sees and the screen does not (yeast glycolysis at 20 %
+noise: ``c*S6`` was not among the screen's 12 best single terms, and refitted it beats the
+chosen ``c*S1*S7`` by 52 units).
+
+So where the screen is flat, the first-order terms (each input alone, and the constant) are
+refitted as one-term replacements of a target's support: at most the slot's number of
+inputs plus one per target, whatever the library's size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+
+from ude.distill.integral import IntegralProblem
+from ude.distill.library import Term
+from ude.distill.selection import Scored, moved_from, refitted_coef, refitted_constants
+from ude.distill.sparse import Candidate
+
+
+def first_order(term: Term) -> bool:
+    """Whether ``term`` is the constant or one input alone (``x``, not ``x*y`` or a law)."""
+    return term.law is None and (term.expr == sp.Integer(1) or term.expr.is_Symbol)
+
+
+def first_order_swaps(
+    best: Scored, terms: dict[str, list[Term]], integral: dict[str, IntegralProblem]
+) -> list[Candidate]:
+    """``best`` with one target's support replaced by each first-order term it does not hold
+    alone, that term's coefficient from integral matching along ``best``'s trajectory
+    (``integral``; the other targets keep their refitted values), each refitted from
+    ``best``'s initial states."""
+    fitted, constants = refitted_coef(best), refitted_constants(best)
+    out = []
+    for t, c in fitted.items():
+        if t not in integral:
+            continue
+        for j, term in enumerate(terms[t]):
+            if not first_order(term) or np.flatnonzero(c).tolist() == [j]:
+                continue
+            coef = {s: v.copy() for s, v in fitted.items()}
+            coef[t] = integral[t].lstsq([j])[0]
+            if not np.isfinite(coef[t][j]) or coef[t][j] == 0:
+                continue
+            kept = {s: cs for s, cs in constants.items() if s != t}
+            out.append(Candidate(coef, "swap", info=moved_from(best), constants=kept))
+    return out
