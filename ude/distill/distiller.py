@@ -552,7 +552,7 @@ class Distiller:
                 propose,
                 sizes=library_sizes(terms),
                 rewrite=lambda best: rewritten(best, terms, bounds),
-                swap=lambda best: first_order_swaps(best, terms, view(integral_along(best))),
+                swap=lambda best: first_order_swaps(best, terms, view(integral)),
             )
 
         t1 = time.perf_counter()

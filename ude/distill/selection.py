@@ -388,13 +388,13 @@ class TrajectorySelector:
             if self.max_refits is not None:
                 moves = moves[: max(0, self.max_refits - n_refits())]
             if first and self.swaps and swap is not None:
-                level = screened(best.candidate, best) + self.margin
+                level = screened(best.candidate) + self.margin  # as the first candidates
                 taken = {c.support() for c, _ in moves}
                 for cand in swap(best):
                     key = cand.support()
                     if key in taken or not fresh(cand, "swap", best):
                         continue
-                    if screened(cand, best) <= level:
+                    if screened(cand) <= level:
                         moves.append((cand, "swap"))
                         taken.add(key)
                         swapped.add(key)

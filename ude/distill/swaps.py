@@ -21,7 +21,7 @@ import sympy as sp
 
 from ude.distill.integral import IntegralProblem
 from ude.distill.library import Term
-from ude.distill.selection import Scored, moved_from, refitted_coef, refitted_constants
+from ude.distill.selection import Scored, refitted_coef, refitted_constants
 from ude.distill.sparse import Candidate
 
 
@@ -34,9 +34,12 @@ def first_order_swaps(
     best: Scored, terms: dict[str, list[Term]], integral: dict[str, IntegralProblem]
 ) -> list[Candidate]:
     """``best`` with one target's support replaced by each first-order term it does not hold
-    alone, that term's coefficient from integral matching along ``best``'s trajectory
-    (``integral``; the other targets keep their refitted values), each refitted from
-    ``best``'s initial states."""
+    alone, that term's coefficient from integral matching (``integral``: along the trained
+    model's trajectory) and the other targets at their refitted values. Each is refitted
+    from the trained model's initial states, as the screen's candidates are: a swap changes
+    the dynamics, and ``best``'s fitted initial states hold its own structure's errors (yeast
+    glycolysis at 20 % noise: ``c*S6`` refitted from the chosen ``c*S7``'s states stopped 320
+    units short of its refit from the trained model's)."""
     fitted, constants = refitted_coef(best), refitted_constants(best)
     out = []
     for t, c in fitted.items():
@@ -50,5 +53,5 @@ def first_order_swaps(
             if not np.isfinite(coef[t][j]) or coef[t][j] == 0:
                 continue
             kept = {s: cs for s, cs in constants.items() if s != t}
-            out.append(Candidate(coef, "swap", info=moved_from(best), constants=kept))
+            out.append(Candidate(coef, "swap", constants=kept))
     return out

@@ -1,0 +1,93 @@
+"""First-order swaps (ude/distill/swaps.py): where the screen cannot rank the single terms,
+each input alone and the constant are refitted in place of a target's support."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ude.distill import Candidate, TrajectorySelector
+from ude.distill.integral import IntegralProblem
+from ude.distill.library import slot_library
+from ude.distill.refit import RefitResult
+from ude.distill.selection import Scored
+from ude.distill.swaps import first_order, first_order_swaps
+
+
+def test_first_order_terms_are_the_inputs_alone_and_the_constant():
+    lib = slot_library(["constant", "mass_action", "michaelis_menten", "hill"], ["x", "y"])
+    lib.fit(["x", "y"])
+    names = [t.name for t in lib.terms_ if first_order(t)]
+    assert sorted(names) == ["1", "x", "y"]
+
+
+def _scored(coef: dict[str, np.ndarray]) -> Scored:
+    cand = Candidate(coef, "test", info={"owner": {}})
+    return Scored(cand, RefitResult(None, {}, 1e-2, 60, True, 0), 0.0, 1)
+
+
+def test_a_swap_replaces_one_target_by_a_first_order_term_fitted_by_integral_matching():
+    """Target ``a`` holds ``x*y``; its swaps are ``1``, ``x`` and ``y`` alone, each at the
+    integral least-squares coefficient; target ``b`` keeps its refitted coefficients."""
+    lib = slot_library(["constant", "mass_action"], ["x", "y"]).fit(["x", "y"])
+    names = [t.name for t in lib.terms_]
+    rng = np.random.default_rng(0)
+    F = rng.uniform(0.5, 2.0, (40, len(names)))
+    y = -1.3 * F[:, names.index("x")]
+    problem = IntegralProblem(F, y, np.zeros(40, dtype=int), names, True)
+    coef_a, coef_b = np.zeros(len(names)), np.zeros(len(names))
+    coef_a[names.index("x*y")] = 0.4
+    coef_b[names.index("y")] = 2.0
+    best = _scored({"a": coef_a, "b": coef_b})
+    swaps = first_order_swaps(best, {"a": lib.terms_, "b": lib.terms_}, {"a": problem})
+    supports = sorted(names[int(np.flatnonzero(c.coef["a"])[0])] for c in swaps)
+    assert supports == ["1", "x", "y"]  # b has no integral problem: not swapped
+    for c in swaps:
+        assert c.origin == "swap" and np.count_nonzero(c.coef["a"]) == 1
+        np.testing.assert_array_equal(c.coef["b"], coef_b)
+    x_alone = next(c for c in swaps if c.coef["a"][names.index("x")] != 0)
+    np.testing.assert_allclose(x_alone.coef["a"][names.index("x")], -1.3, rtol=1e-10)
+
+
+def _selection(swaps: bool, screens: dict[int, float]) -> tuple[list[tuple[int, ...]], Scored]:
+    """A one-target selection over 6 terms whose truth is term 5 alone: the path proposes
+    only 0 and 1; the swap proposes 2, 3, 5 (first order) with the given screens."""
+
+    def cand(support: list[int], origin: str = "path") -> Candidate:
+        coef = np.zeros(6)
+        coef[support] = 1.0
+        return Candidate({"x": coef}, origin, info={"screen": screens.get(support[0], 0.0)})
+
+    refitted = []
+
+    def refit(c: Candidate):
+        support = tuple(int(j) for j in np.flatnonzero(c.coef["x"]))
+        refitted.append(support)
+        nmse = {(5,): 1e-3}.get(support, 5e-3)
+        return RefitResult(None, {}, nmse, 60, True, 0), c.n_terms
+
+    def screen(c: Candidate, around) -> float:
+        return screens.get(int(np.flatnonzero(c.coef["x"])[0]), 0.0)
+
+    selector = TrajectorySelector(grow=False, max_refits=2, swaps=swaps, margin=10.0)
+    chosen, _ = selector.select(
+        [cand([0]), cand([1])],
+        refit,
+        screen,
+        swap=lambda best: [cand([j], "swap") for j in (2, 3, 5)],
+    )
+    return refitted, chosen
+
+
+def test_a_flat_screen_refits_every_first_order_swap_past_the_refit_budget():
+    refitted, chosen = _selection(True, {0: 0.0, 1: 1.0, 2: 2.0, 3: 3.0, 5: 4.0})
+    assert refitted == [(0,), (1,), (2,), (3,), (5,)]  # the budget of 2 spent on the path
+    assert chosen.step == "swap"
+    assert np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [5]
+
+
+def test_swaps_the_screen_sets_apart_or_turned_off_are_not_refitted():
+    refitted, chosen = _selection(True, {0: 0.0, 1: 1.0, 2: 2.0, 3: 30.0, 5: 40.0})
+    assert refitted == [(0,), (1,), (2,)]
+    assert np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [0]
+    refitted, _ = _selection(False, {0: 0.0, 1: 1.0, 2: 2.0, 3: 3.0, 5: 4.0})
+    assert refitted == [(0,), (1,)]
