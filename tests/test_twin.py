@@ -352,9 +352,11 @@ def test_a_condition_s_band_keeps_each_parameter_within_its_bounds():
     inside = twin({})._draws(0, set(), 2000, 1)[1]
     np.testing.assert_array_equal(draws["a"], inside["a"])  # no bounds: the plain Gaussian
     assert draws["a"].max() > 3.0
-    boxed = twin({}).conditions[0].band.sample(
-        2000, np.random.default_rng(1), set(), {"a": (0.01, 1.0)}
-    )["a"]
+    boxed = (
+        twin({})
+        .conditions[0]
+        .band.sample(2000, np.random.default_rng(1), set(), {"a": (0.01, 1.0)})["a"]
+    )
     assert 0.01 <= boxed.min() and boxed.max() <= 1.0
     # the truncated log-normal's median: P(a < m | a <= 1) = 1/2
     p_inside = norm.cdf(np.log(2.0) / 1.5)

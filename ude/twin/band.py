@@ -75,8 +75,7 @@ class Gaussian:
         mean = np.clip(self.mean[keep], lower, upper)  # a value fitted on its bound, rounded
         z = truncated_normal_draws(mean, factor, lower, upper, n, rng)
         return {
-            self.entries[i]: np.exp(z[:, j]) if self.log[i] else z[:, j]
-            for j, i in enumerate(keep)
+            self.entries[i]: np.exp(z[:, j]) if self.log[i] else z[:, j] for j, i in enumerate(keep)
         }
 
     def _scaled(self, i: int, bound: float | None, open_end: float) -> float:
