@@ -323,3 +323,42 @@ def test_draws_that_blow_up_make_the_band_unbounded_not_narrower(tmp_path):
     assert np.allclose(table["x"], 1 / (1 - 0.05 * table["time"]))  # the median subject
     plot_simulation(table, tmp_path / "band.png", ["x"])
     assert (tmp_path / "band.png").stat().st_size > 0
+
+
+def test_a_condition_s_band_keeps_each_parameter_within_its_bounds():
+    """x' = -a x with a in [0.01, 1], its Gaussian on log a centred at 0.5 with sd 1.5: the
+    untruncated draws reach a = 9.5 (x(1) = 7e-5); within the bounds x(1) >= e^-1. The draws
+    are the Gaussian truncated to the box (about 1.5 sd above the mean: a third of the
+    untruncated mass lies past it), and a twin without bounds draws as before."""
+    from ude.twin.band import Gaussian
+
+    def twin(bounds: dict) -> Twin:
+        spec = ModelSpec.from_dict(
+            {
+                "name": "decay",
+                "states": ["x"],
+                "parameters": {"a": {"value": 0.5, "learn": True, **bounds}},
+                "equations": {"x": "-a*x"},
+            }
+        )
+        band = Gaussian(["a"], [True], np.array([np.log(0.5)]), np.array([[1.5**2]]))
+        return Twin(spec, [TwinCondition("c0", {"x": 1.0}, band=band)])
+
+    times = np.array([0.0, 1.0])
+    bounded = twin({"min": 0.01, "max": 1.0}).simulate(times, condition="c0", n_draws=400)
+    assert bounded["x_lower"].iloc[1] >= np.exp(-1.0) - 1e-6
+    assert bounded["x_upper"].iloc[1] <= np.exp(-0.01) + 1e-6
+    draws = twin({}).conditions[0].band.sample(2000, np.random.default_rng(1), set(), {})
+    inside = twin({})._draws(0, set(), 2000, 1)[1]
+    np.testing.assert_array_equal(draws["a"], inside["a"])  # no bounds: the plain Gaussian
+    assert draws["a"].max() > 3.0
+    boxed = (
+        twin({})
+        .conditions[0]
+        .band.sample(2000, np.random.default_rng(1), set(), {"a": (0.01, 1.0)})["a"]
+    )
+    assert 0.01 <= boxed.min() and boxed.max() <= 1.0
+    # the truncated log-normal's median: P(a < m | a <= 1) = 1/2
+    p_inside = norm.cdf(np.log(2.0) / 1.5)
+    m = 0.5 * np.exp(1.5 * norm.ppf(0.5 * p_inside))
+    assert abs(np.median(boxed) / m - 1) < 0.1

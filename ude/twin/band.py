@@ -48,20 +48,43 @@ class Gaussian:
             np.asarray(raw["covariance"], dtype=float).reshape(len(raw["entries"]), -1),
         )
 
-    def sample(self, n: int, rng: np.random.Generator, fixed: set[str]) -> dict[str, np.ndarray]:
+    def sample(
+        self,
+        n: int,
+        rng: np.random.Generator,
+        fixed: set[str],
+        bounds: dict[str, tuple[float | None, float | None]] | None = None,
+    ) -> dict[str, np.ndarray]:
         """``n`` draws ``{entry: (n,)}`` on the values' own scale, the entries in ``fixed``
-        left out (their marginal over the others is the Gaussian without their rows)."""
+        left out (their marginal over the others is the Gaussian without their rows), each
+        entry within its ``bounds`` (``(min, max)`` on the value's own scale, None: open): the
+        Gaussian truncated to that box (:func:`ude.uq.parameter_ranges.truncated_normal_draws`),
+        as the distillation's band draws; a rate bounded below by 0.01 never draws 0.001."""
+        from ude.uq.parameter_ranges import truncated_normal_draws
+
         keep = [i for i, e in enumerate(self.entries) if e not in fixed]
         if not keep:
             return {}
         cov = self.covariance[np.ix_(keep, keep)]
         lam, vec = np.linalg.eigh(0.5 * (cov + cov.T))
-        z = rng.standard_normal((n, len(keep))) @ (vec * np.sqrt(np.clip(lam, 0, None))).T
-        out = {}
+        factor = vec * np.sqrt(np.clip(lam, 0, None))
+        lower, upper = np.full(len(keep), -np.inf), np.full(len(keep), np.inf)
         for j, i in enumerate(keep):
-            x = self.mean[i] + z[:, j]
-            out[self.entries[i]] = np.exp(x) if self.log[i] else x
-        return out
+            lo, hi = (bounds or {}).get(self.entries[i], (None, None))
+            lower[j], upper[j] = self._scaled(i, lo, -np.inf), self._scaled(i, hi, np.inf)
+        mean = np.clip(self.mean[keep], lower, upper)  # a value fitted on its bound, rounded
+        z = truncated_normal_draws(mean, factor, lower, upper, n, rng)
+        return {
+            self.entries[i]: np.exp(z[:, j]) if self.log[i] else z[:, j] for j, i in enumerate(keep)
+        }
+
+    def _scaled(self, i: int, bound: float | None, open_end: float) -> float:
+        """``bound`` of entry ``i`` on the entry's scale (None, or 0 on a log scale: open)."""
+        if bound is None:
+            return open_end
+        if self.log[i]:
+            return float(np.log(bound)) if bound > 0 else open_end
+        return float(bound)
 
 
 def condition_gaussians(model: HybridODE, covariance: np.ndarray) -> list[Gaussian]:

@@ -534,7 +534,9 @@ class Twin:
             band = self.conditions[c].band
             if band is None or not band.entries:
                 return "none (no uncertainty recorded for this condition)", None
-            return "parameter uncertainty", band.sample(n, rng, {f"{s}(0)" for s in held})
+            bounds = {k: (p.min, p.max) for k, p in self.spec.parameters.items()}
+            held_states = {f"{s}(0)" for s in held}
+            return "parameter uncertainty", band.sample(n, rng, held_states, bounds)
         population = {k: p for k, p in self.spec.parameters.items() if p.population is not None}
         if not population:
             return "none (no population parameters)", None

@@ -173,7 +173,24 @@ def truncated_gaussian(
 ) -> np.ndarray:
     """``n_samples`` draws ``(sample, entry)`` of the Gaussian ``N(mean, precision⁻¹)``
     truncated to the box ``[lower, upper]`` ``(entry,)`` (infinite ends: open), ``mean``
-    inside it.
+    inside it (:func:`truncated_normal_draws`)."""
+    lam, V = np.linalg.eigh(0.5 * (precision + precision.T))
+    return truncated_normal_draws(mean, V / np.sqrt(lam), lower, upper, n_samples, rng, steps)
+
+
+def truncated_normal_draws(
+    mean: np.ndarray,
+    factor: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    n_samples: int,
+    rng: np.random.Generator,
+    steps: int | None = None,
+) -> np.ndarray:
+    """``n_samples`` draws ``(sample, entry)`` of the Gaussian with ``mean`` and covariance
+    ``factor factorᵀ`` (``factor (entry, direction)``; a direction of zero variance may be a
+    zero column) truncated to the box ``[lower, upper]`` ``(entry,)`` (infinite ends: open),
+    ``mean`` inside it.
 
     Hit-and-run in the Gaussian's whitened coordinates, one chain per draw, each started at
     ``mean`` (the truncated Gaussian's mode) and run ``steps`` steps (default ``20 ×
@@ -185,15 +202,13 @@ def truncated_gaussian(
     entries fitted at a bound; clipping to the box would pile half the draws of such an entry
     onto the bound and break the ties the data impose.
     """
-    n = len(mean)
-    lam, V = np.linalg.eigh(0.5 * (precision + precision.T))
-    L = V / np.sqrt(lam)  # covariance = L Lᵀ
+    n, L = len(mean), factor
     if not (np.isfinite(lower).any() or np.isfinite(upper).any()):
-        return mean + rng.standard_normal((n_samples, n)) @ L.T
+        return mean + rng.standard_normal((n_samples, L.shape[1])) @ L.T
     lo, hi = lower - mean, upper - mean
-    w = np.zeros((n_samples, n))  # whitened: x = mean + L w
+    w = np.zeros((n_samples, L.shape[1]))  # whitened: x = mean + L w
     for _ in range(20 * n if steps is None else steps):
-        v = rng.standard_normal((n_samples, n))
+        v = rng.standard_normal(w.shape)
         v /= np.linalg.norm(v, axis=1, keepdims=True)
         x, dx = w @ L.T, v @ L.T  # along the line: x + t dx
         with np.errstate(divide="ignore", invalid="ignore"):
