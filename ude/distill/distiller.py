@@ -13,7 +13,6 @@ import numpy as np
 from ude.data.measurements import Measurements
 from ude.distill.bootstrap import BootstrapInclusion, squared_residuals
 from ude.distill.integral import IntegralPath, IntegralProblem, integral_problems, screen_score
-from ude.distill.swaps import first_order_swaps
 from ude.distill.library import Library, Term, combine, slot_library
 from ude.distill.refit import RefitResult, TwinRefit
 from ude.distill.rewrites import complements, limits
@@ -30,6 +29,7 @@ from ude.distill.selection import (
     ties,
 )
 from ude.distill.sparse import Candidate, EliminationPath, Problem, ThresholdPath, candidate_union
+from ude.distill.swaps import first_order_swaps
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
 from ude.model.solver import SolverFailed
