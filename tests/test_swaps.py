@@ -1,5 +1,5 @@
-"""First-order swaps (ude/distill/swaps.py): where the screen cannot rank the single terms,
-each input alone and the constant are refitted in place of a target's support."""
+"""First-order swaps (ude/distill/swaps.py): each input alone and the constant are refitted
+in place of a target's support, whatever the screen says of them."""
 
 from __future__ import annotations
 
@@ -42,20 +42,22 @@ def test_a_swap_replaces_one_target_by_a_first_order_term_fitted_by_integral_mat
     supports = sorted(names[int(np.flatnonzero(c.coef["a"])[0])] for c in swaps)
     assert supports == ["1", "x", "y"]  # b has no integral problem: not swapped
     for c in swaps:
-        assert c.origin == "swap" and np.count_nonzero(c.coef["a"]) == 1
+        assert c.origin == "swap" and c.info["swapped"] == "a"
+        assert np.count_nonzero(c.coef["a"]) == 1
         np.testing.assert_array_equal(c.coef["b"], coef_b)
     x_alone = next(c for c in swaps if c.coef["a"][names.index("x")] != 0)
     np.testing.assert_allclose(x_alone.coef["a"][names.index("x")], -1.3, rtol=1e-10)
 
 
-def _selection(swaps: bool, screens: dict[int, float]) -> tuple[list[tuple[int, ...]], Scored]:
+def _selection(swaps: int, screens: dict[int, float]) -> tuple[list[tuple[int, ...]], Scored]:
     """A one-target selection over 6 terms whose truth is term 5 alone: the path proposes
     only 0 and 1; the swap proposes 2, 3, 5 (first order) with the given screens."""
 
     def cand(support: list[int], origin: str = "path") -> Candidate:
         coef = np.zeros(6)
         coef[support] = 1.0
-        return Candidate({"x": coef}, origin, info={"screen": screens.get(support[0], 0.0)})
+        info = {"screen": screens.get(support[0], 0.0), "swapped": "x"}
+        return Candidate({"x": coef}, origin, info=info)
 
     refitted = []
 
@@ -78,16 +80,18 @@ def _selection(swaps: bool, screens: dict[int, float]) -> tuple[list[tuple[int, 
     return refitted, chosen
 
 
-def test_a_flat_screen_refits_every_first_order_swap_past_the_refit_budget():
-    refitted, chosen = _selection(True, {0: 0.0, 1: 1.0, 2: 2.0, 3: 3.0, 5: 4.0})
-    assert refitted == [(0,), (1,), (2,), (3,), (5,)]  # the budget of 2 spent on the path
+def test_every_first_order_swap_is_refitted_past_the_refit_budget_whatever_its_screen():
+    """The truth (5) screens 40 units behind the best: the swaps are refitted all the same,
+    best-screened first, beyond the budget of 2 the path spent, and the truth is chosen."""
+    refitted, chosen = _selection(12, {0: 0.0, 1: 1.0, 2: 30.0, 3: 2.0, 5: 40.0})
+    assert refitted == [(0,), (1,), (3,), (2,), (5,)]
     assert chosen.step == "swap"
     assert np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [5]
 
 
-def test_swaps_the_screen_sets_apart_or_turned_off_are_not_refitted():
-    refitted, chosen = _selection(True, {0: 0.0, 1: 1.0, 2: 2.0, 3: 30.0, 5: 40.0})
-    assert refitted == [(0,), (1,), (2,)]
+def test_the_swaps_per_target_are_capped_best_screened_first_and_0_turns_them_off():
+    refitted, chosen = _selection(2, {0: 0.0, 1: 1.0, 2: 30.0, 3: 2.0, 5: 40.0})
+    assert refitted == [(0,), (1,), (3,), (2,)]
     assert np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [0]
-    refitted, _ = _selection(False, {0: 0.0, 1: 1.0, 2: 2.0, 3: 3.0, 5: 4.0})
+    refitted, _ = _selection(0, {0: 0.0, 1: 1.0, 2: 2.0, 3: 3.0, 5: 4.0})
     assert refitted == [(0,), (1,)]

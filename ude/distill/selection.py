@@ -193,15 +193,9 @@ class TrajectorySelector:
         rescreen: also propose integral-matching candidates along the best refitted twin's
             trajectory at every step.
         swaps: at the first step, also refit each target's first-order terms (an input
-            alone, the constant) as one-term replacements of its support where they screen
-            within ``margin`` of the best (:mod:`ude.distill.swaps`: a flat screen cannot rank
-            them); outside ``max_moves`` and the refit budget, at most the inputs plus one per
-            target.
-        max_initial_terms: the first refits take candidates with at most this many terms per
-            target (None: any).
-        tolerance: the chosen twin is the sparsest candidate whose criterion is within this
-            of the best (6: the difference Kass & Raftery call strong evidence for BIC); 0
-            chooses the best.
+            alone, the constant) as one-term replacements of its support, at most this many
+            per target (the best-screened first; 0: none), outside ``max_moves`` and the refit
+            budget (:mod:`ude.distill.swaps`: the screen misranks them).
     """
 
     def __init__(
@@ -217,7 +211,7 @@ class TrajectorySelector:
         max_refits: int | None = 20,
         rescreen: bool = True,
         max_initial_terms: int | None = 3,
-        swaps: bool = True,
+        swaps: int = 12,
     ):
         if order not in {"screen", "sparsity"}:
             raise UdeError(
@@ -276,8 +270,8 @@ class TrajectorySelector:
         search term is left out, as in BIC); ``rewrite(best)``: the best written with a term
         or a constant fewer (:mod:`ude.distill.rewrites`; origins in :data:`REWRITES`), refitted
         at every step and, like its removals, after the refit budget; ``swap(best)``: its
-        first-order swaps (:mod:`ude.distill.swaps`), refitted at the first step where they
-        screen within ``margin`` of the best, outside the budget.
+        first-order swaps (:mod:`ude.distill.swaps`; ``info["swapped"]``: the target),
+        refitted at the first step outside the budget.
         """
         if not candidates:
             raise UdeError(
@@ -388,13 +382,14 @@ class TrajectorySelector:
             if self.max_refits is not None:
                 moves = moves[: max(0, self.max_refits - n_refits())]
             if first and self.swaps and swap is not None:
-                level = screened(best.candidate) + self.margin  # as the first candidates
                 taken = {c.support() for c, _ in moves}
-                for cand in swap(best):
-                    key = cand.support()
+                per_target: dict[str, int] = {}
+                for cand in sorted(swap(best), key=lambda c: screened(c)):
+                    key, target = cand.support(), cand.info.get("swapped")
                     if key in taken or not fresh(cand, "swap", best):
                         continue
-                    if screened(cand) <= level:
+                    if per_target.get(target, 0) < self.swaps:
+                        per_target[target] = per_target.get(target, 0) + 1
                         moves.append((cand, "swap"))
                         taken.add(key)
                         swapped.add(key)
