@@ -196,6 +196,11 @@ class TrajectorySelector:
             alone, the constant) as one-term replacements of its support, at most this many
             per target (the best-screened first; 0: none), outside ``max_moves`` and the refit
             budget (:mod:`ude.distill.swaps`: the screen misranks them).
+        max_initial_terms: the first refits take candidates with at most this many terms per
+            target (None: any).
+        tolerance: the chosen twin is the sparsest candidate whose criterion is within this
+            of the best (6: the difference Kass & Raftery call strong evidence for BIC); 0
+            chooses the best.
     """
 
     def __init__(
