@@ -171,7 +171,9 @@ class TrajectorySelector:
     Each step's moves are the one-term changes of the best, its rewrites with a term or a
     constant fewer (``rewrite``) and the integral-matching candidates along the best's own
     refitted trajectory (``propose``); with a screen, every removal and rewrite but only the
-    ``max_moves`` best-screened other moves of a step are refitted. The steps stop when none
+    ``max_moves`` best-screened other moves of a step are refitted; the first step also
+    refits each target's first-order swaps (``swap``), whatever their screen. The steps stop
+    when none
     improves the criterion; then, past the refit budget, removals and rewrites go on from the
     best while they improve it. A removal or rewrite whose support was refitted before from
     another start, to a worse criterion than the best's, is refitted again from the best's
