@@ -173,9 +173,8 @@ class TrajectorySelector:
     refitted trajectory (``propose``); with a screen, every removal and rewrite but only the
     ``max_moves`` best-screened other moves of a step are refitted; the first step also
     refits each target's first-order swaps (``swap``), whatever their screen. The steps stop
-    when none
-    improves the criterion; then, past the refit budget, removals and rewrites go on from the
-    best while they improve it. A removal or rewrite whose support was refitted before from
+    when none improves the criterion; then, past the refit budget, removals and rewrites go on
+    from the best while they improve it. A removal or rewrite whose support was refitted before from
     another start, to a worse criterion than the best's, is refitted again from the best's
     values (once), and the better refit kept.
 
