@@ -140,6 +140,9 @@ def test_warm_start_smooths_between_doses(tmp_path):
     # extrapolates half a sample spacing: within 10 % of the dose); b: 3 samples before its
     # first dose are too few to smooth
     assert abs(smoothed.initial[0, 0]) < 1.0 and np.isnan(smoothed.initial[1, 0])
+    # a state the data do not measure beside doses: its reconstructed path would cross the
+    # boluses, so there is no warm start
+    assert smooth_states(m, ["A", "B"], min_points=4) is None
 
 
 # One bad dosing table per case: (table, what the one-line message must name).

@@ -1,10 +1,11 @@
 import numpy as np
+import pytest
 import torch
 
 from ude import Solver, build_hybrid, simulate_measurements
 from ude.fit import missing_terms
 from ude.spec.simulate import simulate_spec
-from ude.train.warm_start import WarmStartResult, gradient_matching, smooth_states
+from ude.train.warm_start import LatentPaths, WarmStartResult, gradient_matching, smooth_states
 
 
 def _clean_lv():
@@ -130,3 +131,48 @@ def test_a_warm_start_creeping_along_the_flat_solution_runs_another_cycle():
     found = gradient_matching(model, smoothed, steps=500, cycles=4)
     assert found.cycles == 2, found
     assert truth_errors(model, m)["missing_term_rel_rmse"]["x"] < 0.2
+
+
+def _goodwin_without_z(noise: float, n_times: int):
+    """Goodwin's data with the repressor z unmeasured, its hybrid (float64, untrained) and
+    the smoothed data."""
+    m = simulate_measurements("goodwin", noise=noise, n_times=n_times, observed=["x", "y"])
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = build_hybrid("goodwin", m, Solver())
+    finally:
+        torch.set_default_dtype(torch.float32)
+    return m, model, smooth_states(m, ["x", "y", "z"])
+
+
+def test_a_latent_state_s_path_is_integrated_along_the_smoothed_data():
+    """z' = e*y - f*z is known: from its true initial value along the smoothed y, the
+    reconstructed path is the true z (the network, untrained, does not enter z's equation)."""
+    m, model, smoothed = _goodwin_without_z(noise=0.0, n_times=31)
+    assert smoothed.latent.tolist() == [False, False, True]
+    assert np.isnan(smoothed.y[:, 2]).all() and np.isfinite(smoothed.y[:, :2]).all()
+    paths = LatentPaths(model, smoothed)
+    with torch.no_grad():
+        paths.start[:, 2] = float(m.truth.initial[0, 2])
+        y = torch.as_tensor(smoothed.y)
+        cond = torch.as_tensor(smoothed.condition)
+        z = paths.states(y, model.context(cond))[:, 2].numpy()
+    true = simulate_spec(m.truth.spec, m.truth.initial, smoothed.time)[0, :, 2]
+    assert np.abs(z - true).max() < 0.01 * np.abs(true).max()
+    assert torch.equal(paths.states(y, model.context(cond))[:, :2], y[:, :2])
+
+
+@pytest.mark.slow
+def test_a_latent_state_s_feedback_is_learned_by_gradient_matching():
+    """With z unmeasured, the network learns the repression a/(1 + z^10) of x from the
+    measured states' residuals alone, and z's initial value with it (about 65 s of CPU)."""
+    torch.manual_seed(0)
+    m, model, smoothed = _goodwin_without_z(noise=0.01, n_times=21)
+    result = gradient_matching(model, smoothed, steps=600, lr=1e-2, cycles=2)
+    assert np.isfinite(result.loss)
+    true_states = simulate_spec(m.truth.spec, m.truth.initial, m.times)
+    learned, true = missing_terms(model, m, true_states)
+    rel = np.sqrt(((learned - true) ** 2).mean() / (true**2).mean())
+    assert rel < 0.2, rel
+    z0 = model.initial.detach().numpy()[0, 2]
+    assert abs(z0 - m.truth.initial[0, 2]) < 0.15 * m.truth.initial[0, 2], z0
