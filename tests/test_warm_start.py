@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 import torch
 
 from ude import Solver, build_hybrid, simulate_measurements
@@ -162,10 +161,9 @@ def test_a_latent_state_s_path_is_integrated_along_the_smoothed_data():
     assert torch.equal(paths.states(y, model.context(cond))[:, :2], y[:, :2])
 
 
-@pytest.mark.slow
 def test_a_latent_state_s_feedback_is_learned_by_gradient_matching():
     """With z unmeasured, the network learns the repression a/(1 + z^10) of x from the
-    measured states' residuals alone, and z's initial value with it (about 65 s of CPU)."""
+    measured states' residuals alone, and z's initial value with it (about 20 s of CPU)."""
     torch.manual_seed(0)
     m, model, smoothed = _goodwin_without_z(noise=0.01, n_times=21)
     result = gradient_matching(model, smoothed, steps=600, lr=1e-2, cycles=2)

@@ -277,6 +277,11 @@ class LatentPaths:
         self.by_length: dict[int, list[int]] = {}
         for k, r in enumerate(self.rows):
             self.by_length.setdefault(len(r), []).append(k)
+        # a latent state no network targets (known kinetics: the common case) is integrated
+        # without the networks, which halves a step's cost
+        states = model.spec.states
+        targets = {t for slot in model.spec.neural for t in slot.targets}
+        self.neural = any(smoothed.latent[states.index(t)] for t in targets)
 
     def states(self, y: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """``y (point, state)`` with the latent columns replaced by their integrated paths."""
@@ -296,7 +301,8 @@ class LatentPaths:
 
         def f(state, k):
             ctx = context[:, k]
-            return rhs.known_terms(state, ctx) + rhs.neural_terms(state, ctx)
+            known = rhs.known_terms(state, ctx)
+            return known + rhs.neural_terms(state, ctx) if self.neural else known
 
         def mix(k, z):
             return torch.where(self.latent, z, y[:, k])
