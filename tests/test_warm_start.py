@@ -174,3 +174,17 @@ def test_a_latent_state_s_feedback_is_learned_by_gradient_matching():
     assert rel < 0.2, rel
     z0 = model.initial.detach().numpy()[0, 2]
     assert abs(z0 - m.truth.initial[0, 2]) < 0.15 * m.truth.initial[0, 2], z0
+
+
+def test_a_latent_path_that_cannot_be_integrated_leaves_the_model_as_it_was():
+    """A latent path that is not finite from the first step (here an infinite start; stiff
+    kinetics under the explicit step do the same) teaches nothing: no step is taken and the
+    networks and initial states stay as they were, for trajectory fitting to start from."""
+    m, model, smoothed = _goodwin_without_z(noise=0.0, n_times=21)
+    with torch.no_grad():
+        model.initial[:, 2] = float("inf")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = gradient_matching(model, smoothed, steps=50)
+    assert result.cycles == 0 and not np.isfinite(result.loss)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
