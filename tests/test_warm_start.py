@@ -188,3 +188,24 @@ def test_a_latent_path_that_cannot_be_integrated_leaves_the_model_as_it_was():
     assert result.cycles == 0 and not np.isfinite(result.loss)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_a_latent_path_that_blows_up_after_some_steps_stops_the_warm_start(monkeypatch):
+    """The steps taken while the latent path was finite are kept; the first that is not
+    ends the warm start (nothing could move after it)."""
+    m, model, smoothed = _goodwin_without_z(noise=0.0, n_times=21)
+    calls = []
+    states = LatentPaths.states
+
+    def blows_up_at_the_fourth(self, y, context):
+        calls.append(1)
+        out = states(self, y, context)
+        return out * float("nan") if len(calls) >= 4 else out
+
+    monkeypatch.setattr(LatentPaths, "states", blows_up_at_the_fourth)
+    before = [p.clone() for p in model.networks.parameters()]
+    result = gradient_matching(model, smoothed, steps=50, cycles=3)
+    assert len(calls) == 4 and result.cycles == 1 and not np.isfinite(result.loss)
+    after = list(model.networks.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))  # 3 steps

@@ -230,14 +230,19 @@ def gradient_matching(
                         return WarmStartResult(first, 0)
                 if k == steps // 2:
                     halfway = float(loss.detach())
+                if latent is not None and not torch.isfinite(loss):
+                    # the latent path blew up after a step: no step from it, and since
+                    # nothing moves, every later step would see the same path
+                    break
                 opt.zero_grad()
-                if torch.isfinite(loss):  # a latent path that blew up: no step from it
-                    (loss * members).backward()
-                    opt.step()
+                (loss * members).backward()
+                opt.step()
                 schedule.step()
                 if step is not None:
                     step()
             final = float(loss.detach())  # NaN: neither, and nothing more to try
+            if not np.isfinite(final):
+                break
             on_plateau = steps >= 2 and final >= (1.0 - plateau) * halfway
             if not (on_plateau or final > unexplained * first):
                 break
