@@ -67,6 +67,13 @@ def smooth_states(
     if not measured.any() or (not measured.all() and any(m.schedules())):
         return None
     cols = [m.observables.index(s) for s in states if s in m.observables]
+
+    def full(values: np.ndarray) -> np.ndarray:
+        """``values (point, measured state)`` spread over every state, NaN where not measured."""
+        out = np.full((values.shape[0], len(states)), np.nan)
+        out[:, measured] = values
+        return out
+
     ys, dys, conds, rates, times, pieces = [], [], [], [], [], []
     initial = np.full((m.n_conditions, len(states)), np.nan)
     t0, t1 = float(m.times[0]), float(m.times[-1])
@@ -84,7 +91,6 @@ def smooth_states(
             if smoothed is None:
                 continue
             grid, y, dy, at_start = smoothed
-            full = lambda v: _with_latent(v, measured)  # noqa: E731
             ys.append(full(y))
             dys.append(full(dy))
             conds.append(np.full(len(grid), c))
@@ -106,13 +112,6 @@ def smooth_states(
         np.concatenate(pieces),
         None if measured.all() else ~measured,
     )
-
-
-def _with_latent(values: np.ndarray, measured: np.ndarray) -> np.ndarray:
-    """``values (point, measured state)`` spread over every state, NaN where not measured."""
-    out = np.full((values.shape[0], len(measured)), np.nan)
-    out[:, measured] = values
-    return out
 
 
 def _smooth(
@@ -193,7 +192,9 @@ def gradient_matching(
             return WarmStartResult(float("nan"), 0)
         latent = LatentPaths(model, smoothed)
     y, dy = y.repeat(members, 1), dy.repeat(members, 1)
-    measured = torch.isfinite(dy[0])
+    measured = torch.ones(y.shape[1], dtype=torch.bool, device=p0.device)
+    if latent is not None:
+        measured = ~latent.latent
     nets = list(model.networks.parameters())
     params = list(model.parameters_.parameters())
     groups = [
@@ -221,19 +222,18 @@ def gradient_matching(
                 resid = model.known_terms(at, ctx) + model.neural_terms(at, ctx) - dy
                 resid = (resid / model.deriv_scale)[:, measured]
                 loss = (resid * resid).mean()
+                if latent is not None and not torch.isfinite(loss):
+                    # the latent path blows up (an explicit step on stiff kinetics, or a
+                    # state that grows without the data's bound): no step from it, and as
+                    # nothing moves, every later step would see the same path; from the
+                    # start, nothing was learned and the model stays as it was
+                    if first is None:
+                        return WarmStartResult(float(loss.detach()), 0)
+                    break
                 if first is None:
                     first = float(loss.detach())
-                    if latent is not None and not np.isfinite(first):
-                        # the latent path blows up from the start (an explicit step on
-                        # stiff kinetics, or a state that grows without the data's bound):
-                        # nothing to learn from; trajectory fitting starts as without data
-                        return WarmStartResult(first, 0)
                 if k == steps // 2:
                     halfway = float(loss.detach())
-                if latent is not None and not torch.isfinite(loss):
-                    # the latent path blew up after a step: no step from it, and since
-                    # nothing moves, every later step would see the same path
-                    break
                 opt.zero_grad()
                 (loss * members).backward()
                 opt.step()
@@ -327,6 +327,6 @@ class LatentPaths:
         out = start.clone()
         fitted = self.start.detach()
         for k, c in enumerate(self.condition.tolist()):
-            if self.first_time[k] == self.t0 and torch.isnan(out[c][self.latent]).all():
+            if self.first_time[k] == self.t0:
                 out[c] = torch.where(self.latent, fitted[k], out[c])
         return out
