@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import time
 
 import pytest
@@ -205,3 +206,37 @@ def test_yeast_glycolysis_trained_from_scratch_takes_hold_in_more_cycles():
         composed_config(problem, []), problem.known, problem.measurements
     )
     assert metrics["fit_cycles"] > 1 and metrics["train_nmse"] < 0.05, metrics
+
+
+def test_a_model_that_solves_only_on_the_data_times_is_scored_and_plotted_there(
+    monkeypatch, tmp_path, caplog
+):
+    """The stiff solver lands a step on every output time, so a trained model can solve on the
+    data's times and fail on the 200- and 300-point grids of the truth errors and the fit plot
+    (Goldbeter with a hidden species): those fall back to the data's times, with a warning,
+    instead of ending the run after training."""
+    import importlib
+
+    from ude import plots
+    from ude.benchmark.methods import composed_config
+    from ude.benchmark.scenario import Scenario, build_problem
+    from ude.model.solver import SolverFailed
+    from ude.runs import build_model
+
+    fit = importlib.import_module("ude.fit")  # the module (``ude.fit`` is also a function)
+    problem = build_problem(Scenario("lotka_volterra", noise=0.05, seed=0, library="default"))
+    m = problem.measurements
+    model, _ = build_model(composed_config(problem, []), problem.known, m)
+    solve = fit.predict
+
+    def only_on_the_data_times(model, times, conditions=None):
+        if len(times) != len(m.times):
+            raise SolverFailed("rodas5p: step size underflow at t=15.95")
+        return solve(model, times, conditions)
+
+    monkeypatch.setattr(fit, "predict", only_on_the_data_times)
+    errors = fit.truth_errors(model, m)
+    assert set(errors["state_nmse"]) == set(model.spec.states)
+    assert all(math.isfinite(v) for v in errors["state_nmse"].values())
+    assert "does not solve on 200 points" in caplog.text
+    assert plots.plot_fit(model, m, tmp_path / "fit.png").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from ude.spec.simulate import simulate_spec
 from ude.train.module import UDEModule
 from ude.train.quiet import quiet_lightning
 from ude.train.warm_start import smooth_states
+
+log = logging.getLogger("ude.train")
 
 
 @dataclass
@@ -164,6 +167,24 @@ def predict(
     return states.cpu().numpy(), model.observe(states, cond).cpu().numpy()
 
 
+def predict_fine(
+    model: HybridODE, data_times: np.ndarray, n: int
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """:func:`predict` on ``n`` even points over the data's span, for plots and errors against
+    the truth: ``(times, (states, observables))``. The stiff solver lands a step on every
+    output time, so a model that solves on the data's times (training checked that) can fail
+    on a finer grid near where it blows up: then the data's own times, with a warning."""
+    times = np.linspace(data_times[0], data_times[-1], n)
+    try:
+        return times, predict(model, times)
+    except SolverFailed as err:
+        log.warning(
+            f"ude: the trained model does not solve on {n} points ({err}); "
+            "its trajectories are shown and scored on the data's times"
+        )
+        return np.asarray(data_times, dtype=float), predict(model, data_times)
+
+
 def reported_model(
     model: HybridODE, measurements: Measurements, split: Split | None = None
 ) -> tuple[HybridODE, dict[str, Any] | None]:
@@ -277,11 +298,11 @@ def forecast_errors(resid: np.ndarray, measurements: Measurements, split: Split)
 
 def truth_errors(model: HybridODE, measurements: Measurements) -> dict[str, Any]:
     """Trajectory NMSE of the model against the true states, and relative RMSE of the
-    networks against the true missing terms along the true trajectories."""
+    networks against the true missing terms along the true trajectories, on 200 points (the
+    data's times when the model solves only there: :func:`predict_fine`)."""
     truth = measurements.truth
-    times = np.linspace(measurements.times[0], measurements.times[-1], 200)
+    times, (states, _) = predict_fine(model, measurements.times, 200)
     true_states = simulate_spec(truth.spec, truth.initial, times, measurements.inputs)
-    states, _ = predict(model, times)
     idx = [truth.spec.states.index(s) for s in model.spec.states if s in truth.spec.states]
     mine = [model.spec.states.index(s) for s in model.spec.states if s in truth.spec.states]
     ref = true_states[..., idx]

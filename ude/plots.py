@@ -14,7 +14,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from ude.data.measurements import Measurements  # noqa: E402
 from ude.data.splits import Split  # noqa: E402
-from ude.fit import missing_terms, predict  # noqa: E402
+from ude.fit import missing_terms, predict_fine  # noqa: E402
 from ude.model.hybrid import HybridODE  # noqa: E402
 from ude.spec.simulate import simulate_spec  # noqa: E402
 
@@ -93,8 +93,7 @@ def plot_fit(
     observable. With a ``split`` that holds data out, the held-out points are hollow and the
     training window is shaded."""
     m = measurements
-    times = np.linspace(m.times[0], m.times[-1], 300)
-    _, obs = predict(model, times)
+    times, (_, obs) = predict_fine(model, m.times, 300)
     true_obs = None
     if m.truth is not None:
         states = simulate_spec(m.truth.spec, m.truth.initial, times, m.inputs)
