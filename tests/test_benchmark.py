@@ -126,10 +126,11 @@ def test_sparse_baselines_find_lotka_volterra_without_noise(method):
 
 
 def test_suite_resumes_and_reports(tmp_path):
-    cells = expand(["lotka_volterra"], ["sindy", "weak_sindy"], {"noise": [0.1]}, {"n_times": 20})
+    axes = {"noise": [0.1], "replicates": [2]}
+    cells = expand(["lotka_volterra"], ["sindy", "weak_sindy"], axes, {"n_times": 20})
     methods = {"sindy": SINDy(), "weak_sindy": WeakSINDy()}
     rows = run_suite(cells, methods, tmp_path, log=lambda *_: None)
-    assert len(rows) == 4
+    assert len(rows) == 6
     again = run_suite(cells, methods, tmp_path, log=lambda *_: None)
     assert again == []  # every cell already done
     saved = read_results(tmp_path)
@@ -145,6 +146,11 @@ def test_suite_resumes_and_reports(tmp_path):
     # no ude cells: the comparison with ude says why it is empty
     assert "No comparison: this suite has no `ude` cells (its methods: sindy, weak_sindy)" in text
     assert (tmp_path / "results.csv").is_file() and (tmp_path / "plots" / "curves.png").is_file()
+    table = (tmp_path / "results.csv").read_text()
+    assert f",{version['commit'][:10]}" in table  # the table keeps each row's commit
+    # the same rows in another order (rows gathered from several runs' files): the same report
+    again = write_report(saved[::-1], tmp_path / "reversed").read_text()
+    assert again == text and text.index("### noise") < text.index("### replicates")
 
 
 def test_ude_in_the_benchmark_runs_what_train_py_runs():

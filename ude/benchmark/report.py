@@ -31,7 +31,7 @@ COLUMNS = [
     "replicates", "conditions", "unobserved", "corruption", "library", "f1", "exact",
     "f1_unknown", "coef_error", "n_terms", "forecast_nmse", "forecast_nmse_hybrid", "coverage",
     "band_width", "coef_coverage", "brier", "inclusion_true", "inclusion_false", "seconds",
-    "cpu_seconds", "oracle", "oracle_delta", "error",
+    "cpu_seconds", "oracle", "oracle_delta", "error", "commit",
 ]  # fmt: skip
 LEVEL = 0.05
 """|difference in mean F1| below this counts as level."""
@@ -76,6 +76,14 @@ def _fmt(x: float, digits: int = 2) -> str:
     if isinstance(x, float) and math.isinf(x):
         return "∞"
     return f"{x:.{digits}f}" if abs(x) >= 10**-digits or x == 0 else f"{x:.1e}"
+
+
+def _axes(rows: list[dict]) -> list[str]:
+    """``dimension`` and the axes the rows have cells on, in the challenges' order (then any
+    other in the order met), whatever order the rows come in."""
+    present = dict.fromkeys(r["axis"] for r in rows if r["axis"] != "base")
+    known = [a for a in CHALLENGES.values() if a in present]
+    return ["dimension", *known, *(a for a in present if a not in known)]
 
 
 def _methods(rows: list[dict]) -> list[str]:
@@ -141,7 +149,7 @@ def comparison_table(rows: list[dict], reference: str = "ude") -> str:
         "| by forecast |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    axes = ["dimension", *dict.fromkeys(r["axis"] for r in rows if r["axis"] != "base")]
+    axes = _axes(rows)
     for axis in axes:
         pairs = axis_rows(rows, axis)
         ref = [r for _, r in pairs if r["method"] == reference]
@@ -238,7 +246,7 @@ def targets_table(rows: list[dict], reference: str = "ude") -> str:
         exact = [bool(r.get("exact")) for r in ref if r.get("exact") is not None]
         f1u = _f1u(ref)
         worse, behind = [], []
-        axes = ["dimension", *dict.fromkeys(r["axis"] for r in mine if r["axis"] != "base")]
+        axes = _axes(mine)
         for axis in axes[1:] or ["base"]:
             pairs = [r for _, r in axis_rows(mine, axis)] if axis != "base" else mine
             both = matched(pairs, [reference, "node"])
@@ -290,7 +298,7 @@ def _oracle_counts(rows: list[dict]) -> str:
     for r in missed:
         key = ORACLE.get(r.get("oracle") or "", "no oracle")
         counts[key] = counts.get(key, 0) + 1
-    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 CALIBRATION = (
@@ -330,15 +338,20 @@ def calibration_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _commit(row: dict) -> str:
+    """The first 10 digits of the commit a row was made with, ``unknown`` if it does not say,
+    `` (uncommitted changes)`` added when the tree differed from it."""
+    v = row.get("code_version") or {}
+    return (v.get("commit") or "unknown")[:10] + (
+        " (uncommitted changes)" if v.get("dirty") else ""
+    )
+
+
 def code_versions(rows: list[dict]) -> str:
     """The code versions the rows were made with: ``commit (n rows)``, dirty ones marked."""
     count: dict[str, int] = defaultdict(int)
     for r in rows:
-        v = r.get("code_version") or {}
-        key = (v.get("commit") or "unknown")[:10] + (
-            " (uncommitted changes)" if v.get("dirty") else ""
-        )
-        count[key] += 1
+        count[_commit(r)] += 1
     return ", ".join(f"{k}: {n} cells" for k, n in sorted(count.items(), key=lambda kv: -kv[1]))
 
 
@@ -352,7 +365,7 @@ def hybrid_table(rows: list[dict]) -> str:
         "| axis | method | cells | NMSE before distillation (hybrid) | NMSE of the twin |",
         "|---|---|---|---|---|",
     ]
-    axes = ["dimension", *dict.fromkeys(r["axis"] for r in have if r["axis"] != "base")]
+    axes = _axes(have)
     for axis in axes:
         for m in _methods(have):
             rs = [r for _, r in axis_rows(have, axis) if r["method"] == m]
@@ -472,7 +485,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
         w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in sorted(rows, key=lambda r: (r["system"], r["axis"], str(r["value"]), r["method"])):
-            w.writerow(r)
+            w.writerow({**r, "commit": _commit(r)})
 
 
 def write_report(
@@ -573,7 +586,7 @@ def write_report(
         "Each entry: mean F1 · exact-recovery rate · median forecast NMSE.",
         "",
     ]
-    axes = ["dimension", *dict.fromkeys(r["axis"] for r in rows if r["axis"] != "base")]
+    axes = _axes(rows)
     for axis in axes:
         parts += [f"### {axis}", "", axis_table(rows, axis), ""]
     if curves:
