@@ -61,12 +61,28 @@ def test_a_fit_that_has_not_taken_hold_runs_more_cycles_with_the_rate_restarted(
         assert lr[start] == pytest.approx(1e-2) and lr[start - 1] < 0.9e-2
 
 
+# at a rate of 1e-4 the fit from untrained networks barely moves (~0.4 % a cycle)
+_STALLED = [a if a != "optim.lr=1e-2" else "optim.lr=1e-4" for a in _NOT_TAKEN_HOLD]
+
+
 def test_a_fit_that_has_stopped_falling_runs_one_cycle(make_cfg):
-    """At a rate of 1e-4 the fit from untrained networks barely moves (~0.4 % a cycle): far
-    from the data, but another cycle would not take it there."""
-    low = [a if a != "optim.lr=1e-2" else "optim.lr=1e-4" for a in _NOT_TAKEN_HOLD]
-    metrics = train.train(make_cfg(*low, "optim.fit_cycles=3", *FAST[1:]))
+    """Far from the data, but another cycle of the same would not take it there."""
+    metrics = train.train(
+        make_cfg(*_STALLED, "optim.fit_cycles=3", "optim.rescue_segments=0", *FAST[1:])
+    )
     assert metrics["train_nmse"] > 10 and metrics["epochs"] == 4 and "fit_cycles" not in metrics
+
+
+def test_a_fit_stalled_far_from_the_data_runs_its_next_cycle_with_multiple_shooting(
+    make_cfg, tmp_path
+):
+    """The default rescue: the stalled cycle is followed by one whose pieces start from nodes
+    on the data, so its first epoch already fits far better than the stalled cycle's last."""
+    metrics = train.train(make_cfg(*_STALLED, "optim.fit_cycles=2", *_CSV))
+    assert metrics["fit_cycles"] == 2 and metrics["epochs"] == 8
+    assert metrics["rescue_segments"] == 10
+    mse = {int(r["epoch"]): float(r["train/mse"]) for r in _log(tmp_path / "run") if r["train/mse"]}
+    assert mse[3] > 10 and mse[4] < 0.2 * mse[3], mse
 
 
 def test_a_fit_that_takes_hold_runs_exactly_max_epochs(make_cfg):
@@ -81,8 +97,10 @@ def test_a_fit_that_takes_hold_runs_exactly_max_epochs(make_cfg):
         (["trainer.max_epochs=8"], 5),
         # killed in the second of three cycles: the resumed run knows it is there
         ([*_NOT_TAKEN_HOLD, "optim.fit_cycles=3"], 6),
+        # killed in the rescue cycle: the nodes, their optimiser state and the shooting resume
+        ([*_STALLED, "optim.fit_cycles=2"], 6),
     ],
-    ids=["one cycle", "across cycles"],
+    ids=["one cycle", "across cycles", "in a rescue cycle"],
 )
 def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(
     make_cfg, tmp_path, monkeypatch, args, kill_at

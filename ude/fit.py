@@ -44,7 +44,7 @@ def make_module(model: HybridODE, measurements: Measurements, **optim: Any) -> U
     dtype = model.initial.dtype
     if optim.get("warm_start_steps"):
         optim = {**optim, "smoothed": smooth_states(measurements, model.spec.states)}
-    if optim.get("shooting_segments", 1) > 1:
+    if optim.get("shooting_segments", 1) > 1 or optim.get("rescue_segments", 0) > 1:
         optim = {
             **optim,
             "observed_states": torch.tensor(
@@ -150,6 +150,8 @@ def run_training(
         metrics["warm_start_discarded"] = module.warm_start_discarded
     if module.fit_cycles_run > 1:
         metrics["fit_cycles"] = module.fit_cycles_run
+    if module.rescued:
+        metrics["rescue_segments"] = len(module.segments)
     metrics["timings"] = {"train_seconds": round(seconds, 3)}
     return metrics
 

@@ -67,9 +67,11 @@ def check_checkpoint(ckpt_path: str, module: UDEModule) -> None:
             fix="give the last.ckpt of an earlier run: <run>/checkpoints/last.ckpt",
         )
     try:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = checkpoint["state_dict"]
     except Exception as err:  # noqa: BLE001 - any failure to read it is a bad checkpoint
         raise UdeError(f"not a readable checkpoint ({err})", source=str(ckpt_path)) from None
+    module.restore_rescue(checkpoint)  # a rescue cycle's nodes
     own = module.state_dict()
     wrong = [
         k
@@ -282,6 +284,12 @@ def _summary(cfg: DictConfig, metrics: dict[str, Any], run_dir: Path) -> None:
             f"{cfg.trainer.max_epochs} epochs (a cycle that ends with the training NMSE above "
             f"{cfg.optim.unexplained:g} and still falling, the fit not taken hold, is followed "
             "by another)"
+        )
+    if metrics.get("rescue_segments"):
+        log.info(
+            "ude: the fit stalled far from the data (training NMSE above 0.5, no longer "
+            f"falling); the cycles after it ran with multiple shooting in "
+            f"{metrics['rescue_segments']} pieces"
         )
     log.info(f"run directory: {run_dir}")
 

@@ -20,6 +20,9 @@ class _NonFinite(RuntimeError):
 
 
 FALLING = 0.05
+STALLED = 0.5
+"""A fit that ends a cycle leaving more than this fraction of the data's mean square, and no
+longer falling, has stalled far from the data (see :meth:`UDEModule._next_cycle`)."""
 """A cycle still falling: its second half lowered the training MSE by more than this fraction
 (yeast glycolysis from untrained networks: 21-36 % per cycle; a fit at the noise: ~1 %)."""
 
@@ -40,8 +43,12 @@ class UDEModule(pl.LightningModule):
     falling (the cycle's second half lowered it by more than :data:`FALLING`): training that
     started far from the answer (no warm start, or one discarded because its model could not
     be solved) is still on its way there when a schedule tuned for a warm-started fit ends.
-    A fit that takes hold, or that has stopped improving (at the noise of very noisy data,
-    or in a poor optimum that more epochs would not leave), runs exactly ``max_epochs``.
+    A fit that takes hold, or that has stopped improving at the noise of noisy data, runs
+    exactly ``max_epochs``. One that has stopped improving far from the data (more than
+    :data:`STALLED` of its mean square left: an oscillator's trajectory off in phase, a
+    poor optimum more epochs of the same would not leave) runs its next cycle with multiple
+    shooting in ``rescue_segments`` pieces, each from a node placed on the data, which
+    fits one stretch of the series at a time (single process, one model; 0: never).
 
     A step whose loss or parameters become NaN/inf, or whose solve fails, is undone and
     training stops; ``stop_reason`` says why and the checkpoints keep the last good state.
@@ -68,6 +75,7 @@ class UDEModule(pl.LightningModule):
         warm_start_cycles: int = 4,
         fit_cycles: int = 1,
         unexplained: float = 0.1,
+        rescue_segments: int = 0,
         observed_states: torch.Tensor | None = None,
         progress: Progress | None = None,
     ):
@@ -110,6 +118,14 @@ class UDEModule(pl.LightningModule):
                 "optim.unexplained=0.1",
             )
         self.fit_cycles, self.unexplained = int(fit_cycles), float(unexplained)
+        if int(rescue_segments) < 0:
+            raise UdeError(
+                f"expected rescue_segments >= 0, got {rescue_segments}",
+                source="optim.rescue_segments",
+                fix="0 (never) or the pieces of a rescue cycle's multiple shooting, e.g. 10",
+            )
+        self.rescue_segments = int(rescue_segments)
+        self.rescued = False  # kept in checkpoints: a resumed rescue cycle goes on shooting
         self.fit_cycles_run = 1  # kept in checkpoints: a resumed run continues its cycle
         self._cycle_epochs: int | None = None  # the trainer's max_epochs: one cycle's length
         self._halfway: float | None = None  # the MSE halfway through the cycle's Adam epochs
@@ -123,7 +139,7 @@ class UDEModule(pl.LightningModule):
         self.stop_reason: str | None = None
         self.warm_start_discarded: str | None = None
         self.first_mse: float | None = None
-        self._last_good: list[torch.Tensor] | None = None
+        self._last_good: dict[str, torch.Tensor] | None = None  # by name (a rescue adds nodes)
         # the warm start's and the training's stages (shown by the first process only)
         self.progress = progress or Progress()
 
@@ -137,19 +153,26 @@ class UDEModule(pl.LightningModule):
             raise UdeError(
                 "shooting_segments >= 1, shooting_epochs >= 0, shooting_weight >= 0", source="optim"
             )
+        self.shooting_epochs, self.shooting_weight = epochs, weight
+        self._split(segments)
+
+    def _split(self, segments: int) -> None:
+        """``segments`` pieces of the time grid (at least two steps each) and, for more than
+        one, their nodes (``nodes (condition, piece - 1, state)``, learned)."""
         n_times = self.times.shape[0]
-        segments = min(segments, max(1, (n_times - 1) // 2))  # at least two steps a piece
+        segments = min(segments, max(1, (n_times - 1) // 2))
         bounds = torch.linspace(0, n_times - 1, segments + 1).round().long().tolist()
         self.segments = list(zip(bounds[:-1], bounds[1:], strict=True))
-        self.shooting_epochs, self.shooting_weight = epochs, weight
         if segments > 1:
             n_c, n_s = self.model.initial.shape
             self.nodes = torch.nn.Parameter(self.model.initial.new_zeros(n_c, segments - 1, n_s))
-            self.register_buffer("nodes_ready", torch.tensor(False))
+            self.register_buffer("nodes_ready", torch.tensor(False, device=self.times.device))
 
     def _shooting(self) -> bool:
         if len(self.segments) == 1 or self._polishing():
             return False
+        if self.rescued:
+            return True
         return not self.shooting_epochs or self.current_epoch < self.shooting_epochs
 
     @torch.no_grad()
@@ -417,21 +440,23 @@ class UDEModule(pl.LightningModule):
     # -- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
         nets = list(self.model.networks.parameters())
-        ids = {id(p) for p in nets}
+        nodes = [self.nodes] if hasattr(self, "nodes") else []
+        ids = {id(p) for p in nets + nodes}
         rest = [p for p in self.parameters() if id(p) not in ids and p.requires_grad]
-        adam = torch.optim.AdamW(
-            [
-                {"params": nets, "weight_decay": self.weight_decay},
-                {"params": rest, "weight_decay": 0.0},
-            ],
-            lr=self.lr,
-        )
+        groups = [
+            {"params": nets, "weight_decay": self.weight_decay},
+            {"params": rest, "weight_decay": 0.0},
+        ]
+        # the shooting nodes last: a rescue cycle adds them to a running optimiser
+        groups += [{"params": nodes, "weight_decay": 0.0}] if nodes else []
+        adam = torch.optim.AdamW(groups, lr=self.lr)
         adam_epochs = max(self.trainer.max_epochs - self.polish_epochs, 1)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
             adam, T_max=adam_epochs, eta_min=self.lr * self.min_lr_ratio
         )
-        lbfgs = torch.optim.LBFGS(
-            [p for p in self.parameters() if p.requires_grad],
+        whole = [p for p in self.parameters() if p.requires_grad and all(p is not n for n in nodes)]
+        lbfgs = torch.optim.LBFGS(  # the polish solves whole trajectories: no nodes
+            whole,
             lr=1.0,
             max_iter=20,
             history_size=50,
@@ -444,7 +469,7 @@ class UDEModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         adam, lbfgs = self.optimizers()
-        current = [p.detach().clone() for p in self.parameters()]
+        current = {k: p.detach().clone() for k, p in self.named_parameters()}
         try:
             if self._polishing():
                 record: dict[str, float] = {}
@@ -516,8 +541,9 @@ class UDEModule(pl.LightningModule):
         """Restore the last parameters that gave a finite loss and stop training."""
         if self._last_good is not None:
             with torch.no_grad():
-                for p, old in zip(self.parameters(), self._last_good, strict=True):
-                    p.copy_(old)
+                for k, p in self.named_parameters():
+                    if k in self._last_good:
+                        p.copy_(self._last_good[k])
         self.stop_reason = (
             f"training stopped at epoch {self.current_epoch}: {err}; the parameters of the "
             "last step with a finite loss are kept"
@@ -550,8 +576,12 @@ class UDEModule(pl.LightningModule):
         if self.current_epoch + 1 != end or mse is None or self.trainer.should_stop:
             return
         halfway, self._halfway = self._halfway, None
-        if not (mse > self.unexplained and halfway is not None and mse < (1 - FALLING) * halfway):
+        falling = halfway is not None and mse < (1 - FALLING) * halfway
+        rescue = not falling and mse > STALLED and self._can_rescue()
+        if not (rescue or (mse > self.unexplained and falling)):
             return
+        if rescue:
+            self._start_rescue()
         self.fit_cycles_run += 1
         self.trainer.fit_loop.max_epochs += self._cycle_epochs
         schedule = self.lr_schedulers()
@@ -562,8 +592,32 @@ class UDEModule(pl.LightningModule):
         if stage is not None and stage.total is not None:
             stage.total += self._cycle_epochs
             stage.describe(
-                f"cycle {self.fit_cycles_run} (the fit left {mse:.3g} of the data's mean square)"
+                f"cycle {self.fit_cycles_run} (the fit left {mse:.3g} of the data's mean square"
+                + (f"; multiple shooting in {len(self.segments)} pieces)" if rescue else ")")
             )
+
+    def _can_rescue(self) -> bool:
+        """A rescue cycle is possible: asked for, not run yet, not shooting already, one
+        process (the nodes would be a parameter DDP does not know) and one model."""
+        return (
+            self.rescue_segments > 1
+            and not self.rescued
+            and len(self.segments) == 1
+            and self.members == 1
+            and self._processes() == 1
+            and self.observed_states is not None
+        )
+
+    def _start_rescue(self) -> None:
+        """Multiple shooting from now on: the pieces, their nodes on the data (where measured,
+        else on the model's trajectory), and the nodes in the optimiser and its schedule."""
+        self.rescued = True
+        self._split(self.rescue_segments)
+        self._place_nodes()
+        adam = self.optimizers()[0]
+        adam = getattr(adam, "optimizer", adam)  # Lightning's wrapper
+        adam.add_param_group({"params": [self.nodes], "weight_decay": 0.0, "initial_lr": self.lr})
+        self.lr_schedulers().base_lrs.append(self.lr)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         try:
@@ -580,9 +634,18 @@ class UDEModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["ude_first_mse"] = self.first_mse
         checkpoint["ude_fit_cycles"] = self.fit_cycles_run
+        checkpoint["ude_rescued"] = self.rescued
         checkpoint["ude_cycle_halfway"] = self._halfway
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.first_mse = checkpoint.get("ude_first_mse")
         self.fit_cycles_run = int(checkpoint.get("ude_fit_cycles", 1))
+        self.restore_rescue(checkpoint)
+
+    def restore_rescue(self, checkpoint: dict) -> None:
+        """A checkpoint written in a rescue cycle: the nodes it holds exist here too, before
+        the weights (and the optimiser's state) are loaded."""
+        if checkpoint.get("ude_rescued") and not self.rescued:
+            self.rescued = True
+            self._split(self.rescue_segments)
         self._halfway = checkpoint.get("ude_cycle_halfway")
