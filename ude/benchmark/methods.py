@@ -501,7 +501,7 @@ class UDE(Method):
             "solver": problem.solver,
             "epochs": metrics.get("epochs"),
         }
-        for key in ("warm_start_cycles", "warm_start_discarded", "fit_cycles"):
+        for key in ("warm_start_cycles", "warm_start_discarded", "fit_cycles", "rescue_segments"):
             if metrics.get(key):
                 info[key] = metrics[key]
         if metrics.get("stop_reason"):
