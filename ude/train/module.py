@@ -634,7 +634,7 @@ class UDEModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["ude_first_mse"] = self.first_mse
         checkpoint["ude_fit_cycles"] = self.fit_cycles_run
-        checkpoint["ude_rescued"] = self.rescued
+        checkpoint["ude_rescued"] = len(self.segments) if self.rescued else 0  # its pieces
         checkpoint["ude_cycle_halfway"] = self._halfway
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -647,5 +647,5 @@ class UDEModule(pl.LightningModule):
         the weights (and the optimiser's state) are loaded."""
         if checkpoint.get("ude_rescued") and not self.rescued:
             self.rescued = True
-            self._split(self.rescue_segments)
+            self._split(int(checkpoint["ude_rescued"]))
         self._halfway = checkpoint.get("ude_cycle_halfway")
