@@ -20,11 +20,11 @@ class _NonFinite(RuntimeError):
 
 
 FALLING = 0.05
+"""A cycle still falling: its second half lowered the training MSE by more than this fraction
+(yeast glycolysis from untrained networks: 21-36 % per cycle; a fit at the noise: ~1 %)."""
 STALLED = 0.5
 """A fit that ends a cycle leaving more than this fraction of the data's mean square, and no
 longer falling, has stalled far from the data (see :meth:`UDEModule._next_cycle`)."""
-"""A cycle still falling: its second half lowered the training MSE by more than this fraction
-(yeast glycolysis from untrained networks: 21-36 % per cycle; a fit at the noise: ~1 %)."""
 
 
 class UDEModule(pl.LightningModule):
@@ -122,7 +122,7 @@ class UDEModule(pl.LightningModule):
             raise UdeError(
                 f"expected rescue_segments >= 0, got {rescue_segments}",
                 source="optim.rescue_segments",
-                fix="0 (never) or the pieces of a rescue cycle's multiple shooting, e.g. 10",
+                fix="0 (never) or the pieces of a rescue cycle's multiple shooting, e.g. 5",
             )
         self.rescue_segments = int(rescue_segments)
         self.rescued = False  # kept in checkpoints: a resumed rescue cycle goes on shooting
@@ -640,6 +640,7 @@ class UDEModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.first_mse = checkpoint.get("ude_first_mse")
         self.fit_cycles_run = int(checkpoint.get("ude_fit_cycles", 1))
+        self._halfway = checkpoint.get("ude_cycle_halfway")
         self.restore_rescue(checkpoint)
 
     def restore_rescue(self, checkpoint: dict) -> None:
@@ -648,4 +649,3 @@ class UDEModule(pl.LightningModule):
         if checkpoint.get("ude_rescued") and not self.rescued:
             self.rescued = True
             self._split(int(checkpoint["ude_rescued"]))
-        self._halfway = checkpoint.get("ude_cycle_halfway")
