@@ -45,8 +45,8 @@ class UDEModule(pl.LightningModule):
     be solved) is still on its way there when a schedule tuned for a warm-started fit ends.
     A fit that takes hold, or that has stopped improving at the noise of noisy data, runs
     exactly ``max_epochs``. One that has stopped improving far from the data (more than
-    :data:`STALLED` of its mean square left: an oscillator's trajectory off in phase, a
-    poor optimum more epochs of the same would not leave) runs its next cycle with multiple
+    :data:`STALLED` of its mean square left: Goldbeter's oscillator at 10 % noise after
+    the warm start, a poor optimum more epochs of the same would not leave) runs its next cycle with multiple
     shooting in ``rescue_segments`` pieces, each from a node placed on the data, which
     fits one stretch of the series at a time (single process, one model; 0: never).
 
