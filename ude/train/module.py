@@ -46,9 +46,10 @@ class UDEModule(pl.LightningModule):
     A fit that takes hold, or that has stopped improving at the noise of noisy data, runs
     exactly ``max_epochs``. One that has stopped improving far from the data (more than
     :data:`STALLED` of its mean square left: Goldbeter's oscillator at 10 % noise after
-    the warm start, a poor optimum more epochs of the same would not leave) runs its next cycle with multiple
-    shooting in ``rescue_segments`` pieces, each from a node placed on the data, which
-    fits one stretch of the series at a time (single process, one model; 0: never).
+    the warm start, a poor optimum more epochs of the same would not leave) runs its next
+    cycle with multiple shooting in ``rescue_segments`` pieces, each from a node placed on
+    the data, which fits one stretch of the series at a time (single process, one model; 0:
+    never).
 
     A step whose loss or parameters become NaN/inf, or whose solve fails, is undone and
     training stops; ``stop_reason`` says why and the checkpoints keep the last good state.
