@@ -10,7 +10,11 @@ the top of the source tree. Examples:
     python train.py trainer=ddp trainer.devices=2                          # 2 processes (DDP)
 """
 
-from ude.train.cli import cli, main, train  # noqa: F401 - `import train; train.train(cfg)`
+from ude._lazy import lazy_getattr
+from ude.train.cli import cli, main  # noqa: F401
+
+# `import train; train.train(cfg)` loads the job (torch, Lightning) on first use
+__getattr__ = lazy_getattr(__name__, {"train": "ude.train.job"}, globals())
 
 if __name__ == "__main__":
     cli()

@@ -20,7 +20,7 @@ import torch
 
 from tests.conftest import FAST
 from ude.distill.cli import load_run
-from ude.train import cli as train
+from ude.train import job as train
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

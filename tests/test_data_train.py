@@ -15,7 +15,7 @@ from conftest import FAST
 import train
 from ude import UdeError, simulate_measurements
 from ude.data import write_long
-from ude.runs import one_line
+from ude.errors import one_line
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"

@@ -237,7 +237,7 @@ def test_a_run_with_relative_paths_is_distilled_again_from_another_directory(
     from ude import simulate_measurements
     from ude.data.tables import write_long
     from ude.distill.cli import load_run
-    from ude.runs import exit_2_on_user_errors
+    from ude.errors import exit_2_on_user_errors
 
     project = tmp_path / "project"
     write_long(simulate_measurements("lotka_volterra", seed=1), project / "long.csv")

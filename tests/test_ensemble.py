@@ -13,7 +13,7 @@ from ude.fit import make_module
 from ude.model.ensemble import HybridEnsemble
 from ude.model.hybrid import build_hybrid
 from ude.model.solver import Solver
-from ude.train import cli as train
+from ude.train import job as train
 
 DATA = ude.simulate_measurements(
     "lotka_volterra", initial=[[0.44, 4.6], [1.0, 2.0]], seed=0, n_times=16

@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 
 from tests.conftest import FAST
-from ude.train import cli as train
+from ude.train import job as train
 
 
 def test_short_training_lowers_trajectory_loss_tenfold(make_cfg):

@@ -231,7 +231,7 @@ def test_the_commands_personalise_and_simulate(fitted, tmp_path):
     ],
 )
 def test_personalise_errors_are_one_line(fitted, tmp_path, args, expected):
-    from ude.runs import one_line
+    from ude.errors import one_line
     from ude.twin.cli import personalise_main
 
     fitted[0].save(tmp_path / "run")
@@ -241,20 +241,34 @@ def test_personalise_errors_are_one_line(fitted, tmp_path, args, expected):
     assert expected in one_line(err.value)
 
 
-def test_simulate_errors_exit_2_from_the_command_line(fitted, tmp_path):
-    fitted[0].save(tmp_path / "run")
-    for args, expected in [
-        (["condition=nobody"], "'nobody' is not a condition of the twin"),
+@pytest.mark.parametrize(
+    "args, expected",
+    [
         (["initial.Q=1"], "'Q' is not a state"),
         (["t_end=abc"], "t_end: expected a number"),
-    ]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "ude.simulate", str(tmp_path / "run"), *args],
-            cwd=ROOT, env=_commands_env(), capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert proc.returncode == 2, proc.stderr
-        last = proc.stderr.strip().splitlines()
-        assert len(last) == 1 and expected in last[0] and "Traceback" not in proc.stderr
+    ],
+)
+def test_simulate_errors_are_one_line(fitted, tmp_path, args, expected):
+    from ude.errors import one_line
+    from ude.twin.cli import simulate_main
+
+    fitted[0].save(tmp_path / "run")
+    with pytest.raises(UdeError) as err:
+        simulate_main([str(tmp_path / "run"), *args])
+    assert expected in one_line(err.value)
+
+
+def test_simulate_errors_exit_2_from_the_command_line(fitted, tmp_path):
+    """The command itself (one start-up: the other errors are checked in-process above)."""
+    fitted[0].save(tmp_path / "run")
+    proc = subprocess.run(
+        [sys.executable, "-m", "ude.simulate", str(tmp_path / "run"), "condition=nobody"],
+        cwd=ROOT, env=_commands_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()
+    assert len(last) == 1 and "'nobody' is not a condition of the twin" in last[0]
+    assert "Traceback" not in proc.stderr
     help_ = subprocess.run(
         [sys.executable, "-m", "ude.personalise", "--help"],
         cwd=ROOT, env=_commands_env(), capture_output=True, text=True, timeout=120,

@@ -7,47 +7,21 @@ ude.distill``); library code takes plain values.
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
-from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import Container, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from ude.config_check import config_error
 from ude.data.datamodule import ConditionsDataModule
 from ude.data.measurements import Measurements
-from ude.errors import UdeError
 from ude.fit import make_module
 from ude.model.hybrid import HybridODE
-from ude.model.solver import stiff_or
 from ude.progress import Progress
 from ude.spec.library_key import check_terms_reach_a_slot, parse_library
 from ude.spec.model_spec import ModelSpec, load_spec
 from ude.train.module import UDEModule
-
-
-def invoked_as() -> str:
-    """How this process was started, as a user would type it: ``python train.py``,
-    ``python -m ude.train`` or ``ude-train`` (for usage lines)."""
-    arg0 = Path(sys.argv[0])
-    if arg0.name == "__main__.py":
-        return f"python -m {arg0.parent.parent.name}.{arg0.parent.name}"
-    if arg0.suffix == ".py":
-        return f"python {arg0.name}"
-    return arg0.name
-
-
-# ude/conf/config.yaml's help prints ${ude_command:}, the command as the user typed it.
-OmegaConf.register_new_resolver("ude_command", invoked_as, replace=True)
-# ude/conf/distill's refits use ${ude_stiff_or:${solver.method},rk4}: the training solver when it
-# is a stiff one, else the method named.
-OmegaConf.register_new_resolver("ude_stiff_or", stiff_or, replace=True)
 
 
 def build_run(
@@ -155,28 +129,3 @@ def petab_spec_source(cfg: DictConfig) -> str:
     if problem and not source.lower().endswith((".yaml", ".yml", ".xml", ".sbml")):
         return str(problem)
     return source
-
-
-def one_line(err: BaseException) -> str:
-    """The error's message on one line (a wrapped UdeError's own message when there is one)."""
-    cause = err.__cause__ or err.__context__
-    text = str(cause) if isinstance(cause, UdeError) else str(err)
-    return " ".join(s.strip() for s in text.splitlines() if s.strip())
-
-
-@contextmanager
-def exit_2_on_user_errors() -> Iterator[None]:
-    """Errors a user can cause print one line (no traceback) and exit with status 2."""
-    try:
-        yield
-    except (UdeError, HydraException, OmegaConfBaseException) as err:
-        print(f"error: {one_line(config_error(err) or err)}", file=sys.stderr)
-        sys.exit(2)
-
-
-def run_cli(main: Callable[[], object]) -> None:
-    """Run a ``@hydra.main`` function so that errors reach :func:`exit_2_on_user_errors`
-    instead of Hydra's own printer."""
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    with exit_2_on_user_errors():
-        main()

@@ -24,7 +24,8 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from ude.runs import exit_2_on_user_errors, run_cli  # noqa: E402
+import ude.conf  # noqa: E402, F401 - registers the resolvers the configs use (${ude_command:})
+from ude.errors import exit_2_on_user_errors, run_cli  # noqa: E402
 from ude.train.quiet import quiet_lightning  # noqa: E402
 
 # The benchmark's configs: benchmark.yaml, suite/, hydra/launcher/.

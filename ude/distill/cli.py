@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None, prog: str = "ude-distill") -> dict[str, 
 
 def cli(prog: str = "ude-distill") -> None:
     """Errors a user can cause (run directory, overrides) print one line and exit 2."""
-    from ude.runs import exit_2_on_user_errors
+    from ude.errors import exit_2_on_user_errors
 
     with exit_2_on_user_errors():
         main(prog=prog)

@@ -10,23 +10,17 @@ import torch
 from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
+from ude.conf import STIFF
 from ude.errors import UdeError
 from ude.model import rodas_autograd
 from ude.model.stiff import StiffSolverFailed, rosenbrock23
 
 ADAPTIVE = {"dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun"}
 FIXED = {"euler", "midpoint", "heun3", "rk4", "explicit_adams", "implicit_adams"}
+
+
 # ude's own linearly implicit solvers: rodas5p (ude/model/rodas.py), rosenbrock23
 # (ude/model/stiff.py)
-STIFF = {"rodas5p", "rosenbrock23"}
-
-
-def stiff_or(method: str, otherwise: str) -> str:
-    """``method`` when it is a stiff one, else ``otherwise``: refits of a stiff model keep the
-    stiff solver (an explicit one would crawl or blow up), others use the usual choice."""
-    return method if method in STIFF else otherwise
-
-
 class SolverFailed(RuntimeError):
     """The solver gave up (step-size underflow or too many steps, or non-finite states):
     the message names the method, the time reached, the step size and what to try."""

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ude.errors import exit_2_on_user_errors
 from ude.petab.fit import LEAST_SQUARES
 from ude.petab.shooting import SHOOTING_EVALUATIONS
-from ude.runs import exit_2_on_user_errors
 
 AUTO_STEPS = 20_000  # dopri5 steps per experiment before auto switches to rodas5p
 

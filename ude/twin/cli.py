@@ -316,7 +316,7 @@ def _planned(path: str) -> list[dict[str, Any]]:
 
 def cli_personalise(prog: str = "ude-personalise") -> None:
     """Errors a user can cause print one line and exit with status 2."""
-    from ude.runs import exit_2_on_user_errors
+    from ude.errors import exit_2_on_user_errors
 
     with exit_2_on_user_errors():
         personalise_main(prog=prog)
@@ -324,7 +324,7 @@ def cli_personalise(prog: str = "ude-personalise") -> None:
 
 def cli_simulate(prog: str = "ude-simulate") -> None:
     """Errors a user can cause print one line and exit with status 2."""
-    from ude.runs import exit_2_on_user_errors
+    from ude.errors import exit_2_on_user_errors
 
     with exit_2_on_user_errors():
         simulate_main(prog=prog)
