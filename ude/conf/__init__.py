@@ -14,7 +14,8 @@ CONF_DIR = Path(__file__).resolve().parent
 """The folder of ``config.yaml`` (``python train.py``'s primary config)."""
 
 STIFF = frozenset({"rodas5p", "rosenbrock23"})
-"""The solver methods for stiff kinetics (:mod:`ude.model.solver`)."""
+"""The solver methods for stiff kinetics, ``ude``'s own linearly implicit ones (rodas5p:
+:mod:`ude.model.rodas`; rosenbrock23: :mod:`ude.model.stiff`)."""
 
 
 def invoked_as() -> str:

@@ -19,8 +19,6 @@ ADAPTIVE = {"dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun"}
 FIXED = {"euler", "midpoint", "heun3", "rk4", "explicit_adams", "implicit_adams"}
 
 
-# ude's own linearly implicit solvers: rodas5p (ude/model/rodas.py), rosenbrock23
-# (ude/model/stiff.py)
 class SolverFailed(RuntimeError):
     """The solver gave up (step-size underflow or too many steps, or non-finite states):
     the message names the method, the time reached, the step size and what to try."""

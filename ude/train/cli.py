@@ -26,9 +26,7 @@ from ude.errors import UdeError, exit_2_on_user_errors, run_cli
 
 # The job itself (torch, Lightning) loads once the config has passed its checks:
 # ``from ude.train.cli import train`` still works.
-__getattr__ = lazy_getattr(
-    __name__, {"train": "ude.train.job", "check_checkpoint": "ude.train.job"}, globals()
-)
+__getattr__ = lazy_getattr(__name__, {"train": "ude.train.job"}, globals())
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
