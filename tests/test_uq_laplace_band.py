@@ -151,6 +151,7 @@ def test_the_hessian_through_a_stiff_solve_is_batched_and_equals_the_row_by_row_
     refit = TwinRefit(max_iter=40, method="rodas5p", rtol=1e-6, atol=1e-8)
     model = refit.fit(spec, data, noise=np.array([0.05])).model
     assert model.solver.method == "rodas5p"
+    monkeypatch.setattr(uncertainty, "BY_DIFFERENCES", False)
     monkeypatch.setattr(uncertainty, "BATCHED_HESSIAN", False)
     by_row = uncertainty.hessian(model, data)[1]  # the Function's double backward, row by row
     monkeypatch.setattr(uncertainty, "BATCHED_HESSIAN", True)
@@ -159,3 +160,60 @@ def test_the_hessian_through_a_stiff_solve_is_batched_and_equals_the_row_by_row_
     batched = uncertainty.hessian(model, data)[1]
     assert taken[0] is not None  # one batched pass: the fallback to rows did not run
     np.testing.assert_allclose(batched, by_row, rtol=1e-7, atol=1e-9 * np.abs(by_row).max())
+
+
+def test_a_stiff_twin_s_hessian_by_differences_of_its_gradient_is_the_exact_one(monkeypatch):
+    """A stiff twin (rodas5p, no networks) takes its Hessian as central differences of the
+    compiled gradient, every solve on the accepted steps of the solve at the values: the same
+    Hessian as the double-backward pass through those steps, over rates, a saturation
+    constant, learned initial states of three conditions and the learned noise."""
+    import torch
+
+    from ude.data import Measurements
+    from ude.distill import TwinRefit, uncertainty
+    from ude.spec import ModelSpec
+
+    spec = ModelSpec.from_dict(
+        {
+            "states": ["x", "y"],
+            "parameters": {
+                "k": {"value": 20.0, "learn": True, "min": 0.0},
+                "v": {"value": 1.0, "learn": True},
+                "K": {"value": 0.3, "learn": True, "min": 0.01, "max": 10.0},
+            },
+            "equations": {"x": "-k*x + v*y/(K + y)", "y": "k*x - v*y/(K + y)"},
+        }
+    )
+    times = np.linspace(0, 3, 16)
+    rng = np.random.default_rng(1)
+    starts = np.array([[1.0, 0.0], [0.5, 0.5], [0.2, 1.5]])
+    values = []
+    for x0, y0 in starts:  # the true model, by a fine explicit Euler
+        x, y, out, dt = x0, y0, [], 1e-4
+        for t in np.arange(0, 3 + dt / 2, dt):
+            if np.isclose(times, t, atol=dt / 2).any():
+                out.append([x, y])
+            r = 20 * x - y / (0.3 + y)
+            x, y = x - dt * r, y + dt * r
+        values.append(np.array(out))
+    values = np.array(values) * (1 + 0.03 * rng.standard_normal((3, len(times), 2)))
+    data = Measurements(
+        times=times, values=values[:, :, None, :], observables=["x", "y"], conditions=list("abc")
+    )
+    refit = TwinRefit(max_iter=30, method="rodas5p", rtol=1e-6, atol=1e-8)
+    model = refit.fit(spec, data, noise=np.array([0.03, 0.03])).model
+    assert model.solver.method == "rodas5p" and not len(model.networks)
+    n_entries = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert n_entries >= 3 + 6 + 2  # rates, initial states, noise levels
+    fail = lambda g, p: pytest.fail("not by differences")  # noqa: E731
+    monkeypatch.setattr(uncertainty, "_batched_rows", fail)
+    g, by_differences = uncertainty.hessian(model, data)
+    monkeypatch.undo()
+    monkeypatch.setattr(uncertainty, "BY_DIFFERENCES", False)
+    g_exact, exact = uncertainty.hessian(model, data)
+    np.testing.assert_allclose(g, g_exact, rtol=1e-10, atol=1e-10 * np.abs(g_exact).max())
+    scale = np.abs(exact).max()
+    np.testing.assert_allclose(by_differences, exact, rtol=1e-5, atol=1e-6 * scale)
+    # the model's values are where they were
+    again = torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad])
+    np.testing.assert_array_equal(again.numpy(), uncertainty.laplace(model, data).mean)

@@ -38,7 +38,7 @@ from ude.distill.refit import _batch
 from ude.fit import make_module
 from ude.model.doses import RowsRHS, solve_with_doses
 from ude.model.hybrid import HybridODE
-from ude.model.rodas_autograd import differentiable_twice
+from ude.model.rodas_autograd import differentiable_twice, fixed_steps
 from ude.model.solver import FIXED, Solver, SolverFailed
 
 
@@ -200,9 +200,18 @@ def _parameter_names(model: HybridODE) -> list[str]:
 def hessian(model: HybridODE, measurements: Measurements) -> tuple[np.ndarray, np.ndarray]:
     """Gradient ``(entry,)`` and Hessian ``(entry, entry)`` of the summed Gaussian NLL (the
     refit's mean NLL, plus its parameter priors, times the number of measured entries) over
-    the model's learnable parameter entries; one vectorised double-backward pass (a stiff
-    solve taken as the plain graph of its accepted steps,
-    :func:`ude.model.rodas_autograd.differentiable_twice`, so that it can be vectorised)."""
+    the model's learnable parameter entries.
+
+    A model without networks solved by rodas5p (a stiff twin): central differences of the
+    exact gradient (the compiled solve and its adjoint), every solve taking the accepted steps
+    of the solve at the values (:func:`ude.model.rodas_autograd.fixed_steps`), so the
+    differences are of one smooth discrete map. Otherwise, or where a solve does not replay:
+    one vectorised double-backward pass (a stiff solve taken as the plain graph of its
+    accepted steps, :func:`ude.model.rodas_autograd.differentiable_twice`)."""
+    if BY_DIFFERENCES and model.solver.method == "rodas5p" and not len(model.networks):
+        found = _hessian_by_differences(model, measurements)
+        if found is not None:
+            return found
     params = [p for p in model.parameters() if p.requires_grad]
     module = make_module(model, measurements, loss="nll")
     batch = _batch(measurements)
@@ -228,6 +237,66 @@ def hessian(model: HybridODE, measurements: Measurements) -> tuple[np.ndarray, n
     H = H.detach().cpu().numpy()
     return g.detach().cpu().numpy(), 0.5 * (H + H.T)
 
+
+def _hessian_by_differences(
+    model: HybridODE, measurements: Measurements, relative_step: float = 1e-5
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`hessian` by central differences of the gradient, each entry moved by
+    ``relative_step`` times its magnitude (at least 1), the solves' steps fixed at those of
+    the solve at the values; None where a solve would not replay or a value is not finite.
+    Two gradients per entry: a few seconds where the double-backward pass takes minutes."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    module = make_module(model, measurements, loss="nll")
+    batch = _batch(measurements)
+    n_measured = batch["mask"].sum()
+
+    def gradient() -> torch.Tensor:
+        loss = module.losses(batch)["loss"] * n_measured
+        parts = torch.autograd.grad(loss, params, allow_unused=True)
+        pairs = zip(parts, params, strict=True)
+        return torch.cat([(torch.zeros_like(p) if d is None else d).reshape(-1) for d, p in pairs])
+
+    values = nn.utils.parameters_to_vector(params).detach().clone()
+
+    def move_to(vector: torch.Tensor) -> None:
+        with torch.no_grad():
+            for p, part in zip(params, _split(vector, params), strict=True):
+                p.copy_(part)
+
+    with fixed_steps() as plan:
+        try:
+            g = gradient()
+            if not plan.exact or not plan.steps or not torch.isfinite(g).all():
+                return None
+            steps = relative_step * values.abs().clamp(min=1.0)
+            rows = []
+            for i in range(len(values)):
+                pair = []
+                for sign in (1.0, -1.0):
+                    moved = values.clone()
+                    moved[i] += sign * steps[i]
+                    move_to(moved)
+                    plan.replay()
+                    pair.append(gradient())
+                rows.append((pair[0] - pair[1]) / (2 * steps[i]))
+            if not plan.exact:
+                return None
+        finally:
+            move_to(values)
+    H = torch.stack(rows).detach().cpu().numpy() if rows else np.zeros((0, 0))
+    if not np.isfinite(H).all():
+        return None
+    return g.detach().cpu().numpy(), 0.5 * (H + H.T)
+
+
+def _split(vector: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``vector`` cut into the shapes of ``params``."""
+    sizes = [p.numel() for p in params]
+    return [part.view_as(p) for part, p in zip(vector.split(sizes), params, strict=True)]
+
+
+BY_DIFFERENCES = True
+"""Whether :func:`hessian` takes a stiff twin's Hessian by differences of its exact gradient."""
 
 BATCHED_HESSIAN = True
 """Whether :func:`hessian` takes all its rows in one vectorised backward pass."""

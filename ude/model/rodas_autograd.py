@@ -84,11 +84,60 @@ def solve(
         problem = _Problem(system.torch_rhs, system.rhs, t, rtol, atol, max_steps, stats)
         if compiled and not system.rhs.networks:
             problem.tapes = rodas_kernels.tapes(system.rhs.derivatives)
+        elif _PLAN is not None:
+            _PLAN.exact = False
         if _TWICE and torch.is_grad_enabled():
             problem.integrate(_numpy(y0), record=True)
             return _replayed(problem, y0, system.context)
         return _HybridSolve.apply(problem, y0, system.context, *system.params)
+    if _PLAN is not None:
+        _PLAN.exact = False
     return _generic(func, y0, t, rtol, atol, max_steps, stats)
+
+
+class StepPlan:
+    """The accepted steps of the compiled solves of one evaluation, in call order, taken again
+    by the evaluations after :meth:`replay`: at nearby parameters the same discrete map, so
+    that differences of gradients are smooth (no step-size control switching between them).
+    ``exact``: False once a solve inside took a path that does not replay (numpy, networks,
+    another output grid, more solves than recorded)."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.cursor: int | None = None
+        self.exact = True
+
+    def replay(self) -> None:
+        """The next solves take the recorded steps, from the first."""
+        self.cursor = 0
+
+    def next_steps(self, times: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The recorded steps of the next solve, or None (and ``exact`` False) where they do
+        not fit it."""
+        if self.cursor is None or self.cursor >= len(self.steps):
+            self.exact = False
+            return None
+        recorded, h, output_step = self.steps[self.cursor]
+        self.cursor += 1
+        if recorded.shape != times.shape or not np.array_equal(recorded, times):
+            self.exact = False
+            return None
+        return h, output_step
+
+
+_PLAN: StepPlan | None = None
+
+
+@contextmanager
+def fixed_steps() -> Iterator[StepPlan]:
+    """Compiled Rodas5P solves inside record their accepted steps; after ``plan.replay()``
+    the following solves take those steps again instead of choosing their own."""
+    global _PLAN
+    before, _PLAN = _PLAN, StepPlan()
+    try:
+        yield _PLAN
+    finally:
+        _PLAN = before
 
 
 class _Problem:
@@ -109,6 +158,8 @@ class _Problem:
                 return self._integrate_compiled(y0, record)
             except ZeroDivisionError:  # in the tape kernels: numpy gives inf/NaN instead
                 self.tapes = None
+                if _PLAN is not None:
+                    _PLAN.exact = False
         rhs = self.rhs
         try:
             out, self.trajectory = rodas.integrate(
@@ -127,18 +178,29 @@ class _Problem:
         return out
 
     def _integrate_compiled(self, y0: np.ndarray, record: bool) -> np.ndarray:
-        out, t, h, y, u, lu, piv, output_step, status, t_reached, h_last, counts = (
-            rodas_kernels.integrate(
-                np.ascontiguousarray(y0),  # one compiled version for all calls
-                np.ascontiguousarray(_numpy(self.t)),
-                np.ascontiguousarray(self.rhs.context),
+        y0 = np.ascontiguousarray(y0)  # one compiled version for all calls
+        times = np.ascontiguousarray(_numpy(self.t))
+        context = np.ascontiguousarray(self.rhs.context)
+        plan = _PLAN
+        fixed = None if plan is None or plan.cursor is None else plan.next_steps(times)
+        if fixed is not None:
+            result = rodas_kernels.replay(y0, times, context, *self.tapes, *fixed)
+            record = True
+        else:
+            record = record or plan is not None
+            result = rodas_kernels.integrate(
+                y0,
+                times,
+                context,
                 *self.tapes,
                 float(self.rtol),
                 float(self.atol),
                 int(self.max_steps),
                 bool(record),
             )
-        )
+        out, t, h, y, u, lu, piv, output_step, status, t_reached, h_last, counts = result
+        if plan is not None and plan.cursor is None and status == rodas_kernels.OK:
+            plan.steps.append((times, h, output_step))
         if self.stats is not None:
             self.stats.accepted += int(counts[0])
             self.stats.rejected += int(counts[1])

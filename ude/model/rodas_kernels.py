@@ -244,6 +244,63 @@ def _grow(a, cap):
 
 # -- the solve ---------------------------------------------------------------------------------
 @njit(cache=True, error_model="numpy")
+def _scratch(n_batch, n):
+    """A solve's working arrays: ``y_new``, ``f0 (B, n)``, ``jac``, ``w (B, n, n)``, ``piv
+    (B, n)``, the stages ``u (S, B, n)``, and ``point``, ``value``, ``rhs (n,)``."""
+    return (
+        np.empty((n_batch, n)),
+        np.empty((n_batch, n)),
+        np.empty((n_batch, n, n)),
+        np.empty((n_batch, n, n)),
+        np.empty((n_batch, n), dtype=np.int64),
+        np.empty((STAGES, n_batch, n)),
+        np.empty(n),
+        np.empty(n),
+        np.empty(n),
+    )
+
+
+@njit(cache=True, error_model="numpy")
+def _step(y, f0, jac, ctx, hs, f_tape, f_slots, w, piv, u, y_new, point, value, rhs):
+    """One Rodas5P step of signed size ``hs`` from ``y (B, n)``, where ``f0`` and ``jac`` are
+    ``f`` and its Jacobian: each condition's factored ``W`` (``w``, ``piv``), the stages ``u``
+    and the new states ``y_new``; ``point``, ``value``, ``rhs (n,)``: scratch."""
+    n_batch, n = y.shape
+    diag = 1.0 / (hs * GAMMA)
+    for b in range(n_batch):
+        for i in range(n):
+            for j in range(n):
+                w[b, i, j] = -jac[b, i, j]
+            w[b, i, i] += diag
+        regular = _lu(w[b], piv[b])
+        for s in range(STAGES):
+            if not regular:
+                u[s, b] = math.nan
+                continue
+            if s == 0:
+                for i in range(n):
+                    rhs[i] = f0[b, i]
+            else:
+                for i in range(n):
+                    acc = y[b, i]
+                    for j in range(s):
+                        acc += _A[s, j] * u[j, b, i]
+                    point[i] = acc
+                _rhs(point, ctx[b], f_tape, f_slots, value)
+                for i in range(n):
+                    acc = value[i]
+                    for j in range(s):
+                        acc += (_C[s, j] / hs) * u[j, b, i]
+                    rhs[i] = acc
+            _solve(w[b], piv[b], rhs, u[s, b])
+        for i in range(n):
+            acc = y[b, i]
+            for j in range(STAGES):
+                acc += _M[j] * u[j, b, i]
+            y_new[b, i] = acc
+
+
+@njit(cache=True, error_model="numpy")
 def integrate(y0, times, ctx, f_tape, jac_tape, rows, cols, rtol, atol, max_steps, record):
     """Rodas5P from ``y0 (B, n)`` over ``times (T,)`` (strictly monotone), each condition
     with its context ``ctx (B, c)``, one step size for all.
@@ -277,15 +334,7 @@ def integrate(y0, times, ctx, f_tape, jac_tape, rows, cols, rtol, atol, max_step
     span = abs(times[n_t - 1] - times[0])
     direction = 1.0 if times[n_t - 1] > times[0] else -1.0
     y = y0.copy()
-    y_new = np.empty((n_batch, n))
-    f0 = np.empty((n_batch, n))
-    jac = np.empty((n_batch, n, n))
-    w = np.empty((n_batch, n, n))
-    piv = np.empty((n_batch, n), dtype=np.int64)
-    u = np.empty((STAGES, n_batch, n))
-    point = np.empty(n)
-    value = np.empty(n)
-    rhs = np.empty(n)
+    y_new, f0, jac, w, piv, u, point, value, rhs = _scratch(n_batch, n)
     for b in range(n_batch):
         _rhs(y[b], ctx[b], f_tape, f_slots, f0[b])
         _jacobian(y[b], ctx[b], jac_tape, rows, cols, j_slots, jac[b])
@@ -334,38 +383,7 @@ def integrate(y0, times, ctx, f_tape, jac_tape, rows, cols, rtol, atol, max_step
             clipped = remaining <= 1.1 * h
             h_step = remaining if clipped else h
             hs = direction * h_step
-            diag = 1.0 / (hs * GAMMA)
-            for b in range(n_batch):
-                for i in range(n):
-                    for j in range(n):
-                        w[b, i, j] = -jac[b, i, j]
-                    w[b, i, i] += diag
-                regular = _lu(w[b], piv[b])
-                for s in range(STAGES):
-                    if not regular:
-                        u[s, b] = math.nan
-                        continue
-                    if s == 0:
-                        for i in range(n):
-                            rhs[i] = f0[b, i]
-                    else:
-                        for i in range(n):
-                            acc = y[b, i]
-                            for j in range(s):
-                                acc += _A[s, j] * u[j, b, i]
-                            point[i] = acc
-                        _rhs(point, ctx[b], f_tape, f_slots, value)
-                        for i in range(n):
-                            acc = value[i]
-                            for j in range(s):
-                                acc += (_C[s, j] / hs) * u[j, b, i]
-                            rhs[i] = acc
-                    _solve(w[b], piv[b], rhs, u[s, b])
-                for i in range(n):
-                    acc = y[b, i]
-                    for j in range(STAGES):
-                        acc += _M[j] * u[j, b, i]
-                    y_new[b, i] = acc
+            _step(y, f0, jac, ctx, hs, f_tape, f_slots, w, piv, u, y_new, point, value, rhs)
             counts[2] += STAGES - 1
             err = _error_norm(u[STAGES - 1], y, y_new, rtol, atol)
             if err <= 1.0:
@@ -407,6 +425,55 @@ def integrate(y0, times, ctx, f_tape, jac_tape, rows, cols, rtol, atol, max_step
     counts[1] = n_rej
     return (out, rec_t[:n_acc], rec_h[:n_acc], rec_y[:n_acc], rec_u[:n_acc], rec_lu[:n_acc],
             rec_piv[:n_acc], output_step, OK, t, h, counts)  # fmt: skip
+
+
+@njit(cache=True, error_model="numpy")
+def replay(y0, times, ctx, f_tape, jac_tape, rows, cols, steps, output_step):
+    """The steps of a recorded solve (``steps (N,)``: :func:`integrate`'s signed ``h``;
+    ``output_step (T,)``: steps before each output) taken again from ``y0 (B, n)`` with the
+    context ``ctx (B, c)``, without step-size control: the same discrete map of the inputs,
+    smooth in them (what differences of gradients need). Returns :func:`integrate`'s tuple,
+    the steps recorded; ``status`` OK."""
+    n_batch, n = y0.shape
+    n_t = times.shape[0]
+    n_steps = steps.shape[0]
+    n_sym = n + ctx.shape[1]
+    out = np.empty((n_t, n_batch, n))
+    counts = np.zeros(4, dtype=np.int64)
+    rec_t = np.empty(n_steps)
+    rec_y = np.empty((n_steps, n_batch, n))
+    rec_u = np.empty((n_steps, STAGES, n_batch, n))
+    rec_lu = np.empty((n_steps, n_batch, n, n))
+    rec_piv = np.empty((n_steps, n_batch, n), dtype=np.int64)
+    f_slots = np.empty(n_sym + f_tape[0].shape[0])
+    j_slots = np.empty(n_sym + jac_tape[0].shape[0])
+    y = y0.copy()
+    y_new, f0, jac, _, piv, u, point, value, rhs = _scratch(n_batch, n)
+    t = times[0]
+    k = 0
+    for step in range(n_steps + 1):
+        while k < n_t and output_step[k] == step:
+            out[k] = y
+            k += 1
+        if step == n_steps:
+            break
+        for b in range(n_batch):
+            _rhs(y[b], ctx[b], f_tape, f_slots, f0[b])
+            _jacobian(y[b], ctx[b], jac_tape, rows, cols, j_slots, jac[b])
+        hs = steps[step]
+        _step(y, f0, jac, ctx, hs, f_tape, f_slots, rec_lu[step], piv, u, y_new, point, value,
+              rhs)  # fmt: skip
+        rec_t[step] = t
+        rec_y[step] = y
+        rec_u[step] = u
+        rec_piv[step] = piv
+        t += hs
+        y[:] = y_new
+    counts[0] = n_steps
+    counts[2] = n_steps * STAGES
+    counts[3] = n_steps
+    return (out, rec_t, steps.copy(), rec_y, rec_u, rec_lu, rec_piv, output_step.copy(), OK,
+            times[n_t - 1], steps[n_steps - 1] if n_steps else 0.0, counts)  # fmt: skip
 
 
 # -- the reverse pass ------------------------------------------------------------------------
