@@ -7,27 +7,44 @@ From Python::
     result.twin            # a ModelSpec with the networks replaced by symbolic terms
 """
 
-from ude.distill.bootstrap import BootstrapInclusion
-from ude.distill.distiller import Distillation, Distiller
-from ude.distill.integral import IntegralPath, IntegralProblem
-from ude.distill.library import (
-    ConcatLibrary,
-    ConstantLibrary,
-    CustomLibrary,
-    HillLibrary,
-    Library,
-    MassActionLibrary,
-    MichaelisMentenLibrary,
-    PolynomialLibrary,
-    Term,
-)
-from ude.distill.refit import RefitResult, TwinRefit
-from ude.distill.report import compare_with_truth, write_report
-from ude.distill.sampling import Samples, TrajectorySampler
-from ude.distill.selection import TrajectorySelector, information_criterion
-from ude.distill.sparse import Candidate, EliminationPath, Problem, ThresholdPath
-from ude.distill.uncertainty import ForecastInterval, LaplaceInterval
-from ude.twin.symbolic import load_twin, twin_from_dict, twin_spec, twin_to_dict
+from ude._lazy import lazy_getattr
+
+# name: the module that defines it; each loads on first use (``python -m ude.distill --help``
+# answers without torch)
+_API = {
+    "BootstrapInclusion": "ude.distill.bootstrap",
+    "Candidate": "ude.distill.sparse",
+    "ConcatLibrary": "ude.distill.library",
+    "ConstantLibrary": "ude.distill.library",
+    "CustomLibrary": "ude.distill.library",
+    "Distillation": "ude.distill.distiller",
+    "Distiller": "ude.distill.distiller",
+    "EliminationPath": "ude.distill.sparse",
+    "ForecastInterval": "ude.distill.uncertainty",
+    "HillLibrary": "ude.distill.library",
+    "IntegralPath": "ude.distill.integral",
+    "IntegralProblem": "ude.distill.integral",
+    "LaplaceInterval": "ude.distill.uncertainty",
+    "Library": "ude.distill.library",
+    "MassActionLibrary": "ude.distill.library",
+    "MichaelisMentenLibrary": "ude.distill.library",
+    "PolynomialLibrary": "ude.distill.library",
+    "Problem": "ude.distill.sparse",
+    "RefitResult": "ude.distill.refit",
+    "Samples": "ude.distill.sampling",
+    "Term": "ude.distill.library",
+    "ThresholdPath": "ude.distill.sparse",
+    "TrajectorySampler": "ude.distill.sampling",
+    "TrajectorySelector": "ude.distill.selection",
+    "TwinRefit": "ude.distill.refit",
+    "compare_with_truth": "ude.distill.report",
+    "information_criterion": "ude.distill.selection",
+    "load_twin": "ude.twin.symbolic",
+    "twin_from_dict": "ude.twin.symbolic",
+    "twin_spec": "ude.twin.symbolic",
+    "twin_to_dict": "ude.twin.symbolic",
+    "write_report": "ude.distill.report",
+}
 
 __all__ = [
     "BootstrapInclusion",
@@ -63,3 +80,9 @@ __all__ = [
     "twin_to_dict",
     "write_report",
 ]
+
+__getattr__ = lazy_getattr(__name__, _API, globals())
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -10,20 +10,20 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ude.conf import CONF_DIR
 from ude.config_check import no_such_key
-from ude.data.measurements import Measurements
-from ude.data.splits import Split
 from ude.errors import UdeError
-from ude.model.hybrid import HybridODE
 from ude.progress import Progress
-from ude.twin.symbolic import not_identified
+
+if TYPE_CHECKING:  # torch and the model load when a distillation runs, not for --help
+    from ude.data.measurements import Measurements
+    from ude.data.splits import Split
+    from ude.model.hybrid import HybridODE
 
 DEFAULT = CONF_DIR / "distill" / "default.yaml"
 
@@ -233,6 +233,8 @@ def summary(metrics: dict[str, Any]) -> str:
             f"; TIE: the data fit {terms} as well "
             f"(criterion {tie['criterion_difference']:+.1f}): they do not choose between them"
         )
+    from ude.twin.symbolic import not_identified
+
     for target, params in not_identified(metrics.get("identifiability")).items():
         worst = max(params.items(), key=lambda kv: kv[1]["relative_error"] or float("inf"))
         rel = worst[1]["relative_error"]
@@ -331,6 +333,8 @@ def load_run(
         _override(cfg, item)
     with _inside(launch_dir(run_dir)):  # the run's relative paths start there
         datamodule, model, module = build_run(cfg)
+    import torch
+
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     try:
         module.load_state_dict(state["state_dict"])

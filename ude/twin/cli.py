@@ -124,10 +124,6 @@ def _horizon(twin, doses: list[dict[str, Any]], data_end: float) -> float:
 # -- personalise -------------------------------------------------------------------------------
 def personalise_main(argv: list[str] | None = None, prog: str = "python -m ude.personalise"):
     """Personalise a twin for new subjects; returns the personal twin."""
-    from ude.data.tables import read_measurements
-    from ude.twin.plots import plot_simulation
-    from ude.twin.twin import Twin
-
     parser = _parser(
         prog,
         "Personalise a twin for new subjects (patients) from a few measurements: their "
@@ -142,6 +138,11 @@ def personalise_main(argv: list[str] | None = None, prog: str = "python -m ude.p
     if args.twin is None:
         parser.error("give the twin: a run directory, or a folder with a twin.json")
     settings = parse_settings(args.settings, PERSONALISE_KEYS)
+    # torch and the plots load once the command line is read (--help answers without them)
+    from ude.data.tables import read_measurements
+    from ude.twin.plots import plot_simulation
+    from ude.twin.twin import Twin
+
     if "data.path" not in settings:
         raise UdeError("no data.path", source="command line", fix="give data.path=<new.csv>")
     twin = Twin.load(args.twin)
@@ -221,9 +222,6 @@ def _individual_csv(report: dict[str, Any], path: Path) -> None:
 # -- simulate ----------------------------------------------------------------------------------
 def simulate_main(argv: list[str] | None = None, prog: str = "python -m ude.simulate"):
     """Simulate a twin (what if: other doses, initial states, inputs); returns the table."""
-    from ude.twin.plots import plot_simulation
-    from ude.twin.twin import Twin
-
     parser = _parser(
         prog,
         "Simulate a twin: a condition it was fitted on, a personal twin, or a typical "
@@ -237,6 +235,9 @@ def simulate_main(argv: list[str] | None = None, prog: str = "python -m ude.simu
     if args.twin is None:
         parser.error("give the twin: a run directory, or a folder with a twin.json")
     settings = parse_settings(args.settings, SIMULATE_KEYS)
+    from ude.twin.plots import plot_simulation
+    from ude.twin.twin import Twin
+
     twin = Twin.load(args.twin)
     initial = {
         k.removeprefix("initial."): _number(settings, k, None)
