@@ -217,3 +217,86 @@ def test_a_stiff_twin_s_hessian_by_differences_of_its_gradient_is_the_exact_one(
     # the model's values are where they were
     again = torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad])
     np.testing.assert_array_equal(again.numpy(), uncertainty.laplace(model, data).mean)
+
+
+def test_a_stiff_twin_s_draws_that_blow_up_escape_where_the_torch_solve_says():
+    """The band's draw-by-draw solves of a stiff twin run in the compiled kernels: a draw
+    that blows up in finite time (x' = a x^2 from 1: at t = 1/a) escapes at the output where
+    the torch solve, which freezes its row at the bound, says it does, and the draws that
+    stay finite have the same trajectory."""
+    import copy
+
+    import torch
+
+    from ude.distill import TwinRefit, uncertainty
+    from ude.model.doses import RowsRHS, solve_with_doses
+    from ude.spec import ModelSpec
+    from ude.uq.escape import escape_index
+
+    data = decay_data()
+    spec = ModelSpec.from_dict(
+        {
+            "states": ["x"],
+            "parameters": {"a": {"value": -0.5, "learn": True}},
+            "equations": {"x": "a*x**2"},
+        }
+    )
+    refit = TwinRefit(max_iter=20, method="rodas5p", rtol=1e-6, atol=1e-8)
+    model = refit.fit(spec, data, noise=np.array([0.05])).model
+    interval = LaplaceInterval(n_samples=4)
+    ready = interval.prepare(model, data, initial=np.array([[1.0]]))
+    column = list(model.context(torch.tensor([0])).shape)[-1] - 1  # a: the last entry
+    a = torch.tensor([-0.5, 0.3, 0.8, 1.5], dtype=ready.context.dtype)
+    ready.context[:, column] = a
+    times = np.linspace(0, 2, 21)
+    solver = copy.copy(model.solver)
+    solver.max_steps = 500
+    compiled, by_torch = [], []
+    for s in range(4):
+        rows = slice(s, s + 1)
+        compiled.append(uncertainty._compiled_rows(ready, rows, solver, times))
+        rhs = RowsRHS(model.known_terms, ready.context[rows], ready.bound)
+        t = torch.as_tensor(times, dtype=ready.y0.dtype)
+        try:
+            out = solve_with_doses(solver, rhs.dosing, ready.y0[rows], t, [()], ["x"])
+            by_torch.append((out.transpose(0, 1), rhs.dead))
+        except Exception:  # noqa: BLE001 - a failed torch solve: the draw is all nan
+            by_torch.append((torch.full((1, len(times), 1), torch.nan), torch.ones(1, dtype=bool)))
+    stack = lambda parts: (  # noqa: E731
+        torch.cat([p[0] for p in parts])[:, None].numpy(),
+        torch.cat([p[1] for p in parts]).numpy(),
+    )
+    (c_states, c_dead), (t_states, t_dead) = stack(compiled), stack(by_torch)
+    np.testing.assert_array_equal(c_dead, [False, False, True, True])
+    np.testing.assert_array_equal(c_dead, t_dead)
+    np.testing.assert_array_equal(escape_index(c_states, c_dead), escape_index(t_states, t_dead))
+    np.testing.assert_allclose(c_states[:2], t_states[:2], rtol=1e-6)
+
+
+def test_a_stiff_twin_s_band_from_compiled_draws_is_the_torch_solve_s(monkeypatch):
+    """A stiff twin's band solves each draw in the compiled kernels; the band is the one the
+    shared torch solve of all draws gives, to the solver's tolerance."""
+    from ude.distill import TwinRefit, uncertainty
+    from ude.spec import ModelSpec
+
+    data = decay_data()
+    spec = ModelSpec.from_dict(
+        {
+            "states": ["x"],
+            "parameters": {"k": {"value": 0.5, "learn": True}, "a": {"value": 0.1, "learn": True}},
+            "equations": {"x": "-k*x + a*x**2/(1 + x)"},
+        }
+    )
+    refit = TwinRefit(max_iter=40, method="rodas5p", rtol=1e-8, atol=1e-10)
+    model = refit.fit(spec, data, noise=np.array([0.05])).model
+    times = np.linspace(0, 3, 31)
+    interval = LaplaceInterval(n_samples=50, seed=1)
+    calls, real = [], uncertainty._compiled_rows
+    monkeypatch.setattr(uncertainty, "_compiled_rows", lambda *a: calls.append(1) or real(*a))
+    compiled = interval.forecast(model, data, times)
+    assert len(calls) == 50  # each draw alone
+    monkeypatch.setattr(uncertainty, "_compiles", lambda ready, solver: False)
+    by_torch = interval.forecast(model, data, times)
+    assert compiled.n_failed == by_torch.n_failed == 0
+    for a, b in ((compiled.lower, by_torch.lower), (compiled.upper, by_torch.upper)):
+        np.testing.assert_allclose(a, b, rtol=1e-5)

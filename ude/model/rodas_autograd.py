@@ -95,6 +95,36 @@ def solve(
     return _generic(func, y0, t, rtol, atol, max_steps, stats)
 
 
+def solve_reached(
+    system, y0: np.ndarray, times: np.ndarray, rtol: float, atol: float, max_steps: int
+) -> np.ndarray | None:
+    """States ``(time, batch, state)`` of a compiled Rodas5P solve of ``system`` (a
+    :class:`~ude.model.numeric_rhs.NumericSystem` without networks) from ``y0 (batch,
+    state)``, as far as the solve got: NaN at the output times it did not reach (no error).
+    None where the kernels cannot run it (networks; a division by zero in them)."""
+    if system is None or system.rhs.networks:
+        return None
+    times = np.ascontiguousarray(times, dtype=float)
+    try:
+        result = rodas_kernels.integrate(
+            np.ascontiguousarray(y0, dtype=float),
+            times,
+            np.ascontiguousarray(system.rhs.context),
+            *rodas_kernels.tapes(system.rhs.derivatives),
+            float(rtol),
+            float(atol),
+            int(max_steps),
+            False,
+        )
+    except ZeroDivisionError:
+        return None
+    out, status, reached = result[0], result[8], result[9]
+    if status != rodas_kernels.OK:
+        direction = 1.0 if times[-1] >= times[0] else -1.0
+        out[direction * (times - reached) > 0] = np.nan  # outputs it never wrote
+    return out
+
+
 class StepPlan:
     """The accepted steps of the compiled solves of one evaluation, in call order, taken again
     by the evaluations after :meth:`replay`: at nearby parameters the same discrete map, so
