@@ -23,6 +23,22 @@ def decay_data():
     )
 
 
+def stiff_twin(data, rtol: float):
+    """``x' = -k x + a x^2/(1 + x)`` refitted to ``data`` with rodas5p at ``rtol``."""
+    from ude.distill import TwinRefit
+    from ude.spec import ModelSpec
+
+    spec = ModelSpec.from_dict(
+        {
+            "states": ["x"],
+            "parameters": {"k": {"value": 0.5, "learn": True}, "a": {"value": 0.1, "learn": True}},
+            "equations": {"x": "-k*x + a*x**2/(1 + x)"},
+        }
+    )
+    refit = TwinRefit(max_iter=40, method="rodas5p", rtol=rtol, atol=rtol / 100)
+    return refit.fit(spec, data, noise=np.array([0.05])).model
+
+
 def band_of(states: np.ndarray, failed: np.ndarray, level: float = 0.95):
     """The band LaplaceInterval.forecast makes of these draws ``(sample, condition, time,
     state)``, without a model behind them."""
@@ -137,19 +153,10 @@ def test_the_hessian_through_a_stiff_solve_is_batched_and_equals_the_row_by_row_
     the rows were taken one by one: 624 s on the repressilator's twin). Same Hessian, to
     rounding, as the Function's row-by-row double backward."""
 
-    from ude.distill import TwinRefit, uncertainty
-    from ude.spec import ModelSpec
+    from ude.distill import uncertainty
 
     data = decay_data()
-    spec = ModelSpec.from_dict(
-        {
-            "states": ["x"],
-            "parameters": {"k": {"value": 0.5, "learn": True}, "a": {"value": 0.1, "learn": True}},
-            "equations": {"x": "-k*x + a*x**2/(1 + x)"},
-        }
-    )
-    refit = TwinRefit(max_iter=40, method="rodas5p", rtol=1e-6, atol=1e-8)
-    model = refit.fit(spec, data, noise=np.array([0.05])).model
+    model = stiff_twin(data, rtol=1e-6)
     assert model.solver.method == "rodas5p"
     monkeypatch.setattr(uncertainty, "BY_DIFFERENCES", False)
     monkeypatch.setattr(uncertainty, "BATCHED_HESSIAN", False)
@@ -276,19 +283,10 @@ def test_a_stiff_twin_s_draws_that_blow_up_escape_where_the_torch_solve_says():
 def test_a_stiff_twin_s_band_from_compiled_draws_is_the_torch_solve_s(monkeypatch):
     """A stiff twin's band solves each draw in the compiled kernels; the band is the one the
     shared torch solve of all draws gives, to the solver's tolerance."""
-    from ude.distill import TwinRefit, uncertainty
-    from ude.spec import ModelSpec
+    from ude.distill import uncertainty
 
     data = decay_data()
-    spec = ModelSpec.from_dict(
-        {
-            "states": ["x"],
-            "parameters": {"k": {"value": 0.5, "learn": True}, "a": {"value": 0.1, "learn": True}},
-            "equations": {"x": "-k*x + a*x**2/(1 + x)"},
-        }
-    )
-    refit = TwinRefit(max_iter=40, method="rodas5p", rtol=1e-8, atol=1e-10)
-    model = refit.fit(spec, data, noise=np.array([0.05])).model
+    model = stiff_twin(data, rtol=1e-8)
     times = np.linspace(0, 3, 31)
     interval = LaplaceInterval(n_samples=50, seed=1)
     calls, real = [], uncertainty._compiled_rows
