@@ -125,6 +125,7 @@ HELP_WITHOUT_TORCH = [
     ("ude.distill.cli", "main"),
     ("ude.twin.cli", "simulate_main"),
     ("ude.twin.cli", "personalise_main"),
+    ("ude.petab.__main__", "main"),
 ]
 
 

@@ -13,10 +13,16 @@ import argparse
 import sys
 
 from ude.errors import exit_2_on_user_errors
-from ude.petab.fit import LEAST_SQUARES
-from ude.petab.shooting import SHOOTING_EVALUATIONS
 
 AUTO_STEPS = 20_000  # dopri5 steps per experiment before auto switches to rodas5p
+
+LEAST_SQUARES = 2000
+"""Solves of each start's least-squares stage (the default of ``fit``)."""
+
+SHOOTING_EVALUATIONS = 8000
+"""Evaluations of the multiple-shooting stages per start in ``python -m ude.petab fit``
+(each solves every segment once; a Jacobian takes one per parameter and one per group of
+nodes that do not interact)."""
 
 
 def main(argv: list[str] | None = None) -> None:

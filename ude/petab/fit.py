@@ -299,9 +299,6 @@ def _polish(model, objective, params, lo, hi, steps, best, log) -> float:
 REDRAWS = 10
 """How many other points a random start draws when the model cannot be solved at its own."""
 
-LEAST_SQUARES = 2000
-"""Solves of each start's least-squares stage in ``python -m ude.petab fit`` (its default)."""
-
 
 def latin_hypercube(
     lo: torch.Tensor, hi: torch.Tensor, n: int, generator: torch.Generator

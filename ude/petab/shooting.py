@@ -43,10 +43,6 @@ measurements) costs ``weight / 2`` in negative log-likelihood units: at the last
 of 1/300 of sigma costs 0.5 per state, so the single-shooting polish starts from a trajectory
 that is continuous to about that."""
 
-SHOOTING_EVALUATIONS = 8000
-"""Evaluations of the multiple-shooting stages per start in ``python -m ude.petab fit``
-(each solves every segment once; a Jacobian takes one per parameter and one per group of
-nodes that do not interact)."""
 
 FLOOR = 1e-12
 """Relative floor of a positive state on its log scale (of the state's largest value along
