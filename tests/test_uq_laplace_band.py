@@ -298,3 +298,33 @@ def test_a_stiff_twin_s_band_from_compiled_draws_is_the_torch_solve_s(monkeypatc
     assert compiled.n_failed == by_torch.n_failed == 0
     for a, b in ((compiled.lower, by_torch.lower), (compiled.upper, by_torch.upper)):
         np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+def test_a_hessian_by_differences_shrinks_its_step_beside_a_pole(monkeypatch):
+    """A learned initial state 4e-6 past a Michaelis-Menten denominator's zero (as a
+    Goldbeter twin's M(t0) sat): a step of 1e-5 crosses the pole, its one-sided differences
+    disagree, and the step shrinks until they agree; the Hessian is the exact one."""
+    import torch
+
+    from ude.distill import TwinRefit, uncertainty
+    from ude.spec import ModelSpec
+
+    data = decay_data()
+    spec = ModelSpec.from_dict(
+        {
+            "states": ["x"],
+            "parameters": {"a": {"value": 1.0, "learn": True}, "b": {"value": 1.0, "learn": True}},
+            "equations": {"x": "a*(1 - x) - b*x/(0.005 + x)"},
+        }
+    )
+    refit = TwinRefit(max_iter=0, method="rodas5p")
+    model = refit.fit(spec, data, noise=np.array([0.05])).model
+    with torch.no_grad():
+        model.initial.fill_(-0.005 - 4e-6)
+    fail = lambda g, p: pytest.fail("not by differences")  # noqa: E731
+    monkeypatch.setattr(uncertainty, "_batched_rows", fail)
+    _, by_differences = uncertainty.hessian(model, data)
+    monkeypatch.undo()
+    monkeypatch.setattr(uncertainty, "BY_DIFFERENCES", False)
+    _, exact = uncertainty.hessian(model, data)
+    np.testing.assert_allclose(by_differences, exact, rtol=1e-4, atol=1e-6 * np.abs(exact).max())
