@@ -39,6 +39,19 @@ def stiff_twin(data, rtol: float):
     return refit.fit(spec, data, noise=np.array([0.05])).model
 
 
+def hessians_both_ways(model, data, monkeypatch):
+    """``(gradient, Hessian)`` by differences (the double-backward pass may not run) and by
+    the double-backward pass."""
+    from ude.distill import uncertainty
+
+    fail = lambda g, p: pytest.fail("not by differences")  # noqa: E731
+    monkeypatch.setattr(uncertainty, "_batched_rows", fail)
+    by_differences = uncertainty.hessian(model, data)
+    monkeypatch.undo()
+    monkeypatch.setattr(uncertainty, "BY_DIFFERENCES", False)
+    return by_differences, uncertainty.hessian(model, data)
+
+
 def band_of(states: np.ndarray, failed: np.ndarray, level: float = 0.95):
     """The band LaplaceInterval.forecast makes of these draws ``(sample, condition, time,
     state)``, without a model behind them."""
@@ -212,12 +225,7 @@ def test_a_stiff_twin_s_hessian_by_differences_of_its_gradient_is_the_exact_one(
     assert model.solver.method == "rodas5p" and not len(model.networks)
     n_entries = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert n_entries >= 3 + 6 + 2  # rates, initial states, noise levels
-    fail = lambda g, p: pytest.fail("not by differences")  # noqa: E731
-    monkeypatch.setattr(uncertainty, "_batched_rows", fail)
-    g, by_differences = uncertainty.hessian(model, data)
-    monkeypatch.undo()
-    monkeypatch.setattr(uncertainty, "BY_DIFFERENCES", False)
-    g_exact, exact = uncertainty.hessian(model, data)
+    (g, by_differences), (g_exact, exact) = hessians_both_ways(model, data, monkeypatch)
     np.testing.assert_allclose(g, g_exact, rtol=1e-10, atol=1e-10 * np.abs(g_exact).max())
     scale = np.abs(exact).max()
     np.testing.assert_allclose(by_differences, exact, rtol=1e-5, atol=1e-6 * scale)
@@ -306,7 +314,7 @@ def test_a_hessian_by_differences_shrinks_its_step_beside_a_pole(monkeypatch):
     disagree, and the step shrinks until they agree; the Hessian is the exact one."""
     import torch
 
-    from ude.distill import TwinRefit, uncertainty
+    from ude.distill import TwinRefit
     from ude.spec import ModelSpec
 
     data = decay_data()
@@ -321,10 +329,5 @@ def test_a_hessian_by_differences_shrinks_its_step_beside_a_pole(monkeypatch):
     model = refit.fit(spec, data, noise=np.array([0.05])).model
     with torch.no_grad():
         model.initial.fill_(-0.005 - 4e-6)
-    fail = lambda g, p: pytest.fail("not by differences")  # noqa: E731
-    monkeypatch.setattr(uncertainty, "_batched_rows", fail)
-    _, by_differences = uncertainty.hessian(model, data)
-    monkeypatch.undo()
-    monkeypatch.setattr(uncertainty, "BY_DIFFERENCES", False)
-    _, exact = uncertainty.hessian(model, data)
+    (_, by_differences), (_, exact) = hessians_both_ways(model, data, monkeypatch)
     np.testing.assert_allclose(by_differences, exact, rtol=1e-4, atol=1e-6 * np.abs(exact).max())
