@@ -264,8 +264,7 @@ def _hessian_by_differences(
 
     def move_to(vector: torch.Tensor) -> None:
         with torch.no_grad():
-            for p, part in zip(params, _split(vector, params), strict=True):
-                p.copy_(part)
+            nn.utils.vector_to_parameters(vector, params)
 
     with fixed_steps() as plan:
         try:
@@ -314,12 +313,6 @@ def _hessian_by_differences(
 SHRINKS = 3
 """How many times :func:`_hessian_by_differences` shrinks an entry's step before it leaves
 the Hessian to the double-backward pass."""
-
-
-def _split(vector: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``vector`` cut into the shapes of ``params``."""
-    sizes = [p.numel() for p in params]
-    return [part.view_as(p) for part, p in zip(vector.split(sizes), params, strict=True)]
 
 
 BY_DIFFERENCES = True
