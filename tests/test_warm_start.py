@@ -59,6 +59,52 @@ def test_a_warm_start_whose_trajectory_cannot_be_solved_is_discarded(monkeypatch
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
 
 
+def _last_layers(model):
+    return [
+        [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1] for net in model.networks
+    ]
+
+
+def test_a_warm_start_whose_model_cannot_be_solved_is_damped_to_the_factor_that_fits_best(
+    monkeypatch,
+):
+    """A warm start that overshoots (its network output doubled) and is said not to solve:
+    the line search over the damping factors keeps the one that undoes the overshoot."""
+    import ude.train.module as module
+    from ude.fit import fit
+
+    real = module.gradient_matching
+    kept = {}
+
+    def overshoots(model, *args, **kwargs):
+        result = real(model, *args, **kwargs)
+        with torch.no_grad():
+            for last in _last_layers(model):
+                kept[id(last)] = (last.weight.clone(), last.bias.clone())
+                last.weight.mul_(2.0)
+                last.bias.mul_(2.0)
+        return result
+
+    seen = []
+
+    def damped(self, before):
+        damp(self, before)
+        seen.extend((last.weight.clone(), last.bias.clone()) for last in _last_layers(self.model))
+
+    damp = module.UDEModule._damp_warm_start
+    monkeypatch.setattr(module, "gradient_matching", overshoots)
+    monkeypatch.setattr(module.UDEModule, "_solve_failure", lambda self: "said not to solve")
+    monkeypatch.setattr(module.UDEModule, "_damp_warm_start", damped)
+    m = simulate_measurements("lotka_volterra", noise=0.05, n_times=21)
+    result = fit("lotka_volterra", m, max_epochs=1, warm_start_steps=500)
+    assert result.metrics["warm_start_damping"] == 0.5, result.metrics
+    assert "warm_start_discarded" not in result.metrics
+    # training started from the warm start's own network output
+    (weight, bias), (w0, b0) = seen[0], next(iter(kept.values()))
+    torch.testing.assert_close(weight, w0)
+    torch.testing.assert_close(bias, b0)
+
+
 def test_initial_values_the_data_give_stay_exactly_as_given():
     """DESIGN: a conditions table's init_<state> values stay fixed. The warm start sets every
     other initial state from the smoothed data, and training must not move the given ones."""

@@ -148,6 +148,8 @@ def run_training(
         metrics["warm_start_cycles"] = module.warm_start_cycles_run
     if module.warm_start_discarded:
         metrics["warm_start_discarded"] = module.warm_start_discarded
+    if module.warm_start_damping:
+        metrics["warm_start_damping"] = module.warm_start_damping
     if module.fit_cycles_run > 1:
         metrics["fit_cycles"] = module.fit_cycles_run
     if module.rescued:

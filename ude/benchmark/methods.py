@@ -501,7 +501,13 @@ class UDE(Method):
             "solver": problem.solver,
             "epochs": metrics.get("epochs"),
         }
-        for key in ("warm_start_cycles", "warm_start_discarded", "fit_cycles", "rescue_segments"):
+        for key in (
+            "warm_start_cycles",
+            "warm_start_discarded",
+            "warm_start_damping",
+            "fit_cycles",
+            "rescue_segments",
+        ):
             if metrics.get(key):
                 info[key] = metrics[key]
         if metrics.get("stop_reason"):

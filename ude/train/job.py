@@ -260,6 +260,12 @@ def _summary(cfg: DictConfig, metrics: dict[str, Any], run_dir: Path) -> None:
             "ude: the warm start was discarded (its model could not be solved over the data: "
             f"{metrics['warm_start_discarded']}); training started from the untrained networks"
         )
+    if metrics.get("warm_start_damping"):
+        log.info(
+            "ude: the warm start's model could not be solved over the data; its networks' "
+            f"output times {metrics['warm_start_damping']:g} fitted the training data best "
+            "and training started there"
+        )
     if metrics.get("fit_cycles", 1) > 1:
         log.info(
             f"ude: trajectory fitting ran {metrics['fit_cycles']} cycles of "
