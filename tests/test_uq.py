@@ -166,16 +166,17 @@ def test_section_and_warnings():
 
 
 def test_distill_uq_none_and_fast():
-    """``distill.uq=none`` turns it off, ``fast`` is the cheaper preset, anything else names
-    the choices; building it and sampling with the default (Gibbs) sampler do not import
-    pyro."""
+    """On by default; ``enabled: false`` or ``distill.uq=none`` turns it off, ``fast`` is the
+    cheaper preset, anything else names the choices; building it and sampling with the
+    default (Gibbs) sampler do not import pyro."""
     node = OmegaConf.create(
         {"seed": 4, "distill": OmegaConf.load(CONF_DIR / "distill" / "default.yaml")}
     )
-    if not node.distill.uq.enabled:  # the default node's settings, off
-        assert make_regression(node.distill) is None
+    default = make_regression(node.distill)  # the default node: on
+    node.distill.uq.enabled = False
+    assert make_regression(node.distill) is None
     node.distill.uq.enabled = True
-    default = make_regression(node.distill)
+    assert make_regression(node.distill).seed == default.seed
     assert default.seed == 4 and default.chains >= 2 and default.sampler == "gibbs"
     band = make_mixture(node.distill)
     node.distill.uq = "fast"
