@@ -443,7 +443,7 @@ class UDEModule(pl.LightningModule):
         untrained networks (``before``) where they fit better or none solves (then
         ``warm_start_discarded`` stays). A line search from the untrained networks' output
         (about zero: the known terms alone) towards the warm start's: on yeast glycolysis the
-        halved warm start's loss is 14.5 where the untrained networks' is 246."""
+        halved warm start's loss is 16 where the untrained networks' is 264."""
         losses = self._training_losses()
         if losses is None:  # no training data at hand (no trainer): discarded, as it was
             self.model.load_state_dict(before)
@@ -466,7 +466,8 @@ class UDEModule(pl.LightningModule):
 
     @torch.no_grad()
     def _scale_network_output(self, factor: float) -> None:
-        """Every network's output times ``factor`` (its last layer's weights and bias)."""
+        """Every network's last layer (weights and bias) times ``factor``: its output times
+        ``factor``, but for a nonnegative flux, whose softplus it moves towards ``s log 2``."""
         for net in self.model.networks:
             last = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
             last.weight.mul_(factor)
