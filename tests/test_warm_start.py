@@ -3,6 +3,7 @@ import torch
 
 from ude import Solver, build_hybrid, simulate_measurements
 from ude.fit import missing_terms
+from ude.model.networks import last_layer
 from ude.spec.simulate import simulate_spec
 from ude.train.warm_start import LatentPaths, WarmStartResult, gradient_matching, smooth_states
 
@@ -60,9 +61,7 @@ def test_a_warm_start_whose_trajectory_cannot_be_solved_is_discarded(monkeypatch
 
 
 def _last_layers(model):
-    return [
-        [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1] for net in model.networks
-    ]
+    return [last_layer(net) for net in model.networks]
 
 
 def test_a_warm_start_whose_model_cannot_be_solved_is_damped_to_the_factor_that_fits_best(

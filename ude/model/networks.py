@@ -99,3 +99,8 @@ class FluxNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fluxes(x) @ self.stoichiometry.T
+
+
+def last_layer(net: nn.Module) -> nn.Linear:
+    """The linear layer that makes ``net``'s output (an MLP's, or a flux network's MLP's)."""
+    return [m for m in net.modules() if isinstance(m, nn.Linear)][-1]

@@ -10,6 +10,7 @@ import torch
 
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
+from ude.model.networks import last_layer
 from ude.model.solver import SolverFailed
 from ude.progress import Progress, Stage
 from ude.train.losses import gaussian_nll, normalised_mse
@@ -469,7 +470,7 @@ class UDEModule(pl.LightningModule):
         """Every network's last layer (weights and bias) times ``factor``: its output times
         ``factor``, but for a nonnegative flux, whose softplus it moves towards ``s log 2``."""
         for net in self.model.networks:
-            last = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
+            last = last_layer(net)
             last.weight.mul_(factor)
             last.bias.mul_(factor)
 
