@@ -96,7 +96,7 @@ class Laplace:
         free = self.free
         draws = np.tile(self.mean, (n_samples, 1))
         ranges = self.ranges
-        if ranges is None or not ranges.box[free].any():
+        if ranges is None or not (ranges.box[free].any() or ranges.sign[free].any()):
             # no bounds: the plain Gaussian (the same draws as a raw Gaussian: x = raw)
             lam, V = np.linalg.eigh(self.natural_covariance[np.ix_(free, free)])
             z = rng.standard_normal((n_samples, int(free.sum())))

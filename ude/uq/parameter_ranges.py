@@ -23,6 +23,24 @@ value by the caller):
 - on a linear scale without bounds (a coefficient, a linear initial state): none. Nothing in
   the spec bounds such an entry; where the data do not either, the Laplace approximation's
   eigenvalue floor does, and the report counts those directions apart.
+
+Two kinds of entry live on a log scale though their spec says ``lin``, because the data tie
+them to others by products, and a product is a straight line only on a log scale:
+
+- a positive parameter whose box spans :data:`DECADES_FOR_LOG` decades or more (a rate law's
+  ``K``, searched and bounded over the decades of its variable's values): its natural
+  coordinate is the log of its value, its box and prior those of the log;
+- an unbounded linear coefficient that multiplies such a parameter, or a log-scaled one (a
+  rate law's maximal rate): the log of its size, its sign held (the structure, with its
+  term's sign, is what the Laplace approximation conditions on; rival structures are the
+  mixture's). No prior, as on its linear scale.
+
+Why: where the data see a Hill repression ``c K^n / (K^n + z^n)`` only at ``z`` above ``K``
+they give ``c K^n`` and ``n``, not ``c`` and ``K`` apart. On the linear coordinates that ridge
+is ``c ∝ K^-n``, so curved that a Gaussian along it puts half its draws at a negative ``c``
+or at rates a billion times the data's: Goodwin's base twin (``K`` = 0.114 in ``[0.113,
+18]``, ``n`` = 9.4) had 145 of its 159 draws fail at ``t = 0`` and no band. On ``ln c``,
+``ln K`` the ridge is ``ln c + n ln K`` = const, a line.
 """
 
 from __future__ import annotations
@@ -42,6 +60,11 @@ DECADES = 8.0
 """Span (decades) of the weak uniform prior on a log-scale entry without two bounds: that of
 the bounds ``[1e-5, 1e3]`` PEtab problems commonly give their log10 parameters."""
 
+DECADES_FOR_LOG = 2.0
+"""A positive box at least this many decades wide is searched on the log scale
+(:class:`EntryRanges`' ``log_box``): a rate law's ``K`` spans two decades beyond its variable's
+range (:data:`ude.distill.projection.K_RANGE`); a Hill ``n`` in ``[1, 15]`` does not."""
+
 _EDGE = 1e-15
 """How close to a bound a draw may be mapped back to the raw logit (a draw at the bound itself
 has an infinite logit)."""
@@ -50,8 +73,12 @@ has an infinite logit)."""
 @dataclass
 class EntryRanges:
     """Per learnable raw entry ``(entry,)``, in the order of ``model.parameters()``:
-    ``box`` True where the raw entry is the logit of a position between ``lower`` and
-    ``upper`` (natural coordinate ``lower + (upper - lower) sigmoid(raw)``); elsewhere the
+    ``box`` True where the raw entry is the logit of a position between two bounds, whose
+    natural coordinate lies in ``[lower, upper]``: the position itself (``lower + (upper -
+    lower) sigmoid(raw)``), or where ``log_box`` its log (``ln(e^lower + (e^upper - e^lower)
+    sigmoid(raw))``, a positive box spanning decades). ``sign`` ±1 where the natural
+    coordinate is the log of the entry's size (an unbounded coefficient of a product with a
+    log-scale entry; the entry is ``sign · e^natural``), 0 elsewhere. Everywhere else the
     natural coordinate is the raw entry and ``lower``/``upper`` are infinite. ``prior_sd``:
     the weak prior's standard deviation on the natural scale (inf: no prior); ``log``: the
     entry's scale is a log (the weak log prior's)."""
@@ -61,27 +88,58 @@ class EntryRanges:
     upper: np.ndarray
     prior_sd: np.ndarray
     log: np.ndarray
+    log_box: np.ndarray | None = None
+    sign: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.log_box is None:
+            self.log_box = np.zeros_like(self.box, dtype=bool)
+        if self.sign is None:
+            self.sign = np.zeros(len(self.box))
+
+    def _ends(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each box's ends on the scale its logit runs over (the value's, for a log box)."""
+        with np.errstate(over="ignore"):
+            lo = np.where(self.log_box, np.exp(self.lower), self.lower)
+            hi = np.where(self.log_box, np.exp(self.upper), self.upper)
+        return np.where(self.box, lo, 0.0), np.where(self.box, hi, 1.0)
 
     def natural(self, raw: np.ndarray) -> np.ndarray:
         """Natural coordinates of raw entries ``(..., entry)``."""
-        width = np.where(self.box, self.upper - self.lower, 0.0)
-        inside = np.where(self.box, self.lower, 0.0) + width * expit(raw)
-        return np.where(self.box, inside, raw)
+        lo, hi = self._ends()
+        inside = lo + (hi - lo) * expit(raw)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inside = np.where(self.log_box, np.log(inside), inside)
+            size = np.log(np.abs(raw))
+        return np.where(self.box, inside, np.where(self.sign != 0, size, raw))
 
     def raw(self, natural: np.ndarray) -> np.ndarray:
         """Raw entries of natural coordinates ``(..., entry)`` (inside their boxes)."""
-        width = np.where(self.box, self.upper - self.lower, 1.0)
-        share = (natural - np.where(self.box, self.lower, 0.0)) / width
-        return np.where(self.box, logit(np.clip(share, _EDGE, 1 - _EDGE)), natural)
+        lo, hi = self._ends()
+        with np.errstate(over="ignore", invalid="ignore"):
+            value = np.where(self.log_box, np.exp(natural), natural)
+            sized = self.sign * np.exp(natural)
+        share = (value - lo) / (hi - lo)
+        inside = logit(np.clip(share, _EDGE, 1 - _EDGE))
+        return np.where(self.box, inside, np.where(self.sign != 0, sized, natural))
 
     def slope(self, raw: np.ndarray) -> np.ndarray:
         """``d natural / d raw`` ``(entry,)`` at ``raw``."""
+        lo, hi = self._ends()
         s = expit(raw)
-        return np.where(self.box, (self.upper - self.lower) * s * (1 - s), 1.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            position = (hi - lo) * s * (1 - s)
+            boxed = np.where(self.log_box, position / (lo + (hi - lo) * s), position)
+            return np.where(self.box, boxed, np.where(self.sign != 0, 1 / raw, 1.0))
 
     def bend(self, raw: np.ndarray) -> np.ndarray:
         """``(d² natural / d raw²) / (d natural / d raw)`` ``(entry,)`` at ``raw``."""
-        return np.where(self.box, 1 - 2 * expit(raw), 0.0)
+        lo, hi = self._ends()
+        s = expit(raw)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_term = (hi - lo) * s * (1 - s) / (lo + (hi - lo) * s)
+            boxed = 1 - 2 * s - np.where(self.log_box, log_term, 0.0)
+            return np.where(self.box, boxed, np.where(self.sign != 0, -1 / raw, 0.0))
 
     def to_natural_hessian(self, raw: np.ndarray, gradient: np.ndarray, H: np.ndarray):
         """The Hessian ``(entry, entry)`` of a function over the natural coordinates, from its
@@ -112,17 +170,24 @@ def entry_ranges(model: HybridODE, decades: float = DECADES) -> EntryRanges:
     ``requires_grad``, flattened in the order of ``model.parameters()``; networks' weights,
     which a twin has none of, get no range)."""
     log_sd = decades * math.log(10) / math.sqrt(12)
-    rows: list[tuple[bool, float, float, float, bool]] = []  # box, lower, upper, sd, log
+    # box, lower, upper, prior sd, log, log box, sign
+    rows: list[tuple[bool, float, float, float, bool, bool, float]] = []
+    first: dict[str, int] = {}  # a learned parameter's first row
+    sized: dict[str, int] = {}  # the unbounded linear coefficients among them: their size
 
     def add(p: Parameter | None, n: int, log: bool = False) -> None:
         bounded = None if p is None else _bounded(p)
         if bounded is not None:
             lo, hi, is_log = bounded
-            rows.extend([(True, lo, hi, (hi - lo) / math.sqrt(12), is_log)] * n)
+            if not is_log and lo > 0 and math.log10(hi / lo) >= DECADES_FOR_LOG:
+                lo, hi, is_log = math.log(lo), math.log(hi), True
+                rows.extend([(True, lo, hi, (hi - lo) / math.sqrt(12), True, True, 0.0)] * n)
+                return
+            rows.extend([(True, lo, hi, (hi - lo) / math.sqrt(12), is_log, False, 0.0)] * n)
         elif log or (p is not None and _log_scaled(p)):
-            rows.extend([(False, -math.inf, math.inf, log_sd, True)] * n)
+            rows.extend([(False, -math.inf, math.inf, log_sd, True, False, 0.0)] * n)
         else:
-            rows.extend([(False, -math.inf, math.inf, math.inf, False)] * n)
+            rows.extend([(False, -math.inf, math.inf, math.inf, False, False, 0.0)] * n)
 
     sp_ = model.parameters_
     for name, tensor in model.named_parameters():
@@ -133,6 +198,9 @@ def entry_ranges(model: HybridODE, decades: float = DECADES) -> EntryRanges:
             key = name.removeprefix("parameters_.learned.")
             p = sp_.specs[key]
             # a population's random effects: deviations on the location's scale
+            first[key] = len(rows)
+            if key not in sp_.location and p.scale == "lin" and p.min is None and p.max is None:
+                sized[key] = n
             add(None if key in sp_.location else p, n)
         elif name.startswith("parameters_.location."):
             p = sp_.specs[name.removeprefix("parameters_.location.")]
@@ -147,10 +215,37 @@ def entry_ranges(model: HybridODE, decades: float = DECADES) -> EntryRanges:
                     add(p if learned[c, i] else None, 1)
         else:
             add(None, n)
-    box, lower, upper, sd, log = (
-        (np.array(col) for col in zip(*rows, strict=True)) if rows else [np.zeros(0)] * 5
+    logged = {key for key, i in first.items() if rows[i][4] and key not in sp_.location}
+    for key in _multiplying(model.spec, set(sized), logged):
+        values = sp_.learned[key].detach().cpu().numpy().reshape(-1)
+        for i in range(sized[key]):
+            if values[i] != 0:
+                row = first[key] + i
+                rows[row] = (*rows[row][:6], float(np.sign(values[i])))
+    if not rows:
+        return EntryRanges(*[np.zeros(0)] * 5)
+    box, lower, upper, sd, log, log_box, sign = (np.array(col) for col in zip(*rows, strict=True))
+    return EntryRanges(
+        box.astype(bool), lower, upper, sd, log.astype(bool), log_box.astype(bool), sign
     )
-    return EntryRanges(box.astype(bool), lower, upper, sd, log.astype(bool))
+
+
+def _multiplying(spec, coefficients: set[str], logged: set[str]) -> set[str]:
+    """The ``coefficients`` that multiply a parameter of ``logged`` in one of ``spec``'s
+    equations (a factor of the same product: ``c`` in ``c*x/(K + x)``)."""
+    import sympy as sp
+
+    out: set[str] = set()
+    if not coefficients or not logged:
+        return out
+    for expr in [*spec.equations.values(), *spec.discovered.values()]:
+        for node in sp.preorder_traversal(expr):
+            if not isinstance(node, sp.Mul):
+                continue
+            names = {s.name for s in node.free_symbols}
+            if names & logged:
+                out |= names & coefficients
+    return out
 
 
 def _initial_transforms(model: HybridODE) -> list[Parameter | None]:
