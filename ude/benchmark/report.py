@@ -31,7 +31,8 @@ COLUMNS = [
     "replicates", "conditions", "unobserved", "corruption", "library", "f1", "exact",
     "f1_unknown", "coef_error", "n_terms", "forecast_nmse", "forecast_nmse_hybrid", "coverage",
     "band_width", "coef_coverage", "brier", "inclusion_true", "inclusion_false", "seconds",
-    "cpu_seconds", "oracle", "oracle_delta", "error", "commit",
+    "cpu_seconds", "oracle", "oracle_delta", "error", "commit", "brier_horseshoe",
+    "inclusion_true_horseshoe", "inclusion_false_horseshoe",
 ]  # fmt: skip
 LEVEL = 0.05
 """|difference in mean F1| below this counts as level."""
