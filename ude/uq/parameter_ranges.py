@@ -197,10 +197,10 @@ def entry_ranges(model: HybridODE, decades: float = DECADES) -> EntryRanges:
         if name.startswith("parameters_.learned."):
             key = name.removeprefix("parameters_.learned.")
             p = sp_.specs[key]
-            # a population's random effects: deviations on the location's scale
             first[key] = len(rows)
             if key not in sp_.location and p.scale == "lin" and p.min is None and p.max is None:
                 sized[key] = n
+            # a population's random effects: deviations on the location's scale
             add(None if key in sp_.location else p, n)
         elif name.startswith("parameters_.location."):
             p = sp_.specs[name.removeprefix("parameters_.location.")]
