@@ -84,3 +84,20 @@ def test_resampled_residuals_reproduce_the_refits_own_score():
     r = squared_residuals(s, m)
     assert len(r) == refit.n_points == 62
     assert np.mean(r) == pytest.approx(refit.nmse, rel=1e-9)
+
+
+def test_a_free_term_is_named_at_the_twins_constants_where_the_twin_has_it():
+    """Goodwin's base cell: the screen fitted the Hill repression at n = 13.1, the twin's
+    refit at n = 9.4; the inclusion table named it at 13.1, a term the twin does not have (and
+    the benchmark scored its inclusion as a false term's). Now a term of the twin is named at
+    the twin's constants, any other at the screen's."""
+    from ude.distill.distiller import _shown_constants
+    from ude.distill.library import HillLibrary
+
+    fitted = {"x": {0: {"K": 0.07, "n": 13.1}, 1: {"K": 0.5, "n": 2.0}}}
+    final = {"x": {0: {"K": 0.11, "n": 9.4}}}
+    term = next(t for t in HillLibrary(variables=["z"]).fit(["z"]).terms_ if "K**n/" in t.name)
+    named = term.numeric(_shown_constants(fitted, final, "x", 0))
+    assert "**9.4 " in str(named) and "13.1" not in str(named)
+    assert _shown_constants(fitted, final, "x", 1) == {"K": 0.5, "n": 2.0}
+    assert _shown_constants(fitted, final, "y", 0) == {}
