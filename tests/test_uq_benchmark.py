@@ -109,3 +109,22 @@ def test_the_calibration_table_shows_the_horseshoes_inclusion_beside_the_product
     assert horseshoe.startswith("| ude: its horseshoe's inclusion |")
     assert horseshoe.endswith("| 0.30 (1) | 0.60 (1) | 0.40 (1) |")
     assert horseshoe.count("–") == 3 and sindy.startswith("| sindy |")
+
+
+def test_a_neural_reactions_inclusion_is_scored_in_the_states_it_changes():
+    """SEIR's unknown flux is the reaction ``infection`` (S -> E): its inclusion table is keyed
+    by the reaction, and scored as it was, keyed by no state, its true term I*S counted as a
+    false one (Brier 0.29 on an exact cell, the true terms' inclusion nan). Per state, as the
+    truth is written, the same table is right."""
+    from ude.benchmark.methods import by_state
+
+    routes = {"infection": {"S": -1.0, "E": 1.0}}
+    table = {"infection": {"I*S": 0.925, "S": 0.075, "E**2": 0.025}}
+    true = {("S", "I*S"): -0.6, ("E", "I*S"): 0.6, ("E", "E"): -0.2}
+    given = {("E", "E"): -0.2}  # the prior's term: not the reaction's to find
+    unknown = {k: c for k, c in true.items() if k not in given}
+    assert math.isnan(inclusion_brier(table, unknown)["inclusion_true"])
+    out = inclusion_brier(by_state(table, routes), unknown)
+    assert out["inclusion_true"] == pytest.approx(0.925)
+    assert out["inclusion_false"] == pytest.approx(0.05)
+    assert by_state({"x": {"y": 0.5}}, {}) == {"x": {"y": 0.5}}

@@ -564,12 +564,13 @@ class UDE(Method):
 
         data = problem.measurements
         if distilled.inclusion is not None:
-            info["inclusion"] = distilled.inclusion
+            info["inclusion"] = by_state(distilled.inclusion, distilled.routes)
         regression, mixture = make_regression(cfg.distill), make_mixture(cfg.distill)
         start = time.perf_counter()
         if regression is not None:
             section, posts = bayesian_terms(distilled.integral, regression)
-            info["inclusion_horseshoe"] = {t: p.inclusion() for t, p in posts.items()}
+            horseshoe = {t: p.inclusion() for t, p in posts.items()}
+            info["inclusion_horseshoe"] = by_state(horseshoe, distilled.routes)
             info["convergence"] = {
                 t: {"max_rhat": e["max_rhat"], "min_ess": e["min_ess"]}
                 for t, e in section["targets"].items()
@@ -629,6 +630,22 @@ class UDE(Method):
         if not band.usable:
             return None, None
         return band.lower[0], band.upper[0]
+
+
+def by_state(
+    inclusion: dict[str, dict[str, float]], routes: dict[str, dict[str, float]]
+) -> dict[str, dict[str, float]]:
+    """``{state: {term: p}}`` of inclusion probabilities ``{target: {term: p}}``: a neural
+    reaction's flux (SEIR's ``infection``) counts in each state it changes (``routes``, as
+    :meth:`ModelSpec.neural_routes`), a state's own target in that state. The truth is scored
+    per state: keyed by the reaction, every term of it counted as false."""
+    out: dict[str, dict[str, float]] = {}
+    for target, terms in inclusion.items():
+        for state in routes.get(target, {target: 1.0}):
+            mine = out.setdefault(state, {})
+            for term, p in terms.items():
+                mine[term] = max(mine.get(term, 0.0), p)
+    return out
 
 
 METHODS: dict[str, type[Method]] = {
