@@ -88,14 +88,8 @@ class EntryRanges:
     upper: np.ndarray
     prior_sd: np.ndarray
     log: np.ndarray
-    log_box: np.ndarray | None = None
-    sign: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        if self.log_box is None:
-            self.log_box = np.zeros_like(self.box, dtype=bool)
-        if self.sign is None:
-            self.sign = np.zeros(len(self.box))
+    log_box: np.ndarray
+    sign: np.ndarray
 
     def _ends(self) -> tuple[np.ndarray, np.ndarray]:
         """Each box's ends on the scale its logit runs over (the value's, for a log box)."""
@@ -179,11 +173,10 @@ def entry_ranges(model: HybridODE, decades: float = DECADES) -> EntryRanges:
         bounded = None if p is None else _bounded(p)
         if bounded is not None:
             lo, hi, is_log = bounded
-            if not is_log and lo > 0 and math.log10(hi / lo) >= DECADES_FOR_LOG:
+            log_box = not is_log and lo > 0 and math.log10(hi / lo) >= DECADES_FOR_LOG
+            if log_box:
                 lo, hi, is_log = math.log(lo), math.log(hi), True
-                rows.extend([(True, lo, hi, (hi - lo) / math.sqrt(12), True, True, 0.0)] * n)
-                return
-            rows.extend([(True, lo, hi, (hi - lo) / math.sqrt(12), is_log, False, 0.0)] * n)
+            rows.extend([(True, lo, hi, (hi - lo) / math.sqrt(12), is_log, log_box, 0.0)] * n)
         elif log or (p is not None and _log_scaled(p)):
             rows.extend([(False, -math.inf, math.inf, log_sd, True, False, 0.0)] * n)
         else:
@@ -223,7 +216,7 @@ def entry_ranges(model: HybridODE, decades: float = DECADES) -> EntryRanges:
                 row = first[key] + i
                 rows[row] = (*rows[row][:6], float(np.sign(values[i])))
     if not rows:
-        return EntryRanges(*[np.zeros(0)] * 5)
+        return EntryRanges(*[np.zeros(0)] * 7)
     box, lower, upper, sd, log, log_box, sign = (np.array(col) for col in zip(*rows, strict=True))
     return EntryRanges(
         box.astype(bool), lower, upper, sd, log.astype(bool), log_box.astype(bool), sign
