@@ -177,6 +177,17 @@ def test_a_warm_start_creeping_along_the_flat_solution_runs_another_cycle():
     assert truth_errors(model, m)["missing_term_rel_rmse"]["x"] < 0.2
 
 
+def test_restarts_that_gain_nothing_stop_before_the_cycle_cap():
+    """A fit that cannot move (here a rate of zero: no step changes the loss) ends its first
+    cycle on a plateau; the second cycle gains nothing over it, and no third or fourth is
+    run (yeast glycolysis with ATP latent spent four cycles, 2,000 steps of the latent path,
+    within 0.01 % of one loss)."""
+    m = _clean_lv()
+    model = build_hybrid("lotka_volterra", m, Solver())
+    result = gradient_matching(model, smooth_states(m, ["x", "y"]), steps=20, lr=0.0, cycles=4)
+    assert result.cycles == 2, result
+
+
 def _goodwin_without_z(noise: float, n_times: int):
     """Goodwin's data with the repressor z unmeasured, its hybrid (float64, untrained) and
     the smoothed data."""
