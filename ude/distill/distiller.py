@@ -489,7 +489,9 @@ class Distiller:
         clock["regression_seconds"] = time.perf_counter() - t0
         stage.close()
         initial = model.initial.detach().cpu().numpy()
-        scorer = self.score_refit or TwinRefit(max_iter=300, tol=1e-7, criterion_tol=0.1, method="rk4")
+        scorer = self.score_refit or TwinRefit(
+            max_iter=300, tol=1e-7, criterion_tol=0.1, method="rk4"
+        )
         known = trained_individuals(model)
         self._check_individual(terms)
         individual = {t: self.population for t in self.individual}
