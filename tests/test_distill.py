@@ -516,3 +516,38 @@ def test_a_scoring_refit_stops_once_its_criterion_has_settled():
         return information_criterion(r.nmse, r.n_points, len(learned), "bic")
 
     assert abs(crit(settled) - crit(full)) < 0.1, (crit(settled), crit(full))
+
+
+def test_the_removal_costs_from_one_factorisation_are_those_of_a_solve_per_term():
+    """Backward elimination costs every removal from one QR factorisation of the support;
+    the costs are what refitting without each term gives, also where two terms are nearly
+    one (then, past the conditioning limit, a solve per term is what it does)."""
+    from ude.distill.sparse import Problem, removal_costs
+
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0.1, 2.0, size=(400, 2))
+    columns = [np.ones(400), x[:, 0], x[:, 1], x[:, 0] * x[:, 1], x[:, 0] / (0.5 + x[:, 0])]
+    y = 0.7 * columns[1] - 1.3 * columns[3] + 0.01 * rng.normal(size=400)
+
+    def by_solves(p: Problem, support: list[int]) -> np.ndarray:
+        full = p.relative_residual(p.lstsq(support)) ** 2
+        return np.array(
+            [
+                p.relative_residual(p.lstsq([k for k in support if k != j])) ** 2 - full
+                for j in support
+            ]
+        )
+
+    well = Problem(np.array(columns).T, y, [str(i) for i in range(5)])
+    support = list(range(5))
+    rss = well.relative_residual(well.lstsq(support)) ** 2
+    np.testing.assert_allclose(
+        removal_costs(well, support, rss), by_solves(well, support), rtol=1e-8, atol=1e-14
+    )
+    twin = np.array([*columns, columns[1] * (1 + 1e-12)]).T  # a term and its near-copy
+    near = Problem(twin, y, [str(i) for i in range(6)])
+    support = list(range(6))
+    rss = near.relative_residual(near.lstsq(support)) ** 2
+    np.testing.assert_allclose(
+        removal_costs(near, support, rss), by_solves(near, support), rtol=1e-8, atol=1e-14
+    )

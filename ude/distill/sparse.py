@@ -156,7 +156,15 @@ class ThresholdPath:
 class EliminationPath:
     """Joint backward elimination: from the full library for every target, repeatedly drop the
     (target, term) whose removal raises that target's relative residual least, down to
-    one term per target. Nested supports, one per size."""
+    one term per target. Nested supports, one per size.
+
+    What removing each term costs is read off one QR factorisation of the support, ``A = QR``:
+    dropping term ``j`` raises the residual sum of squares by ``beta_j^2 / [(A'A)^-1]_jj``
+    (the square of its t-statistic times the noise variance), instead of one least-squares
+    solve per term (yeast glycolysis with 8 conditions spent 280 s in these solves, 22 % of its
+    benchmark cell). A support whose factor is too ill-conditioned for that (``R``'s condition
+    number above :data:`ONE_FACTORISATION_COND`: nearly dependent terms) is costed by a solve
+    per term, as before."""
 
     name = "elimination"
 
@@ -165,21 +173,44 @@ class EliminationPath:
         rss = {t: p.relative_residual(p.lstsq(support[t])) ** 2 for t, p in problems.items()}
         out = [Candidate({t: p.lstsq(support[t]) for t, p in problems.items()}, self.name)]
         while any(len(s) > 1 for s in support.values()):
-            best: tuple[float, str, int, float] | None = None
+            best: tuple[float, str, int] | None = None
             for t, p in problems.items():
                 if len(support[t]) <= 1:
                     continue
-                for j in support[t]:
-                    rest = [k for k in support[t] if k != j]
-                    r = p.relative_residual(p.lstsq(rest)) ** 2
-                    if best is None or r - rss[t] < best[0]:
-                        best = (r - rss[t], t, j, r)
+                for j, rise in zip(support[t], removal_costs(p, support[t], rss[t]), strict=True):
+                    if best is None or rise < best[0]:
+                        best = (rise, t, j)
             assert best is not None
-            _, t, j, r = best
+            _, t, j = best
             support[t].remove(j)
-            rss[t] = r
+            p = problems[t]
+            rss[t] = p.relative_residual(p.lstsq(support[t])) ** 2
             out.append(Candidate({s: p.lstsq(support[s]) for s, p in problems.items()}, self.name))
         return out
+
+
+ONE_FACTORISATION_COND = 1e8
+"""Above this condition number of a support's ``R`` factor, :func:`removal_costs` solves once
+per term (the closed form's ``(A'A)^-1`` would lose too many digits)."""
+
+
+def removal_costs(problem: Problem, support: list[int], rss: float) -> np.ndarray:
+    """How much removing each term of ``support`` raises ``problem``'s squared relative
+    residual (``rss``: at the full support), in the order of ``support``."""
+    A = problem.Theta_n[:, support]
+    n = A.shape[0]
+    if n > len(support):
+        Q, R = np.linalg.qr(A)
+        if np.linalg.cond(R) < ONE_FACTORISATION_COND:
+            beta = np.linalg.solve(R, Q.T @ problem.y_n)
+            R_inv = np.linalg.solve(R, np.eye(len(support)))
+            return beta**2 / np.sum(R_inv**2, axis=1) / n
+    return np.array(
+        [
+            problem.relative_residual(problem.lstsq([k for k in support if k != j])) ** 2 - rss
+            for j in support
+        ]
+    )
 
 
 def candidate_union(
