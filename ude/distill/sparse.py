@@ -162,7 +162,7 @@ class EliminationPath:
     dropping term ``j`` raises the residual sum of squares by ``beta_j^2 / [(A'A)^-1]_jj``
     (the square of its t-statistic times the noise variance), instead of one least-squares
     solve per term (yeast glycolysis with 8 conditions spent 280 s in these solves, 22 % of its
-    benchmark cell). A support whose factor is too ill-conditioned for that (``R``'s condition
+    distillation). A support whose factor is too ill-conditioned for that (``R``'s condition
     number above :data:`ONE_FACTORISATION_COND`: nearly dependent terms) is costed by a solve
     per term, as before."""
 

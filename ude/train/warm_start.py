@@ -299,6 +299,7 @@ class LatentPaths:
         # the 35 of all seven), and the state vector rebuilt from the measured columns and
         # the latent ones by one permutation
         self.latent_index = np.flatnonzero(smoothed.latent)
+        self.latent_columns = torch.as_tensor(self.latent_index, device=like.device)
         self.measured_index = np.flatnonzero(~np.asarray(smoothed.latent, dtype=bool))
         rhs = model.spec.known_rhs()
         self.known_latent = CompiledExpressions(
@@ -328,14 +329,13 @@ class LatentPaths:
     def _integrate(self, y, context, z0, h, n):
         """The latent columns ``(piece, point, latent)`` by Heun's method over ``n`` grid
         points from ``z0 (piece, latent)``: ``y``, ``context (piece, point, ...)``."""
-        model, columns = self.model, torch.as_tensor(self.latent_index, device=y.device)
-        held = y[..., self.measured_index]
+        model, held = self.model, y[..., self.measured_index]
 
         def f(z, k):
             state, ctx = self._full(held[:, k], z), context[:, k]
             slope = self.known_latent(torch.cat([state, ctx], dim=-1))
             if self.neural:
-                slope = slope + model.neural_terms(state, ctx)[:, columns]
+                slope = slope + model.neural_terms(state, ctx)[:, self.latent_columns]
             return slope
 
         z = z0
