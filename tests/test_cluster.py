@@ -177,9 +177,11 @@ def test_ddp_on_two_processes_matches_one_and_resumes_after_a_kill(make_cfg, tmp
 @pytest.mark.slow
 def test_ddp_a_nan_on_one_process_stops_every_process_with_exit_2(tmp_path):
     # one condition on 2 processes: the second has nothing to fit (a warning says so), and
-    # its loss turns NaN at epoch 3; both stop there, the first says why and exits 2
+    # its loss turns NaN from epoch 3 on; both undo that step and halve the rate together,
+    # the validation after it fails too and both stop there; the first says why and exits 2
     run_dir, log = tmp_path / "run", tmp_path / "probe.log"
     overrides = [*DDP, *[a for a in FAST if a != "trainer.max_epochs=3"], "trainer.max_epochs=8"]
+    overrides.append("optim.step_backs=1")
     rc, out, err = finish(
         probe(*overrides, f"hydra.run.dir={run_dir}", log=log, env={"UDE_PROBE_NAN": "1:3"})
     )
@@ -191,9 +193,11 @@ def test_ddp_a_nan_on_one_process_stops_every_process_with_exit_2(tmp_path):
     assert f"last good checkpoint: {run_dir / 'checkpoints' / 'last.ckpt'}" in errors[0]
     assert all_exited(log)  # no process left waiting in an all-reduce
     saved, epoch = state(run_dir)
-    assert epoch == 2 and all(torch.isfinite(v).all() for v in saved.values())
+    # written as epoch 3 ended (its step undone, its validation failed): epoch 2's parameters
+    assert epoch == 4 and all(torch.isfinite(v).all() for v in saved.values())
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert "epoch 3: loss became NaN/inf on 1 of 2 processes" in metrics["stop_reason"]
+    assert metrics["step_backs"] == 1
 
 
 @pytest.mark.slow

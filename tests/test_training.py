@@ -142,9 +142,68 @@ def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(
                 assert float(got[key]) == pytest.approx(float(want[key]), rel=1e-9), key
 
 
+def test_a_failed_step_is_undone_and_training_goes_on_at_half_the_rate(
+    make_cfg, tmp_path, monkeypatch, caplog
+):
+    """The solver gives up once, at epoch 2: that step is undone, Adam's rate is halved from
+    there on, and training runs all its epochs from the parameters before the failure."""
+    from ude.model.solver import SolverFailed
+    from ude.train import module
+
+    args = ["trainer.max_epochs=6", "optim.warm_start_steps=0", "optim.fit_cycles=1", *_CSV]
+    reference = train.train(make_cfg(*args, run_dir=tmp_path / "reference"))
+    local_losses = module.UDEModule.local_losses
+    failed: list[int] = []
+
+    def fails_once(self, batch, shooting=False):
+        if self.training and self.current_epoch == 2 and not failed:
+            failed.append(2)
+            raise SolverFailed("the test's solver could not integrate past t=1")
+        return local_losses(self, batch, shooting)
+
+    monkeypatch.setattr(module.UDEModule, "local_losses", fails_once)
+    with caplog.at_level("INFO"):
+        metrics = train.train(make_cfg(*args))
+    assert failed and metrics["stop_reason"] is None and metrics["epochs"] == 6
+    assert metrics["step_backs"] == 1 and "epoch 2: the test's solver" in caplog.text
+    assert "step_backs" not in reference
+    lr = {int(r["epoch"]): float(r["lr"]) for r in _log(tmp_path / "run") if r["lr"]}
+    want = {int(r["epoch"]): float(r["lr"]) for r in _log(tmp_path / "reference") if r["lr"]}
+    assert 2 not in lr  # the undone step logs nothing
+    assert [lr[e] for e in (0, 1)] == [want[e] for e in (0, 1)]
+    assert [lr[e] for e in (3, 4, 5)] == pytest.approx([want[e] / 2 for e in (3, 4, 5)])
+
+
+def test_a_run_whose_steps_keep_failing_stops_after_its_step_backs(make_cfg, monkeypatch):
+    from ude.model.solver import SolverFailed
+    from ude.train import module
+
+    local_losses = module.UDEModule.local_losses
+
+    def always_fails(self, batch, shooting=False):
+        if not self.training:
+            return local_losses(self, batch, shooting)
+        raise SolverFailed("the test's solver could not integrate past t=1")
+
+    monkeypatch.setattr(module.UDEModule, "local_losses", always_fails)
+    metrics = train.train(
+        make_cfg(
+            "trainer.max_epochs=8", "optim.warm_start_steps=0", "optim.step_backs=2", *FAST[1:]
+        )
+    )
+    assert metrics["step_backs"] == 2
+    assert metrics["stop_reason"].startswith("training stopped at epoch 2: the test's solver")
+
+
 def test_nan_guard_stops_a_diverging_run_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path):
     metrics = train.train(
-        make_cfg("trainer.max_epochs=30", "optim.lr=1e4", "optim.grad_clip=null", *FAST[1:])
+        make_cfg(
+            "trainer.max_epochs=30",
+            "optim.lr=1e4",
+            "optim.grad_clip=null",
+            "optim.step_backs=0",
+            *FAST[1:],
+        )
     )
     assert metrics["stop_reason"] and "training stopped at epoch" in metrics["stop_reason"]
     assert metrics["epochs"] < 30

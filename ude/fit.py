@@ -154,6 +154,9 @@ def run_training(
         metrics["fit_cycles"] = module.fit_cycles_run
     if module.rescued:
         metrics["rescue_segments"] = len(module.segments)
+    if module.step_backs_run:
+        metrics["step_backs"] = module.step_backs_run
+        metrics["step_back_reasons"] = module.step_back_notes
     metrics["timings"] = {"train_seconds": round(seconds, 3)}
     return metrics
 

@@ -507,6 +507,7 @@ class UDE(Method):
             "warm_start_damping",
             "fit_cycles",
             "rescue_segments",
+            "step_backs",
         ):
             if metrics.get(key):
                 info[key] = metrics[key]

@@ -279,4 +279,10 @@ def _summary(cfg: DictConfig, metrics: dict[str, Any], run_dir: Path) -> None:
             f"falling); the cycles after it ran with multiple shooting in "
             f"{metrics['rescue_segments']} pieces"
         )
+    if metrics.get("step_backs"):
+        log.info(
+            f"ude: {metrics['step_backs']} training step(s) failed (the solver gave up or the "
+            "loss was not finite) and were undone, each halving the learning rate"
+            + "".join(f"; {note}" for note in metrics.get("step_back_reasons", []))
+        )
     log.info(f"run directory: {run_dir}")

@@ -55,8 +55,13 @@ class UDEModule(pl.LightningModule):
     the data, which fits one stretch of the series at a time (single process, one model; 0:
     never).
 
-    A step whose loss or parameters become NaN/inf, or whose solve fails, is undone and
-    training stops; ``stop_reason`` says why and the checkpoints keep the last good state.
+    A step whose loss or parameters become NaN/inf, or whose solve fails (in training or in
+    the validation after it), is undone. Under Adam, the learning rate (and its schedule,
+    restarts included) is then halved and training goes on from the last good parameters, up
+    to ``step_backs`` times: a step too long for a stiff model (Goldbeter's with an unmeasured
+    state, at epoch 10) can leave it where no solver follows, and a shorter one may not. The
+    next failure, or one in the L-BFGS polish, stops training; ``stop_reason`` says why and
+    the checkpoints keep the last good state.
     """
 
     def __init__(
@@ -81,6 +86,7 @@ class UDEModule(pl.LightningModule):
         fit_cycles: int = 1,
         unexplained: float = 0.1,
         rescue_segments: int = 0,
+        step_backs: int = 0,
         observed_states: torch.Tensor | None = None,
         progress: Progress | None = None,
     ):
@@ -130,6 +136,14 @@ class UDEModule(pl.LightningModule):
                 fix="0 (never) or the pieces of a rescue cycle's multiple shooting, e.g. 5",
             )
         self.rescue_segments = int(rescue_segments)
+        if int(step_backs) < 0:
+            raise UdeError(
+                f"expected step_backs >= 0, got {step_backs}",
+                source="optim.step_backs",
+                fix="0 (a failed step stops training) or how often to halve the rate, e.g. 3",
+            )
+        self.step_backs = int(step_backs)
+        self.step_backs_run = 0  # kept in checkpoints
         self.rescued = False  # kept in checkpoints: a resumed rescue cycle goes on shooting
         self.fit_cycles_run = 1  # kept in checkpoints: a resumed run continues its cycle
         self._cycle_epochs: int | None = None  # the trainer's max_epochs: one cycle's length
@@ -146,6 +160,7 @@ class UDEModule(pl.LightningModule):
         self.warm_start_damping: float | None = None
         self.first_mse: float | None = None
         self._last_good: dict[str, torch.Tensor] | None = None  # by name (a rescue adds nodes)
+        self.step_back_notes: list[str] = []  # this process's (not a resumed run's) step backs
         # the warm start's and the training's stages (shown by the first process only)
         self.progress = progress or Progress()
 
@@ -576,7 +591,7 @@ class UDEModule(pl.LightningModule):
             if not all(torch.isfinite(p).all() for p in self.parameters()):
                 raise _NonFinite("parameters became NaN/inf")
         except (_NonFinite, SolverFailed) as err:
-            self._stop(err)
+            self._failed(err)
             return
         if self.first_mse is None:
             self.first_mse = whole["mse"]
@@ -609,13 +624,37 @@ class UDEModule(pl.LightningModule):
                 sync_dist=True,
             )
 
-    def _stop(self, err: Exception) -> None:
-        """Restore the last parameters that gave a finite loss and stop training."""
+    def _restore_last_good(self) -> None:
         if self._last_good is not None:
             with torch.no_grad():
                 for k, p in self.named_parameters():
                     if k in self._last_good:
                         p.copy_(self._last_good[k])
+
+    def _failed(self, err: Exception) -> None:
+        """A step (or the validation after it) failed: step back while Adam runs and step
+        backs are left, else stop."""
+        if self._polishing() or self.step_backs_run >= self.step_backs or self.trainer.should_stop:
+            self._stop(err)
+        else:
+            self._step_back(err)
+
+    def _step_back(self, err: Exception) -> None:
+        """Restore the last parameters that gave a finite loss and halve Adam's learning rate,
+        now and in the rest of its schedule (the cosine decay's start and floor, which later
+        cycles restart from)."""
+        self._restore_last_good()
+        self.step_backs_run += 1
+        schedule = self.lr_schedulers()
+        for group in schedule.optimizer.param_groups:
+            group["lr"] *= 0.5
+        schedule.base_lrs = [lr * 0.5 for lr in schedule.base_lrs]
+        schedule.eta_min *= 0.5
+        self.step_back_notes.append(f"epoch {self.current_epoch}: {err}")
+
+    def _stop(self, err: Exception) -> None:
+        """Restore the last parameters that gave a finite loss and stop training."""
+        self._restore_last_good()
         self.stop_reason = (
             f"training stopped at epoch {self.current_epoch}: {err}; the parameters of the "
             "last step with a finite loss are kept"
@@ -698,7 +737,7 @@ class UDEModule(pl.LightningModule):
         except (_NonFinite, SolverFailed) as err:
             # every process gets here together: step_losses agrees on failures
             if not self.trainer.sanity_checking:
-                self._stop(err)
+                self._failed(err)
             mse, fit, n = math.inf, math.inf, 1
         self._log_epoch("val/", {"mse": mse, "fit": fit}, n)
 
@@ -708,11 +747,13 @@ class UDEModule(pl.LightningModule):
         checkpoint["ude_fit_cycles"] = self.fit_cycles_run
         checkpoint["ude_rescued"] = len(self.segments) if self.rescued else 0  # its pieces
         checkpoint["ude_cycle_halfway"] = self._halfway
+        checkpoint["ude_step_backs"] = self.step_backs_run
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.first_mse = checkpoint.get("ude_first_mse")
         self.fit_cycles_run = int(checkpoint.get("ude_fit_cycles", 1))
         self._halfway = checkpoint.get("ude_cycle_halfway")
+        self.step_backs_run = int(checkpoint.get("ude_step_backs", 0))
         self.restore_rescue(checkpoint)
 
     def restore_rescue(self, checkpoint: dict) -> None:
