@@ -195,6 +195,8 @@ def test_neural_methods_interface(tmp_path, monkeypatch):
     # a crash of the distillation is reported in info; here it would be a bug
     assert ude.spec is not None, ude.info.get("distill_error")
     assert ude.seconds > 0 and ude.forecast_states == ["x", "y"]
+    timings = ude.info["distill_timings"]  # where the distillation's time went, per stage
+    assert 0 < timings["selection_seconds"] < timings["total_seconds"] <= ude.seconds
     assert ude.forecast is not None and ude.forecast.shape == shape
     assert "interval_error" not in ude.info, ude.info["interval_error"]
     band = ude.info["interval"]

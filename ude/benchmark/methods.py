@@ -530,6 +530,7 @@ class UDE(Method):
             )
         twin = distilled.twin
         info["distill_seconds"] = round(time.perf_counter() - start - train_seconds, 2)
+        info["distill_timings"] = dict(distilled.timings)  # where the distillation's time went
         info["discovered"] = {k: str(v) for k, v in twin.discovered.items()}
         info["ties"] = distilled.tie_rows()
         info["identifiability"] = distilled.identifiability
