@@ -149,3 +149,26 @@ def test_three_early_samples_forecast_within_twice_the_whole_series(tmp_path):
     assert math.sqrt(band.covariance[k, k]) <= R0_SPREAD * 1.05
     r0 = few.conditions[0].initial["R"]
     assert abs(r0 - 5.0) < 2 * R0_SPREAD
+
+
+def test_the_bench_compares_emax_only_for_a_twin_with_one_effect_term():
+    """bench/personal.py reads Emax off a twin whose effect is one term c*A/(A + K) with c
+    individual; a twin whose effect is a sum of saturations has no one Emax (it used to
+    report the first term's as if it were the whole effect)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from personal import effect_parameter
+
+    class Equations:
+        individual = ["kel", "c_R_2", "c_R_4"]
+
+        def __init__(self, r: str):
+            self.r = r
+
+        def to_dict(self) -> dict:
+            return {"equations": {"R": self.r}}
+
+    name, k, factor = effect_parameter(Equations("1.0 - 0.2*R + c_R_2*A/(A + 17.4)"))
+    assert name == "c_R_2" and k == pytest.approx(17.4) and factor == pytest.approx(1.0)
+    two = Equations("1.0 - 0.2*R + c_R_2*A/(A + 17.4) + c_R_4*A/(A + 105.5)")
+    name, k, factor = effect_parameter(two)
+    assert name is None and math.isnan(k) and math.isnan(factor)
