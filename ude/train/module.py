@@ -60,8 +60,8 @@ class UDEModule(pl.LightningModule):
     restarts included) is then halved and training goes on from the last good parameters, up
     to ``step_backs`` times: a step too long for a stiff model (Goldbeter's with an unmeasured
     state, at epoch 10) can leave it where no solver follows, and a shorter one may not. The
-    next failure, or one in the L-BFGS polish, stops training; ``stop_reason`` says why and
-    the checkpoints keep the last good state.
+    next failure, one in the L-BFGS polish, or a last epoch whose step was undone, stops
+    training; ``stop_reason`` says why and the checkpoints keep the last good state.
     """
 
     def __init__(
@@ -161,6 +161,7 @@ class UDEModule(pl.LightningModule):
         self.first_mse: float | None = None
         self._last_good: dict[str, torch.Tensor] | None = None  # by name (a rescue adds nodes)
         self.step_back_notes: list[str] = []  # this process's (not a resumed run's) step backs
+        self._undone: Exception | None = None  # the last failure undone, until a step succeeds
         # the warm start's and the training's stages (shown by the first process only)
         self.progress = progress or Progress()
 
@@ -415,6 +416,9 @@ class UDEModule(pl.LightningModule):
         )
 
     def on_train_end(self) -> None:
+        if self._undone is not None and self.stop_reason is None:
+            # no step succeeded after the last one undone: the run ends on a failure
+            self._stop(self._undone)
         stage = getattr(self, "_train_stage", None)
         if stage is not None:
             stage.close()
@@ -593,6 +597,7 @@ class UDEModule(pl.LightningModule):
         except (_NonFinite, SolverFailed) as err:
             self._failed(err)
             return
+        self._undone = None
         if self.first_mse is None:
             self.first_mse = whole["mse"]
         self._log_epoch("train/", whole, n)
@@ -651,6 +656,7 @@ class UDEModule(pl.LightningModule):
         schedule.base_lrs = [lr * 0.5 for lr in schedule.base_lrs]
         schedule.eta_min *= 0.5
         self.step_back_notes.append(f"epoch {self.current_epoch}: {err}")
+        self._undone = err
 
     def _stop(self, err: Exception) -> None:
         """Restore the last parameters that gave a finite loss and stop training."""
