@@ -34,6 +34,37 @@ class _Kill(pl.Callback):
             raise RuntimeError("killed")
 
 
+def _with_callback(callback: pl.Callback):
+    """Hydra's instantiate, with ``callback`` added to the Trainer train.py builds."""
+
+    def instantiate_with(cfg, *a, **kw):
+        obj = instantiate(cfg, *a, **kw)
+        if kw.get("_partial_") and getattr(obj, "func", None) is pl.Trainer:
+            return lambda **k: pl.Trainer(
+                **{**obj.keywords, **k, "callbacks": [*k["callbacks"], callback]}
+            )
+        return obj
+
+    return instantiate_with
+
+
+def _fails_once_at(epoch: int, failed: list[int]):
+    """UDEModule.local_losses whose solve fails once, in the training step of ``epoch``
+    (noted in ``failed``)."""
+    from ude.model.solver import SolverFailed
+    from ude.train import module
+
+    local_losses = module.UDEModule.local_losses
+
+    def fails_once(self, batch, shooting=False):
+        if self.training and self.current_epoch == epoch and not failed:
+            failed.append(epoch)
+            raise SolverFailed("the test's solver could not integrate past t=1")
+        return local_losses(self, batch, shooting)
+
+    return fails_once
+
+
 def _final_state(run_dir):
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     return ckpt["state_dict"], ckpt["epoch"]
@@ -109,20 +140,10 @@ def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(
     train.train(make_cfg(*args, run_dir=tmp_path / "whole"))
 
     killed = tmp_path / "killed"
-    original = instantiate
-
-    def with_kill(cfg, *a, **kw):
-        obj = original(cfg, *a, **kw)
-        if kw.get("_partial_") and getattr(obj, "func", None) is pl.Trainer:
-            return lambda **k: pl.Trainer(
-                **{**obj.keywords, **k, "callbacks": [*k["callbacks"], _Kill(kill_at)]}
-            )
-        return obj
-
-    monkeypatch.setattr(train, "instantiate", with_kill)
+    monkeypatch.setattr(train, "instantiate", _with_callback(_Kill(kill_at)))
     with pytest.raises(RuntimeError, match="killed"):
         train.train(make_cfg(*args, run_dir=killed))
-    monkeypatch.setattr(train, "instantiate", original)
+    monkeypatch.setattr(train, "instantiate", instantiate)
     assert _final_state(killed)[1] == kill_at - 1  # the last finished epoch before the kill
 
     train.train(
@@ -147,21 +168,12 @@ def test_a_failed_step_is_undone_and_training_goes_on_at_half_the_rate(
 ):
     """The solver gives up once, at epoch 2: that step is undone, Adam's rate is halved from
     there on, and training runs all its epochs from the parameters before the failure."""
-    from ude.model.solver import SolverFailed
     from ude.train import module
 
     args = ["trainer.max_epochs=6", "optim.warm_start_steps=0", "optim.fit_cycles=1", *_CSV]
     reference = train.train(make_cfg(*args, run_dir=tmp_path / "reference"))
-    local_losses = module.UDEModule.local_losses
     failed: list[int] = []
-
-    def fails_once(self, batch, shooting=False):
-        if self.training and self.current_epoch == 2 and not failed:
-            failed.append(2)
-            raise SolverFailed("the test's solver could not integrate past t=1")
-        return local_losses(self, batch, shooting)
-
-    monkeypatch.setattr(module.UDEModule, "local_losses", fails_once)
+    monkeypatch.setattr(module.UDEModule, "local_losses", _fails_once_at(2, failed))
     with caplog.at_level("INFO"):
         metrics = train.train(make_cfg(*args))
     assert failed and metrics["stop_reason"] is None and metrics["epochs"] == 6
@@ -193,6 +205,32 @@ def test_a_run_whose_steps_keep_failing_stops_after_its_step_backs(make_cfg, mon
     )
     assert metrics["step_backs"] == 2
     assert metrics["stop_reason"].startswith("training stopped at epoch 2: the test's solver")
+
+
+class _Rates(pl.Callback):
+    """Every Adam group's learning rate at the start of each epoch."""
+
+    def __init__(self):
+        self.rates: dict[int, list[float]] = {}
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        groups = trainer.optimizers[0].param_groups
+        self.rates[trainer.current_epoch] = [g["lr"] for g in groups]
+
+
+def test_a_rescue_cycle_after_a_step_back_runs_its_nodes_at_the_halved_rate(make_cfg, monkeypatch):
+    """A step undone in the stalled cycle halves every rate, and the rescue cycle's shooting
+    nodes, added after it, start at the halved rate too, not at optim.lr."""
+    from ude.train import module
+
+    rates = _Rates()
+    monkeypatch.setattr(module.UDEModule, "local_losses", _fails_once_at(1, []))
+    monkeypatch.setattr(train, "instantiate", _with_callback(rates))
+    metrics = train.train(make_cfg(*_STALLED, "optim.fit_cycles=2", *FAST[1:]))
+    assert metrics["step_backs"] == 1 and metrics["rescue_segments"] == 5
+    rescue = rates.rates[4]  # the second cycle's first epoch: restarted, with the nodes
+    assert len(rescue) == len(rates.rates[0]) + 1
+    assert rescue == pytest.approx([1e-4 / 2] * len(rescue))
 
 
 def test_nan_guard_stops_a_diverging_run_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path):

@@ -733,8 +733,9 @@ class UDEModule(pl.LightningModule):
         self._place_nodes()
         adam = self.optimizers()[0]
         adam = getattr(adam, "optimizer", adam)  # Lightning's wrapper
-        adam.add_param_group({"params": [self.nodes], "weight_decay": 0.0, "initial_lr": self.lr})
-        self.lr_schedulers().base_lrs.append(self.lr)
+        lr = self.lr * 0.5**self.step_backs_run  # the rate as the step backs left it
+        adam.add_param_group({"params": [self.nodes], "weight_decay": 0.0, "initial_lr": lr})
+        self.lr_schedulers().base_lrs.append(lr)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         try:
