@@ -357,3 +357,23 @@ def test_a_refit_that_leaves_n_on_its_bound_is_restarted_below_it():
     assert starts[1][0]["x"][j] == pytest.approx(2.0, rel=0.05)
     inside = RefitResult(None, {"c": 1.0, "K": 1.0, "n": 9.0}, 0.1, 62, True, 0)
     assert steep_restarts(cand, inside, owner, {"x": p}, {"x": p.bounds()}) == []
+
+
+def test_a_proposal_far_from_the_trained_models_coefficients_gets_their_start_too():
+    """network_start: a candidate whose start (a proposal along a refitted twin) differs from
+    the coefficients the trained model's integral-matching problem gives its support by more
+    than OTHER_START gets those as a second start; one within it gets none."""
+    from ude.distill.distiller import OTHER_START, network_start
+    from ude.distill.sparse import Candidate
+
+    p = _hill_problem(1.0, 10.0, 0.0)
+    j = p.terms.index("K**n/(K**n + p**n)")
+    constants = {"x": {j: {"K": 1.0, "n": 10.0}}}
+    far = np.zeros(p.n_terms)
+    far[j] = 4.0  # twice the truth's 2
+    start = network_start(Candidate({"x": far}, "integral", constants=constants), {"x": p})
+    assert np.flatnonzero(start["x"]).tolist() == [j]
+    assert start["x"][j] == pytest.approx(2.0, rel=0.05)
+    near = np.zeros(p.n_terms)
+    near[j] = 2.0 * (1 + OTHER_START / 2)
+    assert network_start(Candidate({"x": near}, "integral", constants=constants), {"x": p}) is None

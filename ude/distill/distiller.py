@@ -261,6 +261,36 @@ def steep_restarts(
     return out
 
 
+OTHER_START = 0.2
+"""A proposal is refitted from the trained model's coefficients too when they differ from its
+own start by more than this fraction in some term (:func:`network_start`)."""
+
+
+def network_start(
+    cand: Candidate, problems: dict[str, IntegralProblem]
+) -> dict[str, np.ndarray] | None:
+    """``cand``'s coefficients solved on the trained model's integral-matching ``problems``
+    at ``cand``'s support and constants, where they differ from its own start by more than
+    :data:`OTHER_START` in some term; else None.
+
+    A proposal along a refitted twin's trajectory starts from the coefficients that mimic
+    that twin: when the twin is wrong, they can lie in a poor basin of the refit's loss (the
+    distillation refits it from these too when it fits worse than that twin). An
+    oscillator's loss has several: yeast glycolysis, 4 conditions, refitted the true
+    ``-k5*S6`` from the ``2.32`` that mimics the best's ``-9.46*S4*S6`` and stayed there
+    (trajectory NMSE 0.20), where the trained network's ``1.20`` reaches the truth's 1.28
+    (NMSE 0.0035)."""
+    out, differs = {}, False
+    for t, c in cand.coef.items():
+        support = np.flatnonzero(c)
+        other = problems[t].at_constants(support, cand.constants.get(t, {}))[0]
+        scale = np.maximum(np.abs(c[support]), np.abs(other[support]))
+        gap = np.abs(c[support] - other[support]) / np.where(scale > 0, scale, 1.0)
+        differs |= bool(np.any(gap > OTHER_START))
+        out[t] = other
+    return out if differs else None
+
+
 def concentrations(samples: Samples, measurements: Measurements) -> np.ndarray:
     """``(state,)``: which states behave as concentrations, never below zero but for noise:
     a measured state whose measurements have a nonnegative median, a latent one whose fitted
@@ -508,7 +538,9 @@ class Distiller:
                     out.setdefault(t, {})[j] = {**out.get(t, {}).get(j, {}), **c}
             return out
 
-        def refit_twin(cand: Candidate, coef, constants) -> tuple[RefitResult, dict[str, Owner]]:
+        def refit_twin(
+            cand: Candidate, coef, constants, start: np.ndarray | None = None
+        ) -> tuple[RefitResult, dict[str, Owner]]:
             twin, owner = twin_spec(
                 known,
                 terms,
@@ -520,12 +552,21 @@ class Distiller:
                 individual=individual,
             )
             refits.advance(note=f"{cand.n_terms} terms ({cand.origin})")
-            start = _nonnegative_start(cand.info.get("initial", initial), positive)
-            return scorer.fit(twin, measurements, start, noise), owner
+            if start is None:
+                start = cand.info.get("initial", initial)
+            return scorer.fit(twin, measurements, _nonnegative_start(start, positive), noise), owner
 
         def score(cand: Candidate) -> tuple[RefitResult, int]:
             cand.constants = constants_of(cand)
             result, owner = refit_twin(cand, cand.coef, cand.constants)
+            # a proposal that fits worse than the twin it came from: again from the trained
+            # model's coefficients
+            other_start = cand.info.get("network_start")
+            if other_start is not None and not result.nmse < cand.info["proposed_by"]:
+                other, other_owner = refit_twin(cand, other_start, cand.constants, initial)
+                if other.ok and (not result.ok or other.nmse < result.nmse):
+                    result, owner = other, other_owner
+                    cand.coef, cand.info["initial"] = other_start, initial
             # a Hill n the refit left on its upper bound: again from steeper-than-linear starts
             for coef, constants in steep_restarts(cand, result, owner, integral, bounds):
                 other, other_owner = refit_twin(cand, coef, constants)
@@ -554,6 +595,8 @@ class Distiller:
                 out = [] if proposer is None else proposer.candidates(view(integral_along(best)))
                 for cand in out:
                     cand.info.update(moved_from(best))
+                    cand.info["network_start"] = network_start(cand, view(integral))
+                    cand.info["proposed_by"] = best.refit.nmse
                 return out
 
             if cands is None:
