@@ -29,6 +29,8 @@ STALLED = 0.5
 longer falling, has stalled far from the data (see :meth:`UDEModule._next_cycle`)."""
 DAMPING = (0.5, 0.25, 0.125, 0.0625)
 """Factors on the network output of a warm start whose model cannot be solved."""
+STEP_BACK = 0.5
+"""Factor on Adam's learning rate (its schedule's too) at each step back."""
 
 
 class UDEModule(pl.LightningModule):
@@ -652,9 +654,9 @@ class UDEModule(pl.LightningModule):
         self.step_backs_run += 1
         schedule = self.lr_schedulers()
         for group in schedule.optimizer.param_groups:
-            group["lr"] *= 0.5
-        schedule.base_lrs = [lr * 0.5 for lr in schedule.base_lrs]
-        schedule.eta_min *= 0.5
+            group["lr"] *= STEP_BACK
+        schedule.base_lrs = [lr * STEP_BACK for lr in schedule.base_lrs]
+        schedule.eta_min *= STEP_BACK
         self.step_back_notes.append(f"epoch {self.current_epoch}: {err}")
         self._undone = err
 
@@ -733,7 +735,7 @@ class UDEModule(pl.LightningModule):
         self._place_nodes()
         adam = self.optimizers()[0]
         adam = getattr(adam, "optimizer", adam)  # Lightning's wrapper
-        lr = self.lr * 0.5**self.step_backs_run  # the rate as the step backs left it
+        lr = self.lr * STEP_BACK**self.step_backs_run  # the rate as the step backs left it
         adam.add_param_group({"params": [self.nodes], "weight_decay": 0.0, "initial_lr": lr})
         self.lr_schedulers().base_lrs.append(lr)
 
