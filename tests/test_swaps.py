@@ -10,7 +10,8 @@ from ude.distill.integral import IntegralProblem
 from ude.distill.library import slot_library
 from ude.distill.refit import RefitResult
 from ude.distill.selection import Scored
-from ude.distill.swaps import first_order, first_order_swaps
+from ude.distill.swaps import first_order, first_order_swaps, mass_action_support
+from ude.spec.reactions import parse_reaction
 
 
 def test_first_order_terms_are_the_inputs_alone_and_the_constant():
@@ -47,6 +48,47 @@ def test_a_swap_replaces_one_target_by_a_first_order_term_fitted_by_integral_mat
         np.testing.assert_array_equal(c.coef["b"], coef_b)
     x_alone = next(c for c in swaps if c.coef["a"][names.index("x")] != 0)
     np.testing.assert_allclose(x_alone.coef["a"][names.index("x")], -1.3, rtol=1e-10)
+
+
+def _binding(arrow: str = "<->"):
+    """The enzyme's neural binding step and a mass-action library over its species."""
+    species = ["S", "E", "C", "P"]
+    reaction = parse_reaction(
+        f"binding: E + S {arrow} C; neural", 0, species=species, names=species, parameters=[]
+    )
+    lib = slot_library(["constant", "mass_action"], species).fit(species)
+    return reaction, lib.terms_, [t.name for t in lib.terms_]
+
+
+def test_a_neural_reactions_mass_action_law_is_its_reactants_product_and_reverse_its_products():
+    reaction, terms, names = _binding()
+    assert [names[j] for j in mass_action_support(reaction, terms)] in (["E*S", "C"], ["C", "E*S"])
+    irreversible, terms, names = _binding("->")
+    assert [names[j] for j in mass_action_support(irreversible, terms)] == ["E*S"]
+    # a library without the product cannot state the law
+    assert mass_action_support(reaction, [t for t in terms if t.name != "E*S"]) is None
+
+
+def test_a_neural_reaction_is_swapped_for_its_mass_action_law_fitted_by_integral_matching():
+    """The binding flux held ``C*S`` (a wrong law); its swaps include the reaction's own
+    ``kf*E*S - kr*C``, both coefficients from integral matching, besides the first-order
+    terms; a target that is no reaction gets the first-order swaps only."""
+    reaction, terms, names = _binding()
+    rng = np.random.default_rng(1)
+    F = rng.uniform(0.5, 2.0, (60, len(names)))
+    y = 1.0 * F[:, names.index("E*S")] - 0.5 * F[:, names.index("C")]
+    problem = IntegralProblem(F, y, np.zeros(60, dtype=int), names, True)
+    coef = np.zeros(len(names))
+    coef[names.index("C*S")] = 0.9
+    best = _scored({"binding": coef})
+    swaps = first_order_swaps(best, {"binding": terms}, {"binding": problem}, {"binding": reaction})
+    supports = {tuple(sorted(names[j] for j in np.flatnonzero(c.coef["binding"]))) for c in swaps}
+    assert supports == {("1",), ("S",), ("E",), ("C",), ("P",), ("C", "E*S")}
+    law = next(c for c in swaps if np.count_nonzero(c.coef["binding"]) == 2)
+    np.testing.assert_allclose(law.coef["binding"][names.index("E*S")], 1.0, rtol=1e-10)
+    np.testing.assert_allclose(law.coef["binding"][names.index("C")], -0.5, rtol=1e-10)
+    plain = first_order_swaps(best, {"binding": terms}, {"binding": problem})
+    assert all(np.count_nonzero(c.coef["binding"]) == 1 for c in plain)
 
 
 def _selection(swaps: int, screens: dict[int, float]) -> tuple[list[tuple[int, ...]], Scored]:

@@ -580,6 +580,7 @@ class Distiller:
             return problems
 
         selector = self.selector or TrajectorySelector()
+        reactions = {r.name: r for r in known.reactions if r.neural}
 
         def select(
             cands: list[Candidate] | None, refit: Callable, view: Callable = same
@@ -608,7 +609,7 @@ class Distiller:
                 propose,
                 sizes=library_sizes(terms),
                 rewrite=lambda best: rewritten(best, terms, bounds),
-                swap=lambda best: first_order_swaps(best, terms, view(integral)),
+                swap=lambda best: first_order_swaps(best, terms, view(integral), reactions),
             )
 
         t1 = time.perf_counter()

@@ -15,6 +15,13 @@ First-order terms are few (the slot's inputs and the constant) and the commonest
 (degradation, outflow, transport, constant production), so each is refitted as a one-term
 replacement of a target's support (:class:`ude.distill.selection.TrajectorySelector`'s
 ``swaps``).
+
+A neural reaction's own mass-action law (``E + S <-> C``: ``kf*E*S - kr*C``) is refitted so
+too: it is the law its stoichiometry states, and with a species latent the screen's
+linearisation along the trained model's path need not put it forward. The enzyme CRN with two
+conditions (E and C latent): no candidate of the screen, its rescreens or the first-order swaps
+held ``E*S`` and ``C`` together, and the twin chosen, ``c*C*S/(K + S)``, forecasts nothing from
+a complex that starts at zero.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from ude.distill.integral import IntegralProblem
 from ude.distill.library import Term
 from ude.distill.selection import Scored, refitted_coef, refitted_constants
 from ude.distill.sparse import Candidate
+from ude.spec.reactions import Reaction
 
 
 def first_order(term: Term) -> bool:
@@ -33,11 +41,37 @@ def first_order(term: Term) -> bool:
     return term.law is None and (term.expr == sp.Integer(1) or term.expr.is_Symbol)
 
 
+def mass_action_support(reaction: Reaction, terms: list[Term]) -> list[int] | None:
+    """The indices in ``terms`` of ``reaction``'s mass-action law: the product of its
+    reactants and, when it is reversible, of its products (None: the library lacks one)."""
+    sides = [reaction.reactants, *([reaction.products] if reaction.reversible else [])]
+    exprs = [sp.Mul(*(sp.Symbol(s) ** sp.nsimplify(c) for s, c in side.items())) for side in sides]
+    index = {term.expr: j for j, term in enumerate(terms) if term.law is None}
+    support = [index.get(e) for e in exprs if e != 1]
+    return sorted(set(support)) if support and None not in support else None
+
+
+def swap_supports(
+    target: str, terms: list[Term], reactions: dict[str, Reaction]
+) -> list[list[int]]:
+    """The supports a swap puts in place of ``target``'s: each first-order term alone and,
+    for a neural reaction's flux, its mass-action law."""
+    out = [[j] for j, term in enumerate(terms) if first_order(term)]
+    law = mass_action_support(reactions[target], terms) if target in reactions else None
+    if law is not None and law not in out:
+        out.append(law)
+    return out
+
+
 def first_order_swaps(
-    best: Scored, terms: dict[str, list[Term]], integral: dict[str, IntegralProblem]
+    best: Scored,
+    terms: dict[str, list[Term]],
+    integral: dict[str, IntegralProblem],
+    reactions: dict[str, Reaction] | None = None,
 ) -> list[Candidate]:
-    """``best`` with one target's support replaced by each first-order term it does not hold
-    alone, that term's coefficient from integral matching (``integral``: along the trained
+    """``best`` with one target's support replaced by each of its :func:`swap_supports`
+    (``reactions``: the neural reactions by name) that it does not hold already, the new
+    support's coefficients from integral matching (``integral``: along the trained
     model's trajectory) and the other targets at their refitted values. Each is refitted
     from the trained model's initial states, as the screen's candidates are: a swap changes
     the dynamics, and ``best``'s fitted initial states hold its own structure's errors (yeast
@@ -48,12 +82,12 @@ def first_order_swaps(
     for t, c in fitted.items():
         if t not in integral:
             continue
-        for j, term in enumerate(terms[t]):
-            if not first_order(term) or np.flatnonzero(c).tolist() == [j]:
+        for support in swap_supports(t, terms[t], reactions or {}):
+            if np.flatnonzero(c).tolist() == support:
                 continue
             coef = {s: v.copy() for s, v in fitted.items()}
-            coef[t] = integral[t].lstsq([j])[0]
-            if not np.isfinite(coef[t][j]) or coef[t][j] == 0:
+            coef[t] = integral[t].lstsq(support)[0]
+            if not np.all(np.isfinite(coef[t][support])) or np.any(coef[t][support] == 0):
                 continue
             kept = {s: cs for s, cs in constants.items() if s != t}
             out.append(Candidate(coef, "swap", info={"swapped": t}, constants=kept))
