@@ -349,6 +349,58 @@ def test_selector_refits_the_sparsest_candidates_within_the_margin():
     assert sorted(refitted[3:]) == [(0, 1), (0, 2)]  # the parsimony rule needs all of them
 
 
+def test_a_steps_refits_run_in_threads_and_choose_what_one_at_a_time_chooses():
+    """A selection over 6 terms (truth: 1 and 4) with a failing candidate among the first:
+    with 3 workers the refits of a step run at once (each waits for two others at a
+    barrier, which one thread at a time would never pass), and the refits, their order of
+    scoring and the choice are those of one worker; the first refits still stop at
+    ``max_candidates`` that succeed."""
+    import threading
+
+    from ude.distill import Candidate
+
+    def cand(support, screen):
+        coef = np.zeros(6)
+        coef[list(support)] = 1.0
+        return Candidate({"x": coef}, "test", info={"screen": screen})
+
+    def nmse(support):
+        return {(1, 4): 1e-3, (2,): np.inf}.get(support, 2e-3 + 1e-4 * sum(support))
+
+    def run(workers: int) -> tuple[list, list, Candidate]:
+        barrier = threading.Barrier(3) if workers == 3 else None
+        refitted, met = [], []
+
+        def refit(c):
+            support = tuple(int(j) for j in np.flatnonzero(c.coef["x"]))
+            refitted.append(support)
+            if barrier is not None:
+                try:
+                    barrier.wait(timeout=5)
+                    met.append(support)
+                except threading.BrokenBarrierError:
+                    pass  # the last of a step with fewer than 3 refits left
+            e = nmse(support)
+            return RefitResult(None, {}, e, 60, bool(np.isfinite(e)), 0), c.n_terms
+
+        first = [cand([2], 0.0), cand([0, 1], 1.0), cand([1], 2.0), cand([3], 3.0), cand([5], 4)]
+        selector = TrajectorySelector(
+            max_candidates=3, max_moves=None, max_refits=12, workers=workers
+        )
+        chosen, scored = selector.select(first, refit)
+        order = [tuple(int(j) for j in np.flatnonzero(s.candidate.coef["x"])) for s in scored]
+        return order, met, chosen, sorted(refitted)
+
+    one, _, chosen_one, refitted_one = run(1)
+    three, met, chosen_three, refitted_three = run(3)
+    assert np.flatnonzero(chosen_one.candidate.coef["x"]).tolist() == [1, 4]
+    assert three == one and refitted_three == refitted_one
+    assert chosen_three.criterion == chosen_one.criterion
+    assert len(met) >= 3  # at least one step ran three refits at once
+    # the sparsest first; the failing (2,) gives way to one more, then the moves
+    assert one[:4] == [(2,), (1,), (3,), (5,)]
+
+
 def test_a_removal_refitted_before_from_a_poor_start_is_refitted_from_the_best():
     """Goodwin's base cell: the true support (1,) refitted from the screen's start stops in a
     poor optimum (nmse 5e-3), its refit from the best's values (a removal of (0, 1)) fits as

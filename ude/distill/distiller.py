@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -551,7 +552,8 @@ class Distiller:
                 bounds=bounds,
                 individual=individual,
             )
-            refits.advance(note=f"{cand.n_terms} terms ({cand.origin})")
+            with counting:  # the selection's refits may run in threads
+                refits.advance(note=f"{cand.n_terms} terms ({cand.origin})")
             if start is None:
                 start = cand.info.get("initial", initial)
             return scorer.fit(twin, measurements, _nonnegative_start(start, positive), noise), owner
@@ -581,14 +583,18 @@ class Distiller:
 
         selector = self.selector or TrajectorySelector()
         reactions = {r.name: r for r in known.reactions if r.neural}
+        counting = threading.Lock()
 
         def select(
-            cands: list[Candidate] | None, refit: Callable, view: Callable = same
+            cands: list[Candidate] | None,
+            refit: Callable,
+            view: Callable = same,
+            workers: int | None = None,
         ) -> tuple[Scored, list[Scored]]:
             """The selection with every integral problem seen through ``view`` (a resample
             of the data's rows: :mod:`ude.uq.structure_bootstrap`) and every candidate
             scored by ``refit``; ``cands``: the screen's candidates (None: screened again
-            through ``view``)."""
+            through ``view``); ``workers``: as the selector's (None: its own)."""
 
             def propose(best: Scored) -> list[Candidate]:
                 """Integral-matching candidates along ``best``'s trajectory, each refitted
@@ -610,6 +616,7 @@ class Distiller:
                 sizes=library_sizes(terms),
                 rewrite=lambda best: rewritten(best, terms, bounds),
                 swap=lambda best: first_order_swaps(best, terms, view(integral), reactions),
+                workers=workers,
             )
 
         t1 = time.perf_counter()
@@ -705,7 +712,9 @@ class Distiller:
                     resampled = self.bootstrap.resample(
                         Replay(
                             measurements,
-                            lambda view, refit: select(None, refit, view)[0],
+                            # one refit at a time: the replay's budget of new refits goes to
+                            # the first candidates that need one
+                            lambda view, refit: select(None, refit, view, 1)[0],
                             score,
                             path,
                             chosen,

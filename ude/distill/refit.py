@@ -194,18 +194,23 @@ class TwinRefit:
         at their start (besides those the data give); ``initial_prior``: the learned initial
         states' Gaussian prior, mean and sd each ``(condition, state)`` (an infinite sd: none;
         :meth:`ude.model.hybrid.HybridODE.set_initial_prior`)."""
-        dtype = torch.float64
+        # in float64 throughout (not only while building): the selection's refits run in
+        # threads, and the default dtype is one setting for all of them
         previous = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
+        torch.set_default_dtype(torch.float64)
         try:
-            model = build_hybrid(
-                twin,
-                measurements,
-                Solver(self.method, self.rtol, self.atol, self.step_size, max_steps=5000),
-                learn_initial=self.learn_initial,
-            )
+            return self._fit(twin, measurements, initial, noise, held_initial, initial_prior)
         finally:
             torch.set_default_dtype(previous)
+
+    def _fit(self, twin, measurements, initial, noise, held_initial, initial_prior) -> RefitResult:
+        dtype = torch.float64
+        model = build_hybrid(
+            twin,
+            measurements,
+            Solver(self.method, self.rtol, self.atol, self.step_size, max_steps=5000),
+            learn_initial=self.learn_initial,
+        )
         if initial is not None:  # through its scale where it has one (a PEtab init_'s)
             set_initial(model, torch.as_tensor(initial, dtype=dtype))
         if noise is not None:

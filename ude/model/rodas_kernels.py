@@ -65,7 +65,7 @@ def tapes(derivatives: CompiledDerivatives) -> tuple:
 
 
 # -- evaluations -----------------------------------------------------------------------------
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _load(y, ctx, slots):
     n = y.shape[0]
     for i in range(n):
@@ -74,7 +74,7 @@ def _load(y, ctx, slots):
         slots[n + i] = ctx[i]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _rhs(y, ctx, tape, slots, f):
     """``f (n,)`` at ``y (n,)`` and ``ctx (c,)``."""
     code, arg, const, out, out_c = tape
@@ -84,7 +84,7 @@ def _rhs(y, ctx, tape, slots, f):
         f[k] = slots[out[k]] if out[k] >= 0 else out_c[k]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _jacobian(y, ctx, tape, rows, cols, slots, jac):
     """The dense ``df/dy (n, n)`` from the tape of its nonzero entries."""
     code, arg, const, out, out_c = tape
@@ -95,7 +95,7 @@ def _jacobian(y, ctx, tape, rows, cols, slots, jac):
         jac[rows[e], cols[e]] = slots[out[e]] if out[e] >= 0 else out_c[e]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _reverse(y, ctx, tape, slots, adj, cotangent, gy, gctx):
     """One reverse sweep of ``tape`` at ``(y, ctx)``: ``gy = cotangent . d out/dy``
     (overwritten) and ``cotangent . d out/dctx`` added to ``gctx``."""
@@ -115,7 +115,7 @@ def _reverse(y, ctx, tape, slots, adj, cotangent, gy, gctx):
 
 
 # -- linear algebra (LU with partial pivoting; n is small) ------------------------------------
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _lu(a, piv):
     """Factor ``a (n, n)`` in place (``P a = L U``, ``piv[k]`` the row swapped with ``k``);
     False where it is singular or not finite."""
@@ -145,7 +145,7 @@ def _lu(a, piv):
     return True
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _solve(lu, piv, b, x):
     """``x = W^-1 b`` from :func:`_lu`'s factors."""
     n = b.shape[0]
@@ -169,7 +169,7 @@ def _solve(lu, piv, b, x):
         x[i] = s / lu[i, i]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _solve_transposed(lu, piv, b, x):
     """``x = W^-T b`` from :func:`_lu`'s factors (``W^T = U^T L^T P``)."""
     n = b.shape[0]
@@ -192,7 +192,7 @@ def _solve_transposed(lu, piv, b, x):
 
 
 # -- step-size control (as ude.model.rodas) ---------------------------------------------------
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _rms(x, y, rtol, atol):
     """Largest over the batch of the RMS of ``x / (atol + rtol |y|)``; NaN propagates."""
     worst = 0.0
@@ -207,7 +207,7 @@ def _rms(x, y, rtol, atol):
     return worst
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _error_norm(err, y, y_new, rtol, atol):
     worst = 0.0
     for b in range(err.shape[0]):
@@ -221,7 +221,7 @@ def _error_norm(err, y, y_new, rtol, atol):
     return v if math.isfinite(v) else math.inf
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _factor(err, h, last_h, last_err, rejected):
     """:func:`ude.model.rodas._factor` (``last_h`` <= 0: no previous accepted step)."""
     if not math.isfinite(err):
@@ -235,7 +235,7 @@ def _factor(err, h, last_h, last_err, rejected):
     return min(max(factor, MIN_FACTOR), MAX_FACTOR)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _grow(a, cap):
     b = np.empty((cap,) + a.shape[1:], dtype=a.dtype)
     b[: a.shape[0]] = a
@@ -243,7 +243,7 @@ def _grow(a, cap):
 
 
 # -- the solve ---------------------------------------------------------------------------------
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _scratch(n_batch, n):
     """A solve's working arrays: ``y_new``, ``f0 (B, n)``, ``jac``, ``w (B, n, n)``, ``piv
     (B, n)``, the stages ``u (S, B, n)``, and ``point``, ``value``, ``rhs (n,)``."""
@@ -260,7 +260,7 @@ def _scratch(n_batch, n):
     )
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _step(y, f0, jac, ctx, hs, f_tape, f_slots, w, piv, u, y_new, point, value, rhs):
     """One Rodas5P step of signed size ``hs`` from ``y (B, n)``, where ``f0`` and ``jac`` are
     ``f`` and its Jacobian: each condition's factored ``W`` (``w``, ``piv``), the stages ``u``
@@ -300,7 +300,7 @@ def _step(y, f0, jac, ctx, hs, f_tape, f_slots, w, piv, u, y_new, point, value, 
             y_new[b, i] = acc
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def integrate(y0, times, ctx, f_tape, jac_tape, rows, cols, rtol, atol, max_steps, record):
     """Rodas5P from ``y0 (B, n)`` over ``times (T,)`` (strictly monotone), each condition
     with its context ``ctx (B, c)``, one step size for all.
@@ -427,7 +427,7 @@ def integrate(y0, times, ctx, f_tape, jac_tape, rows, cols, rtol, atol, max_step
             rec_piv[:n_acc], output_step, OK, t, h, counts)  # fmt: skip
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def replay(y0, times, ctx, f_tape, jac_tape, rows, cols, steps, output_step):
     """The steps of a recorded solve (``steps (N,)``: :func:`integrate`'s signed ``h``;
     ``output_step (T,)``: steps before each output) taken again from ``y0 (B, n)`` with the
@@ -477,7 +477,7 @@ def replay(y0, times, ctx, f_tape, jac_tape, rows, cols, steps, output_step):
 
 
 # -- the reverse pass ------------------------------------------------------------------------
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def adjoint(grad_out, rec_h, rec_y, rec_u, rec_lu, rec_piv, output_step, ctx, f_tape, jac_tape,
             rows, cols):  # fmt: skip
     """The exact reverse pass of :func:`integrate`'s accepted steps (autonomous ``f``).

@@ -73,7 +73,7 @@ def encode_tape(expressions: CompiledExpressions) -> tuple[np.ndarray, ...]:
 
 
 # -- tapes ---------------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def tape_forward(code, arg, const, slots):
     """Run a tape: ``slots[:n_in]`` hold the inputs, step ``k`` writes ``slots[n_in + k]``."""
     n_in = slots.shape[0] - code.shape[0]
@@ -121,7 +121,7 @@ def tape_forward(code, arg, const, slots):
         slots[n_in + k] = v
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def tape_reverse(code, arg, const, slots, adj):
     """Reverse sweep of a tape run by :func:`tape_forward`: ``adj`` holds the outputs'
     cotangents at their slots on entry, every slot's (the inputs' first) on return."""
