@@ -224,8 +224,8 @@ class TrajectorySelector:
         workers: a step's refits run in this many threads (1: one after the other; 0: one per
             CPU this process may use); the choice and every score are the same for any
             number, only the wall time changes. The stiff solver's compiled kernels run
-            outside the GIL (Goldbeter with 4 conditions: 61 s of selection in 39 s on two
-            cores); torch's refits hold it and gain little.
+            outside the GIL (``bench/selection_threads.py``, Goldbeter with 4 conditions: 49 s
+            of selection in 33 s on two cores); torch's refits hold it and gain little.
     """
 
     def __init__(
@@ -358,9 +358,8 @@ class TrajectorySelector:
             return again and key not in retried and seen[key].criterion > best.criterion
 
         def score_all(moves: list[tuple[Candidate, str]], around: Scored | None) -> list[Scored]:
-            """:func:`score` of each move in order, their refits run first in
-            ``self.workers`` threads (a refit depends only on its candidate); a support that
-            comes twice is scored once."""
+            """:func:`score` of each move in order, their refits run first in threads (a
+            refit depends only on its candidate); a support that comes twice is scored once."""
             unique = first_of_each(moves, lambda m: m[0].support())
             todo = [c for c, _ in unique if not (c.support() in seen and c.support() in retried)]
             results = self._map(refit, todo, self.workers if workers is None else workers)
