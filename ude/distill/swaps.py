@@ -33,7 +33,7 @@ from ude.distill.integral import IntegralProblem
 from ude.distill.library import Term
 from ude.distill.selection import Scored, refitted_coef, refitted_constants
 from ude.distill.sparse import Candidate
-from ude.spec.reactions import Reaction
+from ude.spec.reactions import Reaction, mass_action
 
 
 def first_order(term: Term) -> bool:
@@ -45,7 +45,7 @@ def mass_action_support(reaction: Reaction, terms: list[Term]) -> list[int] | No
     """The indices in ``terms`` of ``reaction``'s mass-action law: the product of its
     reactants and, when it is reversible, of its products (None: the library lacks one)."""
     sides = [reaction.reactants, *([reaction.products] if reaction.reversible else [])]
-    exprs = [sp.Mul(*(sp.Symbol(s) ** sp.nsimplify(c) for s, c in side.items())) for side in sides]
+    exprs = [mass_action(side) for side in sides]
     index = {term.expr: j for j, term in enumerate(terms) if term.law is None}
     support = [index.get(e) for e in exprs if e != 1]
     return sorted(set(support)) if support and None not in support else None

@@ -165,8 +165,8 @@ def parse_reaction(
                 f"declare it, e.g. {missing[0]}: {{value: 1.0, learn: true, min: 0}}, "
                 "or give the rate after ';'",
             )
-        forward = symbol(constants[0]) * _mass_action(reactants)
-        reverse = symbol(constants[1]) * _mass_action(products) if reversible else None
+        forward = symbol(constants[0]) * mass_action(reactants)
+        reverse = symbol(constants[1]) * mass_action(products) if reversible else None
         return Reaction(name, reactants, products, forward, reverse, reversible)
     if reversible and len(rate_texts) != 2:
         raise fail(
@@ -215,7 +215,8 @@ def _split_top_level(text: str) -> list[str]:
     return parts
 
 
-def _mass_action(terms: dict[str, float]) -> sp.Expr:
+def mass_action(terms: dict[str, float]) -> sp.Expr:
+    """The mass-action product of one side of a reaction (``{E: 1, S: 1}``: ``E*S``; none: 1)."""
     out: sp.Expr = sp.Integer(1)
     for s, c in terms.items():
         out *= symbol(s) ** (sp.Integer(int(c)) if float(c).is_integer() else sp.Float(c))
