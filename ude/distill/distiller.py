@@ -343,8 +343,8 @@ class Distiller:
             threshold path and joint elimination on the network samples).
         selector: scores candidates by refitting them (default :class:`TrajectorySelector`);
             it sees each candidate's integral-matching score (``info["screen"]``).
-        score_refit: the ODE refit that scores candidates (default: RK4 on the data's time
-            grid, 300 L-BFGS iterations, loose tolerance).
+        score_refit: the ODE refit that scores candidates (default: Rodas5P, compiled for the
+            twin, 300 L-BFGS iterations, loose tolerance).
         refit: the final ODE refit of the chosen twin (default: dopri5, tight tolerance).
         bootstrap: inclusion probabilities (None: skipped): a :class:`BootstrapInclusion`
             rescores the refitted candidates on resampled entries; a
@@ -521,7 +521,7 @@ class Distiller:
         stage.close()
         initial = model.initial.detach().cpu().numpy()
         scorer = self.score_refit or TwinRefit(
-            max_iter=300, tol=1e-7, criterion_tol=0.1, method="rk4"
+            max_iter=300, tol=1e-7, criterion_tol=0.1, method="rodas5p"
         )
         known = trained_individuals(model)
         self._check_individual(terms)
