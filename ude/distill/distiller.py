@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ude.data.measurements import Measurements
+from ude.distill.admissible import admitted, zero_faces
 from ude.distill.bootstrap import BootstrapInclusion, squared_residuals
 from ude.distill.integral import IntegralPath, IntegralProblem, integral_problems, screen_score
 from ude.distill.library import Library, Term, combine, slot_library
@@ -142,6 +143,7 @@ def path_rows(
                 "n_terms": s.candidate.n_terms,
                 "n_params": s.n_params,
                 "solved": bool(s.refit.ok),
+                "refused": s.refit.refused,
                 "trajectory_nmse": s.refit.nmse if s.refit.ok else None,
                 "criterion": s.criterion if np.isfinite(s.criterion) else None,
                 "weight": round(float(w), 6),
@@ -362,6 +364,9 @@ class Distiller:
             structure is not the truth's, refit the truth as a candidate and score it as the
             search scores its own (:mod:`ude.distill.oracle`): did the search miss it, or do
             the data prefer the twin?
+        nonnegative: refuse a candidate twin that drives a concentration (a state whose data
+            stay at or above zero) below zero where it is zero (:mod:`ude.distill.admissible`):
+            its refit counts as failed, with the reason in the path.
 
     Parameters of the prior spec that are per condition start every refit from the trained
     model's values for each condition (and a population's from its median and spread).
@@ -382,7 +387,9 @@ class Distiller:
         individual: Sequence[str] = (),
         population: str = "lognormal",
         oracle: bool = True,
+        nonnegative: bool = True,
     ):
+        self.nonnegative = nonnegative
         self.individual = list(individual)
         self.population = population
         self.library = library
@@ -530,6 +537,7 @@ class Distiller:
         scales = {t: p.y_scale / p.col_scale for t, p in problems.items()}
         noise = model.noise.detach().cpu().numpy()
         positive = concentrations(samples, measurements)
+        faces = zero_faces(model, samples, positive) if self.nonnegative else None
 
         def constants_of(cand: Candidate) -> dict[str, dict[int, dict[str, float]]]:
             """The candidate's own constants over the library's fitted ones."""
@@ -556,7 +564,8 @@ class Distiller:
                 refits.advance(note=f"{cand.n_terms} terms ({cand.origin})")
             if start is None:
                 start = cand.info.get("initial", initial)
-            return scorer.fit(twin, measurements, _nonnegative_start(start, positive), noise), owner
+            result = scorer.fit(twin, measurements, _nonnegative_start(start, positive), noise)
+            return admitted(result, faces), owner
 
         def score(cand: Candidate) -> tuple[RefitResult, int]:
             cand.constants = constants_of(cand)

@@ -31,7 +31,7 @@ class RefitResult:
     parameter's values ``(condition,)``; ``population``: each population parameter's median
     (mean) and spread. ``nmse``: mean squared residual over measured entries, each observable
     scaled by its RMS; ``n_points``: measured entries; ``ok``: False when the solve failed or
-    diverged.
+    diverged, or the twin was refused (``refused``: why; :mod:`ude.distill.admissible`).
     """
 
     model: HybridODE | None
@@ -42,6 +42,7 @@ class RefitResult:
     iterations: int
     individual: dict[str, list[float]] = field(default_factory=dict)
     population: dict[str, dict] = field(default_factory=dict)
+    refused: str | None = None
 
 
 def _batch(measurements: Measurements) -> dict[str, torch.Tensor]:

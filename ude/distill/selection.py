@@ -89,17 +89,26 @@ class NoSolvableTwin(UdeError):
     ``scored``: every candidate tried, in order of scoring (each with its failed refit)."""
 
     def __init__(self, scored: list[Scored]):
+        refused = sum(s.refit.refused is not None for s in scored)
         self.reason = (
             f"none of the {len(scored)} candidate twins could be integrated over the data "
             "(every refit's solve failed or diverged)"
+            if not refused
+            else f"none of the {len(scored)} candidate twins is admissible: {refused} drive a "
+            "concentration below zero (e.g. "
+            + next(s.refit.refused for s in scored if s.refit.refused)
+            + "), the others' solves failed or diverged"
         )
-        super().__init__(
-            self.reason,
-            source="distill",
-            fix="the candidates are in distill.json; distil the run again with another refit "
+        fix = (
+            "the candidates are in distill.json; distil the run again with another refit "
             "solver or library, e.g. python -m ude.distill <run_dir> "
-            "distill.distiller.score_refit.method=rodas5p",
+            "distill.distiller.score_refit.method=dopri5"
+            if not refused
+            else "the candidates are in distill.json; distil the run again with a larger "
+            "library (distill.library), or where these states may go negative with "
+            "python -m ude.distill <run_dir> distill.distiller.nonnegative=false"
         )
+        super().__init__(self.reason, source="distill", fix=fix)
         self.scored = scored
 
 

@@ -1,0 +1,93 @@
+"""Twins that would drive a concentration below zero are refused (ude.distill.admissible)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ude.data.synthetic import simulate_measurements
+from ude.distill.admissible import admitted, zero_faces
+from ude.distill.refit import RefitResult
+from ude.distill.sampling import Samples
+from ude.model.hybrid import build_hybrid
+from ude.model.solver import Solver
+from ude.spec.model_spec import ModelSpec
+from ude.spec.simulate import simulate_spec
+
+LV = {"alpha": 1.3, "beta": 0.9, "gamma": 0.8, "delta": 1.8}
+
+
+def lotka_volterra(prey: str, drain: str = "") -> ModelSpec:
+    return ModelSpec.from_dict(
+        {
+            "states": ["x", "y"],
+            "parameters": {**LV, "c": 0.08},
+            "equations": {"x": prey, "y": f"gamma*x*y - delta*y{drain}"},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def data():
+    return simulate_measurements("lotka_volterra", noise=0.0, seed=0)
+
+
+def model_of(spec: ModelSpec, data):
+    torch.set_default_dtype(torch.float64)
+    try:
+        return build_hybrid(spec, data, Solver("rodas5p"))
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def samples_of(spec: ModelSpec, data) -> Samples:
+    """The true trajectory's points, as the distillation samples them."""
+    times = np.asarray(data.times, dtype=float)
+    start = np.nan_to_num(data.values[:, 0, 0, :])
+    X = simulate_spec(spec, start, times).reshape(-1, 2)
+    n = len(X)
+    return Samples(
+        X=X,
+        Y=np.zeros_like(X),
+        names=["x", "y"],
+        states=["x", "y"],
+        condition=np.repeat(np.arange(data.n_conditions), len(times)),
+        on_trajectory=np.ones(n, dtype=bool),
+        times=np.tile(times, data.n_conditions),
+    )
+
+
+def test_a_prey_term_that_takes_prey_away_when_there_is_none_is_refused(data):
+    truth = lotka_volterra("alpha*x - beta*x*y")
+    faces = zero_faces(model_of(truth, data), samples_of(truth, data), np.array([True, True]))
+    assert sorted(faces.points) == [0, 1]
+    assert faces.breach(model_of(truth, data)) is None
+    rival = model_of(lotka_volterra("alpha*x - c*y**2"), data)
+    why = faces.breach(rival)
+    assert why is not None and why.startswith("dx/dt = -") and why.endswith("at x = 0")
+
+
+def test_a_refused_refit_fails_with_its_reason_and_an_admitted_one_is_unchanged(data):
+    truth = lotka_volterra("alpha*x - beta*x*y")
+    faces = zero_faces(model_of(truth, data), samples_of(truth, data), np.array([True, True]))
+    rival = RefitResult(model_of(lotka_volterra("alpha*x - c*y**2"), data), {}, 0.01, 62, True, 5)
+    refused = admitted(rival, faces)
+    assert not refused.ok and math.isinf(refused.nmse) and "at x = 0" in refused.refused
+    fine = RefitResult(model_of(truth, data), {}, 0.01, 62, True, 5)
+    assert admitted(fine, faces) is fine
+    assert admitted(rival, None) is rival  # distill.distiller.nonnegative=false
+
+
+def test_a_state_the_known_terms_already_drive_negative_is_not_checked(data):
+    # the user's own model drains y at a constant rate: y's face is theirs, x's is still checked
+    known = lotka_volterra("alpha*x - beta*x*y", drain=" - 0.5")
+    faces = zero_faces(model_of(known, data), samples_of(known, data), np.array([True, True]))
+    assert sorted(faces.points) == [0]
+    assert faces.breach(model_of(lotka_volterra("alpha*x - c*y**2", " - 0.5"), data)) is not None
+
+
+def test_states_that_are_not_concentrations_are_not_checked(data):
+    truth = lotka_volterra("alpha*x - beta*x*y")
+    faces = zero_faces(model_of(truth, data), samples_of(truth, data), np.array([False, True]))
+    assert faces.breach(model_of(lotka_volterra("alpha*x - c*y**2"), data)) is None
