@@ -331,3 +331,42 @@ def test_a_hessian_by_differences_shrinks_its_step_beside_a_pole(monkeypatch):
         model.initial.fill_(-0.005 - 4e-6)
     (_, by_differences), (_, exact) = hessians_both_ways(model, data, monkeypatch)
     np.testing.assert_allclose(by_differences, exact, rtol=1e-4, atol=1e-6 * np.abs(exact).max())
+
+
+def test_a_known_initial_state_stays_out_of_a_stiff_twin_s_hessian_by_differences(monkeypatch):
+    """A latent dose d with a known start (its value enters the solve, its gradient is
+    detached): its row and column of the Hessian by differences are zero, as in the
+    double-backward pass, so the Laplace approximation holds it at its value. Before,
+    moving it changed the rate's gradient, and the dose-response twin's band drew doses
+    that blew up."""
+    from ude.data import Measurements
+    from ude.distill import TwinRefit, uncertainty
+    from ude.spec import ModelSpec
+
+    spec = ModelSpec.from_dict(
+        {
+            "states": ["d", "x"],
+            "parameters": {"k": {"value": 0.8, "learn": True}, "v": {"value": 1.2, "learn": True}},
+            "equations": {"d": "-k*d", "x": "v*d - x"},
+        }
+    )
+    rng = np.random.default_rng(2)
+    x = 2.0 * (np.exp(-0.5 * TIMES) - np.exp(-TIMES)) / 0.5  # k = 0.5, v = 1, d(0) = 1
+    data = Measurements(
+        times=TIMES,
+        values=(x * (1 + 0.03 * rng.standard_normal(len(TIMES))))[None, :, None, None],
+        observables=["x"],
+        conditions=["c0"],
+    )
+    refit = TwinRefit(max_iter=40, method="rodas5p", rtol=1e-6, atol=1e-8)
+    model = refit.fit(
+        spec, data, initial=np.array([[1.0, 0.0]]), noise=np.array([0.03]),
+        held_initial=np.array([[True, False]]),
+    ).model  # fmt: skip
+    names = uncertainty._parameter_names(model)
+    held = names.index("d(t0)[0]")
+    (_, by_differences), (_, exact) = hessians_both_ways(model, data, monkeypatch)
+    assert not by_differences[held].any() and not by_differences[:, held].any()
+    scale = np.abs(exact).max()
+    np.testing.assert_allclose(by_differences, exact, rtol=1e-5, atol=1e-6 * scale)
+    assert not uncertainty.laplace(model, data).free[held]

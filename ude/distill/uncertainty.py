@@ -248,8 +248,13 @@ def _hessian_by_differences(
     one smooth function at that scale: a singularity near the values) the step shrinks a
     hundredfold, at most :data:`SHRINKS` times; None where it still disagrees, a solve would
     not replay or a value is not finite. Two gradients per entry: a few seconds where the
-    double-backward pass takes minutes."""
+    double-backward pass takes minutes.
+
+    A held entry (a known initial state: its value enters the solve, its gradient is
+    detached) gets a zero row and column, as in the double-backward pass: moving it would
+    change the other entries' gradients, and the Laplace approximation would count it free."""
     params = [p for p in model.parameters() if p.requires_grad]
+    held = _held_entries(model, params)
     module = make_module(model, measurements, loss="nll")
     batch = _batch(measurements)
     n_measured = batch["mask"].sum()
@@ -285,6 +290,9 @@ def _hessian_by_differences(
 
             rows = []
             for i in range(len(values)):
+                if held[i]:  # its row and column are zero (below): no solves for it
+                    rows.append(torch.zeros_like(g))
+                    continue
                 step = relative_step * max(float(values[i].abs()), 1.0)
                 for _ in range(SHRINKS + 1):
                     up, down = moved_by(i, step), moved_by(i, -step)
@@ -307,7 +315,23 @@ def _hessian_by_differences(
     H = torch.stack(rows).detach().cpu().numpy() if rows else np.zeros((0, 0))
     if not np.isfinite(H).all():
         return None
+    H[held, :] = 0.0
+    H[:, held] = 0.0
     return g.detach().cpu().numpy(), 0.5 * (H + H.T)
+
+
+def _held_entries(model: HybridODE, params: list[torch.Tensor]) -> np.ndarray:
+    """``(entry,)``: True for the entries of ``params`` (flattened in order) that the model
+    holds at their values: the known initial states (``initial_known``)."""
+    initial = dict(model.named_parameters())
+    initial = initial.get("parametrizations.initial.original", initial.get("initial"))
+    out = []
+    for p in params:
+        if p is initial:
+            out.append(model.initial_known.detach().cpu().numpy().reshape(-1).astype(bool))
+        else:
+            out.append(np.zeros(p.numel(), dtype=bool))
+    return np.concatenate(out) if out else np.zeros(0, dtype=bool)
 
 
 SHRINKS = 3
