@@ -71,8 +71,9 @@ def test_a_neural_reactions_mass_action_law_is_its_reactants_product_and_reverse
 
 def test_a_neural_reaction_is_swapped_for_its_mass_action_law_fitted_by_integral_matching():
     """The binding flux held ``C*S`` (a wrong law); its swaps include the reaction's own
-    ``kf*E*S - kr*C``, both coefficients from integral matching, besides the first-order
-    terms; a target that is no reaction gets the first-order swaps only."""
+    ``kf*E*S - kr*C``, both coefficients from integral matching, and its forward part
+    ``kf*E*S`` alone, besides the first-order terms; a target that is no reaction gets the
+    first-order swaps only."""
     reaction, terms, names = _binding()
     rng = np.random.default_rng(1)
     F = rng.uniform(0.5, 2.0, (60, len(names)))
@@ -83,7 +84,7 @@ def test_a_neural_reaction_is_swapped_for_its_mass_action_law_fitted_by_integral
     best = _scored({"binding": coef})
     swaps = first_order_swaps(best, {"binding": terms}, {"binding": problem}, {"binding": reaction})
     supports = {tuple(sorted(names[j] for j in np.flatnonzero(c.coef["binding"]))) for c in swaps}
-    assert supports == {("1",), ("S",), ("E",), ("C",), ("P",), ("C", "E*S")}
+    assert supports == {("1",), ("S",), ("E",), ("C",), ("P",), ("C", "E*S"), ("E*S",)}
     law = next(c for c in swaps if np.count_nonzero(c.coef["binding"]) == 2)
     np.testing.assert_allclose(law.coef["binding"][names.index("E*S")], 1.0, rtol=1e-10)
     np.testing.assert_allclose(law.coef["binding"][names.index("C")], -0.5, rtol=1e-10)
@@ -91,9 +92,12 @@ def test_a_neural_reaction_is_swapped_for_its_mass_action_law_fitted_by_integral
     assert all(np.count_nonzero(c.coef["binding"]) == 1 for c in plain)
 
 
-def _selection(swaps: int, screens: dict[int, float]) -> tuple[list[tuple[int, ...]], Scored]:
+def _selection(
+    swaps: int, screens: dict[int, float], refused: tuple[int, ...] = ()
+) -> tuple[list[tuple[int, ...]], Scored]:
     """A one-target selection over 6 terms whose truth is term 5 alone: the path proposes
-    only 0 and 1; the swap proposes 2, 3, 5 (first order) with the given screens."""
+    only 0 and 1; the swap proposes 2, 3, 5 (first order) with the given screens; the
+    supports in ``refused`` solve but are refused (ude.distill.admissible)."""
 
     def cand(support: list[int], origin: str = "path") -> Candidate:
         coef = np.zeros(6)
@@ -107,6 +111,8 @@ def _selection(swaps: int, screens: dict[int, float]) -> tuple[list[tuple[int, .
         support = tuple(int(j) for j in np.flatnonzero(c.coef["x"]))
         refitted.append(support)
         nmse = {(5,): 1e-3}.get(support, 5e-3)
+        if support[0] in refused:
+            return RefitResult(None, {}, np.inf, 60, False, 0, refused="dx/dt < 0 at x = 0"), 1
         return RefitResult(None, {}, nmse, 60, True, 0), c.n_terms
 
     def screen(c: Candidate, around) -> float:
@@ -137,3 +143,12 @@ def test_the_swaps_per_target_are_capped_best_screened_first_and_0_turns_them_of
     assert np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [0]
     refitted, _ = _selection(0, {0: 0.0, 1: 1.0, 2: 2.0, 3: 3.0, 5: 4.0})
     assert refitted == [(0,), (1,)]
+
+
+def test_when_every_first_candidate_is_refused_the_swaps_are_still_refitted():
+    """Every candidate of the path drives a state below zero: the selection does not give up
+    (no twin) but refits the first one's swaps, and chooses among them."""
+    refitted, chosen = _selection(12, {0: 0.0, 1: 1.0, 2: 30.0, 3: 2.0, 5: 40.0}, (0, 1, 3))
+    assert refitted[:2] == [(0,), (1,)] and set(refitted[2:]) == {(2,), (3,), (5,)}
+    assert chosen.step == "swap"
+    assert np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [5]

@@ -381,6 +381,21 @@ class TrajectorySelector:
             """Refits counted against ``max_refits`` (the swaps have their own bound)."""
             return len(scored) + len(retried) - len(swapped)
 
+        def swap_moves(around: Scored, taken: set[tuple]) -> list[tuple[Candidate, str]]:
+            """``around``'s swaps not refitted yet and not in ``taken``, the best-screened
+            first, at most ``swaps`` per target (outside ``max_refits``)."""
+            out, per_target = [], {}
+            for cand in sorted(swap(around), key=lambda c: screened(c)):
+                key, target = cand.support(), cand.info.get("swapped")
+                if key in taken or not fresh(cand, "swap", around):
+                    continue
+                if per_target.get(target, 0) < self.swaps:
+                    per_target[target] = per_target.get(target, 0) + 1
+                    out.append((cand, "swap"))
+                    taken.add(key)
+                    swapped.add(key)
+            return out
+
         def screened(cand: Candidate, around: Scored | None = None) -> float:
             if screen is not None:
                 return screen(cand, around)
@@ -420,6 +435,12 @@ class TrajectorySelector:
             succeeded += sum(math.isfinite(t.criterion) for t in trials)
             tried += len(batch)
         best = min(scored, key=lambda s: s.criterion)
+        if not math.isfinite(best.criterion) and self.swaps and swap is not None:
+            # every first candidate failed or was refused (:mod:`ude.distill.admissible`):
+            # the first one's swaps (each target's first-order terms, a neural reaction's
+            # own law) may still hold a twin
+            score_all(swap_moves(scored[0], set()), scored[0])
+            best = min(scored, key=lambda s: s.criterion)
         first = True
         while math.isfinite(best.criterion):
             moves = self._neighbours(best) if self.prune or self.grow else []
@@ -444,17 +465,7 @@ class TrajectorySelector:
             if self.max_refits is not None:
                 moves = moves[: max(0, self.max_refits - n_refits())]
             if first and self.swaps and swap is not None:
-                taken = {c.support() for c, _ in moves}
-                per_target: dict[str, int] = {}
-                for cand in sorted(swap(best), key=lambda c: screened(c)):
-                    key, target = cand.support(), cand.info.get("swapped")
-                    if key in taken or not fresh(cand, "swap", best):
-                        continue
-                    if per_target.get(target, 0) < self.swaps:
-                        per_target[target] = per_target.get(target, 0) + 1
-                        moves.append((cand, "swap"))
-                        taken.add(key)
-                        swapped.add(key)
+                moves += swap_moves(best, {c.support() for c, _ in moves})
             first = False
             if not moves:
                 break
