@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ude.data.synthetic import simulate_measurements
-from ude.distill.admissible import admitted, zero_faces
+from ude.distill.admissible import admitted, reaction_species, zero_faces
 from ude.distill.refit import RefitResult
 from ude.distill.sampling import Samples
 from ude.model.hybrid import build_hybrid
@@ -58,7 +58,7 @@ def samples_of(spec: ModelSpec, data) -> Samples:
     )
 
 
-def test_a_prey_term_that_takes_prey_away_when_there_is_none_is_refused(data):
+def test_a_term_that_takes_a_checked_species_away_when_there_is_none_is_refused(data):
     truth = lotka_volterra("alpha*x - beta*x*y")
     faces = zero_faces(model_of(truth, data), samples_of(truth, data), np.array([True, True]))
     assert sorted(faces.points) == [0, 1]
@@ -91,3 +91,20 @@ def test_states_that_are_not_concentrations_are_not_checked(data):
     truth = lotka_volterra("alpha*x - beta*x*y")
     faces = zero_faces(model_of(truth, data), samples_of(truth, data), np.array([False, True]))
     assert faces.breach(model_of(lotka_volterra("alpha*x - c*y**2"), data)) is None
+
+
+def test_only_the_species_of_neural_reactions_are_checked():
+    spec = ModelSpec.from_dict(
+        {
+            "states": ["S", "E", "C", "P", "R"],
+            "parameters": {"kcat": 1.0, "k": 0.1},
+            "reactions": [
+                "binding: E + S <-> C; neural",
+                "catalysis: C -> E + P; kcat*C",
+                "decay: R -> ; k*R",
+            ],
+        }
+    )
+    assert reaction_species(spec, spec.states).tolist() == [True, True, True, False, False]
+    state_targets = lotka_volterra("alpha*x - beta*x*y")  # networks on states: none checked
+    assert not reaction_species(state_targets, ["x", "y"]).any()

@@ -1,13 +1,18 @@
-"""Twins that keep concentrations non-negative.
+"""Twins whose neural reactions keep their species non-negative.
 
-A concentration (a state whose data stay at or above zero: :func:`ude.distill.distiller.
-concentrations`) cannot be driven below zero: wherever it is zero, its rate of change must not
-be negative. A candidate twin that breaks this fits the data only where the trajectory stays
-away from zero, and predicts negative amounts from other starts. Two examples:
+A neural reaction's network learns the flux of a reaction whose reactants and products the user
+wrote down; a reaction cannot consume a species that is not there. So a species such a reaction
+consumes or produces, when it is a concentration (its data stay at or above zero:
+:func:`ude.distill.distiller.concentrations`), cannot be driven below zero: wherever it is zero,
+its rate of change must not be negative. A candidate twin that breaks this fits the data only
+where the trajectory stays away from zero, and predicts negative amounts from other starts: a
+binding flux ``E + S -> C`` written as ``c*C`` or ``c*S`` still consumes free enzyme (or
+substrate) where there is none.
 
-- a binding flux ``E + S -> C`` written as ``c*C`` or ``c*S``: with no free enzyme (or no
-  substrate) it still consumes them;
-- a prey equation ``dx/dt = a*x - c*y**2``: with no prey left it keeps taking prey away.
+A state whose equation a network completes without a reaction is not checked: nothing the user
+wrote says it is an amount (a response, a biomarker: the virtual-population example's true
+drug effect ``-Emax*A/(A + EC50)`` takes the response below zero where it is zero, and its
+data reach zero).
 
 The check runs on the points the network was sampled at along the trained trajectories: for
 each concentration, the twin's rate of change of it on the face where it is set to zero (the
@@ -29,6 +34,7 @@ import torch
 from ude.distill.refit import RefitResult
 from ude.distill.sampling import Samples
 from ude.model.hybrid import HybridODE
+from ude.spec.model_spec import ModelSpec
 
 TOLERANCE = 1e-3
 """A concentration's rate on its zero face may dip below zero by this share of its largest rate
@@ -66,6 +72,12 @@ class Faces:
                     state = self.states[i]
                     worst = (depth, f"d{state}/dt = {low:.3g} at {state} = 0")
         return None if worst is None else worst[1]
+
+
+def reaction_species(spec: ModelSpec, states: list[str]) -> np.ndarray:
+    """``(state,)``: the species that a neural reaction of ``spec`` consumes or produces."""
+    named = {s for r in spec.reactions if r.neural for s in (*r.reactants, *r.products)}
+    return np.array([s in named for s in states], dtype=bool)
 
 
 def zero_faces(

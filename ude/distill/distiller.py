@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ude.data.measurements import Measurements
-from ude.distill.admissible import admitted, zero_faces
+from ude.distill.admissible import admitted, reaction_species, zero_faces
 from ude.distill.bootstrap import BootstrapInclusion, squared_residuals
 from ude.distill.integral import IntegralPath, IntegralProblem, integral_problems, screen_score
 from ude.distill.library import Library, Term, combine, slot_library
@@ -364,9 +364,10 @@ class Distiller:
             structure is not the truth's, refit the truth as a candidate and score it as the
             search scores its own (:mod:`ude.distill.oracle`): did the search miss it, or do
             the data prefer the twin?
-        nonnegative: refuse a candidate twin that drives a concentration (a state whose data
-            stay at or above zero) below zero where it is zero (:mod:`ude.distill.admissible`):
-            its refit counts as failed, with the reason in the path.
+        nonnegative: refuse a candidate twin that drives a species a neural reaction consumes
+            or produces (a concentration: its data stay at or above zero) below zero where it
+            is zero (:mod:`ude.distill.admissible`): its refit counts as failed, with the
+            reason in the path.
 
     Parameters of the prior spec that are per condition start every refit from the trained
     model's values for each condition (and a population's from its median and spread).
@@ -537,7 +538,10 @@ class Distiller:
         scales = {t: p.y_scale / p.col_scale for t, p in problems.items()}
         noise = model.noise.detach().cpu().numpy()
         positive = concentrations(samples, measurements)
-        faces = zero_faces(model, samples, positive) if self.nonnegative else None
+        faces = None
+        if self.nonnegative:
+            species = reaction_species(known, samples.states)
+            faces = zero_faces(model, samples, positive & species)
 
         def constants_of(cand: Candidate) -> dict[str, dict[int, dict[str, float]]]:
             """The candidate's own constants over the library's fitted ones."""
