@@ -42,9 +42,9 @@ def run_dir(ckpt_path: str | None, default: str) -> str:
 
 # config.yaml's help prints ${ude_command:}, the command as the user typed it.
 OmegaConf.register_new_resolver("ude_command", invoked_as, replace=True)
-# Runs made before the distillation's refits moved to rodas5p name their refit solver as
-# ${ude_stiff_or:${solver.method},rk4} (the training solver when it is a stiff one, else the
-# method named): python -m ude.distill on such a run resolves it as it did.
+# ude/conf/distill's final refit uses ${ude_stiff_or:${solver.method},dopri5}: the training solver
+# when it is a stiff one, else the method named (runs made before the selection's refits moved
+# to rodas5p name theirs so too, with rk4).
 OmegaConf.register_new_resolver("ude_stiff_or", stiff_or, replace=True)
 # hydra.run.dir: a resumed run's own folder
 OmegaConf.register_new_resolver("ude_run_dir", run_dir, replace=True)
