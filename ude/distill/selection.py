@@ -95,7 +95,7 @@ class NoSolvableTwin(UdeError):
             "(every refit's solve failed or diverged)"
             if not refused
             else f"none of the {len(scored)} candidate twins is admissible: {refused} drive a "
-            "concentration below zero (e.g. "
+            "neural reaction's species below zero (e.g. "
             + next(s.refit.refused for s in scored if s.refit.refused)
             + "), the others' solves failed or diverged"
         )
