@@ -1,0 +1,45 @@
+"""TwinRefit's ``settle_first``: the twin's parameters fitted with the initial states held
+before all together. On an oscillator the initial states are the steepest directions, and
+L-BFGS on everything at once leaves a rate law's constant where it began.
+
+Goldbeter's mitotic oscillator, the benchmark's 4-condition scenario (5 % noise), its cyclin
+degradation ``vd*X*C/(Kd + C)`` refitted from ``Kd = 0.2`` (the truth: 0.02) and initial
+states 10 % off the truth's (a start that already fits, as the distillation's candidates have).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from ude.benchmark.scenario import Scenario, build_problem
+from ude.distill import TwinRefit
+from ude.spec import ModelSpec
+from ude.systems import get_system
+
+
+def twin(**values: float) -> ModelSpec:
+    truth = get_system("goldbeter").truth
+    params = dict(truth.parameters)
+    for name, value in values.items():
+        params[name] = replace(params[name], value=value, learn=True, min=1e-4, max=10.0)
+    return ModelSpec(**{**truth.__dict__, "parameters": params})
+
+
+def test_settling_first_finds_the_constant_the_joint_fit_leaves():
+    problem = build_problem(Scenario(system="goldbeter", seed=0, conditions=4))
+    data = problem.measurements
+    start = np.asarray(data.truth.initial) * 1.1
+    results = {}
+    for settle in (True, False):
+        refit = TwinRefit(criterion_tol=0.1, method="rodas5p", settle_first=settle)
+        results[settle] = refit.fit(twin(Kd=0.2, vd=0.25), data, initial=start)
+    settled, joint = results[True], results[False]
+    assert settled.ok and joint.ok
+    # measured: Kd 0.033, vd 0.247, NMSE 0.0148 settled; Kd 0.179, NMSE 0.037 jointly
+    assert settled.values["Kd"] == pytest.approx(0.02, rel=0.75)
+    assert settled.values["vd"] == pytest.approx(0.25, rel=0.1)
+    assert joint.values["Kd"] > 0.1
+    assert settled.nmse < 0.5 * joint.nmse
