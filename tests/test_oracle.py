@@ -4,6 +4,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import sympy as sp
 
 from ude.distill.cli import oracle_clause
 from ude.distill.library import slot_library
@@ -129,3 +130,31 @@ def test_the_truth_also_starts_from_the_twins_refit_of_the_terms_they_share():
     assert start.constants["x"][1] == {"K": 1.2, "n": 9.3}
     assert truth.coef["x"][1] == 1.0  # the screen's start is left as it was
     assert from_twin(truth, fitted([0.0, 0.0, 0.5], {})) is None  # nothing shared
+
+
+def test_the_truths_own_values_are_matched_by_its_library_terms():
+    """The oracle's third start (ude.distill.oracle.at_truth): each true term's constants and
+    coefficient read off by its library term along the true trajectories, Hill n included."""
+    from ude.distill.oracle import match_term
+
+    goldbeter = get_system("goldbeter")  # the network replaces -vd X C/(Kd + C), Kd = 0.02
+    competence = get_system("competence")  # a2 x^2/(a3 + x^2): K = 0.2, n = 2
+    rng = np.random.default_rng(0)
+    samples = {s: rng.uniform(0.0, 1.0, 300) for s in ["C", "M", "X", "x", "y"]}
+    cases = [
+        (goldbeter, ["C", "M", "X"], "C", -0.25, {"K": 0.02}),
+        (competence, ["x", "y"], "x", 0.07, {"K": 0.2, "n": 2.0}),
+    ]
+    for system, inputs, state, coefficient, constants in cases:
+        terms, integral = _library(DEFAULT_FAMILIES, inputs)
+        support = true_support(
+            {state: terms}, {state: integral}, system.missing, system.truth, routes={}
+        )
+        (j,) = support[state]
+        truth = system.missing[state].xreplace(
+            {sp.Symbol(k): p.value for k, p in system.truth.parameters.items()}
+        )
+        c, found = match_term(terms[j], integral.constants[j], truth, samples)
+        assert c == pytest.approx(coefficient, rel=1e-6)
+        for name, value in constants.items():
+            assert found[next(k for k in found if k.startswith(name))] == pytest.approx(value)

@@ -660,6 +660,7 @@ class Distiller:
                     score,
                     selector,
                     library_sizes(terms),
+                    measurements,
                 )
             finally:
                 refits.close()
@@ -776,19 +777,24 @@ class Distiller:
         score: Callable[[Candidate], tuple[RefitResult, int]],
         selector: TrajectorySelector,
         sizes: dict[str, int],
+        measurements: Measurements,
     ) -> dict[str, Any]:
         """The truth refitted and scored as a candidate (:mod:`ude.distill.oracle`), unless
         the chosen support is the truth's or the library cannot express it."""
-        from ude.distill.oracle import from_twin, true_support, truth_candidate, verdict
+        from ude.distill.oracle import at_truth, from_twin, true_support, truth_candidate, verdict
 
-        support = true_support(terms, integral, truth.missing, truth.spec, known.neural_routes())
+        routes = known.neural_routes()
+        support = true_support(terms, integral, truth.missing, truth.spec, routes)
         if isinstance(support, str):
             return {"verdict": "truth not in the library", "why": support}
         cand = truth_candidate(support, integral)
         if cand.support() == chosen.candidate.support():
             return {"verdict": "chosen is the truth's support"}
-        tries = []  # from the screen's solution, and from the twin's refit where they share terms
-        for start in (cand, from_twin(cand, chosen)):
+        # from the screen's solution, from the twin's refit (its initial states, the terms
+        # they share) and from the truth's own values
+        tries = []
+        truth_start = at_truth(support, terms, integral, measurements, routes, known.states)
+        for start in (cand, from_twin(cand, chosen), truth_start):
             if start is not None:
                 result, k = score(start)
                 if result.ok:
