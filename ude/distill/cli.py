@@ -180,6 +180,11 @@ def summary(metrics: dict[str, Any]) -> str:
     terms = "; ".join(f"d{s}/dt += {e}" for s, e in metrics["discovered"].items())
     head = f"distilled in {metrics['timings']['total_seconds']:.1f} s"
     line = head + (f" (status {status})" if status != "ok" else "") + f": {terms}"
+    if metrics.get("screened_on") == "data":
+        line += (
+            "; TRAINING MISSED THE DATA: the trained model fits worse than the data's means, "
+            "so its terms were screened along the smoothed data instead"
+        )
     truth = metrics.get("truth")
     if truth:
         line += f"; structure {'exact' if truth['exact'] else 'NOT exact'}"

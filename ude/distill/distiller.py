@@ -14,7 +14,13 @@ import numpy as np
 from ude.data.measurements import Measurements
 from ude.distill.admissible import admitted, reaction_species, zero_faces
 from ude.distill.bootstrap import BootstrapInclusion, squared_residuals
-from ude.distill.integral import IntegralPath, IntegralProblem, integral_problems, screen_score
+from ude.distill.integral import (
+    IntegralPath,
+    IntegralProblem,
+    data_path,
+    integral_problems,
+    screen_score,
+)
 from ude.distill.library import Library, Term, combine, slot_library
 from ude.distill.refit import RefitResult, TwinRefit
 from ude.distill.rewrites import complements, limits
@@ -57,7 +63,9 @@ class Distillation:
     :class:`ude.uq.StructureBootstrap`, its findings (each structure's share of the
     resamples' choices and resample-averaged evidence weight); ``oracle``: on synthetic data,
     what the truth refitted as a candidate scores beside the chosen twin
-    (:meth:`Distiller._oracle`; None on real data or with the oracle off).
+    (:meth:`Distiller._oracle`; None on real data or with the oracle off); ``screened_on``:
+    the path the screen evaluated the library along, ``model`` (the trained model's) or
+    ``data`` (the data's own, where the trained model misses them: :data:`FAILED_FIT`).
     """
 
     twin: ModelSpec
@@ -77,6 +85,7 @@ class Distillation:
     identifiability: dict[str, Any] | None = None
     structure_bootstrap: Any = None
     oracle: dict[str, Any] | None = None
+    screened_on: str = "model"
 
     def describe(self, scored: Scored) -> dict[str, str]:
         """``{target: "+0.9*x*y -0.1*y"}``: a scored candidate's terms at its refitted
@@ -294,6 +303,34 @@ def network_start(
     return out if differs else None
 
 
+FAILED_FIT = 1.0
+"""A trained model whose trajectories leave more than this of the data's variance (normalised
+mean squared error over the measured observables) fits worse than their means: its path is no
+guide to the terms, and the distillation screens along the data's own instead
+(:func:`ude.distill.integral.data_path`). Goldbeter at 10 % noise: its training stopped at
+epoch 8 with a normalised error of 58, its path with cyclin below zero."""
+
+
+def failed_fit(model: HybridODE, measurements: Measurements) -> bool:
+    """Whether ``model``'s trajectories miss the data by more than :data:`FAILED_FIT` (or do
+    not solve)."""
+    from ude.fit import predict
+
+    try:
+        _, observed = predict(model, measurements.times)
+    except SolverFailed:
+        return True
+    values = measurements.values  # (condition, time, replicate, observable)
+    residual = values - observed[:, :, None, :]
+    ok = np.isfinite(values)
+    nmse = []
+    for o in range(values.shape[-1]):
+        v, r = values[..., o][ok[..., o]], residual[..., o][ok[..., o]]
+        if v.size > 1 and np.var(v) > 0:
+            nmse.append(float(np.mean(r**2) / np.var(v)))
+    return bool(nmse) and not np.mean(nmse) <= FAILED_FIT
+
+
 def concentrations(samples: Samples, measurements: Measurements) -> np.ndarray:
     """``(state,)``: which states behave as concentrations, never below zero but for noise:
     a measured state whose measurements have a nonnegative median, a latent one whose fitted
@@ -485,7 +522,14 @@ class Distiller:
         samples = (self.sampler or TrajectorySampler()).sample(model, measurements.times)
         libraries = self.libraries(model)
         terms = {t: list(lib.terms_) for t, lib in libraries.items()}
-        integral = integral_problems(model, measurements, libraries, n_grid=self._n_grid())
+        # a trained model that does not fit its data: the screen along the data's own path,
+        # and the refits from the data's initial states
+        on_data = None
+        if failed_fit(model, measurements):
+            on_data = data_path(measurements, model.spec.states)
+        integral = integral_problems(
+            model, measurements, libraries, n_grid=self._n_grid(), path=on_data and on_data[0]
+        )
         # free constants of each term alone, fitted on the data along the UDE's trajectory
         fitted = {t: {j: dict(c) for j, c in p.constants.items()} for t, p in integral.items()}
         # constants' ranges over the fitted trajectory and the data: a poorly trained model's
@@ -528,6 +572,8 @@ class Distiller:
         clock["regression_seconds"] = time.perf_counter() - t0
         stage.close()
         initial = model.initial.detach().cpu().numpy()
+        if on_data is not None:
+            initial = np.where(np.isfinite(on_data[1]), on_data[1], initial)
         scorer = self.score_refit or TwinRefit(
             max_iter=300, tol=1e-7, criterion_tol=0.1, method="rodas5p"
         )
@@ -764,6 +810,7 @@ class Distiller:
             identifiability=identified,
             structure_bootstrap=resampled,
             oracle=oracle,
+            screened_on="model" if on_data is None else "data",
         )
 
     @staticmethod

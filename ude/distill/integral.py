@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -224,6 +224,37 @@ class IntegralProblem:
         return coef, crit, found
 
 
+def data_path(
+    measurements: Measurements, states: list[str]
+) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray] | None:
+    """The data's own path: every state spline-smoothed from its measurements
+    (:func:`ude.train.warm_start.smooth_states`) and interpolated in time, as a function of
+    times giving states ``(condition, time, state)``, and the smoothed initial states
+    ``(condition, state)`` (NaN where a condition has too few points); None unless every
+    state is measured, without doses, in every condition. The screen's path where the trained
+    model's own trajectory is no guide (:data:`ude.distill.distiller.FAILED_FIT`)."""
+    from ude.train.warm_start import smooth_states
+
+    smoothed = smooth_states(measurements, states)
+    if smoothed is None or smoothed.latent is not None or any(measurements.schedules()):
+        return None
+    n_c = measurements.n_conditions
+    rows = [smoothed.condition == c for c in range(n_c)]
+    if not all(r.any() for r in rows):
+        return None
+
+    def along(times: np.ndarray) -> np.ndarray:
+        out = np.empty((n_c, len(times), len(states)))
+        for c, r in enumerate(rows):
+            t = smoothed.time[r]
+            order = np.argsort(t)
+            for i in range(len(states)):
+                out[c, :, i] = np.interp(times, t[order], smoothed.y[r, i][order])
+        return out
+
+    return along, smoothed.initial
+
+
 def integral_operator(grid: np.ndarray, times: np.ndarray) -> np.ndarray:
     """``M (time, grid point)``: ``M @ f`` is ``∫_{grid[0]}^{t} f`` by the trapezoid rule on
     ``grid``, interpolated linearly to ``times``."""
@@ -244,9 +275,11 @@ def integral_problems(
     libraries: dict[str, Library],
     trajectory: HybridODE | None = None,
     n_grid: int = 200,
+    path: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, IntegralProblem]:
     """The integral problem of every network target of ``model`` along the solution of
-    ``trajectory`` (default: ``model`` itself; a refitted twin gives its own trajectory).
+    ``trajectory`` (default: ``model`` itself; a refitted twin gives its own trajectory), or
+    along ``path(times) -> states (condition, time, state)`` when given (:func:`data_path`).
 
     ``libraries[target]``: the target's library, fitted to its slot's inputs (names of states
     and inputs). The known terms are ``model``'s; on the data
@@ -258,8 +291,11 @@ def integral_problems(
     traj = trajectory if trajectory is not None else model
     times = measurements.times
     grid = np.linspace(float(times[0]), float(times[-1]), n_grid)
-    on_grid, _ = predict(traj, grid)  # (condition, time, state)
-    at_data, _ = predict(traj, times)
+    if path is None:
+        on_grid, _ = predict(traj, grid)  # (condition, time, state)
+        at_data, _ = predict(traj, times)
+    else:
+        on_grid, at_data = path(grid), path(times)
     n_c, _, n_s = on_grid.shape
     flat = on_grid.reshape(-1, n_s)
     with torch.no_grad():

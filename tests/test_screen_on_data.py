@@ -1,0 +1,50 @@
+"""A trained model that misses its data is no guide to the terms: the distillation screens
+along the data's own smoothed path instead (ude.distill.integral.data_path,
+ude.distill.distiller.failed_fit), and the summary says so."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from ude import simulate_measurements
+from ude.distill.cli import summary
+from ude.distill.distiller import failed_fit
+from ude.distill.integral import data_path
+from ude.model import Solver, build_hybrid
+from ude.systems import get_system
+
+
+def test_the_datas_path_follows_the_truth_where_every_state_is_measured():
+    m = simulate_measurements("lotka_volterra", noise=0.05, n_times=31, seed=0)
+    along, initial = data_path(m, ["x", "y"])
+    t = np.linspace(m.times[0], m.times[-1], 200)
+    states = along(t)
+    assert states.shape == (m.n_conditions, 200, 2)
+    truth = simulate_measurements("lotka_volterra", noise=0.0, n_times=200, seed=0)
+    scale = np.ptp(truth.values[..., 0, :], axis=1)
+    error = np.abs(states - truth.values[..., 0, :]).max(axis=1) / scale
+    assert error.max() < 0.05  # 5 % noise, smoothed (measured: 2.3 % of the range at most)
+    np.testing.assert_allclose(initial, truth.values[:, 0, 0, :], rtol=0.05)
+
+
+def test_no_path_of_the_data_when_a_state_is_latent():
+    m = simulate_measurements("lotka_volterra", noise=0.05, n_times=31, observed=["x"], seed=0)
+    assert data_path(m, ["x", "y"]) is None
+
+
+def test_a_model_that_misses_its_data_is_called_failed():
+    m = simulate_measurements("lotka_volterra", noise=0.05, n_times=31, seed=0)
+    truth = get_system("lotka_volterra").truth
+    assert not failed_fit(build_hybrid(truth, m, Solver("dopri5")), m)
+    params = dict(truth.parameters)
+    params["alpha"] = replace(params["alpha"], value=-1.3)  # the prey dies out
+    wrong = replace(truth, parameters=params)
+    assert failed_fit(build_hybrid(wrong, m, Solver("dopri5")), m)
+
+
+def test_the_summary_says_when_the_screen_ran_on_the_data():
+    metrics = {"discovered": {"x": "-0.9*x*y"}, "timings": {"total_seconds": 1.0}}
+    assert "TRAINING MISSED" not in summary({**metrics, "screened_on": "model"})
+    assert "TRAINING MISSED THE DATA" in summary({**metrics, "screened_on": "data"})
