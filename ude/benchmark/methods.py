@@ -534,6 +534,7 @@ class UDE(Method):
         info["discovered"] = {k: str(v) for k, v in twin.discovered.items()}
         info["ties"] = distilled.tie_rows()
         info["identifiability"] = distilled.identifiability
+        info["screened_on"] = distilled.screened_on
         if distilled.oracle is not None:
             info["oracle"] = distilled.oracle
         idx = [problem.truth.states.index(s) for s in twin.states]
