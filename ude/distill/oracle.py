@@ -44,12 +44,24 @@ def true_terms(
     truth: ModelSpec,
     routes: dict[str, dict[str, float]],
 ) -> dict[str, float] | None:
-    """``{canonical basis: coefficient}`` of what ``target``'s network replaces in the truth:
-    a state's missing terms, or a neural reaction's flux (a state it changes, divided by the
-    change); None when the truth does not say."""
+    """``{canonical basis: coefficient}`` of what ``target``'s network replaces in the truth
+    (:func:`true_expression`); None when the truth does not say."""
+    expr = true_expression(target, missing, truth, routes)
+    return None if expr is None else expression_terms(expr)
+
+
+def true_expression(
+    target: str,
+    missing: dict[str, sp.Expr],
+    truth: ModelSpec,
+    routes: dict[str, dict[str, float]],
+) -> sp.Expr | None:
+    """What ``target``'s network replaces in the truth, with numbers for the truth's
+    parameters: a state's missing terms, or a neural reaction's flux (a state it changes,
+    divided by the change); None when the truth does not say."""
     for state, factor in routes.get(target, {target: 1.0}).items():
         if state in missing and factor:
-            return expression_terms(numeric(missing[state] / sp.nsimplify(factor), truth))
+            return sp.expand(numeric(missing[state] / sp.nsimplify(factor), truth))
     return None
 
 
@@ -113,20 +125,6 @@ def from_twin(truth: Candidate, chosen: Scored) -> Candidate | None:
         return None
     start.info.update(states)
     return start
-
-
-def true_expression(
-    target: str,
-    missing: dict[str, sp.Expr],
-    truth: ModelSpec,
-    routes: dict[str, dict[str, float]],
-) -> sp.Expr | None:
-    """What ``target``'s network replaces in the truth, with numbers for the truth's
-    parameters (see :func:`true_terms`)."""
-    for state, factor in routes.get(target, {target: 1.0}).items():
-        if state in missing and factor:
-            return sp.expand(numeric(missing[state] / sp.nsimplify(factor), truth))
-    return None
 
 
 def match_term(
