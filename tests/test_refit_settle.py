@@ -1,6 +1,7 @@
-"""TwinRefit's ``settle_first``: the twin's parameters fitted with the initial states held
-before all together. On an oscillator the initial states are the steepest directions, and
-L-BFGS on everything at once leaves a rate law's constant where it began.
+"""TwinRefit's ``settle_first``: besides the joint fit, the twin's parameters fitted with the
+initial states held before all together, the better of the two kept. On an oscillator the
+initial states are the steepest directions, and L-BFGS on everything at once leaves a rate law's
+constant where it began; settling alone can end in a worse optimum.
 
 Goldbeter's mitotic oscillator, the benchmark's 4-condition scenario (5 % noise), its cyclin
 degradation ``vd*X*C/(Kd + C)`` refitted from ``Kd = 0.2`` (the truth: 0.02) and initial
@@ -16,6 +17,7 @@ import pytest
 
 from ude.benchmark.scenario import Scenario, build_problem
 from ude.distill import TwinRefit
+from ude.distill.refit import RefitResult
 from ude.spec import ModelSpec
 from ude.systems import get_system
 
@@ -43,3 +45,31 @@ def test_settling_first_finds_the_constant_the_joint_fit_leaves():
     assert settled.values["vd"] == pytest.approx(0.25, rel=0.1)
     assert joint.values["Kd"] > 0.1
     assert settled.nmse < 0.5 * joint.nmse
+
+
+@pytest.mark.parametrize(
+    ("joint", "settled", "kept"),
+    [
+        (0.03, 0.01, "settled"),  # Goldbeter's K: settling finds it
+        (0.01, 0.03, "joint"),  # Goodwin's n at 10 % noise: settling ends on its bound
+        (0.03, np.inf, "joint"),  # the settled fit failed to solve
+    ],
+)
+def test_settle_first_keeps_the_better_of_the_settled_and_the_joint_refit(
+    monkeypatch, joint, settled, kept
+):
+    results = {False: joint, True: settled}
+    calls = []
+
+    def fake_fit(self, *args, settle):
+        calls.append(settle)
+        nmse = results[settle]
+        return RefitResult(None, {"which": settle}, nmse, 60, bool(np.isfinite(nmse)), 0)
+
+    monkeypatch.setattr(TwinRefit, "_fit", fake_fit)
+    out = TwinRefit(settle_first=True).fit(twin(), None)
+    assert calls == [False, True]
+    assert out.values["which"] == (kept == "settled")
+    calls.clear()
+    assert TwinRefit(settle_first=False).fit(twin(), None).values["which"] is False
+    assert calls == [False]  # off: the joint fit alone

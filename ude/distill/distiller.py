@@ -621,9 +621,9 @@ class Distiller:
                 refits.advance(note=f"{cand.n_terms} terms ({cand.origin})")
             if start is None:
                 start = cand.info.get("initial", initial)
-            # the initial states held first only where a rate law's constant is to be placed
-            # (TwinRefit.settle_first): with none, the joint fit found yeast's -c*S6 at 20 %
-            # noise where settling first left a constant 21.9 units behind it
+            # a second refit with the initial states held first only where a rate law's
+            # constant is to be placed (TwinRefit.settle_first): with none, the joint fit found
+            # yeast's -c*S6 at 20 % noise where settling first left a constant 21.9 units behind
             fitter = scorer if has_constants(coef, terms) else joint
             result = fitter.fit(twin, measurements, _nonnegative_start(start, positive), noise)
             return admitted(result, faces), owner
