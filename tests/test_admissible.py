@@ -108,3 +108,20 @@ def test_only_the_species_of_neural_reactions_are_checked():
     assert reaction_species(spec, spec.states).tolist() == [True, True, True, False, False]
     state_targets = lotka_volterra("alpha*x - beta*x*y")  # networks on states: none checked
     assert not reaction_species(state_targets, ["x", "y"]).any()
+
+
+def test_a_concentration_that_is_not_checked_is_still_clipped_at_zero(data):
+    """y dips below zero along a noisy fit and is not checked (no neural reaction makes it);
+    x's face sees it clipped at zero, so a term that makes x from y is not refused for y's
+    dip (SEIR's true incidence beta*I*S was, for I's)."""
+    truth = lotka_volterra("alpha*x - beta*x*y")
+    samples = samples_of(truth, data)
+    samples.X[np.argsort(samples.X[:, 1])[:5], 1] = -1.0
+    producer = model_of(lotka_volterra("alpha*x - beta*x*y + c*y"), data)
+    both, only_x = np.array([True, True]), np.array([True, False])
+    faces = zero_faces(model_of(truth, data), samples, both, only_x)
+    assert sorted(faces.points) == [0]
+    assert faces.breach(producer) is None
+    # y not a concentration: its dip stands, and the term that makes x from it is refused
+    unclipped = zero_faces(model_of(truth, data), samples, only_x)
+    assert unclipped.breach(producer) is not None

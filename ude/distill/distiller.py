@@ -594,7 +594,7 @@ class Distiller:
         faces = None
         if self.nonnegative:
             species = reaction_species(known, samples.states)
-            faces = zero_faces(model, samples, positive & species)
+            faces = zero_faces(model, samples, positive, species)
 
         def constants_of(cand: Candidate) -> dict[str, dict[int, dict[str, float]]]:
             """The candidate's own constants over the library's fitted ones."""
