@@ -230,10 +230,10 @@ class TwinRefit:
         try:
             args = (twin, measurements, initial, noise, held_initial, initial_prior)
             joint = self._fit(*args, settle=False)
-            if not self.settle_first:
-                return joint
+            if not (self.settle_first and self.learn_initial):
+                return joint  # no initial states to hold: the settled fit would be the same
             settled = self._fit(*args, settle=True)
-            return settled if settled.ok and not settled.nmse >= joint.nmse else joint
+            return settled if settled.ok and settled.nmse < joint.nmse else joint
         finally:
             torch.set_default_dtype(previous)
 
