@@ -152,3 +152,32 @@ def test_when_every_first_candidate_is_refused_the_swaps_are_still_refitted():
     assert refitted[:2] == [(0,), (1,)] and set(refitted[2:]) == {(2,), (3,), (5,)}
     assert chosen.step == "swap"
     assert np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [5]
+
+
+def test_a_swap_whose_support_is_also_a_removal_is_refitted_from_its_own_start_too():
+    """The best holds terms 0 and 5; removing 0 leaves the truth (5) alone, and so does the
+    swap of 5. Refitted from the best's values (the removal) it stops in a poor basin; from
+    the swap's start it reaches the optimum: both refits run, and the better one is kept."""
+
+    def cand(support: list[int], origin: str = "path") -> Candidate:
+        coef = np.zeros(6)
+        coef[support] = 1.0
+        return Candidate({"x": coef}, origin, info={"screen": 0.0, "swapped": "x"})
+
+    refitted = []
+
+    def refit(c: Candidate):
+        support = tuple(int(j) for j in np.flatnonzero(c.coef["x"]))
+        refitted.append((support, c.origin))
+        nmse = {((0, 5), "path"): 2e-3, ((5,), "swap"): 1e-3}.get((support, c.origin), 5e-3)
+        return RefitResult(None, {}, nmse, 60, True, 0), c.n_terms
+
+    selector = TrajectorySelector(grow=False, max_refits=5, swaps=12)
+    chosen, path = selector.select(
+        [cand([0, 5])], refit, swap=lambda best: [cand([j], "swap") for j in (2, 5)]
+    )
+    assert ((5,), "prune") in refitted and ((5,), "swap") in refitted
+    assert refitted.index(((5,), "prune")) < refitted.index(((5,), "swap"))
+    assert chosen.step == "swap"
+    assert np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [5]
+    assert [tuple(np.flatnonzero(s.candidate.coef["x"])) for s in path].count((5,)) == 1
