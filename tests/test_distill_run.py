@@ -121,6 +121,7 @@ def test_train_distils_and_run_can_be_distilled_again(make_cfg, tmp_path, caplog
         "distill.distiller.selector.grow=false",
         "distill.distiller.selector.rescreen=false",
         "distill.distiller.selector.swaps=0",
+        "distill.distiller.selector.siblings=0",
         "distill.distiller.bootstrap=null",
         "distill.forecast_interval=null",
         "distill.uq=none",

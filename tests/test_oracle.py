@@ -87,6 +87,9 @@ def test_a_distillation_that_misses_the_truth_says_whether_the_data_prefer_its_t
     assert oracle["chosen_criterion"] == pytest.approx(found.chosen.criterion)
     assert np.isfinite(oracle["truth_criterion"])
     assert oracle["verdict"] in {"data prefer the twin", "search missed the truth"}
+    reached = [c for c in oracle["starts"].values() if c is not None]
+    assert set(oracle["starts"]) <= {"screen", "twin", "truth"}
+    assert min(reached) == pytest.approx(oracle["truth_criterion"], abs=1e-3)
 
 
 def test_the_benchmark_counts_the_cells_not_exact_by_the_oracles_verdict():
@@ -135,7 +138,7 @@ def test_the_truth_also_starts_from_the_twins_refit_of_the_terms_they_share():
 def test_the_truths_own_values_are_matched_by_its_library_terms():
     """The oracle's third start (ude.distill.oracle.at_truth): each true term's constants and
     coefficient read off by its library term along the true trajectories, Hill n included."""
-    from ude.distill.oracle import match_term
+    from ude.distill.library import match_term
 
     goldbeter = get_system("goldbeter")  # the network replaces -vd X C/(Kd + C), Kd = 0.02
     competence = get_system("competence")  # a2 x^2/(a3 + x^2): K = 0.2, n = 2

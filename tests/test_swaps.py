@@ -4,13 +4,20 @@ in place of a target's support, whatever the screen says of them."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ude.distill import Candidate, TrajectorySelector
 from ude.distill.integral import IntegralProblem
 from ude.distill.library import slot_library
 from ude.distill.refit import RefitResult
 from ude.distill.selection import Scored
-from ude.distill.swaps import first_order, first_order_swaps, mass_action_support
+from ude.distill.swaps import (
+    first_order,
+    first_order_swaps,
+    mass_action_support,
+    sibling_swaps,
+    siblings,
+)
 from ude.spec.reactions import parse_reaction
 
 
@@ -19,6 +26,11 @@ def test_first_order_terms_are_the_inputs_alone_and_the_constant():
     lib.fit(["x", "y"])
     names = [t.name for t in lib.terms_ if first_order(t)]
     assert sorted(names) == ["1", "x", "y"]
+
+
+def _library_xyz():
+    lib = slot_library(["constant", "mass_action", "michaelis_menten", "hill"], ["x", "y", "z"])
+    return lib.fit(["x", "y", "z"]).terms_
 
 
 def _scored(coef: dict[str, np.ndarray]) -> Scored:
@@ -181,3 +193,95 @@ def test_a_swap_whose_support_is_also_a_removal_is_refitted_from_its_own_start_t
     assert chosen.step == "swap"
     assert np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [5]
     assert [tuple(np.flatnonzero(s.candidate.coef["x"])) for s in path].count((5,)) == 1
+
+
+def test_a_terms_siblings_are_its_law_over_other_variables():
+    terms = _library_xyz()
+    names = [t.name for t in terms]
+
+    def kin(name: str) -> set[str]:
+        return {names[k] for k in siblings(names.index(name), terms)}
+
+    assert kin("x*y/(K + y)") == {"x*z/(K + z)", "y*z/(K + y)", "x*y/(K + x)"}
+    assert kin("x*y") == {"x*z", "y*z"}
+    assert kin("x") == {"y", "z"}
+    assert kin("x**n/(K**n + x**n)") == {"y**n/(K**n + y**n)", "z**n/(K**n + z**n)"}
+    assert kin("1") == set()
+
+
+def test_a_sibling_swap_starts_matched_to_the_term_it_replaces_along_the_trajectory():
+    """Target ``a`` holds ``-0.7*x`` and ``1.1*x*y/(0.3 + y)`` (refitted values); along the
+    trajectory z equals y. Each sibling of either term replaces it, matched to its values:
+    ``x*z/(K + z)`` starts at 1.1 with K 0.3; the other term keeps its refitted coefficient
+    and constant; target ``b`` is untouched."""
+    terms = _library_xyz()
+    names = [t.name for t in terms]
+    rng = np.random.default_rng(2)
+    x, y = rng.uniform(0.5, 2.0, 80), rng.uniform(0.1, 3.0, 80)
+    X = {"x": x, "y": y, "z": y.copy()}
+    F = np.ones((80, len(names)))  # the coefficients do not come from the integral fit
+    along = IntegralProblem(F, np.zeros(80), np.zeros(80, dtype=int), names, True, X=X)
+    sat = names.index("x*y/(K + y)")
+    coef_a, coef_b = np.zeros(len(names)), np.zeros(len(names))
+    coef_a[[names.index("x"), sat]] = [-0.7, 1.1]
+    coef_b[names.index("y")] = 2.0
+    best = _scored({"a": coef_a, "b": coef_b})
+    best.candidate.constants = {"a": {sat: {"K": 0.3}}, "b": {}}
+    found = sibling_swaps(best, {"a": terms, "b": terms}, {"a": along})
+    held = {tuple(names[j] for j in np.flatnonzero(c.coef["a"])): c for c in found}
+    assert set(held) == {
+        ("y", "x*y/(K + y)"),
+        ("z", "x*y/(K + y)"),
+        ("x", "x*z/(K + z)"),
+        ("x", "y*z/(K + y)"),
+        ("x", "x*y/(K + x)"),
+    }
+    twin = held[("x", "x*z/(K + z)")]
+    new = names.index("x*z/(K + z)")
+    assert twin.coef["a"][new] == pytest.approx(1.1, rel=1e-4)
+    assert twin.constants["a"][new]["K"] == pytest.approx(0.3, rel=1e-3)
+    assert twin.coef["a"][names.index("x")] == -0.7 and sat not in twin.constants["a"]
+    kept = held[("z", "x*y/(K + y)")]
+    assert kept.coef["a"][sat] == 1.1 and kept.constants["a"] == {sat: {"K": 0.3}}
+    for c in found:
+        assert c.origin == "sibling" and c.info["swapped"] == "a"
+        np.testing.assert_array_equal(c.coef["b"], coef_b)
+
+
+def test_each_new_bests_siblings_are_refitted_past_the_budget_best_screened_first():
+    """The path's best is term 0; its siblings are 2, 3 and 4, the truth (4) screening last:
+    with two siblings per target the truth is never refitted, with three it is, chosen, and
+    its own siblings (5) are refitted in turn; with none only the path runs."""
+
+    def cand(j: int, origin: str = "path") -> Candidate:
+        coef = np.zeros(6)
+        coef[j] = 1.0
+        return Candidate({"x": coef}, origin, info={"swapped": "x"})
+
+    kin = {0: (2, 3, 4), 4: (5, 0)}
+    screens = {0: 0.0, 2: 1.0, 3: 2.0, 4: 3.0, 5: 0.5}
+
+    def run(n: int) -> tuple[list[int], Scored]:
+        refitted = []
+
+        def refit(c: Candidate):
+            j = int(np.flatnonzero(c.coef["x"])[0])
+            refitted.append(j)
+            return RefitResult(None, {}, {4: 1e-3, 0: 3e-3}.get(j, 5e-3), 60, True, 0), 1
+
+        selector = TrajectorySelector(grow=False, max_refits=1, swaps=0, siblings=n, rescreen=False)
+        held = lambda c: int(np.flatnonzero(c.coef["x"])[0])  # noqa: E731
+        chosen, _ = selector.select(
+            [cand(0)],
+            refit,
+            lambda c, around: screens[held(c)],
+            sibling=lambda best: [cand(j, "sibling") for j in kin.get(held(best.candidate), ())],
+        )
+        return refitted, chosen
+
+    refitted, chosen = run(3)
+    assert refitted == [0, 2, 3, 4, 5]
+    assert chosen.step == "sibling" and np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [4]
+    refitted, chosen = run(2)
+    assert refitted == [0, 2, 3] and chosen.step == "path"
+    assert run(0)[0] == [0]

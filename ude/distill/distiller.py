@@ -37,7 +37,7 @@ from ude.distill.selection import (
     ties,
 )
 from ude.distill.sparse import Candidate, EliminationPath, Problem, ThresholdPath, candidate_union
-from ude.distill.swaps import first_order_swaps
+from ude.distill.swaps import first_order_swaps, sibling_swaps
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
 from ude.model.solver import SolverFailed
@@ -686,6 +686,7 @@ class Distiller:
                 sizes=library_sizes(terms),
                 rewrite=lambda best: rewritten(best, terms, bounds),
                 swap=lambda best: first_order_swaps(best, terms, view(integral), reactions),
+                sibling=lambda best: sibling_swaps(best, terms, view(integral_along(best))),
                 workers=workers,
             )
 
@@ -850,19 +851,27 @@ class Distiller:
             return {"verdict": "chosen is the truth's support"}
         # from the screen's solution, from the twin's refit (its initial states, the terms
         # they share) and from the truth's own values
-        tries = []
+        tries, starts = [], {}
         truth_start = at_truth(support, terms, integral, measurements, routes, known.states)
-        for start in (cand, from_twin(cand, chosen), truth_start):
+        for label, start in (
+            ("screen", cand),
+            ("twin", from_twin(cand, chosen)),
+            ("truth", truth_start),
+        ):
             if start is not None:
                 result, k = score(start)
+                starts[label] = None
                 if result.ok:
                     tries.append(selector.scored(start, result, k, sizes))
+                    starts[label] = round(float(tries[-1].criterion), 3)
         if not tries:
-            return {"verdict": "truth's refit failed to solve"}
+            return {"verdict": "truth's refit failed to solve", "starts": starts}
         found = min(tries, key=lambda s: s.criterion)
         offered = [*path, found]
         taken = selector.choose(offered, [s.criterion for s in offered]) is found
-        return verdict(found.criterion, chosen.criterion, taken)
+        # each start's criterion (None: its refit failed): a truth reached only from its own
+        # values was out of reach of any start the search has
+        return verdict(found.criterion, chosen.criterion, taken) | {"starts": starts}
 
     @staticmethod
     def _identifiability(

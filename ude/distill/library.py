@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 import torch
+from scipy.optimize import least_squares
 from scipy.special import expit
 
 from ude.errors import UdeError
@@ -124,6 +125,44 @@ class Term:
 
     def __hash__(self) -> int:
         return hash((self.expr, tuple(sorted(self.constants.items())), self.family))
+
+
+def match_term(
+    term: Term, start: dict[str, float], truth_term: sp.Expr, X: dict[str, np.ndarray]
+) -> tuple[float, dict[str, float]]:
+    """The coefficient and constants with which ``term`` best matches ``truth_term`` (least
+    squares over the inputs ``X`` along the trajectory: ``log K``, ``n``, the coefficient
+    solved for each)."""
+    names = sorted(str(v) for v in (term.expr.free_symbols | truth_term.free_symbols))
+    names = [v for v in names if v in X]
+    cols = [np.asarray(X[v], dtype=float) for v in names]
+    target = np.broadcast_to(sp.lambdify(names, truth_term, "numpy")(*cols), cols[0].shape)
+    free = list(term.free)
+    fixed = {sp.Symbol(k): v for k, v in term.constants.items() if k not in free}
+    law = sp.lambdify(names + free, term.expr.xreplace(fixed), "numpy") if free else None
+
+    def column(theta: np.ndarray) -> np.ndarray:
+        if law is None:
+            value = sp.lambdify(names, term.numeric(), "numpy")(*cols)
+        else:
+            value = law(*cols, np.exp(theta[0]), *theta[1:])
+        return np.broadcast_to(value, cols[0].shape)
+
+    def solved(col: np.ndarray) -> float:
+        return float(col @ target / max(col @ col, 1e-300))
+
+    if not free:
+        return solved(column(np.zeros(0))), {}
+    x0 = [np.log(start[free[0]]), *[start[k] for k in free[1:]]]
+
+    def residual(theta: np.ndarray) -> np.ndarray:
+        col = column(theta)
+        r = solved(col) * col - target
+        return np.where(np.isfinite(r), r, 1e6)
+
+    theta = least_squares(residual, x0, max_nfev=200).x
+    constants = dict(zip(free, [float(np.exp(theta[0])), *map(float, theta[1:])], strict=False))
+    return solved(column(theta)), constants
 
 
 def _number(v: float) -> sp.Expr:

@@ -225,6 +225,10 @@ class TrajectorySelector:
             alone, the constant) as one-term replacements of its support, at most this many
             per target (the best-screened first; 0: none), outside ``max_moves`` and the refit
             budget (:mod:`ude.distill.swaps`: the screen misranks them).
+        siblings: for each new best, also refit its terms' siblings (the same law over other
+            variables: :func:`ude.distill.swaps.siblings`) in their place, at most this many
+            per target (the best-screened along its trajectory first; 0: none), outside
+            ``max_moves`` and the refit budget.
         max_initial_terms: the first refits take candidates with at most this many terms per
             target (None: any).
         tolerance: the chosen twin is the sparsest candidate whose criterion is within this
@@ -251,6 +255,7 @@ class TrajectorySelector:
         rescreen: bool = True,
         max_initial_terms: int | None = 3,
         swaps: int = 12,
+        siblings: int = 3,
         workers: int = 1,
     ):
         if order not in {"screen", "sparsity"}:
@@ -271,6 +276,7 @@ class TrajectorySelector:
         self.rescreen = rescreen
         self.max_initial_terms = max_initial_terms
         self.swaps = swaps
+        self.siblings = siblings
         self.workers = usable_cpus() if workers == 0 else max(1, int(workers))
 
     def scored(
@@ -300,6 +306,7 @@ class TrajectorySelector:
         sizes: dict[str, int] | None = None,
         rewrite: Callable[[Scored], list[Candidate]] | None = None,
         swap: Callable[[Scored], list[Candidate]] | None = None,
+        sibling: Callable[[Scored], list[Candidate]] | None = None,
         workers: int | None = None,
     ) -> tuple[Scored, list[Scored]]:
         """The chosen candidate and every scored one (the whole path), in order of scoring.
@@ -313,8 +320,10 @@ class TrajectorySelector:
         or a constant fewer (:mod:`ude.distill.rewrites`; origins in :data:`REWRITES`), refitted
         at every step and, like its removals, after the refit budget; ``swap(best)``: its
         first-order swaps (:mod:`ude.distill.swaps`; ``info["swapped"]``: the target),
-        refitted at the first step outside the budget; ``workers``: threads for a step's
-        refits (None: ``self.workers``).
+        refitted at the first step outside the budget; ``sibling(best)``: its terms' siblings
+        in their place (:func:`ude.distill.swaps.sibling_swaps`), refitted once for each
+        best, outside the budget; ``workers``: threads for a step's refits (None:
+        ``self.workers``).
         """
         if not candidates:
             raise UdeError(
@@ -382,24 +391,31 @@ class TrajectorySelector:
             return len(scored) + len(retried) - len(swapped)
 
         def swap_moves(
-            around: Scored, queued: set[tuple]
+            around: Scored,
+            queued: set[tuple],
+            step: str = "swap",
+            skip: frozenset[tuple] = frozenset(),
         ) -> tuple[list[tuple[Candidate, str]], list[tuple[Candidate, str]]]:
-            """``around``'s swaps not refitted yet, the best-screened first, at most ``swaps``
-            per target (outside ``max_refits``): those whose support is not ``queued`` by the
-            same step's other moves, and those whose support is. The latter are refitted after
+            """``around``'s swaps (``step="sibling"``: its siblings, screened along its
+            trajectory) not refitted yet, the best-screened first, at most ``swaps`` (or
+            ``siblings``) per target (outside ``max_refits``): those whose support is not
+            ``queued`` by the same step's other moves, and those whose support is; supports in
+            ``skip`` left out. The latter are refitted after
             those moves, from their own start, keeping the better of the two refits: a swap
             starts from the trained model's states, a removal from the best's values, and the
             two can end in different basins (yeast's true c*S6, refitted only as a removal of
             the best's S1*S7 term, stopped 2010 units behind its refit from the trained
             states)."""
             first, again, per_target, taken = [], [], {}, set()
-            for cand in sorted(swap(around), key=lambda c: screened(c)):
+            cands, limit = (swap, self.swaps) if step == "swap" else (sibling, self.siblings)
+            along = around if step == "sibling" else None
+            for cand in sorted(cands(around), key=lambda c: screened(c, along)):
                 key, target = cand.support(), cand.info.get("swapped")
-                if key in taken or not fresh(cand, "swap", around):
+                if key in taken or key in skip or not fresh(cand, step, around):
                     continue
-                if per_target.get(target, 0) < self.swaps:
+                if per_target.get(target, 0) < limit:
                     per_target[target] = per_target.get(target, 0) + 1
-                    (again if key in queued else first).append((cand, "swap"))
+                    (again if key in queued else first).append((cand, step))
                     taken.add(key)
                     swapped.add(key)
             return first, again
@@ -449,7 +465,7 @@ class TrajectorySelector:
             # own law) may still hold a twin
             score_all(swap_moves(scored[0], set())[0], scored[0])
             best = min(scored, key=lambda s: s.criterion)
-        first = True
+        first, sibled = True, set()  # sibled: the bests whose siblings were refitted (ids)
         while math.isfinite(best.criterion):
             moves = self._neighbours(best) if self.prune or self.grow else []
             if rewrite is not None:
@@ -476,6 +492,15 @@ class TrajectorySelector:
             if first and self.swaps and swap is not None:
                 swaps, again = swap_moves(best, {c.support() for c, _ in moves})
                 moves += swaps
+            if self.siblings and sibling is not None and id(best) not in sibled:
+                # a sibling that is also a swap (an input alone for another) is the same
+                # candidate from the same start: refitted once
+                sibled.add(id(best))
+                also = frozenset(c.support() for c, step in moves if step == "swap")
+                also |= {c.support() for c, _ in again}
+                queued = {c.support() for c, _ in moves} - also
+                kin, kin_again = swap_moves(best, queued, "sibling", also)
+                moves, again = moves + kin, again + kin_again
             first = False
             if not moves:
                 break
