@@ -397,11 +397,11 @@ class TrajectorySelector:
             skip: frozenset[tuple] = frozenset(),
         ) -> tuple[list[tuple[Candidate, str]], list[tuple[Candidate, str]]]:
             """``around``'s swaps (``step="sibling"``: its siblings, screened along its
-            trajectory) not refitted yet, the best-screened first, at most ``swaps`` (or
-            ``siblings``) per target (outside ``max_refits``): those whose support is not
-            ``queued`` by the same step's other moves, and those whose support is; supports in
-            ``skip`` left out. The latter are refitted after
-            those moves, from their own start, keeping the better of the two refits: a swap
+            trajectory) not refitted yet and not in ``skip``, the best-screened first, at most
+            ``swaps`` (or ``siblings``) per target (outside ``max_refits``): those whose
+            support is not ``queued`` by the same step's other moves, and those whose support
+            is. The latter are refitted after those moves, from their own start, keeping the
+            better of the two refits: a swap
             starts from the trained model's states, a removal from the best's values, and the
             two can end in different basins (yeast's true c*S6, refitted only as a removal of
             the best's S1*S7 term, stopped 2010 units behind its refit from the trained
@@ -493,8 +493,8 @@ class TrajectorySelector:
                 swaps, again = swap_moves(best, {c.support() for c, _ in moves})
                 moves += swaps
             if self.siblings and sibling is not None and id(best) not in sibled:
-                # a sibling that is also a swap (an input alone for another) is the same
-                # candidate from the same start: refitted once
+                # a sibling whose support this step's swaps refit (an input alone for
+                # another) is left to the swap: one refit of a support per step
                 sibled.add(id(best))
                 also = frozenset(c.support() for c, step in moves if step == "swap")
                 also |= {c.support() for c, _ in again}
