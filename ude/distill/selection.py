@@ -494,7 +494,7 @@ class TrajectorySelector:
                 moves += swaps
             if self.siblings and sibling is not None and id(best) not in sibled:
                 # a sibling whose support this step's swaps refit (an input alone for
-                # another) is left to the swap: one refit of a support per step
+                # another) is left to the swap, not refitted a second time from its match
                 sibled.add(id(best))
                 also = frozenset(c.support() for c, step in moves if step == "swap")
                 also |= {c.support() for c, _ in again}
