@@ -20,7 +20,7 @@ from ude.benchmark.metrics import (
     support_f1,
     term_matrix,
 )
-from ude.benchmark.report import write_report
+from ude.benchmark.report import COLUMNS, read_csv, write_report
 from ude.benchmark.scenario import Scenario, build_problem, corrupt, observed_states
 from ude.benchmark.suite import expand, read_results, run_suite
 from ude.errors import UdeError
@@ -151,6 +151,27 @@ def test_suite_resumes_and_reports(tmp_path):
     # the same rows in another order (rows gathered from several runs' files): the same report
     again = write_report(saved[::-1], tmp_path / "reversed").read_text()
     assert again == text and text.index("### noise") < text.index("### replicates")
+    # a results.csv read back (include=...) gives the same table and the same report
+    back = read_csv(tmp_path / "results.csv")
+    assert set(back[0]) <= {*COLUMNS, "code_version"} and all("error" not in r for r in back)
+    assert write_report(back, tmp_path / "back").read_text() == text
+    assert (tmp_path / "back" / "results.csv").read_text() == table
+
+
+def test_an_included_results_csv_comes_back_as_rows_and_a_missing_one_is_a_user_error(tmp_path):
+    from omegaconf import OmegaConf
+
+    from ude.benchmark.runner import included_rows
+
+    cells = expand(["lotka_volterra"], ["sindy"], {"noise": [0.1]}, {"n_times": 20})
+    rows = run_suite(cells, {"sindy": SINDy()}, tmp_path / "old", log=lambda *_: None)
+    write_report(rows, tmp_path / "old")
+    cfg = OmegaConf.create({"include": [str(tmp_path / "old" / "results.csv")]})
+    joined = included_rows(cfg)
+    assert {r["id"] for r in joined} == {c.id for c in cells}
+    assert {r["value"] for r in joined} == {None, 0.1}  # the base cell's value is None
+    with pytest.raises(UdeError, match="missing.csv: include: no such file"):
+        included_rows(OmegaConf.create({"include": str(tmp_path / "missing.csv")}))
 
 
 def test_ude_in_the_benchmark_runs_what_train_py_runs():

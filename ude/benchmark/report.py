@@ -489,6 +489,41 @@ def write_csv(rows: list[dict], path: Path) -> None:
             w.writerow({**r, "commit": _commit(r)})
 
 
+TEXT_COLUMNS = ("id", "system", "axis", "method", "corruption", "library", "oracle", "error")
+INT_COLUMNS = ("dimension", "seed", "n_times", "replicates", "conditions", "n_terms")
+
+
+def _from_text(key: str, text: str) -> Any:
+    """A ``results.csv`` cell back to the value its row held."""
+    if key in TEXT_COLUMNS:
+        return text
+    if key == "exact":
+        return text == "True"
+    if key == "commit":
+        commit, _, dirty = text.partition(" ")
+        return {"commit": None if commit == "unknown" else commit, "dirty": bool(dirty)}
+    try:
+        number = float(text)
+    except ValueError:
+        return text  # an axis value that is a word (value: constant, form)
+    return int(number) if key in INT_COLUMNS or (key == "value" and number.is_integer()) else number
+
+
+def read_csv(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``results.csv`` that :func:`write_csv` wrote, as the report reads them:
+    numbers as numbers, ``exact`` a bool, ``commit`` back to ``code_version``, empty cells
+    left out (so a row without an error has no ``error`` key)."""
+    rows = []
+    with Path(path).open(newline="") as fh:
+        for line in csv.DictReader(fh):
+            row = {k: _from_text(k, v) for k, v in line.items() if k and v != ""}
+            row.setdefault("value", None)  # a base cell's
+            if "commit" in row:
+                row["code_version"] = row.pop("commit")
+            rows.append(row)
+    return rows
+
+
 def write_report(
     rows: list[dict], out_dir: str | Path, title: str = "Benchmark", header: str = ""
 ) -> Path:

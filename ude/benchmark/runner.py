@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ude.benchmark.methods import Method
-from ude.benchmark.report import write_report
+from ude.benchmark.report import read_csv, write_report
 from ude.benchmark.suite import Cell, expand, read_results, run_suite
 from ude.errors import UdeError
 from ude.progress import ConsoleProgress
@@ -66,10 +66,26 @@ def machine() -> str:
     return f"{platform.system()} {platform.machine()} ({cpu}), {os.cpu_count()} logical CPUs"
 
 
+def included_rows(cfg: DictConfig) -> list[dict[str, Any]]:
+    """The rows of the ``results.csv`` files that ``include`` names (one path or a list),
+    for a report that joins earlier runs' results to ``out_dir``'s."""
+    paths = cfg.get("include") or []
+    rows = []
+    for path in [paths] if isinstance(paths, str) else list(paths):
+        if not Path(path).is_file():
+            raise UdeError(
+                "no such file", source=str(path), where="include", fix="a results.csv path"
+            )
+        rows += read_csv(path)
+    return rows
+
+
 def report_for(cfg: DictConfig, seconds: float | None = None) -> Path:
     """Write the report of everything in ``cfg.out_dir`` that belongs to ``cfg.suite``."""
     ids = {c.id for c in suite_cells(cfg)}
-    rows = [r for r in read_results(cfg.out_dir) if r["id"] in ids]
+    rows = {r["id"]: r for r in included_rows(cfg)}
+    rows.update((r["id"], r) for r in read_results(cfg.out_dir))
+    rows = [r for r in rows.values() if r["id"] in ids]
     header = (
         f"Suite `{cfg.suite.name}`: {len(rows)} of {len(ids)} cells have results. "
         f"Machine: {machine()}."
