@@ -32,6 +32,9 @@ class RefitResult:
     (mean) and spread. ``nmse``: mean squared residual over measured entries, each observable
     scaled by its RMS; ``n_points``: measured entries; ``ok``: False when the solve failed or
     diverged, or the twin was refused (``refused``: why; :mod:`ude.distill.admissible`).
+    ``trace``: twice the summed NLL (a criterion's data term) at the start of each L-BFGS
+    step of 20 iterations, in order over the refit's passes: how far it was still moving
+    when it stopped (``python bench/refit_convergence.py``).
     """
 
     model: HybridODE | None
@@ -43,6 +46,7 @@ class RefitResult:
     individual: dict[str, list[float]] = field(default_factory=dict)
     population: dict[str, dict] = field(default_factory=dict)
     refused: str | None = None
+    trace: list[float] = field(default_factory=list)
 
 
 def _batch(measurements: Measurements) -> dict[str, torch.Tensor]:
@@ -134,7 +138,7 @@ class TwinRefit:
         self.fallback = fallback
         self.fallback_rtol = fallback_rtol
 
-    def _descend(self, module, batch, params, done: int) -> int:
+    def _descend(self, module, batch, params, done: int, trace: list[float]) -> int:
         """L-BFGS on ``params`` (at most ``max_iter`` iterations); returns the iterations
         counted so far. L-BFGS may leave the region where the model solves: it starts again
         from the last good point with a ten times shorter first step (its first step is as long
@@ -142,12 +146,14 @@ class TwinRefit:
         1e-4)."""
         iterations = done
         for lr in (1.0, 0.1, 0.01, 1e-3, 1e-4):
-            iterations, failed = self._run(module, batch, params, lr, iterations, done)
+            iterations, failed = self._run(module, batch, params, lr, iterations, trace, done)
             if not failed:
                 break
         return iterations
 
-    def _run(self, module, batch, params, lr: float, done: int, start: int = 0) -> tuple[int, bool]:
+    def _run(
+        self, module, batch, params, lr: float, done: int, trace: list[float], start: int = 0
+    ) -> tuple[int, bool]:
         opt = torch.optim.LBFGS(
             params, lr=lr, max_iter=20, history_size=30, line_search_fn="strong_wolfe"
         )
@@ -174,6 +180,7 @@ class TwinRefit:
             while iterations - start < self.max_iter:
                 loss = float(opt.step(closure).detach())
                 iterations += 20
+                trace.append(2 * n * loss)
                 if loss >= INFEASIBLE or not all(torch.isfinite(p).all() for p in params):
                     raise SolverFailed("the refit left the region where the model solves")
                 if float(closure().detach()) >= INFEASIBLE:
@@ -191,7 +198,9 @@ class TwinRefit:
             return iterations, True
         return iterations, False
 
-    def _centre(self, module, batch, params, rounds: int = 8, tol: float = 1e-5) -> int:
+    def _centre(
+        self, module, batch, params, trace: list[float], rounds: int = 8, tol: float = 1e-5
+    ) -> int:
         """Alternate the populations' exact MAP given the individual values
         (:meth:`ude.model.parameters.SpecParameters.centre_populations`) with L-BFGS on the
         rest until the populations settle: L-BFGS alone leaves them far off (their direction
@@ -202,7 +211,7 @@ class TwinRefit:
         for _ in range(rounds):
             if module.model.parameters_.centre_populations() < tol:
                 break
-            done, failed = self._run(module, batch, params, 1.0, self.max_iter - budget)
+            done, failed = self._run(module, batch, params, 1.0, self.max_iter - budget, trace)
             used += done - (self.max_iter - budget)
             if failed:
                 break
@@ -264,17 +273,17 @@ class TwinRefit:
         if self.fallback and self.method in FIXED and not _solves(module, batch):
             model.solver = Solver(self.fallback, self.fallback_rtol, self.atol, max_steps=5000)
         params = [p for p in module.parameters() if p.requires_grad]
-        iterations = 0
+        iterations, trace = 0, []
         rest = [p for p in params if p is not model.initial]
         if settle and model.initial.requires_grad and rest:
             model.initial.requires_grad_(False)
             try:
-                iterations = self._descend(module, batch, rest, iterations)
+                iterations = self._descend(module, batch, rest, iterations, trace)
             finally:
                 model.initial.requires_grad_(True)
-        iterations = self._descend(module, batch, params, iterations)
+        iterations = self._descend(module, batch, params, iterations, trace)
         if self.learn_population and len(model.parameters_.location):
-            iterations += self._centre(module, batch, params)
+            iterations += self._centre(module, batch, params, trace)
         ok = True
         try:
             with torch.no_grad():
@@ -293,4 +302,5 @@ class TwinRefit:
             iterations=iterations,
             individual={k: v for k, v in model.parameter_values().items() if isinstance(v, list)},
             population=model.population(),
+            trace=trace,
         )
