@@ -7,13 +7,14 @@ trace per refitted candidate, in one run.
 The network of the benchmark's cell (5 % noise, 30 time points, seed 0) is trained as
 ``python train.py`` trains it and distilled with the product's defaults. Each candidate the
 selection refitted keeps its refit's trace (:class:`ude.distill.refit.RefitResult`: twice the
-summed NLL at the start of each L-BFGS step of 20 iterations). Printed per candidate, in the
+summed NLL at the end of each L-BFGS step of 20 iterations). Printed per candidate, in the
 order the selection scored them: its criterion, the refit's iterations and how much its
-criterion fell over its last 100 iterations and its last 20. A refit whose criterion still
-falls by more than the selection's ``tolerance`` over its last 100 iterations was stopped by
-its iteration cap (``distill.score_refit.max_iter``) far from its optimum, and the selection
-compared it unconverged. The summary counts them, beside the selection's and the
-distillation's wall time.
+criterion fell over its last 20 iterations and its last 100 ("–": a refit of 100 or fewer).
+The refit stops when 20 iterations move the criterion by less than ``criterion_tol``; one
+whose last 20 still moved it by more was stopped by its iteration cap
+(``distill.distiller.score_refit.max_iter``), and one whose last 100 moved it by more than
+the selection's ``tolerance`` was stopped far from its optimum: the selection compared it
+unconverged. The summary counts both, beside the selection's and the distillation's time.
 
 Nothing is asserted: the figures are printed.
 """
@@ -41,11 +42,11 @@ LATE = 5
 """L-BFGS steps of 20 iterations over which a refit's late fall is measured (100 iterations)."""
 
 
-def late_fall(trace: list[float], steps: int = LATE) -> float:
-    """How much the criterion fell between the start of the ``steps``-th last L-BFGS step and
-    the start of the last (0 for a refit of fewer steps than that)."""
+def late_fall(trace: list[float], steps: int = LATE) -> float | None:
+    """How much the criterion fell over the last ``steps`` L-BFGS steps (None for a refit of
+    no more steps than that)."""
     if len(trace) <= steps:
-        return 0.0
+        return None
     return trace[-1 - steps] - trace[-1]
 
 
@@ -57,6 +58,9 @@ def main() -> None:
     torch.set_num_threads(1)
     problem = build_problem(Scenario(args.system, n_times=30, conditions=args.conditions))
     cfg = composed_config(problem, [])
+    selector = cfg.distill.distiller.selector
+    cap = cfg.distill.distiller.score_refit.max_iter
+    criterion_tol = cfg.distill.distiller.score_refit.criterion_tol
     start = time.perf_counter()
     model, _ = train_as_train_py(cfg, problem.known, problem.measurements)
     print(f"{args.system}, {args.conditions} conditions: trained in "
@@ -64,27 +68,27 @@ def main() -> None:
     start = time.perf_counter()
     result = make_distiller(cfg.distill).fit(model, problem.measurements)
     total = time.perf_counter() - start
-    selector = cfg.distill.distiller.selector
-    cap = cfg.distill.score_refit.max_iter
     twin = ", ".join(f"{k}: {v}" for k, v in result.twin.discovered.items())
     selection = result.timings["selection_seconds"]
     print(f"distilled in {total:.0f} s (selection {selection:.0f} s); twin: {twin}\n")
-    print("| candidate | criterion | iterations | fall, last 100 | fall, last 20 |")
+    print("| candidate | criterion | iterations | fall, last 20 | fall, last 100 |")
     print("|---|---|---|---|---|")
-    falls = []
+    last, late = [], []
     for row, scored in zip(result.path_rows(), result.path, strict=True):
         trace = scored.refit.trace
-        fall = late_fall(trace)
-        falls.append(fall)
+        last.append(late_fall(trace, 1) or 0.0)
+        late.append(late_fall(trace) or 0.0)
+        fall = "–" if late_fall(trace) is None else f"{late[-1]:.2f}"
         terms = "; ".join(f"{k}: {v}" for k, v in row["terms"].items())
-        print(f"| {terms} | {scored.criterion:.1f} | {scored.refit.iterations} | {fall:.2f} | "
-              f"{late_fall(trace, 1):.2f} |")  # fmt: skip
-    falls = np.array(falls)
-    tolerance = selector.tolerance
-    print(f"\n{len(falls)} refitted candidates; the iteration cap is {cap}. Over their last 100 "
-          f"iterations the criterion fell by more than 1 in {int((falls > 1).sum())}, by more "
-          f"than the selection's tolerance ({tolerance:g}) in {int((falls > tolerance).sum())}; "
-          f"median fall {np.median(falls):.2f}.")  # fmt: skip
+        print(f"| {terms} | {scored.criterion:.1f} | {scored.refit.iterations} | "
+              f"{last[-1]:.2f} | {fall} |")  # fmt: skip
+    last, late = np.array(last), np.array(late)
+    print(f"\n{len(last)} refitted candidates (iteration cap {cap}, criterion_tol "
+          f"{criterion_tol:g}). Still moving when stopped (last 20 iterations > criterion_tol): "
+          f"{int((last > criterion_tol).sum())}; far from their optimum (last 100 > the "
+          f"selection's tolerance, {selector.tolerance:g}): "
+          f"{int((late > selector.tolerance).sum())}; median fall over the last 100: "
+          f"{np.median(late):.2f}.")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -32,9 +32,9 @@ class RefitResult:
     (mean) and spread. ``nmse``: mean squared residual over measured entries, each observable
     scaled by its RMS; ``n_points``: measured entries; ``ok``: False when the solve failed or
     diverged, or the twin was refused (``refused``: why; :mod:`ude.distill.admissible`).
-    ``trace``: twice the summed NLL (a criterion's data term) at the start of each L-BFGS
-    step of 20 iterations, in order over the refit's passes: how far it was still moving
-    when it stopped (``python bench/refit_convergence.py``).
+    ``trace``: twice the summed NLL (a criterion's data term) at the end of each L-BFGS step
+    of 20 iterations that stayed where the model solves, in order over the refit's passes:
+    how far it was still moving when it stopped (``python bench/refit_convergence.py``).
     """
 
     model: HybridODE | None
@@ -180,11 +180,12 @@ class TwinRefit:
             while iterations - start < self.max_iter:
                 loss = float(opt.step(closure).detach())
                 iterations += 20
-                trace.append(2 * n * loss)
                 if loss >= INFEASIBLE or not all(torch.isfinite(p).all() for p in params):
                     raise SolverFailed("the refit left the region where the model solves")
-                if float(closure().detach()) >= INFEASIBLE:
+                after = float(closure().detach())
+                if after >= INFEASIBLE:
                     raise SolverFailed("the line search ended where the model does not solve")
+                trace.append(2 * n * after)
                 good = [p.detach().clone() for p in params]
                 if abs(last - loss) < self.tol * max(1.0, abs(loss)):
                     break
