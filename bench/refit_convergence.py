@@ -76,9 +76,10 @@ def main() -> None:
     last, late = [], []
     for row, scored in zip(result.path_rows(), result.path, strict=True):
         trace = scored.refit.trace
+        fall = late_fall(trace)
         last.append(late_fall(trace, 1) or 0.0)
-        late.append(late_fall(trace) or 0.0)
-        fall = "–" if late_fall(trace) is None else f"{late[-1]:.2f}"
+        late.append(fall or 0.0)
+        fall = "–" if fall is None else f"{fall:.2f}"
         terms = "; ".join(f"{k}: {v}" for k, v in row["terms"].items())
         print(f"| {terms} | {scored.criterion:.1f} | {scored.refit.iterations} | "
               f"{last[-1]:.2f} | {fall} |")  # fmt: skip

@@ -1,4 +1,4 @@
-"""A refit keeps its criterion trace: twice the summed NLL at the start of each L-BFGS step of
+"""A refit keeps its criterion trace: twice the summed NLL at the end of each L-BFGS step of
 20 iterations, which ``bench/refit_convergence.py`` reads to tell a converged refit from one its
 iteration cap stopped."""
 

@@ -83,9 +83,9 @@ def included_rows(cfg: DictConfig) -> list[dict[str, Any]]:
 def report_for(cfg: DictConfig, seconds: float | None = None) -> Path:
     """Write the report of everything in ``cfg.out_dir`` that belongs to ``cfg.suite``."""
     ids = {c.id for c in suite_cells(cfg)}
-    rows = {r["id"]: r for r in included_rows(cfg)}
-    rows.update((r["id"], r) for r in read_results(cfg.out_dir))
-    rows = [r for r in rows.values() if r["id"] in ids]
+    by_id = {r["id"]: r for r in included_rows(cfg)}
+    by_id.update((r["id"], r) for r in read_results(cfg.out_dir))  # out_dir's rows win
+    rows = [r for r in by_id.values() if r["id"] in ids]
     header = (
         f"Suite `{cfg.suite.name}`: {len(rows)} of {len(ids)} cells have results. "
         f"Machine: {machine()}."
