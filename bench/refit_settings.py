@@ -135,14 +135,14 @@ def compare(base: list[float], other: list[float], tolerance: float) -> dict:
     both = np.isfinite(b) & np.isfinite(o)
     if not both.any():
         return {"solved": 0}
-    moved = np.abs(o - b)[both]
+    moved = np.abs(o[both] - b[both])
     best_b, best_o = np.min(b[np.isfinite(b)]), np.min(o[np.isfinite(o)])
-    near = both & (b < best_b + NEAR)
+    near = (b < best_b + NEAR)[both]
     return {
         "solved": int(both.sum()),
         "failed_apart": int(np.sum(np.isfinite(b) != np.isfinite(o))),
         "max_moved": float(moved.max()),
-        "max_moved_near": float(np.abs(o - b)[near].max()),
+        "max_moved_near": float(moved[near].max()),
         "over_tolerance": int(np.sum(moved > tolerance)),
         "same_best": bool(np.argmin(np.where(np.isfinite(b), b, np.inf)) == np.argmin(o)),
         "same_near_set": bool(
