@@ -104,6 +104,10 @@ def test_scenarios_hide_corrupt_and_validate():
     assert str(spec.equations["x"]) == "alpha*x/(x + 1)"
     problem = build_problem(Scenario("lotka_volterra", conditions=3, replicates=2, n_times=15))
     assert problem.measurements.values.shape == (3, 15, 2, 2)
+    # the enzyme's assay sets E and C in every condition, the extra ones scaled like the rest
+    enzyme = build_problem(Scenario("enzyme", conditions=4)).measurements
+    assert enzyme.initial["C"].tolist() == [0.0] * 4
+    assert enzyme.initial["E"].tolist() == enzyme.truth.initial[:, 1].tolist()
     with pytest.raises(UdeError, match="noise"):
         Scenario("lotka_volterra", noise=1.5).validate()
     with pytest.raises(UdeError, match="axis"):

@@ -30,3 +30,35 @@ def test_enzyme_conserves_total_enzyme_and_seir_two_conditions():
     assert m.initial["C"].tolist() == [0.0, 0.0, 0.0]
     seir = simulate_measurements("seir")
     assert seir.n_conditions == 2 and seir.observables == ["S", "I", "R"]
+
+
+def test_a_scenarios_known_initial_states_reach_the_data_by_default():
+    """The enzyme's assay sets E and C: the data carry their initial values unless the caller
+    says otherwise, and the noisy values are the same draw either way."""
+    assert get_system("enzyme").scenario.known_initial == ["E", "C"]
+    given = simulate_measurements("enzyme")
+    assert sorted(given.initial) == ["C", "E"]
+    assert given.initial["E"].tolist() == [1.0, 1.0, 1.0]
+    hidden = simulate_measurements("enzyme", known_initial=[])
+    assert hidden.initial == {}
+    assert (given.values == hidden.values).all()
+    assert simulate_measurements("lotka_volterra").initial == {}
+
+
+def test_a_known_initial_state_the_system_lacks_is_an_error(tmp_path, monkeypatch):
+    import ude.systems as systems
+    from ude.errors import UdeError
+
+    text = (systems._HERE / "enzyme.yaml").read_text()
+    (tmp_path / "enzyme.yaml").write_text(
+        text.replace("known_initial: [E, C]", "known_initial: [Q]")
+    )
+    monkeypatch.setattr(systems, "_HERE", tmp_path)
+    systems.get_system.cache_clear()
+    try:
+        with pytest.raises(
+            UdeError, match=r"enzyme.yaml: scenario.known_initial: Q is not a state .*S, E, C, P"
+        ):
+            systems.get_system("enzyme")
+    finally:
+        systems.get_system.cache_clear()

@@ -27,7 +27,8 @@ def simulate_measurements(
     Noise is Gaussian with standard deviation ``noise`` times each series' mean absolute value
     (``noise_scale='mean'``) or range (``'range'``), per condition and observable.
     ``known_initial`` names states whose true initial values are given to the model, as a
-    conditions table's ``init_<state>`` columns would.
+    conditions table's ``init_<state>`` columns would (None: the scenario's, e.g. the enzyme's
+    E and C, which its assay sets; ``[]``: none).
     """
     if system not in system_names():
         raise UdeError(
@@ -63,7 +64,7 @@ def simulate_measurements(
             fix=f"observe states of {spec.states}; one initial state of "
             f"{len(spec.states)} values per condition",
         )
-    known_initial = list(known_initial or [])
+    known_initial = list(sc.known_initial if known_initial is None else known_initial)
     if any(s not in spec.states for s in known_initial):
         raise UdeError(
             f"known_initial={known_initial}",

@@ -27,7 +27,9 @@ _HERE = Path(__file__).parent
 
 @dataclass(frozen=True)
 class Scenario:
-    """How data are generated: initial states ``(condition, state)``, sampling and noise."""
+    """How data are generated: initial states ``(condition, state)``, sampling and noise.
+    ``known_initial``: the latent states whose initial values the experimenter sets and the
+    data carry (a conditions table's ``init_<state>`` columns), e.g. an assay's enzyme."""
 
     initial: list[list[float]]
     t_end: float
@@ -36,6 +38,7 @@ class Scenario:
     observed: list[str]
     inputs: list[list[float]] = field(default_factory=list)
     t_start: float = 0.0
+    known_initial: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,16 @@ def get_system(name: str) -> System:
         observed=list(sc["observed"]),
         inputs=[list(map(float, u)) for u in sc.get("inputs", [])],
         t_start=float(sc.get("t_start", 0.0)),
+        known_initial=list(sc.get("known_initial", [])),
     )
+    unknown = [s for s in scenario.known_initial if s not in truth.states]
+    if unknown:
+        raise UdeError(
+            f"{', '.join(unknown)} is not a state of the system",
+            source=source,
+            where="scenario.known_initial",
+            fix="name states of " + ", ".join(truth.states),
+        )
     return System(
         name=raw["name"],
         description=raw.get("description", "").strip(),
