@@ -24,8 +24,8 @@ with CPU seconds (best of 3 below 2 s; the machine is shared, so CPU time rather
 time), the ratio to LSODA's forward CPU time, the evaluations of the right-hand side and of
 its Jacobian, and the error against Radau at rtol 1e-10: the largest pointwise relative
 error, and the largest error over each state's peak. scipy's right-hand side and Jacobian are
-ude's compiled ones (``ude.spec.derivatives``) evaluated in numpy, one condition per call: the
-same arithmetic rodas5p uses ("x LSODA"). A second floor ("x fast") is LSODA with the
+ude's compiled tapes (``ude.spec.derivatives``), one condition per call: the same arithmetic
+rodas5p uses ("x LSODA"). A second floor ("x fast") is LSODA with the
 fastest Python right-hand side there is: the equations as scalar Python code (lambdify).
 rodas5p's backward pass also evaluates the Jacobian at every stage point of the accepted
 steps (8 per step) and second derivatives at each step's start, in a few batched calls.
@@ -156,16 +156,16 @@ def scipy_run(
     """scipy's solution ``(time, state)`` with ude's compiled right-hand side and Jacobian,
     and their evaluation counts."""
     d = compiled_derivatives(spec.known_rhs(), spec.symbols, len(spec.states))
-    params = [np.atleast_1d(p.value) for p in spec.parameters.values()]
+    params = np.array([p.value for p in spec.parameters.values()])
     count = {"f": 0, "J": 0}
 
     def f(_t, y):
         count["f"] += 1
-        return d.f([np.atleast_1d(v) for v in y] + params, (1,))[0]
+        return d.f(y, params)
 
     def jac(_t, y):
         count["J"] += 1
-        return d.f_jac([np.atleast_1d(v) for v in y] + params, (1,))[1][0]
+        return d.f_jac(y, params)[1]
 
     with np.errstate(all="ignore"):
         sol = solve_ivp(

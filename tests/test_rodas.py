@@ -89,11 +89,11 @@ def test_compiled_jacobian_and_second_derivatives_match_autograd():
     v = torch.from_numpy(values).requires_grad_(True)
     f_t = CompiledExpressions(spec.known_rhs(), spec.symbols).double()
     jac_t = torch.func.vmap(torch.func.jacrev(lambda r: f_t(r[None])[0]))(v)[..., :n]
-    f, jac = d.f_jac(list(values.T), (4,))
+    f, jac = d.f_jac(values[:, :n], values[:, n:])
     np.testing.assert_allclose(f, f_t(v).detach().numpy(), rtol=1e-13)
     np.testing.assert_allclose(jac, jac_t.detach().numpy(), rtol=1e-12, atol=1e-12)
     omega = rng.normal(size=(4, n, n))
-    got = d.contract_hessian(d.hessian_values(list(values.T), (4,)), omega)
+    got = d.contract_hessian(d.hessian_values(values[:, :n], values[:, n:]), omega)
     inner = (d.jacobian_torch(v) * torch.from_numpy(omega)).sum()
     (want,) = torch.autograd.grad(inner, v)
     np.testing.assert_allclose(got, want[:, :n].numpy(), rtol=1e-10, atol=1e-10)
@@ -137,20 +137,17 @@ def test_numeric_rhs_matches_the_model_with_its_derivatives(activation, nonnegat
 
 def radau(spec: ModelSpec, y0: np.ndarray, times: np.ndarray) -> np.ndarray:
     d = compiled_derivatives(spec.known_rhs(), spec.symbols, len(spec.states))
-    params = [p.value for p in spec.parameters.values()]
-
-    def cols(y):
-        return [np.atleast_1d(v) for v in (*y, *params)]
+    params = np.array([p.value for p in spec.parameters.values()])
 
     sol = solve_ivp(
-        lambda _t, y: d.f(cols(y), (1,))[0],
+        lambda _t, y: d.f(y, params),
         (times[0], times[-1]),
         y0,
         "Radau",
         t_eval=times,
         rtol=1e-11,
         atol=1e-13,
-        jac=lambda _t, y: d.f_jac(cols(y), (1,))[1][0],
+        jac=lambda _t, y: d.f_jac(y, params)[1],
     )
     return sol.y.T
 
@@ -365,8 +362,27 @@ def test_a_hill_term_of_abs_x_compiles_its_derivatives():
     for n in (1.5, 2.0, 3.0):
         expected = -n * k**n * np.abs(xs) ** (n - 1) * np.sign(xs) / (k**n + np.abs(xs) ** n) ** 2
         c = CompiledDerivatives([K**n / (K**n + sp.Abs(x) ** n)], ["x", "K"], 1)
-        jac = c.jacobian([xs, np.full(4, k)], (4,))[:, 0, 0]
+        jac = c.jacobian(xs[:, None], np.array([k]))[:, 0, 0]
         np.testing.assert_allclose(jac, expected, rtol=1e-12)
         c = CompiledDerivatives([K**n_sym / (K**n_sym + sp.Abs(x) ** n_sym)], ["x", "K", "n"], 1)
-        jac = c.jacobian([xs, np.full(4, k), np.full(4, n)], (4,))[:, 0, 0]
+        jac = c.jacobian(xs[:, None], np.array([k, n]))[:, 0, 0]
         np.testing.assert_allclose(jac, expected, rtol=1e-12)
+
+
+def test_compiled_evaluation_broadcasts_each_conditions_context_over_its_rows():
+    """Stage points ``(S, B, n)`` share their condition's context ``(B, c)``; a context per
+    row and one for all rows give the same values as the torch tape row by row."""
+    spec = get_system("goodwin").truth
+    n = len(spec.states)
+    d = compiled_derivatives(spec.known_rhs(), spec.symbols, n)
+    f_t = CompiledExpressions(spec.known_rhs(), spec.symbols).double()
+    rng = np.random.default_rng(3)
+    params = np.array([p.value for p in spec.parameters.values()])
+    ctx = params * rng.uniform(0.5, 1.5, (4, len(params)))  # 4 conditions
+    y = rng.uniform(0.1, 2.0, (3, 4, n))  # 3 stages of the 4 conditions
+    full = np.concatenate([y, np.broadcast_to(ctx, (3, 4, len(params)))], axis=-1)
+    want = f_t(torch.from_numpy(full)).numpy()
+    np.testing.assert_allclose(d.f(y, ctx), want, rtol=1e-13)
+    np.testing.assert_allclose(d.f(y, full[..., n:]), want, rtol=1e-13)
+    one = np.concatenate([y[:, 0], np.broadcast_to(params, (3, len(params)))], axis=-1)
+    np.testing.assert_allclose(d.f(y[:, 0], params), f_t(torch.from_numpy(one)).numpy(), rtol=1e-13)

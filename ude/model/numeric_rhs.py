@@ -1,11 +1,13 @@
 """A HybridODE's right-hand side frozen for one solve, in numpy, with exact derivatives.
 
 A stiff solve evaluates ``f`` and ``df/dy`` thousands of times with the same parameters.
-Here the known part is the spec's compiled tape and its symbolic Jacobian
-(:mod:`ude.spec.derivatives`), and each network is its weights copied once to float64 numpy,
-with its Jacobian and second directional derivatives written out layer by layer (no
-autograd): an evaluation is a few numpy calls. The parameters' gradients are not taken
-here; the solver's adjoint hands them to torch in one batched call.
+Here the known part is the spec's compiled tape and its symbolic Jacobian, evaluated over all
+rows in one compiled pass (:mod:`ude.spec.derivatives`), and each network is its weights
+copied once to float64 numpy, with its Jacobian and second directional derivatives written
+out layer by layer (no autograd): an evaluation is a few numpy calls (a network compiled like
+the known part was no faster at these sizes: numpy's vectorised tanh and small matrix products
+cost about what a compiled loop does). The parameters' gradients are not taken here; the
+solver's adjoint hands them to torch in one batched call.
 
 Shapes: ``P`` rows (a batch of conditions, or all stage points of a solve), ``n`` states,
 ``c`` context entries (the condition's inputs then parameter values).
@@ -32,11 +34,6 @@ def _as_slice(index: list[int]) -> slice | list[int]:
     if index and index == list(range(index[0], index[-1] + 1)):
         return slice(index[0], index[-1] + 1)
     return index
-
-
-def _columns(x: np.ndarray) -> list[np.ndarray]:
-    """The last axis of ``x`` as a list of views (``moveaxis`` costs more at these sizes)."""
-    return list(x.T) if x.ndim == 2 else [x[..., i] for i in range(x.shape[-1])]
 
 
 class UnsupportedNetwork(TypeError):
@@ -272,7 +269,6 @@ class NumericRHS:
         self.networks = networks
         self.context = context
         self.n_inputs = n_inputs
-        self._ctx_cols = _columns(context)
         # which network inputs are states (the rest are inputs, constant along a solve)
         # per network: the states among its inputs, and their positions in its input
         self._state_inputs = [
@@ -304,9 +300,8 @@ class NumericRHS:
 
     # -- evaluations ---------------------------------------------------------------------------
     # ``context`` None: the solve's batch (rows = its conditions), whose columns are kept.
-    def _columns(self, y: np.ndarray, context: np.ndarray | None) -> list[np.ndarray]:
-        ctx = self._ctx_cols if context is None else _columns(context)
-        return _columns(y) + ctx
+    def _context(self, context: np.ndarray | None) -> np.ndarray:
+        return self.context if context is None else context
 
     def _features(self, y: np.ndarray, context: np.ndarray | None) -> np.ndarray:
         if not self.n_inputs:
@@ -317,7 +312,7 @@ class NumericRHS:
 
     def __call__(self, y: np.ndarray, context: np.ndarray | None = None) -> np.ndarray:
         """``f (P, n)`` at ``y (P, n)`` with ``context (P, c)``."""
-        f = self.derivatives.f(self._columns(y, context), y.shape[:-1])
+        f = self.derivatives.f(y, self._context(context))
         if self.networks:
             feats = self._features(y, context)
             for (net, idx_in, _), target in zip(self.networks, self._targets, strict=True):
@@ -328,7 +323,7 @@ class NumericRHS:
         self, y: np.ndarray, context: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """``f (P, n)`` and ``df/dy (P, n, n)``."""
-        f, jac = self.derivatives.f_jac(self._columns(y, context), y.shape[:-1])
+        f, jac = self.derivatives.f_jac(y, self._context(context))
         if self.networks:
             feats = self._features(y, context)
             for (net, idx_in, idx_out), (cols, pos), rows in zip(
@@ -343,11 +338,11 @@ class NumericRHS:
         """``df/dy (P, n, n)``."""
         if self.networks:
             return self.value_and_jacobian(y, context)[1]
-        return self.derivatives.jacobian(self._columns(y, context), y.shape[:-1])
+        return self.derivatives.jacobian(y, self._context(context))
 
     def hessian_values(self, y: np.ndarray, context: np.ndarray | None = None) -> np.ndarray:
         """The known part's second derivatives at ``y (P, n)``, for :meth:`directional_hessian`."""
-        return self.derivatives.hessian_values(self._columns(y, context), y.shape[:-1])
+        return self.derivatives.hessian_values(y, self._context(context))
 
     def directional_hessian(
         self,

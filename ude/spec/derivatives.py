@@ -10,6 +10,7 @@ right-hand side itself. No autograd is involved, so an evaluation costs one tape
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -49,8 +50,8 @@ class CompiledDerivatives:
     """``f``, ``df/dy`` and the second derivatives ``d2f/dy2`` of ``exprs`` in the first
     ``n_states`` of ``symbols`` (the states; the rest are inputs and parameters).
 
-    Evaluations take the symbol values as columns (one array of the same shape per symbol):
-    states first, then the rest in ``symbols`` order. Shapes below use ``P`` for that shape.
+    Evaluations take the states ``y (P, state)`` and the values of the rest of ``symbols``, in
+    order, as ``context`` (see :meth:`evaluate`); ``P`` is any leading shape.
     """
 
     def __init__(self, exprs: Sequence[sp.Expr], symbols: Sequence[str], n_states: int):
@@ -100,30 +101,61 @@ class CompiledDerivatives:
         self.value_and_jac = CompiledExpressions(exprs + jac, self.symbols)
         self.jac = CompiledExpressions(jac, self.symbols)
         self.hess = CompiledExpressions(hess, self.symbols)
+        self._tapes: dict[str, tuple[np.ndarray, ...]] = {}  # encoded for :meth:`evaluate`
 
     @property
     def jac_nnz(self) -> int:
         """Number of nonzero Jacobian entries (as expressions)."""
         return len(self.jac_rows)
 
-    def _dense(self, entries: list[np.ndarray], shape: tuple) -> np.ndarray:
-        out = np.zeros((*shape, self.n_exprs, self.n_states))
-        if entries:
-            out[..., self.jac_rows, self.jac_cols] = _stack(entries, shape)
+    def _dense(self, entries: np.ndarray) -> np.ndarray:
+        """The nonzero entries ``(*P, nnz)`` as the dense Jacobian ``(*P, expr, state)``."""
+        out = np.zeros((*entries.shape[:-1], self.n_exprs, self.n_states))
+        out[..., self.jac_rows, self.jac_cols] = entries
         return out
 
-    def f(self, columns: Sequence[np.ndarray], shape: tuple) -> np.ndarray:
-        """``f (P, expr)``."""
-        return _stack(self.value.numpy_columns(columns, shape), shape)
+    def f(self, y: np.ndarray, context: np.ndarray) -> np.ndarray:
+        """``f (P, expr)`` at the states ``y (P, state)`` and the other symbols' values
+        ``context`` (see :meth:`evaluate`)."""
+        return self.evaluate("value", y, context)
 
-    def f_jac(self, columns: Sequence[np.ndarray], shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    def f_jac(self, y: np.ndarray, context: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``f (P, expr)`` and the dense Jacobian ``(P, expr, state)``."""
-        out = self.value_and_jac.numpy_columns(columns, shape)
-        return _stack(out[: self.n_exprs], shape), self._dense(out[self.n_exprs :], shape)
+        out = self.evaluate("value_and_jac", y, context)
+        return out[..., : self.n_exprs], self._dense(out[..., self.n_exprs :])
 
-    def jacobian(self, columns: Sequence[np.ndarray], shape: tuple) -> np.ndarray:
+    def jacobian(self, y: np.ndarray, context: np.ndarray) -> np.ndarray:
         """The dense Jacobian ``(P, expr, state)``."""
-        return self._dense(self.jac.numpy_columns(columns, shape), shape)
+        return self._dense(self.evaluate("jac", y, context))
+
+    def hessian_values(self, y: np.ndarray, context: np.ndarray) -> np.ndarray:
+        """The distinct nonzero second derivatives ``(P, entry)``, for
+        :meth:`contract_hessian`."""
+        return self.evaluate("hess", y, context)
+
+    def evaluate(self, tape: str, y: np.ndarray, context: np.ndarray) -> np.ndarray:
+        """The outputs ``(*P, m)`` of ``tape`` (``value``, ``value_and_jac``, ``jac`` or
+        ``hess``) at float64 states ``y (*P, state)`` and the other symbols' values ``context
+        (*C, symbol - state)``, broadcast as numpy does (a solve's stage points ``(S, B)``
+        share their conditions' ``(B,)``): one compiled pass over the rows
+        (:func:`~ude.spec.tape_kernels.tape_rows`), where a pass per tape step in numpy costs
+        a Python call each. Division by zero and the like give inf/NaN silently."""
+        from ude.spec.tape_kernels import encode_tape, tape_rows  # numba: on first use
+
+        encoded = self._tapes.get(tape)
+        if encoded is None:
+            encoded = self._tapes[tape] = encode_tape(getattr(self, tape))
+        shape = y.shape[:-1]
+        width = context.shape[-1]
+        lead = context.shape[:-1]
+        if lead != shape[len(shape) - len(lead) :]:  # not a trailing part: one context per row
+            context = np.broadcast_to(context, (*shape, width))
+            lead = shape
+        rows = np.ascontiguousarray(y, dtype=np.float64).reshape(-1, y.shape[-1])
+        per_row = np.ascontiguousarray(context, dtype=np.float64).reshape(math.prod(lead), width)
+        out = np.empty((rows.shape[0], len(encoded[3])))
+        tape_rows(*encoded, rows, per_row, out)
+        return out.reshape(*shape, out.shape[-1])
 
     def jacobian_torch(self, values: torch.Tensor) -> torch.Tensor:
         """The dense Jacobian ``(..., expr, state)`` of ``values (..., symbol)`` in torch,
@@ -134,11 +166,6 @@ class CompiledDerivatives:
         out = out.index_add(-1, flat, entries)
         return out.reshape(*values.shape[:-1], self.n_exprs, self.n_states)
 
-    def hessian_values(self, columns: Sequence[np.ndarray], shape: tuple) -> np.ndarray:
-        """The distinct nonzero second derivatives ``(P, entry)``, for
-        :meth:`contract_hessian`."""
-        return _stack(self.hess.numpy_columns(columns, shape), shape)
-
     def contract_hessian(self, values: np.ndarray, omega: np.ndarray) -> np.ndarray:
         """``sum_kl omega[k, l] d2f_k / dy_l dy_m`` ``(P, state)``: the gradient in ``y`` of
         ``<df/dy, omega>``, from :meth:`hessian_values` ``(P, entry)`` and ``omega (P, expr,
@@ -147,16 +174,6 @@ class CompiledDerivatives:
             return np.zeros((*values.shape[:-1], self.n_states))
         terms = omega[..., self._hess_k, self._hess_l] * values[..., self._hess_which]
         return terms @ self._hess_select
-
-
-def _stack(columns: list[np.ndarray], shape: tuple) -> np.ndarray:
-    """Columns stacked into ``(*shape, column)``; a column that depends on the context only
-    (no state) has the context's shape and is broadcast."""
-    if not columns:
-        return np.zeros((*shape, 0))
-    if any(c.shape != shape for c in columns):
-        columns = [np.broadcast_to(c, shape) for c in columns]
-    return np.stack(columns, axis=-1)
 
 
 @lru_cache(maxsize=64)

@@ -4,7 +4,8 @@ forward and reverse sweeps compiled with numba.
 A tape is data, not code: opcodes and slot numbers (:func:`encode_tape`), interpreted by
 :func:`tape_forward` and differentiated by :func:`tape_reverse`. The compiled solvers read
 right-hand sides this way: PEtab's Dormand-Prince (:mod:`ude.petab.kernels`) and Rodas5P
-(:mod:`ude.model.rodas_kernels`).
+(:mod:`ude.model.rodas_kernels`); :func:`tape_rows` evaluates a tape over many rows in one call
+(the known terms of a hybrid model's numpy solve, :mod:`ude.spec.derivatives`).
 
 numba's on-disk cache of a function is checked against its own file only: a kernel that calls
 these sweeps from another module would keep its machine code of an older tape. Such modules
@@ -180,6 +181,25 @@ def tape_reverse(code, arg, const, slots, adj):
         else:
             x = slots[a]
             adj[a] += g * (1.0 if x > 0.0 else (-1.0 if x < 0.0 else 0.0))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def tape_rows(code, arg, const, out, out_const, y, ctx, result):
+    """A tape's outputs ``result (R, m)`` at rows ``y (R, n)``, row ``r`` with the context
+    ``ctx[r % C] (C, c)``: one context per row, or one per condition for rows that run through
+    the conditions in order (stage points ``(S, B)`` flattened)."""
+    n = y.shape[1]
+    c = ctx.shape[1]
+    slots = np.empty(n + c + code.shape[0])
+    for r in range(y.shape[0]):
+        for i in range(n):
+            slots[i] = y[r, i]
+        row = r % ctx.shape[0]
+        for i in range(c):
+            slots[n + i] = ctx[row, i]
+        tape_forward(code, arg, const, slots)
+        for k in range(out.shape[0]):
+            result[r, k] = slots[out[k]] if out[k] >= 0 else out_const[k]
 
 
 def refresh_cache(module_file: str) -> None:
