@@ -26,7 +26,7 @@ its Jacobian, and the error against Radau at rtol 1e-10: the largest pointwise r
 error, and the largest error over each state's peak. scipy's right-hand side and Jacobian are
 ude's compiled tapes (``ude.spec.derivatives``), one condition per call: the same arithmetic
 rodas5p uses ("x LSODA"). A second floor ("x fast") is LSODA with the
-fastest Python right-hand side there is: the equations as scalar Python code (lambdify).
+right-hand side a scipy user writes: the equations as scalar Python code (lambdify).
 rodas5p's backward pass also evaluates the Jacobian at every stage point of the accepted
 steps (8 per step) and second derivatives at each step's start, in a few batched calls.
 
