@@ -222,6 +222,8 @@ def test_neural_methods_interface(tmp_path, monkeypatch):
     assert ude.seconds > 0 and ude.forecast_states == ["x", "y"]
     timings = ude.info["distill_timings"]  # where the distillation's time went, per stage
     assert 0 < timings["selection_seconds"] < timings["total_seconds"] <= ude.seconds
+    work = ude.info["selection"]  # what the selection's time bought: refits and iterations
+    assert 1 <= sum(work["scored"].values()) and work["iterations"] >= 1, work
     assert ude.forecast is not None and ude.forecast.shape == shape
     assert "interval_error" not in ude.info, ude.info["interval_error"]
     band = ude.info["interval"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -531,6 +532,12 @@ class UDE(Method):
         twin = distilled.twin
         info["distill_seconds"] = round(time.perf_counter() - start - train_seconds, 2)
         info["distill_timings"] = dict(distilled.timings)  # where the distillation's time went
+        # the selection's work behind its time: the candidates it scored, by the step that
+        # proposed them, and their refits' L-BFGS iterations
+        info["selection"] = {
+            "scored": dict(Counter(s.step for s in distilled.path)),
+            "iterations": sum(s.refit.iterations for s in distilled.path),
+        }
         info["discovered"] = {k: str(v) for k, v in twin.discovered.items()}
         info["ties"] = distilled.tie_rows()
         info["identifiability"] = distilled.identifiability
