@@ -299,7 +299,7 @@ class NumericRHS:
         return cls(derivatives, nets, _numpy(context), len(spec.inputs))
 
     # -- evaluations ---------------------------------------------------------------------------
-    # ``context`` None: the solve's batch (rows = its conditions), whose columns are kept.
+    # ``context`` None: the solve's own (rows = its conditions, frozen with it).
     def _context(self, context: np.ndarray | None) -> np.ndarray:
         return self.context if context is None else context
 

@@ -42,7 +42,7 @@ from ude.model.rodas import (
     StepFailure,
 )
 from ude.spec.derivatives import CompiledDerivatives
-from ude.spec.tape_kernels import encode_tape, refresh_cache, tape_forward, tape_reverse
+from ude.spec.tape_kernels import refresh_cache, tape_forward, tape_reverse
 
 refresh_cache(__file__)
 
@@ -54,11 +54,11 @@ _EPS = float(np.finfo(float).eps)
 @lru_cache(maxsize=64)
 def tapes(derivatives: CompiledDerivatives) -> tuple:
     """``(f_tape, jac_tape, jac_rows, jac_cols)``: the right-hand side's and the Jacobian's
-    tapes as the kernels read them (:func:`ude.spec.tape_kernels.encode_tape`), encoded once per
-    compiled right-hand side."""
+    tapes as the kernels read them (:meth:`CompiledDerivatives.encoded`: encoded once per
+    compiled right-hand side, shared with its numpy evaluations)."""
     return (
-        encode_tape(derivatives.value),
-        encode_tape(derivatives.jac),
+        derivatives.encoded("value"),
+        derivatives.encoded("jac"),
         derivatives.jac_rows.astype(np.int64),
         derivatives.jac_cols.astype(np.int64),
     )

@@ -231,8 +231,9 @@ class CompiledExpressions(torch.nn.Module):
 
     def numpy_columns(self, inputs: Sequence[np.ndarray], shape: tuple) -> list[np.ndarray]:
         """Output columns, each of ``shape``, from input columns (one array of ``shape`` per
-        symbol): the form a solver's inner loop uses, without stacking. Floating-point
-        warnings are the caller's to silence (``np.errstate``), once around its loop."""
+        symbol), without stacking (a solver's inner loop evaluates the compiled form instead:
+        :meth:`ude.spec.derivatives.CompiledDerivatives.evaluate`). Floating-point warnings are
+        the caller's to silence (``np.errstate``)."""
         if self._numpy_steps is None:
             self._numpy_steps = [_numpy_step(op, args) for op, args in self._steps]
         slots = list(inputs)

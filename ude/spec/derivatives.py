@@ -101,7 +101,7 @@ class CompiledDerivatives:
         self.value_and_jac = CompiledExpressions(exprs + jac, self.symbols)
         self.jac = CompiledExpressions(jac, self.symbols)
         self.hess = CompiledExpressions(hess, self.symbols)
-        self._tapes: dict[str, tuple[np.ndarray, ...]] = {}  # encoded for :meth:`evaluate`
+        self._tapes: dict[str, tuple[np.ndarray, ...]] = {}  # :meth:`encoded`
 
     @property
     def jac_nnz(self) -> int:
@@ -133,6 +133,15 @@ class CompiledDerivatives:
         :meth:`contract_hessian`."""
         return self.evaluate("hess", y, context)
 
+    def encoded(self, tape: str) -> tuple[np.ndarray, ...]:
+        """``tape`` (``value``, ``value_and_jac``, ``jac`` or ``hess``) as the compiled kernels
+        read it (:func:`~ude.spec.tape_kernels.encode_tape`), encoded once."""
+        if tape not in self._tapes:
+            from ude.spec.tape_kernels import encode_tape  # numba: on first use
+
+            self._tapes[tape] = encode_tape(getattr(self, tape))
+        return self._tapes[tape]
+
     def evaluate(self, tape: str, y: np.ndarray, context: np.ndarray) -> np.ndarray:
         """The outputs ``(*P, m)`` of ``tape`` (``value``, ``value_and_jac``, ``jac`` or
         ``hess``) at float64 states ``y (*P, state)`` and the other symbols' values ``context
@@ -140,11 +149,9 @@ class CompiledDerivatives:
         share their conditions' ``(B,)``): one compiled pass over the rows
         (:func:`~ude.spec.tape_kernels.tape_rows`), where a pass per tape step in numpy costs
         a Python call each. Division by zero and the like give inf/NaN silently."""
-        from ude.spec.tape_kernels import encode_tape, tape_rows  # numba: on first use
+        from ude.spec.tape_kernels import tape_rows  # numba: on first use
 
-        encoded = self._tapes.get(tape)
-        if encoded is None:
-            encoded = self._tapes[tape] = encode_tape(getattr(self, tape))
+        encoded = self.encoded(tape)
         shape = y.shape[:-1]
         width = context.shape[-1]
         lead = context.shape[:-1]
