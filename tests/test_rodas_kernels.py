@@ -9,6 +9,9 @@ their scale, where the tolerance's own effect would be 1e-6.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -148,9 +151,8 @@ def test_compiled_gradient_matches_finite_differences():
 
 @pytest.mark.parametrize("compiled", [True, False])
 def test_a_division_by_zero_fails_like_the_numpy_path(compiled):
-    # x' = 1/(x - 1) from x = 1: the tape divides by zero at the start. The kernels stop
-    # there (numba raises), so the solve falls back to numpy, which fails with the usual
-    # message rather than a ZeroDivisionError.
+    # x' = 1/(x - 1) from x = 1: the tape divides by zero at the start. The kernels, like
+    # numpy, take inf for it and fail with the usual message rather than a ZeroDivisionError.
     spec = ModelSpec.from_dict({"states": ["x"], "equations": {"x": "1/(x - 1)"}}, source="z.yaml")
     model = HybridODE(
         spec,
@@ -186,3 +188,38 @@ def test_a_twin_solves_in_the_kernels_and_a_network_model_in_numpy(monkeypatch):
     assert len(calls) == 1
     toggle(neural=True).simulate(times, torch.arange(2))  # a network in the right-hand side
     assert len(calls) == 1
+
+
+_FIRST_CALLER = """
+import numpy as np, sympy as sp
+from numba import njit
+from ude.spec.compile import CompiledExpressions
+from ude.spec.tape_kernels import encode_tape, tape_forward, tape_reverse
+
+@njit  # numba's default error model (Python's): raises on a division by zero
+def first(code, arg, const, slots, adj):
+    tape_forward(code, arg, const, slots)
+    tape_reverse(code, arg, const, slots, adj)
+
+x = sp.Symbol("x")
+code, arg, const, out, _ = encode_tape(CompiledExpressions([1 / (x - 1)], ["x"]).double())
+slots = np.zeros(1 + len(code))
+slots[0] = 1.0
+adj = np.zeros_like(slots)
+adj[out[0]] = 1.0
+first(code, arg, const, slots, adj)
+print(slots[out[0]], adj[0])
+"""
+
+
+def test_the_tape_sweeps_divide_by_zero_like_numpy_whichever_kernel_compiles_them_first(tmp_path):
+    # numba compiles a callee without an error model of its own with its first caller's: a
+    # Python-model caller compiled first (PEtab's kernels) made every later kernel in that
+    # process, and in numba's cache, raise ZeroDivisionError. A fresh cache and process.
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", _FIRST_CALLER], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    value, grad = (float(v) for v in done.stdout.split())
+    assert np.isinf(value) and not np.isfinite(grad)

@@ -9,8 +9,7 @@ Two paths:
   torch vector-Jacobian product over all stage evaluations for the parameters' gradient.
   Without networks (a twin, a true model) the solve and its adjoint, the context's gradient
   included, run compiled instead (:mod:`ude.model.rodas_kernels`: the same steps, the same
-  derivative), unless ``compiled=False`` or an evaluation divides by zero there (the numpy
-  path then gives inf or NaN where the kernels would stop).
+  derivative), unless ``compiled=False``; a division by zero gives inf or NaN in both.
 - **Any other** ``f(t, y)``: the same integrator evaluates ``f`` and its Jacobian (autograd)
   through torch without a graph; when a gradient is wanted the accepted steps are replayed
   with a graph (their sizes fixed), the Jacobian differentiated too.
@@ -101,23 +100,20 @@ def solve_reached(
     """States ``(time, batch, state)`` of a compiled Rodas5P solve of ``system`` (a
     :class:`~ude.model.numeric_rhs.NumericSystem` without networks) from ``y0 (batch,
     state)``, as far as the solve got: NaN at the output times it did not reach (no error).
-    None where the kernels cannot run it (networks; a division by zero in them)."""
+    None where the kernels cannot run it (networks)."""
     if system is None or system.rhs.networks:
         return None
     times = np.ascontiguousarray(times, dtype=float)
-    try:
-        result = rodas_kernels.integrate(
-            np.ascontiguousarray(y0, dtype=float),
-            times,
-            np.ascontiguousarray(system.rhs.context),
-            *rodas_kernels.tapes(system.rhs.derivatives),
-            float(rtol),
-            float(atol),
-            int(max_steps),
-            False,
-        )
-    except ZeroDivisionError:
-        return None
+    result = rodas_kernels.integrate(
+        np.ascontiguousarray(y0, dtype=float),
+        times,
+        np.ascontiguousarray(system.rhs.context),
+        *rodas_kernels.tapes(system.rhs.derivatives),
+        float(rtol),
+        float(atol),
+        int(max_steps),
+        False,
+    )
     out, status, reached = result[0], result[8], result[9]
     if status != rodas_kernels.OK:
         direction = 1.0 if times[-1] >= times[0] else -1.0
@@ -184,12 +180,7 @@ class _Problem:
 
     def integrate(self, y0: np.ndarray, record: bool) -> np.ndarray:
         if self.tapes is not None:
-            try:
-                return self._integrate_compiled(y0, record)
-            except ZeroDivisionError:  # in the tape kernels: numpy gives inf/NaN instead
-                self.tapes = None
-                if _PLAN is not None:
-                    _PLAN.exact = False
+            return self._integrate_compiled(y0, record)
         rhs = self.rhs
         try:
             out, self.trajectory = rodas.integrate(
@@ -272,9 +263,7 @@ class _HybridSolve(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: a gradient that is itself differentiable
             return (None, *_replay_grads(problem, y0, context, params, grad_out, ctx))
         if problem.tapes is not None:
-            grads = _compiled_grads(problem, y0, context, params, grad_out, ctx.needs_input_grad)
-            if grads is not None:
-                return grads
+            return _compiled_grads(problem, context, params, grad_out, ctx.needs_input_grad)
         traj = problem.trajectory
         rhs = problem.rhs
         grad_y0, omega = rodas.adjoint(
@@ -289,18 +278,15 @@ class _HybridSolve(torch.autograd.Function):
         return (None, out_y0 if ctx.needs_input_grad[1] else None, *grads)
 
 
-def _compiled_grads(problem: _Problem, y0, context, params, grad_out, needed) -> tuple | None:
-    """The backward pass in the compiled kernels; None where the kernels divided by zero (the
-    solve is then recorded again in numpy, whose adjoint gives inf/NaN instead)."""
-    try:
-        grad_y0, grad_ctx = problem.adjoint_compiled(_numpy(grad_out))
-    except ZeroDivisionError:
-        problem.tapes = None
-        problem.integrate(_numpy(y0), record=True)
-        return None
+def _compiled_grads(problem: _Problem, context, params, grad_out, needed) -> tuple:
+    """The backward pass in the compiled kernels (a division by zero in them gives inf/NaN,
+    as numpy's adjoint does)."""
+    grad_y0, grad_ctx = problem.adjoint_compiled(_numpy(grad_out))
     return (
         None,
-        torch.as_tensor(grad_y0, dtype=y0.dtype, device=y0.device) if needed[1] else None,
+        torch.as_tensor(grad_y0, dtype=grad_out.dtype, device=grad_out.device)
+        if needed[1]
+        else None,
         torch.as_tensor(grad_ctx, dtype=context.dtype, device=context.device)
         if needed[2]
         else None,

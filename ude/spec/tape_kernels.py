@@ -74,7 +74,10 @@ def encode_tape(expressions: CompiledExpressions) -> tuple[np.ndarray, ...]:
 
 
 # -- tapes ---------------------------------------------------------------------------------------
-@njit(cache=True, nogil=True)
+# The sweeps set numba's error model themselves: a callee without it inherits its first caller's
+# (numpy's in the Rodas5P kernels, Python's in PEtab's), so a division by zero would give inf in
+# one process and raise ZeroDivisionError in another, by which kernel compiled first.
+@njit(cache=True, nogil=True, error_model="numpy")
 def tape_forward(code, arg, const, slots):
     """Run a tape: ``slots[:n_in]`` hold the inputs, step ``k`` writes ``slots[n_in + k]``."""
     n_in = slots.shape[0] - code.shape[0]
@@ -122,7 +125,7 @@ def tape_forward(code, arg, const, slots):
         slots[n_in + k] = v
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def tape_reverse(code, arg, const, slots, adj):
     """Reverse sweep of a tape run by :func:`tape_forward`: ``adj`` holds the outputs'
     cotangents at their slots on entry, every slot's (the inputs' first) on return."""
