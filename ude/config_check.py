@@ -18,6 +18,9 @@ _MISSING_HINTS = {
     "a wide or long CSV as in the README's 'Your own data'",
 }
 
+ACTIVATION_NAMES = ("tanh", "gelu", "silu", "softplus", "relu", "rbf")
+"""``model.activation``'s choices (:data:`ude.model.networks.ACTIVATIONS`, in this order)."""
+
 # key: (expected types, test, what is expected)
 _RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "seed": ((int,), lambda v: v >= 0, "an integer >= 0"),
@@ -34,6 +37,11 @@ _RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "model.hidden": ((int,), lambda v: v >= 1, "an integer >= 1"),
     "model.depth": ((int,), lambda v: v >= 1, "an integer >= 1"),
     "model.learn_initial": ((bool,), lambda v: True, "true or false"),
+    "model.activation": (
+        (str,),
+        lambda v: v in ACTIVATION_NAMES,
+        "one of " + ", ".join(ACTIVATION_NAMES),
+    ),
     "solver.rtol": ((int, float), lambda v: v > 0, "a number > 0"),
     "solver.atol": ((int, float), lambda v: v > 0, "a number > 0"),
     "solver.adjoint": ((bool,), lambda v: True, "true or false"),

@@ -12,14 +12,14 @@ from contextlib import contextmanager
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import Container, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from ude.data.datamodule import ConditionsDataModule
 from ude.data.measurements import Measurements
 from ude.fit import make_module
 from ude.model.hybrid import HybridODE
 from ude.progress import Progress
-from ude.spec.library_key import check_terms_reach_a_slot, parse_library
+from ude.run_inputs import check_library_choice, petab_spec_source
 from ude.spec.model_spec import ModelSpec, load_spec
 from ude.train.module import UDEModule
 
@@ -95,21 +95,6 @@ def train_config(overrides: Sequence[str] = ()) -> DictConfig:
         restore_gh_from_backup(backup)
 
 
-def check_library_choice(cfg: DictConfig, spec: ModelSpec) -> None:
-    """A bad ``distill.library`` (unknown family, undeclared name in a custom term) is an
-    error before training, not after."""
-    from ude.distill.cli import distill_enabled
-
-    choice = cfg.distill.get("library") if distill_enabled(cfg) else None
-    if choice is None:
-        return
-    raw = OmegaConf.to_container(choice, resolve=True) if isinstance(choice, Container) else choice
-    names = [*spec.states, *spec.inputs]
-    parsed = parse_library(raw, names, source="config", where="distill.library")
-    slots = [(s.name, s.inputs) for s in spec.neural]
-    check_terms_reach_a_slot(parsed, slots, names, source="config", where="distill.library")
-
-
 def data_config(cfg: DictConfig) -> DictConfig:
     """``cfg.data`` for instantiation: resolved, without ``data.seed``, which only feeds the
     synthetic data's draw (``data.measurements.seed: ${data.seed}``) and is no argument of
@@ -119,13 +104,3 @@ def data_config(cfg: DictConfig) -> DictConfig:
     data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
     data.pop("seed")
     return data
-
-
-def petab_spec_source(cfg: DictConfig) -> str:
-    """The spec of a run: ``model.spec``, except that with ``data=petab`` a zoo system name
-    (the default) gives way to the PEtab problem itself."""
-    source = str(cfg.model.spec)
-    problem = cfg.data.get("problem") if "problem" in cfg.data else None
-    if problem and not source.lower().endswith((".yaml", ".yml", ".xml", ".sbml")):
-        return str(problem)
-    return source

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ude.config_check import ACTIVATION_NAMES
 from ude.errors import UdeError
 
 
@@ -15,14 +16,9 @@ class RBF(nn.Module):
         return torch.exp(-x * x)
 
 
-ACTIVATIONS = {
-    "tanh": nn.Tanh,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "softplus": nn.Softplus,
-    "relu": nn.ReLU,
-    "rbf": RBF,
-}
+ACTIVATIONS = dict(
+    zip(ACTIVATION_NAMES, (nn.Tanh, nn.GELU, nn.SiLU, nn.Softplus, nn.ReLU, RBF), strict=True)
+)
 
 
 class MLP(nn.Module):

@@ -23,6 +23,7 @@ from ude._lazy import lazy_getattr
 from ude.conf import CONF_DIR
 from ude.config_check import check_config
 from ude.errors import UdeError, exit_2_on_user_errors, run_cli
+from ude.run_inputs import check_run_inputs
 
 # The job itself (torch, Lightning) loads once the config has passed its checks:
 # ``from ude.train.cli import train`` still works.
@@ -34,6 +35,7 @@ def main(cfg: DictConfig) -> None:
     # Exiting inside the job keeps Hydra from printing its own banner around our message.
     with exit_2_on_user_errors():
         check_config(cfg)  # before torch and Lightning load: a bad value answers at once
+        check_run_inputs(cfg)  # the spec file and the library choice, likewise
         from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
         from ude.train.job import train

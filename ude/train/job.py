@@ -28,7 +28,8 @@ from ude.fit import run_training
 from ude.model.hybrid import HybridODE
 from ude.plots import plot_fit, plot_missing_terms
 from ude.progress import ConsoleProgress, Progress
-from ude.runs import build_run, petab_spec_source
+from ude.run_inputs import petab_spec_source
+from ude.runs import build_run
 from ude.train.loggers import finish_loggers, log_config, log_run_outputs
 from ude.train.module import UDEModule
 from ude.train.processes import check_processes
