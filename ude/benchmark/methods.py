@@ -537,7 +537,6 @@ class UDE(Method):
         info["selection"] = {
             "scored": dict(Counter(s.step for s in distilled.path)),
             "iterations": sum(s.refit.iterations for s in distilled.path),
-            "abandoned": sum(s.refit.abandoned for s in distilled.path),
         }
         info["discovered"] = {k: str(v) for k, v in twin.discovered.items()}
         info["ties"] = distilled.tie_rows()

@@ -153,7 +153,6 @@ def path_rows(
                 "n_params": s.n_params,
                 "solved": bool(s.refit.ok),
                 "refused": s.refit.refused,
-                "abandoned": s.refit.abandoned,
                 "trajectory_nmse": s.refit.nmse if s.refit.ok else None,
                 "criterion": s.criterion if np.isfinite(s.criterion) else None,
                 "weight": round(float(w), 6),
@@ -626,13 +625,7 @@ class Distiller:
             # constant is to be placed (TwinRefit.settle_first): with none, the joint fit found
             # yeast's -c*S6 at 20 % noise where settling first left a constant 21.9 units behind
             fitter = scorer if has_constants(coef, terms) else joint
-            result = fitter.fit(
-                twin,
-                measurements,
-                _nonnegative_start(start, positive),
-                noise,
-                give_up_above=cand.info.get("give_up_above"),
-            )
+            result = fitter.fit(twin, measurements, _nonnegative_start(start, positive), noise)
             return admitted(result, faces), owner
 
         def score(cand: Candidate) -> tuple[RefitResult, int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,8 +35,6 @@ class RefitResult:
     ``trace``: twice the summed NLL (a criterion's data term) at the end of each L-BFGS step
     of 20 iterations that stayed where the model solves, in order over the refit's passes:
     how far it was still moving when it stopped (``python bench/refit_convergence.py``).
-    ``abandoned``: the refit stopped early, unable to reach a criterion its selection could
-    use (``give_up_above`` of :meth:`TwinRefit.fit`); its ``nmse`` is where it stopped.
     """
 
     model: HybridODE | None
@@ -50,19 +47,6 @@ class RefitResult:
     population: dict[str, dict] = field(default_factory=dict)
     refused: str | None = None
     trace: list[float] = field(default_factory=list)
-    abandoned: bool = False
-
-
-RACE_LOOKBACK = 3
-"""L-BFGS steps (of 20 iterations) whose largest fall a refit racing a level projects forward."""
-
-
-@dataclass
-class _Race:
-    """A refit raced against a level of ``n log(nmse)`` (:meth:`TwinRefit.fit`)."""
-
-    above: float
-    abandoned: bool = False
 
 
 def _batch(measurements: Measurements) -> dict[str, torch.Tensor]:
@@ -80,23 +64,6 @@ def _solves(module, batch: dict[str, torch.Tensor]) -> bool:
     except SolverFailed:
         return False
     return bool(torch.isfinite(losses["loss"])) and float(losses["mse"]) < BLOWN_UP
-
-
-def _behind(race: _Race, levels: list[float], n: float, nmse: float, left: float) -> bool:
-    """Whether a refit now at ``nmse`` (``levels``: ``n log(nmse)`` at the end of its earlier
-    L-BFGS steps, appended to) stays above ``race.above`` even if each of its ``left`` steps to
-    go fell as far as the largest of its last :data:`RACE_LOOKBACK`; sets
-    ``race.abandoned``. L-BFGS's falls are irregular (a steep one after flat ones, where it
-    leaves a plateau), so the projection takes the largest, and a refit whose level stays far
-    above the race's after several steps is not stopped by a flat spell alone."""
-    if not (math.isfinite(nmse) and nmse > 0):
-        return False
-    levels.append(n * math.log(nmse))
-    if len(levels) <= RACE_LOOKBACK:
-        return False
-    falls = [levels[i - 1] - levels[i] for i in range(len(levels) - RACE_LOOKBACK, len(levels))]
-    race.abandoned = levels[-1] - max(0.0, *falls) * left > race.above
-    return race.abandoned
 
 
 class TwinRefit:
@@ -171,9 +138,7 @@ class TwinRefit:
         self.fallback = fallback
         self.fallback_rtol = fallback_rtol
 
-    def _descend(
-        self, module, batch, params, done: int, trace: list[float], race: _Race | None = None
-    ) -> int:
+    def _descend(self, module, batch, params, done: int, trace: list[float]) -> int:
         """L-BFGS on ``params`` (at most ``max_iter`` iterations); returns the iterations
         counted so far. L-BFGS may leave the region where the model solves: it starts again
         from the last good point with a ten times shorter first step (its first step is as long
@@ -181,21 +146,13 @@ class TwinRefit:
         1e-4)."""
         iterations = done
         for lr in (1.0, 0.1, 0.01, 1e-3, 1e-4):
-            iterations, failed = self._run(module, batch, params, lr, iterations, trace, done, race)
+            iterations, failed = self._run(module, batch, params, lr, iterations, trace, done)
             if not failed:
                 break
         return iterations
 
     def _run(
-        self,
-        module,
-        batch,
-        params,
-        lr: float,
-        done: int,
-        trace: list[float],
-        start: int = 0,
-        race: _Race | None = None,
+        self, module, batch, params, lr: float, done: int, trace: list[float], start: int = 0
     ) -> tuple[int, bool]:
         opt = torch.optim.LBFGS(
             params, lr=lr, max_iter=20, history_size=30, line_search_fn="strong_wolfe"
@@ -204,8 +161,6 @@ class TwinRefit:
         last = np.inf
         iterations = done
         n = float(batch["mask"].sum())  # the loss is a mean over the measured entries
-        mse = [np.inf]  # the normalised MSE at the closure's last point
-        levels: list[float] = []  # n log(nmse) at the end of each L-BFGS step (a race's)
 
         def closure():
             # a trial point whose solve fails or blows up (e.g. a line search step that put a
@@ -213,8 +168,7 @@ class TwinRefit:
             # shortens the step instead of the refit giving up
             opt.zero_grad()
             try:
-                losses = module.losses(batch)
-                loss, mse[0] = losses["loss"], float(losses["mse"].detach())
+                loss = module.losses(batch)["loss"]
             except SolverFailed:
                 loss = None
             if loss is None or not torch.isfinite(loss):
@@ -236,9 +190,6 @@ class TwinRefit:
                 if abs(last - loss) < self.tol * max(1.0, abs(loss)):
                     break
                 if self.criterion_tol is not None and 2 * n * abs(last - loss) < self.criterion_tol:
-                    break
-                left = (self.max_iter - (iterations - start)) / 20
-                if race is not None and _behind(race, levels, n, mse[0], left):
                     break
                 last = loss
         except SolverFailed:
@@ -275,42 +226,29 @@ class TwinRefit:
         noise: np.ndarray | None = None,
         held_initial: np.ndarray | None = None,
         initial_prior: tuple[np.ndarray, np.ndarray] | None = None,
-        give_up_above: float | None = None,
     ) -> RefitResult:
         """Refit ``twin`` on ``measurements`` from ``initial (condition, state)`` (default:
         the data's first values) and noise levels ``noise (observable,)`` (default: 10 % of
         each observable's scale); ``held_initial (condition, state)``: initial states held
         at their start (besides those the data give); ``initial_prior``: the learned initial
         states' Gaussian prior, mean and sd each ``(condition, state)`` (an infinite sd: none;
-        :meth:`ude.model.hybrid.HybridODE.set_initial_prior`); ``give_up_above``: stop (and
-        mark the result ``abandoned``) once the refit cannot bring ``n log(nmse)`` below this
-        within its iterations, by :func:`_behind`'s projection (a selection's candidate that
-        can no longer come near its best: ``n log(nmse)`` is its criterion less the penalty).
-        """
+        :meth:`ude.model.hybrid.HybridODE.set_initial_prior`)."""
         # in float64 throughout (not only while building): the selection's refits run in
         # threads, and the default dtype is one setting for all of them
         previous = torch.get_default_dtype()
         torch.set_default_dtype(torch.float64)
         try:
             args = (twin, measurements, initial, noise, held_initial, initial_prior)
-            joint = self._fit(*args, give_up_above, settle=False)
+            joint = self._fit(*args, settle=False)
             if not (self.settle_first and self.learn_initial):
                 return joint  # no initial states to hold: the settled fit would be the same
-            settled = self._fit(*args, give_up_above, settle=True)
+            settled = self._fit(*args, settle=True)
             return settled if settled.ok and settled.nmse < joint.nmse else joint
         finally:
             torch.set_default_dtype(previous)
 
     def _fit(
-        self,
-        twin,
-        measurements,
-        initial,
-        noise,
-        held_initial,
-        initial_prior,
-        give_up_above: float | None,
-        settle: bool,
+        self, twin, measurements, initial, noise, held_initial, initial_prior, settle: bool
     ) -> RefitResult:
         dtype = torch.float64
         model = build_hybrid(
@@ -337,18 +275,15 @@ class TwinRefit:
             model.solver = Solver(self.fallback, self.fallback_rtol, self.atol, max_steps=5000)
         params = [p for p in module.parameters() if p.requires_grad]
         iterations, trace = 0, []
-        race = None if give_up_above is None else _Race(give_up_above)
         rest = [p for p in params if p is not model.initial]
         if settle and model.initial.requires_grad and rest:
             model.initial.requires_grad_(False)
             try:
-                # not raced: with the initial states held it is not the refit's end
                 iterations = self._descend(module, batch, rest, iterations, trace)
             finally:
                 model.initial.requires_grad_(True)
-        iterations = self._descend(module, batch, params, iterations, trace, race)
-        abandoned = bool(race and race.abandoned)
-        if self.learn_population and len(model.parameters_.location) and not abandoned:
+        iterations = self._descend(module, batch, params, iterations, trace)
+        if self.learn_population and len(model.parameters_.location):
             iterations += self._centre(module, batch, params, trace)
         ok = True
         try:
@@ -369,5 +304,4 @@ class TwinRefit:
             individual={k: v for k, v in model.parameter_values().items() if isinstance(v, list)},
             population=model.population(),
             trace=trace,
-            abandoned=abandoned,
         )

@@ -234,12 +234,6 @@ class TrajectorySelector:
         tolerance: the chosen twin is the sparsest candidate whose criterion is within this
             of the best (6: the difference Kass & Raftery call strong evidence for BIC); 0
             chooses the best.
-        race_margin: a move's refit stops once it cannot come within ``tolerance`` plus this
-            of the best's criterion (``give_up_above`` of
-            :meth:`ude.distill.refit.TwinRefit.fit`, through ``candidate.info``; None: every
-            refit runs to its end). Such a candidate could neither be chosen nor carry
-            weight (its evidence weight is below exp(-margin/2)); the first candidates, with
-            no best yet, run to their end.
         workers: a step's refits run in this many threads (1: one after the other; 0: one per
             CPU this process may use); the choice and every score are the same for any
             number, only the wall time changes. The stiff solver's compiled kernels run
@@ -262,7 +256,6 @@ class TrajectorySelector:
         max_initial_terms: int | None = 3,
         swaps: int = 12,
         siblings: int = 3,
-        race_margin: float | None = 50.0,
         workers: int = 1,
     ):
         if order not in {"screen", "sparsity"}:
@@ -284,7 +277,6 @@ class TrajectorySelector:
         self.max_initial_terms = max_initial_terms
         self.swaps = swaps
         self.siblings = siblings
-        self.race_margin = race_margin
         self.workers = usable_cpus() if workers == 0 else max(1, int(workers))
 
     def scored(
@@ -388,11 +380,6 @@ class TrajectorySelector:
             refit depends only on its candidate); a support that comes twice is scored once."""
             unique = first_of_each(moves, lambda m: m[0].support())
             todo = [c for c, _ in unique if not (c.support() in seen and c.support() in retried)]
-            if around is not None and self.race_margin is not None:
-                # fixed before the step's refits: the same scores for any number of workers
-                level = around.criterion + self.tolerance + self.race_margin
-                for cand in todo:
-                    cand.info["give_up_above"] = level
             results = self._map(refit, todo, self.workers if workers is None else workers)
             done = dict(zip(map(id, todo), results, strict=True))
             return [score(c, step, around, done.get(id(c))) for c, step in unique]
