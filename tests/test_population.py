@@ -115,7 +115,7 @@ def test_the_refit_recovers_the_population_median_and_spread():
     series to about 2 % (13 points, the late ones at 5 % of the first), so median and spread
     recover the true values' within 3 % and 5 %."""
     m, k = population_data()
-    refit = TwinRefit(max_iter=200).fit(spec(POP), m)
+    refit = TwinRefit(max_iter=200, method="rodas5p").fit(spec(POP), m)
     pop, fitted = refit.population["k"], np.log(refit.individual["k"])
     assert pop["median"] == pytest.approx(np.exp(np.mean(fitted)), rel=1e-4)
     assert pop["spread"] == pytest.approx(np.std(fitted, ddof=1), rel=1e-3)
@@ -131,8 +131,8 @@ def test_the_population_shrinks_poorly_measured_conditions_towards_the_median():
     median, much nearer the median than a condition measured throughout."""
     m, k = population_data(noise=0.05)
     m.values[0, 2:] = np.nan
-    pop = TwinRefit(max_iter=200).fit(spec(POP), m)
-    alone = TwinRefit(max_iter=200).fit(
+    pop = TwinRefit(max_iter=200, method="rodas5p").fit(spec(POP), m)
+    alone = TwinRefit(max_iter=200, method="rodas5p").fit(
         spec({"k": {"value": 0.5, "learn": True, "per_condition": True, "min": 0}}), m
     )
     median = pop.population["k"]["median"]
@@ -157,7 +157,7 @@ def test_a_population_that_does_not_vary_leaves_the_others_at_their_map():
             "equations": {"A": "-k*A - m*A/(1 + A)"},
         }
     )
-    refit = TwinRefit(max_iter=200).fit(two, m)
+    refit = TwinRefit(max_iter=200, method="rodas5p").fit(two, m)
     fitted = np.log(refit.individual["k"])
     assert refit.population["k"]["median"] == pytest.approx(np.exp(fitted.mean()), rel=1e-3)
     assert refit.population["k"]["spread"] == pytest.approx(np.std(fitted, ddof=1), rel=1e-2)
