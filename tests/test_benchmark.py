@@ -213,6 +213,7 @@ def test_neural_methods_interface(tmp_path, monkeypatch):
         "distill.distiller.selector.max_candidates=2",
         "distill.distiller.selector.max_refits=3",
         "distill.forecast_interval.n_samples=50",
+        "distill.uq.bootstrap.n_resamples=8",  # its 40 resamples' selections: 16 s of the test
     ]
     shape = (len(problem.forecast_times), 2)
     ude = UDE(overrides=short).fit(problem)
