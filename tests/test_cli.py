@@ -144,9 +144,14 @@ def test_a_command_s_help_loads_neither_torch_nor_lightning(module, main):
 
 @pytest.mark.parametrize(
     "override",
-    ["model.activation=sigmoid", "model.spec=missing.yaml", "distill.library=[mass_action,hil]"],
+    [
+        "model.activation=sigmoid",
+        "model.spec=missing.yaml",
+        "distill.library=[mass_action,hil]",
+        "ckpt_path=missing/last.ckpt",
+    ],
 )
-def test_a_bad_activation_spec_or_library_answers_before_torch_loads(tmp_path, override):
+def test_a_bad_activation_spec_library_or_checkpoint_answers_before_torch_loads(tmp_path, override):
     """The run's inputs are checked before Lightning's import (5-9 s on 2 cores)."""
     code = (
         "import sys; from ude.train.cli import cli\n"

@@ -4,8 +4,11 @@ activation answers in a second rather than after the several seconds of that imp
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import Container, DictConfig, OmegaConf
 
+from ude.errors import UdeError
 from ude.spec.library_key import check_terms_reach_a_slot, parse_library
 from ude.spec.model_spec import ModelSpec, load_spec
 
@@ -38,10 +41,22 @@ def check_library_choice(cfg: DictConfig, spec: ModelSpec) -> None:
     check_terms_reach_a_slot(parsed, slots, names, source="config", where="distill.library")
 
 
+def missing_checkpoint(path: str) -> UdeError:
+    """The error for a ``ckpt_path`` that is no file."""
+    return UdeError(
+        "checkpoint not found",
+        source=str(path),
+        fix="give the last.ckpt of an earlier run: <run>/checkpoints/last.ckpt",
+    )
+
+
 def check_run_inputs(cfg: DictConfig) -> None:
-    """Read the run's spec (a YAML file or a zoo system; an SBML file or a PEtab problem is
-    left to the run, whose reading it is) and check its library choice: raises
-    :class:`~ude.errors.UdeError`, as the run would later."""
+    """Check that ``ckpt_path`` (where given) is a file, read the run's spec (a YAML file or a
+    zoo system; an SBML file or a PEtab problem is left to the run, whose reading it is) and
+    check its library choice: raises :class:`~ude.errors.UdeError`, as the run would later."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt and not Path(str(ckpt)).is_file():
+        raise missing_checkpoint(str(ckpt))
     problem = cfg.data.get("problem") if "problem" in cfg.data else None
     source = petab_spec_source(cfg)
     if problem or source.lower().endswith(_SLOW_TO_READ):

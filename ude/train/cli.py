@@ -35,7 +35,7 @@ def main(cfg: DictConfig) -> None:
     # Exiting inside the job keeps Hydra from printing its own banner around our message.
     with exit_2_on_user_errors():
         check_config(cfg)  # before torch and Lightning load: a bad value answers at once
-        check_run_inputs(cfg)  # the spec file and the library choice, likewise
+        check_run_inputs(cfg)  # the checkpoint, the spec file and the library, likewise
         from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
         from ude.train.job import train

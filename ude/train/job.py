@@ -28,7 +28,7 @@ from ude.fit import run_training
 from ude.model.hybrid import HybridODE
 from ude.plots import plot_fit, plot_missing_terms
 from ude.progress import ConsoleProgress, Progress
-from ude.run_inputs import petab_spec_source
+from ude.run_inputs import missing_checkpoint, petab_spec_source
 from ude.runs import build_run
 from ude.train.loggers import finish_loggers, log_config, log_run_outputs
 from ude.train.module import UDEModule
@@ -44,11 +44,7 @@ log = logging.getLogger("ude.train")
 def check_checkpoint(ckpt_path: str, module: UDEModule) -> None:
     """Raise :class:`UdeError` unless ``ckpt_path`` is a checkpoint of ``module``'s shapes."""
     if not Path(ckpt_path).is_file():
-        raise UdeError(
-            "checkpoint not found",
-            source=str(ckpt_path),
-            fix="give the last.ckpt of an earlier run: <run>/checkpoints/last.ckpt",
-        )
+        raise missing_checkpoint(ckpt_path)
     try:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         state = checkpoint["state_dict"]
