@@ -149,6 +149,7 @@ def test_a_command_s_help_loads_neither_torch_nor_lightning(module, main):
         "model.spec=missing.yaml",
         "distill.library=[mass_action,hil]",
         "ckpt_path=missing/last.ckpt",
+        "resume=sometimes",
     ],
 )
 def test_a_bad_activation_spec_library_or_checkpoint_answers_before_torch_loads(tmp_path, override):

@@ -21,6 +21,9 @@ _MISSING_HINTS = {
 ACTIVATION_NAMES = ("tanh", "gelu", "silu", "softplus", "relu", "rbf")
 """``model.activation``'s choices (:data:`ude.model.networks.ACTIVATIONS`, in this order)."""
 
+RESUME_MODES = ("auto", "never")
+"""``resume``'s choices (:func:`ude.train.resume.resume_point`)."""
+
 # key: (expected types, test, what is expected)
 _RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "seed": ((int,), lambda v: v >= 0, "an integer >= 0"),
@@ -37,6 +40,7 @@ _RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "model.hidden": ((int,), lambda v: v >= 1, "an integer >= 1"),
     "model.depth": ((int,), lambda v: v >= 1, "an integer >= 1"),
     "model.learn_initial": ((bool,), lambda v: True, "true or false"),
+    "resume": ((str,), lambda v: v in RESUME_MODES, " or ".join(RESUME_MODES)),
     "model.activation": (
         (str,),
         lambda v: v in ACTIVATION_NAMES,

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ude.config_check import RESUME_MODES
 from ude.errors import UdeError
 
-RESUME_MODES = ("auto", "never")
 # Settings that may differ between a run and its relaunch: how it resumes, and the CPU
 # threads, which change no result.
 _FREE = {"resume", "ckpt_path", "threads"}
