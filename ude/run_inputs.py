@@ -1,6 +1,6 @@
-"""The inputs a run config names (its spec and its library choice), read and checked without
-torch: ``python train.py`` checks them before Lightning loads, so a bad spec file, library or
-activation answers in a second rather than after the several seconds of that import."""
+"""The inputs a run config names (its checkpoint, its spec and its library choice), read and
+checked without torch: ``python train.py`` checks them before Lightning loads, so a bad one
+answers in a second or two rather than after the several seconds of that import."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def check_run_inputs(cfg: DictConfig) -> None:
     check its library choice: raises :class:`~ude.errors.UdeError`, as the run would later."""
     ckpt = cfg.get("ckpt_path")
     if ckpt and not Path(str(ckpt)).is_file():
-        raise missing_checkpoint(str(ckpt))
+        raise missing_checkpoint(ckpt)
     problem = cfg.data.get("problem") if "problem" in cfg.data else None
     source = petab_spec_source(cfg)
     if problem or source.lower().endswith(_SLOW_TO_READ):

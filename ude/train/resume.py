@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ude.config_check import RESUME_MODES
 from ude.errors import UdeError
 
 # Settings that may differ between a run and its relaunch: how it resumes, and the CPU
@@ -60,9 +59,7 @@ def resume_point(cfg: DictConfig, run_dir: Path) -> tuple[str | None, dict[str, 
     continues from it; either needs the settings of the run's ``config.yaml``.
     ``resume: never`` starts over, whatever the folder holds.
     """
-    mode = cfg.get("resume", "auto")
-    if mode not in RESUME_MODES:
-        raise UdeError(f"got {mode!r}", source="config", where="resume", fix="auto or never")
+    mode = cfg.get("resume", "auto")  # one of config_check.RESUME_MODES (checked with the config)
     if cfg.get("ckpt_path"):
         return str(cfg.ckpt_path), None
     ckpt, saved, done = (
