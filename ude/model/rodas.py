@@ -23,9 +23,7 @@ that keeps every condition within the tolerance), so a step is one batched evalu
 batched factorisation whatever the number of conditions.
 
 A right-hand side without networks takes the same steps compiled instead
-(:mod:`ude.model.rodas_kernels`, about 40 times faster on Goldbeter), one condition at a time
-on its own steps (:mod:`ude.model.rodas_autograd`): there a step costs no Python, and shared
-steps would make every condition step at the pace of the fastest. This module is the path of
+(:mod:`ude.model.rodas_kernels`, about 40 times faster on Goldbeter): this module is the path of
 a model with networks, and the reference the kernels are tested against.
 """
 

@@ -303,8 +303,7 @@ def _step(y, f0, jac, ctx, hs, f_tape, f_slots, w, piv, u, y_new, point, value, 
 @njit(cache=True, nogil=True, error_model="numpy")
 def integrate(y0, times, ctx, f_tape, jac_tape, rows, cols, rtol, atol, max_steps, record):
     """Rodas5P from ``y0 (B, n)`` over ``times (T,)`` (strictly monotone), each condition
-    with its context ``ctx (B, c)``, one step size for all (:mod:`ude.model.rodas_autograd`
-    calls it one condition at a time, so that each takes its own steps).
+    with its context ``ctx (B, c)``, one step size for all.
 
     Returns ``(states (T, B, n), t (N,), h (N,), y (N, B, n), stages (N, S, B, n),
     lu (N, B, n, n), piv (N, B, n), output_step (T,), status, t_reached, h_last, counts)``:
