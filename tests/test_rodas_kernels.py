@@ -21,7 +21,7 @@ import torch
 from ude.model import Solver, SolverFailed
 from ude.model.hybrid import HybridODE
 from ude.model.rodas import Stats
-from ude.model.rodas_autograd import solve, solve_reached
+from ude.model.rodas_autograd import solve
 from ude.spec import ModelSpec
 from ude.systems import get_system
 
@@ -85,22 +85,15 @@ def goldbeter() -> HybridODE:
 
 def run(model: HybridODE, times: torch.Tensor, compiled: bool):
     """States ``(time, condition, state)``, the gradients of a weighted sum of them in every
-    learned tensor (the initial states included), and the solve's work. The kernels step
-    each condition on its own; numpy steps a batch together, so here it solves each
-    condition alone."""
-    n = model.initial.shape[0]
-    batches = [torch.arange(n)] if compiled else [torch.tensor([c]) for c in range(n)]
+    learned tensor (the initial states included), and the solve's work."""
+    cond = torch.arange(model.initial.shape[0])
     model.zero_grad()
+    model._context = model.context(cond)
     stats = Stats()
-    pieces = []
-    for cond in batches:
-        model._context = model.context(cond)
-        try:
-            y0 = model.initial[cond]
-            pieces.append(solve(model, y0, times, 1e-6, 1e-9, 5000, stats, compiled))
-        finally:
-            model._context = None
-    sol = torch.cat(pieces, dim=1)
+    try:
+        sol = solve(model, model.initial[cond], times, 1e-6, 1e-9, 5000, stats, compiled)
+    finally:
+        model._context = None
     weights = torch.linspace(0.5, 1.5, sol.numel(), dtype=F64).reshape(sol.shape)
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad((weights * sol).sum(), params, allow_unused=True)
@@ -192,48 +185,9 @@ def test_a_twin_solves_in_the_kernels_and_a_network_model_in_numpy(monkeypatch):
     monkeypatch.setattr(rodas_kernels, "integrate", lambda *args: calls.append(1) or kernel(*args))
     times = torch.linspace(0.0, 2.0, 5, dtype=F64)
     toggle().simulate(times, torch.arange(2))
-    assert len(calls) == 2  # one solve per condition, each on its own steps
+    assert len(calls) == 1
     toggle(neural=True).simulate(times, torch.arange(2))  # a network in the right-hand side
-    assert len(calls) == 2
-
-
-def test_each_condition_takes_its_own_steps_as_if_solved_alone():
-    # A batch sharing one step size would step both conditions at the pace of the faster
-    # one; the kernels solve each alone: the batch's rows are the lone solves, to the bit,
-    # and its steps are theirs.
-    model = toggle()
-    times = torch.linspace(0.0, 6.0, 21, dtype=F64)
-
-    def lone(cond: torch.Tensor) -> tuple[torch.Tensor, int]:
-        model._context = model.context(cond)
-        stats = Stats()
-        try:
-            with torch.no_grad():
-                sol = solve(model, model.initial[cond], times, 1e-6, 1e-9, 5000, stats)
-        finally:
-            model._context = None
-        return sol, stats.accepted
-
-    both, steps = lone(torch.arange(2))
-    (first, steps_0), (second, steps_1) = lone(torch.tensor([0])), lone(torch.tensor([1]))
-    assert torch.equal(both[:, :1], first) and torch.equal(both[:, 1:], second)
-    assert steps == steps_0 + steps_1 and steps_0 != steps_1
-
-
-def test_a_row_that_cannot_be_solved_leaves_the_others_whole():
-    # solve_reached (the uncertainty's draws): the row that blows up is NaN after the time it
-    # reached; the other row is solved to the end as it is alone.
-    model = toggle()
-    times = np.linspace(0.0, 6.0, 21)
-    cond = torch.arange(2)
-    system = model.numeric_rhs(model.context(cond))
-    y0 = np.array([[0.1, 1.5], [np.nan, 0.3]])
-    out = solve_reached(system, y0, times, 1e-6, 1e-9, 5000)
-    assert np.isnan(out[1:, 1]).all()
-    alone = solve_reached(model.numeric_rhs(model.context(cond[:1])), y0[:1], times, 1e-6,
-                          1e-9, 5000)  # fmt: skip
-    np.testing.assert_array_equal(out[:, :1], alone)
-    assert np.isfinite(out[:, 0]).all()
+    assert len(calls) == 1
 
 
 _FIRST_CALLER = """

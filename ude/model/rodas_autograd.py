@@ -97,34 +97,28 @@ def solve(
 def solve_reached(
     system, y0: np.ndarray, times: np.ndarray, rtol: float, atol: float, max_steps: int
 ) -> np.ndarray | None:
-    """States ``(time, batch, state)`` of compiled Rodas5P solves of ``system`` (a
+    """States ``(time, batch, state)`` of a compiled Rodas5P solve of ``system`` (a
     :class:`~ude.model.numeric_rhs.NumericSystem` without networks) from ``y0 (batch,
-    state)``, each row on its own steps and as far as its solve got: NaN at the output times
-    it did not reach (no error). None where the kernels cannot run it (networks)."""
+    state)``, as far as the solve got: NaN at the output times it did not reach (no error).
+    None where the kernels cannot run it (networks)."""
     if system is None or system.rhs.networks:
         return None
     times = np.ascontiguousarray(times, dtype=float)
-    y0 = np.ascontiguousarray(y0, dtype=float)
-    context = np.ascontiguousarray(system.rhs.context)
-    tapes = rodas_kernels.tapes(system.rhs.derivatives)
-    direction = 1.0 if times[-1] >= times[0] else -1.0
-    parts = []
-    for b in range(y0.shape[0]):  # each on its own steps: one that fails stops only itself
-        result = rodas_kernels.integrate(
-            y0[b : b + 1],
-            times,
-            context[b : b + 1],
-            *tapes,
-            float(rtol),
-            float(atol),
-            int(max_steps),
-            False,
-        )
-        out, status, reached = result[0], result[8], result[9]
-        if status != rodas_kernels.OK:
-            out[direction * (times - reached) > 0] = np.nan  # outputs it never wrote
-        parts.append(out)
-    return np.concatenate(parts, axis=1)
+    result = rodas_kernels.integrate(
+        np.ascontiguousarray(y0, dtype=float),
+        times,
+        np.ascontiguousarray(system.rhs.context),
+        *rodas_kernels.tapes(system.rhs.derivatives),
+        float(rtol),
+        float(atol),
+        int(max_steps),
+        False,
+    )
+    out, status, reached = result[0], result[8], result[9]
+    if status != rodas_kernels.OK:
+        direction = 1.0 if times[-1] >= times[0] else -1.0
+        out[direction * (times - reached) > 0] = np.nan  # outputs it never wrote
+    return out
 
 
 class StepPlan:
@@ -135,8 +129,7 @@ class StepPlan:
     another output grid, more solves than recorded)."""
 
     def __init__(self) -> None:
-        # each solve's output times and each of its conditions' step sizes and output steps
-        self.steps: list[tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]] = []
+        self.steps: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.cursor: int | None = None
         self.exact = True
 
@@ -144,24 +137,18 @@ class StepPlan:
         """The next solves take the recorded steps, from the first."""
         self.cursor = 0
 
-    def next_steps(
-        self, times: np.ndarray, n_batch: int
-    ) -> list[tuple[np.ndarray, np.ndarray]] | None:
-        """The recorded steps of the next solve, each condition's, or None (and ``exact``
-        False) where they do not fit it."""
+    def next_steps(self, times: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The recorded steps of the next solve, or None (and ``exact`` False) where they do
+        not fit it."""
         if self.cursor is None or self.cursor >= len(self.steps):
             self.exact = False
             return None
-        recorded, steps = self.steps[self.cursor]
+        recorded, h, output_step = self.steps[self.cursor]
         self.cursor += 1
-        if (
-            recorded.shape != times.shape
-            or not np.array_equal(recorded, times)
-            or len(steps) != n_batch
-        ):
+        if recorded.shape != times.shape or not np.array_equal(recorded, times):
             self.exact = False
             return None
-        return steps
+        return h, output_step
 
 
 _PLAN: StepPlan | None = None
@@ -186,11 +173,10 @@ class _Problem:
         self.torch_rhs, self.rhs, self.t = torch_rhs, rhs, t
         self.rtol, self.atol, self.max_steps = rtol, atol, max_steps
         self.stats = stats
-        # numpy's solve of the batch, or the kernels' of each condition
-        self.trajectory: rodas.Trajectory | list[rodas.Trajectory] | None = None
+        self.trajectory: rodas.Trajectory | None = None
         # the compiled kernels' tapes (None: numpy) and their record of the accepted steps
         self.tapes: tuple | None = None
-        self.record: list[tuple] | None = None
+        self.record: tuple | None = None
 
     def integrate(self, y0: np.ndarray, record: bool) -> np.ndarray:
         if self.tapes is not None:
@@ -213,71 +199,51 @@ class _Problem:
         return out
 
     def _integrate_compiled(self, y0: np.ndarray, record: bool) -> np.ndarray:
-        """Each condition solved on its own, with its own steps: a batch that shared one
-        step size would step every condition at the pace of whichever is fastest at that
-        moment (4 conditions of yeast glycolysis, out of phase: a forward and adjoint pass
-        about twice the work of their separate solves). The record and the trajectory are
-        per condition."""
         y0 = np.ascontiguousarray(y0)  # one compiled version for all calls
         times = np.ascontiguousarray(_numpy(self.t))
         context = np.ascontiguousarray(self.rhs.context)
         plan = _PLAN
-        n_batch = y0.shape[0]
-        fixed = None if plan is None or plan.cursor is None else plan.next_steps(times, n_batch)
-        record = record or plan is not None or fixed is not None
-        results = []
-        for b in range(n_batch):
-            if fixed is not None:
-                result = rodas_kernels.replay(
-                    y0[b : b + 1], times, context[b : b + 1], *self.tapes, *fixed[b]
-                )
-            else:
-                result = rodas_kernels.integrate(
-                    y0[b : b + 1],
-                    times,
-                    context[b : b + 1],
-                    *self.tapes,
-                    float(self.rtol),
-                    float(self.atol),
-                    int(self.max_steps),
-                    bool(record),
-                )
-            results.append(result)
-            status, t_reached, h_last, counts = result[8:]
-            if self.stats is not None:
-                self.stats.accepted += int(counts[0])
-                self.stats.rejected += int(counts[1])
-                self.stats.f_evals += int(counts[2])
-                self.stats.jac_evals += int(counts[3])
-            try:
-                rodas_kernels.raise_failure(status, t_reached, h_last, self.max_steps)
-            except rodas.StepFailure as failure:
-                raise RodasFailed(failure) from None
-        if plan is not None and plan.cursor is None:
-            plan.steps.append((times, [(r[2], r[7]) for r in results]))
+        fixed = None if plan is None or plan.cursor is None else plan.next_steps(times)
+        if fixed is not None:
+            result = rodas_kernels.replay(y0, times, context, *self.tapes, *fixed)
+            record = True
+        else:
+            record = record or plan is not None
+            result = rodas_kernels.integrate(
+                y0,
+                times,
+                context,
+                *self.tapes,
+                float(self.rtol),
+                float(self.atol),
+                int(self.max_steps),
+                bool(record),
+            )
+        out, t, h, y, u, lu, piv, output_step, status, t_reached, h_last, counts = result
+        if plan is not None and plan.cursor is None and status == rodas_kernels.OK:
+            plan.steps.append((times, h, output_step))
+        if self.stats is not None:
+            self.stats.accepted += int(counts[0])
+            self.stats.rejected += int(counts[1])
+            self.stats.f_evals += int(counts[2])
+            self.stats.jac_evals += int(counts[3])
+        try:
+            rodas_kernels.raise_failure(status, t_reached, h_last, self.max_steps)
+        except rodas.StepFailure as failure:
+            raise RodasFailed(failure) from None
         if record:
-            # each condition's steps, for the adjoint; and for a replay with a graph
-            # (create_graph), where each W is refactored
-            self.record = [r[2:8] for r in results]
-            self.trajectory = [rodas.Trajectory(*r[1:5], None, r[7]) for r in results]
-        return np.concatenate([r[0] for r in results], axis=1)
+            self.record = (h, y, u, lu, piv, output_step)
+            # what a replay (create_graph) needs; its W is refactored there
+            self.trajectory = rodas.Trajectory(t, h, y, u, None, output_step)
+        return out
 
     def adjoint_compiled(self, grad_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Cotangents of ``y0 (B, n)`` and of the context ``(B, c)`` by the kernels, each
-        condition through its own recorded steps."""
-        context = np.ascontiguousarray(self.rhs.context)
-        parts = [
-            rodas_kernels.adjoint(
-                np.ascontiguousarray(grad_out[:, b : b + 1]),
-                *steps,
-                context[b : b + 1],
-                *self.tapes,
-            )
-            for b, steps in enumerate(self.record)
-        ]
-        return (
-            np.concatenate([p[0] for p in parts], axis=0),
-            np.concatenate([p[1] for p in parts], axis=0),
+        """Cotangents of ``y0 (B, n)`` and of the context ``(B, c)`` by the kernels."""
+        return rodas_kernels.adjoint(
+            np.ascontiguousarray(grad_out),
+            *self.record,
+            np.ascontiguousarray(self.rhs.context),
+            *self.tapes,
         )
 
 
@@ -399,27 +365,7 @@ def _replayed(problem: _Problem, y0: Tensor, context: Tensor) -> Tensor:
         def jacobian(_t: Tensor, y: Tensor) -> Tensor:
             return derivatives.jacobian_torch(torch.cat([y, context], dim=-1))
 
-    if not isinstance(problem.trajectory, list):  # numpy's: one step size for the batch
-        return _replay(func, y0, problem.trajectory, jacobian=jacobian)
-    # the kernels' steps, each condition's own
-    return torch.cat(
-        [_replayed_condition(problem, y0, context, b) for b in range(len(problem.trajectory))],
-        dim=1,
-    )
-
-
-def _replayed_condition(problem: _Problem, y0: Tensor, context: Tensor, b: int) -> Tensor:
-    """Condition ``b``'s recorded compiled solve replayed with a graph ``(time, 1, state)``."""
-    row = context[b : b + 1]
-    derivatives = problem.rhs.derivatives
-
-    def func(_t: Tensor, y: Tensor) -> Tensor:
-        return problem.torch_rhs(y, row)
-
-    def jacobian(_t: Tensor, y: Tensor) -> Tensor:
-        return derivatives.jacobian_torch(torch.cat([y, row], dim=-1))
-
-    return _replay(func, y0[b : b + 1], problem.trajectory[b], jacobian=jacobian)
+    return _replay(func, y0, problem.trajectory, jacobian=jacobian)
 
 
 # -- the generic path ------------------------------------------------------------------------
