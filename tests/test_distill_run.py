@@ -94,6 +94,19 @@ def test_train_distils_and_run_can_be_distilled_again(make_cfg, tmp_path, caplog
     intervals = json.loads((run / "twin.json").read_text())["credible_intervals"]
     assert intervals and all(lo <= hi for lo, hi in intervals.values())
     assert "credible intervals" in (run / "equations.md").read_text()
+    # every term of the weighted structures, its interval averaged over them: the twin's own
+    # terms among them, each weight that of the structures holding it
+    averaged = report["term_intervals"]
+    assert set(averaged) <= {"x", "y"} and all(averaged.values())
+    kept = {s["discovered"] for s in predictive["structures"]}
+    for terms in averaged.values():
+        for e in terms.values():
+            assert 0 < e["weight"] <= 1 + 1e-6 and 1 <= e["structures"] <= len(kept)
+            lo, hi = e["interval"]
+            assert lo <= e["value"] <= hi or e["weight"] < 1 - 1e-6
+    assert sum(len(t) for t in averaged.values()) >= len(intervals)
+    assert json.loads((run / "twin.json").read_text())["term_intervals"].keys() == averaged.keys()
+    assert "averaged over them" in (run / "equations.md").read_text()
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["distill"]["discovered"] == metrics["distill"]["discovered"]
     # every stage was shown on the terminal's live line, and its duration kept

@@ -108,7 +108,7 @@ def test_the_calibration_table_shows_the_horseshoes_inclusion_beside_the_product
     assert "| 0.10 (1) | 0.90 (1) | 0.20 (1) |" in ude and "0.30" not in ude
     assert horseshoe.startswith("| ude: its horseshoe's inclusion |")
     assert horseshoe.endswith("| 0.30 (1) | 0.60 (1) | 0.40 (1) |")
-    assert horseshoe.count("–") == 3 and sindy.startswith("| sindy |")
+    assert horseshoe.count("–") == 4 and sindy.startswith("| sindy |")
 
 
 def test_a_neural_reactions_inclusion_is_scored_in_the_states_it_changes():
@@ -128,3 +128,22 @@ def test_a_neural_reactions_inclusion_is_scored_in_the_states_it_changes():
     assert out["inclusion_true"] == pytest.approx(0.925)
     assert out["inclusion_false"] == pytest.approx(0.05)
     assert by_state({"x": {"y": 0.5}}, {}) == {"x": {"y": 0.5}}
+
+
+def test_a_neural_reactions_intervals_are_scored_in_the_states_it_changes():
+    """A reaction's coefficient interval counts in each state it changes, times its change
+    there (S loses what E gains: the interval's sign flips in S); a state's own target keeps
+    its interval; the averaged and the chosen structure's intervals are scored alike."""
+    from ude.benchmark.methods import per_state
+    from ude.benchmark.metrics import coefficient_coverage
+
+    routes = {"infection": {"S": -1.0, "E": 1.0}}
+    found = per_state(
+        [("infection", "I*S", [0.5, 0.7]), ("E", "E", [-0.3, 0.0])],
+        routes,
+    )
+    assert found == {"S": {"I*S": [-0.7, -0.5]}, "E": {"I*S": [0.5, 0.7], "E": [-0.3, 0.0]}}
+    true = {("S", "I*S"): -0.6, ("E", "I*S"): 0.6, ("E", "E"): -0.2}
+    assert coefficient_coverage(found, true) == 1.0
+    true[("E", "E")] = -0.4  # outside [-0.3, 0]
+    assert coefficient_coverage(found, true) == pytest.approx(2 / 3)

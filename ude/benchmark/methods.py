@@ -561,8 +561,9 @@ class UDE(Method):
     def uncertainty(
         self, cfg: Any, distilled: Any, problem: Problem, initial: np.ndarray, info: dict
     ) -> tuple[np.ndarray, np.ndarray] | None:
-        """``distill.uq`` (:mod:`ude.uq`) on the cell: the twin's coefficient intervals
-        (``info["intervals"]``) and the structure-averaged band (state band, from
+        """``distill.uq`` (:mod:`ude.uq`) on the cell: the coefficient intervals averaged over
+        the structures (``info["intervals"]``; the twin's own, given its structure:
+        ``info["intervals_chosen"]``) and the structure-averaged band (state band, from
         ``initial``) as the lower and upper ``(time, state)`` returned; None without it.
         ``info["inclusion"]`` stays the distillation's inclusion probabilities, the ones the
         product reports to its user (distill.json's ``inclusion_probability``, equations.md:
@@ -570,7 +571,7 @@ class UDE(Method):
         in its ``uq`` section, go beside them (``info["inclusion_horseshoe"]``)."""
         from ude.distill.cli import make_mixture, make_regression
         from ude.uq import bayesian_terms
-        from ude.uq.intervals import coefficient_intervals
+        from ude.uq.intervals import averaged_intervals, coefficient_intervals
 
         data = problem.measurements
         if distilled.inclusion is not None:
@@ -587,13 +588,21 @@ class UDE(Method):
             }
         if mixture is None:
             return None
-        intervals = coefficient_intervals(distilled, data, mixture.level)
-        per_state: dict[str, dict[str, list[float]]] = {}
-        for e in intervals.values():
-            for state, change in distilled.routes.get(e["target"], {e["target"]: 1.0}).items():
-                lo, hi = sorted(change * v for v in e["interval"])
-                per_state.setdefault(state, {})[e["term"]] = [lo, hi]
-        info["intervals"] = per_state
+        # the structure-averaged intervals (the posterior's, as the Bayesian baseline's), and
+        # the chosen structure's own beside them
+        averaged, _ = averaged_intervals(distilled, data, mixture)
+        chosen = coefficient_intervals(distilled, data, mixture.level)
+        info["intervals"] = per_state(
+            [
+                (t, term, e["interval"])
+                for t, terms in averaged.items()
+                for term, e in terms.items()
+            ],
+            distilled.routes,
+        )
+        info["intervals_chosen"] = per_state(
+            [(e["target"], e["term"], e["interval"]) for e in chosen.values()], distilled.routes
+        )
         try:
             band = mixture.band(distilled, data, problem.forecast_times, initial[None], [0])
         except (RuntimeError, ValueError, np.linalg.LinAlgError) as err:
@@ -655,6 +664,19 @@ def by_state(
             mine = out.setdefault(state, {})
             for term, p in terms.items():
                 mine[term] = max(mine.get(term, 0.0), p)
+    return out
+
+
+def per_state(
+    intervals: list[tuple[str, str, list[float]]], routes: dict[str, dict[str, float]]
+) -> dict[str, dict[str, list[float]]]:
+    """``{state: {term: [lo, hi]}}`` of coefficient intervals ``(target, term, [lo, hi])``: a
+    neural reaction's flux counts in each state it changes, its interval times the state's
+    stoichiometric change (``routes``, as :func:`by_state`)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for target, term, interval in intervals:
+        for state, change in routes.get(target, {target: 1.0}).items():
+            out.setdefault(state, {})[term] = sorted(change * v for v in interval)
     return out
 
 

@@ -32,7 +32,7 @@ COLUMNS = [
     "f1_unknown", "coef_error", "n_terms", "forecast_nmse", "forecast_nmse_hybrid", "coverage",
     "band_width", "coef_coverage", "brier", "inclusion_true", "inclusion_false", "seconds",
     "cpu_seconds", "oracle", "oracle_delta", "error", "commit", "brier_horseshoe",
-    "inclusion_true_horseshoe", "inclusion_false_horseshoe",
+    "inclusion_true_horseshoe", "inclusion_false_horseshoe", "coef_coverage_chosen",
 ]  # fmt: skip
 LEVEL = 0.05
 """|difference in mean F1| below this counts as level."""
@@ -306,6 +306,7 @@ CALIBRATION = (
     ("coverage", "95 % band coverage"),
     ("band_width", "band width (of the true range)"),
     ("coef_coverage", "coefficient interval coverage"),
+    ("coef_coverage_chosen", "the same, given the twin's structure"),
     ("brier", "inclusion Brier"),
     ("inclusion_true", "true terms' inclusion"),
     ("inclusion_false", "false terms' inclusion"),

@@ -140,6 +140,8 @@ def score(cell: Cell, problem: Problem, result: MethodResult) -> dict[str, Any]:
     judged = unknown if _uses_prior(cell) else truth
     if result.info.get("intervals"):
         row["coef_coverage"] = coefficient_coverage(result.info["intervals"], judged)
+    if result.info.get("intervals_chosen"):  # ude's, given the twin's structure
+        row["coef_coverage_chosen"] = coefficient_coverage(result.info["intervals_chosen"], judged)
     if result.info.get("inclusion"):
         row.update(inclusion_brier(result.info["inclusion"], judged))
     if result.info.get("inclusion_horseshoe"):  # ude's horseshoe (distill.uq), beside them

@@ -193,12 +193,18 @@ def write_report(
             row["bootstrap_share"] = round(found.share.get(s.candidate.support(), 0.0), 4)
             row["bootstrap_weight"] = round(found.weight.get(s.candidate.support(), 0.0), 4)
     weights = model_weights(rows, result, prefer=getattr(mixture, "weights", "bootstrap"))
-    intervals, intervals_cpu = {}, None
+    intervals, intervals_cpu, averaged, left_out = {}, None, {}, 0.0
     if mixture is not None:
-        from ude.uq.intervals import coefficient_intervals, intervals_markdown
+        from ude.uq.intervals import (
+            averaged_intervals,
+            averaged_markdown,
+            coefficient_intervals,
+            intervals_markdown,
+        )
 
         cpu = time.process_time()
         intervals = coefficient_intervals(result, measurements, mixture.level)
+        averaged, left_out = averaged_intervals(result, measurements, mixture)
         intervals_cpu = round(time.process_time() - cpu, 3)
     ties = result.tie_rows()
     markdown = equations_markdown(
@@ -212,6 +218,8 @@ def write_report(
     )
     if intervals:
         markdown += "\n" + intervals_markdown(intervals, mixture.level)
+    if averaged:
+        markdown += "\n" + averaged_markdown(averaged, mixture.level, left_out)
     (run_dir / "equations.md").write_text(markdown)
     initial = result.model.initial.detach().cpu().numpy()
     times, states, truth = forecast(twin, initial, measurements, horizon)
@@ -281,6 +289,8 @@ def write_report(
         metrics["timings"]["predictive_band_cpu_seconds"] = round(time.process_time() - cpu, 3)
         metrics["timings"]["credible_intervals_cpu_seconds"] = intervals_cpu
         metrics["credible_intervals"] = intervals
+        metrics["term_intervals"] = averaged
+        metrics["term_intervals_left_out_weight"] = left_out
         if predictive is not None and predictive.usable:
             band = predictive.for_plot()  # the band for new measurements, unbounded: shaded
     # the product: the Twin, each condition with its values, doses and band (twin.json), and
@@ -298,6 +308,10 @@ def write_report(
     twin_dict["model_weights"] = weights  # the refitted structures, for averaging over them
     if intervals:
         twin_dict["credible_intervals"] = {k: e["interval"] for k, e in intervals.items()}
+    if averaged:
+        twin_dict["term_intervals"] = {
+            t: {term: e["interval"] for term, e in terms.items()} for t, terms in averaged.items()
+        }
     (run_dir / "twin.json").write_text(json.dumps(twin_dict, indent=2))
     product.write_sbml(run_dir)
     metrics["discovered"] = twin_dict["discovered"]

@@ -1,6 +1,18 @@
-"""Credible intervals of the twin's coefficients: the Laplace approximation at the final
-refit (:func:`ude.distill.uncertainty.laplace`), for twin.json's ``credible_intervals`` and
-equations.md's coefficient ± interval table."""
+"""Credible intervals of the twin's coefficients.
+
+Two kinds, both from the Laplace approximation of a refit
+(:func:`ude.distill.uncertainty.laplace`):
+
+- :func:`coefficient_intervals`: each coefficient of the reported twin, given its structure
+  (twin.json's ``credible_intervals``, equations.md's coefficient ± interval table);
+- :func:`averaged_intervals`: each library term that a weighted structure of the
+  :class:`ude.uq.StructureMixture` holds, averaged over the structures (twin.json's
+  ``term_intervals``). A term's posterior is then a mixture: each structure that has it
+  contributes its Gaussian at its weight, the structures without it a point mass at zero.
+  Its central interval is what a Bayesian sparse regression reports for the coefficient
+  (the BaSIC benchmark's definition): where the structures disagree on a term, its interval
+  reaches zero; where one structure holds nearly all the weight, it is that structure's.
+"""
 
 from __future__ import annotations
 
@@ -11,28 +23,31 @@ import numpy as np
 
 from ude.data.measurements import Measurements
 from ude.distill.distiller import Distillation
-from ude.distill.selection import refitted_constants
+from ude.distill.selection import Scored, refitted_constants
 
 
-def coefficient_intervals(
-    result: Distillation, measurements: Measurements, level: float = 0.95
-) -> dict[str, dict[str, Any]]:
-    """``{parameter: {target, term, value, interval: [lo, hi]}}`` for each discovered
-    coefficient of the twin: its refitted value ± the normal quantile times its Laplace
-    standard deviation, in the twin's plain units. Empty when the Hessian cannot be had."""
+def structure_coefficients(
+    result: Distillation,
+    scored: Scored,
+    model: Any,
+    values: dict[str, float],
+    measurements: Measurements,
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """``{(target, term index): {parameter, term, value, sd}}`` for each coefficient of the
+    structure ``scored`` refitted as ``model`` (its parameters' raw ``values``): the
+    refitted value and Laplace standard deviation in the twin's plain units, ``term`` the
+    term with its constants at their refitted values. Empty when the Hessian cannot be had."""
     from ude.distill.uncertainty import laplace
 
     try:
-        approx = laplace(result.model, measurements)
+        approx = laplace(model, measurements)
     except (RuntimeError, ValueError, np.linalg.LinAlgError):
         return {}
     sd = dict(zip(approx.names, np.sqrt(np.diag(approx.covariance)), strict=True))
     mean = dict(zip(approx.names, approx.mean, strict=True))
-    z = NormalDist().inv_cdf((1 + level) / 2)
-    owner = result.chosen.candidate.info.get("owner", {})
-    values = result.refit.values
-    constants = refitted_constants(result.chosen)
-    for name, own in owner.items():  # the final refit's constants
+    owner = scored.candidate.info.get("owner", {})
+    constants = refitted_constants(scored)
+    for name, own in owner.items():  # the refit's own constants
         if own.constant is not None and name in values:
             constants.setdefault(own.target, {}).setdefault(own.index, {})[own.constant] = float(
                 values[name]
@@ -44,16 +59,112 @@ def coefficient_intervals(
             continue
         term = result.terms[own.target][own.index]
         consts = constants.get(own.target, {}).get(own.index)
-        shown = str(term.numeric(consts)) if term.free else term.name
-        value = float(values.get(name, mean[name])) * own.scale
-        half = z * float(sd[name]) * abs(own.scale)
-        out[name] = {
-            "target": own.target,
-            "term": shown,
-            "value": value,
-            "interval": [value - half, value + half],
+        out[(own.target, own.index)] = {
+            "parameter": name,
+            "term": str(term.numeric(consts)) if term.free else term.name,
+            "value": float(values.get(name, mean[name])) * own.scale,
+            "sd": float(sd[name]) * abs(own.scale),
         }
     return out
+
+
+def coefficient_intervals(
+    result: Distillation, measurements: Measurements, level: float = 0.95
+) -> dict[str, dict[str, Any]]:
+    """``{parameter: {target, term, value, interval: [lo, hi]}}`` for each discovered
+    coefficient of the twin: its refitted value ± the normal quantile times its Laplace
+    standard deviation, in the twin's plain units. Empty when the Hessian cannot be had."""
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    found = structure_coefficients(
+        result, result.chosen, result.model, result.refit.values, measurements
+    )
+    return {
+        e["parameter"]: {
+            "target": target,
+            "term": e["term"],
+            "value": e["value"],
+            "interval": [e["value"] - z * e["sd"], e["value"] + z * e["sd"]],
+        }
+        for (target, _), e in found.items()
+    }
+
+
+def mixture_quantile(
+    weights: np.ndarray, means: np.ndarray, sds: np.ndarray, zero: float, q: float
+) -> float:
+    """The ``q`` quantile of ``zero`` times a point mass at 0 plus ``weights[i]`` times the
+    normal ``(means[i], sds[i])`` (an sd of 0: a point mass at the mean); the weights sum
+    to ``1 - zero``."""
+    points = np.append(means, 0.0)
+    spread = np.where(sds > 0, sds, 0.0)
+    lo = float(min((means - 12 * spread).min(), 0.0)) - 1e-12
+    hi = float(max((means + 12 * spread).max(), 0.0)) + 1e-12
+    normal = NormalDist()
+
+    def cdf(x: float) -> float:
+        below = [
+            w * (normal.cdf((x - m) / s) if s > 0 else float(x >= m))
+            for w, m, s in zip(weights, means, sds, strict=True)
+        ]
+        return float(sum(below)) + zero * float(x >= 0.0)
+
+    if zero and cdf(-1e-300) < q <= cdf(0.0):  # inside the point mass at zero: exactly 0
+        return 0.0
+    for _ in range(200):  # bisection on the right-continuous cdf: its smallest x with cdf >= q
+        mid = (lo + hi) / 2
+        if cdf(mid) >= q:
+            hi = mid
+        else:
+            lo = mid
+        if hi - lo <= 1e-12 * max(1.0, float(np.abs(points).max())):
+            break
+    return hi
+
+
+def averaged_intervals(
+    result: Distillation, measurements: Measurements, mixture: Any
+) -> tuple[dict[str, dict[str, dict[str, Any]]], float]:
+    """``{target: {term: {weight, value, interval: [lo, hi], structures}}}`` for each library
+    term held by a structure of ``mixture`` (:meth:`ude.uq.StructureMixture.components`: the
+    structures above its weight floor, weights renormalised over them): ``weight`` the
+    weight of the structures holding it, ``value`` the mean of its mixture posterior (see the
+    module), ``interval`` the central ``mixture.level`` interval of it. ``term`` is written
+    with the constants of its heaviest structure. A structure whose Laplace approximation
+    cannot be had is left out and the weights renormalised over the others; the second value
+    is the weight left out so."""
+    comps, _ = mixture.components(result)
+    held: dict[tuple[str, int], list[tuple[float, dict[str, Any]]]] = {}
+    total, left_out = 0.0, 0.0
+    for scored, weight, model, _ in comps:
+        chosen = scored is result.chosen
+        values = result.refit.values if chosen else scored.refit.values
+        found = structure_coefficients(result, scored, model, values, measurements)
+        if not found:
+            left_out += weight
+            continue
+        total += weight
+        for key, e in found.items():
+            held.setdefault(key, []).append((weight, e))
+    alpha = (1 - mixture.level) / 2
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    if not total:
+        return {}, round(left_out, 6)
+    for (target, _), entries in sorted(held.items()):
+        w = np.array([weight for weight, _ in entries]) / total
+        means = np.array([e["value"] for _, e in entries])
+        sds = np.array([e["sd"] for _, e in entries])
+        zero = max(0.0, 1.0 - float(w.sum()))
+        heaviest = entries[int(np.argmax(w))][1]
+        out.setdefault(target, {})[heaviest["term"]] = {
+            "weight": round(float(w.sum()), 6),
+            "value": float(np.dot(w, means)),
+            "interval": [
+                mixture_quantile(w, means, sds, zero, alpha),
+                mixture_quantile(w, means, sds, zero, 1 - alpha),
+            ],
+            "structures": len(entries),
+        }
+    return out, round(left_out, 6)
 
 
 def intervals_markdown(intervals: dict[str, dict[str, Any]], level: float = 0.95) -> str:
@@ -74,4 +185,31 @@ def intervals_markdown(intervals: dict[str, dict[str, Any]], level: float = 0.95
             f"| {e['target']} | {e['term']} | {e['value']:.4g} ± {(hi - lo) / 2:.2g} | "
             f"[{lo:.4g}, {hi:.4g}] |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def averaged_markdown(
+    averaged: dict[str, dict[str, dict[str, Any]]], level: float = 0.95, left_out: float = 0.0
+) -> str:
+    """equations.md's section: each term of the weighted structures, with the weight of the
+    structures that hold it and its interval averaged over them (:func:`averaged_intervals`)."""
+    lines = [
+        f"## Every term of the weighted structures, {level:.0%} intervals averaged over them",
+        "",
+        "A term's weight is that of the structures holding it; its interval comes from the "
+        "mixture of their Laplace approximations and a point mass at zero for the others, so "
+        "it reaches zero where the structures disagree on the term.",
+    ]
+    if left_out:
+        lines.append(
+            f"Structures of weight {left_out:.3g} had no Laplace approximation and are left out."
+        )
+    lines += ["", "| state | term | weight | mean | interval |", "|---|---|---|---|---|"]
+    for target, terms in averaged.items():
+        for term, e in sorted(terms.items(), key=lambda te: -te[1]["weight"]):
+            lo, hi = e["interval"]
+            lines.append(
+                f"| {target} | {term} | {e['weight']:.2f} | {e['value']:.4g} | "
+                f"[{lo:.4g}, {hi:.4g}] |"
+            )
     return "\n".join(lines) + "\n"
