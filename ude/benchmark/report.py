@@ -568,7 +568,9 @@ def write_report(
         "forecast inside the nominal 95 % band and the band's mean width (each state's in units "
         "of its true range); the share of the true active coefficients inside their 95 % "
         "interval (a missed term counts as outside; `ude` is judged on the terms its prior does "
-        "not give); the Brier score of the inclusion probabilities against the true support "
+        "not give; its intervals are averaged over the refitted structures, a term's reaching "
+        "zero where they disagree on it, and beside them those of the twin's own structure); "
+        "the Brier score of the inclusion probabilities against the true support "
         "and the mean inclusion of the true and of the false terms. Issue 15's targets: "
         "coverage 0.90-0.98, coefficient coverage ≥ 0.9, true terms ≥ 0.8, false terms ≤ 0.2.",
         "",
