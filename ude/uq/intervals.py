@@ -95,10 +95,9 @@ def mixture_quantile(
     """The ``q`` quantile of ``zero`` times a point mass at 0 plus ``weights[i]`` times the
     normal ``(means[i], sds[i])`` (an sd of 0: a point mass at the mean); the weights sum
     to ``1 - zero``."""
-    points = np.append(means, 0.0)
-    spread = np.where(sds > 0, sds, 0.0)
-    lo = float(min((means - 12 * spread).min(), 0.0)) - 1e-12
-    hi = float(max((means + 12 * spread).max(), 0.0)) + 1e-12
+    lo = float(min((means - 12 * sds).min(), 0.0)) - 1e-12
+    hi = float(max((means + 12 * sds).max(), 0.0)) + 1e-12
+    tol = 1e-12 * max(1.0, float(np.abs(means).max()))
     normal = NormalDist()
 
     def cdf(x: float) -> float:
@@ -116,7 +115,7 @@ def mixture_quantile(
             hi = mid
         else:
             lo = mid
-        if hi - lo <= 1e-12 * max(1.0, float(np.abs(points).max())):
+        if hi - lo <= tol:
             break
     return hi
 
@@ -145,10 +144,10 @@ def averaged_intervals(
         total += weight
         for key, e in found.items():
             held.setdefault(key, []).append((weight, e))
-    alpha = (1 - mixture.level) / 2
-    out: dict[str, dict[str, dict[str, Any]]] = {}
     if not total:
         return {}, round(left_out, 6)
+    alpha = (1 - mixture.level) / 2
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for (target, _), entries in sorted(held.items()):
         w = np.array([weight for weight, _ in entries]) / total
         means = np.array([e["value"] for _, e in entries])
