@@ -3,8 +3,11 @@ in place of a target's support, whatever the screen says of them."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+import torch
 
 from ude.distill import Candidate, TrajectorySelector
 from ude.distill.integral import IntegralProblem
@@ -193,6 +196,60 @@ def test_a_swap_whose_support_is_also_a_removal_is_refitted_from_its_own_start_t
     assert chosen.step == "swap"
     assert np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [5]
     assert [tuple(np.flatnonzero(s.candidate.coef["x"])) for s in path].count((5,)) == 1
+
+
+def _reswap_selection(reswap: bool, reswaps: int = 4) -> tuple[list, Scored, list[Scored]]:
+    """A one-target selection whose truth (term 5 alone) refits well only from the settled
+    best's fitted initial states, as with a species no data measure: from the trained
+    model's states (a swap's start) it stops behind the best (term 0)."""
+    fitted = SimpleNamespace(initial=torch.tensor([[0.7, 0.3]]))
+
+    def cand(support: list[int], origin: str = "path") -> Candidate:
+        coef = np.zeros(6)
+        coef[support] = 1.0
+        return Candidate({"x": coef}, origin, info={"screen": float(support[0]), "swapped": "x"})
+
+    refitted = []
+
+    def refit(c: Candidate):
+        support = tuple(int(j) for j in np.flatnonzero(c.coef["x"]))
+        from_best = "initial" in c.info
+        refitted.append((support, from_best))
+        nmse = {(0,): 3e-3, (5,): 1e-3 if from_best else 8e-3}.get(support, 5e-3)
+        return RefitResult(fitted, {}, nmse, 60, True, 0), c.n_terms
+
+    selector = TrajectorySelector(grow=False, prune=False, max_refits=2, reswaps=reswaps)
+    chosen, path = selector.select(
+        [cand([0]), cand([1])],
+        refit,
+        swap=lambda best: [cand([j], "swap") for j in (2, 3, 5)],
+        reswap=reswap,
+    )
+    return refitted, chosen, path
+
+
+def test_with_an_unmeasured_species_the_settled_bests_swaps_are_refitted_from_its_states():
+    """The swaps' first refits start from the trained model's states: the truth (5) stops
+    behind the best. Once the search settles, each swap is refitted again from the best's
+    fitted initial states, once for each best; the truth then wins and the path keeps its
+    better refit."""
+    refitted, chosen, path = _reswap_selection(True)
+    assert ((5,), False) in refitted and ((5,), True) in refitted
+    assert refitted.index(((5,), False)) < refitted.index(((5,), True))
+    # once from each best's states: term 2 from term 0's, then from the truth's
+    assert refitted.count(((5,), True)) == 1 and refitted.count(((2,), True)) == 2
+    assert chosen.step == "reswap"
+    assert np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [5]
+    assert [tuple(np.flatnonzero(s.candidate.coef["x"])) for s in path].count((5,)) == 1
+
+
+def test_reswaps_run_only_with_an_unmeasured_species_and_0_turns_them_off():
+    for reswap, reswaps in ((False, 4), (True, 0)):
+        refitted, chosen, _ = _reswap_selection(reswap, reswaps)
+        assert not any(from_best for _, from_best in refitted)
+        assert np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [0]
+    refitted, _, _ = _reswap_selection(True, 1)  # the best-screened swap only (2 of 2, 3, 5)
+    assert [s for s, from_best in refitted if from_best] == [(2,)]
 
 
 def test_a_terms_siblings_are_its_law_over_other_variables():

@@ -652,6 +652,13 @@ class Distiller:
             return problems
 
         selector = self.selector or TrajectorySelector()
+        # species no data measure directly: their initial states are the trained model's
+        # guesses until a twin's refit places them (the selector's reswaps)
+        unmeasured = [
+            s
+            for s in known.states
+            if s not in model.observable_names or s in model.spec.observables
+        ]
         reactions = {r.name: r for r in known.reactions if r.neural}
         counting = threading.Lock()
 
@@ -688,6 +695,7 @@ class Distiller:
                 swap=lambda best: first_order_swaps(best, terms, view(integral), reactions),
                 sibling=lambda best: sibling_swaps(best, terms, view(integral_along(best))),
                 workers=workers,
+                reswap=bool(unmeasured),
             )
 
         t1 = time.perf_counter()
