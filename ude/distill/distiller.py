@@ -654,11 +654,9 @@ class Distiller:
         selector = self.selector or TrajectorySelector()
         # species no data measure directly: their initial states are the trained model's
         # guesses until a twin's refit places them (the selector's reswaps)
-        unmeasured = [
-            s
-            for s in known.states
-            if s not in model.observable_names or s in model.spec.observables
-        ]
+        unmeasured = any(
+            s not in model.observable_names or s in model.spec.observables for s in known.states
+        )
         reactions = {r.name: r for r in known.reactions if r.neural}
         counting = threading.Lock()
 
@@ -695,7 +693,7 @@ class Distiller:
                 swap=lambda best: first_order_swaps(best, terms, view(integral), reactions),
                 sibling=lambda best: sibling_swaps(best, terms, view(integral_along(best))),
                 workers=workers,
-                reswap=bool(unmeasured),
+                reswap=unmeasured,
             )
 
         t1 = time.perf_counter()

@@ -443,17 +443,15 @@ class TrajectorySelector:
                     swapped.add(key)
             return first, again
 
-        reswapped: set[int] = set()  # the bests whose swaps were refitted from their states
-
         def reswap_moves(around: Scored) -> list[tuple[Candidate, str]]:
             """``around``'s first-order swaps refitted from its fitted initial states, at most
             ``reswaps`` per target, the best-screened along its trajectory first: those not
             refitted yet, and those refitted before from other starts to a worse criterion
-            than ``around``'s (:func:`score` keeps the better refit)."""
+            than ``around``'s (:func:`score` keeps the better refit). Called once for each
+            settled best: the steps then end, or go on from a better one."""
             start = moved_from(around)
-            if swap is None or not self.reswaps or not start or id(around) in reswapped:
+            if swap is None or not self.reswaps or not start:
                 return []
-            reswapped.add(id(around))
             out, per_target, taken = [], {}, set()
             for cand in sorted(swap(around), key=lambda c: screened(c, around)):
                 key, target = cand.support(), cand.info.get("swapped")
