@@ -856,20 +856,24 @@ class Distiller:
         if cand.support() == chosen.candidate.support():
             return {"verdict": "chosen is the truth's support"}
         # from the screen's solution, from the twin's refit (its initial states, the terms
-        # they share) and from the truth's own values
-        tries, starts = [], {}
+        # they share) and from the truth's own values, in the selection's threads
         truth_start = at_truth(support, terms, integral, measurements, routes, known.states)
-        for label, start in (
-            ("screen", cand),
-            ("twin", from_twin(cand, chosen)),
-            ("truth", truth_start),
-        ):
-            if start is not None:
-                result, k = score(start)
-                starts[label] = None
-                if result.ok:
-                    tries.append(selector.scored(start, result, k, sizes))
-                    starts[label] = round(float(tries[-1].criterion), 3)
+        labelled = [
+            (label, start)
+            for label, start in (
+                ("screen", cand),
+                ("twin", from_twin(cand, chosen)),
+                ("truth", truth_start),
+            )
+            if start is not None
+        ]
+        refits = selector.refit_all(score, [start for _, start in labelled], selector.workers)
+        tries, starts = [], {}
+        for (label, start), (result, k) in zip(labelled, refits, strict=True):
+            starts[label] = None
+            if result.ok:
+                tries.append(selector.scored(start, result, k, sizes))
+                starts[label] = round(float(tries[-1].criterion), 3)
         if not tries:
             return {"verdict": "truth's refit failed to solve", "starts": starts}
         found = min(tries, key=lambda s: s.criterion)

@@ -403,7 +403,7 @@ class TrajectorySelector:
                 for c, step in unique
                 if step == "reswap" or not (c.support() in seen and c.support() in retried)
             ]
-            results = self._map(refit, todo, self.workers if workers is None else workers)
+            results = self.refit_all(refit, todo, self.workers if workers is None else workers)
             done = dict(zip(map(id, todo), results, strict=True))
             return [score(c, step, around, done.get(id(c))) for c, step in unique]
 
@@ -579,7 +579,7 @@ class TrajectorySelector:
         return self.choose(scored, [s.criterion for s in scored]), scored
 
     @staticmethod
-    def _map(refit: Callable, cands: list[Candidate], workers: int) -> list:
+    def refit_all(refit: Callable, cands: list[Candidate], workers: int) -> list:
         """``refit`` of each candidate, in order; in ``workers`` threads when there are more
         than one of each."""
         if workers <= 1 or len(cands) < 2:
