@@ -342,3 +342,46 @@ def test_each_new_bests_siblings_are_refitted_past_the_budget_best_screened_firs
     refitted, chosen = run(2)
     assert refitted == [0, 2, 3] and chosen.step == "path"
     assert run(0)[0] == [0]
+
+
+def test_once_settled_the_siblings_of_structures_within_tolerance_of_the_best_are_refitted():
+    """The path refits terms 0 (the best) and 1, 1.97 units behind it (within the 6 of the
+    tolerance); 0's sibling is 2, 1's is 3, the truth. With rivals the settled search refits
+    1's siblings from 1's values (the callback is handed 1) and chooses 3; with rivals=0 the
+    truth is never refitted, and a rival outside the tolerance is not one."""
+
+    def cand(j: int, origin: str = "path") -> Candidate:
+        coef = np.zeros(4)
+        coef[j] = 1.0
+        return Candidate({"x": coef}, origin, info={"swapped": "x"})
+
+    held = lambda c: int(np.flatnonzero(c.coef["x"])[0])  # noqa: E731
+    kin = {0: (2,), 1: (3,)}
+
+    def run(rivals: int, second: float = 3.1e-3) -> tuple[list[int], list[int], Scored]:
+        refitted, asked = [], []
+        nmse = {0: 3e-3, 1: second, 2: 5e-3, 3: 1e-3}
+
+        def refit(c: Candidate):
+            refitted.append(held(c))
+            return RefitResult(None, {}, nmse[held(c)], 60, True, 0), 1
+
+        def sibling(best: Scored) -> list[Candidate]:
+            asked.append(held(best.candidate))
+            return [cand(j, "sibling") for j in kin.get(held(best.candidate), ())]
+
+        selector = TrajectorySelector(
+            grow=False, prune=False, swaps=0, rescreen=False, rivals=rivals
+        )
+        chosen, _ = selector.select(
+            [cand(0), cand(1)], refit, lambda c, around: 0.0, sibling=sibling
+        )
+        return refitted, asked, chosen
+
+    refitted, asked, chosen = run(3)
+    assert refitted == [0, 1, 2, 3] and asked[:2] == [0, 1]
+    assert held(chosen.candidate) == 3 and chosen.step == "sibling"
+    refitted, asked, chosen = run(0)
+    assert refitted == [0, 1, 2] and asked == [0] and held(chosen.candidate) == 0
+    refitted, _, chosen = run(3, second=9e-3)  # 66 units behind: not a rival
+    assert refitted == [0, 1, 2] and held(chosen.candidate) == 0
