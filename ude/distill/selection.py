@@ -393,19 +393,15 @@ class TrajectorySelector:
 
         def fresh(cand: Candidate, step: str, best: Scored) -> bool:
             """Whether to refit ``cand``: a support not refitted yet, or a sparser form of
-            ``best`` (a removal, a rewrite) or a sibling of it whose support was refitted
-            once, from another start, to a worse criterion than ``best``'s. Started from
-            ``best``'s refitted values it can reach the optimum that start missed (a steep
-            Hill law refitted from the screen's constants can stop in a poor basin; Goodwin's
-            repression did, 127 units behind its refit from a neighbour's values; Goldbeter
-            with 4 conditions chose ``c*M*X/(K + M)`` while its sibling, the true
-            ``c*C*X/(K + C)``, had been refitted from another start to a worse criterion:
-            from the best's values it scores 0.55 ahead and is chosen)."""
+            ``best`` (a removal, a rewrite) whose support was refitted once, from another
+            start, to a worse criterion than ``best``'s. Started from ``best``'s refitted
+            values it can reach the optimum that start missed (a steep Hill law refitted from
+            the screen's constants can stop in a poor basin; Goodwin's repression did, 127
+            units behind its refit from a neighbour's values)."""
             key = cand.support()
             if key not in seen:
                 return True
-            again = step in ("prune", "sibling") or step in REWRITES
-            again = again and started.get(key) != id(best)
+            again = (step == "prune" or step in REWRITES) and started.get(key) != id(best)
             return again and key not in retried and seen[key].criterion > best.criterion
 
         def score_all(moves: list[tuple[Candidate, str]], around: Scored | None) -> list[Scored]:
