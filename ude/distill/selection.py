@@ -543,10 +543,8 @@ class TrajectorySelector:
             # own law) may still hold a twin
             score_all(swap_moves(scored[0], set())[0], scored[0])
             best = min(scored, key=lambda s: s.criterion)
-        first, sibled = (
-            True,
-            set(),
-        )  # sibled: the bests and rivals whose siblings were refitted (ids)
+        # sibled: the bests and rivals whose siblings were refitted (ids)
+        first, sibled = True, set()
         while math.isfinite(best.criterion):
             moves = self._neighbours(best) if self.prune or self.grow else []
             if rewrite is not None:
