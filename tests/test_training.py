@@ -233,6 +233,44 @@ def test_a_rescue_cycle_after_a_step_back_runs_its_nodes_at_the_halved_rate(make
     assert rescue == pytest.approx([1e-4 / 2] * len(rescue))
 
 
+class _RuinLastStep(pl.Callback):
+    """After the last epoch's step, 0.5 added to every network weight: a step that throws the
+    fit far from the data, as one can on a stiff oscillator."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == trainer.max_epochs - 1:
+            with torch.no_grad():
+                for p in pl_module.model.networks.parameters():
+                    p.add_(0.5)
+
+
+def test_a_run_whose_last_step_fits_worse_ends_on_its_best_parameters(
+    make_cfg, tmp_path, monkeypatch, caplog
+):
+    """The last step ruins the fit: the run reports, distils and checkpoints the parameters
+    its last step started from, the best it saw, and says so; a run whose last step is its
+    best keeps it."""
+    # from untrained networks, one cycle: the fit improves every step
+    args = [*_NOT_TAKEN_HOLD, "optim.fit_cycles=1", *_CSV]
+    kept = train.train(make_cfg(*args, run_dir=tmp_path / "kept"))
+    assert "ended_on_best" not in kept
+    monkeypatch.setattr(train, "instantiate", _with_callback(_RuinLastStep()))
+    with caplog.at_level("INFO"):
+        metrics = train.train(make_cfg(*args))
+    best = metrics["ended_on_best"]
+    assert best["epoch"] == 3 and best["last_loss"] > best["loss"]
+    assert "training ended on the parameters epoch 3 started from" in caplog.text
+    # the reported fit is that of the last step's start, as logged
+    mse = {int(r["epoch"]): float(r["train/mse"]) for r in _log(tmp_path / "run") if r["train/mse"]}
+    assert metrics["train_nmse"] == pytest.approx(mse[3], rel=1e-9)
+    assert metrics["train_nmse"] < kept["train_nmse"] * 2  # far from the ruined fit
+    # the checkpoint holds what the run reports, and a resume knows its best
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["ude_best"][1] == 3
+    for k, v in ckpt["ude_best"][2].items():
+        torch.testing.assert_close(ckpt["state_dict"][k], v, rtol=0, atol=0)
+
+
 def test_nan_guard_stops_a_diverging_run_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path):
     metrics = train.train(
         make_cfg(

@@ -154,6 +154,8 @@ def run_training(
         metrics["fit_cycles"] = module.fit_cycles_run
     if module.rescued:
         metrics["rescue_segments"] = len(module.segments)
+    if module.ended_on_best:
+        metrics["ended_on_best"] = module.ended_on_best
     if module.step_backs_run:
         metrics["step_backs"] = module.step_backs_run
         metrics["step_back_reasons"] = module.step_back_notes

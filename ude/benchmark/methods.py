@@ -509,6 +509,7 @@ class UDE(Method):
             "fit_cycles",
             "rescue_segments",
             "step_backs",
+            "ended_on_best",
         ):
             if metrics.get(key):
                 info[key] = metrics[key]

@@ -18,10 +18,15 @@ class Checkpoint(ModelCheckpoint):
     ``last.ckpt`` stays the last good state.
 
     The end of training saves the state it ended with (after an L-BFGS polish, or a stop in
-    the first epoch: the NaN guard has reset it to the last finite one).
+    the first epoch: the NaN guard has reset it to the last finite one; the best parameters
+    where the last ones fit worse: :meth:`ude.train.module.UDEModule.finish_training`).
     """
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the run's end state first (callbacks' on_train_end runs before the module's)
+        finish = getattr(pl_module, "finish_training", None)
+        if finish is not None:
+            finish()
         super().on_train_end(trainer, pl_module)
         # Always the state training ended with: L-BFGS polish epochs make no step Lightning
         # counts, so ModelCheckpoint skips them (same global step) and last.ckpt would hold

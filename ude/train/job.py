@@ -276,6 +276,13 @@ def _summary(cfg: DictConfig, metrics: dict[str, Any], run_dir: Path) -> None:
             f"falling); the cycles after it ran with multiple shooting in "
             f"{metrics['rescue_segments']} pieces"
         )
+    if metrics.get("ended_on_best"):
+        best = metrics["ended_on_best"]
+        log.info(
+            f"ude: training ended on the parameters epoch {best['epoch']} started from, its best "
+            f"fit to the training data (objective {best['loss']:.4g}, where its last step left "
+            f"{best['last_loss']:.4g})"
+        )
     if metrics.get("step_backs"):
         log.info(
             f"ude: {metrics['step_backs']} training step(s) failed (the solver gave up or the "

@@ -57,6 +57,10 @@ class UDEModule(pl.LightningModule):
     the data, which fits one stretch of the series at a time (single process, one model; 0:
     never).
 
+    Training ends on the parameters with the lowest objective on all the training data that
+    a step started from, where its last ones are worse (:meth:`_end_on_best`; needs one batch
+    an epoch, the default, and counts whole-trajectory steps only, not a shooting cycle's).
+
     A step whose loss or parameters become NaN/inf, or whose solve fails (in training or in
     the validation after it), is undone. Under Adam, the learning rate (and its schedule,
     restarts included) is then halved and training goes on from the last good parameters, up
@@ -162,6 +166,13 @@ class UDEModule(pl.LightningModule):
         self.warm_start_damping: float | None = None
         self.first_mse: float | None = None
         self._last_good: dict[str, torch.Tensor] | None = None  # by name (a rescue adds nodes)
+        # the lowest objective on all the training data seen at a step's start, its epoch
+        # and parameters (by name; kept in checkpoints): training ends on them when its
+        # last parameters are worse (:meth:`_end_on_best`)
+        self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+        self.ended_on_best: dict[str, float] | None = None  # where it did, and by how much
+        self._last_batch: dict[str, torch.Tensor] | None = None
+        self._finished = False  # the end state is set (:meth:`finish_training`)
         self.step_back_notes: list[str] = []  # this process's (not a resumed run's) step backs
         self._undone: Exception | None = None  # the last failure undone, until a step succeeds
         # the warm start's and the training's stages (shown by the first process only)
@@ -413,14 +424,13 @@ class UDEModule(pl.LightningModule):
                 self.warm_start_damping = state[3]
 
     def on_train_start(self) -> None:
+        self._finished = False
         self._train_stage = self._shown_progress().start(
             "epochs", total=self.trainer.max_epochs, done=self.current_epoch
         )
 
     def on_train_end(self) -> None:
-        if self._undone is not None and self.stop_reason is None:
-            # no step succeeded after the last one undone: the run ends on a failure
-            self._stop(self._undone)
+        self.finish_training()
         stage = getattr(self, "_train_stage", None)
         if stage is not None:
             stage.close()
@@ -562,6 +572,7 @@ class UDEModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         adam, lbfgs = self.optimizers()
+        self._last_batch = batch
         current = {k: p.detach().clone() for k, p in self.named_parameters()}
         try:
             if self._polishing():
@@ -572,6 +583,7 @@ class UDEModule(pl.LightningModule):
                     out, whole, n = self.step_losses(batch)
                     if not record:  # these parameters gave a finite loss: the last good state
                         self._last_good = current
+                        self._remember(whole["loss"], current)
                     self.manual_backward(out["loss"])
                     record.update(whole, conditions=n)
                     # the loss of all the data, the same on every process: L-BFGS's line
@@ -582,8 +594,11 @@ class UDEModule(pl.LightningModule):
                 whole = dict(record)
                 n = int(whole.pop("conditions"))
             else:
-                out, whole, n = self.step_losses(batch, shooting=self._shooting())
+                shooting = self._shooting()
+                out, whole, n = self.step_losses(batch, shooting=shooting)
                 self._last_good = current
+                if not shooting:  # a shooting step's loss is not the whole trajectories'
+                    self._remember(whole["loss"], current)
                 adam.zero_grad()
                 self.manual_backward(out["loss"])
                 if self.grad_clip and self.members > 1:
@@ -604,6 +619,53 @@ class UDEModule(pl.LightningModule):
             self.first_mse = whole["mse"]
         self._log_epoch("train/", whole, n)
         self._log_epoch("", {"lr": adam.param_groups[0]["lr"]}, n)
+
+    def _remember(self, loss: float, state: dict[str, torch.Tensor]) -> None:
+        """Keep ``state``, the parameters at a step's start, when their objective ``loss``
+        on all the training data is the lowest yet. A step that sees part of the data (more
+        than one batch an epoch) is not comparable: then nothing is kept."""
+        if self.trainer.num_training_batches != 1 or not math.isfinite(loss):
+            return
+        if self.best is None or loss < self.best[0]:
+            self.best = (loss, int(self.current_epoch), state)
+
+    def finish_training(self) -> None:
+        """The state training ends in, set once a run (the checkpoint callback calls it before
+        it saves that state; callbacks' on_train_end runs before the module's): after a last
+        step undone, the parameters before it; then the best ones where those fit worse
+        (:meth:`_end_on_best`)."""
+        if self._finished:
+            return
+        self._finished = True
+        if self._undone is not None and self.stop_reason is None:
+            # no step succeeded after the last one undone: the run ends on a failure
+            self._stop(self._undone)
+        self._end_on_best()
+
+    @torch.no_grad()
+    def _end_on_best(self) -> None:
+        """Training ends on the best parameters it saw (:meth:`_remember`) where its last
+        ones fit the training data worse (or cannot be solved): on a stiff oscillator a step
+        can throw the fit from a trajectory in phase with the data to one out of it, and the
+        run can end there (Goldbeter's cell with 4 conditions: the fit's normalised MSE
+        0.60 at epoch 90, 5.2 when the early stopping ended it at epoch 175); a rescue cycle's
+        pieces can join into whole trajectories worse than the ones it started from.
+        ``ended_on_best`` says which epoch's parameters were kept and both objectives."""
+        batch = self._last_batch
+        if self.best is None or batch is None:
+            return
+        try:
+            _, whole, _ = self.step_losses(batch)
+            last = whole["loss"]
+        except (_NonFinite, SolverFailed):
+            last = math.inf
+        best, epoch, state = self.best
+        if not last > best:
+            return
+        for k, p in self.named_parameters():
+            if k in state:
+                p.copy_(state[k])
+        self.ended_on_best = {"epoch": epoch, "loss": best, "last_loss": last}
 
     @torch.no_grad()
     def _clip_members(self) -> None:
@@ -757,12 +819,18 @@ class UDEModule(pl.LightningModule):
         checkpoint["ude_rescued"] = len(self.segments) if self.rescued else 0  # its pieces
         checkpoint["ude_cycle_halfway"] = self._halfway
         checkpoint["ude_step_backs"] = self.step_backs_run
+        if self.best is not None:
+            loss, epoch, state = self.best
+            checkpoint["ude_best"] = (loss, epoch, {k: v.cpu() for k, v in state.items()})
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.first_mse = checkpoint.get("ude_first_mse")
         self.fit_cycles_run = int(checkpoint.get("ude_fit_cycles", 1))
         self._halfway = checkpoint.get("ude_cycle_halfway")
         self.step_backs_run = int(checkpoint.get("ude_step_backs", 0))
+        if checkpoint.get("ude_best") is not None:
+            loss, epoch, state = checkpoint["ude_best"]
+            self.best = (loss, epoch, {k: v.to(self.times.device) for k, v in state.items()})
         self.restore_rescue(checkpoint)
 
     def restore_rescue(self, checkpoint: dict) -> None:
