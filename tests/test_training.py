@@ -258,11 +258,11 @@ def test_a_run_whose_last_step_fits_worse_ends_on_its_best_parameters(
     with caplog.at_level("INFO"):
         metrics = train.train(make_cfg(*args))
     best = metrics["ended_on_best"]
-    assert best["epoch"] == 3 and best["last_loss"] > best["loss"]
+    assert best["epoch"] == 3 and best["last_mse"] > best["mse"]
     assert "training ended on the parameters epoch 3 started from" in caplog.text
     # the reported fit is that of the last step's start, as logged
     mse = {int(r["epoch"]): float(r["train/mse"]) for r in _log(tmp_path / "run") if r["train/mse"]}
-    assert metrics["train_nmse"] == pytest.approx(mse[3], rel=1e-9)
+    assert metrics["train_nmse"] == pytest.approx(mse[3], rel=1e-9) == best["mse"]
     assert metrics["train_nmse"] < kept["train_nmse"] * 2  # far from the ruined fit
     # the checkpoint holds what the run reports, and a resume knows its best
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)

@@ -280,8 +280,8 @@ def _summary(cfg: DictConfig, metrics: dict[str, Any], run_dir: Path) -> None:
         best = metrics["ended_on_best"]
         log.info(
             f"ude: training ended on the parameters epoch {best['epoch']} started from, its best "
-            f"fit to the training data (objective {best['loss']:.4g}, where its last step left "
-            f"{best['last_loss']:.4g})"
+            f"fit to the training data (normalised trajectory MSE {best['mse']:.3g}, where its "
+            f"last step left {best['last_mse']:.3g})"
         )
     if metrics.get("step_backs"):
         log.info(
