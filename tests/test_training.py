@@ -271,6 +271,14 @@ def test_a_run_whose_last_step_fits_worse_ends_on_its_best_parameters(
         torch.testing.assert_close(ckpt["state_dict"][k], v, rtol=0, atol=0)
 
 
+def test_a_curriculum_s_short_windows_are_never_the_best_fit(make_cfg, monkeypatch):
+    """Under a curriculum the first epochs fit a part of the series, whose MSE is no measure
+    of the fit to all of it: the best parameters come from the epochs that fit all of it."""
+    monkeypatch.setattr(train, "instantiate", _with_callback(_RuinLastStep()))
+    metrics = train.train(make_cfg("trainer.max_epochs=6", "data.curriculum_epochs=4", *FAST[1:]))
+    assert metrics["ended_on_best"]["epoch"] >= 4, metrics["ended_on_best"]
+
+
 def test_nan_guard_stops_a_diverging_run_and_keeps_the_last_good_checkpoint(make_cfg, tmp_path):
     metrics = train.train(
         make_cfg(

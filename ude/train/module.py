@@ -624,13 +624,19 @@ class UDEModule(pl.LightningModule):
     def _remember(self, mse: float, state: dict[str, torch.Tensor]) -> None:
         """Keep ``state``, the parameters at a step's start, when their normalised MSE on all
         the training data is the lowest yet. A step that sees part of the data (more than one
-        batch an epoch) is not comparable: then nothing is kept.
+        batch an epoch, or a curriculum's window: ``data.curriculum_epochs``) is not
+        comparable: then nothing is kept.
 
         The MSE, not the objective: with the noise learned (``loss='nll'``) and priors on the
         parameters, the objective can be lowest where the fit is far worse (lynx and hare: 2.95
         at epoch 264, with a normalised MSE of 0.127, against 3.05 and 0.0045 at the end); the
         MSE is what the run reports (``train_nmse``) and what the early stopping watches."""
-        if self.trainer.num_training_batches != 1 or not math.isfinite(mse):
+        window = getattr(self.trainer.datamodule, "window", None)
+        if (
+            self.trainer.num_training_batches != 1
+            or (window is not None and window() is not None)
+            or not math.isfinite(mse)
+        ):
             return
         if self.best is None or mse < self.best[0]:
             self.best = (mse, int(self.current_epoch), state)
