@@ -21,6 +21,7 @@ from ude.distill import load_twin
 from ude.distill.cli import load_run, new_distill_dir, summary
 from ude.distill.cli import main as distill_main
 from ude.distill.report import STATUSES
+from ude.distill.selection import REWRITES
 from ude.errors import UdeError
 from ude.progress import ConsoleProgress
 from ude.spec.simulate import simulate_spec
@@ -140,10 +141,14 @@ def test_train_distils_and_run_can_be_distilled_again(make_cfg, tmp_path, caplog
         "distill.uq=none",
     ]
     again = distill_main([str(run), *overrides, "--name", "aicc"])
-    # one candidate refitted and admitted; a refused one (it would drive a state below zero:
-    # ude.distill.admissible) counts as failed, and the next is refitted in its place
+    # one candidate of the path refitted and admitted; a refused one (it would drive a state
+    # below zero: ude.distill.admissible) counts as failed, and the next is refitted in its
+    # place. No moves but the rewrites of what it found (a constant to its limit, a term in
+    # its short form: the same fit with fewer constants), which stay on
     admitted = [r for r in again["path"] if r["refused"] is None]
-    assert len(admitted) == 1 and admitted[0]["chosen"] and "inclusion_probability" not in again
+    assert [r["step"] for r in admitted if r["step"] == "path"] == ["path"]
+    assert {r["step"] for r in admitted} <= {"path", *REWRITES}, again["path"]
+    assert sum(r["chosen"] for r in admitted) == 1 and "inclusion_probability" not in again
     assert all(not r["solved"] for r in again["path"] if r["refused"] is not None)
     assert "forecast_interval" not in again
     assert "uq" not in again and "predictive_band" not in again  # distill.uq=none: off
