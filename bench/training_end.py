@@ -1,5 +1,5 @@
-"""Which benchmark cells' training ends on an earlier epoch's parameters: the cells a change of
-training's end moves, found by training them alone, in one run.
+"""Where each benchmark cell's training ends: on which epoch's parameters, and with which
+initial states below zero, found by training the cells alone, in one run.
 
     OMP_NUM_THREADS=1 python bench/training_end.py seir lotka_volterra --out ends.jsonl
 
@@ -8,9 +8,12 @@ it (``python train.py``'s defaults, the cell's scenario and library), without th
 distillation. Printed per cell, one JSON line (also appended to ``--out``, which a killed run
 resumes from): the training NMSE it ends on and, where its last step fitted the training data
 worse than an earlier one (:meth:`ude.train.module.UDEModule.finish_training`), the epoch whose
-parameters it ended on with both MSEs. A cell whose training ends on its last parameters is
-trained as before the training kept its best fit, so its distillation and row are unchanged;
-the others need running again. The summary counts them per system.
+parameters it ended on with both MSEs; and the initial states that the distillation moves up
+to zero, ``[condition, state, trained value]`` (a concentration's that training left below
+zero: :func:`ude.distill.distiller.screen_start`). A cell whose training ends on its last
+parameters is trained as before training kept its best fit (3dacfef), and one with no initial
+state below zero is distilled as before the screen started at zero (the thirty-second
+session); the others need running again. The summary counts both per system.
 
 Nothing is asserted: the figures are printed.
 """
@@ -25,6 +28,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -36,6 +40,8 @@ from ude.benchmark.libraries import distill_library  # noqa: E402
 from ude.benchmark.methods import composed_config, train_as_train_py  # noqa: E402
 from ude.benchmark.scenario import build_problem  # noqa: E402
 from ude.benchmark.suite import expand  # noqa: E402
+from ude.distill.distiller import screen_start  # noqa: E402
+from ude.distill.sampling import TrajectorySampler  # noqa: E402
 
 SUITE = ROOT / "ude" / "benchmark" / "conf" / "suite" / "standard.yaml"
 
@@ -60,7 +66,12 @@ def main() -> None:
         if library is not None:
             cfg.distill.library = library
         start = time.perf_counter()
-        _, metrics = train_as_train_py(cfg, problem.known, problem.measurements)
+        model, metrics = train_as_train_py(cfg, problem.known, problem.measurements)
+        seconds = time.perf_counter() - start
+        trained = model.initial.detach().cpu().numpy()
+        samples = TrajectorySampler().sample(model, problem.measurements.times)
+        moved = np.argwhere(screen_start(model, problem.measurements, samples) != trained)
+        states = list(model.spec.states)
         row = {
             "id": cell.id,
             "system": cell.scenario.system,
@@ -69,7 +80,8 @@ def main() -> None:
             "train_nmse": metrics.get("train_nmse"),
             "epochs": metrics.get("epochs"),
             "ended_on_best": metrics.get("ended_on_best"),
-            "seconds": round(time.perf_counter() - start, 1),
+            "below_zero": [[int(c), states[i], float(trained[c, i])] for c, i in moved],
+            "seconds": round(seconds, 1),
         }
         print(json.dumps(row), flush=True)
         if args.out is not None:
@@ -77,9 +89,13 @@ def main() -> None:
                 out.write(json.dumps(row) + "\n")
         rows.append(row)
     ended = Counter(row["system"] for row in rows if row["ended_on_best"])
+    below = Counter(row["system"] for row in rows if row.get("below_zero"))
     cells = Counter(row["system"] for row in rows)
     for system in sorted(cells):
-        print(f"{system}: {ended[system]} of {cells[system]} cells end on an earlier epoch")
+        print(
+            f"{system}: of {cells[system]} cells, {ended[system]} end on an earlier epoch, "
+            f"{below[system]} with an initial state below zero"
+        )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from ude.distill import (
     Problem,
     RefitResult,
     ThresholdPath,
+    TrajectorySampler,
     TrajectorySelector,
     twin_from_dict,
     twin_to_dict,
@@ -185,6 +186,43 @@ def test_known_function_is_recovered(lotka_volterra_distilled):
     assert cmp["max_relative_error"] < 0.03, cmp
     chosen = [r for r in result.path_rows() if r["chosen"]]
     assert len(chosen) == 1 and chosen[0]["n_terms"] == 2
+
+
+def test_the_screen_follows_the_trained_model_from_its_initial_states_at_zero_or_above():
+    """A concentration's initial state that training left below zero (noisy first samples of a
+    species that starts near zero) is at zero on the path the screen samples, where the
+    refits start too; the trained model is given back as it came."""
+    m = simulate_measurements("lotka_volterra", noise=0.005, seed=1)
+
+    def interaction(z):
+        x, y = z[..., 0], z[..., 1]
+        return torch.stack([-0.9 * x * y, 0.8 * x * y], dim=-1)
+
+    model = _known_function_model(
+        get_system("lotka_volterra").known, m, interaction, m.truth.initial
+    )
+    with torch.no_grad():
+        model.initial[0, 0] = -0.1  # the prey, whose data never go below zero
+    trained = model.initial.detach().clone()
+    starts = []
+
+    class Recording(TrajectorySampler):
+        def sample(self, model, times):
+            starts.append(model.initial.detach().clone())
+            return super().sample(model, times)
+
+    result = Distiller(
+        library=[PolynomialLibrary(2)],
+        selector=TrajectorySelector(max_candidates=2, grow=False),
+        sampler=Recording(),
+    ).fit(model, m)
+    assert (
+        torch.equal(starts[0], trained) and len(starts) > 1
+    )  # its concentrations, then the screen
+    for start in starts[1:]:
+        assert start[0, 0] == 0 and torch.equal(start[0, 1], trained[0, 1])
+    assert torch.equal(model.initial.detach(), trained)
+    assert compare_with_truth(result.twin, m.truth.spec, m.truth.missing)["exact"]
 
 
 def test_twin_json_round_trips_and_simulates_like_the_twin(lotka_volterra_distilled, tmp_path):
