@@ -225,6 +225,38 @@ def test_the_screen_follows_the_trained_model_from_its_initial_states_at_zero_or
     assert compare_with_truth(result.twin, m.truth.spec, m.truth.missing)["exact"]
 
 
+def test_a_trained_model_that_cannot_be_solved_from_zero_is_screened_along_its_own_path():
+    """Where the path from zero fails (a model whose training blew up), the screen follows
+    the trained model's own start, as before, and the model is given back as it came."""
+    m = simulate_measurements("lotka_volterra", noise=0.005, seed=1)
+
+    def interaction(z):  # not defined where the prey is exactly zero
+        x, y = z[..., 0], z[..., 1]
+        prey = torch.where(x == 0, torch.full_like(x, float("nan")), -0.9 * x * y)
+        return torch.stack([prey, 0.8 * x * y], dim=-1)
+
+    model = _known_function_model(
+        get_system("lotka_volterra").known, m, interaction, m.truth.initial
+    )
+    with torch.no_grad():
+        model.initial[0, 0] = -0.1
+    trained = model.initial.detach().clone()
+    starts = []
+
+    class Recording(TrajectorySampler):
+        def sample(self, model, times):
+            starts.append(model.initial.detach().clone())
+            return super().sample(model, times)
+
+    result = Distiller(
+        library=[PolynomialLibrary(2)],
+        selector=TrajectorySelector(max_candidates=2, grow=False),
+        sampler=Recording(),
+    ).fit(model, m)
+    assert len(starts) == 2 and torch.equal(starts[0], trained) and starts[1][0, 0] == 0
+    assert torch.equal(model.initial.detach(), trained) and result.twin is not None
+
+
 def test_twin_json_round_trips_and_simulates_like_the_twin(lotka_volterra_distilled, tmp_path):
     result, model, m = lotka_volterra_distilled
     raw = twin_to_dict(result.twin, m.observables, model.spec)
