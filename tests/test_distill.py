@@ -188,15 +188,27 @@ def test_known_function_is_recovered(lotka_volterra_distilled):
     assert len(chosen) == 1 and chosen[0]["n_terms"] == 2
 
 
-def test_the_screen_follows_the_trained_model_from_its_initial_states_at_zero_or_above():
-    """A concentration's initial state that training left below zero (noisy first samples of a
-    species that starts near zero) is at zero on the path the screen samples, where the
-    refits start too; the trained model is given back as it came."""
+class _RecordingSampler(TrajectorySampler):
+    """A sampler that keeps the initial states of every model it samples."""
+
+    def __init__(self):
+        super().__init__()
+        self.starts = []
+
+    def sample(self, model, times):
+        self.starts.append(model.initial.detach().clone())
+        return super().sample(model, times)
+
+
+def _distil_with_prey_below_zero(prey_term) -> tuple:
+    """Lotka-Volterra at 0.5 % noise, the network ``prey_term`` and the true predator term,
+    the prey's trained initial state at -0.1, distilled: the result, the sampler that
+    recorded the screen's starts, the trained initial states and the model."""
     m = simulate_measurements("lotka_volterra", noise=0.005, seed=1)
 
     def interaction(z):
         x, y = z[..., 0], z[..., 1]
-        return torch.stack([-0.9 * x * y, 0.8 * x * y], dim=-1)
+        return torch.stack([prey_term(x, y), 0.8 * x * y], dim=-1)
 
     model = _known_function_model(
         get_system("lotka_volterra").known, m, interaction, m.truth.initial
@@ -204,21 +216,22 @@ def test_the_screen_follows_the_trained_model_from_its_initial_states_at_zero_or
     with torch.no_grad():
         model.initial[0, 0] = -0.1  # the prey, whose data never go below zero
     trained = model.initial.detach().clone()
-    starts = []
-
-    class Recording(TrajectorySampler):
-        def sample(self, model, times):
-            starts.append(model.initial.detach().clone())
-            return super().sample(model, times)
-
+    sampler = _RecordingSampler()
     result = Distiller(
         library=[PolynomialLibrary(2)],
         selector=TrajectorySelector(max_candidates=2, grow=False),
-        sampler=Recording(),
+        sampler=sampler,
     ).fit(model, m)
-    assert (
-        torch.equal(starts[0], trained) and len(starts) > 1
-    )  # its concentrations, then the screen
+    return result, sampler, trained, model, m
+
+
+def test_the_screen_follows_the_trained_model_from_its_initial_states_at_zero_or_above():
+    """A concentration's initial state that training left below zero (noisy first samples of a
+    species that starts near zero) is at zero on the path the screen samples, where the
+    refits start too; the trained model is given back as it came."""
+    result, sampler, trained, model, m = _distil_with_prey_below_zero(lambda x, y: -0.9 * x * y)
+    starts = sampler.starts
+    assert torch.equal(starts[0], trained) and len(starts) > 1  # its concentrations, the screen
     for start in starts[1:]:
         assert start[0, 0] == 0 and torch.equal(start[0, 1], trained[0, 1])
     assert torch.equal(model.initial.detach(), trained)
@@ -228,31 +241,12 @@ def test_the_screen_follows_the_trained_model_from_its_initial_states_at_zero_or
 def test_a_trained_model_that_cannot_be_solved_from_zero_is_screened_along_its_own_path():
     """Where the path from zero fails (a model whose training blew up), the screen follows
     the trained model's own start, as before, and the model is given back as it came."""
-    m = simulate_measurements("lotka_volterra", noise=0.005, seed=1)
 
-    def interaction(z):  # not defined where the prey is exactly zero
-        x, y = z[..., 0], z[..., 1]
-        prey = torch.where(x == 0, torch.full_like(x, float("nan")), -0.9 * x * y)
-        return torch.stack([prey, 0.8 * x * y], dim=-1)
+    def undefined_at_zero(x, y):
+        return torch.where(x == 0, torch.full_like(x, float("nan")), -0.9 * x * y)
 
-    model = _known_function_model(
-        get_system("lotka_volterra").known, m, interaction, m.truth.initial
-    )
-    with torch.no_grad():
-        model.initial[0, 0] = -0.1
-    trained = model.initial.detach().clone()
-    starts = []
-
-    class Recording(TrajectorySampler):
-        def sample(self, model, times):
-            starts.append(model.initial.detach().clone())
-            return super().sample(model, times)
-
-    result = Distiller(
-        library=[PolynomialLibrary(2)],
-        selector=TrajectorySelector(max_candidates=2, grow=False),
-        sampler=Recording(),
-    ).fit(model, m)
+    result, sampler, trained, model, _ = _distil_with_prey_below_zero(undefined_at_zero)
+    starts = sampler.starts
     assert len(starts) == 2 and torch.equal(starts[0], trained) and starts[1][0, 0] == 0
     assert torch.equal(model.initial.detach(), trained) and result.twin is not None
 
