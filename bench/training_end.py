@@ -36,8 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from ude.benchmark.libraries import distill_library  # noqa: E402
-from ude.benchmark.methods import composed_config, train_as_train_py  # noqa: E402
+from ude.benchmark.methods import train_as_train_py, ude_config  # noqa: E402
 from ude.benchmark.scenario import build_problem  # noqa: E402
 from ude.benchmark.suite import expand  # noqa: E402
 from ude.distill.distiller import screen_start  # noqa: E402
@@ -61,10 +60,7 @@ def main() -> None:
         if cell.id in done:
             continue
         problem = build_problem(cell.scenario)
-        cfg = composed_config(problem, [])
-        library = distill_library(problem.library)
-        if library is not None:
-            cfg.distill.library = library
+        cfg = ude_config(problem)
         start = time.perf_counter()
         model, metrics = train_as_train_py(cfg, problem.known, problem.measurements)
         seconds = time.perf_counter() - start

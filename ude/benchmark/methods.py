@@ -421,6 +421,19 @@ def composed_config(problem: Problem, overrides: Sequence[str], solver: str | No
     return cfg
 
 
+def ude_config(problem: Problem, overrides: Sequence[str] = ()):
+    """The config `ude` runs a cell with: :func:`composed_config`, and the cell's library axis
+    as ``distill.library`` (:func:`ude.benchmark.libraries.distill_library`; the base
+    scenario's ``default`` leaves the product's)."""
+    from ude.benchmark.libraries import distill_library
+
+    cfg = composed_config(problem, overrides)
+    library = distill_library(problem.library)
+    if library is not None:
+        cfg.distill.library = library
+    return cfg
+
+
 def train_as_train_py(cfg, spec: ModelSpec, data) -> tuple[Any, dict[str, Any]]:
     """Train ``spec`` on ``data`` as ``python train.py`` does with config ``cfg`` (its model,
     solver, optimiser, trainer and callbacks): the trained HybridODE and the run's metrics."""
@@ -485,15 +498,11 @@ class UDE(Method):
         self.overrides = list(overrides)
 
     def fit(self, problem: Problem) -> MethodResult:
-        from ude.benchmark.libraries import distill_library
         from ude.distill.cli import make_distiller
 
         data = problem.measurements
         start = time.perf_counter()
-        cfg = composed_config(problem, self.overrides)
-        library = distill_library(problem.library)
-        if library is not None:
-            cfg.distill.library = library
+        cfg = ude_config(problem, self.overrides)
         model, metrics = train_as_train_py(cfg, problem.known, data)
         train_seconds = time.perf_counter() - start
         info: dict[str, Any] = {

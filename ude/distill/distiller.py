@@ -551,13 +551,12 @@ class Distiller:
         set_initial(model, torch.as_tensor(start, dtype=trained.dtype, device=trained.device))
         try:
             try:
-                from_zero = sampler.sample(model, measurements.times)
+                samples = sampler.sample(model, measurements.times)
             except SolverFailed:
                 # from zero the trained model cannot be solved (Goldbeter at 10 % noise, whose
                 # training blew up): its own path, the one it was trained on
                 set_initial(model, trained)
-                return self._distil(model, measurements, samples, t0, progress, stage)
-            return self._distil(model, measurements, from_zero, t0, progress, stage)
+            return self._distil(model, measurements, samples, t0, progress, stage)
         finally:
             set_initial(model, trained)
 
