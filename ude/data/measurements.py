@@ -71,6 +71,17 @@ class Measurements:
             sigma=None if self.sigma is None else pad(self.sigma),
         )
 
+    def until(self, time: float) -> Measurements:
+        """These measurements up to ``time`` (inclusive): the grid's earlier times and their
+        values; doses, inputs and initial states as they are."""
+        keep = self.times <= time
+        return replace(
+            self,
+            times=self.times[keep],
+            values=self.values[:, keep],
+            sigma=None if self.sigma is None else self.sigma[:, keep],
+        )
+
     def schedules(self) -> list[Schedule]:
         """Each condition's doses, in the order of ``conditions``."""
         return [self.doses.get(c, ()) for c in self.conditions]

@@ -626,11 +626,21 @@ class Distiller:
         if on_data is not None:
             initial = np.where(np.isfinite(on_data[1]), on_data[1], initial)
         scorer = self.score_refit or TwinRefit(
-            max_iter=300, tol=1e-7, criterion_tol=0.1, method="rodas5p"
+            max_iter=300, tol=1e-7, criterion_tol=0.1, method="rodas5p", grow_from=0.5
         )
+        known = trained_individuals(model)
+        # species no data measure directly: their initial states are the trained model's
+        # guesses until a twin's refit places them (the selector's reswaps), and the refits
+        # also grow their window (TwinRefit.grow_from); with every species measured, the
+        # data anchor the phase where the refits start
+        unmeasured = any(
+            s not in model.observable_names or s in model.spec.observables for s in known.states
+        )
+        if not unmeasured and scorer.grow_from is not None:
+            scorer = copy.copy(scorer)
+            scorer.grow_from = None
         joint = copy.copy(scorer)
         joint.settle_first = False
-        known = trained_individuals(model)
         self._check_individual(terms)
         individual = {t: self.population for t in self.individual}
         # coefficients in units of each term's contribution relative to the network output
@@ -698,11 +708,6 @@ class Distiller:
             return problems
 
         selector = self.selector or TrajectorySelector()
-        # species no data measure directly: their initial states are the trained model's
-        # guesses until a twin's refit places them (the selector's reswaps)
-        unmeasured = any(
-            s not in model.observable_names or s in model.spec.observables for s in known.states
-        )
         reactions = {r.name: r for r in known.reactions if r.neural}
         counting = threading.Lock()
 

@@ -106,6 +106,16 @@ class TwinRefit:
             bound (criterion -373.9; the truth's ``n`` is 10) where the joint fit reaches
             10.7 (-375.2), and from poor initial states (the noisy first data values) NMSE
             1.34 against 0.69. Off by default: it doubles the refit's cost.
+        grow_from: besides the joint fit, one that fits the first ``grow_from`` of the time
+            span first, then all of it; the better is kept (None: none). An oscillator's
+            least squares over the whole span has a local minimum for each phase slip, and a
+            start whose rates or initial states are off (a latent species' guessed by the
+            trained network) slips into one; on the first part of the span the phase has not
+            yet slipped, and that fit is a start near the right minimum for the whole.
+            Yeast glycolysis with ATP and extracellular pyruvate unmeasured (the benchmark's
+            unobserved 0.34 cell): the truth ``-k5*S6`` refitted from the trained model's
+            initial states and ``k5`` 0.68 ended at trajectory NMSE 0.21 (``k5`` 1.94), and
+            from the first half grown to all at 0.0046 (``k5`` 1.284; the truth's 1.28).
     """
 
     def __init__(
@@ -123,8 +133,12 @@ class TwinRefit:
         learn_noise: bool = True,
         learn_population: bool = True,
         settle_first: bool = False,
+        grow_from: float | None = None,
     ):
+        if grow_from is not None and not 0 < grow_from < 1:
+            raise ValueError(f"grow_from={grow_from!r}: expected a fraction in (0, 1) or None")
         self.settle_first = settle_first
+        self.grow_from = grow_from
         self.learn_noise = learn_noise
         self.learn_population = learn_population
         self.max_iter = max_iter
@@ -199,6 +213,18 @@ class TwinRefit:
             return iterations, True
         return iterations, False
 
+    def _fit_early(self, model, module, measurements: Measurements, params, fraction) -> int:
+        """L-BFGS on the data of the first ``fraction`` of the time span (every condition's
+        points up to then; their scales the whole span's); returns its iterations. Its
+        criterion is not the whole data's: not traced."""
+        t0, t1 = float(measurements.times[0]), float(measurements.times[-1])
+        early = measurements.until(t0 + fraction * (t1 - t0))
+        if len(early.times) < 3 or not np.isfinite(early.values).any():
+            return 0
+        part = make_module(model, early, loss="nll")
+        part.obs_scale.copy_(module.obs_scale)
+        return self._descend(part, _batch(early), params, 0, [])
+
     def _centre(
         self, module, batch, params, trace: list[float], rounds: int = 8, tol: float = 1e-5
     ) -> int:
@@ -239,16 +265,30 @@ class TwinRefit:
         torch.set_default_dtype(torch.float64)
         try:
             args = (twin, measurements, initial, noise, held_initial, initial_prior)
-            joint = self._fit(*args, settle=False)
-            if not (self.settle_first and self.learn_initial):
-                return joint  # no initial states to hold: the settled fit would be the same
-            settled = self._fit(*args, settle=True)
-            return settled if settled.ok and settled.nmse < joint.nmse else joint
+            best = self._fit(*args, settle=False)
+            others = []
+            if self.settle_first and self.learn_initial:  # else the same as the joint fit
+                others.append({"settle": True})
+            if self.grow_from is not None:
+                others.append({"settle": False, "grow_from": self.grow_from})
+            for how in others:
+                other = self._fit(*args, **how)
+                if other.ok and other.nmse < best.nmse:
+                    best = other
+            return best
         finally:
             torch.set_default_dtype(previous)
 
     def _fit(
-        self, twin, measurements, initial, noise, held_initial, initial_prior, settle: bool
+        self,
+        twin,
+        measurements,
+        initial,
+        noise,
+        held_initial,
+        initial_prior,
+        settle: bool,
+        grow_from: float | None = None,
     ) -> RefitResult:
         dtype = torch.float64
         model = build_hybrid(
@@ -282,6 +322,8 @@ class TwinRefit:
                 iterations = self._descend(module, batch, rest, iterations, trace)
             finally:
                 model.initial.requires_grad_(True)
+        if grow_from is not None:
+            iterations += self._fit_early(model, module, measurements, params, grow_from)
         iterations = self._descend(module, batch, params, iterations, trace)
         if self.learn_population and len(model.parameters_.location):
             iterations += self._centre(module, batch, params, trace)
