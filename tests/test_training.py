@@ -369,12 +369,15 @@ def test_yeast_glycolysis_s_damped_warm_start_takes_hold_in_one_cycle():
 
 
 @pytest.mark.slow
-def test_goldbeter_at_10_percent_noise_is_rescued_by_multiple_shooting(tmp_path):
-    """The benchmark's Goldbeter cell at 10 % noise (~4 min): after the warm start the
-    trajectory fit stalls (training NMSE ~2.5: the oscillation off in phase) and, without
-    the rescue, the twin is ``c·M²`` with a flat forecast (NMSE 1.06, benchmark row on
-    71a2a02); the rescue cycle's multiple shooting lets the distillation find the true
-    ``-vd·X·C/(Kd + C)``."""
+def test_goldbeter_at_10_percent_noise_distils_the_true_law_from_a_failed_training(tmp_path):
+    """The benchmark's Goldbeter cell at 10 % noise (~2 min). Its warm start drives the
+    kinase fraction M past 1, beyond the pole of the known ``(1 - M)/(K1 + 1 - M)``
+    (training MSE 60 from the first epoch), every Adam step from there fails to solve, and
+    training stops at epoch 8 after its three step backs. (Until d28f330 training went on
+    and the multiple-shooting rescue ran; since, it stops first.) The distillation sees
+    that the trained model misses its data and screens along the data's own path, and
+    still finds the true ``-vd·X·C/(Kd + C)`` (benchmark row on 54c8c87: forecast NMSE
+    0.030). A training that goes on from there must keep the twin exact too."""
     from ude.benchmark.methods import UDE
     from ude.benchmark.suite import expand, run_suite
 
@@ -384,7 +387,6 @@ def test_goldbeter_at_10_percent_noise_is_rescued_by_multiple_shooting(tmp_path)
         if c.axis == "noise"
     ]
     (row,) = run_suite(cells, {"ude": UDE()}, tmp_path, log=lambda *_: None)
-    assert row["info"]["rescue_segments"] == 5, row["info"]
     assert row["exact"] and row["forecast_nmse"] < 0.1, row
 
 
