@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ude.data.synthetic import simulate_measurements
-from ude.distill.admissible import admitted, reaction_species, zero_faces
+from ude.distill.admissible import admitted, amounts, reaction_species, zero_faces
 from ude.distill.refit import RefitResult
 from ude.distill.sampling import Samples
 from ude.model.hybrid import build_hybrid
@@ -108,6 +108,36 @@ def test_only_the_species_of_neural_reactions_are_checked():
     assert reaction_species(spec, spec.states).tolist() == [True, True, True, False, False]
     state_targets = lotka_volterra("alpha*x - beta*x*y")  # networks on states: none checked
     assert not reaction_species(state_targets, ["x", "y"]).any()
+
+
+def test_states_the_spec_declares_nonnegative_are_checked_too(data):
+    """A network on a state's equation (no reaction): checked only where the spec says the
+    state is an amount; the check then refuses a rival that drains x where there is none."""
+    raw = {
+        "states": ["x", "y"],
+        "parameters": {**LV, "c": 0.08},
+        "equations": {"x": "alpha*x - beta*x*y", "y": "gamma*x*y - delta*y"},
+    }
+    declared = ModelSpec.from_dict({**raw, "nonnegative": ["x"]})
+    assert declared.nonnegative == ["x"]
+    assert ModelSpec.from_dict(declared.to_dict()).nonnegative == ["x"]  # twin.json round trip
+    assert amounts(declared, ["x", "y"]).tolist() == [True, False]
+    assert not amounts(ModelSpec.from_dict(raw), ["x", "y"]).any()
+    checked = amounts(declared, ["x", "y"])
+    faces = zero_faces(
+        model_of(declared, data), samples_of(declared, data), np.array([True, True]), checked
+    )
+    assert sorted(faces.points) == [0]
+    why = faces.breach(model_of(lotka_volterra("alpha*x - c*y**2"), data))
+    assert why is not None and why.endswith("at x = 0")
+
+
+def test_a_nonnegative_entry_that_is_not_a_state_is_a_one_line_error():
+    from ude.errors import UdeError
+
+    raw = {"states": ["x"], "equations": {"x": "-x"}, "nonnegative": ["x", "z"]}
+    with pytest.raises(UdeError, match=r"nonnegative\[1\].*'z' is not a state.*states: x"):
+        ModelSpec.from_dict(raw, source="model.yaml")
 
 
 def test_a_concentration_that_is_not_checked_is_still_clipped_at_zero(data):

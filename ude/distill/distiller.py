@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ude.data.measurements import Measurements
-from ude.distill.admissible import admitted, reaction_species, zero_faces
+from ude.distill.admissible import admitted, amounts, zero_faces
 from ude.distill.bootstrap import BootstrapInclusion, squared_residuals
 from ude.distill.integral import (
     IntegralPath,
@@ -417,8 +417,8 @@ class Distiller:
             search scores its own (:mod:`ude.distill.oracle`): did the search miss it, or do
             the data prefer the twin?
         nonnegative: refuse a candidate twin that drives a species a neural reaction consumes
-            or produces (a concentration: its data stay at or above zero) below zero where it
-            is zero (:mod:`ude.distill.admissible`): its refit counts as failed, with the
+            or produces (a concentration: its data stay at or above zero), or a state the spec
+            declares ``nonnegative``, below zero where it is zero (:mod:`ude.distill.admissible`): its refit counts as failed, with the
             reason in the path.
 
     Parameters of the prior spec that are per condition start every refit from the trained
@@ -646,11 +646,11 @@ class Distiller:
         # coefficients in units of each term's contribution relative to the network output
         scales = {t: p.y_scale / p.col_scale for t, p in problems.items()}
         noise = model.noise.detach().cpu().numpy()
-        positive = concentrations(samples, measurements)
+        # a state the spec declares an amount is one, whatever its noisy data's median
+        positive = concentrations(samples, measurements) | amounts(known, samples.states)
         faces = None
         if self.nonnegative:
-            species = reaction_species(known, samples.states)
-            faces = zero_faces(model, samples, positive, species)
+            faces = zero_faces(model, samples, positive, amounts(known, samples.states))
 
         def constants_of(cand: Candidate) -> dict[str, dict[int, dict[str, float]]]:
             """The candidate's own constants over the library's fitted ones."""
@@ -742,7 +742,9 @@ class Distiller:
                 sizes=library_sizes(terms),
                 rewrite=lambda best: rewritten(best, terms, bounds),
                 swap=lambda best: first_order_swaps(best, terms, view(integral), reactions),
-                sibling=lambda best: sibling_swaps(best, terms, view(integral_along(best))),
+                sibling=lambda best: sibling_swaps(
+                    best, terms, view(integral_along(best)), best.refit.refused is not None
+                ),
                 workers=workers,
                 reswap=unmeasured,
             )

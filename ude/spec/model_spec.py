@@ -47,6 +47,7 @@ _TOP_KEYS = {
     "neural_inputs",
     "library",
     "noise",
+    "nonnegative",
     "petab",
 }
 # With 'sbml', the states, reactions and equations come from the SBML file.
@@ -62,6 +63,7 @@ _SBML_KEYS = {
     "initial",
     "library",
     "noise",
+    "nonnegative",
     "petab",
 }
 _PRIOR_KEYS = {"normal": ("mean", "sd"), "lognormal": ("median", "sigma")}
@@ -193,7 +195,10 @@ class ModelSpec:
     noise model of observable (or observed state) ``o``: a sigma expression, a transformation
     and a distribution; observables without one get the learned Gaussian noise. ``library``:
     the families and custom terms the distillation searches (:mod:`ude.spec.library_key`;
-    None: the default). Expressions are sympy over the state, input and parameter names.
+    None: the default). ``nonnegative``: states that are amounts (concentrations, fractions,
+    populations) and never go below zero, so a distilled twin may not drive them there
+    (:mod:`ude.distill.admissible`; a neural reaction's species are checked without it).
+    Expressions are sympy over the state, input and parameter names.
     """
 
     states: list[str]
@@ -211,6 +216,7 @@ class ModelSpec:
     initial_assignments: dict[str, sp.Expr] = field(default_factory=dict)
     time: str | None = None
     noise: dict[str, NoiseModel] = field(default_factory=dict)
+    nonnegative: list[str] = field(default_factory=list)
 
     # -- views ---------------------------------------------------------------------------------
     @property
@@ -304,6 +310,8 @@ class ModelSpec:
                 }
                 for k, n in self.noise.items()
             }
+        if self.nonnegative:
+            out["nonnegative"] = list(self.nonnegative)
         return out
 
     @classmethod
@@ -435,6 +443,7 @@ class _SpecReader:
         initial = self.initial(raw.get("initial"), states)
         library = self.library(raw.get("library"), [*states, *inputs], neural)
         noise = self.noise(raw.get("noise"), declared, [*states, *observables])
+        nonnegative = self.states_of(raw.get("nonnegative"), "nonnegative", states)
         name = raw.get("name", "model")
         if not isinstance(name, str):
             raise self.fail("name", "expected a string")
@@ -452,6 +461,7 @@ class _SpecReader:
             initial=initial,
             library=library,
             noise=noise,
+            nonnegative=nonnegative,
         )
 
     def library(
@@ -517,11 +527,13 @@ class _SpecReader:
             **base.noise,
             **self.noise(raw.get("noise"), declared, [*base.states, *observables]),
         }
+        nonnegative = self.states_of(raw.get("nonnegative"), "nonnegative", base.states)
         name = raw.get("name", base.name)
         if not isinstance(name, str):
             raise self.fail("name", "expected a string")
         return replace(
             base,
+            nonnegative=nonnegative,
             parameters=parameters,
             observables=observables,
             neural=neural,
@@ -625,6 +637,16 @@ class _SpecReader:
                     f"initial.{key}", f"'{key}' is not a state", "states: " + ", ".join(states)
                 )
             out[key] = self.number(v, f"initial.{key}")
+        return out
+
+    def states_of(self, value: Any, where: str, states: list[str]) -> list[str]:
+        """``value``: a list of the model's states (none: empty)."""
+        out = self.names(value, where)
+        for i, name in enumerate(out):
+            if name not in states:
+                raise self.fail(
+                    f"{where}[{i}]", f"'{name}' is not a state", "states: " + ", ".join(states)
+                )
         return out
 
     def names(self, value: Any, where: str, required: bool = False) -> list[str]:
