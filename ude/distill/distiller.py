@@ -418,8 +418,9 @@ class Distiller:
             the data prefer the twin?
         nonnegative: refuse a candidate twin that drives a species a neural reaction consumes
             or produces (a concentration: its data stay at or above zero), or a state the spec
-            declares ``nonnegative``, below zero where it is zero (:mod:`ude.distill.admissible`): its refit counts as failed, with the
-            reason in the path.
+            declares ``nonnegative``, below zero where it is zero
+            (:mod:`ude.distill.admissible`): its refit counts as failed, with the reason in
+            the path.
 
     Parameters of the prior spec that are per condition start every refit from the trained
     model's values for each condition (and a population's from its median and spread).
