@@ -14,8 +14,7 @@ declares it an amount (``nonnegative: [C, M, X]``): otherwise nothing the user w
 is one (a response, a biomarker: the virtual-population example's true drug effect
 ``-Emax*A/(A + EC50)`` takes the response below zero where it is zero, and its data reach
 zero). Goldbeter's cyclin C, whose degradation a network learns: a twin ``-c*M*X/(K + M)``
-degrades cyclin that is not there, where the true ``-vd*X*C/(Kd + C)`` stops at C = 0; the
-data alone preferred either by under a unit in five of the benchmark's cells.
+degrades cyclin that is not there, where the true ``-vd*X*C/(Kd + C)`` stops at C = 0.
 
 The check runs on the points the network was sampled at along the trained trajectories: for
 each concentration, the twin's rate of change of it on the face where it is set to zero (the
@@ -133,6 +132,4 @@ def admitted(result: RefitResult, faces: Faces | None) -> RefitResult:
     if faces is None or not result.ok or result.model is None:
         return result
     why = faces.breach(result.model)
-    if why is None:
-        return result
-    return replace(result, ok=False, nmse=math.inf, refused=why, refused_nmse=result.nmse)
+    return result if why is None else replace(result, ok=False, nmse=math.inf, refused=why)

@@ -648,7 +648,8 @@ class Distiller:
         scales = {t: p.y_scale / p.col_scale for t, p in problems.items()}
         noise = model.noise.detach().cpu().numpy()
         # a state the spec declares an amount is one, whatever its noisy data's median
-        positive = concentrations(samples, measurements) | amounts(known, samples.states)
+        declared = np.array([s in known.nonnegative for s in samples.states], dtype=bool)
+        positive = concentrations(samples, measurements) | declared
         faces = None
         if self.nonnegative:
             faces = zero_faces(model, samples, positive, amounts(known, samples.states))
@@ -743,9 +744,7 @@ class Distiller:
                 sizes=library_sizes(terms),
                 rewrite=lambda best: rewritten(best, terms, bounds),
                 swap=lambda best: first_order_swaps(best, terms, view(integral), reactions),
-                sibling=lambda best: sibling_swaps(
-                    best, terms, view(integral_along(best)), best.refit.refused is not None
-                ),
+                sibling=lambda best: sibling_swaps(best, terms, view(integral_along(best))),
                 workers=workers,
                 reswap=unmeasured,
             )

@@ -498,38 +498,6 @@ class TrajectorySelector:
                 trials += score_all(swap_moves(rival, set(), "sibling")[0], rival)
             return trials
 
-        def refused_siblings(around: Scored) -> list[Scored]:
-            """The siblings of at most ``rivals`` refused candidates
-            (:mod:`ude.distill.admissible`) whose fit before the refusal scores within
-            ``tolerance`` of ``around`` (the settled best), the best first, each refitted as a
-            best's siblings are. A law over the wrong variable can fit as well as the truth
-            and be refused for it (Goldbeter's ``-c*M*X/(K + M)`` degrades cyclin where
-            there is none, with C declared ``nonnegative``); the search had moved on from it,
-            and its sibling, the true ``-c*C*X/(K + C)``, was never refitted."""
-            if not self.rivals or not self.siblings or sibling is None:
-                return []
-            would = {
-                id(s): information_criterion(
-                    s.refit.refused_nmse,
-                    s.refit.n_points,
-                    s.n_params,
-                    self.criterion,
-                    s.info.get("log_models", 0.0),
-                )
-                for s in scored
-                if s.refit.refused is not None and s.refit.refused_nmse is not None
-            }
-            near = sorted(
-                (s for s in scored if id(s) in would and id(s) not in sibled),
-                key=lambda s: would[id(s)],
-            )
-            near = [s for s in near if would[id(s)] <= around.criterion + self.tolerance]
-            trials: list[Scored] = []
-            for refused in near[: self.rivals]:
-                sibled.add(id(refused))
-                trials += score_all(swap_moves(refused, set(), "sibling")[0], refused)
-            return trials
-
         def screened(cand: Candidate, around: Scored | None = None) -> float:
             if screen is not None:
                 return screen(cand, around)
@@ -624,7 +592,6 @@ class TrajectorySelector:
             # siblings of the structures that fit nearly as well
             late = reswap_moves(best) if reswap else []
             trials = (score_all(late, best) if late else []) + rival_siblings(best)
-            trials += refused_siblings(best)
             if not trials:
                 break
             top = min(trials, key=lambda s: s.criterion)

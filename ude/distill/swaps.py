@@ -125,31 +125,8 @@ def siblings(j: int, terms: list[Term]) -> list[int]:
     return out
 
 
-def vanishing_forms(j: int, terms: list[Term], state: str) -> list[int]:
-    """The indices in ``terms`` of ``terms[j]`` times a factor of ``state`` alone that is
-    zero where ``state`` is (``state`` itself, a saturation ``state/(K + state)``, a Hill
-    activation): the forms of the term that stop where there is none of ``state`` (``X``:
-    ``C*X``, ``C*X/(C + K)``)."""
-    s = sp.Symbol(state)
-    base = terms[j].expr
-    out = []
-    for k, term in enumerate(terms):
-        if k == j or s not in term.expr.free_symbols or s in base.free_symbols:
-            continue
-        ratio = sp.simplify(term.expr / base)
-        if not ratio.free_symbols <= {s, *map(sp.Symbol, term.constants)}:
-            continue
-        at_zero = ratio.xreplace({s: sp.Integer(0)})
-        if at_zero.is_zero:
-            out.append(k)
-    return out
-
-
 def sibling_swaps(
-    best: Scored,
-    terms: dict[str, list[Term]],
-    along: dict[str, IntegralProblem],
-    repair: bool = False,
+    best: Scored, terms: dict[str, list[Term]], along: dict[str, IntegralProblem]
 ) -> list[Candidate]:
     """``best`` with one term of one target replaced by each of its :func:`siblings` that the
     target does not hold already, the new term's coefficient and constants matched to the
@@ -163,11 +140,7 @@ def sibling_swaps(
     ``-vd*X*C/(Kd + C)`` at 10 % noise: the twin chosen was ``c*M*X/(K + M)``, 0.3 units
     behind the truth. The start is the sibling closest to what it replaces, so that the refit
     begins from the best's dynamics: the same support refitted from the screen's constants or
-    the integral-matching coefficients stopped at a trajectory NMSE of 0.57 (against 0.047).
-
-    ``repair`` (``best`` refused for driving its target below zero where it is zero:
-    :mod:`ude.distill.admissible`): each term's :func:`vanishing_forms` over the target's own
-    state too, in its place."""
+    the integral-matching coefficients stopped at a trajectory NMSE of 0.57 (against 0.047)."""
     fitted, constants = refitted_coef(best), refitted_constants(best)
     start = moved_from(best)
     out = []
@@ -179,10 +152,7 @@ def sibling_swaps(
         for j in held:
             old = library[j]
             replaced = c[j] * old.numeric(constants.get(t, {}).get(j, problem.constants.get(j)))
-            kin = siblings(j, library)
-            if repair:
-                kin += [k for k in vanishing_forms(j, library, t) if k not in kin]
-            for k in kin:
+            for k in siblings(j, library):
                 if k in held:
                     continue
                 first = {**library[k].constants, **problem.constants.get(k, {})}
