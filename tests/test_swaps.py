@@ -385,3 +385,63 @@ def test_once_settled_the_siblings_of_structures_within_tolerance_of_the_best_ar
     assert refitted == [0, 1, 2] and asked == [0] and held(chosen.candidate) == 0
     refitted, _, chosen = run(3, second=9e-3)  # 66 units behind: not a rival
     assert refitted == [0, 1, 2] and held(chosen.candidate) == 0
+
+
+def _refused_best(rivals: int) -> tuple[list[tuple[int, ...]], Scored]:
+    """Term 1 would fit best but is refused (it drives x below zero where x is zero); term 4,
+    its sibling, is the truth and fits as well; term 0 fits worse."""
+
+    def cand(support: list[int], origin: str = "path") -> Candidate:
+        coef = np.zeros(5)
+        coef[support] = 1.0
+        return Candidate({"x": coef}, origin, info={"swapped": "x"})
+
+    refitted = []
+
+    def refit(c: Candidate):
+        support = tuple(int(j) for j in np.flatnonzero(c.coef["x"]))
+        refitted.append(support)
+        if support == (1,):
+            refused = RefitResult(None, {}, np.inf, 60, False, 0, refused="dx/dt < 0 at x = 0")
+            refused.refused_nmse = 1e-3
+            return refused, 1
+        return RefitResult(None, {}, {(4,): 1e-3}.get(support, 5e-3), 60, True, 0), 1
+
+    def sibling(best: Scored) -> list[Candidate]:
+        held = np.flatnonzero(best.candidate.coef["x"]).tolist()
+        return [cand([4], "sibling")] if held == [1] else []
+
+    selector = TrajectorySelector(grow=False, max_refits=2, swaps=0, rivals=rivals)
+    chosen, _ = selector.select([cand([0]), cand([1])], refit, sibling=sibling)
+    return refitted, chosen
+
+
+def test_the_siblings_of_a_refused_candidate_that_would_fit_best_are_refitted():
+    refitted, chosen = _refused_best(rivals=3)
+    assert (4,) in refitted
+    assert np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [4]
+    refitted, chosen = _refused_best(rivals=0)  # rivals=0 turns it off, as for the rivals
+    assert (4,) not in refitted
+    assert np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [0]
+
+
+def test_a_terms_forms_that_vanish_with_the_target_state():
+    import sympy as sp
+
+    from ude.distill.library import Term
+    from ude.distill.swaps import vanishing_forms
+
+    C, M, X, K = sp.symbols("C M X K")
+    terms = [
+        Term(X),
+        Term(C * X),
+        Term(C * X / (K + C), {"K": 1.0}, ("K",), "michaelis_menten"),
+        Term(M * X / (K + M), {"K": 1.0}, ("K",), "michaelis_menten"),
+        Term(X / (K + X), {"K": 1.0}, ("K",), "michaelis_menten"),
+        Term(C**2),
+        Term(sp.Integer(1)),
+    ]
+    assert vanishing_forms(0, terms, "C") == [1, 2]  # X: C*X, C*X/(K + C)
+    assert vanishing_forms(6, terms, "C") == [5]  # the constant: C**2 (and no C alone here)
+    assert vanishing_forms(1, terms, "C") == []  # C*X holds C already
+    assert vanishing_forms(4, terms, "C") == [2]  # X/(K + X): its law on C, X a factor

@@ -132,4 +132,6 @@ def admitted(result: RefitResult, faces: Faces | None) -> RefitResult:
     if faces is None or not result.ok or result.model is None:
         return result
     why = faces.breach(result.model)
-    return result if why is None else replace(result, ok=False, nmse=math.inf, refused=why)
+    if why is None:
+        return result
+    return replace(result, ok=False, nmse=math.inf, refused=why, refused_nmse=result.nmse)

@@ -602,7 +602,8 @@ class Distiller:
 
         def integral_along(best: Scored | None) -> dict[str, IntegralProblem]:
             """The integral problems along a refitted twin's trajectory (None: the UDE's)."""
-            if best is None or not best.refit.ok or best.refit.model is None:
+            solved = best is not None and (best.refit.ok or best.refit.refused is not None)
+            if not solved or best.refit.model is None:
                 return integral
             key = id(best.refit.model)  # a resample rescores the same refitted model
             if key not in around:
@@ -744,7 +745,9 @@ class Distiller:
                 sizes=library_sizes(terms),
                 rewrite=lambda best: rewritten(best, terms, bounds),
                 swap=lambda best: first_order_swaps(best, terms, view(integral), reactions),
-                sibling=lambda best: sibling_swaps(best, terms, view(integral_along(best))),
+                sibling=lambda best: sibling_swaps(
+                    best, terms, view(integral_along(best)), best.refit.refused is not None
+                ),
                 workers=workers,
                 reswap=unmeasured,
             )

@@ -31,7 +31,8 @@ class RefitResult:
     parameter's values ``(condition,)``; ``population``: each population parameter's median
     (mean) and spread. ``nmse``: mean squared residual over measured entries, each observable
     scaled by its RMS; ``n_points``: measured entries; ``ok``: False when the solve failed or
-    diverged, or the twin was refused (``refused``: why; :mod:`ude.distill.admissible`).
+    diverged, or the twin was refused (``refused``: why; :mod:`ude.distill.admissible`;
+    ``refused_nmse``: its fit before it was refused).
     ``trace``: twice the summed NLL (a criterion's data term) at the end of each L-BFGS step
     of 20 iterations that stayed where the model solves, in order over the refit's passes:
     how far it was still moving when it stopped (``python bench/refit_convergence.py``).
@@ -47,6 +48,7 @@ class RefitResult:
     population: dict[str, dict] = field(default_factory=dict)
     refused: str | None = None
     trace: list[float] = field(default_factory=list)
+    refused_nmse: float | None = None
 
 
 def _batch(measurements: Measurements) -> dict[str, torch.Tensor]:

@@ -146,9 +146,10 @@ def refitted_constants(scored: Scored) -> dict[str, dict[int, dict[str, float]]]
 
 def moved_from(best: Scored) -> dict:
     """``info`` for a candidate proposed around ``best``: its refit starts from ``best``'s
-    fitted initial states (``info["initial"]``), not from the trained model's."""
+    fitted initial states (``info["initial"]``), not from the trained model's; a refused
+    ``best``'s too (it solved; :func:`TrajectorySelector.select`'s refused siblings)."""
     model = best.refit.model
-    if model is None or not best.refit.ok:
+    if model is None or not (best.refit.ok or best.refit.refused is not None):
         return {}
     return {"initial": model.initial.detach().cpu().numpy()}
 
@@ -498,6 +499,51 @@ class TrajectorySelector:
                 trials += score_all(swap_moves(rival, set(), "sibling")[0], rival)
             return trials
 
+        def refused_siblings(around: Scored) -> list[Scored]:
+            """The siblings of at most ``rivals`` refused candidates
+            (:mod:`ude.distill.admissible`) whose fit before the refusal scores within
+            ``tolerance`` of ``around`` (the settled best), the best first, each refitted as a
+            best's siblings are. A law over the wrong variable can fit as well as the truth
+            and be refused for it (Goldbeter's ``-c*M*X/(K + M)`` degrades cyclin where
+            there is none, with C declared ``nonnegative``); the search had moved on from it,
+            and its sibling, the true ``-c*C*X/(K + C)``, was never refitted. A sibling
+            refitted before from another start to a criterion more than ``tolerance`` behind
+            the refused fit is refitted again from the refused candidate's states (the better
+            refit kept): on Goldbeter's base cell the true support had been refitted once as
+            another move's sibling, from ``K`` 6.1, and stopped 360 units behind."""
+            if not self.rivals or not self.siblings or sibling is None:
+                return []
+            would = {
+                id(s): information_criterion(
+                    s.refit.refused_nmse,
+                    s.refit.n_points,
+                    s.n_params,
+                    self.criterion,
+                    s.info.get("log_models", 0.0),
+                )
+                for s in scored
+                if s.refit.refused is not None and s.refit.refused_nmse is not None
+            }
+            near = sorted(
+                (s for s in scored if id(s) in would and id(s) not in sibled),
+                key=lambda s: would[id(s)],
+            )
+            near = [s for s in near if would[id(s)] <= around.criterion + self.tolerance]
+            trials: list[Scored] = []
+            for refused in near[: self.rivals]:
+                sibled.add(id(refused))
+                kin = [
+                    (c, "sibling")
+                    for c in sibling(refused)
+                    if c.support() not in seen
+                    or (
+                        c.support() not in retried
+                        and seen[c.support()].criterion > would[id(refused)] + self.tolerance
+                    )
+                ]
+                trials += score_all(kin, refused)
+            return trials
+
         def screened(cand: Candidate, around: Scored | None = None) -> float:
             if screen is not None:
                 return screen(cand, around)
@@ -592,6 +638,7 @@ class TrajectorySelector:
             # siblings of the structures that fit nearly as well
             late = reswap_moves(best) if reswap else []
             trials = (score_all(late, best) if late else []) + rival_siblings(best)
+            trials += refused_siblings(best)
             if not trials:
                 break
             top = min(trials, key=lambda s: s.criterion)

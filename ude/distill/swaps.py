@@ -125,8 +125,38 @@ def siblings(j: int, terms: list[Term]) -> list[int]:
     return out
 
 
+def vanishing_forms(j: int, terms: list[Term], state: str) -> list[int]:
+    """The indices in ``terms`` of ``terms[j]`` times a factor of ``state`` alone that is
+    zero where ``state`` is (``state`` itself, a saturation ``state/(K + state)``, a Hill
+    activation), and the term's law moved onto ``state`` with its old variable as a factor
+    (``X/(K + X)``: ``X*C/(K + C)``): the forms of the term that stop where there is none of
+    ``state`` (``X``: ``C*X``, ``C*X/(C + K)``)."""
+    s = sp.Symbol(state)
+    base = terms[j].expr
+    out = []
+    for k, term in enumerate(terms):
+        if k == j or s not in term.expr.free_symbols or s in base.free_symbols:
+            continue
+        ratio = sp.simplify(term.expr / base)
+        if not ratio.free_symbols <= {s, *map(sp.Symbol, term.constants)}:
+            continue
+        at_zero = ratio.xreplace({s: sp.Integer(0)})
+        if at_zero.is_zero:
+            out.append(k)
+    # the law moved onto the state, its old variable a factor: X/(K + X) -> X*C/(K + C)
+    index = {t.expr: k for k, t in enumerate(terms)}
+    for v in _variables(terms[j]):
+        k = index.get(sp.expand(v * base.xreplace({v: s}))) or index.get(v * base.xreplace({v: s}))
+        if k is not None and k != j and k not in out:
+            out.append(k)
+    return out
+
+
 def sibling_swaps(
-    best: Scored, terms: dict[str, list[Term]], along: dict[str, IntegralProblem]
+    best: Scored,
+    terms: dict[str, list[Term]],
+    along: dict[str, IntegralProblem],
+    repair: bool = False,
 ) -> list[Candidate]:
     """``best`` with one term of one target replaced by each of its :func:`siblings` that the
     target does not hold already, the new term's coefficient and constants matched to the
@@ -140,7 +170,11 @@ def sibling_swaps(
     ``-vd*X*C/(Kd + C)`` at 10 % noise: the twin chosen was ``c*M*X/(K + M)``, 0.3 units
     behind the truth. The start is the sibling closest to what it replaces, so that the refit
     begins from the best's dynamics: the same support refitted from the screen's constants or
-    the integral-matching coefficients stopped at a trajectory NMSE of 0.57 (against 0.047)."""
+    the integral-matching coefficients stopped at a trajectory NMSE of 0.57 (against 0.047).
+
+    ``repair`` (``best`` refused for driving its target below zero where it is zero:
+    :mod:`ude.distill.admissible`): each term's :func:`vanishing_forms` over the target's own
+    state too, in its place."""
     fitted, constants = refitted_coef(best), refitted_constants(best)
     start = moved_from(best)
     out = []
@@ -152,11 +186,20 @@ def sibling_swaps(
         for j in held:
             old = library[j]
             replaced = c[j] * old.numeric(constants.get(t, {}).get(j, problem.constants.get(j)))
-            for k in siblings(j, library):
+            kin = siblings(j, library)
+            if repair:
+                kin += [k for k in vanishing_forms(j, library, t) if k not in kin]
+            for k in kin:
                 if k in held:
                     continue
                 first = {**library[k].constants, **problem.constants.get(k, {})}
-                value, matched = match_term(library[k], first, replaced, problem.X)
+                if repair:  # the screen's constants, the coefficient matched
+                    value, matched = match_term(
+                        Term(library[k].numeric(first)), {}, replaced, problem.X
+                    )
+                    matched = dict(first)
+                else:
+                    value, matched = match_term(library[k], first, replaced, problem.X)
                 if not np.isfinite(value) or value == 0:
                     continue
                 coef = {s: v.copy() for s, v in fitted.items()}
