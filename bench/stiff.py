@@ -30,6 +30,10 @@ right-hand side a scipy user writes: the equations as scalar Python code (lambdi
 rodas5p's backward pass also evaluates the Jacobian at every stage point of the accepted
 steps (8 per step) and second derivatives at each step's start, in a few batched calls.
 
+Then the true model over the benchmark's 8 conditions in one compiled forward + backward: one
+step size shared by all conditions (each takes every other's steps) against each condition's
+own (the default), with the condition-steps each takes.
+
 Then the same forward + backward for the hybrid model a training run solves (known terms + an
 untrained network), and its training epochs.
 
@@ -55,7 +59,7 @@ from scipy.integrate import solve_ivp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ude.benchmark.scenario import Scenario, build_problem  # noqa: E402
+from ude.benchmark.scenario import Scenario, build_problem, initial_states  # noqa: E402
 from ude.model import Solver, SolverFailed  # noqa: E402
 from ude.model.hybrid import HybridODE, build_hybrid  # noqa: E402
 from ude.model.rodas import Stats  # noqa: E402
@@ -91,11 +95,12 @@ def learned(spec: ModelSpec) -> ModelSpec:
 
 
 def twin(spec: ModelSpec, y0: np.ndarray, method: str) -> HybridODE:
+    """The model ``spec`` from ``y0 (condition, state)``, every parameter learned."""
     n = len(spec.states)
     return HybridODE(
         learned(spec),
         list(spec.states),
-        1,
+        len(y0),
         inputs=torch.zeros(1, 0, dtype=F64),
         initial=torch.tensor(y0, dtype=F64),
         solver=Solver(method, rtol=RTOL, atol=ATOL),
@@ -103,6 +108,38 @@ def twin(spec: ModelSpec, y0: np.ndarray, method: str) -> HybridODE:
         time_scale=1.0,
         noise=torch.ones(n, dtype=F64),
     ).double()
+
+
+def conditions_run(model: HybridODE, t: torch.Tensor, shared: bool) -> Stats:
+    """Forward + backward of every condition of ``model`` in one compiled rodas5p solve:
+    one step size for all (``shared``) or each condition's own."""
+    cond = torch.arange(model.initial.shape[0])
+    model.zero_grad()
+    model._context = model.context(cond)
+    stats = Stats()
+    try:
+        sol = rodas_solve(model, model.initial[cond], t, RTOL, ATOL, 5000, stats, True, shared)
+    finally:
+        model._context = None
+    sol.sum().backward()
+    return stats
+
+
+def bench_conditions(name: str, n: int = 8) -> None:
+    """The true model over the benchmark's ``n`` conditions (its scenario's initial states,
+    then log-normal scalings of the first): a shared step against each condition's own."""
+    system = get_system(name)
+    sc = system.scenario
+    t = torch.from_numpy(np.linspace(sc.t_start, sc.t_end, sc.n_times))
+    model = twin(system.truth, initial_states(system, n), "rodas5p")
+    ude_run(model, t, True)  # numba's cache
+    line = f"{name}, {n} conditions, rodas5p forward+backward:"
+    for shared in (True, False):
+        seconds, stats = cpu_seconds(lambda s=shared: conditions_run(model, t, s))
+        steps = stats.accepted * (n if shared else 1)
+        label = "one shared step" if shared else "each its own"
+        line += f" {label} {seconds:.3f} cpu s ({steps} condition-steps);"
+    print(line.rstrip(";"))
 
 
 class Counted(torch.nn.Module):
@@ -315,6 +352,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = {name: bench_system(name, args.quick) for name in args.systems}
+    print()
+    for name in args.systems:
+        bench_conditions(name)
     epochs = {}
     if not args.quick:
         print()

@@ -83,18 +83,20 @@ def goldbeter() -> HybridODE:
     ).double()
 
 
-def run(model: HybridODE, times: torch.Tensor, compiled: bool):
+def run(model: HybridODE, times: torch.Tensor, compiled: bool, shared: bool = True, cond=None):
     """States ``(time, condition, state)``, the gradients of a weighted sum of them in every
-    learned tensor (the initial states included), and the solve's work."""
-    cond = torch.arange(model.initial.shape[0])
+    learned tensor (the initial states included), and the solve's work; ``shared``: one step
+    size for all conditions (the numpy path's); ``cond``: the conditions solved (all)."""
+    cond = torch.arange(model.initial.shape[0]) if cond is None else torch.as_tensor(cond)
     model.zero_grad()
     model._context = model.context(cond)
     stats = Stats()
     try:
-        sol = solve(model, model.initial[cond], times, 1e-6, 1e-9, 5000, stats, compiled)
+        sol = solve(model, model.initial[cond], times, 1e-6, 1e-9, 5000, stats, compiled, shared)
     finally:
         model._context = None
-    weights = torch.linspace(0.5, 1.5, sol.numel(), dtype=F64).reshape(sol.shape)
+    shape = (sol.shape[0], *model.initial.shape)  # every condition's, whichever are solved
+    weights = torch.linspace(0.5, 1.5, int(np.prod(shape)), dtype=F64).reshape(shape)[:, cond]
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad((weights * sol).sum(), params, allow_unused=True)
     return sol.detach().numpy(), grads, stats
@@ -124,6 +126,28 @@ def test_compiled_solve_and_gradient_match_numpy(make, t_end):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-7, atol=1e-9 * scale)
         n_checked += 1
     assert n_checked >= 3  # initial states and the learned parameters
+
+
+def test_conditions_step_alone_each_as_if_solved_by_itself():
+    # The kernels step each condition with its own step size by default: the states and
+    # gradients of both conditions solved together are those of each solved alone, to
+    # rounding, and within the tolerance of the shared-step solve; a condition no longer
+    # takes the other's steps, so the work is less.
+    model = toggle()
+    times = torch.linspace(0.0, 6.0, 21, dtype=F64)
+    both, both_grads, both_stats = run(model, times, True, shared=False)
+    alone = [run(model, times, True, shared=False, cond=[b]) for b in range(2)]
+    np.testing.assert_allclose(both, np.concatenate([a[0] for a in alone], axis=1), 1e-12)
+    assert both_stats.accepted == sum(a[2].accepted for a in alone)
+    for k, grad in enumerate(both_grads):
+        if grad is None:
+            continue
+        summed = sum(a[1][k] for a in alone if a[1][k] is not None)  # rows of the other: 0
+        np.testing.assert_allclose(grad.numpy(), summed.numpy(), rtol=1e-10, atol=1e-12)
+    shared, shared_grads, shared_stats = run(model, times, True, shared=True)
+    np.testing.assert_allclose(both, shared, rtol=1e-4, atol=1e-6)
+    assert both_stats.accepted < 2 * shared_stats.accepted
+    assert not np.array_equal(both, shared)  # their own steps, not the shared ones
 
 
 def test_compiled_gradient_matches_finite_differences():
@@ -185,9 +209,9 @@ def test_a_twin_solves_in_the_kernels_and_a_network_model_in_numpy(monkeypatch):
     monkeypatch.setattr(rodas_kernels, "integrate", lambda *args: calls.append(1) or kernel(*args))
     times = torch.linspace(0.0, 2.0, 5, dtype=F64)
     toggle().simulate(times, torch.arange(2))
-    assert len(calls) == 1
+    assert len(calls) == 2  # one per condition
     toggle(neural=True).simulate(times, torch.arange(2))  # a network in the right-hand side
-    assert len(calls) == 1
+    assert len(calls) == 2
 
 
 _FIRST_CALLER = """

@@ -73,20 +73,26 @@ def solve(
     max_steps: int,
     stats: rodas.Stats | None = None,
     compiled: bool = True,
+    shared_steps: bool = False,
 ) -> Tensor:
     """Solution ``(time, batch, state)`` of ``dy/dt = func(t, y)`` at ``t (time,)`` from
     ``y0 (batch, state)``; differentiable in ``y0`` and in what ``func`` depends on.
     ``compiled``: solve a right-hand side without networks with the compiled kernels
-    (False: always numpy; the two agree to rounding). Raises :class:`RodasFailed`."""
+    (False: always numpy). The kernels step each condition (batch row) alone with its own
+    step size (:func:`ude.model.rodas_kernels.integrate_each`), unless ``shared_steps``:
+    then one step size for all, the numpy path's steps (the two agree to rounding). A
+    network model's numpy path always shares the step: its cost is per call, not per row.
+    Raises :class:`RodasFailed`."""
     system = func.numeric_rhs() if hasattr(func, "numeric_rhs") else None
     if system is not None:
         problem = _Problem(system.torch_rhs, system.rhs, t, rtol, atol, max_steps, stats)
+        problem.shared_steps = shared_steps
         if compiled and not system.rhs.networks:
             problem.tapes = rodas_kernels.tapes(system.rhs.derivatives)
         elif _PLAN is not None:
             _PLAN.exact = False
-        if _TWICE and torch.is_grad_enabled():
-            problem.integrate(_numpy(y0), record=True)
+        if _TWICE and torch.is_grad_enabled():  # the replay follows one shared step
+            problem.integrate(_numpy(y0), record=True, shared=True)
             return _replayed(problem, y0, system.context)
         return _HybridSolve.apply(problem, y0, system.context, *system.params)
     if _PLAN is not None:
@@ -174,13 +180,18 @@ class _Problem:
         self.rtol, self.atol, self.max_steps = rtol, atol, max_steps
         self.stats = stats
         self.trajectory: rodas.Trajectory | None = None
-        # the compiled kernels' tapes (None: numpy) and their record of the accepted steps
+        # the compiled kernels' tapes (None: numpy) and their record of the accepted steps:
+        # one for a shared step, else one per condition
         self.tapes: tuple | None = None
+        self.shared_steps = False
         self.record: tuple | None = None
+        self.records: list[tuple] | None = None
 
-    def integrate(self, y0: np.ndarray, record: bool) -> np.ndarray:
+    def integrate(self, y0: np.ndarray, record: bool, shared: bool = False) -> np.ndarray:
+        """The states at ``t`` from ``y0``; ``record``: keep the accepted steps for the
+        backward pass; ``shared``: one step size for all conditions (a replay needs it)."""
         if self.tapes is not None:
-            return self._integrate_compiled(y0, record)
+            return self._integrate_compiled(y0, record, shared or self.shared_steps)
         rhs = self.rhs
         try:
             out, self.trajectory = rodas.integrate(
@@ -198,11 +209,14 @@ class _Problem:
             raise RodasFailed(failure) from None
         return out
 
-    def _integrate_compiled(self, y0: np.ndarray, record: bool) -> np.ndarray:
+    def _integrate_compiled(self, y0: np.ndarray, record: bool, shared: bool) -> np.ndarray:
         y0 = np.ascontiguousarray(y0)  # one compiled version for all calls
         times = np.ascontiguousarray(_numpy(self.t))
         context = np.ascontiguousarray(self.rhs.context)
         plan = _PLAN
+        self.record = self.records = self.trajectory = None
+        if plan is None and not shared and y0.shape[0] > 1:
+            return self._integrate_each(y0, times, context, record)
         fixed = None if plan is None or plan.cursor is None else plan.next_steps(times)
         if fixed is not None:
             result = rodas_kernels.replay(y0, times, context, *self.tapes, *fixed)
@@ -222,6 +236,25 @@ class _Problem:
         out, t, h, y, u, lu, piv, output_step, status, t_reached, h_last, counts = result
         if plan is not None and plan.cursor is None and status == rodas_kernels.OK:
             plan.steps.append((times, h, output_step))
+        self._count_and_check(counts, status, t_reached, h_last)
+        if record:
+            self.record = (h, y, u, lu, piv, output_step)
+            # what a replay (create_graph) needs; its W is refactored there
+            self.trajectory = rodas.Trajectory(t, h, y, u, None, output_step)
+        return out
+
+    def _integrate_each(self, y0, times, context, record: bool) -> np.ndarray:
+        results = rodas_kernels.integrate_each(
+            y0, times, context, *self.tapes, float(self.rtol), float(self.atol),
+            int(self.max_steps), bool(record),
+        )  # fmt: skip
+        last = results[-1]
+        self._count_and_check(sum(r[11] for r in results), last[8], last[9], last[10])
+        if record:
+            self.records = [r[2:8] for r in results]
+        return np.concatenate([r[0] for r in results], axis=1)
+
+    def _count_and_check(self, counts, status: int, t_reached: float, h_last: float) -> None:
         if self.stats is not None:
             self.stats.accepted += int(counts[0])
             self.stats.rejected += int(counts[1])
@@ -231,14 +264,13 @@ class _Problem:
             rodas_kernels.raise_failure(status, t_reached, h_last, self.max_steps)
         except rodas.StepFailure as failure:
             raise RodasFailed(failure) from None
-        if record:
-            self.record = (h, y, u, lu, piv, output_step)
-            # what a replay (create_graph) needs; its W is refactored there
-            self.trajectory = rodas.Trajectory(t, h, y, u, None, output_step)
-        return out
 
     def adjoint_compiled(self, grad_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Cotangents of ``y0 (B, n)`` and of the context ``(B, c)`` by the kernels."""
+        if self.records is not None:
+            return rodas_kernels.adjoint_each(
+                grad_out, self.records, np.ascontiguousarray(self.rhs.context), *self.tapes
+            )
         return rodas_kernels.adjoint(
             np.ascontiguousarray(grad_out),
             *self.record,
@@ -343,8 +375,8 @@ def _parameter_grads(
 def _replay_grads(problem: _Problem, y0, context, params, grad_out, ctx) -> list:
     """Gradients by replaying the accepted steps with a graph (their sizes fixed): slow, and
     differentiable again."""
-    if problem.trajectory is None:  # forward ran without recording: record now
-        problem.integrate(_numpy(y0), record=True)
+    if problem.trajectory is None:  # forward ran without recording, or per condition
+        problem.integrate(_numpy(y0), record=True, shared=True)
     out = _replayed(problem, y0, context)
     inputs = [y0, context, *params]
     take = [x for x, need in zip(inputs, ctx.needs_input_grad[1:], strict=True) if need]
