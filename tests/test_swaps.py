@@ -260,7 +260,9 @@ def test_a_terms_siblings_are_its_law_over_other_variables():
         return {names[k] for k in siblings(names.index(name), terms)}
 
     assert kin("x*y/(K + y)") == {"x*z/(K + z)", "y*z/(K + y)", "x*y/(K + x)"}
-    assert kin("x*y") == {"x*z", "y*z"}
+    # a monomial also one factor at a time: y**2 -> x*y (Lotka-Volterra's prey)
+    assert kin("x*y") == {"x*z", "y*z", "x**2", "y**2"}
+    assert kin("y**2") == {"x**2", "z**2", "x*y", "y*z"}
     assert kin("x") == {"y", "z"}
     assert kin("x**n/(K**n + x**n)") == {"y**n/(K**n + y**n)", "z**n/(K**n + z**n)"}
     assert kin("1") == set()

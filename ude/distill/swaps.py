@@ -110,16 +110,24 @@ def _variables(term: Term) -> set[sp.Symbol]:
 def siblings(j: int, terms: list[Term]) -> list[int]:
     """The indices in ``terms`` of ``terms[j]``'s siblings: the same law (family and
     constants) over other variables, one of its variables replaced by another input or two
-    of them exchanged (``M*X/(K + M)``: ``C*X/(C + K)``, ``C*M/(K + M)``, ``M*X/(K + X)``)."""
+    of them exchanged (``M*X/(K + M)``: ``C*X/(C + K)``, ``C*M/(K + M)``, ``M*X/(K + X)``),
+    and for a mass-action term one factor replaced by another input (``y**2``: ``x*y``;
+    ``x*y``: ``x**2``, ``y**2``). Lotka-Volterra's prey trained 30 epochs on 20 noisy points
+    (x, y declared amounts): every candidate's prey term was ``-c*y**2``, refused for taking
+    prey away where there is none, and its sibling the true ``-c*x*y`` (41 units ahead of the
+    twin chosen without it) was never refitted."""
     term = terms[j]
     own = sorted(_variables(term), key=str)
     inputs = sorted(set().union(*(_variables(t) for t in terms)), key=str)
     index = {(t.family, t.expr): k for k, t in enumerate(terms)}
     maps = [{v: w} for v in own for w in inputs if w not in own]
     maps += [{a: b, b: a} for i, a in enumerate(own) for b in own[i + 1 :]]
+    exprs = [term.expr.xreplace(m) for m in maps]
+    if term.law is None:  # a monomial: one factor at a time
+        exprs += [term.expr * w / v for v in own for w in inputs if w != v]
     out = []
-    for m in maps:
-        k = index.get((term.family, term.expr.xreplace(m)))
+    for expr in exprs:
+        k = index.get((term.family, expr))
         if k is not None and k != j and k not in out:
             out.append(k)
     return out
