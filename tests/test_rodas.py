@@ -349,6 +349,28 @@ def test_blow_up_names_the_time_and_step(fast):
             Solver("rodas5p")(lambda t, y: y * y, torch.ones(1, 1, dtype=F64), times)
 
 
+def test_a_condition_that_blows_up_names_its_own_time_when_each_steps_alone():
+    # x' = x^2 from 0.25 and from 1 over [0, 2]: the first stays finite (it would leave at
+    # t = 4), the second leaves at t = 1; stepped alone, the error names the second's time.
+    spec = ModelSpec.from_dict({"states": ["x"], "equations": {"x": "x**2"}}, source="b.yaml")
+    model = HybridODE(
+        spec,
+        ["x"],
+        2,
+        inputs=torch.zeros(2, 0, dtype=F64),
+        initial=torch.tensor([[0.25], [1.0]], dtype=F64),
+        solver=Solver("rodas5p"),
+        state_scale=torch.ones(1, dtype=F64),
+        time_scale=1.0,
+        noise=torch.ones(1, dtype=F64),
+    ).double()
+    times = torch.tensor([0.0, 1.5], dtype=F64)
+    first = model.simulate(times, torch.tensor([0]))
+    assert first[0, -1, 0].item() == pytest.approx(0.25 / (1 - 0.25 * 1.5), rel=1e-5)
+    with pytest.raises(SolverFailed, match=r"past t=(0\.99|1)\S* \(step size"):
+        model.simulate(times, torch.tensor([0, 1]))
+
+
 def test_a_hill_term_of_abs_x_compiles_its_derivatives():
     """The distillation's Hill terms raise |x|: sympy differentiates |x| of a complex symbol
     into re() and im(), which did not compile, and a rodas5p refit of a distilled repression
