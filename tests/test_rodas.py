@@ -326,21 +326,27 @@ def test_decreasing_times_and_time_dependence():
     assert sol[-1, 0, 0].item() == pytest.approx(0.5 + c, rel=1e-7)
 
 
-@pytest.mark.parametrize("fast", [True, False])
-def test_blow_up_names_the_time_and_step(fast):
-    # x' = x^2 from 1 leaves every bound at t = 1.
+def _square(initial: list[float]) -> HybridODE:
+    """x' = x^2 from each of ``initial`` (one condition each): from x0 it leaves at 1/x0."""
     spec = ModelSpec.from_dict({"states": ["x"], "equations": {"x": "x**2"}}, source="b.yaml")
-    model = HybridODE(
+    n = len(initial)
+    return HybridODE(
         spec,
         ["x"],
-        1,
-        inputs=torch.zeros(1, 0, dtype=F64),
-        initial=torch.ones(1, 1, dtype=F64),
+        n,
+        inputs=torch.zeros(n, 0, dtype=F64),
+        initial=torch.tensor([[x] for x in initial], dtype=F64),
         solver=Solver("rodas5p"),
         state_scale=torch.ones(1, dtype=F64),
         time_scale=1.0,
         noise=torch.ones(1, dtype=F64),
     ).double()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_blow_up_names_the_time_and_step(fast):
+    # x' = x^2 from 1 leaves every bound at t = 1.
+    model = _square([1.0])
     times = torch.tensor([0.0, 2.0], dtype=F64)
     with pytest.raises(SolverFailed, match=r"past t=(0\.99|1)\S* \(step size"):
         if fast:
@@ -352,18 +358,7 @@ def test_blow_up_names_the_time_and_step(fast):
 def test_a_condition_that_blows_up_names_its_own_time_when_each_steps_alone():
     # x' = x^2 from 0.25 and from 1 over [0, 2]: the first stays finite (it would leave at
     # t = 4), the second leaves at t = 1; stepped alone, the error names the second's time.
-    spec = ModelSpec.from_dict({"states": ["x"], "equations": {"x": "x**2"}}, source="b.yaml")
-    model = HybridODE(
-        spec,
-        ["x"],
-        2,
-        inputs=torch.zeros(2, 0, dtype=F64),
-        initial=torch.tensor([[0.25], [1.0]], dtype=F64),
-        solver=Solver("rodas5p"),
-        state_scale=torch.ones(1, dtype=F64),
-        time_scale=1.0,
-        noise=torch.ones(1, dtype=F64),
-    ).double()
+    model = _square([0.25, 1.0])
     times = torch.tensor([0.0, 1.5], dtype=F64)
     first = model.simulate(times, torch.tensor([0]))
     assert first[0, -1, 0].item() == pytest.approx(0.25 / (1 - 0.25 * 1.5), rel=1e-5)
