@@ -11,7 +11,7 @@ from ude.data.datamodule import ConditionDataset
 from ude.data.measurements import Measurements
 from ude.fit import make_module
 from ude.model.hybrid import HybridODE, build_hybrid
-from ude.model.initial_scale import set_initial
+from ude.model.initial_scale import initial_parameter, set_initial
 from ude.model.solver import FIXED, Solver, SolverFailed
 from ude.spec.model_spec import ModelSpec
 
@@ -118,6 +118,10 @@ class TwinRefit:
             unobserved 0.34 cell): the truth ``-k5*S6`` refitted from the trained model's
             initial states and ``k5`` 0.68 ended at trajectory NMSE 0.21 (``k5`` 1.94), and
             from the first half grown to all at 0.0046 (``k5`` 1.284; the truth's 1.28).
+        nonnegative_initial: the learned initial values of the states the twin's spec declares
+            ``nonnegative`` (amounts) held at or above zero, on the log of the value
+            (:mod:`ude.model.initial_scale`: on Goldbeter a refit that may start an amount
+            below zero starts it at a Michaelis-Menten term's pole).
     """
 
     def __init__(
@@ -136,11 +140,13 @@ class TwinRefit:
         learn_population: bool = True,
         settle_first: bool = False,
         grow_from: float | None = None,
+        nonnegative_initial: bool = True,
     ):
         if grow_from is not None and not 0 < grow_from < 1:
             raise ValueError(f"grow_from={grow_from!r}: expected a fraction in (0, 1) or None")
         self.settle_first = settle_first
         self.grow_from = grow_from
+        self.nonnegative_initial = nonnegative_initial
         self.learn_noise = learn_noise
         self.learn_population = learn_population
         self.max_iter = max_iter
@@ -298,6 +304,7 @@ class TwinRefit:
             measurements,
             Solver(self.method, self.rtol, self.atol, self.step_size, max_steps=5000),
             learn_initial=self.learn_initial,
+            nonnegative_initial=self.nonnegative_initial,
         )
         if initial is not None:  # through its scale where it has one (a PEtab init_'s)
             set_initial(model, torch.as_tensor(initial, dtype=dtype))
@@ -317,13 +324,14 @@ class TwinRefit:
             model.solver = Solver(self.fallback, self.fallback_rtol, self.atol, max_steps=5000)
         params = [p for p in module.parameters() if p.requires_grad]
         iterations, trace = 0, []
-        rest = [p for p in params if p is not model.initial]
-        if settle and model.initial.requires_grad and rest:
-            model.initial.requires_grad_(False)
+        held = initial_parameter(model)
+        rest = [p for p in params if p is not held]
+        if settle and held.requires_grad and rest:
+            held.requires_grad_(False)
             try:
                 iterations = self._descend(module, batch, rest, iterations, trace)
             finally:
-                model.initial.requires_grad_(True)
+                held.requires_grad_(True)
         if grow_from is not None:
             iterations += self._fit_early(model, module, measurements, params, grow_from)
         iterations = self._descend(module, batch, params, iterations, trace)

@@ -381,6 +381,7 @@ def build_hybrid(
     latent_initial: float = 1.0,
     nonnegative_fluxes: bool = False,
     ensemble: int = 1,
+    nonnegative_initial: bool = False,
 ) -> HybridODE:
     """A HybridODE for ``spec`` sized and scaled from ``measurements``.
 
@@ -388,6 +389,9 @@ def build_hybrid(
     latent states from the known initial state, the spec's ``initial`` value or
     ``latent_initial``. ``ensemble > 1``: that many independent models, each with its own
     network weights, solved together (:class:`ude.model.ensemble.HybridEnsemble`).
+    ``nonnegative_initial``: the learned initial values of the states the spec declares
+    ``nonnegative`` are held at or above zero (:mod:`ude.model.initial_scale`; a twin's
+    refit).
     """
     if ensemble != 1:
         from ude.model.ensemble import HybridEnsemble
@@ -396,7 +400,8 @@ def build_hybrid(
             raise UdeError(f"got {ensemble!r}, expected an integer >= 1", source="model.ensemble")
         single = (spec, measurements, solver, hidden, depth, activation, learn_initial)
         members = [
-            build_hybrid(*single, latent_initial, nonnegative_fluxes) for _ in range(ensemble)
+            build_hybrid(*single, latent_initial, nonnegative_fluxes, 1, nonnegative_initial)
+            for _ in range(ensemble)
         ]
         return HybridEnsemble(members)
     spec = load_spec(spec)
@@ -465,5 +470,9 @@ def build_hybrid(
         initial_known=torch.from_numpy(known_initial),
         doses=measurements.schedules(),
         nonnegative_fluxes=nonnegative_fluxes,
-        initial_transforms=initial_transforms(spec.states, measurements.initial_scale),
+        initial_transforms=initial_transforms(
+            spec.states,
+            measurements.initial_scale,
+            spec.nonnegative if nonnegative_initial else (),
+        ),
     )

@@ -7,12 +7,22 @@ problem estimates it instead: through the same transform as a learned spec param
 scale and bounds (:func:`ude.model.parameters._from_raw`: the log of the value, logistic between
 the bounds). On the linear scale one Adam step takes ``8e-4`` below zero, where the
 repressilator's ``Y^n`` is undefined and the solve fails at ``t = 0``.
+
+A twin's refit also holds the learned initial values of the states its spec declares amounts
+(``nonnegative``) at or above zero, on the log of the value (:func:`initial_transforms`'
+``amounts``): an amount cannot start below zero, and a refit that may start it there finds
+the pole of a Michaelis-Menten term ``V M/(K + M)`` at ``M = -K`` and fits the first data by
+the jump out of it. Goldbeter's true structure refitted from its true initial states on 30
+noisy points, 12 seeds: 8 refits started ``M`` or ``X`` at ``-0.005`` (the pole), the noise
+levels came out off by up to half (``X`` 0.016 against its true 0.028) and the 95 % Laplace
+interval of ``v_d`` held the truth in 6 of the 12; held at or above zero, in 9 of the 10 whose
+``K_d`` stayed positive (``/work/prof/calib_gb3.py``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 
 import torch
@@ -22,17 +32,24 @@ from torch.nn.utils import parametrize
 from ude.model.parameters import _from_raw, _to_raw
 from ude.spec.model_spec import Parameter
 
+AMOUNT_FLOOR = 1e-3
+"""The least start of a learned initial amount, as a fraction of its state's scale: held on the
+log of its value, a start at zero (a noisy first sample clipped there) could never move."""
+
 
 def initial_transforms(
-    states: Sequence[str], scales: dict[str, tuple[str, float | None, float | None]]
+    states: Sequence[str],
+    scales: dict[str, tuple[str, float | None, float | None]],
+    amounts: Collection[str] = (),
 ) -> list[Parameter | None]:
     """Each state's transform ``(state,)`` from ``{state: (scale, lower, upper)}``
     (:attr:`ude.data.measurements.Measurements.initial_scale`): a :class:`Parameter` giving
-    the scale and bounds, or None (linear, unbounded: the default)."""
+    the scale and bounds, or None (linear, unbounded: the default). ``amounts``: states
+    without a scale of their own held at or above zero (:func:`is_amount`)."""
     out: list[Parameter | None] = []
     for s in states:
         if s not in scales:
-            out.append(None)
+            out.append(Parameter(value=1.0, learn=True, min=0.0) if s in amounts else None)
             continue
         scale, lower, upper = scales[s]
         finite = lambda b: b if b is not None and math.isfinite(b) else None  # noqa: E731
@@ -45,17 +62,29 @@ def initial_transforms(
     return out
 
 
+def is_amount(p: Parameter | None) -> bool:
+    """Whether ``p`` is an amount's transform: linear, bounded below by zero alone."""
+    return p is not None and p.scale == "lin" and p.min == 0 and p.max is None
+
+
 class InitialScale(nn.Module):
     """The parametrization of ``HybridODE.initial (condition, state)``: entries where ``mask``
     is True are held raw and given by their state's transform; the others as they are (known
     initial values, states without a scale of their own).
 
-    ``transforms (state,)``: a :class:`Parameter` (scale and bounds) or None per state.
+    ``transforms (state,)``: a :class:`Parameter` (scale and bounds) or None per state;
+    ``floors (state,)``: the least value an amount's entry is set to (:data:`AMOUNT_FLOOR`).
     """
 
-    def __init__(self, transforms: Sequence[Parameter | None], mask: torch.Tensor):
+    def __init__(
+        self,
+        transforms: Sequence[Parameter | None],
+        mask: torch.Tensor,
+        floors: Sequence[float] | None = None,
+    ):
         super().__init__()
         self.transforms = list(transforms)
+        self.floors = list(floors) if floors is not None else [0.0] * len(self.transforms)
         self.register_buffer("mask", mask.clone(), persistent=False)
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
@@ -75,13 +104,16 @@ class InitialScale(nn.Module):
         raw = values.detach().clone()
         for (c, i), v in zip(self.mask.nonzero().tolist(), values[self.mask].tolist(), strict=True):
             p = self.transforms[i]
-            raw[c, i] = _to_raw(replace(p, value=_inside(p, v)))
+            raw[c, i] = _to_raw(replace(p, value=_inside(p, v, self.floors[i])))
         return raw
 
 
-def _inside(p: Parameter, value: float) -> float:
+def _inside(p: Parameter, value: float, floor: float = 0.0) -> float:
     """``value`` moved into ``p``'s bounds (above zero on a log scale): a start outside them (a
-    smoothed value below zero) starts at the nearest value the transform reaches."""
+    smoothed value below zero) starts at the nearest value the transform reaches; an amount's
+    (:func:`is_amount`) at ``floor`` or above."""
+    if is_amount(p):
+        return max(value, floor)
     lower = p.min if p.min is not None else -math.inf
     upper = p.max if p.max is not None else math.inf
     if p.scale != "lin":
@@ -98,7 +130,16 @@ def scale_initial(module: nn.Module, transforms: Sequence[Parameter | None]) -> 
     for i, p in enumerate(transforms):
         if p is not None:
             mask[:, i] = ~module.initial_known[:, i].cpu()
-    parametrize.register_parametrization(module, "initial", InitialScale(transforms, mask))
+    floors = (AMOUNT_FLOOR * module.state_scale.abs().cpu()).tolist()
+    parametrize.register_parametrization(module, "initial", InitialScale(transforms, mask, floors))
+
+
+def initial_parameter(module: nn.Module) -> nn.Parameter:
+    """The leaf parameter that holds ``module.initial``: itself, or the raw values under
+    :class:`InitialScale`."""
+    if parametrize.is_parametrized(module, "initial"):
+        return module.parametrizations.initial.original
+    return module.initial
 
 
 def set_initial(module: nn.Module, values: torch.Tensor) -> None:
