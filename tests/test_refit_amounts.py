@@ -20,7 +20,12 @@ from ude.benchmark.scenario import Scenario, build_problem
 from ude.distill import TwinRefit
 from ude.distill.uncertainty import laplace
 from ude.model.hybrid import build_hybrid
-from ude.model.initial_scale import AMOUNT_FLOOR, initial_parameter, set_initial
+from ude.model.initial_scale import (
+    AMOUNT_FLOOR,
+    initial_parameter,
+    lift_amounts,
+    set_initial,
+)
 from ude.model.solver import Solver
 from ude.spec import ModelSpec
 from ude.spec.simulate import simulate_spec
@@ -60,20 +65,38 @@ def test_refit_keeps_declared_amounts_from_the_pole_below_zero(goldbeter):
     assert np.isfinite(laplace(fits[True].model, data).std()["vd"])
 
 
-def test_an_amount_set_below_its_floor_starts_at_it_and_the_rest_as_given(goldbeter):
+def test_an_amounts_start_is_lifted_to_its_floor_and_values_set_later_kept(goldbeter):
     data, twin = goldbeter
     twin = replace(twin, nonnegative=["C", "M"])  # X not declared: linear, unbounded
     model = build_hybrid(twin, data, Solver("rodas5p"), nonnegative_initial=True)
-    set_initial(model, torch.tensor([[0.0, -0.01, -0.02]], dtype=model.initial.dtype))
+    start = torch.tensor([[0.0, -0.01, -0.02]], dtype=model.initial.dtype)
+    set_initial(model, lift_amounts(model, start))
     values = model.initial.detach().numpy()[0]
     floors = AMOUNT_FLOOR * model.state_scale.numpy()
     assert values[0] == pytest.approx(floors[0]) and values[1] == pytest.approx(floors[1])
     assert values[2] == pytest.approx(-0.02)
     assert initial_parameter(model).is_leaf and initial_parameter(model).requires_grad
+    # a value set afterwards (a fitted twin copied, a condition selected) is kept as it is
+    set_initial(model, torch.tensor([[2e-5, 0.3, 0.1]], dtype=model.initial.dtype))
+    assert model.initial.detach().numpy()[0] == pytest.approx([2e-5, 0.3, 0.1], rel=1e-6)
     plain = build_hybrid(twin, data, Solver("rodas5p"))  # training's models: as given
-    set_initial(plain, torch.tensor([[0.0, -0.01, -0.02]], dtype=plain.initial.dtype))
-    assert plain.initial.detach().numpy()[0].tolist() == pytest.approx([0.0, -0.01, -0.02])
+    assert lift_amounts(plain, start) is start
     assert initial_parameter(plain) is plain.initial
+
+
+def test_a_column_major_start_leaves_the_raw_parameter_contiguous(goldbeter):
+    """A start given as a column-major array (a transposed numpy array) must not make the raw
+    parameter non-contiguous: ``parameters_to_vector`` views it (the Laplace approximation
+    failed so on the benchmark's 2-condition enzyme cell)."""
+    data, twin = goldbeter
+    start = np.asfortranarray(np.tile(np.asarray(data.truth.initial, dtype=float), (2, 1)))
+    data2 = build_problem(Scenario(system="goldbeter", seed=0, n_times=30, conditions=2))
+    model = build_hybrid(twin, data2.measurements, Solver("rodas5p"), nonnegative_initial=True)
+    values = torch.as_tensor(start).to(model.initial.dtype)
+    assert not values.is_contiguous()
+    set_initial(model, values)
+    assert initial_parameter(model).is_contiguous()
+    torch.nn.utils.parameters_to_vector(model.parameters())
 
 
 def test_settling_holds_the_raw_initial_values_of_amounts(goldbeter):

@@ -11,7 +11,7 @@ from ude.data.datamodule import ConditionDataset
 from ude.data.measurements import Measurements
 from ude.fit import make_module
 from ude.model.hybrid import HybridODE, build_hybrid
-from ude.model.initial_scale import initial_parameter, set_initial
+from ude.model.initial_scale import initial_parameter, lift_amounts, set_initial
 from ude.model.solver import FIXED, Solver, SolverFailed
 from ude.spec.model_spec import ModelSpec
 
@@ -306,8 +306,9 @@ class TwinRefit:
             learn_initial=self.learn_initial,
             nonnegative_initial=self.nonnegative_initial,
         )
-        if initial is not None:  # through its scale where it has one (a PEtab init_'s)
-            set_initial(model, torch.as_tensor(initial, dtype=dtype))
+        # through its scale where it has one (a PEtab init_'s, a declared amount's log)
+        start = model.initial.detach() if initial is None else torch.as_tensor(initial, dtype=dtype)
+        set_initial(model, lift_amounts(model, start))
         if noise is not None:
             with torch.no_grad():
                 model.log_noise.copy_(torch.log(torch.as_tensor(noise, dtype=dtype)))

@@ -72,19 +72,12 @@ class InitialScale(nn.Module):
     is True are held raw and given by their state's transform; the others as they are (known
     initial values, states without a scale of their own).
 
-    ``transforms (state,)``: a :class:`Parameter` (scale and bounds) or None per state;
-    ``floors (state,)``: the least value an amount's entry is set to (:data:`AMOUNT_FLOOR`).
+    ``transforms (state,)``: a :class:`Parameter` (scale and bounds) or None per state.
     """
 
-    def __init__(
-        self,
-        transforms: Sequence[Parameter | None],
-        mask: torch.Tensor,
-        floors: Sequence[float] | None = None,
-    ):
+    def __init__(self, transforms: Sequence[Parameter | None], mask: torch.Tensor):
         super().__init__()
         self.transforms = list(transforms)
-        self.floors = list(floors) if floors is not None else [0.0] * len(self.transforms)
         self.register_buffer("mask", mask.clone(), persistent=False)
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
@@ -101,19 +94,18 @@ class InitialScale(nn.Module):
         return torch.stack(cols, dim=-1)
 
     def right_inverse(self, values: torch.Tensor) -> torch.Tensor:
-        raw = values.detach().clone()
+        # contiguous: a start given as a column-major array would otherwise make the raw
+        # parameter one, which parameters_to_vector cannot view (the Laplace, the band)
+        raw = values.detach().clone(memory_format=torch.contiguous_format)
         for (c, i), v in zip(self.mask.nonzero().tolist(), values[self.mask].tolist(), strict=True):
             p = self.transforms[i]
-            raw[c, i] = _to_raw(replace(p, value=_inside(p, v, self.floors[i])))
+            raw[c, i] = _to_raw(replace(p, value=_inside(p, v)))
         return raw
 
 
-def _inside(p: Parameter, value: float, floor: float = 0.0) -> float:
+def _inside(p: Parameter, value: float) -> float:
     """``value`` moved into ``p``'s bounds (above zero on a log scale): a start outside them (a
-    smoothed value below zero) starts at the nearest value the transform reaches; an amount's
-    (:func:`is_amount`) at ``floor`` or above."""
-    if is_amount(p):
-        return max(value, floor)
+    smoothed value below zero) starts at the nearest value the transform reaches."""
     lower = p.min if p.min is not None else -math.inf
     upper = p.max if p.max is not None else math.inf
     if p.scale != "lin":
@@ -130,8 +122,21 @@ def scale_initial(module: nn.Module, transforms: Sequence[Parameter | None]) -> 
     for i, p in enumerate(transforms):
         if p is not None:
             mask[:, i] = ~module.initial_known[:, i].cpu()
-    floors = (AMOUNT_FLOOR * module.state_scale.abs().cpu()).tolist()
-    parametrize.register_parametrization(module, "initial", InitialScale(transforms, mask, floors))
+    parametrize.register_parametrization(module, "initial", InitialScale(transforms, mask))
+
+
+def lift_amounts(module: nn.Module, values: torch.Tensor) -> torch.Tensor:
+    """``values (condition, state)``, a start for ``module.initial``, with the learned entries of
+    its amounts (:func:`is_amount`) at :data:`AMOUNT_FLOOR` of their state's scale or above:
+    held on the log of the value, an entry set at zero (a noisy first sample clipped there)
+    could never move."""
+    if not parametrize.is_parametrized(module, "initial"):
+        return values
+    scaled = module.parametrizations.initial[0]
+    amount = torch.tensor([is_amount(p) for p in scaled.transforms], device=values.device)
+    lifted = scaled.mask.to(values.device) & amount
+    floor = (AMOUNT_FLOOR * module.state_scale.abs()).to(values)
+    return torch.where(lifted, torch.maximum(values, floor), values)
 
 
 def initial_parameter(module: nn.Module) -> nn.Parameter:
