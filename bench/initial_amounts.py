@@ -7,7 +7,7 @@ For each seed, the benchmark's Goldbeter base cell (5 % noise of each series' ra
 condition) is drawn, and the true model with ``vd`` (free) and ``Kd`` (in ``[1e-4, 10]``)
 learned is refitted from the true initial states with the final refit's L-BFGS settings,
 once with the declared amounts' initial values held at or above zero
-(``TwinRefit(nonnegative_initial=True)``, the default) and once free to go below. Printed per
+(``TwinRefit(nonnegative_initial=True)``; off by default) and once free to go below. Printed per
 seed and way: the smallest fitted initial value, ``vd`` and ``Kd``, the z-score of ``vd``
 against the truth (0.25) under its Laplace standard deviation, and the learned noise levels
 (the truth's are about 0.029, 0.035 and 0.028); then per way the share of seeds whose 95 %
