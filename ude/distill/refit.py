@@ -124,7 +124,7 @@ class TwinRefit:
             Michaelis-Menten term's pole (Goldbeter: ``M`` at ``-K2`` in 16 of 20 noise draws,
             ``bench/initial_amounts.py``). Off by default: the benchmark with it on (every
             ``ude`` cell, docs/benchmark_history.md, thirty-fifth session) found the truth
-            in 52 cells against 55 and covered 0.89 of the true forecasts against 0.905.
+            in 51 cells against 55 and covered 0.891 of the true forecasts against 0.905.
     """
 
     def __init__(
