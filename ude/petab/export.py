@@ -370,12 +370,7 @@ def write_run_petab(
 def learned_initial(model) -> np.ndarray:
     """``(condition, state)``: True where ``model`` (a HybridODE) learned the initial value
     (learned initial states, less those the data give)."""
-    from torch.nn.utils import parametrize
+    from ude.model.initial_scale import initial_parameter
 
-    raw = (
-        model.parametrizations.initial.original
-        if parametrize.is_parametrized(model, "initial")
-        else model.initial
-    )
     known = model.initial_known.detach().cpu().numpy()
-    return np.logical_and(raw.requires_grad, ~known)
+    return np.logical_and(initial_parameter(model).requires_grad, ~known)
