@@ -182,15 +182,11 @@ def test_the_hessian_through_a_stiff_solve_is_batched_and_equals_the_row_by_row_
     np.testing.assert_allclose(batched, by_row, rtol=1e-7, atol=1e-9 * np.abs(by_row).max())
 
 
-def test_a_stiff_twin_s_hessian_by_differences_of_its_gradient_is_the_exact_one(monkeypatch):
-    """A stiff twin (rodas5p, no networks) takes its Hessian as central differences of the
-    compiled gradient, every solve on the accepted steps of the solve at the values: the same
-    Hessian as the double-backward pass through those steps, over rates, a saturation
-    constant, learned initial states of three conditions and the learned noise."""
-    import torch
-
+def three_condition_twin():
+    """A stiff twin (rodas5p, no networks) refitted to noisy data of three conditions: rates,
+    a saturation constant, the conditions' initial states and the noise levels learned."""
     from ude.data import Measurements
-    from ude.distill import TwinRefit, uncertainty
+    from ude.distill import TwinRefit
     from ude.spec import ModelSpec
 
     spec = ModelSpec.from_dict(
@@ -223,6 +219,19 @@ def test_a_stiff_twin_s_hessian_by_differences_of_its_gradient_is_the_exact_one(
     refit = TwinRefit(max_iter=30, method="rodas5p", rtol=1e-6, atol=1e-8)
     model = refit.fit(spec, data, noise=np.array([0.03, 0.03])).model
     assert model.solver.method == "rodas5p" and not len(model.networks)
+    return model, data
+
+
+def test_a_stiff_twin_s_hessian_by_differences_of_its_gradient_is_the_exact_one(monkeypatch):
+    """A stiff twin (rodas5p, no networks) takes its Hessian as central differences of the
+    compiled gradient, every solve on the accepted steps of the solve at the values: the same
+    Hessian as the double-backward pass through those steps, over rates, a saturation
+    constant, learned initial states of three conditions and the learned noise."""
+    import torch
+
+    from ude.distill import uncertainty
+
+    model, data = three_condition_twin()
     n_entries = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert n_entries >= 3 + 6 + 2  # rates, initial states, noise levels
     (g, by_differences), (g_exact, exact) = hessians_both_ways(model, data, monkeypatch)
@@ -232,6 +241,31 @@ def test_a_stiff_twin_s_hessian_by_differences_of_its_gradient_is_the_exact_one(
     # the model's values are where they were
     again = torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad])
     np.testing.assert_array_equal(again.numpy(), uncertainty.laplace(model, data).mean)
+
+
+def test_a_condition_s_initial_state_rows_solve_that_condition_alone(monkeypatch):
+    """The rows of a condition's initial state are differences of that condition's gradient,
+    solved alone: each moved entry replays one condition, not all three; the rows every
+    condition shares (rates, constant, noise) replay all of them."""
+    from ude.distill import uncertainty
+    from ude.model import rodas_kernels
+
+    model, data = three_condition_twin()
+    replayed, real = [], rodas_kernels.replay
+    monkeypatch.setattr(
+        rodas_kernels, "replay", lambda y0, *a: replayed.append(y0.shape[0]) or real(y0, *a)
+    )
+    assert uncertainty._hessian_by_differences(model, data) is not None
+    params = [p for p in model.parameters() if p.requires_grad]
+    free = ~uncertainty._held_entries(model, params)
+    own = uncertainty._entry_conditions(model, params) >= 0
+    assert (free & own).sum() == 6 and (free & ~own).sum() == 5
+    # two moves per entry, two more each time its step shrinks: the shared rows first, on
+    # all three conditions, then the initial states' on one (the whole data for every entry
+    # took 40 replays of three conditions on this twin)
+    whole = replayed.count(3)
+    assert replayed == [3] * whole + [1] * (len(replayed) - whole)
+    assert 2 * 5 <= whole < 2 * 11 and len(replayed) - whole >= 2 * 6
 
 
 def test_a_stiff_twin_s_draws_that_blow_up_escape_where_the_torch_solve_says():

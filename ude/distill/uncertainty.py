@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import weakref
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
@@ -38,6 +39,7 @@ from ude.distill.refit import _batch
 from ude.fit import make_module
 from ude.model.doses import RowsRHS, solve_with_doses
 from ude.model.hybrid import HybridODE
+from ude.model.initial_scale import initial_parameter
 from ude.model.rodas_autograd import differentiable_twice, fixed_steps, solve_reached
 from ude.model.solver import FIXED, Solver, SolverFailed
 
@@ -250,20 +252,37 @@ def _hessian_by_differences(
     not replay or a value is not finite. Two gradients per entry: a few seconds where the
     double-backward pass takes minutes.
 
+    An entry of one condition's initial state changes that condition's trajectory alone: its
+    row is the difference of the gradient of that condition's NLL (plus the priors), solved
+    alone, its steps fixed at those of its own solve at the values; the other conditions'
+    terms would cancel. With 8 conditions each such row costs under a tenth of a whole-data
+    gradient (yeast glycolysis: its own 3,162 condition-steps against the shared solve's
+    7,928 in all, ``python bench/stiff.py --quick``), and those are most of the entries.
+
     A held entry (a known initial state: its value enters the solve, its gradient is
     detached) gets a zero row and column, as in the double-backward pass: moving it would
     change the other entries' gradients, and the Laplace approximation would count it free."""
     params = [p for p in model.parameters() if p.requires_grad]
     held = _held_entries(model, params)
+    condition = _entry_conditions(model, params)
     module = make_module(model, measurements, loss="nll")
     batch = _batch(measurements)
     n_measured = batch["mask"].sum()
 
-    def gradient() -> torch.Tensor:
-        loss = module.losses(batch)["loss"] * n_measured
+    def flat(loss: torch.Tensor) -> torch.Tensor:
         parts = torch.autograd.grad(loss, params, allow_unused=True)
         pairs = zip(parts, params, strict=True)
         return torch.cat([(torch.zeros_like(p) if d is None else d).reshape(-1) for d, p in pairs])
+
+    def gradient() -> torch.Tensor:
+        return flat(module.losses(batch)["loss"] * n_measured)
+
+    def part_gradient(part: dict[str, torch.Tensor]) -> Callable[[], torch.Tensor]:
+        def of_part() -> torch.Tensor:
+            local = module.local_losses(part)  # sums over the part's entries
+            return flat(local["fit"] + local["prior"])
+
+        return of_part
 
     values = nn.utils.parameters_to_vector(params).detach().clone()
 
@@ -271,48 +290,70 @@ def _hessian_by_differences(
         with torch.no_grad():
             nn.utils.vector_to_parameters(vector, params)
 
+    def difference_rows(
+        entries: list[int], grad: Callable[[], torch.Tensor], g: torch.Tensor, plan, floor: float
+    ) -> dict[int, torch.Tensor] | None:
+        def moved_by(i: int, step: float) -> torch.Tensor:
+            moved = values.clone()
+            moved[i] += step
+            move_to(moved)
+            plan.replay()
+            try:
+                return grad()
+            except SolverFailed:  # not a point the NLL is smooth at
+                return torch.full_like(g, torch.nan)
+
+        rows = {}
+        for i in entries:
+            step = relative_step * max(float(values[i].abs()), 1.0)
+            for _ in range(SHRINKS + 1):
+                up, down = moved_by(i, step), moved_by(i, -step)
+                forward, backward = up - g, g - down
+                # one smooth function at this scale: the one-sided differences agree (a
+                # pole or a kink within the step, e.g. a Michaelis-Menten denominator
+                # near zero, makes them differ by orders of magnitude)
+                gap = (forward - backward).abs()
+                close = gap <= 1e-3 * (forward.abs() + backward.abs()) + floor
+                if torch.isfinite(gap).all() and close.all():
+                    break
+                step /= 100.0
+            else:
+                return None
+            rows[i] = (up - down) / (2 * step)
+        return rows if plan.exact else None
+
+    free = [i for i in range(len(values)) if not held[i]]
+    split = measurements.n_conditions > 1
+    own = {b: [i for i in free if split and condition[i] == b] for b in set(condition[free])}
+    own.pop(-1, None)
     with fixed_steps() as plan:
         try:
             g = gradient()
             if not plan.exact or not plan.steps or not torch.isfinite(g).all():
                 return None
             floor = 1e-8 * (float(g.abs().max()) + 1.0)
-
-            def moved_by(i: int, step: float) -> torch.Tensor:
-                moved = values.clone()
-                moved[i] += step
-                move_to(moved)
-                plan.replay()
-                try:
-                    return gradient()
-                except SolverFailed:  # not a point the NLL is smooth at
-                    return torch.full_like(g, torch.nan)
-
-            rows = []
-            for i in range(len(values)):
-                if held[i]:  # its row and column are zero (below): no solves for it
-                    rows.append(torch.zeros_like(g))
+            alone = {i for entries in own.values() for i in entries}
+            rows = difference_rows([i for i in free if i not in alone], gradient, g, plan, floor)
+            for b, entries in sorted(own.items()):
+                if rows is None or not entries:
                     continue
-                step = relative_step * max(float(values[i].abs()), 1.0)
-                for _ in range(SHRINKS + 1):
-                    up, down = moved_by(i, step), moved_by(i, -step)
-                    forward, backward = up - g, g - down
-                    # one smooth function at this scale: the one-sided differences agree (a
-                    # pole or a kink within the step, e.g. a Michaelis-Menten denominator
-                    # near zero, makes them differ by orders of magnitude)
-                    gap = (forward - backward).abs()
-                    close = gap <= 1e-3 * (forward.abs() + backward.abs()) + floor
-                    if torch.isfinite(gap).all() and close.all():
-                        break
-                    step /= 100.0
-                else:
-                    return None
-                rows.append((up - down) / (2 * step))
-            if not plan.exact:
+                part = {k: v[b : b + 1] for k, v in batch.items()}
+                move_to(values)  # the rows before left the last entry moved
+                with fixed_steps() as plan_b:
+                    grad_b = part_gradient(part)
+                    g_b = grad_b()
+                    if not plan_b.exact or not plan_b.steps or not torch.isfinite(g_b).all():
+                        return None
+                    found = difference_rows(entries, grad_b, g_b, plan_b, floor)
+                rows = None if found is None else {**rows, **found}
+            if rows is None:
                 return None
         finally:
             move_to(values)
-    H = torch.stack(rows).detach().cpu().numpy() if rows else np.zeros((0, 0))
+    zero = torch.zeros_like(g)
+    H = np.zeros((0, 0))
+    if len(values):
+        H = torch.stack([rows.get(i, zero) for i in range(len(values))]).detach().cpu().numpy()
     if not np.isfinite(H).all():
         return None
     H[held, :] = 0.0
@@ -320,11 +361,23 @@ def _hessian_by_differences(
     return g.detach().cpu().numpy(), 0.5 * (H + H.T)
 
 
+def _entry_conditions(model: HybridODE, params: list[torch.Tensor]) -> np.ndarray:
+    """``(entry,)``: the condition whose initial state an entry of ``params`` (flattened in
+    order) is, -1 for the entries every condition shares."""
+    initial = initial_parameter(model)
+    out = []
+    for p in params:
+        if p is initial and p.dim() == 2:
+            out.append(np.repeat(np.arange(p.shape[0]), p.shape[1]))
+        else:
+            out.append(np.full(p.numel(), -1))
+    return np.concatenate(out) if out else np.zeros(0, dtype=int)
+
+
 def _held_entries(model: HybridODE, params: list[torch.Tensor]) -> np.ndarray:
     """``(entry,)``: True for the entries of ``params`` (flattened in order) that the model
     holds at their values: the known initial states (``initial_known``)."""
-    initial = dict(model.named_parameters())
-    initial = initial.get("parametrizations.initial.original", initial.get("initial"))
+    initial = initial_parameter(model)
     out = []
     for p in params:
         if p is initial:
