@@ -266,6 +266,13 @@ def test_a_condition_s_initial_state_rows_solve_that_condition_alone(monkeypatch
     whole = replayed.count(3)
     assert replayed == [3] * whole + [1] * (len(replayed) - whole)
     assert 2 * 5 <= whole < 2 * 11 and len(replayed) - whole >= 2 * 6
+    split = uncertainty._hessian_by_differences(model, data)[1]
+    replayed.clear()
+    monkeypatch.setattr(uncertainty, "BY_CONDITION", False)  # the path before: whole data
+    together = uncertainty._hessian_by_differences(model, data)[1]
+    assert set(replayed) == {3} and len(replayed) >= 2 * 11
+    scale = np.abs(together).max()
+    np.testing.assert_allclose(split, together, rtol=1e-9, atol=1e-12 * scale)
 
 
 def test_a_stiff_twin_s_draws_that_blow_up_escape_where_the_torch_solve_says():

@@ -254,10 +254,10 @@ def _hessian_by_differences(
 
     An entry of one condition's initial state changes that condition's trajectory alone: its
     row is the difference of the gradient of that condition's NLL (plus the priors), solved
-    alone, its steps fixed at those of its own solve at the values; the other conditions'
-    terms would cancel. With 8 conditions each such row costs under a tenth of a whole-data
-    gradient (yeast glycolysis: its own 3,162 condition-steps against the shared solve's
-    7,928 in all, ``python bench/stiff.py --quick``), and those are most of the entries.
+    alone on the whole data's steps (its trajectory the one the whole data's replay gives it);
+    the other conditions' terms would cancel (:data:`BY_CONDITION`). With 8 conditions such a
+    row costs an eighth of a whole-data one, and those are most of the entries. Where a
+    condition's solves do not replay alone, its rows come from the whole data.
 
     A held entry (a known initial state: its value enters the solve, its gradient is
     detached) gets a zero row and column, as in the double-backward pass: moving it would
@@ -323,7 +323,7 @@ def _hessian_by_differences(
         return rows if plan.exact else None
 
     free = [i for i in range(len(values)) if not held[i]]
-    split = measurements.n_conditions > 1
+    split = BY_CONDITION and measurements.n_conditions > 1
     own = {b: [i for i in free if split and condition[i] == b] for b in set(condition[free])}
     own.pop(-1, None)
     with fixed_steps() as plan:
@@ -340,11 +340,20 @@ def _hessian_by_differences(
                 part = {k: v[b : b + 1] for k, v in batch.items()}
                 move_to(values)  # the rows before left the last entry moved
                 with fixed_steps() as plan_b:
+                    # this condition alone on the whole data's steps: the trajectory the whole
+                    # data's replays give it, to rounding
+                    plan_b.steps = list(plan.steps)
+                    plan_b.replay()
                     grad_b = part_gradient(part)
                     g_b = grad_b()
-                    if not plan_b.exact or not plan_b.steps or not torch.isfinite(g_b).all():
-                        return None
-                    found = difference_rows(entries, grad_b, g_b, plan_b, floor)
+                    alone_ok = plan_b.exact and bool(torch.isfinite(g_b).all())
+                    found = None
+                    if alone_ok:
+                        found = difference_rows(entries, grad_b, g_b, plan_b, floor)
+                    alone_ok = alone_ok and plan_b.exact
+                if not alone_ok:  # its solves do not replay alone: its rows from the whole data
+                    move_to(values)
+                    found = difference_rows(entries, gradient, g, plan, floor)
                 rows = None if found is None else {**rows, **found}
             if rows is None:
                 return None
@@ -394,6 +403,11 @@ the Hessian to the double-backward pass."""
 
 BY_DIFFERENCES = True
 """Whether :func:`hessian` takes a stiff twin's Hessian by differences of its exact gradient."""
+
+BY_CONDITION = True
+"""Whether :func:`_hessian_by_differences` takes a condition's initial-state rows from that
+condition alone (False: every row from the whole data's gradient, as before;
+``python bench/hessian_conditions.py`` times both)."""
 
 BATCHED_HESSIAN = True
 """Whether :func:`hessian` takes all its rows in one vectorised backward pass."""
