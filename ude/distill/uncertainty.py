@@ -28,6 +28,7 @@ import weakref
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -277,12 +278,9 @@ def _hessian_by_differences(
     def gradient() -> torch.Tensor:
         return flat(module.losses(batch)["loss"] * n_measured)
 
-    def part_gradient(part: dict[str, torch.Tensor]) -> Callable[[], torch.Tensor]:
-        def of_part() -> torch.Tensor:
-            local = module.local_losses(part)  # sums over the part's entries
-            return flat(local["fit"] + local["prior"])
-
-        return of_part
+    def part_gradient(part: dict[str, torch.Tensor]) -> torch.Tensor:
+        local = module.local_losses(part)  # sums over the part's entries
+        return flat(local["fit"] + local["prior"])
 
     values = nn.utils.parameters_to_vector(params).detach().clone()
 
@@ -323,9 +321,11 @@ def _hessian_by_differences(
         return rows if plan.exact else None
 
     free = [i for i in range(len(values)) if not held[i]]
-    split = BY_CONDITION and measurements.n_conditions > 1
-    own = {b: [i for i in free if split and condition[i] == b] for b in set(condition[free])}
-    own.pop(-1, None)
+    own: dict[int, list[int]] = {}  # a condition's initial-state entries, taken alone
+    if BY_CONDITION and measurements.n_conditions > 1:
+        for i in free:
+            if condition[i] >= 0:
+                own.setdefault(int(condition[i]), []).append(i)
     with fixed_steps() as plan:
         try:
             g = gradient()
@@ -335,27 +335,25 @@ def _hessian_by_differences(
             alone = {i for entries in own.values() for i in entries}
             rows = difference_rows([i for i in free if i not in alone], gradient, g, plan, floor)
             for b, entries in sorted(own.items()):
-                if rows is None or not entries:
-                    continue
-                part = {k: v[b : b + 1] for k, v in batch.items()}
+                if rows is None:
+                    break
+                grad_b = partial(part_gradient, {k: v[b : b + 1] for k, v in batch.items()})
                 move_to(values)  # the rows before left the last entry moved
                 with fixed_steps() as plan_b:
                     # this condition alone on the whole data's steps: the trajectory the whole
                     # data's replays give it, to rounding
                     plan_b.steps = list(plan.steps)
                     plan_b.replay()
-                    grad_b = part_gradient(part)
                     try:
                         g_b = grad_b()
-                    except SolverFailed:  # its solve does not replay alone
+                    except SolverFailed:
                         g_b = torch.full_like(g, torch.nan)
-                    alone_ok = plan_b.exact and bool(torch.isfinite(g_b).all())
-                    found = None
-                    if alone_ok:
-                        found = difference_rows(entries, grad_b, g_b, plan_b, floor)
-                    alone_ok = alone_ok and plan_b.exact
-                if not alone_ok:  # its solves do not replay alone: its rows from the whole data
-                    move_to(values)
+                    replays = plan_b.exact and bool(torch.isfinite(g_b).all())
+                    found = (
+                        difference_rows(entries, grad_b, g_b, plan_b, floor) if replays else None
+                    )
+                    replays = replays and plan_b.exact
+                if not replays:  # its solves do not replay alone: its rows from the whole data
                     found = difference_rows(entries, gradient, g, plan, floor)
                 rows = None if found is None else {**rows, **found}
             if rows is None:
