@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ude.distill.uncertainty import LaplaceInterval
+from ude.model.initial_scale import entry_conditions, held_entries
 
 TIMES = np.linspace(0, 1, 11)
 
@@ -182,11 +183,10 @@ def test_the_hessian_through_a_stiff_solve_is_batched_and_equals_the_row_by_row_
     np.testing.assert_allclose(batched, by_row, rtol=1e-7, atol=1e-9 * np.abs(by_row).max())
 
 
-def three_condition_twin():
-    """A stiff twin (rodas5p, no networks) refitted to noisy data of three conditions: rates,
-    a saturation constant, the conditions' initial states and the noise levels learned."""
+def three_condition_problem():
+    """A stiff model's spec (rates and a saturation constant learned) and noisy data of it
+    under three conditions (initial states)."""
     from ude.data import Measurements
-    from ude.distill import TwinRefit
     from ude.spec import ModelSpec
 
     spec = ModelSpec.from_dict(
@@ -216,6 +216,15 @@ def three_condition_twin():
     data = Measurements(
         times=times, values=values[:, :, None, :], observables=["x", "y"], conditions=list("abc")
     )
+    return spec, data
+
+
+def three_condition_twin():
+    """A stiff twin (rodas5p, no networks) refitted to noisy data of three conditions: rates,
+    a saturation constant, the conditions' initial states and the noise levels learned."""
+    from ude.distill import TwinRefit
+
+    spec, data = three_condition_problem()
     refit = TwinRefit(max_iter=30, method="rodas5p", rtol=1e-6, atol=1e-8)
     model = refit.fit(spec, data, noise=np.array([0.03, 0.03])).model
     assert model.solver.method == "rodas5p" and not len(model.networks)
@@ -257,8 +266,8 @@ def test_a_condition_s_initial_state_rows_solve_that_condition_alone(monkeypatch
     )
     assert uncertainty._hessian_by_differences(model, data) is not None
     params = [p for p in model.parameters() if p.requires_grad]
-    free = ~uncertainty._held_entries(model, params)
-    own = uncertainty._entry_conditions(model, params) >= 0
+    free = ~held_entries(model, params)
+    own = entry_conditions(model, params) >= 0
     assert (free & own).sum() == 6 and (free & ~own).sum() == 5
     # two moves per entry, two more each time its step shrinks: the shared rows first, on
     # all three conditions, then the initial states' on one (the whole data for every entry

@@ -9,6 +9,7 @@ import torch
 
 from ude.data.datamodule import ConditionDataset
 from ude.data.measurements import Measurements
+from ude.distill import gauss_newton
 from ude.fit import make_module
 from ude.model.hybrid import HybridODE, build_hybrid
 from ude.model.initial_scale import initial_parameter, lift_amounts, set_initial
@@ -81,6 +82,9 @@ def _loss_value(module, batch: dict[str, torch.Tensor]) -> float:
     return float(loss) if torch.isfinite(loss) else INFEASIBLE
 
 
+OPTIMIZERS = ("lbfgs", "gauss_newton")
+
+
 class TwinRefit:
     """Fits a symbolic twin (no neural slots) to the data through the ODE solver with L-BFGS
     on the Gaussian NLL of :class:`ude.train.module.UDEModule` (noise learned).
@@ -131,6 +135,11 @@ class TwinRefit:
             unobserved 0.34 cell): the truth ``-k5*S6`` refitted from the trained model's
             initial states and ``k5`` 0.68 ended at trajectory NMSE 0.21 (``k5`` 1.94), and
             from the first half grown to all at 0.0046 (``k5`` 1.284; the truth's 1.28).
+        optimizer: ``lbfgs``, or ``gauss_newton``: damped Gauss-Newton steps on the residuals'
+            Jacobian (:mod:`ude.distill.gauss_newton`) where the twin's solves replay (the
+            compiled rodas5p, Gaussian noise, no populations), L-BFGS elsewhere and after a
+            Jacobian that could not be taken; at most ``gauss_newton_iter`` iterations, its
+            stopping rules ``tol`` and ``criterion_tol`` per iteration.
         nonnegative_initial: the learned initial values of the states the twin's spec declares
             ``nonnegative`` (amounts) held at or above zero, on the log of the value
             (:mod:`ude.model.initial_scale`). Free, a refit can start an amount at a
@@ -157,7 +166,13 @@ class TwinRefit:
         settle_first: bool = False,
         grow_from: float | None = None,
         nonnegative_initial: bool = False,
+        optimizer: str = "lbfgs",
+        gauss_newton_iter: int = 50,
     ):
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+        self.optimizer = optimizer
+        self.gauss_newton_iter = gauss_newton_iter
         if grow_from is not None and not 0 < grow_from < 1:
             raise ValueError(f"grow_from={grow_from!r}: expected a fraction in (0, 1) or None")
         self.settle_first = settle_first
@@ -177,12 +192,27 @@ class TwinRefit:
         self.fallback_rtol = fallback_rtol
 
     def _descend(self, module, batch, params, done: int, trace: list[float]) -> int:
-        """L-BFGS on ``params`` (at most ``max_iter`` iterations); returns the iterations
-        counted so far. L-BFGS may leave the region where the model solves: it starts again
+        """Gauss-Newton (with ``optimizer="gauss_newton"``, where it applies) or L-BFGS (at
+        most ``max_iter`` iterations) on ``params``; returns the iterations counted so far.
+        L-BFGS may leave the region where the model solves: it starts again
         from the last good point with a ten times shorter first step (its first step is as long
         as the learning rate in every parameter's own units: an initial state of 1e-3 needs
         1e-4)."""
         iterations = done
+        if self.optimizer == "gauss_newton" and gauss_newton.applies(module.model):
+            steps, converged = gauss_newton.levenberg_marquardt(
+                module,
+                batch,
+                params,
+                lambda: _loss_value(module, batch),
+                self.gauss_newton_iter,
+                self.tol,
+                self.criterion_tol,
+                trace,
+            )
+            iterations += steps
+            if converged:
+                return iterations
         for lr in (1.0, 0.1, 0.01, 1e-3, 1e-4):
             iterations, failed = self._run(module, batch, params, lr, iterations, trace, done)
             if not failed:

@@ -40,7 +40,7 @@ from ude.distill.refit import _batch
 from ude.fit import make_module
 from ude.model.doses import RowsRHS, solve_with_doses
 from ude.model.hybrid import HybridODE
-from ude.model.initial_scale import initial_parameter
+from ude.model.initial_scale import entry_conditions, held_entries
 from ude.model.rodas_autograd import differentiable_twice, fixed_steps, solve_reached
 from ude.model.solver import FIXED, Solver, SolverFailed
 
@@ -264,8 +264,8 @@ def _hessian_by_differences(
     detached) gets a zero row and column, as in the double-backward pass: moving it would
     change the other entries' gradients, and the Laplace approximation would count it free."""
     params = [p for p in model.parameters() if p.requires_grad]
-    held = _held_entries(model, params)
-    condition = _entry_conditions(model, params)
+    held = held_entries(model, params)
+    condition = entry_conditions(model, params)
     module = make_module(model, measurements, loss="nll")
     batch = _batch(measurements)
     n_measured = batch["mask"].sum()
@@ -369,32 +369,6 @@ def _hessian_by_differences(
     H[held, :] = 0.0
     H[:, held] = 0.0
     return g.detach().cpu().numpy(), 0.5 * (H + H.T)
-
-
-def _entry_conditions(model: HybridODE, params: list[torch.Tensor]) -> np.ndarray:
-    """``(entry,)``: the condition whose initial state an entry of ``params`` (flattened in
-    order) is, -1 for the entries every condition shares."""
-    initial = initial_parameter(model)
-    out = []
-    for p in params:
-        if p is initial and p.dim() == 2:
-            out.append(np.repeat(np.arange(p.shape[0]), p.shape[1]))
-        else:
-            out.append(np.full(p.numel(), -1))
-    return np.concatenate(out) if out else np.zeros(0, dtype=int)
-
-
-def _held_entries(model: HybridODE, params: list[torch.Tensor]) -> np.ndarray:
-    """``(entry,)``: True for the entries of ``params`` (flattened in order) that the model
-    holds at their values: the known initial states (``initial_known``)."""
-    initial = initial_parameter(model)
-    out = []
-    for p in params:
-        if p is initial:
-            out.append(model.initial_known.detach().cpu().numpy().reshape(-1).astype(bool))
-        else:
-            out.append(np.zeros(p.numel(), dtype=bool))
-    return np.concatenate(out) if out else np.zeros(0, dtype=bool)
 
 
 SHRINKS = 3

@@ -24,6 +24,7 @@ import math
 from collections.abc import Collection, Sequence
 from dataclasses import replace
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -154,3 +155,29 @@ def set_initial(module: nn.Module, values: torch.Tensor) -> None:
             module.initial = values
         else:
             module.initial.copy_(values)
+
+
+def entry_conditions(model, params: list[torch.Tensor]) -> np.ndarray:
+    """``(entry,)``: the condition whose initial state an entry of ``params`` (flattened in
+    order) is, -1 for the entries every condition shares."""
+    initial = initial_parameter(model)
+    out = []
+    for p in params:
+        if p is initial and p.dim() == 2:
+            out.append(np.repeat(np.arange(p.shape[0]), p.shape[1]))
+        else:
+            out.append(np.full(p.numel(), -1))
+    return np.concatenate(out) if out else np.zeros(0, dtype=int)
+
+
+def held_entries(model, params: list[torch.Tensor]) -> np.ndarray:
+    """``(entry,)``: True for the entries of ``params`` (flattened in order) that the model
+    holds at their values: the known initial states (``initial_known``)."""
+    initial = initial_parameter(model)
+    out = []
+    for p in params:
+        if p is initial:
+            out.append(model.initial_known.detach().cpu().numpy().reshape(-1).astype(bool))
+        else:
+            out.append(np.zeros(p.numel(), dtype=bool))
+    return np.concatenate(out) if out else np.zeros(0, dtype=bool)

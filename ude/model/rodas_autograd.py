@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -132,26 +133,35 @@ class StepPlan:
     by the evaluations after :meth:`replay`: at nearby parameters the same discrete map, so
     that differences of gradients are smooth (no step-size control switching between them).
     ``exact``: False once a solve inside took a path that does not replay (numpy, networks,
-    another output grid, more solves than recorded)."""
+    another output grid, more solves than recorded).
 
-    def __init__(self) -> None:
-        self.steps: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    ``each``: a solve of several conditions keeps each condition's own steps (as the solves
+    outside a plan take them) and replays each on its own; a step (``steps``' second and third
+    items) is then a list with one entry per condition. Otherwise all conditions share one
+    step, the smallest any needs (the union of their steps)."""
+
+    def __init__(self, each: bool = False) -> None:
+        self.steps: list[tuple[np.ndarray, Any, Any]] = []
         self.cursor: int | None = None
         self.exact = True
+        self.each = each
 
     def replay(self) -> None:
         """The next solves take the recorded steps, from the first."""
         self.cursor = 0
 
-    def next_steps(self, times: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    def next_steps(self, times: np.ndarray, conditions: int | None = None) -> tuple | None:
         """The recorded steps of the next solve, or None (and ``exact`` False) where they do
-        not fit it."""
+        not fit it (``conditions``: a solve of that many conditions on their own steps;
+        None: one shared step)."""
         if self.cursor is None or self.cursor >= len(self.steps):
             self.exact = False
             return None
         recorded, h, output_step = self.steps[self.cursor]
         self.cursor += 1
-        if recorded.shape != times.shape or not np.array_equal(recorded, times):
+        own = isinstance(h, list)
+        fits = own == (conditions is not None) and (not own or len(h) == conditions)
+        if not fits or recorded.shape != times.shape or not np.array_equal(recorded, times):
             self.exact = False
             return None
         return h, output_step
@@ -161,11 +171,12 @@ _PLAN: StepPlan | None = None
 
 
 @contextmanager
-def fixed_steps() -> Iterator[StepPlan]:
+def fixed_steps(each: bool = False) -> Iterator[StepPlan]:
     """Compiled Rodas5P solves inside record their accepted steps; after ``plan.replay()``
-    the following solves take those steps again instead of choosing their own."""
+    the following solves take those steps again instead of choosing their own (``each``:
+    each condition its own, :class:`StepPlan`)."""
     global _PLAN
-    before, _PLAN = _PLAN, StepPlan()
+    before, _PLAN = _PLAN, StepPlan(each)
     try:
         yield _PLAN
     finally:
@@ -217,6 +228,8 @@ class _Problem:
         self.record = self.records = self.trajectory = None
         if plan is None and not shared and y0.shape[0] > 1:
             return self._integrate_each(y0, times, context, record)
+        if plan is not None and plan.each and not shared and y0.shape[0] > 1:
+            return self._integrate_each_planned(y0, times, context, record, plan)
         fixed = None if plan is None or plan.cursor is None else plan.next_steps(times)
         if fixed is not None:
             result = rodas_kernels.replay(y0, times, context, *self.tapes, *fixed)
@@ -252,6 +265,33 @@ class _Problem:
         self._count_and_check(sum(r[11] for r in results), last[8], last[9], last[10])
         if record:
             self.records = [r[2:8] for r in results]
+        return np.concatenate([r[0] for r in results], axis=1)
+
+    def _integrate_each_planned(self, y0, times, context, record: bool, plan) -> np.ndarray:
+        """:meth:`_integrate_each` under a plan that keeps each condition's steps: recorded
+        before ``plan.replay()``, replayed condition by condition after it."""
+        fixed = None if plan.cursor is None else plan.next_steps(times, y0.shape[0])
+        if fixed is None:
+            out = self._integrate_each(y0, times, context, True)
+            if plan.cursor is None and self.records is not None:
+                plan.steps.append(
+                    (times, [r[0] for r in self.records], [r[5] for r in self.records])
+                )
+            return out
+        results = []
+        for b, (h, output_step) in enumerate(zip(*fixed, strict=True)):
+            results.append(
+                rodas_kernels.replay(
+                    np.ascontiguousarray(y0[b : b + 1]),
+                    times,
+                    np.ascontiguousarray(context[b : b + 1]),
+                    *self.tapes,
+                    h,
+                    output_step,
+                )  # fmt: skip
+            )
+        self._count_and_check(sum(r[11] for r in results), rodas_kernels.OK, 0.0, 0.0)
+        self.records = [r[2:8] for r in results]
         return np.concatenate([r[0] for r in results], axis=1)
 
     def _count_and_check(self, counts, status: int, t_reached: float, h_last: float) -> None:
