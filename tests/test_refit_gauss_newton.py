@@ -56,12 +56,13 @@ def test_moving_the_conditions_together_gives_the_jacobian_entry_by_entry(float6
 
 
 def test_gauss_newton_reaches_l_bfgs_s_optimum_in_a_tenth_of_the_iterations(float64):
+    """From the start (``gauss_newton_after=0``)."""
     spec, data = three_condition_problem()
     start = np.array([[0.8, 0.1], [0.6, 0.4], [0.3, 1.2]])
     fits = {
-        opt: TwinRefit(max_iter=400, tol=1e-10, method="rodas5p", optimizer=opt).fit(
-            spec, data, start, noise=np.array([0.1, 0.1])
-        )
+        opt: TwinRefit(
+            max_iter=400, tol=1e-10, method="rodas5p", optimizer=opt, gauss_newton_after=0
+        ).fit(spec, data, start, noise=np.array([0.1, 0.1]))
         for opt in ("lbfgs", "gauss_newton")
     }
     lbfgs, newton = fits["lbfgs"], fits["gauss_newton"]
@@ -92,3 +93,27 @@ def test_where_the_solves_do_not_replay_the_refit_is_l_bfgs_s(float64):
 def test_an_unknown_optimizer_is_refused():
     with pytest.raises(ValueError, match="optimizer='newton'"):
         TwinRefit(optimizer="newton")
+
+
+def test_a_gauss_newton_refit_that_did_not_converge_goes_on_with_l_bfgs(float64):
+    """Two Gauss-Newton iterations from a poor start are not convergence: L-BFGS takes over
+    from where they stopped and reaches the optimum."""
+    spec, data = three_condition_problem()
+    start = np.array([[0.8, 0.1], [0.6, 0.4], [0.3, 1.2]])
+    kw = dict(max_iter=400, tol=1e-10, method="rodas5p", gauss_newton_after=0)
+    newton = TwinRefit(**kw, optimizer="gauss_newton").fit(spec, data, start)
+    capped = TwinRefit(**kw, optimizer="gauss_newton", gauss_newton_iter=2).fit(spec, data, start)
+    assert capped.ok and capped.iterations > 2 + 20  # two of its own, then L-BFGS steps
+    assert capped.trace[:2] == newton.trace[:2]
+    assert capped.trace[-1] == pytest.approx(newton.trace[-1], abs=1e-3)
+
+
+def test_by_default_l_bfgs_takes_the_first_steps_then_gauss_newton_ends_the_refit(float64):
+    spec, data = three_condition_problem()
+    start = np.array([[0.8, 0.1], [0.6, 0.4], [0.3, 1.2]])
+    kw = dict(max_iter=400, tol=1e-10, method="rodas5p")
+    lbfgs = TwinRefit(**kw).fit(spec, data, start)
+    both = TwinRefit(**kw, optimizer="gauss_newton", gauss_newton_after=40).fit(spec, data, start)
+    assert both.trace[:2] == lbfgs.trace[:2]  # L-BFGS's two steps of 20, as alone
+    assert both.iterations < 40 + 10 < lbfgs.iterations  # then a few Gauss-Newton steps
+    assert both.trace[-1] <= lbfgs.trace[-1] + 1e-6

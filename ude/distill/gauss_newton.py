@@ -37,6 +37,8 @@ from ude.model.solver import SolverFailed
 
 STEP = 1e-7
 """An entry's difference step, relative to its magnitude (at least 1)."""
+CONVERGED_DAMPING = 0.1
+"""The most damping of a last step whose small change counts as convergence."""
 DAMPING = (1e-3, 1e-9, 1e10)
 """The damping's start, floor and ceiling (relative to the curvature's diagonal): past the
 ceiling no step lowers the NLL, the refit is at its optimum to the solve's accuracy."""
@@ -199,8 +201,10 @@ def levenberg_marquardt(
     the current values (its own solves, each condition on its own steps). Stops when an
     iteration moves the criterion (twice the summed NLL) by less than ``criterion_tol`` or
     relatively by less than ``tol``, or when no damped step lowers it. Appends the criterion
-    after each iteration to ``trace``. Returns the iterations and whether it converged
-    (False: a Jacobian could not be taken; the values are the last good ones)."""
+    after each iteration to ``trace``. Returns the iterations and whether it converged: its
+    last step nearly undamped (:data:`CONVERGED_DAMPING`). False where a Jacobian could not
+    be taken, no damped step lowered the NLL, the last step was heavily damped or
+    ``max_iter`` ran out: the caller goes on with L-BFGS from the values reached."""
     model = module.model
     noise = next((p for p in params if p is model.log_noise), None)
     rest = [p for p in params if p is not model.log_noise]
@@ -227,7 +231,7 @@ def levenberg_marquardt(
         gradient = Jr.T @ r + g_prior
         curvature = Jr.T @ Jr + H_prior
         diagonal = torch.diagonal(curvature).clamp(min=1e-12 * float(curvature.diagonal().max()))
-        before = current
+        before, taken = current, np.inf
         while damping <= ceiling:
             try:
                 step = torch.linalg.solve(curvature + damping * torch.diag(diagonal), -gradient)
@@ -239,23 +243,27 @@ def levenberg_marquardt(
             residuals.move_to(trial)
             value = loss()
             if value < current:
-                theta, current = trial, value
+                theta, current, taken = trial, value, damping
                 damping = max(damping / 3.0, floor)
                 break
             damping *= 4.0
         residuals.move_to(theta)
-        if current >= before:  # no damped step lowers the NLL: at the optimum
-            _final_noise(residuals, noise)
-            return iteration + 1, True
+        if current >= before:  # no damped step lowers the NLL (at an optimum, or stuck)
+            break
         trace.append(2 * n * current)
         change = before - current
         if change < tol * max(1.0, abs(current)) or (
             criterion_tol is not None and 2 * n * change < criterion_tol
         ):
             _final_noise(residuals, noise)
-            return iteration + 1, True
+            # a small change from a full Gauss-Newton step is convergence; from a heavily
+            # damped one, a model that fits the data badly (large residuals, where Gauss-Newton
+            # is slow): L-BFGS takes over
+            return iteration + 1, taken <= CONVERGED_DAMPING
+    else:
+        iteration = max_iter - 1
     _final_noise(residuals, noise)
-    return max_iter, True
+    return iteration + 1, False
 
 
 def _final_noise(residuals: _Residuals, noise: torch.Tensor | None) -> None:
