@@ -150,6 +150,7 @@ def test_a_command_s_help_loads_neither_torch_nor_lightning(module, main):
         "distill.library=[mass_action,hil]",
         "ckpt_path=missing/last.ckpt",
         "resume=sometimes",
+        "distill.distiller.score_refit.optimizer=newton",
     ],
 )
 def test_a_bad_activation_spec_library_or_checkpoint_answers_before_torch_loads(tmp_path, override):

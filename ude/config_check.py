@@ -24,6 +24,9 @@ ACTIVATION_NAMES = ("tanh", "gelu", "silu", "softplus", "relu", "rbf")
 RESUME_MODES = ("auto", "never")
 """``resume``'s choices (:func:`ude.train.resume.resume_point`)."""
 
+REFIT_OPTIMIZERS = ("lbfgs", "gauss_newton")
+"""A twin refit's ``optimizer`` choices (:data:`ude.distill.refit.OPTIMIZERS`)."""
+
 # key: (expected types, test, what is expected)
 _RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "seed": ((int,), lambda v: v >= 0, "an integer >= 0"),
@@ -46,6 +49,14 @@ _RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
         lambda v: v in ACTIVATION_NAMES,
         "one of " + ", ".join(ACTIVATION_NAMES),
     ),
+    **{
+        f"distill.distiller.{refit}.optimizer": (
+            (str,),
+            lambda v: v in REFIT_OPTIMIZERS,
+            " or ".join(REFIT_OPTIMIZERS),
+        )
+        for refit in ("score_refit", "refit")
+    },
     "solver.rtol": ((int, float), lambda v: v > 0, "a number > 0"),
     "solver.atol": ((int, float), lambda v: v > 0, "a number > 0"),
     "solver.adjoint": ((bool,), lambda v: True, "true or false"),

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ude.config_check import REFIT_OPTIMIZERS
 from ude.data.datamodule import ConditionDataset
 from ude.data.measurements import Measurements
 from ude.distill import gauss_newton
@@ -82,7 +83,7 @@ def _loss_value(module, batch: dict[str, torch.Tensor]) -> float:
     return float(loss) if torch.isfinite(loss) else INFEASIBLE
 
 
-OPTIMIZERS = ("lbfgs", "gauss_newton")
+OPTIMIZERS = REFIT_OPTIMIZERS
 
 
 class TwinRefit:
