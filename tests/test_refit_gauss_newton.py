@@ -117,3 +117,21 @@ def test_by_default_l_bfgs_takes_the_first_steps_then_gauss_newton_ends_the_refi
     assert both.trace[:2] == lbfgs.trace[:2]  # L-BFGS's two steps of 20, as alone
     assert both.iterations < 40 + 10 < lbfgs.iterations  # then a few Gauss-Newton steps
     assert both.trace[-1] <= lbfgs.trace[-1] + 1e-6
+
+
+def test_a_step_plan_fixes_the_steps_of_its_own_thread_only(float64):
+    """The selection refits in threads: one refit's recorded steps must not be another's."""
+    import threading
+
+    from ude.model.rodas_autograd import fixed_steps
+
+    model, data = three_condition_twin()
+    module, batch = make_module(model, data, loss="nll"), _batch(data)
+    other = []
+    with fixed_steps(each=True) as plan:
+        worker = threading.Thread(target=lambda: other.append(float(module.losses(batch)["loss"])))
+        worker.start()
+        worker.join()
+        assert other and not plan.steps and plan.exact  # the thread's solve left it alone
+        module.losses(batch)
+        assert len(plan.steps) == 1 and len(plan.steps[0][1]) == 3  # each condition's steps

@@ -22,6 +22,7 @@ be taken in one vectorised backward pass, which the Function's numpy backward do
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -90,14 +91,14 @@ def solve(
         problem.shared_steps = shared_steps
         if compiled and not system.rhs.networks:
             problem.tapes = rodas_kernels.tapes(system.rhs.derivatives)
-        elif _PLAN is not None:
-            _PLAN.exact = False
+        elif _plan() is not None:
+            _plan().exact = False
         if _TWICE and torch.is_grad_enabled():  # the replay follows one shared step
             problem.integrate(_numpy(y0), record=True, shared=True)
             return _replayed(problem, y0, system.context)
         return _HybridSolve.apply(problem, y0, system.context, *system.params)
-    if _PLAN is not None:
-        _PLAN.exact = False
+    if _plan() is not None:
+        _plan().exact = False
     return _generic(func, y0, t, rtol, atol, max_steps, stats)
 
 
@@ -167,7 +168,13 @@ class StepPlan:
         return h, output_step
 
 
-_PLAN: StepPlan | None = None
+_THREAD = threading.local()
+"""This thread's :class:`StepPlan` (``plan``): the selection refits twins in threads, and one
+refit's plan must not fix another's steps."""
+
+
+def _plan() -> StepPlan | None:
+    return getattr(_THREAD, "plan", None)
 
 
 @contextmanager
@@ -175,12 +182,12 @@ def fixed_steps(each: bool = False) -> Iterator[StepPlan]:
     """Compiled Rodas5P solves inside record their accepted steps; after ``plan.replay()``
     the following solves take those steps again instead of choosing their own (``each``:
     each condition its own, :class:`StepPlan`)."""
-    global _PLAN
-    before, _PLAN = _PLAN, StepPlan(each)
+    before = _plan()
+    _THREAD.plan = plan = StepPlan(each)
     try:
-        yield _PLAN
+        yield plan
     finally:
-        _PLAN = before
+        _THREAD.plan = before
 
 
 class _Problem:
@@ -224,7 +231,7 @@ class _Problem:
         y0 = np.ascontiguousarray(y0)  # one compiled version for all calls
         times = np.ascontiguousarray(_numpy(self.t))
         context = np.ascontiguousarray(self.rhs.context)
-        plan = _PLAN
+        plan = _plan()
         self.record = self.records = self.trajectory = None
         if plan is None and not shared and y0.shape[0] > 1:
             return self._integrate_each(y0, times, context, record)
