@@ -25,7 +25,7 @@ RESUME_MODES = ("auto", "never")
 """``resume``'s choices (:func:`ude.train.resume.resume_point`)."""
 
 REFIT_OPTIMIZERS = ("lbfgs", "gauss_newton")
-"""A twin refit's ``optimizer`` choices (:data:`ude.distill.refit.OPTIMIZERS`)."""
+"""A twin refit's ``optimizer`` choices (:class:`ude.distill.refit.TwinRefit`)."""
 
 # key: (expected types, test, what is expected)
 _RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {

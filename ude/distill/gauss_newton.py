@@ -74,6 +74,10 @@ class _Residuals:
         conditions = entry_conditions(self.model, params)
         self.entry_condition = conditions[self.free]
         self.colours = _colours(self.entry_condition)
+        # each condition's residual rows, for its own entries' columns
+        self.rows_of = {
+            c: torch.as_tensor(self.row_condition == c) for c in set(self.entry_condition)
+        }
 
     def vector(self) -> torch.Tensor:
         return nn.utils.parameters_to_vector(self.params).detach().clone()
@@ -111,7 +115,6 @@ class _Residuals:
         """The errors at ``theta`` and their Jacobian ``(row, free entry)``; None where a
         solve fails both ways or does not replay."""
         self.move_to(theta)
-        rows_of = {c: torch.as_tensor(self.row_condition == c) for c in set(self.entry_condition)}
         with fixed_steps(each=True) as plan:
             try:
                 e0 = self.errors()
@@ -139,7 +142,7 @@ class _Residuals:
                         return None
                     for k, col in enumerate(colour):
                         c = self.entry_condition[col]
-                        rows = slice(None) if c < 0 else rows_of[c]
+                        rows = slice(None) if c < 0 else self.rows_of[c]
                         J[rows, col] = (moved[rows] - e0[rows]) / steps[k]
             except SolverFailed:
                 return None

@@ -83,9 +83,6 @@ def _loss_value(module, batch: dict[str, torch.Tensor]) -> float:
     return float(loss) if torch.isfinite(loss) else INFEASIBLE
 
 
-OPTIMIZERS = REFIT_OPTIMIZERS
-
-
 class TwinRefit:
     """Fits a symbolic twin (no neural slots) to the data through the ODE solver with L-BFGS
     on the Gaussian NLL of :class:`ude.train.module.UDEModule` (noise learned).
@@ -176,8 +173,9 @@ class TwinRefit:
         gauss_newton_iter: int = 20,
         gauss_newton_after: int = 60,
     ):
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer={optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+        if optimizer not in REFIT_OPTIMIZERS:
+            expected = ", ".join(REFIT_OPTIMIZERS)
+            raise ValueError(f"optimizer={optimizer!r}: expected one of {expected}")
         self.optimizer = optimizer
         self.gauss_newton_iter = gauss_newton_iter
         self.gauss_newton_after = gauss_newton_after

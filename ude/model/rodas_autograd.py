@@ -295,7 +295,7 @@ class _Problem:
                     *self.tapes,
                     h,
                     output_step,
-                )  # fmt: skip
+                )
             )
         self._count_and_check(sum(r[11] for r in results), rodas_kernels.OK, 0.0, 0.0)
         self.records = [r[2:8] for r in results]
