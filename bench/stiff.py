@@ -10,9 +10,9 @@ For each system's true model, from its scenario's initial state over its scenari
   Radau, forward only;
 - ude's ``rodas5p``, forward and forward + backward (loss: the sum of the solution; gradient
   in the initial state and every parameter): compiled (numba: the solve and the exact adjoint
-  of its steps, what a model without networks gets) and in numpy (``compiled=False``: the
-  path of a model with networks); the compiled kernels' first call in a process (loading
-  numba's on-disk cache, or compiling when there is none) is printed apart;
+  of its steps, the default) and in numpy (``compiled=False``, the reference); the compiled
+  kernels' first call in a process (loading numba's on-disk cache, or compiling when there is
+  none) is printed apart;
 - ude's ``rosenbrock23`` (ode23s through torch autograd, the stiff solver before rodas5p) and
   torchdiffeq's ``dopri5``, forward and forward + backward;
 - torchdiffeq 0.2.5's ``implicit_adams`` (its only implicit method: a fixed-step
@@ -35,7 +35,9 @@ step size shared by all conditions (each takes every other's steps) against each
 own (the default), with the condition-steps each takes.
 
 Then the same forward + backward for the hybrid model a training run solves (known terms + an
-untrained network), and its training epochs.
+untrained network), compiled (networks in numba, the default) and in numpy, for one condition
+and for the benchmark's 8 (the network's last layer scaled up so that it matters), and its
+training epochs.
 
 Targets (printed, not asserted): Goldbeter forward + backward within 10x of LSODA's forward;
 a Goldbeter training epoch within 1 s.
@@ -110,15 +112,15 @@ def twin(spec: ModelSpec, y0: np.ndarray, method: str) -> HybridODE:
     ).double()
 
 
-def conditions_run(model: HybridODE, t: torch.Tensor, shared: bool) -> Stats:
-    """Forward + backward of every condition of ``model`` in one compiled rodas5p solve:
-    one step size for all (``shared``) or each condition's own."""
+def conditions_run(model: HybridODE, t: torch.Tensor, shared: bool, compiled: bool = True) -> Stats:
+    """Forward + backward of every condition of ``model`` in one rodas5p solve (``compiled``
+    or numpy): one step size for all (``shared``) or each condition's own."""
     cond = torch.arange(model.initial.shape[0])
     model.zero_grad()
     model._context = model.context(cond)
     stats = Stats()
     try:
-        sol = rodas_solve(model, model.initial[cond], t, RTOL, ATOL, 5000, stats, True, shared)
+        sol = rodas_solve(model, model.initial[cond], t, RTOL, ATOL, 5000, stats, compiled, shared)
     finally:
         model._context = None
     sol.sum().backward()
@@ -311,6 +313,28 @@ class EpochTimer(pl.Callback):
         self.seconds.append(time.process_time() - self._start)
 
 
+def hybrid_conditions(name: str, n: int = 8) -> None:
+    """The hybrid over the benchmark's ``n`` conditions, forward + backward: compiled (each
+    condition its own steps, the default) against numpy (one shared step)."""
+    problem = build_problem(Scenario(system=name, n_times=30, conditions=n))
+    torch.set_default_dtype(F64)
+    try:
+        model = build_hybrid(problem.known, problem.measurements, Solver(problem.solver))
+    finally:
+        torch.set_default_dtype(torch.float32)
+    with torch.no_grad():  # a network whose output matters (it starts near zero)
+        for net in model.networks:
+            last = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
+            last.weight.mul_(10.0)
+    t = torch.tensor(problem.measurements.times, dtype=F64)
+    compiled_s, _ = cpu_seconds(lambda: conditions_run(model, t, False))
+    numpy_s, _ = cpu_seconds(lambda: conditions_run(model, t, True, compiled=False))
+    print(
+        f"{name:<18}hybrid, {n} conditions, forward+backward: compiled {compiled_s:.3f} cpu s, "
+        f"numpy {numpy_s:.3f} cpu s ({numpy_s / compiled_s:.1f}x)"
+    )
+
+
 def hybrid_epoch(name: str) -> float:
     """Forward + backward of the model a training run solves (known terms + an untrained
     network, the benchmark's base scenario: 30 times), and its training epochs (the
@@ -325,7 +349,12 @@ def hybrid_epoch(name: str) -> float:
         torch.set_default_dtype(torch.float32)
     t = torch.tensor(problem.measurements.times, dtype=F64)
     seconds, (_, work) = cpu_seconds(lambda: ude_run(model, t, True))
-    print(f"{name:<18}hybrid {problem.solver} forward+backward {seconds:.3f} cpu s (f, jac:{work})")
+    numpy_s, _ = cpu_seconds(lambda: ude_run(model, t, True, compiled=False))
+    print(
+        f"{name:<18}hybrid {problem.solver} forward+backward {seconds:.3f} cpu s (f, jac:{work}); "
+        f"numpy {numpy_s:.3f} cpu s ({numpy_s / seconds:.1f}x)"
+    )
+    hybrid_conditions(name)
     timer = EpochTimer()
     fit(
         problem.known,

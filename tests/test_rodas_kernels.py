@@ -63,6 +63,15 @@ def toggle(neural: bool = False) -> HybridODE:
     ).double()
 
 
+def toggle_network() -> HybridODE:
+    """The toggle with a network on ``y`` whose output matters (its last layer not small)."""
+    torch.manual_seed(0)
+    model = toggle(neural=True)
+    with torch.no_grad():
+        model.networks[0].layers[-1].weight.normal_(0, 0.5)
+    return model
+
+
 def goldbeter() -> HybridODE:
     """The true model with every parameter learned (so the gradient reaches them all)."""
     system = get_system("goldbeter")
@@ -103,7 +112,9 @@ def run(model: HybridODE, times: torch.Tensor, compiled: bool, shared: bool = Tr
 
 
 @pytest.mark.parametrize(
-    "make, t_end", [(goldbeter, 100.0), (toggle, 6.0)], ids=["goldbeter", "hill_toggle"]
+    "make, t_end",
+    [(goldbeter, 100.0), (toggle, 6.0), (toggle_network, 6.0)],
+    ids=["goldbeter", "hill_toggle", "hill_toggle_with_a_network"],
 )
 def test_compiled_solve_and_gradient_match_numpy(make, t_end):
     model = make()
@@ -125,7 +136,7 @@ def test_compiled_solve_and_gradient_match_numpy(make, t_end):
         assert scale > 0
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-7, atol=1e-9 * scale)
         n_checked += 1
-    assert n_checked >= 3  # initial states and the learned parameters
+    assert n_checked >= 3  # initial states, the learned parameters (and the weights)
 
 
 def test_conditions_step_alone_each_as_if_solved_by_itself():
@@ -200,8 +211,8 @@ def test_a_division_by_zero_fails_like_the_numpy_path(compiled):
         model.simulate(times, torch.tensor([0]))
 
 
-def test_a_twin_solves_in_the_kernels_and_a_network_model_in_numpy(monkeypatch):
-    # Solver("rodas5p") takes the compiled path by itself where it applies, and only there.
+def test_twins_and_network_models_solve_in_the_kernels(monkeypatch):
+    # Solver("rodas5p") takes the compiled path by itself, with or without a network.
     from ude.model import rodas_kernels
 
     calls = []
@@ -211,7 +222,7 @@ def test_a_twin_solves_in_the_kernels_and_a_network_model_in_numpy(monkeypatch):
     toggle().simulate(times, torch.arange(2))
     assert len(calls) == 2  # one per condition
     toggle(neural=True).simulate(times, torch.arange(2))  # a network in the right-hand side
-    assert len(calls) == 2
+    assert len(calls) == 4
 
 
 _FIRST_CALLER = """

@@ -4,10 +4,13 @@ A stiff solve evaluates ``f`` and ``df/dy`` thousands of times with the same par
 Here the known part is the spec's compiled tape and its symbolic Jacobian, evaluated over all
 rows in one compiled pass (:mod:`ude.spec.derivatives`), and each network is its weights
 copied once to float64 numpy, with its Jacobian and second directional derivatives written
-out layer by layer (no autograd): an evaluation is a few numpy calls (a network compiled like
-the known part was no faster at these sizes: numpy's vectorised tanh and small matrix products
-cost about what a compiled loop does). The parameters' gradients are not taken here; the
-solver's adjoint hands them to torch in one batched call.
+out layer by layer (no autograd): an evaluation is a few numpy calls. The parameters'
+gradients are not taken here; the solver's adjoint hands them to torch in one batched call.
+
+This is the reference path (``compiled=False``, and networks the kernels do not run:
+nonnegative fluxes). By default the solve, networks included, runs in the compiled kernels
+(:mod:`ude.model.rodas_kernels`, :mod:`ude.model.network_kernels`): a step there costs its
+arithmetic, here about a microsecond per numpy call.
 
 Shapes: ``P`` rows (a batch of conditions, or all stage points of a solve), ``n`` states,
 ``c`` context entries (the condition's inputs then parameter values).
@@ -128,6 +131,7 @@ class NumpyNetwork:
             raise UnsupportedNetwork("layers other than Linear/activation pairs")
         self.kinds = [_activation(a) for a in acts]
         self.weights = [_numpy(m.weight) for m in linear]
+        self.torch_params = [(m.weight, m.bias) for m in linear]
         self.biases = [_numpy(m.bias) for m in linear]
         self.in_scale = _numpy(net.in_scale)
         self.out_scale = _numpy(net.out_scale)

@@ -2,14 +2,15 @@
 
 Two paths:
 
-- **A HybridODE** (anything with ``numeric_rhs()``): the forward solve runs in numpy on the
-  frozen right-hand side (:class:`~ude.model.numeric_rhs.NumericRHS`: compiled known terms and
-  their symbolic Jacobian, the networks written out layer by layer), with no autograd graph.
-  The backward pass is the exact adjoint of the accepted steps in numpy, then one batched
-  torch vector-Jacobian product over all stage evaluations for the parameters' gradient.
-  Without networks (a twin, a true model) the solve and its adjoint, the context's gradient
-  included, run compiled instead (:mod:`ude.model.rodas_kernels`: the same steps, the same
-  derivative), unless ``compiled=False``; a division by zero gives inf or NaN in both.
+- **A HybridODE** (anything with ``numeric_rhs()``): the solve and the exact adjoint of its
+  accepted steps run compiled (:mod:`ude.model.rodas_kernels`), the known terms as the spec's
+  tapes and the networks as :mod:`ude.model.network_kernels` arrays, with no autograd graph:
+  the gradients of the initial states, the context (inputs, parameter values) and the
+  networks' weights all come from the kernels. With ``compiled=False``, or a network the
+  kernels do not run (nonnegative fluxes), the same steps run in numpy on the frozen
+  right-hand side (:class:`~ude.model.numeric_rhs.NumericRHS`), the backward pass is the
+  numpy adjoint and one batched torch vector-Jacobian product over all stage evaluations for
+  the parameters. A division by zero gives inf or NaN in both.
 - **Any other** ``f(t, y)``: the same integrator evaluates ``f`` and its Jacobian (autograd)
   through torch without a graph; when a gradient is wanted the accepted steps are replayed
   with a graph (their sizes fixed), the Jacobian differentiated too.
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ude.model import rodas, rodas_kernels, stiff
+from ude.model import network_kernels, rodas, rodas_kernels, stiff
 from ude.model.numeric_rhs import NumericRHS
 
 Tensor = torch.Tensor
@@ -79,19 +80,19 @@ def solve(
 ) -> Tensor:
     """Solution ``(time, batch, state)`` of ``dy/dt = func(t, y)`` at ``t (time,)`` from
     ``y0 (batch, state)``; differentiable in ``y0`` and in what ``func`` depends on.
-    ``compiled``: solve a right-hand side without networks with the compiled kernels
-    (False: always numpy). The kernels step each condition (batch row) alone with its own
+    ``compiled``: solve with the compiled kernels where they run the model (False: always
+    numpy). The kernels step each condition (batch row) alone with its own
     step size (:func:`ude.model.rodas_kernels.integrate_each`), unless ``shared_steps``:
-    then one step size for all, the numpy path's steps (the two agree to rounding). A
-    network model's numpy path always shares the step: its cost is per call, not per row.
+    then one step size for all, the numpy path's steps (the two agree to rounding). The
+    numpy path always shares the step: its cost is per call, not per row.
     Raises :class:`RodasFailed`."""
     system = func.numeric_rhs() if hasattr(func, "numeric_rhs") else None
     if system is not None:
         problem = _Problem(system.torch_rhs, system.rhs, t, rtol, atol, max_steps, stats)
         problem.shared_steps = shared_steps
-        if compiled and not system.rhs.networks:
-            problem.tapes = rodas_kernels.tapes(system.rhs.derivatives)
-        elif _plan() is not None:
+        if compiled:
+            problem.compile()
+        if problem.tapes is None and _plan() is not None:
             _plan().exact = False
         if _TWICE and torch.is_grad_enabled():  # the replay follows one shared step
             problem.integrate(_numpy(y0), record=True, shared=True)
@@ -204,6 +205,19 @@ class _Problem:
         self.shared_steps = False
         self.record: tuple | None = None
         self.records: list[tuple] | None = None
+        self.net_code: network_kernels.NetCode | None = None
+
+    def compile(self) -> None:
+        """Solve with the compiled kernels (:attr:`tapes`) where they can run the networks
+        (all of ude's own but nonnegative fluxes); otherwise the numpy path stays."""
+        tapes = rodas_kernels.tapes(self.rhs.derivatives)
+        if self.rhs.networks:
+            try:
+                self.net_code = network_kernels.encode(self.rhs.networks)
+            except network_kernels.Unsupported:
+                return
+            tapes = (*tapes[:4], self.net_code.arrays)
+        self.tapes = tapes
 
     def integrate(self, y0: np.ndarray, record: bool, shared: bool = False) -> np.ndarray:
         """The states at ``t`` from ``y0``; ``record``: keep the accepted steps for the
@@ -312,8 +326,9 @@ class _Problem:
         except rodas.StepFailure as failure:
             raise RodasFailed(failure) from None
 
-    def adjoint_compiled(self, grad_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Cotangents of ``y0 (B, n)`` and of the context ``(B, c)`` by the kernels."""
+    def adjoint_compiled(self, grad_out: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Cotangents of ``y0 (B, n)``, of the context ``(B, c)`` and of the networks' folded
+        weights by the kernels."""
         if self.records is not None:
             return rodas_kernels.adjoint_each(
                 grad_out, self.records, np.ascontiguousarray(self.rhs.context), *self.tapes
@@ -360,7 +375,14 @@ class _HybridSolve(torch.autograd.Function):
 def _compiled_grads(problem: _Problem, context, params, grad_out, needed) -> tuple:
     """The backward pass in the compiled kernels (a division by zero in them gives inf/NaN,
     as numpy's adjoint does)."""
-    grad_y0, grad_ctx = problem.adjoint_compiled(_numpy(grad_out))
+    grad_y0, grad_ctx, grad_w = problem.adjoint_compiled(_numpy(grad_out))
+    if problem.net_code is None:
+        grads = [
+            torch.zeros_like(p) if need else None
+            for p, need in zip(params, needed[3:], strict=True)
+        ]
+    else:
+        grads = network_kernels.torch_param_grads(problem.net_code, grad_w, params, needed[3:])
     return (
         None,
         torch.as_tensor(grad_y0, dtype=grad_out.dtype, device=grad_out.device)
@@ -369,10 +391,7 @@ def _compiled_grads(problem: _Problem, context, params, grad_out, needed) -> tup
         torch.as_tensor(grad_ctx, dtype=context.dtype, device=context.device)
         if needed[2]
         else None,
-        *[
-            torch.zeros_like(p) if need else None
-            for p, need in zip(params, needed[3:], strict=True)
-        ],
+        *grads,
     )
 
 

@@ -28,6 +28,8 @@ from functools import lru_cache
 import numpy as np
 from numba import njit
 
+from ude.model import network_kernels
+from ude.model.network_kernels import add_jacobian, add_jacobian_vjp, add_value, add_vjp, scratch
 from ude.model.rodas import (
     _A,
     _C,
@@ -44,7 +46,7 @@ from ude.model.rodas import (
 from ude.spec.derivatives import CompiledDerivatives
 from ude.spec.tape_kernels import refresh_cache, tape_forward, tape_reverse
 
-refresh_cache(__file__)
+refresh_cache(__file__, network_kernels.__file__)
 
 OK, TOO_MANY_STEPS, UNDERFLOW = 0, 1, 2
 _ROOT = 1.0 / ERROR_ORDER
@@ -53,14 +55,17 @@ _EPS = float(np.finfo(float).eps)
 
 @lru_cache(maxsize=64)
 def tapes(derivatives: CompiledDerivatives) -> tuple:
-    """``(f_tape, jac_tape, jac_rows, jac_cols)``: the right-hand side's and the Jacobian's
-    tapes as the kernels read them (:meth:`CompiledDerivatives.encoded`: encoded once per
-    compiled right-hand side, shared with its numpy evaluations)."""
+    """``(f_tape, jac_tape, jac_rows, jac_cols, net)``: the right-hand side's and the
+    Jacobian's tapes as the kernels read them (:meth:`CompiledDerivatives.encoded`: encoded
+    once per compiled right-hand side, shared with its numpy evaluations), and no networks
+    (a hybrid model's solve puts its own :class:`~ude.model.network_kernels.NetCode` arrays
+    last)."""
     return (
         derivatives.encoded("value"),
         derivatives.encoded("jac"),
         derivatives.jac_rows.astype(np.int64),
         derivatives.jac_cols.astype(np.int64),
+        network_kernels.EMPTY,
     )
 
 
@@ -75,24 +80,26 @@ def _load(y, ctx, slots):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _rhs(y, ctx, tape, slots, f):
-    """``f (n,)`` at ``y (n,)`` and ``ctx (c,)``."""
+def _rhs(y, ctx, tape, slots, net, net_buf, f):
+    """``f (n,)`` at ``y (n,)`` and ``ctx (c,)``: the tape's terms and the networks'."""
     code, arg, const, out, out_c = tape
     _load(y, ctx, slots)
     tape_forward(code, arg, const, slots)
     for k in range(f.shape[0]):
         f[k] = slots[out[k]] if out[k] >= 0 else out_c[k]
+    add_value(y, ctx, net, net_buf, f)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _jacobian(y, ctx, tape, rows, cols, slots, jac):
-    """The dense ``df/dy (n, n)`` from the tape of its nonzero entries."""
+def _jacobian(y, ctx, tape, rows, cols, slots, net, net_buf, jac):
+    """The dense ``df/dy (n, n)`` from the tape of its nonzero entries, plus the networks'."""
     code, arg, const, out, out_c = tape
     _load(y, ctx, slots)
     tape_forward(code, arg, const, slots)
     jac[:] = 0.0
     for e in range(rows.shape[0]):
         jac[rows[e], cols[e]] = slots[out[e]] if out[e] >= 0 else out_c[e]
+    add_jacobian(y, ctx, net, net_buf, jac)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -261,7 +268,8 @@ def _scratch(n_batch, n):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _step(y, f0, jac, ctx, hs, f_tape, f_slots, w, piv, u, y_new, point, value, rhs):
+def _step(y, f0, jac, ctx, hs, f_tape, f_slots, net, net_buf, w, piv, u, y_new, point, value,
+          rhs):  # fmt: skip
     """One Rodas5P step of signed size ``hs`` from ``y (B, n)``, where ``f0`` and ``jac`` are
     ``f`` and its Jacobian: each condition's factored ``W`` (``w``, ``piv``), the stages ``u``
     and the new states ``y_new``; ``point``, ``value``, ``rhs (n,)``: scratch."""
@@ -286,7 +294,7 @@ def _step(y, f0, jac, ctx, hs, f_tape, f_slots, w, piv, u, y_new, point, value, 
                     for j in range(s):
                         acc += _A[s, j] * u[j, b, i]
                     point[i] = acc
-                _rhs(point, ctx[b], f_tape, f_slots, value)
+                _rhs(point, ctx[b], f_tape, f_slots, net, net_buf, value)
                 for i in range(n):
                     acc = value[i]
                     for j in range(s):
@@ -301,7 +309,7 @@ def _step(y, f0, jac, ctx, hs, f_tape, f_slots, w, piv, u, y_new, point, value, 
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def integrate(y0, times, ctx, f_tape, jac_tape, rows, cols, rtol, atol, max_steps, record):
+def integrate(y0, times, ctx, f_tape, jac_tape, rows, cols, net, rtol, atol, max_steps, record):
     """Rodas5P from ``y0 (B, n)`` over ``times (T,)`` (strictly monotone), each condition
     with its context ``ctx (B, c)``, one step size for all.
 
@@ -331,13 +339,14 @@ def integrate(y0, times, ctx, f_tape, jac_tape, rows, cols, rtol, atol, max_step
                 output_step, OK, t, 0.0, counts)  # fmt: skip
     f_slots = np.empty(n_sym + f_tape[0].shape[0])
     j_slots = np.empty(n_sym + jac_tape[0].shape[0])
+    net_buf = scratch(net)
     span = abs(times[n_t - 1] - times[0])
     direction = 1.0 if times[n_t - 1] > times[0] else -1.0
     y = y0.copy()
     y_new, f0, jac, w, piv, u, point, value, rhs = _scratch(n_batch, n)
     for b in range(n_batch):
-        _rhs(y[b], ctx[b], f_tape, f_slots, f0[b])
-        _jacobian(y[b], ctx[b], jac_tape, rows, cols, j_slots, jac[b])
+        _rhs(y[b], ctx[b], f_tape, f_slots, net, net_buf, f0[b])
+        _jacobian(y[b], ctx[b], jac_tape, rows, cols, j_slots, net, net_buf, jac[b])
     counts[2] += 1
     counts[3] += 1
     # the first step (Hairer, Norsett & Wanner, Solving ODEs I, II.4), as rodas.initial_step
@@ -348,7 +357,7 @@ def integrate(y0, times, ctx, f_tape, jac_tape, rows, cols, rtol, atol, max_step
     for b in range(n_batch):
         for i in range(n):
             point[i] = y[b, i] + h0 * direction * f0[b, i]
-        _rhs(point, ctx[b], f_tape, f_slots, value)
+        _rhs(point, ctx[b], f_tape, f_slots, net, net_buf, value)
         for i in range(n):
             y_new[b, i] = value[i] - f0[b, i]
     counts[2] += 1
@@ -383,7 +392,8 @@ def integrate(y0, times, ctx, f_tape, jac_tape, rows, cols, rtol, atol, max_step
             clipped = remaining <= 1.1 * h
             h_step = remaining if clipped else h
             hs = direction * h_step
-            _step(y, f0, jac, ctx, hs, f_tape, f_slots, w, piv, u, y_new, point, value, rhs)
+            _step(y, f0, jac, ctx, hs, f_tape, f_slots, net, net_buf, w, piv, u, y_new, point,
+                  value, rhs)  # fmt: skip
             counts[2] += STAGES - 1
             err = _error_norm(u[STAGES - 1], y, y_new, rtol, atol)
             if err <= 1.0:
@@ -411,8 +421,8 @@ def integrate(y0, times, ctx, f_tape, jac_tape, rows, cols, rtol, atol, max_step
                 last_err = max(err, 1e-4)
                 rejected = False
                 for b in range(n_batch):
-                    _rhs(y[b], ctx[b], f_tape, f_slots, f0[b])
-                    _jacobian(y[b], ctx[b], jac_tape, rows, cols, j_slots, jac[b])
+                    _rhs(y[b], ctx[b], f_tape, f_slots, net, net_buf, f0[b])
+                    _jacobian(y[b], ctx[b], jac_tape, rows, cols, j_slots, net, net_buf, jac[b])
                 counts[2] += 1
                 counts[3] += 1
             else:
@@ -428,7 +438,7 @@ def integrate(y0, times, ctx, f_tape, jac_tape, rows, cols, rtol, atol, max_step
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def replay(y0, times, ctx, f_tape, jac_tape, rows, cols, steps, output_step):
+def replay(y0, times, ctx, f_tape, jac_tape, rows, cols, net, steps, output_step):
     """The steps of a recorded solve (``steps (N,)``: :func:`integrate`'s signed ``h``;
     ``output_step (T,)``: steps before each output) taken again from ``y0 (B, n)`` with the
     context ``ctx (B, c)``, without step-size control: the same discrete map of the inputs,
@@ -447,6 +457,7 @@ def replay(y0, times, ctx, f_tape, jac_tape, rows, cols, steps, output_step):
     rec_piv = np.empty((n_steps, n_batch, n), dtype=np.int64)
     f_slots = np.empty(n_sym + f_tape[0].shape[0])
     j_slots = np.empty(n_sym + jac_tape[0].shape[0])
+    net_buf = scratch(net)
     y = y0.copy()
     y_new, f0, jac, _, piv, u, point, value, rhs = _scratch(n_batch, n)
     t = times[0]
@@ -458,11 +469,11 @@ def replay(y0, times, ctx, f_tape, jac_tape, rows, cols, steps, output_step):
         if step == n_steps:
             break
         for b in range(n_batch):
-            _rhs(y[b], ctx[b], f_tape, f_slots, f0[b])
-            _jacobian(y[b], ctx[b], jac_tape, rows, cols, j_slots, jac[b])
+            _rhs(y[b], ctx[b], f_tape, f_slots, net, net_buf, f0[b])
+            _jacobian(y[b], ctx[b], jac_tape, rows, cols, j_slots, net, net_buf, jac[b])
         hs = steps[step]
-        _step(y, f0, jac, ctx, hs, f_tape, f_slots, rec_lu[step], piv, u, y_new, point, value,
-              rhs)  # fmt: skip
+        _step(y, f0, jac, ctx, hs, f_tape, f_slots, net, net_buf, rec_lu[step], piv, u, y_new,
+              point, value, rhs)  # fmt: skip
         rec_t[step] = t
         rec_y[step] = y
         rec_u[step] = u
@@ -479,11 +490,11 @@ def replay(y0, times, ctx, f_tape, jac_tape, rows, cols, steps, output_step):
 # -- the reverse pass ------------------------------------------------------------------------
 @njit(cache=True, nogil=True, error_model="numpy")
 def adjoint(grad_out, rec_h, rec_y, rec_u, rec_lu, rec_piv, output_step, ctx, f_tape, jac_tape,
-            rows, cols):  # fmt: skip
+            rows, cols, net):  # fmt: skip
     """The exact reverse pass of :func:`integrate`'s accepted steps (autonomous ``f``).
 
     ``grad_out (T, B, n)``: the outputs' cotangents. Returns the cotangents of ``y0 (B, n)``
-    and of ``ctx (B, c)``.
+    of ``ctx (B, c)`` and of the networks' folded weights (summed over the conditions).
     """
     n_t, n_batch, n = grad_out.shape
     c = ctx.shape[1]
@@ -493,6 +504,8 @@ def adjoint(grad_out, rec_h, rec_y, rec_u, rec_lu, rec_piv, output_step, ctx, f_
     f_adj = np.empty(f_slots.shape[0])
     j_slots = np.empty(n_sym + jac_tape[0].shape[0])
     j_adj = np.empty(j_slots.shape[0])
+    net_buf = scratch(net)
+    gw = np.zeros(net[3].shape[0])
     lam = np.zeros((n_batch, n))
     gctx = np.zeros((n_batch, c))
     omega = np.empty((STAGES, n))
@@ -528,6 +541,7 @@ def adjoint(grad_out, rec_h, rec_y, rec_u, rec_lu, rec_piv, output_step, ctx, f_
                         v += _A[s, j] * rec_u[step, j, b, i]
                     point[i] = v
                 _reverse(point, ctx[b], f_tape, f_slots, f_adj, omega[s], nu[s], gctx[b])
+                add_vjp(point, ctx[b], net, net_buf, omega[s], nu[s], gctx[b], gw)
                 for i in range(n):
                     acc[i] += nu[s, i]
             # the Jacobian inside W: d/dy and d/dctx of sum_s omega_s . J(y) U_s
@@ -537,6 +551,7 @@ def adjoint(grad_out, rec_h, rec_y, rec_u, rec_lu, rec_piv, output_step, ctx, f_
                     v += omega[s, rows[e]] * rec_u[step, s, b, cols[e]]
                 pairs[e] = v
             _reverse(y, ctx[b], jac_tape, j_slots, j_adj, pairs, g, gctx[b])
+            add_jacobian_vjp(y, ctx[b], net, net_buf, omega, rec_u[step, :, b], g, gctx[b], gw)
             for i in range(n):
                 lam[b, i] = acc[i] + g[i]
     while last >= 0:
@@ -544,10 +559,11 @@ def adjoint(grad_out, rec_h, rec_y, rec_u, rec_lu, rec_piv, output_step, ctx, f_
             for i in range(n):
                 lam[b, i] += grad_out[last, b, i]
         last -= 1
-    return lam, gctx
+    return lam, gctx, gw
 
 
-def integrate_each(y0, times, ctx, f_tape, jac_tape, rows, cols, rtol, atol, max_steps, record):
+def integrate_each(y0, times, ctx, f_tape, jac_tape, rows, cols, net, rtol, atol, max_steps,
+                   record):  # fmt: skip
     """:func:`integrate` of each condition alone, each with its own step size (and its own
     ``max_steps``), stopping at the first that fails. Returns the per-condition results, in
     order.
@@ -562,7 +578,7 @@ def integrate_each(y0, times, ctx, f_tape, jac_tape, rows, cols, rtol, atol, max
     for b in range(y0.shape[0]):
         result = integrate(
             np.ascontiguousarray(y0[b : b + 1]), times, np.ascontiguousarray(ctx[b : b + 1]),
-            f_tape, jac_tape, rows, cols, rtol, atol, max_steps, record,
+            f_tape, jac_tape, rows, cols, net, rtol, atol, max_steps, record,
         )  # fmt: skip
         results.append(result)
         if result[8] != OK:
@@ -570,19 +586,21 @@ def integrate_each(y0, times, ctx, f_tape, jac_tape, rows, cols, rtol, atol, max
     return results
 
 
-def adjoint_each(grad_out, records, ctx, f_tape, jac_tape, rows, cols):
+def adjoint_each(grad_out, records, ctx, f_tape, jac_tape, rows, cols, net):
     """:func:`adjoint` of :func:`integrate_each`'s solves: ``records``, each condition's
-    ``(h, y, stages, lu, piv, output_step)``. Returns the cotangents of ``y0 (B, n)`` and of
-    ``ctx (B, c)``."""
+    ``(h, y, stages, lu, piv, output_step)``. Returns the cotangents of ``y0 (B, n)``, of
+    ``ctx (B, c)`` and of the networks' folded weights."""
     lams, gctxs = [], []
+    gw = np.zeros(net[3].shape[0])
     for b, record in enumerate(records):
-        lam, gctx = adjoint(
+        lam, gctx, g = adjoint(
             np.ascontiguousarray(grad_out[:, b : b + 1]), *record,
-            np.ascontiguousarray(ctx[b : b + 1]), f_tape, jac_tape, rows, cols,
+            np.ascontiguousarray(ctx[b : b + 1]), f_tape, jac_tape, rows, cols, net,
         )  # fmt: skip
         lams.append(lam)
         gctxs.append(gctx)
-    return np.concatenate(lams), np.concatenate(gctxs)
+        gw += g
+    return np.concatenate(lams), np.concatenate(gctxs), gw
 
 
 def raise_failure(status: int, t: float, h: float, max_steps: int) -> None:

@@ -205,15 +205,16 @@ def tape_rows(code, arg, const, out, out_const, y, ctx, result):
             result[r, k] = slots[out[k]] if out[k] >= 0 else out_const[k]
 
 
-def refresh_cache(module_file: str) -> None:
+def refresh_cache(module_file: str, *depends_on: str) -> None:
     """Drop numba's cache index of the kernels in ``module_file`` that is older than this
-    module, so they compile again with its current sweeps (numba would not notice: it checks
-    a function's own file). The default cache place only (``__pycache__`` beside the file)."""
+    module (or than another kernel module it calls, ``depends_on``), so they compile again
+    with the current sweeps (numba would not notice: it checks a function's own file). The
+    default cache place only (``__pycache__`` beside the file)."""
     source = Path(module_file)
-    tapes_changed = Path(__file__).stat().st_mtime
+    changed = max(Path(f).stat().st_mtime for f in (__file__, *depends_on))
     try:
         for index in (source.parent / "__pycache__").glob(f"{source.stem}.*.nbi"):
-            if index.stat().st_mtime < tapes_changed:
+            if index.stat().st_mtime < changed:
                 index.unlink(missing_ok=True)
     except OSError:  # a read-only install: its caches were built from its own files
         pass
