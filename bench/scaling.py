@@ -10,14 +10,14 @@ benchmark's base scenario (one condition, 30 times, 5 % noise), with each system
 - the CPU seconds of a training epoch (median of 5 epochs after the warm start: one batched
   solve through the data, its backward pass and an Adam step);
 - for rodas5p: the accepted steps of one solve, the evaluations of the right-hand side and
-  its Jacobian, and where one forward + backward pass spends its CPU time: the right-hand
-  side and Jacobian in the forward solve, the rest of the forward steps (the linear algebra
-  and bookkeeping), the batched derivatives the adjoint needs (stage Jacobians, second
-  derivatives), the adjoint recursion itself (including the networks' second directional
-  derivatives), and the one torch pass for the parameters' gradient.
+  its Jacobian, and one forward + backward pass of the untrained hybrid: its CPU seconds in
+  the compiled kernels (the default: networks included, ``ude/model/network_kernels.py``),
+  split into the forward solve and the adjoint (which gives every gradient, the weights'
+  included), and in numpy (``compiled=False``: the path before the networks were compiled).
 
-Then, on Goldbeter with 1 to 8 conditions, one batched solve (one step size shared by the
-conditions, one batched factorisation per step) against one solve per condition.
+Then, on Goldbeter with 1 to 8 conditions, a forward + backward pass of all conditions:
+compiled with each condition on its own steps (the default), compiled with one step size
+shared by all, and in numpy (one shared step, one batched factorisation per step).
 
 Target (printed, not asserted): the 50-species network trains an epoch in 5 s or less.
 """
@@ -38,89 +38,68 @@ from stiff import EpochTimer  # noqa: E402 - bench/stiff.py, beside this script
 
 from ude.benchmark.scenario import Scenario, build_problem  # noqa: E402
 from ude.fit import fit  # noqa: E402
-from ude.model import Solver, rodas  # noqa: E402
+from ude.model import Solver  # noqa: E402
 from ude.model.hybrid import build_hybrid  # noqa: E402
 from ude.model.rodas import Stats  # noqa: E402
-from ude.model.rodas_autograd import _parameter_grads, _Problem, solve  # noqa: E402
+from ude.model.rodas_autograd import _Problem, solve  # noqa: E402
 
 SYSTEMS = ("lotka_volterra", "goodwin", "goldbeter", "yeast_glycolysis", "network20", "network50")
 EPOCHS = 5
-PARTS = ("fwd f+J", "fwd steps", "adj. derivs", "adjoint", "param grads")
 
 
-class Clock:
-    """Wraps functions so that their CPU time adds up under a label."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = dict.fromkeys(PARTS, 0.0)
-
-    def wrap(self, label: str, fn):
-        def timed(*args):
-            start = time.process_time()
-            try:
-                return fn(*args)
-            finally:
-                self.seconds[label] += time.process_time() - start
-
-        return timed
+PARTS = ("forward", "adjoint")
 
 
-def profile_solve(problem) -> tuple[Stats, dict[str, float], float]:
-    """Work and CPU split of one forward + backward pass of the untrained hybrid model, its
-    parts called one by one as the solver's autograd function calls them (the second of two
-    passes: the first one pays for torch's and numpy's first calls)."""
+def profile_solve(problem) -> tuple[Stats, dict[str, float], float, float]:
+    """Work, the compiled pass's CPU split and total, and the numpy pass's CPU total, of one
+    forward + backward pass of the untrained hybrid model (the second of two passes: the
+    first pays for numba's cache and torch's first calls)."""
     _profile_once(problem)
     return _profile_once(problem)
 
 
-def _profile_once(problem) -> tuple[Stats, dict[str, float], float]:
+def _profile_once(problem) -> tuple[Stats, dict[str, float], float, float]:
     torch.set_default_dtype(torch.float64)
     try:
         model = build_hybrid(problem.known, problem.measurements, Solver(problem.solver))
     finally:
         torch.set_default_dtype(torch.float32)
-    times = np.asarray(problem.measurements.times, dtype=float)
+    times = torch.tensor(problem.measurements.times, dtype=torch.float64)
     cond = torch.arange(model.initial.shape[0])
     system = model.numeric_rhs(model.context(cond))
-    rhs, clock, work = system.rhs, Clock(), Stats()
-    f = clock.wrap("fwd f+J", lambda _t, y: rhs(y))
-    fj = clock.wrap("fwd f+J", lambda _t, y: rhs.value_and_jacobian(y))
+    work = Stats()
+    solve_ = _Problem(system.torch_rhs, system.rhs, times, 1e-6, 1e-8, 5000, work)
+    solve_.compile()
     y0 = model.initial[cond].detach().numpy()
     start = time.process_time()
-    out, traj = rodas.integrate(f, fj, y0, times, 1e-6, 1e-8, 5000, record=True, stats=work)
-    clock.seconds["fwd steps"] = time.process_time() - start - clock.seconds["fwd f+J"]
+    out = solve_.integrate(y0, record=True)
+    mid = time.process_time()
+    solve_.adjoint_compiled(np.ones_like(out))
+    parts = {"forward": mid - start, "adjoint": time.process_time() - mid}
     start = time.process_time()
-    _, omega = rodas.adjoint(
-        traj,
-        np.ones_like(out),
-        clock.wrap("adj. derivs", rhs.jacobian),
-        clock.wrap("adj. derivs", rhs.hessian_values),
-        rhs.directional_hessian,
-    )
-    clock.seconds["adjoint"] = time.process_time() - start - clock.seconds["adj. derivs"]
-    problem_ = _Problem(system.torch_rhs, rhs, torch.from_numpy(times), 1e-6, 1e-8, 5000, None)
-    needed = (system.context.requires_grad, *(True for _ in system.params))
-    start = time.process_time()
-    _parameter_grads(problem_, traj, omega, system.context, system.params, needed)
-    clock.seconds["param grads"] = time.process_time() - start
-    return work, clock.seconds, sum(clock.seconds.values())
+    forward_backward(model, times, cond, Stats(), compiled=False)
+    return work, parts, sum(parts.values()), time.process_time() - start
 
 
-def forward_backward(model, t: torch.Tensor, cond: torch.Tensor, work: Stats) -> None:
+def forward_backward(
+    model, t: torch.Tensor, cond: torch.Tensor, work: Stats, compiled=True, shared=False
+) -> None:
     """A rodas5p solve of ``model``'s conditions ``cond`` and its backward pass."""
     model._context = model.context(cond)
     try:
-        out = solve(model, model.initial[cond], t, 1e-6, 1e-8, 5000, work)
+        out = solve(model, model.initial[cond], t, 1e-6, 1e-8, 5000, work, compiled, shared)
     finally:
         model._context = None
     out.sum().backward()
 
 
 def conditions_axis(name: str = "goldbeter") -> None:
-    """One batched solve (shared steps, one batched factorisation per step) against one solve
-    per condition: accepted steps and CPU seconds of a forward + backward pass."""
-    print(f"\n{name}: conditions solved together (shared step) or one by one, forward+backward")
-    print(f"{'conditions':>10}{'steps':>8}{'cpu s':>8}{'steps 1by1':>12}{'cpu s 1by1':>12}")
+    """A forward + backward pass of 1 to 8 conditions: compiled, each condition on its own
+    steps (the default) or one shared step; numpy, one shared step. Condition-steps (each
+    condition's accepted steps, summed) and CPU seconds."""
+    print(f"\n{name}: a forward + backward pass of several conditions (condition-steps, cpu s)")
+    labels = ("compiled, own steps", "compiled, shared", "numpy, shared")
+    print(f"{'conditions':>10}" + "".join(f"{label:>22}" for label in labels))
     for n_cond in (1, 2, 4, 8):
         problem = build_problem(Scenario(system=name, n_times=30, conditions=n_cond))
         torch.set_default_dtype(torch.float64)
@@ -129,23 +108,21 @@ def conditions_axis(name: str = "goldbeter") -> None:
         finally:
             torch.set_default_dtype(torch.float32)
         t = torch.tensor(problem.measurements.times, dtype=torch.float64)
-        together, alone = Stats(), Stats()
-        start = time.process_time()
-        forward_backward(model, t, torch.arange(n_cond), together)
-        mid = time.process_time()
-        for c in range(n_cond):
-            forward_backward(model, t, torch.tensor([c]), alone)
-        end = time.process_time()
-        print(
-            f"{n_cond:>10d}{together.accepted:>8d}{mid - start:>8.3f}"
-            f"{alone.accepted:>12d}{end - mid:>12.3f}"
-        )
+        line = f"{n_cond:>10d}"
+        for compiled, shared in ((True, False), (True, True), (False, True)):
+            work = Stats()
+            forward_backward(model, t, torch.arange(n_cond), Stats(), compiled, shared)
+            start = time.process_time()
+            forward_backward(model, t, torch.arange(n_cond), work, compiled, shared)
+            steps = work.accepted * (n_cond if shared else 1)
+            line += f"{steps:>12d}{time.process_time() - start:>10.3f}"
+        print(line, flush=True)
 
 
 def main() -> None:
     torch.set_num_threads(1)
     head = f"{'system':<18}{'species':>8}{'solver':>9}{'epoch s':>9}{'steps':>7}{'f':>7}{'jac':>6}"
-    print(head + f"{'fwd+bwd s':>10}  " + "  ".join(f"{p:>11}" for p in PARTS))
+    print(head + f"{'fwd+bwd s':>10}  " + "  ".join(f"{p:>11}" for p in PARTS) + "  numpy s")
     results = {}
     for name in SYSTEMS:
         problem = build_problem(Scenario(system=name, n_times=30))
@@ -163,10 +140,10 @@ def main() -> None:
         results[name] = epoch
         line = f"{name:<18}{n:>8d}{problem.solver:>9}{epoch:>9.3f}"
         if problem.solver == "rodas5p":
-            work, parts, total = profile_solve(problem)
+            work, parts, total, numpy_s = profile_solve(problem)
             shares = "  ".join(f"{parts[p]:>6.3f} {parts[p] / total:>4.0%}" for p in PARTS)
             line += f"{work.accepted:>7d}{work.f_evals:>7d}{work.jac_evals:>6d}{total:>10.3f}  "
-            line += shares
+            line += shares + f"  {numpy_s:.3f} ({numpy_s / total:.1f}x)"
         print(line, flush=True)
     print(
         f"\ntarget: the 50-species network trains an epoch in 5 s or less: "
