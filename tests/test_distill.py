@@ -251,6 +251,33 @@ def test_a_trained_model_that_cannot_be_solved_from_zero_is_screened_along_its_o
     assert torch.equal(model.initial.detach(), trained) and result.twin is not None
 
 
+def test_a_model_that_does_not_solve_on_the_even_grid_is_sampled_at_the_data_s_times(
+    lotka_volterra_distilled, monkeypatch
+):
+    # A trained model close to blowing up can fail on the sampler's 200 even points (the
+    # stiff solver lands a step on each) while it solves on the data's times, where training
+    # fitted it: the distillation then samples there instead of stopping (the benchmark's
+    # Goldbeter cell with a third of the species unobserved, on 5440690).
+    import importlib
+
+    from ude.model.solver import SolverFailed
+
+    fit_module = importlib.import_module("ude.fit")  # ``ude.fit`` is also a function's name
+    _, model, m = lotka_volterra_distilled
+    solves = fit_module.predict
+
+    def fails_on_a_fine_grid(model, times, conditions=None):
+        if len(times) == 200:
+            raise SolverFailed("step size underflow at t=3.1")
+        return solves(model, times, conditions)
+
+    monkeypatch.setattr(fit_module, "predict", fails_on_a_fine_grid)
+    samples = TrajectorySampler(jitter=0.0).sample(model, m.times)
+    on_data = np.unique(samples.times)
+    np.testing.assert_allclose(on_data, np.unique(m.times))
+    assert len(samples.X) == len(m.times) * m.n_conditions
+
+
 def test_twin_json_round_trips_and_simulates_like_the_twin(lotka_volterra_distilled, tmp_path):
     result, model, m = lotka_volterra_distilled
     raw = twin_to_dict(result.twin, m.observables, model.spec)

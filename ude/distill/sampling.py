@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ude.errors import UdeError
-from ude.fit import predict
+from ude.fit import predict_fine
 from ude.model.hybrid import HybridODE
 
 
@@ -60,15 +60,18 @@ class TrajectorySampler:
         self.seed = seed
 
     def sample(self, model: HybridODE, times: np.ndarray) -> Samples:
-        """Samples of ``model`` over the span of ``times`` (the data's times)."""
+        """Samples of ``model`` over the span of ``times`` (the data's times): at ``n_times``
+        even points, or at ``times`` themselves where the solver cannot land on the even
+        points (a trained model close to blowing up, which training solved on the data's
+        times; :func:`ude.fit.predict_fine`)."""
         if self.n_times < 2 or self.jitter < 0 or self.n_jitter < 0:
             raise UdeError(
                 f"n_times={self.n_times}, jitter={self.jitter}, n_jitter={self.n_jitter}",
                 source="distill.sampler",
                 fix="n_times >= 2, jitter >= 0, n_jitter >= 0",
             )
-        grid = np.linspace(float(times[0]), float(times[-1]), self.n_times)
-        states, _ = predict(model, grid)  # (condition, time, state)
+        # (condition, time, state); on the data's own times where the even grid does not solve
+        grid, (states, _) = predict_fine(model, np.asarray(times, dtype=float), self.n_times)
         n_c, n_t, n_s = states.shape
         flat = states.reshape(-1, n_s)
         cond = np.repeat(np.arange(n_c), n_t)
