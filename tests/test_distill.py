@@ -272,10 +272,20 @@ def test_a_model_that_does_not_solve_on_the_even_grid_is_sampled_at_the_data_s_t
         return solves(model, times, conditions)
 
     monkeypatch.setattr(fit_module, "predict", fails_on_a_fine_grid)
+    monkeypatch.setattr("ude.distill.integral.predict", fails_on_a_fine_grid)
     samples = TrajectorySampler(jitter=0.0).sample(model, m.times)
     on_data = np.unique(samples.times)
     np.testing.assert_allclose(on_data, np.unique(m.times))
     assert len(samples.X) == len(m.times) * m.n_conditions
+    # the integral-matching screen too: the whole distillation still finds the two terms
+    distiller = Distiller(
+        library=[PolynomialLibrary(2)],
+        selector=TrajectorySelector(max_candidates=2, grow=False),
+    )
+    twin = distiller.fit(model, m).twin
+    assert sorted(str(e) for e in twin.equations.values()) == sorted(
+        str(e) for e in lotka_volterra_distilled[0].twin.equations.values()
+    )
 
 
 def test_twin_json_round_trips_and_simulates_like_the_twin(lotka_volterra_distilled, tmp_path):

@@ -38,7 +38,7 @@ from ude.distill.library import Library, Term
 from ude.distill.projection import ProjectedFit, constant_bounds, fit_constants
 from ude.distill.sparse import Candidate
 from ude.errors import UdeError
-from ude.fit import predict
+from ude.fit import predict, predict_fine
 from ude.model.hybrid import HybridODE
 
 LATENT_RESOLUTION = 1e-3
@@ -279,7 +279,9 @@ def integral_problems(
 ) -> dict[str, IntegralProblem]:
     """The integral problem of every network target of ``model`` along the solution of
     ``trajectory`` (default: ``model`` itself; a refitted twin gives its own trajectory), or
-    along ``path(times) -> states (condition, time, state)`` when given (:func:`data_path`).
+    along ``path(times) -> states (condition, time, state)`` when given (:func:`data_path`):
+    the integrals on ``n_grid`` even points, or on the data's times where the trajectory does
+    not solve on those (:func:`ude.fit.predict_fine`).
 
     ``libraries[target]``: the target's library, fitted to its slot's inputs (names of states
     and inputs). The known terms are ``model``'s; on the data
@@ -290,11 +292,13 @@ def integral_problems(
     """
     traj = trajectory if trajectory is not None else model
     times = measurements.times
-    grid = np.linspace(float(times[0]), float(times[-1]), n_grid)
     if path is None:
-        on_grid, _ = predict(traj, grid)  # (condition, time, state)
+        # (condition, time, state); the data's times where the even grid does not solve
+        grid, (on_grid, _) = predict_fine(traj, np.asarray(times, dtype=float), n_grid)
+        n_grid = len(grid)
         at_data, _ = predict(traj, times)
     else:
+        grid = np.linspace(float(times[0]), float(times[-1]), n_grid)
         on_grid, at_data = path(grid), path(times)
     n_c, _, n_s = on_grid.shape
     flat = on_grid.reshape(-1, n_s)
