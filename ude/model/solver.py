@@ -59,7 +59,7 @@ class Solver:
         method: a torchdiffeq method name (adaptive: dopri5, bosh3, ...; fixed: rk4, euler, ...)
             or a linearly implicit, L-stable method for stiff kinetics (fast and slow rates,
             Michaelis-Menten terms with a small K) where dopri5 crawls: ``rodas5p`` (order 5,
-            in numpy with the exact gradient of its steps; :mod:`ude.model.rodas`) or
+            compiled with the exact gradient of its steps; :mod:`ude.model.rodas_kernels`) or
             ``rosenbrock23`` (order 2, through torch autograd).
         rtol, atol: tolerances of adaptive methods.
         step_size: step of fixed-step methods, in time units (None: the output grid's spacing).
