@@ -36,8 +36,9 @@ own (the default), with the condition-steps each takes.
 
 Then the same forward + backward for the hybrid model a training run solves (known terms + an
 untrained network), compiled (networks in numba, the default) and in numpy, for one condition
-and for the benchmark's 8 (the network's last layer scaled up so that it matters), and its
-training epochs.
+and for the benchmark's 8 (the network's last layer scaled up so that it matters), its
+training epochs, and an ensemble of 4 hybrids (``model.ensemble=4``) compiled against the
+generic torch path.
 
 Targets (printed, not asserted): Goldbeter forward + backward within 10x of LSODA's forward;
 a Goldbeter training epoch within 1 s.
@@ -335,6 +336,38 @@ def hybrid_conditions(name: str, n: int = 8) -> None:
     )
 
 
+def ensemble_run(name: str, members: int = 4) -> None:
+    """An ensemble of ``members`` hybrids (``model.ensemble``) over the base scenario's
+    condition, forward + backward: compiled (each member's networks in the kernels) against
+    the generic path (torch autograd through the steps), the ensembles' only path before."""
+    problem = build_problem(Scenario(system=name, n_times=30))
+    torch.set_default_dtype(F64)
+    try:
+        model = build_hybrid(
+            problem.known, problem.measurements, Solver("rodas5p"), ensemble=members
+        )
+    finally:
+        torch.set_default_dtype(torch.float32)
+    t = torch.tensor(problem.measurements.times, dtype=F64)
+
+    def run(compiled: bool) -> None:
+        model.zero_grad()
+        model._context = model.context(torch.arange(1))
+        try:
+            y0 = model.initial[:, :1].flatten(0, 1)
+            sol = rodas_solve(model, y0, t, RTOL, ATOL, 5000, None, compiled)
+        finally:
+            model._context = None
+        sol.sum().backward()
+
+    compiled_s, _ = cpu_seconds(lambda: run(True))
+    generic_s, _ = cpu_seconds(lambda: run(False), repeat_below=0.0)
+    print(
+        f"{name:<18}ensemble of {members}, forward+backward: compiled {compiled_s:.3f} cpu s, "
+        f"generic {generic_s:.3f} cpu s ({generic_s / compiled_s:.0f}x)"
+    )
+
+
 def hybrid_epoch(name: str) -> float:
     """Forward + backward of the model a training run solves (known terms + an untrained
     network, the benchmark's base scenario: 30 times), and its training epochs (the
@@ -355,6 +388,7 @@ def hybrid_epoch(name: str) -> float:
         f"numpy {numpy_s:.3f} cpu s ({numpy_s / seconds:.1f}x)"
     )
     hybrid_conditions(name)
+    ensemble_run(name)
     timer = EpochTimer()
     fit(
         problem.known,

@@ -24,11 +24,11 @@ TIMES = torch.tensor(DATA.times)
 RK4 = Solver("rk4")
 
 
-def build(members: int, seed: int = 0):
+def build(members: int, seed: int = 0, solver: Solver = RK4):
     torch.manual_seed(seed)
     torch.set_default_dtype(torch.float64)
     try:
-        return build_hybrid("lotka_volterra", DATA, RK4, ensemble=members)
+        return build_hybrid("lotka_volterra", DATA, solver, ensemble=members)
     finally:
         torch.set_default_dtype(torch.float32)
 
@@ -53,8 +53,18 @@ def test_members_are_independent_models_solved_together():
         assert (together[1] - together[0]).abs().max() > 1e-3
 
 
-def test_each_member_gets_its_own_models_gradient():
-    ensemble = build(3)
+@pytest.mark.parametrize("solver", [RK4, Solver("rodas5p")], ids=["rk4", "rodas5p"])
+def test_each_member_gets_its_own_models_gradient(solver, monkeypatch):
+    # rodas5p: each row (member, condition) in the compiled kernels on its own steps, with
+    # its member's networks: a member alone takes the same steps
+    from ude.model import rodas_kernels
+
+    rows = []
+    kernel = rodas_kernels.integrate_rows
+    monkeypatch.setattr(
+        rodas_kernels, "integrate_rows", lambda y0, *a: rows.append(len(y0)) or kernel(y0, *a)
+    )
+    ensemble = build(3, solver=solver)
     module = make_module(ensemble, DATA)
     module.losses(batch())["loss"].backward()
     for i in (0, 2):
@@ -67,6 +77,8 @@ def test_each_member_gets_its_own_models_gradient():
             stacked = dict(ensemble.networks.items()) | dict(ensemble.learned.items())
             got = stacked[name.replace(".", "__")].grad[i]
             torch.testing.assert_close(got, p.grad, rtol=1e-9, atol=1e-12, msg=name)
+    if solver.method == "rodas5p":
+        assert rows[0] == 6  # the ensemble's 3 members x 2 conditions in one compiled solve
 
 
 def test_gradients_are_clipped_member_by_member():

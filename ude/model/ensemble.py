@@ -11,7 +11,9 @@ multi-start training, or the spread of an ensemble for a band.
 
 Each member is evaluated by the HybridODE's own code (``torch.func.functional_call`` over the
 member's tensors, vectorised by ``torch.func.vmap``), so the ensemble follows whatever the
-HybridODE computes.
+HybridODE computes. On rodas5p the compiled kernels solve each row (member, condition) on its
+own steps with its member's networks (:meth:`HybridEnsemble.numeric_rhs`), as the member alone
+would be solved.
 
 Shapes: the methods that the training module shares with HybridODE (``simulate``, ``observe``,
 ``context``, ``known_terms``, ``neural_terms``) take and give the member axis folded into the
@@ -31,6 +33,14 @@ from torch.func import functional_call, vmap
 
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
+from ude.model.numeric_rhs import (
+    Members,
+    NumericRHS,
+    NumericSystem,
+    NumpyNetwork,
+    UnsupportedNetwork,
+)
+from ude.spec.derivatives import compiled_derivatives
 
 
 class _Method(nn.Module):
@@ -175,6 +185,45 @@ class HybridEnsemble(nn.Module):
         """Each member's network outputs ``(member * batch, state)``."""
         out = self._each("neural_terms", self._split(y), self._split(context), dims=(0, 0))
         return out.flatten(0, 1)
+
+    def numeric_rhs(self) -> NumericSystem | None:
+        """The current solve's right-hand side for the compiled stiff solver: the known part
+        over every row's context and each member's networks on its rows
+        (:class:`~ude.model.numeric_rhs.Members`); None for networks without a numpy form."""
+        ctx, base = self._context, self._base
+        if ctx is None:
+            return None
+        stacked = self._stacked()
+        networks, slices = [], []
+        try:
+            for m in range(self.n_members):
+                nets, pairs = [], []
+                for k, (net, idx_in, idx_out) in enumerate(
+                    zip(base.networks, base._slot_inputs, base._slot_targets, strict=True)
+                ):
+                    names = [name for name, _ in net.named_parameters(prefix=f"networks.{k}")]
+                    tensors = [stacked[f"hybrid.{name}"] for name in names]
+                    member = [t[m] for t in tensors]
+                    layers = list(zip(member[0::2], member[1::2], strict=True))
+                    nets.append((NumpyNetwork(net, layers), list(idx_in), list(idx_out)))
+                    pairs += list(zip(tensors, member, strict=True))
+                networks.append(nets)
+                slices.append(pairs)
+        except UnsupportedNetwork:
+            return None
+        spec = base.spec
+        known = NumericRHS(
+            compiled_derivatives(spec.known_rhs(), spec.symbols, len(spec.states)),
+            [],
+            ctx.detach().to("cpu", torch.float64).numpy(),
+            len(spec.inputs),
+        )
+        params = [p for p in self.networks.values() if p.requires_grad]
+        members = Members(networks, ctx.shape[0] // self.n_members, slices)
+        return NumericSystem(known, ctx, params, self._rhs_rows, members)
+
+    def _rhs_rows(self, y: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self._each("rhs", self._split(y), self._split(context), dims=(0, 0)).flatten(0, 1)
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         ctx = self._context

@@ -112,9 +112,13 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 class NumpyNetwork:
     """A frozen :class:`~ude.model.networks.MLP` (or a flux network over one):
-    ``(P, n_in) -> (P, n_out)`` with its input Jacobian and second directional derivatives."""
+    ``(P, n_in) -> (P, n_out)`` with its input Jacobian and second directional derivatives.
+    ``params``: each linear layer's ``(weight, bias)`` in place of the module's own (an
+    ensemble member's, from the stacked tensors)."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(
+        self, net: nn.Module, params: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    ):
         stoich = None
         positive = None
         if isinstance(net, FluxNetwork):
@@ -130,9 +134,9 @@ class NumpyNetwork:
         if not all(type(m) is nn.Linear for m in linear) or len(linear) != len(acts) + 1:
             raise UnsupportedNetwork("layers other than Linear/activation pairs")
         self.kinds = [_activation(a) for a in acts]
-        self.weights = [_numpy(m.weight) for m in linear]
-        self.torch_params = [(m.weight, m.bias) for m in linear]
-        self.biases = [_numpy(m.bias) for m in linear]
+        self.torch_params = params or [(m.weight, m.bias) for m in linear]
+        self.weights = [_numpy(w) for w, _ in self.torch_params]
+        self.biases = [_numpy(b) for _, b in self.torch_params]
         self.in_scale = _numpy(net.in_scale)
         self.out_scale = _numpy(net.out_scale)
         self.stoich = stoich
@@ -247,6 +251,19 @@ class NumericSystem:
     context: torch.Tensor
     params: list[torch.Tensor]
     torch_rhs: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    members: Members | None = None
+
+
+@dataclass
+class Members:
+    """An ensemble's networks for the compiled solver (the ``rhs`` beside it holds the known
+    part alone): each member's networks (``networks``, as :class:`NumericRHS` holds them),
+    the rows (member-major) each member solves, and per member the stacked parameters with
+    that member's slices the networks were read from (``(stacked, slice)`` pairs)."""
+
+    networks: list[list[tuple[NumpyNetwork, list[int], list[int]]]]
+    rows_per_member: int
+    slices: list[list[tuple[torch.Tensor, torch.Tensor]]]
 
 
 class NumericRHS:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ude.model import network_kernels, rodas, rodas_kernels, stiff
-from ude.model.numeric_rhs import NumericRHS
+from ude.model.numeric_rhs import Members, NumericRHS
 
 Tensor = torch.Tensor
 Func = Callable[[Tensor, Tensor], Tensor]
@@ -87,6 +87,13 @@ def solve(
     numpy path always shares the step: its cost is per call, not per row.
     Raises :class:`RodasFailed`."""
     system = func.numeric_rhs() if hasattr(func, "numeric_rhs") else None
+    if system is not None and system.members is not None:  # an ensemble: compiled or generic
+        problem = _Problem(system.torch_rhs, system.rhs, t, rtol, atol, max_steps, stats)
+        own_steps = not shared_steps and _plan() is None
+        if compiled and own_steps and not (_TWICE and torch.is_grad_enabled()):
+            if problem.compile_members(system.members):
+                return _HybridSolve.apply(problem, y0, system.context, *system.params)
+        system = None
     if system is not None:
         problem = _Problem(system.torch_rhs, system.rhs, t, rtol, atol, max_steps, stats)
         problem.shared_steps = shared_steps
@@ -206,6 +213,10 @@ class _Problem:
         self.record: tuple | None = None
         self.records: list[tuple] | None = None
         self.net_code: network_kernels.NetCode | None = None
+        # an ensemble's: each member's networks, and each row's tapes (members, member-major)
+        self.members: Members | None = None
+        self.member_codes: list[network_kernels.NetCode] | None = None
+        self.row_tapes: list[tuple] | None = None
 
     def compile(self) -> None:
         """Solve with the compiled kernels (:attr:`tapes`) where they can run the networks
@@ -218,6 +229,21 @@ class _Problem:
                 return
             tapes = (*tapes[:4], self.net_code.arrays)
         self.tapes = tapes
+
+    def compile_members(self, members: Members) -> bool:
+        """Each row solved in the kernels with its member's networks; False (nothing set)
+        where a member's networks do not run there."""
+        try:
+            codes = [network_kernels.encode(nets) for nets in members.networks]
+        except network_kernels.Unsupported:
+            return False
+        known = rodas_kernels.tapes(self.rhs.derivatives)[:4]
+        rows = self.rhs.context.shape[0]
+        self.members, self.member_codes = members, codes
+        per = members.rows_per_member
+        self.row_tapes = [(*known, codes[b // per].arrays) for b in range(rows)]
+        self.tapes = self.row_tapes[0]
+        return True
 
     def integrate(self, y0: np.ndarray, record: bool, shared: bool = False) -> np.ndarray:
         """The states at ``t`` from ``y0``; ``record``: keep the accepted steps for the
@@ -247,7 +273,7 @@ class _Problem:
         context = np.ascontiguousarray(self.rhs.context)
         plan = _plan()
         self.record = self.records = self.trajectory = None
-        if plan is None and not shared and y0.shape[0] > 1:
+        if self.row_tapes is not None or (plan is None and not shared and y0.shape[0] > 1):
             return self._integrate_each(y0, times, context, record)
         if plan is not None and plan.each and not shared and y0.shape[0] > 1:
             return self._integrate_each_planned(y0, times, context, record, plan)
@@ -278,8 +304,9 @@ class _Problem:
         return out
 
     def _integrate_each(self, y0, times, context, record: bool) -> np.ndarray:
-        results = rodas_kernels.integrate_each(
-            y0, times, context, *self.tapes, float(self.rtol), float(self.atol),
+        row_tapes = self.row_tapes or [self.tapes] * y0.shape[0]
+        results = rodas_kernels.integrate_rows(
+            y0, times, context, row_tapes, float(self.rtol), float(self.atol),
             int(self.max_steps), bool(record),
         )  # fmt: skip
         last = results[-1]
@@ -329,6 +356,10 @@ class _Problem:
     def adjoint_compiled(self, grad_out: np.ndarray) -> tuple[np.ndarray, ...]:
         """Cotangents of ``y0 (B, n)``, of the context ``(B, c)`` and of the networks' folded
         weights by the kernels."""
+        if self.row_tapes is not None:  # an ensemble: each row's weights apart
+            return rodas_kernels.adjoint_rows(
+                grad_out, self.records, np.ascontiguousarray(self.rhs.context), self.row_tapes
+            )
         if self.records is not None:
             return rodas_kernels.adjoint_each(
                 grad_out, self.records, np.ascontiguousarray(self.rhs.context), *self.tapes
@@ -376,7 +407,9 @@ def _compiled_grads(problem: _Problem, context, params, grad_out, needed) -> tup
     """The backward pass in the compiled kernels (a division by zero in them gives inf/NaN,
     as numpy's adjoint does)."""
     grad_y0, grad_ctx, grad_w = problem.adjoint_compiled(_numpy(grad_out))
-    if problem.net_code is None:
+    if problem.members is not None:
+        grads = _member_grads(problem, grad_w, params, needed[3:])
+    elif problem.net_code is None:
         grads = [
             torch.zeros_like(p) if need else None
             for p, need in zip(params, needed[3:], strict=True)
@@ -393,6 +426,27 @@ def _compiled_grads(problem: _Problem, context, params, grad_out, needed) -> tup
         else None,
         *grads,
     )
+
+
+def _member_grads(problem: _Problem, row_grads: list, params, needed) -> list:
+    """An ensemble's stacked network parameters' gradients ``(member, ...)`` from each row's
+    folded weights' cotangent (rows member-major)."""
+    per = problem.members.rows_per_member
+    out = [torch.zeros_like(p) if need else None for p, need in zip(params, needed, strict=True)]
+    where = {id(p): i for i, p in enumerate(params)}
+    for m, (code, pairs) in enumerate(
+        zip(problem.member_codes, problem.members.slices, strict=True)
+    ):
+        rows = row_grads[m * per : (m + 1) * per]
+        if not rows:
+            continue
+        by_id = code.unfold(np.sum(rows, axis=0))
+        for stacked, piece in pairs:
+            i = where.get(id(stacked))
+            if i is not None and out[i] is not None:
+                g = torch.as_tensor(by_id[id(piece)], dtype=stacked.dtype, device=stacked.device)
+                out[i][m] = g.reshape(piece.shape)
+    return out
 
 
 def _parameter_grads(

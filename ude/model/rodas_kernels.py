@@ -574,11 +574,18 @@ def integrate_each(y0, times, ctx, f_tape, jac_tape, rows, cols, net, rtol, atol
     benchmark's 8 conditions, forward + gradient: 7,928 condition-steps shared against 3,162
     alone, 0.059 against 0.025 s of CPU (``python bench/stiff.py --quick``, its last lines).
     Each condition still meets the tolerance."""
+    tapes = (f_tape, jac_tape, rows, cols, net)
+    return integrate_rows(y0, times, ctx, [tapes] * y0.shape[0], rtol, atol, max_steps, record)
+
+
+def integrate_rows(y0, times, ctx, row_tapes, rtol, atol, max_steps, record):
+    """:func:`integrate_each` with each row's own ``(f_tape, jac_tape, rows, cols, net)``
+    (an ensemble's members: the same known part, each member's networks)."""
     results = []
     for b in range(y0.shape[0]):
         result = integrate(
             np.ascontiguousarray(y0[b : b + 1]), times, np.ascontiguousarray(ctx[b : b + 1]),
-            f_tape, jac_tape, rows, cols, net, rtol, atol, max_steps, record,
+            *row_tapes[b], rtol, atol, max_steps, record,
         )  # fmt: skip
         results.append(result)
         if result[8] != OK:
@@ -590,17 +597,24 @@ def adjoint_each(grad_out, records, ctx, f_tape, jac_tape, rows, cols, net):
     """:func:`adjoint` of :func:`integrate_each`'s solves: ``records``, each condition's
     ``(h, y, stages, lu, piv, output_step)``. Returns the cotangents of ``y0 (B, n)``, of
     ``ctx (B, c)`` and of the networks' folded weights."""
-    lams, gctxs = [], []
-    gw = np.zeros(net[3].shape[0])
+    tapes = (f_tape, jac_tape, rows, cols, net)
+    lam, gctx, gws = adjoint_rows(grad_out, records, ctx, [tapes] * len(records))
+    return lam, gctx, np.sum(gws, axis=0) if gws else np.zeros(net[3].shape[0])
+
+
+def adjoint_rows(grad_out, records, ctx, row_tapes):
+    """:func:`adjoint` of :func:`integrate_rows`' solves: the cotangents of ``y0 (B, n)`` and
+    of ``ctx (B, c)``, and each row's folded weights' cotangent (a list)."""
+    lams, gctxs, gws = [], [], []
     for b, record in enumerate(records):
-        lam, gctx, g = adjoint(
+        lam, gctx, gw = adjoint(
             np.ascontiguousarray(grad_out[:, b : b + 1]), *record,
-            np.ascontiguousarray(ctx[b : b + 1]), f_tape, jac_tape, rows, cols, net,
+            np.ascontiguousarray(ctx[b : b + 1]), *row_tapes[b],
         )  # fmt: skip
         lams.append(lam)
         gctxs.append(gctx)
-        gw += g
-    return np.concatenate(lams), np.concatenate(gctxs), gw
+        gws.append(gw)
+    return np.concatenate(lams), np.concatenate(gctxs), gws
 
 
 def raise_failure(status: int, t: float, h: float, max_steps: int) -> None:
