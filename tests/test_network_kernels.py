@@ -18,14 +18,18 @@ N_STATES, N_CTX = 4, 3  # the context's first entry is an input a network reads
 
 def networks(activation: str):
     """An MLP with input and output scales on states 0, 2 and the input, writing states 1
-    and 3, and a flux network (two reactions) on states 1, 3 writing 0 and 2."""
+    and 3, and a flux network (two reactions, the first nonnegative) on states 1, 3 writing 0
+    and 2."""
     torch.manual_seed(0)
     scales = dict(in_scale=torch.tensor([1.5, 2.0, 0.7]), out_scale=torch.tensor([0.3, 2.0]))
     mlp = MLP(3, 2, hidden=5, depth=2, activation=activation, **scales).double()
     with torch.no_grad():
         mlp.layers[-1].weight.mul_(10.0)
     stoich = torch.tensor([[1.0, -1.0], [0.0, 1.0]], dtype=F64)
-    flux = FluxNetwork(MLP(2, 2, hidden=4, depth=1, activation=activation).double(), stoich)
+    inner = MLP(2, 2, hidden=4, depth=1, activation=activation, out_scale=torch.tensor([0.5, 1.5]))
+    flux = FluxNetwork(inner.double(), stoich, torch.tensor([True, False]))
+    with torch.no_grad():
+        inner.layers[-1].weight.mul_(10.0)
     return mlp, flux
 
 
@@ -81,9 +85,16 @@ def test_the_kernels_equal_autograd(activation):
     check(total, g_y, g_ctx, g_w)
 
 
-def test_nonnegative_fluxes_stay_on_the_numpy_path():
-    mlp = MLP(2, 2, hidden=4).double()
-    stoich = torch.eye(2, dtype=F64)
-    flux = FluxNetwork(mlp, stoich, torch.tensor([True, False]))
-    with pytest.raises(nk.Unsupported):
-        nk.encode([(NumpyNetwork(flux), [0, 1], [0, 1])])
+def test_a_nonnegative_flux_is_in_its_softplus_range():
+    # the marked flux s softplus(m / s) stays above zero where m is far below (the network
+    # above has both signs of m over these rows)
+    mlp, flux = networks("tanh")
+    code = nk.encode([(NumpyNetwork(flux), [1, 3], [0, 2])])
+    buf, rng = nk.scratch(code.arrays), np.random.default_rng(0)
+    with torch.no_grad():
+        for y in rng.normal(scale=3.0, size=(20, N_STATES)):
+            f = np.zeros(N_STATES)
+            nk.add_value(y, np.zeros(N_CTX), code.arrays, buf, f)
+            fluxes = flux.fluxes(torch.tensor(y[[1, 3]])[None])[0].numpy()
+            assert fluxes[0] > 0
+            np.testing.assert_allclose(f[[0, 2]], flux.stoichiometry.numpy() @ fluxes, rtol=1e-12)

@@ -2,9 +2,10 @@
 half of the compiled Rodas5P solve (:mod:`ude.model.rodas_kernels`).
 
 A network (:class:`~ude.model.networks.MLP`, or a :class:`~ude.model.networks.FluxNetwork`
-without nonnegative fluxes) is a chain of affine layers with an activation between them.
-Its input scale folds into the first layer and its output scale (and a flux network's
-stoichiometry) into the last, so here a network is layers only. All networks of a model share
+over one) is a chain of affine layers with an activation between them. Its input scale folds
+into the first layer and its output scale (and a flux network's stoichiometry) into the last,
+so here a network is layers only (nonnegative fluxes: a softplus layer, then the
+stoichiometry as a layer of its own, :func:`encode`). All networks of a model share
 one encoding (:func:`encode`), four arrays the kernels read:
 
 - ``nets (K, 4)``: per network its first layer, its number of layers, where its indices start
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from numba import njit
 
-NONE, TANH, RELU, SILU, SOFTPLUS, GELU, RBF = -1, 0, 1, 2, 3, 4, 5
+NONE, TANH, RELU, SILU, SOFTPLUS, GELU, RBF, FLUX = -1, 0, 1, 2, 3, 4, 5, 6
 _KINDS = {"tanh": TANH, "relu": RELU, "silu": SILU, "softplus": SOFTPLUS, "gelu": GELU, "rbf": RBF}
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -48,10 +49,6 @@ EMPTY = (
     np.zeros(0, dtype=np.int64),
     np.zeros(0),
 )
-
-
-class Unsupported(TypeError):
-    """A network the kernels cannot run (the numpy path then solves the model)."""
 
 
 @dataclass
@@ -84,30 +81,46 @@ class NetCode:
 def encode(networks: list) -> NetCode:
     """``networks``: :class:`~ude.model.numeric_rhs.NumpyNetwork` with their input indices
     (states then inputs) and target states, as :class:`~ude.model.numeric_rhs.NumericRHS`
-    holds them. Raises :class:`Unsupported` for nonnegative fluxes."""
+    holds them.
+
+    A flux network with nonnegative fluxes keeps its stoichiometry apart: its last layer
+    gives the fluxes' ``m`` (output scale folded in) through :data:`FLUX`, ``s softplus(m /
+    s)`` where marked (``s`` the output scale, the marks and scales stored after the layer's
+    bias), and a last layer without bias (not a torch parameter) is the stoichiometry."""
     nets, layers, io, weights, maps = [], [], [], [], []
     offset = units = 0
     for net, idx_in, idx_out in networks:
-        if net.positive is not None:
-            raise Unsupported("nonnegative fluxes")
+        positive = net.positive is not None
         mats = [net._w_in, *net.weights[1:]]
         biases = list(net.biases)
-        row_map = np.diag(net.out_scale) if net.stoich is None else net.stoich * net.out_scale
+        if net.stoich is None or positive:
+            row_map = np.diag(net.out_scale)
+        else:
+            row_map = net.stoich * net.out_scale
         mats[-1], biases[-1] = row_map @ net.weights[-1], row_map @ net.biases[-1]
+        kinds = [_KINDS[k] for k in net.kinds] + [FLUX if positive else NONE]
+        extras = [np.zeros(0)] * len(mats)
+        if positive:
+            extras[-1] = np.concatenate([net.positive.astype(float), net.out_scale])
+            mats.append(net.stoich)
+            biases.append(np.zeros(net.stoich.shape[0]))
+            kinds.append(NONE)
+            extras.append(np.zeros(0))
         nets.append([len(layers), len(mats), len(io), units])
         io.extend(idx_in)
         io.extend(idx_out)
         src = units
         units += len(idx_in)
-        for i, (w, b) in enumerate(zip(mats, biases, strict=True)):
-            kind = _KINDS[net.kinds[i]] if i < len(net.kinds) else NONE
+        last = len(net.torch_params) - 1  # the MLP's last layer (a stoichiometry may follow)
+        for i, (w, b, kind, extra) in enumerate(zip(mats, biases, kinds, extras, strict=True)):
             layers.append([w.shape[0], w.shape[1], offset, offset + w.size, kind, units, src])
-            weight, bias = net.torch_params[i]
-            divisor = net.in_scale[None, :] if i == 0 else None
-            maps.append((weight, bias, divisor, row_map if i == len(mats) - 1 else None,
-                         offset, offset + w.size))  # fmt: skip
-            weights.extend((w.ravel(), b))
-            offset += w.size + b.size
+            if i <= last:
+                weight, bias = net.torch_params[i]
+                divisor = net.in_scale[None, :] if i == 0 else None
+                maps.append((weight, bias, divisor, row_map if i == last else None,
+                             offset, offset + w.size))  # fmt: skip
+            weights.extend((w.ravel(), b, extra))
+            offset += w.size + b.size + extra.size
             src = units
             units += w.shape[0]
     arrays = (
@@ -164,6 +177,17 @@ def _act(kind, z):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _flux(m, s):
+    """``s softplus(m / s)`` (torch's softplus: linear past 20) and its first and second
+    derivatives in ``m``: a nonnegative flux at its scale ``s``."""
+    u = m / s
+    if u > 20.0:
+        return m, 1.0, 0.0
+    sig = 0.5 * (1.0 + math.tanh(0.5 * u))
+    return s * math.log1p(math.exp(u)), sig, sig * (1.0 - sig) / s
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def scratch(net):
     """A row's working units: values, first and second activation derivatives, tangents
     (after and before the activation), and the reverse sweep's two cotangents."""
@@ -200,6 +224,11 @@ def _forward(y, ctx, net, k, buf):
             z = _dot(weights[w_off + i * cols : w_off + (i + 1) * cols], x) + weights[b_off + i]
             if kind == NONE:
                 a[u_off + i] = z
+            elif kind == FLUX:
+                marked, s = weights[b_off + rows + i], weights[b_off + 2 * rows + i]
+                a[u_off + i], d1[u_off + i], d2[u_off + i] = (
+                    _flux(z, s) if marked else (z, 1.0, 0.0)
+                )
             else:
                 a[u_off + i], d1[u_off + i], d2[u_off + i] = _act(kind, z)
 

@@ -7,10 +7,10 @@ copied once to float64 numpy, with its Jacobian and second directional derivativ
 out layer by layer (no autograd): an evaluation is a few numpy calls. The parameters'
 gradients are not taken here; the solver's adjoint hands them to torch in one batched call.
 
-This is the reference path (``compiled=False``, and networks the kernels do not run:
-nonnegative fluxes). By default the solve, networks included, runs in the compiled kernels
-(:mod:`ude.model.rodas_kernels`, :mod:`ude.model.network_kernels`): a step there costs its
-arithmetic, here about a microsecond per numpy call.
+This is the reference path (``compiled=False``). By default the solve, networks included,
+runs in the compiled kernels (:mod:`ude.model.rodas_kernels`,
+:mod:`ude.model.network_kernels`): a step there costs its arithmetic, here about a
+microsecond per numpy call.
 
 Shapes: ``P`` rows (a batch of conditions, or all stage points of a solve), ``n`` states,
 ``c`` context entries (the condition's inputs then parameter values).

@@ -23,9 +23,8 @@ that keeps every condition within the tolerance), so a step is one batched evalu
 batched factorisation whatever the number of conditions.
 
 By default the same steps run compiled instead (:mod:`ude.model.rodas_kernels`, about 40
-times faster on Goldbeter's true model, 4 to 6 times on its hybrid's training loss): this module
-is the path of ``compiled=False`` and of networks the kernels do not run, and the reference the
-kernels are tested against.
+times faster on Goldbeter's true model, 4 to 6 times on its hybrid's training loss): this
+module is the path of ``compiled=False``, and the reference the kernels are tested against.
 """
 
 from __future__ import annotations

@@ -6,11 +6,12 @@ Two paths:
   accepted steps run compiled (:mod:`ude.model.rodas_kernels`), the known terms as the spec's
   tapes and the networks as :mod:`ude.model.network_kernels` arrays, with no autograd graph:
   the gradients of the initial states, the context (inputs, parameter values) and the
-  networks' weights all come from the kernels. With ``compiled=False``, or a network the
-  kernels do not run (nonnegative fluxes), the same steps run in numpy on the frozen
-  right-hand side (:class:`~ude.model.numeric_rhs.NumericRHS`), the backward pass is the
-  numpy adjoint and one batched torch vector-Jacobian product over all stage evaluations for
-  the parameters. A division by zero gives inf or NaN in both.
+  networks' weights all come from the kernels. With ``compiled=False`` the same steps run in
+  numpy on the frozen right-hand side (:class:`~ude.model.numeric_rhs.NumericRHS`), the
+  backward pass is the numpy adjoint and one batched torch vector-Jacobian product over all
+  stage evaluations for the parameters. A division by zero gives inf or NaN in both. An
+  ensemble (:class:`~ude.model.ensemble.HybridEnsemble`) solves each row with its member's
+  networks in the kernels, or takes the generic path.
 - **Any other** ``f(t, y)``: the same integrator evaluates ``f`` and its Jacobian (autograd)
   through torch without a graph; when a gradient is wanted the accepted steps are replayed
   with a graph (their sizes fixed), the Jacobian differentiated too.
@@ -91,8 +92,8 @@ def solve(
         problem = _Problem(system.torch_rhs, system.rhs, t, rtol, atol, max_steps, stats)
         own_steps = not shared_steps and _plan() is None
         if compiled and own_steps and not (_TWICE and torch.is_grad_enabled()):
-            if problem.compile_members(system.members):
-                return _HybridSolve.apply(problem, y0, system.context, *system.params)
+            problem.compile_members(system.members)
+            return _HybridSolve.apply(problem, y0, system.context, *system.params)
         system = None
     if system is not None:
         problem = _Problem(system.torch_rhs, system.rhs, t, rtol, atol, max_steps, stats)
@@ -219,31 +220,22 @@ class _Problem:
         self.row_tapes: list[tuple] | None = None
 
     def compile(self) -> None:
-        """Solve with the compiled kernels (:attr:`tapes`) where they can run the networks
-        (all of ude's own but nonnegative fluxes); otherwise the numpy path stays."""
+        """Solve with the compiled kernels (:attr:`tapes`), the networks included."""
         tapes = rodas_kernels.tapes(self.rhs.derivatives)
         if self.rhs.networks:
-            try:
-                self.net_code = network_kernels.encode(self.rhs.networks)
-            except network_kernels.Unsupported:
-                return
+            self.net_code = network_kernels.encode(self.rhs.networks)
             tapes = (*tapes[:4], self.net_code.arrays)
         self.tapes = tapes
 
-    def compile_members(self, members: Members) -> bool:
-        """Each row solved in the kernels with its member's networks; False (nothing set)
-        where a member's networks do not run there."""
-        try:
-            codes = [network_kernels.encode(nets) for nets in members.networks]
-        except network_kernels.Unsupported:
-            return False
+    def compile_members(self, members: Members) -> None:
+        """Each row solved in the kernels with its member's networks."""
+        codes = [network_kernels.encode(nets) for nets in members.networks]
         known = rodas_kernels.tapes(self.rhs.derivatives)[:4]
         rows = self.rhs.context.shape[0]
         self.members, self.member_codes = members, codes
         per = members.rows_per_member
         self.row_tapes = [(*known, codes[b // per].arrays) for b in range(rows)]
         self.tapes = self.row_tapes[0]
-        return True
 
     def integrate(self, y0: np.ndarray, record: bool, shared: bool = False) -> np.ndarray:
         """The states at ``t`` from ``y0``; ``record``: keep the accepted steps for the
