@@ -120,3 +120,24 @@ def test_train_py_reports_the_best_member(make_cfg):
     assert band["members"] == 3 and band["n_failed"] == 0
     assert 0.0 <= band["coverage_of_truth"] <= band["predictive_coverage_of_truth"] <= 1.0
     assert band["mean_width"] > 0
+
+
+def test_an_ensemble_on_rodas5p_takes_second_derivatives_on_the_generic_path():
+    # the compiled solve is differentiable once; inside differentiable_twice the ensemble
+    # takes the generic path, whose gradient is differentiable again
+    from ude.model.rodas_autograd import differentiable_twice
+
+    ensemble = build(2, solver=Solver("rodas5p"))
+    weight = ensemble.networks["networks__0__layers__0__weight"]
+    loss = ensemble.simulate(TIMES[:4], torch.arange(1)).pow(2).sum()
+    (g,) = torch.autograd.grad(loss, weight, create_graph=False)
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(
+            ensemble.simulate(TIMES[:4], torch.arange(1)).pow(2).sum(), weight, create_graph=True
+        )
+    with differentiable_twice():
+        loss = ensemble.simulate(TIMES[:4], torch.arange(1)).pow(2).sum()
+        (g2,) = torch.autograd.grad(loss, weight, create_graph=True)
+    # the generic path shares one step size over the rows: equal to the solver's tolerance
+    torch.testing.assert_close(g2.detach(), g, rtol=1e-3, atol=1e-6)
+    assert g2.requires_grad

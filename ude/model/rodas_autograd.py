@@ -378,6 +378,11 @@ class _HybridSolve(torch.autograd.Function):
         problem: _Problem = ctx.problem
         y0, context, *params = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: a gradient that is itself differentiable
+            if problem.members is not None:
+                raise RuntimeError(
+                    "an ensemble's compiled rodas5p solve is differentiable once: take second "
+                    "derivatives inside rodas_autograd.differentiable_twice() (the generic path)"
+                )
             return (None, *_replay_grads(problem, y0, context, params, grad_out, ctx))
         if problem.tapes is not None:
             return _compiled_grads(problem, context, params, grad_out, ctx.needs_input_grad)
