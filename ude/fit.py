@@ -179,8 +179,9 @@ def predict(
 def predict_fine(
     model: HybridODE, data_times: np.ndarray, n: int
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """:func:`predict` on ``n`` even points over the data's span, for plots and errors against
-    the truth: ``(times, (states, observables))``. The stiff solver lands a step on every
+    """:func:`predict` on ``n`` even points over the data's span, for plots, errors against
+    the truth and the distillation's samples and integrals: ``(times, (states,
+    observables))``. The stiff solver lands a step on every
     output time, so a model that solves on the data's times (training checked that) can fail
     on a finer grid near where it blows up: then the data's own times, with a warning."""
     times = np.linspace(data_times[0], data_times[-1], n)
@@ -189,7 +190,7 @@ def predict_fine(
     except SolverFailed as err:
         log.warning(
             f"ude: the trained model does not solve on {n} points ({err}); "
-            "its trajectories are shown and scored on the data's times"
+            "the data's times are used instead"
         )
         return np.asarray(data_times, dtype=float), predict(model, data_times)
 

@@ -40,7 +40,6 @@ from ude.model.numeric_rhs import (
     NumpyNetwork,
     UnsupportedNetwork,
 )
-from ude.spec.derivatives import compiled_derivatives
 
 
 class _Method(nn.Module):
@@ -211,13 +210,7 @@ class HybridEnsemble(nn.Module):
                 slices.append(pairs)
         except UnsupportedNetwork:
             return None
-        spec = base.spec
-        known = NumericRHS(
-            compiled_derivatives(spec.known_rhs(), spec.symbols, len(spec.states)),
-            [],
-            ctx.detach().to("cpu", torch.float64).numpy(),
-            len(spec.inputs),
-        )
+        known = NumericRHS.from_model(base, ctx, networks=[])
         params = [p for p in self.networks.values() if p.requires_grad]
         members = Members(networks, ctx.shape[0] // self.n_members, slices)
         return NumericSystem(known, ctx, params, self._rhs_rows, members)

@@ -180,11 +180,8 @@ def _act(kind, z):
 def _flux(m, s):
     """``s softplus(m / s)`` (torch's softplus: linear past 20) and its first and second
     derivatives in ``m``: a nonnegative flux at its scale ``s``."""
-    u = m / s
-    if u > 20.0:
-        return m, 1.0, 0.0
-    sig = 0.5 * (1.0 + math.tanh(0.5 * u))
-    return s * math.log1p(math.exp(u)), sig, sig * (1.0 - sig) / s
+    a, d1, d2 = _act(SOFTPLUS, m / s)
+    return s * a, d1, d2 / s
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -305,19 +305,23 @@ class NumericRHS:
         self._targets = [_as_slice(out) for _, _, out in networks]
 
     @classmethod
-    def from_model(cls, model: nn.Module, context: torch.Tensor) -> NumericRHS:
+    def from_model(
+        cls, model: nn.Module, context: torch.Tensor, networks: list | None = None
+    ) -> NumericRHS:
         """The frozen right-hand side of a :class:`~ude.model.hybrid.HybridODE` with the
         context ``(B, c)`` of a solve's conditions; raises :class:`UnsupportedNetwork` for a
-        network other than ude's own MLPs."""
+        network other than ude's own MLPs. ``networks``: in place of the model's own (an
+        ensemble's template: none, its members' go apart)."""
         spec = model.spec
         derivatives = compiled_derivatives(spec.known_rhs(), spec.symbols, len(spec.states))
-        nets = [
-            (NumpyNetwork(net), list(idx_in), list(idx_out))
-            for net, idx_in, idx_out in zip(
-                model.networks, model._slot_inputs, model._slot_targets, strict=True
-            )
-        ]
-        return cls(derivatives, nets, _numpy(context), len(spec.inputs))
+        if networks is None:
+            networks = [
+                (NumpyNetwork(net), list(idx_in), list(idx_out))
+                for net, idx_in, idx_out in zip(
+                    model.networks, model._slot_inputs, model._slot_targets, strict=True
+                )
+            ]
+        return cls(derivatives, networks, _numpy(context), len(spec.inputs))
 
     # -- evaluations ---------------------------------------------------------------------------
     # ``context`` None: the solve's own (rows = its conditions, frozen with it).
