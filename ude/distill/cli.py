@@ -218,6 +218,14 @@ def summary(metrics: dict[str, Any]) -> str:
             f"; {band['level']:.0%} band: {n} parameter direction{'s' if n > 1 else ''} "
             "bounded by the parameters' ranges, not the data"
         )
+    dependence = band.get("residual_dependence", {})
+    if dependence.get("effective_share", 1.0) < 1.0 and "band_failed" not in failed:
+        d = dependence
+        line += (
+            f"; residuals not independent (lag-one correlation {d['serial_correlation']:.2f}, "
+            f"replicate means' mean square {d['replicate_ratio']:.2f}x): the band counts "
+            f"{d['effective_share']:.0%} of the entries as independent"
+        )
     predictive = metrics.get("predictive_band", {})
     if "coverage_of_truth" in predictive:
         line += (

@@ -468,6 +468,9 @@ def forecast_band(
         # directions along which the parameters' ranges (bounds, or a weak log-scale prior),
         # not the data, bound the draws (ude.uq.parameter_ranges)
         "n_prior_bounded": band.laplace.n_prior_bounded,
+        # residuals that are not independent: the share of the entries the band counts
+        # (ude.distill.residual_dependence)
+        "residual_dependence": band.laplace.dependence.as_dict(),
     }
     if band.usable:  # failed draws count outside the band: unbounded once too many have
         out["unbounded_from"] = band.unbounded_from()

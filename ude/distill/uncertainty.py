@@ -9,6 +9,11 @@ plus the weak prior that each parameter's range implies, truncated to the parame
 (:mod:`ude.uq.parameter_ranges`; why: :func:`_laplace`). Parameters are drawn from it and each
 draw's trajectory is simulated. Directions the data do not bound get their spread from the
 ranges: ``n_prior_bounded`` counts them (distill.json's ``forecast_interval``, the summary).
+Residuals that are not independent (serially correlated, or replicates that miss together:
+a twin that misses part of the dynamics) hold fewer independent entries than the Hessian
+counts: its data part is scaled by their effective share
+(:mod:`ude.distill.residual_dependence`; the priors' part is not), which is 1 where the
+residuals look independent.
 
 The band is for the noise-free trajectory (the states): it holds parameter uncertainty only,
 not the scatter of new measurements around the trajectory. That is what is compared with a
@@ -37,6 +42,7 @@ from torch import nn
 
 from ude.data.measurements import Measurements
 from ude.distill.refit import _batch
+from ude.distill.residual_dependence import INDEPENDENT, ResidualDependence, residual_dependence
 from ude.fit import make_module
 from ude.model.doses import RowsRHS, solve_with_doses
 from ude.model.hybrid import HybridODE
@@ -65,7 +71,8 @@ class Laplace:
     initial states the data give) have zero variance. ``n_floored``: eigenvalues raised to the
     floor (directions that neither the data nor a prior bound); ``n_prior_bounded``: directions
     along which the prior's precision exceeds the data's (their spread comes from the parameters'
-    ranges, not the data)."""
+    ranges, not the data). ``dependence``: the residuals' :class:`ResidualDependence`, whose
+    ``factor`` scaled the data's part of the precision (``hessian`` is the unscaled one)."""
 
     mean: np.ndarray
     covariance: np.ndarray
@@ -78,6 +85,7 @@ class Laplace:
     natural_covariance: np.ndarray | None = None
     precision: np.ndarray | None = None
     ranges: Any = None
+    dependence: ResidualDependence = INDEPENDENT
 
     def std(self) -> dict[str, float]:
         """Standard deviation of each entry (raw scale, delta method)."""
@@ -473,6 +481,12 @@ def _laplace(model: HybridODE, measurements: Measurements, eigen_floor: float) -
     from ude.uq.parameter_ranges import entry_ranges
 
     g, H = hessian(model, measurements)
+    # residuals that are not independent hold fewer independent entries than the Hessian
+    # counts: the data's part of it is scaled by their effective share (the priors' is not)
+    dependence = residual_dependence(model, measurements)
+    g_prior, H_prior = prior_hessian(model)
+    g = dependence.factor * (g - g_prior) + g_prior
+    H_data = dependence.factor * (H - H_prior)
     ranges = entry_ranges(model)
     # an entry the NLL does not depend on at all (a known initial state, detached; a rate
     # that only an unmeasured observable sees) is held at its value, as before the prior:
@@ -480,7 +494,7 @@ def _laplace(model: HybridODE, measurements: Measurements, eigen_floor: float) -
     free = np.any(H != 0, axis=1)
     mean = nn.utils.parameters_to_vector([p for p in model.parameters() if p.requires_grad])
     mean = mean.detach().cpu().numpy()
-    H_nat = ranges.to_natural_hessian(mean, g, H)
+    H_nat = ranges.to_natural_hessian(mean, g, H_data + H_prior)
     prior = np.where(np.isfinite(ranges.prior_sd), ranges.prior_sd, np.inf) ** -2.0
     sub = np.ix_(free, free)
     lam, V, n_floored = _floored_eigen(H_nat[sub] + np.diag(prior[free]), eigen_floor)
@@ -499,7 +513,35 @@ def _laplace(model: HybridODE, measurements: Measurements, eigen_floor: float) -
         natural_covariance=cov_nat,
         precision=Q,
         ranges=ranges,
+        dependence=dependence,
     )
+
+
+def prior_hessian(model: HybridODE) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient ``(entry,)`` and Hessian ``(entry, entry)`` of the model's prior NLL
+    (:meth:`HybridODE.prior_nll`: the spec's parameter priors, a population's, the initial
+    states') over its learnable entries; zeros without priors. No solve: cheap."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    n = sum(p.numel() for p in params)
+    prior = model.prior_nll()
+    if not torch.is_tensor(prior) or not prior.requires_grad:
+        return np.zeros(n), np.zeros((n, n))
+
+    def flat(parts, like) -> torch.Tensor:
+        pairs = zip(parts, like, strict=True)
+        return torch.cat([(torch.zeros_like(p) if d is None else d).reshape(-1) for d, p in pairs])
+
+    g = flat(torch.autograd.grad(prior, params, create_graph=True, allow_unused=True), params)
+    rows = []
+    for i in range(n):
+        if not g[i].requires_grad:
+            rows.append(g.new_zeros(n))
+            continue
+        rows.append(
+            flat(torch.autograd.grad(g[i], params, retain_graph=True, allow_unused=True), params)
+        )
+    H = torch.stack(rows).detach().cpu().numpy()
+    return g.detach().cpu().numpy(), 0.5 * (H + H.T)
 
 
 def prior_bounded(H: np.ndarray, prior: np.ndarray) -> int:
