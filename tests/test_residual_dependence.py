@@ -5,6 +5,8 @@ leave it as it was."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -125,3 +127,25 @@ def test_the_priors_hessian_is_not_scaled():
     expected = np.zeros_like(H)
     expected[i, i] = 100.0
     np.testing.assert_allclose(H, expected, atol=1e-9)
+
+
+def test_the_band_records_the_share_and_the_summary_says_when_it_applied():
+    """distill.json's forecast_interval keeps the residuals' dependence of the misfitting
+    decay (its effective share under 0.35); the summary line says the band counts that share
+    of the entries, and says nothing where the share is 1."""
+    from ude.distill.cli import summary
+    from ude.distill.report import forecast_band
+    from ude.distill.uncertainty import LaplaceInterval
+
+    data = _misfit_data()
+    model = TwinRefit(max_iter=60).fit(_decay(), data, noise=np.array([SIGMA])).model
+    result = SimpleNamespace(model=model)  # what forecast_band reads of a distillation
+    _, info = forecast_band(LaplaceInterval(n_samples=50), result, data, TIMES, ["x"], None)
+    share = info["residual_dependence"]["effective_share"]
+    assert share < 0.35
+    metrics = {"discovered": {"x": "-0.5*x"}, "timings": {"total_seconds": 1.0}, "failures": []}
+    line = summary(metrics | {"forecast_interval": info | {"coverage_of_truth": 1.0}})
+    assert f"the band counts {share:.0%} of the entries as independent" in line
+    info["residual_dependence"]["effective_share"] = 1.0
+    line = summary(metrics | {"forecast_interval": info | {"coverage_of_truth": 1.0}})
+    assert "independent" not in line

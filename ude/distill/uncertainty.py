@@ -238,9 +238,7 @@ def hessian(model: HybridODE, measurements: Measurements) -> tuple[np.ndarray, n
         """d y / d params ``(entry,)``; zero for entries ``y`` does not depend on."""
         if not y.requires_grad:
             return y.new_zeros(n_entries)
-        parts = torch.autograd.grad(y, params, allow_unused=True, **kw)
-        pairs = zip(parts, params, strict=True)
-        return torch.cat([(p.new_zeros(p.shape) if d is None else d).reshape(-1) for d, p in pairs])
+        return _flat(torch.autograd.grad(y, params, allow_unused=True, **kw), params)
 
     g = grad(loss, create_graph=True)
     H = _batched_rows(g, params) if BATCHED_HESSIAN else None
@@ -279,9 +277,7 @@ def _hessian_by_differences(
     n_measured = batch["mask"].sum()
 
     def flat(loss: torch.Tensor) -> torch.Tensor:
-        parts = torch.autograd.grad(loss, params, allow_unused=True)
-        pairs = zip(parts, params, strict=True)
-        return torch.cat([(torch.zeros_like(p) if d is None else d).reshape(-1) for d, p in pairs])
+        return _flat(torch.autograd.grad(loss, params, allow_unused=True), params)
 
     def gradient() -> torch.Tensor:
         return flat(module.losses(batch)["loss"] * n_measured)
@@ -517,6 +513,12 @@ def _laplace(model: HybridODE, measurements: Measurements, eigen_floor: float) -
     )
 
 
+def _flat(parts: tuple[torch.Tensor | None, ...], params: list[torch.Tensor]) -> torch.Tensor:
+    """Gradients ``parts`` of ``params`` as one vector ``(entry,)``; zeros for an unused one."""
+    pairs = zip(parts, params, strict=True)
+    return torch.cat([(torch.zeros_like(p) if d is None else d).reshape(-1) for d, p in pairs])
+
+
 def prior_hessian(model: HybridODE) -> tuple[np.ndarray, np.ndarray]:
     """Gradient ``(entry,)`` and Hessian ``(entry, entry)`` of the model's prior NLL
     (:meth:`HybridODE.prior_nll`: the spec's parameter priors, a population's, the initial
@@ -526,19 +528,14 @@ def prior_hessian(model: HybridODE) -> tuple[np.ndarray, np.ndarray]:
     prior = model.prior_nll()
     if not torch.is_tensor(prior) or not prior.requires_grad:
         return np.zeros(n), np.zeros((n, n))
-
-    def flat(parts, like) -> torch.Tensor:
-        pairs = zip(parts, like, strict=True)
-        return torch.cat([(torch.zeros_like(p) if d is None else d).reshape(-1) for d, p in pairs])
-
-    g = flat(torch.autograd.grad(prior, params, create_graph=True, allow_unused=True), params)
+    g = _flat(torch.autograd.grad(prior, params, create_graph=True, allow_unused=True), params)
     rows = []
     for i in range(n):
         if not g[i].requires_grad:
             rows.append(g.new_zeros(n))
             continue
         rows.append(
-            flat(torch.autograd.grad(g[i], params, retain_graph=True, allow_unused=True), params)
+            _flat(torch.autograd.grad(g[i], params, retain_graph=True, allow_unused=True), params)
         )
     H = torch.stack(rows).detach().cpu().numpy()
     return g.detach().cpu().numpy(), 0.5 * (H + H.T)
