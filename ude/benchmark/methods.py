@@ -655,6 +655,8 @@ class UDE(Method):
             "n_samples": band.n_samples,
             "n_failed": band.n_failed,
             "seconds": round(time.perf_counter() - start, 2),
+            # the twin's residuals' dependence and the share of the entries its Laplace counts
+            "residual_dependence": band.laplace.dependence.as_dict(),
         }
         if not band.usable:
             return None, None
