@@ -232,18 +232,10 @@ def hessian(model: HybridODE, measurements: Measurements) -> tuple[np.ndarray, n
     if not torch.isfinite(loss):
         raise SolverFailed("non-finite NLL at the refit's optimum")
 
-    n_entries = sum(p.numel() for p in params)
-
-    def grad(y: torch.Tensor, **kw) -> torch.Tensor:
-        """d y / d params ``(entry,)``; zero for entries ``y`` does not depend on."""
-        if not y.requires_grad:
-            return y.new_zeros(n_entries)
-        return _flat(torch.autograd.grad(y, params, allow_unused=True, **kw), params)
-
-    g = grad(loss, create_graph=True)
+    g = _gradient(loss, params, create_graph=True)
     H = _batched_rows(g, params) if BATCHED_HESSIAN else None
     if H is None:
-        H = torch.stack([grad(g[i], retain_graph=True) for i in range(g.numel())])
+        H = torch.stack([_gradient(g[i], params, retain_graph=True) for i in range(g.numel())])
     H = H.detach().cpu().numpy()
     return g.detach().cpu().numpy(), 0.5 * (H + H.T)
 
@@ -519,25 +511,22 @@ def _flat(parts: tuple[torch.Tensor | None, ...], params: list[torch.Tensor]) ->
     return torch.cat([(torch.zeros_like(p) if d is None else d).reshape(-1) for d, p in pairs])
 
 
+def _gradient(y: torch.Tensor, params: list[torch.Tensor], **kw) -> torch.Tensor:
+    """d y / d params ``(entry,)``; zero for entries ``y`` does not depend on (all of them
+    where ``y`` depends on none)."""
+    if not y.requires_grad:
+        return y.new_zeros(sum(p.numel() for p in params))
+    return _flat(torch.autograd.grad(y, params, allow_unused=True, **kw), params)
+
+
 def prior_hessian(model: HybridODE) -> tuple[np.ndarray, np.ndarray]:
     """Gradient ``(entry,)`` and Hessian ``(entry, entry)`` of the model's prior NLL
     (:meth:`HybridODE.prior_nll`: the spec's parameter priors, a population's, the initial
     states') over its learnable entries; zeros without priors. No solve: cheap."""
     params = [p for p in model.parameters() if p.requires_grad]
-    n = sum(p.numel() for p in params)
-    prior = model.prior_nll()
-    if not torch.is_tensor(prior) or not prior.requires_grad:
-        return np.zeros(n), np.zeros((n, n))
-    g = _flat(torch.autograd.grad(prior, params, create_graph=True, allow_unused=True), params)
-    rows = []
-    for i in range(n):
-        if not g[i].requires_grad:
-            rows.append(g.new_zeros(n))
-            continue
-        rows.append(
-            _flat(torch.autograd.grad(g[i], params, retain_graph=True, allow_unused=True), params)
-        )
-    H = torch.stack(rows).detach().cpu().numpy()
+    g = _gradient(torch.as_tensor(model.prior_nll()), params, create_graph=True)
+    rows = [_gradient(g[i], params, retain_graph=True) for i in range(g.numel())]
+    H = (torch.stack(rows) if rows else g.new_zeros((0, 0))).detach().cpu().numpy()
     return g.detach().cpu().numpy(), 0.5 * (H + H.T)
 
 
