@@ -230,6 +230,7 @@ def test_neural_methods_interface(tmp_path, monkeypatch):
     band = ude.info["interval"]
     assert band["n_samples"] == 50 and band["n_failed"] <= 25, band
     assert 0 < band["residual_dependence"]["effective_share"] <= 1  # what its Laplace counted
+    assert band["noise_blocks"]["applied"] is False  # one condition: no blocks to compare
     assert ude.lower.shape == ude.upper.shape == shape and np.all(ude.lower <= ude.upper)
     node = NeuralODE(overrides=["trainer.max_epochs=10", "optim.warm_start_steps=50"]).fit(problem)
     assert node.spec is None and node.forecast_states == ["x", "y"]

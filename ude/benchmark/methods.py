@@ -657,6 +657,8 @@ class UDE(Method):
             "seconds": round(time.perf_counter() - start, 2),
             # the twin's residuals' dependence and the share of the entries its Laplace counts
             "residual_dependence": band.laplace.dependence.as_dict(),
+            # and whether its noise differed between conditions (the sandwich applied)
+            "noise_blocks": band.laplace.noise_blocks.as_dict(),
         }
         if not band.usable:
             return None, None

@@ -226,6 +226,13 @@ def summary(metrics: dict[str, Any]) -> str:
             f"replicate means' mean square {d['replicate_ratio']:.2f}x): the band counts "
             f"{d['effective_share']:.0%} of the entries as independent"
         )
+    blocks = band.get("noise_blocks", {})
+    if blocks.get("applied") and "band_failed" not in failed:
+        line += (
+            f"; noise differs between conditions (each series' variance "
+            f"{blocks['min_ratio']:.2g}-{blocks['max_ratio']:.2g}x its observable's): the band "
+            "takes the sandwich's precision"
+        )
     predictive = metrics.get("predictive_band", {})
     if "coverage_of_truth" in predictive:
         line += (

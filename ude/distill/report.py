@@ -471,6 +471,9 @@ def forecast_band(
         # residuals that are not independent: the share of the entries the band counts
         # (ude.distill.residual_dependence)
         "residual_dependence": band.laplace.dependence.as_dict(),
+        # noise that differs between conditions: the sandwich's precision where it applied
+        # (ude.distill.noise_blocks)
+        "noise_blocks": band.laplace.noise_blocks.as_dict(),
     }
     if band.usable:  # failed draws count outside the band: unbounded once too many have
         out["unbounded_from"] = band.unbounded_from()

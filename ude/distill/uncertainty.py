@@ -41,8 +41,20 @@ import torch
 from torch import nn
 
 from ude.data.measurements import Measurements
+from ude.distill.noise_blocks import (
+    EVEN,
+    NoiseBlocks,
+    noise_blocks,
+    sandwich_precision,
+    weighted_measurements,
+)
 from ude.distill.refit import _batch
-from ude.distill.residual_dependence import INDEPENDENT, ResidualDependence, residual_dependence
+from ude.distill.residual_dependence import (
+    INDEPENDENT,
+    ResidualDependence,
+    standardised_residuals,
+)
+from ude.distill.residual_dependence import dependence as residual_dependence_of
 from ude.fit import make_module
 from ude.model.doses import RowsRHS, solve_with_doses
 from ude.model.hybrid import HybridODE
@@ -86,6 +98,7 @@ class Laplace:
     precision: np.ndarray | None = None
     ranges: Any = None
     dependence: ResidualDependence = INDEPENDENT
+    noise_blocks: NoiseBlocks = EVEN
 
     def std(self) -> dict[str, float]:
         """Standard deviation of each entry (raw scale, delta method)."""
@@ -383,6 +396,11 @@ condition alone (False: every row from the whole data's gradient, as before;
 BATCHED_HESSIAN = True
 """Whether :func:`hessian` takes all its rows in one vectorised backward pass."""
 
+SANDWICH = True
+"""Whether :func:`_laplace` takes the sandwich's precision where the noise differs between
+conditions (:mod:`ude.distill.noise_blocks`; False: the Hessian's, as before;
+``python bench/noise_blocks.py`` compares both)."""
+
 
 def _batched_rows(g: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor | None:
     """The Jacobian ``(entry, entry)`` of the gradient ``g (entry,)`` in one vectorised
@@ -469,12 +487,19 @@ def _laplace(model: HybridODE, measurements: Measurements, eigen_floor: float) -
     from ude.uq.parameter_ranges import entry_ranges
 
     g, H = hessian(model, measurements)
+    residuals = standardised_residuals(model, measurements)
+    g_prior, H_prior = prior_hessian(model)
+    H_data = H - H_prior
+    # conditions whose noise differs from the shared level the likelihood assumed: the
+    # sandwich's precision in place of the Hessian's (the priors' part is not touched)
+    blocks = noise_blocks(residuals)
+    if SANDWICH and blocks.applies:
+        H_data = _sandwiched(model, measurements, blocks, H_data, H_prior)
     # residuals that are not independent hold fewer independent entries than the Hessian
     # counts: the data's part of it is scaled by their effective share (the priors' is not)
-    dependence = residual_dependence(model, measurements)
-    g_prior, H_prior = prior_hessian(model)
+    dependence = residual_dependence_of(residuals)
     g = dependence.factor * (g - g_prior) + g_prior
-    H_data = dependence.factor * (H - H_prior)
+    H_data = dependence.factor * H_data
     ranges = entry_ranges(model)
     # an entry the NLL does not depend on at all (a known initial state, detached; a rate
     # that only an unmeasured observable sees) is held at its value, as before the prior:
@@ -502,7 +527,34 @@ def _laplace(model: HybridODE, measurements: Measurements, eigen_floor: float) -
         precision=Q,
         ranges=ranges,
         dependence=dependence,
+        noise_blocks=blocks,
     )
+
+
+def _sandwiched(
+    model: HybridODE,
+    measurements: Measurements,
+    blocks: NoiseBlocks,
+    H_data: np.ndarray,
+    H_prior: np.ndarray,
+) -> np.ndarray:
+    """The data's precision ``H_data`` replaced by the sandwich's (:mod:`ude.distill.
+    noise_blocks`): ``B``, the Hessian of the likelihood with each block's noise scaled by its
+    ratio, less the priors'; the learned noise levels' rows (which ``B`` does not see) and the
+    entries the data do not move stay ``H_data``'s."""
+    _, B = hessian(model, weighted_measurements(model, measurements, blocks))
+    B = B - H_prior
+    names = _parameter_names(model)
+    noise = np.array([n.startswith("log_noise[") for n in names], dtype=bool)
+    sub = np.any(H_data != 0, axis=1) & ~noise
+    if not sub.any() or not np.isfinite(B[np.ix_(sub, sub)]).all():
+        return H_data
+    ratios = blocks.ratios
+    out = H_data.copy()
+    out[np.ix_(sub, sub)] = sandwich_precision(
+        H_data[np.ix_(sub, sub)], B[np.ix_(sub, sub)], (float(ratios.min()), float(ratios.max()))
+    )
+    return out
 
 
 def _flat(parts: tuple[torch.Tensor | None, ...], params: list[torch.Tensor]) -> torch.Tensor:
