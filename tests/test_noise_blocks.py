@@ -116,6 +116,21 @@ def test_the_laplace_of_a_decay_with_uneven_noise_is_the_sandwich():
     assert not laplace(fitted, even).noise_blocks.applies
 
 
+def test_the_sandwich_never_narrows_the_laplace():
+    """The informative condition the quietest (the others ten times as noisy): the sandwich
+    alone would make k more precise than the Hessian says; the Laplace keeps the Hessian's sd
+    (within 2 %: the ranges' weak prior), though the ratios scatter beyond chance."""
+    data = _uneven_data(np.array([0.02, 0.2, 0.2, 0.2]))
+    model = TwinRefit(max_iter=200).fit(_decay(), data).model
+    approx = laplace(model, data)
+    assert approx.noise_blocks.applies
+    ratios = noise_blocks(standardised_residuals(model, data)).ratios
+    i = approx.names.index("k")
+    plain = np.sqrt(np.linalg.inv(approx.hessian[np.ix_(approx.free, approx.free)])[i, i])
+    assert _gauss_newton_sandwich_sd(model, data, ratios) < 0.8 * plain
+    assert approx.std()["k"] == pytest.approx(plain, rel=0.02)
+
+
 def test_the_band_records_the_blocks_and_the_summary_says_when_they_applied():
     """distill.json's forecast_interval keeps the blocks' record; the summary line names the
     sandwich where it applied and says nothing of it where it did not."""
