@@ -102,6 +102,21 @@ class Linearised:
         return self.value + float(np.linalg.lstsq(J, r, rcond=None)[0][self.row])
 
 
+def problem(args: argparse.Namespace, seed: int):
+    """The benchmark's cell for ``args``' system and conditions with noise seed ``seed``."""
+    scenario = Scenario(
+        system=args.system, seed=seed, noise=0.05, n_times=30, conditions=args.conditions
+    )
+    return build_problem(scenario)
+
+
+def free_spec(truth, name: str):
+    """The true spec with ``name`` learned."""
+    spec = copy.deepcopy(truth)
+    spec.parameters[name] = replace(spec.parameters[name], learn=True)
+    return spec
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--system", default="yeast_glycolysis")
@@ -111,18 +126,15 @@ def main() -> None:
     parser.add_argument("--linear-seeds", type=int, default=500)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = []
+    rows, refitted_data = [], []
     for seed in range(args.seeds):
-        scenario = Scenario(
-            system=args.system, seed=seed, noise=0.05, n_times=30, conditions=args.conditions
-        )
-        problem = build_problem(scenario)
-        truth = problem.truth.parameters[args.parameter].value
-        spec = copy.deepcopy(problem.truth)
-        spec.parameters[args.parameter] = replace(spec.parameters[args.parameter], learn=True)
+        cell = problem(args, seed)
+        truth = cell.truth.parameters[args.parameter].value
+        spec = free_spec(cell.truth, args.parameter)
         start = time.process_time()
         refit = TwinRefit(max_iter=400, tol=1e-10, method="rodas5p", rtol=1e-6, atol=1e-8)
-        data = problem.measurements
+        data = cell.measurements
+        refitted_data.append(data.values)
         result = refit.fit(spec, data, np.asarray(data.truth.initial, dtype=float))
         estimate = result.values[args.parameter]
         plain, _ = standard_deviation(result.model, data, args.parameter, sandwich=False)
@@ -146,20 +158,12 @@ def main() -> None:
         )
     print(f"  the estimates' own sd {est.std(ddof=1):.3g}, mean error {est.mean() - truth:+.3g}")
 
-    def data(seed: int):
-        scenario = Scenario(
-            system=args.system, seed=seed, noise=0.05, n_times=30, conditions=args.conditions
-        )
-        return build_problem(scenario).measurements
-
-    first = build_problem(
-        Scenario(system=args.system, seed=0, noise=0.05, n_times=30, conditions=args.conditions)
+    first = problem(args, 0)
+    linear = Linearised(free_spec(first.truth, args.parameter), first.measurements, args.parameter)
+    refitted = np.array([linear.estimate(values) for values in refitted_data])
+    many = np.array(
+        [linear.estimate(problem(args, s).measurements.values) for s in range(args.linear_seeds)]
     )
-    spec = copy.deepcopy(first.truth)
-    spec.parameters[args.parameter] = replace(spec.parameters[args.parameter], learn=True)
-    linear = Linearised(spec, first.measurements, args.parameter)
-    refitted = np.array([linear.estimate(data(s).values) for s in range(len(est))])
-    many = np.array([linear.estimate(data(s).values) for s in range(args.linear_seeds)])
     print(
         f"  linearised at the truth: correlation with the refits' estimates "
         f"{np.corrcoef(refitted, est)[0, 1]:.4f}; its sd over seeds 0-{len(est) - 1} "
