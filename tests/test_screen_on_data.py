@@ -1,6 +1,7 @@
 """A trained model that misses its data is no guide to the terms: the distillation screens
 along the data's own smoothed path instead (ude.distill.integral.data_path,
-ude.distill.distiller.failed_fit), and the summary says so."""
+ude.distill.distiller.failed_fit: worse than the data's means, or residuals more than twice
+the noise that ude.data.noise_level estimates from the data alone), and the summary says so."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from dataclasses import replace
 import numpy as np
 
 from ude import simulate_measurements
+from ude.data.noise_level import difference_variance
 from ude.distill.cli import summary
-from ude.distill.distiller import failed_fit
+from ude.distill.distiller import MISFIT_RATIO, failed_fit, misfit_ratio
 from ude.distill.integral import data_path
+from ude.fit import predict
 from ude.model import Solver, build_hybrid
 from ude.systems import get_system
 
@@ -48,3 +51,43 @@ def test_the_summary_says_when_the_screen_ran_on_the_data():
     metrics = {"discovered": {"x": "-0.9*x*y"}, "timings": {"total_seconds": 1.0}}
     assert "TRAINING MISSED" not in summary({**metrics, "screened_on": "model"})
     assert "TRAINING MISSED THE DATA" in summary({**metrics, "screened_on": "data"})
+
+
+def test_a_model_that_misses_the_dynamics_within_the_datas_variance_is_called_failed():
+    # the prey's growth a fifth too slow: the cycle's period slips, and the trajectories
+    # miss the data by several times their noise while leaving under half their variance
+    m = simulate_measurements("lotka_volterra", noise=0.05, n_times=31, seed=0)
+    truth = get_system("lotka_volterra").truth
+    params = dict(truth.parameters)
+    params["alpha"] = replace(params["alpha"], value=0.8 * params["alpha"].value)
+    slow = build_hybrid(replace(truth, parameters=params), m, Solver("dopri5"))
+    _, observed = predict(slow, m.times)
+    variance_share = np.mean(
+        [
+            np.nanmean((m.values[..., o] - observed[:, :, None, o]) ** 2)
+            / np.nanvar(m.values[..., o])
+            for o in range(2)
+        ]
+    )
+    assert variance_share < 1.0  # the old rule alone would have trusted its path
+    assert misfit_ratio(m, observed) > MISFIT_RATIO
+    assert failed_fit(slow, m)
+    _, exact = predict(build_hybrid(truth, m, Solver("dopri5")), m.times)
+    assert misfit_ratio(m, exact) < 2.0
+
+
+def test_the_noise_level_is_estimated_from_the_data_alone():
+    rng = np.random.default_rng(0)
+    t = np.sort(rng.uniform(0, 10, 60))
+    sd = np.array([0.05, 0.2])
+    clean = np.stack([np.sin(t), 2 + np.cos(0.5 * t)], axis=-1)
+    values = (clean + sd * rng.standard_normal((4, 60, 2)))[:, :, None, :]
+    m = simulate_measurements("lotka_volterra", noise=0.0, n_times=60, seed=0)
+    m = replace(m, times=t, values=values, inputs=np.zeros((4, m.inputs.shape[1])))
+    np.testing.assert_allclose(np.sqrt(difference_variance(m)), sd, rtol=0.15)
+    # a switch between two samples in each series moves the median, not by much
+    jumped = values.copy()
+    jumped[:, 30:, 0, 0] += 1.0
+    np.testing.assert_allclose(
+        np.sqrt(difference_variance(replace(m, values=jumped)))[0], sd[0], rtol=0.2
+    )

@@ -552,6 +552,7 @@ class UDE(Method):
         info["ties"] = distilled.tie_rows()
         info["identifiability"] = distilled.identifiability
         info["screened_on"] = distilled.screened_on
+        info["screen_misfit"] = distilled.misfit
         if distilled.oracle is not None:
             info["oracle"] = distilled.oracle
         idx = [problem.truth.states.index(s) for s in twin.states]

@@ -182,8 +182,8 @@ def summary(metrics: dict[str, Any]) -> str:
     line = head + (f" (status {status})" if status != "ok" else "") + f": {terms}"
     if metrics.get("screened_on") == "data":
         line += (
-            "; TRAINING MISSED THE DATA: the trained model fits worse than the data's means, "
-            "so its terms were screened along the smoothed data instead"
+            "; TRAINING MISSED THE DATA: the trained model's trajectories miss the data by "
+            "more than their noise, so its terms were screened along the smoothed data instead"
         )
     truth = metrics.get("truth")
     if truth:

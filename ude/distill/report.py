@@ -339,6 +339,7 @@ def write_report(
             if result.oracle is not None:
                 metrics["truth"]["oracle"] = result.oracle
     metrics["screened_on"] = result.screened_on
+    metrics["screen_misfit"] = result.misfit
     metrics["status"] = _status(failures)
     (run_dir / "distill.json").write_text(json.dumps(metrics, indent=2, default=float))
     plot_distilled_terms(result, run_dir / "plots" / "distilled_terms.png")
