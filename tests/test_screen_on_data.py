@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from ude import simulate_measurements
 from ude.data.noise_level import difference_variance
@@ -91,3 +92,18 @@ def test_the_noise_level_is_estimated_from_the_data_alone():
     np.testing.assert_allclose(
         np.sqrt(difference_variance(replace(m, values=jumped)))[0], sd[0], rtol=0.2
     )
+
+
+def test_the_misfit_limit_is_a_setting_checked_before_training(tmp_path):
+    from conftest import compose_config
+
+    from ude.config_check import check_config
+    from ude.distill import Distiller
+    from ude.errors import UdeError
+
+    cfg = compose_config(tmp_path, ["distill.distiller.misfit_ratio=-1"])
+    with pytest.raises(UdeError, match="distill.distiller.misfit_ratio"):
+        check_config(cfg)
+    assert Distiller(misfit_ratio=9).misfit_ratio == 9.0
+    with pytest.raises(ValueError, match="misfit_ratio"):
+        Distiller(misfit_ratio=0)

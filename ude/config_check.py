@@ -57,6 +57,7 @@ _RULES: dict[str, tuple[tuple[type, ...], Any, str]] = {
         )
         for refit in ("score_refit", "refit")
     },
+    "distill.distiller.misfit_ratio": ((int, float), lambda v: v > 0, "a number > 0"),
     "solver.rtol": ((int, float), lambda v: v > 0, "a number > 0"),
     "solver.atol": ((int, float), lambda v: v > 0, "a number > 0"),
     "solver.adjoint": ((bool,), lambda v: True, "true or false"),

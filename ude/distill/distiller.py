@@ -329,14 +329,16 @@ ahead), screened along the data none did. The two that fit within the noise (1.5
 it) keep their path."""
 
 
-def failed_fit(model: HybridODE, measurements: Measurements) -> bool:
+def failed_fit(model: HybridODE, measurements: Measurements, limit: float = MISFIT_RATIO) -> bool:
     """Whether ``model``'s trajectories miss the data by more than :data:`FAILED_FIT` of their
-    variance, or by more than :data:`MISFIT_RATIO` times their noise (:func:`misfit_ratio`),
-    or do not solve."""
-    return fit_check(model, measurements)[0]
+    variance, or by more than ``limit`` times their noise (:func:`misfit_ratio`), or do not
+    solve."""
+    return fit_check(model, measurements, limit)[0]
 
 
-def fit_check(model: HybridODE, measurements: Measurements) -> tuple[bool, float | None]:
+def fit_check(
+    model: HybridODE, measurements: Measurements, limit: float = MISFIT_RATIO
+) -> tuple[bool, float | None]:
     """:func:`failed_fit`, and the :func:`misfit_ratio` of ``model``'s trajectories (None
     where they do not solve or no observable has a noise estimate)."""
     from ude.fit import predict
@@ -349,7 +351,7 @@ def fit_check(model: HybridODE, measurements: Measurements) -> tuple[bool, float
     nmse = [np.mean(r**2) / np.var(v) for v, r, _ in _residuals(values, observed) if np.var(v) > 0]
     ratio = misfit_ratio(measurements, observed)
     worse_than_means = bool(nmse) and not np.mean(nmse) <= FAILED_FIT
-    return worse_than_means or (ratio is not None and not ratio <= MISFIT_RATIO), ratio
+    return worse_than_means or (ratio is not None and not ratio <= limit), ratio
 
 
 def misfit_ratio(measurements: Measurements, observed: np.ndarray) -> float | None:
@@ -469,6 +471,10 @@ class Distiller:
             declares ``nonnegative``, below zero where it is zero
             (:mod:`ude.distill.admissible`): its refit counts as failed, with the reason in
             the path.
+        misfit_ratio: a trained model whose residuals' mean square is more than this many
+            times the data's noise variance is no guide to the terms: where every state is
+            measured the screen follows the data's smoothed path (:data:`MISFIT_RATIO`; a huge
+            value keeps the trained model's path unless it fits worse than the data's means).
 
     Parameters of the prior spec that are per condition start every refit from the trained
     model's values for each condition (and a population's from its median and spread).
@@ -490,7 +496,11 @@ class Distiller:
         population: str = "lognormal",
         oracle: bool = True,
         nonnegative: bool = True,
+        misfit_ratio: float = MISFIT_RATIO,
     ):
+        if not misfit_ratio > 0:
+            raise ValueError(f"misfit_ratio={misfit_ratio!r}: expected a number > 0")
+        self.misfit_ratio = float(misfit_ratio)
         self.nonnegative = nonnegative
         self.individual = list(individual)
         self.population = population
@@ -625,7 +635,7 @@ class Distiller:
         # a trained model that does not fit its data: the screen along the data's own path,
         # and the refits from the data's initial states
         on_data = None
-        failed, misfit = fit_check(model, measurements)
+        failed, misfit = fit_check(model, measurements, self.misfit_ratio)
         if failed:
             on_data = data_path(measurements, model.spec.states)
         integral = integral_problems(
