@@ -225,6 +225,8 @@ def test_neural_methods_interface(tmp_path, monkeypatch):
     assert 0 < timings["selection_seconds"] < timings["total_seconds"] <= ude.seconds
     work = ude.info["selection"]  # what the selection's time bought: refits and iterations
     assert 1 <= sum(work["scored"].values()) and work["iterations"] >= 1, work
+    # the screen's path and the trained model's misfit behind that choice (residuals over noise)
+    assert ude.info["screened_on"] in {"model", "data"} and ude.info["screen_misfit"] > 0
     assert ude.forecast is not None and ude.forecast.shape == shape
     assert "interval_error" not in ude.info, ude.info["interval_error"]
     band = ude.info["interval"]
