@@ -18,6 +18,8 @@ from ude.distill.swaps import (
     first_order,
     first_order_swaps,
     mass_action_support,
+    saturating_swaps,
+    saturations,
     sibling_swaps,
     siblings,
 )
@@ -305,6 +307,88 @@ def test_a_sibling_swap_starts_matched_to_the_term_it_replaces_along_the_traject
     for c in found:
         assert c.origin == "sibling" and c.info["swapped"] == "a"
         np.testing.assert_array_equal(c.coef["b"], coef_b)
+
+
+def test_a_monomials_saturating_forms_are_the_same_product_with_one_variable_saturating():
+    terms = _library_xyz()
+    names = [t.name for t in terms]
+
+    def forms(name: str) -> set[str]:
+        return {names[k] for k in saturations(names.index(name), terms)}
+
+    assert forms("x*y") == {"x*y/(K + x)", "x*y/(K + y)"}
+    assert forms("x") == {"x/(K + x)"}
+    assert forms("1") == set()
+    assert forms("x*y/(K + y)") == set()  # a law already: no saturation of it
+    assert forms("x**n/(K**n + x**n)") == set()
+
+
+def test_a_saturating_swap_starts_from_the_screens_solution_with_its_constant_fitted():
+    """Along the data, target ``a``'s missing rate is ``-0.25*x*y/(0.02 + x)``; the best
+    holds ``-12*x*y`` (a dead oscillator's rate, refitted far from the data). Its saturating
+    form in x starts where the screen puts it, K near 0.02 and the coefficient near -0.25,
+    not at the monomial it replaces; target ``b`` keeps its refitted coefficients, and the
+    start is the best's fitted initial states."""
+    lib = slot_library(["constant", "mass_action", "michaelis_menten"], ["x", "y"])
+    lib.fit(["x", "y"])
+    terms, names = lib.terms_, lib.get_feature_names()
+    rng = np.random.default_rng(3)
+    x, y = rng.uniform(0.005, 0.5, 120), rng.uniform(0.1, 1.0, 120)
+    screen = IntegralProblem(
+        F=lib.transform(np.column_stack([x, y])),
+        y=-0.25 * x * y / (0.02 + x),
+        condition=np.zeros(120, dtype=int),
+        terms=names,
+        from_data=True,
+        W=np.eye(120),  # matching the rates themselves: the integral's weights are not tested
+        X={"x": x, "y": y},
+        laws={j: t for j, t in enumerate(terms) if t.law is not None},
+    ).fit_constants()
+    coef_a, coef_b = np.zeros(len(names)), np.zeros(len(names))
+    coef_a[names.index("x*y")] = -12.0
+    coef_b[names.index("y")] = 2.0
+    best = _scored({"a": coef_a, "b": coef_b})
+    found = saturating_swaps(best, {"a": terms, "b": terms}, {"a": screen})
+    held = {tuple(names[j] for j in np.flatnonzero(c.coef["a"])): c for c in found}
+    assert set(held) == {("x*y/(K + x)",), ("x*y/(K + y)",)}
+    twin = held[("x*y/(K + x)",)]
+    k = names.index("x*y/(K + x)")
+    assert twin.constants["a"][k]["K"] == pytest.approx(0.02, rel=0.05)
+    assert twin.coef["a"][k] == pytest.approx(-0.25, rel=0.05)
+    assert twin.info["saturates"] and twin.info["swapped"] == "a"
+    np.testing.assert_array_equal(twin.coef["b"], coef_b)
+    assert saturating_swaps(best, {"a": terms, "b": terms}, {}) == []
+
+
+def test_saturating_forms_have_their_own_allowance_beside_the_siblings():
+    """The best (term 0) has three siblings (1, 2, 3) and one saturating form (4, the truth,
+    screening last). With one sibling per target the saturating form is still refitted, and
+    chosen."""
+
+    def cand(j: int, origin: str = "path", saturates: bool = False) -> Candidate:
+        coef = np.zeros(5)
+        coef[j] = 1.0
+        info = {"swapped": "x", **({"saturates": True} if saturates else {})}
+        return Candidate({"x": coef}, origin, info=info)
+
+    refitted = []
+
+    def refit(c: Candidate):
+        j = int(np.flatnonzero(c.coef["x"])[0])
+        refitted.append(j)
+        return RefitResult(None, {}, {4: 1e-3, 0: 3e-3}.get(j, 5e-3), 60, True, 0), 1
+
+    def sibling(best: Scored) -> list[Candidate]:
+        if np.flatnonzero(best.candidate.coef["x"]).tolist() != [0]:
+            return []
+        return [cand(j, "sibling") for j in (1, 2, 3)] + [cand(4, "sibling", saturates=True)]
+
+    selector = TrajectorySelector(grow=False, max_refits=1, swaps=0, siblings=1, rescreen=False)
+    chosen, _ = selector.select(
+        [cand(0)], refit, lambda c, around: float(np.flatnonzero(c.coef["x"])[0]), sibling=sibling
+    )
+    assert refitted == [0, 1, 4]
+    assert np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [4]
 
 
 def test_each_new_bests_siblings_are_refitted_past_the_budget_best_screened_first():

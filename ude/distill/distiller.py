@@ -805,7 +805,11 @@ class Distiller:
                 rewrite=lambda best: rewritten(best, terms, bounds),
                 swap=lambda best: first_order_swaps(best, terms, view(integral), reactions),
                 sibling=lambda best: sibling_swaps(
-                    best, terms, view(integral_along(best)), best.refit.refused is not None
+                    best,
+                    terms,
+                    view(integral_along(best)),
+                    best.refit.refused is not None,
+                    screen=view(integral),
                 ),
                 workers=workers,
                 reswap=unmeasured,

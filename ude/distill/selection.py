@@ -447,6 +447,9 @@ class TrajectorySelector:
                 key, target = cand.support(), cand.info.get("swapped")
                 if key in taken or key in skip or not fresh(cand, step, around):
                     continue
+                # a monomial's saturating forms have their own allowance: a law that
+                # saturates does not take the place of the same law over other variables
+                target = (target, bool(cand.info.get("saturates")))
                 if per_target.get(target, 0) < limit:
                     per_target[target] = per_target.get(target, 0) + 1
                     (again if key in queued else first).append((cand, step))
