@@ -39,7 +39,7 @@ from ude.distill.selection import (
     ties,
 )
 from ude.distill.sparse import Candidate, EliminationPath, Problem, ThresholdPath, candidate_union
-from ude.distill.swaps import first_order_swaps, sibling_swaps
+from ude.distill.swaps import first_order_swaps, saturating_swaps, sibling_swaps
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
 from ude.model.initial_scale import set_initial
@@ -804,12 +804,12 @@ class Distiller:
                 sizes=library_sizes(terms),
                 rewrite=lambda best: rewritten(best, terms, bounds),
                 swap=lambda best: first_order_swaps(best, terms, view(integral), reactions),
-                sibling=lambda best: sibling_swaps(
-                    best,
-                    terms,
-                    view(integral_along(best)),
-                    best.refit.refused is not None,
-                    screen=view(integral),
+                # a best's siblings, and its monomials' saturating forms from the screen
+                sibling=lambda best: (
+                    sibling_swaps(
+                        best, terms, view(integral_along(best)), best.refit.refused is not None
+                    )
+                    + saturating_swaps(best, terms, view(integral))
                 ),
                 workers=workers,
                 reswap=unmeasured,

@@ -200,7 +200,6 @@ def sibling_swaps(
     terms: dict[str, list[Term]],
     along: dict[str, IntegralProblem],
     repair: bool = False,
-    screen: dict[str, IntegralProblem] | None = None,
 ) -> list[Candidate]:
     """``best`` with one term of one target replaced by each of its :func:`siblings` that the
     target does not hold already, the new term's coefficient and constants matched to the
@@ -218,8 +217,7 @@ def sibling_swaps(
 
     ``repair`` (``best`` refused for driving its target below zero where it is zero:
     :mod:`ude.distill.admissible`): each term's :func:`vanishing_forms` over the target's own
-    state too, in its place. With ``screen``, each monomial's saturating forms too
-    (:func:`saturating_swaps`)."""
+    state too, in its place."""
     fitted, constants = refitted_coef(best), refitted_constants(best)
     start = moved_from(best)
     out = []
@@ -255,8 +253,6 @@ def sibling_swaps(
                     kept[t][k] = matched
                 info = {**start, "swapped": t, "sibling_of": old.name}
                 out.append(Candidate(coef, "sibling", info=info, constants=kept))
-    if screen is not None:
-        out += saturating_swaps(best, terms, screen)
     return out
 
 
