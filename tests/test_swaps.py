@@ -363,7 +363,7 @@ def test_a_saturating_swap_starts_from_the_screens_solution_with_its_constant_fi
     best = _scored({"a": coef_a, "b": coef_b})
     found = saturating_swaps(best, {"a": terms, "b": terms}, {"a": screen})
     held = {tuple(names[j] for j in np.flatnonzero(c.coef["a"])): c for c in found}
-    assert set(held) == {("x*y/(K + x)",), ("x*y/(K + y)",)}
+    assert set(held) == {("x*y/(K + x)",)}  # saturating in y matches no better: not refitted
     twin = held[("x*y/(K + x)",)]
     k = names.index("x*y/(K + x)")
     assert twin.constants["a"][k]["K"] == pytest.approx(0.02, rel=0.05)
@@ -544,3 +544,30 @@ def test_a_terms_forms_that_vanish_with_the_target_state():
     assert vanishing_forms(6, terms, "C") == [5]  # the constant: C**2 (and no C alone here)
     assert vanishing_forms(1, terms, "C") == []  # C*X holds C already
     assert vanishing_forms(4, terms, "C") == [2]  # X/(K + X): its law on C, X a factor
+
+
+def test_a_saturating_form_is_refitted_only_where_the_screen_gains_more_than_a_tie():
+    """Along the data, target ``a``'s rate is the monomial ``-0.3*x*y`` the best holds: its
+    saturating forms match it no better (``K`` far above the data) and are not refitted; with
+    no gain asked they are."""
+    lib = slot_library(["constant", "mass_action", "michaelis_menten"], ["x", "y"])
+    lib.fit(["x", "y"])
+    terms, names = lib.terms_, lib.get_feature_names()
+    rng = np.random.default_rng(3)
+    x, y = rng.uniform(0.005, 0.5, 120), rng.uniform(0.1, 1.0, 120)
+    rate = -0.3 * x * y
+    screen = IntegralProblem(
+        F=lib.transform(np.column_stack([x, y])),
+        y=rate + 0.01 * np.std(rate) * rng.standard_normal(120),
+        condition=np.zeros(120, dtype=int),
+        terms=names,
+        from_data=True,
+        W=np.eye(120),
+        X={"x": x, "y": y},
+        laws={j: t for j, t in enumerate(terms) if t.law is not None},
+    ).fit_constants()
+    coef = np.zeros(len(names))
+    coef[names.index("x*y")] = -0.3
+    best = _scored({"a": coef})
+    assert saturating_swaps(best, {"a": terms}, {"a": screen}) == []
+    assert len(saturating_swaps(best, {"a": terms}, {"a": screen}, gain=-np.inf)) == 2
