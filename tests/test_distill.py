@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 import sympy as sp
 import torch
-from omegaconf import OmegaConf
 
-from ude.conf import CONF_DIR
 from ude.data import Measurements, simulate_measurements
 from ude.data.measurements import Truth
 from ude.distill import (
@@ -33,7 +31,6 @@ from ude.distill.report import compare_with_truth
 from ude.distill.sparse import candidate_union
 from ude.errors import UdeError
 from ude.model import Solver, build_hybrid
-from ude.model.initial_scale import is_amount
 from ude.spec import ModelSpec, simulate_spec
 from ude.systems import get_system
 
@@ -189,23 +186,6 @@ def test_known_function_is_recovered(lotka_volterra_distilled):
     assert cmp["max_relative_error"] < 0.03, cmp
     chosen = [r for r in result.path_rows() if r["chosen"]]
     assert len(chosen) == 1 and chosen[0]["n_terms"] == 2
-
-
-def test_the_reported_twin_holds_its_declared_amounts_initial_values_at_or_above_zero(
-    lotka_volterra_distilled,
-):
-    """The final refit (the Distiller's default, as the config's) fits the initial values of
-    the states the spec declares amounts on the log of the value: a score refit may start one
-    at a rate law's pole below zero, the reported twin may not."""
-    result, _, m = lotka_volterra_distilled
-    model = result.refit.model
-    assert set(get_system("lotka_volterra").known.nonnegative) == {"x", "y"}
-    assert torch.nn.utils.parametrize.is_parametrized(model, "initial")
-    transforms = model.parametrizations.initial[0].transforms
-    assert all(is_amount(p) for p in transforms)
-    assert model.initial.detach().min() > 0
-    defaults = OmegaConf.load(CONF_DIR / "distill" / "default.yaml").distiller
-    assert defaults.refit.nonnegative_initial and not defaults.score_refit.nonnegative_initial
 
 
 class _RecordingSampler(TrajectorySampler):

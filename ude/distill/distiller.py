@@ -449,10 +449,7 @@ class Distiller:
             it sees each candidate's integral-matching score (``info["screen"]``).
         score_refit: the ODE refit that scores candidates (default: Rodas5P, compiled for the
             twin, 300 L-BFGS iterations, loose tolerance).
-        refit: the final ODE refit of the chosen twin (default: dopri5, tight tolerance, the
-            amounts the spec declares held at or above zero: ``TwinRefit(nonnegative_initial=
-            True)``; the score refits may start one at a rate law's pole, the reported twin
-            may not).
+        refit: the final ODE refit of the chosen twin (default: dopri5, tight tolerance).
         bootstrap: inclusion probabilities (None: skipped): a :class:`BootstrapInclusion`
             rescores the refitted candidates on resampled entries; a
             :class:`ude.uq.StructureBootstrap` (``distill.uq``) resamples the data and runs
@@ -862,8 +859,7 @@ class Distiller:
         twin = numeric_twin(twin, start, True, chosen.refit.individual, chosen.refit.population)
         start = chosen.refit.model.initial.detach().cpu().numpy()
         start = _nonnegative_start(start, positive)
-        final_refit = self.refit or TwinRefit(nonnegative_initial=True)
-        result = final_refit.fit(twin, measurements, start, noise)
+        result = (self.refit or TwinRefit()).fit(twin, measurements, start, noise)
         if not result.ok:
             result = chosen.refit
             owner = chosen.candidate.info["owner"]

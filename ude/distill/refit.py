@@ -147,12 +147,9 @@ class TwinRefit:
             ``nonnegative`` (amounts) held at or above zero, on the log of the value
             (:mod:`ude.model.initial_scale`). Free, a refit can start an amount at a
             Michaelis-Menten term's pole (Goldbeter: ``M`` at ``-K2`` in 16 of 20 noise draws,
-            ``bench/initial_amounts.py``). Off for the selection's score refits: the
-            benchmark with it on for them too (every ``ude`` cell, docs/benchmark_history.md,
-            thirty-fifth session) found the truth in 51 cells against 55 and covered 0.891 of
-            the true forecasts against 0.905. On for the reported twin's final refit
-            (``distill.distiller.refit``; the :class:`ude.distill.Distiller`'s default):
-            Goldbeter with 4 conditions, the same twin, band coverage 0.18 -> 0.80.
+            ``bench/initial_amounts.py``). Off by default: the benchmark with it on (every
+            ``ude`` cell, docs/benchmark_history.md, thirty-fifth session) found the truth
+            in 51 cells against 55 and covered 0.891 of the true forecasts against 0.905.
     """
 
     def __init__(
