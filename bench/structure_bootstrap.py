@@ -7,8 +7,9 @@ CPU time (measured in-process: immune to other processes on a shared machine).
 Each run directory is a finished ``train.py`` run (e.g. made by ``bench/recovery.py --systems
 lotka_volterra --noise 0.05 --seeds 10 --out DIR``, which leaves ``DIR/noise0.05_seed<k>``);
 it is distilled again in this process with the run's own settings and ``distill.uq``'s
-bootstrap (the default settings of ude/conf/distill/default.yaml unless overridden), nothing
-written to it. Printed, not asserted.
+bootstrap (the default settings of ude/conf/distill/default.yaml unless overridden; its
+resampling seeded with the run's seed, as ``train.py`` seeds it), nothing written to it.
+Printed, not asserted.
 
     OMP_NUM_THREADS=1 python bench/structure_bootstrap.py RUN_DIR... [--set key=value ...]
 """
@@ -38,7 +39,8 @@ def main() -> None:
     from ude.distill.selection import evidence_weights
 
     node = yaml.safe_load((ROOT / "ude" / "conf" / "distill" / "default.yaml").read_text())
-    settings = node["uq"]["bootstrap"] | {"seed": 0}
+    settings = dict(node["uq"]["bootstrap"])
+    settings.pop("seed")  # ${seed}: each run's own (below)
     for item in args.set:
         key, _, value = item.partition("=")
         settings[key] = yaml.safe_load(value)
@@ -47,7 +49,8 @@ def main() -> None:
     for run in args.runs:
         cfg, model, measurements, _ = load_run(run, ["distill.uq=none"])
         distiller = make_distiller(cfg.distill)
-        distiller.bootstrap = instantiate(settings)
+        # the resampling seeded as the run's own (``seed: ${seed}``), unless --set gives one
+        distiller.bootstrap = instantiate({"seed": cfg.seed} | settings)
         start = time.process_time()
         result = distiller.fit(model, measurements)
         cpu = time.process_time() - start
