@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ude.benchmark.methods import ude_config  # noqa: E402
+from ude.benchmark.metrics import interval_coverage  # noqa: E402
 from ude.benchmark.scenario import Scenario, build_problem  # noqa: E402
 from ude.distill.uncertainty import LaplaceInterval, laplace  # noqa: E402
 
@@ -48,7 +49,8 @@ def twin_of(truth, kd: float):
 
 
 def band_coverage(fit, problem) -> float:
-    """Share of the true forecast inside the refit's 95 % Laplace band (condition 0's rates)."""
+    """Share of the true forecast inside the refit's 95 % Laplace band (condition 0's rates),
+    scored as the benchmark scores a band."""
     band = LaplaceInterval(n_samples=200, seed=0).forecast(
         fit.model,
         problem.measurements,
@@ -56,8 +58,7 @@ def band_coverage(fit, problem) -> float:
         problem.forecast_initial[None],
         [0],
     )
-    truth = problem.true_forecast()
-    return float(np.mean((truth >= band.lower[0]) & (truth <= band.upper[0])))
+    return interval_coverage(band.lower[0], band.upper[0], problem.true_forecast())
 
 
 def main() -> None:
