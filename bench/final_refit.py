@@ -3,13 +3,16 @@ many noise draws with the final refit as ``python train.py`` composes it, jointl
 (the initial states held in a first pass, the better of the two kept), side by side.
 
     OMP_NUM_THREADS=1 python bench/final_refit.py --seeds 12 [--conditions 4] [--kd 0.0367]
+        [--restarts 3]
 
 For each seed, the benchmark's Goldbeter cell (5 % noise of each series' range, ``--conditions``
 conditions) is drawn, and the true model with ``vd`` and ``Kd`` learned is refitted from the
 true initial states, ``vd`` at the truth (0.25) and ``Kd`` at ``--kd``: 0.0367 is where the
 base cell's scoring refit left it on seed 0's data (the truth: 0.02), a start the final refit
 gets from the selection. ``distill.distiller.refit`` of the benchmark's composed config (the
-stiff solver), once with ``settle_first`` off and once on. Printed per seed and way: the
+stiff solver), once with ``settle_first`` off and once on, each with the config's ``restarts``
+(L-BFGS started again with a fresh history after it stops), and with ``--restarts N`` once more
+settled with N restarts (``--restarts 0``: settled without them). Printed per seed and way: the
 refit's final NLL, ``Kd``, the z-score of ``vd`` under its Laplace standard deviation, and the
 share of the true forecast (the benchmark's forecast task: a new initial state, twice the
 training span) inside the 95 % Laplace band; then per way the mean band coverage, how many
@@ -67,8 +70,11 @@ def main() -> None:
     parser.add_argument("--conditions", type=int, default=1)
     parser.add_argument("--n-times", type=int, default=30)  # the standard suite's base
     parser.add_argument("--kd", type=float, default=0.0367)
+    parser.add_argument("--restarts", type=int, default=None)
     args = parser.parse_args()
-    ways = {"joint": False, "settled": True}
+    ways = {"joint": (False, None), "settled": (True, None)}
+    if args.restarts is not None:
+        ways[f"settled, {args.restarts} restarts"] = (True, args.restarts)
     found: dict[str, dict[str, list]] = {w: {"cov": [], "held": [], "stuck": []} for w in ways}
     for seed in range(args.seeds):
         problem = build_problem(
@@ -81,9 +87,11 @@ def main() -> None:
         twin = twin_of(problem.truth, args.kd)
         start = np.asarray(data.truth.initial, dtype=float)
         line = [f"seed {seed:2d}"]
-        for way, settle in ways.items():
+        for way, (settle, restarts) in ways.items():
             refit = copy.copy(final)
             refit.settle_first = settle
+            if restarts is not None:
+                refit.restarts = restarts
             fit = refit.fit(twin, data, initial=start)
             sd = laplace(fit.model, data).std()["vd"]
             z = (fit.values["vd"] - 0.25) / sd
@@ -98,7 +106,7 @@ def main() -> None:
         print(" | ".join(line), flush=True)
     for way, f in found.items():
         print(
-            f"{way:8s}: band covers {np.mean(f['cov']):.3f} of the true forecasts on average; "
+            f"{way}: band covers {np.mean(f['cov']):.3f} of the true forecasts on average; "
             f"vd's 95 % interval holds the truth in {sum(f['held'])} of {args.seeds}; Kd ended "
             f"within 1 % of its start in {sum(f['stuck'])}"
         )
