@@ -140,3 +140,26 @@ def test_restarts_go_on_while_each_start_gains(monkeypatch):
     assert trace == [-100.0]  # off by default
     with pytest.raises(ValueError, match="restarts"):
         TwinRefit(restarts=-1)
+
+
+def test_the_final_refit_restarts_only_a_twin_with_rate_law_constants():
+    """A support with a Michaelis-Menten or Hill term keeps the restarts; one linear in its
+    coefficients (mass action) goes without them: there is no constant to free, and a
+    restart follows a direction the data do not bound."""
+    from ude.distill.distiller import final_refitter
+    from ude.distill.library import slot_library
+    from ude.spec.library_key import DEFAULT_FAMILIES
+
+    lib = slot_library(DEFAULT_FAMILIES, ["x", "y"])
+    lib.fit(["x", "y"])
+    terms = {"x": lib.terms_}
+    saturating = next(j for j, t in enumerate(lib.terms_) if t.free)
+    linear = next(j for j, t in enumerate(lib.terms_) if t.name == "x*y")
+    refit = TwinRefit(restarts=3)
+    coef = np.zeros(len(lib.terms_))
+    coef[[linear, saturating]] = 1.0
+    assert final_refitter(refit, {"x": coef}, terms) is refit
+    coef[saturating] = 0.0
+    plain = final_refitter(refit, {"x": coef}, terms)
+    assert plain.restarts == 0 and refit.restarts == 3  # a copy: the config's refit unchanged
+    assert plain.settle_first == refit.settle_first and plain.max_iter == refit.max_iter

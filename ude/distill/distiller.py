@@ -388,6 +388,20 @@ def has_constants(coef: dict[str, np.ndarray], terms: dict[str, list[Term]]) -> 
     return any(terms[t][j].free for t, c in coef.items() for j in np.flatnonzero(c))
 
 
+def final_refitter(
+    refit: TwinRefit, coef: dict[str, np.ndarray], terms: dict[str, list[Term]]
+) -> TwinRefit:
+    """The final refit for the chosen support: ``refit``, without its L-BFGS restarts where the
+    support holds no term with free constants. The restarts free a rate law's constant that
+    L-BFGS left where it began; a twin linear in its coefficients has none, and there a
+    restart follows whatever direction the data do not bound (Goodwin with the mass-action
+    library, 717dfac: five monomials' coefficients went to 5e7, cancelling, over 530 s)."""
+    if refit.restarts and not has_constants(coef, terms):
+        refit = copy.copy(refit)
+        refit.restarts = 0
+    return refit
+
+
 def concentrations(samples: Samples, measurements: Measurements) -> np.ndarray:
     """``(state,)``: which states behave as concentrations, never below zero but for noise:
     a measured state whose measurements have a nonnegative median, a latent one whose fitted
@@ -859,7 +873,8 @@ class Distiller:
         twin = numeric_twin(twin, start, True, chosen.refit.individual, chosen.refit.population)
         start = chosen.refit.model.initial.detach().cpu().numpy()
         start = _nonnegative_start(start, positive)
-        result = (self.refit or TwinRefit()).fit(twin, measurements, start, noise)
+        refit = final_refitter(self.refit or TwinRefit(), chosen.candidate.coef, terms)
+        result = refit.fit(twin, measurements, start, noise)
         if not result.ok:
             result = chosen.refit
             owner = chosen.candidate.info["owner"]
