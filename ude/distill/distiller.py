@@ -392,10 +392,11 @@ def final_refitter(
     refit: TwinRefit, coef: dict[str, np.ndarray], terms: dict[str, list[Term]]
 ) -> TwinRefit:
     """The final refit for the chosen support: ``refit``, without its L-BFGS restarts where the
-    support holds no term with free constants. The restarts free a rate law's constant that
-    L-BFGS left where it began; a twin linear in its coefficients has none, and there a
-    restart follows whatever direction the data do not bound (Goodwin with the mass-action
-    library, 717dfac: five monomials' coefficients went to 5e7, cancelling, over 530 s)."""
+    support holds no term with free constants. The restarts were measured to free a rate law's
+    constant that L-BFGS left where it began (bench/final_refit.py); a twin linear in its
+    coefficients has no such constant, and there they were not shown to help (ten
+    Lotka-Volterra and SEIR benchmark cells with and without them: the same figures to five
+    digits), so they are kept to where they were measured."""
     if refit.restarts and not has_constants(coef, terms):
         refit = copy.copy(refit)
         refit.restarts = 0
