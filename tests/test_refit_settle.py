@@ -144,8 +144,8 @@ def test_restarts_go_on_while_each_start_gains(monkeypatch):
 
 def test_the_final_refit_restarts_only_a_twin_with_rate_law_constants():
     """A support with a Michaelis-Menten or Hill term keeps the restarts; one linear in its
-    coefficients (mass action) goes without them: there is no constant to free, and a
-    restart follows a direction the data do not bound."""
+    coefficients (mass action) goes without them: it has no constant to free, and the restarts
+    were measured only where one was stuck (bench/final_refit.py)."""
     from ude.distill.distiller import final_refitter
     from ude.distill.library import slot_library
     from ude.spec.library_key import DEFAULT_FAMILIES
