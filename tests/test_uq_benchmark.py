@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ude.benchmark.metrics import (
+    band_scores,
     band_width,
     coefficient_coverage,
     inclusion_brier,
@@ -70,6 +71,38 @@ def test_an_unbounded_band_is_scored_where_it_is_bounded_only():
     assert math.isnan(interval_coverage(lower[2:], upper[2:], truth[2:]))
 
 
+def test_a_band_bounded_over_too_little_of_the_forecast_is_no_band():
+    """Lotka-Volterra's unobserved cells on f7f41fa: the band was bounded at the forecast's
+    first time only, where every draw starts from the true state, and scored coverage 1.0
+    with width 0. Bounded over less than half of the entries, a band gets no coverage and no
+    width, only the share it bounds; over half or more, it is scored where it is bounded."""
+    truth = np.linspace(1.0, 2.0, 10)[:, None]
+    lower, upper = np.full_like(truth, -np.inf), np.full_like(truth, np.inf)
+    lower[0] = upper[0] = truth[0]  # the initial state, exact
+    assert interval_coverage(lower, upper, truth) == 1.0  # what the cells scored
+    assert band_scores(lower, upper, truth) == {"band_bounded": pytest.approx(0.1)}
+    lower[:5], upper[:5] = truth[:5] - 0.1, truth[:5] + 0.1
+    lower[4] = upper[4] = truth[4] + 1.0  # bounded, off the truth
+    scores = band_scores(lower, upper, truth)
+    assert scores["band_bounded"] == 0.5 and scores["coverage"] == pytest.approx(0.8)
+    assert scores["band_width"] == pytest.approx(0.16)
+
+
+def test_the_targets_table_gives_each_systems_coverage_and_its_cells_without_a_band():
+    from ude.benchmark.report import targets_table
+
+    def row(i, system, coverage=None):
+        r = {"id": f"{system}/ude/{i}", "system": system, "method": "ude", "axis": "base"}
+        r.update(dimension=2, exact=True, f1_unknown=1.0, forecast_nmse=0.01)
+        return r | ({} if coverage is None else {"coverage": coverage})
+
+    rows = [row(0, "seir", 0.9), row(1, "seir", 1.0), row(2, "seir")]
+    rows += [row(3, "enzyme", 0.8), row(4, "enzyme", 0.85)]
+    lines = {x.split(" |")[0]: x for x in targets_table(rows).splitlines()}
+    assert lines["| seir"].endswith("| 0.95 met (2 of 3 cells have a band) |")
+    assert lines["| enzyme"].endswith("| 0.82 short |")
+
+
 def test_band_width_is_in_units_of_the_true_range():
     truth = np.stack([np.linspace(0, 2, 11), np.linspace(5, 6, 11)], axis=1)
     assert band_width(truth - 0.1, truth + 0.1, truth) == pytest.approx((0.1 + 0.2) / 2)
@@ -108,7 +141,7 @@ def test_the_calibration_table_shows_the_horseshoes_inclusion_beside_the_product
     assert "| 0.10 (1) | 0.90 (1) | 0.20 (1) |" in ude and "0.30" not in ude
     assert horseshoe.startswith("| ude: its horseshoe's inclusion |")
     assert horseshoe.endswith("| 0.30 (1) | 0.60 (1) | 0.40 (1) |")
-    assert horseshoe.count("–") == 4 and sindy.startswith("| sindy |")
+    assert horseshoe.count("–") == 5 and sindy.startswith("| sindy |")
 
 
 def test_a_neural_reactions_inclusion_is_scored_in_the_states_it_changes():

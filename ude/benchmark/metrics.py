@@ -194,6 +194,26 @@ def band_width(lower: np.ndarray, upper: np.ndarray, truth: np.ndarray) -> float
     return float(np.mean(((upper - lower) / span)[finite]))
 
 
+BAND_MIN_BOUNDED = 0.5
+"""A band bounded over less than this share of the forecast's entries is scored as no band: no
+coverage and no width, only the share (``band_bounded``). Scored where bounded, a band bounded
+only at the forecast's first time (every draw starts from the true initial state, so its width
+there is 0) covered 1.0 with width 0: Lotka-Volterra's unobserved cells on f7f41fa. The half
+is the rule that already gives no band when fewer than half of its draws solve (``ude``'s and
+E-SINDy's)."""
+
+
+def band_scores(lower: np.ndarray, upper: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """A band's scores against ``truth (time, state)``: ``band_bounded``, the share of the
+    entries where it is bounded, and where that is at least :data:`BAND_MIN_BOUNDED` its
+    ``coverage`` and ``band_width`` there (:func:`interval_coverage`, :func:`band_width`)."""
+    scores = {"band_bounded": float(np.mean(bounded(lower, upper)))}
+    if scores["band_bounded"] >= BAND_MIN_BOUNDED:
+        scores["coverage"] = interval_coverage(lower, upper, truth)
+        scores["band_width"] = band_width(lower, upper, truth)
+    return scores
+
+
 _FUNCTION_NAMES = {"Abs", "exp", "log", "sqrt", "sin", "cos", "tanh"}
 
 

@@ -24,14 +24,12 @@ import numpy as np
 from ude.benchmark.methods import METHODS, Method, MethodResult
 from ude.benchmark.metrics import (
     aligned,
-    band_width,
-    bounded,
+    band_scores,
     coefficient_coverage,
     coefficient_error,
     exact_recovery,
     forecast_nmse,
     inclusion_brier,
-    interval_coverage,
     support_f1,
     term_matrix,
 )
@@ -131,9 +129,7 @@ def score(cell: Cell, problem: Problem, result: MethodResult) -> dict[str, Any]:
         row[f"forecast_nmse_{name}"] = forecast_nmse(fc, true_fc[:, cols_true])
     if result.lower is not None and result.upper is not None:
         lo, hi = result.lower[:, cols_mine], result.upper[:, cols_mine]
-        row["coverage"] = interval_coverage(lo, hi, true_fc[:, cols_true])
-        row["band_width"] = band_width(lo, hi, true_fc[:, cols_true])
-        row["band_bounded"] = float(np.mean(bounded(lo, hi)))  # the share coverage is over
+        row.update(band_scores(lo, hi, true_fc[:, cols_true]))
     # calibration of the structure: a method with prior knowledge is judged on the terms it
     # had to find (the known ones are given)
     unknown = {k: c for k, c in truth.items() if k not in given}
