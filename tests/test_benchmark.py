@@ -22,7 +22,7 @@ from ude.benchmark.metrics import (
 )
 from ude.benchmark.report import COLUMNS, read_csv, write_report
 from ude.benchmark.scenario import Scenario, build_problem, corrupt, observed_states
-from ude.benchmark.suite import expand, read_results, run_suite
+from ude.benchmark.suite import expand, processor, read_results, run_suite
 from ude.errors import UdeError
 from ude.spec.model_spec import ModelSpec
 from ude.systems import get_system
@@ -142,6 +142,8 @@ def test_suite_resumes_and_reports(tmp_path):
     json.dumps(saved[0])  # rows are plain JSON
     version = saved[0]["code_version"]  # the code each row was made with
     assert len(version["commit"]) == 40 and isinstance(version["dirty"], bool)
+    # and the processor (the last digits of a result can hang on it)
+    assert saved[0]["machine"] == processor() and processor().rsplit(", ", 1)[1]
     # each cell's CPU time beside its wall time (a shared machine inflates the wall time)
     assert all(r["cpu_seconds"] > 0 and r["seconds"] > 0 for r in saved)
     report = write_report(saved, tmp_path)
@@ -152,6 +154,7 @@ def test_suite_resumes_and_reports(tmp_path):
     assert (tmp_path / "results.csv").is_file() and (tmp_path / "plots" / "curves.png").is_file()
     table = (tmp_path / "results.csv").read_text()
     assert f",{version['commit'][:10]}" in table  # the table keeps each row's commit
+    assert f"Processors: {processor()}: 6 cells." in text
     # the same rows in another order (rows gathered from several runs' files): the same report
     again = write_report(saved[::-1], tmp_path / "reversed").read_text()
     assert again == text and text.index("### noise") < text.index("### replicates")

@@ -32,7 +32,7 @@ COLUMNS = [
     "f1_unknown", "coef_error", "n_terms", "forecast_nmse", "forecast_nmse_hybrid", "coverage",
     "band_width", "band_bounded", "coef_coverage", "brier", "inclusion_true", "inclusion_false",
     "seconds", "cpu_seconds", "oracle", "oracle_delta", "error", "commit", "brier_horseshoe",
-    "inclusion_true_horseshoe", "inclusion_false_horseshoe", "coef_coverage_chosen",
+    "inclusion_true_horseshoe", "inclusion_false_horseshoe", "coef_coverage_chosen", "machine",
 ]  # fmt: skip
 LEVEL = 0.05
 """|difference in mean F1| below this counts as level."""
@@ -375,6 +375,15 @@ def code_versions(rows: list[dict]) -> str:
     return ", ".join(f"{k}: {n} cells" for k, n in sorted(count.items(), key=lambda kv: -kv[1]))
 
 
+def machines(rows: list[dict]) -> str:
+    """The processors the rows were made on (:func:`ude.benchmark.suite.processor`), with how
+    many each; ``unknown`` for rows from before they were recorded."""
+    count: dict[str, int] = defaultdict(int)
+    for r in rows:
+        count[r.get("machine") or "unknown"] += 1
+    return "; ".join(f"{k}: {n} cells" for k, n in sorted(count.items(), key=lambda kv: -kv[1]))
+
+
 def hybrid_table(rows: list[dict]) -> str:
     """Median forecast NMSE of methods that report an intermediate (hybrid) model, before and
     after distillation, per axis: where the forecast is lost."""
@@ -508,7 +517,9 @@ def write_csv(rows: list[dict], path: Path) -> None:
             w.writerow({**r, "commit": _commit(r)})
 
 
-TEXT_COLUMNS = ("id", "system", "axis", "method", "corruption", "library", "oracle", "error")
+TEXT_COLUMNS = (
+    "id", "system", "axis", "method", "corruption", "library", "oracle", "error", "machine",
+)  # fmt: skip
 INT_COLUMNS = ("dimension", "seed", "n_times", "replicates", "conditions", "n_terms")
 
 
@@ -564,6 +575,8 @@ def write_report(
         f"methods {', '.join(_methods(rows))}; {len(errors)} cells failed with an error.",
         "",
         f"Code versions: {code_versions(rows)}.",
+        "",
+        f"Processors: {machines(rows)}.",
         "",
         *(
             [

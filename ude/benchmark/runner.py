@@ -62,8 +62,10 @@ def machine() -> str:
     """A one-line description of this machine."""
     import os
 
-    cpu = platform.processor() or platform.machine()
-    return f"{platform.system()} {platform.machine()} ({cpu}), {os.cpu_count()} logical CPUs"
+    from ude.benchmark.suite import processor
+
+    cpus = os.cpu_count()
+    return f"{platform.system()} {platform.machine()} ({processor()}), {cpus} logical CPUs"
 
 
 def included_rows(cfg: DictConfig) -> list[dict[str, Any]]:
