@@ -15,6 +15,10 @@ Laplace standard deviation, the root mean square of the z-scores and how many li
 1.96. Where the two agree, a pointwise band built on that standard deviation can be
 calibrated; where the estimates spread wider, no band around one fit covers 95 %.
 
+``--true-noise`` gives the refits the data's true noise levels (each series' own, as drawn)
+instead of one learned level per species: where the spread then matches the Laplace sd, the
+shared noise level is what widened it.
+
 ``--profile SEED`` also checks the Laplace curvature on that seed against the likelihood's: the
 parameter held at the estimate ± 2 standard deviations and everything else refitted, the
 summed NLL should rise by 2 (a quadratic likelihood).
@@ -38,17 +42,31 @@ sys.path.insert(0, str(ROOT))
 from ude.benchmark.methods import ude_config  # noqa: E402
 from ude.benchmark.scenario import Scenario, build_problem  # noqa: E402
 from ude.distill.uncertainty import laplace  # noqa: E402
+from ude.spec.simulate import simulate_spec  # noqa: E402
 
 Z95 = 1.959964
 
 
-def refit(problem, name: str, value: float, learn: bool):
+def true_noise(problem, noise: float) -> np.ndarray:
+    """The noise sd of every entry ``(condition, time, replicate, observable)`` as the cell's
+    data were drawn: ``noise`` times each series' range (:mod:`ude.data.synthetic`)."""
+    data = problem.measurements
+    truth = problem.truth
+    start = np.asarray(data.truth.initial, dtype=float)
+    clean = simulate_spec(truth, start, data.times)[
+        :, :, [truth.states.index(o) for o in data.observables]
+    ]
+    sigma = noise * (clean.max(axis=1, keepdims=True) - clean.min(axis=1, keepdims=True))
+    return np.broadcast_to(sigma[:, :, None, :], data.values.shape).copy()
+
+
+def refit(problem, name: str, value: float, learn: bool, data=None):
     """The true model with ``name`` at ``value`` (learned or held), refitted to the cell's
-    data by the cell's final refit, from the true initial states."""
+    data (or ``data``) by the cell's final refit, from the true initial states."""
     params = dict(problem.truth.parameters)
     params[name] = replace(params[name], learn=learn, value=value)
     final = instantiate(ude_config(problem, []).distill.distiller.refit)
-    data = problem.measurements
+    data = problem.measurements if data is None else data
     start = np.asarray(data.truth.initial, dtype=float)
     return final.fit(replace(problem.truth, parameters=params), data, initial=start)
 
@@ -62,6 +80,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=12)
     parser.add_argument("--start", type=float, default=None, help="default: 0.9 x the truth")
     parser.add_argument("--profile", type=int, default=None, metavar="SEED")
+    parser.add_argument("--true-noise", action="store_true")
     args = parser.parse_args()
     name = args.parameter
     found, sds = [], []
@@ -74,8 +93,11 @@ def main() -> None:
         )
         truth = float(problem.truth.parameters[name].value)
         start = 0.9 * truth if args.start is None else args.start
-        fit = refit(problem, name, start, learn=True)
-        value, sd = fit.values[name], laplace(fit.model, problem.measurements).std()[name]
+        data = problem.measurements
+        if args.true_noise:
+            data = replace(data, sigma=true_noise(problem, problem.scenario.noise))
+        fit = refit(problem, name, start, learn=True, data=data)
+        value, sd = fit.values[name], laplace(fit.model, data).std()[name]
         found.append(value)
         sds.append(sd)
         print(
@@ -85,7 +107,7 @@ def main() -> None:
         )
         if seed == args.profile:
             for step in (-2.0, 2.0):
-                held = refit(problem, name, value + step * sd, learn=False)
+                held = refit(problem, name, value + step * sd, learn=False, data=data)
                 rise = (held.trace[-1] - fit.trace[-1]) / 2
                 print(
                     f"  {name} held at the estimate {step:+.0f} sd, the rest refitted: the NLL "
@@ -97,7 +119,8 @@ def main() -> None:
     spread = float(np.std(found_, ddof=1)) if len(found) > 1 else float("nan")
     rms = float(np.sqrt(np.mean(z**2)))
     print(
-        f"{args.system}, {args.conditions} conditions, {len(found)} noise draws: {name} "
+        f"{args.system}, {args.conditions} conditions, {len(found)} noise draws"
+        f"{' (the true noise levels given)' if args.true_noise else ''}: {name} "
         f"{found_.mean():.6g} on average (truth {truth:g}); spread {spread:.3g} against a mean "
         f"Laplace sd of {sds_.mean():.3g} ({spread / sds_.mean():.2f}x); z rms {rms:.2f}, "
         f"within 1.96 in {int(np.sum(np.abs(z) < Z95))} of {len(found)}"
