@@ -367,21 +367,24 @@ def _commit(row: dict) -> str:
     )
 
 
+def _tally(labels: Sequence[str], sep: str) -> str:
+    """``label: n cells`` for each distinct label, the most frequent first."""
+    count: dict[str, int] = defaultdict(int)
+    for label in labels:
+        count[label] += 1
+    return sep.join(f"{k}: {n} cells" for k, n in sorted(count.items(), key=lambda kv: -kv[1]))
+
+
 def code_versions(rows: list[dict]) -> str:
     """The code versions the rows were made with: ``commit (n rows)``, dirty ones marked."""
-    count: dict[str, int] = defaultdict(int)
-    for r in rows:
-        count[_commit(r)] += 1
-    return ", ".join(f"{k}: {n} cells" for k, n in sorted(count.items(), key=lambda kv: -kv[1]))
+    return _tally([_commit(r) for r in rows], ", ")
 
 
 def machines(rows: list[dict]) -> str:
     """The processors the rows were made on (:func:`ude.benchmark.suite.processor`), with how
-    many each; ``unknown`` for rows from before they were recorded."""
-    count: dict[str, int] = defaultdict(int)
-    for r in rows:
-        count[r.get("machine") or "unknown"] += 1
-    return "; ".join(f"{k}: {n} cells" for k, n in sorted(count.items(), key=lambda kv: -kv[1]))
+    many each; ``unknown`` for rows from before they were recorded (a processor's name may
+    hold commas, so they are separated by semicolons)."""
+    return _tally([r.get("machine") or "unknown" for r in rows], "; ")
 
 
 def hybrid_table(rows: list[dict]) -> str:
