@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from ude.benchmark.methods import ude_config  # noqa: E402
 from ude.benchmark.scenario import Scenario, build_problem  # noqa: E402
+from ude.data.synthetic import series_scale  # noqa: E402
 from ude.distill.uncertainty import laplace  # noqa: E402
 from ude.spec.simulate import simulate_spec  # noqa: E402
 
@@ -53,10 +54,9 @@ def true_noise(problem, noise: float) -> np.ndarray:
     data = problem.measurements
     truth = problem.truth
     start = np.asarray(data.truth.initial, dtype=float)
-    clean = simulate_spec(truth, start, data.times)[
-        :, :, [truth.states.index(o) for o in data.observables]
-    ]
-    sigma = noise * (clean.max(axis=1, keepdims=True) - clean.min(axis=1, keepdims=True))
+    states = simulate_spec(truth, start, data.times, data.inputs)
+    clean = states[:, :, [truth.states.index(o) for o in data.observables]]
+    sigma = noise * series_scale(clean, "range")
     return np.broadcast_to(sigma[:, :, None, :], data.values.shape).copy()
 
 

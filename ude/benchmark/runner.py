@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ude.benchmark.methods import Method
 from ude.benchmark.report import read_csv, write_report
-from ude.benchmark.suite import Cell, expand, read_results, run_suite
+from ude.benchmark.suite import Cell, expand, processor, read_results, run_suite
 from ude.errors import UdeError
 from ude.progress import ConsoleProgress
 
@@ -61,8 +61,6 @@ def build_methods(cfg: DictConfig, names: list[str]) -> dict[str, Method]:
 def machine() -> str:
     """A one-line description of this machine."""
     import os
-
-    from ude.benchmark.suite import processor
 
     cpus = os.cpu_count()
     return f"{platform.system()} {platform.machine()} ({processor()}), {cpus} logical CPUs"

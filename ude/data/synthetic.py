@@ -76,10 +76,7 @@ def simulate_measurements(
     states = simulate_spec(spec, initial_, times, inputs)
     cols = [spec.states.index(o) for o in observed]
     clean = states[:, :, cols]
-    if noise_scale == "mean":
-        scale = np.abs(clean).mean(axis=1, keepdims=True)
-    else:
-        scale = clean.max(axis=1, keepdims=True) - clean.min(axis=1, keepdims=True)
+    scale = series_scale(clean, noise_scale)
     rng = np.random.default_rng(seed)
     noisy = clean[:, :, None, :] + noise * scale[:, :, None, :] * rng.standard_normal(
         (clean.shape[0], n_times, replicates, len(cols))
@@ -96,3 +93,12 @@ def simulate_measurements(
         truth=Truth(spec=spec, initial=initial_, missing=dict(sys_.missing)),
         source=f"synthetic:{system}",
     )
+
+
+def series_scale(clean: np.ndarray, noise_scale: str) -> np.ndarray:
+    """Each series' scale ``(condition, 1, observable)`` of noise-free values ``clean
+    (condition, time, observable)``: its mean absolute value (``'mean'``) or its range
+    (``'range'``); the noise's standard deviation is ``noise`` times it."""
+    if noise_scale == "mean":
+        return np.abs(clean).mean(axis=1, keepdims=True)
+    return clean.max(axis=1, keepdims=True) - clean.min(axis=1, keepdims=True)
