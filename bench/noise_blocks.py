@@ -93,9 +93,14 @@ class Linearised:
         self.row = [names[i] for i in entries].index(name)
         self.value = float(values[names.index(name)])
 
-    def estimate(self, values: np.ndarray) -> float:
+    def estimate(self, values: np.ndarray, sigma: np.ndarray | None = None) -> float:
+        """The estimate from ``values``; ``sigma`` (shaped as ``values``): each entry's noise
+        sd as the weights instead of the residuals' pooled sd per observable."""
         residual = values[:, :, 0, :] - self.at_truth
-        sd = np.sqrt(np.nanmean(residual**2, axis=(0, 1)))
+        if sigma is None:
+            sd = np.sqrt(np.nanmean(residual**2, axis=(0, 1)))
+        else:
+            sd = sigma[:, :, 0, :]
         w = np.broadcast_to(1.0 / sd, residual.shape).reshape(-1)
         ok = np.isfinite(residual.reshape(-1))
         J, r = self.jacobian[ok] * w[ok, None], residual.reshape(-1)[ok] * w[ok]
