@@ -1,11 +1,19 @@
 import numpy as np
 import torch
+from scipy.interpolate import make_smoothing_spline
 
 from ude import Solver, build_hybrid, simulate_measurements
 from ude.fit import missing_terms
 from ude.model.networks import last_layer
 from ude.spec.simulate import simulate_spec
-from ude.train.warm_start import LatentPaths, WarmStartResult, gradient_matching, smooth_states
+from ude.train.warm_start import (
+    LatentPaths,
+    WarmStartResult,
+    gradient_matching,
+    noise_sd,
+    smooth_states,
+    within_noise,
+)
 
 
 def _clean_lv():
@@ -20,6 +28,39 @@ def test_smoothed_derivatives_match_the_true_right_hand_side():
     inner = slice(8, -8)  # spline derivatives are least accurate at the ends
     err = np.abs(sm.dy[inner] - true[inner]).max(axis=0) / np.abs(true).max(axis=0)
     assert (err < 0.02).all(), err
+
+
+def _fast_sine(seed: int = 0):
+    """Six samples a period: cross-validation takes the oscillation for noise."""
+    t = np.linspace(0.0, 5.0, 30)
+    clean = np.sin(2 * np.pi * t) + 0.1 * t
+    return t, clean, clean + 0.1 * np.random.default_rng(seed).standard_normal(len(t))
+
+
+def _rms(x):
+    return float(np.sqrt(np.mean(np.square(x))))
+
+
+def test_a_spline_smoothing_more_than_the_noise_is_cut_back_to_it():
+    t, clean, v = _fast_sine()
+    gcv = make_smoothing_spline(t, v)
+    assert _rms(v - gcv(t)) > 2 * noise_sd(t, v)  # a near-straight line through the samples
+    kept = within_noise(gcv, t, v)
+    assert _rms(v - kept(t)) <= noise_sd(t, v) * (1 + 1e-9)
+    assert _rms(clean - kept(t)) < 0.5 * _rms(clean - gcv(t))
+
+
+def test_a_spline_within_the_noise_is_kept_as_cross_validation_chose_it():
+    t = np.linspace(0.0, 5.0, 30)
+    v = np.exp(-t / 2) + 0.02 * np.random.default_rng(0).standard_normal(len(t))
+    gcv = make_smoothing_spline(t, v)
+    assert within_noise(gcv, t, v) is gcv
+
+
+def test_the_neighbours_noise_estimate_is_the_noise_of_a_straight_signal():
+    t = np.sort(np.random.default_rng(1).uniform(0.0, 10.0, 2000))
+    v = 3.0 - 0.2 * t + 0.05 * np.random.default_rng(2).standard_normal(len(t))
+    assert abs(noise_sd(t, v) - 0.05) < 0.003
 
 
 def test_gradient_matching_learns_the_missing_term_without_solving():

@@ -1,7 +1,8 @@
 """Warm start by gradient matching: fit the networks to derivative residuals of smoothed data.
 
 No ODE is solved: each observed series is smoothed by a spline (penalty chosen by generalised
-cross-validation), differentiated, and the networks (and learned parameters) are fitted so that
+cross-validation, and cut back where its residuals exceed the samples' noise: :func:`within_noise`),
+differentiated, and the networks (and learned parameters) are fitted so that
 known terms + networks match the smoothed derivatives. Trajectory fitting then starts close to
 the answer, which makes it both faster and less prone to poor local minima.
 
@@ -130,11 +131,54 @@ def _smooth(
         t, v = times[ok], series[ok, i]
         if grid is None:
             grid = np.linspace(t[0], t[-1], density * len(t))
-        spline = make_smoothing_spline(t, v)
+        spline = within_noise(make_smoothing_spline(t, v), t, v)
         per_state.append(spline(grid))
         per_deriv.append(spline.derivative()(grid))
         at_start.append(float(spline(start)))
     return grid, np.stack(per_state, axis=1), np.stack(per_deriv, axis=1), np.array(at_start)
+
+
+def noise_sd(t: np.ndarray, v: np.ndarray) -> float:
+    """The noise standard deviation of samples ``v`` at times ``t`` from each inner sample's
+    distance to the line through its two neighbours (Gasser, Sroka & Jennen-Steinmetz 1986,
+    Biometrika 73:625): exact for a straight signal, an overestimate where the signal curves
+    between samples."""
+    if len(t) < 3:
+        return float("inf")
+    w = (t[2:] - t[1:-1]) / (t[2:] - t[:-2])
+    r = v[1:-1] - (w * v[:-2] + (1 - w) * v[2:])
+    return float(np.sqrt(np.mean(r**2 / (1 + w**2 + (1 - w) ** 2))))
+
+
+def within_noise(spline: Callable, t: np.ndarray, v: np.ndarray, steps: int = 40) -> Callable:
+    """``spline`` (its penalty chosen by generalised cross-validation) where its residuals'
+    root mean square is within :func:`noise_sd` of the samples, else the smoothest spline
+    whose residuals are (the penalty found by bisection on its log).
+
+    Cross-validation over a few samples of a signal that changes fast between them can take
+    the signal for noise and choose a nearly straight line: yeast glycolysis with 8
+    conditions (the benchmark's seed 0) had a first condition whose splines missed their
+    samples by a fifth to a third of each species' range, for noise of 5 %, and smoothed
+    starts a sixth to a third of the range from the truth; the hybrid trained from them
+    fitted at NMSE 0.12, and the distillation, screening on the same splines and starting
+    its refits there, stopped the true ``-c*S6`` 6,600 units of the criterion short of its
+    refit from the first samples. The neighbours' noise estimate is too high where the
+    signal curves, so the bound it sets is generous: a spline cut back to it is still as
+    smooth as the data allow."""
+    spread = noise_sd(t, v)
+    if not np.sqrt(np.mean((v - spline(t)) ** 2)) > spread:
+        return spline
+    span = float(t[-1] - t[0])
+    lo, hi = np.log(1e-12 * span**3), np.log(1e3 * span**3)
+    best = make_smoothing_spline(t, v, lam=float(np.exp(lo)))
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        trial = make_smoothing_spline(t, v, lam=float(np.exp(mid)))
+        if np.sqrt(np.mean((v - trial(t)) ** 2)) > spread:
+            hi = mid
+        else:
+            lo, best = mid, trial
+    return best
 
 
 @dataclass
