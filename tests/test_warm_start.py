@@ -10,8 +10,8 @@ from ude.train.warm_start import (
     LatentPaths,
     WarmStartResult,
     gradient_matching,
-    noise_sd,
     smooth_states,
+    spline_bound,
     within_noise,
 )
 
@@ -44,9 +44,9 @@ def _rms(x):
 def test_a_spline_smoothing_more_than_the_noise_is_cut_back_to_it():
     t, clean, v = _fast_sine()
     gcv = make_smoothing_spline(t, v)
-    assert _rms(v - gcv(t)) > 2 * noise_sd(t, v)  # a near-straight line through the samples
+    assert _rms(v - gcv(t)) > 2 * spline_bound(t, v)  # a near-straight line through the samples
     kept = within_noise(gcv, t, v)
-    assert _rms(v - kept(t)) <= noise_sd(t, v) * (1 + 1e-9)
+    assert _rms(v - kept(t)) <= spline_bound(t, v) * (1 + 1e-9)
     assert _rms(clean - kept(t)) < 0.5 * _rms(clean - gcv(t))
 
 
@@ -57,10 +57,10 @@ def test_a_spline_within_the_noise_is_kept_as_cross_validation_chose_it():
     assert within_noise(gcv, t, v) is gcv
 
 
-def test_the_neighbours_noise_estimate_is_the_noise_of_a_straight_signal():
+def test_the_spline_bound_is_the_noise_of_a_straight_signal():
     t = np.sort(np.random.default_rng(1).uniform(0.0, 10.0, 2000))
     v = 3.0 - 0.2 * t + 0.05 * np.random.default_rng(2).standard_normal(len(t))
-    assert abs(noise_sd(t, v) - 0.05) < 0.003
+    assert abs(spline_bound(t, v) - 0.05) < 0.003
 
 
 def test_gradient_matching_learns_the_missing_term_without_solving():

@@ -34,7 +34,7 @@ def difference_variance(measurements: Measurements) -> np.ndarray:
     out = np.full(values.shape[-1], np.nan)
     for o in range(values.shape[-1]):
         pseudo = [
-            _pseudo_residuals(times[ok], series[ok])
+            pseudo_residuals(times[ok], series[ok])
             for series in values[..., o].transpose(0, 2, 1).reshape(-1, len(times))
             for ok in [np.isfinite(series)]
             if ok.sum() >= 3
@@ -44,7 +44,7 @@ def difference_variance(measurements: Measurements) -> np.ndarray:
     return out
 
 
-def _pseudo_residuals(t: np.ndarray, y: np.ndarray) -> np.ndarray:
+def pseudo_residuals(t: np.ndarray, y: np.ndarray) -> np.ndarray:
     """The scaled pseudo-residuals ``(n - 2,)`` of one series ``y`` at increasing times ``t``."""
     h0, h1 = t[1:-1] - t[:-2], t[2:] - t[1:-1]
     a, b = h1 / (h0 + h1), h0 / (h0 + h1)

@@ -26,6 +26,7 @@ from scipy.interpolate import make_smoothing_spline
 
 from ude.data.doses import segments
 from ude.data.measurements import Measurements
+from ude.data.noise_level import pseudo_residuals
 from ude.model.hybrid import HybridODE
 from ude.model.initial_scale import set_initial
 from ude.spec.compile import CompiledExpressions
@@ -138,21 +139,22 @@ def _smooth(
     return grid, np.stack(per_state, axis=1), np.stack(per_deriv, axis=1), np.array(at_start)
 
 
-def noise_sd(t: np.ndarray, v: np.ndarray) -> float:
-    """The noise standard deviation of samples ``v`` at times ``t`` from each inner sample's
-    distance to the line through its two neighbours (Gasser, Sroka & Jennen-Steinmetz 1986,
-    Biometrika 73:625): exact for a straight signal, an overestimate where the signal curves
-    between samples."""
+def spline_bound(t: np.ndarray, v: np.ndarray) -> float:
+    """The largest root mean square residual a smoothing spline through samples ``v`` at
+    times ``t`` may leave: the root mean square of the samples' pseudo-residuals against
+    the lines through their neighbours (:func:`ude.data.noise_level.pseudo_residuals`), the
+    noise where the signal is straight and more where it curves between samples (the mean of
+    the squares, not :mod:`ude.data.noise_level`'s median, which a few bends do not move: a
+    generous bound, exceeded only by a spline that smooths the signal away); inf with fewer
+    than three samples."""
     if len(t) < 3:
         return float("inf")
-    w = (t[2:] - t[1:-1]) / (t[2:] - t[:-2])
-    r = v[1:-1] - (w * v[:-2] + (1 - w) * v[2:])
-    return float(np.sqrt(np.mean(r**2 / (1 + w**2 + (1 - w) ** 2))))
+    return float(np.sqrt(np.mean(pseudo_residuals(t, v) ** 2)))
 
 
 def within_noise(spline: Callable, t: np.ndarray, v: np.ndarray, steps: int = 40) -> Callable:
     """``spline`` (its penalty chosen by generalised cross-validation) where its residuals'
-    root mean square is within :func:`noise_sd` of the samples, else the smoothest spline
+    root mean square is within :func:`spline_bound` of the samples, else the smoothest spline
     whose residuals are (the penalty found by bisection on its log).
 
     Cross-validation over a few samples of a signal that changes fast between them can take
@@ -162,10 +164,8 @@ def within_noise(spline: Callable, t: np.ndarray, v: np.ndarray, steps: int = 40
     starts a sixth to a third of the range from the truth; the hybrid trained from them
     fitted at NMSE 0.12, and the distillation, screening on the same splines and starting
     its refits there, stopped the true ``-c*S6`` 6,600 units of the criterion short of its
-    refit from the first samples. The neighbours' noise estimate is too high where the
-    signal curves, so the bound it sets is generous: a spline cut back to it is still as
-    smooth as the data allow."""
-    spread = noise_sd(t, v)
+    refit from the first samples."""
+    spread = spline_bound(t, v)
     if not np.sqrt(np.mean((v - spline(t)) ** 2)) > spread:
         return spline
     span = float(t[-1] - t[0])
