@@ -63,6 +63,18 @@ def test_the_spline_bound_is_the_noise_of_a_straight_signal():
     assert abs(spline_bound(t, v) - 0.05) < 0.003
 
 
+def test_bounded_starts_move_only_the_initial_states_and_bring_them_to_the_truth():
+    # yeast glycolysis, 30 samples over [0, 5]: cross-validation smooths its opening away
+    m = simulate_measurements(
+        "yeast_glycolysis", noise=0.05, n_times=30, seed=0, noise_scale="range"
+    )
+    plain = smooth_states(m, m.observables)
+    bounded = smooth_states(m, m.observables, bounded_starts=True)
+    assert np.array_equal(plain.y, bounded.y) and np.array_equal(plain.dy, bounded.dy)
+    truth = np.asarray(m.truth.initial)
+    assert np.abs(bounded.initial - truth).mean() < 0.6 * np.abs(plain.initial - truth).mean()
+
+
 def test_gradient_matching_learns_the_missing_term_without_solving():
     torch.manual_seed(0)
     m = _clean_lv()

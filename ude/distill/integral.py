@@ -230,12 +230,14 @@ def data_path(
     """The data's own path: every state spline-smoothed from its measurements
     (:func:`ude.train.warm_start.smooth_states`) and interpolated in time, as a function of
     times giving states ``(condition, time, state)``, and the smoothed initial states
-    ``(condition, state)`` (NaN where a condition has too few points); None unless every
+    ``(condition, state)`` (NaN where a condition has too few points; from splines kept within
+    the samples' noise, ``smooth_states``' ``bounded_starts``: the refits start there); None
+    unless every
     state is measured, without doses, in every condition. The screen's path where the trained
     model's own trajectory is no guide (:data:`ude.distill.distiller.FAILED_FIT`)."""
     from ude.train.warm_start import smooth_states
 
-    smoothed = smooth_states(measurements, states)
+    smoothed = smooth_states(measurements, states, bounded_starts=True)
     if smoothed is None or smoothed.latent is not None or any(measurements.schedules()):
         return None
     n_c = measurements.n_conditions

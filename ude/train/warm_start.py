@@ -1,8 +1,7 @@
 """Warm start by gradient matching: fit the networks to derivative residuals of smoothed data.
 
 No ODE is solved: each observed series is smoothed by a spline (penalty chosen by generalised
-cross-validation, and cut back where its residuals exceed the samples' noise: :func:`within_noise`),
-differentiated, and the networks (and learned parameters) are fitted so that
+cross-validation), differentiated, and the networks (and learned parameters) are fitted so that
 known terms + networks match the smoothed derivatives. Trajectory fitting then starts close to
 the answer, which makes it both faster and less prone to poor local minima.
 
@@ -53,13 +52,19 @@ class SmoothedStates:
 
 
 def smooth_states(
-    measurements: Measurements, states: list[str], density: int = 4, min_points: int = 5
+    measurements: Measurements,
+    states: list[str],
+    density: int = 4,
+    min_points: int = 5,
+    bounded_starts: bool = False,
 ) -> SmoothedStates | None:
     """Spline-smoothed states on a grid ``density`` times finer than the data, or None when no
     state is measured directly, when one is not and doses are given (a bolus would move the
     latent state's reconstructed path), or when no condition has ``min_points`` measured
     times of every measured state. A condition with fewer (one held out, or sparsely sampled)
-    contributes no points, and NaN initial states. The states not measured get NaN columns
+    contributes no points, and NaN initial states. ``bounded_starts``: the initial states from
+    splines whose residuals stay within the samples' noise (:func:`within_noise`), the paths
+    and derivatives from cross-validation's splines still. The states not measured get NaN columns
     (``latent``): :func:`gradient_matching` reconstructs them.
 
     Doses cut a condition's series into the pieces between them (:func:`ude.data.doses.segments`;
@@ -90,7 +95,9 @@ def smooth_states(
             first = k == 0 and not seg.jump.any()
             piece = (m.times > seg.start) | ((m.times == seg.start) & first)
             piece &= m.times <= seg.end
-            smoothed = _smooth(m.times[piece], series[piece], seg.start, density, min_points)
+            smoothed = _smooth(
+                m.times[piece], series[piece], seg.start, density, min_points, bounded_starts
+            )
             if smoothed is None:
                 continue
             grid, y, dy, at_start = smoothed
@@ -118,11 +125,17 @@ def smooth_states(
 
 
 def _smooth(
-    times: np.ndarray, series: np.ndarray, start: float, density: int, min_points: int
+    times: np.ndarray,
+    series: np.ndarray,
+    start: float,
+    density: int,
+    min_points: int,
+    bounded_starts: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """One piece of a series ``(time, state)`` smoothed: the grid, the states and derivatives
-    on it ``(point, state)`` and the states at the piece's ``start``; None when a state has
-    fewer than ``min_points`` values."""
+    on it ``(point, state)`` and the states at the piece's ``start`` (``bounded_starts``: from
+    the spline :func:`within_noise` keeps); None when a state has fewer than ``min_points``
+    values."""
     if (np.isfinite(series).sum(axis=0) < min_points).any():
         return None
     per_state, per_deriv, at_start = [], [], []
@@ -132,10 +145,10 @@ def _smooth(
         t, v = times[ok], series[ok, i]
         if grid is None:
             grid = np.linspace(t[0], t[-1], density * len(t))
-        spline = within_noise(make_smoothing_spline(t, v), t, v)
+        spline = make_smoothing_spline(t, v)
         per_state.append(spline(grid))
         per_deriv.append(spline.derivative()(grid))
-        at_start.append(float(spline(start)))
+        at_start.append(float((within_noise(spline, t, v) if bounded_starts else spline)(start)))
     return grid, np.stack(per_state, axis=1), np.stack(per_deriv, axis=1), np.array(at_start)
 
 
