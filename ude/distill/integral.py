@@ -232,9 +232,9 @@ def data_path(
     times giving states ``(condition, time, state)``, and the smoothed initial states
     ``(condition, state)`` (NaN where a condition has too few points; from splines kept within
     the samples' noise, ``smooth_states``' ``bounded_starts``: the refits start there); None
-    unless every
-    state is measured, without doses, in every condition. The screen's path where the trained
-    model's own trajectory is no guide (:data:`ude.distill.distiller.FAILED_FIT`)."""
+    unless every state is measured, without doses, in every condition. The screen's path
+    where the trained model's own trajectory is no guide
+    (:data:`ude.distill.distiller.FAILED_FIT`)."""
     from ude.train.warm_start import smooth_states
 
     smoothed = smooth_states(measurements, states, bounded_starts=True)

@@ -62,10 +62,10 @@ def smooth_states(
     state is measured directly, when one is not and doses are given (a bolus would move the
     latent state's reconstructed path), or when no condition has ``min_points`` measured
     times of every measured state. A condition with fewer (one held out, or sparsely sampled)
-    contributes no points, and NaN initial states. ``bounded_starts``: the initial states from
-    splines whose residuals stay within the samples' noise (:func:`within_noise`), the paths
-    and derivatives from cross-validation's splines still. The states not measured get NaN columns
-    (``latent``): :func:`gradient_matching` reconstructs them.
+    contributes no points, and NaN initial states. The states not measured get NaN columns
+    (``latent``): :func:`gradient_matching` reconstructs them. ``bounded_starts``: the initial
+    states from splines whose residuals stay within the samples' noise (:func:`within_noise`),
+    the paths and derivatives from cross-validation's splines still.
 
     Doses cut a condition's series into the pieces between them (:func:`ude.data.doses.segments`;
     a sample at a dose's time belongs to the piece before it); each piece with ``min_points``
@@ -130,7 +130,7 @@ def _smooth(
     start: float,
     density: int,
     min_points: int,
-    bounded_starts: bool = False,
+    bounded_starts: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """One piece of a series ``(time, state)`` smoothed: the grid, the states and derivatives
     on it ``(point, state)`` and the states at the piece's ``start`` (``bounded_starts``: from
@@ -182,7 +182,11 @@ def within_noise(spline: Callable, t: np.ndarray, v: np.ndarray, steps: int = 40
     (the base cell's training NMSE 0.04 -> 0.37), so only the distillation's starts on the
     data (:func:`ude.distill.integral.data_path`) come from here."""
     spread = spline_bound(t, v)
-    if not np.sqrt(np.mean((v - spline(t)) ** 2)) > spread:
+
+    def misses(candidate: Callable) -> bool:
+        return bool(np.sqrt(np.mean((v - candidate(t)) ** 2)) > spread)
+
+    if not misses(spline):
         return spline
     span = float(t[-1] - t[0])
     lo, hi = np.log(1e-12 * span**3), np.log(1e3 * span**3)
@@ -190,7 +194,7 @@ def within_noise(spline: Callable, t: np.ndarray, v: np.ndarray, steps: int = 40
     for _ in range(steps):
         mid = (lo + hi) / 2
         trial = make_smoothing_spline(t, v, lam=float(np.exp(mid)))
-        if np.sqrt(np.mean((v - trial(t)) ** 2)) > spread:
+        if misses(trial):
             hi = mid
         else:
             lo, best = mid, trial
