@@ -263,7 +263,29 @@ def summary(metrics: dict[str, Any]) -> str:
             + ("unbounded" if rel is None else f"{rel:.0%}")
             + ")"
         )
+    for row in (metrics.get("identifiability") or {}).get("by_parsimony", []):
+        line += "; " + parsimony_sentence(row)
     return line
+
+
+def _error_share(rel: float | None) -> str:
+    return "unbounded" if rel is None else f"{rel:.0%}"
+
+
+def parsimony_sentence(row: dict[str, Any]) -> str:
+    """The summary's words for a term identified only by parsimony (a row of
+    :func:`ude.distill.identifiability.identified_by_parsimony`)."""
+    lost = " and ".join(
+        f"{p['term']} ({name}) relative error {_error_share(p['alone'])} alone, "
+        f"{_error_share(p['with'])} beside"
+        for name, p in row["parameters"].items()
+    )
+    return (
+        f"IDENTIFIED ONLY BY PARSIMONY: {row['target']}'s {lost} a {row['term']} term that "
+        f"fits as well (fit {row['fit_difference']:+.1f}, criterion "
+        f"{row['criterion_difference']:+.1f}) and that the data do not exclude (its relative "
+        f"error {_error_share(row['extra_relative_error'])})"
+    )
 
 
 RIVAL_SHARE = 0.1

@@ -899,6 +899,10 @@ class Distiller:
         if self.identify and result.model is not None:
             t2 = time.perf_counter()
             identified = self._identifiability(result.model, measurements, owner)
+            if identified.get("targets"):
+                identified["by_parsimony"] = self._by_parsimony(
+                    identified, chosen, path, terms, measurements
+                )
             clock["identifiability_seconds"] = time.perf_counter() - t2
         inclusion, resampled = None, None
         if self.bootstrap is not None:
@@ -1018,6 +1022,29 @@ class Distiller:
         # each start's criterion (None: its refit failed): a truth reached only from its own
         # values was out of reach of any start the search has
         return verdict(found.criterion, chosen.criterion, taken) | {"starts": starts}
+
+    def _by_parsimony(
+        self,
+        identified: dict[str, Any],
+        chosen: Scored,
+        path: list[Scored],
+        terms: dict[str, list[Term]],
+        measurements: Measurements,
+    ) -> list[dict[str, Any]]:
+        """The twin's parameters identified only because the selection left a term out
+        (:func:`ude.distill.identifiability.identified_by_parsimony`), from the Fisher
+        information of the selection's refits of the twin's structure with one term more."""
+        from ude.distill.identifiability import identifiability, identified_by_parsimony
+
+        return identified_by_parsimony(
+            identified,
+            chosen,
+            path,
+            lambda s: identifiability(s.refit.model, measurements, s.candidate.info["owner"]),
+            {t: [term.name for term in ts] for t, ts in terms.items()},
+            lambda s: describe(s, terms),
+            self.tie,
+        )
 
     @staticmethod
     def _identifiability(

@@ -46,6 +46,10 @@ def not_identified(report: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _relative(rel: float | None) -> str:
+    return "∞" if rel is None else f"{rel:.2g}"
+
+
 def _fresh(name: str, taken: set[str]) -> str:
     out, i = name, 1
     while out in taken:
@@ -460,9 +464,32 @@ def equations_markdown(
         ]
         for target, params in unidentified.items():
             for name, p in params.items():
-                rel = p["relative_error"]
-                rel_text = "∞" if rel is None else f"{rel:.2g}"
-                lines.append(f"| {target} | {name} | {p['value']:.4g} | {rel_text} |")
+                lines.append(
+                    f"| {target} | {name} | {p['value']:.4g} | {_relative(p['relative_error'])} |"
+                )
+        lines.append("")
+    by_parsimony = (identifiability or {}).get("by_parsimony") or []
+    if by_parsimony:
+        lines += [
+            "## Terms identified only by parsimony",
+            "",
+            "Each is identified alone, not beside a term the selection left out that fits the "
+            "data as well and that the data do not exclude (relative errors from the Fisher "
+            "information of the selection's refit with that term; ∞: unbounded): the "
+            "preference for fewer terms, not the data, set that term to zero.",
+            "",
+            "| target | term | parameter | relative error alone | beside | with the term | "
+            "its relative error | fit difference | criterion difference |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in by_parsimony:
+            for name, p in r["parameters"].items():
+                lines.append(
+                    f"| {r['target']} | {p['term']} | {name} | {_relative(p['alone'])} | "
+                    f"{r['term']} | {_relative(p['with'])} | "
+                    f"{_relative(r['extra_relative_error'])} | {r['fit_difference']:+.1f} | "
+                    f"{r['criterion_difference']:+.1f} |"
+                )
         lines.append("")
     if selection_rows:
         lines += [
