@@ -201,3 +201,53 @@ def test_entries_along_a_floored_direction_are_the_ones_unbounded():
     assert floored_entries(approx).tolist() == [True, True, False, False]
     approx.n_floored = 0
     assert not floored_entries(approx).any()
+
+
+def test_the_benchmark_counts_the_cells_its_run_said_were_identified_only_by_parsimony(
+    tmp_path,
+):
+    """A cell's row carries the terms its run named (``by_parsimony``; "none" where it
+    checked and found none), also filled in from the stored run's report for rows written
+    before the column, through results.csv; the targets table counts them among the cells
+    not exact."""
+    import json
+
+    from ude.benchmark.report import read_csv, targets_table, write_csv
+    from ude.benchmark.suite import parsimony_terms, read_results
+
+    named = {"identifiability": {"by_parsimony": [{"target": "binding", "term": "C"}]}}
+    assert parsimony_terms(named) == "binding +C"
+    assert parsimony_terms({"identifiability": {"by_parsimony": []}}) == "none"
+    assert parsimony_terms({"identifiability": {"targets": {}}}) is None
+
+    def row(i, exact, info):
+        return {
+            "id": f"enzyme/ude/{i}",
+            "system": "enzyme",
+            "method": "ude",
+            "axis": "base",
+            "value": None,
+            "dimension": 4,
+            "exact": exact,
+            "f1_unknown": 0.5,
+            "forecast_nmse": 0.01,
+            "oracle": "data prefer the twin",
+            "info": info,
+        }
+
+    rows = [
+        row(0, False, named),
+        row(1, False, {"identifiability": {"by_parsimony": []}}),
+        row(2, False, {}),  # before the check
+        row(3, True, named),  # exact: not counted among the missed
+    ]
+    (tmp_path / "results-0of1-1.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    read = read_results(tmp_path)
+    assert [r.get("by_parsimony") for r in read] == ["binding +C", "none", None, "binding +C"]
+    write_csv(read, tmp_path / "results.csv")
+    again = read_csv(tmp_path / "results.csv")
+    assert sorted(str(r.get("by_parsimony")) for r in again) == sorted(
+        ["binding +C", "none", "None", "binding +C"]
+    )
+    line = next(x for x in targets_table(again).splitlines() if x.startswith("| enzyme"))
+    assert "| data 3; said identified only by parsimony in 1 of 2 checked |" in line

@@ -33,6 +33,7 @@ COLUMNS = [
     "band_width", "band_bounded", "coef_coverage", "brier", "inclusion_true", "inclusion_false",
     "seconds", "cpu_seconds", "oracle", "oracle_delta", "error", "commit", "brier_horseshoe",
     "inclusion_true_horseshoe", "inclusion_false_horseshoe", "coef_coverage_chosen", "machine",
+    "by_parsimony",
 ]  # fmt: skip
 LEVEL = 0.05
 """|difference in mean F1| below this counts as level."""
@@ -308,7 +309,9 @@ def _oracle_counts(rows: list[dict]) -> str:
     truth, refitted, scores behind the twin: ``data``), how many the search missed
     (``search``), whose truth the library cannot express (``library``), whose terms are the
     truth's with a constant off (``constants``: a fitted Hill n more than 10 % from the
-    truth's); cells run before the oracle existed count as ``no oracle``."""
+    truth's); cells run before the oracle existed count as ``no oracle``. Then, of those whose
+    run checked (``by_parsimony``), in how many the run itself said that some of the twin's
+    parameters are identified only because a term was left out."""
     missed = [r for r in rows if r.get("exact") is False]
     if not missed:
         return "—"
@@ -316,7 +319,12 @@ def _oracle_counts(rows: list[dict]) -> str:
     for r in missed:
         key = ORACLE.get(r.get("oracle") or "", "no oracle")
         counts[key] = counts.get(key, 0) + 1
-    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    text = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    checked = [r["by_parsimony"] for r in missed if r.get("by_parsimony")]
+    if checked:
+        said = sum(found != "none" for found in checked)
+        text += f"; said identified only by parsimony in {said} of {len(checked)} checked"
+    return text
 
 
 CALIBRATION = (
@@ -522,6 +530,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 TEXT_COLUMNS = (
     "id", "system", "axis", "method", "corruption", "library", "oracle", "error", "machine",
+    "by_parsimony",
 )  # fmt: skip
 INT_COLUMNS = ("dimension", "seed", "n_times", "replicates", "conditions", "n_terms")
 

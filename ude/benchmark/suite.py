@@ -112,6 +112,9 @@ def score(cell: Cell, problem: Problem, result: MethodResult) -> dict[str, Any]:
         oracle = result.info.get("oracle")
         if oracle:  # the truth as a candidate, where the structure is not exact
             row["oracle"] = oracle["verdict"]
+        found_by_parsimony = parsimony_terms(result.info)
+        if found_by_parsimony is not None:
+            row["by_parsimony"] = found_by_parsimony
             if "delta" in oracle:
                 row["oracle_delta"] = round(oracle["delta"], 3)
     elif result.info.get("distill_error"):
@@ -197,6 +200,17 @@ def _clean(v: Any) -> Any:
     return v
 
 
+def parsimony_terms(info: Mapping[str, Any]) -> str | None:
+    """The terms whose absence alone identifies some of the twin's parameters
+    (:func:`ude.distill.identifiability.identified_by_parsimony`, in ``info``'s
+    identifiability report), as ``"target +term; ..."``; ``"none"`` where none does, None
+    where the check did not run (rows of code before it)."""
+    rows = (info.get("identifiability") or {}).get("by_parsimony")
+    if rows is None:
+        return None
+    return "; ".join(f"{r['target']} +{r['term']}" for r in rows) or "none"
+
+
 def read_results(out_dir: str | Path) -> list[dict[str, Any]]:
     """Every row of every ``results*.jsonl`` in ``out_dir`` (the last row of an id wins)."""
     rows: dict[str, dict[str, Any]] = {}
@@ -217,6 +231,10 @@ def read_results(out_dir: str | Path) -> list[dict[str, Any]]:
             if row.get("axis") == "corruption" and row.get("corruption") != row.get("value"):
                 # rows written before the note had its own key: the note replaced the value
                 row["corruption_note"], row["corruption"] = row["corruption"], row["value"]
+            if "by_parsimony" not in row:  # rows made before the column, with the check
+                found = parsimony_terms(row.get("info") or {})
+                if found is not None:
+                    row["by_parsimony"] = found
             rows[row["id"]] = row
     return list(rows.values())
 
