@@ -87,6 +87,42 @@ def test_a_term_identified_only_beside_an_absent_one_is_named_with_its_errors():
     assert identified_by_parsimony(None, chosen, path, report_of, NAMES, str, 2.0) == []
 
 
+def test_a_term_that_is_one_of_the_twins_own_again_is_not_a_rival_mechanism():
+    """A Hill term that went to n = 1 beside the twin's Michaelis-Menten term is the same
+    function (the dose-response example's superset): skipped before its Fisher information
+    is asked for. Unrelated terms, a term that is a multiple of a sum of the twin's, and the
+    edge cases (no twin terms, a zero term) come out as the function says."""
+    from ude.distill.identifiability import spanned
+
+    rng = np.random.default_rng(0)
+    D = rng.uniform(0, 8, 500)
+    assert spanned(D / (D + 3.63), (D / (D + 3.88))[:, None])
+    C, E, S = rng.uniform(0, 1, 500), rng.uniform(0, 1.2, 500), rng.uniform(0, 13, 500)
+    assert not spanned(C, (E * S)[:, None])
+    assert spanned(2 * C - E, np.column_stack([C, E, S]))
+    assert not spanned(C, np.zeros((500, 0))) and not spanned(0 * C, C[:, None])
+
+    chosen = scored([2], nmse=0.010)
+    same = scored([2, 3], nmse=0.010)
+    asked = []
+
+    def report_of(s):
+        asked.append(s)
+        return report({3: 9.0, 2: 0.9})
+
+    rows = identified_by_parsimony(
+        report({2: 0.06}),
+        chosen,
+        [chosen, same],
+        report_of,
+        NAMES,
+        str,
+        2.0,
+        redundant=lambda s, target, j: (target, j) == ("binding", 3),
+    )
+    assert rows == [] and asked == []
+
+
 def test_the_limit_keeps_the_refits_that_fit_best():
     chosen = scored([2], nmse=0.010)
     fit = 100 * math.log(0.010)

@@ -901,7 +901,7 @@ class Distiller:
             identified = self._identifiability(result.model, measurements, owner)
             if identified.get("targets"):
                 identified["by_parsimony"] = self._by_parsimony(
-                    identified, chosen, path, terms, measurements
+                    identified, chosen, path, terms, measurements, samples
                 )
             clock["identifiability_seconds"] = time.perf_counter() - t2
         inclusion, resampled = None, None
@@ -1030,11 +1030,27 @@ class Distiller:
         path: list[Scored],
         terms: dict[str, list[Term]],
         measurements: Measurements,
+        samples: Samples,
     ) -> list[dict[str, Any]]:
         """The twin's parameters identified only because the selection left a term out
         (:func:`ude.distill.identifiability.identified_by_parsimony`), from the Fisher
-        information of the selection's refits of the twin's structure with one term more."""
-        from ude.distill.identifiability import identifiability, identified_by_parsimony
+        information of the selection's refits of the twin's structure with one term more;
+        an added term is compared with the twin's as functions over the sampled states'
+        ranges, each variable drawn apart (:func:`ude.distill.identifiability.spanned`)."""
+        from ude.distill.identifiability import identifiability, identified_by_parsimony, spanned
+
+        rng = np.random.default_rng(0)
+        kept = samples.X[samples.on_trajectory]
+        apart = {n: rng.permutation(kept[:, i]) for i, n in enumerate(samples.names)}
+
+        def redundant(s: Scored, target: str, j: int) -> bool:
+            constants = refitted_constants(s).get(target, {})
+            values = {
+                k: terms[target][k].evaluate(apart, constants.get(k))
+                for k in np.flatnonzero(s.candidate.coef[target])
+            }
+            mine = [values[k] for k in values if k != j]
+            return bool(mine) and spanned(values[j], np.column_stack(mine))
 
         return identified_by_parsimony(
             identified,
@@ -1044,6 +1060,7 @@ class Distiller:
             {t: [term.name for term in ts] for t, ts in terms.items()},
             lambda s: describe(s, terms),
             self.tie,
+            redundant=redundant,
         )
 
     @staticmethod

@@ -18,7 +18,9 @@ quasi-steady state's ``K_M = (kr + kcat) / kf`` and little of the fast binding, 
 :func:`identified_by_parsimony` finds such terms among the selection's refits: a structure
 that is the twin's with one term more, fits the data as well or better (its fit part at most
 ``margin`` criterion units above the twin's), does not need the extra term (the extra term
-not identified), and with it some of the twin's own parameters are not identified either.
+not identified), and with it some of the twin's own parameters are not identified either;
+an extra term that is one of the twin's own again as a function (a Hill term at ``n = 1``
+beside a Michaelis-Menten one: :func:`spanned`) is not a second mechanism and is skipped.
 The report names them (``by_parsimony``): a confident number that the data do not give is the
 twin's most misleading output.
 """
@@ -116,6 +118,29 @@ def identifiability(
     return {"threshold": threshold, "n_floored": approx.n_floored, "targets": targets}
 
 
+SPANNED_R2 = 0.999
+"""Share of a term's sum of squares that the twin's own terms of its target reproduce above
+which the term adds no function of its own (:func:`spanned`)."""
+
+
+def spanned(added: np.ndarray, kept: np.ndarray) -> bool:
+    """Whether a term's values ``added (sample,)`` lie in the span of the twin's terms'
+    ``kept (sample, term)``: least squares leaves less than ``1 - SPANNED_R2`` of its sum of
+    squares. Evaluated with each variable drawn apart from the others (a dynamics ties a
+    complex to its substrate, a function does not): the dose-response twin's
+    ``D/(D + 3.88)`` beside a Hill term that went to ``n = 1``, ``K = 3.63`` (0.99995 of it
+    reproduced) is one function twice, where the enzyme's ``C`` beside ``E S`` (0.41 over
+    independent draws) is a second mechanism."""
+    ok = np.isfinite(added) & np.isfinite(kept).all(axis=1)
+    y, A = added[ok], kept[ok]
+    total = float(y @ y)
+    if not ok.any() or total == 0.0 or A.shape[1] == 0:
+        return False
+    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+    r = y - A @ coef
+    return 1.0 - float(r @ r) / total >= SPANNED_R2
+
+
 BY_PARSIMONY_LIMIT = 3
 """At most this many of the twin's one-term-larger structures are checked (those that fit the
 data best): each costs a Laplace approximation."""
@@ -165,13 +190,16 @@ def identified_by_parsimony(
     margin: float,
     threshold: float = THRESHOLD,
     limit: int = BY_PARSIMONY_LIMIT,
+    redundant: Callable[[Any, str, int], bool] | None = None,
 ) -> list[dict[str, Any]]:
     """The twin's parameters that the data identify only if a term the selection left out
     is absent (see the module). ``report``: the twin's identifiability report; ``chosen``
     and ``path``: the selection's scored candidates; ``report_of(scored)``: a candidate
     refit's identifiability report (:func:`identifiability`; raises where it cannot be
     had, and that candidate is skipped); ``term_names[target]``: the library terms' names;
-    ``describe(scored)``: its terms at their refitted values.
+    ``describe(scored)``: its terms at their refitted values; ``redundant(scored, target,
+    term)``: whether the added term is, as a function, one of the twin's own terms again
+    (:func:`spanned`; such a structure is skipped: its parameters trade whatever the data).
 
     One row per structure found: the ``target`` and ``term`` added, the ``structure``
     (``describe``), ``criterion_difference`` and ``fit_difference`` (its fit part less the
@@ -188,7 +216,7 @@ def identified_by_parsimony(
         if added is None or s.refit.model is None or not s.refit.ok:
             continue
         gap = fit_part(s) - own_fit
-        if math.isfinite(gap) and gap <= margin:
+        if math.isfinite(gap) and gap <= margin and not (redundant and redundant(s, *added)):
             larger.append((gap, added, s))
     rows = []
     for gap, (target, j), s in sorted(larger, key=lambda x: x[0])[:limit]:
