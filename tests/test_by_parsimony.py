@@ -287,3 +287,30 @@ def test_the_benchmark_counts_the_cells_its_run_said_were_identified_only_by_par
     )
     line = next(x for x in targets_table(again).splitlines() if x.startswith("| enzyme"))
     assert "| data 3; said identified only by parsimony in 1 of 2 checked |" in line
+
+
+def test_a_scored_row_keeps_the_oracles_delta_with_or_without_the_check():
+    """The row's ``oracle_delta`` comes from the oracle alone, and ``by_parsimony`` from the
+    identifiability report alone: a cell without the check (or without an oracle, real data)
+    loses neither."""
+    from ude.benchmark.methods import MethodResult
+    from ude.benchmark.scenario import Scenario, build_problem
+    from ude.benchmark.suite import Cell, score
+
+    scenario = Scenario("lotka_volterra", n_times=20)
+    problem = build_problem(scenario)
+    oracle = {"verdict": "data prefer the twin", "delta": 3.21}
+    checked = {"identifiability": {"by_parsimony": []}}
+    rows = {}
+    for name, info in (
+        ("oracle only", {"oracle": oracle}),
+        ("both", {"oracle": oracle} | checked),
+        ("check only", checked),
+    ):
+        result = MethodResult(
+            problem.truth, list(problem.truth.states), problem.true_forecast(), 1.0, info=info
+        )
+        rows[name] = score(Cell(scenario, "base", "ude"), problem, result)
+    assert rows["oracle only"]["oracle_delta"] == 3.21 and "by_parsimony" not in rows["oracle only"]
+    assert rows["both"]["oracle_delta"] == 3.21 and rows["both"]["by_parsimony"] == "none"
+    assert "oracle_delta" not in rows["check only"] and rows["check only"]["by_parsimony"] == "none"

@@ -112,11 +112,11 @@ def score(cell: Cell, problem: Problem, result: MethodResult) -> dict[str, Any]:
         oracle = result.info.get("oracle")
         if oracle:  # the truth as a candidate, where the structure is not exact
             row["oracle"] = oracle["verdict"]
+            if "delta" in oracle:
+                row["oracle_delta"] = round(oracle["delta"], 3)
         found_by_parsimony = parsimony_terms(result.info)
         if found_by_parsimony is not None:
             row["by_parsimony"] = found_by_parsimony
-            if "delta" in oracle:
-                row["oracle_delta"] = round(oracle["delta"], 3)
     elif result.info.get("distill_error"):
         # a method that discovers equations and found none: every true term missed
         row.update(f1=0.0, f1_unknown=0.0, exact=False, n_terms=0, terms={})
