@@ -260,8 +260,7 @@ def summary(metrics: dict[str, Any]) -> str:
         rel = worst[1]["relative_error"]
         line += (
             f"; NOT IDENTIFIED by the data: {target}'s term ({worst[0]} relative error "
-            + ("unbounded" if rel is None else f"{rel:.0%}")
-            + ")"
+            f"{_error_share(rel)})"
         )
     for row in (metrics.get("identifiability") or {}).get("by_parsimony", []):
         line += "; " + parsimony_sentence(row)
