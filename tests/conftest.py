@@ -1,4 +1,5 @@
-"""Shared fixtures: composed Hydra configs that write into a temporary run directory."""
+"""Shared fixtures: composed Hydra configs that write into a temporary run directory, and the
+enzyme's binding refitted with and without an unbinding term."""
 
 from __future__ import annotations
 
@@ -50,3 +51,32 @@ def make_cfg(tmp_path):
         return compose_config(run_dir or tmp_path / "run", list(overrides))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def enzyme_refits():
+    """The enzyme's binding flux refitted through the ODE on its benchmark base cell's data
+    (S and P measured; E and C latent, their initial values known) as ``-kf E S`` and as
+    ``-kf E S + kr C``: ``problem`` and ``fits[name] = (refit, Fisher information report,
+    owner)``; library terms ``C`` (0) and ``E*S`` (1)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import sympy as sp
+
+    from ude.benchmark.scenario import Scenario, build_problem
+    from ude.distill import TwinRefit
+    from ude.distill.identifiability import identifiability
+    from ude.distill.library import Term
+    from ude.twin.symbolic import twin_spec
+
+    problem = build_problem(Scenario("enzyme", seed=0))
+    data, known = problem.measurements, problem.known
+    terms = {"binding": [Term(sp.Symbol("C")), Term(sp.Symbol("E") * sp.Symbol("S"))]}
+    fits = {}
+    for name, coef in (("E*S", [0.0, 0.5]), ("C + E*S", [0.5, 1.0])):
+        spec, owner = twin_spec(known, terms, {"binding": np.array(coef)})
+        refit = TwinRefit(max_iter=300, criterion_tol=0.1, method="rodas5p").fit(spec, data)
+        assert refit.ok, name
+        fits[name] = (refit, identifiability(refit.model, data, owner), owner)
+    return SimpleNamespace(problem=problem, fits=fits)

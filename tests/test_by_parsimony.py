@@ -7,10 +7,9 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
 import sympy as sp
 
-from ude.distill.identifiability import identifiability, identified_by_parsimony
+from ude.distill.identifiability import identified_by_parsimony
 
 NAMES = {"binding": ["S", "C", "E*S", "C**2"]}
 
@@ -164,36 +163,14 @@ def test_the_summary_and_equations_md_name_the_term_and_both_errors():
     assert "| binding | E*S | c_binding_6 | 0.06 | C | 0.94 | ∞ | -0.0 | +10.5 |" in md
 
 
-@pytest.fixture(scope="module")
-def enzyme_refits():
-    """The enzyme's binding flux refitted through the ODE on its benchmark base cell's data
-    (S and P measured; E and C latent, their initial values known) as ``-kf E S`` and as
-    ``-kf E S + kr C``, with their Fisher information."""
-    from ude.benchmark.scenario import Scenario, build_problem
-    from ude.distill import TwinRefit
-    from ude.distill.library import Term
-    from ude.twin.symbolic import twin_spec
-
-    problem = build_problem(Scenario("enzyme", seed=0))
-    data, known = problem.measurements, problem.known
-    terms = {"binding": [Term(sp.Symbol("C")), Term(sp.Symbol("E") * sp.Symbol("S"))]}
-    out = {}
-    for name, coef in (("E*S", [0.0, 0.5]), ("C + E*S", [0.5, 1.0])):
-        spec, owner = twin_spec(known, terms, {"binding": np.array(coef)})
-        refit = TwinRefit(max_iter=300, criterion_tol=0.1, method="rodas5p").fit(spec, data)
-        assert refit.ok, name
-        out[name] = (refit, identifiability(refit.model, data, owner))
-    return out
-
-
 def test_the_enzymes_binding_rate_is_identified_only_without_unbinding(enzyme_refits):
     """The data give the quasi-steady state's K_M = (kr + kcat) / kf and little of the fast
     binding: -kf E S alone is identified; beside kr C the pair runs out along the ridge to
     rapid equilibrium (kf about 1e6, kr = 2 kf, a little better a fit), where only their ratio
     is fixed: neither is bounded by the data, though their relative errors from the
     eigenvalue-floored Hessian alone read 0.0003."""
-    alone, alone_report = enzyme_refits["E*S"]
-    both, both_report = enzyme_refits["C + E*S"]
+    alone, alone_report, _ = enzyme_refits.fits["E*S"]
+    both, both_report, _ = enzyme_refits.fits["C + E*S"]
     gap = both.n_points * math.log(both.nmse) - alone.n_points * math.log(alone.nmse)
     assert gap <= 2.0, gap
     assert both_report["n_floored"] >= 1

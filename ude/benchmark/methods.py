@@ -621,6 +621,8 @@ class UDE(Method):
             return None
         info["uq_seconds"] = round(time.perf_counter() - start, 2)
         info["mixture"] = {"structures": band.components, "n_failed": band.n_failed}
+        if band.profiles:
+            info["mixture"]["profiles"] = band.profiles
         if not band.usable:
             return None
         return band.state_lower[0], band.state_upper[0]

@@ -70,7 +70,9 @@ class Distillation:
     the path the screen evaluated the library along, ``model`` (the trained model's) or
     ``data`` (the data's own, where the trained model misses them: :data:`FAILED_FIT`,
     :data:`MISFIT_RATIO`); ``misfit``: the trained model's residuals' mean square over the
-    data's noise (:func:`misfit_ratio`; None where it could not be had).
+    data's noise (:func:`misfit_ratio`; None where it could not be had); ``ridges``: the
+    profiles along the terms identified only by parsimony, traced by the predictive band
+    (:mod:`ude.uq.ridge`; None until then).
     """
 
     twin: ModelSpec
@@ -92,6 +94,7 @@ class Distillation:
     oracle: dict[str, Any] | None = None
     screened_on: str = "model"
     misfit: float | None = None
+    ridges: list[Any] | None = None
 
     def describe(self, scored: Scored) -> dict[str, str]:
         """``{target: "+0.9*x*y -0.1*y"}``: a scored candidate's terms at its refitted

@@ -332,6 +332,29 @@ class TwinRefit:
             return iterations, True, False
         return iterations, False, False
 
+    def continue_fit(self, model: HybridODE, measurements: Measurements) -> float:
+        """Refit ``model``'s learnable parameters (those with a gradient; a parameter held
+        has none) from where they are, as :meth:`fit`'s joint pass does, in place; returns
+        the criterion's data term ``n log(NMSE)`` at the end (inf where the model does not
+        solve). For a profile: one parameter held at each of a sequence of values, the
+        others following from the previous value's optimum (:mod:`ude.uq.ridge`)."""
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            module = make_module(model, measurements, loss="nll")
+            batch = _batch(measurements)
+            params = [p for p in module.parameters() if p.requires_grad]
+            self._descend(module, batch, params, 0, [])
+            try:
+                with torch.no_grad():
+                    mse = float(module.losses(batch)["mse"])
+            except SolverFailed:
+                return np.inf
+        finally:
+            torch.set_default_dtype(previous)
+        n = int(np.isfinite(measurements.values).sum())
+        return n * float(np.log(mse)) if np.isfinite(mse) and mse > 0 else np.inf
+
     def _fit_early(self, model, module, measurements: Measurements, params, fraction) -> int:
         """L-BFGS on the data of the first ``fraction`` of the time span (every condition's
         points up to then; their scales the whole span's); returns its iterations. Its

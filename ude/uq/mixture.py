@@ -56,6 +56,7 @@ from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
 from ude.model.solver import SolverFailed
 from ude.uq.escape import escape_index, escaped_quantiles, unbounded_from
+from ude.uq.ridge import RidgeProfile, ridge_profiles, widen
 
 
 @dataclass
@@ -67,7 +68,8 @@ class PredictiveBand:
     (condition, time)``: the share of the mixture's draws that have blown up by each time.
     ``components``: each structure's weight, draws, draws that blew up and when;
     ``noise (state,)``: the standard deviation added (0: a latent state);
-    ``left_out_weight``: the weight of structures that could not be simulated."""
+    ``left_out_weight``: the weight of structures that could not be simulated; ``profiles``:
+    the ridges the band was widened along (:mod:`ude.uq.ridge`)."""
 
     times: np.ndarray
     lower: np.ndarray
@@ -82,6 +84,7 @@ class PredictiveBand:
     escaped: np.ndarray
     components: list[dict[str, Any]] = field(default_factory=list)
     left_out_weight: float = 0.0
+    profiles: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def bounded(self) -> np.ndarray:
@@ -146,6 +149,10 @@ class StructureMixture:
         weights: ``bootstrap``: the structure bootstrap's resample-averaged evidence weights
             where it ran (else the evidence weights); ``evidence``: the evidence weights on the
             data always (:func:`structure_weights`).
+        profile: widen the band to hold the forecasts along each ridge the data do not
+            bound, where the run named a term identified only by parsimony
+            (:mod:`ude.uq.ridge`; each profiled value one refit of at most ``profile_iter``
+            L-BFGS iterations).
     """
 
     def __init__(
@@ -156,6 +163,8 @@ class StructureMixture:
         seed: int = 0,
         noise: bool = True,
         weights: str = "bootstrap",
+        profile: bool = True,
+        profile_iter: int = 100,
     ):
         if weights not in WEIGHTS:
             raise UdeError(
@@ -164,6 +173,8 @@ class StructureMixture:
                 fix=" or ".join(WEIGHTS),
             )
         self.weights = weights
+        self.profile = profile
+        self.profile_iter = profile_iter
         self.n_samples = n_samples
         self.floor = floor
         self.level = level
@@ -248,7 +259,7 @@ class StructureMixture:
             lo = hi = s_lo = s_hi = np.full(shape, np.nan)
             med = np.full(shape, np.nan)
             escaped, n_failed = np.ones(shape[:2]), 0
-        return PredictiveBand(
+        band = PredictiveBand(
             times=np.asarray(times, dtype=float),
             lower=lo,
             median=med,
@@ -263,6 +274,21 @@ class StructureMixture:
             components=info,
             left_out_weight=round(left_out, 6),
         )
+        if self.profile:
+            band.profiles = widen(
+                band, self.ridges(result, measurements), times, initial, conditions
+            )
+        return band
+
+    def ridges(self, result: Distillation, measurements: Measurements) -> list[RidgeProfile]:
+        """The profiles along the ridges of the terms the run says are identified only by
+        parsimony (:func:`ude.uq.ridge.ridge_profiles`), traced once per distillation."""
+        if getattr(result, "ridges", None) is None:
+            from ude.distill.refit import TwinRefit
+
+            refit = TwinRefit(max_iter=self.profile_iter, tol=1e-7, criterion_tol=0.1)
+            result.ridges = ridge_profiles(result, measurements, refit, self.level)
+        return result.ridges
 
 
 def _simulated(ready: dict[int, Any], times: np.ndarray) -> dict[int, tuple[Any, Any]]:

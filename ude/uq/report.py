@@ -101,6 +101,8 @@ def predictive_band(
         "noise": band.noise.tolist(),
         "structures": band.components,
     }
+    if band.profiles:
+        out["profiles"] = band.profiles
     if truth is not None and band.usable:
         out["coverage_of_truth"] = band.coverage(truth)
         out["predictive_coverage_of_truth"] = band.coverage(truth, noisy=True)
