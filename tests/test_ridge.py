@@ -127,3 +127,45 @@ def test_nothing_is_profiled_where_nothing_was_named(enzyme_refits):
     before = band.state_upper.copy()
     assert widen(band, [], band.times, None, None) == []
     assert np.array_equal(band.state_upper, before)
+
+
+def test_the_coefficients_intervals_hold_their_values_along_the_ridge(enzyme_refits):
+    """The twin's ``E*S`` interval from its Laplace approximation alone misses the true
+    ``kf = 1`` and the mixture has no ``C`` term; along the profile ``E*S`` runs from about
+    the twin's value up, and ``C`` from 0 down past ``-kr = -1``: both hold the truth, and
+    the profile's record says its unbinding side did not end within the grid."""
+    import sympy as sp
+
+    from ude.distill.library import Term
+    from ude.uq.intervals import averaged_intervals
+
+    problem = enzyme_refits.problem
+    alone, _, owner = enzyme_refits.fits["E*S"]
+    result = named_ridge(enzyme_refits)
+    result.chosen.candidate.info = {"owner": owner}
+    for s in result.path:
+        s.candidate.constants = {}
+    result.terms = {"binding": [Term(sp.Symbol("C")), Term(sp.Symbol("E") * sp.Symbol("S"))]}
+    result.refit = alone
+    profiles = ridge_profiles(
+        result, problem.measurements, TwinRefit(max_iter=100, criterion_tol=0.1)
+    )
+
+    def intervals(profile: bool) -> dict:
+        mixture = SimpleNamespace(
+            components=lambda r: ([(result.chosen, 1.0, alone.model, "twin")], "evidence"),
+            level=0.95,
+            profile=profile,
+            ridges=lambda r, m: profiles,
+        )
+        return averaged_intervals(result, problem.measurements, mixture)[0]["binding"]
+
+    plain = intervals(False)
+    p_lo, p_hi = plain["E*S"]["interval"]
+    assert set(plain) == {"E*S"} and not p_lo <= 1.0 <= p_hi
+    wide = intervals(True)
+    lo, hi = wide["E*S"]["interval"]
+    assert lo <= p_lo and hi >= p_hi and lo <= 1.0 <= hi
+    assert wide["C"]["weight"] == 0.0 and wide["C"]["interval"][0] <= -1.0 <= 0.0
+    assert wide["C"]["interval"][1] >= 0.0
+    assert profiles[0].as_dict(chi2_margin(0.95))["open_below"]

@@ -12,6 +12,9 @@ Two kinds, both from the Laplace approximation of a refit
   Its central interval is what a Bayesian sparse regression reports for the coefficient
   (the BaSIC benchmark's definition): where the structures disagree on a term, its interval
   reaches zero; where one structure holds nearly all the weight, it is that structure's.
+  Where a term is identified only by parsimony, each coefficient's interval also holds its
+  values along the larger structure's profile (:mod:`ude.uq.ridge`), the region the data do
+  not bound.
 """
 
 from __future__ import annotations
@@ -148,7 +151,8 @@ def averaged_intervals(
         return {}, round(left_out, 6)
     alpha = (1 - mixture.level) / 2
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for (target, _), entries in sorted(held.items()):
+    entry_of: dict[tuple[str, int], dict[str, Any]] = {}
+    for (target, index), entries in sorted(held.items()):
         w = np.array([weight for weight, _ in entries]) / total
         means = np.array([e["value"] for _, e in entries])
         sds = np.array([e["sd"] for _, e in entries])
@@ -163,7 +167,42 @@ def averaged_intervals(
             ],
             "structures": len(entries),
         }
+        entry_of[(target, index)] = out[target][heaviest["term"]]
+    _along_ridges(result, measurements, mixture, out, entry_of)
     return out, round(left_out, 6)
+
+
+def _along_ridges(
+    result: Distillation,
+    measurements: Measurements,
+    mixture: Any,
+    out: dict[str, dict[str, dict[str, Any]]],
+    entry_of: dict[tuple[str, int], dict[str, Any]],
+) -> None:
+    """Widen ``out``'s intervals (in place) to hold each coefficient's values along the
+    profiles of the terms identified only by parsimony (:mod:`ude.uq.ridge`): the profile
+    likelihood's region, which the Laplace approximations of single points do not see. A
+    term that only the profiled structure holds gets an entry of weight 0 (the mixture's
+    point mass at zero) whose interval is its range along the profile, zero included."""
+    if not getattr(mixture, "profile", False):
+        return
+    from ude.uq.ridge import chi2_margin
+
+    margin = chi2_margin(mixture.level)
+    for profile in mixture.ridges(result, measurements):
+        constants = refitted_constants(profile.scored)
+        for (target, index), (lo, hi) in profile.coefficients(margin).items():
+            entry = entry_of.get((target, index))
+            if entry is None:
+                term = result.terms[target][index]
+                consts = constants.get(target, {}).get(index)
+                name = str(term.numeric(consts)) if term.free else term.name
+                entry = out.setdefault(target, {}).setdefault(
+                    name, {"weight": 0.0, "value": 0.0, "interval": [0.0, 0.0], "structures": 0}
+                )
+                entry_of[(target, index)] = entry
+            entry["interval"] = [min(entry["interval"][0], lo), max(entry["interval"][1], hi)]
+            entry["along_profile"] = [lo, hi]
 
 
 def intervals_markdown(intervals: dict[str, dict[str, Any]], level: float = 0.95) -> str:

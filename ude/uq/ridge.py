@@ -57,6 +57,7 @@ class RidgeProfile:
     target: str
     term: str
     parameter: str
+    scored: Any = None
     values: list[float] = field(default_factory=list)
     fits: list[float] = field(default_factory=list)
     models: list[HybridODE | None] = field(default_factory=list)
@@ -65,9 +66,24 @@ class RidgeProfile:
         """The indices of the values whose fit is within ``margin`` of the best."""
         return [i for i, f in enumerate(self.fits) if f <= margin and self.models[i] is not None]
 
+    def coefficients(self, margin: float) -> dict[tuple[str, int], tuple[float, float]]:
+        """``{(target, term index): (lowest, highest)}``: each coefficient of the structure
+        in the twin's plain units over the values within ``margin``."""
+        out: dict[tuple[str, int], tuple[float, float]] = {}
+        for i in self.within(margin):
+            learned = self.models[i].parameters_
+            for name, own in self.scored.candidate.info.get("owner", {}).items():
+                if own.constant is not None or name not in learned.learned:
+                    continue
+                v = float(learned.value(name).detach()) * own.scale
+                lo, hi = out.get((own.target, own.index), (v, v))
+                out[(own.target, own.index)] = (min(lo, v), max(hi, v))
+        return out
+
     def as_dict(self, margin: float) -> dict[str, Any]:
         """For ``distill.json``: the values tried, their fits, and the range kept."""
         kept = [self.values[i] for i in self.within(margin)]
+        end = 10.0 ** EXPONENTS[-1]
         return {
             "target": self.target,
             "term": self.term,
@@ -77,6 +93,9 @@ class RidgeProfile:
             "margin": round(margin, 3),
             "kept_from": min(kept) if kept else None,
             "kept_to": max(kept) if kept else None,
+            # the side's last value still within the margin: the region runs on past it
+            "open_below": bool(kept) and min(kept) <= -end,
+            "open_above": bool(kept) and max(kept) >= end,
         }
 
 
@@ -177,6 +196,7 @@ def ridge_profiles(
                 target=target,
                 term=entry["term"],
                 parameter=name,
+                scored=scored,
                 values=[v for v, _, _ in points],
                 fits=[f - best for _, f, _ in points],
                 models=[m for _, _, m in points],
