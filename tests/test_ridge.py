@@ -137,7 +137,7 @@ def test_the_coefficients_intervals_hold_their_values_along_the_ridge(enzyme_ref
     import sympy as sp
 
     from ude.distill.library import Term
-    from ude.uq.intervals import averaged_intervals
+    from ude.uq.intervals import averaged_intervals, averaged_markdown
 
     problem = enzyme_refits.problem
     alone, _, owner = enzyme_refits.fits["E*S"]
@@ -169,3 +169,5 @@ def test_the_coefficients_intervals_hold_their_values_along_the_ridge(enzyme_ref
     assert wide["C"]["weight"] == 0.0 and wide["C"]["interval"][0] <= -1.0 <= 0.0
     assert wide["C"]["interval"][1] >= 0.0
     assert profiles[0].as_dict(chi2_margin(0.95))["open_below"]
+    md = averaged_markdown({"binding": wide})
+    assert "| binding | C | 0.00 | 0 | [-1e+04, 0.3162] * |" in md and "along the profile" in md

@@ -242,12 +242,18 @@ def averaged_markdown(
         lines.append(
             f"Structures of weight {left_out:.3g} had no Laplace approximation and are left out."
         )
+    if any("along_profile" in e for terms in averaged.values() for e in terms.values()):
+        lines.append(
+            "An interval marked * also holds the term's values along the profile of a term "
+            "identified only by parsimony: there the data do not bound it."
+        )
     lines += ["", "| state | term | weight | mean | interval |", "|---|---|---|---|---|"]
     for target, terms in averaged.items():
         for term, e in sorted(terms.items(), key=lambda te: -te[1]["weight"]):
             lo, hi = e["interval"]
+            mark = " *" if "along_profile" in e else ""
             lines.append(
                 f"| {target} | {term} | {e['weight']:.2f} | {e['value']:.4g} | "
-                f"[{lo:.4g}, {hi:.4g}] |"
+                f"[{lo:.4g}, {hi:.4g}]{mark} |"
             )
     return "\n".join(lines) + "\n"
