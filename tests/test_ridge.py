@@ -4,6 +4,7 @@ rapid equilibrium."""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -168,6 +169,31 @@ def test_the_coefficients_intervals_hold_their_values_along_the_ridge(enzyme_ref
     assert lo <= p_lo and hi >= p_hi and lo <= 1.0 <= hi
     assert wide["C"]["weight"] == 0.0 and wide["C"]["interval"][0] <= -1.0 <= 0.0
     assert wide["C"]["interval"][1] >= 0.0
-    assert profiles[0].as_dict(chi2_margin(0.95))["open_below"]
+    record = profiles[0].as_dict(chi2_margin(0.95))
+    assert record["open_below"] is True and record["open_above"] is False
+    assert json.loads(json.dumps(record)) == record  # distill.json's types
     md = averaged_markdown({"binding": wide})
     assert "| binding | C | 0.00 | 0 | [-1e+04, 0.3162] * |" in md and "along the profile" in md
+
+
+def test_the_summary_says_the_band_follows_the_profile():
+    """The summary line names the term, its coefficient's range within the margin and the
+    side that ran past the profile's last value."""
+    from ude.distill.cli import profile_sentence
+
+    record = {
+        "target": "binding",
+        "term": "C",
+        "parameter": "c_binding_3",
+        "margin": 3.841,
+        "kept_from": -10000.0,
+        "kept_to": 0.316,
+        "open_below": True,
+        "open_above": False,
+    }
+    assert profile_sentence(record, 0.95) == (
+        "95% band and intervals widened along the binding C term's profile: its coefficient "
+        "(c_binding_3) fits within 3.84 of the best from below -1e+04 to 0.316"
+    )
+    record |= {"kept_from": None}
+    assert profile_sentence(record, 0.95) == "the C term's profile kept no value"

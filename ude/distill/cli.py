@@ -242,6 +242,8 @@ def summary(metrics: dict[str, Any]) -> str:
         ends = [t for t in predictive.get("unbounded_from", []) if t is not None]
         if ends:
             line += f" up to t={min(ends):.3g} (unbounded past it)"
+    for profile in predictive.get("profiles", []):
+        line += "; " + profile_sentence(profile, predictive.get("level", 0.95))
     for warning in (metrics.get("uq") or {}).get("warnings", []) + predictive.get("warnings", []):
         line += f"; UQ WARNING: {warning}"
     rival = bootstrap_rival(metrics.get("structure_bootstrap"))
@@ -284,6 +286,21 @@ def parsimony_sentence(row: dict[str, Any]) -> str:
         f"fits as well (fit {row['fit_difference']:+.1f}, criterion "
         f"{row['criterion_difference']:+.1f}) and that the data do not exclude (its relative "
         f"error {_error_share(row['extra_relative_error'])})"
+    )
+
+
+def profile_sentence(profile: dict[str, Any], level: float) -> str:
+    """The summary's words for a band widened along a profile (a record of
+    :func:`ude.uq.ridge.widen`): the extra term's coefficient's range within the margin."""
+    if profile.get("kept_from") is None:
+        return f"the {profile['term']} term's profile kept no value"
+    low = "below " if profile.get("open_below") else ""
+    high = " and above" if profile.get("open_above") else ""
+    return (
+        f"{level:.0%} band and intervals widened along the {profile['target']} {profile['term']} "
+        f"term's profile: its coefficient ({profile['parameter']}) fits within "
+        f"{profile['margin']:.2f} of the best from {low}{profile['kept_from']:.3g} to "
+        f"{profile['kept_to']:.3g}{high}"
     )
 
 

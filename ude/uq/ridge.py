@@ -83,7 +83,7 @@ class RidgeProfile:
     def as_dict(self, margin: float) -> dict[str, Any]:
         """For ``distill.json``: the values tried, their fits, and the range kept."""
         kept = [self.values[i] for i in self.within(margin)]
-        end = 10.0 ** EXPONENTS[-1]
+        end = float(10.0 ** EXPONENTS[-1])
         return {
             "target": self.target,
             "term": self.term,
@@ -94,8 +94,8 @@ class RidgeProfile:
             "kept_from": min(kept) if kept else None,
             "kept_to": max(kept) if kept else None,
             # the side's last value still within the margin: the region runs on past it
-            "open_below": bool(kept) and min(kept) <= -end,
-            "open_above": bool(kept) and max(kept) >= end,
+            "open_below": bool(kept) and bool(min(kept) <= -end),
+            "open_above": bool(kept) and bool(max(kept) >= end),
         }
 
 
@@ -186,7 +186,7 @@ def ridge_profiles(
             continue
         points = [(v0, f0, m0)]
         for sign in (1.0, -1.0):
-            side = [sign * 10.0**k for k in EXPONENTS]
+            side = [float(sign * 10.0**k) for k in EXPONENTS]
             best = min(f for _, f, _ in points)
             points += _profile_side(m0, name, side, refit, measurements, margin, best)
         points.sort(key=lambda p: p[0])
