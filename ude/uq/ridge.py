@@ -110,20 +110,18 @@ def chi2_margin(level: float) -> float:
 
 def _extra_parameter(result: Any, scored: Any) -> tuple[str, str] | None:
     """The coefficient (parameter name) and target of the one term ``scored`` has beyond the
-    twin's structure; None where it has not exactly one such scalar coefficient."""
-    mine = {t: set(np.flatnonzero(c)) for t, c in result.chosen.candidate.coef.items()}
-    extra = [
-        (name, own.target)
-        for name, own in scored.candidate.info.get("owner", {}).items()
-        if own.constant is None and own.index not in mine.get(own.target, set())
-    ]
-    if len(extra) != 1 or scored.refit.model is None:
+    twin's structure (:func:`ude.distill.identifiability.one_term_larger`); None where it has
+    not exactly one such term with a scalar coefficient."""
+    from ude.distill.identifiability import one_term_larger
+
+    added = one_term_larger(result.chosen, scored)
+    if added is None or scored.refit.model is None:
         return None
-    name, target = extra[0]
     learned = scored.refit.model.parameters_.learned
-    if name not in learned or learned[name].numel() != 1:
-        return None
-    return name, target
+    for name, own in scored.candidate.info.get("owner", {}).items():
+        if own.constant is None and (own.target, own.index) == added:
+            return (name, own.target) if name in learned and learned[name].numel() == 1 else None
+    return None
 
 
 def _start_at_twin(superset: HybridODE, twin: HybridODE) -> HybridODE:
