@@ -784,6 +784,12 @@ class Distiller:
             cand.info["owner"] = owner
             return result, len(owner)
 
+        def swap_path(best: Scored) -> dict[str, IntegralProblem]:
+            """Where a swap's coefficients are matched: along the trained model's trajectory,
+            or, where that trajectory missed the data and the screen ran along the data's own
+            smoothed path, along ``best``'s refitted one (:func:`first_order_swaps`)."""
+            return integral if on_data is None else integral_along(best)
+
         def same(problems: dict[str, IntegralProblem]) -> dict[str, IntegralProblem]:
             return problems
 
@@ -821,7 +827,7 @@ class Distiller:
                 propose,
                 sizes=library_sizes(terms),
                 rewrite=lambda best: rewritten(best, terms, bounds),
-                swap=lambda best: first_order_swaps(best, terms, view(integral), reactions),
+                swap=lambda best: first_order_swaps(best, terms, view(swap_path(best)), reactions),
                 # a best's siblings, and its monomials' saturating forms from the screen
                 sibling=lambda best: (
                     sibling_swaps(

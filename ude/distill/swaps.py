@@ -81,7 +81,8 @@ def first_order_swaps(
     """``best`` with one target's support replaced by each of its :func:`swap_supports`
     (``reactions``: the neural reactions by name) that it does not hold already, the new
     support's coefficients from integral matching (``integral``: along the trained
-    model's trajectory) and the other targets at their refitted values. Each is refitted
+    model's trajectory, or along ``best``'s refitted one where the screen ran on the data's
+    smoothed path) and the other targets at their refitted values. Each is refitted
     from the trained model's initial states, as the screen's candidates are: a swap changes
     the dynamics, and ``best``'s fitted initial states hold its own structure's errors (yeast
     glycolysis at 20 % noise: ``c*S6`` refitted from the chosen ``c*S7``'s states stopped 320
