@@ -68,10 +68,10 @@ def main() -> None:
             }
             print(f"  {s.step} started at {started}: criterion {s.criterion:.1f}")
     print(f"  chosen: criterion {found.chosen.criterion:.1f}")
-    on_data = data_path(data, model.spec.states)
-    if on_data is None:
-        print("no path of the data (a species is unmeasured): the swaps match along the model")
+    if found.screened_on != "data":
+        print("screened on the trained model: the swaps match along its path, as before")
         return
+    on_data = data_path(data, model.spec.states)
     libraries = distiller.libraries(model)
     grid = distiller._n_grid()
     along_data = integral_problems(model, data, libraries, n_grid=grid, path=on_data[0])
