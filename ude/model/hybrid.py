@@ -386,9 +386,10 @@ def build_hybrid(
     """A HybridODE for ``spec`` sized and scaled from ``measurements``.
 
     Observed states start from their first measured value (or the data's known initial state);
-    latent states from the known initial state, the spec's ``initial`` value or
-    ``latent_initial``. ``ensemble > 1``: that many independent models, each with its own
-    network weights, solved together (:class:`ude.model.ensemble.HybridEnsemble`).
+    latent states from the known initial state, the spec's ``initial`` value, the middle of the
+    spec's ``bounds`` (their learned values then held inside) or ``latent_initial``.
+    ``ensemble > 1``: that many independent models, each with its own network weights, solved
+    together (:class:`ude.model.ensemble.HybridEnsemble`).
     ``nonnegative_initial``: the learned initial values of the states the spec declares
     ``nonnegative`` are held at or above zero (:mod:`ude.model.initial_scale`; a twin's
     refit).
@@ -448,7 +449,14 @@ def build_hybrid(
     for i, s in enumerate(spec.states):
         if s in measurements.initial:
             known_initial[:, i] = np.isfinite(measurements.initial[s])
-    initial = np.where(np.isnan(initial), latent_initial, initial)
+    # a state the data do not measure, with a range in the spec (a fraction's [0, 1]): it
+    # starts at the middle, and its learned initial values stay inside (the data place a
+    # measured state's). Goldbeter's active fractions with cyclin alone measured, started at
+    # latent_initial 1.0, were learned past the pole of (1 - M)/(K1 + 1 - M) at M = 1.005.
+    bounded = {s: b for s, b in spec.bounds.items() if s not in obs}
+    start = [sum(bounded[s]) / 2 if s in bounded else latent_initial for s in spec.states]
+    initial = np.where(np.isnan(initial), np.asarray(start, dtype=float), initial)
+    scales = {s: ("lin", lo, hi) for s, (lo, hi) in bounded.items()}
     col = [measurements.input_names.index(u) for u in spec.inputs]
     inputs = np.asarray(measurements.inputs, dtype=float)[:, col]
     span = float(measurements.times[-1] - measurements.times[0]) or 1.0
@@ -472,7 +480,7 @@ def build_hybrid(
         nonnegative_fluxes=nonnegative_fluxes,
         initial_transforms=initial_transforms(
             spec.states,
-            measurements.initial_scale,
+            {**scales, **measurements.initial_scale},
             spec.nonnegative if nonnegative_initial else (),
         ),
     )

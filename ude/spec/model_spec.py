@@ -48,6 +48,7 @@ _TOP_KEYS = {
     "library",
     "noise",
     "nonnegative",
+    "bounds",
     "petab",
 }
 # With 'sbml', the states, reactions and equations come from the SBML file.
@@ -64,6 +65,7 @@ _SBML_KEYS = {
     "library",
     "noise",
     "nonnegative",
+    "bounds",
     "petab",
 }
 _PRIOR_KEYS = {"normal": ("mean", "sd"), "lognormal": ("median", "sigma")}
@@ -198,7 +200,10 @@ class ModelSpec:
     None: the default). ``nonnegative``: states that are amounts (concentrations, fractions,
     populations) and never go below zero, so a distilled twin may not drive them there
     (:mod:`ude.distill.admissible`; a neural reaction's species are checked without it).
-    Expressions are sympy over the state, input and parameter names.
+    ``bounds[s] = (lower, upper)``: the range a state's values lie in (a fraction's ``[0, 1]``);
+    a state the data do not measure starts at its middle, and its learned initial values stay
+    inside it (:func:`ude.model.hybrid.build_hybrid`). Expressions are sympy over the state,
+    input and parameter names.
     """
 
     states: list[str]
@@ -217,6 +222,7 @@ class ModelSpec:
     time: str | None = None
     noise: dict[str, NoiseModel] = field(default_factory=dict)
     nonnegative: list[str] = field(default_factory=list)
+    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     # -- views ---------------------------------------------------------------------------------
     @property
@@ -312,6 +318,8 @@ class ModelSpec:
             }
         if self.nonnegative:
             out["nonnegative"] = list(self.nonnegative)
+        if self.bounds:
+            out["bounds"] = {k: [lo, hi] for k, (lo, hi) in self.bounds.items()}
         return out
 
     @classmethod
@@ -444,6 +452,7 @@ class _SpecReader:
         library = self.library(raw.get("library"), [*states, *inputs], neural)
         noise = self.noise(raw.get("noise"), declared, [*states, *observables])
         nonnegative = self.states_of(raw.get("nonnegative"), "nonnegative", states)
+        bounds = self.bounds(raw.get("bounds"), states, initial)
         name = raw.get("name", "model")
         if not isinstance(name, str):
             raise self.fail("name", "expected a string")
@@ -462,6 +471,7 @@ class _SpecReader:
             library=library,
             noise=noise,
             nonnegative=nonnegative,
+            bounds=bounds,
         )
 
     def library(
@@ -528,12 +538,14 @@ class _SpecReader:
             **self.noise(raw.get("noise"), declared, [*base.states, *observables]),
         }
         nonnegative = self.states_of(raw.get("nonnegative"), "nonnegative", base.states)
+        bounds = self.bounds(raw.get("bounds"), base.states, initial)
         name = raw.get("name", base.name)
         if not isinstance(name, str):
             raise self.fail("name", "expected a string")
         return replace(
             base,
             nonnegative=nonnegative,
+            bounds=bounds,
             parameters=parameters,
             observables=observables,
             neural=neural,
@@ -637,6 +649,34 @@ class _SpecReader:
                     f"initial.{key}", f"'{key}' is not a state", "states: " + ", ".join(states)
                 )
             out[key] = self.number(v, f"initial.{key}")
+        return out
+
+    def bounds(
+        self, value: Any, states: list[str], initial: dict[str, float]
+    ) -> dict[str, tuple[float, float]]:
+        """``value``: a mapping ``state: [lower, upper]`` (none: empty); a spec's initial value
+        must lie inside its state's range."""
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail("bounds", "expected a mapping state: [lower, upper]")
+        out = {}
+        for key, pair in value.items():
+            where = f"bounds.{key}"
+            if key not in states:
+                raise self.fail(where, f"'{key}' is not a state", "states: " + ", ".join(states))
+            if not isinstance(pair, list | tuple) or len(pair) != 2:
+                raise self.fail(where, "expected [lower, upper]", "e.g. [0, 1] for a fraction")
+            lower, upper = (self.number(v, where) for v in pair)
+            if not lower < upper:
+                raise self.fail(where, f"[{lower}, {upper}] is not a range", "give lower < upper")
+            if key in initial and not lower <= initial[key] <= upper:
+                raise self.fail(
+                    where,
+                    f"the initial value {initial[key]} of '{key}' is outside [{lower}, {upper}]",
+                    "widen the range or correct the initial value",
+                )
+            out[key] = (lower, upper)
         return out
 
     def states_of(self, value: Any, where: str, states: list[str]) -> list[str]:

@@ -305,6 +305,8 @@ def gradient_matching(
                 opt.zero_grad()
                 (loss * members).backward()
                 opt.step()
+                if latent is not None:
+                    latent.project()
                 schedule.step()
                 if step is not None:
                     step()
@@ -350,12 +352,20 @@ class LatentPaths:
         self.start = like[self.condition].clone().requires_grad_(True)
         held = model.initial_known[self.condition] | ~self.latent
         self.start.register_hook(lambda g: torch.where(held, torch.zeros_like(g), g))
+        # the spec's ranges of the latent states (bounds): their starts stay inside
+        lower = torch.full((like.shape[1],), -torch.inf, dtype=like.dtype, device=like.device)
+        upper = torch.full_like(lower, torch.inf)
+        states = model.spec.states
+        bounded = {states.index(s): b for s, b in model.spec.bounds.items()}
+        bounded = {i: b for i, b in bounded.items() if smoothed.latent[i]}
+        for i, (lo, hi) in bounded.items():
+            lower[i], upper[i] = lo, hi
+        self.range = (lower, upper) if bounded else None
         self.by_length: dict[int, list[int]] = {}
         for k, r in enumerate(self.rows):
             self.by_length.setdefault(len(r), []).append(k)
         # a latent state no network targets (known kinetics: the common case) is integrated
         # without the networks, which halves a step's cost
-        states = model.spec.states
         targets = {t for slot in model.spec.neural for t in slot.targets}
         self.neural = any(smoothed.latent[states.index(t)] for t in targets)
         # a step needs the latent states' derivatives alone: their known terms compiled on
@@ -409,6 +419,14 @@ class LatentPaths:
             z = z + 0.5 * h * (slope + f(z + h * slope, k + 1))
             path.append(z)
         return torch.stack(path, dim=1)
+
+    def project(self) -> None:
+        """Each learned start moved into its state's range (the spec's ``bounds``), where a
+        step took it out: past a range's end a known rate law can have its pole (Goldbeter's
+        ``(1 - M)/(K1 + 1 - M)`` at ``M = 1.005``)."""
+        if self.range is not None:
+            with torch.no_grad():
+                self.start.clamp_(*self.range)
 
     def initial(self, start: torch.Tensor) -> torch.Tensor:
         """``start (condition, state)`` with each condition's latent initial values from its
