@@ -452,7 +452,7 @@ class _SpecReader:
         library = self.library(raw.get("library"), [*states, *inputs], neural)
         noise = self.noise(raw.get("noise"), declared, [*states, *observables])
         nonnegative = self.states_of(raw.get("nonnegative"), "nonnegative", states)
-        bounds = self.bounds(raw.get("bounds"), states, initial)
+        bounds = self.bounds(raw.get("bounds"), states)
         name = raw.get("name", "model")
         if not isinstance(name, str):
             raise self.fail("name", "expected a string")
@@ -538,7 +538,7 @@ class _SpecReader:
             **self.noise(raw.get("noise"), declared, [*base.states, *observables]),
         }
         nonnegative = self.states_of(raw.get("nonnegative"), "nonnegative", base.states)
-        bounds = self.bounds(raw.get("bounds"), base.states, initial)
+        bounds = self.bounds(raw.get("bounds"), base.states)
         name = raw.get("name", base.name)
         if not isinstance(name, str):
             raise self.fail("name", "expected a string")
@@ -651,11 +651,10 @@ class _SpecReader:
             out[key] = self.number(v, f"initial.{key}")
         return out
 
-    def bounds(
-        self, value: Any, states: list[str], initial: dict[str, float]
-    ) -> dict[str, tuple[float, float]]:
-        """``value``: a mapping ``state: [lower, upper]`` (none: empty); a spec's initial value
-        must lie inside its state's range."""
+    def bounds(self, value: Any, states: list[str]) -> dict[str, tuple[float, float]]:
+        """``value``: a mapping ``state: [lower, upper]`` (none: empty). An ``initial`` value
+        outside its state's range is no error: a twin written back holds its measured states'
+        fitted starts, which the range does not bound."""
         if value is None:
             return {}
         if not isinstance(value, dict):
@@ -670,12 +669,6 @@ class _SpecReader:
             lower, upper = (self.number(v, where) for v in pair)
             if not lower < upper:
                 raise self.fail(where, f"[{lower}, {upper}] is not a range", "give lower < upper")
-            if key in initial and not lower <= initial[key] <= upper:
-                raise self.fail(
-                    where,
-                    f"the initial value {initial[key]} of '{key}' is outside [{lower}, {upper}]",
-                    "widen the range or correct the initial value",
-                )
             out[key] = (lower, upper)
         return out
 
