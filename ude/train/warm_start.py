@@ -328,6 +328,13 @@ def gradient_matching(
     return WarmStartResult(float(loss.detach()), done)
 
 
+RANGE_MARGIN = 0.01
+"""How far inside its range (a share of it) the warm start keeps a latent start it moves back:
+the training after it holds the start on the logistic between the range's ends, whose
+gradient vanishes at an end (at 1e-6 of the range from it, Adam's steps of 0.01 on the
+logistic's scale take some 900 steps to reach 1 % inside)."""
+
+
 class LatentPaths:
     """The latent states' paths along the smoothed grid, by Heun's method on the model's
     right-hand side with the measured states held at their smoothed values.
@@ -352,14 +359,15 @@ class LatentPaths:
         self.start = like[self.condition].clone().requires_grad_(True)
         held = model.initial_known[self.condition] | ~self.latent
         self.start.register_hook(lambda g: torch.where(held, torch.zeros_like(g), g))
-        # the spec's ranges of the latent states (bounds): their starts stay inside
+        # the spec's ranges of the latent states (bounds): their starts stay inside, off the
+        # ends by RANGE_MARGIN of the range
         lower = torch.full((like.shape[1],), -torch.inf, dtype=like.dtype, device=like.device)
         upper = torch.full_like(lower, torch.inf)
         states = model.spec.states
         bounded = {states.index(s): b for s, b in model.spec.bounds.items()}
         bounded = {i: b for i, b in bounded.items() if smoothed.latent[i]}
         for i, (lo, hi) in bounded.items():
-            lower[i], upper[i] = lo, hi
+            lower[i], upper[i] = lo + RANGE_MARGIN * (hi - lo), hi - RANGE_MARGIN * (hi - lo)
         self.range = (lower, upper) if bounded else None
         self.by_length: dict[int, list[int]] = {}
         for k, r in enumerate(self.rows):
@@ -421,9 +429,10 @@ class LatentPaths:
         return torch.stack(path, dim=1)
 
     def project(self) -> None:
-        """Each learned start moved into its state's range (the spec's ``bounds``), where a
-        step took it out: past a range's end a known rate law can have its pole (Goldbeter's
-        ``(1 - M)/(K1 + 1 - M)`` at ``M = 1.005``)."""
+        """Each learned start moved into its state's range (the spec's ``bounds``; within
+        :data:`RANGE_MARGIN` of its ends), where a step took it out: past a range's end a
+        known rate law can have its pole (Goldbeter's ``(1 - M)/(K1 + 1 - M)`` at
+        ``M = 1.005``)."""
         if self.range is not None:
             with torch.no_grad():
                 self.start.clamp_(*self.range)
