@@ -15,6 +15,7 @@ from ude import Solver, build_hybrid, simulate_measurements
 from ude.errors import UdeError
 from ude.model.initial_scale import set_initial
 from ude.spec import ModelSpec
+from ude.spec.cli import _check
 from ude.systems import get_system
 from ude.train.warm_start import LatentPaths, smooth_states
 
@@ -33,6 +34,12 @@ def test_bounds_are_read_and_written_back():
     again = ModelSpec.from_dict(spec.to_dict())
     assert again.bounds == spec.bounds
     assert ModelSpec.from_dict({**SPEC, "bounds": None}).bounds == {}
+
+
+def test_spec_check_lists_the_ranges():
+    text = _check("goldbeter")
+    assert "amounts (never below zero): C, M, X" in text
+    assert text.splitlines()[-1] == "ranges: M in [0, 1], X in [0, 1]"
 
 
 @pytest.mark.parametrize(

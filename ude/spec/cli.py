@@ -47,6 +47,11 @@ def _check(path: str) -> str:
         lines += [f"  {format_law(law)}" for law in laws]
     else:
         lines.append("conservation laws: none")
+    if spec.nonnegative:
+        lines.append(f"amounts (never below zero): {', '.join(spec.nonnegative)}")
+    if spec.bounds:
+        ranges = ", ".join(f"{s} in [{lo:g}, {hi:g}]" for s, (lo, hi) in spec.bounds.items())
+        lines.append(f"ranges: {ranges}")
     return "\n".join(lines)
 
 
