@@ -1,7 +1,7 @@
 """Command line for specs: ``ude-spec`` / ``python -m ude.spec``.
 
     ude-spec export model.yaml -o model.xml    # a spec (YAML, SBML or zoo name) as SBML
-    ude-spec check model.yaml                  # parse, list terms and conservation laws
+    ude-spec check model.yaml                  # parse, list terms, conservation laws, ranges
 
 Errors a user can cause print one line and exit with status 2.
 """
@@ -62,7 +62,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "ude-spec") -> int:
     export = sub.add_parser("export", help="write a spec as SBML")
     export.add_argument("spec", help="a spec .yaml, an SBML file or a zoo system name")
     export.add_argument("-o", "--output", required=True, help="the SBML file to write")
-    check = sub.add_parser("check", help="parse a spec; print its terms and conservation laws")
+    check = sub.add_parser(
+        "check", help="parse a spec; print its terms, conservation laws, amounts and ranges"
+    )
     check.add_argument("spec")
     args = parser.parse_args(argv)
     try:
