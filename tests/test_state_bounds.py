@@ -18,6 +18,7 @@ from ude.spec import ModelSpec
 from ude.spec.cli import _check
 from ude.systems import get_system
 from ude.train.warm_start import LatentPaths, smooth_states
+from ude.twin.symbolic import twin_from_dict, twin_to_dict
 
 SPEC = {
     "states": ["x", "m"],
@@ -34,6 +35,18 @@ def test_bounds_are_read_and_written_back():
     again = ModelSpec.from_dict(spec.to_dict())
     assert again.bounds == spec.bounds
     assert ModelSpec.from_dict({**SPEC, "bounds": None}).bounds == {}
+
+
+def test_a_twin_file_keeps_the_ranges():
+    """twin.json carries its spec's ranges, so a personal twin fitted from it (a new patient
+    with the same latent fractions) holds them too."""
+    spec = ModelSpec.from_dict(SPEC)
+    raw = twin_to_dict(spec, ["x"], spec)
+    assert raw["bounds"] == {"m": [0.0, 1.0]}
+    assert twin_from_dict(raw).bounds == {"m": (0.0, 1.0)}
+    assert "bounds" not in twin_to_dict(ModelSpec.from_dict({**SPEC, "bounds": None}), [], spec)
+    with pytest.raises(UdeError, match="bounds.q"):
+        twin_from_dict({**raw, "bounds": {"q": [0, 1]}})
 
 
 def test_spec_check_lists_the_ranges():

@@ -399,6 +399,12 @@ def load_spec(spec: str | Path | ModelSpec) -> ModelSpec:
     )
 
 
+def read_bounds(value: Any, states: list[str], source: str) -> dict[str, tuple[float, float]]:
+    """A ``bounds`` mapping ``state: [lower, upper]`` read and checked as a spec's (a twin.json
+    carries its spec's)."""
+    return _SpecReader(None, source).bounds(value, states)
+
+
 class _SpecReader:
     """Validates the raw YAML structure, naming the file and key of every problem."""
 

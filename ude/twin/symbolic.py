@@ -15,7 +15,7 @@ from sympy.printing.str import StrPrinter
 
 from ude.errors import UdeError
 from ude.spec.expressions import parse_expression
-from ude.spec.model_spec import ModelSpec, Parameter
+from ude.spec.model_spec import ModelSpec, Parameter, read_bounds
 
 
 class Owner(NamedTuple):
@@ -256,6 +256,8 @@ def twin_to_dict(
         out["observables"] = {
             k: _text(_substitute(e, twin, digits)) for k, e in twin.observables.items()
         }
+    if twin.bounds:
+        out["bounds"] = {k: [lo, hi] for k, (lo, hi) in twin.bounds.items()}
     if inclusion is not None:
         out["inclusion_probability"] = inclusion
     names = individual(twin)
@@ -322,6 +324,7 @@ def twin_from_dict(raw: dict[str, Any], source: str = "twin.json") -> ModelSpec:
         observables=observables,
         name=str(raw.get("name", "twin")),
         source=source,
+        bounds=read_bounds(raw.get("bounds"), states, source),
     )
 
 
