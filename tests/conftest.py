@@ -46,6 +46,15 @@ FAST = [
 
 
 @pytest.fixture
+def float64():
+    """torch's default dtype float64 inside the test (as training sets it), restored after."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+@pytest.fixture
 def make_cfg(tmp_path):
     def make(*overrides: str, run_dir: Path | None = None) -> DictConfig:
         return compose_config(run_dir or tmp_path / "run", list(overrides))

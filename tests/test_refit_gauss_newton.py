@@ -15,14 +15,6 @@ from ude.distill.refit import _batch
 from ude.fit import make_module
 
 
-@pytest.fixture
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def _residuals(model, data):
     module, batch = make_module(model, data, loss="nll"), _batch(data)
     params = [p for p in module.parameters() if p.requires_grad and p is not model.log_noise]

@@ -240,6 +240,18 @@ class NumpyNetwork:
         return g_a
 
 
+def numpy_networks(model: nn.Module) -> list[tuple[NumpyNetwork, list[int], list[int]]]:
+    """A :class:`~ude.model.hybrid.HybridODE`'s networks frozen, with the feature indices
+    each reads (states then inputs) and the states it writes; raises
+    :class:`UnsupportedNetwork` for a network other than ude's own MLPs."""
+    return [
+        (NumpyNetwork(net), list(idx_in), list(idx_out))
+        for net, idx_in, idx_out in zip(
+            model.networks, model._slot_inputs, model._slot_targets, strict=True
+        )
+    ]
+
+
 @dataclass
 class NumericSystem:
     """What the stiff solver's fast path needs from a model for one solve: the frozen
@@ -315,12 +327,7 @@ class NumericRHS:
         spec = model.spec
         derivatives = compiled_derivatives(spec.known_rhs(), spec.symbols, len(spec.states))
         if networks is None:
-            networks = [
-                (NumpyNetwork(net), list(idx_in), list(idx_out))
-                for net, idx_in, idx_out in zip(
-                    model.networks, model._slot_inputs, model._slot_targets, strict=True
-                )
-            ]
+            networks = numpy_networks(model)
         return cls(derivatives, networks, _numpy(context), len(spec.inputs))
 
     # -- evaluations ---------------------------------------------------------------------------

@@ -26,9 +26,13 @@ from scipy.interpolate import make_smoothing_spline
 from ude.data.doses import segments
 from ude.data.measurements import Measurements
 from ude.data.noise_level import pseudo_residuals
+from ude.model import network_kernels
 from ude.model.hybrid import HybridODE
 from ude.model.initial_scale import set_initial
+from ude.model.numeric_rhs import UnsupportedNetwork, numpy_networks
 from ude.spec.compile import CompiledExpressions
+from ude.spec.tape_kernels import encode_tape
+from ude.train.latent_kernels import CompiledHeun, LatentProblem
 
 
 @dataclass
@@ -342,7 +346,9 @@ class LatentPaths:
     ``start (piece, state)`` holds each piece's latent values at its first point, learned:
     from the model's initial states on a condition's first piece (the spec's, a conditions
     table's, or ``latent_initial``), which a known initial value keeps (its gradient is
-    masked). Pieces of the same length integrate as one batch."""
+    masked). Pieces of the same length integrate as one batch, in the compiled kernels
+    (:mod:`ude.train.latent_kernels`: the same steps and their exact reverse pass, 30 to 90
+    times faster than in torch) unless a network has no compiled form (``compiled``)."""
 
     def __init__(self, model: HybridODE, smoothed: SmoothedStates):
         self.model = model
@@ -389,6 +395,16 @@ class LatentPaths:
         )
         order = np.concatenate([self.measured_index, self.latent_index])
         self.unpermute = torch.as_tensor(np.argsort(order), device=like.device)
+        # the same steps compiled (:mod:`ude.train.latent_kernels`), unless a network has no
+        # compiled form: the latent rows' known terms as a tape (the measured rows' zero)
+        self.compiled = True
+        if self.neural:
+            try:
+                numpy_networks(model)
+            except UnsupportedNetwork:
+                self.compiled = False
+        latent_rows = [rhs[i] if smoothed.latent[i] else 0 for i in range(len(states))]
+        self.tape = encode_tape(CompiledExpressions(latent_rows, model.spec.symbols))
 
     def states(self, y: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """``y (point, state)`` with the latent columns replaced by their integrated paths."""
@@ -397,7 +413,10 @@ class LatentPaths:
             rows = torch.as_tensor(np.stack([self.rows[k] for k in pieces]), device=y.device)
             h = torch.as_tensor([self.step[k] for k in pieces], dtype=y.dtype, device=y.device)
             z0 = self.start[pieces][:, self.latent_index]
-            path = self._integrate(y[rows], context[rows], z0, h[:, None], n)
+            if self.compiled:
+                path = self._integrate_compiled(y[rows], context[rows], z0, h)
+            else:
+                path = self._integrate(y[rows], context[rows], z0, h[:, None], n)
             index.append(rows.reshape(-1))
             values.append(path.reshape(-1, len(self.latent_index)))
         paths = torch.zeros_like(y[:, self.latent_index])
@@ -408,9 +427,22 @@ class LatentPaths:
         """States ``(..., state)`` from their measured and latent columns."""
         return torch.cat([measured, latent], dim=-1)[..., self.unpermute]
 
+    def _integrate_compiled(self, y, context, z0, h):
+        """:meth:`_integrate` in the compiled kernels: ``h (piece,)``."""
+        net, params = None, []
+        if self.neural:
+            model = self.model
+            net = network_kernels.encode(numpy_networks(model))
+            params = [p for p in model.networks.parameters() if p.requires_grad]
+        held = y.detach().to("cpu", torch.float64).numpy()
+        h = h.detach().to("cpu", torch.float64).numpy()
+        problem = LatentProblem(self.tape, net, held, h, self.latent_index)
+        return CompiledHeun.apply(problem, z0, context, *params)
+
     def _integrate(self, y, context, z0, h, n):
         """The latent columns ``(piece, point, latent)`` by Heun's method over ``n`` grid
-        points from ``z0 (piece, latent)``: ``y``, ``context (piece, point, ...)``."""
+        points from ``z0 (piece, latent)``: ``y``, ``context (piece, point, ...)``. The
+        reference for :meth:`_integrate_compiled`, which takes the same steps."""
         model, held = self.model, y[..., self.measured_index]
 
         def f(z, k):
