@@ -152,3 +152,18 @@ def test_bad_dosing_table_is_refused_before_training(make_cfg, tmp_path, content
         train.train(cfg)
     assert isinstance(err.value, UdeError) or isinstance(err.value.__cause__, UdeError)
     _check_refused(tmp_path, 2, "error: " + one_line(err.value), path, expected)
+
+
+def test_a_time_without_samples_has_no_mean_and_no_warning():
+    """A condition with a missing sample (the dose-response example's) has NaN at that time,
+    and training prints no numpy warning for it."""
+    import warnings
+
+    from ude.fit import measured_states
+
+    m = simulate_measurements("lotka_volterra", noise=0.0, n_times=11)
+    m.values[0, 3, :, 0] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        means = measured_states(m, ["x", "y"])
+    assert np.isnan(means[0, 3, 0]) and np.isfinite(means[0, 3, 1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,8 @@ def measured_states(measurements: Measurements, states: list[str]) -> np.ndarray
     """Replicate means of directly measured states ``(condition, time, state)``; NaN where a
     state is not an observable or was not measured."""
     out = np.full((measurements.n_conditions, len(measurements.times), len(states)), np.nan)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a time with no sample: NaN, no mean
         for i, s in enumerate(states):
             if s in measurements.observables:
                 col = measurements.values[..., measurements.observables.index(s)]
