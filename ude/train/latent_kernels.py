@@ -120,6 +120,8 @@ class LatentProblem:
         self.held = np.ascontiguousarray(held, dtype=float)
         self.h = np.ascontiguousarray(h, dtype=float)
         self.latent = np.ascontiguousarray(latent, dtype=np.int64)
+        # the forward pass's context and states along the pieces, for the reverse pass
+        self.context: np.ndarray | None = None
         self.path: np.ndarray | None = None
 
 
