@@ -74,6 +74,7 @@ def heun_adjoint(path, held, ctx, h, latent, tape, net, grad_path, grad_z0, grad
     slots = np.empty(n + ctx.shape[2] + tape[0].shape[0])
     adj = np.empty_like(slots)
     net_buf = scratch(net)
+    networks = net[0].shape[0] > 0
     a, q, cot, g_q, g_z, lam = (
         np.zeros(n),
         np.zeros(n),
@@ -97,11 +98,13 @@ def heun_adjoint(path, held, ctx, h, latent, tape, net, grad_path, grad_z0, grad
             for i in latent:
                 cot[i] = 0.5 * hp * lam[i]
             _reverse(q, ctx[p, k + 1], tape, slots, adj, cot, g_q, grad_ctx[p, k + 1])
-            add_vjp(q, ctx[p, k + 1], net, net_buf, cot, g_q, grad_ctx[p, k + 1], grad_w)
+            if networks:
+                add_vjp(q, ctx[p, k + 1], net, net_buf, cot, g_q, grad_ctx[p, k + 1], grad_w)
             for i in latent:
                 cot[i] = 0.5 * hp * lam[i] + hp * g_q[i]
             _reverse(z, ctx[p, k], tape, slots, adj, cot, g_z, grad_ctx[p, k])
-            add_vjp(z, ctx[p, k], net, net_buf, cot, g_z, grad_ctx[p, k], grad_w)
+            if networks:
+                add_vjp(z, ctx[p, k], net, net_buf, cot, g_z, grad_ctx[p, k], grad_w)
             for i in latent:
                 lam[i] += g_q[i] + g_z[i] + grad_path[p, k, i]
         for i in latent:
