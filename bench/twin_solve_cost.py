@@ -6,11 +6,9 @@ distillation's refits, which are most of the slowest benchmark cells' time.
 Each system's true model (a twin: no networks) over the benchmark's base scenario (30 time
 points, seed 0), solved and differentiated by :func:`ude.model.rodas_kernels.integrate` and
 :func:`ude.model.rodas_kernels.adjoint` at rtol 1e-6, as the selection's scoring refits do.
-Prints the CPU time of one forward + adjoint (best of 5 rounds of 100), the accepted steps,
-the time per step, and one right-hand side evaluation (the spec's tape through
-:func:`ude.model.rodas_kernels._rhs`, best of 5 rounds of 200,000) against the tape alone
-(:func:`ude.spec.tape_kernels.tape_forward`): what a call costs around the arithmetic. Run
-it on two commits to compare them.
+Prints the CPU time of one forward + adjoint (best of 5 rounds of 100), the accepted steps
+and the time per step. Run it on two commits to compare them:
+``PYTHONPATH=WORKTREE python bench/twin_solve_cost.py`` takes the worktree's ``ude``.
 """
 
 from __future__ import annotations
@@ -19,38 +17,10 @@ import argparse
 import time
 
 import numpy as np
-from numba import njit
 
 from ude import simulate_measurements
 from ude.model import rodas_kernels
-from ude.model.network_kernels import scratch
 from ude.spec.derivatives import compiled_derivatives
-from ude.spec.tape_kernels import tape_forward
-
-
-@njit(cache=True)
-def _rhs_calls(y, ctx, tape, net, repeats):
-    slots = np.empty(y.shape[0] + ctx.shape[0] + tape[0].shape[0])
-    net_buf = scratch(net)
-    f = np.empty(y.shape[0])
-    total = 0.0
-    for _ in range(repeats):
-        rodas_kernels._rhs(y, ctx, tape, slots, net, net_buf, f)
-        total += f[0]
-    return total
-
-
-@njit(cache=True)
-def _tape_calls(y, ctx, tape, repeats):
-    code, arg, const, _, _ = tape
-    slots = np.empty(y.shape[0] + ctx.shape[0] + code.shape[0])
-    slots[: y.shape[0]] = y
-    slots[y.shape[0] : y.shape[0] + ctx.shape[0]] = ctx
-    total = 0.0
-    for _ in range(repeats):
-        tape_forward(code, arg, const, slots)
-        total += slots[-1]
-    return total
 
 
 def _best(run, rounds: int, repeats: int) -> float:
@@ -82,13 +52,9 @@ def one(system: str) -> None:
         steps.append(int(r[11][0]))
 
     solve = _best(solve_and_adjoint, 5, 100)
-    repeats = 200_000
-    rhs = _best(lambda: _rhs_calls(y0[0], ctx[0], tapes[0], tapes[4], repeats), 5, repeats)
-    tape = _best(lambda: _tape_calls(y0[0], ctx[0], tapes[0], repeats), 5, repeats)
     print(
         f"{system:>17} | forward + adjoint {solve * 1e3:7.3f} ms | {steps[-1]:5d} steps | "
-        f"{solve / steps[-1] * 1e6:6.2f} us a step | right-hand side {rhs * 1e9:6.0f} ns, "
-        f"its tape alone {tape * 1e9:5.0f} ns",
+        f"{solve / steps[-1] * 1e6:6.2f} us a step",
         flush=True,
     )
 

@@ -70,7 +70,7 @@ def tapes(derivatives: CompiledDerivatives) -> tuple:
 
 
 # -- evaluations -----------------------------------------------------------------------------
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _load(y, ctx, slots):
     n = y.shape[0]
     for i in range(n):
@@ -79,7 +79,7 @@ def _load(y, ctx, slots):
         slots[n + i] = ctx[i]
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _rhs(y, ctx, tape, slots, net, net_buf, f):
     """``f (n,)`` at ``y (n,)`` and ``ctx (c,)``: the tape's terms and the networks'."""
     code, arg, const, out, out_c = tape
@@ -91,7 +91,7 @@ def _rhs(y, ctx, tape, slots, net, net_buf, f):
         add_value(y, ctx, net, net_buf, f)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _jacobian(y, ctx, tape, rows, cols, slots, net, net_buf, jac):
     """The dense ``df/dy (n, n)`` from the tape of its nonzero entries, plus the networks'."""
     code, arg, const, out, out_c = tape
@@ -104,7 +104,7 @@ def _jacobian(y, ctx, tape, rows, cols, slots, net, net_buf, jac):
         add_jacobian(y, ctx, net, net_buf, jac)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _reverse(y, ctx, tape, slots, adj, cotangent, gy, gctx):
     """One reverse sweep of ``tape`` at ``(y, ctx)``: ``gy = cotangent . d out/dy``
     (overwritten) and ``cotangent . d out/dctx`` added to ``gctx``."""
@@ -154,7 +154,7 @@ def _lu(a, piv):
     return True
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _solve(lu, piv, b, x):
     """``x = W^-1 b`` from :func:`_lu`'s factors."""
     n = b.shape[0]
@@ -178,7 +178,7 @@ def _solve(lu, piv, b, x):
         x[i] = s / lu[i, i]
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _solve_transposed(lu, piv, b, x):
     """``x = W^-T b`` from :func:`_lu`'s factors (``W^T = U^T L^T P``)."""
     n = b.shape[0]
