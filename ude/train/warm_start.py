@@ -347,8 +347,9 @@ class LatentPaths:
     from the model's initial states on a condition's first piece (the spec's, a conditions
     table's, or ``latent_initial``), which a known initial value keeps (its gradient is
     masked). Pieces of the same length integrate as one batch, in the compiled kernels
-    (:mod:`ude.train.latent_kernels`: the same steps and their exact reverse pass, 30 to 90
-    times faster than in torch) unless a network has no compiled form (``compiled``)."""
+    (:mod:`ude.train.latent_kernels`: the same steps and their exact reverse pass;
+    ``bench/training_split.py --torch`` compares the two) unless a network has no compiled
+    form (``compiled``)."""
 
     def __init__(self, model: HybridODE, smoothed: SmoothedStates):
         self.model = model
