@@ -44,7 +44,9 @@ from ude.model.rodas import (
     StepFailure,
 )
 from ude.spec.derivatives import CompiledDerivatives
-from ude.spec.tape_kernels import refresh_cache, tape_forward, tape_reverse
+from ude.spec.tape_kernels import refresh_cache
+from ude.spec.tape_kernels import tape_forward_inlined as tape_forward
+from ude.spec.tape_kernels import tape_reverse_inlined as tape_reverse
 
 refresh_cache(__file__, network_kernels.__file__)
 
@@ -70,6 +72,14 @@ def tapes(derivatives: CompiledDerivatives) -> tuple:
 
 
 # -- evaluations -----------------------------------------------------------------------------
+# Per step, what numba adds around the arithmetic cost more than the arithmetic. An array
+# handed to a function, bound to a name or viewed (``y[b]``) gets an atomic reference count
+# each way, and a call of a tape's sweep is a call. So: the step and its stages run in
+# :func:`_step`, compiled without reference counting (it allocates nothing); the tapes' arrays
+# are taken out of their tuples once a solve; the batch's rows are indexed (``y[b, i]``), not
+# viewed, but where a network adds its part (its kernels take rows); and the sweeps are inlined
+# (:data:`~ude.spec.tape_kernels.tape_forward_inlined`). The same arithmetic in the same order:
+# the same values to the bit, 1.4-2x faster (``bench/twin_solve_cost.py``).
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _load(y, ctx, slots):
     n = y.shape[0]
@@ -80,28 +90,81 @@ def _load(y, ctx, slots):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _load_row(y, ctx, b, slots):
+    """``slots`` from row ``b`` of ``y (B, n)`` and of ``ctx (B, c)``."""
+    n = y.shape[1]
+    for i in range(n):
+        slots[i] = y[b, i]
+    for i in range(ctx.shape[1]):
+        slots[n + i] = ctx[b, i]
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _outputs(out, out_c, slots, f):
+    for k in range(f.shape[0]):
+        f[k] = slots[out[k]] if out[k] >= 0 else out_c[k]
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _rhs(y, ctx, tape, slots, net, net_buf, f):
     """``f (n,)`` at ``y (n,)`` and ``ctx (c,)``: the tape's terms and the networks'."""
     code, arg, const, out, out_c = tape
     _load(y, ctx, slots)
     tape_forward(code, arg, const, slots)
-    for k in range(f.shape[0]):
-        f[k] = slots[out[k]] if out[k] >= 0 else out_c[k]
+    _outputs(out, out_c, slots, f)
     if net[0].shape[0]:  # a twin has none: a call with nothing to add costs 300 ns
         add_value(y, ctx, net, net_buf, f)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _jacobian(y, ctx, tape, rows, cols, slots, net, net_buf, jac):
-    """The dense ``df/dy (n, n)`` from the tape of its nonzero entries, plus the networks'."""
-    code, arg, const, out, out_c = tape
-    _load(y, ctx, slots)
+def _rhs_row(y, ctx, b, code, arg, const, out, out_c, slots, f):
+    """Row ``b`` of ``f (B, n)`` at row ``b`` of ``y (B, n)`` and ``ctx (B, c)``: the tape's
+    terms (the networks' are the caller's)."""
+    _load_row(y, ctx, b, slots)
     tape_forward(code, arg, const, slots)
-    jac[:] = 0.0
+    for k in range(f.shape[1]):
+        f[b, k] = slots[out[k]] if out[k] >= 0 else out_c[k]
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _jacobian_row(y, ctx, b, code, arg, const, out, out_c, rows, cols, slots, jac):
+    """The dense ``df/dy`` at row ``b`` into ``jac[b] (n, n)``, from the tape of its nonzero
+    entries (the networks' part is the caller's)."""
+    _load_row(y, ctx, b, slots)
+    tape_forward(code, arg, const, slots)
+    n = jac.shape[1]
+    for i in range(n):
+        for j in range(n):
+            jac[b, i, j] = 0.0
     for e in range(rows.shape[0]):
-        jac[rows[e], cols[e]] = slots[out[e]] if out[e] >= 0 else out_c[e]
-    if net[0].shape[0]:
-        add_jacobian(y, ctx, net, net_buf, jac)
+        jac[b, rows[e], cols[e]] = slots[out[e]] if out[e] >= 0 else out_c[e]
+
+
+@njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
+def _value_and_jacobian(y, ctx, f_tape, jac_tape, rows, cols, f_slots, j_slots, net, net_buf, f,
+                        jac):  # fmt: skip
+    """``f (B, n)`` and ``jac (B, n, n)`` at ``y (B, n)`` and ``ctx (B, c)``: the tapes'
+    terms and the networks' (without reference counts, as :func:`_step`)."""
+    fcode, farg, fconst, fout, fout_c = f_tape
+    jcode, jarg, jconst, jout, jout_c = jac_tape
+    for b in range(y.shape[0]):
+        _rhs_row(y, ctx, b, fcode, farg, fconst, fout, fout_c, f_slots, f)
+        _jacobian_row(y, ctx, b, jcode, jarg, jconst, jout, jout_c, rows, cols, j_slots, jac)
+        if net[0].shape[0]:
+            add_value(y[b], ctx[b], net, net_buf, f[b])
+            add_jacobian(y[b], ctx[b], net, net_buf, jac[b])
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _reverse_loaded(code, arg, const, out, slots, adj, cotangent):
+    """The reverse sweep of ``tape`` at the inputs in ``slots``: ``adj`` every slot's
+    cotangent for the outputs' ``cotangent``."""
+    tape_forward(code, arg, const, slots)
+    adj[:] = 0.0
+    for k in range(out.shape[0]):
+        if out[k] >= 0:
+            adj[out[k]] += cotangent[k]
+    tape_reverse(code, arg, const, slots, adj)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -110,12 +173,7 @@ def _reverse(y, ctx, tape, slots, adj, cotangent, gy, gctx):
     (overwritten) and ``cotangent . d out/dctx`` added to ``gctx``."""
     code, arg, const, out, _ = tape
     _load(y, ctx, slots)
-    tape_forward(code, arg, const, slots)
-    adj[:] = 0.0
-    for k in range(out.shape[0]):
-        if out[k] >= 0:
-            adj[out[k]] += cotangent[k]
-    tape_reverse(code, arg, const, slots, adj)
+    _reverse_loaded(code, arg, const, out, slots, adj, cotangent)
     n = y.shape[0]
     for i in range(n):
         gy[i] = adj[i]
@@ -124,80 +182,81 @@ def _reverse(y, ctx, tape, slots, adj, cotangent, gy, gctx):
 
 
 # -- linear algebra (LU with partial pivoting; n is small) ------------------------------------
-@njit(cache=True, nogil=True, error_model="numpy")
-def _lu(a, piv):
-    """Factor ``a (n, n)`` in place (``P a = L U``, ``piv[k]`` the row swapped with ``k``);
-    False where it is singular or not finite."""
-    n = a.shape[0]
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _lu(a, b, piv):
+    """Factor ``a[b] (n, n)`` in place (``P a = L U``, ``piv[b, k]`` the row swapped with
+    ``k``); False where it is singular or not finite."""
+    n = a.shape[1]
     for k in range(n):
         p = k
-        big = abs(a[k, k])
+        big = abs(a[b, k, k])
         for i in range(k + 1, n):
-            if abs(a[i, k]) > big:
-                big = abs(a[i, k])
+            if abs(a[b, i, k]) > big:
+                big = abs(a[b, i, k])
                 p = i
-        piv[k] = p
+        piv[b, k] = p
         if not (big > 0.0 and big < math.inf):
             return False
         if p != k:
             for j in range(n):
-                tmp = a[k, j]
-                a[k, j] = a[p, j]
-                a[p, j] = tmp
-        inv = 1.0 / a[k, k]
+                tmp = a[b, k, j]
+                a[b, k, j] = a[b, p, j]
+                a[b, p, j] = tmp
+        inv = 1.0 / a[b, k, k]
         for i in range(k + 1, n):
-            a[i, k] *= inv
-            m = a[i, k]
+            a[b, i, k] *= inv
+            m = a[b, i, k]
             if m != 0.0:
                 for j in range(k + 1, n):
-                    a[i, j] -= m * a[k, j]
+                    a[b, i, j] -= m * a[b, k, j]
     return True
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _solve(lu, piv, b, x):
-    """``x = W^-1 b`` from :func:`_lu`'s factors."""
-    n = b.shape[0]
+def _solve(lu, piv, b, rhs, x, s):
+    """``x[s, b] = W^-1 rhs`` from :func:`_lu`'s factors of ``W = lu[b]``."""
+    n = rhs.shape[0]
     for i in range(n):
-        x[i] = b[i]
+        x[s, b, i] = rhs[i]
     for k in range(n):
-        p = piv[k]
+        p = piv[b, k]
         if p != k:
-            tmp = x[k]
-            x[k] = x[p]
-            x[p] = tmp
+            tmp = x[s, b, k]
+            x[s, b, k] = x[s, b, p]
+            x[s, b, p] = tmp
     for i in range(n):
-        s = x[i]
+        v = x[s, b, i]
         for j in range(i):
-            s -= lu[i, j] * x[j]
-        x[i] = s
+            v -= lu[b, i, j] * x[s, b, j]
+        x[s, b, i] = v
     for i in range(n - 1, -1, -1):
-        s = x[i]
+        v = x[s, b, i]
         for j in range(i + 1, n):
-            s -= lu[i, j] * x[j]
-        x[i] = s / lu[i, i]
+            v -= lu[b, i, j] * x[s, b, j]
+        x[s, b, i] = v / lu[b, i, i]
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _solve_transposed(lu, piv, b, x):
-    """``x = W^-T b`` from :func:`_lu`'s factors (``W^T = U^T L^T P``)."""
-    n = b.shape[0]
+def _solve_transposed(lu, piv, b, rhs, x, s):
+    """``x[s] = W^-T rhs`` from :func:`_lu`'s factors of ``W = lu[b]`` (``W^T = U^T L^T
+    P``)."""
+    n = rhs.shape[0]
     for i in range(n):
-        s = b[i]
+        v = rhs[i]
         for j in range(i):
-            s -= lu[j, i] * x[j]
-        x[i] = s / lu[i, i]
+            v -= lu[b, j, i] * x[s, j]
+        x[s, i] = v / lu[b, i, i]
     for i in range(n - 1, -1, -1):
-        s = x[i]
+        v = x[s, i]
         for j in range(i + 1, n):
-            s -= lu[j, i] * x[j]
-        x[i] = s
+            v -= lu[b, j, i] * x[s, j]
+        x[s, i] = v
     for k in range(n - 1, -1, -1):
-        p = piv[k]
+        p = piv[b, k]
         if p != k:
-            tmp = x[k]
-            x[k] = x[p]
-            x[p] = tmp
+            tmp = x[s, k]
+            x[s, k] = x[s, p]
+            x[s, p] = tmp
 
 
 # -- step-size control (as ude.model.rodas) ---------------------------------------------------
@@ -217,16 +276,18 @@ def _rms(x, y, rtol, atol):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _error_norm(err, y, y_new, rtol, atol):
+def _error_norm(u, y, y_new, rtol, atol):
+    """The step's error estimate, the last stage ``u[S - 1] (B, n)``, as a worst-condition
+    RMS of the tolerance-scaled entries."""
     worst = 0.0
-    for b in range(err.shape[0]):
+    for b in range(y.shape[0]):
         s = 0.0
-        for i in range(err.shape[1]):
-            r = err[b, i] / (atol + rtol * max(abs(y[b, i]), abs(y_new[b, i])))
+        for i in range(y.shape[1]):
+            r = u[STAGES - 1, b, i] / (atol + rtol * max(abs(y[b, i]), abs(y_new[b, i])))
             s += r * r
         if not s <= worst:
             worst = s
-    v = math.sqrt(worst / err.shape[1])
+    v = math.sqrt(worst / y.shape[1])
     return v if math.isfinite(v) else math.inf
 
 
@@ -269,23 +330,32 @@ def _scratch(n_batch, n):
     )
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
 def _step(y, f0, jac, ctx, hs, f_tape, f_slots, net, net_buf, w, piv, u, y_new, point, value,
           rhs):  # fmt: skip
     """One Rodas5P step of signed size ``hs`` from ``y (B, n)``, where ``f0`` and ``jac`` are
     ``f`` and its Jacobian: each condition's factored ``W`` (``w``, ``piv``), the stages ``u``
-    and the new states ``y_new``; ``point``, ``value``, ``rhs (n,)``: scratch."""
+    and the new states ``y_new``; ``point``, ``value``, ``rhs (n,)``: scratch.
+
+    Compiled without numba's reference counting (``_nrt=False``, numba's flag for code that
+    allocates nothing): the counts of the arrays it is handed were a third of a solve's time
+    (perf)."""
     n_batch, n = y.shape
+    fcode, farg, fconst, fout, fout_c = f_tape
+    networks = net[0].shape[0] > 0
     diag = 1.0 / (hs * GAMMA)
     for b in range(n_batch):
         for i in range(n):
             for j in range(n):
                 w[b, i, j] = -jac[b, i, j]
             w[b, i, i] += diag
-        regular = _lu(w[b], piv[b])
+        regular = _lu(w, b, piv)
+        for i in range(ctx.shape[1]):  # the tape writes only past the inputs
+            f_slots[n + i] = ctx[b, i]
         for s in range(STAGES):
             if not regular:
-                u[s, b] = math.nan
+                for i in range(n):
+                    u[s, b, i] = math.nan
                 continue
             if s == 0:
                 for i in range(n):
@@ -296,13 +366,17 @@ def _step(y, f0, jac, ctx, hs, f_tape, f_slots, net, net_buf, w, piv, u, y_new, 
                     for j in range(s):
                         acc += _A[s, j] * u[j, b, i]
                     point[i] = acc
-                _rhs(point, ctx[b], f_tape, f_slots, net, net_buf, value)
+                    f_slots[i] = acc
+                tape_forward(fcode, farg, fconst, f_slots)
+                _outputs(fout, fout_c, f_slots, value)
+                if networks:
+                    add_value(point, ctx[b], net, net_buf, value)
                 for i in range(n):
                     acc = value[i]
                     for j in range(s):
                         acc += (_C[s, j] / hs) * u[j, b, i]
                     rhs[i] = acc
-            _solve(w[b], piv[b], rhs, u[s, b])
+            _solve(w, piv, b, rhs, u, s)
         for i in range(n):
             acc = y[b, i]
             for j in range(STAGES):
@@ -346,9 +420,9 @@ def integrate(y0, times, ctx, f_tape, jac_tape, rows, cols, net, rtol, atol, max
     direction = 1.0 if times[n_t - 1] > times[0] else -1.0
     y = y0.copy()
     y_new, f0, jac, w, piv, u, point, value, rhs = _scratch(n_batch, n)
-    for b in range(n_batch):
-        _rhs(y[b], ctx[b], f_tape, f_slots, net, net_buf, f0[b])
-        _jacobian(y[b], ctx[b], jac_tape, rows, cols, j_slots, net, net_buf, jac[b])
+    _value_and_jacobian(
+        y, ctx, f_tape, jac_tape, rows, cols, f_slots, j_slots, net, net_buf, f0, jac
+    )
     counts[2] += 1
     counts[3] += 1
     # the first step (Hairer, Norsett & Wanner, Solving ODEs I, II.4), as rodas.initial_step
@@ -359,7 +433,7 @@ def integrate(y0, times, ctx, f_tape, jac_tape, rows, cols, net, rtol, atol, max
     for b in range(n_batch):
         for i in range(n):
             point[i] = y[b, i] + h0 * direction * f0[b, i]
-        _rhs(point, ctx[b], f_tape, f_slots, net, net_buf, value)
+        _rhs(point, ctx[b], f_tape, f_slots, net, net_buf, value)  # once a solve
         for i in range(n):
             y_new[b, i] = value[i] - f0[b, i]
     counts[2] += 1
@@ -394,10 +468,26 @@ def integrate(y0, times, ctx, f_tape, jac_tape, rows, cols, net, rtol, atol, max
             clipped = remaining <= 1.1 * h
             h_step = remaining if clipped else h
             hs = direction * h_step
-            _step(y, f0, jac, ctx, hs, f_tape, f_slots, net, net_buf, w, piv, u, y_new, point,
-                  value, rhs)  # fmt: skip
+            _step(
+                y,
+                f0,
+                jac,
+                ctx,
+                hs,
+                f_tape,
+                f_slots,
+                net,
+                net_buf,
+                w,
+                piv,
+                u,
+                y_new,
+                point,
+                value,
+                rhs,
+            )
             counts[2] += STAGES - 1
-            err = _error_norm(u[STAGES - 1], y, y_new, rtol, atol)
+            err = _error_norm(u, y, y_new, rtol, atol)
             if err <= 1.0:
                 if record:
                     if n_acc == cap:
@@ -422,9 +512,9 @@ def integrate(y0, times, ctx, f_tape, jac_tape, rows, cols, net, rtol, atol, max
                 last_h = h_step
                 last_err = max(err, 1e-4)
                 rejected = False
-                for b in range(n_batch):
-                    _rhs(y[b], ctx[b], f_tape, f_slots, net, net_buf, f0[b])
-                    _jacobian(y[b], ctx[b], jac_tape, rows, cols, j_slots, net, net_buf, jac[b])
+                _value_and_jacobian(
+                    y, ctx, f_tape, jac_tape, rows, cols, f_slots, j_slots, net, net_buf, f0, jac
+                )
                 counts[2] += 1
                 counts[3] += 1
             else:
@@ -470,9 +560,9 @@ def replay(y0, times, ctx, f_tape, jac_tape, rows, cols, net, steps, output_step
             k += 1
         if step == n_steps:
             break
-        for b in range(n_batch):
-            _rhs(y[b], ctx[b], f_tape, f_slots, net, net_buf, f0[b])
-            _jacobian(y[b], ctx[b], jac_tape, rows, cols, j_slots, net, net_buf, jac[b])
+        _value_and_jacobian(
+            y, ctx, f_tape, jac_tape, rows, cols, f_slots, j_slots, net, net_buf, f0, jac
+        )
         hs = steps[step]
         _step(y, f0, jac, ctx, hs, f_tape, f_slots, net, net_buf, rec_lu[step], piv, u, y_new,
               point, value, rhs)  # fmt: skip
@@ -518,6 +608,9 @@ def adjoint(grad_out, rec_h, rec_y, rec_u, rec_lu, rec_piv, output_step, ctx, f_
     point = np.empty(n)
     g = np.empty(n)
     pairs = np.empty(rows.shape[0])
+    cot = np.empty(n)
+    fcode, farg, fconst, fout, _ = f_tape
+    jcode, jarg, jconst, jout, _ = jac_tape
     last = n_t - 1
     for step in range(n_steps - 1, -1, -1):
         # outputs reached by this step (output_step[k] steps precede output k)
@@ -527,23 +620,34 @@ def adjoint(grad_out, rec_h, rec_y, rec_u, rec_lu, rec_piv, output_step, ctx, f_
                     lam[b, i] += grad_out[last, b, i]
             last -= 1
         h = rec_h[step]
+        y = rec_y[step]
+        u = rec_u[step]
+        lu = rec_lu[step]
+        piv = rec_piv[step]
         for b in range(n_batch):
-            y = rec_y[step, b]
             for i in range(n):
                 acc[i] = lam[b, i]
+            for i in range(c):  # the tape writes only past the inputs
+                f_slots[n + i] = ctx[b, i]
             for s in range(STAGES - 1, -1, -1):
                 for i in range(n):
                     v = _M[s] * lam[b, i]
                     for j in range(s + 1, STAGES):
                         v += (_C[j, s] / h) * omega[j, i] + _A[j, s] * nu[j, i]
                     mu[i] = v
-                _solve_transposed(rec_lu[step, b], rec_piv[step, b], mu, omega[s])
+                _solve_transposed(lu, piv, b, mu, omega, s)
                 for i in range(n):
-                    v = y[i]
+                    v = y[b, i]
                     for j in range(s):
-                        v += _A[s, j] * rec_u[step, j, b, i]
+                        v += _A[s, j] * u[j, b, i]
                     point[i] = v
-                _reverse(point, ctx[b], f_tape, f_slots, f_adj, omega[s], nu[s], gctx[b])
+                    f_slots[i] = v
+                    cot[i] = omega[s, i]
+                _reverse_loaded(fcode, farg, fconst, fout, f_slots, f_adj, cot)
+                for i in range(n):
+                    nu[s, i] = f_adj[i]
+                for i in range(c):
+                    gctx[b, i] += f_adj[n + i]
                 if networks:
                     add_vjp(point, ctx[b], net, net_buf, omega[s], nu[s], gctx[b], gw)
                 for i in range(n):
@@ -552,11 +656,16 @@ def adjoint(grad_out, rec_h, rec_y, rec_u, rec_lu, rec_piv, output_step, ctx, f_
             for e in range(rows.shape[0]):
                 v = 0.0
                 for s in range(STAGES):
-                    v += omega[s, rows[e]] * rec_u[step, s, b, cols[e]]
+                    v += omega[s, rows[e]] * u[s, b, cols[e]]
                 pairs[e] = v
-            _reverse(y, ctx[b], jac_tape, j_slots, j_adj, pairs, g, gctx[b])
+            _load_row(y, ctx, b, j_slots)
+            _reverse_loaded(jcode, jarg, jconst, jout, j_slots, j_adj, pairs)
+            for i in range(n):
+                g[i] = j_adj[i]
+            for i in range(c):
+                gctx[b, i] += j_adj[n + i]
             if networks:
-                add_jacobian_vjp(y, ctx[b], net, net_buf, omega, rec_u[step, :, b], g, gctx[b], gw)
+                add_jacobian_vjp(y[b], ctx[b], net, net_buf, omega, u[:, b], g, gctx[b], gw)
             for i in range(n):
                 lam[b, i] = acc[i] + g[i]
     while last >= 0:

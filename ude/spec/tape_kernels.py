@@ -77,7 +77,6 @@ def encode_tape(expressions: CompiledExpressions) -> tuple[np.ndarray, ...]:
 # The sweeps set numba's error model themselves: a callee without it inherits its first caller's
 # (numpy's in the Rodas5P kernels, Python's in PEtab's), so a division by zero would give inf in
 # one process and raise ZeroDivisionError in another, by which kernel compiled first.
-@njit(cache=True, nogil=True, error_model="numpy")
 def tape_forward(code, arg, const, slots):
     """Run a tape: ``slots[:n_in]`` hold the inputs, step ``k`` writes ``slots[n_in + k]``."""
     n_in = slots.shape[0] - code.shape[0]
@@ -125,7 +124,6 @@ def tape_forward(code, arg, const, slots):
         slots[n_in + k] = v
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
 def tape_reverse(code, arg, const, slots, adj):
     """Reverse sweep of a tape run by :func:`tape_forward`: ``adj`` holds the outputs'
     cotangents at their slots on entry, every slot's (the inputs' first) on return."""
@@ -184,6 +182,15 @@ def tape_reverse(code, arg, const, slots, adj):
         else:
             x = slots[a]
             adj[a] += g * (1.0 if x > 0.0 else (-1.0 if x < 0.0 else 0.0))
+
+
+tape_forward_inlined = njit(nogil=True, error_model="numpy", inline="always")(tape_forward)
+tape_reverse_inlined = njit(nogil=True, error_model="numpy", inline="always")(tape_reverse)
+"""The sweeps inlined into their caller's machine code, for callers with numpy's error model
+only (an inlined sweep takes its caller's): the Rodas5P kernels, where a call of a sweep cost
+a fifth of a solve (bench/twin_solve_cost.py)."""
+tape_forward = njit(cache=True, nogil=True, error_model="numpy")(tape_forward)
+tape_reverse = njit(cache=True, nogil=True, error_model="numpy")(tape_reverse)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
