@@ -6,9 +6,10 @@ distillation's refits, which are most of the slowest benchmark cells' time.
 Each system's true model (a twin: no networks) over the benchmark's base scenario (30 time
 points, seed 0), solved and differentiated by :func:`ude.model.rodas_kernels.integrate` and
 :func:`ude.model.rodas_kernels.adjoint` at rtol 1e-6, as the selection's scoring refits do.
-Prints the CPU time of one forward + adjoint (best of 5 rounds of 100), the accepted steps
-and the time per step. Run it on two commits to compare them:
-``PYTHONPATH=WORKTREE python bench/twin_solve_cost.py`` takes the worktree's ``ude``.
+Prints the CPU time of one forward + adjoint (best of 5 rounds of 100), the accepted steps,
+the time per step, and the forward (recording its steps) and the adjoint apart. Run it on two
+commits to compare them: ``PYTHONPATH=WORKTREE python bench/twin_solve_cost.py`` takes the
+worktree's ``ude``.
 """
 
 from __future__ import annotations
@@ -51,10 +52,23 @@ def one(system: str) -> None:
             rodas_kernels.adjoint(np.ones_like(r[0]), *r[2:8], ctx, *tapes)
         steps.append(int(r[11][0]))
 
+    record = rodas_kernels.integrate(y0, times, ctx, *tapes, 1e-6, 1e-8, 100_000, True)
+    grad = np.ones_like(record[0])
+
+    def forward():
+        for _ in range(100):
+            rodas_kernels.integrate(y0, times, ctx, *tapes, 1e-6, 1e-8, 100_000, True)
+
+    def adjoint():
+        for _ in range(100):
+            rodas_kernels.adjoint(grad, *record[2:8], ctx, *tapes)
+
     solve = _best(solve_and_adjoint, 5, 100)
+    forward_only, adjoint_only = _best(forward, 5, 100), _best(adjoint, 5, 100)
     print(
         f"{system:>17} | forward + adjoint {solve * 1e3:7.3f} ms | {steps[-1]:5d} steps | "
-        f"{solve / steps[-1] * 1e6:6.2f} us a step",
+        f"{solve / steps[-1] * 1e6:6.2f} us a step | forward {forward_only * 1e3:7.3f} ms, "
+        f"adjoint {adjoint_only * 1e3:7.3f} ms",
         flush=True,
     )
 
