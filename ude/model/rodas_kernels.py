@@ -79,7 +79,7 @@ def tapes(derivatives: CompiledDerivatives) -> tuple:
 # are taken out of their tuples once a solve; the batch's rows are indexed (``y[b, i]``), not
 # viewed, but where a network adds its part (its kernels take rows); and the sweeps are inlined
 # (:data:`~ude.spec.tape_kernels.tape_forward_inlined`). The same arithmetic in the same order:
-# the same values to the bit, 1.4-2x faster (``bench/twin_solve_cost.py``).
+# the same values to the bit, 1.5-2.5x faster (``bench/twin_solve_cost.py``).
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _load(y, ctx, slots):
     n = y.shape[0]
@@ -157,8 +157,8 @@ def _value_and_jacobian(y, ctx, f_tape, jac_tape, rows, cols, f_slots, j_slots, 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _reverse_loaded(code, arg, const, out, slots, adj, cotangent):
-    """The reverse sweep of ``tape`` at the inputs in ``slots``: ``adj`` every slot's
-    cotangent for the outputs' ``cotangent``."""
+    """The reverse sweep of a tape (``code``, ``arg``, ``const``, ``out``) at the inputs in
+    ``slots``: ``adj`` every slot's cotangent for the outputs' ``cotangent``."""
     tape_forward(code, arg, const, slots)
     adj[:] = 0.0
     for k in range(out.shape[0]):
@@ -338,8 +338,8 @@ def _step(y, f0, jac, ctx, hs, f_tape, f_slots, net, net_buf, w, piv, u, y_new, 
     and the new states ``y_new``; ``point``, ``value``, ``rhs (n,)``: scratch.
 
     Compiled without numba's reference counting (``_nrt=False``, numba's flag for code that
-    allocates nothing): the counts of the arrays it is handed were a third of a solve's time
-    (perf)."""
+    allocates nothing): counting the references to the arrays it is handed cost more than its
+    arithmetic (perf: about half of a Goldbeter solve)."""
     n_batch, n = y.shape
     fcode, farg, fconst, fout, fout_c = f_tape
     networks = net[0].shape[0] > 0
