@@ -12,16 +12,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+from ude import threads
 from ude.model import Solver, SolverFailed
 from ude.model.hybrid import HybridODE
 from ude.model.rodas import Stats
-from ude.model.rodas_autograd import solve
+from ude.model.rodas_autograd import RodasFailed, solve
 from ude.spec import ModelSpec
 from ude.systems import get_system
 
@@ -89,6 +92,23 @@ def goldbeter() -> HybridODE:
         state_scale=torch.ones(n, dtype=F64),
         time_scale=1.0,
         noise=torch.ones(n, dtype=F64),
+    ).double()
+
+
+def one_state(spec: dict, inputs: torch.Tensor) -> HybridODE:
+    """A one-state model of ``spec`` on rodas5p, one condition per row of ``inputs``, each
+    starting at 1."""
+    n = inputs.shape[0]
+    return HybridODE(
+        ModelSpec.from_dict(spec, source="one.yaml"),
+        ["x"],
+        n,
+        inputs=inputs.to(F64),
+        initial=torch.ones(n, 1, dtype=F64),
+        solver=Solver("rodas5p"),
+        state_scale=torch.ones(1, dtype=F64),
+        time_scale=1.0,
+        noise=torch.ones(1, dtype=F64),
     ).double()
 
 
@@ -161,6 +181,64 @@ def test_conditions_step_alone_each_as_if_solved_by_itself():
     assert not np.array_equal(both, shared)  # their own steps, not the shared ones
 
 
+@pytest.mark.parametrize("make", [toggle, toggle_network], ids=["twin", "with_a_network"])
+def test_conditions_solved_in_threads_give_the_same_bits_as_one_after_the_other(make, monkeypatch):
+    # ude.threads runs each condition's compiled solve and reverse pass in a thread of its
+    # own; each reads the shared tapes and writes only its own arrays, so the states, the
+    # gradients and the work are those of the conditions solved one after the other.
+    times = torch.linspace(0.0, 6.0, 21, dtype=F64)
+    monkeypatch.setattr(threads, "_row_pool", lambda: None)
+    alone, alone_grads, alone_stats = run(make(), times, True, shared=False)
+    used = []
+    with ThreadPoolExecutor(2) as pool:
+
+        def spy():
+            used.append(True)
+            return pool
+
+        monkeypatch.setattr(threads, "_row_pool", spy)
+        both, both_grads, both_stats = run(make(), times, True, shared=False)
+    assert len(used) == 2  # the forward solve and the reverse pass
+    np.testing.assert_array_equal(both, alone)
+    for grad, ref in zip(both_grads, alone_grads, strict=True):
+        assert (grad is None) == (ref is None)
+        if grad is not None:
+            np.testing.assert_array_equal(grad.numpy(), ref.numpy())
+    assert (both_stats.accepted, both_stats.f_evals) == (alone_stats.accepted, alone_stats.f_evals)
+
+
+def test_a_condition_that_fails_in_a_thread_fails_the_solve_with_its_own_message(monkeypatch):
+    # the first condition's solution blows up at t=1, the second's decays; solved in
+    # threads (both run), the solve fails on the first with the message it has in order
+    spec = {"states": ["x"], "inputs": ["u"], "equations": {"x": "u*x**2"}}
+    model = one_state(spec, torch.tensor([[1.0], [-1.0]], dtype=F64))
+    times = torch.linspace(0.0, 2.0, 5, dtype=F64)
+    messages = []
+    for pool in (None, ThreadPoolExecutor(2)):
+        monkeypatch.setattr(threads, "_row_pool", lambda pool=pool: pool)
+        with pytest.raises(RodasFailed) as info:
+            run(model, times, True, shared=False)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+    assert messages[0].startswith("step size underflow at t=1 ")
+
+
+def test_the_row_pool_has_a_thread_per_usable_cpu_and_is_made_again_after_a_fork(monkeypatch):
+    monkeypatch.setattr(threads, "_pool", None)
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 1)
+    assert threads.map_rows(lambda b: threading.current_thread().name, 3)[0] == "MainThread"
+    monkeypatch.setattr(threads, "_pool", None)
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 2)
+    names = threads.map_rows(lambda b: threading.current_thread().name, 4)
+    assert all(name.startswith("ude-rows") for name in names)
+    assert threads.map_rows(lambda b: b * b, 5) == [0, 1, 4, 9, 16]  # in order
+    first = threads._row_pool()
+    assert threads._row_pool() is first
+    monkeypatch.setattr(threads, "_pool_pid", -1)  # as in a forked child
+    assert threads._row_pool() is not first
+    first.shutdown()
+
+
 def test_compiled_gradient_matches_finite_differences():
     # the toggle's Hill exponent n: a parameter behind the context, reached by the kernel's
     # reverse sweeps (the stage evaluations and the Jacobian inside W)
@@ -188,18 +266,7 @@ def test_compiled_gradient_matches_finite_differences():
 def test_a_division_by_zero_fails_like_the_numpy_path(compiled):
     # x' = 1/(x - 1) from x = 1: the tape divides by zero at the start. The kernels, like
     # numpy, take inf for it and fail with the usual message rather than a ZeroDivisionError.
-    spec = ModelSpec.from_dict({"states": ["x"], "equations": {"x": "1/(x - 1)"}}, source="z.yaml")
-    model = HybridODE(
-        spec,
-        ["x"],
-        1,
-        inputs=torch.zeros(1, 0, dtype=F64),
-        initial=torch.ones(1, 1, dtype=F64),
-        solver=Solver("rodas5p"),
-        state_scale=torch.ones(1, dtype=F64),
-        time_scale=1.0,
-        noise=torch.ones(1, dtype=F64),
-    ).double()
+    model = one_state({"states": ["x"], "equations": {"x": "1/(x - 1)"}}, torch.zeros(1, 0))
     model._context = model.context(torch.tensor([0]))
     times = torch.tensor([0.0, 1.0], dtype=F64)
     with pytest.raises(Exception) as info:

@@ -14,7 +14,6 @@ normalised over the refitted candidates these are the weights kept in distill.js
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import torch
 from ude.distill.refit import RefitResult
 from ude.distill.sparse import Candidate
 from ude.errors import UdeError
+from ude.threads import usable_cpus
 
 CRITERIA = ("ebic", "bic", "aicc")
 EBIC_GAMMA = 1.0
@@ -37,14 +37,6 @@ REWRITES = ("limit", "complement")
 TIE = 2.0
 """Criterion units within which two structures fit equally well: a Bayes factor under e
 (Kass & Raftery: "not worth more than a bare mention")."""
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity: a SLURM task's share, not the node)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def first_of_each(items: list, key: Callable) -> list:

@@ -47,6 +47,7 @@ from ude.spec.derivatives import CompiledDerivatives
 from ude.spec.tape_kernels import refresh_cache
 from ude.spec.tape_kernels import tape_forward_inlined as tape_forward
 from ude.spec.tape_kernels import tape_reverse_inlined as tape_reverse
+from ude.threads import map_rows
 
 refresh_cache(__file__, network_kernels.__file__)
 
@@ -679,8 +680,8 @@ def adjoint(grad_out, rec_h, rec_y, rec_u, rec_lu, rec_piv, output_step, ctx, f_
 def integrate_each(y0, times, ctx, f_tape, jac_tape, rows, cols, net, rtol, atol, max_steps,
                    record):  # fmt: skip
     """:func:`integrate` of each condition alone, each with its own step size (and its own
-    ``max_steps``), stopping at the first that fails. Returns the per-condition results, in
-    order.
+    ``max_steps``), in threads (:func:`ude.threads.map_rows`: the same numbers as one after
+    the other). Returns the per-condition results in order, up to the first that failed.
 
     A shared step is the smallest any condition needs at that time, so every condition takes
     the union of all their steps; conditions whose fast phases fall at different times (an
@@ -695,16 +696,16 @@ def integrate_each(y0, times, ctx, f_tape, jac_tape, rows, cols, net, rtol, atol
 def integrate_rows(y0, times, ctx, row_tapes, rtol, atol, max_steps, record):
     """:func:`integrate_each` with each row's own ``(f_tape, jac_tape, rows, cols, net)``
     (an ensemble's members: the same known part, each member's networks)."""
-    results = []
-    for b in range(y0.shape[0]):
-        result = integrate(
+
+    def solve(b):
+        return integrate(
             np.ascontiguousarray(y0[b : b + 1]), times, np.ascontiguousarray(ctx[b : b + 1]),
             *row_tapes[b], rtol, atol, max_steps, record,
         )  # fmt: skip
-        results.append(result)
-        if result[8] != OK:
-            break
-    return results
+
+    results = map_rows(solve, y0.shape[0])
+    failed = [b for b, result in enumerate(results) if result[8] != OK]
+    return results[: failed[0] + 1] if failed else results
 
 
 def adjoint_each(grad_out, records, ctx, f_tape, jac_tape, rows, cols, net):
@@ -719,16 +720,15 @@ def adjoint_each(grad_out, records, ctx, f_tape, jac_tape, rows, cols, net):
 def adjoint_rows(grad_out, records, ctx, row_tapes):
     """:func:`adjoint` of :func:`integrate_rows`' solves: the cotangents of ``y0 (B, n)`` and
     of ``ctx (B, c)``, and each row's folded weights' cotangent (a list)."""
-    lams, gctxs, gws = [], [], []
-    for b, record in enumerate(records):
-        lam, gctx, gw = adjoint(
-            np.ascontiguousarray(grad_out[:, b : b + 1]), *record,
+
+    def reverse(b):
+        return adjoint(
+            np.ascontiguousarray(grad_out[:, b : b + 1]), *records[b],
             np.ascontiguousarray(ctx[b : b + 1]), *row_tapes[b],
         )  # fmt: skip
-        lams.append(lam)
-        gctxs.append(gctx)
-        gws.append(gw)
-    return np.concatenate(lams), np.concatenate(gctxs), gws
+
+    lams, gctxs, gws = zip(*map_rows(reverse, len(records)), strict=True)
+    return np.concatenate(lams), np.concatenate(gctxs), list(gws)
 
 
 def raise_failure(status: int, t: float, h: float, max_steps: int) -> None:
