@@ -171,14 +171,15 @@ def test_experiments_build_their_run(make_cfg, option):
         assert all(lib.get_feature_names() for lib in libraries.values())
 
 
-def test_the_selection_refits_with_rodas5p_and_the_twin_keeps_a_stiff_training_solver(make_cfg):
-    # the selection's refits: the compiled Rodas5P, accurate where rk4 on the data's grid is
-    # not, and the fastest (bench/refit_solvers.py); the final refit (the twin's own solver)
-    # dopri5, or the training's stiff solver
+def test_the_refits_fit_with_rodas5p_and_the_twin_keeps_a_stiff_training_solver(make_cfg):
+    # every refit fits with the compiled Rodas5P: accurate where rk4 on the data's grid is
+    # not, and the fastest (bench/refit_solvers.py); the twin then keeps its own solver,
+    # dopri5 or the training's stiff solver
     finals = {"dopri5": "dopri5", "rk4": "dopri5", "rosenbrock23": "rosenbrock23"}
     for solver, final in finals.items():
         distiller = make_cfg(f"solver={solver}").distill.distiller
-        assert (distiller.score_refit.method, distiller.refit.method) == ("rodas5p", final)
+        refits = (distiller.score_refit.method, distiller.refit.method)
+        assert (*refits, distiller.refit.twin_method) == ("rodas5p", "rodas5p", final)
 
 
 def test_a_run_made_before_rodas5p_refits_resolves_its_recorded_refit_solver():

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from ude.data.measurements import Measurements
 from ude.distill import TwinRefit
+from ude.distill.refit import _batch
+from ude.fit import make_module
 from ude.spec import ModelSpec, simulate_spec
 
 TRUE = {"a": 2.0, "K": 0.5, "n": 3.0, "V": 150.0, "Km": 0.3, "d": 0.5, "k": 100.0}
@@ -86,3 +89,23 @@ def test_rodas5p_fallback_finds_the_optimum_rosenbrock23_found(data):
     assert new.nmse == pytest.approx(old.nmse, rel=1e-3)
     for name in LEARN:
         assert new.values[name] == pytest.approx(old.values[name], rel=0.01)
+
+
+def test_a_twin_fitted_with_rodas5p_keeps_its_own_solver_and_dopri5s_optimum():
+    # The final refit fits with the compiled rodas5p and hands the twin dopri5 (its
+    # twin.json's solver, the bands' draws'): the optimum is dopri5's up to the two solvers'
+    # discretisation at rtol 1e-6, and the twin's fit under its own solver is the one reported.
+    slow = {**TRUE, "V": 3.0, "k": 2.0}  # not stiff: dopri5 refits it in seconds
+    data = measurements(slow)
+    start = toggle({**slow, "K": 0.8, "n": 2.0, "Km": 0.6, "V": 2.0}, LEARN)
+    fast = TwinRefit(method="rodas5p", twin_method="dopri5").fit(start, data)
+    plain = TwinRefit(method="dopri5").fit(start, data)
+    assert fast.ok and plain.ok
+    assert fast.model.solver.method == "dopri5"
+    assert fast.nmse == pytest.approx(plain.nmse, rel=1e-4)
+    for name in LEARN:
+        assert fast.values[name] == pytest.approx(plain.values[name], rel=1e-3)
+    module = make_module(fast.model, data, loss="nll")
+    with torch.no_grad():
+        own = float(module.losses(_batch(data))["mse"])
+    assert own == pytest.approx(fast.nmse, rel=1e-5)

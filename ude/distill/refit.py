@@ -98,6 +98,10 @@ class TwinRefit:
             the last 140 changing the criterion by less than 0.2 in all).
         method, rtol, atol, step_size: the ODE solver (:class:`ude.model.Solver`); a fixed-step
             method with ``step_size=None`` steps on the data's time grid.
+        twin_method: the solver the refitted twin keeps (its ``twin.json``'s, its bands'
+            draws, at ``rtol`` and ``atol``) where it is not the one it is fitted with (None:
+            that one). A twin is fitted fastest by the compiled ``rodas5p`` whatever its
+            stiffness, while a non-stiff twin's batched draws are fastest with dopri5 in torch.
         learn_initial: refit the initial states too.
         fallback: the adaptive method used instead of a fixed-step one whose solve already
             fails at the start (a step too long for the candidate's fastest rate, e.g. rk4 on
@@ -168,6 +172,7 @@ class TwinRefit:
         rtol: float = 1e-6,
         atol: float = 1e-8,
         step_size: float | None = None,
+        twin_method: str | None = None,
         learn_initial: bool = True,
         fallback: str | None = "rodas5p",
         fallback_rtol: float = 1e-4,
@@ -206,6 +211,7 @@ class TwinRefit:
         self.rtol = rtol
         self.atol = atol
         self.step_size = step_size
+        self.twin_method = twin_method
         self.learn_initial = learn_initial
         self.fallback = fallback
         self.fallback_rtol = fallback_rtol
@@ -417,6 +423,8 @@ class TwinRefit:
                 other = self._fit(*args, **how)
                 if other.ok and other.nmse < best.nmse:
                     best = other
+            if self.twin_method is not None and best.model is not None:
+                best.model.solver = Solver(self.twin_method, self.rtol, self.atol, max_steps=5000)
             return best
         finally:
             torch.set_default_dtype(previous)
