@@ -19,6 +19,7 @@ from ude.data.measurements import Measurements
 from ude.distill import TwinRefit
 from ude.distill.refit import _batch
 from ude.fit import make_module
+from ude.model import Solver, SolverFailed
 from ude.spec import ModelSpec, simulate_spec
 
 TRUE = {"a": 2.0, "K": 0.5, "n": 3.0, "V": 150.0, "Km": 0.3, "d": 0.5, "k": 100.0}
@@ -109,3 +110,17 @@ def test_a_twin_fitted_with_rodas5p_keeps_its_own_solver_and_dopri5s_optimum():
     with torch.no_grad():
         own = float(module.losses(_batch(data))["mse"])
     assert own == pytest.approx(fast.nmse, rel=1e-5)
+
+
+def test_a_twin_its_fit_leaves_stiff_keeps_the_solver_it_was_fitted_with():
+    # y relaxes a million times faster than x: dopri5 cannot cross the first interval in its
+    # 5000 steps, so the twin keeps rodas5p rather than a solver that fails on it
+    stiff = {**TRUE, "V": 1.5e8, "k": 1e6}
+    data = measurements(stiff)
+    start = toggle({**stiff, "K": 0.8, "n": 2.0, "Km": 0.6, "V": 1e8}, LEARN)
+    result = TwinRefit(method="rodas5p", twin_method="dopri5").fit(start, data)
+    assert result.ok
+    assert result.model.solver.method == "rodas5p"
+    with pytest.raises(SolverFailed):
+        result.model.solver = Solver("dopri5", 1e-6, 1e-8, max_steps=5000)
+        make_module(result.model, data, loss="nll").losses(_batch(data))

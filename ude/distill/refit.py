@@ -100,7 +100,8 @@ class TwinRefit:
             method with ``step_size=None`` steps on the data's time grid.
         twin_method: the solver the refitted twin keeps (its ``twin.json``'s, its bands'
             draws, at ``rtol`` and ``atol``) where it is not the one it is fitted with (None:
-            that one). A twin is fitted fastest by the compiled ``rodas5p`` whatever its
+            that one), if it solves the twin over the data (else the twin keeps the one it was
+            fitted with). A twin is fitted fastest by the compiled ``rodas5p`` whatever its
             stiffness, while a non-stiff twin's batched draws are fastest with dopri5 in torch.
         learn_initial: refit the initial states too.
         fallback: the adaptive method used instead of a fixed-step one whose solve already
@@ -423,11 +424,21 @@ class TwinRefit:
                 other = self._fit(*args, **how)
                 if other.ok and other.nmse < best.nmse:
                     best = other
-            if self.twin_method is not None and best.model is not None:
-                best.model.solver = Solver(self.twin_method, self.rtol, self.atol, max_steps=5000)
+            if self.twin_method is not None and best.ok:
+                self._hand_over(best.model, measurements)
             return best
         finally:
             torch.set_default_dtype(previous)
+
+    def _hand_over(self, model: HybridODE, measurements: Measurements) -> None:
+        """Give the refitted ``model`` its own solver, ``twin_method``, where that solves it
+        over the data; a twin whose fitted rates make it stiff keeps the solver it was fitted
+        with (Goodwin with a mass-action library: a twin of coefficients near 5e7 that cancel,
+        which dopri5 could not take past t = 7e-4 in 5000 steps)."""
+        fitted = model.solver
+        model.solver = Solver(self.twin_method, self.rtol, self.atol, max_steps=5000)
+        if not _solves(make_module(model, measurements, loss="nll"), _batch(measurements)):
+            model.solver = fitted
 
     def _fit(
         self,
