@@ -6,8 +6,8 @@ its own step size, and run outside the GIL: the conditions of one solve can run 
 one per CPU, and give the same numbers to the bit as one after the other (each condition's
 solve reads the shared tapes and writes only its own arrays). The distillation's selection
 already runs a step's refits in threads (:class:`ude.distill.selection.TrajectorySelector`);
-this pool covers what runs one at a time: the training's solves, a single refit, the
-bootstrap's and the bands' draws.
+this pool also covers the solves that run one at a time with several conditions: the stiff
+training's, a single refit's (the final one), a member per row of an ensemble's.
 """
 
 from __future__ import annotations
