@@ -32,26 +32,34 @@ from ude.model import rodas_kernels
 from ude.spec.derivatives import compiled_derivatives
 
 
-def _best(run, rounds: int, repeats: int) -> float:
-    """The least CPU seconds of one call over ``rounds`` rounds of ``repeats`` calls."""
-    run()  # compiled, or loaded from the cache
-    best = float("inf")
+def _clocks(run, rounds: int, repeats: int) -> tuple[float, float]:
+    """The least wall and CPU seconds of one call over ``rounds`` rounds of ``repeats``
+    calls (the first call before them: compiled, or loaded from the cache)."""
+    run()
+    wall = cpu = float("inf")
     for _ in range(rounds):
-        start = time.process_time()
+        w, c = time.perf_counter(), time.process_time()
         run()
-        best = min(best, (time.process_time() - start) / repeats)
-    return best
+        wall = min(wall, (time.perf_counter() - w) / repeats)
+        cpu = min(cpu, (time.process_time() - c) / repeats)
+    return wall, cpu
+
+
+def _true_model(data, n_conditions: int) -> tuple:
+    """``(y0, times, ctx, tapes)`` of the true model of ``data`` over its first
+    ``n_conditions`` conditions, as the kernels take them."""
+    spec = data.truth.spec
+    derivatives = compiled_derivatives(spec.known_rhs(), spec.symbols, len(spec.states))
+    values = [spec.parameters[p].value for p in spec.symbols[len(spec.states) :]]
+    y0 = np.ascontiguousarray(data.truth.initial[:n_conditions], dtype=float)
+    ctx = np.repeat(np.array([values], dtype=float), y0.shape[0], axis=0)
+    times = np.ascontiguousarray(data.times, dtype=float)
+    return y0, times, ctx, rodas_kernels.tapes(derivatives)
 
 
 def one(system: str) -> None:
     data = simulate_measurements(system, noise=0.05, n_times=30, seed=0)
-    spec = data.truth.spec
-    derivatives = compiled_derivatives(spec.known_rhs(), spec.symbols, len(spec.states))
-    values = [spec.parameters[p].value for p in spec.symbols[len(spec.states) :]]
-    ctx = np.array([values], dtype=float)
-    y0 = np.ascontiguousarray(data.truth.initial[:1], dtype=float)
-    times = np.ascontiguousarray(data.times, dtype=float)
-    tapes = rodas_kernels.tapes(derivatives)
+    y0, times, ctx, tapes = _true_model(data, 1)
     steps = []
 
     def solve_and_adjoint():
@@ -71,8 +79,8 @@ def one(system: str) -> None:
         for _ in range(100):
             rodas_kernels.adjoint(grad, *record[2:8], ctx, *tapes)
 
-    solve = _best(solve_and_adjoint, 5, 100)
-    forward_only, adjoint_only = _best(forward, 5, 100), _best(adjoint, 5, 100)
+    solve = _clocks(solve_and_adjoint, 5, 100)[1]
+    forward_only, adjoint_only = _clocks(forward, 5, 100)[1], _clocks(adjoint, 5, 100)[1]
     print(
         f"{system:>17} | forward + adjoint {solve * 1e3:7.3f} ms | {steps[-1]:5d} steps | "
         f"{solve / steps[-1] * 1e6:6.2f} us a step | forward {forward_only * 1e3:7.3f} ms, "
@@ -81,27 +89,9 @@ def one(system: str) -> None:
     )
 
 
-def _clocks(run, rounds: int, repeats: int) -> tuple[float, float]:
-    """The least wall and CPU seconds of one call over ``rounds`` rounds of ``repeats``."""
-    run()
-    wall = cpu = float("inf")
-    for _ in range(rounds):
-        w, c = time.perf_counter(), time.process_time()
-        run()
-        wall = min(wall, (time.perf_counter() - w) / repeats)
-        cpu = min(cpu, (time.process_time() - c) / repeats)
-    return wall, cpu
-
-
 def conditions(system: str, n: int) -> None:
     data = build_problem(Scenario(system, n_times=30, conditions=n)).measurements
-    spec = data.truth.spec
-    derivatives = compiled_derivatives(spec.known_rhs(), spec.symbols, len(spec.states))
-    values = [spec.parameters[p].value for p in spec.symbols[len(spec.states) :]]
-    y0 = np.ascontiguousarray(data.truth.initial, dtype=float)
-    ctx = np.repeat(np.array([values], dtype=float), y0.shape[0], axis=0)
-    times = np.ascontiguousarray(data.times, dtype=float)
-    tapes = rodas_kernels.tapes(derivatives)
+    y0, times, ctx, tapes = _true_model(data, n)
     outputs = []
 
     def solve_and_adjoint():

@@ -436,6 +436,8 @@ class TwinRefit:
         with (Goodwin with a mass-action library: a twin of coefficients near 5e7 that cancel,
         which dopri5 could not take past t = 7e-4 in 5000 steps)."""
         fitted = model.solver
+        if fitted.method == self.twin_method:  # a stiff twin fitted with its own solver
+            return
         model.solver = Solver(self.twin_method, self.rtol, self.atol, max_steps=5000)
         if not _solves(make_module(model, measurements, loss="nll"), _batch(measurements)):
             model.solver = fitted
