@@ -129,6 +129,7 @@ def distillations(system: str) -> None:
         overrides = [
             f"distill.distiller.score_refit.method={method}",
             f"distill.distiller.refit.method={method}",
+            f"distill.distiller.refit.twin_method={method}",  # the twin keeps it, as before
         ]
         cfg = composed_config(problem, overrides)
         t0 = time.perf_counter()
