@@ -172,6 +172,7 @@ def lotka_volterra_distilled():
     distiller = Distiller(
         library=[PolynomialLibrary(2)],
         selector=TrajectorySelector(max_candidates=2, grow=False),
+        bootstrap=None,
     )
     return distiller.fit(model, m), model, m
 
@@ -221,6 +222,7 @@ def _distil_with_prey_below_zero(prey_term) -> tuple:
         library=[PolynomialLibrary(2)],
         selector=TrajectorySelector(max_candidates=2, grow=False),
         sampler=sampler,
+        bootstrap=None,
     ).fit(model, m)
     return result, sampler, trained, model, m
 
@@ -281,6 +283,7 @@ def test_a_model_that_does_not_solve_on_the_even_grid_is_sampled_at_the_data_s_t
     distiller = Distiller(
         library=[PolynomialLibrary(2)],
         selector=TrajectorySelector(max_candidates=2, grow=False),
+        bootstrap=None,
     )
     twin = distiller.fit(model, m).twin
     assert sorted(str(e) for e in twin.equations.values()) == sorted(
@@ -347,10 +350,12 @@ def test_michaelis_menten_needs_the_rational_library():
     rational = Distiller(
         library=[PolynomialLibrary(1), MichaelisMentenLibrary(K_grid=grid)],
         selector=TrajectorySelector(max_candidates=4, grow=False),
+        bootstrap=None,
     ).fit(model, m)
     cubic = Distiller(
         library=[PolynomialLibrary(3, include_bias=True)],
         selector=TrajectorySelector(max_candidates=4, grow=False),
+        bootstrap=None,
     ).fit(model, m)
     found = rational.twin.discovered["S"]
     k_params = [n for n in rational.twin.parameters if n.startswith("K_S")]
@@ -382,6 +387,7 @@ def test_trained_network_on_michaelis_menten_data_distils_to_mm():
     result = Distiller(
         library=[PolynomialLibrary(1), MichaelisMentenLibrary(K_grid=np.geomspace(0.25, 8, 11))],
         selector=TrajectorySelector(max_candidates=4),
+        bootstrap=None,
     ).fit(trained.model, m)
     k_params = [n for n in result.twin.parameters if n.startswith("K_S")]
     assert result.chosen.candidate.n_terms == 1 and len(k_params) == 1, result.twin.discovered
@@ -606,6 +612,7 @@ def test_a_neural_reaction_distils_into_one_rate_law_that_keeps_the_conservation
     distiller = Distiller(
         library=[MassActionLibrary()],
         selector=TrajectorySelector(max_candidates=2, grow=False, prune=False, rescreen=False),
+        bootstrap=None,
     )
     result = distiller.fit(model, m)
     assert list(result.problems) == ["binding"]

@@ -55,6 +55,7 @@ def test_reaction_list_and_sbml_priors_distil_the_same():
             selector=TrajectorySelector(max_candidates=2, prune=False, grow=False),
             score_refit=TwinRefit(max_iter=20, method="rk4"),
             refit=TwinRefit(max_iter=20),
+            bootstrap=None,
         )
         twins.append(distiller.fit(model, data).twin)
     a, b = twins

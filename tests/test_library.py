@@ -292,24 +292,44 @@ def test_hill_repression_is_distilled_with_its_constants():
 
 
 @pytest.mark.slow
-def test_a_latent_pool_of_unknown_size_is_reported_as_not_identified():
-    """Infection S -> I at rate beta*S*I with S never measured: when S(0) is unknown, S and
-    beta trade off exactly (beta S is all the data see), and the run must say that the data
-    do not identify the rate constant; with S(0) known (the conditions table) it is
-    identified."""
+def test_a_latent_pool_of_unknown_size_is_reported_as_not_identified_while_it_is_not_depleted():
+    """Infection S -> I at rate beta*S*I with S never measured. Observed early, before the
+    pool is depleted (8 time units of the outbreak), S stays near S(0): with S(0) unknown only
+    beta*S(0) is seen, and the run must say that the data do not identify the rate constant;
+    with S(0) known (the conditions table) it is identified. Over the whole outbreak (40 time
+    units) the depletion tells beta from S(0), and the check must not cry wolf: identified,
+    with beta near its true 0.5."""
+    import dataclasses
+    import sys
+    from pathlib import Path
+
     from ude.distill import Distiller, TrajectorySelector
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import user_systems
 
     def flux(z):  # inputs S, I
         return 0.5 * z[..., 0:1] * z[..., 1:2]
 
     quick = TrajectorySelector(max_candidates=3, grow=False, rescreen=False)
-    for known, identified in ((True, True), (False, False)):
-        _, m, model = _user_model("latent_infection", 0.02, flux, known_initial=known)
-        result = Distiller(library=["mass_action"], selector=quick).fit(model, m)
-        assert str(result.twin.discovered["I"].free_symbols) and "I*S" in str(
-            result.twin.discovered["I"]
-        ), result.twin.discovered
-        assert result.identifiability["targets"]["infection"]["identified"] is identified
+    whole = user_systems.SYSTEMS["latent_infection"]
+    assert whole.t_end == 40.0
+    cases = ((8.0, True, True), (8.0, False, False), (40.0, False, True))
+    try:
+        for t_end, known, identified in cases:
+            user_systems.SYSTEMS["latent_infection"] = dataclasses.replace(whole, t_end=t_end)
+            _, m, model = _user_model("latent_infection", 0.02, flux, known_initial=known)
+            distiller = Distiller(library=["mass_action"], selector=quick, bootstrap=None)
+            result = distiller.fit(model, m)
+            found = result.twin.discovered["I"]
+            assert str(found.free_symbols) and "I*S" in str(found), found
+            check = result.identifiability["targets"]["infection"]
+            assert check["identified"] is identified, (t_end, known, check)
+            if identified:
+                beta = next(iter(check["parameters"].values()))["value"]
+                assert beta == pytest.approx(0.5, rel=0.02), (t_end, known, check)
+    finally:
+        user_systems.SYSTEMS["latent_infection"] = whole
 
 
 def test_a_switch_steeper_than_the_screen_can_resolve_stays_in_the_screen():

@@ -136,6 +136,7 @@ def test_swaps_of_a_model_that_missed_its_data_are_matched_along_the_refitted_tw
     monkeypatch.setattr(distiller_module, "integral_problems", integral_problems)
     monkeypatch.setattr(distiller_module, "first_order_swaps", first_order_swaps)
     selector = TrajectorySelector(max_refits=4, siblings=0, rivals=0, reswaps=0)
-    found = Distiller(selector=selector, identify=False, oracle=False).fit(untrained, m)
+    distiller = Distiller(selector=selector, identify=False, oracle=False, bootstrap=None)
+    found = distiller.fit(untrained, m)
     assert found.screened_on == "data"
     assert swapped_on and all(swapped_on)

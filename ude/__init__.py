@@ -6,7 +6,7 @@ The public API::
     data = ude.simulate_measurements("lotka_volterra")  # or ude.read_measurements("my.csv", spec)
     result = ude.fit(spec, data, max_epochs=600)        # trains the HybridODE
     result.model.simulate(...)
-    twin = ude.Distiller().fit(result.model, data).twin  # networks -> symbolic terms
+    twin = ude.Distiller().fit(result.model, data).twin  # as python train.py distils
     twin = ude.Twin.load("outputs/<day>/<time>")         # a finished run's twin
 
 The names load on first use, so a command that only reads a spec (``ude-spec check``) does not

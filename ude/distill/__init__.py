@@ -3,7 +3,8 @@ selection by refitting through the ODE, bootstrap inclusion probabilities, repor
 
 From Python::
 
-    result = Distiller().fit(model, measurements)   # mass action, Michaelis-Menten, Hill
+    result = Distiller().fit(model, measurements)   # python train.py's distillation:
+    # the parts not given come from ude/conf/distill/default.yaml (Distiller.complete)
     result.twin            # a ModelSpec with the networks replaced by symbolic terms
 """
 

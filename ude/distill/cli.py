@@ -158,6 +158,17 @@ def make_distiller(cfg: DictConfig, progress: Progress | None = None):
     return distiller
 
 
+def packaged_distiller(seed: int = 0, solver: str = "dopri5"):
+    """The :class:`ude.distill.Distiller` that ``python train.py seed=SEED`` builds for a model
+    trained with the ``solver`` method: :data:`DEFAULT`'s ``distill`` node, its ``${seed}``
+    and ``${solver.method}`` set as that run's (the parts a Python ``Distiller`` is not given
+    come from here: :meth:`ude.distill.Distiller.complete`)."""
+    root = OmegaConf.create(
+        {"seed": seed, "solver": {"method": solver}, "distill": OmegaConf.load(DEFAULT)}
+    )
+    return make_distiller(root.distill)
+
+
 def oracle_clause(oracle: dict[str, Any] | None) -> str:
     """What the truth, refitted as a candidate, says of a structure that is not exact
     (:mod:`ude.distill.oracle`)."""

@@ -15,7 +15,7 @@ import torch
 from ude.data.measurements import Measurements
 from ude.data.noise_level import difference_variance
 from ude.distill.admissible import admitted, amounts, zero_faces
-from ude.distill.bootstrap import BootstrapInclusion, squared_residuals
+from ude.distill.bootstrap import squared_residuals
 from ude.distill.integral import (
     IntegralPath,
     IntegralProblem,
@@ -38,7 +38,7 @@ from ude.distill.selection import (
     refitted_constants,
     ties,
 )
-from ude.distill.sparse import Candidate, EliminationPath, Problem, ThresholdPath, candidate_union
+from ude.distill.sparse import Candidate, Problem, candidate_union
 from ude.distill.swaps import first_order_swaps, saturating_swaps, sibling_swaps
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
@@ -450,6 +450,10 @@ def library_sizes(terms: dict[str, list[Term]]) -> dict[str, int]:
     return {t: len(ts) for t, ts in terms.items()}
 
 
+PARTS = ("sampler", "paths", "selector", "score_refit", "refit")
+"""The parts of a :class:`Distiller` that default to ``python train.py``'s (None)."""
+
+
 class Distiller:
     """Distils the networks of a trained HybridODE into symbolic terms.
 
@@ -460,18 +464,19 @@ class Distiller:
             and custom terms, or ``{add: [...], remove: [...]}``, changes that list (the
             config's ``distill.library``). Library objects (one or a list, concatenated)
             replace it, built over each slot's inputs.
-        sampler: where the networks are sampled (default :class:`TrajectorySampler`).
-        paths: candidate generators (default: integral matching on the data, the STLSQ
-            threshold path and joint elimination on the network samples).
-        selector: scores candidates by refitting them (default :class:`TrajectorySelector`);
-            it sees each candidate's integral-matching score (``info["screen"]``).
-        score_refit: the ODE refit that scores candidates (default: Rodas5P, compiled for the
-            twin, 300 L-BFGS iterations, loose tolerance).
-        refit: the final ODE refit of the chosen twin (default: dopri5, tight tolerance).
-        bootstrap: inclusion probabilities (None: skipped): a :class:`BootstrapInclusion`
-            rescores the refitted candidates on resampled entries; a
-            :class:`ude.uq.StructureBootstrap` (``distill.uq``) resamples the data and runs
-            the screen and the selection again on each resample.
+        sampler, paths, selector, score_refit, refit: where the networks are sampled
+            (:class:`TrajectorySampler`), the candidate generators (integral matching on the
+            data, the STLSQ threshold path, joint elimination on the network samples), the
+            selection that refits and scores them (:class:`TrajectorySelector`; it sees each
+            candidate's integral-matching score, ``info["screen"]``), the ODE refit that
+            scores a candidate and the final refit of the chosen twin. None: ``python
+            train.py``'s, from ``ude/conf/distill/default.yaml`` (:meth:`complete`), the
+            file the command and the benchmark read, for the model's training solver.
+        bootstrap: inclusion probabilities: a :class:`BootstrapInclusion` rescores the
+            refitted candidates on resampled entries; a :class:`ude.uq.StructureBootstrap`
+            resamples the data and runs the screen and the selection again on each resample;
+            ``"default"``: ``python train.py``'s (the structure bootstrap of ``distill.uq``);
+            None: skipped.
         progress: where the stages (screen, refits k of n, final refit, bootstrap) are
             shown and timed (:class:`ude.progress.Progress`; default: nowhere).
         tie: criterion units within which another structure fits as well as the chosen one.
@@ -493,6 +498,8 @@ class Distiller:
             times the data's noise variance is no guide to the terms: where every state is
             measured the screen follows the data's smoothed path (:data:`MISFIT_RATIO`; a huge
             value keeps the trained model's path unless it fits worse than the data's means).
+        seed: the seed of the parts taken from ``python train.py``'s (``seed=`` there: the
+            sampler's jitter, the bootstrap's resamples).
 
     Parameters of the prior spec that are per condition start every refit from the trained
     model's values for each condition (and a population's from its median and spread).
@@ -506,7 +513,7 @@ class Distiller:
         selector: TrajectorySelector | None = None,
         score_refit: TwinRefit | None = None,
         refit: TwinRefit | None = None,
-        bootstrap: BootstrapInclusion | None = None,
+        bootstrap: Any = "default",
         progress: Progress | None = None,
         tie: float = TIE,
         identify: bool = True,
@@ -515,9 +522,12 @@ class Distiller:
         oracle: bool = True,
         nonnegative: bool = True,
         misfit_ratio: float = MISFIT_RATIO,
+        seed: int = 0,
     ):
         if not misfit_ratio > 0:
             raise ValueError(f"misfit_ratio={misfit_ratio!r}: expected a number > 0")
+        if isinstance(bootstrap, str) and bootstrap != "default":
+            raise ValueError(f"bootstrap={bootstrap!r}: expected 'default', None or a bootstrap")
         self.misfit_ratio = float(misfit_ratio)
         self.nonnegative = nonnegative
         self.individual = list(individual)
@@ -533,9 +543,28 @@ class Distiller:
         self.tie = tie
         self.identify = identify
         self.oracle = oracle
+        self.seed = seed
+
+    def complete(self, model: HybridODE) -> Distiller:
+        """This distiller with each part it was not given (None; the bootstrap's
+        ``"default"``) taken from the one ``python train.py seed=SEED`` builds for ``model``
+        (:func:`ude.distill.cli.packaged_distiller`: its training solver decides the twin's
+        own, ``refit.twin_method``); itself where it has them all."""
+        missing = [name for name in PARTS if getattr(self, name) is None]
+        if isinstance(self.bootstrap, str):
+            missing.append("bootstrap")
+        if not missing:
+            return self
+        from ude.distill.cli import packaged_distiller
+
+        packaged = packaged_distiller(self.seed, model.solver.method)
+        out = copy.copy(self)
+        for name in missing:
+            setattr(out, name, getattr(packaged, name))
+        return out
 
     def _n_grid(self) -> int:
-        return (self.sampler or TrajectorySampler()).n_times
+        return self.sampler.n_times
 
     def _check_individual(self, terms: dict[str, list[Term]]) -> None:
         for target in self.individual:
@@ -616,10 +645,13 @@ class Distiller:
         and chose its sibling ``c*M*X/(K + M)``, 0.7 ahead of it."""
         if not len(model.networks):
             raise UdeError("the model has no neural slots: nothing to distil", source="distill")
+        complete = self.complete(model)
+        if complete is not self:
+            return complete.fit(model, measurements)
         t0 = time.perf_counter()
         progress = self.progress or Progress()
         stage = progress.start("screen")
-        sampler = self.sampler or TrajectorySampler()
+        sampler = self.sampler
         samples = sampler.sample(model, measurements.times)
         trained = model.initial.detach().clone()
         start = screen_start(model, measurements, samples)
@@ -672,8 +704,6 @@ class Distiller:
         bounds = {t: p.bounds(measured) for t, p in integral.items()}
         problems = self.problems(libraries, samples, fitted)
         paths = self.paths
-        if paths is None:
-            paths = [IntegralPath(), ThresholdPath(), EliminationPath()]
         proposer = next((p for p in paths if isinstance(p, IntegralPath)), None)
         around: dict[int, dict[str, IntegralProblem]] = {}
 
@@ -704,9 +734,7 @@ class Distiller:
         initial = model.initial.detach().cpu().numpy()
         if on_data is not None:
             initial = np.where(np.isfinite(on_data[1]), on_data[1], initial)
-        scorer = self.score_refit or TwinRefit(
-            max_iter=300, tol=1e-7, criterion_tol=0.1, method="rodas5p", grow_from=0.5
-        )
+        scorer = self.score_refit
         known = trained_individuals(model)
         # species no data measure directly: their initial states are the trained model's
         # guesses until a twin's refit places them (the selector's reswaps), and the refits
@@ -793,7 +821,7 @@ class Distiller:
         def same(problems: dict[str, IntegralProblem]) -> dict[str, IntegralProblem]:
             return problems
 
-        selector = self.selector or TrajectorySelector()
+        selector = self.selector
         reactions = {r.name: r for r in known.reactions if r.neural}
         counting = threading.Lock()
 
@@ -883,7 +911,7 @@ class Distiller:
         twin = numeric_twin(twin, start, True, chosen.refit.individual, chosen.refit.population)
         start = chosen.refit.model.initial.detach().cpu().numpy()
         start = _nonnegative_start(start, positive)
-        refit = final_refitter(self.refit or TwinRefit(), chosen.candidate.coef, terms)
+        refit = final_refitter(self.refit, chosen.candidate.coef, terms)
         result = refit.fit(twin, measurements, start, noise)
         if not result.ok:
             result = chosen.refit

@@ -1,0 +1,61 @@
+"""A Distiller built in Python distils as ``python train.py`` does: the parts it is not given
+come from ``ude/conf/distill/default.yaml``, the file the command and the benchmark read."""
+
+import pytest
+from omegaconf import ListConfig
+
+from ude import Solver, build_hybrid, simulate_measurements
+from ude.distill import Distiller, TrajectorySelector
+from ude.distill.cli import make_distiller, packaged_distiller
+from ude.distill.distiller import PARTS
+from ude.runs import train_config
+
+SETTINGS = ("tie", "identify", "oracle", "nonnegative", "misfit_ratio", "individual", "population")
+
+
+def _model(method: str):
+    data = simulate_measurements("lotka_volterra", noise=0.05, seed=0)
+    return build_hybrid("lotka_volterra", data, Solver(method=method))
+
+
+def _settings(part) -> list:
+    """A part's type and plain settings (a list's, item by item), to compare two builds."""
+    if isinstance(part, list | ListConfig):
+        return [_settings(p) for p in part]
+    plain = (bool, int, float, str, type(None), tuple)
+    return [type(part), {k: v for k, v in vars(part).items() if isinstance(v, plain)}]
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rodas5p"])
+def test_a_distiller_built_in_python_takes_every_part_it_lacks_from_train_py(method):
+    cfg = train_config([f"solver={method}", "seed=3"])
+    command = make_distiller(cfg.distill)
+    python = Distiller(seed=3).complete(_model(method))
+    for name in (*PARTS, "bootstrap"):
+        assert _settings(getattr(python, name)) == _settings(getattr(command, name)), name
+    # the twin keeps the training's solver where it is a stiff one, else dopri5, as the
+    # command's config resolves it
+    assert python.refit.method == "rodas5p"
+    assert python.refit.twin_method == {"dopri5": "dopri5", "rodas5p": "rodas5p"}[method]
+    assert python.score_refit.settle_first and python.refit.restarts == 3
+    assert type(python.bootstrap).__name__ == "StructureBootstrap"
+    assert python.bootstrap.seed == python.sampler.seed == 3
+
+
+def test_the_distiller_s_own_settings_default_to_train_py_s():
+    python, command = Distiller(), packaged_distiller()
+    assert {k: getattr(python, k) for k in SETTINGS} == {k: getattr(command, k) for k in SETTINGS}
+
+
+def test_parts_given_in_python_are_kept_and_a_bootstrap_of_none_is_skipped():
+    selector = TrajectorySelector(max_candidates=2)
+    given = Distiller(selector=selector, bootstrap=None)
+    complete = given.complete(_model("dopri5"))
+    assert complete.selector is selector and complete.bootstrap is None
+    assert complete.refit is not None and given.refit is None  # the original is left as it was
+    assert complete.complete(_model("dopri5")) is complete  # nothing left to take
+
+
+def test_a_bootstrap_named_other_than_default_is_refused():
+    with pytest.raises(ValueError, match="bootstrap='structure'"):
+        Distiller(bootstrap="structure")
