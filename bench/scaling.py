@@ -7,8 +7,8 @@ the generated pathways network20 and network50 (``ude/systems/network.py``), on 
 benchmark's base scenario (one condition, 30 times, 5 % noise), with each system's own solver
 (dopri5 for the non-stiff ones, rodas5p for the stiff ones and the pathways), prints:
 
-- the CPU seconds of a training epoch (median of 5 epochs after the warm start: one batched
-  solve through the data, its backward pass and an Adam step);
+- the CPU seconds of a training epoch of the untrained network (median of 5 epochs, one cycle,
+  no warm start: one batched solve through the data, its backward pass and an Adam step);
 - for rodas5p: the accepted steps of one solve, the evaluations of the right-hand side and
   its Jacobian, and one forward + backward pass of the untrained hybrid: its CPU seconds in
   the compiled kernels (the default: networks included, ``ude/model/network_kernels.py``),
@@ -34,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stiff import EpochTimer  # noqa: E402 - bench/stiff.py, beside this script
+from stiff import BARE_EPOCHS, EpochTimer  # noqa: E402 - bench/stiff.py, beside this script
 
 from ude.benchmark.scenario import Scenario, build_problem  # noqa: E402
 from ude.fit import fit  # noqa: E402
@@ -135,6 +135,7 @@ def main() -> None:
             max_epochs=EPOCHS,
             seed=0,
             trainer_kwargs={"callbacks": [timer]},
+            **BARE_EPOCHS,
         )
         epoch = float(np.median(timer.seconds))
         results[name] = epoch

@@ -77,6 +77,13 @@ F64 = torch.float64
 # implicit_adams' functional iteration converges only for steps below about 1/|fastest rate|
 ADAMS_STEP = {"goldbeter": 0.005, "yeast_glycolysis": 0.002}
 
+ONE_CYCLE = {"fit_cycles": 1, "rescue_segments": 0, "step_backs": 0}
+"""One cycle of trajectory fitting without the rescue or the step-backs: the schedule
+``ude.fit`` trained with before it took ``python train.py``'s (2026-12-07), which the README's
+figures of this script, ``bench/scaling.py`` and ``bench/stiff_schedule.py`` were measured with."""
+BARE_EPOCHS = {**ONE_CYCLE, "warm_start_steps": 0}
+""":data:`ONE_CYCLE` from the untrained network (no warm start): the epochs' cost alone."""
+
 
 def cpu_seconds(run: Callable[[], object], repeat_below: float = 2.0) -> tuple[float, object]:
     """Best CPU time of up to three runs (one when a run takes longer than ``repeat_below``)
@@ -371,7 +378,8 @@ def ensemble_run(name: str, members: int = 4) -> None:
 def hybrid_epoch(name: str) -> float:
     """Forward + backward of the model a training run solves (known terms + an untrained
     network, the benchmark's base scenario: 30 times), and its training epochs (the
-    benchmark's schedule: warm start, then trajectory fitting; the median of 10 epochs)."""
+    untrained network's epochs: one cycle of 10, no warm start, as before ``ude.fit`` took
+    ``python train.py``'s schedule; their median)."""
     from ude.fit import fit
 
     problem = build_problem(Scenario(system=name, n_times=30))
@@ -397,9 +405,10 @@ def hybrid_epoch(name: str) -> float:
         max_epochs=10,
         seed=0,
         trainer_kwargs={"callbacks": [timer]},
+        **BARE_EPOCHS,
     )
     epoch = float(np.median(timer.seconds))
-    print(f"{name:<18}training epoch {epoch:.3f} cpu s (median of 10, after a warm start)")
+    print(f"{name:<18}training epoch {epoch:.3f} cpu s (median of 10, no warm start)")
     return epoch
 
 

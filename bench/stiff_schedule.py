@@ -4,7 +4,8 @@ polish fit as well as the benchmark's schedule?
     python bench/stiff_schedule.py   # a few minutes on 2 cores
 
 On the benchmark's base scenario of Goldbeter and yeast glycolysis (one condition, 30 times,
-5 % noise), with rodas5p, trains the hybrid model with:
+5 % noise), with rodas5p, trains the hybrid model (one cycle of trajectory fitting, without
+the rescue or the step-backs: ``stiff.ONE_CYCLE``) with:
 
 - the benchmark's schedule: 500 warm-start (gradient matching) steps, then 300 epochs of
   trajectory fitting;
@@ -25,6 +26,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from stiff import ONE_CYCLE  # noqa: E402 - bench/stiff.py, beside this script
 
 from ude.benchmark.scenario import Scenario, build_problem  # noqa: E402
 from ude.fit import fit  # noqa: E402
@@ -47,6 +50,7 @@ def main() -> None:
                 max_epochs=max(epochs, 1),
                 warm_start_steps=steps,
                 seed=0,
+                **ONE_CYCLE,
                 trainer_kwargs={"limit_train_batches": 1.0 if epochs else 0.0},
             )
             seconds = time.process_time() - start

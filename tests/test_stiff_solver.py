@@ -169,6 +169,6 @@ def test_a_hybrid_model_trains_through_it():
     from ude.fit import fit
 
     m = simulate_measurements("lotka_volterra", noise=0.05, n_times=21)
-    result = fit("lotka_volterra", m, solver=Solver("rosenbrock23"), max_epochs=3)
+    result = fit("lotka_volterra", m, solver=Solver("rosenbrock23"), max_epochs=3, fit_cycles=1)
     assert result.metrics["stop_reason"] is None and result.metrics["epochs"] == 3
     assert np.isfinite(result.metrics["train_nmse"])

@@ -106,7 +106,7 @@ def test_a_warm_start_whose_trajectory_cannot_be_solved_is_discarded(monkeypatch
 
     monkeypatch.setattr(module, "gradient_matching", poisoned)
     m = simulate_measurements("lotka_volterra", noise=0.05, n_times=21)
-    result = fit("lotka_volterra", m, max_epochs=3, warm_start_steps=10)
+    result = fit("lotka_volterra", m, max_epochs=3, warm_start_steps=10, fit_cycles=1)
     assert result.metrics["warm_start_discarded"]  # the solver's reason
     assert result.metrics["stop_reason"] is None and result.metrics["epochs"] == 3
     assert np.isfinite(result.metrics["train_nmse"])

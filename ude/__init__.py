@@ -4,7 +4,7 @@ The public API::
 
     spec = ude.load_spec("my_model.yaml")              # or a zoo name, or SBML
     data = ude.simulate_measurements("lotka_volterra")  # or ude.read_measurements("my.csv", spec)
-    result = ude.fit(spec, data, max_epochs=600)        # trains the HybridODE
+    result = ude.fit(spec, data, max_epochs=600)        # trains as python train.py does
     result.model.simulate(...)
     twin = ude.Distiller().fit(result.model, data).twin  # as python train.py distils
     twin = ude.Twin.load("outputs/<day>/<time>")         # a finished run's twin

@@ -73,6 +73,17 @@ def measured_states(measurements: Measurements, states: list[str]) -> np.ndarray
     return out
 
 
+def train_settings() -> dict[str, Any]:
+    """The ``optim`` settings ``python train.py`` trains with (``ude/conf/config.yaml``'s
+    ``optim`` node, before an experiment changes them), which :func:`fit` takes unless
+    told otherwise."""
+    from omegaconf import OmegaConf
+
+    from ude.conf import CONF_DIR
+
+    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml").optim, resolve=True)
+
+
 def fit(
     spec: str | ModelSpec,
     measurements: Measurements,
@@ -85,7 +96,11 @@ def fit(
     trainer_kwargs: dict | None = None,
     **optim: Any,
 ) -> FitResult:
-    """Train a HybridODE for ``spec`` on ``measurements`` (CPU, float64 by default)."""
+    """Train a HybridODE for ``spec`` on ``measurements`` (CPU, float64 by default) as
+    ``python train.py`` trains it: each ``optim`` setting not given is the command's
+    (:func:`train_settings`: the warm start, the fit cycles, the rescue by multiple shooting
+    and the step-backs included); ``lr=0.001`` and the like change one."""
+    optim = {**train_settings(), **optim}
     pl.seed_everything(seed, workers=True, verbose=False)
     torch.set_default_dtype(torch.float64)
     try:

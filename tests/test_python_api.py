@@ -1,8 +1,12 @@
-"""A Distiller built in Python distils as ``python train.py`` does: the parts it is not given
-come from ``ude/conf/distill/default.yaml``, the file the command and the benchmark read."""
+"""From Python, ``ude.fit`` trains and ``ude.Distiller`` distils as ``python train.py`` does:
+what they are not given comes from ``ude/conf``, the configs the command and the benchmark
+read."""
+
+import importlib
+import inspect
 
 import pytest
-from omegaconf import ListConfig
+from omegaconf import ListConfig, OmegaConf
 
 from ude import Solver, build_hybrid, simulate_measurements
 from ude.distill import Distiller, TrajectorySelector
@@ -10,6 +14,7 @@ from ude.distill.cli import make_distiller, packaged_distiller
 from ude.distill.distiller import PARTS
 from ude.runs import train_config
 
+fit_module = importlib.import_module("ude.fit")  # ude.fit, the name, is the function
 SETTINGS = ("tie", "identify", "oracle", "nonnegative", "misfit_ratio", "individual", "population")
 
 
@@ -59,3 +64,31 @@ def test_parts_given_in_python_are_kept_and_a_bootstrap_of_none_is_skipped():
 def test_a_bootstrap_named_other_than_default_is_refused():
     with pytest.raises(ValueError, match="bootstrap='structure'"):
         Distiller(bootstrap="structure")
+
+
+def test_fit_trains_with_train_py_s_optimiser_settings_unless_told_otherwise(monkeypatch):
+    seen = {}
+
+    def capture(model, measurements, **optim):
+        seen.update(optim)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(fit_module, "make_module", capture)
+    data = simulate_measurements("lotka_volterra", noise=0.05, seed=0)
+    with pytest.raises(RuntimeError, match="captured"):
+        fit_module.fit("lotka_volterra", data, lr=0.001)
+    command = OmegaConf.to_container(train_config(["~experiment"]).optim)
+    assert seen == {**command, "lr": 0.001}
+    assert seen["warm_start_steps"] == 500 and seen["fit_cycles"] == 4  # not the module's 0, 1
+
+
+def test_fit_s_model_solver_and_epochs_defaults_are_train_py_s():
+    cfg = train_config(["~experiment"])
+    assert inspect.signature(fit_module.fit).parameters["max_epochs"].default == (
+        cfg.trainer.max_epochs
+    )
+    for node, function in ((cfg.model, build_hybrid), (cfg.solver, Solver.__init__)):
+        defaults = inspect.signature(function).parameters
+        for key, value in OmegaConf.to_container(node).items():
+            if not key.startswith("_") and key != "spec":
+                assert defaults[key].default == value, (node._target_, key)
