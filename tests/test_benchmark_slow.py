@@ -30,7 +30,7 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path):
         f"out_dir={out}",
         "suite.methods=[ude,sindy,weak_sindy,esindy,node]",
         "suite.axes=null",
-        "methods.ude.overrides=[trainer.max_epochs=20,optim.warm_start_steps=100]",
+        'methods.ude.overrides=["trainer.max_epochs=20","optim.warm_start_steps=100"]',
     ]
     first = _run(*args)
     assert first.returncode == 0, first.stderr[-2000:]
