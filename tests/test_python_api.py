@@ -92,3 +92,25 @@ def test_fit_s_model_solver_and_epochs_defaults_are_train_py_s():
         for key, value in OmegaConf.to_container(node).items():
             if not key.startswith("_") and key != "spec":
                 assert defaults[key].default == value, (node._target_, key)
+
+
+@pytest.mark.slow  # trains and distils the default example, then distils it again: about 1 min
+def test_a_distiller_built_in_python_gives_the_twin_python_train_py_gave(make_cfg, tmp_path):
+    """The default example trained and distilled by ``python train.py``; the same trained
+    model distilled again by ``Distiller()`` in Python: the same twin and the same inclusion
+    probabilities (the structure bootstrap's)."""
+    import json
+
+    from ude.distill.cli import load_run
+    from ude.train import job
+
+    run = tmp_path / "run"
+    job.train(make_cfg("logger=none", "callbacks.progress.every=0", run_dir=run))
+    _, model, measurements, split = load_run(run, [])
+    assert not split.has_held_out  # the default example holds nothing out
+    found = Distiller().fit(model, measurements)
+    written = json.loads((run / "distill.json").read_text())
+    values = {name: p.value for name, p in found.twin.parameters.items()}
+    for state, term in found.twin.discovered.items():
+        assert f"{term.subs(values).evalf(6)}" == written["discovered"][state], state
+    assert found.inclusion == written["inclusion_probability"]
