@@ -31,17 +31,18 @@ def _settings(part) -> list:
     return [type(part), {k: v for k, v in vars(part).items() if isinstance(v, plain)}]
 
 
-@pytest.mark.parametrize("method", ["dopri5", "rodas5p"])
-def test_a_distiller_built_in_python_takes_every_part_it_lacks_from_train_py(method):
+@pytest.mark.parametrize(
+    "method, twin_method", [("dopri5", "dopri5"), ("rk4", "dopri5"), ("rodas5p", "rodas5p")]
+)
+def test_a_distiller_built_in_python_takes_every_part_it_lacks_from_train_py(method, twin_method):
     cfg = train_config([f"solver={method}", "seed=3"])
     command = make_distiller(cfg.distill)
     python = Distiller(seed=3).complete(_model(method))
     for name in (*PARTS, "bootstrap"):
         assert _settings(getattr(python, name)) == _settings(getattr(command, name)), name
-    # the twin keeps the training's solver where it is a stiff one, else dopri5, as the
-    # command's config resolves it
-    assert python.refit.method == "rodas5p"
-    assert python.refit.twin_method == {"dopri5": "dopri5", "rodas5p": "rodas5p"}[method]
+    # fitted with rodas5p; the twin then keeps the training's solver where it is a stiff one,
+    # else dopri5
+    assert python.refit.method == "rodas5p" and python.refit.twin_method == twin_method
     assert python.score_refit.settle_first and python.refit.restarts == 3
     assert type(python.bootstrap).__name__ == "StructureBootstrap"
     assert python.bootstrap.seed == python.sampler.seed == 3
