@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pysindy as ps
@@ -32,11 +33,13 @@ class Problem:
         y_scale = float(np.sqrt(np.mean(self.y**2)))
         self.y_scale = y_scale if y_scale > 0 else 1.0
 
-    @property
+    @cached_property
     def Theta_n(self) -> np.ndarray:
+        """``Theta`` with unit-RMS columns (computed once: the elimination path reads it for
+        every removal it tries)."""
         return self.Theta / self.col_scale
 
-    @property
+    @cached_property
     def y_n(self) -> np.ndarray:
         return self.y / self.y_scale
 
