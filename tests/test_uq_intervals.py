@@ -91,3 +91,57 @@ def test_a_structure_without_laplace_is_left_out_and_named(monkeypatch):
     assert out["x"]["t0"]["weight"] == pytest.approx(1.0)
     assert out["x"]["t0"]["interval"] == pytest.approx([-1 - 0.1 * 1.959964, -1 + 0.1 * 1.959964])
     assert "weight 0.3 had no Laplace" in averaged_markdown(out, left_out=left_out)
+
+
+def _laplace_of_constants(monkeypatch) -> SimpleNamespace:
+    """A distillation whose twin holds ``c·z/(K + z)`` (``K`` on the log of its box) and a Hill
+    ``n`` near the top of its box [1, 12], with a Laplace approximation on their natural
+    coordinates; ``k`` is a constant without a box (no interval: not a rate law's)."""
+    import ude.distill.uncertainty as uncertainty
+
+    names = ["c_x_0", "K_x_0", "n_x_0", "k_x_1"]
+    approx = SimpleNamespace(
+        names=names,
+        natural_mean=np.array([-1.0, np.log(2.0), 11.9, 0.5]),
+        natural_covariance=np.diag([0.01, 0.1**2, 0.2**2, 0.01]),
+        free=np.array([True, True, True, True]),
+        ranges=SimpleNamespace(
+            box=np.array([False, True, True, False]),
+            log_box=np.array([False, True, False, False]),
+            lower=np.array([-np.inf, np.log(1e-3), 1.0, -np.inf]),
+            upper=np.array([np.inf, np.log(1e3), 12.0, np.inf]),
+        ),
+    )
+    monkeypatch.setattr(uncertainty, "laplace", lambda model, measurements: approx)
+    monkeypatch.setattr(
+        intervals,
+        "structure_coefficients",
+        lambda *a: {("x", 0): {"term": "z/(z + 2.0)"}, ("x", 1): {"term": "y"}},
+    )
+    owner = {
+        "c_x_0": SimpleNamespace(target="x", index=0, constant=None),
+        "K_x_0": SimpleNamespace(target="x", index=0, constant="K"),
+        "n_x_0": SimpleNamespace(target="x", index=0, constant="n"),
+        "k_x_1": SimpleNamespace(target="x", index=1, constant="K"),
+    }
+    chosen = SimpleNamespace(candidate=SimpleNamespace(info={"owner": owner}))
+    values = {"c_x_0": -1.0, "K_x_0": 2.0, "n_x_0": 11.9, "k_x_1": 0.5}
+    return SimpleNamespace(chosen=chosen, model=None, refit=SimpleNamespace(values=values))
+
+
+def test_a_rate_law_s_constants_get_intervals_on_their_own_scale(monkeypatch):
+    """``K``'s interval is its log's, mapped back (not symmetric about it); a Hill ``n`` near
+    the top of its box has the truncated marginal's interval, inside the box; a coefficient
+    and a constant without a box get none here."""
+    found = intervals.constant_intervals(_laplace_of_constants(monkeypatch), None, 0.95)
+    assert set(found) == {"K_x_0", "n_x_0"}
+    K = found["K_x_0"]
+    z = Z.inv_cdf(0.975)
+    assert K["value"] == 2.0 and K["constant"] == "K" and K["term"] == "z/(z + 2.0)"
+    assert K["interval"] == pytest.approx([2.0 * np.exp(-0.1 * z), 2.0 * np.exp(0.1 * z)])
+    lo, hi = found["n_x_0"]["interval"]
+    assert lo < 11.9 < hi < 12.0  # the box's top bounds it
+    assert 11.9 - lo > 0.2 * z  # the mass the box cuts off above moves the lower end down
+    table = intervals.intervals_markdown({}, 0.95, found)
+    assert "| x | K of z/(z + 2.0) | 2 | [1.644, 2.433] |" in table
+    assert "| x | n of z/(z + 2.0) | 11.9 |" in table

@@ -193,17 +193,19 @@ def write_report(
             row["bootstrap_share"] = round(found.share.get(s.candidate.support(), 0.0), 4)
             row["bootstrap_weight"] = round(found.weight.get(s.candidate.support(), 0.0), 4)
     weights = model_weights(rows, result, prefer=getattr(mixture, "weights", "bootstrap"))
-    intervals, intervals_cpu, averaged, left_out = {}, None, {}, 0.0
+    intervals, constants, intervals_cpu, averaged, left_out = {}, {}, None, {}, 0.0
     if mixture is not None:
         from ude.uq.intervals import (
             averaged_intervals,
             averaged_markdown,
             coefficient_intervals,
+            constant_intervals,
             intervals_markdown,
         )
 
         cpu = time.process_time()
         intervals = coefficient_intervals(result, measurements, mixture.level)
+        constants = constant_intervals(result, measurements, mixture.level)
         averaged, left_out = averaged_intervals(result, measurements, mixture)
         intervals_cpu = round(time.process_time() - cpu, 3)
     ties = result.tie_rows()
@@ -216,8 +218,8 @@ def write_report(
         identifiability=result.identifiability,
         conditions=measurements.conditions,
     )
-    if intervals:
-        markdown += "\n" + intervals_markdown(intervals, mixture.level)
+    if intervals or constants:
+        markdown += "\n" + intervals_markdown(intervals, mixture.level, constants)
     if averaged:
         markdown += "\n" + averaged_markdown(averaged, mixture.level, left_out)
     (run_dir / "equations.md").write_text(markdown)
@@ -288,7 +290,7 @@ def write_report(
         metrics["timings"]["predictive_band_seconds"] = round(time.perf_counter() - start, 3)
         metrics["timings"]["predictive_band_cpu_seconds"] = round(time.process_time() - cpu, 3)
         metrics["timings"]["credible_intervals_cpu_seconds"] = intervals_cpu
-        metrics["credible_intervals"] = intervals
+        metrics["credible_intervals"] = {**intervals, **constants}
         metrics["term_intervals"] = averaged
         metrics["term_intervals_left_out_weight"] = left_out
         if predictive is not None and predictive.usable:
@@ -306,8 +308,10 @@ def write_report(
     )
     twin_dict = product.to_dict()
     twin_dict["model_weights"] = weights  # the refitted structures, for averaging over them
-    if intervals:
-        twin_dict["credible_intervals"] = {k: e["interval"] for k, e in intervals.items()}
+    if intervals or constants:
+        twin_dict["credible_intervals"] = {
+            k: e["interval"] for k, e in {**intervals, **constants}.items()
+        }
     if averaged:
         twin_dict["term_intervals"] = {
             t: {term: e["interval"] for term, e in terms.items()} for t, terms in averaged.items()

@@ -4,7 +4,8 @@ Two kinds, both from the Laplace approximation of a refit
 (:func:`ude.distill.uncertainty.laplace`):
 
 - :func:`coefficient_intervals`: each coefficient of the reported twin, given its structure
-  (twin.json's ``credible_intervals``, equations.md's coefficient ± interval table);
+  (twin.json's ``credible_intervals``, equations.md's coefficient ± interval table), and
+  :func:`constant_intervals` each rate-law constant's (``K``, a Hill ``n``) beside them;
 - :func:`averaged_intervals`: each library term that a weighted structure of the
   :class:`ude.uq.StructureMixture` holds, averaged over the structures (twin.json's
   ``term_intervals``). A term's posterior is then a mixture: each structure that has it
@@ -90,6 +91,53 @@ def coefficient_intervals(
         }
         for (target, _), e in found.items()
     }
+
+
+def constant_intervals(
+    result: Distillation, measurements: Measurements, level: float = 0.95
+) -> dict[str, dict[str, Any]]:
+    """``{parameter: {target, term, constant, value, interval: [lo, hi]}}`` for each rate-law
+    constant of the twin held between bounds (a Michaelis-Menten or Hill ``K``, a Hill
+    ``n``): the central ``level`` interval of its Laplace marginal on its natural coordinate
+    (:mod:`ude.uq.parameter_ranges`: the log of ``K``, ``n`` itself), truncated to its box as
+    the band's draws are, in the constant's own units. The constant the data hold least is
+    often one of these (a Michaelis-Menten ``K`` with doses below and around it), and a
+    coefficient's interval alone does not show it. Empty when the Hessian cannot be had."""
+    from scipy.stats import truncnorm
+
+    from ude.distill.uncertainty import laplace
+
+    try:
+        approx = laplace(result.model, measurements)
+    except (RuntimeError, ValueError, np.linalg.LinAlgError):
+        return {}
+    if approx.natural_mean is None or approx.natural_covariance is None:
+        return {}
+    ranges, tail = approx.ranges, (1 - level) / 2
+    owner = result.chosen.candidate.info.get("owner", {})
+    terms = structure_coefficients(
+        result, result.chosen, result.model, result.refit.values, measurements
+    )
+    out = {}
+    for i, name in enumerate(approx.names):
+        own = owner.get(name)
+        if own is None or own.constant is None or not ranges.box[i] or not approx.free[i]:
+            continue
+        mean, sd = approx.natural_mean[i], float(np.sqrt(approx.natural_covariance[i, i]))
+        if not (np.isfinite(mean) and np.isfinite(sd) and sd > 0):
+            continue
+        a, b = (ranges.lower[i] - mean) / sd, (ranges.upper[i] - mean) / sd
+        ends = truncnorm.ppf([tail, 1 - tail], a, b, loc=mean, scale=sd)
+        ends = np.exp(ends) if ranges.log_box[i] else ends
+        shown = terms.get((own.target, own.index))
+        out[name] = {
+            "target": own.target,
+            "term": shown["term"] if shown else result.terms[own.target][own.index].name,
+            "constant": own.constant,
+            "value": float(result.refit.values.get(name, ends.mean())),
+            "interval": [float(ends[0]), float(ends[1])],
+        }
+    return out
 
 
 def mixture_quantile(
@@ -205,9 +253,15 @@ def _along_ridges(
             entry["along_profile"] = [lo, hi]
 
 
-def intervals_markdown(intervals: dict[str, dict[str, Any]], level: float = 0.95) -> str:
-    """equations.md's section: each discovered coefficient ± the half-width of its interval."""
-    if not intervals:
+def intervals_markdown(
+    intervals: dict[str, dict[str, Any]],
+    level: float = 0.95,
+    constants: dict[str, dict[str, Any]] | None = None,
+) -> str:
+    """equations.md's section: each discovered coefficient ± the half-width of its interval,
+    then each rate-law constant with its interval (:func:`constant_intervals`; on the log of
+    ``K``, so not symmetric about it)."""
+    if not intervals and not constants:
         return ""
     lines = [
         f"## Coefficients with {level:.0%} credible intervals",
@@ -221,6 +275,12 @@ def intervals_markdown(intervals: dict[str, dict[str, Any]], level: float = 0.95
         lo, hi = e["interval"]
         lines.append(
             f"| {e['target']} | {e['term']} | {e['value']:.4g} ± {(hi - lo) / 2:.2g} | "
+            f"[{lo:.4g}, {hi:.4g}] |"
+        )
+    for e in (constants or {}).values():
+        lo, hi = e["interval"]
+        lines.append(
+            f"| {e['target']} | {e['constant']} of {e['term']} | {e['value']:.4g} | "
             f"[{lo:.4g}, {hi:.4g}] |"
         )
     return "\n".join(lines) + "\n"
