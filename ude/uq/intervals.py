@@ -128,13 +128,14 @@ def constant_intervals(
             continue
         a, b = (ranges.lower[i] - mean) / sd, (ranges.upper[i] - mean) / sd
         ends = truncnorm.ppf([tail, 1 - tail], a, b, loc=mean, scale=sd)
+        value = (np.exp if ranges.log_box[i] else float)(mean)
         ends = np.exp(ends) if ranges.log_box[i] else ends
         shown = terms.get((own.target, own.index))
         out[name] = {
             "target": own.target,
             "term": shown["term"] if shown else result.terms[own.target][own.index].name,
             "constant": own.constant,
-            "value": float(result.refit.values.get(name, ends.mean())),
+            "value": float(result.refit.values.get(name, value)),
             "interval": [float(ends[0]), float(ends[1])],
         }
     return out
