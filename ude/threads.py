@@ -13,11 +13,13 @@ training's, a single refit's (the final one), a member per row of an ensemble's.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 _pool: ThreadPoolExecutor | None = None
 _pool_pid: int | None = None
+_pool_lock = threading.Lock()
 
 
 def usable_cpus() -> int:
@@ -32,11 +34,12 @@ def _row_pool() -> ThreadPoolExecutor | None:
     """The process's pool, one thread per usable CPU (None on one CPU). A forked child (a
     launcher's worker) has none of its parent's threads: it makes its own."""
     global _pool, _pool_pid
-    if _pool is None or _pool_pid != os.getpid():
-        cpus = usable_cpus()
-        _pool = ThreadPoolExecutor(cpus, thread_name_prefix="ude-rows") if cpus > 1 else None
-        _pool_pid = os.getpid()
-    return _pool
+    with _pool_lock:  # the selection's refit threads may ask for it at the same time
+        if _pool is None or _pool_pid != os.getpid():
+            cpus = usable_cpus()
+            _pool = ThreadPoolExecutor(cpus, thread_name_prefix="ude-rows") if cpus > 1 else None
+            _pool_pid = os.getpid()
+        return _pool
 
 
 def map_rows(solve: Callable[[int], object], n_rows: int) -> list:

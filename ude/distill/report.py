@@ -218,7 +218,8 @@ def write_report(
         identifiability=result.identifiability,
         conditions=measurements.conditions,
     )
-    if intervals or constants:
+    credible = {**intervals, **constants}  # per parameter: coefficients, then constants
+    if credible:
         markdown += "\n" + intervals_markdown(intervals, mixture.level, constants)
     if averaged:
         markdown += "\n" + averaged_markdown(averaged, mixture.level, left_out)
@@ -290,7 +291,7 @@ def write_report(
         metrics["timings"]["predictive_band_seconds"] = round(time.perf_counter() - start, 3)
         metrics["timings"]["predictive_band_cpu_seconds"] = round(time.process_time() - cpu, 3)
         metrics["timings"]["credible_intervals_cpu_seconds"] = intervals_cpu
-        metrics["credible_intervals"] = {**intervals, **constants}
+        metrics["credible_intervals"] = credible
         metrics["term_intervals"] = averaged
         metrics["term_intervals_left_out_weight"] = left_out
         if predictive is not None and predictive.usable:
@@ -308,10 +309,8 @@ def write_report(
     )
     twin_dict = product.to_dict()
     twin_dict["model_weights"] = weights  # the refitted structures, for averaging over them
-    if intervals or constants:
-        twin_dict["credible_intervals"] = {
-            k: e["interval"] for k, e in {**intervals, **constants}.items()
-        }
+    if credible:
+        twin_dict["credible_intervals"] = {k: e["interval"] for k, e in credible.items()}
     if averaged:
         twin_dict["term_intervals"] = {
             t: {term: e["interval"] for term, e in terms.items()} for t, terms in averaged.items()
