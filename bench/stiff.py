@@ -79,8 +79,9 @@ ADAMS_STEP = {"goldbeter": 0.005, "yeast_glycolysis": 0.002}
 
 ONE_CYCLE = {"fit_cycles": 1, "rescue_segments": 0, "step_backs": 0}
 """One cycle of trajectory fitting without the rescue or the step-backs: the schedule
-``ude.fit`` trained with before it took ``python train.py``'s (2026-12-07), which the README's
-figures of this script, ``bench/scaling.py`` and ``bench/stiff_schedule.py`` were measured with."""
+``ude.fit`` trained with before it took ``python train.py``'s (2026-12-07), which the figures
+of this script, ``bench/scaling.py`` and ``bench/stiff_schedule.py`` in docs/performance.md
+were measured with."""
 BARE_EPOCHS = {**ONE_CYCLE, "warm_start_steps": 0}
 """:data:`ONE_CYCLE` from the untrained network (no warm start): the epochs' cost alone."""
 
