@@ -242,6 +242,25 @@ def test_benchmark_suites_give_cells_methods_and_problems(suite):
         assert np.isfinite(problem.measurements.values).any()
 
 
+def test_the_calibration_suite_draws_the_base_scenario_under_ten_noise_seeds():
+    """suite=calibration: each system's base scenario alone, once per seed, and each seed its
+    own draw of the noise (the standard suite's cells of a system share seed 0's)."""
+    from ude.benchmark.runner import suite_cells
+    from ude.benchmark.scenario import build_problem
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(BENCH_CONF), version_base="1.3"):
+        cfg = compose("benchmark", ["suite=calibration", "suite.methods=[ude]"])
+    cells = suite_cells(cfg)
+    assert {c.axis for c in cells} == {"base"}
+    assert sorted(c.scenario.seed for c in cells if c.scenario.system == "goodwin") == list(
+        range(10)
+    )
+    first, second = (next(c for c in cells if c.scenario.seed == s) for s in (0, 1))
+    a, b = (build_problem(c.scenario).measurements.values for c in (first, second))
+    assert first.scenario.system == second.scenario.system and not np.allclose(a, b)
+
+
 class _Submitted(Exception):
     """Raised instead of running sbatch: carries the script submitit wrote."""
 

@@ -144,6 +144,30 @@ def test_the_calibration_table_shows_the_horseshoes_inclusion_beside_the_product
     assert horseshoe.count("–") == 5 and sindy.startswith("| sindy |")
 
 
+def test_the_calibration_per_system_counts_the_seeds_its_cells_span():
+    """Each system's cells are averaged apart, per method, with the seeds they span: a system's
+    cells of one seed share its noise, and the table says how many independent draws it
+    holds. A failed cell and a method without cells on a system give no line. The last column
+    scores the twin's own intervals on its exact cells alone."""
+    from ude.benchmark.report import calibration_by_system
+
+    rows = [
+        {"system": "seir", "method": "ude", "seed": s, "coverage": c, "coef_coverage": k}
+        | {"exact": k == 1.0, "coef_coverage_chosen": k}
+        for s, c, k in [(0, 0.9, 1.0), (0, 0.8, 1.0), (1, 1.0, 0.0)]
+    ] + [
+        {"system": "goodwin", "method": "ude", "seed": 0, "coverage": 0.5},
+        {"system": "goodwin", "method": "bayes", "seed": 0, "error": "failed"},
+    ]
+    lines = calibration_by_system(rows).splitlines()
+    assert len(lines) == 4
+    goodwin, seir = lines[2], lines[3]
+    assert goodwin.startswith("| goodwin | ude | 1 | 0.50 (1) |")
+    assert seir.startswith("| seir | ude | 2 | 0.90 (3) |")
+    assert "| 0.67 (3) |" in seir and seir.endswith("| 1.00 (2) |")
+    assert goodwin.endswith("| – |")  # no exact cell
+
+
 def test_a_neural_reactions_inclusion_is_scored_in_the_states_it_changes():
     """SEIR's unknown flux is the reaction ``infection`` (S -> E): its inclusion table is keyed
     by the reaction, and scored as it was, keyed by no state, its true term I*S counted as a
