@@ -365,8 +365,9 @@ def calibration_by_system(rows: list[dict]) -> str:
     lines = [head, "|---" * (len(SYSTEM_CALIBRATION) + 4) + "|"]
     for system in sorted({r["system"] for r in rows}):
         for m in _methods(rows):
-            mine = [r for r in rows if r["system"] == system and r["method"] == m]
-            mine = [r for r in mine if "error" not in r]
+            mine = [
+                r for r in rows if r["system"] == system and r["method"] == m and "error" not in r
+            ]
             if not mine:
                 continue
             seeds = len({r.get("seed") for r in mine})
@@ -385,13 +386,13 @@ def calibration_table(rows: list[dict]) -> str:
     head = "| method | " + " | ".join(n for _, n in CALIBRATION) + " |"
     lines = [head, "|---" * (len(CALIBRATION) + 1) + "|"]
 
-    cell = _mean_cell
     for m in _methods(rows):
         mine = [r for r in rows if r["method"] == m and "error" not in r]
-        lines.append(f"| {m} | " + " | ".join(cell(mine, k) for k, _ in CALIBRATION) + " |")
+        lines.append(f"| {m} | " + " | ".join(_mean_cell(mine, k) for k, _ in CALIBRATION) + " |")
         if any("brier_horseshoe" in r for r in mine):
             other = [
-                cell(mine, f"{k}_horseshoe") if "inclusion" in n else "–" for k, n in CALIBRATION
+                _mean_cell(mine, f"{k}_horseshoe") if "inclusion" in n else "–"
+                for k, n in CALIBRATION
             ]
             lines.append(f"| {m}: its horseshoe's inclusion | " + " | ".join(other) + " |")
     return "\n".join(lines)
