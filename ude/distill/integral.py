@@ -112,12 +112,15 @@ class IntegralProblem:
             )
             self.constants[j] = consts
             self.F[:, j] = self.column(j, consts)
-            if self._is_degenerate(j):
+            if self.is_degenerate(j):
                 self.degenerate.add(j)
         self._scale_columns()
         return self
 
-    def _is_degenerate(self, j: int, constants: dict[str, float] | None = None) -> bool:
+    def is_degenerate(self, j: int, constants: dict[str, float] | None = None) -> bool:
+        """Whether free term ``j`` at ``constants`` (None: its single-term ones) is another
+        term in disguise along this trajectory: ``K`` at the edge of or outside its range (the
+        monomial or the constant), ``n`` at 1 where the Michaelis-Menten term says it."""
         law = self.laws[j].law
         consts = self.constants[j] if constants is None else constants
         bounds = constant_bounds(law, self.X[law.variable])
@@ -218,7 +221,7 @@ class IntegralProblem:
         coef, rss = self.at_constants(support, found)
         mine = self.criterion(support, kind)
         crit = self.score(rss, support, kind)
-        degenerate = any(self._is_degenerate(j, found[j]) for j in free)
+        degenerate = any(self.is_degenerate(j, found[j]) for j in free)
         if crit > mine[1] or degenerate:  # no better than the single-term constants
             return mine[0], mine[1], {j: dict(self.constants[j]) for j in free}
         return coef, crit, found
