@@ -22,6 +22,7 @@ from ude.distill.swaps import (
     saturations,
     sibling_swaps,
     siblings,
+    single_term_swaps,
 )
 from ude.spec.reactions import parse_reaction
 
@@ -110,11 +111,15 @@ def test_a_neural_reaction_is_swapped_for_its_mass_action_law_fitted_by_integral
 
 
 def _selection(
-    swaps: int, screens: dict[int, float], refused: tuple[int, ...] = ()
+    swaps: int,
+    screens: dict[int, float],
+    refused: tuple[int, ...] = (),
+    singles: tuple[int, ...] | None = None,
 ) -> tuple[list[tuple[int, ...]], Scored]:
     """A one-target selection over 6 terms whose truth is term 5 alone: the path proposes
     only 0 and 1; the swap proposes 2, 3, 5 (first order) with the given screens; the
-    supports in ``refused`` solve but are refused (ude.distill.admissible)."""
+    supports in ``refused`` solve but are refused (ude.distill.admissible); ``singles``: the
+    terms the screen's single-term swaps propose (None: no such move)."""
 
     def cand(support: list[int], origin: str = "path") -> Candidate:
         coef = np.zeros(6)
@@ -141,6 +146,7 @@ def _selection(
         refit,
         screen,
         swap=lambda best: [cand([j], "swap") for j in (2, 3, 5)],
+        single=None if singles is None else lambda best: [cand([j], "single") for j in singles],
     )
     return refitted, chosen
 
@@ -169,6 +175,60 @@ def test_when_every_first_candidate_is_refused_the_swaps_are_still_refitted():
     assert refitted[:2] == [(0,), (1,)] and set(refitted[2:]) == {(2,), (3,), (5,)}
     assert chosen.step == "swap"
     assert np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [5]
+
+
+def test_when_every_first_candidate_fails_the_screens_single_terms_are_refitted_too():
+    """Every path candidate is refused, and so is every term but the truth (5). The
+    single-term swaps (4, not first order) are refitted beside the first-order swaps (2, 3,
+    5), best-screened first and at most ``swaps`` per target, a support the swaps refit not
+    a second time; with a first candidate that solves they are not refitted at all."""
+    screens = {0: 0.0, 1: 1.0, 2: 30.0, 3: 2.0, 4: 3.0, 5: 40.0}
+    refitted, chosen = _selection(12, screens, (0, 1, 2, 3, 4), singles=(2, 4, 5))
+    assert refitted[:2] == [(0,), (1,)] and sorted(refitted[2:]) == [(2,), (3,), (4,), (5,)]
+    assert np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [5]
+    refitted, chosen = _selection(12, screens, (0, 1, 2, 3, 5), singles=(4,))
+    assert chosen.step == "single"  # the only term that solves is a single's
+    assert np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [4]
+    refitted, _ = _selection(1, screens, (0, 1, 2, 3), singles=(5, 4))
+    assert refitted[2:4] == [(3,), (4,)]  # one swap and one single, each the best-screened
+    refitted, chosen = _selection(12, screens, (0, 2, 3, 4), singles=(4, 5))
+    assert (4,) not in refitted and chosen.step == "swap"  # term 1 solved: no singles
+
+
+def test_a_single_term_swap_is_one_library_term_solved_on_the_screen_with_its_constants():
+    """Along the data the rate is ``-0.25*x*y/(0.02 + x)``; the best (its refit failed) holds
+    ``x*y``. Each library term alone replaces it, at the screen's coefficient and fitted
+    constants; target ``b`` keeps its coefficients."""
+    lib = slot_library(["constant", "mass_action", "michaelis_menten"], ["x", "y"])
+    lib.fit(["x", "y"])
+    terms, names = lib.terms_, lib.get_feature_names()
+    rng = np.random.default_rng(3)
+    x, y = rng.uniform(0.005, 0.5, 120), rng.uniform(0.1, 1.0, 120)
+    screen = IntegralProblem(
+        F=lib.transform(np.column_stack([x, y])),
+        y=-0.25 * x * y / (0.02 + x),
+        condition=np.zeros(120, dtype=int),
+        terms=names,
+        from_data=True,
+        W=np.eye(120),
+        X={"x": x, "y": y},
+        laws={j: t for j, t in enumerate(terms) if t.law is not None},
+    ).fit_constants()
+    coef_a, coef_b = np.zeros(len(names)), np.zeros(len(names))
+    coef_a[names.index("x*y")] = -12.0
+    coef_b[names.index("y")] = 2.0
+    best = _scored({"a": coef_a, "b": coef_b})
+    found = single_term_swaps(best, {"a": terms, "b": terms}, {"a": screen})
+    held = {names[int(np.flatnonzero(c.coef["a"])[0])]: c for c in found}
+    assert all(np.count_nonzero(c.coef["a"]) == 1 for c in found)
+    assert set(held) == set(names) - {"x*y"}
+    truth = held["x*y/(K + x)"]
+    k = names.index("x*y/(K + x)")
+    assert truth.constants["a"][k]["K"] == pytest.approx(0.02, rel=0.05)
+    assert truth.coef["a"][k] == pytest.approx(-0.25, rel=0.05)
+    assert truth.origin == "single" and truth.info["swapped"] == "a"
+    for c in found:
+        np.testing.assert_array_equal(c.coef["b"], coef_b)
 
 
 def test_a_swap_whose_support_is_also_a_removal_is_refitted_from_its_own_start_too():

@@ -39,7 +39,12 @@ from ude.distill.selection import (
     ties,
 )
 from ude.distill.sparse import Candidate, Problem, candidate_union
-from ude.distill.swaps import first_order_swaps, saturating_swaps, sibling_swaps
+from ude.distill.swaps import (
+    first_order_swaps,
+    saturating_swaps,
+    sibling_swaps,
+    single_term_swaps,
+)
 from ude.errors import UdeError
 from ude.model.hybrid import HybridODE
 from ude.model.initial_scale import set_initial
@@ -869,6 +874,7 @@ class Distiller:
                 ),
                 workers=workers,
                 reswap=unmeasured,
+                single=lambda best: single_term_swaps(best, terms, view(integral)),
             )
 
         t1 = time.perf_counter()

@@ -331,6 +331,7 @@ class TrajectorySelector:
         sibling: Callable[[Scored], list[Candidate]] | None = None,
         workers: int | None = None,
         reswap: bool = False,
+        single: Callable[[Scored], list[Candidate]] | None = None,
     ) -> tuple[Scored, list[Scored]]:
         """The chosen candidate and every scored one (the whole path), in order of scoring.
 
@@ -348,7 +349,11 @@ class TrajectorySelector:
         best, outside the budget; ``workers``: threads for a step's refits (None:
         ``self.workers``); ``reswap``: the model has states the data do not measure, so the
         settled best's swaps are refitted again from its fitted initial states
-        (``reswaps``); without it, only those whose refit ended within ``tolerance`` of it.
+        (``reswaps``); without it, only those whose refit ended within ``tolerance`` of it;
+        ``single(best)``: each target's library terms alone in its place, from the screen
+        (:func:`ude.distill.swaps.single_term_swaps`), at most ``swaps`` per target, the
+        best-screened first, refitted beside the first-order swaps only where every first
+        candidate failed or was refused.
         """
         if not candidates:
             raise UdeError(
@@ -439,7 +444,11 @@ class TrajectorySelector:
             the best's S1*S7 term, stopped 2010 units behind its refit from the trained
             states)."""
             first, again, per_target, taken = [], [], {}, set()
-            cands, limit = (swap, self.swaps) if step == "swap" else (sibling, self.siblings)
+            cands, limit = {
+                "swap": (swap, self.swaps),
+                "sibling": (sibling, self.siblings),
+                "single": (single, self.swaps),
+            }[step]
             along = around if step == "sibling" else None
             for cand in sorted(cands(around), key=lambda c: screened(c, along)):
                 key, target = cand.support(), cand.info.get("swapped")
@@ -589,11 +598,15 @@ class TrajectorySelector:
             succeeded += sum(math.isfinite(t.criterion) for t in trials)
             tried += len(batch)
         best = min(scored, key=lambda s: s.criterion)
-        if not math.isfinite(best.criterion) and self.swaps and swap is not None:
+        if not math.isfinite(best.criterion) and self.swaps:
             # every first candidate failed or was refused (:mod:`ude.distill.admissible`):
             # the first one's swaps (each target's first-order terms, a neural reaction's
-            # own law) may still hold a twin
-            score_all(swap_moves(scored[0], set())[0], scored[0])
+            # own law) and each target's single terms from the screen may still hold a twin
+            last = swap_moves(scored[0], set())[0] if swap is not None else []
+            if single is not None:
+                skip = frozenset(c.support() for c, _ in last)
+                last += swap_moves(scored[0], set(), "single", skip)[0]
+            score_all(last, scored[0])
             best = min(scored, key=lambda s: s.criterion)
         # sibled: the bests and rivals whose siblings were refitted (ids)
         first, sibled = True, set()

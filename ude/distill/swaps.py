@@ -104,6 +104,43 @@ def first_order_swaps(
     return out
 
 
+def single_term_swaps(
+    best: Scored, terms: dict[str, list[Term]], screen: dict[str, IntegralProblem]
+) -> list[Candidate]:
+    """``best`` with one target's support replaced by each of its library's terms alone that
+    it does not hold already, the term's coefficient and constants solved on the screen
+    (``screen``: the integral-matching problems the candidates came from,
+    :meth:`~ude.distill.integral.IntegralProblem.refine`), the other targets at their
+    refitted values, refitted from the trained model's initial states as the screen's
+    candidates are.
+
+    The selection's last resort where every first candidate failed or was refused
+    (:class:`ude.distill.selection.TrajectorySelector`'s ``single``): the screen's paths all
+    grew from its best single term, and where that term's refit cannot solve, every
+    candidate holding it fails with it. Goldbeter at seed 5 of the calibration suite (the
+    hybrid trained to NMSE 0.94, the screen ran along the smoothed data): every first
+    candidate held a Hill switch of ``X`` with ``n`` 15 fitted to the smoothed spikes, and
+    none solved; the first-order swaps left ``c*C``, 333 units behind the true
+    ``c*C*X/(K + C)``, which the screen ranked seventh of the single terms."""
+    fitted, constants = refitted_coef(best), refitted_constants(best)
+    out = []
+    for t, c in fitted.items():
+        if t not in screen or not screen[t].X:
+            continue
+        for j in range(len(terms[t])):
+            if np.flatnonzero(c).tolist() == [j]:
+                continue
+            solved, _, found = screen[t].refine([j])
+            if not np.isfinite(solved[j]) or solved[j] == 0:
+                continue
+            coef = {s: v.copy() for s, v in fitted.items()}
+            coef[t] = np.asarray(solved, dtype=float).copy()
+            kept = {s: cs for s, cs in constants.items() if s != t}
+            kept[t] = {i: dict(v) for i, v in found.items()}
+            out.append(Candidate(coef, "single", info={"swapped": t}, constants=kept))
+    return out
+
+
 def _variables(term: Term) -> set[sp.Symbol]:
     """The variables ``term`` is written over (its constants left out)."""
     return term.expr.free_symbols - {sp.Symbol(k) for k in term.constants}
