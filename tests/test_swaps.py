@@ -414,7 +414,10 @@ def test_a_sibling_matched_to_another_term_in_disguise_starts_from_the_screen_in
         return next(c for c in found if c.coef["a"][sibling] != 0)
 
     matched = start()
-    assert screen.is_degenerate(sibling, matched.constants["a"][sibling])
+    assert screen.linear_regime(sibling, matched.constants["a"][sibling])
+    # x spans 0.005-0.5: K is searched over 0.0005-5; a K below that keeps the law, saturated
+    assert not screen.linear_regime(sibling, {"K": 1e-4})
+    assert not screen.linear_regime(sibling, {"K": 0.02})
     twin = start(screen={"a": screen})
     assert twin.constants["a"][sibling]["K"] == pytest.approx(0.02, rel=0.05)
     assert twin.coef["a"][sibling] == pytest.approx(-0.25, rel=0.05)

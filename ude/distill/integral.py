@@ -112,12 +112,12 @@ class IntegralProblem:
             )
             self.constants[j] = consts
             self.F[:, j] = self.column(j, consts)
-            if self.is_degenerate(j):
+            if self._is_degenerate(j):
                 self.degenerate.add(j)
         self._scale_columns()
         return self
 
-    def is_degenerate(self, j: int, constants: dict[str, float] | None = None) -> bool:
+    def _is_degenerate(self, j: int, constants: dict[str, float] | None = None) -> bool:
         """Whether free term ``j`` at ``constants`` (None: its single-term ones) is another
         term in disguise along this trajectory: ``K`` at the edge of or outside its range (the
         monomial or the constant), ``n`` at 1 where the Michaelis-Menten term says it."""
@@ -139,6 +139,13 @@ class IntegralProblem:
             t.law.kind == "saturation" and t.law.variable == law.variable and t.law.factor is None
             for t in self.laws.values()
         )
+
+    def linear_regime(self, j: int, constants: dict[str, float]) -> bool:
+        """Whether free term ``j`` at ``constants`` is its monomial in disguise along this
+        trajectory: ``K`` at or above the top of its range, so the law never saturates over
+        the values its variable takes."""
+        law = self.laws[j].law
+        return constants[law.K] >= constant_bounds(law, self.X[law.variable])[law.K][1] / 1.05
 
     def bounds(
         self, data: dict[str, np.ndarray] | None = None
@@ -221,7 +228,7 @@ class IntegralProblem:
         coef, rss = self.at_constants(support, found)
         mine = self.criterion(support, kind)
         crit = self.score(rss, support, kind)
-        degenerate = any(self.is_degenerate(j, found[j]) for j in free)
+        degenerate = any(self._is_degenerate(j, found[j]) for j in free)
         if crit > mine[1] or degenerate:  # no better than the single-term constants
             return mine[0], mine[1], {j: dict(self.constants[j]) for j in free}
         return coef, crit, found
