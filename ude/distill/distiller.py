@@ -864,11 +864,7 @@ class Distiller:
                 # a best's siblings, and its monomials' saturating forms from the screen
                 sibling=lambda best: (
                     sibling_swaps(
-                        best,
-                        terms,
-                        view(integral_along(best)),
-                        best.refit.refused is not None,
-                        view(integral),
+                        best, terms, view(integral_along(best)), best.refit.refused is not None
                     )
                     + saturating_swaps(best, terms, view(integral))
                 ),

@@ -118,9 +118,6 @@ class IntegralProblem:
         return self
 
     def _is_degenerate(self, j: int, constants: dict[str, float] | None = None) -> bool:
-        """Whether free term ``j`` at ``constants`` (None: its single-term ones) is another
-        term in disguise along this trajectory: ``K`` at the edge of or outside its range (the
-        monomial or the constant), ``n`` at 1 where the Michaelis-Menten term says it."""
         law = self.laws[j].law
         consts = self.constants[j] if constants is None else constants
         bounds = constant_bounds(law, self.X[law.variable])
@@ -139,13 +136,6 @@ class IntegralProblem:
             t.law.kind == "saturation" and t.law.variable == law.variable and t.law.factor is None
             for t in self.laws.values()
         )
-
-    def linear_regime(self, j: int, constants: dict[str, float]) -> bool:
-        """Whether free term ``j`` at ``constants`` is its monomial in disguise along this
-        trajectory: ``K`` at or above the top of its range, so the law never saturates over
-        the values its variable takes."""
-        law = self.laws[j].law
-        return constants[law.K] >= constant_bounds(law, self.X[law.variable])[law.K][1] / 1.05
 
     def bounds(
         self, data: dict[str, np.ndarray] | None = None

@@ -238,7 +238,6 @@ def sibling_swaps(
     terms: dict[str, list[Term]],
     along: dict[str, IntegralProblem],
     repair: bool = False,
-    screen: dict[str, IntegralProblem] | None = None,
 ) -> list[Candidate]:
     """``best`` with one term of one target replaced by each of its :func:`siblings` that the
     target does not hold already, the new term's coefficient and constants matched to the
@@ -256,22 +255,7 @@ def sibling_swaps(
 
     ``repair`` (``best`` refused for driving its target below zero where it is zero:
     :mod:`ude.distill.admissible`): each term's :func:`vanishing_forms` over the target's own
-    state too, in its place.
-
-    ``screen`` (the integral-matching problems the candidates came from): a sibling whose
-    matched constants make it its monomial in disguise along ``best``'s trajectory
-    (:meth:`~ude.distill.integral.IntegralProblem.linear_regime`: ``K`` above its variable's
-    range) starts instead from the target's support solved on the screen, its constants
-    fitted jointly, as :func:`saturating_swaps` start. Goldbeter at seed 1 of the calibration
-    suite (the hybrid trained to NMSE 0.6, the screen ran along the smoothed data): from the
-    bests ``C*X/(K + X)`` and ``C*M/(K + C)`` the true ``C*X/(K + C)`` was matched with ``K`` at
-    58,490 and 124,122 (``C`` is below 1), the mass-action ``C*X`` the search had already
-    refitted, and its refit ended with ``K`` at 0.0017, 352 units behind the truth refitted
-    from the screen's constants. A ``K`` matched below the range (the law saturated
-    everywhere: the other factor alone) keeps its match: Goldbeter with a third of the
-    samples unmeasured matched the true term's ``K`` at 0.0005, below ``C``'s range, and
-    refitted it to the twin the benchmark counts exact (criterion -274.7); from the screen's
-    ``K`` of 6.5 the same support stopped at -122.7, a forecast NMSE of 1.56."""
+    state too, in its place."""
     fitted, constants = refitted_coef(best), refitted_constants(best)
     start = moved_from(best)
     out = []
@@ -297,33 +281,17 @@ def sibling_swaps(
                     matched = dict(first)
                 else:
                     value, matched = match_term(library[k], first, replaced, problem.X)
-                coef = {s: v.copy() for s, v in fitted.items()}
-                kept = {s: {i: dict(v) for i, v in cs.items()} for s, cs in constants.items()}
-                if matched and t in (screen or {}) and problem.linear_regime(k, matched):
-                    support = sorted({*held, k} - {j})
-                    value, coef[t], kept[t] = _on_screen(screen[t], support, k)
-                    matched = kept[t].get(k, {})
                 if not np.isfinite(value) or value == 0:
                     continue
+                coef = {s: v.copy() for s, v in fitted.items()}
                 coef[t][j], coef[t][k] = 0.0, value
+                kept = {s: {i: dict(v) for i, v in cs.items()} for s, cs in constants.items()}
                 kept.setdefault(t, {}).pop(j, None)
                 if matched:
                     kept[t][k] = matched
                 info = {**start, "swapped": t, "sibling_of": old.name}
                 out.append(Candidate(coef, "sibling", info=info, constants=kept))
     return out
-
-
-def _on_screen(
-    problem: IntegralProblem, support: list[int], k: int
-) -> tuple[float, np.ndarray, dict[int, dict[str, float]]]:
-    """Term ``k``'s coefficient, the target's coefficients and its constants with ``support``
-    solved on ``problem`` (:meth:`~ude.distill.integral.IntegralProblem.refine`); a NaN
-    coefficient where the solve is not finite."""
-    solved, _, found = problem.refine(support)
-    solved = np.asarray(solved, dtype=float).copy()
-    value = float(solved[k]) if np.all(np.isfinite(solved)) else float("nan")
-    return value, solved, {i: dict(v) for i, v in found.items()}
 
 
 SATURATION_GAIN = TIE
