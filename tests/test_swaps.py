@@ -195,10 +195,10 @@ def test_when_every_first_candidate_fails_the_screens_single_terms_are_refitted_
     assert (4,) not in refitted and chosen.step == "swap"  # term 1 solved: no singles
 
 
-def test_a_single_term_swap_is_one_library_term_solved_on_the_screen_with_its_constants():
-    """Along the data the rate is ``-0.25*x*y/(0.02 + x)``; the best (its refit failed) holds
-    ``x*y``. Each library term alone replaces it, at the screen's coefficient and fitted
-    constants; target ``b`` keeps its coefficients."""
+def _saturating_screen() -> tuple[list, list[str], IntegralProblem]:
+    """A screen along data whose rate is ``-0.25*x*y/(0.02 + x)``, over a library of mass
+    action and saturations in x and y (the rates matched themselves: the integral's weights
+    are not tested): the library's terms, their names and the fitted problem."""
     lib = slot_library(["constant", "mass_action", "michaelis_menten"], ["x", "y"])
     lib.fit(["x", "y"])
     terms, names = lib.terms_, lib.get_feature_names()
@@ -214,6 +214,14 @@ def test_a_single_term_swap_is_one_library_term_solved_on_the_screen_with_its_co
         X={"x": x, "y": y},
         laws={j: t for j, t in enumerate(terms) if t.law is not None},
     ).fit_constants()
+    return terms, names, screen
+
+
+def test_a_single_term_swap_is_one_library_term_solved_on_the_screen_with_its_constants():
+    """Along the data the rate is ``-0.25*x*y/(0.02 + x)``; the best (its refit failed) holds
+    ``x*y``. Each library term alone replaces it, at the screen's coefficient and fitted
+    constants; target ``b`` keeps its coefficients."""
+    terms, names, screen = _saturating_screen()
     coef_a, coef_b = np.zeros(len(names)), np.zeros(len(names))
     coef_a[names.index("x*y")] = -12.0
     coef_b[names.index("y")] = 2.0
@@ -402,21 +410,7 @@ def test_a_saturating_swap_starts_from_the_screens_solution_with_its_constant_fi
     form in x starts where the screen puts it, K near 0.02 and the coefficient near -0.25,
     not at the monomial it replaces; target ``b`` keeps its refitted coefficients, and the
     start is the best's fitted initial states."""
-    lib = slot_library(["constant", "mass_action", "michaelis_menten"], ["x", "y"])
-    lib.fit(["x", "y"])
-    terms, names = lib.terms_, lib.get_feature_names()
-    rng = np.random.default_rng(3)
-    x, y = rng.uniform(0.005, 0.5, 120), rng.uniform(0.1, 1.0, 120)
-    screen = IntegralProblem(
-        F=lib.transform(np.column_stack([x, y])),
-        y=-0.25 * x * y / (0.02 + x),
-        condition=np.zeros(120, dtype=int),
-        terms=names,
-        from_data=True,
-        W=np.eye(120),  # matching the rates themselves: the integral's weights are not tested
-        X={"x": x, "y": y},
-        laws={j: t for j, t in enumerate(terms) if t.law is not None},
-    ).fit_constants()
+    terms, names, screen = _saturating_screen()
     coef_a, coef_b = np.zeros(len(names)), np.zeros(len(names))
     coef_a[names.index("x*y")] = -12.0
     coef_b[names.index("y")] = 2.0
