@@ -118,6 +118,9 @@ class IntegralProblem:
         return self
 
     def _is_degenerate(self, j: int, constants: dict[str, float] | None = None) -> bool:
+        """Whether free term ``j`` at ``constants`` (None: its single-term ones) is another
+        term in disguise along this trajectory: ``K`` at the edge of or outside its range (the
+        monomial or the constant), ``n`` at 1 where the Michaelis-Menten term says it."""
         law = self.laws[j].law
         consts = self.constants[j] if constants is None else constants
         bounds = constant_bounds(law, self.X[law.variable])
