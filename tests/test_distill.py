@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
@@ -508,19 +509,23 @@ def test_a_steps_refits_run_in_threads_and_choose_what_one_at_a_time_chooses():
     assert one[:4] == [(2,), (1,), (3,), (5,)]
 
 
+def _candidate(support, screen, n_terms):
+    """A candidate of one target ``x`` over ``n_terms`` library terms, ``support``'s set to 1,
+    with its integral-matching ``screen``."""
+    from ude.distill import Candidate
+
+    coef = np.zeros(n_terms)
+    coef[list(support)] = 1.0
+    return Candidate({"x": coef}, "test", info={"screen": screen})
+
+
 def test_a_removal_refitted_before_from_a_poor_start_is_refitted_from_the_best():
     """Goodwin's base cell: the true support (1,) refitted from the screen's start stops in a
     poor optimum (nmse 5e-3), its refit from the best's values (a removal of (0, 1)) fits as
     well as (0, 1) with a term fewer. The removal is refitted again, the better refit kept
     (one row per support), with or without a refit budget left; a removal already refitted
     from this best is not."""
-    from ude.distill import Candidate
-
-    def cand(support, screen):
-        coef = np.zeros(3)
-        coef[list(support)] = 1.0
-        return Candidate({"x": coef}, "test", info={"screen": screen})
-
+    cand = partial(_candidate, n_terms=3)
     refitted = []
 
     def refit(c):
@@ -537,6 +542,32 @@ def test_a_removal_refitted_before_from_a_poor_start_is_refitted_from_the_best()
         assert chosen.step == "prune"
         assert len({s.candidate.support() for s in scored}) == len(scored) == 3
         assert refitted.count(((1,), "prune")) == 1 and refitted.count(((0,), "prune")) == 1
+
+
+def test_the_last_elimination_refits_a_removal_from_the_settled_best_after_two_poor_refits():
+    """Yeast glycolysis's 8 conditions: the true support (1,) refitted poorly from the
+    screen's start and again as a removal of an early best (0, 1); the steps then settle on
+    (1, 2), which a proposal reached. Its removal (1,) had its one retry already, so the
+    steps do not refit it; the last elimination does, from (1, 2)'s values, where it fits
+    as well with a term fewer, and chooses it. Without its retry the twin kept term 2."""
+    cand = partial(_candidate, n_terms=3)
+    refitted = []
+
+    def refit(c):
+        support = tuple(int(j) for j in np.flatnonzero(c.coef["x"]))
+        refitted.append(support)
+        good = support == (1, 2) or (support == (1,) and refitted.count((1,)) == 3)
+        nmse = 1e-3 if good else {(0, 1): 2e-3}.get(support, 5e-3)
+        return RefitResult(None, {}, nmse, 60, True, 0), c.n_terms
+
+    def propose(best):
+        return [cand([1, 2], 0.0)] if best.candidate.support() == (("x", (0, 1)),) else []
+
+    selector = TrajectorySelector(grow=False, max_refits=None, max_initial_terms=None)
+    chosen, scored = selector.select([cand([0, 1], 0.0), cand([1], 1.0)], refit, propose=propose)
+    assert refitted.count((1,)) == 3
+    assert np.flatnonzero(chosen.candidate.coef["x"]).tolist() == [1]
+    assert len({s.candidate.support() for s in scored}) == len(scored)
 
 
 def test_integral_path_also_proposes_the_sparsest_supports_past_its_margin():
