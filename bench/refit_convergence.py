@@ -3,6 +3,7 @@ trace per refitted candidate, in one run.
 
     OMP_NUM_THREADS=1 python bench/refit_convergence.py                   # yeast, 4 conditions
     OMP_NUM_THREADS=1 python bench/refit_convergence.py --system goldbeter --conditions 8
+    python bench/refit_convergence.py --conditions 8 --threads 2   # torch's default on 2 cores
 
 The network of the benchmark's cell (5 % noise, 30 time points, seed 0) is trained as
 ``python train.py`` trains it and distilled with the product's defaults. Each candidate the
@@ -54,8 +55,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--system", default="yeast_glycolysis")
     parser.add_argument("--conditions", type=int, default=4)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch's threads (the benchmark's cells: 1)"
+    )
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     problem = build_problem(Scenario(args.system, n_times=30, conditions=args.conditions))
     cfg = composed_config(problem, [])
     selector = cfg.distill.distiller.selector
