@@ -423,16 +423,21 @@ def test_integral_matching_ranks_the_true_terms_first(lotka_volterra_distilled):
     assert [np.flatnonzero(c).tolist() for c in joint[0].coef.values()] == [[3], [3]]
 
 
+def _candidate(support, screen, n_terms):
+    """A candidate of one target ``x`` over ``n_terms`` library terms, ``support``'s set to 1,
+    with its integral-matching ``screen``."""
+    from ude.distill import Candidate
+
+    coef = np.zeros(n_terms)
+    coef[list(support)] = 1.0
+    return Candidate({"x": coef}, "test", info={"screen": screen})
+
+
 def test_selector_refits_the_sparsest_candidates_within_the_margin():
     """The best-screened candidate is refitted, then the sparsest within ``margin`` of its
     screen; a sparse candidate beyond the margin is not; removals of the best are always
     refitted, even with no other moves allowed."""
-    from ude.distill import Candidate
-
-    def cand(support, screen):
-        coef = np.zeros(4)
-        coef[list(support)] = 1.0
-        return Candidate({"x": coef}, "test", info={"screen": screen})
+    cand = partial(_candidate, n_terms=4)
 
     dense, sparse_near, sparse_far = cand([0, 1, 2], 0.0), cand([1], 8.0), cand([3], 30.0)
     refitted = []
@@ -467,10 +472,7 @@ def test_a_steps_refits_run_in_threads_and_choose_what_one_at_a_time_chooses():
 
     from ude.distill import Candidate
 
-    def cand(support, screen):
-        coef = np.zeros(6)
-        coef[list(support)] = 1.0
-        return Candidate({"x": coef}, "test", info={"screen": screen})
+    cand = partial(_candidate, n_terms=6)
 
     def nmse(support):
         return {(1, 4): 1e-3, (2,): np.inf}.get(support, 2e-3 + 1e-4 * sum(support))
@@ -507,16 +509,6 @@ def test_a_steps_refits_run_in_threads_and_choose_what_one_at_a_time_chooses():
     assert len(met) >= 3  # at least one step ran three refits at once
     # the sparsest first; the failing (2,) gives way to one more, then the moves
     assert one[:4] == [(2,), (1,), (3,), (5,)]
-
-
-def _candidate(support, screen, n_terms):
-    """A candidate of one target ``x`` over ``n_terms`` library terms, ``support``'s set to 1,
-    with its integral-matching ``screen``."""
-    from ude.distill import Candidate
-
-    coef = np.zeros(n_terms)
-    coef[list(support)] = 1.0
-    return Candidate({"x": coef}, "test", info={"screen": screen})
 
 
 def test_a_removal_refitted_before_from_a_poor_start_is_refitted_from_the_best():
