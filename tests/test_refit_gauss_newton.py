@@ -111,6 +111,23 @@ def test_by_default_l_bfgs_takes_the_first_steps_then_gauss_newton_ends_the_refi
     assert both.trace[-1] <= lbfgs.trace[-1] + 1e-6
 
 
+def test_auto_ends_with_gauss_newton_over_several_conditions_and_is_l_bfgs_over_one(float64):
+    """``optimizer="auto"`` (the selection's default): the three conditions' refit takes
+    Gauss-Newton's path, the first condition's alone L-BFGS's, each to the same numbers."""
+    from dataclasses import replace
+
+    spec, data = three_condition_problem()
+    one = replace(data, values=data.values[:1], conditions=data.conditions[:1], inputs=None)
+    start = np.array([[0.8, 0.1], [0.6, 0.4], [0.3, 1.2]])
+    kw = dict(max_iter=400, tol=1e-10, method="rodas5p", gauss_newton_after=40)
+    for measured, y0, same in ((data, start, "gauss_newton"), (one, start[:1], "lbfgs")):
+        auto = TwinRefit(**kw, optimizer="auto").fit(spec, measured, y0)
+        other = "lbfgs" if same == "gauss_newton" else "gauss_newton"
+        fits = {o: TwinRefit(**kw, optimizer=o).fit(spec, measured, y0) for o in (same, other)}
+        assert auto.ok and auto.trace == fits[same].trace
+        assert auto.iterations == fits[same].iterations != fits[other].iterations
+
+
 def test_a_step_plan_fixes_the_steps_of_its_own_thread_only(float64):
     """The selection refits in threads: one refit's recorded steps must not be another's."""
     import threading

@@ -24,7 +24,7 @@ ACTIVATION_NAMES = ("tanh", "gelu", "silu", "softplus", "relu", "rbf")
 RESUME_MODES = ("auto", "never")
 """``resume``'s choices (:func:`ude.train.resume.resume_point`)."""
 
-REFIT_OPTIMIZERS = ("lbfgs", "gauss_newton")
+REFIT_OPTIMIZERS = ("lbfgs", "gauss_newton", "auto")
 """A twin refit's ``optimizer`` choices (:class:`ude.distill.refit.TwinRefit`)."""
 
 # key: (expected types, test, what is expected)

@@ -148,6 +148,8 @@ class TwinRefit:
             on from where it stopped. From the start, Gauss-Newton takes a refit into
             another basin than L-BFGS's more often than not (yeast glycolysis, 4
             conditions: 22 of 35 refits ended more than 6 apart, 6 of them worse).
+            ``auto``: ``gauss_newton`` where the data have more than one condition, ``lbfgs``
+            with one (the selection's default: docs/performance.md has the measurements).
         nonnegative_initial: the learned initial values of the states the twin's spec declares
             ``nonnegative`` (amounts) held at or above zero, on the log of the value
             (:mod:`ude.model.initial_scale`). Free, a refit can start an amount at a
@@ -227,7 +229,7 @@ class TwinRefit:
         With ``optimizer="gauss_newton"`` where it applies: L-BFGS's first
         ``gauss_newton_after`` iterations (they choose the basin, as they do alone), then
         Gauss-Newton to the optimum; where that does not converge, L-BFGS goes on."""
-        if self.optimizer == "gauss_newton" and gauss_newton.applies(module.model):
+        if self._gauss_newton(module):
             until = min(self.gauss_newton_after, self.max_iter)
             iterations, converged = self._lbfgs(module, batch, params, done, trace, until)
             if converged:
@@ -248,6 +250,15 @@ class TwinRefit:
                 )
             return iterations + steps
         return self._lbfgs(module, batch, params, done, trace, self.max_iter)[0]
+
+    def _gauss_newton(self, module) -> bool:
+        """Whether this refit ends with Gauss-Newton steps: where they apply, with
+        ``optimizer="gauss_newton"``, or with ``"auto"`` where the data have more than one
+        condition (L-BFGS learns the curvature of every condition's initial states from
+        gradients, while the Jacobian costs a solve per state whatever their number)."""
+        if self.optimizer == "lbfgs" or not gauss_newton.applies(module.model):
+            return False
+        return self.optimizer == "gauss_newton" or module.model.initial.shape[0] > 1
 
     def _restart(self, module, batch, params, done: int, trace: list[float]) -> int:
         """L-BFGS again from where the fit stopped, with a fresh history, up to ``restarts``
