@@ -4,6 +4,7 @@ trace per refitted candidate, in one run.
     OMP_NUM_THREADS=1 python bench/refit_convergence.py                   # yeast, 4 conditions
     OMP_NUM_THREADS=1 python bench/refit_convergence.py --system goldbeter --conditions 8
     python bench/refit_convergence.py --conditions 8 --threads 2   # torch's default on 2 cores
+    python bench/refit_convergence.py --conditions 8 --threads 2 --optimizer lbfgs
 
 The network of the benchmark's cell (5 % noise, 30 time points, seed 0) is trained as
 ``python train.py`` trains it and distilled with the product's defaults. Each candidate the
@@ -58,10 +59,19 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch's threads (the benchmark's cells: 1)"
     )
+    parser.add_argument(
+        "--optimizer",
+        choices=("auto", "lbfgs", "gauss_newton"),
+        help="the scoring refits' (distill.distiller.score_refit.optimizer; default: the "
+        "product's, auto; lbfgs: the selection before 7538292)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     problem = build_problem(Scenario(args.system, n_times=30, conditions=args.conditions))
-    cfg = composed_config(problem, [])
+    overrides = []
+    if args.optimizer:
+        overrides.append(f"distill.distiller.score_refit.optimizer={args.optimizer}")
+    cfg = composed_config(problem, overrides)
     selector = cfg.distill.distiller.selector
     cap = cfg.distill.distiller.score_refit.max_iter
     criterion_tol = cfg.distill.distiller.score_refit.criterion_tol
