@@ -18,6 +18,11 @@ whose last 20 still moved it by more was stopped by its iteration cap
 the selection's ``tolerance`` was stopped far from its optimum: the selection compared it
 unconverged. The summary counts both, beside the selection's and the distillation's time.
 
+With several conditions the product's refits end with Gauss-Newton steps (``--optimizer``,
+default ``auto``), and each of those adds one entry to the trace, not one per 20 iterations:
+there the two "fall" columns count a Gauss-Newton step as 20 iterations. ``--optimizer lbfgs``
+gives every refit L-BFGS's trace.
+
 Nothing is asserted: the figures are printed.
 """
 
