@@ -35,7 +35,7 @@ def _names(terms, support, integral):
 def test_a_hill_repression_is_found_in_the_library_whatever_its_fitted_n():
     goodwin = get_system("goodwin")  # x' = a/(1 + z**10) - b x: the network replaces a/(1+z^10)
     terms, integral = _library(DEFAULT_FAMILIES, ["x", "y", "z"])
-    support = true_support({"x": terms}, {"x": integral}, goodwin.missing, goodwin.truth, routes={})
+    support = true_support({"x": terms}, goodwin.missing, goodwin.truth, routes={})
     assert isinstance(support, dict) and len(support["x"]) == 1
     (name,) = _names(terms, support["x"], integral)
     assert "z" in name and "x" not in name and "y" not in name
@@ -47,16 +47,14 @@ def test_a_neural_reactions_true_flux_comes_from_a_state_it_changes():
     terms, integral = _library(["mass_action"], ["S", "E", "C", "P"])
     routes = enzyme.known.neural_routes()
     (target,) = routes
-    support = true_support(
-        {target: terms}, {target: integral}, enzyme.missing, enzyme.truth, routes
-    )
+    support = true_support({target: terms}, enzyme.missing, enzyme.truth, routes)
     assert sorted(_names(terms, support[target], integral)) == ["C", "E*S"]
 
 
 def test_a_truth_the_library_cannot_express_is_said_so():
     goodwin = get_system("goodwin")
     terms, integral = _library(["mass_action"], ["x", "y", "z"])
-    why = true_support({"x": terms}, {"x": integral}, goodwin.missing, goodwin.truth, routes={})
+    why = true_support({"x": terms}, goodwin.missing, goodwin.truth, routes={})
     assert isinstance(why, str) and "no library term" in why
 
 
@@ -150,14 +148,40 @@ def test_the_truths_own_values_are_matched_by_its_library_terms():
     ]
     for system, inputs, state, coefficient, constants in cases:
         terms, integral = _library(DEFAULT_FAMILIES, inputs)
-        support = true_support(
-            {state: terms}, {state: integral}, system.missing, system.truth, routes={}
-        )
+        support = true_support({state: terms}, system.missing, system.truth, routes={})
         (j,) = support[state]
         truth = system.missing[state].xreplace(
             {sp.Symbol(k): p.value for k, p in system.truth.parameters.items()}
         )
-        c, found = match_term(terms[j], integral.constants[j], truth, samples)
-        assert c == pytest.approx(coefficient, rel=1e-6)
-        for name, value in constants.items():
-            assert found[next(k for k in found if k.startswith(name))] == pytest.approx(value)
+        # from the screen's constants, and from a Hill n the screen left on its bound of 1
+        # (where the term reads as Michaelis-Menten's form: competence at 10 % noise)
+        at_bound = {c: {"K": 0.3, "n": 1.0}[c] for c in terms[j].free}
+        for start in (integral.constants[j], at_bound):
+            c, found = match_term(terms[j], start, truth, samples)
+            assert c == pytest.approx(coefficient, rel=1e-6)
+            for name, value in constants.items():
+                assert found[next(k for k in found if k.startswith(name))] == pytest.approx(value)
+
+
+def test_the_truths_own_values_start_from_its_hill_term_where_the_screen_left_n_at_1():
+    """Competence at 10 % noise: the screen left the Hill activation's n on its bound of 1,
+    where the fitted term reads as Michaelis-Menten's form. The true x**2/(a3 + x**2) is still
+    that library term, and the oracle's third start has the truth's K and n."""
+    from ude import simulate_measurements
+    from ude.distill.oracle import at_truth
+
+    competence = get_system("competence")
+    terms, integral = _library(DEFAULT_FAMILIES, ["x", "y"])
+    integral.constants = {
+        j: {c: {"K": 0.3, "n": 1.0}[c] for c in terms[j].free} for j in integral.constants
+    }
+    support = true_support({"x": terms}, competence.missing, competence.truth, routes={})
+    assert isinstance(support, dict), support
+    (j,) = support["x"]
+    assert terms[j].family == "hill" and terms[j].law.kind == "activation"
+    m = simulate_measurements("competence", noise=0.1, seed=0)
+    start = at_truth(support, {"x": terms}, {"x": integral}, m, routes={}, states=["x", "y"])
+    assert start is not None
+    assert start.coef["x"][j] == pytest.approx(0.07, rel=1e-3)
+    found = start.constants["x"][j]
+    assert found[next(k for k in found if k.startswith("n"))] == pytest.approx(2.0, rel=1e-3)

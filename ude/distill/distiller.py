@@ -1032,7 +1032,7 @@ class Distiller:
         from ude.distill.oracle import at_truth, from_twin, true_support, truth_candidate, verdict
 
         routes = known.neural_routes()
-        support = true_support(terms, integral, truth.missing, truth.spec, routes)
+        support = true_support(terms, truth.missing, truth.spec, routes)
         if isinstance(support, str):
             return {"verdict": "truth not in the library", "why": support}
         cand = truth_candidate(support, integral)

@@ -66,7 +66,6 @@ def true_expression(
 
 def true_support(
     terms: dict[str, list[Term]],
-    integral: dict[str, IntegralProblem],
     missing: dict[str, sp.Expr],
     truth: ModelSpec,
     routes: dict[str, dict[str, float]],
@@ -78,7 +77,7 @@ def true_support(
         true = true_terms(target, missing, truth, routes)
         if true is None:
             return f"the truth does not give {target}'s term"
-        forms = [_form_of(term, integral[target], j) for j, term in enumerate(library)]
+        forms = [_form_of(term) for term in library]
         support = []
         for basis in true:
             j = next((j for j, f in enumerate(forms) if f == form(basis)), None)
@@ -172,7 +171,7 @@ def at_truth(
         constants[target] = {}
         for part in sp.Add.make_args(expr):
             basis = form(next(iter(expression_terms(part))))
-            j = next((j for j in s if _form_of(library[j], problem, j) == basis), None)
+            j = next((j for j in s if _form_of(library[j]) == basis), None)
             if j is None:
                 return None
             c, k = match_term(library[j], problem.constants.get(j, {}), part, samples)
@@ -185,9 +184,12 @@ def at_truth(
     return start
 
 
-def _form_of(term: Term, problem: IntegralProblem, j: int) -> str | None:
-    expr = term.numeric(problem.constants.get(j)) if term.free else term.numeric()
-    keys = list(expression_terms(expr))
+def _form_of(term: Term) -> str | None:
+    """A library term's form, from its own constants (a free constant's start), not the
+    screen's fit of them: a free Hill n the screen left on its lower bound, 1, would read as
+    Michaelis-Menten's form, and the true Hill term as in no library term (competence at 10 %
+    noise)."""
+    keys = list(expression_terms(term.numeric()))
     return form(keys[0]) if len(keys) == 1 else None
 
 
