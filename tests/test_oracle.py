@@ -68,6 +68,16 @@ def test_the_verdict_follows_what_the_selection_would_take():
     assert "not in the library" in oracle_clause({"verdict": "truth not in the library"})
 
 
+def test_a_truth_whose_every_refit_is_refused_says_why_not_that_it_failed_to_solve():
+    from ude.distill.oracle import unsolved
+
+    why = "from the truth's start, dS/dt = -0.08 at S = 0"
+    refused = unsolved([why])
+    assert refused == {"verdict": "truth's refit not admissible", "why": why}
+    assert oracle_clause(refused) == f" (oracle: truth's refit not admissible: {why})"
+    assert unsolved([]) == {"verdict": "truth's refit failed to solve"}
+
+
 @pytest.mark.slow
 def test_a_distillation_that_misses_the_truth_says_whether_the_data_prefer_its_twin():
     """Lotka-Volterra seed 5 at 5 % noise: docs/recovery.md's oracle finds a rival beating
@@ -106,12 +116,13 @@ def test_the_benchmark_counts_the_cells_not_exact_by_the_oracles_verdict():
         (False, "data prefer the twin"),
         (False, "search missed the truth"),
         (False, "chosen is the truth's support"),  # the right terms, a Hill n off
+        (False, "truth's refit not admissible"),  # the true form fits only below zero
         (False, None),  # a cell run before the oracle existed
     ]:
         rows.append(row(exact, oracle))
     line = next(x for x in targets_table(rows).splitlines() if x.startswith("| goodwin"))
     # most first, ties by name (the same line whatever order the rows come in)
-    assert "| data 2, constants 1, no oracle 1, search 1 |" in line
+    assert "| data 2, constants 1, inadmissible 1, no oracle 1, search 1 |" in line
 
 
 def test_the_truth_also_starts_from_the_twins_refit_of_the_terms_they_share():

@@ -299,6 +299,7 @@ ORACLE = {
     "search missed the truth": "search",
     "truth not in the library": "library",
     "truth's refit failed to solve": "failed",
+    "truth's refit not admissible": "inadmissible",
     "chosen is the truth's support": "constants",
 }
 """Short names of the oracle's verdicts (:mod:`ude.distill.oracle`) in the targets table."""
@@ -309,7 +310,9 @@ def _oracle_counts(rows: list[dict]) -> str:
     truth, refitted, scores behind the twin: ``data``), how many the search missed
     (``search``), whose truth the library cannot express (``library``), whose terms are the
     truth's with a constant off (``constants``: a fitted Hill n more than 10 % from the
-    truth's); cells run before the oracle existed count as ``no oracle``. Then, of those whose
+    truth's), whose truth's refits failed to solve (``failed``) or, solved, drive a species
+    below zero (``inadmissible``); cells run before the oracle existed count as ``no oracle``.
+    Then, of those whose
     run checked (``by_parsimony``), in how many the run itself said that some of the twin's
     parameters are identified only because a term was left out."""
     missed = [r for r in rows if r.get("exact") is False]

@@ -175,7 +175,8 @@ def oracle_clause(oracle: dict[str, Any] | None) -> str:
     if not oracle or oracle["verdict"] == "chosen is the truth's support":
         return ""
     if "delta" not in oracle:
-        return f" (oracle: {oracle['verdict']})"
+        why = f": {oracle['why']}" if oracle.get("why") else ""
+        return f" (oracle: {oracle['verdict']}{why})"
     return f" (oracle: {oracle['verdict']}; the truth refitted scores {oracle['delta']:+.1f})"
 
 

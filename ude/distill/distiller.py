@@ -1029,7 +1029,14 @@ class Distiller:
     ) -> dict[str, Any]:
         """The truth refitted and scored as a candidate (:mod:`ude.distill.oracle`), unless
         the chosen support is the truth's or the library cannot express it."""
-        from ude.distill.oracle import at_truth, from_twin, true_support, truth_candidate, verdict
+        from ude.distill.oracle import (
+            at_truth,
+            from_twin,
+            true_support,
+            truth_candidate,
+            unsolved,
+            verdict,
+        )
 
         routes = known.neural_routes()
         support = true_support(terms, truth.missing, truth.spec, routes)
@@ -1051,14 +1058,16 @@ class Distiller:
             if start is not None
         ]
         refits = selector.refit_all(score, [start for _, start in labelled], selector.workers)
-        tries, starts = [], {}
+        tries, starts, refused = [], {}, []
         for (label, start), (result, k) in zip(labelled, refits, strict=True):
             starts[label] = None
             if result.ok:
                 tries.append(selector.scored(start, result, k, sizes))
                 starts[label] = round(float(tries[-1].criterion), 3)
+            elif result.refused:
+                refused.append(f"from the {label}'s start, {result.refused}")
         if not tries:
-            return {"verdict": "truth's refit failed to solve", "starts": starts}
+            return unsolved(refused) | {"starts": starts}
         found = min(tries, key=lambda s: s.criterion)
         offered = [*path, found]
         taken = selector.choose(offered, [s.criterion for s in offered]) is found

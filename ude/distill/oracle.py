@@ -203,3 +203,14 @@ def verdict(truth: float, chosen: float, taken: bool) -> dict[str, Any]:
         "delta": float(truth - chosen),
         "verdict": "search missed the truth" if taken else "data prefer the twin",
     }
+
+
+def unsolved(refused: list[str]) -> dict[str, Any]:
+    """The oracle's finding when no start's refit of the truth is a twin: ``refused`` says,
+    per start, where a refit that solved drives a species below zero
+    (:mod:`ude.distill.admissible`); none refused: every refit failed to solve. Where the
+    prior is corrupted, the true form can fit only that way (the enzyme with its known kcat
+    x 1.5: the binding flux's best fit keeps consuming substrate at zero substrate)."""
+    if refused:
+        return {"verdict": "truth's refit not admissible", "why": "; ".join(refused)}
+    return {"verdict": "truth's refit failed to solve"}
