@@ -196,3 +196,29 @@ def test_the_truths_own_values_start_from_its_hill_term_where_the_screen_left_n_
     assert start.coef["x"][j] == pytest.approx(0.07, rel=1e-3)
     found = start.constants["x"][j]
     assert found[next(k for k in found if k.startswith("n"))] == pytest.approx(2.0, rel=1e-3)
+
+
+def test_a_twin_with_the_truths_terms_is_asked_about_its_hill_n_only_when_it_is_10_percent_off():
+    from ude.distill.oracle import constants_verdict, hill_n_off
+    from ude.distill.refit import RefitResult
+    from ude.distill.selection import Scored
+    from ude.distill.sparse import Candidate
+
+    terms, _ = _library(DEFAULT_FAMILIES, ["x", "y"])
+    j = next(i for i, t in enumerate(terms) if t.law and t.law.kind == "activation")
+    n = terms[j].law.n
+    coef = np.zeros(len(terms))
+    coef[j] = 0.07
+    truth = Candidate({"x": coef}, "truth", constants={"x": {j: {"K": 0.2, n: 2.0}}})
+
+    def twin(fitted_n):
+        cand = Candidate({"x": coef}, "path", constants={"x": {j: {"K": 0.1, n: fitted_n}}})
+        return Scored(cand, RefitResult(None, {}, 0.1, 30, True, 1), -100.0, 2)
+
+    assert hill_n_off(truth, twin(9.9), {"x": terms})  # competence with 4 replicates
+    assert not hill_n_off(truth, twin(2.15), {"x": terms})  # within 10 %: exact
+    found = constants_verdict(-99.9, -100.0, taken=False)
+    assert found["verdict"] == "data prefer the twin's constants"
+    assert "scores +0.1" in oracle_clause(found)
+    taken = constants_verdict(-104.0, -100.0, taken=True)
+    assert taken["verdict"] == "search missed the truth's constants"

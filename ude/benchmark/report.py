@@ -301,6 +301,8 @@ ORACLE = {
     "truth's refit failed to solve": "failed",
     "truth's refit not admissible": "inadmissible",
     "chosen is the truth's support": "constants",
+    "data prefer the twin's constants": "constants",
+    "search missed the truth's constants": "search",
 }
 """Short names of the oracle's verdicts (:mod:`ude.distill.oracle`) in the targets table."""
 
@@ -310,11 +312,12 @@ def _oracle_counts(rows: list[dict]) -> str:
     truth, refitted, scores behind the twin: ``data``), how many the search missed
     (``search``), whose truth the library cannot express (``library``), whose terms are the
     truth's with a constant off (``constants``: a fitted Hill n more than 10 % from the
-    truth's), whose truth's refits failed to solve (``failed``) or, solved, drive a species
-    below zero (``inadmissible``); cells run before the oracle existed count as ``no oracle``.
-    Then, of those whose
-    run checked (``by_parsimony``), in how many the run itself said that some of the twin's
-    parameters are identified only because a term was left out."""
+    truth's, and the truth refitted from its own values scores no better, or was not run;
+    ``search`` where the selection would take that refit), whose truth's refits failed to
+    solve (``failed``) or, solved, drive a species below zero (``inadmissible``); cells run
+    before the oracle existed count as ``no oracle``. Then, of those whose run checked
+    (``by_parsimony``), in how many the run itself said that some of the twin's parameters
+    are identified only because a term was left out."""
     missed = [r for r in rows if r.get("exact") is False]
     if not missed:
         return "—"

@@ -1028,10 +1028,13 @@ class Distiller:
         measurements: Measurements,
     ) -> dict[str, Any]:
         """The truth refitted and scored as a candidate (:mod:`ude.distill.oracle`), unless
-        the chosen support is the truth's or the library cannot express it."""
+        the library cannot express it; where the chosen support is the truth's, only when the
+        twin's Hill n is off the truth's, from the truth's own values."""
         from ude.distill.oracle import (
             at_truth,
+            constants_verdict,
             from_twin,
+            hill_n_off,
             true_support,
             truth_candidate,
             unsolved,
@@ -1043,11 +1046,20 @@ class Distiller:
         if isinstance(support, str):
             return {"verdict": "truth not in the library", "why": support}
         cand = truth_candidate(support, integral)
+        truth_start = at_truth(support, terms, integral, measurements, routes, known.states)
         if cand.support() == chosen.candidate.support():
-            return {"verdict": "chosen is the truth's support"}
+            # the truth's terms: with a Hill n off, the truth refitted from its own values
+            if truth_start is None or not hill_n_off(truth_start, chosen, terms):
+                return {"verdict": "chosen is the truth's support"}
+            ((result, k),) = selector.refit_all(score, [truth_start], selector.workers)
+            if not result.ok:
+                return {"verdict": "chosen is the truth's support"}
+            found = selector.scored(truth_start, result, k, sizes)
+            offered = [*path, found]
+            taken = selector.choose(offered, [s.criterion for s in offered]) is found
+            return constants_verdict(found.criterion, chosen.criterion, taken)
         # from the screen's solution, from the twin's refit (its initial states, the terms
         # they share) and from the truth's own values, in the selection's threads
-        truth_start = at_truth(support, terms, integral, measurements, routes, known.states)
         labelled = [
             (label, start)
             for label, start in (

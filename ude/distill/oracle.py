@@ -9,7 +9,9 @@ scored exactly as the search scores its own candidates, from three starts: the s
 solution, the chosen twin's fitted initial states with its refit of the terms they share, and
 the truth's own values (:func:`at_truth`). A truth the selection would have taken, offered
 beside its own candidates, is a miss of the search; otherwise the data prefer the twin under
-the criterion (no method that selects by fit to these data would choose the truth).
+the criterion (no method that selects by fit to these data would choose the truth). A twin
+with the truth's terms and a Hill ``n`` more than 10 % off the truth's (not exact) is asked
+the same of its constants: the truth refitted from its own values.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import sympy as sp
 
-from ude.benchmark.metrics import expression_terms, numeric, skeleton
+from ude.benchmark.metrics import EXPONENT_RTOL, expression_terms, numeric, skeleton
 from ude.distill.integral import IntegralProblem
 from ude.distill.library import Term, match_term
 from ude.distill.selection import Scored, moved_from, refitted_coef, refitted_constants
@@ -214,3 +216,32 @@ def unsolved(refused: list[str]) -> dict[str, Any]:
     if refused:
         return {"verdict": "truth's refit not admissible", "why": "; ".join(refused)}
     return {"verdict": "truth's refit failed to solve"}
+
+
+def hill_n_off(truth: Candidate, chosen: Scored, terms: dict[str, list[Term]]) -> bool:
+    """Whether the twin, whose support is the truth's, fits a Hill ``n`` more than
+    :data:`~ude.benchmark.metrics.EXPONENT_RTOL` from the truth's own (``truth``: the
+    :func:`at_truth` start): the structure is then not exact, and the oracle asks whether the
+    data prefer the twin's constants."""
+    fitted = refitted_constants(chosen)
+    for target, by_term in truth.constants.items():
+        for j, constants in by_term.items():
+            law = terms[target][j].law
+            if law is None or law.kind == "saturation" or law.n not in constants:
+                continue
+            n = fitted.get(target, {}).get(j, {}).get(law.n)
+            true = constants[law.n]
+            if n is None or abs(n - true) > EXPONENT_RTOL * abs(true):
+                return True
+    return False
+
+
+def constants_verdict(truth: float, chosen: float, taken: bool) -> dict[str, Any]:
+    """:func:`verdict` where the twin has the truth's terms with a Hill ``n`` off: the truth
+    refitted from its own values, scored against the twin (``taken``: the selection would
+    take it)."""
+    out = verdict(truth, chosen, taken)
+    out["verdict"] = (
+        "search missed the truth's constants" if taken else "data prefer the twin's constants"
+    )
+    return out
