@@ -1055,9 +1055,11 @@ class Distiller:
             if not result.ok:
                 return {"verdict": "chosen is the truth's support"}
             found = selector.scored(truth_start, result, k, sizes)
+            # a refit that leaves the truth's n for the twin's found the twin's optimum
+            kept = not hill_n_off(truth_start, found, terms)
             offered = [*path, found]
             taken = selector.choose(offered, [s.criterion for s in offered]) is found
-            return constants_verdict(found.criterion, chosen.criterion, taken)
+            return constants_verdict(found.criterion, chosen.criterion, taken, kept)
         # from the screen's solution, from the twin's refit (its initial states, the terms
         # they share) and from the truth's own values, in the selection's threads
         labelled = [
