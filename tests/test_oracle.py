@@ -103,26 +103,27 @@ def test_a_distillation_that_misses_the_truth_says_whether_the_data_prefer_its_t
 def test_the_benchmark_counts_the_cells_not_exact_by_the_oracles_verdict():
     from ude.benchmark.report import targets_table
 
-    def row(exact, oracle=None):
+    def row(exact, oracle=None, corruption="none"):
         r = {"id": f"goodwin/ude/{len(rows)}", "system": "goodwin", "method": "ude"}
-        r.update(axis="base", dimension=3)
+        r.update(axis="base", dimension=3, corruption=corruption)
         r.update(exact=exact, f1_unknown=1.0 if exact else 0.0, forecast_nmse=0.01)
         return r | ({"oracle": oracle} if oracle else {})
 
     rows: list[dict] = []
-    for exact, oracle in [
-        (True, None),
+    for case in [
+        (True,),
         (False, "data prefer the twin"),
         (False, "data prefer the twin"),
         (False, "search missed the truth"),
         (False, "chosen is the truth's support"),  # the right terms, a Hill n off
         (False, "truth's refit not admissible"),  # the true form fits only below zero
+        (False, "chosen is the truth's support", "form"),  # right terms, a known one corrupted
         (False, None),  # a cell run before the oracle existed
     ]:
-        rows.append(row(exact, oracle))
+        rows.append(row(*case))
     line = next(x for x in targets_table(rows).splitlines() if x.startswith("| goodwin"))
     # most first, ties by name (the same line whatever order the rows come in)
-    assert "| data 2, constants 1, inadmissible 1, no oracle 1, search 1 |" in line
+    assert "| data 2, constants 1, inadmissible 1, no oracle 1, prior 1, search 1 |" in line
 
 
 def test_the_truth_also_starts_from_the_twins_refit_of_the_terms_they_share():
