@@ -52,6 +52,21 @@ def test_horseshoe_includes_the_true_terms_and_covers_their_coefficients():
     assert post.draws.shape == (4, 200, 8) and post.divergences == 0
 
 
+def test_a_free_rate_law_is_named_with_the_constants_of_its_column():
+    """The screen fits a Hill term's K and n; the posterior names the term at them, as the
+    twin's terms are named (the benchmark matches a Hill n within 10 % of the truth's)."""
+    from ude.distill.library import HillLibrary
+
+    problem, _ = _problem()
+    (repression,) = [t for t in HillLibrary(activation=False)._terms(["z"])]
+    problem.laws = {3: repression}
+    problem.constants = {3: {"K": 1.2, "n": 9.6}}
+    post = HorseshoeRegression(num_samples=20, warmup=20, thin=1, seed=0).fit(problem, "x")
+    assert "z**9.6" in post.terms[3] and "5.75" in post.terms[3], post.terms  # 1.2**9.6
+    assert "Abs" not in post.terms[3] and "K" not in post.terms[3]
+    assert post.terms[:3] == problem.terms[:3] and set(post.inclusion()) == set(post.terms)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_default_chains_converge(seed):
     """With the default settings (4 chains of 1000 draws, every tenth of 10 000 sweeps) the

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import sympy as sp
 
 from ude.distill.integral import IntegralProblem
 from ude.errors import UdeError
@@ -51,7 +52,8 @@ from ude.uq.gibbs import horseshoe_gibbs
 class TermPosterior:
     """The posterior of one target's library coefficients.
 
-    ``terms (term,)``: the library terms kept (names at the screen's constants); ``draws
+    ``terms (term,)``: the library terms kept (a free rate law named with the screen's
+    constants); ``draws
     (chain, sample, term)``: plain coefficients ``w`` (the unit of ``y`` per unit of the
     term's integral); ``standardised (chain, sample, term)``: ``β``; ``rhat``, ``ess``,
     ``tail_ess``: rank-normalised split R-hat, bulk and tail effective sample sizes of each
@@ -163,6 +165,16 @@ def _design(p: IntegralProblem) -> tuple[np.ndarray, np.ndarray, np.ndarray, flo
     return F[:, kept] / scale[kept], y / y_scale, scale[kept], y_scale, kept
 
 
+def _shown(p: IntegralProblem, j: int) -> str:
+    """Term ``j``'s name; a free rate law's with the constants its column has (the screen's
+    fit), as the twin's terms are named: ``1.36/(1.36 + z**10.3)``, not ``K**n/(K**n + z**n)``,
+    which says neither which switch the posterior weighs nor whether it is the true one."""
+    term = p.laws.get(j)
+    if term is None or j not in p.constants:
+        return p.terms[j]
+    return str(term.numeric(p.constants[j]).replace(sp.Abs, lambda a: a))
+
+
 SAMPLERS = ("gibbs", "nuts")
 
 
@@ -235,7 +247,9 @@ class HorseshoeRegression:
 
         t0 = time.perf_counter()
         X, y, scale, y_scale, kept = _design(problem)
-        names = [problem.terms[j] for j in kept]
+        names = [_shown(problem, j) for j in kept]
+        if len(set(names)) < len(names):  # two laws at the same constants: as the library has them
+            names = [problem.terms[j] for j in kept]
         left_out = [problem.terms[j] for j in sorted(problem.degenerate)]
         if not kept:
             raise UdeError(
