@@ -227,3 +227,22 @@ def test_a_twin_with_the_truths_terms_is_asked_about_its_hill_n_only_when_it_is_
     # even a hair ahead (the benchmark's competence cells: 0.0002 apart)
     moved = constants_verdict(-100.0002, -100.0, taken=True, kept=False)
     assert moved["verdict"] == "data prefer the twin's constants" and not moved["kept"]
+
+
+def test_the_summary_gives_the_oracles_verdict_only_for_a_structure_that_is_not_exact():
+    """The oracle runs before the final refit: a twin whose scoring refit left a Hill n off
+    can come out exact (Goodwin's calibration seed 9), and its line says nothing of the
+    oracle."""
+    from ude.distill.cli import summary
+
+    oracle = {
+        "verdict": "data prefer the twin's constants",
+        "delta": -0.0,
+        "kept": False,
+    }
+    metrics = {"discovered": {"x": "1/(1 + z**10)"}, "timings": {"total_seconds": 1.0}}
+    truth = {"median_relative_error": 0.01, "oracle": oracle}
+    exact = summary(metrics | {"truth": truth | {"exact": True}})
+    assert "structure exact" in exact and "oracle" not in exact
+    missed = summary(metrics | {"truth": truth | {"exact": False}})
+    assert "NOT exact, median coefficient error 1.0% (oracle: data prefer the twin's" in missed

@@ -202,7 +202,8 @@ def summary(metrics: dict[str, Any]) -> str:
         line += f"; structure {'exact' if truth['exact'] else 'NOT exact'}"
         if truth["median_relative_error"] is not None:
             line += f", median coefficient error {truth['median_relative_error']:.1%}"
-        line += oracle_clause(truth.get("oracle"))
+        if not truth["exact"]:  # the oracle speaks of a structure that is not the truth's
+            line += oracle_clause(truth.get("oracle"))
     failed = {f["status"]: f["why"] for f in metrics.get("failures", [])}
     horizon = f"t={metrics['forecast_horizon']:g}" if "forecast_horizon" in metrics else ""
     if "forecast_nmse" in metrics:
