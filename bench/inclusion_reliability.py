@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -28,36 +28,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 BINS = (0.0, 0.05, 0.2, 0.4, 0.6, 0.8, 0.95, 1.0)
-SCENARIO = (
-    "system",
-    "noise",
-    "n_times",
-    "replicates",
-    "conditions",
-    "unobserved",
-    "corruption",
-    "library",
-    "seed",
-)
 
 
 def rows(folders: list[str], table: str | None) -> list[dict]:
-    """The ``ude`` rows with inclusion probabilities of ``folders``' results, the last of each
-    id; with ``table``, only those whose id and commit are the table's."""
+    """The ``ude`` rows with inclusion probabilities of ``folders``' results
+    (:func:`ude.benchmark.suite.read_results`), the last of each id; with ``table``, only
+    those whose id and commit are the table's."""
+    from ude.benchmark.suite import read_results
+
     wanted = None
     if table:
         with open(table) as f:
             wanted = {r["id"]: r["commit"] for r in csv.DictReader(f) if r["method"] == "ude"}
     found: dict[str, dict] = {}
     for folder in folders:
-        for path in sorted(Path(folder).glob("results*.jsonl")):
-            for line in path.read_text().splitlines():
-                r = json.loads(line)
-                if r.get("method") != "ude" or not r.get("info", {}).get("inclusion"):
-                    continue
-                commit = (r.get("code_version") or {}).get("commit", "")[:10]
-                if wanted is None or wanted.get(r["id"]) == commit:
-                    found[r["id"]] = r
+        for r in read_results(folder):
+            if r.get("method") != "ude" or not r.get("info", {}).get("inclusion"):
+                continue
+            commit = (r.get("code_version") or {}).get("commit", "")[:10]
+            if wanted is None or wanted.get(r["id"]) == commit:
+                found[r["id"]] = r
     if wanted is not None and len(found) < len(wanted):
         print(f"{len(wanted) - len(found)} of the table's {len(wanted)} ude rows not found")
     return list(found.values())
@@ -69,7 +59,7 @@ def pairs(row: dict) -> list[tuple[float, bool]]:
     from ude.benchmark.scenario import Scenario, build_problem
     from ude.systems import get_system
 
-    problem = build_problem(Scenario(**{k: row[k] for k in SCENARIO}))
+    problem = build_problem(Scenario(**{f.name: row[f.name] for f in fields(Scenario)}))
     given = set(term_matrix(get_system(row["system"]).known))
     judged = {k: c for k, c in term_matrix(problem.truth).items() if k not in given}
     scored = inclusion_scores(row["info"]["inclusion"], judged)

@@ -1041,6 +1041,11 @@ class Distiller:
             verdict,
         )
 
+        def taken(found: Scored) -> bool:
+            """Whether the selection, offered ``found`` beside its own candidates, takes it."""
+            offered = [*path, found]
+            return selector.choose(offered, [s.criterion for s in offered]) is found
+
         routes = known.neural_routes()
         support = true_support(terms, truth.missing, truth.spec, routes)
         if isinstance(support, str):
@@ -1057,9 +1062,7 @@ class Distiller:
             found = selector.scored(truth_start, result, k, sizes)
             # a refit that leaves the truth's n for the twin's found the twin's optimum
             kept = not hill_n_off(truth_start, found, terms)
-            offered = [*path, found]
-            taken = selector.choose(offered, [s.criterion for s in offered]) is found
-            return constants_verdict(found.criterion, chosen.criterion, taken, kept)
+            return constants_verdict(found.criterion, chosen.criterion, taken(found), kept)
         # from the screen's solution, from the twin's refit (its initial states, the terms
         # they share) and from the truth's own values, in the selection's threads
         labelled = [
@@ -1083,11 +1086,9 @@ class Distiller:
         if not tries:
             return unsolved(refused) | {"starts": starts}
         found = min(tries, key=lambda s: s.criterion)
-        offered = [*path, found]
-        taken = selector.choose(offered, [s.criterion for s in offered]) is found
         # each start's criterion (None: its refit failed): a truth reached only from its own
         # values was out of reach of any start the search has
-        return verdict(found.criterion, chosen.criterion, taken) | {"starts": starts}
+        return verdict(found.criterion, chosen.criterion, taken(found)) | {"starts": starts}
 
     def _by_parsimony(
         self,

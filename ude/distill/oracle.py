@@ -243,10 +243,6 @@ def constants_verdict(truth: float, chosen: float, taken: bool, kept: bool) -> d
     ``taken`` it; a refit that moved to the twin's ``n`` found the data's optimum there,
     whatever the last digits of the two criteria say (the benchmark's competence cells:
     0.0002 apart)."""
-    out = verdict(truth, chosen, taken and kept) | {"kept": kept}
-    out["verdict"] = (
-        "search missed the truth's constants"
-        if taken and kept
-        else "data prefer the twin's constants"
-    )
-    return out
+    missed = taken and kept
+    found = "search missed the truth's constants" if missed else "data prefer the twin's constants"
+    return verdict(truth, chosen, missed) | {"verdict": found, "kept": kept}
